@@ -1,0 +1,120 @@
+//! The pattern shared by the primary and the worker: one task owns the state
+//! (a *host*) and runs every event on it; cloneable handles send it commands.
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::Error;
+use crate::events::{self, Handler, Subscription, SubscriptionKey, Topic, sealed::RouteFn};
+
+/// A command run by the actor on its host.
+pub(crate) type Command<H> = Box<dyn FnOnce(&mut H) + Send>;
+
+/// The sending side of an actor's command queue.
+pub(crate) struct Mailbox<H> {
+    tx: mpsc::UnboundedSender<Command<H>>,
+}
+
+impl<H> Clone for Mailbox<H> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<H> std::fmt::Debug for Mailbox<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailbox")
+            .field("closed", &self.tx.is_closed())
+            .finish()
+    }
+}
+
+impl<H: Send + 'static> Mailbox<H> {
+    pub(crate) fn new() -> (Self, mpsc::UnboundedReceiver<Command<H>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self { tx }, rx)
+    }
+
+    /// Runs `f` on the host without waiting; false if the actor has ended.
+    pub(crate) fn post(&self, f: impl FnOnce(&mut H) + Send + 'static) -> bool {
+        self.tx.send(Box::new(f)).is_ok()
+    }
+
+    /// Runs `f` on the host and returns its result.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Destroyed`] when the actor has ended.
+    pub(crate) async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut H) -> R + Send + 'static,
+    ) -> Result<R, Error> {
+        let (tx, rx) = oneshot::channel();
+        if !self.post(move |host| drop(tx.send(f(host)))) {
+            return Err(Error::Destroyed);
+        }
+        rx.await.map_err(|_| Error::Destroyed)
+    }
+
+    /// A weak form that does not keep the actor alive.
+    pub(crate) fn downgrade(&self) -> WeakMailbox<H> {
+        WeakMailbox {
+            tx: self.tx.downgrade(),
+        }
+    }
+}
+
+impl<H: events::sealed::HostImpl> Mailbox<H> {
+    /// Subscribes through the queue: in order with every other command.
+    pub(crate) fn subscribe<E: Topic<Host = H>>(
+        &self,
+        key: SubscriptionKey,
+        once: bool,
+        handler: Handler<E>,
+    ) -> Subscription {
+        let target = key.clone();
+        self.post(move |host| {
+            events::subscribe(host, target, once, handler);
+        });
+        self.downgrade().subscription(key)
+    }
+
+    /// Sets a route through the queue.
+    pub(crate) fn route(&self, key: SubscriptionKey, route: RouteFn<H::Inbound>) -> Subscription {
+        let target = key.clone();
+        self.post(move |host: &mut H| host.hub().insert_route(target, route));
+        self.downgrade().subscription(key)
+    }
+}
+
+/// A command sender that does not keep the actor alive.
+pub(crate) struct WeakMailbox<H> {
+    tx: mpsc::WeakUnboundedSender<Command<H>>,
+}
+
+impl<H> Clone for WeakMailbox<H> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<H: Send + 'static> WeakMailbox<H> {
+    pub(crate) fn upgrade(&self) -> Option<Mailbox<H>> {
+        self.tx.upgrade().map(|tx| Mailbox { tx })
+    }
+}
+
+impl<H: events::sealed::HostImpl> WeakMailbox<H> {
+    /// A subscription handle whose `unsubscribe` goes through the queue.
+    pub(crate) fn subscription(&self, key: SubscriptionKey) -> Subscription {
+        let weak = self.clone();
+        Subscription::new(key, move |key| {
+            if let Some(mailbox) = weak.upgrade() {
+                mailbox.post(move |host: &mut H| host.hub().remove(key));
+            }
+        })
+    }
+}

@@ -1,0 +1,172 @@
+//! Error types, one per concern.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::WorkerId;
+
+/// A boxed error from user code (an initializer, a cleanup, a handler).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Errors of the cluster's lifecycle: starting, forking, shutting down.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `ClusterWorker::start` was called in a process that no primary started.
+    #[error("this process is not a cluster worker (no channel was inherited from a primary)")]
+    NotAWorker,
+    /// The channel inherited from the primary could not be taken.
+    #[error("cannot take the worker channel")]
+    Channel(#[source] Arc<io::Error>),
+    /// A worker process could not be started.
+    #[error("cannot start worker program {program:?}")]
+    Spawn {
+        /// The program that was to run.
+        program: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// The user-provided initialization failed; the instance never became ready.
+    #[error("initialize error")]
+    Initialize(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    /// A handler prevented the event this call was waiting for.
+    #[error("the {event} event was prevented by a handler")]
+    Prevented {
+        /// The event's name.
+        event: &'static str,
+    },
+    /// The instance has been destroyed.
+    #[error("the cluster instance has been destroyed")]
+    Destroyed,
+}
+
+/// Errors of the wire protocol: what a peer sent that cannot be accepted.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// A frame with a length of zero.
+    #[error("empty frame (length 0)")]
+    EmptyFrame,
+    /// A frame longer than the configured maximum.
+    #[error("frame of {size} bytes exceeds the maximum of {max}")]
+    FrameTooLarge {
+        /// The length the frame announced.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A frame kind this version does not know.
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    /// A control frame that must be empty carried a payload.
+    #[error("frame kind {kind} must have an empty payload")]
+    UnexpectedPayload {
+        /// The frame kind.
+        kind: u8,
+    },
+    /// A hello frame whose payload is not `{"protocol": N}`.
+    #[error("invalid hello frame: {0}")]
+    InvalidHello(String),
+    /// A message frame whose payload is not one valid JSON value.
+    #[error("invalid message: {0}")]
+    InvalidMessage(String),
+    /// A message could not be encoded.
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+    /// The stream ended in the middle of a frame.
+    #[error("channel closed in the middle of a frame ({received} bytes of it received)")]
+    Truncated {
+        /// Bytes of the incomplete frame that did arrive.
+        received: usize,
+    },
+    /// The peer speaks another protocol version.
+    #[error("peer speaks protocol version {received}, this library speaks {supported}")]
+    Version {
+        /// The peer's version.
+        received: u32,
+        /// Ours.
+        supported: u32,
+    },
+    /// A frame that is not allowed at this point of the conversation.
+    #[error("unexpected {frame} frame: {reason}")]
+    UnexpectedFrame {
+        /// The frame's kind.
+        frame: &'static str,
+        /// Why it is not allowed here.
+        reason: &'static str,
+    },
+    /// Reading the channel failed.
+    #[error("channel read failed")]
+    Io(#[source] Arc<io::Error>),
+}
+
+impl From<io::Error> for ProtocolError {
+    fn from(error: io::Error) -> Self {
+        Self::Io(Arc::new(error))
+    }
+}
+
+/// Errors of a message's content.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MessageError {
+    /// Not valid JSON.
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    /// Valid JSON that does not fit the requested type.
+    #[error("message{} does not decode as {target}: {reason}", type_name.as_ref().map(|t| format!(" of type {t:?}")).unwrap_or_default())]
+    Decode {
+        /// The message's `type` field, if any.
+        type_name: Option<String>,
+        /// The Rust type asked for.
+        target: &'static str,
+        /// What serde said.
+        reason: String,
+    },
+}
+
+/// Errors of sending a message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The destination names no live worker.
+    #[error("invalid message destination: no live worker {worker_id}")]
+    InvalidDestination {
+        /// The id that was asked for.
+        worker_id: WorkerId,
+    },
+    /// The destination resolved to no worker at all (an empty pool, say).
+    #[error("no worker to send to")]
+    NoDestination,
+    /// The channel is closed: the peer disconnected or exited.
+    #[error("channel closed{}", worker_label(*worker_id))]
+    Closed {
+        /// The worker, when sending from the primary.
+        worker_id: Option<WorkerId>,
+    },
+    /// The outgoing queue is full (only from the non-waiting `try_send`).
+    #[error("outgoing queue full{}", worker_label(*worker_id))]
+    Full {
+        /// The worker, when sending from the primary.
+        worker_id: Option<WorkerId>,
+    },
+    /// The message could not be encoded, or is larger than the maximum frame.
+    #[error("cannot encode message")]
+    Encode(#[source] ProtocolError),
+    /// Sending to several workers failed for some of them.
+    #[error("message delivered to {delivered} worker(s), failed for {}", failures.len())]
+    Partial {
+        /// How many destinations the message was written to.
+        delivered: usize,
+        /// One error per failed destination.
+        failures: Vec<SendError>,
+    },
+}
+
+fn worker_label(worker_id: Option<WorkerId>) -> String {
+    worker_id
+        .map(|id| format!(" (worker {id})"))
+        .unwrap_or_default()
+}

@@ -1,0 +1,106 @@
+//! Local process clusters for Rust: a primary process starts worker
+//! processes, talks to each over a private channel, keeps the pool of ready
+//! ones, replaces the ones that die, and shuts them all down cleanly.
+//!
+//! A Rust re-implementation of the Node.js package `isotropic-cluster`, with
+//! its events, their stages and their order, and with its defects fixed (see
+//! `docs/seed-mapping.md`).
+//!
+//! # Quick start
+//!
+//! One program is both the primary and its workers: workers re-execute it,
+//! and it branches on [`is_worker`].
+//!
+//! ```no_run
+//! use isotropic_cluster::primary::{ClusterPrimary, WorkerMessage, WorkerReady};
+//! use isotropic_cluster::worker::{ClusterWorker, PrimaryMessage};
+//! use isotropic_cluster::Subscribe;
+//! use serde_json::json;
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let worker = isotropic_cluster::is_worker(); // before any thread starts
+//!     let runtime = tokio::runtime::Runtime::new()?;
+//!     runtime.block_on(async {
+//!         if worker {
+//!             let worker = ClusterWorker::builder()
+//!                 .on::<PrimaryMessage>(|event| {
+//!                     let name = event.message.decode::<serde_json::Value>().unwrap_or_default();
+//!                     let _ = event.worker().send(&json!({"type": "greeted", "name": name["name"]}));
+//!                 })
+//!                 .start()
+//!                 .await?;
+//!             worker.closed().await;
+//!         } else {
+//!             let primary = ClusterPrimary::builder()
+//!                 .on::<WorkerReady>(|event| {
+//!                     let worker = event.worker.clone();
+//!                     let _ = event.primary().send(&worker, &json!({"type": "greet", "name": "User"}));
+//!                 })
+//!                 .on::<WorkerMessage>(|event| {
+//!                     println!("worker {}: {}", event.worker.id(), event.message);
+//!                     event.primary().shut_down();
+//!                 })
+//!                 .start()
+//!                 .await?;
+//!             primary.fork(2).await?;
+//!             primary.shut_down().await.ok(); // waits for every worker to exit
+//!         }
+//!         Ok(())
+//!     })
+//! }
+//! ```
+//!
+//! # Events
+//!
+//! Events are Rust types ([`primary::WorkerExit`], [`worker::PrimaryMessage`],
+//! …) subscribed to with [`Subscribe`], in the stages of [`Stage`]; handlers
+//! get an [`Event`] that derefs to the data and can prevent the default
+//! action. [`ClusterPrimary::events`](primary::ClusterPrimary::events) is the
+//! same as an async stream.
+#![warn(missing_docs)]
+#![deny(unsafe_code)]
+
+mod actor;
+mod channel;
+mod error;
+mod events;
+mod message;
+pub mod primary;
+mod protocol;
+mod role;
+mod sys;
+mod topics;
+pub mod worker;
+
+pub use error::{BoxError, Error, MessageError, ProtocolError, SendError};
+pub use events::{Event, EventStream, Stage, Subscribe, Subscription, Topic};
+pub use message::Message;
+pub use role::{is_primary, is_worker};
+
+/// A worker's id: 1 for a primary's first worker, then 2, 3, … never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkerId(pub(crate) u64);
+
+impl WorkerId {
+    /// The id with this number.
+    pub fn new(id: u64) -> Self {
+        Self(id)
+    }
+
+    /// The id as a number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<u64> for WorkerId {
+    fn from(id: u64) -> Self {
+        Self(id)
+    }
+}

@@ -1,0 +1,200 @@
+//! User messages: JSON values, kept encoded until someone asks for a type.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::de::{DeserializeOwned, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::error::MessageError;
+
+/// A message received over a channel: one JSON value, validated on arrival and
+/// decoded into a Rust type on demand.
+///
+/// # Examples
+///
+/// ```
+/// use isotropic_cluster::Message;
+/// use serde::Deserialize;
+///
+/// #[derive(Deserialize)]
+/// struct Greet { name: String }
+///
+/// let message = Message::from_json(r#"{"type":"greet","name":"User"}"#)?;
+/// assert_eq!(message.type_name(), Some("greet"));
+/// assert_eq!(message.decode::<Greet>()?.name, "User");
+/// # Ok::<(), isotropic_cluster::MessageError>(())
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Message {
+    json: Bytes,
+    type_name: Option<Box<str>>,
+}
+
+impl Message {
+    /// Validates `json` as one JSON value and wraps it.
+    ///
+    /// # Errors
+    ///
+    /// [`MessageError::Json`] when `json` is not exactly one valid JSON value
+    /// (nesting deeper than 128 levels is refused too).
+    pub fn from_json(json: impl Into<Bytes>) -> Result<Self, MessageError> {
+        let json = json.into();
+        let Probe(type_name) =
+            serde_json::from_slice(&json).map_err(|e| MessageError::Json(e.to_string()))?;
+        Ok(Self { json, type_name })
+    }
+
+    /// Encodes `value` as a message.
+    ///
+    /// # Errors
+    ///
+    /// [`MessageError::Json`] when `value`'s `Serialize` implementation fails.
+    pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Self, MessageError> {
+        let json = serde_json::to_vec(value).map_err(|e| MessageError::Json(e.to_string()))?;
+        Self::from_json(json)
+    }
+
+    /// The value of the message's string `type` field, if it is an object with
+    /// one (the key used by typed routing).
+    pub fn type_name(&self) -> Option<&str> {
+        self.type_name.as_deref()
+    }
+
+    /// Decodes the message into `T`.
+    ///
+    /// # Errors
+    ///
+    /// [`MessageError::Decode`] when the JSON does not fit `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, MessageError> {
+        serde_json::from_slice(&self.json).map_err(|e| MessageError::Decode {
+            type_name: self.type_name.as_deref().map(Into::into),
+            target: std::any::type_name::<T>(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The message as JSON text.
+    pub fn as_json(&self) -> &str {
+        // Validated as JSON on construction, and JSON text is UTF-8.
+        std::str::from_utf8(&self.json).unwrap_or_default()
+    }
+
+    /// The encoded bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.json
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Message({})", self.as_json())
+    }
+}
+
+impl fmt::Display for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_json())
+    }
+}
+
+/// The `visit_*` methods of a visitor that ignores booleans, numbers and null.
+macro_rules! ignore_scalars {
+    ($value:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+}
+
+/// Validates a JSON value and picks out its top-level string `type` field in one
+/// pass, without building the value.
+struct Probe(Option<Box<str>>);
+
+impl<'de> Deserialize<'de> for Probe {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ProbeVisitor;
+        impl<'de> Visitor<'de> for ProbeVisitor {
+            type Value = Probe;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Probe, A::Error> {
+                let mut type_name = None;
+                while let Some(IsType(is_type)) = map.next_key()? {
+                    if is_type && type_name.is_none() {
+                        type_name = map.next_value::<TypeValue>()?.0;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(Probe(type_name))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Probe, A::Error> {
+                IgnoredAny.visit_seq(seq).map(|_| Probe(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Probe, E> {
+                Ok(Probe(None))
+            }
+            ignore_scalars!(Probe(None));
+        }
+        deserializer.deserialize_any(ProbeVisitor)
+    }
+}
+
+/// Whether a map key is `"type"`.
+struct IsType(bool);
+
+impl<'de> Deserialize<'de> for IsType {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = IsType;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E>(self, key: &str) -> Result<IsType, E> {
+                Ok(IsType(key == "type"))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// The value of a `type` field: a string, or anything else (ignored).
+struct TypeValue(Option<Box<str>>);
+
+impl<'de> Deserialize<'de> for TypeValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ValueVisitor;
+        impl<'de> Visitor<'de> for ValueVisitor {
+            type Value = TypeValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_str<E>(self, value: &str) -> Result<TypeValue, E> {
+                Ok(TypeValue((!value.is_empty()).then(|| value.into())))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TypeValue, A::Error> {
+                IgnoredAny.visit_map(map).map(|_| TypeValue(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<TypeValue, A::Error> {
+                IgnoredAny.visit_seq(seq).map(|_| TypeValue(None))
+            }
+            ignore_scalars!(TypeValue(None));
+        }
+        deserializer.deserialize_any(ValueVisitor)
+    }
+}

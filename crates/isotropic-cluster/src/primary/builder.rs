@@ -1,0 +1,300 @@
+//! Configuration of a primary, std-`Command`-shaped.
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use super::events::{Initialize, InitializeComplete, InitializeError};
+use super::{ClusterPrimary, PrimaryContext, RestartPolicy};
+use crate::actor::Mailbox;
+use crate::error::{BoxError, Error};
+use crate::events::{self, Handler, Hub, Subscribe, SubscriptionKey, sealed::RouteFn};
+use crate::protocol;
+
+/// What a worker's standard output and error are connected to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WorkerStdio {
+    /// The primary's own (the default).
+    #[default]
+    Inherit,
+    /// Discarded (the original's `workerSilent`).
+    Null,
+    /// Read by the primary: each line becomes a
+    /// [`WorkerOutput`](super::WorkerOutput) event.
+    Piped,
+}
+
+type Initializer =
+    Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> + Send>;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    /// `None`: re-execute this program (`/proc/self/exe`).
+    pub(crate) program: Option<PathBuf>,
+    /// `None`: this process's own arguments.
+    pub(crate) args: Option<Vec<OsString>>,
+    pub(crate) envs: Vec<(OsString, Option<OsString>)>,
+    pub(crate) env_clear: bool,
+    pub(crate) current_dir: Option<PathBuf>,
+    pub(crate) stdout: WorkerStdio,
+    pub(crate) stderr: WorkerStdio,
+    pub(crate) max_frame_size: usize,
+    pub(crate) queue_capacity: usize,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) kill_grace: Duration,
+    pub(crate) restart: RestartPolicy,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            program: None,
+            args: None,
+            envs: Vec::new(),
+            env_clear: false,
+            current_dir: None,
+            stdout: WorkerStdio::Inherit,
+            stderr: WorkerStdio::Inherit,
+            max_frame_size: protocol::DEFAULT_MAX_FRAME,
+            queue_capacity: 1024,
+            shutdown_grace: Duration::from_secs(5),
+            kill_grace: Duration::from_secs(2),
+            restart: RestartPolicy::default(),
+        }
+    }
+}
+
+/// Builds and starts a [`ClusterPrimary`].
+///
+/// By default every worker re-executes this very program (through
+/// `/proc/self/exe`, so a rebuilt or deleted binary still works) with this
+/// process's arguments; the program then branches on [`crate::is_worker`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use isotropic_cluster::primary::{ClusterPrimary, WorkerStdio};
+///
+/// # async fn demo() -> Result<(), isotropic_cluster::Error> {
+/// let primary = ClusterPrimary::builder()
+///     .program("/usr/local/bin/my-worker")
+///     .arg("--verbose")
+///     .env("RUST_LOG", "info")
+///     .stdio(WorkerStdio::Piped)
+///     .shutdown_grace(Duration::from_secs(10))
+///     .start()
+///     .await?;
+/// primary.fork(4).await?;
+/// # Ok(()) }
+/// ```
+pub struct PrimaryBuilder {
+    config: Config,
+    hub: Hub,
+    initializer: Option<Initializer>,
+}
+
+impl std::fmt::Debug for PrimaryBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrimaryBuilder")
+            .field("config", &self.config)
+            .field("hub", &self.hub)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PrimaryBuilder {
+    pub(crate) fn new() -> Self {
+        Self {
+            config: Config::default(),
+            hub: Hub::default(),
+            initializer: None,
+        }
+    }
+
+    /// The program each worker runs (the original's `workerScript`). Setting
+    /// it also clears the arguments, which default to this process's own only
+    /// when the program is this one.
+    pub fn program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.config.program = Some(program.into());
+        self.config.args.get_or_insert_with(Vec::new);
+        self
+    }
+
+    /// Adds an argument for the workers (the original's `workerArgs`).
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.config
+            .args
+            .get_or_insert_with(Vec::new)
+            .push(arg.into());
+        self
+    }
+
+    /// Adds arguments for the workers.
+    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, args: I) -> Self {
+        let list = self.config.args.get_or_insert_with(Vec::new);
+        list.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets an environment variable for the workers.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.config.envs.push((key.into(), Some(value.into())));
+        self
+    }
+
+    /// Sets several environment variables for the workers.
+    pub fn envs<I, K, V>(self, vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<OsString>,
+        V: Into<OsString>,
+    {
+        vars.into_iter()
+            .fold(self, |builder, (k, v)| builder.env(k, v))
+    }
+
+    /// Removes an environment variable from the workers' environment.
+    pub fn env_remove(mut self, key: impl Into<OsString>) -> Self {
+        self.config.envs.push((key.into(), None));
+        self
+    }
+
+    /// Starts the workers with an empty environment (plus the role markers).
+    pub fn env_clear(mut self) -> Self {
+        self.config.env_clear = true;
+        self.config.envs.clear();
+        self
+    }
+
+    /// The workers' working directory.
+    pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.current_dir = Some(dir.into());
+        self
+    }
+
+    /// Where both output streams of the workers go (the original's
+    /// `workerSilent`/`workerStdio`).
+    pub fn stdio(self, stdio: WorkerStdio) -> Self {
+        self.stdout(stdio).stderr(stdio)
+    }
+
+    /// Where the workers' standard output goes.
+    pub fn stdout(mut self, stdio: WorkerStdio) -> Self {
+        self.config.stdout = stdio;
+        self
+    }
+
+    /// Where the workers' standard error goes.
+    pub fn stderr(mut self, stdio: WorkerStdio) -> Self {
+        self.config.stderr = stdio;
+        self
+    }
+
+    /// The largest frame accepted from or sent to a worker (default 16 MiB).
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.config.max_frame_size = bytes.clamp(1, u32::MAX as usize);
+        self
+    }
+
+    /// How many messages may wait to be written to one worker (default 1024).
+    pub fn queue_capacity(mut self, messages: usize) -> Self {
+        self.config.queue_capacity = messages.max(1);
+        self
+    }
+
+    /// How long a worker may take to exit once asked to disconnect, before it
+    /// is sent SIGTERM (default 5 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.config.shutdown_grace = grace;
+        self
+    }
+
+    /// How long after SIGTERM a worker is sent SIGKILL (default 2 s).
+    pub fn kill_grace(mut self, grace: Duration) -> Self {
+        self.config.kill_grace = grace;
+        self
+    }
+
+    /// How replacements of dead workers are paced.
+    pub fn restart_policy(mut self, policy: RestartPolicy) -> Self {
+        self.config.restart = policy;
+        self
+    }
+
+    /// Custom initialization, run by [`start`](Self::start) before the
+    /// primary counts as initialized (the original's `_initialize`). Its
+    /// failure is an `initializeError` event and `start`'s error.
+    pub fn initialize<F, Fut, E>(mut self, init: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        self.initializer = Some(Box::new(move || {
+            Box::pin(async move { init().await.map_err(Into::into) })
+        }));
+        self
+    }
+
+    /// Starts the primary: runs the `initialize` events and the initializer,
+    /// then hands the primary to a background task. No worker is started
+    /// until [`ClusterPrimary::fork`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Initialize`] if the initializer fails, [`Error::Prevented`]
+    /// if a handler prevents `initialize`.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub async fn start(self) -> Result<ClusterPrimary, Error> {
+        let (mailbox, commands) = Mailbox::new();
+        let (mut context, inputs) = PrimaryContext::new(self.config, self.hub, mailbox.downgrade());
+        events::publish(&mut context, Initialize);
+        if !context.initialized() {
+            return Err(Error::Prevented {
+                event: "initialize",
+            });
+        }
+        if let Some(init) = self.initializer {
+            if let Err(error) = init().await {
+                let error = Error::Initialize(error.into());
+                events::publish(
+                    &mut context,
+                    InitializeError {
+                        error: error.clone(),
+                    },
+                );
+                return Err(error);
+            }
+        }
+        events::publish(&mut context, InitializeComplete);
+        let primary = ClusterPrimary::new(mailbox, &context);
+        tokio::spawn(super::context::run(context, commands, inputs));
+        Ok(primary)
+    }
+}
+
+impl Subscribe for PrimaryBuilder {
+    type Host = PrimaryContext;
+    type Output = Self;
+
+    fn subscribe_with<E: events::Topic<Host = PrimaryContext>>(
+        mut self,
+        key: SubscriptionKey,
+        once: bool,
+        handler: Handler<E>,
+    ) -> Self {
+        self.hub.insert(key, once, handler);
+        self
+    }
+
+    fn route_with(mut self, key: SubscriptionKey, route: RouteFn<super::WorkerMessage>) -> Self {
+        self.hub.insert_route(key, route);
+        self
+    }
+}

@@ -1,0 +1,240 @@
+//! The primary's events. Each is a type carrying its data; subscribe with
+//! [`Subscribe`](crate::Subscribe), or read them all from
+//! [`ClusterPrimary::events`](super::ClusterPrimary::events).
+
+use std::time::Duration;
+
+use super::PrimaryContext;
+use super::Worker;
+use crate::error::{Error, MessageError, ProtocolError};
+use crate::message::Message;
+use crate::topics::topics;
+
+/// The primary is starting; runs its initializer next.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Initialize;
+
+/// The primary finished initializing (once only; late subscribers are called).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct InitializeComplete;
+
+/// The primary's initializer failed (once only). The error is also returned by
+/// [`PrimaryBuilder::start`](super::PrimaryBuilder::start); nothing crashes.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct InitializeError {
+    /// What failed.
+    pub error: Error,
+}
+
+/// `destroy()` was called: shut down (if needed), then tear down.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Destroy;
+
+/// The primary is torn down (once only): every subscription is removed after it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DestroyComplete;
+
+/// Workers are about to be started. Preventing it starts none.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Fork {
+    /// How many workers.
+    pub count: usize,
+}
+
+/// A worker process could not be started.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ForkError {
+    /// Why.
+    pub error: Error,
+}
+
+/// A worker process was started (published on the turn after its `fork`).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerFork {
+    /// The new worker.
+    pub worker: Worker,
+}
+
+/// A worker's runtime connected: its hello arrived.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerOnline {
+    /// The worker.
+    pub worker: Worker,
+}
+
+/// A worker signalled ready. Its default action adds it to the pool
+/// ([`AddWorker`]); preventing it keeps the worker out.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerReady {
+    /// The worker.
+    pub worker: Worker,
+}
+
+/// A worker joins the pool of ready workers (in this event's default action).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AddWorker {
+    /// The worker.
+    pub worker: Worker,
+}
+
+/// A worker leaves the pool (in this event's default action).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RemoveWorker {
+    /// The worker.
+    pub worker: Worker,
+}
+
+/// A message from a worker. Its default action is typed routing.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerMessage {
+    /// The sender.
+    pub worker: Worker,
+    /// The message.
+    pub message: Message,
+}
+
+/// A routed message did not decode into the route's type.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerMessageError {
+    /// The sender.
+    pub worker: Worker,
+    /// The message.
+    pub message: Message,
+    /// What did not fit.
+    pub error: MessageError,
+}
+
+/// Which output stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// A line a worker printed, with [`WorkerStdio::Piped`](super::WorkerStdio::Piped).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerOutput {
+    /// The worker.
+    pub worker: Worker,
+    /// Which stream.
+    pub stream: OutputStream,
+    /// The line, without its newline (invalid UTF-8 replaced; lines over
+    /// 64 KiB split).
+    pub line: String,
+}
+
+/// A worker's channel closed: it disconnected, or was disconnected. Removes it
+/// from the pool; a worker that has not exited after the shutdown grace period
+/// is then terminated.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerDisconnect {
+    /// The worker.
+    pub worker: Worker,
+}
+
+/// A worker broke the protocol. Removes it from the pool and stops it (its
+/// channel is closed and it is sent SIGTERM); it is then replaced as any
+/// exited worker.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerError {
+    /// The worker.
+    pub worker: Worker,
+    /// What it sent.
+    pub error: ProtocolError,
+}
+
+/// A worker exited (and was reaped). Removes it from the pool, and while the
+/// primary is active starts a replacement: preventing this event prevents both.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerExit {
+    /// The worker.
+    pub worker: Worker,
+    /// The exit code, if it exited normally.
+    pub code: Option<i32>,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+    /// Whether it exited after a disconnect (asked for or announced).
+    pub voluntary: bool,
+}
+
+/// A replacement is delayed because workers keep dying early (exponential
+/// backoff; see [`RestartPolicy`](super::RestartPolicy)).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RestartScheduled {
+    /// How long until the replacement is started.
+    pub delay: Duration,
+    /// Consecutive early exits so far.
+    pub failures: u32,
+}
+
+/// Shutting down: stop replacing workers and ask each one to disconnect.
+/// Preventing it vetoes the shutdown (a later one may still run).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ShutDown;
+
+/// A worker outlived its grace period and is sent `signal` (with its whole
+/// process group): SIGTERM first, then SIGKILL.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ShutDownEscalation {
+    /// The worker.
+    pub worker: Worker,
+    /// The signal number.
+    pub signal: i32,
+}
+
+/// Every worker has exited after a shutdown (once only).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ShutDownComplete;
+
+topics!(PrimaryContext =>
+    /// Every event of a primary, as an item of its
+    /// [`EventStream`](crate::EventStream).
+    PrimaryEvent {
+        Initialize: "initialize" once Complete => complete_initialize;
+        InitializeComplete: "initializeComplete" once Publish => log_event;
+        InitializeError: "initializeError" once Publish => log_event;
+        Destroy: "destroy" once Complete => complete_destroy;
+        DestroyComplete: "destroyComplete" once Publish => log_event;
+        Fork: "fork" => complete_fork;
+        ForkError: "forkError" => log_event;
+        WorkerFork: "workerFork" => log_event;
+        WorkerOnline: "workerOnline" => log_event;
+        WorkerReady: "workerReady" => complete_ready;
+        AddWorker: "addWorker" => complete_add;
+        RemoveWorker: "removeWorker" => complete_remove;
+        WorkerMessage: "workerMessage" => complete_message;
+        WorkerMessageError: "workerMessageError" => log_event;
+        WorkerOutput: "workerOutput" => log_event;
+        WorkerDisconnect: "workerDisconnect" => complete_disconnect;
+        WorkerError: "workerError" => complete_error;
+        WorkerExit: "workerExit" => complete_exit;
+        RestartScheduled: "restartScheduled" => complete_restart_scheduled;
+        ShutDown: "shutDown" once Complete => complete_shut_down;
+        ShutDownEscalation: "shutDownEscalation" => complete_escalation;
+        ShutDownComplete: "shutDownComplete" once Publish => log_event;
+    }
+);

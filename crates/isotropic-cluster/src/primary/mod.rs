@@ -1,0 +1,254 @@
+//! The primary side: [`ClusterPrimary`] starts workers, talks to them, keeps
+//! the pool of ready ones, replaces the dead and shuts everything down.
+//!
+//! # Theory of operation
+//!
+//! One background task owns the primary's state and publishes every event;
+//! [`ClusterPrimary`] is a cloneable handle that sends it commands, and
+//! handlers act on it synchronously through [`PrimaryContext`]. For each
+//! worker, a watcher task reports its frames, its output lines, the end of its
+//! channel and its exit, in that order; so for one worker `workerDisconnect`
+//! always comes before `workerExit`, and every message it sent before exiting
+//! comes before both. The lifecycle of one worker:
+//!
+//! ```text
+//! fork → workerFork → workerOnline (hello) → workerReady → addWorker
+//!      → workerMessage* → workerDisconnect [→ removeWorker] → workerExit [→ fork]
+//! ```
+
+mod builder;
+mod context;
+pub mod events;
+mod pool;
+mod restart;
+mod supervisor;
+mod worker;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use builder::{PrimaryBuilder, WorkerStdio};
+pub use context::PrimaryContext;
+#[doc(inline)]
+pub use events::*;
+pub use pool::Destination;
+pub use restart::RestartPolicy;
+pub use worker::Worker;
+
+use crate::WorkerId;
+use crate::actor::Mailbox;
+use crate::error::{Error, SendError};
+use crate::events::{
+    EventStream, Handler, StreamSource, Subscribe, Subscription, SubscriptionKey, Topic,
+    sealed::RouteFn,
+};
+use builder::Config;
+use pool::Pool;
+
+/// A cloneable handle to a running primary.
+///
+/// Dropping every handle destroys the primary: its workers are asked to
+/// disconnect and are terminated after the grace period.
+///
+/// # Examples
+///
+/// ```no_run
+/// use isotropic_cluster::primary::{ClusterPrimary, WorkerMessage};
+/// use isotropic_cluster::Subscribe;
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let primary = ClusterPrimary::builder()
+///     .on::<WorkerMessage>(|event| println!("{}: {}", event.worker.id(), event.message))
+///     .start()
+///     .await?;
+/// primary.fork(4).await?;
+/// // … later
+/// primary.shut_down().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ClusterPrimary {
+    mailbox: Mailbox<PrimaryContext>,
+    pool: Arc<Pool>,
+    config: Arc<Config>,
+    stream: StreamSource<PrimaryEvent>,
+}
+
+impl std::fmt::Debug for ClusterPrimary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterPrimary")
+            .field("ready", &self.pool.ready().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterPrimary {
+    /// A builder with the defaults: workers re-execute this program with its
+    /// arguments, inherit its stdio, and are replaced when they exit.
+    pub fn builder() -> PrimaryBuilder {
+        PrimaryBuilder::new()
+    }
+
+    pub(crate) fn new(mailbox: Mailbox<PrimaryContext>, context: &PrimaryContext) -> Self {
+        Self {
+            mailbox,
+            pool: context.pool(),
+            config: context.config(),
+            stream: context.stream_source.clone(),
+        }
+    }
+
+    /// Starts `count` workers (publishes `fork`); resolves once their
+    /// processes are started, with how many were. Does nothing once the
+    /// primary is shut down (resolves with 0). Readiness comes later, as
+    /// `workerReady` events.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Spawn`] when a worker process cannot be started;
+    /// [`Error::Destroyed`] after destroy.
+    ///
+    /// # Cancel safety
+    ///
+    /// The fork happens even if the future is dropped.
+    pub async fn fork(&self, count: usize) -> Result<usize, Error> {
+        self.mailbox
+            .call(move |primary| primary.fork(count))
+            .await?
+    }
+
+    /// Sends `message` to each worker `to` names, waiting while a worker's
+    /// queue is full; resolves once it is written to every channel. The
+    /// message is encoded once.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::InvalidDestination`] for an id of no live worker,
+    /// [`SendError::NoDestination`] when `to` names no worker (an empty pool),
+    /// [`SendError::Closed`] when a worker's channel is closed,
+    /// [`SendError::Encode`] for a message that cannot be encoded or is too
+    /// large, and [`SendError::Partial`] when several destinations were named
+    /// and only some failed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: a cancelled message may still be written.
+    pub async fn send<M: Serialize + ?Sized>(
+        &self,
+        to: impl Into<Destination>,
+        message: &M,
+    ) -> Result<(), SendError> {
+        let frame = crate::protocol::encode_message(message, self.config.max_frame_size)
+            .map_err(SendError::Encode)?;
+        let (workers, errors) = self.pool.resolve(to.into());
+        let sends = workers
+            .iter()
+            .map(|worker| worker.send_frame(frame.clone()));
+        let mut results = futures_util::future::join_all(sends).await;
+        results.extend(errors.into_iter().map(Err));
+        pool::combine(results)
+    }
+
+    /// The ready worker least recently selected for `tag` (use `""` for one
+    /// shared rotation): workers never selected for the tag come first, lowest
+    /// id first. `None` when no worker is ready. Exact: every ready worker is
+    /// selected once before any is selected twice.
+    pub fn round_robin(&self, tag: &str) -> Option<Worker> {
+        self.pool.round_robin(tag)
+    }
+
+    /// The ready workers (the pool), by ascending id: a snapshot.
+    pub fn workers(&self) -> Vec<Worker> {
+        self.pool.ready()
+    }
+
+    /// The ready worker with this id.
+    pub fn worker_by_id(&self, id: WorkerId) -> Option<Worker> {
+        self.pool.ready_by_id(id)
+    }
+
+    /// Shuts down: stops replacing workers, asks each to disconnect, and
+    /// resolves when every worker has exited (`shutDownComplete`). Workers
+    /// still running after the grace period get SIGTERM, then SIGKILL.
+    /// Calling it again, or after completion, resolves at completion.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Prevented`] when a handler vetoed the shutdown;
+    /// [`Error::Destroyed`] after destroy.
+    ///
+    /// # Cancel safety
+    ///
+    /// The shutdown goes on if the future is dropped.
+    pub async fn shut_down(&self) -> Result<(), Error> {
+        let done = self.mailbox.call(PrimaryContext::shut_down_waiter).await?;
+        done.await
+            .map_err(|_| Error::Prevented { event: "shutDown" })
+    }
+
+    /// Resolves once the primary has shut down and every worker has exited,
+    /// however the shutdown was started (by a handler, say); it does not start
+    /// one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Destroyed`] when the primary is destroyed without a shutdown
+    /// completing.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn shut_down_complete(&self) -> Result<(), Error> {
+        let done = self
+            .mailbox
+            .call(|primary| primary.completion_waiter(true))
+            .await?;
+        done.await.map_err(|_| Error::Destroyed)
+    }
+
+    /// Shuts down if needed, then tears the primary down (`destroyComplete`,
+    /// then every subscription is removed). Safe at any moment, and more than
+    /// once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Prevented`] when a handler vetoed the destroy.
+    ///
+    /// # Cancel safety
+    ///
+    /// The destroy goes on if the future is dropped.
+    pub async fn destroy(&self) -> Result<(), Error> {
+        let done = match self.mailbox.call(PrimaryContext::destroy_waiter).await {
+            Ok(done) => done,
+            Err(Error::Destroyed) => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        done.await
+            .map_err(|_| Error::Prevented { event: "destroy" })
+    }
+
+    /// Every event from now on that reaches its default action, as a stream;
+    /// it ends when the primary is destroyed.
+    pub fn events(&self) -> EventStream<PrimaryEvent> {
+        self.stream.subscribe()
+    }
+}
+
+impl Subscribe for &ClusterPrimary {
+    type Host = PrimaryContext;
+    type Output = Subscription;
+
+    fn subscribe_with<E: Topic<Host = PrimaryContext>>(
+        self,
+        key: SubscriptionKey,
+        once: bool,
+        handler: Handler<E>,
+    ) -> Subscription {
+        self.mailbox.subscribe(key, once, handler)
+    }
+
+    fn route_with(self, key: SubscriptionKey, route: RouteFn<WorkerMessage>) -> Subscription {
+        self.mailbox.route(key, route)
+    }
+}

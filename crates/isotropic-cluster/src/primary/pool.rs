@@ -1,0 +1,167 @@
+//! Who can be reached: live workers, the pool of ready ones, round robin, and
+//! message destinations. Shared (behind a mutex) by the actor and the handles.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use super::Worker;
+use crate::WorkerId;
+use crate::error::SendError;
+
+/// Where a message goes: one worker, several, or every ready worker.
+///
+/// Built with `From` from a [`Worker`], a [`WorkerId`], or a `Vec` of either;
+/// an id names any live worker, ready or not.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Destination {
+    /// One worker, by handle.
+    Worker(Worker),
+    /// One worker, by id.
+    Id(WorkerId),
+    /// Several destinations.
+    Many(Vec<Destination>),
+    /// Every worker in the pool of ready workers at the time of the call.
+    Ready,
+}
+
+impl From<Worker> for Destination {
+    fn from(worker: Worker) -> Self {
+        Self::Worker(worker)
+    }
+}
+
+impl From<&Worker> for Destination {
+    fn from(worker: &Worker) -> Self {
+        Self::Worker(worker.clone())
+    }
+}
+
+impl From<WorkerId> for Destination {
+    fn from(id: WorkerId) -> Self {
+        Self::Id(id)
+    }
+}
+
+impl<T: Into<Destination>> From<Vec<T>> for Destination {
+    fn from(many: Vec<T>) -> Self {
+        Self::Many(many.into_iter().map(Into::into).collect())
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    live: HashMap<WorkerId, Worker>,
+    ready: BTreeMap<WorkerId, Worker>,
+    /// Per tag: when each worker was last selected, on a logical clock.
+    selected: HashMap<String, HashMap<WorkerId, u64>>,
+    clock: u64,
+}
+
+/// The registry of workers.
+#[derive(Debug, Default)]
+pub(crate) struct Pool {
+    state: Mutex<State>,
+}
+
+impl Pool {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent under every operation, so a panic
+        // elsewhere while holding the lock leaves nothing half-done.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn add_live(&self, worker: &Worker) {
+        self.lock().live.insert(worker.id(), worker.clone());
+    }
+
+    pub(crate) fn remove_live(&self, id: WorkerId) {
+        self.lock().live.remove(&id);
+    }
+
+    pub(crate) fn add_ready(&self, worker: &Worker) {
+        self.lock().ready.insert(worker.id(), worker.clone());
+    }
+
+    /// Removes a worker from the pool and forgets its round-robin history.
+    pub(crate) fn remove_ready(&self, id: WorkerId) {
+        let mut state = self.lock();
+        state.ready.remove(&id);
+        state.selected.retain(|_, stamps| {
+            stamps.remove(&id);
+            !stamps.is_empty()
+        });
+    }
+
+    pub(crate) fn is_ready(&self, id: WorkerId) -> bool {
+        self.lock().ready.contains_key(&id)
+    }
+
+    pub(crate) fn ready(&self) -> Vec<Worker> {
+        self.lock().ready.values().cloned().collect()
+    }
+
+    pub(crate) fn ready_by_id(&self, id: WorkerId) -> Option<Worker> {
+        self.lock().ready.get(&id).cloned()
+    }
+
+    /// The ready worker least recently selected for `tag`: workers never
+    /// selected for it first (lowest id first), then the oldest selection.
+    pub(crate) fn round_robin(&self, tag: &str) -> Option<Worker> {
+        let mut state = self.lock();
+        let State {
+            ready,
+            selected,
+            clock,
+            ..
+        } = &mut *state;
+        let stamps = selected.get(tag);
+        let stamp = |id: &WorkerId| stamps.and_then(|s| s.get(id)).copied();
+        let chosen = ready
+            .values()
+            .find(|w| stamp(&w.id()).is_none())
+            .or_else(|| ready.values().min_by_key(|w| stamp(&w.id())))?
+            .clone();
+        *clock += 1;
+        selected
+            .entry(tag.to_owned())
+            .or_default()
+            .insert(chosen.id(), *clock);
+        Some(chosen)
+    }
+
+    /// The workers `to` names, and an error for each id that names none.
+    pub(crate) fn resolve(&self, to: Destination) -> (Vec<Worker>, Vec<SendError>) {
+        let state = self.lock();
+        let mut workers = Vec::new();
+        let mut errors = Vec::new();
+        let mut pending = vec![to];
+        while let Some(to) = pending.pop() {
+            match to {
+                Destination::Worker(worker) => workers.push(worker),
+                Destination::Id(id) => match state.live.get(&id) {
+                    Some(worker) => workers.push(worker.clone()),
+                    None => errors.push(SendError::InvalidDestination { worker_id: id }),
+                },
+                Destination::Many(many) => pending.extend(many.into_iter().rev()),
+                Destination::Ready => workers.extend(state.ready.values().cloned()),
+            }
+        }
+        (workers, errors)
+    }
+}
+
+/// Combines the outcomes of sending one message to several workers.
+pub(crate) fn combine(results: Vec<Result<(), SendError>>) -> Result<(), SendError> {
+    let delivered = results.iter().filter(|r| r.is_ok()).count();
+    let mut failures: Vec<SendError> = results.into_iter().filter_map(Result::err).collect();
+    match (delivered, failures.len()) {
+        (0, 0) => Err(SendError::NoDestination),
+        (_, 0) => Ok(()),
+        (0, 1) => Err(failures.remove(0)),
+        _ => Err(SendError::Partial {
+            delivered,
+            failures,
+        }),
+    }
+}

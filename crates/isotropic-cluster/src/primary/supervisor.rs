@@ -1,0 +1,260 @@
+//! Starting one worker process, and the task that watches it: its channel, its
+//! output and its exit, reported to the primary's actor in order.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt as _;
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use tokio::process::{Child, ChildStderr, ChildStdout};
+use tokio::sync::mpsc;
+use tokio_util::codec::{Decoder, FramedRead};
+
+use super::Worker;
+use super::builder::{Config, WorkerStdio};
+use super::events::OutputStream;
+use crate::WorkerId;
+use crate::channel::Outbox;
+use crate::error::{Error, ProtocolError};
+use crate::protocol::{self, Frame, FrameCodec};
+use crate::{role, sys};
+
+/// How long output and channel data are still read after a worker exited
+/// (they end at once unless a grandchild holds them open).
+const LINGER: Duration = Duration::from_millis(500);
+/// Longest line of worker output before it is split.
+const MAX_LINE: usize = 64 * 1024;
+
+/// What the watcher of a worker reports to the actor.
+#[derive(Debug)]
+pub(crate) enum Input {
+    Frame(WorkerId, Frame),
+    Output(WorkerId, OutputStream, String),
+    /// The channel ended: end of file, or a protocol error.
+    Closed(WorkerId, Option<ProtocolError>),
+    /// The process exited and was reaped: exit code, or signal.
+    Exited(WorkerId, Option<i32>, Option<i32>),
+}
+
+/// A started worker: its handle, and where to send it signals.
+pub(crate) struct Spawned {
+    pub(crate) worker: Worker,
+    pub(crate) signals: mpsc::UnboundedSender<i32>,
+}
+
+/// Starts worker `id` and the task that watches it.
+pub(crate) fn spawn(
+    config: &Config,
+    id: WorkerId,
+    inputs: mpsc::Sender<Input>,
+) -> Result<Spawned, Error> {
+    let program = config
+        .program
+        .clone()
+        .unwrap_or_else(|| "/proc/self/exe".into());
+    let spawn_error = |source: std::io::Error| Error::Spawn {
+        program: program.clone(),
+        source: source.into(),
+    };
+    let (ours, theirs) = sys::channel_pair().map_err(spawn_error)?;
+    let mut command = tokio::process::Command::new(&program);
+    match &config.args {
+        Some(args) => {
+            command.args(args);
+        }
+        None => {
+            let mut own = std::env::args_os();
+            if let Some(arg0) = own.next() {
+                command.as_std_mut().arg0(arg0);
+            }
+            command.args(own);
+        }
+    }
+    if config.env_clear {
+        command.env_clear();
+    }
+    for (key, value) in &config.envs {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
+    if let Some(dir) = &config.current_dir {
+        command.current_dir(dir);
+    }
+    let stdio = |mode: WorkerStdio| match mode {
+        WorkerStdio::Inherit => Stdio::inherit(),
+        WorkerStdio::Null => Stdio::null(),
+        WorkerStdio::Piped => Stdio::piped(),
+    };
+    command
+        .stdin(Stdio::null())
+        .stdout(stdio(config.stdout))
+        .stderr(stdio(config.stderr))
+        .env(role::WORKER_ID, id.to_string())
+        .env(role::CHANNEL_FD, theirs.as_raw_fd().to_string())
+        .env(role::PRIMARY_PID, std::process::id().to_string())
+        .process_group(0)
+        .kill_on_drop(true);
+    sys::prepare_child(&mut command, theirs.as_raw_fd(), std::process::id());
+    let mut child = command.spawn().map_err(spawn_error)?;
+    drop(theirs);
+    let pid = child.id().unwrap_or_default();
+
+    let stream = std::os::unix::net::UnixStream::from(ours);
+    let stream = stream
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixStream::from_std(stream))
+        .map_err(spawn_error)?;
+    let (read, write) = stream.into_split();
+    let outbox = Outbox::spawn(write, config.queue_capacity, Some(id));
+    // The primary's hello: the first frame, queued before anything else.
+    let _ = outbox.try_send(protocol::encode_control(&Frame::Hello {
+        protocol: protocol::VERSION,
+    }));
+    let worker = Worker::new(id, pid, outbox, config.max_frame_size);
+    let (signals, signal_rx) = mpsc::unbounded_channel();
+    let watch = Watch {
+        id,
+        pid,
+        frames: Some(FramedRead::new(
+            read,
+            FrameCodec::new(config.max_frame_size),
+        )),
+        stdout: child.stdout.take().map(|s| FramedRead::new(s, LineCodec)),
+        stderr: child.stderr.take().map(|s| FramedRead::new(s, LineCodec)),
+        inputs,
+        signals: signal_rx,
+    };
+    tokio::spawn(watch.run(child));
+    Ok(Spawned { worker, signals })
+}
+
+struct Watch {
+    id: WorkerId,
+    pid: u32,
+    frames: Option<FramedRead<tokio::net::unix::OwnedReadHalf, FrameCodec>>,
+    stdout: Option<FramedRead<ChildStdout, LineCodec>>,
+    stderr: Option<FramedRead<ChildStderr, LineCodec>>,
+    inputs: mpsc::Sender<Input>,
+    signals: mpsc::UnboundedReceiver<i32>,
+}
+
+impl Watch {
+    /// Reports frames, lines, the end of the channel and the exit, in that
+    /// order for each worker. Stops reading when the actor is gone (the child
+    /// is then killed on drop).
+    async fn run(mut self, mut child: Child) {
+        let id = self.id;
+        let mut status = None;
+        let linger = tokio::time::sleep(Duration::MAX.min(Duration::from_secs(86_400 * 365)));
+        tokio::pin!(linger);
+        loop {
+            if status.is_some()
+                && self.frames.is_none()
+                && self.stdout.is_none()
+                && self.stderr.is_none()
+            {
+                break;
+            }
+            let input = tokio::select! {
+                frame = next(&mut self.frames) => match frame {
+                    Some(Ok(frame)) => Input::Frame(id, frame),
+                    Some(Err(error)) => {
+                        self.frames = None;
+                        Input::Closed(id, Some(error))
+                    }
+                    None => {
+                        self.frames = None;
+                        Input::Closed(id, None)
+                    }
+                },
+                line = next(&mut self.stdout) => match line {
+                    Some(Ok(line)) => Input::Output(id, OutputStream::Stdout, line),
+                    _ => {
+                        self.stdout = None;
+                        continue;
+                    }
+                },
+                line = next(&mut self.stderr) => match line {
+                    Some(Ok(line)) => Input::Output(id, OutputStream::Stderr, line),
+                    _ => {
+                        self.stderr = None;
+                        continue;
+                    }
+                },
+                exit = child.wait(), if status.is_none() => {
+                    status = Some(exit);
+                    // Grandchildren in the worker's group go with it.
+                    let _ = sys::send_signal(self.pid, true, libc::SIGKILL);
+                    linger.as_mut().reset(tokio::time::Instant::now() + LINGER);
+                    continue;
+                }
+                Some(signal) = self.signals.recv() => {
+                    // Not reaped yet (we are the only reaper), so the pid is
+                    // still this worker's.
+                    if matches!(child.try_wait(), Ok(None)) {
+                        let _ = sys::send_signal(self.pid, true, signal);
+                    }
+                    continue;
+                }
+                () = &mut linger, if status.is_some() => break,
+            };
+            if self.inputs.send(input).await.is_err() {
+                return;
+            }
+        }
+        if self.frames.is_some() {
+            let _ = self.inputs.send(Input::Closed(id, None)).await;
+        }
+        let (code, signal) = match status {
+            Some(Ok(status)) => {
+                use std::os::unix::process::ExitStatusExt as _;
+                (status.code(), status.signal())
+            }
+            _ => (None, None),
+        };
+        let _ = self.inputs.send(Input::Exited(id, code, signal)).await;
+    }
+}
+
+/// The next item of an optional stream; pending forever when there is none.
+async fn next<S: futures_util::Stream + Unpin>(stream: &mut Option<S>) -> Option<S::Item> {
+    match stream {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Splits output into lines of at most [`MAX_LINE`] bytes, lossily decoded.
+struct LineCodec;
+
+impl Decoder for LineCodec {
+    type Item = String;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<String>, std::io::Error> {
+        let end = match src.iter().take(MAX_LINE).position(|&b| b == b'\n') {
+            Some(newline) => newline + 1,
+            None if src.len() >= MAX_LINE => MAX_LINE,
+            None => return Ok(None),
+        };
+        let line = src.split_to(end);
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        Ok(Some(String::from_utf8_lossy(text).into_owned()))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<String>, std::io::Error> {
+        match self.decode(src)? {
+            Some(line) => Ok(Some(line)),
+            None if src.is_empty() => Ok(None),
+            None => {
+                let rest = src.split();
+                Ok(Some(String::from_utf8_lossy(&rest).into_owned()))
+            }
+        }
+    }
+}

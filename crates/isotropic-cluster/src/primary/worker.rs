@@ -1,0 +1,113 @@
+//! The primary's handle to one worker process.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::WorkerId;
+use crate::channel::Outbox;
+use crate::error::SendError;
+use crate::protocol;
+
+/// A cloneable handle to one worker: its id, its pid, and its channel.
+///
+/// Handles stay valid after the worker exits; sending then fails with
+/// [`SendError::Closed`].
+#[derive(Clone)]
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: WorkerId,
+    pid: u32,
+    outbox: Outbox,
+    max_frame: usize,
+}
+
+impl Worker {
+    pub(crate) fn new(id: WorkerId, pid: u32, outbox: Outbox, max_frame: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                id,
+                pid,
+                outbox,
+                max_frame,
+            }),
+        }
+    }
+
+    /// The worker's id: 1 for the first worker of a primary, then 2, 3, …
+    pub fn id(&self) -> WorkerId {
+        self.inner.id
+    }
+
+    /// The worker's process id.
+    pub fn pid(&self) -> u32 {
+        self.inner.pid
+    }
+
+    /// Whether the channel to the worker is still open for sending.
+    pub fn is_connected(&self) -> bool {
+        !self.inner.outbox.is_closed()
+    }
+
+    /// Sends `message`, waiting while the worker's queue is full; resolves once
+    /// the message has been written to the channel.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Encode`] if `message` does not serialize or is larger than
+    /// the maximum frame; [`SendError::Closed`] if the channel is closed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once queued, a cancelled message may still be written.
+    pub async fn send<M: Serialize + ?Sized>(&self, message: &M) -> Result<(), SendError> {
+        self.send_frame(self.encode(message)?).await
+    }
+
+    /// Queues `message` without waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send), and [`SendError::Full`] when the queue is full.
+    pub fn try_send<M: Serialize + ?Sized>(&self, message: &M) -> Result<(), SendError> {
+        self.try_send_frame(self.encode(message)?)
+    }
+
+    pub(crate) fn encode<M: Serialize + ?Sized>(&self, message: &M) -> Result<Bytes, SendError> {
+        protocol::encode_message(message, self.inner.max_frame).map_err(SendError::Encode)
+    }
+
+    pub(crate) async fn send_frame(&self, frame: Bytes) -> Result<(), SendError> {
+        self.inner.outbox.send(frame).await
+    }
+
+    pub(crate) fn try_send_frame(&self, frame: Bytes) -> Result<(), SendError> {
+        self.inner.outbox.try_send(frame)
+    }
+
+    pub(crate) fn outbox(&self) -> &Outbox {
+        &self.inner.outbox
+    }
+}
+
+impl PartialEq for Worker {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl Eq for Worker {}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("id", &self.inner.id.get())
+            .field("pid", &self.inner.pid)
+            .finish()
+    }
+}

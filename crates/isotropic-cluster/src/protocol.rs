@@ -1,0 +1,322 @@
+//! The wire format of a channel (see `docs/protocol.md`): length-prefixed
+//! frames, each a kind byte and a payload.
+//!
+//! ```text
+//! +----------------+--------+---------------------+
+//! | length: u32 BE |  kind  | payload (length - 1) |
+//! +----------------+--------+---------------------+
+//! ```
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use tokio_util::codec::Decoder;
+
+use crate::error::ProtocolError;
+use crate::message::Message;
+
+/// The protocol version this library speaks.
+pub(crate) const VERSION: u32 = 1;
+/// The default largest frame (kind byte and payload), 16 MiB.
+pub(crate) const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+
+const HEADER: usize = 4;
+const HELLO: u8 = 1;
+const READY: u8 = 2;
+const DISCONNECT: u8 = 3;
+const MESSAGE: u8 = 4;
+
+/// One decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Frame {
+    /// First frame in each direction: the sender's protocol version.
+    Hello { protocol: u32 },
+    /// Worker to primary: initialization is done, put me in the pool.
+    Ready,
+    /// Primary to worker: please finish and exit. Worker to primary: I am leaving.
+    Disconnect,
+    /// A user message.
+    Message(Message),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Hello {
+    protocol: u32,
+}
+
+/// Encodes a control frame (hello, ready or disconnect).
+pub(crate) fn encode_control(frame: &Frame) -> Bytes {
+    match frame {
+        Frame::Hello { protocol } => {
+            let json = serde_json::to_vec(&Hello {
+                protocol: *protocol,
+            })
+            .unwrap_or_default();
+            raw_frame(HELLO, &json)
+        }
+        Frame::Ready => raw_frame(READY, &[]),
+        Frame::Disconnect => raw_frame(DISCONNECT, &[]),
+        Frame::Message(message) => raw_frame(MESSAGE, message.as_bytes()),
+    }
+}
+
+fn raw_frame(kind: u8, payload: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(HEADER + 1 + payload.len());
+    buf.put_u32(u32::try_from(payload.len() + 1).unwrap_or(u32::MAX));
+    buf.put_u8(kind);
+    buf.put_slice(payload);
+    buf.freeze()
+}
+
+/// Serializes `value` straight into a message frame, ready to write (and to
+/// share between the destinations of a broadcast).
+///
+/// # Errors
+///
+/// [`ProtocolError::Encode`] when serialization fails, and
+/// [`ProtocolError::FrameTooLarge`] when the frame would exceed `max`.
+pub(crate) fn encode_message<T: Serialize + ?Sized>(
+    value: &T,
+    max: usize,
+) -> Result<Bytes, ProtocolError> {
+    let mut buf = BytesMut::with_capacity(128);
+    buf.put_u32(0);
+    buf.put_u8(MESSAGE);
+    let mut writer = buf.writer();
+    serde_json::to_writer(&mut writer, value).map_err(|e| ProtocolError::Encode(e.to_string()))?;
+    let mut buf = writer.into_inner();
+    let len = buf.len() - HEADER;
+    if len > max {
+        return Err(ProtocolError::FrameTooLarge { size: len, max });
+    }
+    let len = u32::try_from(len).map_err(|_| ProtocolError::FrameTooLarge { size: len, max })?;
+    buf[..HEADER].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+/// Decodes frames, refusing any larger than `max` before allocating for them.
+#[derive(Debug, Clone)]
+pub(crate) struct FrameCodec {
+    max: usize,
+}
+
+impl FrameCodec {
+    pub(crate) fn new(max: usize) -> Self {
+        Self { max }
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = ProtocolError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
+        let Some(header) = src.get(..HEADER) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if len == 0 {
+            return Err(ProtocolError::EmptyFrame);
+        }
+        if len > self.max {
+            return Err(ProtocolError::FrameTooLarge {
+                size: len,
+                max: self.max,
+            });
+        }
+        if src.len() < HEADER + len {
+            // Grow towards the frame, but never by more than 64 KiB ahead of
+            // the bytes that have actually arrived.
+            src.reserve((HEADER + len - src.len()).min(64 * 1024));
+            return Ok(None);
+        }
+        src.advance(HEADER);
+        let mut body = src.split_to(len).freeze();
+        let kind = body.get_u8();
+        let expect_empty = |frame: Frame| {
+            if body.is_empty() {
+                Ok(Some(frame))
+            } else {
+                Err(ProtocolError::UnexpectedPayload { kind })
+            }
+        };
+        match kind {
+            HELLO => {
+                let hello: Hello = serde_json::from_slice(&body)
+                    .map_err(|e| ProtocolError::InvalidHello(e.to_string()))?;
+                Ok(Some(Frame::Hello {
+                    protocol: hello.protocol,
+                }))
+            }
+            READY => expect_empty(Frame::Ready),
+            DISCONNECT => expect_empty(Frame::Disconnect),
+            MESSAGE => Message::from_json(body)
+                .map(|message| Some(Frame::Message(message)))
+                .map_err(|e| ProtocolError::InvalidMessage(e.to_string())),
+            other => Err(ProtocolError::UnknownKind(other)),
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(ProtocolError::Truncated {
+                received: src.len(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decode_all(codec: &mut FrameCodec, bytes: &[u8]) -> Result<Vec<Frame>, ProtocolError> {
+        let mut buf = BytesMut::from(bytes);
+        let mut frames = Vec::new();
+        while let Some(frame) = codec.decode(&mut buf)? {
+            frames.push(frame);
+        }
+        if let Some(frame) = codec.decode_eof(&mut buf)? {
+            frames.push(frame);
+        }
+        Ok(frames)
+    }
+
+    fn message(json: &str) -> Frame {
+        Frame::Message(Message::from_json(json.to_owned()).expect("valid json"))
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let frames = [
+            Frame::Hello { protocol: VERSION },
+            Frame::Ready,
+            message(r#"{"type":"greet","name":"User"}"#),
+            message("\"ready\""),
+            Frame::Disconnect,
+        ];
+        let bytes: Vec<u8> = frames
+            .iter()
+            .flat_map(|f| encode_control(f).to_vec())
+            .collect();
+        let decoded = decode_all(&mut FrameCodec::new(DEFAULT_MAX_FRAME), &bytes).expect("decodes");
+        assert_eq!(decoded, frames);
+    }
+
+    #[test]
+    fn a_user_message_ready_is_not_the_ready_frame() {
+        let bytes = encode_message("ready", DEFAULT_MAX_FRAME).expect("encodes");
+        let decoded = decode_all(&mut FrameCodec::new(DEFAULT_MAX_FRAME), &bytes).expect("decodes");
+        assert_eq!(decoded, [message("\"ready\"")]);
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_allocation() {
+        let mut codec = FrameCodec::new(1024);
+        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, MESSAGE][..]);
+        let err = codec.decode(&mut buf).expect_err("too large");
+        assert!(matches!(
+            err,
+            ProtocolError::FrameTooLarge {
+                size: 0xffff_ffff,
+                max: 1024
+            }
+        ));
+        assert!(buf.capacity() < 1024);
+    }
+
+    #[test]
+    fn encoder_refuses_messages_over_the_limit() {
+        let big = "x".repeat(100);
+        let err = encode_message(&big, 50).expect_err("too large");
+        assert!(matches!(
+            err,
+            ProtocolError::FrameTooLarge { size: 103, max: 50 }
+        ));
+    }
+
+    #[test]
+    fn truncated_frame_is_an_error_at_eof() {
+        let bytes = encode_message(&[1, 2, 3], DEFAULT_MAX_FRAME).expect("encodes");
+        let err = decode_all(
+            &mut FrameCodec::new(DEFAULT_MAX_FRAME),
+            &bytes[..bytes.len() - 1],
+        )
+        .expect_err("truncated");
+        assert!(matches!(err, ProtocolError::Truncated { .. }));
+    }
+
+    #[test]
+    fn bad_payloads_are_typed_errors() {
+        let mut codec = FrameCodec::new(DEFAULT_MAX_FRAME);
+        let cases: [(&[u8], fn(&ProtocolError) -> bool); 6] = [
+            (&[0, 0, 0, 0], |e| matches!(e, ProtocolError::EmptyFrame)),
+            (&[0, 0, 0, 1, 99], |e| {
+                matches!(e, ProtocolError::UnknownKind(99))
+            }),
+            (&[0, 0, 0, 2, READY, 1], |e| {
+                matches!(e, ProtocolError::UnexpectedPayload { .. })
+            }),
+            (&[0, 0, 0, 3, MESSAGE, b'{', b'x'], |e| {
+                matches!(e, ProtocolError::InvalidMessage(_))
+            }),
+            (&[0, 0, 0, 3, MESSAGE, 0xff, 0xfe], |e| {
+                matches!(e, ProtocolError::InvalidMessage(_))
+            }),
+            (&[0, 0, 0, 2, HELLO, b'1'], |e| {
+                matches!(e, ProtocolError::InvalidHello(_))
+            }),
+        ];
+        for (bytes, check) in cases {
+            let err = decode_all(&mut codec, bytes).expect_err("refused");
+            assert!(check(&err), "{bytes:?} gave {err:?}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_overflowing_the_stack() {
+        let json = "[".repeat(100_000) + &"]".repeat(100_000);
+        let frame = raw_frame(MESSAGE, json.as_bytes());
+        let err = decode_all(&mut FrameCodec::new(DEFAULT_MAX_FRAME), &frame).expect_err("refused");
+        assert!(matches!(err, ProtocolError::InvalidMessage(_)));
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_give_frames_or_a_typed_error(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_all(&mut FrameCodec::new(256), &bytes);
+        }
+
+        #[test]
+        fn any_split_decodes_like_the_whole(
+            values in proptest::collection::vec(any::<(u32, String)>(), 1..8),
+            cut in any::<proptest::sample::Index>(),
+        ) {
+            let bytes: Vec<u8> = values
+                .iter()
+                .flat_map(|v| encode_message(v, DEFAULT_MAX_FRAME).expect("encodes").to_vec())
+                .collect();
+            let cut = cut.index(bytes.len());
+            let mut codec = FrameCodec::new(DEFAULT_MAX_FRAME);
+            let mut buf = BytesMut::from(&bytes[..cut]);
+            let mut frames = Vec::new();
+            while let Some(frame) = codec.decode(&mut buf).expect("valid") {
+                frames.push(frame);
+            }
+            buf.extend_from_slice(&bytes[cut..]);
+            while let Some(frame) = codec.decode(&mut buf).expect("valid") {
+                frames.push(frame);
+            }
+            let decoded: Vec<(u32, String)> = frames
+                .iter()
+                .map(|f| match f {
+                    Frame::Message(m) => m.decode().expect("decodes"),
+                    other => panic!("unexpected {other:?}"),
+                })
+                .collect();
+            prop_assert_eq!(decoded, values);
+        }
+    }
+}

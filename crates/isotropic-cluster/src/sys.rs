@@ -1,0 +1,124 @@
+//! The one door to the operating system: every platform call and every `unsafe`
+//! block of the crate lives here, each with a `// SAFETY:` comment.
+//!
+//! Linux is the supported platform; the parent-death signal is Linux-only.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use rustix::io::FdFlags;
+use rustix::process::{Pid, Signal};
+
+/// A connected pair of Unix stream sockets, both close-on-exec.
+pub(crate) fn channel_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
+    Ok(socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// Arranges for `fd` to survive `exec` in the child of `command` (and nothing
+/// else we own), clears the signal mask the child would inherit, and asks the
+/// kernel to send SIGTERM to the child if its parent thread goes away.
+pub(crate) fn prepare_child(command: &mut tokio::process::Command, fd: RawFd, primary: u32) {
+    let primary = Pid::from_raw(primary.cast_signed());
+    // SAFETY: the closure runs in the child between fork and exec, so it must be
+    // async-signal-safe: it only makes raw system calls (fcntl, sigprocmask,
+    // prctl, getppid) on values captured by copy, and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            // SAFETY: `fd` is the child's end of the channel, open in this
+            // process (it was inherited over fork) for the whole closure.
+            let borrowed = std::os::fd::BorrowedFd::borrow_raw(fd);
+            rustix::io::fcntl_setfd(borrowed, FdFlags::empty())?;
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&raw mut empty);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &raw const empty, std::ptr::null_mut());
+            #[cfg(target_os = "linux")]
+            rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
+            // The primary may have died before the death signal was armed.
+            if rustix::process::getppid() != primary {
+                return Err(io::Error::other("primary exited during spawn"));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Takes ownership of the channel fd a worker inherited, after checking that it
+/// is an open socket, and marks it close-on-exec so that the worker's own
+/// children never inherit it.
+///
+/// The caller guarantees that this is called at most once per process (see
+/// `role::take_channel`), so no other owner of `fd` exists.
+pub(crate) fn adopt_inherited_channel(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "negative fd"));
+    }
+    // SAFETY: we only borrow the number for the duration of two checks; if it is
+    // not open, fstat fails with EBADF and we return before taking ownership.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let stat = rustix::fs::fstat(borrowed)?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Socket {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the inherited channel fd is not a socket",
+        ));
+    }
+    rustix::io::fcntl_setfd(borrowed, FdFlags::CLOEXEC)?;
+    // SAFETY: the fd is open (fstat succeeded), it was handed to this process by
+    // the primary for the library alone, and the caller takes it at most once.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends `signal` to the process `pid`, or to its whole process group.
+///
+/// Callers only pass the pid of a child that has not been reaped yet, so the
+/// number cannot have been reused.
+pub(crate) fn send_signal(pid: u32, group: bool, signal: i32) -> io::Result<()> {
+    let pid = Pid::from_raw(pid.cast_signed())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pid 0"))?;
+    let signal = Signal::from_named_raw(signal)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "unknown signal"))?;
+    let result = if group {
+        rustix::process::kill_process_group(pid, signal)
+    } else {
+        rustix::process::kill_process(pid, signal)
+    };
+    match result {
+        Err(rustix::io::Errno::SRCH) => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+/// The pid of this process's parent.
+pub(crate) fn parent_pid() -> Option<u32> {
+    rustix::process::getppid().map(|pid| pid.as_raw_pid().cast_unsigned())
+}
+
+/// The number of threads of this process (from `/proc/self/stat`).
+fn thread_count() -> Option<usize> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(17)?.parse().ok()
+}
+
+/// Removes `keys` from the environment if that is sound, that is when this
+/// process has a single thread; returns whether it did.
+pub(crate) fn remove_env_if_single_threaded(keys: &[&str]) -> bool {
+    if thread_count() != Some(1) {
+        return false;
+    }
+    for key in keys {
+        // SAFETY: this process has exactly one thread (checked just above, and
+        // only this thread could start another), so no other thread can read
+        // or write the environment concurrently.
+        unsafe { std::env::remove_var(key) };
+    }
+    true
+}

@@ -1,0 +1,325 @@
+//! The worker's state and default actions, owned by one task.
+
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use serde::Serialize;
+use tokio::net::unix::OwnedReadHalf;
+use tokio::signal::unix::{Signal, SignalKind};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::codec::FramedRead;
+
+use super::events::*;
+use super::{Cleanup, ClusterWorker};
+use crate::WorkerId;
+use crate::actor::{Command, WeakMailbox};
+use crate::channel::Outbox;
+use crate::error::SendError;
+use crate::events::{
+    self, Handler, Hub, StreamSource, Subscribe, Subscription, SubscriptionKey, Topic,
+    sealed::RouteFn,
+};
+use crate::protocol::{self, Frame, FrameCodec};
+
+/// The worker as its event handlers see it.
+///
+/// Reached from a handler through [`Event::worker`](crate::Event::worker).
+pub struct WorkerContext {
+    hub: Hub,
+    stream: broadcast::Sender<WorkerEvent>,
+    pub(super) stream_source: StreamSource<WorkerEvent>,
+    pub(super) id: WorkerId,
+    pub(super) outbox: Outbox,
+    pub(super) max_frame: usize,
+    mailbox: WeakMailbox<WorkerContext>,
+    pub(super) destroy_timeout: Duration,
+    cleanup: Option<Cleanup>,
+    initialized: bool,
+    destroying: bool,
+    destroyed: bool,
+    finished: bool,
+    greeted: bool,
+    /// Fires when the cleanup of a destroy is done (or timed out).
+    cleanup_done: Option<oneshot::Receiver<()>>,
+    closed_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl std::fmt::Debug for WorkerContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerContext")
+            .field("id", &self.id)
+            .field("destroying", &self.destroying)
+            .finish_non_exhaustive()
+    }
+}
+
+impl events::sealed::HostImpl for WorkerContext {
+    type Stream = WorkerEvent;
+    type Inbound = PrimaryMessage;
+    fn hub(&mut self) -> &mut Hub {
+        &mut self.hub
+    }
+    fn stream(&self) -> &broadcast::Sender<WorkerEvent> {
+        &self.stream
+    }
+}
+
+impl<E: Topic<Host = WorkerContext>> events::Event<'_, E> {
+    /// The worker, to act on from a handler (send, destroy, …).
+    pub fn worker(&mut self) -> &mut WorkerContext {
+        self.host
+    }
+}
+
+impl WorkerContext {
+    /// This worker's id.
+    pub fn id(&self) -> WorkerId {
+        self.id
+    }
+
+    /// Queues `message` for the primary without waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterWorker::try_send`].
+    pub fn send<M: Serialize + ?Sized>(&self, message: &M) -> Result<(), SendError> {
+        let frame = protocol::encode_message(message, self.max_frame).map_err(SendError::Encode)?;
+        self.outbox.try_send(frame)
+    }
+
+    /// Starts destroying the worker (publishes `destroy`): cleanup, bounded by
+    /// `timeout`, then disconnect.
+    pub fn destroy(&mut self, timeout: Duration) {
+        events::publish(self, Destroy { timeout });
+    }
+
+    /// A handle to this worker, for async work started from a handler; `None`
+    /// once every handle is gone.
+    pub fn handle(&self) -> Option<ClusterWorker> {
+        Some(ClusterWorker::new(self.mailbox.upgrade()?, self))
+    }
+}
+
+impl Subscribe for &mut WorkerContext {
+    type Host = WorkerContext;
+    type Output = Subscription;
+
+    fn subscribe_with<E: Topic<Host = WorkerContext>>(
+        self,
+        key: SubscriptionKey,
+        once: bool,
+        handler: Handler<E>,
+    ) -> Subscription {
+        events::subscribe(self, key.clone(), once, handler);
+        self.mailbox.subscription(key)
+    }
+
+    fn route_with(self, key: SubscriptionKey, route: RouteFn<PrimaryMessage>) -> Subscription {
+        self.hub.insert_route(key.clone(), route);
+        self.mailbox.subscription(key)
+    }
+}
+
+impl WorkerContext {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        id: WorkerId,
+        outbox: Outbox,
+        max_frame: usize,
+        hub: Hub,
+        mailbox: WeakMailbox<Self>,
+        destroy_timeout: Duration,
+        cleanup: Option<Cleanup>,
+    ) -> Self {
+        let (stream_source, stream) = StreamSource::new();
+        Self {
+            hub,
+            stream_source,
+            stream,
+            id,
+            outbox,
+            max_frame,
+            mailbox,
+            destroy_timeout,
+            cleanup,
+            initialized: false,
+            destroying: false,
+            destroyed: false,
+            finished: false,
+            greeted: false,
+            cleanup_done: None,
+            closed_waiters: Vec::new(),
+        }
+    }
+
+    pub(super) fn initialized(&self) -> bool {
+        self.initialized
+    }
+
+    /// Resolves once the worker is destroyed.
+    pub(super) fn closed_waiter(&mut self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        if self.destroyed {
+            let _ = tx.send(());
+        } else {
+            self.closed_waiters.push(tx);
+        }
+        rx
+    }
+
+    fn frame(&mut self, frame: Frame) {
+        match frame {
+            Frame::Hello { protocol } if !self.greeted && protocol == protocol::VERSION => {
+                self.greeted = true
+            }
+            Frame::Message(message) if self.greeted => {
+                events::publish(self, PrimaryMessage { message })
+            }
+            Frame::Disconnect if self.greeted => self.primary_gone(),
+            other => {
+                tracing::error!(worker_id = %self.id, frame = ?other, "unexpected frame from the primary");
+                self.primary_gone();
+            }
+        }
+    }
+
+    fn primary_gone(&mut self) {
+        if !self.destroying {
+            events::publish(self, PrimaryDisconnect);
+        }
+    }
+
+    /// The cleanup is done (or timed out): disconnect and tear down.
+    fn finish_destroy(&mut self) {
+        let _ = self
+            .outbox
+            .try_send(protocol::encode_control(&Frame::Disconnect));
+        self.outbox.close();
+        self.destroyed = true;
+        events::publish(self, DestroyComplete);
+        self.hub.clear();
+        self.stream_source.close();
+        for waiter in self.closed_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+        self.finished = true;
+    }
+}
+
+/// Runs the worker until it is destroyed.
+pub(super) async fn run(
+    mut context: WorkerContext,
+    mut commands: mpsc::UnboundedReceiver<Command<WorkerContext>>,
+    mut frames: FramedRead<OwnedReadHalf, FrameCodec>,
+    mut sigterm: Option<Signal>,
+) {
+    let mut handles = true;
+    let mut reading = true;
+    while !context.finished {
+        tokio::select! {
+            command = commands.recv(), if handles => match command {
+                Some(command) => command(&mut context),
+                None => {
+                    handles = false;
+                    let timeout = context.destroy_timeout;
+                    context.destroy(timeout);
+                }
+            },
+            frame = frames.next(), if reading => match frame {
+                Some(Ok(frame)) => context.frame(frame),
+                Some(Err(error)) => {
+                    reading = false;
+                    tracing::error!(worker_id = %context.id, %error, "channel from the primary broken");
+                    context.primary_gone();
+                }
+                None => {
+                    reading = false;
+                    context.primary_gone();
+                }
+            },
+            _ = cleanup_done(&mut context.cleanup_done) => {
+                context.cleanup_done = None;
+                context.finish_destroy();
+            }
+            Some(()) = recv(&mut sigterm) => {
+                tracing::info!(worker_id = %context.id, "SIGTERM: destroying the worker");
+                let timeout = context.destroy_timeout;
+                context.destroy(timeout);
+            }
+        }
+    }
+}
+
+async fn recv(signal: &mut Option<Signal>) -> Option<()> {
+    match signal {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn cleanup_done(done: &mut Option<oneshot::Receiver<()>>) {
+    match done {
+        Some(done) => drop(done.await),
+        None => std::future::pending().await,
+    }
+}
+
+pub(super) fn sigterm() -> Option<Signal> {
+    tokio::signal::unix::signal(SignalKind::terminate()).ok()
+}
+
+// ===== default actions =====
+
+impl WorkerContext {
+    pub(super) fn log_event<E: Topic>(&mut self, event: &E) {
+        tracing::debug!(worker_id = %self.id, event = E::NAME, data = ?event);
+    }
+
+    pub(super) fn complete_initialize(&mut self, _: &Initialize) {
+        tracing::info!(worker_id = %self.id, "Initializing worker");
+        self.initialized = true;
+    }
+
+    pub(super) fn complete_initialize_complete(&mut self, _: &InitializeComplete) {
+        tracing::info!(worker_id = %self.id, "Worker ready");
+        let _ = self
+            .outbox
+            .try_send(protocol::encode_control(&Frame::Ready));
+    }
+
+    pub(super) fn complete_message(&mut self, event: &PrimaryMessage) {
+        if let Err(error) = events::route(self, event, &event.message) {
+            tracing::warn!(worker_id = %self.id, %error, "message does not fit its route");
+            let message = event.message.clone();
+            events::publish(self, PrimaryMessageError { message, error });
+        }
+    }
+
+    pub(super) fn complete_primary_disconnect(&mut self, _: &PrimaryDisconnect) {
+        tracing::info!(worker_id = %self.id, "Primary disconnected");
+        let timeout = self.destroy_timeout;
+        self.destroy(timeout);
+    }
+
+    pub(super) fn complete_destroy(&mut self, event: &Destroy) {
+        self.destroying = true;
+        let timeout = event.timeout;
+        // The process ends at the latest after the timeout, whatever `main`
+        // is doing by then.
+        std::thread::spawn(move || {
+            std::thread::sleep(timeout);
+            std::process::exit(0);
+        });
+        let cleanup = self.cleanup.take();
+        let (done, done_rx) = oneshot::channel();
+        self.cleanup_done = Some(done_rx);
+        tokio::spawn(async move {
+            if let Some(cleanup) = cleanup {
+                if tokio::time::timeout(timeout, cleanup()).await.is_err() {
+                    tracing::warn!("worker cleanup timed out");
+                }
+            }
+            let _ = done.send(());
+        });
+    }
+}

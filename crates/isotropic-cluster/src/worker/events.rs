@@ -1,0 +1,86 @@
+//! The worker's events. Each is a type carrying its data; subscribe with
+//! [`Subscribe`](crate::Subscribe), or read them all from
+//! [`ClusterWorker::events`](super::ClusterWorker::events).
+
+use std::time::Duration;
+
+use super::WorkerContext;
+use crate::error::{Error, MessageError};
+use crate::message::Message;
+use crate::topics::topics;
+
+/// The worker is starting; runs its initializer next.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Initialize;
+
+/// The worker finished initializing (once only). Its default action sends
+/// *ready* to the primary: preventing it keeps the worker out of the pool.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct InitializeComplete;
+
+/// The worker's initializer failed (once only): the worker never becomes
+/// ready, and [`WorkerBuilder::start`](super::WorkerBuilder::start) returns
+/// the error.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct InitializeError {
+    /// What failed.
+    pub error: Error,
+}
+
+/// A message from the primary. Its default action is typed routing.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PrimaryMessage {
+    /// The message.
+    pub message: Message,
+}
+
+/// A routed message did not decode into the route's type.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PrimaryMessageError {
+    /// The message.
+    pub message: Message,
+    /// What did not fit.
+    pub error: MessageError,
+}
+
+/// The primary asked this worker to disconnect, or went away (its channel
+/// closed, even if it was killed). The default action destroys the worker
+/// with its default timeout.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PrimaryDisconnect;
+
+/// The worker is being destroyed: its cleanup runs, bounded by `timeout`,
+/// then it disconnects.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Destroy {
+    /// The longest the cleanup may take; the process is ended after it.
+    pub timeout: Duration,
+}
+
+/// The worker is destroyed and disconnected (once only); every subscription is
+/// removed after it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DestroyComplete;
+
+topics!(WorkerContext =>
+    /// Every event of a worker, as an item of its
+    /// [`EventStream`](crate::EventStream).
+    WorkerEvent {
+        Initialize: "initialize" once Complete => complete_initialize;
+        InitializeComplete: "initializeComplete" once Publish => complete_initialize_complete;
+        InitializeError: "initializeError" once Publish => log_event;
+        PrimaryMessage: "primaryMessage" => complete_message;
+        PrimaryMessageError: "primaryMessageError" => log_event;
+        PrimaryDisconnect: "primaryDisconnect" => complete_primary_disconnect;
+        Destroy: "destroy" once Complete => complete_destroy;
+        DestroyComplete: "destroyComplete" once Publish => log_event;
+    }
+);

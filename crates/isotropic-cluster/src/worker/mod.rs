@@ -1,0 +1,357 @@
+//! The worker side: [`ClusterWorker`] connects to the primary over the
+//! inherited channel, signals ready once its initialization is done, receives
+//! messages, and disconnects cleanly.
+
+mod context;
+pub mod events;
+
+use std::future::Future;
+use std::os::fd::OwnedFd;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::codec::FramedRead;
+
+pub use context::WorkerContext;
+#[doc(inline)]
+pub use events::*;
+
+use crate::actor::Mailbox;
+use crate::channel::Outbox;
+use crate::error::{BoxError, Error, SendError};
+use crate::events::{
+    self as pubsub, EventStream, Handler, Hub, StreamSource, Subscribe, Subscription,
+    SubscriptionKey, Topic, sealed::RouteFn,
+};
+use crate::protocol::{self, Frame, FrameCodec};
+use crate::{WorkerId, role};
+
+type Initializer = Box<
+    dyn FnOnce(ClusterWorker) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> + Send,
+>;
+pub(crate) type Cleanup = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// Builds and starts a [`ClusterWorker`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use isotropic_cluster::worker::ClusterWorker;
+/// use isotropic_cluster::Subscribe;
+///
+/// # async fn connect() -> Result<(), std::io::Error> { Ok(()) }
+/// # async fn demo() -> Result<(), isotropic_cluster::Error> {
+/// let worker = ClusterWorker::builder()
+///     .initialize(|_worker| async { connect().await })
+///     .on_destroy(|| async { /* close connections */ })
+///     .route::<String>("greet", |_event, name| println!("hello, {name}"))
+///     .start()
+///     .await?;
+/// worker.closed().await;
+/// # Ok(()) }
+/// ```
+pub struct WorkerBuilder {
+    hub: Hub,
+    initializer: Option<Initializer>,
+    cleanup: Option<Cleanup>,
+    destroy_timeout: Duration,
+    max_frame_size: usize,
+    queue_capacity: usize,
+}
+
+impl std::fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerBuilder")
+            .field("destroy_timeout", &self.destroy_timeout)
+            .field("max_frame_size", &self.max_frame_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerBuilder {
+    /// Custom initialization (the original's `_initialize`): a database
+    /// connection, say. The worker signals ready only once it succeeds; it may
+    /// already send messages. Its failure is an `initializeError` event and
+    /// [`start`](Self::start)'s error, and the worker never becomes ready.
+    pub fn initialize<F, Fut, E>(mut self, init: F) -> Self
+    where
+        F: FnOnce(ClusterWorker) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        self.initializer = Some(Box::new(move |worker| {
+            Box::pin(async move { init(worker).await.map_err(Into::into) })
+        }));
+        self
+    }
+
+    /// Cleanup run when the worker is destroyed (the original's `_destroy`),
+    /// bounded by the destroy timeout.
+    pub fn on_destroy<F, Fut>(mut self, cleanup: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.cleanup = Some(Box::new(move || Box::pin(cleanup())));
+        self
+    }
+
+    /// The timeout of a destroy that the worker did not ask for itself (the
+    /// primary disconnected, SIGTERM): default 5 s.
+    pub fn destroy_timeout(mut self, timeout: Duration) -> Self {
+        self.destroy_timeout = timeout;
+        self
+    }
+
+    /// The largest frame accepted from or sent to the primary (default 16 MiB).
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.max_frame_size = bytes.clamp(1, u32::MAX as usize);
+        self
+    }
+
+    /// How many messages may wait to be written (default 1024).
+    pub fn queue_capacity(mut self, messages: usize) -> Self {
+        self.queue_capacity = messages.max(1);
+        self
+    }
+
+    /// Connects to the primary, runs the initializer, then signals ready.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotAWorker`] outside a worker process; [`Error::Channel`] if
+    /// the channel was already taken or is not usable; [`Error::Initialize`]
+    /// if the initializer fails; [`Error::Prevented`] if a handler prevents
+    /// `initialize`.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub async fn start(self) -> Result<ClusterWorker, Error> {
+        let markers = role::markers().ok_or(Error::NotAWorker)?;
+        let channel_error = |e: std::io::Error| Error::Channel(Arc::new(e));
+        let fd: OwnedFd = role::take_channel(markers).map_err(channel_error)?;
+        let stream = std::os::unix::net::UnixStream::from(fd);
+        stream.set_nonblocking(true).map_err(channel_error)?;
+        let stream = tokio::net::UnixStream::from_std(stream).map_err(channel_error)?;
+        let (read, write) = stream.into_split();
+        let outbox = Outbox::spawn(write, self.queue_capacity, None);
+        let _ = outbox.try_send(protocol::encode_control(&Frame::Hello {
+            protocol: protocol::VERSION,
+        }));
+
+        let (mailbox, commands) = Mailbox::new();
+        let mut context = WorkerContext::new(
+            markers.id,
+            outbox,
+            self.max_frame_size,
+            self.hub,
+            mailbox.downgrade(),
+            self.destroy_timeout,
+            self.cleanup,
+        );
+        pubsub::publish(&mut context, Initialize);
+        if !context.initialized() {
+            return Err(Error::Prevented {
+                event: "initialize",
+            });
+        }
+        let worker = ClusterWorker::new(mailbox.clone(), &context);
+        let frames = FramedRead::new(read, FrameCodec::new(self.max_frame_size));
+        tokio::spawn(context::run(context, commands, frames, context::sigterm()));
+
+        if let Some(init) = self.initializer {
+            if let Err(error) = init(worker.clone()).await {
+                let error = Error::Initialize(error.into());
+                let event = InitializeError {
+                    error: error.clone(),
+                };
+                mailbox.call(move |w| pubsub::publish(w, event)).await?;
+                return Err(error);
+            }
+        }
+        mailbox
+            .call(|w| pubsub::publish(w, InitializeComplete))
+            .await?;
+        Ok(worker)
+    }
+}
+
+impl Subscribe for WorkerBuilder {
+    type Host = WorkerContext;
+    type Output = Self;
+
+    fn subscribe_with<E: Topic<Host = WorkerContext>>(
+        mut self,
+        key: SubscriptionKey,
+        once: bool,
+        handler: Handler<E>,
+    ) -> Self {
+        self.hub.insert(key, once, handler);
+        self
+    }
+
+    fn route_with(mut self, key: SubscriptionKey, route: RouteFn<PrimaryMessage>) -> Self {
+        self.hub.insert_route(key, route);
+        self
+    }
+}
+
+/// A cloneable handle to this process's worker side.
+///
+/// # Examples
+///
+/// ```no_run
+/// use isotropic_cluster::worker::{ClusterWorker, PrimaryMessage};
+/// use isotropic_cluster::Subscribe;
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let worker = ClusterWorker::builder()
+///     .on::<PrimaryMessage>(|event| println!("from the primary: {}", event.message))
+///     .start()
+///     .await?;
+/// worker.send(&serde_json::json!({"type": "hello"})).await?;
+/// worker.closed().await; // until the primary asks us to go
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ClusterWorker {
+    mailbox: Mailbox<WorkerContext>,
+    outbox: Outbox,
+    id: WorkerId,
+    max_frame: usize,
+    stream: StreamSource<WorkerEvent>,
+}
+
+impl std::fmt::Debug for ClusterWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterWorker")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterWorker {
+    /// A builder with the defaults.
+    pub fn builder() -> WorkerBuilder {
+        WorkerBuilder {
+            hub: Hub::default(),
+            initializer: None,
+            cleanup: None,
+            destroy_timeout: Duration::from_secs(5),
+            max_frame_size: protocol::DEFAULT_MAX_FRAME,
+            queue_capacity: 1024,
+        }
+    }
+
+    /// This process's worker id; `None` outside a worker.
+    pub fn worker_id() -> Option<WorkerId> {
+        role::markers().map(|m| m.id)
+    }
+
+    pub(crate) fn new(mailbox: Mailbox<WorkerContext>, context: &WorkerContext) -> Self {
+        Self {
+            mailbox,
+            outbox: context.outbox.clone(),
+            id: context.id,
+            max_frame: context.max_frame,
+            stream: context.stream_source.clone(),
+        }
+    }
+
+    /// This worker's id.
+    pub fn id(&self) -> WorkerId {
+        self.id
+    }
+
+    /// Sends `message` to the primary, waiting while the queue is full;
+    /// resolves once it is written to the channel.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Encode`] for a message that cannot be encoded or is too
+    /// large; [`SendError::Closed`] once disconnected.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: a cancelled message may still be written.
+    pub async fn send<M: Serialize + ?Sized>(&self, message: &M) -> Result<(), SendError> {
+        let frame = protocol::encode_message(message, self.max_frame).map_err(SendError::Encode)?;
+        self.outbox.send(frame).await
+    }
+
+    /// Queues `message` without waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send), and [`SendError::Full`] when the queue is full.
+    pub fn try_send<M: Serialize + ?Sized>(&self, message: &M) -> Result<(), SendError> {
+        let frame = protocol::encode_message(message, self.max_frame).map_err(SendError::Encode)?;
+        self.outbox.try_send(frame)
+    }
+
+    /// Destroys the worker: runs its cleanup (at most `timeout`), disconnects
+    /// from the primary, and resolves once the disconnect is written. The
+    /// process is ended `timeout` after the call at the latest: return from
+    /// `main` once this resolves. Safe to call more than once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Prevented`] when a handler vetoed the destroy.
+    pub async fn destroy(&self, timeout: Duration) -> Result<(), Error> {
+        let done = self
+            .mailbox
+            .call(move |w| {
+                w.destroy(timeout);
+                w.closed_waiter()
+            })
+            .await;
+        if let Ok(done) = done {
+            done.await
+                .map_err(|_| Error::Prevented { event: "destroy" })?;
+        }
+        self.outbox.wait_closed().await;
+        Ok(())
+    }
+
+    /// Resolves once the worker is destroyed, for any reason (the primary
+    /// asked it to disconnect or went away, SIGTERM, or `destroy`), and its
+    /// disconnect is written.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn closed(&self) {
+        if let Ok(done) = self.mailbox.call(WorkerContext::closed_waiter).await {
+            let _ = done.await;
+        }
+        self.outbox.wait_closed().await;
+    }
+
+    /// Every event from now on that reaches its default action, as a stream;
+    /// it ends when the worker is destroyed.
+    pub fn events(&self) -> EventStream<WorkerEvent> {
+        self.stream.subscribe()
+    }
+}
+
+impl Subscribe for &ClusterWorker {
+    type Host = WorkerContext;
+    type Output = Subscription;
+
+    fn subscribe_with<E: Topic<Host = WorkerContext>>(
+        self,
+        key: SubscriptionKey,
+        once: bool,
+        handler: Handler<E>,
+    ) -> Subscription {
+        self.mailbox.subscribe(key, once, handler)
+    }
+
+    fn route_with(self, key: SubscriptionKey, route: RouteFn<PrimaryMessage>) -> Subscription {
+        self.mailbox.route(key, route)
+    }
+}

@@ -1,0 +1,198 @@
+//! A worker program for the end-to-end tests. The first argument picks a
+//! behaviour; see `main`.
+#![allow(unsafe_code)]
+
+use std::io::Write;
+use std::os::fd::FromRawFd;
+use std::time::Duration;
+
+use isotropic_cluster::Subscribe;
+use isotropic_cluster::worker::{
+    ClusterWorker, InitializeComplete, PrimaryDisconnect, PrimaryMessage,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Commands the tests send to an `echo` worker.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+enum Command {
+    /// Exit at once with this code.
+    Exit { code: i32 },
+    /// Destroy the worker (a voluntary exit).
+    Destroy,
+    /// Print a line on stdout and one on stderr.
+    Print { text: String },
+    /// Report what a child process of this worker inherits.
+    Inspect,
+    /// Start a child that outlives nothing (sleeps), and report its pid.
+    SpawnChild,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let is_worker = isotropic_cluster::is_worker();
+    let mode = std::env::args().nth(1).unwrap_or_default();
+    if !is_worker {
+        return Err(format!("fixture-worker ({mode}) started outside a cluster").into());
+    }
+    match mode.as_str() {
+        "echo" => echo(ClusterWorker::builder()).await,
+        "before-ready" => {
+            let builder = ClusterWorker::builder().initialize(|worker| async move {
+                worker.send(&json!("ready")).await?;
+                worker.send(&json!({"type": "early"})).await
+            });
+            echo(builder).await
+        }
+        "never-ready" => {
+            echo(ClusterWorker::builder().before::<InitializeComplete>(|e| e.prevent())).await
+        }
+        "init-fail" => {
+            let builder =
+                ClusterWorker::builder().initialize(|_| async { Err::<(), _>("no database") });
+            echo(builder).await
+        }
+        "exit-at-start" => std::process::exit(3),
+        "stay" => echo(ClusterWorker::builder().before::<PrimaryDisconnect>(|e| e.prevent())).await,
+        "hung" => hung(),
+        "raw" => raw(&std::env::args().nth(2).unwrap_or_default()),
+        other => Err(format!("unknown mode {other:?}").into()),
+    }
+}
+
+/// Echoes every message back as `{"echo": message}`, and obeys [`Command`]s.
+async fn echo(
+    builder: isotropic_cluster::worker::WorkerBuilder,
+) -> Result<(), Box<dyn std::error::Error>> {
+    #[derive(Deserialize)]
+    struct Ping {
+        n: u32,
+    }
+    let worker = builder
+        .route::<Ping>("ping", |event, ping| {
+            let _ = event.worker().send(&json!({"pong": ping.n}));
+        })
+        .on::<PrimaryMessage>(|event| {
+            let message: Value = event.message.decode().unwrap_or_default();
+            match event.message.decode::<Command>() {
+                Ok(Command::Exit { code }) => std::process::exit(code),
+                Ok(Command::Destroy) => event.worker().destroy(Duration::from_secs(5)),
+                Ok(Command::Print { text }) => {
+                    println!("{text}");
+                    eprintln!("{text} (stderr)");
+                    let _ = std::io::stdout().flush();
+                }
+                Ok(Command::Inspect) => {
+                    let _ = event.worker().send(&json!({"inspect": inspect()}));
+                }
+                Ok(Command::SpawnChild) => {
+                    let child = std::process::Command::new("sleep").arg("300").spawn();
+                    let pid = child.map(|c| c.id()).unwrap_or_default();
+                    let _ = event.worker().send(&json!({"child": pid}));
+                }
+                Err(_) => {
+                    let _ = event.worker().send(&json!({"echo": message}));
+                }
+            }
+        })
+        .start()
+        .await?;
+    worker.closed().await;
+    Ok(())
+}
+
+/// What a child of this worker sees: its environment's cluster variables and
+/// its open fds that are sockets.
+fn inspect() -> Value {
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("env | grep ISOTROPIC_CLUSTER; for f in /proc/$$/fd/*; do readlink $f; done | grep socket")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    json!(output.lines().collect::<Vec<_>>())
+}
+
+/// The channel, taken by hand (for workers that do not use the library).
+fn raw_channel() -> std::os::unix::net::UnixStream {
+    let fd: i32 = std::env::var("ISOTROPIC_CLUSTER_CHANNEL_FD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1);
+    // SAFETY: the primary passed this fd for this process's use; the library is
+    // not used in this mode, so nothing else owns it.
+    unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) }
+}
+
+fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = u32::try_from(payload.len() + 1)
+        .unwrap_or(u32::MAX)
+        .to_be_bytes()
+        .to_vec();
+    bytes.push(kind);
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+/// Says hello and ready, ignores SIGTERM and the disconnect request, and
+/// never exits by itself.
+fn hung() -> Result<(), Box<dyn std::error::Error>> {
+    // SAFETY: setting a signal's disposition to "ignore" installs no handler code.
+    unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    let mut channel = raw_channel();
+    channel.write_all(&frame(1, br#"{"protocol":1}"#))?;
+    channel.write_all(&frame(2, b""))?;
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+/// Says hello and ready (unless the case is about the handshake), then sends
+/// one kind of bad input, then waits for the primary to close the channel.
+fn raw(case: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let mut channel = raw_channel();
+    let hello = frame(1, br#"{"protocol":1}"#);
+    let greet = |channel: &mut std::os::unix::net::UnixStream| -> std::io::Result<()> {
+        channel.write_all(&hello)?;
+        channel.write_all(&frame(2, b""))
+    };
+    let bad: Vec<u8> = match case {
+        "no-hello" => frame(4, b"{}"),
+        "wrong-version" => frame(1, br#"{"protocol":99}"#),
+        "huge-length" => {
+            greet(&mut channel)?;
+            vec![0xff, 0xff, 0xff, 0xff, 4]
+        }
+        "garbage" => {
+            greet(&mut channel)?;
+            b"\x00\x00\x00\x05\x07garbage that is not a frame".to_vec()
+        }
+        "invalid-json" => {
+            greet(&mut channel)?;
+            frame(4, b"{\"type\": ")
+        }
+        "invalid-utf8" => {
+            greet(&mut channel)?;
+            frame(4, b"\"\xff\xfe\"")
+        }
+        "deep-json" => {
+            greet(&mut channel)?;
+            frame(4, ("[".repeat(100_000) + &"]".repeat(100_000)).as_bytes())
+        }
+        "truncated" => {
+            greet(&mut channel)?;
+            let mut cut = frame(4, br#"{"type":"cut short"}"#);
+            cut.truncate(9);
+            channel.write_all(&cut)?;
+            // Close the channel in the middle of the frame and exit.
+            return Ok(());
+        }
+        other => return Err(format!("unknown raw case {other:?}").into()),
+    };
+    channel.write_all(&bad)?;
+    // Wait until the primary closes the channel (or kills us).
+    let mut sink = [0u8; 4096];
+    while std::io::Read::read(&mut channel, &mut sink)? > 0 {}
+    Ok(())
+}

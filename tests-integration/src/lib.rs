@@ -1,0 +1,148 @@
+//! Helpers for the end-to-end tests: the fixture programs, an event log, and
+//! waiting on events with a generous deadline.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use isotropic_cluster::primary::{ClusterPrimary, PrimaryBuilder, PrimaryContext, PrimaryEvent};
+use isotropic_cluster::{Event, EventStream, Topic};
+
+/// How long a test waits for anything before failing.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The directory of the built binaries (`target/<profile>`).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test binary>
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir")
+        .to_path_buf()
+}
+
+/// The fixture worker program.
+pub fn fixture() -> PathBuf {
+    target_dir().join("fixture-worker")
+}
+
+/// A built example of the library crate.
+pub fn example(name: &str) -> PathBuf {
+    target_dir().join("examples").join(name)
+}
+
+/// A primary whose workers run the fixture in `mode`.
+pub fn primary(mode: &str) -> PrimaryBuilder {
+    ClusterPrimary::builder().program(fixture()).arg(mode)
+}
+
+/// An ordered log of what handlers saw.
+#[derive(Debug, Clone, Default)]
+pub struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    /// Appends an entry.
+    pub fn push(&self, entry: impl Into<String>) {
+        self.0.lock().expect("log lock").push(entry.into());
+    }
+
+    /// The entries so far.
+    pub fn entries(&self) -> Vec<String> {
+        self.0.lock().expect("log lock").clone()
+    }
+
+    /// A handler that logs `"<label> <event name>"`.
+    pub fn hook<E: Topic>(
+        &self,
+        label: &'static str,
+    ) -> impl FnMut(&mut Event<'_, E>) + Send + 'static {
+        let log = self.clone();
+        move |_| log.push(format!("{label} {}", E::NAME))
+    }
+}
+
+/// Subscribes a log to the `on` and `after` stages of each listed event.
+#[macro_export]
+macro_rules! record {
+    ($subscriber:expr, $log:expr, [$($event:ty),* $(,)?]) => {{
+        use isotropic_cluster::Subscribe as _;
+        let subscriber = $subscriber;
+        $(
+            let subscriber = subscriber
+                .on::<$event>($log.hook::<$event>("on"))
+                .after::<$event>($log.hook::<$event>("after"));
+        )*
+        subscriber
+    }};
+}
+
+/// Waits for the first event that `pick` accepts, and returns what it made of it.
+///
+/// # Panics
+///
+/// After [`DEADLINE`], or when the stream ends first.
+pub async fn wait_for<T>(
+    events: &mut EventStream<PrimaryEvent>,
+    mut pick: impl FnMut(PrimaryEvent) -> Option<T>,
+) -> T {
+    let found = tokio::time::timeout(DEADLINE, async {
+        while let Some(event) = events.next().await {
+            if let Some(found) = pick(event) {
+                return Some(found);
+            }
+        }
+        None
+    });
+    found
+        .await
+        .expect("timed out waiting for an event")
+        .expect("the event stream ended first")
+}
+
+/// Waits until `n` workers are ready; returns them by ascending id.
+pub async fn ready(
+    events: &mut EventStream<PrimaryEvent>,
+    n: usize,
+) -> Vec<isotropic_cluster::primary::Worker> {
+    let mut workers = Vec::new();
+    while workers.len() < n {
+        workers.push(
+            wait_for(events, |e| match e {
+                PrimaryEvent::AddWorker(add) => Some(add.worker),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    workers.sort_by_key(isotropic_cluster::primary::Worker::id);
+    workers
+}
+
+/// Shuts the primary down, with the deadline.
+///
+/// # Panics
+///
+/// When it does not complete in time, or fails.
+pub async fn shut_down(primary: &ClusterPrimary) {
+    tokio::time::timeout(DEADLINE, primary.shut_down())
+        .await
+        .expect("shutdown timed out")
+        .expect("shutdown failed");
+}
+
+/// Whether a process with this pid exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or_default()
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+/// The host type of primary events, for generic helpers.
+pub type Primary = PrimaryContext;

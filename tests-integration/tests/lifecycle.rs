@@ -1,0 +1,59 @@
+//! Event sequences of one worker's life, fork to shutdown (spec §3.3-3.9).
+#![cfg(target_os = "linux")]
+
+use isotropic_cluster::primary::*;
+use tests_integration::{Log, primary, ready, record, shut_down};
+
+#[tokio::test]
+async fn one_worker_from_fork_to_shutdown_in_exact_order() {
+    let log = Log::default();
+    let builder = record!(
+        primary("echo"),
+        log,
+        [
+            Fork,
+            WorkerFork,
+            WorkerOnline,
+            WorkerReady,
+            AddWorker,
+            RemoveWorker,
+            WorkerDisconnect,
+            WorkerExit,
+            ShutDown,
+            ShutDownComplete
+        ]
+    );
+    let primary = builder.start().await.expect("start");
+    let mut events = primary.events();
+    assert_eq!(primary.fork(1).await.expect("fork"), 1);
+    let workers = ready(&mut events, 1).await;
+    assert_eq!(primary.workers(), workers);
+    shut_down(&primary).await;
+    assert!(primary.workers().is_empty());
+    assert_eq!(
+        log.entries(),
+        [
+            "on fork",
+            "after fork",
+            "on workerFork",
+            "after workerFork",
+            "on workerOnline",
+            "after workerOnline",
+            "on workerReady",
+            "on addWorker",
+            "after addWorker",
+            "after workerReady",
+            "on shutDown",
+            "after shutDown",
+            "on workerDisconnect",
+            "on removeWorker",
+            "after removeWorker",
+            "after workerDisconnect",
+            "on workerExit",
+            "after workerExit",
+            "on shutDownComplete",
+            "after shutDownComplete",
+        ]
+    );
+    primary.destroy().await.expect("destroy");
+}

@@ -1,0 +1,241 @@
+//! Messages both ways, typed routing, destinations and send errors (spec §3.4,
+//! §3.6, §3.7; defects 17, 19-22).
+#![cfg(target_os = "linux")]
+
+use isotropic_cluster::primary::*;
+use isotropic_cluster::{SendError, Subscribe, WorkerId};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tests_integration::{Log, primary, ready, record, shut_down, wait_for};
+
+fn echo_of(event: PrimaryEvent) -> Option<(WorkerId, Value)> {
+    match event {
+        PrimaryEvent::WorkerMessage(m) => {
+            let value: Value = m.message.decode().ok()?;
+            Some((m.worker.id(), value.get("echo")?.clone()))
+        }
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn messages_round_trip_in_order() {
+    let log = Log::default();
+    let primary = record!(primary("echo"), log, [WorkerMessage])
+        .start()
+        .await
+        .expect("start");
+    let mut events = primary.events();
+    primary.fork(1).await.expect("fork");
+    let [worker] = ready(&mut events, 1).await.try_into().expect("one worker");
+    for i in 0..50 {
+        primary.send(&worker, &json!({"n": i})).await.expect("send");
+    }
+    for i in 0..50 {
+        assert_eq!(
+            wait_for(&mut events, echo_of).await,
+            (worker.id(), json!({"n": i}))
+        );
+    }
+    assert_eq!(
+        log.entries()[..2],
+        ["on workerMessage", "after workerMessage"]
+    );
+    shut_down(&primary).await;
+}
+
+#[tokio::test]
+async fn typed_routing_runs_between_on_and_after_on_both_sides() {
+    #[derive(Deserialize, Debug, PartialEq)]
+    struct Early {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    let log = Log::default();
+    let (on, routed, after) = (log.clone(), log.clone(), log.clone());
+    let primary = primary("before-ready")
+        .on::<WorkerMessage>(move |e| on.push(format!("on {}", e.message)))
+        .after::<WorkerMessage>(move |e| after.push(format!("after {}", e.message)))
+        .route::<Early>("early", move |e, early| {
+            assert_eq!(e.stage(), isotropic_cluster::Stage::Complete);
+            routed.push(format!("routed {}", early.kind));
+        })
+        .start()
+        .await
+        .expect("start");
+    let mut events = primary.events();
+    primary.fork(1).await.expect("fork");
+    let [worker] = ready(&mut events, 1).await.try_into().expect("one worker");
+    // The string "ready" sent before the handshake is an ordinary message, and
+    // neither it nor the early message made the worker ready.
+    assert_eq!(
+        log.entries(),
+        [
+            r#"on "ready""#,
+            r#"after "ready""#,
+            r#"on {"type":"early"}"#,
+            r#"routed early"#,
+            r#"after {"type":"early"}"#,
+        ]
+    );
+    // The worker's `ping` route answers after its `on` handler echoed.
+    primary
+        .send(&worker, &json!({"type": "ping", "n": 7}))
+        .await
+        .expect("send");
+    let replies: Vec<Value> = [
+        wait_for(&mut events, |e| match e {
+            PrimaryEvent::WorkerMessage(m) => m.message.decode().ok(),
+            _ => None,
+        })
+        .await,
+        wait_for(&mut events, |e| match e {
+            PrimaryEvent::WorkerMessage(m) => m.message.decode().ok(),
+            _ => None,
+        })
+        .await,
+    ]
+    .into();
+    assert_eq!(
+        replies,
+        [
+            json!({"echo": {"type": "ping", "n": 7}}),
+            json!({"pong": 7})
+        ]
+    );
+    shut_down(&primary).await;
+}
+
+#[tokio::test]
+async fn a_payload_that_does_not_fit_its_route_is_an_error_event() {
+    #[derive(Deserialize, Debug)]
+    struct NeedsNumber {
+        #[allow(dead_code)]
+        n: u32,
+    }
+    let primary = primary("before-ready")
+        .route::<NeedsNumber>("early", |_, _| panic!("`early` has no number"))
+        .start()
+        .await
+        .expect("start");
+    let mut events = primary.events();
+    primary.fork(1).await.expect("fork");
+    let error = wait_for(&mut events, |e| match e {
+        PrimaryEvent::WorkerMessageError(e) => Some(e.error),
+        _ => None,
+    })
+    .await;
+    assert!(
+        matches!(error, isotropic_cluster::MessageError::Decode { .. }),
+        "{error:?}"
+    );
+    ready(&mut events, 1).await;
+    shut_down(&primary).await;
+}
+
+#[tokio::test]
+async fn destinations_by_handle_id_list_and_pool_with_typed_errors() {
+    let primary = primary("echo").start().await.expect("start");
+    let mut events = primary.events();
+    // An empty pool is an explicit error, not a silent success.
+    assert!(matches!(
+        primary.send(Destination::Ready, &1).await,
+        Err(SendError::NoDestination)
+    ));
+    primary.fork(3).await.expect("fork");
+    let workers = ready(&mut events, 3).await;
+
+    primary
+        .send(workers[0].id(), &"by id")
+        .await
+        .expect("by id");
+    assert_eq!(
+        wait_for(&mut events, echo_of).await,
+        (workers[0].id(), json!("by id"))
+    );
+
+    primary
+        .send(vec![workers[1].clone(), workers[2].clone()], &"two")
+        .await
+        .expect("list");
+    let mut got = vec![
+        wait_for(&mut events, echo_of).await.0,
+        wait_for(&mut events, echo_of).await.0,
+    ];
+    got.sort();
+    assert_eq!(got, [workers[1].id(), workers[2].id()]);
+
+    primary
+        .send(Destination::Ready, &"all")
+        .await
+        .expect("broadcast");
+    let mut got: Vec<WorkerId> = Vec::new();
+    for _ in 0..3 {
+        got.push(wait_for(&mut events, echo_of).await.0);
+    }
+    got.sort();
+    assert_eq!(got, workers.iter().map(Worker::id).collect::<Vec<_>>());
+
+    let unknown = WorkerId::new(999);
+    let error = primary.send(unknown, &"x").await.expect_err("unknown id");
+    assert!(
+        matches!(error, SendError::InvalidDestination { worker_id } if worker_id == unknown),
+        "{error}"
+    );
+    assert!(error.to_string().contains("999"));
+
+    let partial = primary
+        .send(vec![workers[0].id(), unknown], &"partly")
+        .await
+        .expect_err("partial");
+    assert!(
+        matches!(partial, SendError::Partial { delivered: 1, ref failures } if failures.len() == 1),
+        "{partial}"
+    );
+
+    // A message over the frame limit is refused before anything is written.
+    let big = "x".repeat(17 * 1024 * 1024);
+    assert!(matches!(
+        primary.send(&workers[0], &big).await,
+        Err(SendError::Encode(_))
+    ));
+
+    // After the worker exits, its handle reports a closed channel.
+    primary
+        .send(&workers[0], &json!({"type": "exit", "code": 0}))
+        .await
+        .expect("send exit");
+    wait_for(&mut events, |e| {
+        matches!(e, PrimaryEvent::WorkerExit(x) if x.worker == workers[0]).then_some(())
+    })
+    .await;
+    let closed = workers[0].send(&"late").await.expect_err("closed");
+    assert!(
+        matches!(closed, SendError::Closed { worker_id: Some(id) } if id == workers[0].id()),
+        "{closed}"
+    );
+    shut_down(&primary).await;
+}
+
+#[tokio::test]
+async fn a_worker_that_never_signals_ready_stays_out_of_the_pool_but_is_reachable() {
+    let primary = primary("never-ready").start().await.expect("start");
+    let mut events = primary.events();
+    primary.fork(1).await.expect("fork");
+    let worker = wait_for(&mut events, |e| match e {
+        PrimaryEvent::WorkerOnline(o) => Some(o.worker),
+        _ => None,
+    })
+    .await;
+    assert!(primary.workers().is_empty());
+    assert!(primary.round_robin("").is_none());
+    primary
+        .send(worker.id(), &"hi")
+        .await
+        .expect("an online worker is addressable by id");
+    assert_eq!(
+        wait_for(&mut events, echo_of).await,
+        (worker.id(), json!("hi"))
+    );
+    shut_down(&primary).await;
+}
