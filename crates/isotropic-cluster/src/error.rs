@@ -102,6 +102,14 @@ pub enum ProtocolError {
     Io(#[source] Arc<io::Error>),
 }
 
+impl ProtocolError {
+    /// Whether this is the peer going away (a reset connection) rather than
+    /// something it sent.
+    pub(crate) fn is_disconnect(&self) -> bool {
+        matches!(self, Self::Io(e) if matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe))
+    }
+}
+
 impl From<io::Error> for ProtocolError {
     fn from(error: io::Error) -> Self {
         Self::Io(Arc::new(error))

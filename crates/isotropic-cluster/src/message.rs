@@ -40,6 +40,11 @@ impl Message {
     /// (nesting deeper than 128 levels is refused too).
     pub fn from_json(json: impl Into<Bytes>) -> Result<Self, MessageError> {
         let json = json.into();
+        if !nesting_within(&json, MAX_DEPTH) {
+            return Err(MessageError::Json(format!(
+                "nested deeper than {MAX_DEPTH} levels"
+            )));
+        }
         let Probe(type_name) =
             serde_json::from_slice(&json).map_err(|e| MessageError::Json(e.to_string()))?;
         Ok(Self { json, type_name })
@@ -96,6 +101,39 @@ impl fmt::Display for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_json())
     }
+}
+
+/// How deeply arrays and objects may nest in a message (serde_json's own
+/// limit when it builds values).
+const MAX_DEPTH: usize = 128;
+
+/// Whether arrays and objects in `json` nest at most `max` deep (a linear
+/// scan that skips strings; validation proper is serde_json's).
+fn nesting_within(json: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in json {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
 }
 
 /// The `visit_*` methods of a visitor that ignores booleans, numbers and null.

@@ -31,7 +31,12 @@ enum Command {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Read before `is_worker`, which removes the markers from the environment.
+    let raw_fd = std::env::var("ISOTROPIC_CLUSTER_CHANNEL_FD")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let is_worker = isotropic_cluster::is_worker();
+    let id = ClusterWorker::worker_id().map_or(0, |id| id.get());
     let mode = std::env::args().nth(1).unwrap_or_default();
     if !is_worker {
         return Err(format!("fixture-worker ({mode}) started outside a cluster").into());
@@ -55,8 +60,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         "exit-at-start" => std::process::exit(3),
         "stay" => echo(ClusterWorker::builder().before::<PrimaryDisconnect>(|e| e.prevent())).await,
-        "hung" => hung(),
-        "raw" => raw(&std::env::args().nth(2).unwrap_or_default()),
+        "hung" => hung(raw_channel(raw_fd)),
+        "raw" => raw(
+            raw_channel(raw_fd),
+            &std::env::args().nth(2).unwrap_or_default(),
+        ),
+        // The first worker is well-behaved, the others send bad input.
+        "bad-after-first" if id == 1 => echo(ClusterWorker::builder()).await,
+        "bad-after-first" => raw(
+            raw_channel(raw_fd),
+            &std::env::args().nth(2).unwrap_or_default(),
+        ),
         other => Err(format!("unknown mode {other:?}").into()),
     }
 }
@@ -115,11 +129,8 @@ fn inspect() -> Value {
 }
 
 /// The channel, taken by hand (for workers that do not use the library).
-fn raw_channel() -> std::os::unix::net::UnixStream {
-    let fd: i32 = std::env::var("ISOTROPIC_CLUSTER_CHANNEL_FD")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(-1);
+fn raw_channel(fd: Option<i32>) -> std::os::unix::net::UnixStream {
+    let fd = fd.expect("a channel fd");
     // SAFETY: the primary passed this fd for this process's use; the library is
     // not used in this mode, so nothing else owns it.
     unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) }
@@ -137,10 +148,9 @@ fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
 
 /// Says hello and ready, ignores SIGTERM and the disconnect request, and
 /// never exits by itself.
-fn hung() -> Result<(), Box<dyn std::error::Error>> {
+fn hung(mut channel: std::os::unix::net::UnixStream) -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: setting a signal's disposition to "ignore" installs no handler code.
     unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
-    let mut channel = raw_channel();
     channel.write_all(&frame(1, br#"{"protocol":1}"#))?;
     channel.write_all(&frame(2, b""))?;
     loop {
@@ -150,8 +160,16 @@ fn hung() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Says hello and ready (unless the case is about the handshake), then sends
 /// one kind of bad input, then waits for the primary to close the channel.
-fn raw(case: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let mut channel = raw_channel();
+fn raw(
+    mut channel: std::os::unix::net::UnixStream,
+    case: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    // Read the primary's hello first, as a peer should: unread data would make
+    // our exit a connection reset rather than the input under test.
+    let mut length = [0u8; 4];
+    std::io::Read::read_exact(&mut channel, &mut length)?;
+    let mut hello = vec![0u8; u32::from_be_bytes(length) as usize];
+    std::io::Read::read_exact(&mut channel, &mut hello)?;
     let hello = frame(1, br#"{"protocol":1}"#);
     let greet = |channel: &mut std::os::unix::net::UnixStream| -> std::io::Result<()> {
         channel.write_all(&hello)?;

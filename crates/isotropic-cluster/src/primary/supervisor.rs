@@ -162,11 +162,11 @@ impl Watch {
             let input = tokio::select! {
                 frame = next(&mut self.frames) => match frame {
                     Some(Ok(frame)) => Input::Frame(id, frame),
-                    Some(Err(error)) => {
+                    Some(Err(error)) if !error.is_disconnect() => {
                         self.frames = None;
                         Input::Closed(id, Some(error))
                     }
-                    None => {
+                    Some(Err(_)) | None => {
                         self.frames = None;
                         Input::Closed(id, None)
                     }

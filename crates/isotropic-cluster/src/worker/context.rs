@@ -227,12 +227,12 @@ pub(super) async fn run(
             },
             frame = frames.next(), if reading => match frame {
                 Some(Ok(frame)) => context.frame(frame),
-                Some(Err(error)) => {
+                Some(Err(error)) if !error.is_disconnect() => {
                     reading = false;
                     tracing::error!(worker_id = %context.id, %error, "channel from the primary broken");
                     context.primary_gone();
                 }
-                None => {
+                Some(Err(_)) | None => {
                     reading = false;
                     context.primary_gone();
                 }

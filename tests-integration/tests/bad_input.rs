@@ -1,0 +1,136 @@
+//! A worker that breaks the protocol gets a typed workerError and is stopped;
+//! the primary keeps serving the others (issue: bad input).
+#![cfg(target_os = "linux")]
+
+use isotropic_cluster::ProtocolError;
+use isotropic_cluster::Subscribe;
+use isotropic_cluster::primary::*;
+use serde_json::json;
+use tests_integration::{alive, fixture, ready, shut_down, wait_for};
+
+async fn bad_worker(case: &str) -> ProtocolError {
+    let primary = ClusterPrimary::builder()
+        .program(fixture())
+        .args(["bad-after-first", case])
+        // Bad workers are not replaced, so each case sees one.
+        .before::<WorkerExit>(|exit| {
+            if exit.worker.id().get() != 1 {
+                exit.prevent();
+            }
+        })
+        .start()
+        .await
+        .expect("start");
+    let mut events = primary.events();
+    primary.fork(1).await.expect("fork");
+    let [good] = ready(&mut events, 1)
+        .await
+        .try_into()
+        .expect("the good worker");
+    primary.fork(1).await.expect("fork");
+    let (bad, error) = wait_for(&mut events, |e| match e {
+        PrimaryEvent::WorkerError(e) => Some((e.worker, e.error)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(bad.id().get(), 2);
+    // The bad worker is disconnected and exits (or is terminated).
+    wait_for(&mut events, |e| {
+        matches!(e, PrimaryEvent::WorkerDisconnect(d) if d.worker == bad).then_some(())
+    })
+    .await;
+    assert_eq!(
+        primary.workers(),
+        [good.clone()],
+        "only the good worker is in the pool"
+    );
+    // The good worker is still served.
+    primary.send(&good, &"still there").await.expect("send");
+    let echo = wait_for(&mut events, |e| match e {
+        PrimaryEvent::WorkerMessage(m) => m.message.decode::<serde_json::Value>().ok(),
+        _ => None,
+    })
+    .await;
+    assert_eq!(echo, json!({"echo": "still there"}));
+    shut_down(&primary).await;
+    assert!(!alive(bad.pid()));
+    error
+}
+
+#[tokio::test]
+async fn a_message_before_hello() {
+    let error = bad_worker("no-hello").await;
+    assert!(
+        matches!(
+            error,
+            ProtocolError::UnexpectedFrame {
+                frame: "message",
+                ..
+            }
+        ),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_protocol_version() {
+    let error = bad_worker("wrong-version").await;
+    assert!(
+        matches!(
+            error,
+            ProtocolError::Version {
+                received: 99,
+                supported: 1
+            }
+        ),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_length_prefix() {
+    let error = bad_worker("huge-length").await;
+    assert!(
+        matches!(
+            error,
+            ProtocolError::FrameTooLarge {
+                size: 0xffff_ffff,
+                ..
+            }
+        ),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn garbage_bytes() {
+    let error = bad_worker("garbage").await;
+    assert!(matches!(error, ProtocolError::UnknownKind(7)), "{error}");
+}
+
+#[tokio::test]
+async fn invalid_json() {
+    let error = bad_worker("invalid-json").await;
+    assert!(matches!(error, ProtocolError::InvalidMessage(_)), "{error}");
+}
+
+#[tokio::test]
+async fn invalid_utf8() {
+    let error = bad_worker("invalid-utf8").await;
+    assert!(matches!(error, ProtocolError::InvalidMessage(_)), "{error}");
+}
+
+#[tokio::test]
+async fn json_nested_100_000_deep() {
+    let error = bad_worker("deep-json").await;
+    assert!(matches!(error, ProtocolError::InvalidMessage(_)), "{error}");
+}
+
+#[tokio::test]
+async fn a_frame_cut_short_by_the_channel_closing() {
+    let error = bad_worker("truncated").await;
+    assert!(
+        matches!(error, ProtocolError::Truncated { received: 9 }),
+        "{error}"
+    );
+}

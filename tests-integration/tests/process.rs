@@ -1,0 +1,169 @@
+//! Processes: the default program, stdio, isolation of the channel, roles,
+//! and no orphans (issue: roles, stdio, channel, no orphans).
+#![cfg(target_os = "linux")]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use isotropic_cluster::primary::*;
+use isotropic_cluster::worker::ClusterWorker;
+use serde_json::{Value, json};
+use tests_integration::{DEADLINE, primary, ready, shut_down, wait_for};
+
+fn fixture_primary() -> std::path::PathBuf {
+    tests_integration::fixture().with_file_name("fixture-primary")
+}
+
+/// Runs `fixture-primary` and returns it with the JSON line it prints once
+/// its workers are ready.
+fn start_fixture_primary(program: &std::path::Path, args: &[&str]) -> (std::process::Child, Value) {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start fixture-primary");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    (child, serde_json::from_str(&line).expect("a JSON line"))
+}
+
+#[test]
+fn workers_re_execute_the_primary_with_its_arguments_even_once_deleted() {
+    let dir = std::env::temp_dir().join(format!("isotropic-cluster-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let copy = dir.join("fixture-primary");
+    std::fs::copy(fixture_primary(), &copy).expect("copy");
+    let args = ["2", "--delete-self", "--then-shut-down"];
+    let (mut child, report) = start_fixture_primary(&copy, &args);
+    assert!(!copy.exists(), "the primary deleted its own binary");
+    assert_eq!(report["args"], json!([args, args]));
+    assert!(child.wait().expect("wait").success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn workers_exit_when_their_primary_is_killed() {
+    let (mut child, report) = start_fixture_primary(&fixture_primary(), &["3"]);
+    let pids: Vec<i32> = serde_json::from_value(report["pids"].clone()).expect("pids");
+    // Watch each worker through a pidfd, opened while the primary still runs.
+    let pidfds: Vec<_> = pids
+        .iter()
+        .map(|&pid| {
+            let pid = rustix::process::Pid::from_raw(pid).expect("pid");
+            let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+                .expect("pidfd");
+            tokio::io::unix::AsyncFd::new(fd).expect("async fd")
+        })
+        .collect();
+    child.kill().expect("SIGKILL the primary");
+    child.wait().expect("reap the primary");
+    tokio::time::timeout(DEADLINE, async {
+        for fd in &pidfds {
+            let _ = fd.readable().await.expect("pidfd readable");
+        }
+    })
+    .await
+    .expect("every worker exits after its primary died");
+}
+
+#[tokio::test]
+async fn piped_output_arrives_line_by_line_with_the_stream() {
+    let primary = primary("echo")
+        .stdio(WorkerStdio::Piped)
+        .start()
+        .await
+        .expect("start");
+    let mut events = primary.events();
+    primary.fork(1).await.expect("fork");
+    let [worker] = ready(&mut events, 1).await.try_into().expect("one worker");
+    primary
+        .send(&worker, &json!({"type": "print", "text": "hello"}))
+        .await
+        .expect("send");
+    let mut lines = Vec::new();
+    while lines.len() < 2 {
+        lines.push(
+            wait_for(&mut events, |e| match e {
+                PrimaryEvent::WorkerOutput(o) if o.worker == worker => Some((o.stream, o.line)),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    lines.sort_by_key(|(stream, _)| *stream == OutputStream::Stderr);
+    assert_eq!(
+        lines,
+        [
+            (OutputStream::Stdout, "hello".to_owned()),
+            (OutputStream::Stderr, "hello (stderr)".to_owned()),
+        ]
+    );
+    shut_down(&primary).await;
+}
+
+#[tokio::test]
+async fn a_workers_children_inherit_neither_the_channel_nor_the_markers() {
+    let primary = primary("echo").start().await.expect("start");
+    let mut events = primary.events();
+    primary.fork(1).await.expect("fork");
+    let [worker] = ready(&mut events, 1).await.try_into().expect("one worker");
+    primary
+        .send(&worker, &json!({"type": "inspect"}))
+        .await
+        .expect("send");
+    let seen = wait_for(&mut events, |e| match e {
+        PrimaryEvent::WorkerMessage(m) => m.message.decode::<Value>().ok()?.get("inspect").cloned(),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        seen,
+        json!([]),
+        "a grandchild saw cluster variables or sockets"
+    );
+    shut_down(&primary).await;
+}
+
+#[tokio::test]
+async fn grandchildren_go_with_their_worker() {
+    let primary = primary("echo").start().await.expect("start");
+    let mut events = primary.events();
+    primary.fork(1).await.expect("fork");
+    let [worker] = ready(&mut events, 1).await.try_into().expect("one worker");
+    primary
+        .send(&worker, &json!({"type": "spawn-child"}))
+        .await
+        .expect("send");
+    let child = wait_for(&mut events, |e| match e {
+        PrimaryEvent::WorkerMessage(m) => m.message.decode::<Value>().ok()?.get("child")?.as_i64(),
+        _ => None,
+    })
+    .await;
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child).expect("pid")).expect("pid");
+    let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).expect("pidfd");
+    let fd = tokio::io::unix::AsyncFd::new(fd).expect("async fd");
+    shut_down(&primary).await;
+    tokio::time::timeout(DEADLINE, fd.readable())
+        .await
+        .expect("the grandchild exits with its worker's group")
+        .expect("pidfd");
+}
+
+#[tokio::test]
+async fn this_test_process_is_a_primary() {
+    assert!(isotropic_cluster::is_primary());
+    assert!(!isotropic_cluster::is_worker());
+    assert_eq!(ClusterWorker::worker_id(), None);
+    let error = ClusterWorker::builder()
+        .start()
+        .await
+        .expect_err("not a worker");
+    assert!(
+        matches!(error, isotropic_cluster::Error::NotAWorker),
+        "{error}"
+    );
+    let _ = Duration::ZERO;
+}

@@ -1,0 +1,184 @@
+//! Replacement of exited workers, its order, its veto, and its backoff (spec
+//! §3.8; defects 9, 10).
+#![cfg(target_os = "linux")]
+
+use std::time::Duration;
+
+use isotropic_cluster::Subscribe;
+use isotropic_cluster::primary::*;
+use serde_json::json;
+use tests_integration::{Log, primary, ready, record, shut_down, wait_for};
+
+fn exit_of(event: PrimaryEvent) -> Option<WorkerExit> {
+    match event {
+        PrimaryEvent::WorkerExit(exit) => Some(exit),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn a_crashed_worker_is_replaced_depth_first() {
+    let log = Log::default();
+    let primary = record!(primary("echo"), log, [WorkerExit, Fork, WorkerFork])
+        .start()
+        .await
+        .expect("start");
+    let mut events = primary.events();
+    primary.fork(1).await.expect("fork");
+    let [first] = ready(&mut events, 1).await.try_into().expect("one worker");
+    let before = log.entries().len();
+    primary
+        .send(&first, &json!({"type": "exit", "code": 1}))
+        .await
+        .expect("send");
+    let exit = wait_for(&mut events, exit_of).await;
+    assert_eq!(
+        (exit.worker.id(), exit.code, exit.signal, exit.voluntary),
+        (first.id(), Some(1), None, false)
+    );
+    let [second] = ready(&mut events, 1)
+        .await
+        .try_into()
+        .expect("a replacement");
+    assert_ne!(second.id(), first.id());
+    assert_eq!(
+        log.entries()[before..],
+        [
+            "on workerExit",
+            "on fork",
+            "after fork",
+            "after workerExit",
+            "on workerFork",
+            "after workerFork",
+        ]
+    );
+    assert_eq!(primary.workers(), [second]);
+    shut_down(&primary).await;
+}
+
+#[tokio::test]
+async fn every_kind_of_exit_is_replaced_while_active() {
+    let primary = primary("echo").start().await.expect("start");
+    let mut events = primary.events();
+    primary.fork(3).await.expect("fork");
+    let workers = ready(&mut events, 3).await;
+    // A voluntary exit (the worker destroys itself), a clean exit, and a kill.
+    primary
+        .send(&workers[0], &json!({"type": "destroy"}))
+        .await
+        .expect("send");
+    let exit = wait_for(&mut events, exit_of).await;
+    assert!(exit.voluntary && exit.code == Some(0), "{exit:?}");
+    primary
+        .send(&workers[1], &json!({"type": "exit", "code": 0}))
+        .await
+        .expect("send");
+    let exit = wait_for(&mut events, exit_of).await;
+    assert!(!exit.voluntary && exit.code == Some(0), "{exit:?}");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(workers[2].pid() as i32).expect("pid"),
+        rustix::process::Signal::KILL,
+    )
+    .expect("kill");
+    let exit = wait_for(&mut events, exit_of).await;
+    assert_eq!(
+        (exit.worker.id(), exit.code, exit.signal),
+        (workers[2].id(), None, Some(9))
+    );
+    let replacements = ready(&mut events, 3).await;
+    assert!(replacements.iter().all(|w| w.id().get() > 3));
+    assert_eq!(primary.workers().len(), 3);
+    shut_down(&primary).await;
+}
+
+#[tokio::test]
+async fn preventing_the_exit_event_prevents_removal_and_replacement() {
+    let primary = primary("echo")
+        .before::<WorkerExit>(|event| event.prevent())
+        .before::<WorkerDisconnect>(|event| event.prevent())
+        .start()
+        .await
+        .expect("start");
+    let mut events = primary.events();
+    primary.fork(1).await.expect("fork");
+    let [worker] = ready(&mut events, 1).await.try_into().expect("one worker");
+    let forks = primary.events();
+    primary
+        .send(&worker, &json!({"type": "exit", "code": 2}))
+        .await
+        .expect("send");
+    // The prevented exit is not in the stream (it never reached its default
+    // action); the shutdown that follows completes with no fork in between.
+    shut_down(&primary).await;
+    let mut forks = forks;
+    let mut seen = Vec::new();
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(1), forks.next()).await {
+        seen.push(event.name());
+    }
+    assert!(!seen.contains(&"fork"), "{seen:?}");
+    assert!(!seen.contains(&"workerExit"), "{seen:?}");
+}
+
+#[tokio::test]
+async fn no_replacement_and_no_fork_after_shutdown() {
+    let log = Log::default();
+    let primary = record!(primary("echo"), log, [Fork])
+        .start()
+        .await
+        .expect("start");
+    let mut events = primary.events();
+    primary.fork(2).await.expect("fork");
+    ready(&mut events, 2).await;
+    shut_down(&primary).await;
+    assert_eq!(log.entries(), ["on fork", "after fork"]);
+    assert_eq!(primary.fork(1).await.expect("fork after shutdown"), 0);
+    assert_eq!(log.entries(), ["on fork", "after fork"]);
+}
+
+#[tokio::test]
+async fn a_worker_that_keeps_dying_at_start_is_replaced_with_growing_delays() {
+    let policy = RestartPolicy::default()
+        .initial_delay(Duration::from_millis(20))
+        .max_delay(Duration::from_millis(80))
+        .stable_after(Duration::from_secs(60));
+    let primary = primary("exit-at-start")
+        .restart_policy(policy)
+        .start()
+        .await
+        .expect("start");
+    let mut events = primary.events();
+    primary.fork(1).await.expect("fork");
+    let mut delays = Vec::new();
+    while delays.len() < 5 {
+        delays.push(
+            wait_for(&mut events, |e| match e {
+                PrimaryEvent::RestartScheduled(r) => Some((r.delay.as_millis(), r.failures)),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    assert_eq!(delays, [(20, 2), (40, 3), (80, 4), (80, 5), (80, 6)]);
+    shut_down(&primary).await;
+}
+
+#[tokio::test]
+async fn a_program_that_cannot_start_is_a_typed_error() {
+    let primary = ClusterPrimary::builder()
+        .program("/nonexistent/worker")
+        .start()
+        .await
+        .expect("start");
+    let mut events = primary.events();
+    let error = primary.fork(2).await.expect_err("spawn fails");
+    assert!(
+        matches!(error, isotropic_cluster::Error::Spawn { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("/nonexistent/worker"));
+    wait_for(&mut events, |e| {
+        matches!(e, PrimaryEvent::ForkError(_)).then_some(())
+    })
+    .await;
+    shut_down(&primary).await;
+}
