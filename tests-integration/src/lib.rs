@@ -31,9 +31,20 @@ pub fn example(name: &str) -> PathBuf {
     target_dir().join("examples").join(name)
 }
 
-/// A primary whose workers run the fixture in `mode`.
+/// A primary whose workers run the fixture in `mode`. Logs go to the test's
+/// output when `RUST_LOG` is set.
 pub fn primary(mode: &str) -> PrimaryBuilder {
+    log_to_test_output();
     ClusterPrimary::builder().program(fixture()).arg(mode)
+}
+
+/// Installs a `tracing` subscriber that writes to the test's output, filtered
+/// by `RUST_LOG` (nothing when it is unset).
+pub fn log_to_test_output() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
 }
 
 /// An ordered log of what handlers saw.
@@ -77,6 +88,8 @@ macro_rules! record {
 }
 
 /// Waits for the first event that `pick` accepts, and returns what it made of it.
+/// The events before it are consumed: to wait for two things that may come in
+/// any order, use two streams.
 ///
 /// # Panics
 ///
@@ -146,3 +159,45 @@ pub fn alive(pid: u32) -> bool {
 
 /// The host type of primary events, for generic helpers.
 pub type Primary = PrimaryContext;
+
+/// Watches a process (not necessarily our child) through a pidfd, opened now.
+#[derive(Debug)]
+pub struct ExitWatch(std::os::fd::OwnedFd);
+
+impl ExitWatch {
+    /// Starts watching `pid`.
+    ///
+    /// # Panics
+    ///
+    /// When the process does not exist.
+    pub fn new(pid: u32) -> Self {
+        let pid = rustix::process::Pid::from_raw(i32::try_from(pid).expect("pid")).expect("pid");
+        Self(
+            rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+                .expect("pidfd_open"),
+        )
+    }
+
+    /// Waits until the process has exited.
+    ///
+    /// # Panics
+    ///
+    /// After [`DEADLINE`].
+    pub async fn exited(self) {
+        let exited = tokio::task::spawn_blocking(move || {
+            let mut fds = [rustix::event::PollFd::new(
+                &self.0,
+                rustix::event::PollFlags::IN,
+            )];
+            let deadline = rustix::event::Timespec {
+                tv_sec: DEADLINE.as_secs() as i64,
+                tv_nsec: 0,
+            };
+            rustix::event::poll(&mut fds, Some(&deadline)).expect("poll") == 1
+        });
+        assert!(
+            exited.await.expect("join"),
+            "the process did not exit in time"
+        );
+    }
+}

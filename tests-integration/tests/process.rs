@@ -4,12 +4,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use isotropic_cluster::primary::*;
 use isotropic_cluster::worker::ClusterWorker;
 use serde_json::{Value, json};
-use tests_integration::{DEADLINE, primary, ready, shut_down, wait_for};
+use tests_integration::{ExitWatch, primary, ready, shut_down, wait_for};
 
 fn fixture_primary() -> std::path::PathBuf {
     tests_integration::fixture().with_file_name("fixture-primary")
@@ -47,26 +46,14 @@ fn workers_re_execute_the_primary_with_its_arguments_even_once_deleted() {
 #[tokio::test]
 async fn workers_exit_when_their_primary_is_killed() {
     let (mut child, report) = start_fixture_primary(&fixture_primary(), &["3"]);
-    let pids: Vec<i32> = serde_json::from_value(report["pids"].clone()).expect("pids");
+    let pids: Vec<u32> = serde_json::from_value(report["pids"].clone()).expect("pids");
     // Watch each worker through a pidfd, opened while the primary still runs.
-    let pidfds: Vec<_> = pids
-        .iter()
-        .map(|&pid| {
-            let pid = rustix::process::Pid::from_raw(pid).expect("pid");
-            let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
-                .expect("pidfd");
-            tokio::io::unix::AsyncFd::new(fd).expect("async fd")
-        })
-        .collect();
+    let watches: Vec<ExitWatch> = pids.iter().map(|&pid| ExitWatch::new(pid)).collect();
     child.kill().expect("SIGKILL the primary");
     child.wait().expect("reap the primary");
-    tokio::time::timeout(DEADLINE, async {
-        for fd in &pidfds {
-            let _ = fd.readable().await.expect("pidfd readable");
-        }
-    })
-    .await
-    .expect("every worker exits after its primary died");
+    for watch in watches {
+        watch.exited().await;
+    }
 }
 
 #[tokio::test]
@@ -142,14 +129,9 @@ async fn grandchildren_go_with_their_worker() {
         _ => None,
     })
     .await;
-    let pid = rustix::process::Pid::from_raw(i32::try_from(child).expect("pid")).expect("pid");
-    let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).expect("pidfd");
-    let fd = tokio::io::unix::AsyncFd::new(fd).expect("async fd");
+    let watch = ExitWatch::new(u32::try_from(child).expect("pid"));
     shut_down(&primary).await;
-    tokio::time::timeout(DEADLINE, fd.readable())
-        .await
-        .expect("the grandchild exits with its worker's group")
-        .expect("pidfd");
+    watch.exited().await;
 }
 
 #[tokio::test]
@@ -165,5 +147,4 @@ async fn this_test_process_is_a_primary() {
         matches!(error, isotropic_cluster::Error::NotAWorker),
         "{error}"
     );
-    let _ = Duration::ZERO;
 }

@@ -62,6 +62,9 @@ async fn every_kind_of_exit_is_replaced_while_active() {
     let mut events = primary.events();
     primary.fork(3).await.expect("fork");
     let workers = ready(&mut events, 3).await;
+    // A stream of its own for the replacements, which may become ready while
+    // the other stream is waiting for an exit.
+    let mut replacements = primary.events();
     // A voluntary exit (the worker destroys itself), a clean exit, and a kill.
     primary
         .send(&workers[0], &json!({"type": "destroy"}))
@@ -85,7 +88,7 @@ async fn every_kind_of_exit_is_replaced_while_active() {
         (exit.worker.id(), exit.code, exit.signal),
         (workers[2].id(), None, Some(9))
     );
-    let replacements = ready(&mut events, 3).await;
+    let replacements = ready(&mut replacements, 3).await;
     assert!(replacements.iter().all(|w| w.id().get() > 3));
     assert_eq!(primary.workers().len(), 3);
     shut_down(&primary).await;

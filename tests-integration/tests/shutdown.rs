@@ -18,19 +18,16 @@ async fn shutdown_completes_only_when_every_worker_has_exited() {
         assert!(!alive(worker.pid()), "worker {} still running", worker.id());
     }
     let mut exits = 0;
-    loop {
-        match wait_for(&mut events, |e| match e {
-            PrimaryEvent::WorkerExit(_) => Some(true),
-            PrimaryEvent::ShutDownComplete(_) => Some(false),
-            _ => None,
-        })
-        .await
-        {
-            true => exits += 1,
-            false => break,
-        }
+    while wait_for(&mut events, |e| match e {
+        PrimaryEvent::WorkerExit(_) => Some(true),
+        PrimaryEvent::ShutDownComplete(_) => Some(false),
+        _ => None,
+    })
+    .await
+    {
+        exits += 1;
     }
-    assert_eq!(exits, 4);
+    assert_eq!(exits, 4, "every exit comes before shutDownComplete");
 }
 
 #[tokio::test]

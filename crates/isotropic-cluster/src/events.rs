@@ -211,12 +211,15 @@ struct Stored {
     blocked: bool,
 }
 
+/// A route's subscription id, and its handler (taken out while it runs).
+type RouteSlot = (u64, Option<Box<dyn Any + Send>>);
+
 /// The subscriptions of one host, by event type and stage.
 #[derive(Default)]
 pub struct Hub {
     slots: HashMap<(TypeId, Stage), BTreeMap<u64, Slot>>,
     stored: HashMap<TypeId, Stored>,
-    routes: HashMap<Arc<str>, (u64, Option<Box<dyn Any + Send>>)>,
+    routes: HashMap<Arc<str>, RouteSlot>,
 }
 
 impl fmt::Debug for Hub {
@@ -351,10 +354,8 @@ pub(crate) fn publish<E: Topic>(host: &mut E::Host, data: E) {
             break;
         }
     }
-    if stored_here {
-        if let Some(stored) = host.hub().stored.get_mut(&topic) {
-            stored.blocked = control.prevented[control.stage.index()];
-        }
+    if stored_here && let Some(stored) = host.hub().stored.get_mut(&topic) {
+        stored.blocked = control.prevented[control.stage.index()];
     }
 }
 
@@ -444,10 +445,10 @@ pub(crate) fn route<E: Topic>(
         },
         message,
     );
-    if let Some((current, slot)) = host.hub().routes.get_mut(name) {
-        if *current == id {
-            *slot = Some(handler);
-        }
+    if let Some((current, slot)) = host.hub().routes.get_mut(name)
+        && *current == id
+    {
+        *slot = Some(handler);
     }
     result
 }
@@ -744,5 +745,268 @@ impl<T: Clone + Send + 'static> StreamSource<T> {
         if let Ok(mut sender) = self.sender.lock() {
             sender.take();
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(unreachable_pub)]
+mod tests {
+    //! The dispatch rules of spec §1.2-1.5, on a host with no processes.
+    use super::*;
+    use crate::topics::topics;
+
+    #[derive(Default)]
+    pub struct Host {
+        hub: Hub,
+        log: Vec<String>,
+        stream: Option<broadcast::Sender<TestEvent>>,
+    }
+
+    impl HostImpl for Host {
+        type Stream = TestEvent;
+        type Inbound = Ping;
+        fn hub(&mut self) -> &mut Hub {
+            &mut self.hub
+        }
+        fn stream(&self) -> &broadcast::Sender<TestEvent> {
+            self.stream.as_ref().expect("stream")
+        }
+    }
+
+    impl Host {
+        fn new() -> Self {
+            Self {
+                stream: Some(broadcast::channel(16).0),
+                ..Self::default()
+            }
+        }
+        fn complete_ping(&mut self, _: &Ping) {
+            self.log.push("complete ping".into());
+        }
+        fn complete_outer(&mut self, _: &Outer) {
+            self.log.push("complete outer".into());
+            publish(self, Ping);
+        }
+        fn complete_done(&mut self, _: &Done) {
+            self.log.push("complete done".into());
+        }
+        fn complete_stop(&mut self, _: &Stop) {
+            self.log.push("complete stop".into());
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    pub struct Ping;
+    #[derive(Debug, Clone)]
+    pub struct Outer;
+    #[derive(Debug, Clone)]
+    pub struct Done;
+    #[derive(Debug, Clone)]
+    pub struct Stop;
+
+    topics!(Host => TestEvent {
+        Ping: "ping" => complete_ping;
+        Outer: "outer" => complete_outer;
+        Done: "done" once Publish => complete_done;
+        Stop: "stop" once Complete => complete_stop;
+    });
+
+    fn sub<E: Topic<Host = Host>>(
+        host: &mut Host,
+        stage: Stage,
+        label: &'static str,
+        mut then: impl FnMut(&mut Event<'_, E>) + Send + 'static,
+    ) -> SubscriptionKey {
+        let key = SubscriptionKey::new::<E>(stage);
+        subscribe(
+            host,
+            key.clone(),
+            false,
+            Box::new(move |event: &mut Event<'_, E>| {
+                event.host.log.push(label.into());
+                then(event);
+            }),
+        );
+        key
+    }
+
+    fn nothing<E: Topic>(_: &mut Event<'_, E>) {}
+
+    #[test]
+    fn stages_run_in_order_whatever_the_subscription_order() {
+        let mut host = Host::new();
+        sub::<Ping>(&mut host, Stage::After, "after", nothing);
+        sub::<Ping>(&mut host, Stage::On, "on", nothing);
+        sub::<Ping>(&mut host, Stage::Before, "before", nothing);
+        publish(&mut host, Ping);
+        assert_eq!(host.log, ["before", "on", "complete ping", "after"]);
+    }
+
+    #[test]
+    fn prevent_in_before_still_runs_on_but_skips_complete_and_after() {
+        let mut host = Host::new();
+        sub::<Ping>(&mut host, Stage::Before, "before 1", |e| e.prevent());
+        sub::<Ping>(&mut host, Stage::Before, "before 2", nothing);
+        sub::<Ping>(&mut host, Stage::On, "on", nothing);
+        sub::<Ping>(&mut host, Stage::After, "after", nothing);
+        publish(&mut host, Ping);
+        assert_eq!(host.log, ["before 1", "before 2", "on"]);
+    }
+
+    #[test]
+    fn prevent_stage_on_skips_on_and_everything_after() {
+        let mut host = Host::new();
+        sub::<Ping>(&mut host, Stage::Before, "before", |e| {
+            e.prevent_stage(Stage::On)
+        });
+        sub::<Ping>(&mut host, Stage::On, "on", nothing);
+        publish(&mut host, Ping);
+        assert_eq!(host.log, ["before"]);
+    }
+
+    #[test]
+    fn prevent_stage_after_keeps_the_default_action() {
+        let mut host = Host::new();
+        sub::<Ping>(&mut host, Stage::On, "on", |e| {
+            e.prevent_stage(Stage::After)
+        });
+        sub::<Ping>(&mut host, Stage::After, "after", nothing);
+        publish(&mut host, Ping);
+        assert_eq!(host.log, ["on", "complete ping"]);
+    }
+
+    #[test]
+    fn prevent_in_after_has_no_effect() {
+        let mut host = Host::new();
+        sub::<Ping>(&mut host, Stage::After, "after 1", |e| e.prevent());
+        sub::<Ping>(&mut host, Stage::After, "after 2", nothing);
+        publish(&mut host, Ping);
+        assert_eq!(host.log, ["complete ping", "after 1", "after 2"]);
+    }
+
+    #[test]
+    fn stop_event_finishes_the_stage_then_ends() {
+        let mut host = Host::new();
+        sub::<Ping>(&mut host, Stage::On, "on 1", |e| e.stop_event());
+        sub::<Ping>(&mut host, Stage::On, "on 2", nothing);
+        sub::<Ping>(&mut host, Stage::After, "after", nothing);
+        publish(&mut host, Ping);
+        assert_eq!(host.log, ["on 1", "on 2"]);
+    }
+
+    #[test]
+    fn stop_dispatch_skips_only_the_rest_of_the_stage() {
+        let mut host = Host::new();
+        sub::<Ping>(&mut host, Stage::On, "on 1", |e| e.stop_dispatch());
+        sub::<Ping>(&mut host, Stage::On, "on 2", nothing);
+        sub::<Ping>(&mut host, Stage::After, "after", nothing);
+        publish(&mut host, Ping);
+        assert_eq!(host.log, ["on 1", "complete ping", "after"]);
+    }
+
+    #[test]
+    fn nested_publishes_run_depth_first() {
+        let mut host = Host::new();
+        sub::<Outer>(&mut host, Stage::On, "on outer", nothing);
+        sub::<Outer>(&mut host, Stage::After, "after outer", nothing);
+        sub::<Ping>(&mut host, Stage::On, "on ping", nothing);
+        sub::<Ping>(&mut host, Stage::After, "after ping", nothing);
+        publish(&mut host, Outer);
+        assert_eq!(
+            host.log,
+            [
+                "on outer",
+                "complete outer",
+                "on ping",
+                "complete ping",
+                "after ping",
+                "after outer"
+            ]
+        );
+    }
+
+    #[test]
+    fn once_and_unsubscribe() {
+        let mut host = Host::new();
+        let key = SubscriptionKey::new::<Ping>(Stage::On);
+        subscribe::<Ping>(
+            &mut host,
+            key,
+            true,
+            Box::new(|e| e.host.log.push("once".into())),
+        );
+        sub::<Ping>(&mut host, Stage::On, "self-removing", |e| e.unsubscribe());
+        let removed = sub::<Ping>(&mut host, Stage::On, "removed", nothing);
+        host.hub.remove(removed);
+        publish(&mut host, Ping);
+        publish(&mut host, Ping);
+        assert_eq!(
+            host.log,
+            ["once", "self-removing", "complete ping", "complete ping"]
+        );
+    }
+
+    #[test]
+    fn a_subscription_added_during_its_stage_runs_in_the_same_dispatch() {
+        let mut host = Host::new();
+        let mut added = false;
+        sub::<Ping>(&mut host, Stage::On, "first", move |e| {
+            if !std::mem::replace(&mut added, true) {
+                sub::<Ping>(e.host, Stage::On, "added", nothing);
+            }
+        });
+        publish(&mut host, Ping);
+        assert_eq!(host.log, ["first", "added", "complete ping"]);
+    }
+
+    #[test]
+    fn publish_once_events_happen_once_and_call_late_subscribers() {
+        let mut host = Host::new();
+        sub::<Done>(&mut host, Stage::On, "on", nothing);
+        publish(&mut host, Done);
+        publish(&mut host, Done);
+        let late = sub::<Done>(&mut host, Stage::After, "late", nothing);
+        assert_eq!(host.log, ["on", "complete done", "late"]);
+        // No subscription was made for the late subscriber.
+        host.hub.remove(late);
+        assert!(host.hub.slots.values().all(|s| s.len() <= 1));
+    }
+
+    #[test]
+    fn a_prevented_publish_once_event_is_final_and_blocks_late_subscribers() {
+        let mut host = Host::new();
+        sub::<Done>(&mut host, Stage::Before, "before", |e| e.prevent());
+        publish(&mut host, Done);
+        publish(&mut host, Done);
+        sub::<Done>(&mut host, Stage::After, "late", nothing);
+        assert_eq!(host.log, ["before"]);
+    }
+
+    #[test]
+    fn complete_once_counts_only_publishes_that_reach_the_default_action() {
+        let mut host = Host::new();
+        let mut first = true;
+        sub::<Stop>(&mut host, Stage::Before, "before", move |e| {
+            if std::mem::take(&mut first) {
+                e.prevent();
+            }
+        });
+        publish(&mut host, Stop);
+        publish(&mut host, Stop);
+        publish(&mut host, Stop);
+        assert_eq!(host.log, ["before", "before", "complete stop"]);
+    }
+
+    #[test]
+    fn the_stream_sees_events_that_reach_their_default_action() {
+        let mut host = Host::new();
+        let mut stream = host.stream().subscribe();
+        sub::<Ping>(&mut host, Stage::Before, "before", |e| e.prevent());
+        publish(&mut host, Ping);
+        publish(&mut host, Outer);
+        let names: Vec<&str> = std::iter::from_fn(|| stream.try_recv().ok())
+            .map(|e| e.name())
+            .collect();
+        assert_eq!(names, ["outer"]);
     }
 }

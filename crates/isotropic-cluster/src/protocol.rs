@@ -251,7 +251,8 @@ mod tests {
     #[test]
     fn bad_payloads_are_typed_errors() {
         let mut codec = FrameCodec::new(DEFAULT_MAX_FRAME);
-        let cases: [(&[u8], fn(&ProtocolError) -> bool); 6] = [
+        type Check = fn(&ProtocolError) -> bool;
+        let cases: [(&[u8], Check); 6] = [
             (&[0, 0, 0, 0], |e| matches!(e, ProtocolError::EmptyFrame)),
             (&[0, 0, 0, 1, 99], |e| {
                 matches!(e, ProtocolError::UnknownKind(99))

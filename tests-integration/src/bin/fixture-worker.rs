@@ -36,6 +36,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok()
         .and_then(|v| v.parse().ok());
     let is_worker = isotropic_cluster::is_worker();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let id = ClusterWorker::worker_id().map_or(0, |id| id.get());
     let mode = std::env::args().nth(1).unwrap_or_default();
     if !is_worker {

@@ -260,17 +260,17 @@ impl PrimaryBuilder {
                 event: "initialize",
             });
         }
-        if let Some(init) = self.initializer {
-            if let Err(error) = init().await {
-                let error = Error::Initialize(error.into());
-                events::publish(
-                    &mut context,
-                    InitializeError {
-                        error: error.clone(),
-                    },
-                );
-                return Err(error);
-            }
+        if let Some(init) = self.initializer
+            && let Err(error) = init().await
+        {
+            let error = Error::Initialize(error.into());
+            events::publish(
+                &mut context,
+                InitializeError {
+                    error: error.clone(),
+                },
+            );
+            return Err(error);
         }
         events::publish(&mut context, InitializeComplete);
         let primary = ClusterPrimary::new(mailbox, &context);

@@ -314,10 +314,10 @@ impl WorkerContext {
         let (done, done_rx) = oneshot::channel();
         self.cleanup_done = Some(done_rx);
         tokio::spawn(async move {
-            if let Some(cleanup) = cleanup {
-                if tokio::time::timeout(timeout, cleanup()).await.is_err() {
-                    tracing::warn!("worker cleanup timed out");
-                }
+            if let Some(cleanup) = cleanup
+                && tokio::time::timeout(timeout, cleanup()).await.is_err()
+            {
+                tracing::warn!("worker cleanup timed out");
             }
             let _ = done.send(());
         });

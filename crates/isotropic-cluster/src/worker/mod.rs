@@ -163,15 +163,19 @@ impl WorkerBuilder {
         let frames = FramedRead::new(read, FrameCodec::new(self.max_frame_size));
         tokio::spawn(context::run(context, commands, frames, context::sigterm()));
 
-        if let Some(init) = self.initializer {
-            if let Err(error) = init(worker.clone()).await {
-                let error = Error::Initialize(error.into());
-                let event = InitializeError {
-                    error: error.clone(),
-                };
-                mailbox.call(move |w| pubsub::publish(w, event)).await?;
-                return Err(error);
-            }
+        if let Some(init) = self.initializer
+            && let Err(error) = init(worker.clone()).await
+        {
+            let error = Error::Initialize(error.into());
+            let event = InitializeError {
+                error: error.clone(),
+            };
+            mailbox.call(move |w| pubsub::publish(w, event)).await?;
+            // Flush what was queued (the hello, early messages), so that the
+            // primary sees this worker come online and go.
+            worker.outbox.close();
+            worker.outbox.wait_closed().await;
+            return Err(error);
         }
         mailbox
             .call(|w| pubsub::publish(w, InitializeComplete))
