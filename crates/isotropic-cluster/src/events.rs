@@ -52,8 +52,8 @@ impl Stage {
 /// Implemented by the event types of [`crate::primary::events`] and
 /// [`crate::worker::events`]; sealed.
 pub trait Topic: sealed::TopicImpl + Clone + Send + Sync + fmt::Debug + 'static {
-    /// The context that handlers of this event act on ([`crate::PrimaryContext`]
-    /// or [`crate::WorkerContext`]).
+    /// The context that handlers of this event act on ([`crate::primary::PrimaryContext`]
+    /// or [`crate::worker::WorkerContext`]).
     type Host: sealed::HostImpl;
     /// The original's name of the event, e.g. `"workerExit"`.
     const NAME: &'static str;

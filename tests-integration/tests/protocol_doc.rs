@@ -1,0 +1,60 @@
+//! The Python worker printed in `docs/protocol.md` is a full worker: the
+//! document is complete enough to write one from it alone.
+#![cfg(target_os = "linux")]
+
+use isotropic_cluster::primary::*;
+use serde_json::{Value, json};
+use tests_integration::{ready, shut_down, wait_for};
+
+/// The Python code block of `docs/protocol.md`.
+fn documented_worker() -> String {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md"))
+        .expect("read docs/protocol.md");
+    let start = doc.find("```python\n").expect("a python block") + "```python\n".len();
+    let end = start + doc[start..].find("```").expect("end of the block");
+    doc[start..end].to_owned()
+}
+
+#[tokio::test]
+async fn the_documented_python_worker_joins_answers_and_leaves() {
+    let python = which("python3").expect("python3 must be installed for this test");
+    let primary = ClusterPrimary::builder()
+        .program(python)
+        .args(["-c", &documented_worker()])
+        .start()
+        .await
+        .expect("start");
+    let mut events = primary.events();
+    primary.fork(2).await.expect("fork");
+    let workers = ready(&mut events, 2).await;
+    primary.send(&workers[1], &json!({"type": "hi", "n": 1})).await.expect("send");
+    let (from, echo) = wait_for(&mut events, |e| match e {
+        PrimaryEvent::WorkerMessage(m) => Some((m.worker.id(), m.message.decode::<Value>().ok()?)),
+        _ => None,
+    })
+    .await;
+    assert_eq!((from, echo), (workers[1].id(), json!({"echo": {"type": "hi", "n": 1}})));
+    shut_down(&primary).await;
+    let exits: Vec<(Option<i32>, bool)> = {
+        let mut exits = Vec::new();
+        while exits.len() < 2 {
+            exits.push(
+                wait_for(&mut events, |e| match e {
+                    PrimaryEvent::WorkerExit(x) => Some((x.code, x.voluntary)),
+                    _ => None,
+                })
+                .await,
+            );
+        }
+        exits
+    };
+    assert_eq!(exits, [(Some(0), true), (Some(0), true)]);
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| std::path::Path::new(dir).join(program))
+        .find(|path| path.is_file())
+}
