@@ -77,6 +77,11 @@ pub use events::{Event, EventStream, Stage, Subscribe, Subscription, Topic};
 pub use message::Message;
 pub use role::{is_primary, is_worker};
 
+/// The README's examples compile.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
+
 /// A worker's id: 1 for a primary's first worker, then 2, 3, … never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct WorkerId(pub(crate) u64);
