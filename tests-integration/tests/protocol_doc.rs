@@ -27,13 +27,19 @@ async fn the_documented_python_worker_joins_answers_and_leaves() {
     let mut events = primary.events();
     primary.fork(2).await.expect("fork");
     let workers = ready(&mut events, 2).await;
-    primary.send(&workers[1], &json!({"type": "hi", "n": 1})).await.expect("send");
+    primary
+        .send(&workers[1], &json!({"type": "hi", "n": 1}))
+        .await
+        .expect("send");
     let (from, echo) = wait_for(&mut events, |e| match e {
         PrimaryEvent::WorkerMessage(m) => Some((m.worker.id(), m.message.decode::<Value>().ok()?)),
         _ => None,
     })
     .await;
-    assert_eq!((from, echo), (workers[1].id(), json!({"echo": {"type": "hi", "n": 1}})));
+    assert_eq!(
+        (from, echo),
+        (workers[1].id(), json!({"echo": {"type": "hi", "n": 1}}))
+    );
     shut_down(&primary).await;
     let exits: Vec<(Option<i32>, bool)> = {
         let mut exits = Vec::new();
