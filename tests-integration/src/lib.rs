@@ -162,20 +162,17 @@ pub type Primary = PrimaryContext;
 
 /// Watches a process (not necessarily our child) through a pidfd, opened now.
 #[derive(Debug)]
-pub struct ExitWatch(std::os::fd::OwnedFd);
+pub struct ExitWatch(Option<std::os::fd::OwnedFd>);
 
 impl ExitWatch {
-    /// Starts watching `pid`.
-    ///
-    /// # Panics
-    ///
-    /// When the process does not exist.
+    /// Starts watching `pid`; a process that is already gone counts as exited.
     pub fn new(pid: u32) -> Self {
         let pid = rustix::process::Pid::from_raw(i32::try_from(pid).expect("pid")).expect("pid");
-        Self(
-            rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
-                .expect("pidfd_open"),
-        )
+        match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+            Ok(fd) => Self(Some(fd)),
+            Err(rustix::io::Errno::SRCH) => Self(None),
+            Err(error) => panic!("pidfd_open: {error}"),
+        }
     }
 
     /// Waits until the process has exited.
@@ -184,9 +181,10 @@ impl ExitWatch {
     ///
     /// After [`DEADLINE`].
     pub async fn exited(self) {
+        let Some(fd) = self.0 else { return };
         let exited = tokio::task::spawn_blocking(move || {
             let mut fds = [rustix::event::PollFd::new(
-                &self.0,
+                &fd,
                 rustix::event::PollFlags::IN,
             )];
             let deadline = rustix::event::Timespec {

@@ -6,7 +6,7 @@ use isotropic_cluster::ProtocolError;
 use isotropic_cluster::Subscribe;
 use isotropic_cluster::primary::*;
 use serde_json::json;
-use tests_integration::{alive, fixture, ready, shut_down, wait_for};
+use tests_integration::{ExitWatch, alive, fixture, ready, shut_down, wait_for};
 
 async fn bad_worker(case: &str) -> ProtocolError {
     let primary = ClusterPrimary::builder()
@@ -34,6 +34,9 @@ async fn bad_worker(case: &str) -> ProtocolError {
     })
     .await;
     assert_eq!(bad.id().get(), 2);
+    // The bad worker is stopped (not just left out of the pool), before any
+    // shutdown.
+    ExitWatch::new(bad.pid()).exited().await;
     // The bad worker is disconnected and exits (or is terminated).
     wait_for(&mut events, |e| {
         matches!(e, PrimaryEvent::WorkerDisconnect(d) if d.worker == bad).then_some(())

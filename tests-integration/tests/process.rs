@@ -22,10 +22,15 @@ fn start_fixture_primary(program: &std::path::Path, args: &[&str]) -> (std::proc
         .stdout(Stdio::piped())
         .spawn()
         .expect("start fixture-primary");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
+    // Workers print their greeting first; the report is the first JSON line.
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = lines
+        .by_ref()
+        .map(|line| line.expect("read"))
+        .find(|line| line.starts_with('{'))
+        .expect("a report line");
+    // Keep reading, so that the primary can still print.
+    std::thread::spawn(move || lines.for_each(drop));
     (child, serde_json::from_str(&line).expect("a JSON line"))
 }
 
@@ -41,6 +46,22 @@ fn workers_re_execute_the_primary_with_its_arguments_even_once_deleted() {
     assert_eq!(report["args"], json!([args, args]));
     assert!(child.wait().expect("wait").success());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn workers_inherit_the_primarys_output_unless_silent() {
+    let run = |extra: &[&str]| {
+        let output = Command::new(fixture_primary())
+            .args(["2", "--then-shut-down"])
+            .args(extra)
+            .output()
+            .expect("run fixture-primary");
+        assert!(output.status.success());
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        stdout.lines().filter(|l| l.ends_with("says hi")).count()
+    };
+    assert_eq!(run(&[]), 2);
+    assert_eq!(run(&["--silent"]), 0);
 }
 
 #[tokio::test]

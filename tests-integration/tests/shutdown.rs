@@ -46,7 +46,7 @@ async fn a_hung_worker_is_terminated_then_killed_and_shutdown_still_completes() 
     while steps.len() < 2 {
         steps.push(
             wait_for(&mut events, |e| match e {
-                PrimaryEvent::ShutDownEscalation(s) => Some(s.signal),
+                PrimaryEvent::WorkerSignal(s) => Some(s.signal),
                 _ => None,
             })
             .await,

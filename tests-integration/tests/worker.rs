@@ -66,7 +66,7 @@ async fn a_worker_that_destroys_itself_exits_as_soon_as_it_is_done() {
     let primary = record!(
         primary("echo"),
         log,
-        [WorkerDisconnect, ShutDownEscalation, WorkerExit]
+        [WorkerDisconnect, WorkerSignal, WorkerExit]
     )
     .before::<WorkerExit>(|exit| exit.prevent())
     .start()

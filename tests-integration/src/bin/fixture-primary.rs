@@ -1,16 +1,17 @@
 //! A program that is both a primary and its own workers (the default
 //! program), for the end-to-end tests of re-execution and of orphans.
 //!
-//! `fixture-primary N [--delete-self] [--then-shut-down]`: starts N workers,
-//! prints `{"pids": [...], "args": [[...], ...]}` once all are ready (each
-//! worker reports the arguments it was started with), then either shuts down
-//! or waits to be killed.
+//! `fixture-primary N [--delete-self] [--then-shut-down] [--silent]`: starts N
+//! workers, prints `{"pids": [...], "args": [[...], ...]}` once all are ready
+//! (each worker reports the arguments it was started with, and prints
+//! `worker ID says hi` on its stdout), then either shuts down or waits to be
+//! killed.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use isotropic_cluster::Subscribe;
-use isotropic_cluster::primary::{ClusterPrimary, PrimaryEvent, WorkerMessage};
+use isotropic_cluster::primary::{ClusterPrimary, PrimaryEvent, WorkerMessage, WorkerStdio};
 use isotropic_cluster::worker::ClusterWorker;
 use serde_json::{Value, json};
 
@@ -19,6 +20,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if isotropic_cluster::is_worker() {
         let worker = ClusterWorker::builder()
             .initialize(|worker| async move {
+                println!("worker {} says hi", worker.id());
                 let args: Vec<String> = std::env::args().skip(1).collect();
                 worker.send(&json!({"args": args})).await
             })
@@ -34,7 +36,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let reported = Arc::new(Mutex::new(Vec::new()));
     let sink = reported.clone();
+    let stdio = if args.iter().any(|a| a == "--silent") {
+        WorkerStdio::Null
+    } else {
+        WorkerStdio::Inherit
+    };
     let primary = ClusterPrimary::builder()
+        .stdio(stdio)
         .on::<WorkerMessage>(move |event| {
             if let Ok(message) = event.message.decode::<Value>() {
                 sink.lock().expect("lock").push(message["args"].clone());

@@ -404,7 +404,7 @@ impl PrimaryContext {
             }
             Timer::Escalate(id, signal) => {
                 if let Some(worker) = self.worker(id) {
-                    events::publish(self, ShutDownEscalation { worker, signal });
+                    events::publish(self, WorkerSignal { worker, signal });
                 }
             }
         }
@@ -616,10 +616,18 @@ impl PrimaryContext {
         tracing::error!(worker_id = %event.worker.id(), error = %event.error, "Worker error");
         self.remove_if_present(&event.worker);
         event.worker.outbox().close();
-        if let Some(live) = self.live.get(&event.worker.id()) {
-            let _ = live.signals.send(libc::SIGTERM);
-        }
-        self.stop(event.worker.id(), self.config.kill_grace);
+        let Some(live) = self.live.get_mut(&event.worker.id()) else {
+            return;
+        };
+        live.stopping = true;
+        let worker = event.worker.clone();
+        events::publish(
+            self,
+            WorkerSignal {
+                worker,
+                signal: libc::SIGTERM,
+            },
+        );
     }
 
     pub(super) fn complete_exit(&mut self, event: &WorkerExit) {
@@ -673,9 +681,9 @@ impl PrimaryContext {
         }
     }
 
-    pub(super) fn complete_escalation(&mut self, event: &ShutDownEscalation) {
+    pub(super) fn complete_signal(&mut self, event: &WorkerSignal) {
         let id = event.worker.id();
-        tracing::warn!(worker_id = %id, signal = event.signal, "Worker did not exit in time: signalling it");
+        tracing::warn!(worker_id = %id, signal = event.signal, "Signalling worker");
         if let Some(live) = self.live.get(&id) {
             let _ = live.signals.send(event.signal);
         }

@@ -194,11 +194,13 @@ pub struct RestartScheduled {
 #[non_exhaustive]
 pub struct ShutDown;
 
-/// A worker outlived its grace period and is sent `signal` (with its whole
-/// process group): SIGTERM first, then SIGKILL.
+/// The primary sends `signal` to a worker and its whole process group: a
+/// worker that did not exit within its grace period after a disconnect or a
+/// shutdown, or one that broke the protocol. SIGTERM first, then SIGKILL after
+/// the kill grace period.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
-pub struct ShutDownEscalation {
+pub struct WorkerSignal {
     /// The worker.
     pub worker: Worker,
     /// The signal number.
@@ -234,7 +236,7 @@ topics!(PrimaryContext =>
         WorkerExit: "workerExit" => complete_exit;
         RestartScheduled: "restartScheduled" => complete_restart_scheduled;
         ShutDown: "shutDown" once Complete => complete_shut_down;
-        ShutDownEscalation: "shutDownEscalation" => complete_escalation;
+        WorkerSignal: "workerSignal" => complete_signal;
         ShutDownComplete: "shutDownComplete" once Publish => log_event;
     }
 );

@@ -165,3 +165,35 @@ pub(crate) fn combine(results: Vec<Result<(), SendError>>) -> Result<(), SendErr
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::Outbox;
+
+    fn worker(id: u64) -> Worker {
+        let (ours, _theirs) = tokio::net::UnixStream::pair().expect("socket pair");
+        let outbox = Outbox::spawn(ours.into_split().1, 1, Some(WorkerId(id)));
+        Worker::new(WorkerId(id), 0, outbox, 1024)
+    }
+
+    #[tokio::test]
+    async fn round_robin_forgets_removed_workers_and_empty_tags() {
+        let pool = Pool::default();
+        for id in 1..=2 {
+            pool.add_ready(&worker(id));
+        }
+        let picks: Vec<u64> = (0..3)
+            .map(|_| pool.round_robin("a").map_or(0, |w| w.id().get()))
+            .collect();
+        assert_eq!(picks, [1, 2, 1]);
+        pool.round_robin("b");
+        assert_eq!(pool.lock().selected.len(), 2);
+        pool.remove_ready(WorkerId(1));
+        // Tag "b" only knew worker 1: it is gone with it.
+        assert_eq!(pool.lock().selected.keys().collect::<Vec<_>>(), ["a"]);
+        pool.remove_ready(WorkerId(2));
+        assert!(pool.lock().selected.is_empty());
+        assert!(pool.round_robin("a").is_none());
+    }
+}
