@@ -45,3 +45,90 @@ macro_rules! topics {
 }
 
 pub(crate) use topics;
+
+/// `host!(Context, stream: StreamEnum, inbound: MessageEvent, handle: Handle,
+/// builder: Builder)`: makes `Context` (with fields `hub`, `stream` and
+/// `mailbox`) an event host, and gives the context, the handle (field
+/// `mailbox`) and the builder (field `hub`) the [`Subscribe`] methods.
+///
+/// [`Subscribe`]: crate::Subscribe
+macro_rules! host {
+    ($host:ty, stream: $stream:ty, inbound: $inbound:ty, handle: $handle:ty, builder: $builder:ty) => {
+        impl $crate::events::sealed::HostImpl for $host {
+            type Stream = $stream;
+            type Inbound = $inbound;
+            fn hub(&mut self) -> &mut $crate::events::Hub {
+                &mut self.hub
+            }
+            fn stream(&self) -> &tokio::sync::broadcast::Sender<$stream> {
+                &self.stream
+            }
+        }
+
+        impl $crate::events::Subscribe for &mut $host {
+            type Host = $host;
+            type Output = $crate::events::Subscription;
+            fn subscribe_with<E: $crate::events::Topic<Host = $host>>(
+                self,
+                key: $crate::events::SubscriptionKey,
+                once: bool,
+                handler: $crate::events::Handler<E>,
+            ) -> Self::Output {
+                $crate::events::subscribe(self, key.clone(), once, handler);
+                self.mailbox.subscription(key)
+            }
+            fn route_with(
+                self,
+                key: $crate::events::SubscriptionKey,
+                route: $crate::events::sealed::RouteFn<$inbound>,
+            ) -> Self::Output {
+                self.hub.insert_route(key.clone(), route);
+                self.mailbox.subscription(key)
+            }
+        }
+
+        impl $crate::events::Subscribe for &$handle {
+            type Host = $host;
+            type Output = $crate::events::Subscription;
+            fn subscribe_with<E: $crate::events::Topic<Host = $host>>(
+                self,
+                key: $crate::events::SubscriptionKey,
+                once: bool,
+                handler: $crate::events::Handler<E>,
+            ) -> Self::Output {
+                self.mailbox.subscribe(key, once, handler)
+            }
+            fn route_with(
+                self,
+                key: $crate::events::SubscriptionKey,
+                route: $crate::events::sealed::RouteFn<$inbound>,
+            ) -> Self::Output {
+                self.mailbox.route(key, route)
+            }
+        }
+
+        impl $crate::events::Subscribe for $builder {
+            type Host = $host;
+            type Output = Self;
+            fn subscribe_with<E: $crate::events::Topic<Host = $host>>(
+                mut self,
+                key: $crate::events::SubscriptionKey,
+                once: bool,
+                handler: $crate::events::Handler<E>,
+            ) -> Self {
+                self.hub.insert(key, once, handler);
+                self
+            }
+            fn route_with(
+                mut self,
+                key: $crate::events::SubscriptionKey,
+                route: $crate::events::sealed::RouteFn<$inbound>,
+            ) -> Self {
+                self.hub.insert_route(key, route);
+                self
+            }
+        }
+    };
+}
+
+pub(crate) use host;

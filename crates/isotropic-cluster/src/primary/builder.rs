@@ -10,7 +10,7 @@ use super::events::{Initialize, InitializeComplete, InitializeError};
 use super::{ClusterPrimary, PrimaryContext, RestartPolicy};
 use crate::actor::Mailbox;
 use crate::error::{BoxError, Error};
-use crate::events::{self, Handler, Hub, Subscribe, SubscriptionKey, sealed::RouteFn};
+use crate::events::{self, Hub};
 use crate::protocol;
 
 /// What a worker's standard output and error are connected to.
@@ -92,7 +92,7 @@ impl Default for Config {
 /// ```
 pub struct PrimaryBuilder {
     config: Config,
-    hub: Hub,
+    pub(super) hub: Hub,
     initializer: Option<Initializer>,
 }
 
@@ -276,25 +276,5 @@ impl PrimaryBuilder {
         let primary = ClusterPrimary::new(mailbox, &context);
         tokio::spawn(super::context::run(context, commands, inputs));
         Ok(primary)
-    }
-}
-
-impl Subscribe for PrimaryBuilder {
-    type Host = PrimaryContext;
-    type Output = Self;
-
-    fn subscribe_with<E: events::Topic<Host = PrimaryContext>>(
-        mut self,
-        key: SubscriptionKey,
-        once: bool,
-        handler: Handler<E>,
-    ) -> Self {
-        self.hub.insert(key, once, handler);
-        self
-    }
-
-    fn route_with(mut self, key: SubscriptionKey, route: RouteFn<super::WorkerMessage>) -> Self {
-        self.hub.insert_route(key, route);
-        self
     }
 }

@@ -18,10 +18,7 @@ use super::{ClusterPrimary, Worker};
 use crate::WorkerId;
 use crate::actor::{Command, WeakMailbox};
 use crate::error::{Error, ProtocolError, SendError};
-use crate::events::{
-    self, Handler, Hub, StreamSource, Subscribe, Subscription, SubscriptionKey, Topic,
-    sealed::RouteFn,
-};
+use crate::events::{self, Hub, StreamSource, Topic};
 use crate::protocol::{self, Frame};
 
 /// Where a phase of the lifecycle (shutdown, destroy) stands.
@@ -93,23 +90,14 @@ impl std::fmt::Debug for PrimaryContext {
     }
 }
 
-impl events::sealed::HostImpl for PrimaryContext {
-    type Stream = PrimaryEvent;
-    type Inbound = WorkerMessage;
-    fn hub(&mut self) -> &mut Hub {
-        &mut self.hub
-    }
-    fn stream(&self) -> &broadcast::Sender<PrimaryEvent> {
-        &self.stream
-    }
-}
-
 impl<E: Topic<Host = PrimaryContext>> events::Event<'_, E> {
     /// The primary, to act on from a handler (fork, send, shut down, …).
     pub fn primary(&mut self) -> &mut PrimaryContext {
         self.host
     }
 }
+
+crate::topics::host!(PrimaryContext, stream: PrimaryEvent, inbound: WorkerMessage, handle: ClusterPrimary, builder: super::PrimaryBuilder);
 
 // ===== public operations =====
 
@@ -188,26 +176,6 @@ impl PrimaryContext {
     /// once every handle is gone.
     pub fn handle(&self) -> Option<ClusterPrimary> {
         Some(ClusterPrimary::new(self.mailbox.upgrade()?, self))
-    }
-}
-
-impl Subscribe for &mut PrimaryContext {
-    type Host = PrimaryContext;
-    type Output = Subscription;
-
-    fn subscribe_with<E: Topic<Host = PrimaryContext>>(
-        self,
-        key: SubscriptionKey,
-        once: bool,
-        handler: Handler<E>,
-    ) -> Subscription {
-        events::subscribe(self, key.clone(), once, handler);
-        self.mailbox.subscription(key)
-    }
-
-    fn route_with(self, key: SubscriptionKey, route: RouteFn<WorkerMessage>) -> Subscription {
-        self.hub.insert_route(key.clone(), route);
-        self.mailbox.subscription(key)
     }
 }
 

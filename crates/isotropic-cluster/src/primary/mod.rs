@@ -39,10 +39,7 @@ pub use worker::Worker;
 use crate::WorkerId;
 use crate::actor::Mailbox;
 use crate::error::{Error, SendError};
-use crate::events::{
-    EventStream, Handler, StreamSource, Subscribe, Subscription, SubscriptionKey, Topic,
-    sealed::RouteFn,
-};
+use crate::events::{EventStream, StreamSource};
 use builder::Config;
 use pool::Pool;
 
@@ -232,23 +229,5 @@ impl ClusterPrimary {
     /// it ends when the primary is destroyed.
     pub fn events(&self) -> EventStream<PrimaryEvent> {
         self.stream.subscribe()
-    }
-}
-
-impl Subscribe for &ClusterPrimary {
-    type Host = PrimaryContext;
-    type Output = Subscription;
-
-    fn subscribe_with<E: Topic<Host = PrimaryContext>>(
-        self,
-        key: SubscriptionKey,
-        once: bool,
-        handler: Handler<E>,
-    ) -> Subscription {
-        self.mailbox.subscribe(key, once, handler)
-    }
-
-    fn route_with(self, key: SubscriptionKey, route: RouteFn<WorkerMessage>) -> Subscription {
-        self.mailbox.route(key, route)
     }
 }

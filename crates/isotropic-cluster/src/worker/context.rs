@@ -15,10 +15,7 @@ use crate::WorkerId;
 use crate::actor::{Command, WeakMailbox};
 use crate::channel::Outbox;
 use crate::error::SendError;
-use crate::events::{
-    self, Handler, Hub, StreamSource, Subscribe, Subscription, SubscriptionKey, Topic,
-    sealed::RouteFn,
-};
+use crate::events::{self, Hub, StreamSource, Topic};
 use crate::protocol::{self, Frame, FrameCodec};
 
 /// The worker as its event handlers see it.
@@ -53,16 +50,7 @@ impl std::fmt::Debug for WorkerContext {
     }
 }
 
-impl events::sealed::HostImpl for WorkerContext {
-    type Stream = WorkerEvent;
-    type Inbound = PrimaryMessage;
-    fn hub(&mut self) -> &mut Hub {
-        &mut self.hub
-    }
-    fn stream(&self) -> &broadcast::Sender<WorkerEvent> {
-        &self.stream
-    }
-}
+crate::topics::host!(WorkerContext, stream: WorkerEvent, inbound: PrimaryMessage, handle: ClusterWorker, builder: super::WorkerBuilder);
 
 impl<E: Topic<Host = WorkerContext>> events::Event<'_, E> {
     /// The worker, to act on from a handler (send, destroy, …).
@@ -97,26 +85,6 @@ impl WorkerContext {
     /// once every handle is gone.
     pub fn handle(&self) -> Option<ClusterWorker> {
         Some(ClusterWorker::new(self.mailbox.upgrade()?, self))
-    }
-}
-
-impl Subscribe for &mut WorkerContext {
-    type Host = WorkerContext;
-    type Output = Subscription;
-
-    fn subscribe_with<E: Topic<Host = WorkerContext>>(
-        self,
-        key: SubscriptionKey,
-        once: bool,
-        handler: Handler<E>,
-    ) -> Subscription {
-        events::subscribe(self, key.clone(), once, handler);
-        self.mailbox.subscription(key)
-    }
-
-    fn route_with(self, key: SubscriptionKey, route: RouteFn<PrimaryMessage>) -> Subscription {
-        self.hub.insert_route(key.clone(), route);
-        self.mailbox.subscription(key)
     }
 }
 

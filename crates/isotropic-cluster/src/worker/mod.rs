@@ -21,10 +21,7 @@ pub use events::*;
 use crate::actor::Mailbox;
 use crate::channel::Outbox;
 use crate::error::{BoxError, Error, SendError};
-use crate::events::{
-    self as pubsub, EventStream, Handler, Hub, StreamSource, Subscribe, Subscription,
-    SubscriptionKey, Topic, sealed::RouteFn,
-};
+use crate::events::{self as pubsub, EventStream, Hub, StreamSource};
 use crate::protocol::{self, Frame, FrameCodec};
 use crate::{WorkerId, role};
 
@@ -184,26 +181,6 @@ impl WorkerBuilder {
     }
 }
 
-impl Subscribe for WorkerBuilder {
-    type Host = WorkerContext;
-    type Output = Self;
-
-    fn subscribe_with<E: Topic<Host = WorkerContext>>(
-        mut self,
-        key: SubscriptionKey,
-        once: bool,
-        handler: Handler<E>,
-    ) -> Self {
-        self.hub.insert(key, once, handler);
-        self
-    }
-
-    fn route_with(mut self, key: SubscriptionKey, route: RouteFn<PrimaryMessage>) -> Self {
-        self.hub.insert_route(key, route);
-        self
-    }
-}
-
 /// A cloneable handle to this process's worker side.
 ///
 /// # Examples
@@ -339,23 +316,5 @@ impl ClusterWorker {
     /// it ends when the worker is destroyed.
     pub fn events(&self) -> EventStream<WorkerEvent> {
         self.stream.subscribe()
-    }
-}
-
-impl Subscribe for &ClusterWorker {
-    type Host = WorkerContext;
-    type Output = Subscription;
-
-    fn subscribe_with<E: Topic<Host = WorkerContext>>(
-        self,
-        key: SubscriptionKey,
-        once: bool,
-        handler: Handler<E>,
-    ) -> Subscription {
-        self.mailbox.subscribe(key, once, handler)
-    }
-
-    fn route_with(self, key: SubscriptionKey, route: RouteFn<PrimaryMessage>) -> Subscription {
-        self.mailbox.route(key, route)
     }
 }
