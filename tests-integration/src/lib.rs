@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use isotropic_cluster::primary::{ClusterPrimary, PrimaryBuilder, PrimaryContext, PrimaryEvent};
+use isotropic_cluster::WorkerId;
+use isotropic_cluster::primary::{
+    ClusterPrimary, PrimaryBuilder, PrimaryContext, PrimaryEvent, Worker, WorkerExit,
+};
 use isotropic_cluster::{Event, EventStream, Topic};
 
 /// How long a test waits for anything before failing.
@@ -127,8 +130,41 @@ pub async fn ready(
             .await,
         );
     }
-    workers.sort_by_key(isotropic_cluster::primary::Worker::id);
+    workers.sort_by_key(Worker::id);
     workers
+}
+
+/// Starts `builder`'s primary, forks `N` workers and waits until all are
+/// ready; returns the primary, its event stream (from before the fork) and the
+/// workers by ascending id.
+///
+/// # Panics
+///
+/// When starting or forking fails, or the workers are not ready in time.
+pub async fn launch<const N: usize>(
+    builder: PrimaryBuilder,
+) -> (ClusterPrimary, EventStream<PrimaryEvent>, [Worker; N]) {
+    let primary = builder.start().await.expect("start");
+    let mut events = primary.events();
+    assert_eq!(primary.fork(N).await.expect("fork"), N);
+    let workers = ready(&mut events, N).await;
+    (primary, events, workers.try_into().expect("N workers"))
+}
+
+/// The exit events, for [`wait_for`].
+pub fn exit_of(event: PrimaryEvent) -> Option<WorkerExit> {
+    match event {
+        PrimaryEvent::WorkerExit(exit) => Some(exit),
+        _ => None,
+    }
+}
+
+/// The messages from workers as JSON values, with the sender, for [`wait_for`].
+pub fn message_of(event: PrimaryEvent) -> Option<(WorkerId, serde_json::Value)> {
+    match event {
+        PrimaryEvent::WorkerMessage(m) => Some((m.worker.id(), m.message.decode().ok()?)),
+        _ => None,
+    }
 }
 
 /// Shuts the primary down, with the deadline.

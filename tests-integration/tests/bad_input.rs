@@ -6,10 +6,10 @@ use isotropic_cluster::ProtocolError;
 use isotropic_cluster::Subscribe;
 use isotropic_cluster::primary::*;
 use serde_json::json;
-use tests_integration::{ExitWatch, alive, fixture, ready, shut_down, wait_for};
+use tests_integration::{ExitWatch, alive, fixture, launch, shut_down, wait_for};
 
 async fn bad_worker(case: &str) -> ProtocolError {
-    let primary = ClusterPrimary::builder()
+    let builder = ClusterPrimary::builder()
         .program(fixture())
         .args(["bad-after-first", case])
         // Bad workers are not replaced, so each case sees one.
@@ -17,16 +17,8 @@ async fn bad_worker(case: &str) -> ProtocolError {
             if exit.worker.id().get() != 1 {
                 exit.prevent();
             }
-        })
-        .start()
-        .await
-        .expect("start");
-    let mut events = primary.events();
-    primary.fork(1).await.expect("fork");
-    let [good] = ready(&mut events, 1)
-        .await
-        .try_into()
-        .expect("the good worker");
+        });
+    let (primary, mut events, [good]) = launch::<1>(builder).await;
     primary.fork(1).await.expect("fork");
     let (bad, error) = wait_for(&mut events, |e| match e {
         PrimaryEvent::WorkerError(e) => Some((e.worker, e.error)),

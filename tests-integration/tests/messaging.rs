@@ -6,7 +6,7 @@ use isotropic_cluster::primary::*;
 use isotropic_cluster::{SendError, Subscribe, WorkerId};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tests_integration::{Log, primary, ready, record, shut_down, wait_for};
+use tests_integration::{Log, launch, primary, ready, record, shut_down, wait_for};
 
 fn echo_of(event: PrimaryEvent) -> Option<(WorkerId, Value)> {
     match event {
@@ -21,13 +21,8 @@ fn echo_of(event: PrimaryEvent) -> Option<(WorkerId, Value)> {
 #[tokio::test]
 async fn messages_round_trip_in_order() {
     let log = Log::default();
-    let primary = record!(primary("echo"), log, [WorkerMessage])
-        .start()
-        .await
-        .expect("start");
-    let mut events = primary.events();
-    primary.fork(1).await.expect("fork");
-    let [worker] = ready(&mut events, 1).await.try_into().expect("one worker");
+    let (primary, mut events, [worker]) =
+        launch::<1>(record!(primary("echo"), log, [WorkerMessage])).await;
     for i in 0..50 {
         primary.send(&worker, &json!({"n": i})).await.expect("send");
     }
@@ -53,19 +48,16 @@ async fn typed_routing_runs_between_on_and_after_on_both_sides() {
     }
     let log = Log::default();
     let (on, routed, after) = (log.clone(), log.clone(), log.clone());
-    let primary = primary("before-ready")
-        .on::<WorkerMessage>(move |e| on.push(format!("on {}", e.message)))
-        .after::<WorkerMessage>(move |e| after.push(format!("after {}", e.message)))
-        .route::<Early>("early", move |e, early| {
-            assert_eq!(e.stage(), isotropic_cluster::Stage::Complete);
-            routed.push(format!("routed {}", early.kind));
-        })
-        .start()
-        .await
-        .expect("start");
-    let mut events = primary.events();
-    primary.fork(1).await.expect("fork");
-    let [worker] = ready(&mut events, 1).await.try_into().expect("one worker");
+    let (primary, mut events, [worker]) = launch::<1>(
+        primary("before-ready")
+            .on::<WorkerMessage>(move |e| on.push(format!("on {}", e.message)))
+            .after::<WorkerMessage>(move |e| after.push(format!("after {}", e.message)))
+            .route::<Early>("early", move |e, early| {
+                assert_eq!(e.stage(), isotropic_cluster::Stage::Complete);
+                routed.push(format!("routed {}", early.kind));
+            }),
+    )
+    .await;
     // The string "ready" sent before the handshake is an ordinary message, and
     // neither it nor the early message made the worker ready.
     assert_eq!(

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use isotropic_cluster::primary::*;
 use isotropic_cluster::worker::ClusterWorker;
 use serde_json::{Value, json};
-use tests_integration::{ExitWatch, primary, ready, shut_down, wait_for};
+use tests_integration::{ExitWatch, launch, primary, shut_down, wait_for};
 
 fn fixture_primary() -> std::path::PathBuf {
     tests_integration::fixture().with_file_name("fixture-primary")
@@ -79,14 +79,8 @@ async fn workers_exit_when_their_primary_is_killed() {
 
 #[tokio::test]
 async fn piped_output_arrives_line_by_line_with_the_stream() {
-    let primary = primary("echo")
-        .stdio(WorkerStdio::Piped)
-        .start()
-        .await
-        .expect("start");
-    let mut events = primary.events();
-    primary.fork(1).await.expect("fork");
-    let [worker] = ready(&mut events, 1).await.try_into().expect("one worker");
+    let (primary, mut events, [worker]) =
+        launch::<1>(primary("echo").stdio(WorkerStdio::Piped)).await;
     primary
         .send(&worker, &json!({"type": "print", "text": "hello"}))
         .await
@@ -114,10 +108,7 @@ async fn piped_output_arrives_line_by_line_with_the_stream() {
 
 #[tokio::test]
 async fn a_workers_children_inherit_neither_the_channel_nor_the_markers() {
-    let primary = primary("echo").start().await.expect("start");
-    let mut events = primary.events();
-    primary.fork(1).await.expect("fork");
-    let [worker] = ready(&mut events, 1).await.try_into().expect("one worker");
+    let (primary, mut events, [worker]) = launch::<1>(primary("echo")).await;
     primary
         .send(&worker, &json!({"type": "inspect"}))
         .await
@@ -137,10 +128,7 @@ async fn a_workers_children_inherit_neither_the_channel_nor_the_markers() {
 
 #[tokio::test]
 async fn grandchildren_go_with_their_worker() {
-    let primary = primary("echo").start().await.expect("start");
-    let mut events = primary.events();
-    primary.fork(1).await.expect("fork");
-    let [worker] = ready(&mut events, 1).await.try_into().expect("one worker");
+    let (primary, mut events, [worker]) = launch::<1>(primary("echo")).await;
     primary
         .send(&worker, &json!({"type": "spawn-child"}))
         .await

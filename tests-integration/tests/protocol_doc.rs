@@ -4,7 +4,7 @@
 
 use isotropic_cluster::primary::*;
 use serde_json::{Value, json};
-use tests_integration::{ready, shut_down, wait_for};
+use tests_integration::{launch, shut_down, wait_for};
 
 /// The Python code block of `docs/protocol.md`.
 fn documented_worker() -> String {
@@ -18,15 +18,12 @@ fn documented_worker() -> String {
 #[tokio::test]
 async fn the_documented_python_worker_joins_answers_and_leaves() {
     let python = which("python3").expect("python3 must be installed for this test");
-    let primary = ClusterPrimary::builder()
-        .program(python)
-        .args(["-c", &documented_worker()])
-        .start()
-        .await
-        .expect("start");
-    let mut events = primary.events();
-    primary.fork(2).await.expect("fork");
-    let workers = ready(&mut events, 2).await;
+    let (primary, mut events, workers) = launch::<2>(
+        ClusterPrimary::builder()
+            .program(python)
+            .args(["-c", &documented_worker()]),
+    )
+    .await;
     primary
         .send(&workers[1], &json!({"type": "hi", "n": 1}))
         .await

@@ -7,25 +7,17 @@ use std::time::Duration;
 use isotropic_cluster::Subscribe;
 use isotropic_cluster::primary::*;
 use serde_json::json;
-use tests_integration::{Log, primary, ready, record, shut_down, wait_for};
-
-fn exit_of(event: PrimaryEvent) -> Option<WorkerExit> {
-    match event {
-        PrimaryEvent::WorkerExit(exit) => Some(exit),
-        _ => None,
-    }
-}
+use tests_integration::{Log, exit_of, launch, primary, ready, record, shut_down, wait_for};
 
 #[tokio::test]
 async fn a_crashed_worker_is_replaced_depth_first() {
     let log = Log::default();
-    let primary = record!(primary("echo"), log, [WorkerExit, Fork, WorkerFork])
-        .start()
-        .await
-        .expect("start");
-    let mut events = primary.events();
-    primary.fork(1).await.expect("fork");
-    let [first] = ready(&mut events, 1).await.try_into().expect("one worker");
+    let (primary, mut events, [first]) = launch::<1>(record!(
+        primary("echo"),
+        log,
+        [WorkerExit, Fork, WorkerFork]
+    ))
+    .await;
     let before = log.entries().len();
     primary
         .send(&first, &json!({"type": "exit", "code": 1}))
@@ -58,10 +50,7 @@ async fn a_crashed_worker_is_replaced_depth_first() {
 
 #[tokio::test]
 async fn every_kind_of_exit_is_replaced_while_active() {
-    let primary = primary("echo").start().await.expect("start");
-    let mut events = primary.events();
-    primary.fork(3).await.expect("fork");
-    let workers = ready(&mut events, 3).await;
+    let (primary, mut events, workers) = launch::<3>(primary("echo")).await;
     // A stream of its own for the replacements, which may become ready while
     // the other stream is waiting for an exit.
     let mut replacements = primary.events();
@@ -96,15 +85,12 @@ async fn every_kind_of_exit_is_replaced_while_active() {
 
 #[tokio::test]
 async fn preventing_the_exit_event_prevents_removal_and_replacement() {
-    let primary = primary("echo")
-        .before::<WorkerExit>(|event| event.prevent())
-        .before::<WorkerDisconnect>(|event| event.prevent())
-        .start()
-        .await
-        .expect("start");
-    let mut events = primary.events();
-    primary.fork(1).await.expect("fork");
-    let [worker] = ready(&mut events, 1).await.try_into().expect("one worker");
+    let (primary, _events, [worker]) = launch::<1>(
+        primary("echo")
+            .before::<WorkerExit>(|event| event.prevent())
+            .before::<WorkerDisconnect>(|event| event.prevent()),
+    )
+    .await;
     let forks = primary.events();
     primary
         .send(&worker, &json!({"type": "exit", "code": 2}))

@@ -5,14 +5,13 @@ use std::time::Duration;
 
 use isotropic_cluster::Subscribe;
 use isotropic_cluster::primary::*;
-use tests_integration::{DEADLINE, Log, alive, primary, ready, record, shut_down, wait_for};
+use tests_integration::{
+    DEADLINE, Log, alive, launch, primary, ready, record, shut_down, wait_for,
+};
 
 #[tokio::test]
 async fn shutdown_completes_only_when_every_worker_has_exited() {
-    let primary = primary("echo").start().await.expect("start");
-    let mut events = primary.events();
-    primary.fork(4).await.expect("fork");
-    let workers = ready(&mut events, 4).await;
+    let (primary, mut events, workers) = launch::<4>(primary("echo")).await;
     shut_down(&primary).await;
     for worker in &workers {
         assert!(!alive(worker.pid()), "worker {} still running", worker.id());
@@ -32,15 +31,12 @@ async fn shutdown_completes_only_when_every_worker_has_exited() {
 
 #[tokio::test]
 async fn a_hung_worker_is_terminated_then_killed_and_shutdown_still_completes() {
-    let primary = primary("hung")
-        .shutdown_grace(Duration::from_millis(100))
-        .kill_grace(Duration::from_millis(100))
-        .start()
-        .await
-        .expect("start");
-    let mut events = primary.events();
-    primary.fork(1).await.expect("fork");
-    let [worker] = ready(&mut events, 1).await.try_into().expect("one worker");
+    let (primary, mut events, [worker]) = launch::<1>(
+        primary("hung")
+            .shutdown_grace(Duration::from_millis(100))
+            .kill_grace(Duration::from_millis(100)),
+    )
+    .await;
     shut_down(&primary).await;
     let mut steps = Vec::new();
     while steps.len() < 2 {
@@ -132,10 +128,7 @@ async fn destroy_of_an_active_primary_shuts_down_then_runs_every_stage() {
 
 #[tokio::test]
 async fn destroy_during_a_shutdown_waits_for_it() {
-    let primary = primary("echo").start().await.expect("start");
-    let mut events = primary.events();
-    primary.fork(3).await.expect("fork");
-    let workers = ready(&mut events, 3).await;
+    let (primary, _events, workers) = launch::<3>(primary("echo")).await;
     let shutting = primary.clone();
     let shutdown = tokio::spawn(async move { shutting.shut_down().await });
     tokio::time::timeout(DEADLINE, primary.destroy())
@@ -151,10 +144,7 @@ async fn destroy_during_a_shutdown_waits_for_it() {
 
 #[tokio::test]
 async fn dropping_every_handle_stops_the_workers() {
-    let primary = primary("echo").start().await.expect("start");
-    let mut events = primary.events();
-    primary.fork(2).await.expect("fork");
-    let workers = ready(&mut events, 2).await;
+    let (primary, mut events, workers) = launch::<2>(primary("echo")).await;
     drop(primary);
     // The stream ends when the primary is torn down, after every worker exited.
     tokio::time::timeout(DEADLINE, async { while events.next().await.is_some() {} })

@@ -5,14 +5,7 @@
 use isotropic_cluster::Subscribe;
 use isotropic_cluster::primary::*;
 use serde_json::json;
-use tests_integration::{Log, primary, ready, record, shut_down, wait_for};
-
-fn exit_of(event: PrimaryEvent) -> Option<WorkerExit> {
-    match event {
-        PrimaryEvent::WorkerExit(exit) => Some(exit),
-        _ => None,
-    }
-}
+use tests_integration::{Log, exit_of, launch, primary, record, shut_down, wait_for};
 
 #[tokio::test]
 async fn a_failed_initialization_never_makes_the_worker_ready() {
@@ -40,10 +33,7 @@ async fn a_failed_initialization_never_makes_the_worker_ready() {
 
 #[tokio::test]
 async fn sigterm_makes_a_worker_leave_gracefully() {
-    let primary = primary("echo").start().await.expect("start");
-    let mut events = primary.events();
-    primary.fork(1).await.expect("fork");
-    let [worker] = ready(&mut events, 1).await.try_into().expect("one worker");
+    let (primary, mut events, [worker]) = launch::<1>(primary("echo")).await;
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(worker.pid() as i32).expect("pid"),
         rustix::process::Signal::TERM,
@@ -63,18 +53,15 @@ async fn a_worker_that_destroys_itself_exits_as_soon_as_it_is_done() {
     // deadline of the test would still pass, so check the order of events:
     // the disconnect arrives first, then the exit, with no escalation).
     let log = Log::default();
-    let primary = record!(
-        primary("echo"),
-        log,
-        [WorkerDisconnect, WorkerSignal, WorkerExit]
+    let (primary, mut events, [worker]) = launch::<1>(
+        record!(
+            primary("echo"),
+            log,
+            [WorkerDisconnect, WorkerSignal, WorkerExit]
+        )
+        .before::<WorkerExit>(|exit| exit.prevent()),
     )
-    .before::<WorkerExit>(|exit| exit.prevent())
-    .start()
-    .await
-    .expect("start");
-    let mut events = primary.events();
-    primary.fork(1).await.expect("fork");
-    let [worker] = ready(&mut events, 1).await.try_into().expect("one worker");
+    .await;
     primary
         .send(&worker, &json!({"type": "destroy"}))
         .await
