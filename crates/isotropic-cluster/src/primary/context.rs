@@ -133,8 +133,12 @@ impl PrimaryContext {
     ) -> Result<(), SendError> {
         let frame = protocol::encode_message(message, self.config.max_frame_size)
             .map_err(SendError::Encode)?;
-        let (workers, mut results) = split(self.pool.resolve(to.into()));
-        results.extend(workers.iter().map(|w| w.try_send_frame(frame.clone())));
+        let (workers, errors) = self.pool.resolve(to.into());
+        let mut results: Vec<_> = workers
+            .iter()
+            .map(|worker| worker.try_send_frame(frame.clone()))
+            .collect();
+        results.extend(errors.into_iter().map(Err));
         pool::combine(results)
     }
 
@@ -177,10 +181,6 @@ impl PrimaryContext {
     pub fn handle(&self) -> Option<ClusterPrimary> {
         Some(ClusterPrimary::new(self.mailbox.upgrade()?, self))
     }
-}
-
-fn split(resolved: (Vec<Worker>, Vec<SendError>)) -> (Vec<Worker>, Vec<Result<(), SendError>>) {
-    (resolved.0, resolved.1.into_iter().map(Err).collect())
 }
 
 // ===== the actor =====
