@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Runs every metric for our library, Node's cluster module and the floor,
+interleaved over several rounds, and prints one table of medians (min-max)
+and ratios; writes the same as JSON under bench/results/.
+
+Usage: compare.py [--quick] [--only METRIC[,METRIC...]]
+"""
+import datetime, json, os, platform, statistics, subprocess, sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release")
+PROGRAMS = {
+    "ours": [os.path.join(BIN, "ours")],
+    "node": ["node", os.path.join(ROOT, "bench", "node", "cluster.js")],
+    "floor": [os.path.join(BIN, "floor")],
+}
+PIN = ["taskset", "-c", "0"]
+
+
+def metric(key, label, unit, job, counts, target, floor_job=None, pinned=False):
+    """counts: program -> (full, quick) count; target: (text, check(ours, node, floor))."""
+    return dict(key=key, label=label, unit=unit, job=job, counts=counts, target=target,
+                floor_job=floor_job or job, pinned=pinned)
+
+
+def same(full, quick):
+    return {p: (full, quick) for p in PROGRAMS}
+
+
+METRICS = [
+    metric("spawn-1", "spawn 1 worker to ready", "ms/worker", "spawn", same(1, 1), ("≤ 3", lambda o, n, f: o <= 3)),
+    metric("spawn-8", "spawn 8 workers to ready", "ms/worker", "spawn", same(8, 8), ("≤ 3", lambda o, n, f: o <= 3)),
+    metric("spawn-32", "spawn 32 workers to ready", "ms/worker", "spawn", same(32, 32), ("≤ 3", lambda o, n, f: o <= 3)),
+    metric("pingpong-pinned", "ping-pong round trip, pinned to CPU 0 (floor: tokio)", "µs", "pingpong",
+           {"ours": (20000, 5000), "node": (10000, 3000), "floor": (20000, 5000)},
+           ("≤ 1.5x floor", lambda o, n, f: o <= 1.5 * f), floor_job="pingpong-tokio", pinned=True),
+    metric("pingpong-pinned-std", "ping-pong round trip, pinned to CPU 0 (floor: std)", "µs", "pingpong",
+           {"ours": (20000, 5000), "node": (10000, 3000), "floor": (20000, 5000)},
+           ("—", None), pinned=True),
+    metric("pingpong", "ping-pong round trip, unpinned (floor: std)", "µs", "pingpong",
+           {"ours": (20000, 5000), "node": (10000, 3000), "floor": (20000, 5000)},
+           ("≤ 1.2x floor", lambda o, n, f: o <= 1.2 * f)),
+    metric("down", "small messages (64 B), primary → worker", "msg/s", "down",
+           {"ours": (500000, 100000), "node": (200000, 50000), "floor": (5000000, 1000000)},
+           ("≥ 2 M/s", lambda o, n, f: o >= 2e6)),
+    metric("up", "small messages (64 B), worker → primary", "msg/s", "up",
+           {"ours": (500000, 100000), "node": (200000, 50000), "floor": (5000000, 1000000)},
+           ("≥ 2 M/s", lambda o, n, f: o >= 2e6)),
+    metric("large", "64 KiB messages, primary → worker", "MB/s", "large",
+           {"ours": (5000, 1000), "node": (2000, 500), "floor": (10000, 2000)},
+           ("≥ 1500 MB/s", lambda o, n, f: o >= 1500)),
+    metric("broadcast", "broadcast to 4 workers", "deliveries/s", "broadcast",
+           {"ours": (250000, 50000), "node": (100000, 20000), "floor": (1000000, 200000)},
+           ("≥ 1 M/s", lambda o, n, f: o >= 1e6)),
+    metric("restart", "restart: SIGKILL → replacement ready", "ms", "restart", same(20, 5),
+           ("≤ 5", lambda o, n, f: o <= 5)),
+    metric("shutdown", "shut down 8 ready workers → all exited", "ms", "shutdown", same(8, 8),
+           ("≤ 10", lambda o, n, f: o <= 10)),
+    metric("rss-primary", "RSS of the primary with 1 worker", "MiB", "rss-primary", same(0, 0),
+           ("≤ 6", lambda o, n, f: o <= 6)),
+    metric("rss-worker", "RSS of an idle worker", "MiB", "rss-worker", same(0, 0),
+           ("≤ 4", lambda o, n, f: o <= 4)),
+]
+
+
+def run(program, job, count, pinned):
+    command = (PIN if pinned else []) + PROGRAMS[program] + [job, str(count)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return None, "timed out"
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        return None, (done.stderr.strip().splitlines() or ["exit %d" % done.returncode])[-1]
+    try:
+        return float(json.loads(lines[-1])["value"]), None
+    except (ValueError, KeyError):
+        return None, "unreadable output: " + lines[-1][:80]
+
+
+def machine():
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(l.split(":", 1)[1].strip() for l in cpuinfo if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    return {"cpu": model, "cores": os.cpu_count(), "kernel": platform.release(), "node": node, "rustc": rustc}
+
+
+def summary(samples):
+    if not samples:
+        return None
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "samples": samples}
+
+
+def fmt(value):
+    if value is None:
+        return "—"
+    if value >= 1e6:
+        return "%.2f M" % (value / 1e6)
+    if value >= 1e4:
+        return "%.0f k" % (value / 1e3)
+    if value >= 100:
+        return "%.0f" % value
+    if value >= 10:
+        return "%.1f" % value
+    return "%.2f" % value
+
+
+def cell(s):
+    if s is None:
+        return "failed"
+    return "%s (%s–%s)" % (fmt(s["median"]), fmt(s["min"]), fmt(s["max"]))
+
+
+def main():
+    quick = "--quick" in sys.argv
+    only = None
+    if "--only" in sys.argv:
+        only = set(sys.argv[sys.argv.index("--only") + 1].split(","))
+    metrics = [m for m in METRICS if only is None or m["key"] in only]
+    rounds = 2 if quick else 5
+    samples = {m["key"]: {p: [] for p in PROGRAMS} for m in metrics}
+    errors = {}
+    for round_ in range(rounds):
+        for m in metrics:
+            for program in PROGRAMS:
+                job = m["floor_job"] if program == "floor" else m["job"]
+                count = m["counts"][program][1 if quick else 0]
+                value, error = run(program, job, count, m["pinned"])
+                if value is None:
+                    errors.setdefault(m["key"], {})[program] = error
+                else:
+                    samples[m["key"]][program].append(value)
+            print("round %d/%d: %s done" % (round_ + 1, rounds, m["key"]), file=sys.stderr)
+
+    results = []
+    header = "| metric | unit | ours | Node | floor | ours/Node | ours/floor | target | met |"
+    lines = [header, "|" + "---|" * 9]
+    for m in metrics:
+        s = {p: summary(samples[m["key"]][p]) for p in PROGRAMS}
+        med = {p: (s[p]["median"] if s[p] else None) for p in PROGRAMS}
+        ratio = lambda a, b: (a / b) if a is not None and b else None
+        text, check = m["target"]
+        met = None
+        if check and None not in med.values():
+            met = bool(check(med["ours"], med["node"], med["floor"]))
+        elif check and med["ours"] is not None and med["floor"] is None and "floor" not in text:
+            met = bool(check(med["ours"], med["node"], 0))
+        results.append({"metric": m["key"], "label": m["label"], "unit": m["unit"], "pinned": m["pinned"],
+                        "ours": s["ours"], "node": s["node"], "floor": s["floor"],
+                        "ours_over_node": ratio(med["ours"], med["node"]),
+                        "ours_over_floor": ratio(med["ours"], med["floor"]),
+                        "target": text, "met": met, "errors": errors.get(m["key"], {})})
+        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            m["label"], m["unit"], cell(s["ours"]), cell(s["node"]), cell(s["floor"]),
+            fmt(ratio(med["ours"], med["node"])) + "x" if med["node"] and med["ours"] else "—",
+            fmt(ratio(med["ours"], med["floor"])) + "x" if med["floor"] and med["ours"] else "—",
+            text, {True: "yes", False: "**no**", None: "—"}[met]))
+    table = "\n".join(lines)
+    print(table)
+    for key, errs in errors.items():
+        for program, error in errs.items():
+            print("error: %s / %s: %s" % (key, program, error))
+
+    when = datetime.datetime.now(datetime.timezone.utc)
+    report = {"date": when.isoformat(timespec="seconds"), "mode": "quick" if quick else "full",
+              "rounds": rounds, "machine": machine(), "command": "bench/compare.sh" + (" --quick" if quick else ""),
+              "results": results, "table": table}
+    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+    name = when.strftime("%Y-%m-%dT%H%M%SZ") + ("-quick" if quick else "") + ".json"
+    path = os.path.join(ROOT, "bench", "results", name)
+    with open(path, "w") as out:
+        json.dump(report, out, indent=2)
+    print("\nwritten to bench/results/%s (%s; %d cores; kernel %s)" % (
+        name, report["machine"]["cpu"], report["machine"]["cores"], report["machine"]["kernel"]))
+    return 1 if any(errors.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

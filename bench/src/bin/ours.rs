@@ -1,0 +1,286 @@
+//! Our library doing each benchmark job. The same program is the primary and
+//! (re-executed) its workers: `ours METRIC COUNT`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bench::{Small, args, large_payload, per, rate, report, rss_mib};
+use futures_util::StreamExt as _;
+use isotropic_cluster::primary::{ClusterPrimary, Destination, PrimaryEvent, RestartPolicy, Worker, WorkerMessage};
+use isotropic_cluster::worker::{ClusterWorker, PrimaryMessage, WorkerBuilder};
+use isotropic_cluster::{EventStream, SendError, Subscribe};
+use tokio::sync::Notify;
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn main() -> Result {
+    let worker = isotropic_cluster::is_worker();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (metric, count) = args();
+    runtime.block_on(async {
+        if worker {
+            run_worker(&metric, count).await
+        } else {
+            run_primary(&metric, count).await
+        }
+    })
+}
+
+// ===== worker side =====
+
+async fn run_worker(metric: &str, count: u64) -> Result {
+    let builder = ClusterWorker::builder();
+    let builder = match metric {
+        "pingpong" => builder.on::<PrimaryMessage>(|event| {
+            if let Ok(n) = event.message.decode::<u64>() {
+                let _ = event.worker().send(&n);
+            }
+        }),
+        "down" | "broadcast" => count_then_done::<Small>(builder, count),
+        "large" => count_then_done::<String>(builder, count),
+        "up" => builder.on::<PrimaryMessage>(move |event| {
+            let Some(worker) = event.worker().handle() else { return };
+            tokio::spawn(async move {
+                for seq in 0..count {
+                    send_waiting(&worker, &Small::new(seq)).await;
+                }
+            });
+        }),
+        _ => builder,
+    };
+    let worker = builder.start().await?;
+    worker.closed().await;
+    Ok(())
+}
+
+/// Counts messages that decode as `T`, and says "done" after `count`.
+fn count_then_done<T: serde::de::DeserializeOwned>(builder: WorkerBuilder, count: u64) -> WorkerBuilder {
+    let mut seen = 0;
+    builder.on::<PrimaryMessage>(move |event| {
+        if event.message.decode::<T>().is_ok() {
+            seen += 1;
+            if seen == count {
+                let _ = event.worker().send("done");
+            }
+        }
+    })
+}
+
+/// Queues without waiting while there is room; waits when the queue is full.
+async fn send_waiting(worker: &ClusterWorker, message: &Small) {
+    if let Err(SendError::Full { .. }) = worker.try_send(message) {
+        let _ = worker.send(message).await;
+    }
+}
+
+// ===== primary side =====
+
+async fn run_primary(metric: &str, count: u64) -> Result {
+    let value = match metric {
+        "spawn" => spawn(count).await?,
+        "pingpong" => pingpong(count).await?,
+        "down" => down(count).await?,
+        "up" => up(count).await?,
+        "large" => large(count).await?,
+        "broadcast" => broadcast(count).await?,
+        "restart" => restart(count).await?,
+        "shutdown" => shutdown(count).await?,
+        "rss-primary" | "rss-worker" => rss(metric).await?,
+        other => return Err(format!("unknown metric {other}").into()),
+    };
+    report(value);
+    Ok(())
+}
+
+/// A primary whose workers run `metric` with `count`, and its event stream.
+async fn cluster(metric: &str, count: u64, workers: usize) -> Result<(ClusterPrimary, EventStream<PrimaryEvent>, Vec<Worker>)> {
+    let primary = ClusterPrimary::builder()
+        .args([metric.to_owned(), count.to_string()])
+        .queue_capacity(4096)
+        .start()
+        .await?;
+    let mut events = primary.events();
+    primary.fork(workers).await?;
+    let ready = ready(&mut events, workers).await?;
+    Ok((primary, events, ready))
+}
+
+async fn ready(events: &mut EventStream<PrimaryEvent>, n: usize) -> Result<Vec<Worker>> {
+    let mut workers = Vec::new();
+    while workers.len() < n {
+        match events.next().await {
+            Some(PrimaryEvent::AddWorker(add)) => workers.push(add.worker),
+            Some(_) => {}
+            None => return Err("the primary ended".into()),
+        }
+    }
+    Ok(workers)
+}
+
+/// Waits for `n` "done" messages.
+async fn done(events: &mut EventStream<PrimaryEvent>, n: usize) -> Result {
+    let mut seen = 0;
+    while seen < n {
+        match events.next().await {
+            Some(PrimaryEvent::WorkerMessage(m)) if m.message.decode::<String>().is_ok_and(|s| s == "done") => seen += 1,
+            Some(_) => {}
+            None => return Err("the primary ended".into()),
+        }
+    }
+    Ok(())
+}
+
+/// Milliseconds per worker, from `fork(n)` to all ready.
+async fn spawn(n: u64) -> Result<f64> {
+    let primary = ClusterPrimary::builder().args(["idle", "0"]).start().await?;
+    let mut events = primary.events();
+    let started = Instant::now();
+    primary.fork(n as usize).await?;
+    ready(&mut events, n as usize).await?;
+    let elapsed = started.elapsed();
+    primary.shut_down().await?;
+    Ok(per(elapsed, n, Duration::from_millis(1)))
+}
+
+/// Microseconds per round trip, the next ping sent from the handler of the pong.
+async fn pingpong(n: u64) -> Result<f64> {
+    let (primary, _events, workers) = cluster("pingpong", n, 1).await?;
+    let finished = Arc::new(Notify::new());
+    let notify = finished.clone();
+    primary.on::<WorkerMessage>(move |event| {
+        if let Ok(pong) = event.message.decode::<u64>() {
+            if pong + 1 < n {
+                let worker = event.worker.clone();
+                let _ = event.primary().send(&worker, &(pong + 1));
+            } else {
+                notify.notify_one();
+            }
+        }
+    });
+    let started = Instant::now();
+    workers[0].send(&0_u64).await?;
+    finished.notified().await;
+    let elapsed = started.elapsed();
+    primary.shut_down().await?;
+    Ok(per(elapsed, n, Duration::from_micros(1)))
+}
+
+/// Sends `n` messages made by `make` to `to`, up to 256 in flight.
+async fn send_all<M: serde::Serialize>(primary: &ClusterPrimary, to: Destination, n: u64, make: impl Fn(u64) -> M) -> Result {
+    let sends = futures_util::stream::iter(0..n).map(|i| {
+        let message = make(i);
+        let to = to.clone();
+        async move { primary.send(to, &message).await }
+    });
+    let mut sends = sends.buffer_unordered(256);
+    while let Some(result) = sends.next().await {
+        result?;
+    }
+    Ok(())
+}
+
+/// Small messages per second, primary to worker (counted when the worker
+/// has decoded all of them).
+async fn down(n: u64) -> Result<f64> {
+    let (primary, mut events, workers) = cluster("down", n, 1).await?;
+    let started = Instant::now();
+    send_all(&primary, Destination::from(&workers[0]), n, Small::new).await?;
+    done(&mut events, 1).await?;
+    let elapsed = started.elapsed();
+    primary.shut_down().await?;
+    Ok(rate(elapsed, n))
+}
+
+/// Small messages per second, worker to primary (each decoded by the primary).
+async fn up(n: u64) -> Result<f64> {
+    let (primary, _events, workers) = cluster("up", n, 1).await?;
+    let finished = Arc::new(Notify::new());
+    let notify = finished.clone();
+    let mut seen = 0;
+    primary.on::<WorkerMessage>(move |event| {
+        if event.message.decode::<Small>().is_ok() {
+            seen += 1;
+            if seen == n {
+                notify.notify_one();
+            }
+        }
+    });
+    let started = Instant::now();
+    workers[0].send("go").await?;
+    finished.notified().await;
+    let elapsed = started.elapsed();
+    primary.shut_down().await?;
+    Ok(rate(elapsed, n))
+}
+
+/// Megabytes per second of 64 KiB messages, primary to worker.
+async fn large(n: u64) -> Result<f64> {
+    let (primary, mut events, workers) = cluster("large", n, 1).await?;
+    let payload = large_payload();
+    let started = Instant::now();
+    send_all(&primary, Destination::from(&workers[0]), n, |_| payload.as_str()).await?;
+    done(&mut events, 1).await?;
+    let elapsed = started.elapsed();
+    primary.shut_down().await?;
+    Ok(rate(elapsed, n) * payload.len() as f64 / 1e6)
+}
+
+/// Deliveries per second of a broadcast to 4 workers.
+async fn broadcast(n: u64) -> Result<f64> {
+    let (primary, mut events, _workers) = cluster("broadcast", n, 4).await?;
+    let started = Instant::now();
+    send_all(&primary, Destination::Ready, n, Small::new).await?;
+    done(&mut events, 4).await?;
+    let elapsed = started.elapsed();
+    primary.shut_down().await?;
+    Ok(rate(elapsed, 4 * n))
+}
+
+/// Milliseconds from SIGKILL of a worker to its replacement being ready.
+async fn restart(n: u64) -> Result<f64> {
+    let primary = ClusterPrimary::builder()
+        .args(["idle", "0"])
+        // Measure the mechanism: no backoff for the short-lived workers here.
+        .restart_policy(RestartPolicy::default().stable_after(Duration::ZERO))
+        .start()
+        .await?;
+    let mut events = primary.events();
+    primary.fork(1).await?;
+    let mut worker = ready(&mut events, 1).await?.remove(0);
+    let mut total = Duration::ZERO;
+    for _ in 0..n {
+        let started = Instant::now();
+        kill(worker.pid());
+        worker = ready(&mut events, 1).await?.remove(0);
+        total += started.elapsed();
+    }
+    primary.shut_down().await?;
+    Ok(per(total, n, Duration::from_millis(1)))
+}
+
+/// SIGKILL to a child of ours that has not been reaped yet.
+fn kill(pid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// Milliseconds from `shut_down()` to every one of `n` ready workers exited.
+async fn shutdown(n: u64) -> Result<f64> {
+    let (primary, _events, _workers) = cluster("idle", 0, n as usize).await?;
+    let started = Instant::now();
+    primary.shut_down().await?;
+    Ok(started.elapsed().as_secs_f64() * 1e3)
+}
+
+/// Resident memory in MiB of the primary with one worker, or of that worker.
+async fn rss(metric: &str) -> Result<f64> {
+    let (primary, _events, workers) = cluster("idle", 0, 1).await?;
+    let value = if metric == "rss-primary" {
+        rss_mib(std::process::id())
+    } else {
+        rss_mib(workers[0].pid())
+    };
+    primary.shut_down().await?;
+    Ok(value)
+}

@@ -1,0 +1,64 @@
+//! What the three benchmark programs share: the metrics, their parameters,
+//! the message they send, and how they report.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A small message: about 64 bytes of JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Small {
+    /// Sequence number.
+    pub seq: u64,
+    /// Filler, so that the encoded message is about 64 bytes.
+    pub data: String,
+}
+
+impl Small {
+    /// The `seq`-th message.
+    pub fn new(seq: u64) -> Self {
+        Self {
+            seq,
+            data: "x".repeat(36),
+        }
+    }
+}
+
+/// A 64 KiB payload, as a string of that many bytes.
+pub fn large_payload() -> String {
+    "y".repeat(64 * 1024)
+}
+
+/// The metric to run and its count, from the command line:
+/// `PROGRAM METRIC COUNT`.
+pub fn args() -> (String, u64) {
+    let mut args = std::env::args().skip(1);
+    let metric = args.next().unwrap_or_default();
+    let count = args.next().and_then(|n| n.parse().ok()).unwrap_or(1);
+    (metric, count)
+}
+
+/// Prints the result line the driver reads.
+pub fn report(value: f64) {
+    println!("{}", serde_json::json!({ "value": value }));
+}
+
+/// Per-unit time in the given unit, for `count` units that took `elapsed`.
+pub fn per(elapsed: Duration, count: u64, unit: Duration) -> f64 {
+    elapsed.as_secs_f64() / count as f64 / unit.as_secs_f64()
+}
+
+/// Units per second.
+pub fn rate(elapsed: Duration, count: u64) -> f64 {
+    count as f64 / elapsed.as_secs_f64()
+}
+
+/// The resident memory of a process, in MiB (from `/proc/PID/status`).
+pub fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
