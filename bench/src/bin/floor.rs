@@ -116,7 +116,10 @@ impl Worker {
             .env("FLOOR_CHILD", "1")
             .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
             .spawn()?;
-        Ok(Self { child, channel: ours })
+        Ok(Self {
+            child,
+            channel: ours,
+        })
     }
 
     fn ready(mut self) -> Result<Self> {
@@ -134,8 +137,13 @@ impl Worker {
 
 fn spawn(n: u64) -> Result<f64> {
     let started = Instant::now();
-    let spawned: Vec<Worker> = (0..n).map(|_| Worker::spawn("idle", 0)).collect::<Result<_>>()?;
-    let workers: Vec<Worker> = spawned.into_iter().map(Worker::ready).collect::<Result<_>>()?;
+    let spawned: Vec<Worker> = (0..n)
+        .map(|_| Worker::spawn("idle", 0))
+        .collect::<Result<_>>()?;
+    let workers: Vec<Worker> = spawned
+        .into_iter()
+        .map(Worker::ready)
+        .collect::<Result<_>>()?;
     let elapsed = started.elapsed();
     workers.into_iter().try_for_each(Worker::stop)?;
     Ok(per(elapsed, n, Duration::from_millis(1)))
@@ -159,7 +167,9 @@ fn pingpong_tokio(n: u64) -> Result<f64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let worker = Worker::start("pingpong-tokio", n)?;
     let mut child = worker.child;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let elapsed = runtime.block_on(async move {
         worker.channel.set_nonblocking(true)?;
         let mut channel = tokio::net::UnixStream::from_std(worker.channel)?;
@@ -179,7 +189,9 @@ fn pingpong_tokio(n: u64) -> Result<f64> {
 /// when every child has read them all.
 fn down(n: u64, size: usize, children: usize) -> Result<f64> {
     let metric = if size == LARGE { "large" } else { "down" };
-    let mut workers: Vec<Worker> = (0..children).map(|_| Worker::start(metric, n)).collect::<Result<_>>()?;
+    let mut workers: Vec<Worker> = (0..children)
+        .map(|_| Worker::start(metric, n))
+        .collect::<Result<_>>()?;
     let started = Instant::now();
     if children == 1 {
         write_frames(&mut workers[0].channel, n, size)?;
@@ -188,7 +200,9 @@ fn down(n: u64, size: usize, children: usize) -> Result<f64> {
         let mut threads = Vec::new();
         for worker in &workers {
             let mut channel = worker.channel.try_clone()?;
-            threads.push(std::thread::spawn(move || write_frames(&mut channel, n, size).map_err(|e| e.to_string())));
+            threads.push(std::thread::spawn(move || {
+                write_frames(&mut channel, n, size).map_err(|e| e.to_string())
+            }));
         }
         for thread in threads {
             thread.join().map_err(|_| "writer panicked")??;
@@ -235,7 +249,9 @@ fn restart(n: u64) -> Result<f64> {
 }
 
 fn shutdown(n: u64) -> Result<f64> {
-    let workers: Vec<Worker> = (0..n).map(|_| Worker::start("idle", 0)).collect::<Result<_>>()?;
+    let workers: Vec<Worker> = (0..n)
+        .map(|_| Worker::start("idle", 0))
+        .collect::<Result<_>>()?;
     let started = Instant::now();
     workers.into_iter().try_for_each(Worker::stop)?;
     Ok(started.elapsed().as_secs_f64() * 1e3)

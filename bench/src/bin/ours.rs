@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bench::{Small, args, large_payload, per, rate, report, rss_mib};
-use futures_util::StreamExt as _;
-use isotropic_cluster::primary::{ClusterPrimary, Destination, PrimaryEvent, RestartPolicy, Worker, WorkerMessage};
+use isotropic_cluster::primary::{
+    ClusterPrimary, Destination, PrimaryEvent, RestartPolicy, Worker, WorkerMessage,
+};
 use isotropic_cluster::worker::{ClusterWorker, PrimaryMessage, WorkerBuilder};
 use isotropic_cluster::{EventStream, SendError, Subscribe};
 use tokio::sync::Notify;
@@ -15,7 +16,9 @@ type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> Result {
     let worker = isotropic_cluster::is_worker();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let (metric, count) = args();
     runtime.block_on(async {
         if worker {
@@ -39,7 +42,9 @@ async fn run_worker(metric: &str, count: u64) -> Result {
         "down" | "broadcast" => count_then_done::<Small>(builder, count),
         "large" => count_then_done::<String>(builder, count),
         "up" => builder.on::<PrimaryMessage>(move |event| {
-            let Some(worker) = event.worker().handle() else { return };
+            let Some(worker) = event.worker().handle() else {
+                return;
+            };
             tokio::spawn(async move {
                 for seq in 0..count {
                     send_waiting(&worker, &Small::new(seq)).await;
@@ -54,7 +59,10 @@ async fn run_worker(metric: &str, count: u64) -> Result {
 }
 
 /// Counts messages that decode as `T`, and says "done" after `count`.
-fn count_then_done<T: serde::de::DeserializeOwned>(builder: WorkerBuilder, count: u64) -> WorkerBuilder {
+fn count_then_done<T: serde::de::DeserializeOwned>(
+    builder: WorkerBuilder,
+    count: u64,
+) -> WorkerBuilder {
     let mut seen = 0;
     builder.on::<PrimaryMessage>(move |event| {
         if event.message.decode::<T>().is_ok() {
@@ -93,7 +101,11 @@ async fn run_primary(metric: &str, count: u64) -> Result {
 }
 
 /// A primary whose workers run `metric` with `count`, and its event stream.
-async fn cluster(metric: &str, count: u64, workers: usize) -> Result<(ClusterPrimary, EventStream<PrimaryEvent>, Vec<Worker>)> {
+async fn cluster(
+    metric: &str,
+    count: u64,
+    workers: usize,
+) -> Result<(ClusterPrimary, EventStream<PrimaryEvent>, Vec<Worker>)> {
     let primary = ClusterPrimary::builder()
         .args([metric.to_owned(), count.to_string()])
         .queue_capacity(4096)
@@ -122,7 +134,11 @@ async fn done(events: &mut EventStream<PrimaryEvent>, n: usize) -> Result {
     let mut seen = 0;
     while seen < n {
         match events.next().await {
-            Some(PrimaryEvent::WorkerMessage(m)) if m.message.decode::<String>().is_ok_and(|s| s == "done") => seen += 1,
+            Some(PrimaryEvent::WorkerMessage(m))
+                if m.message.decode::<String>().is_ok_and(|s| s == "done") =>
+            {
+                seen += 1
+            }
             Some(_) => {}
             None => return Err("the primary ended".into()),
         }
@@ -132,7 +148,10 @@ async fn done(events: &mut EventStream<PrimaryEvent>, n: usize) -> Result {
 
 /// Milliseconds per worker, from `fork(n)` to all ready.
 async fn spawn(n: u64) -> Result<f64> {
-    let primary = ClusterPrimary::builder().args(["idle", "0"]).start().await?;
+    let primary = ClusterPrimary::builder()
+        .args(["idle", "0"])
+        .start()
+        .await?;
     let mut events = primary.events();
     let started = Instant::now();
     primary.fork(n as usize).await?;
@@ -144,7 +163,7 @@ async fn spawn(n: u64) -> Result<f64> {
 
 /// Microseconds per round trip, the next ping sent from the handler of the pong.
 async fn pingpong(n: u64) -> Result<f64> {
-    let (primary, _events, workers) = cluster("pingpong", n, 1).await?;
+    let (primary, _, workers) = cluster("pingpong", n, 1).await?;
     let finished = Arc::new(Notify::new());
     let notify = finished.clone();
     primary.on::<WorkerMessage>(move |event| {
@@ -165,16 +184,30 @@ async fn pingpong(n: u64) -> Result<f64> {
     Ok(per(elapsed, n, Duration::from_micros(1)))
 }
 
-/// Sends `n` messages made by `make` to `to`, up to 256 in flight.
-async fn send_all<M: serde::Serialize>(primary: &ClusterPrimary, to: Destination, n: u64, make: impl Fn(u64) -> M) -> Result {
-    let sends = futures_util::stream::iter(0..n).map(|i| {
+/// Sends `n` messages made by `make` to `to`: queued without waiting while
+/// there is room; for a destination whose queue is full, waiting for room and
+/// for the write.
+async fn send_all<M: serde::Serialize>(
+    primary: &ClusterPrimary,
+    to: Destination,
+    n: u64,
+    make: impl Fn(u64) -> M,
+) -> Result {
+    for i in 0..n {
         let message = make(i);
-        let to = to.clone();
-        async move { primary.send(to, &message).await }
-    });
-    let mut sends = sends.buffer_unordered(256);
-    while let Some(result) = sends.next().await {
-        result?;
+        let full = match primary.try_send(to.clone(), &message) {
+            Ok(()) => continue,
+            Err(SendError::Partial { failures, .. }) => failures,
+            Err(error) => vec![error],
+        };
+        for error in full {
+            match error {
+                SendError::Full {
+                    worker_id: Some(id),
+                } => primary.send(id, &message).await?,
+                other => return Err(other.into()),
+            }
+        }
     }
     Ok(())
 }
@@ -193,7 +226,7 @@ async fn down(n: u64) -> Result<f64> {
 
 /// Small messages per second, worker to primary (each decoded by the primary).
 async fn up(n: u64) -> Result<f64> {
-    let (primary, _events, workers) = cluster("up", n, 1).await?;
+    let (primary, _, workers) = cluster("up", n, 1).await?;
     let finished = Arc::new(Notify::new());
     let notify = finished.clone();
     let mut seen = 0;
@@ -218,7 +251,10 @@ async fn large(n: u64) -> Result<f64> {
     let (primary, mut events, workers) = cluster("large", n, 1).await?;
     let payload = large_payload();
     let started = Instant::now();
-    send_all(&primary, Destination::from(&workers[0]), n, |_| payload.as_str()).await?;
+    send_all(&primary, Destination::from(&workers[0]), n, |_| {
+        payload.as_str()
+    })
+    .await?;
     done(&mut events, 1).await?;
     let elapsed = started.elapsed();
     primary.shut_down().await?;
@@ -267,7 +303,7 @@ fn kill(pid: u32) {
 
 /// Milliseconds from `shut_down()` to every one of `n` ready workers exited.
 async fn shutdown(n: u64) -> Result<f64> {
-    let (primary, _events, _workers) = cluster("idle", 0, n as usize).await?;
+    let (primary, _, _) = cluster("idle", 0, n as usize).await?;
     let started = Instant::now();
     primary.shut_down().await?;
     Ok(started.elapsed().as_secs_f64() * 1e3)
@@ -275,7 +311,7 @@ async fn shutdown(n: u64) -> Result<f64> {
 
 /// Resident memory in MiB of the primary with one worker, or of that worker.
 async fn rss(metric: &str) -> Result<f64> {
-    let (primary, _events, workers) = cluster("idle", 0, 1).await?;
+    let (primary, _, workers) = cluster("idle", 0, 1).await?;
     let value = if metric == "rss-primary" {
         rss_mib(std::process::id())
     } else {

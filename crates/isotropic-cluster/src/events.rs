@@ -11,6 +11,7 @@
 use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -211,14 +212,38 @@ struct Stored {
     blocked: bool,
 }
 
+/// Hashes keys made of `TypeId`s (already hashes) by folding their words:
+/// publishing looks the hub up a few times per event, so SipHash showed in
+/// profiles.
+type ByTypeId = BuildHasherDefault<FoldHasher>;
+
+#[derive(Default)]
+struct FoldHasher(u64);
+
+impl Hasher for FoldHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_ne_bytes(word));
+        }
+    }
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
 /// A route's subscription id, and its handler (taken out while it runs).
 type RouteSlot = (u64, Option<Box<dyn Any + Send>>);
 
 /// The subscriptions of one host, by event type and stage.
 #[derive(Default)]
 pub struct Hub {
-    slots: HashMap<(TypeId, Stage), BTreeMap<u64, Slot>>,
-    stored: HashMap<TypeId, Stored>,
+    slots: HashMap<(TypeId, Stage), BTreeMap<u64, Slot>, ByTypeId>,
+    stored: HashMap<TypeId, Stored, ByTypeId>,
     routes: HashMap<Arc<str>, RouteSlot>,
 }
 

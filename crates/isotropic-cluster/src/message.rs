@@ -36,15 +36,10 @@ impl Message {
     ///
     /// # Errors
     ///
-    /// [`MessageError::Json`] when `json` is not exactly one valid JSON value
-    /// (nesting deeper than 128 levels is refused too).
+    /// [`MessageError::Json`] when `json` is not exactly one valid JSON value,
+    /// or nests arrays and objects more than 127 levels deep (serde_json's limit).
     pub fn from_json(json: impl Into<Bytes>) -> Result<Self, MessageError> {
         let json = json.into();
-        if !nesting_within(&json, MAX_DEPTH) {
-            return Err(MessageError::Json(format!(
-                "nested deeper than {MAX_DEPTH} levels"
-            )));
-        }
         let Probe(type_name) =
             serde_json::from_slice(&json).map_err(|e| MessageError::Json(e.to_string()))?;
         Ok(Self { json, type_name })
@@ -103,39 +98,6 @@ impl fmt::Display for Message {
     }
 }
 
-/// How deeply arrays and objects may nest in a message (serde_json's own
-/// limit when it builds values).
-const MAX_DEPTH: usize = 128;
-
-/// Whether arrays and objects in `json` nest at most `max` deep (a linear
-/// scan that skips strings; validation proper is serde_json's).
-fn nesting_within(json: &[u8], max: usize) -> bool {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &byte in json {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > max {
-                    return false;
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    true
-}
-
 /// The `visit_*` methods of a visitor that ignores booleans, numbers and null.
 macro_rules! ignore_scalars {
     ($value:expr) => {
@@ -175,13 +137,13 @@ impl<'de> Deserialize<'de> for Probe {
                     if is_type && type_name.is_none() {
                         type_name = map.next_value::<TypeValue>()?.0;
                     } else {
-                        map.next_value::<IgnoredAny>()?;
+                        map.next_value::<Skip>()?;
                     }
                 }
                 Ok(Probe(type_name))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Probe, A::Error> {
-                IgnoredAny.visit_seq(seq).map(|_| Probe(None))
+                Skip.visit_seq(seq).map(|_| Probe(None))
             }
             fn visit_str<E>(self, _: &str) -> Result<Probe, E> {
                 Ok(Probe(None))
@@ -226,13 +188,42 @@ impl<'de> Deserialize<'de> for TypeValue {
                 Ok(TypeValue((!value.is_empty()).then(|| value.into())))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TypeValue, A::Error> {
-                IgnoredAny.visit_map(map).map(|_| TypeValue(None))
+                Skip.visit_map(map).map(|_| TypeValue(None))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<TypeValue, A::Error> {
-                IgnoredAny.visit_seq(seq).map(|_| TypeValue(None))
+                Skip.visit_seq(seq).map(|_| TypeValue(None))
             }
             ignore_scalars!(TypeValue(None));
         }
         deserializer.deserialize_any(ValueVisitor)
     }
+}
+
+/// Any JSON value, skipped. Unlike `IgnoredAny`, nested values go through
+/// `deserialize_any`, so serde_json's nesting limit applies.
+struct Skip;
+
+impl<'de> Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(Skip)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = Skip;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+        while map.next_entry::<IgnoredAny, Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+    ignore_scalars!(Skip);
 }

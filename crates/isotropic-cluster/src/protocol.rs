@@ -78,19 +78,31 @@ pub(crate) fn encode_message<T: Serialize + ?Sized>(
     value: &T,
     max: usize,
 ) -> Result<Bytes, ProtocolError> {
-    let mut buf = BytesMut::with_capacity(128);
-    buf.put_u32(0);
-    buf.put_u8(MESSAGE);
-    let mut writer = buf.writer();
-    serde_json::to_writer(&mut writer, value).map_err(|e| ProtocolError::Encode(e.to_string()))?;
-    let mut buf = writer.into_inner();
-    let len = buf.len() - HEADER;
-    if len > max {
-        return Err(ProtocolError::FrameTooLarge { size: len, max });
+    thread_local! {
+        /// Serialization happens here, then the frame is copied out at its
+        /// exact size: growing a fresh buffer for each large message cost
+        /// more (reallocations and page faults) than the copy.
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    let len = u32::try_from(len).map_err(|_| ProtocolError::FrameTooLarge { size: len, max })?;
-    buf[..HEADER].copy_from_slice(&len.to_be_bytes());
-    Ok(buf.freeze())
+    SCRATCH.with_borrow_mut(|buf| {
+        buf.clear();
+        buf.extend_from_slice(&[0, 0, 0, 0, MESSAGE]);
+        let written = serde_json::to_writer(&mut *buf, value)
+            .map_err(|e| ProtocolError::Encode(e.to_string()));
+        let len = buf.len() - HEADER;
+        let result = written.and_then(|()| match u32::try_from(len) {
+            Ok(len32) if len <= max => {
+                buf[..HEADER].copy_from_slice(&len32.to_be_bytes());
+                Ok(Bytes::copy_from_slice(buf))
+            }
+            _ => Err(ProtocolError::FrameTooLarge { size: len, max }),
+        });
+        // Keep a few MiB at most between messages.
+        if buf.capacity() > 4 * 1024 * 1024 {
+            *buf = Vec::new();
+        }
+        result
+    })
 }
 
 /// Decodes frames, refusing any larger than `max` before allocating for them.
@@ -285,9 +297,11 @@ mod tests {
             matches!(result, Err(ProtocolError::InvalidMessage(_))),
             "deep nesting accepted"
         );
-        // 128 levels are fine, and brackets inside strings do not count.
-        let shallow = "[".repeat(127) + r#"{"a":"[[[[\"["}"# + &"]".repeat(127);
-        assert!(Message::from_json(shallow).is_ok());
+        // 127 levels are fine (brackets inside strings do not count), 128 are not.
+        let nested =
+            |depth: usize| "[".repeat(depth - 1) + r#"{"a":"[[[[\"["}"# + &"]".repeat(depth - 1);
+        assert!(Message::from_json(nested(127)).is_ok());
+        assert!(Message::from_json(nested(128)).is_err());
     }
 
     proptest! {

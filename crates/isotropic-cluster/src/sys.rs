@@ -10,15 +10,25 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use rustix::io::FdFlags;
 use rustix::process::{Pid, Signal};
 
+/// The socket buffer size asked for on each end of a channel.
+const CHANNEL_BUFFER: usize = 1024 * 1024;
+
 /// A connected pair of Unix stream sockets, both close-on-exec.
 pub(crate) fn channel_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
-    Ok(socketpair(
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair, sockopt};
+    let (a, b) = socketpair(
         AddressFamily::UNIX,
         SocketType::STREAM,
         SocketFlags::CLOEXEC,
         None,
-    )?)
+    )?;
+    // Larger buffers mean fewer wake-ups for bulk traffic; the kernel caps
+    // them at net.core.wmem_max / rmem_max.
+    for fd in [&a, &b] {
+        let _ = sockopt::set_socket_send_buffer_size(fd, CHANNEL_BUFFER);
+        let _ = sockopt::set_socket_recv_buffer_size(fd, CHANNEL_BUFFER);
+    }
+    Ok((a, b))
 }
 
 /// Arranges for `fd` to survive `exec` in the child of `command` (and nothing

@@ -11,7 +11,7 @@ use tokio_util::time::DelayQueue;
 
 use super::builder::Config;
 use super::events::*;
-use super::pool::{self, Destination, Pool};
+use super::pool::{Destination, Pool};
 use super::restart::Backoff;
 use super::supervisor::{self, Input};
 use super::{ClusterPrimary, Worker};
@@ -133,13 +133,7 @@ impl PrimaryContext {
     ) -> Result<(), SendError> {
         let frame = protocol::encode_message(message, self.config.max_frame_size)
             .map_err(SendError::Encode)?;
-        let (workers, errors) = self.pool.resolve(to.into());
-        let mut results: Vec<_> = workers
-            .iter()
-            .map(|worker| worker.try_send_frame(frame.clone()))
-            .collect();
-        results.extend(errors.into_iter().map(Err));
-        pool::combine(results)
+        self.pool.try_send(to.into(), &frame)
     }
 
     /// The ready worker least recently selected for `tag` (see
@@ -264,7 +258,11 @@ impl PrimaryContext {
 
     fn input(&mut self, input: Input) {
         match input {
-            Input::Frame(id, frame) => self.frame(id, frame),
+            Input::Frames(id, frames) => {
+                for frame in frames {
+                    self.frame(id, frame);
+                }
+            }
             Input::Output(id, stream, line) => {
                 if let Some(worker) = self.worker(id) {
                     events::publish(
@@ -435,6 +433,9 @@ fn unexpected(frame: &Frame, reason: &'static str) -> ProtocolError {
     ProtocolError::UnexpectedFrame { frame, reason }
 }
 
+/// How many queued inputs are handled per turn of the actor's loop.
+const BATCH: usize = 256;
+
 /// Runs the primary until it is destroyed (or every handle is dropped, which
 /// destroys it).
 pub(super) async fn run(
@@ -453,7 +454,15 @@ pub(super) async fn run(
                     context.destroy();
                 }
             },
-            Some(input) = inputs.recv() => context.input(input),
+            Some(input) = inputs.recv() => {
+                context.input(input);
+                // Handle what is already queued in one go (bounded).
+                for _ in 1..BATCH {
+                    let Ok(input) = inputs.try_recv() else { break };
+                    context.settle();
+                    context.input(input);
+                }
+            }
             Some(expired) = context.timers.next(), if !context.timers.is_empty() => {
                 context.timer(expired.into_inner());
             }

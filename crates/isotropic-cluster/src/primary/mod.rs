@@ -147,6 +147,24 @@ impl ClusterPrimary {
         pool::combine(results)
     }
 
+    /// Queues `message` for each worker `to` names, without waiting (the
+    /// message is encoded once).
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send), and [`SendError::Full`] for a worker whose
+    /// queue is full: with several destinations, [`SendError::Partial`] lists
+    /// the workers that did not get it, so that exactly those can be retried.
+    pub fn try_send<M: Serialize + ?Sized>(
+        &self,
+        to: impl Into<Destination>,
+        message: &M,
+    ) -> Result<(), SendError> {
+        let frame = crate::protocol::encode_message(message, self.config.max_frame_size)
+            .map_err(SendError::Encode)?;
+        self.pool.try_send(to.into(), &frame)
+    }
+
     /// The ready worker least recently selected for `tag` (use `""` for one
     /// shared rotation): workers never selected for the tag come first, lowest
     /// id first. `None` when no worker is ready. Exact: every ready worker is

@@ -151,6 +151,22 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// Queues an encoded message for each worker `to` names, without waiting.
+    pub(crate) fn try_send(&self, to: Destination, frame: &bytes::Bytes) -> Result<(), SendError> {
+        if let Destination::Worker(worker) = to {
+            return worker.try_send_frame(frame.clone());
+        }
+        let (workers, errors) = self.resolve(to);
+        let mut results: Vec<_> = workers
+            .iter()
+            .map(|worker| worker.try_send_frame(frame.clone()))
+            .collect();
+        results.extend(errors.into_iter().map(Err));
+        combine(results)
+    }
+}
+
 /// Combines the outcomes of sending one message to several workers.
 pub(crate) fn combine(results: Vec<Result<(), SendError>>) -> Result<(), SendError> {
     let delivered = results.iter().filter(|r| r.is_ok()).count();

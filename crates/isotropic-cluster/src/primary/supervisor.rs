@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_util::StreamExt;
+use futures_util::{FutureExt as _, StreamExt};
 use tokio::process::{Child, ChildStderr, ChildStdout};
 use tokio::sync::mpsc;
 use tokio_util::codec::{Decoder, FramedRead};
@@ -24,13 +24,16 @@ use crate::{role, sys};
 /// How long output and channel data are still read after a worker exited
 /// (they end at once unless a grandchild holds them open).
 const LINGER: Duration = Duration::from_millis(500);
+/// Most frames reported in one input.
+const BATCH: usize = 256;
 /// Longest line of worker output before it is split.
 const MAX_LINE: usize = 64 * 1024;
 
 /// What the watcher of a worker reports to the actor.
 #[derive(Debug)]
 pub(crate) enum Input {
-    Frame(WorkerId, Frame),
+    /// Frames, in the order they arrived.
+    Frames(WorkerId, Vec<Frame>),
     Output(WorkerId, OutputStream, String),
     /// The channel ended: end of file, or a protocol error.
     Closed(WorkerId, Option<ProtocolError>),
@@ -159,17 +162,25 @@ impl Watch {
             {
                 break;
             }
+            let mut closed = None;
             let input = tokio::select! {
-                frame = next(&mut self.frames) => match frame {
-                    Some(Ok(frame)) => Input::Frame(id, frame),
-                    Some(Err(error)) if !error.is_disconnect() => {
-                        self.frames = None;
-                        Input::Closed(id, Some(error))
+                frame = next(&mut self.frames) => match self.closed(frame) {
+                    Ok(frame) => {
+                        // Take what else is already buffered, in one input.
+                        let mut batch = vec![frame];
+                        while batch.len() < BATCH {
+                            let Some(frame) = self.frames.as_mut().and_then(|f| f.next().now_or_never()) else { break };
+                            match self.closed(frame) {
+                                Ok(frame) => batch.push(frame),
+                                Err(end) => {
+                                    closed = Some(end);
+                                    break;
+                                }
+                            }
+                        }
+                        Input::Frames(id, batch)
                     }
-                    Some(Err(_)) | None => {
-                        self.frames = None;
-                        Input::Closed(id, None)
-                    }
+                    Err(end) => end,
                 },
                 line = next(&mut self.stdout) => match line {
                     Some(Ok(line)) => Input::Output(id, OutputStream::Stdout, line),
@@ -202,8 +213,10 @@ impl Watch {
                 }
                 () = &mut linger, if status.is_some() => break,
             };
-            if self.inputs.send(input).await.is_err() {
-                return;
+            for input in std::iter::once(input).chain(closed) {
+                if self.inputs.send(input).await.is_err() {
+                    return;
+                }
             }
         }
         if self.frames.is_some() {
@@ -217,6 +230,20 @@ impl Watch {
             _ => (None, None),
         };
         let _ = self.inputs.send(Input::Exited(id, code, signal)).await;
+    }
+}
+
+impl Watch {
+    /// A frame, or the input that reports the end of the channel (which
+    /// then stops being read).
+    fn closed(&mut self, frame: Option<Result<Frame, ProtocolError>>) -> Result<Frame, Input> {
+        let error = match frame {
+            Some(Ok(frame)) => return Ok(frame),
+            Some(Err(error)) if !error.is_disconnect() => Some(error),
+            Some(Err(_)) | None => None,
+        };
+        self.frames = None;
+        Err(Input::Closed(self.id, error))
     }
 }
 

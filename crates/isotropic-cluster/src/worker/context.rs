@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use serde::Serialize;
 use tokio::net::unix::OwnedReadHalf;
 use tokio::signal::unix::{Signal, SignalKind};
@@ -14,7 +14,7 @@ use super::{Cleanup, ClusterWorker};
 use crate::WorkerId;
 use crate::actor::{Command, WeakMailbox};
 use crate::channel::Outbox;
-use crate::error::SendError;
+use crate::error::{ProtocolError, SendError};
 use crate::events::{self, Hub, StreamSource, Topic};
 use crate::protocol::{self, Frame, FrameCodec};
 
@@ -151,6 +151,25 @@ impl WorkerContext {
         }
     }
 
+    /// Handles what the channel gave; returns whether to keep reading.
+    fn incoming(&mut self, frame: Option<Result<Frame, ProtocolError>>) -> bool {
+        match frame {
+            Some(Ok(frame)) => {
+                self.frame(frame);
+                true
+            }
+            Some(Err(error)) if !error.is_disconnect() => {
+                tracing::error!(worker_id = %self.id, %error, "channel from the primary broken");
+                self.primary_gone();
+                false
+            }
+            Some(Err(_)) | None => {
+                self.primary_gone();
+                false
+            }
+        }
+    }
+
     fn primary_gone(&mut self) {
         if !self.destroying {
             events::publish(self, PrimaryDisconnect);
@@ -174,6 +193,9 @@ impl WorkerContext {
     }
 }
 
+/// How many buffered frames are handled per turn of the actor's loop.
+const BATCH: usize = 256;
+
 /// Runs the worker until it is destroyed.
 pub(super) async fn run(
     mut context: WorkerContext,
@@ -193,18 +215,19 @@ pub(super) async fn run(
                     context.destroy(timeout);
                 }
             },
-            frame = frames.next(), if reading => match frame {
-                Some(Ok(frame)) => context.frame(frame),
-                Some(Err(error)) if !error.is_disconnect() => {
-                    reading = false;
-                    tracing::error!(worker_id = %context.id, %error, "channel from the primary broken");
-                    context.primary_gone();
+            frame = frames.next(), if reading => {
+                // Handle what is already buffered in one go (bounded), rather
+                // than one frame per turn of the loop.
+                let mut next = Some(frame);
+                let mut budget = BATCH;
+                while let Some(frame) = next.take() {
+                    reading = context.incoming(frame);
+                    budget -= 1;
+                    if reading && budget > 0 && !context.finished {
+                        next = frames.next().now_or_never();
+                    }
                 }
-                Some(Err(_)) | None => {
-                    reading = false;
-                    context.primary_gone();
-                }
-            },
+            }
             _ = cleanup_done(&mut context.cleanup_done) => {
                 context.cleanup_done = None;
                 context.finish_destroy();
