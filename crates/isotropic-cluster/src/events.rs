@@ -113,7 +113,7 @@ pub(crate) mod sealed {
         /// The event that carries incoming messages (for typed routing).
         type Inbound: Topic<Host = Self>;
         fn hub(&mut self) -> &mut Hub;
-        fn stream(&self) -> &tokio::sync::broadcast::Sender<Self::Stream>;
+        fn stream(&self) -> &super::StreamSource<Self::Stream>;
     }
 }
 pub(crate) use sealed::{Handler, SubscriptionKey};
@@ -368,9 +368,7 @@ pub(crate) fn publish<E: Topic>(host: &mut E::Host, data: E) {
                 host.hub().store(&data);
                 stored_here = true;
             }
-            if host.stream().receiver_count() > 0 {
-                let _ = host.stream().send(data.clone().into_stream());
-            }
+            host.stream().publish(|| data.clone().into_stream());
             E::complete(host, &data);
         } else {
             dispatch(host, stage, &data, &mut control);
@@ -685,18 +683,12 @@ impl fmt::Debug for Subscription {
 /// A stream that falls more than [`EventStream::CAPACITY`] events behind skips
 /// the oldest ones (and logs a warning); read it promptly or drop it.
 pub struct EventStream<T> {
-    inner: BroadcastStream<T>,
+    inner: Option<BroadcastStream<Option<T>>>,
 }
 
 impl<T: Clone + Send + 'static> EventStream<T> {
     /// How many events a stream buffers.
     pub const CAPACITY: usize = 4096;
-
-    pub(crate) fn new(receiver: broadcast::Receiver<T>) -> Self {
-        Self {
-            inner: BroadcastStream::new(receiver),
-        }
-    }
 
     /// The next event, or `None` once the instance has been destroyed.
     ///
@@ -712,13 +704,20 @@ impl<T: Clone + Send + 'static> futures_core::Stream for EventStream<T> {
     type Item = T;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
         loop {
-            return match Pin::new(&mut self.inner).poll_next(cx) {
-                Poll::Ready(Some(Ok(event))) => Poll::Ready(Some(event)),
+            let Some(inner) = self.inner.as_mut() else {
+                return Poll::Ready(None);
+            };
+            return match Pin::new(inner).poll_next(cx) {
+                Poll::Ready(Some(Ok(Some(event)))) => Poll::Ready(Some(event)),
                 Poll::Ready(Some(Err(lagged))) => {
                     tracing::warn!(%lagged, "event stream fell behind");
                     continue;
                 }
-                Poll::Ready(None) => Poll::Ready(None),
+                // The end marker, or every sender gone.
+                Poll::Ready(Some(Ok(None)) | None) => {
+                    self.inner = None;
+                    Poll::Ready(None)
+                }
                 Poll::Pending => Poll::Pending,
             };
         }
@@ -727,48 +726,80 @@ impl<T: Clone + Send + 'static> futures_core::Stream for EventStream<T> {
 
 impl<T> fmt::Debug for EventStream<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EventStream").finish_non_exhaustive()
+        f.debug_struct("EventStream")
+            .field("ended", &self.inner.is_none())
+            .finish()
     }
 }
 
-/// Where handles subscribe to a host's event stream; closed at teardown so
-/// that every stream ends.
-pub(crate) struct StreamSource<T> {
-    sender: Arc<std::sync::Mutex<Option<broadcast::Sender<T>>>>,
+/// The event stream of a host, shared with its handles. The channel is only
+/// made when someone first asks for a stream (its buffer is not small); the
+/// end is marked in-band, since handles outlive the host.
+pub struct StreamSource<T> {
+    shared: Arc<StreamShared<T>>,
+}
+
+struct StreamShared<T> {
+    sender: std::sync::OnceLock<broadcast::Sender<Option<T>>>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl<T> fmt::Debug for StreamSource<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamSource")
+            .field("open", &self.shared.sender.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<T> Clone for StreamSource<T> {
     fn clone(&self) -> Self {
         Self {
-            sender: self.sender.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T> Default for StreamSource<T> {
+    fn default() -> Self {
+        Self {
+            shared: Arc::new(StreamShared {
+                sender: std::sync::OnceLock::new(),
+                closed: std::sync::atomic::AtomicBool::new(false),
+            }),
         }
     }
 }
 
 impl<T: Clone + Send + 'static> StreamSource<T> {
-    /// A source, and the sender the host publishes to.
-    pub(crate) fn new() -> (Self, broadcast::Sender<T>) {
-        let (sender, _) = broadcast::channel(EventStream::<T>::CAPACITY);
-        let source = Self {
-            sender: Arc::new(std::sync::Mutex::new(Some(sender.clone()))),
-        };
-        (source, sender)
-    }
-
+    /// A stream of the events from now on; an ended one after `close`.
     pub(crate) fn subscribe(&self) -> EventStream<T> {
-        let receiver = self
+        if self.shared.closed.load(Ordering::Acquire) {
+            return EventStream { inner: None };
+        }
+        let sender = self
+            .shared
             .sender
-            .lock()
-            .ok()
-            .and_then(|sender| sender.as_ref().map(broadcast::Sender::subscribe))
-            .unwrap_or_else(|| broadcast::channel(1).1);
-        EventStream::new(receiver)
+            .get_or_init(|| broadcast::channel(EventStream::<T>::CAPACITY).0);
+        EventStream {
+            inner: Some(BroadcastStream::new(sender.subscribe())),
+        }
     }
 
-    /// Drops the shared sender: streams end once the host's own is dropped.
+    /// Sends `make()` to the streams, if there are any.
+    pub(crate) fn publish(&self, make: impl FnOnce() -> T) {
+        if let Some(sender) = self.shared.sender.get()
+            && sender.receiver_count() > 0
+        {
+            let _ = sender.send(Some(make()));
+        }
+    }
+
+    /// Ends every stream.
     pub(crate) fn close(&self) {
-        if let Ok(mut sender) = self.sender.lock() {
-            sender.take();
+        self.shared.closed.store(true, Ordering::Release);
+        if let Some(sender) = self.shared.sender.get() {
+            let _ = sender.send(None);
         }
     }
 }
@@ -784,7 +815,7 @@ mod tests {
     pub struct Host {
         hub: Hub,
         log: Vec<String>,
-        stream: Option<broadcast::Sender<TestEvent>>,
+        stream: StreamSource<TestEvent>,
     }
 
     impl HostImpl for Host {
@@ -793,17 +824,14 @@ mod tests {
         fn hub(&mut self) -> &mut Hub {
             &mut self.hub
         }
-        fn stream(&self) -> &broadcast::Sender<TestEvent> {
-            self.stream.as_ref().expect("stream")
+        fn stream(&self) -> &StreamSource<TestEvent> {
+            &self.stream
         }
     }
 
     impl Host {
         fn new() -> Self {
-            Self {
-                stream: Some(broadcast::channel(16).0),
-                ..Self::default()
-            }
+            Self::default()
         }
         fn complete_ping(&mut self, _: &Ping) {
             self.log.push("complete ping".into());
@@ -1024,14 +1052,24 @@ mod tests {
 
     #[test]
     fn the_stream_sees_events_that_reach_their_default_action() {
+        use futures_util::FutureExt as _;
         let mut host = Host::new();
         let mut stream = host.stream().subscribe();
         sub::<Ping>(&mut host, Stage::Before, "before", |e| e.prevent());
         publish(&mut host, Ping);
         publish(&mut host, Outer);
-        let names: Vec<&str> = std::iter::from_fn(|| stream.try_recv().ok())
-            .map(|e| e.name())
-            .collect();
+        host.stream().close();
+        let mut names = Vec::new();
+        while let Some(Some(event)) = stream.next().now_or_never() {
+            names.push(event.name());
+        }
         assert_eq!(names, ["outer"]);
+        assert!(
+            stream
+                .next()
+                .now_or_never()
+                .is_some_and(|end| end.is_none()),
+            "closed streams end"
+        );
     }
 }

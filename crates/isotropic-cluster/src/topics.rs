@@ -60,7 +60,7 @@ macro_rules! host {
             fn hub(&mut self) -> &mut $crate::events::Hub {
                 &mut self.hub
             }
-            fn stream(&self) -> &tokio::sync::broadcast::Sender<$stream> {
+            fn stream(&self) -> &$crate::events::StreamSource<$stream> {
                 &self.stream
             }
         }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use serde::Serialize;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::time::DelayQueue;
 
 use super::builder::Config;
@@ -59,8 +59,7 @@ pub struct PrimaryContext {
     hub: Hub,
     config: Arc<Config>,
     pool: Arc<Pool>,
-    stream: broadcast::Sender<PrimaryEvent>,
-    pub(super) stream_source: StreamSource<PrimaryEvent>,
+    pub(super) stream: StreamSource<PrimaryEvent>,
     mailbox: WeakMailbox<PrimaryContext>,
     inputs: mpsc::Sender<Input>,
     timers: DelayQueue<Timer>,
@@ -186,13 +185,11 @@ impl PrimaryContext {
         mailbox: WeakMailbox<Self>,
     ) -> (Self, mpsc::Receiver<Input>) {
         let (inputs, input_rx) = mpsc::channel(1024);
-        let (stream_source, stream) = StreamSource::new();
         let context = Self {
             hub,
             config: Arc::new(config),
             pool: Arc::default(),
-            stream_source,
-            stream,
+            stream: StreamSource::default(),
             mailbox,
             inputs,
             timers: DelayQueue::new(),
@@ -402,7 +399,7 @@ impl PrimaryContext {
         self.active = false;
         events::publish(self, DestroyComplete);
         self.hub.clear();
-        self.stream_source.close();
+        self.stream.close();
         for waiter in self.destroy_waiters.drain(..) {
             let _ = waiter.send(());
         }

@@ -92,7 +92,7 @@ impl ClusterPrimary {
             mailbox,
             pool: context.pool(),
             config: context.config(),
-            stream: context.stream_source.clone(),
+            stream: context.stream.clone(),
         }
     }
 

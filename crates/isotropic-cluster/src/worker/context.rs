@@ -6,7 +6,7 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use serde::Serialize;
 use tokio::net::unix::OwnedReadHalf;
 use tokio::signal::unix::{Signal, SignalKind};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 
 use super::events::*;
@@ -23,8 +23,7 @@ use crate::protocol::{self, Frame, FrameCodec};
 /// Reached from a handler through [`Event::worker`](crate::Event::worker).
 pub struct WorkerContext {
     hub: Hub,
-    stream: broadcast::Sender<WorkerEvent>,
-    pub(super) stream_source: StreamSource<WorkerEvent>,
+    pub(super) stream: StreamSource<WorkerEvent>,
     pub(super) id: WorkerId,
     pub(super) outbox: Outbox,
     pub(super) max_frame: usize,
@@ -99,11 +98,9 @@ impl WorkerContext {
         destroy_timeout: Duration,
         cleanup: Option<Cleanup>,
     ) -> Self {
-        let (stream_source, stream) = StreamSource::new();
         Self {
             hub,
-            stream_source,
-            stream,
+            stream: StreamSource::default(),
             id,
             outbox,
             max_frame,
@@ -185,7 +182,7 @@ impl WorkerContext {
         self.destroyed = true;
         events::publish(self, DestroyComplete);
         self.hub.clear();
-        self.stream_source.close();
+        self.stream.close();
         for waiter in self.closed_waiters.drain(..) {
             let _ = waiter.send(());
         }

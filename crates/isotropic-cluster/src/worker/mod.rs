@@ -239,7 +239,7 @@ impl ClusterWorker {
             outbox: context.outbox.clone(),
             id: context.id,
             max_frame: context.max_frame,
-            stream: context.stream_source.clone(),
+            stream: context.stream.clone(),
         }
     }
 
