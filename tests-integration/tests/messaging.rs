@@ -2,6 +2,8 @@
 //! §3.6, §3.7; defects 17, 19-22).
 #![cfg(target_os = "linux")]
 
+use std::time::Duration;
+
 use isotropic_cluster::primary::*;
 use isotropic_cluster::{SendError, Subscribe, WorkerId};
 use serde::Deserialize;
@@ -230,4 +232,25 @@ async fn a_worker_that_never_signals_ready_stays_out_of_the_pool_but_is_reachabl
         (worker.id(), json!("hi"))
     );
     shut_down(&primary).await;
+}
+
+#[tokio::test]
+async fn a_worker_that_does_not_read_fills_a_bounded_queue() {
+    let builder = primary("hung")
+        .queue_bytes(4 << 20)
+        .shutdown_grace(Duration::from_millis(100))
+        .kill_grace(Duration::from_millis(100));
+    let (primary, _events, [worker]) = launch::<1>(builder).await;
+    let megabyte = "z".repeat(1 << 20);
+    // The queue (4 MiB) and the socket buffers fill up; then sending says so
+    // instead of holding more memory.
+    let sent = (0..64)
+        .take_while(|_| worker.try_send(&megabyte).is_ok())
+        .count();
+    assert!(sent < 64, "64 MiB queued for a worker that reads nothing");
+    assert!(matches!(
+        worker.try_send(&megabyte),
+        Err(SendError::Full { .. })
+    ));
+    drop(primary);
 }

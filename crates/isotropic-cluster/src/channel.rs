@@ -1,10 +1,12 @@
 //! The writing half of a channel: a bounded queue of encoded frames drained by
 //! one task, which coalesces small frames into few writes.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::WorkerId;
 use crate::error::SendError;
@@ -19,10 +21,30 @@ enum Outgoing {
     Close,
 }
 
+/// How much may wait to be written to one peer: a number of messages, and a
+/// number of bytes (a few large messages must not pin hundreds of MiB).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueLimits {
+    pub(crate) messages: usize,
+    pub(crate) bytes: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        Self {
+            messages: 1024,
+            bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
 /// A cloneable sender of frames to one peer.
 #[derive(Debug, Clone)]
 pub(crate) struct Outbox {
     tx: mpsc::Sender<Outgoing>,
+    /// Bytes that may still be queued; the writer gives them back once written.
+    room: Arc<Semaphore>,
+    max_bytes: usize,
     worker_id: Option<WorkerId>,
 }
 
@@ -36,15 +58,28 @@ impl std::fmt::Debug for Outgoing {
 }
 
 impl Outbox {
-    /// Starts the writer task for `half`, with room for `capacity` queued frames.
+    /// Starts the writer task for `half`, with a queue bounded by `limits`.
     pub(crate) fn spawn(
         half: OwnedWriteHalf,
-        capacity: usize,
+        limits: QueueLimits,
         worker_id: Option<WorkerId>,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        tokio::spawn(write_loop(half, rx));
-        Self { tx, worker_id }
+        let (tx, rx) = mpsc::channel(limits.messages.max(1));
+        let max_bytes = limits.bytes.clamp(1, u32::MAX as usize);
+        let room = Arc::new(Semaphore::new(max_bytes));
+        tokio::spawn(write_loop(half, rx, room.clone(), max_bytes));
+        Self {
+            tx,
+            room,
+            max_bytes,
+            worker_id,
+        }
+    }
+
+    /// The room a frame takes in the queue (a frame larger than the whole
+    /// queue takes all of it).
+    fn cost(&self, frame: &Bytes) -> u32 {
+        u32::try_from(frame.len().min(self.max_bytes)).unwrap_or(u32::MAX)
     }
 
     fn closed(&self) -> SendError {
@@ -56,6 +91,12 @@ impl Outbox {
     /// Queues `frame`, waiting for room, and resolves once it has been written.
     pub(crate) async fn send(&self, frame: Bytes) -> Result<(), SendError> {
         let (ack, written) = oneshot::channel();
+        let room = self
+            .room
+            .acquire_many(self.cost(&frame))
+            .await
+            .map_err(|_| self.closed())?;
+        room.forget();
         self.tx
             .send(Outgoing::Frame(frame, Some(ack)))
             .await
@@ -68,14 +109,22 @@ impl Outbox {
 
     /// Queues `frame` without waiting.
     pub(crate) fn try_send(&self, frame: Bytes) -> Result<(), SendError> {
-        self.tx
-            .try_send(Outgoing::Frame(frame, None))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => SendError::Full {
-                    worker_id: self.worker_id,
-                },
+        let full = || SendError::Full {
+            worker_id: self.worker_id,
+        };
+        let cost = self.cost(&frame);
+        match self.room.try_acquire_many(cost) {
+            Ok(room) => room.forget(),
+            Err(tokio::sync::TryAcquireError::NoPermits) => return Err(full()),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(self.closed()),
+        }
+        self.tx.try_send(Outgoing::Frame(frame, None)).map_err(|e| {
+            self.room.add_permits(cost as usize);
+            match e {
+                mpsc::error::TrySendError::Full(_) => full(),
                 mpsc::error::TrySendError::Closed(_) => self.closed(),
-            })
+            }
+        })
     }
 
     /// Closes the channel for writing once the frames queued so far are written.
@@ -97,9 +146,15 @@ impl Outbox {
     }
 }
 
-async fn write_loop(mut half: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) {
+async fn write_loop(
+    mut half: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Outgoing>,
+    room: Arc<Semaphore>,
+    max_bytes: usize,
+) {
     let mut batch = BytesMut::with_capacity(BATCH_BYTES);
     let mut acks = Vec::new();
+    let mut freed = 0;
     let mut closing = false;
     while !closing {
         let Some(first) = rx.recv().await else { break };
@@ -110,6 +165,7 @@ async fn write_loop(mut half: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) 
                 Outgoing::Close => closing = true,
                 Outgoing::Frame(frame, ack) => {
                     acks.extend(ack);
+                    freed += frame.len().min(max_bytes);
                     if frame.len() < COALESCE_BELOW {
                         batch.extend_from_slice(&frame);
                     } else {
@@ -126,6 +182,7 @@ async fn write_loop(mut half: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) 
             }
         }
         ok = ok && flush(&mut half, &mut batch).await;
+        room.add_permits(std::mem::take(&mut freed));
         for ack in acks.drain(..) {
             let _ = ack.send(ok);
         }
@@ -134,6 +191,8 @@ async fn write_loop(mut half: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) 
         }
     }
     let _ = half.shutdown().await;
+    // Senders waiting for room learn that the channel is closed.
+    room.close();
     rx.close();
     // Whatever is still queued will never be written; dropping the acks fails
     // the waiting senders.

@@ -61,6 +61,9 @@
 #![deny(unsafe_code)]
 
 mod actor;
+#[cfg(feature = "bench")]
+#[doc(hidden)]
+pub mod bench_internals;
 mod channel;
 mod error;
 mod events;

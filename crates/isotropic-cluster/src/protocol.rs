@@ -93,7 +93,7 @@ pub(crate) fn encode_message<T: Serialize + ?Sized>(
         let result = written.and_then(|()| match u32::try_from(len) {
             Ok(len32) if len <= max => {
                 buf[..HEADER].copy_from_slice(&len32.to_be_bytes());
-                Ok(Bytes::copy_from_slice(buf))
+                Ok(pool::frame(buf))
             }
             _ => Err(ProtocolError::FrameTooLarge { size: len, max }),
         });
@@ -103,6 +103,57 @@ pub(crate) fn encode_message<T: Serialize + ?Sized>(
         }
         result
     })
+}
+
+/// Buffers for large frames, reused: a fresh allocation of tens of KiB for
+/// each message costs page faults (the allocator returns such memory to the
+/// kernel on free), which profiles showed as the main cost of bulk sends.
+mod pool {
+    use std::sync::{Mutex, PoisonError};
+
+    use bytes::Bytes;
+
+    /// Frames from this size on use a pooled buffer.
+    const FROM: usize = 16 * 1024;
+    /// Buffers kept, and the largest kept.
+    const KEEP: usize = 64;
+    const LARGEST: usize = 4 * 1024 * 1024;
+
+    static FREE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+    /// A frame holding a copy of `bytes`.
+    pub(super) fn frame(bytes: &[u8]) -> Bytes {
+        if bytes.len() < FROM {
+            return Bytes::copy_from_slice(bytes);
+        }
+        let mut buf = FREE
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+            .unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(bytes);
+        Bytes::from_owner(Pooled(buf))
+    }
+
+    struct Pooled(Vec<u8>);
+
+    impl AsRef<[u8]> for Pooled {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl Drop for Pooled {
+        fn drop(&mut self) {
+            if self.0.capacity() <= LARGEST {
+                let mut free = FREE.lock().unwrap_or_else(PoisonError::into_inner);
+                if free.len() < KEEP {
+                    free.push(std::mem::take(&mut self.0));
+                }
+            }
+        }
+    }
 }
 
 /// Decodes frames, refusing any larger than `max` before allocating for them.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::events::{Initialize, InitializeComplete, InitializeError};
 use super::{ClusterPrimary, PrimaryContext, RestartPolicy};
 use crate::actor::Mailbox;
+use crate::channel::QueueLimits;
 use crate::error::{BoxError, Error};
 use crate::events::{self, Hub};
 use crate::protocol;
@@ -41,7 +42,7 @@ pub(crate) struct Config {
     pub(crate) stdout: WorkerStdio,
     pub(crate) stderr: WorkerStdio,
     pub(crate) max_frame_size: usize,
-    pub(crate) queue_capacity: usize,
+    pub(crate) queue: QueueLimits,
     pub(crate) shutdown_grace: Duration,
     pub(crate) kill_grace: Duration,
     pub(crate) restart: RestartPolicy,
@@ -58,7 +59,7 @@ impl Default for Config {
             stdout: WorkerStdio::Inherit,
             stderr: WorkerStdio::Inherit,
             max_frame_size: protocol::DEFAULT_MAX_FRAME,
-            queue_capacity: 1024,
+            queue: QueueLimits::default(),
             shutdown_grace: Duration::from_secs(5),
             kill_grace: Duration::from_secs(2),
             restart: RestartPolicy::default(),
@@ -201,7 +202,14 @@ impl PrimaryBuilder {
 
     /// How many messages may wait to be written to one worker (default 1024).
     pub fn queue_capacity(mut self, messages: usize) -> Self {
-        self.config.queue_capacity = messages.max(1);
+        self.config.queue.messages = messages.max(1);
+        self
+    }
+
+    /// How many bytes of messages may wait to be written to one worker
+    /// (default 4 MiB; a larger message waits for the whole queue).
+    pub fn queue_bytes(mut self, bytes: usize) -> Self {
+        self.config.queue.bytes = bytes.max(1);
         self
     }
 

@@ -189,7 +189,7 @@ mod tests {
 
     fn worker(id: u64) -> Worker {
         let (ours, _theirs) = tokio::net::UnixStream::pair().expect("socket pair");
-        let outbox = Outbox::spawn(ours.into_split().1, 1, Some(WorkerId(id)));
+        let outbox = Outbox::spawn(ours.into_split().1, Default::default(), Some(WorkerId(id)));
         Worker::new(WorkerId(id), 0, outbox, 1024)
     }
 

@@ -112,7 +112,7 @@ pub(crate) fn spawn(
         .and_then(|()| tokio::net::UnixStream::from_std(stream))
         .map_err(spawn_error)?;
     let (read, write) = stream.into_split();
-    let outbox = Outbox::spawn(write, config.queue_capacity, Some(id));
+    let outbox = Outbox::spawn(write, config.queue, Some(id));
     // The primary's hello: the first frame, queued before anything else.
     let _ = outbox.try_send(protocol::encode_control(&Frame::Hello {
         protocol: protocol::VERSION,

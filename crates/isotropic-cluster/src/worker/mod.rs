@@ -19,7 +19,7 @@ pub use context::WorkerContext;
 pub use events::*;
 
 use crate::actor::Mailbox;
-use crate::channel::Outbox;
+use crate::channel::{Outbox, QueueLimits};
 use crate::error::{BoxError, Error, SendError};
 use crate::events::{self as pubsub, EventStream, Hub, StreamSource};
 use crate::protocol::{self, Frame, FrameCodec};
@@ -56,7 +56,7 @@ pub struct WorkerBuilder {
     cleanup: Option<Cleanup>,
     destroy_timeout: Duration,
     max_frame_size: usize,
-    queue_capacity: usize,
+    queue: QueueLimits,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -111,7 +111,14 @@ impl WorkerBuilder {
 
     /// How many messages may wait to be written (default 1024).
     pub fn queue_capacity(mut self, messages: usize) -> Self {
-        self.queue_capacity = messages.max(1);
+        self.queue.messages = messages.max(1);
+        self
+    }
+
+    /// How many bytes of messages may wait to be written (default 4 MiB; a
+    /// larger message waits for the whole queue).
+    pub fn queue_bytes(mut self, bytes: usize) -> Self {
+        self.queue.bytes = bytes.max(1);
         self
     }
 
@@ -135,7 +142,7 @@ impl WorkerBuilder {
         stream.set_nonblocking(true).map_err(channel_error)?;
         let stream = tokio::net::UnixStream::from_std(stream).map_err(channel_error)?;
         let (read, write) = stream.into_split();
-        let outbox = Outbox::spawn(write, self.queue_capacity, None);
+        let outbox = Outbox::spawn(write, self.queue, None);
         let _ = outbox.try_send(protocol::encode_control(&Frame::Hello {
             protocol: protocol::VERSION,
         }));
@@ -224,7 +231,7 @@ impl ClusterWorker {
             cleanup: None,
             destroy_timeout: Duration::from_secs(5),
             max_frame_size: protocol::DEFAULT_MAX_FRAME,
-            queue_capacity: 1024,
+            queue: QueueLimits::default(),
         }
     }
 

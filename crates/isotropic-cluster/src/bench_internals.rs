@@ -1,0 +1,78 @@
+//! Hooks for the criterion micro-benchmarks (feature `bench`): the hot paths
+//! of the core, without processes. Not an API.
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+use bytes::BytesMut;
+use serde::Serialize;
+use tokio_util::codec::Decoder;
+
+use crate::events::{self, Hub, StreamSource, SubscriptionKey};
+use crate::protocol::{self, FrameCodec};
+use crate::topics::topics;
+
+/// Encodes `value` as a message frame; returns its length.
+pub fn encode<T: Serialize>(value: &T) -> usize {
+    protocol::encode_message(value, protocol::DEFAULT_MAX_FRAME).map_or(0, |frame| frame.len())
+}
+
+/// Decodes every frame in `bytes` (validating each message); returns how many.
+pub fn decode(bytes: &[u8]) -> usize {
+    let mut codec = FrameCodec::new(protocol::DEFAULT_MAX_FRAME);
+    let mut buf = BytesMut::from(bytes);
+    let mut frames = 0;
+    while let Ok(Some(_)) = codec.decode(&mut buf) {
+        frames += 1;
+    }
+    frames
+}
+
+/// A host with one event, `Tick`, whose handlers count calls.
+#[derive(Default)]
+pub struct Dispatch {
+    hub: Hub,
+    stream: StreamSource<BenchEvent>,
+    calls: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tick;
+
+impl Dispatch {
+    /// A host with `handlers` handlers on the `on` stage of `Tick`.
+    pub fn new(handlers: usize) -> Self {
+        let mut host = Self::default();
+        for _ in 0..handlers {
+            let key = SubscriptionKey::new::<Tick>(events::Stage::On);
+            events::subscribe::<Tick>(
+                &mut host,
+                key,
+                false,
+                Box::new(|event| event.host.calls += 1),
+            );
+        }
+        host
+    }
+
+    /// Publishes one `Tick`; returns the calls so far.
+    pub fn publish(&mut self) -> u64 {
+        events::publish(self, Tick);
+        self.calls
+    }
+
+    fn complete_tick(&mut self, _: &Tick) {}
+}
+
+impl events::sealed::HostImpl for Dispatch {
+    type Stream = BenchEvent;
+    type Inbound = Tick;
+    fn hub(&mut self) -> &mut Hub {
+        &mut self.hub
+    }
+    fn stream(&self) -> &StreamSource<BenchEvent> {
+        &self.stream
+    }
+}
+
+topics!(Dispatch => BenchEvent {
+    Tick: "tick" => complete_tick;
+});
