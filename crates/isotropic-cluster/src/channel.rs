@@ -1,15 +1,21 @@
-//! The writing half of a channel: a bounded queue of encoded frames drained by
-//! one task, which coalesces small frames into few writes.
+//! The two halves of a channel: [`Outbox`], a bounded queue of encoded frames
+//! drained by one task, which coalesces small frames into few writes; and
+//! [`Inbox`], which reads frames and the fds that come with them.
 
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::codec::Decoder as _;
 
 use crate::WorkerId;
-use crate::error::SendError;
+use crate::error::{ProtocolError, SendError};
+use crate::protocol::{Frame, FrameCodec};
+use crate::sys;
 
 /// Frames up to this size are copied into a shared write buffer.
 const COALESCE_BELOW: usize = 4 * 1024;
@@ -18,6 +24,8 @@ const BATCH_BYTES: usize = 64 * 1024;
 
 enum Outgoing {
     Frame(Bytes, Option<oneshot::Sender<bool>>),
+    /// A frame with an fd attached to its first byte.
+    WithFd(Bytes, OwnedFd),
     Close,
 }
 
@@ -52,6 +60,7 @@ impl std::fmt::Debug for Outgoing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Frame(frame, _) => write!(f, "Frame({} bytes)", frame.len()),
+            Self::WithFd(frame, fd) => write!(f, "WithFd({} bytes, {fd:?})", frame.len()),
             Self::Close => f.write_str("Close"),
         }
     }
@@ -127,6 +136,14 @@ impl Outbox {
         })
     }
 
+    /// Queues `frame` with `fd` attached, without waiting (control frames are
+    /// small and rare: only the message count bounds them).
+    pub(crate) fn try_send_fd(&self, frame: Bytes, fd: OwnedFd) -> Result<(), SendError> {
+        self.tx
+            .try_send(Outgoing::WithFd(frame, fd))
+            .map_err(|_| self.closed())
+    }
+
     /// Closes the channel for writing once the frames queued so far are written.
     pub(crate) fn close(&self) {
         if let Err(mpsc::error::TrySendError::Full(close)) = self.tx.try_send(Outgoing::Close) {
@@ -163,6 +180,10 @@ async fn write_loop(
         while let Some(item) = next.take() {
             match item {
                 Outgoing::Close => closing = true,
+                Outgoing::WithFd(frame, fd) => {
+                    ok = flush(&mut half, &mut batch).await
+                        && write_with_fd(&mut half, &frame, &fd).await.is_ok();
+                }
                 Outgoing::Frame(frame, ack) => {
                     acks.extend(ack);
                     freed += frame.len().min(max_bytes);
@@ -199,6 +220,25 @@ async fn write_loop(
     while rx.try_recv().is_ok() {}
 }
 
+/// Writes `frame`, its first bytes with `fd` attached.
+async fn write_with_fd(
+    half: &mut OwnedWriteHalf,
+    frame: &[u8],
+    fd: &OwnedFd,
+) -> std::io::Result<()> {
+    let written = loop {
+        half.writable().await?;
+        match half.as_ref().try_io(Interest::WRITABLE, || {
+            sys::send_with_fd(half.as_ref(), frame, fd)
+        }) {
+            Ok(written) => break written,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    half.write_all(&frame[written..]).await
+}
+
 async fn flush(half: &mut OwnedWriteHalf, batch: &mut BytesMut) -> bool {
     if batch.is_empty() {
         return true;
@@ -206,4 +246,98 @@ async fn flush(half: &mut OwnedWriteHalf, batch: &mut BytesMut) -> bool {
     let ok = half.write_all(batch).await.is_ok();
     batch.clear();
     ok
+}
+
+// ===== Inbox =====
+
+/// How much is read at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Reads frames, and keeps the fds that arrive with them, in order.
+#[derive(Debug)]
+pub(crate) struct Inbox {
+    half: OwnedReadHalf,
+    buf: BytesMut,
+    /// Reads land here first (zeroed once), then what arrived is appended to
+    /// `buf`.
+    scratch: Vec<u8>,
+    codec: FrameCodec,
+    fds: VecDeque<OwnedFd>,
+    eof: bool,
+    done: bool,
+}
+
+impl Inbox {
+    pub(crate) fn new(half: OwnedReadHalf, codec: FrameCodec) -> Self {
+        Self {
+            half,
+            buf: BytesMut::new(),
+            scratch: vec![0; READ_CHUNK],
+            codec,
+            fds: VecDeque::new(),
+            eof: false,
+            done: false,
+        }
+    }
+
+    /// The next frame; `None` after the end of the channel or an error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: what was read stays buffered.
+    pub(crate) async fn next(&mut self) -> Option<Result<Frame, ProtocolError>> {
+        while !self.done {
+            let decoded = if self.eof {
+                self.codec.decode_eof(&mut self.buf)
+            } else {
+                self.codec.decode(&mut self.buf)
+            };
+            match decoded {
+                Ok(Some(frame)) => return Some(Ok(frame)),
+                Ok(None) if self.eof => self.done = true,
+                Ok(None) => {
+                    if let Err(error) = self.read().await {
+                        self.done = true;
+                        return Some(Err(error.into()));
+                    }
+                }
+                Err(error) => {
+                    self.done = true;
+                    return Some(Err(error));
+                }
+            }
+        }
+        None
+    }
+
+    /// The next frame if one is already buffered (no read).
+    pub(crate) fn try_next(&mut self) -> Option<Result<Frame, ProtocolError>> {
+        if self.done {
+            return None;
+        }
+        self.codec.decode(&mut self.buf).transpose()
+    }
+
+    /// The oldest fd received and not taken yet.
+    pub(crate) fn take_fd(&mut self) -> Option<OwnedFd> {
+        self.fds.pop_front()
+    }
+
+    async fn read(&mut self) -> std::io::Result<()> {
+        let read = loop {
+            self.half.readable().await?;
+            let (half, scratch, fds) = (self.half.as_ref(), &mut self.scratch, &mut self.fds);
+            match half.try_io(Interest::READABLE, || {
+                sys::recv_with_fds(half, scratch, fds)
+            }) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                other => break other?,
+            }
+        };
+        if read == 0 {
+            self.eof = true;
+        }
+        self.buf.extend_from_slice(&self.scratch[..read]);
+        Ok(())
+    }
 }

@@ -69,6 +69,9 @@ pub enum ProtocolError {
     /// A hello frame whose payload is not `{"protocol": N}`.
     #[error("invalid hello frame: {0}")]
     InvalidHello(String),
+    /// A control frame (listen, listening) whose payload does not fit.
+    #[error("invalid control frame: {0}")]
+    InvalidControl(String),
     /// A message frame whose payload is not one valid JSON value.
     #[error("invalid message: {0}")]
     InvalidMessage(String),

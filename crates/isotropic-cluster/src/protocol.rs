@@ -13,6 +13,7 @@ use tokio_util::codec::Decoder;
 
 use crate::error::ProtocolError;
 use crate::message::Message;
+use crate::net::{ListenAddress, ListenError, ListenErrorKind};
 
 /// The protocol version this library speaks.
 pub(crate) const VERSION: u32 = 1;
@@ -24,6 +25,8 @@ const HELLO: u8 = 1;
 const READY: u8 = 2;
 const DISCONNECT: u8 = 3;
 const MESSAGE: u8 = 4;
+const LISTEN: u8 = 5;
+const LISTENING: u8 = 6;
 
 /// One decoded frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +39,45 @@ pub(crate) enum Frame {
     Disconnect,
     /// A user message.
     Message(Message),
+    /// Worker to primary: a listening socket for this address, please.
+    Listen { id: u64, address: ListenAddress },
+    /// Primary to worker: the answer to `Listen` `id`; on success, the socket
+    /// came with the frame's first byte.
+    Listening {
+        id: u64,
+        result: Result<ListenAddress, (ListenErrorKind, String)>,
+    },
+}
+
+impl Frame {
+    /// The frame's kind, by name.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Frame::Hello { .. } => "hello",
+            Frame::Ready => "ready",
+            Frame::Disconnect => "disconnect",
+            Frame::Message(_) => "message",
+            Frame::Listen { .. } => "listen",
+            Frame::Listening { .. } => "listening",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct ListenBody {
+    id: u64,
+    address: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ListeningBody {
+    id: u64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    message: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -56,6 +98,30 @@ pub(crate) fn encode_control(frame: &Frame) -> Bytes {
         Frame::Ready => raw_frame(READY, &[]),
         Frame::Disconnect => raw_frame(DISCONNECT, &[]),
         Frame::Message(message) => raw_frame(MESSAGE, message.as_bytes()),
+        Frame::Listen { id, address } => {
+            let body = ListenBody {
+                id: *id,
+                address: address.to_string(),
+            };
+            raw_frame(LISTEN, &serde_json::to_vec(&body).unwrap_or_default())
+        }
+        Frame::Listening { id, result } => {
+            let body = match result {
+                Ok(address) => ListeningBody {
+                    id: *id,
+                    address: Some(address.to_string()),
+                    error: None,
+                    message: None,
+                },
+                Err((kind, message)) => ListeningBody {
+                    id: *id,
+                    address: None,
+                    error: Some(kind.name().to_owned()),
+                    message: Some(message.clone()),
+                },
+            };
+            raw_frame(LISTENING, &serde_json::to_vec(&body).unwrap_or_default())
+        }
     }
 }
 
@@ -215,6 +281,38 @@ impl Decoder for FrameCodec {
             MESSAGE => Message::from_json(body)
                 .map(|message| Some(Frame::Message(message)))
                 .map_err(|e| ProtocolError::InvalidMessage(e.to_string())),
+            LISTEN => {
+                let listen: ListenBody = control_body(&body)?;
+                let address = listen
+                    .address
+                    .parse()
+                    .map_err(|e: ListenError| ProtocolError::InvalidControl(e.to_string()))?;
+                Ok(Some(Frame::Listen {
+                    id: listen.id,
+                    address,
+                }))
+            }
+            LISTENING => {
+                let body: ListeningBody = control_body(&body)?;
+                let result = match (body.address, body.error) {
+                    (Some(address), None) => Ok(address
+                        .parse()
+                        .map_err(|e: ListenError| ProtocolError::InvalidControl(e.to_string()))?),
+                    (None, Some(error)) => Err((
+                        ListenErrorKind::from_name(&error),
+                        body.message.unwrap_or_default(),
+                    )),
+                    _ => {
+                        return Err(ProtocolError::InvalidControl(
+                            "listening needs address or error".into(),
+                        ));
+                    }
+                };
+                Ok(Some(Frame::Listening {
+                    id: body.id,
+                    result,
+                }))
+            }
             other => Err(ProtocolError::UnknownKind(other)),
         }
     }
@@ -228,6 +326,11 @@ impl Decoder for FrameCodec {
             }),
         }
     }
+}
+
+/// Decodes the JSON body of a control frame.
+fn control_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError> {
+    serde_json::from_slice(body).map_err(|e| ProtocolError::InvalidControl(e.to_string()))
 }
 
 #[cfg(test)]

@@ -65,6 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "exit-at-start" => std::process::exit(3),
         "stay" => echo(ClusterWorker::builder().before::<PrimaryDisconnect>(|e| e.prevent())).await,
         "hung" => hung(raw_channel(raw_fd)),
+        "serve" => serve(id).await,
         "raw" => raw(
             raw_channel(raw_fd),
             &std::env::args().nth(2).unwrap_or_default(),
@@ -218,3 +219,76 @@ fn raw(
     while std::io::Read::read(&mut channel, &mut sink)? > 0 {}
     Ok(())
 }
+
+/// `serve ADDRESS [COUNT [DELAY_MS]]`: listens on ADDRESS through the primary
+/// and answers HTTP requests with `worker ID`, one connection at a time;
+/// after COUNT connections it stops listening. DELAY_MS delays each answer
+/// (for graceful-shutdown tests). A listen error is reported to the primary as
+/// `{"listen_error": KIND}`.
+async fn serve(id: u64) -> Result<(), Box<dyn std::error::Error>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut args = std::env::args().skip(2);
+    let address = args.next().unwrap_or_default();
+    let count: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(u64::MAX);
+    let delay = Duration::from_millis(args.next().and_then(|n| n.parse().ok()).unwrap_or(0));
+    let worker = ClusterWorker::builder().start().await?;
+    let listener = match worker.listen(address.as_str()).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            worker
+                .send(
+                    &json!({"listen_error": format!("{:?}", error.kind), "address": error.address}),
+                )
+                .await?;
+            worker.closed().await;
+            return Ok(());
+        }
+    };
+    let answer = |mut stream: Box<dyn Stream>| async move {
+        let mut request = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&chunk[..n]),
+            }
+        }
+        tokio::time::sleep(delay).await;
+        let body = format!("worker {id}");
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    };
+    // Accept until COUNT or until the worker is asked to close; then finish
+    // the answers in flight.
+    let mut answers = tokio::task::JoinSet::new();
+    let closing = worker.closing();
+    tokio::pin!(closing);
+    for _ in 0..count {
+        let stream: Box<dyn Stream> = tokio::select! {
+            () = &mut closing => break,
+            accepted = accept(&listener) => accepted?,
+        };
+        let _ = worker.send(&json!({"accepted": id})).await;
+        answers.spawn(answer(stream));
+    }
+    drop(listener);
+    while answers.join_next().await.is_some() {}
+    worker.closed().await;
+    Ok(())
+}
+
+/// Accepts one connection from either kind of listener.
+async fn accept(listener: &isotropic_cluster::Listener) -> std::io::Result<Box<dyn Stream>> {
+    match listener {
+        isotropic_cluster::Listener::Tcp(l) => Ok(Box::new(l.accept().await?.0)),
+        isotropic_cluster::Listener::Unix(l) => Ok(Box::new(l.accept().await?.0)),
+        _ => Err(std::io::ErrorKind::Unsupported.into()),
+    }
+}
+
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}

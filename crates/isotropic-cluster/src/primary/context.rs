@@ -15,10 +15,13 @@ use super::pool::{Destination, Pool};
 use super::restart::Backoff;
 use super::supervisor::{self, Input};
 use super::{ClusterPrimary, Worker};
+use std::os::fd::OwnedFd;
+
 use crate::WorkerId;
 use crate::actor::{Command, WeakMailbox};
 use crate::error::{Error, ProtocolError, SendError};
 use crate::events::{self, Hub, StreamSource, Topic};
+use crate::net::{self, ListenAddress, ListenError, ListenErrorKind};
 use crate::protocol::{self, Frame};
 
 /// Where a phase of the lifecycle (shutdown, destroy) stands.
@@ -77,6 +80,9 @@ pub struct PrimaryContext {
     fork_outcome: Option<Result<usize, Error>>,
     shut_down_waiters: Vec<oneshot::Sender<()>>,
     destroy_waiters: Vec<oneshot::Sender<()>>,
+    /// Listening sockets, by the address asked for: kept while the primary
+    /// runs, so that replacements serve on the same socket.
+    listeners: HashMap<ListenAddress, (OwnedFd, ListenAddress)>,
 }
 
 impl std::fmt::Debug for PrimaryContext {
@@ -205,6 +211,7 @@ impl PrimaryContext {
             fork_outcome: None,
             shut_down_waiters: Vec::new(),
             destroy_waiters: Vec::new(),
+            listeners: HashMap::new(),
         };
         (context, input_rx)
     }
@@ -317,6 +324,64 @@ impl PrimaryContext {
                 self.disconnected(id);
             }
             Frame::Message(message) => events::publish(self, WorkerMessage { worker, message }),
+            Frame::Listen {
+                id: request,
+                address,
+            } => self.listen(worker, request, address),
+            other @ Frame::Listening { .. } => {
+                self.protocol_error(id, unexpected(&other, "only the primary sends it"));
+            }
+        }
+    }
+
+    /// Gives `worker` the listening socket for `address`, binding it on first
+    /// use, and answers listen request `request`.
+    fn listen(&mut self, worker: Worker, request: u64, address: ListenAddress) {
+        let known = self
+            .listeners
+            .get(&address)
+            .or_else(|| self.listeners.values().find(|(_, bound)| *bound == address));
+        let socket = match known {
+            Some((fd, bound)) => fd.try_clone().map(|fd| (fd, bound.clone())),
+            None => net::bind(&address).and_then(|(fd, bound)| {
+                let copy = fd.try_clone()?;
+                self.listeners.insert(address.clone(), (fd, bound.clone()));
+                Ok((copy, bound))
+            }),
+        };
+        match socket {
+            Ok((fd, bound)) => {
+                let reply = protocol::encode_control(&Frame::Listening {
+                    id: request,
+                    result: Ok(bound.clone()),
+                });
+                if worker.outbox().try_send_fd(reply, fd).is_ok() {
+                    tracing::info!(worker_id = %worker.id(), address = %bound, "Worker is listening");
+                    events::publish(
+                        self,
+                        WorkerListening {
+                            worker,
+                            address: bound,
+                        },
+                    );
+                }
+            }
+            Err(error) => {
+                let kind = ListenErrorKind::of(&error);
+                let message = error.to_string();
+                let reply = protocol::encode_control(&Frame::Listening {
+                    id: request,
+                    result: Err((kind, message.clone())),
+                });
+                let _ = worker.try_send_frame(reply);
+                let error = ListenError {
+                    address: address.to_string(),
+                    kind,
+                    message,
+                };
+                tracing::warn!(worker_id = %worker.id(), %error, "Worker cannot listen");
+                events::publish(self, WorkerListenError { worker, error });
+            }
         }
     }
 
@@ -397,6 +462,11 @@ impl PrimaryContext {
     fn teardown(&mut self) {
         self.destroy = Phase::Done;
         self.active = false;
+        for (_, (_, bound)) in self.listeners.drain() {
+            if let ListenAddress::Unix(path) = bound {
+                let _ = std::fs::remove_file(path);
+            }
+        }
         events::publish(self, DestroyComplete);
         self.hub.clear();
         self.stream.close();
@@ -421,13 +491,10 @@ impl PrimaryContext {
 }
 
 fn unexpected(frame: &Frame, reason: &'static str) -> ProtocolError {
-    let frame = match frame {
-        Frame::Hello { .. } => "hello",
-        Frame::Ready => "ready",
-        Frame::Disconnect => "disconnect",
-        Frame::Message(_) => "message",
-    };
-    ProtocolError::UnexpectedFrame { frame, reason }
+    ProtocolError::UnexpectedFrame {
+        frame: frame.name(),
+        reason,
+    }
 }
 
 /// How many queued inputs are handled per turn of the actor's loop.

@@ -8,6 +8,7 @@ use super::PrimaryContext;
 use super::Worker;
 use crate::error::{Error, MessageError, ProtocolError};
 use crate::message::Message;
+use crate::net::{ListenAddress, ListenError};
 use crate::topics::topics;
 
 /// The primary is starting; runs its initializer next.
@@ -140,6 +141,27 @@ pub struct WorkerOutput {
     pub line: String,
 }
 
+/// A worker listens on a shared socket (the original's `workerListening`).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerListening {
+    /// The worker.
+    pub worker: Worker,
+    /// The address bound (with the real port when port 0 was asked for).
+    pub address: ListenAddress,
+}
+
+/// A worker asked for a socket that could not be bound; the worker's
+/// `listen` gets the same error.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerListenError {
+    /// The worker.
+    pub worker: Worker,
+    /// What failed.
+    pub error: ListenError,
+}
+
 /// A worker's channel closed: it disconnected, or was disconnected. Removes it
 /// from the pool; a worker that has not exited after the shutdown grace period
 /// is then terminated.
@@ -230,6 +252,8 @@ topics!(PrimaryContext =>
         RemoveWorker: "removeWorker" => complete_remove;
         WorkerMessage: "workerMessage" => complete_message;
         WorkerMessageError: "workerMessageError" => log_event;
+        WorkerListening: "workerListening" => log_event;
+        WorkerListenError: "workerListenError" => log_event;
         WorkerOutput: "workerOutput" => log_event;
         WorkerDisconnect: "workerDisconnect" => complete_disconnect;
         WorkerError: "workerError" => complete_error;

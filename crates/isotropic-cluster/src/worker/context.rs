@@ -1,22 +1,21 @@
 //! The worker's state and default actions, owned by one task.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use futures_util::{FutureExt as _, StreamExt as _};
 use serde::Serialize;
-use tokio::net::unix::OwnedReadHalf;
 use tokio::signal::unix::{Signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::FramedRead;
 
 use super::events::*;
 use super::{Cleanup, ClusterWorker};
 use crate::WorkerId;
 use crate::actor::{Command, WeakMailbox};
-use crate::channel::Outbox;
+use crate::channel::{Inbox, Outbox};
 use crate::error::{ProtocolError, SendError};
 use crate::events::{self, Hub, StreamSource, Topic};
-use crate::protocol::{self, Frame, FrameCodec};
+use crate::net::{self, ListenAddress, ListenError, ListenErrorKind, Listener};
+use crate::protocol::{self, Frame};
 
 /// The worker as its event handlers see it.
 ///
@@ -38,6 +37,17 @@ pub struct WorkerContext {
     /// Fires when the cleanup of a destroy is done (or timed out).
     cleanup_done: Option<oneshot::Receiver<()>>,
     closed_waiters: Vec<oneshot::Sender<()>>,
+    closing_waiters: Vec<oneshot::Sender<()>>,
+    inbox: Inbox,
+    /// Listen requests waiting for the primary's answer.
+    listens: HashMap<
+        u64,
+        (
+            ListenAddress,
+            oneshot::Sender<Result<Listener, ListenError>>,
+        ),
+    >,
+    next_listen: u64,
 }
 
 impl std::fmt::Debug for WorkerContext {
@@ -92,6 +102,7 @@ impl WorkerContext {
     pub(super) fn new(
         id: WorkerId,
         outbox: Outbox,
+        inbox: Inbox,
         max_frame: usize,
         hub: Hub,
         mailbox: WeakMailbox<Self>,
@@ -103,6 +114,7 @@ impl WorkerContext {
             stream: StreamSource::default(),
             id,
             outbox,
+            inbox,
             max_frame,
             mailbox,
             destroy_timeout,
@@ -114,11 +126,75 @@ impl WorkerContext {
             greeted: false,
             cleanup_done: None,
             closed_waiters: Vec::new(),
+            closing_waiters: Vec::new(),
+            listens: HashMap::new(),
+            next_listen: 0,
         }
     }
 
     pub(super) fn initialized(&self) -> bool {
         self.initialized
+    }
+
+    /// Resolves once the worker starts being destroyed.
+    pub(super) fn closing_waiter(&mut self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        if self.destroying || self.destroyed {
+            let _ = tx.send(());
+        } else {
+            self.closing_waiters.push(tx);
+        }
+        rx
+    }
+
+    /// Asks the primary for a listening socket; the receiver gets it.
+    pub(super) fn request_listen(
+        &mut self,
+        address: ListenAddress,
+    ) -> oneshot::Receiver<Result<Listener, ListenError>> {
+        let (tx, rx) = oneshot::channel();
+        self.next_listen += 1;
+        let id = self.next_listen;
+        let request = protocol::encode_control(&Frame::Listen {
+            id,
+            address: address.clone(),
+        });
+        match self.outbox.try_send(request) {
+            Ok(()) => {
+                self.listens.insert(id, (address, tx));
+            }
+            Err(error) => drop(tx.send(Err(ListenError {
+                address: address.to_string(),
+                kind: ListenErrorKind::Disconnected,
+                message: error.to_string(),
+            }))),
+        }
+        rx
+    }
+
+    /// The primary's answer to listen request `id`.
+    fn listening(&mut self, id: u64, result: Result<ListenAddress, (ListenErrorKind, String)>) {
+        let Some((asked, reply)) = self.listens.remove(&id) else {
+            tracing::warn!(worker_id = %self.id, id, "answer to an unknown listen request");
+            return;
+        };
+        let failed = |kind, message: String| ListenError {
+            address: asked.to_string(),
+            kind,
+            message,
+        };
+        let result = match result {
+            Ok(bound) => match self.inbox.take_fd() {
+                Some(fd) => net::adopt(&bound, fd)
+                    .map_err(|e| failed(ListenErrorKind::of(&e), e.to_string())),
+                None => Err(failed(
+                    ListenErrorKind::Other,
+                    "no socket came with the answer".into(),
+                )),
+            },
+            Err((kind, message)) => Err(failed(kind, message)),
+        };
+        let _ = reply.send(result);
     }
 
     /// Resolves once the worker is destroyed.
@@ -141,6 +217,7 @@ impl WorkerContext {
                 events::publish(self, PrimaryMessage { message })
             }
             Frame::Disconnect if self.greeted => self.primary_gone(),
+            Frame::Listening { id, result } if self.greeted => self.listening(id, result),
             other => {
                 tracing::error!(worker_id = %self.id, frame = ?other, "unexpected frame from the primary");
                 self.primary_gone();
@@ -197,7 +274,6 @@ const BATCH: usize = 256;
 pub(super) async fn run(
     mut context: WorkerContext,
     mut commands: mpsc::UnboundedReceiver<Command<WorkerContext>>,
-    mut frames: FramedRead<OwnedReadHalf, FrameCodec>,
     mut sigterm: Option<Signal>,
 ) {
     let mut handles = true;
@@ -212,7 +288,7 @@ pub(super) async fn run(
                     context.destroy(timeout);
                 }
             },
-            frame = frames.next(), if reading => {
+            frame = context.inbox.next(), if reading => {
                 // Handle what is already buffered in one go (bounded), rather
                 // than one frame per turn of the loop.
                 let mut next = Some(frame);
@@ -221,7 +297,7 @@ pub(super) async fn run(
                     reading = context.incoming(frame);
                     budget -= 1;
                     if reading && budget > 0 && !context.finished {
-                        next = frames.next().now_or_never();
+                        next = context.inbox.try_next().map(Some);
                     }
                 }
             }
@@ -291,6 +367,9 @@ impl WorkerContext {
 
     pub(super) fn complete_destroy(&mut self, event: &Destroy) {
         self.destroying = true;
+        for waiter in self.closing_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
         let timeout = event.timeout;
         // The process ends at the latest after the timeout, whatever `main`
         // is doing by then.

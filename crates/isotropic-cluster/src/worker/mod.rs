@@ -12,16 +12,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio_util::codec::FramedRead;
 
 pub use context::WorkerContext;
 #[doc(inline)]
 pub use events::*;
 
 use crate::actor::Mailbox;
-use crate::channel::{Outbox, QueueLimits};
+use crate::channel::{Inbox, Outbox, QueueLimits};
 use crate::error::{BoxError, Error, SendError};
 use crate::events::{self as pubsub, EventStream, Hub, StreamSource};
+use crate::net::{ListenAddress, ListenError, ListenErrorKind, Listener};
 use crate::protocol::{self, Frame, FrameCodec};
 use crate::{WorkerId, role};
 
@@ -148,9 +148,11 @@ impl WorkerBuilder {
         }));
 
         let (mailbox, commands) = Mailbox::new();
+        let inbox = Inbox::new(read, FrameCodec::new(self.max_frame_size));
         let mut context = WorkerContext::new(
             markers.id,
             outbox,
+            inbox,
             self.max_frame_size,
             self.hub,
             mailbox.downgrade(),
@@ -164,8 +166,7 @@ impl WorkerBuilder {
             });
         }
         let worker = ClusterWorker::new(mailbox.clone(), &context);
-        let frames = FramedRead::new(read, FrameCodec::new(self.max_frame_size));
-        tokio::spawn(context::run(context, commands, frames, context::sigterm()));
+        tokio::spawn(context::run(context, commands, context::sigterm()));
 
         if let Some(init) = self.initializer
             && let Err(error) = init(worker.clone()).await
@@ -303,6 +304,67 @@ impl ClusterWorker {
         }
         self.outbox.wait_closed().await;
         Ok(())
+    }
+
+    /// A listening socket for `address`, shared with every worker that asks
+    /// for the same one: the primary binds it once (port 0: one ephemeral
+    /// port for all) and keeps it open while the cluster runs, so a
+    /// replacement serves on the same socket. The primary also publishes
+    /// `workerListening`.
+    ///
+    /// # Errors
+    ///
+    /// A [`ListenError`] naming the address: [`ListenErrorKind::AddrInUse`],
+    /// [`ListenErrorKind::PermissionDenied`], an address that does not parse,
+    /// or [`ListenErrorKind::Disconnected`] once the primary is gone.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(worker: isotropic_cluster::worker::ClusterWorker) -> Result<(), Box<dyn std::error::Error>> {
+    /// let listener = worker.listen("127.0.0.1:3000").await?.into_tcp().ok_or("not TCP")?;
+    /// loop {
+    ///     let (socket, peer) = listener.accept().await?;
+    ///     // serve it
+    /// #   drop((socket, peer));
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a socket that arrives after the future is dropped is closed.
+    pub async fn listen<A>(&self, address: A) -> Result<Listener, ListenError>
+    where
+        A: TryInto<ListenAddress>,
+        ListenError: From<A::Error>,
+    {
+        let address = address.try_into()?;
+        let disconnected = |address: &ListenAddress| ListenError {
+            address: address.to_string(),
+            kind: ListenErrorKind::Disconnected,
+            message: "the channel to the primary is closed".into(),
+        };
+        let asked = address.clone();
+        let reply = self
+            .mailbox
+            .call(move |w| w.request_listen(address))
+            .await
+            .map_err(|_| disconnected(&asked))?;
+        reply.await.map_err(|_| disconnected(&asked))?
+    }
+
+    /// Resolves when the worker starts being destroyed (the primary asked it to
+    /// disconnect, or went away, SIGTERM, or `destroy`): the moment for a
+    /// server to stop accepting and finish what is in flight.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn closing(&self) {
+        if let Ok(closing) = self.mailbox.call(WorkerContext::closing_waiter).await {
+            let _ = closing.await;
+        }
     }
 
     /// Resolves once the worker is destroyed, for any reason (the primary

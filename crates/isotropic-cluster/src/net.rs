@@ -1,0 +1,209 @@
+//! Addresses to listen on, and listeners shared by the workers of a primary.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// Where a worker listens: a TCP address (IPv4 or IPv6) or a Unix socket path.
+///
+/// Parsed from `"127.0.0.1:3000"`, `"[::1]:0"`, or `"unix:/run/app.sock"` (a
+/// string starting with `/` is a path too). Port 0 means one ephemeral port,
+/// shared by every worker that asks for the same address.
+///
+/// # Examples
+///
+/// ```
+/// use isotropic_cluster::ListenAddress;
+///
+/// let tcp: ListenAddress = "127.0.0.1:3000".parse()?;
+/// let unix: ListenAddress = "unix:/tmp/app.sock".parse()?;
+/// assert_eq!(tcp.to_string(), "127.0.0.1:3000");
+/// assert_eq!(unix.to_string(), "unix:/tmp/app.sock");
+/// # Ok::<(), isotropic_cluster::ListenError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenAddress {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix stream socket path.
+    Unix(PathBuf),
+}
+
+impl From<SocketAddr> for ListenAddress {
+    fn from(address: SocketAddr) -> Self {
+        Self::Tcp(address)
+    }
+}
+
+impl From<PathBuf> for ListenAddress {
+    fn from(path: PathBuf) -> Self {
+        Self::Unix(path)
+    }
+}
+
+impl FromStr for ListenAddress {
+    type Err = ListenError;
+
+    fn from_str(text: &str) -> Result<Self, ListenError> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            return Ok(Self::Unix(path.into()));
+        }
+        if text.starts_with('/') {
+            return Ok(Self::Unix(text.into()));
+        }
+        text.parse().map(Self::Tcp).map_err(|_| ListenError {
+            address: text.to_owned(),
+            kind: ListenErrorKind::InvalidAddress,
+            message: "not an IP address with a port, nor unix:PATH".into(),
+        })
+    }
+}
+
+impl TryFrom<&str> for ListenAddress {
+    type Error = ListenError;
+    fn try_from(text: &str) -> Result<Self, ListenError> {
+        text.parse()
+    }
+}
+
+impl fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(address) => address.fmt(f),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Why a listening socket could not be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ListenErrorKind {
+    /// The address is already in use.
+    AddrInUse,
+    /// Binding was not permitted (a low port, a protected path).
+    PermissionDenied,
+    /// The address is not one of this machine's.
+    AddrNotAvailable,
+    /// The address did not parse.
+    InvalidAddress,
+    /// The channel to the primary is closed.
+    Disconnected,
+    /// Anything else (see the message).
+    Other,
+}
+
+impl ListenErrorKind {
+    pub(crate) fn of(error: &std::io::Error) -> Self {
+        match error.kind() {
+            std::io::ErrorKind::AddrInUse => Self::AddrInUse,
+            std::io::ErrorKind::PermissionDenied => Self::PermissionDenied,
+            std::io::ErrorKind::AddrNotAvailable => Self::AddrNotAvailable,
+            std::io::ErrorKind::InvalidInput => Self::InvalidAddress,
+            _ => Self::Other,
+        }
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::AddrInUse => "AddrInUse",
+            Self::PermissionDenied => "PermissionDenied",
+            Self::AddrNotAvailable => "AddrNotAvailable",
+            Self::InvalidAddress => "InvalidAddress",
+            Self::Disconnected => "Disconnected",
+            Self::Other => "Other",
+        }
+    }
+
+    pub(crate) fn from_name(name: &str) -> Self {
+        [
+            Self::AddrInUse,
+            Self::PermissionDenied,
+            Self::AddrNotAvailable,
+            Self::InvalidAddress,
+            Self::Disconnected,
+        ]
+        .into_iter()
+        .find(|kind| kind.name() == name)
+        .unwrap_or(Self::Other)
+    }
+}
+
+/// A listening socket could not be had: the address, why, and what the
+/// system said.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot listen on {address}: {message}")]
+#[non_exhaustive]
+pub struct ListenError {
+    /// The address asked for.
+    pub address: String,
+    /// Why, as a kind.
+    pub kind: ListenErrorKind,
+    /// What the system said.
+    pub message: String,
+}
+
+impl From<std::convert::Infallible> for ListenError {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}
+
+/// A listening socket shared with the other workers, ready for tokio.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Listener {
+    /// A TCP listener.
+    Tcp(tokio::net::TcpListener),
+    /// A Unix stream listener.
+    Unix(tokio::net::UnixListener),
+}
+
+impl Listener {
+    /// The TCP listener, if this is one.
+    pub fn into_tcp(self) -> Option<tokio::net::TcpListener> {
+        match self {
+            Self::Tcp(listener) => Some(listener),
+            Self::Unix(_) => None,
+        }
+    }
+
+    /// The Unix listener, if this is one.
+    pub fn into_unix(self) -> Option<tokio::net::UnixListener> {
+        match self {
+            Self::Unix(listener) => Some(listener),
+            Self::Tcp(_) => None,
+        }
+    }
+}
+
+/// Binds `address` (in the primary), non-blocking, close-on-exec.
+pub(crate) fn bind(
+    address: &ListenAddress,
+) -> std::io::Result<(std::os::fd::OwnedFd, ListenAddress)> {
+    match address {
+        ListenAddress::Tcp(address) => {
+            let listener = std::net::TcpListener::bind(address)?;
+            listener.set_nonblocking(true)?;
+            let bound = listener.local_addr()?;
+            Ok((listener.into(), ListenAddress::Tcp(bound)))
+        }
+        ListenAddress::Unix(path) => {
+            let listener = std::os::unix::net::UnixListener::bind(path)?;
+            listener.set_nonblocking(true)?;
+            Ok((listener.into(), ListenAddress::Unix(path.clone())))
+        }
+    }
+}
+
+/// Makes a tokio listener of a socket received from the primary.
+pub(crate) fn adopt(
+    address: &ListenAddress,
+    fd: std::os::fd::OwnedFd,
+) -> std::io::Result<Listener> {
+    Ok(match address {
+        ListenAddress::Tcp(_) => Listener::Tcp(tokio::net::TcpListener::from_std(fd.into())?),
+        ListenAddress::Unix(_) => Listener::Unix(tokio::net::UnixListener::from_std(fd.into())?),
+    })
+}

@@ -1,0 +1,219 @@
+//! Shared listening sockets: many workers serve one port (issue: shared
+//! listening sockets).
+#![cfg(target_os = "linux")]
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use isotropic_cluster::primary::*;
+use isotropic_cluster::{EventStream, ListenAddress, ListenErrorKind};
+use serde_json::Value;
+use tests_integration::{DEADLINE, fixture, launch, message_of, ready, shut_down, wait_for};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn serving(address: &str, per_worker: &str, delay_ms: &str) -> PrimaryBuilder {
+    tests_integration::log_to_test_output();
+    ClusterPrimary::builder()
+        .program(fixture())
+        .args(["serve", address, per_worker, delay_ms])
+        .shutdown_grace(Duration::from_secs(10))
+}
+
+/// Waits for `n` workerListening events; returns them.
+async fn listening(events: &mut EventStream<PrimaryEvent>, n: usize) -> Vec<WorkerListening> {
+    let mut listening = Vec::new();
+    while listening.len() < n {
+        let pick = |e| match e {
+            PrimaryEvent::WorkerListening(l) => Some(l),
+            _ => None,
+        };
+        listening.push(wait_for(events, pick).await);
+    }
+    listening
+}
+
+/// Starts `builder`'s primary with `n` workers and waits until all listen;
+/// returns the primary, its events (from before the fork) and the listens.
+async fn serve(
+    builder: PrimaryBuilder,
+    n: usize,
+) -> (
+    ClusterPrimary,
+    EventStream<PrimaryEvent>,
+    Vec<WorkerListening>,
+) {
+    let primary = builder.start().await.expect("start");
+    let mut events = primary.events();
+    primary.fork(n).await.expect("fork");
+    let listening = listening(&mut events, n).await;
+    (primary, events, listening)
+}
+
+/// One HTTP request over a fresh connection; the response body.
+async fn get(address: &ListenAddress) -> std::io::Result<String> {
+    let request = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n";
+    let mut response = Vec::new();
+    match address {
+        ListenAddress::Tcp(address) => {
+            let mut stream = tokio::net::TcpStream::connect(address).await?;
+            stream.write_all(request).await?;
+            stream.read_to_end(&mut response).await?;
+        }
+        ListenAddress::Unix(path) => {
+            let mut stream = tokio::net::UnixStream::connect(path).await?;
+            stream.write_all(request).await?;
+            stream.read_to_end(&mut response).await?;
+        }
+    }
+    let response = String::from_utf8_lossy(&response).into_owned();
+    match response.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
+        _ => Err(std::io::Error::other(format!("bad response: {response:?}"))),
+    }
+}
+
+async fn get_in_time(address: &ListenAddress) -> String {
+    tokio::time::timeout(DEADLINE, get(address))
+        .await
+        .expect("the request timed out")
+        .expect("the request failed")
+}
+
+#[tokio::test]
+async fn several_workers_serve_one_port_and_each_answers() {
+    // Each worker serves one connection, then stops accepting: three requests
+    // in a row must reach three different workers through the one socket.
+    let (primary, _events, listening) = serve(serving("127.0.0.1:0", "1", "0"), 3).await;
+    let address = listening[0].address.clone();
+    assert!(
+        listening.iter().all(|l| l.address == address),
+        "one shared port: {listening:?}"
+    );
+    assert!(matches!(&address, ListenAddress::Tcp(a) if a.port() != 0));
+    let mut answered = BTreeSet::new();
+    for _ in 0..3 {
+        answered.insert(get_in_time(&address).await);
+    }
+    let expected: BTreeSet<String> = listening
+        .iter()
+        .map(|l| format!("worker {}", l.worker.id()))
+        .collect();
+    assert_eq!(answered, expected);
+    shut_down(&primary).await;
+}
+
+#[tokio::test]
+async fn ipv6_loopback_and_a_unix_socket_path() {
+    let (primary, _events, listening) = serve(serving("[::1]:0", "100", "0"), 2).await;
+    let address = listening[0].address.clone();
+    assert!(matches!(&address, ListenAddress::Tcp(a) if a.is_ipv6()));
+    assert!(get_in_time(&address).await.starts_with("worker "));
+    shut_down(&primary).await;
+
+    let dir = std::env::temp_dir().join(format!("isotropic-listen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("http.sock");
+    let unix = format!("unix:{}", path.display());
+    let (primary, _events, listening) = serve(serving(&unix, "100", "0"), 2).await;
+    let address = listening[0].address.clone();
+    assert_eq!(address, ListenAddress::Unix(path.clone()));
+    assert!(get_in_time(&address).await.starts_with("worker "));
+    primary.destroy().await.expect("destroy");
+    assert!(
+        !path.exists(),
+        "the primary removes the socket file it made"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn an_address_in_use_is_a_typed_error_for_the_worker_and_an_event() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("address").to_string();
+    let (primary, mut events, [worker]) = launch::<1>(serving(&address, "1", "0")).await;
+    let error = wait_for(&mut events, |e| match e {
+        PrimaryEvent::WorkerListenError(e) => Some(e),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (error.worker.id(), error.error.kind),
+        (worker.id(), ListenErrorKind::AddrInUse)
+    );
+    assert_eq!(error.error.address, address);
+    let (_, reported) = wait_for(&mut events, message_of).await;
+    assert_eq!(reported["listen_error"], "AddrInUse");
+    assert_eq!(reported["address"], Value::from(address));
+    shut_down(&primary).await;
+}
+
+#[tokio::test]
+async fn no_request_fails_while_workers_are_stopped_and_replaced() {
+    let (primary, mut events, serving_now) = serve(serving("127.0.0.1:0", "1000000", "0"), 3).await;
+    let address = serving_now[0].address.clone();
+    let mut replacements = primary.events();
+    // A client keeps requesting (bounded in count and time) while the
+    // workers are stopped one after another (SIGTERM: they finish what they
+    // have accepted) and replaced.
+    let client = tokio::spawn(async move {
+        let (mut ok, started) = (0, std::time::Instant::now());
+        while ok < 3000 && started.elapsed() < Duration::from_secs(3) {
+            get(&address)
+                .await
+                .map_err(|e| format!("request {ok} failed: {e}"))?;
+            ok += 1;
+        }
+        Ok::<_, String>(ok)
+    });
+    for worker in serving_now.iter().map(|l| &l.worker) {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(worker.pid() as i32).expect("pid"),
+            rustix::process::Signal::TERM,
+        )
+        .expect("SIGTERM");
+        // Wait for this worker's replacement to serve before the next one.
+        listening(&mut replacements, 1).await;
+    }
+    let served = client
+        .await
+        .expect("client")
+        .expect("every request succeeded");
+    assert!(served > 0);
+    ready(&mut events, 3).await;
+    assert_eq!(primary.workers().len(), 3, "the pool is refilled");
+    shut_down(&primary).await;
+}
+
+#[tokio::test]
+async fn a_graceful_shutdown_finishes_the_requests_in_flight() {
+    // Each answer takes 300 ms; the shutdown starts once all four requests
+    // are accepted, and every one of them still gets its answer.
+    let (primary, mut events, listening) = serve(serving("127.0.0.1:0", "100", "300"), 2).await;
+    let address = listening[0].address.clone();
+    let requests: Vec<_> = (0..4)
+        .map(|_| {
+            let address = address.clone();
+            tokio::spawn(async move { get(&address).await })
+        })
+        .collect();
+    for _ in 0..4 {
+        wait_for(&mut events, |e| {
+            message_of(e).filter(|(_, m)| m.get("accepted").is_some())
+        })
+        .await;
+    }
+    let shutting = primary.clone();
+    let shutdown = tokio::spawn(async move { shutting.shut_down().await });
+    for request in requests {
+        let body = request
+            .await
+            .expect("join")
+            .expect("an in-flight request completes");
+        assert!(body.starts_with("worker "));
+    }
+    tokio::time::timeout(DEADLINE, shutdown)
+        .await
+        .expect("in time")
+        .expect("join")
+        .expect("shutdown");
+}
