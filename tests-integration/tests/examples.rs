@@ -59,3 +59,57 @@ async fn custom_init() {
 async fn health() {
     run("health", "Done.").await;
 }
+
+#[tokio::test]
+async fn http_server_serves_then_shuts_down_gracefully_on_sigterm() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let path = example("http_server");
+    assert!(path.exists(), "{} is not built", path.display());
+    let mut child = tokio::process::Command::new(&path)
+        .args(["2", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start http_server");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let address = tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await.expect("read") {
+            if let Some(rest) = line.split_once("listening on http://") {
+                return rest.1.trim_end_matches('/').to_owned();
+            }
+        }
+        panic!("http_server ended before listening");
+    })
+    .await
+    .expect("http_server listens in time");
+    let mut stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("response");
+    assert!(response.contains("Hello from worker "), "{response}");
+
+    let pid = rustix::process::Pid::from_raw(child.id().expect("pid") as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("exits in time")
+        .expect("wait");
+    assert!(status.success());
+    let mut rest = Vec::new();
+    while let Some(line) = lines.next_line().await.expect("read") {
+        rest.push(line);
+    }
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("All workers have exited"),
+        "{rest:?}"
+    );
+}
