@@ -55,6 +55,8 @@ METRICS = [
     metric("broadcast", "broadcast to 4 workers", "deliveries/s", "broadcast",
            {"ours": (250000, 50000), "node": (100000, 20000), "floor": (1000000, 200000)},
            ("≥ 1 M/s", lambda o, n, f: o >= 1e6)),
+    metric("http", "HTTP, 2 workers on one port, wrk -c64 (floor: our stack, 1 process, 2 threads)", "req/s", "http",
+           same(5, 2), ("≥ 2x Node", lambda o, n, f: o >= 2 * n)),
     metric("restart", "restart: SIGKILL → replacement ready", "ms", "restart", same(20, 5),
            ("≤ 5", lambda o, n, f: o <= 5)),
     metric("shutdown", "shut down 8 ready workers → all exited", "ms", "shutdown", same(8, 8),

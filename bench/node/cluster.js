@@ -16,7 +16,9 @@ const rssMiB = pid => {
   return Number(line.replace(/\D+/g, '')) / 1024;
 };
 
-if (cluster.isWorker) {
+if (cluster.isWorker && metric === 'http') {
+  require('node:http').createServer((request, response) => response.end('hello')).listen(0);
+} else if (cluster.isWorker) {
   let seen = 0;
   process.on('message', message => {
     if (metric === 'pingpong') {
@@ -106,6 +108,22 @@ if (cluster.isWorker) {
       const started = now();
       await shutDown(); await exited(workers);
       return seconds(started) * 1e3;
+    },
+    async http () {
+      // Two workers on one port (Node's cluster shares it; port 0 is one port).
+      const port = await new Promise(resolve => {
+        let listening = 0;
+        cluster.on('listening', (worker, address) => { if ((listening += 1) === 2) resolve(address.port); });
+        cluster.fork(); cluster.fork();
+      });
+      const rate = await new Promise((resolve, reject) => {
+        require('node:child_process').execFile('wrk', ['-t2', '-c64', `-d${count}s`, `http://127.0.0.1:${port}/`], (error, stdout) => {
+          const match = /Requests\/sec:\s+([\d.]+)/.exec(stdout);
+          if (error || !match || stdout.includes('Socket errors')) reject(error || new Error(stdout)); else resolve(Number(match[1]));
+        });
+      });
+      await shutDown();
+      return rate;
     },
     async 'rss-primary' () { const w = await fork(1); const v = rssMiB(process.pid); await shutDown(); await exited(w); return v; },
     async 'rss-worker' () { const w = await fork(1); const v = rssMiB(w[0].process.pid); await shutDown(); await exited(w); return v; }

@@ -62,3 +62,24 @@ pub fn rss_mib(pid: u32) -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kib| kib / 1024.0)
 }
+
+/// Runs wrk against `url` (64 connections, 2 threads, for `seconds`) and
+/// returns its requests per second.
+///
+/// # Errors
+///
+/// When wrk cannot run, fails, or prints no rate.
+pub fn wrk(url: &str, seconds: u64) -> Result<f64, String> {
+    let output = std::process::Command::new("wrk")
+        .args(["-t2", "-c64", &format!("-d{seconds}s"), url])
+        .output()
+        .map_err(|e| format!("cannot run wrk: {e}"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() || text.contains("Socket errors") {
+        return Err(format!("wrk failed or saw socket errors: {text}"));
+    }
+    text.lines()
+        .find_map(|line| line.strip_prefix("Requests/sec:"))
+        .and_then(|rate| rate.trim().parse().ok())
+        .ok_or_else(|| format!("no rate in wrk's output: {text}"))
+}

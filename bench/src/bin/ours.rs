@@ -41,6 +41,7 @@ async fn run_worker(metric: &str, count: u64) -> Result {
         }),
         "down" | "broadcast" => count_then_done::<Small>(builder, count),
         "large" => count_then_done::<String>(builder, count),
+        "http" => return serve_http().await,
         "up" => builder.on::<PrimaryMessage>(move |event| {
             let Some(worker) = event.worker().handle() else {
                 return;
@@ -94,6 +95,7 @@ async fn run_primary(metric: &str, count: u64) -> Result {
         "restart" => restart(count).await?,
         "shutdown" => shutdown(count).await?,
         "rss-primary" | "rss-worker" => rss(metric).await?,
+        "http" => http(count).await?,
         other => return Err(format!("unknown metric {other}").into()),
     };
     report(value);
@@ -319,4 +321,47 @@ async fn rss(metric: &str) -> Result<f64> {
     };
     primary.shut_down().await?;
     Ok(value)
+}
+
+/// Requests per second (wrk, 64 connections) for 2 workers serving a tiny
+/// response with axum on one shared port; `seconds` of load.
+async fn http(seconds: u64) -> Result<f64> {
+    let primary = ClusterPrimary::builder()
+        .args(["http", "0"])
+        .start()
+        .await?;
+    let mut events = primary.events();
+    primary.fork(2).await?;
+    let mut address = None;
+    let mut listening = 0;
+    while listening < 2 {
+        match events.next().await {
+            Some(PrimaryEvent::WorkerListening(l)) => {
+                listening += 1;
+                address = Some(l.address);
+            }
+            Some(_) => {}
+            None => return Err("the primary ended".into()),
+        }
+    }
+    let url = format!("http://{}/", address.ok_or("no address")?);
+    let rate = tokio::task::spawn_blocking(move || bench::wrk(&url, seconds)).await??;
+    primary.shut_down().await?;
+    Ok(rate)
+}
+
+async fn serve_http() -> Result {
+    let worker = ClusterWorker::builder().start().await?;
+    let listener = worker
+        .listen("127.0.0.1:0")
+        .await?
+        .into_tcp()
+        .ok_or("not TCP")?;
+    let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
+    let closing = worker.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { closing.closing().await })
+        .await?;
+    worker.closed().await;
+    Ok(())
 }
