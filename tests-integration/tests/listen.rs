@@ -217,3 +217,40 @@ async fn a_graceful_shutdown_finishes_the_requests_in_flight() {
         .expect("join")
         .expect("shutdown");
 }
+
+#[test]
+fn a_socket_passed_by_socket_activation_is_used_instead_of_binding() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    // The test holds the port: binding it again would fail, so an answer
+    // proves that the primary adopted the socket it was given.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    let passed = std::os::fd::OwnedFd::from(listener.try_clone().expect("dup"));
+    let primary = tests_integration::fixture().with_file_name("fixture-primary");
+    // fd 3, and LISTEN_PID naming the primary itself (exec keeps the pid).
+    let script = r#"exec 3<&0 0</dev/null; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http exec "$0" serve "$1" 2"#;
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", script])
+        .arg(&primary)
+        .arg(&address)
+        .stdin(std::process::Stdio::from(passed))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the primary");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert_eq!(line.trim(), format!("listening {address}"));
+    let mut stream = std::net::TcpStream::connect(&address).expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    assert!(response.contains("worker "), "{response}");
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    assert!(child.wait().expect("wait").success());
+    drop(listener);
+}

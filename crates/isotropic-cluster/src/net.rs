@@ -207,3 +207,33 @@ pub(crate) fn adopt(
         ListenAddress::Unix(_) => Listener::Unix(tokio::net::UnixListener::from_std(fd.into())?),
     })
 }
+
+/// The listening sockets this process got by socket activation, with their
+/// addresses: taken by the first caller only (a second primary in the same
+/// process binds its own).
+pub(crate) fn take_activated() -> Vec<(std::os::fd::OwnedFd, ListenAddress)> {
+    static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return Vec::new();
+    }
+    crate::sys::activated_sockets()
+        .into_iter()
+        .filter_map(|fd| {
+            let address = activated_address(&fd)?;
+            let probe = std::net::TcpListener::from(fd.try_clone().ok()?);
+            probe.set_nonblocking(true).ok()?;
+            tracing::info!(%address, "adopting a socket passed by socket activation");
+            Some((fd, address))
+        })
+        .collect()
+}
+
+fn activated_address(fd: &std::os::fd::OwnedFd) -> Option<ListenAddress> {
+    let copy = fd.try_clone().ok()?;
+    if let Ok(address) = std::net::TcpListener::from(copy).local_addr() {
+        return Some(ListenAddress::Tcp(address));
+    }
+    let unix = std::os::unix::net::UnixListener::from(fd.try_clone().ok()?);
+    let address = unix.local_addr().ok()?;
+    Some(ListenAddress::Unix(address.as_pathname()?.to_path_buf()))
+}

@@ -55,7 +55,7 @@ pub(crate) fn take_channel(markers: WorkerMarkers) -> std::io::Result<OwnedFd> {
             "the worker channel was already taken by another ClusterWorker",
         ));
     }
-    sys::adopt_inherited_channel(markers.fd)
+    sys::adopt_inherited_socket(markers.fd)
 }
 
 /// Whether this process is a worker started by an isotropic-cluster primary.

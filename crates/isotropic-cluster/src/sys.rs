@@ -63,13 +63,14 @@ pub(crate) fn prepare_child(command: &mut tokio::process::Command, fd: RawFd, pr
     }
 }
 
-/// Takes ownership of the channel fd a worker inherited, after checking that it
-/// is an open socket, and marks it close-on-exec so that the worker's own
-/// children never inherit it.
+/// Takes ownership of a socket fd this process inherited (a worker's channel,
+/// or a socket-activation socket), after checking that it is an open socket,
+/// and marks it close-on-exec so that the process's own children never
+/// inherit it.
 ///
-/// The caller guarantees that this is called at most once per process (see
-/// `role::take_channel`), so no other owner of `fd` exists.
-pub(crate) fn adopt_inherited_channel(fd: RawFd) -> io::Result<OwnedFd> {
+/// The caller guarantees that each fd is adopted at most once per process (see
+/// `role::take_channel` and `net::take_activated`), so no other owner exists.
+pub(crate) fn adopt_inherited_socket(fd: RawFd) -> io::Result<OwnedFd> {
     if fd < 0 {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "negative fd"));
     }
@@ -80,12 +81,13 @@ pub(crate) fn adopt_inherited_channel(fd: RawFd) -> io::Result<OwnedFd> {
     if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Socket {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "the inherited channel fd is not a socket",
+            "the inherited fd is not a socket",
         ));
     }
     rustix::io::fcntl_setfd(borrowed, FdFlags::CLOEXEC)?;
-    // SAFETY: the fd is open (fstat succeeded), it was handed to this process by
-    // the primary for the library alone, and the caller takes it at most once.
+    // SAFETY: the fd is open (fstat succeeded), it was handed to this process
+    // for the library alone (by the primary, or by the socket-activation
+    // convention), and the caller takes it at most once.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -182,4 +184,18 @@ pub(crate) fn send_with_fd(socket: impl AsFd, buf: &[u8], fd: impl AsFd) -> io::
         &mut control,
         SendFlags::NOSIGNAL,
     )?)
+}
+
+/// The fds passed by socket activation (`LISTEN_PID` naming this process,
+/// `LISTEN_FDS` counting them from fd 3), adopted; empty otherwise. The
+/// caller guarantees a single call per process.
+pub(crate) fn activated_sockets() -> Vec<OwnedFd> {
+    let read = |key: &str| std::env::var(key).ok()?.parse::<u32>().ok();
+    if read("LISTEN_PID") != Some(std::process::id()) {
+        return Vec::new();
+    }
+    let count = read("LISTEN_FDS").unwrap_or(0).min(1024);
+    (0..count)
+        .filter_map(|i| adopt_inherited_socket(3 + RawFd::try_from(i).ok()?).ok())
+        .collect()
 }

@@ -6,6 +6,10 @@
 //! (each worker reports the arguments it was started with, and prints
 //! `worker ID says hi` on its stdout), then either shuts down or waits to be
 //! killed.
+//!
+//! `fixture-primary serve ADDRESS N`: N `fixture-worker serve ADDRESS`
+//! workers; prints `listening ADDRESS` once all listen (or `error KIND`),
+//! then shuts down on SIGTERM.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -14,6 +18,7 @@ use isotropic_cluster::Subscribe;
 use isotropic_cluster::primary::{ClusterPrimary, PrimaryEvent, WorkerMessage, WorkerStdio};
 use isotropic_cluster::worker::ClusterWorker;
 use serde_json::{Value, json};
+use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -30,6 +35,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "serve") {
+        return serve(&args[1..]).await;
+    }
     let count: usize = args.first().and_then(|n| n.parse().ok()).unwrap_or(1);
     if args.iter().any(|a| a == "--delete-self") {
         std::fs::remove_file(std::env::current_exe()?)?;
@@ -71,5 +79,40 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     std::future::pending::<()>().await;
+    Ok(())
+}
+
+async fn serve(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let address = args.first().cloned().unwrap_or_default();
+    let count: usize = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1);
+    let mut terminate = signal(SignalKind::terminate())?;
+    let worker = std::env::current_exe()?.with_file_name("fixture-worker");
+    let primary = ClusterPrimary::builder()
+        .program(worker)
+        .args(["serve", &address])
+        .start()
+        .await?;
+    let mut events = primary.events();
+    primary.fork(count).await?;
+    let mut listening = 0;
+    while listening < count {
+        match events.next().await {
+            Some(PrimaryEvent::WorkerListening(l)) => {
+                listening += 1;
+                if listening == count {
+                    println!("listening {}", l.address);
+                }
+            }
+            Some(PrimaryEvent::WorkerListenError(e)) => {
+                println!("error {:?}", e.error.kind);
+                break;
+            }
+            Some(_) => {}
+            None => return Err("the primary ended".into()),
+        }
+    }
+    std::io::stdout().flush()?;
+    terminate.recv().await;
+    primary.shut_down().await?;
     Ok(())
 }

@@ -38,6 +38,16 @@ enum Timer {
     Escalate(WorkerId, i32),
 }
 
+/// A listening socket the primary holds for its workers.
+#[derive(Debug)]
+struct Shared {
+    fd: OwnedFd,
+    bound: ListenAddress,
+    /// Bound by us (not passed by socket activation): a Unix path is ours to
+    /// remove at the end.
+    ours: bool,
+}
+
 /// One live worker, as the actor tracks it.
 #[derive(Debug)]
 struct Live {
@@ -82,7 +92,7 @@ pub struct PrimaryContext {
     destroy_waiters: Vec<oneshot::Sender<()>>,
     /// Listening sockets, by the address asked for: kept while the primary
     /// runs, so that replacements serve on the same socket.
-    listeners: HashMap<ListenAddress, (OwnedFd, ListenAddress)>,
+    listeners: HashMap<ListenAddress, Shared>,
 }
 
 impl std::fmt::Debug for PrimaryContext {
@@ -211,7 +221,19 @@ impl PrimaryContext {
             fork_outcome: None,
             shut_down_waiters: Vec::new(),
             destroy_waiters: Vec::new(),
-            listeners: HashMap::new(),
+            listeners: net::take_activated()
+                .into_iter()
+                .map(|(fd, bound)| {
+                    (
+                        bound.clone(),
+                        Shared {
+                            fd,
+                            bound,
+                            ours: false,
+                        },
+                    )
+                })
+                .collect(),
         };
         (context, input_rx)
     }
@@ -337,15 +359,21 @@ impl PrimaryContext {
     /// Gives `worker` the listening socket for `address`, binding it on first
     /// use, and answers listen request `request`.
     fn listen(&mut self, worker: Worker, request: u64, address: ListenAddress) {
-        let known = self
-            .listeners
-            .get(&address)
-            .or_else(|| self.listeners.values().find(|(_, bound)| *bound == address));
+        let known = self.listeners.get(&address).or_else(|| {
+            self.listeners
+                .values()
+                .find(|shared| shared.bound == address)
+        });
         let socket = match known {
-            Some((fd, bound)) => fd.try_clone().map(|fd| (fd, bound.clone())),
+            Some(shared) => shared.fd.try_clone().map(|fd| (fd, shared.bound.clone())),
             None => net::bind(&address).and_then(|(fd, bound)| {
                 let copy = fd.try_clone()?;
-                self.listeners.insert(address.clone(), (fd, bound.clone()));
+                let shared = Shared {
+                    fd,
+                    bound: bound.clone(),
+                    ours: true,
+                };
+                self.listeners.insert(address.clone(), shared);
                 Ok((copy, bound))
             }),
         };
@@ -462,8 +490,8 @@ impl PrimaryContext {
     fn teardown(&mut self) {
         self.destroy = Phase::Done;
         self.active = false;
-        for (_, (_, bound)) in self.listeners.drain() {
-            if let ListenAddress::Unix(path) = bound {
+        for (_, shared) in self.listeners.drain() {
+            if let (true, ListenAddress::Unix(path)) = (shared.ours, shared.bound) {
                 let _ = std::fs::remove_file(path);
             }
         }
