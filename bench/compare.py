@@ -15,12 +15,13 @@ PROGRAMS = {
     "floor": [os.path.join(BIN, "floor")],
 }
 PIN = ["taskset", "-c", "0"]
+NOTES = {}
 
 
-def metric(key, label, unit, job, counts, target, floor_job=None, pinned=False):
+def metric(key, label, unit, job, counts, target, floor_job=None, pinned=False, ours_job=None):
     """counts: program -> (full, quick) count; target: (text, check(ours, node, floor))."""
     return dict(key=key, label=label, unit=unit, job=job, counts=counts, target=target,
-                floor_job=floor_job or job, pinned=pinned)
+                floor_job=floor_job or job, ours_job=ours_job or job, pinned=pinned)
 
 
 def same(full, quick):
@@ -55,8 +56,10 @@ METRICS = [
     metric("broadcast", "broadcast to 4 workers", "deliveries/s", "broadcast",
            {"ours": (250000, 50000), "node": (100000, 20000), "floor": (1000000, 200000)},
            ("≥ 1 M/s", lambda o, n, f: o >= 1e6)),
-    metric("http", "HTTP, 2 workers on one port, wrk -c64 (floor: our stack, 1 process, 2 threads)", "req/s", "http",
-           same(5, 2), ("≥ 2x Node", lambda o, n, f: o >= 2 * n)),
+    metric("http", "HTTP, 2 workers on one port, wrk -c64, shared socket (floor: our stack, 1 process, 2 threads)",
+           "req/s", "http", same(5, 2), ("≥ 2x Node", lambda o, n, f: o >= 2 * n)),
+    metric("http-reuseport", "HTTP, as above, SO_REUSEPORT per worker", "req/s", "http",
+           same(5, 2), ("≥ 2x Node", lambda o, n, f: o >= 2 * n), ours_job="http-reuseport"),
     metric("restart", "restart: SIGKILL → replacement ready", "ms", "restart", same(20, 5),
            ("≤ 5", lambda o, n, f: o <= 5)),
     metric("shutdown", "shut down 8 ready workers → all exited", "ms", "shutdown", same(8, 8),
@@ -78,7 +81,10 @@ def run(program, job, count, pinned):
     if done.returncode != 0 or not lines:
         return None, (done.stderr.strip().splitlines() or ["exit %d" % done.returncode])[-1]
     try:
-        return float(json.loads(lines[-1])["value"]), None
+        result = json.loads(lines[-1])
+        if "note" in result:
+            NOTES.setdefault((program, job), []).append(result["note"])
+        return float(result["value"]), None
     except (ValueError, KeyError):
         return None, "unreadable output: " + lines[-1][:80]
 
@@ -133,7 +139,7 @@ def main():
     for round_ in range(rounds):
         for m in metrics:
             for program in PROGRAMS:
-                job = m["floor_job"] if program == "floor" else m["job"]
+                job = {"floor": m["floor_job"], "ours": m["ours_job"]}.get(program, m["job"])
                 count = m["counts"][program][1 if quick else 0]
                 value, error = run(program, job, count, m["pinned"])
                 if value is None:
@@ -167,6 +173,8 @@ def main():
             text, {True: "yes", False: "**no**", None: "—"}[met]))
     table = "\n".join(lines)
     print(table)
+    for (program, job), notes in NOTES.items():
+        print("note: %s %s: %s" % (program, job, "; ".join(notes)))
     for key, errs in errors.items():
         for program, error in errs.items():
             print("error: %s / %s: %s" % (key, program, error))
@@ -174,7 +182,8 @@ def main():
     when = datetime.datetime.now(datetime.timezone.utc)
     report = {"date": when.isoformat(timespec="seconds"), "mode": "quick" if quick else "full",
               "rounds": rounds, "machine": machine(), "command": "bench/compare.sh" + (" --quick" if quick else ""),
-              "results": results, "table": table}
+              "results": results, "table": table,
+              "notes": {"%s %s" % key: notes for key, notes in NOTES.items()}}
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
     name = when.strftime("%Y-%m-%dT%H%M%SZ") + ("-quick" if quick else "") + ".json"
     path = os.path.join(ROOT, "bench", "results", name)

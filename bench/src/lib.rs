@@ -43,6 +43,11 @@ pub fn report(value: f64) {
     println!("{}", serde_json::json!({ "value": value }));
 }
 
+/// Prints the result line with a note the driver keeps (and prints).
+pub fn report_with(value: f64, note: &str) {
+    println!("{}", serde_json::json!({ "value": value, "note": note }));
+}
+
 /// Per-unit time in the given unit, for `count` units that took `elapsed`.
 pub fn per(elapsed: Duration, count: u64, unit: Duration) -> f64 {
     elapsed.as_secs_f64() / count as f64 / unit.as_secs_f64()

@@ -254,3 +254,23 @@ fn a_socket_passed_by_socket_activation_is_used_instead_of_binding() {
     assert!(child.wait().expect("wait").success());
     drop(listener);
 }
+
+#[tokio::test]
+async fn reuseport_gives_each_worker_a_socket_of_its_own_on_one_port() {
+    let builder =
+        serving("127.0.0.1:0", "1", "0").distribution(isotropic_cluster::Distribution::ReusePort);
+    let (primary, _events, listening) = serve(builder, 3).await;
+    let address = listening[0].address.clone();
+    assert!(
+        listening.iter().all(|l| l.address == address),
+        "one port: {listening:?}"
+    );
+    // Each worker closes its own socket after one connection, so three
+    // requests in a row reach three different workers.
+    let mut answered = BTreeSet::new();
+    for _ in 0..3 {
+        answered.insert(get_in_time(&address).await);
+    }
+    assert_eq!(answered.len(), 3, "{answered:?}");
+    shut_down(&primary).await;
+}

@@ -9,7 +9,7 @@ use isotropic_cluster::primary::{
     ClusterPrimary, Destination, PrimaryEvent, RestartPolicy, Worker, WorkerMessage,
 };
 use isotropic_cluster::worker::{ClusterWorker, PrimaryMessage, WorkerBuilder};
-use isotropic_cluster::{EventStream, SendError, Subscribe};
+use isotropic_cluster::{Distribution, EventStream, SendError, Subscribe};
 use tokio::sync::Notify;
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -95,7 +95,11 @@ async fn run_primary(metric: &str, count: u64) -> Result {
         "restart" => restart(count).await?,
         "shutdown" => shutdown(count).await?,
         "rss-primary" | "rss-worker" => rss(metric).await?,
-        "http" => http(count).await?,
+        "http" | "http-reuseport" => {
+            let (rate, shares) = http(count, metric == "http-reuseport").await?;
+            bench::report_with(rate, &format!("requests per worker: {shares}"));
+            return Ok(());
+        }
         other => return Err(format!("unknown metric {other}").into()),
     };
     report(value);
@@ -324,10 +328,18 @@ async fn rss(metric: &str) -> Result<f64> {
 }
 
 /// Requests per second (wrk, 64 connections) for 2 workers serving a tiny
-/// response with axum on one shared port; `seconds` of load.
-async fn http(seconds: u64) -> Result<f64> {
+/// response with axum on one shared port; `seconds` of load. Also how the
+/// requests were shared between the workers (each reports its count when it
+/// is asked to close).
+async fn http(seconds: u64, reuseport: bool) -> Result<(f64, String)> {
+    let distribution = if reuseport {
+        Distribution::ReusePort
+    } else {
+        Distribution::Shared
+    };
     let primary = ClusterPrimary::builder()
         .args(["http", "0"])
+        .distribution(distribution)
         .start()
         .await?;
     let mut events = primary.events();
@@ -347,20 +359,55 @@ async fn http(seconds: u64) -> Result<f64> {
     let url = format!("http://{}/", address.ok_or("no address")?);
     let rate = tokio::task::spawn_blocking(move || bench::wrk(&url, seconds)).await??;
     primary.shut_down().await?;
-    Ok(rate)
+    let mut served = Vec::new();
+    while let Some(event) = events.next().await {
+        match event {
+            PrimaryEvent::WorkerMessage(m) => served.extend(m.message.decode::<u64>()),
+            PrimaryEvent::ShutDownComplete(_) => break,
+            _ => {}
+        }
+    }
+    let total: u64 = served.iter().sum::<u64>().max(1);
+    let shares: Vec<String> = served
+        .iter()
+        .map(|n| format!("{:.0}%", 100.0 * *n as f64 / total as f64))
+        .collect();
+    Ok((rate, shares.join(" / ")))
 }
 
 async fn serve_http() -> Result {
-    let worker = ClusterWorker::builder().start().await?;
+    // The destroy's cleanup waits until this worker has reported its count
+    // (messages sent after the cleanup are not delivered).
+    let reported = Arc::new(Notify::new());
+    let wait = reported.clone();
+    let worker = ClusterWorker::builder()
+        .on_destroy(move || async move { wait.notified().await })
+        .start()
+        .await?;
     let listener = worker
         .listen("127.0.0.1:0")
         .await?
         .into_tcp()
         .ok_or("not TCP")?;
-    let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
+    let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = served.clone();
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async { "hello" }
+        }),
+    );
     let closing = worker.clone();
     axum::serve(listener, app)
-        .with_graceful_shutdown(async move { closing.closing().await })
+        .with_graceful_shutdown(async move {
+            closing.closing().await;
+            // The load is over by now: report this worker's share.
+            let _ = closing
+                .send(&served.load(std::sync::atomic::Ordering::Relaxed))
+                .await;
+            reported.notify_one();
+        })
         .await?;
     worker.closed().await;
     Ok(())

@@ -79,7 +79,7 @@ pub mod worker;
 pub use error::{BoxError, Error, MessageError, ProtocolError, SendError};
 pub use events::{Event, EventStream, Stage, Subscribe, Subscription, Topic};
 pub use message::Message;
-pub use net::{ListenAddress, ListenError, ListenErrorKind, Listener};
+pub use net::{Distribution, ListenAddress, ListenError, ListenErrorKind, Listener};
 pub use role::{is_primary, is_worker};
 
 /// The README's examples compile.

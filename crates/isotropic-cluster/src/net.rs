@@ -178,6 +178,54 @@ impl Listener {
     }
 }
 
+/// How the connections to a shared address are spread over the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Distribution {
+    /// One listening socket shared by every worker: the kernel hands each
+    /// connection to whichever worker accepts first. Connections waiting in
+    /// the queue survive the death of any worker. Can be very uneven under
+    /// keep-alive load (one worker may take every connection of a burst).
+    #[default]
+    Shared,
+    /// One listening socket per worker, all bound to the same address with
+    /// `SO_REUSEPORT`: the kernel spreads connections evenly by hash. The
+    /// primary keeps the port reserved (bound, not listening). Connections
+    /// queued on a worker that dies are reset. TCP only; Unix paths are
+    /// always shared.
+    ReusePort,
+}
+
+/// A TCP socket bound to `address` with `SO_REUSEPORT` (and listening, for a
+/// worker; the primary's own only reserves the port), non-blocking,
+/// close-on-exec; and the address it got.
+pub(crate) fn reuseport(
+    address: SocketAddr,
+    listening: bool,
+) -> std::io::Result<(std::os::fd::OwnedFd, SocketAddr)> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
+    let family = if address.is_ipv6() {
+        AddressFamily::INET6
+    } else {
+        AddressFamily::INET
+    };
+    let socket = rustix::net::socket_with(
+        family,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    sockopt::set_socket_reuseaddr(&socket, true)?;
+    sockopt::set_socket_reuseport(&socket, true)?;
+    rustix::net::bind(&socket, &address)?;
+    if listening {
+        rustix::net::listen(&socket, 1024)?;
+    }
+    let probe = std::net::TcpListener::from(socket.try_clone()?);
+    let bound = probe.local_addr()?;
+    Ok((socket, bound))
+}
+
 /// Binds `address` (in the primary), non-blocking, close-on-exec.
 pub(crate) fn bind(
     address: &ListenAddress,

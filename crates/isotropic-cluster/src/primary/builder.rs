@@ -12,6 +12,7 @@ use crate::actor::Mailbox;
 use crate::channel::QueueLimits;
 use crate::error::{BoxError, Error};
 use crate::events::{self, Hub};
+use crate::net::Distribution;
 use crate::protocol;
 
 /// What a worker's standard output and error are connected to.
@@ -46,6 +47,7 @@ pub(crate) struct Config {
     pub(crate) shutdown_grace: Duration,
     pub(crate) kill_grace: Duration,
     pub(crate) restart: RestartPolicy,
+    pub(crate) distribution: Distribution,
 }
 
 impl Default for Config {
@@ -63,6 +65,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(5),
             kill_grace: Duration::from_secs(2),
             restart: RestartPolicy::default(),
+            distribution: Distribution::default(),
         }
     }
 }
@@ -223,6 +226,13 @@ impl PrimaryBuilder {
     /// How long after SIGTERM a worker is sent SIGKILL (default 2 s).
     pub fn kill_grace(mut self, grace: Duration) -> Self {
         self.config.kill_grace = grace;
+        self
+    }
+
+    /// How connections to the addresses workers listen on are spread over
+    /// the workers (default [`Distribution::Shared`]).
+    pub fn distribution(mut self, distribution: Distribution) -> Self {
+        self.config.distribution = distribution;
         self
     }
 

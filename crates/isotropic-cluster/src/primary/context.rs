@@ -21,7 +21,7 @@ use crate::WorkerId;
 use crate::actor::{Command, WeakMailbox};
 use crate::error::{Error, ProtocolError, SendError};
 use crate::events::{self, Hub, StreamSource, Topic};
-use crate::net::{self, ListenAddress, ListenError, ListenErrorKind};
+use crate::net::{self, Distribution, ListenAddress, ListenError, ListenErrorKind};
 use crate::protocol::{self, Frame};
 
 /// Where a phase of the lifecycle (shutdown, destroy) stands.
@@ -364,9 +364,32 @@ impl PrimaryContext {
                 .values()
                 .find(|shared| shared.bound == address)
         });
-        let socket = match known {
-            Some(shared) => shared.fd.try_clone().map(|fd| (fd, shared.bound.clone())),
-            None => net::bind(&address).and_then(|(fd, bound)| {
+        let reuseport = self.config.distribution == Distribution::ReusePort;
+        let socket = match (known, &address) {
+            // A socket of its own on the reserved port.
+            (
+                Some(Shared {
+                    bound: ListenAddress::Tcp(bound),
+                    ours: true,
+                    ..
+                }),
+                _,
+            ) if reuseport => {
+                net::reuseport(*bound, true).map(|(fd, bound)| (fd, ListenAddress::Tcp(bound)))
+            }
+            (Some(shared), _) => shared.fd.try_clone().map(|fd| (fd, shared.bound.clone())),
+            (None, ListenAddress::Tcp(asked)) if reuseport => net::reuseport(*asked, false)
+                .and_then(|(anchor, bound)| {
+                    let socket = net::reuseport(bound, true)?;
+                    let shared = Shared {
+                        fd: anchor,
+                        bound: ListenAddress::Tcp(bound),
+                        ours: true,
+                    };
+                    self.listeners.insert(address.clone(), shared);
+                    Ok((socket.0, ListenAddress::Tcp(socket.1)))
+                }),
+            (None, _) => net::bind(&address).and_then(|(fd, bound)| {
                 let copy = fd.try_clone()?;
                 let shared = Shared {
                     fd,
