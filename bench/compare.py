@@ -60,6 +60,8 @@ METRICS = [
            "req/s", "http", same(5, 2), ("≥ 2x Node", lambda o, n, f: o >= 2 * n)),
     metric("http-reuseport", "HTTP, as above, SO_REUSEPORT per worker", "req/s", "http",
            same(5, 2), ("≥ 2x Node", lambda o, n, f: o >= 2 * n), ours_job="http-reuseport"),
+    metric("http-rr", "HTTP, as above, round robin by the primary (Node's mode)", "req/s", "http",
+           same(5, 2), ("≥ 2x Node", lambda o, n, f: o >= 2 * n), ours_job="http-rr"),
     metric("restart", "restart: SIGKILL → replacement ready", "ms", "restart", same(20, 5),
            ("≤ 5", lambda o, n, f: o <= 5)),
     metric("shutdown", "shut down 8 ready workers → all exited", "ms", "shutdown", same(8, 8),

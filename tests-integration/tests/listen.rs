@@ -274,3 +274,21 @@ async fn reuseport_gives_each_worker_a_socket_of_its_own_on_one_port() {
     assert_eq!(answered.len(), 3, "{answered:?}");
     shut_down(&primary).await;
 }
+
+#[tokio::test]
+async fn round_robin_passes_connections_to_each_worker_in_turn() {
+    let builder = serving("127.0.0.1:0", "1000", "0")
+        .distribution(isotropic_cluster::Distribution::RoundRobin);
+    let (primary, _events, listening) = serve(builder, 3).await;
+    let address = listening[0].address.clone();
+    let mut answers = std::collections::BTreeMap::new();
+    for _ in 0..9 {
+        *answers.entry(get_in_time(&address).await).or_insert(0) += 1;
+    }
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    assert!(
+        answers.values().all(|n| *n == 3),
+        "each in turn: {answers:?}"
+    );
+    shut_down(&primary).await;
+}

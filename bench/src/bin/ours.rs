@@ -9,7 +9,10 @@ use isotropic_cluster::primary::{
     ClusterPrimary, Destination, PrimaryEvent, RestartPolicy, Worker, WorkerMessage,
 };
 use isotropic_cluster::worker::{ClusterWorker, PrimaryMessage, WorkerBuilder};
-use isotropic_cluster::{Distribution, EventStream, SendError, Subscribe};
+use isotropic_cluster::{
+    Connection, Distribution, EventStream, ListenAddress, Listener, PassedListener, SendError,
+    Subscribe,
+};
 use tokio::sync::Notify;
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -95,8 +98,13 @@ async fn run_primary(metric: &str, count: u64) -> Result {
         "restart" => restart(count).await?,
         "shutdown" => shutdown(count).await?,
         "rss-primary" | "rss-worker" => rss(metric).await?,
-        "http" | "http-reuseport" => {
-            let (rate, shares) = http(count, metric == "http-reuseport").await?;
+        "http" | "http-reuseport" | "http-rr" => {
+            let distribution = match metric {
+                "http-reuseport" => Distribution::ReusePort,
+                "http-rr" => Distribution::RoundRobin,
+                _ => Distribution::Shared,
+            };
+            let (rate, shares) = http(count, distribution).await?;
             bench::report_with(rate, &format!("requests per worker: {shares}"));
             return Ok(());
         }
@@ -331,12 +339,7 @@ async fn rss(metric: &str) -> Result<f64> {
 /// response with axum on one shared port; `seconds` of load. Also how the
 /// requests were shared between the workers (each reports its count when it
 /// is asked to close).
-async fn http(seconds: u64, reuseport: bool) -> Result<(f64, String)> {
-    let distribution = if reuseport {
-        Distribution::ReusePort
-    } else {
-        Distribution::Shared
-    };
+async fn http(seconds: u64, distribution: Distribution) -> Result<(f64, String)> {
     let primary = ClusterPrimary::builder()
         .args(["http", "0"])
         .distribution(distribution)
@@ -384,11 +387,7 @@ async fn serve_http() -> Result {
         .on_destroy(move || async move { wait.notified().await })
         .start()
         .await?;
-    let listener = worker
-        .listen("127.0.0.1:0")
-        .await?
-        .into_tcp()
-        .ok_or("not TCP")?;
+    let listener = worker.listen("127.0.0.1:0").await?;
     let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = served.clone();
     let app = axum::Router::new().route(
@@ -399,16 +398,57 @@ async fn serve_http() -> Result {
         }),
     );
     let closing = worker.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            closing.closing().await;
-            // The load is over by now: report this worker's share.
-            let _ = closing
-                .send(&served.load(std::sync::atomic::Ordering::Relaxed))
-                .await;
-            reported.notify_one();
-        })
-        .await?;
+    let graceful = async move {
+        closing.closing().await;
+        // The load is over by now: report this worker's share.
+        let _ = closing
+            .send(&served.load(std::sync::atomic::Ordering::Relaxed))
+            .await;
+        reported.notify_one();
+    };
+    match listener {
+        Listener::Tcp(listener) => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(graceful)
+                .await?
+        }
+        Listener::Passed(listener) => {
+            axum::serve(Passed(listener), app)
+                .with_graceful_shutdown(graceful)
+                .await?
+        }
+        _ => return Err("not TCP".into()),
+    }
     worker.closed().await;
     Ok(())
+}
+
+/// Serves the connections the primary passes (round robin) with axum.
+struct Passed(PassedListener);
+
+impl axum::serve::Listener for Passed {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok(Connection::Tcp(stream)) => {
+                    if let Ok(peer) = stream.peer_addr() {
+                        return (stream, peer);
+                    }
+                }
+                Ok(_) => {}
+                // The primary is gone: nothing more will come.
+                Err(_) => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        match self.0.address() {
+            ListenAddress::Tcp(address) => Ok(*address),
+            ListenAddress::Unix(_) => Err(std::io::ErrorKind::Unsupported.into()),
+        }
+    }
 }

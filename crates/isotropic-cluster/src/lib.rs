@@ -79,7 +79,9 @@ pub mod worker;
 pub use error::{BoxError, Error, MessageError, ProtocolError, SendError};
 pub use events::{Event, EventStream, Stage, Subscribe, Subscription, Topic};
 pub use message::Message;
-pub use net::{Distribution, ListenAddress, ListenError, ListenErrorKind, Listener};
+pub use net::{
+    Connection, Distribution, ListenAddress, ListenError, ListenErrorKind, Listener, PassedListener,
+};
 pub use role::{is_primary, is_worker};
 
 /// The README's examples compile.

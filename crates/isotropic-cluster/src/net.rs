@@ -150,7 +150,9 @@ impl From<std::convert::Infallible> for ListenError {
     }
 }
 
-/// A listening socket shared with the other workers, ready for tokio.
+/// A listening socket shared with the other workers, ready for tokio; or,
+/// with [`Distribution::RoundRobin`], the connections the primary accepted
+/// and passed to this worker.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Listener {
@@ -158,14 +160,98 @@ pub enum Listener {
     Tcp(tokio::net::TcpListener),
     /// A Unix stream listener.
     Unix(tokio::net::UnixListener),
+    /// Connections accepted by the primary.
+    Passed(PassedListener),
+}
+
+/// An accepted connection.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Connection {
+    /// A TCP connection.
+    Tcp(tokio::net::TcpStream),
+    /// A Unix stream connection.
+    Unix(tokio::net::UnixStream),
+}
+
+/// The connections the primary accepts on an address and passes to this
+/// worker, in turn with the other workers.
+#[derive(Debug)]
+pub struct PassedListener {
+    address: ListenAddress,
+    connections: tokio::sync::mpsc::Receiver<std::os::fd::OwnedFd>,
+}
+
+impl PassedListener {
+    pub(crate) fn new(
+        address: ListenAddress,
+        connections: tokio::sync::mpsc::Receiver<std::os::fd::OwnedFd>,
+    ) -> Self {
+        Self {
+            address,
+            connections,
+        }
+    }
+
+    /// The address the primary listens on.
+    pub fn address(&self) -> &ListenAddress {
+        &self.address
+    }
+
+    /// The next connection the primary passes to this worker.
+    ///
+    /// # Errors
+    ///
+    /// [`std::io::ErrorKind::ConnectionAborted`] once the primary is gone.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn accept(&mut self) -> std::io::Result<Connection> {
+        let fd = self.connections.recv().await.ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the primary stopped passing connections",
+            )
+        })?;
+        Ok(match self.address {
+            ListenAddress::Tcp(_) => {
+                let stream = std::net::TcpStream::from(fd);
+                stream.set_nonblocking(true)?;
+                Connection::Tcp(tokio::net::TcpStream::from_std(stream)?)
+            }
+            ListenAddress::Unix(_) => {
+                let stream = std::os::unix::net::UnixStream::from(fd);
+                stream.set_nonblocking(true)?;
+                Connection::Unix(tokio::net::UnixStream::from_std(stream)?)
+            }
+        })
+    }
 }
 
 impl Listener {
+    /// The next connection, whatever the kind of listener.
+    ///
+    /// # Errors
+    ///
+    /// What `accept` gives.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn accept(&mut self) -> std::io::Result<Connection> {
+        Ok(match self {
+            Self::Tcp(listener) => Connection::Tcp(listener.accept().await?.0),
+            Self::Unix(listener) => Connection::Unix(listener.accept().await?.0),
+            Self::Passed(listener) => return listener.accept().await,
+        })
+    }
+
     /// The TCP listener, if this is one.
     pub fn into_tcp(self) -> Option<tokio::net::TcpListener> {
         match self {
             Self::Tcp(listener) => Some(listener),
-            Self::Unix(_) => None,
+            _ => None,
         }
     }
 
@@ -173,7 +259,7 @@ impl Listener {
     pub fn into_unix(self) -> Option<tokio::net::UnixListener> {
         match self {
             Self::Unix(listener) => Some(listener),
-            Self::Tcp(_) => None,
+            _ => None,
         }
     }
 }
@@ -194,6 +280,12 @@ pub enum Distribution {
     /// queued on a worker that dies are reset. TCP only; Unix paths are
     /// always shared.
     ReusePort,
+    /// The primary accepts, and passes each connection to the next worker
+    /// listening on that address, in turn (Node's default): even, and a
+    /// connection is never queued on a worker that dies. Workers get a
+    /// [`Listener::Passed`]; the primary is on the path of every new
+    /// connection (not of its data).
+    RoundRobin,
 }
 
 /// A TCP socket bound to `address` with `SO_REUSEPORT` (and listening, for a

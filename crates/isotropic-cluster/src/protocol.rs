@@ -27,6 +27,7 @@ const DISCONNECT: u8 = 3;
 const MESSAGE: u8 = 4;
 const LISTEN: u8 = 5;
 const LISTENING: u8 = 6;
+const CONNECTION: u8 = 7;
 
 /// One decoded frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,11 +43,16 @@ pub(crate) enum Frame {
     /// Worker to primary: a listening socket for this address, please.
     Listen { id: u64, address: ListenAddress },
     /// Primary to worker: the answer to `Listen` `id`; on success, the socket
-    /// came with the frame's first byte.
+    /// came with the frame's first byte, unless `passed`: then the primary
+    /// accepts, and passes each connection in a `Connection` frame.
     Listening {
         id: u64,
         result: Result<ListenAddress, (ListenErrorKind, String)>,
+        passed: bool,
     },
+    /// Primary to worker: a connection accepted for listen request
+    /// `listener`, attached to the frame's first byte.
+    Connection { listener: u64 },
 }
 
 impl Frame {
@@ -59,6 +65,7 @@ impl Frame {
             Frame::Message(_) => "message",
             Frame::Listen { .. } => "listen",
             Frame::Listening { .. } => "listening",
+            Frame::Connection { .. } => "connection",
         }
     }
 }
@@ -78,6 +85,13 @@ struct ListeningBody {
     error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     message: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    passed: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ConnectionBody {
+    listener: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -105,23 +119,32 @@ pub(crate) fn encode_control(frame: &Frame) -> Bytes {
             };
             raw_frame(LISTEN, &serde_json::to_vec(&body).unwrap_or_default())
         }
-        Frame::Listening { id, result } => {
+        Frame::Listening { id, result, passed } => {
             let body = match result {
                 Ok(address) => ListeningBody {
                     id: *id,
                     address: Some(address.to_string()),
                     error: None,
                     message: None,
+                    passed: *passed,
                 },
                 Err((kind, message)) => ListeningBody {
                     id: *id,
                     address: None,
                     error: Some(kind.name().to_owned()),
                     message: Some(message.clone()),
+                    passed: false,
                 },
             };
             raw_frame(LISTENING, &serde_json::to_vec(&body).unwrap_or_default())
         }
+        Frame::Connection { listener } => raw_frame(
+            CONNECTION,
+            &serde_json::to_vec(&ConnectionBody {
+                listener: *listener,
+            })
+            .unwrap_or_default(),
+        ),
     }
 }
 
@@ -311,6 +334,13 @@ impl Decoder for FrameCodec {
                 Ok(Some(Frame::Listening {
                     id: body.id,
                     result,
+                    passed: body.passed,
+                }))
+            }
+            CONNECTION => {
+                let body: ConnectionBody = control_body(&body)?;
+                Ok(Some(Frame::Connection {
+                    listener: body.listener,
                 }))
             }
             other => Err(ProtocolError::UnknownKind(other)),

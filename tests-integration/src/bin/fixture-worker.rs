@@ -232,7 +232,7 @@ async fn serve(id: u64) -> Result<(), Box<dyn std::error::Error>> {
     let count: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(u64::MAX);
     let delay = Duration::from_millis(args.next().and_then(|n| n.parse().ok()).unwrap_or(0));
     let worker = ClusterWorker::builder().start().await?;
-    let listener = match worker.listen(address.as_str()).await {
+    let mut listener = match worker.listen(address.as_str()).await {
         Ok(listener) => listener,
         Err(error) => {
             worker
@@ -270,7 +270,11 @@ async fn serve(id: u64) -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..count {
         let stream: Box<dyn Stream> = tokio::select! {
             () = &mut closing => break,
-            accepted = accept(&listener) => accepted?,
+            accepted = listener.accept() => match accepted? {
+                isotropic_cluster::Connection::Tcp(stream) => Box::new(stream),
+                isotropic_cluster::Connection::Unix(stream) => Box::new(stream),
+                _ => return Err("unknown connection kind".into()),
+            },
         };
         let _ = worker.send(&json!({"accepted": id})).await;
         answers.spawn(answer(stream));
@@ -279,15 +283,6 @@ async fn serve(id: u64) -> Result<(), Box<dyn std::error::Error>> {
     while answers.join_next().await.is_some() {}
     worker.closed().await;
     Ok(())
-}
-
-/// Accepts one connection from either kind of listener.
-async fn accept(listener: &isotropic_cluster::Listener) -> std::io::Result<Box<dyn Stream>> {
-    match listener {
-        isotropic_cluster::Listener::Tcp(l) => Ok(Box::new(l.accept().await?.0)),
-        isotropic_cluster::Listener::Unix(l) => Ok(Box::new(l.accept().await?.0)),
-        _ => Err(std::io::ErrorKind::Unsupported.into()),
-    }
 }
 
 trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}

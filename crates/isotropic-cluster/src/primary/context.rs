@@ -11,17 +11,15 @@ use tokio_util::time::DelayQueue;
 
 use super::builder::Config;
 use super::events::*;
+use super::listen::Listeners;
 use super::pool::{Destination, Pool};
 use super::restart::Backoff;
 use super::supervisor::{self, Input};
 use super::{ClusterPrimary, Worker};
-use std::os::fd::OwnedFd;
-
 use crate::WorkerId;
 use crate::actor::{Command, WeakMailbox};
 use crate::error::{Error, ProtocolError, SendError};
 use crate::events::{self, Hub, StreamSource, Topic};
-use crate::net::{self, Distribution, ListenAddress, ListenError, ListenErrorKind};
 use crate::protocol::{self, Frame};
 
 /// Where a phase of the lifecycle (shutdown, destroy) stands.
@@ -36,16 +34,6 @@ enum Phase {
 enum Timer {
     Restart,
     Escalate(WorkerId, i32),
-}
-
-/// A listening socket the primary holds for its workers.
-#[derive(Debug)]
-struct Shared {
-    fd: OwnedFd,
-    bound: ListenAddress,
-    /// Bound by us (not passed by socket activation): a Unix path is ours to
-    /// remove at the end.
-    ours: bool,
 }
 
 /// One live worker, as the actor tracks it.
@@ -74,7 +62,7 @@ pub struct PrimaryContext {
     pool: Arc<Pool>,
     pub(super) stream: StreamSource<PrimaryEvent>,
     mailbox: WeakMailbox<PrimaryContext>,
-    inputs: mpsc::Sender<Input>,
+    pub(super) inputs: mpsc::Sender<Input>,
     timers: DelayQueue<Timer>,
     live: HashMap<WorkerId, Live>,
     next_id: u64,
@@ -90,9 +78,8 @@ pub struct PrimaryContext {
     fork_outcome: Option<Result<usize, Error>>,
     shut_down_waiters: Vec<oneshot::Sender<()>>,
     destroy_waiters: Vec<oneshot::Sender<()>>,
-    /// Listening sockets, by the address asked for: kept while the primary
-    /// runs, so that replacements serve on the same socket.
-    listeners: HashMap<ListenAddress, Shared>,
+    /// Listening sockets, and the connections passed in round robin.
+    pub(super) listeners: Listeners,
 }
 
 impl std::fmt::Debug for PrimaryContext {
@@ -221,19 +208,7 @@ impl PrimaryContext {
             fork_outcome: None,
             shut_down_waiters: Vec::new(),
             destroy_waiters: Vec::new(),
-            listeners: net::take_activated()
-                .into_iter()
-                .map(|(fd, bound)| {
-                    (
-                        bound.clone(),
-                        Shared {
-                            fd,
-                            bound,
-                            ours: false,
-                        },
-                    )
-                })
-                .collect(),
+            listeners: Listeners::activated(),
         };
         (context, input_rx)
     }
@@ -304,7 +279,15 @@ impl PrimaryContext {
             Input::Closed(id, None) => self.disconnected(id),
             Input::Closed(id, Some(error)) => self.protocol_error(id, error),
             Input::Exited(id, code, signal) => self.exited(id, code, signal),
+            Input::Accepted(bound, connection) => self.pass(&bound, connection),
         }
+    }
+
+    pub(super) fn live_worker(&self, id: WorkerId) -> Option<Worker> {
+        self.live
+            .get(&id)
+            .filter(|live| !live.disconnected)
+            .map(|live| live.worker.clone())
     }
 
     fn worker(&self, id: WorkerId) -> Option<Worker> {
@@ -350,88 +333,8 @@ impl PrimaryContext {
                 id: request,
                 address,
             } => self.listen(worker, request, address),
-            other @ Frame::Listening { .. } => {
+            other @ (Frame::Listening { .. } | Frame::Connection { .. }) => {
                 self.protocol_error(id, unexpected(&other, "only the primary sends it"));
-            }
-        }
-    }
-
-    /// Gives `worker` the listening socket for `address`, binding it on first
-    /// use, and answers listen request `request`.
-    fn listen(&mut self, worker: Worker, request: u64, address: ListenAddress) {
-        let known = self.listeners.get(&address).or_else(|| {
-            self.listeners
-                .values()
-                .find(|shared| shared.bound == address)
-        });
-        let reuseport = self.config.distribution == Distribution::ReusePort;
-        let socket = match (known, &address) {
-            // A socket of its own on the reserved port.
-            (
-                Some(Shared {
-                    bound: ListenAddress::Tcp(bound),
-                    ours: true,
-                    ..
-                }),
-                _,
-            ) if reuseport => {
-                net::reuseport(*bound, true).map(|(fd, bound)| (fd, ListenAddress::Tcp(bound)))
-            }
-            (Some(shared), _) => shared.fd.try_clone().map(|fd| (fd, shared.bound.clone())),
-            (None, ListenAddress::Tcp(asked)) if reuseport => net::reuseport(*asked, false)
-                .and_then(|(anchor, bound)| {
-                    let socket = net::reuseport(bound, true)?;
-                    let shared = Shared {
-                        fd: anchor,
-                        bound: ListenAddress::Tcp(bound),
-                        ours: true,
-                    };
-                    self.listeners.insert(address.clone(), shared);
-                    Ok((socket.0, ListenAddress::Tcp(socket.1)))
-                }),
-            (None, _) => net::bind(&address).and_then(|(fd, bound)| {
-                let copy = fd.try_clone()?;
-                let shared = Shared {
-                    fd,
-                    bound: bound.clone(),
-                    ours: true,
-                };
-                self.listeners.insert(address.clone(), shared);
-                Ok((copy, bound))
-            }),
-        };
-        match socket {
-            Ok((fd, bound)) => {
-                let reply = protocol::encode_control(&Frame::Listening {
-                    id: request,
-                    result: Ok(bound.clone()),
-                });
-                if worker.outbox().try_send_fd(reply, fd).is_ok() {
-                    tracing::info!(worker_id = %worker.id(), address = %bound, "Worker is listening");
-                    events::publish(
-                        self,
-                        WorkerListening {
-                            worker,
-                            address: bound,
-                        },
-                    );
-                }
-            }
-            Err(error) => {
-                let kind = ListenErrorKind::of(&error);
-                let message = error.to_string();
-                let reply = protocol::encode_control(&Frame::Listening {
-                    id: request,
-                    result: Err((kind, message.clone())),
-                });
-                let _ = worker.try_send_frame(reply);
-                let error = ListenError {
-                    address: address.to_string(),
-                    kind,
-                    message,
-                };
-                tracing::warn!(worker_id = %worker.id(), %error, "Worker cannot listen");
-                events::publish(self, WorkerListenError { worker, error });
             }
         }
     }
@@ -443,6 +346,7 @@ impl PrimaryContext {
         if std::mem::replace(&mut live.disconnected, true) {
             return;
         }
+        self.listeners.forget(id);
         let worker = live.worker.clone();
         events::publish(self, WorkerDisconnect { worker });
     }
@@ -513,11 +417,7 @@ impl PrimaryContext {
     fn teardown(&mut self) {
         self.destroy = Phase::Done;
         self.active = false;
-        for (_, shared) in self.listeners.drain() {
-            if let (true, ListenAddress::Unix(path)) = (shared.ours, shared.bound) {
-                let _ = std::fs::remove_file(path);
-            }
-        }
+        self.listeners.close();
         events::publish(self, DestroyComplete);
         self.hub.clear();
         self.stream.close();
@@ -759,6 +659,7 @@ impl PrimaryContext {
 
     fn begin_shutdown(&mut self) {
         tracing::info!("Shutting down workers");
+        self.listeners.stop_accepting();
         self.active = false;
         self.shutdown = Phase::Running;
         let disconnect = protocol::encode_control(&Frame::Disconnect);

@@ -19,6 +19,7 @@
 mod builder;
 mod context;
 pub mod events;
+mod listen;
 mod pool;
 mod restart;
 mod supervisor;

@@ -39,6 +39,8 @@ pub(crate) enum Input {
     Closed(WorkerId, Option<ProtocolError>),
     /// The process exited and was reaped: exit code, or signal.
     Exited(WorkerId, Option<i32>, Option<i32>),
+    /// A connection accepted on a round-robin address.
+    Accepted(crate::net::ListenAddress, std::os::fd::OwnedFd),
 }
 
 /// A started worker: its handle, and where to send it signals.

@@ -14,7 +14,7 @@ use crate::actor::{Command, WeakMailbox};
 use crate::channel::{Inbox, Outbox};
 use crate::error::{ProtocolError, SendError};
 use crate::events::{self, Hub, StreamSource, Topic};
-use crate::net::{self, ListenAddress, ListenError, ListenErrorKind, Listener};
+use crate::net::{self, ListenAddress, ListenError, ListenErrorKind, Listener, PassedListener};
 use crate::protocol::{self, Frame};
 
 /// The worker as its event handlers see it.
@@ -48,6 +48,8 @@ pub struct WorkerContext {
         ),
     >,
     next_listen: u64,
+    /// Where passed connections go, by listen request.
+    passed: HashMap<u64, mpsc::Sender<std::os::fd::OwnedFd>>,
 }
 
 impl std::fmt::Debug for WorkerContext {
@@ -128,6 +130,7 @@ impl WorkerContext {
             closed_waiters: Vec::new(),
             closing_waiters: Vec::new(),
             listens: HashMap::new(),
+            passed: HashMap::new(),
             next_listen: 0,
         }
     }
@@ -172,8 +175,26 @@ impl WorkerContext {
         rx
     }
 
+    /// A connection the primary accepted for listen request `listener`.
+    fn connection(&mut self, listener: u64) {
+        let Some(fd) = self.inbox.take_fd() else {
+            tracing::warn!(worker_id = %self.id, listener, "a connection frame came without a socket");
+            return;
+        };
+        if let Some(connections) = self.passed.get(&listener)
+            && connections.try_send(fd).is_err()
+        {
+            tracing::warn!(worker_id = %self.id, listener, "connection dropped: the listener is full or gone");
+        }
+    }
+
     /// The primary's answer to listen request `id`.
-    fn listening(&mut self, id: u64, result: Result<ListenAddress, (ListenErrorKind, String)>) {
+    fn listening(
+        &mut self,
+        id: u64,
+        result: Result<ListenAddress, (ListenErrorKind, String)>,
+        passed: bool,
+    ) {
         let Some((asked, reply)) = self.listens.remove(&id) else {
             tracing::warn!(worker_id = %self.id, id, "answer to an unknown listen request");
             return;
@@ -184,6 +205,11 @@ impl WorkerContext {
             message,
         };
         let result = match result {
+            Ok(bound) if passed => {
+                let (connections, receiver) = mpsc::channel(1024);
+                self.passed.insert(id, connections);
+                Ok(Listener::Passed(PassedListener::new(bound, receiver)))
+            }
             Ok(bound) => match self.inbox.take_fd() {
                 Some(fd) => net::adopt(&bound, fd)
                     .map_err(|e| failed(ListenErrorKind::of(&e), e.to_string())),
@@ -217,7 +243,10 @@ impl WorkerContext {
                 events::publish(self, PrimaryMessage { message })
             }
             Frame::Disconnect if self.greeted => self.primary_gone(),
-            Frame::Listening { id, result } if self.greeted => self.listening(id, result),
+            Frame::Listening { id, result, passed } if self.greeted => {
+                self.listening(id, result, passed)
+            }
+            Frame::Connection { listener } if self.greeted => self.connection(listener),
             other => {
                 tracing::error!(worker_id = %self.id, frame = ?other, "unexpected frame from the primary");
                 self.primary_gone();
