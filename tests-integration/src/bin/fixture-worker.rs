@@ -189,7 +189,7 @@ fn raw(
         }
         "garbage" => {
             greet(&mut channel)?;
-            b"\x00\x00\x00\x05\x07garbage that is not a frame".to_vec()
+            b"\x00\x00\x00\x05\xeegarbage that is not a frame".to_vec()
         }
         "invalid-json" => {
             greet(&mut channel)?;
