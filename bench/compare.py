@@ -74,7 +74,10 @@ METRICS = [
 
 
 def run(program, job, count, pinned):
-    command = (PIN if pinned else []) + PROGRAMS[program] + [job, str(count)]
+    command = list(PROGRAMS[program])
+    if job.startswith("http") and program != "node":
+        command[0] += "-http"  # the HTTP stack lives in its own binaries
+    command = (PIN if pinned else []) + command + [job, str(count)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     except subprocess.TimeoutExpired:

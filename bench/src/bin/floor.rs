@@ -33,7 +33,6 @@ fn main() -> Result {
         "restart" => restart(count)?,
         "shutdown" => shutdown(count)?,
         "rss-primary" | "rss-worker" => rss(&metric)?,
-        "http" => http(count)?,
         other => return Err(format!("unknown metric {other}").into()),
     };
     report(value);
@@ -267,20 +266,4 @@ fn rss(metric: &str) -> Result<f64> {
     };
     worker.stop()?;
     Ok(value)
-}
-
-/// Our HTTP stack (axum) in one process with 2 runtime threads, no cluster:
-/// what the cluster layer costs per request shows against it.
-fn http(seconds: u64) -> Result<f64> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let url = format!("http://{}/", listener.local_addr()?);
-    let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
-    runtime.spawn(async move { axum::serve(listener, app).await });
-    let rate = bench::wrk(&url, seconds)?;
-    runtime.shutdown_background();
-    Ok(rate)
 }

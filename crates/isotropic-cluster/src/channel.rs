@@ -250,7 +250,9 @@ async fn flush(half: &mut OwnedWriteHalf, batch: &mut BytesMut) -> bool {
 
 // ===== Inbox =====
 
-/// How much is read at a time.
+/// How much is read at a time: at first, and at most (a read that fills the
+/// buffer doubles it; idle workers keep a small one).
+const FIRST_CHUNK: usize = 4 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Reads frames, and keeps the fds that arrive with them, in order.
@@ -272,7 +274,7 @@ impl Inbox {
         Self {
             half,
             buf: BytesMut::new(),
-            scratch: vec![0; READ_CHUNK],
+            scratch: vec![0; FIRST_CHUNK],
             codec,
             fds: VecDeque::new(),
             eof: false,
@@ -338,6 +340,9 @@ impl Inbox {
             self.eof = true;
         }
         self.buf.extend_from_slice(&self.scratch[..read]);
+        if read == self.scratch.len() && read < READ_CHUNK {
+            self.scratch.resize(read * 2, 0);
+        }
         Ok(())
     }
 }
