@@ -29,6 +29,32 @@ pub fn large_payload() -> String {
     "y".repeat(64 * 1024)
 }
 
+/// What the benchmark programs return.
+pub type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// The `main` of a program that is both a primary and its workers: tells the
+/// role (before any thread starts), then runs the matching side on a
+/// single-threaded runtime with the metric and count of the command line.
+pub fn run<W, P>(
+    worker: impl FnOnce(String, u64) -> W,
+    primary: impl FnOnce(String, u64) -> P,
+) -> Result
+where
+    W: std::future::Future<Output = Result>,
+    P: std::future::Future<Output = Result>,
+{
+    let is_worker = isotropic_cluster::is_worker();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (metric, count) = args();
+    if is_worker {
+        runtime.block_on(worker(metric, count))
+    } else {
+        runtime.block_on(primary(metric, count))
+    }
+}
+
 /// The metric to run and its count, from the command line:
 /// `PROGRAM METRIC COUNT`.
 pub fn args() -> (String, u64) {
@@ -74,7 +100,7 @@ pub fn rss_mib(pid: u32) -> f64 {
 /// # Errors
 ///
 /// When wrk cannot run, fails, or prints no rate.
-pub fn wrk(url: &str, seconds: u64) -> Result<f64, String> {
+pub fn wrk(url: &str, seconds: u64) -> std::result::Result<f64, String> {
     let output = std::process::Command::new("wrk")
         .args(["-t2", "-c64", &format!("-d{seconds}s"), url])
         .output()

@@ -1,9 +1,7 @@
 //! The HTTP floor: our HTTP stack (axum) in one process, 2 runtime threads,
 //! no cluster, under wrk: `floor-http http SECONDS`.
 
-use bench::{args, report};
-
-type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+use bench::{Result, args, report};
 
 fn main() -> Result {
     let (_, seconds) = args();

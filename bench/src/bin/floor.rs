@@ -9,9 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bench::{args, per, rate, report, rss_mib};
-
-type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+use bench::{Result, args, per, rate, report, rss_mib};
 
 const SMALL: usize = 64;
 const LARGE: usize = 64 * 1024;

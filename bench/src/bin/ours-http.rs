@@ -5,33 +5,26 @@
 
 use std::sync::Arc;
 
-use bench::args;
+use bench::Result;
 use isotropic_cluster::primary::{ClusterPrimary, PrimaryEvent};
 use isotropic_cluster::worker::ClusterWorker;
 use isotropic_cluster::{Connection, Distribution, ListenAddress, Listener, PassedListener};
 use tokio::sync::Notify;
 
-type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
-
 fn main() -> Result {
-    let worker = isotropic_cluster::is_worker();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (metric, seconds) = args();
-    runtime.block_on(async {
-        if worker {
-            return serve_http().await;
-        }
-        let distribution = match metric.as_str() {
-            "http-reuseport" => Distribution::ReusePort,
-            "http-rr" => Distribution::RoundRobin,
-            _ => Distribution::Shared,
-        };
-        let (rate, shares) = http(&metric, seconds, distribution).await?;
-        bench::report_with(rate, &format!("requests per worker: {shares}"));
-        Ok(())
-    })
+    bench::run(
+        |_, _| serve_http(),
+        |metric, seconds| async move {
+            let distribution = match metric.as_str() {
+                "http-reuseport" => Distribution::ReusePort,
+                "http-rr" => Distribution::RoundRobin,
+                _ => Distribution::Shared,
+            };
+            let (rate, shares) = http(&metric, seconds, distribution).await?;
+            bench::report_with(rate, &format!("requests per worker: {shares}"));
+            Ok(())
+        },
+    )
 }
 
 /// Requests per second (wrk, 64 connections) for 2 workers serving a tiny

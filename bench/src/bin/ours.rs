@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench::{Small, args, large_payload, per, rate, report, rss_mib};
+use bench::{Result, Small, large_payload, per, rate, report, rss_mib};
 use isotropic_cluster::primary::{
     ClusterPrimary, Destination, PrimaryEvent, RestartPolicy, Worker, WorkerMessage,
 };
@@ -12,21 +12,11 @@ use isotropic_cluster::worker::{ClusterWorker, PrimaryMessage, WorkerBuilder};
 use isotropic_cluster::{EventStream, SendError, Subscribe};
 use tokio::sync::Notify;
 
-type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
-
 fn main() -> Result {
-    let worker = isotropic_cluster::is_worker();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (metric, count) = args();
-    runtime.block_on(async {
-        if worker {
-            run_worker(&metric, count).await
-        } else {
-            run_primary(&metric, count).await
-        }
-    })
+    bench::run(
+        |metric, count| async move { run_worker(&metric, count).await },
+        |metric, count| async move { run_primary(&metric, count).await },
+    )
 }
 
 // ===== worker side =====
