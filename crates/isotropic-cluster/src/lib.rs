@@ -71,6 +71,7 @@ mod message;
 mod net;
 pub mod primary;
 mod protocol;
+mod request;
 mod role;
 mod sys;
 mod topics;
@@ -82,6 +83,7 @@ pub use message::Message;
 pub use net::{
     Connection, Distribution, ListenAddress, ListenError, ListenErrorKind, Listener, PassedListener,
 };
+pub use request::RequestError;
 pub use role::{is_primary, is_worker};
 
 /// The README's examples compile.

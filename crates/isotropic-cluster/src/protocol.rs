@@ -28,6 +28,8 @@ const MESSAGE: u8 = 4;
 const LISTEN: u8 = 5;
 const LISTENING: u8 = 6;
 const CONNECTION: u8 = 7;
+const REQUEST: u8 = 8;
+const REPLY: u8 = 9;
 
 /// One decoded frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +55,13 @@ pub(crate) enum Frame {
     /// Primary to worker: a connection accepted for listen request
     /// `listener`, attached to the frame's first byte.
     Connection { listener: u64 },
+    /// Either way: a message that wants a reply.
+    Request { id: u64, message: Message },
+    /// Either way: the reply to request `id`, or the error its handler gave.
+    Reply {
+        id: u64,
+        result: Result<Message, String>,
+    },
 }
 
 impl Frame {
@@ -66,6 +75,8 @@ impl Frame {
             Frame::Listen { .. } => "listen",
             Frame::Listening { .. } => "listening",
             Frame::Connection { .. } => "connection",
+            Frame::Request { .. } => "request",
+            Frame::Reply { .. } => "reply",
         }
     }
 }
@@ -138,6 +149,17 @@ pub(crate) fn encode_control(frame: &Frame) -> Bytes {
             };
             raw_frame(LISTENING, &serde_json::to_vec(&body).unwrap_or_default())
         }
+        Frame::Request { id, message } => raw_frame(
+            REQUEST,
+            &[&id.to_be_bytes()[..], message.as_bytes()].concat(),
+        ),
+        Frame::Reply { id, result } => {
+            let (status, body) = match result {
+                Ok(message) => (0, message.as_bytes().to_vec()),
+                Err(error) => (1, serde_json::to_vec(error).unwrap_or_default()),
+            };
+            raw_frame(REPLY, &[&id.to_be_bytes()[..], &[status], &body].concat())
+        }
         Frame::Connection { listener } => raw_frame(
             CONNECTION,
             &serde_json::to_vec(&ConnectionBody {
@@ -167,6 +189,25 @@ pub(crate) fn encode_message<T: Serialize + ?Sized>(
     value: &T,
     max: usize,
 ) -> Result<Bytes, ProtocolError> {
+    encode_with(MESSAGE, &[], value, max)
+}
+
+/// Encodes a request: its id, then the message.
+pub(crate) fn encode_request<T: Serialize + ?Sized>(
+    id: u64,
+    value: &T,
+    max: usize,
+) -> Result<Bytes, ProtocolError> {
+    encode_with(REQUEST, &id.to_be_bytes(), value, max)
+}
+
+/// A frame of `kind`: `prefix`, then `value` as JSON.
+fn encode_with<T: Serialize + ?Sized>(
+    kind: u8,
+    prefix: &[u8],
+    value: &T,
+    max: usize,
+) -> Result<Bytes, ProtocolError> {
     thread_local! {
         /// Serialization happens here, then the frame is copied out at its
         /// exact size: growing a fresh buffer for each large message cost
@@ -175,7 +216,8 @@ pub(crate) fn encode_message<T: Serialize + ?Sized>(
     }
     SCRATCH.with_borrow_mut(|buf| {
         buf.clear();
-        buf.extend_from_slice(&[0, 0, 0, 0, MESSAGE]);
+        buf.extend_from_slice(&[0, 0, 0, 0, kind]);
+        buf.extend_from_slice(prefix);
         let written = serde_json::to_writer(&mut *buf, value)
             .map_err(|e| ProtocolError::Encode(e.to_string()));
         let len = buf.len() - HEADER;
@@ -301,9 +343,27 @@ impl Decoder for FrameCodec {
             }
             READY => expect_empty(Frame::Ready),
             DISCONNECT => expect_empty(Frame::Disconnect),
-            MESSAGE => Message::from_json(body)
-                .map(|message| Some(Frame::Message(message)))
-                .map_err(|e| ProtocolError::InvalidMessage(e.to_string())),
+            MESSAGE => Ok(Some(Frame::Message(message(body)?))),
+            REQUEST => {
+                let id = request_id(&mut body)?;
+                Ok(Some(Frame::Request {
+                    id,
+                    message: message(body)?,
+                }))
+            }
+            REPLY => {
+                let id = request_id(&mut body)?;
+                let result = match body.first() {
+                    Some(0) => Ok(message(body.slice(1..))?),
+                    Some(1) => Err(control_body::<String>(&body[1..])?),
+                    _ => {
+                        return Err(ProtocolError::InvalidControl(
+                            "reply status must be 0 or 1".into(),
+                        ));
+                    }
+                };
+                Ok(Some(Frame::Reply { id, result }))
+            }
             LISTEN => {
                 let listen: ListenBody = control_body(&body)?;
                 let address = listen
@@ -356,6 +416,21 @@ impl Decoder for FrameCodec {
             }),
         }
     }
+}
+
+/// A message payload, validated.
+fn message(body: Bytes) -> Result<Message, ProtocolError> {
+    Message::from_json(body).map_err(|e| ProtocolError::InvalidMessage(e.to_string()))
+}
+
+/// Takes the 8-byte request id at the start of `body`.
+fn request_id(body: &mut Bytes) -> Result<u64, ProtocolError> {
+    if body.len() < 8 {
+        return Err(ProtocolError::InvalidControl(
+            "a request id is 8 bytes".into(),
+        ));
+    }
+    Ok(body.get_u64())
 }
 
 /// Decodes the JSON body of a control frame.

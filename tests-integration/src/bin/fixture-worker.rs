@@ -70,6 +70,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             raw_channel(raw_fd),
             &std::env::args().nth(2).unwrap_or_default(),
         ),
+        "ask" => ask().await,
         // The first worker is well-behaved, the others send bad input.
         "bad-after-first" if id == 1 => echo(ClusterWorker::builder()).await,
         "bad-after-first" => raw(
@@ -88,7 +89,37 @@ async fn echo(
     struct Ping {
         n: u32,
     }
+    let id = ClusterWorker::worker_id().map_or(0, |id| id.get());
+    #[derive(Deserialize)]
+    struct Square {
+        n: u64,
+    }
+    #[derive(Deserialize)]
+    struct Sleep {
+        ms: u64,
+    }
     let worker = builder
+        .handle("square", |Square { n }| Ok::<_, String>(n * n))
+        .handle("whoami", move |_: Value| Ok::<_, String>(id))
+        .handle("fail", |_: Value| Err::<(), _>("no such thing"))
+        .handle("panic", |_: Value| -> Result<(), String> {
+            panic!("handler bug")
+        })
+        .handle("die", |_: Value| -> Result<(), String> {
+            std::process::exit(1)
+        })
+        // Odd workers die on it, even ones answer: for dispatch's retries.
+        .handle("flaky", move |Square { n }| {
+            if id % 2 == 1 {
+                std::process::exit(1)
+            } else {
+                Ok::<_, String>((id, n))
+            }
+        })
+        .handle_async("sleep", move |Sleep { ms }| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, String>(id)
+        })
         .route::<Ping>("ping", |event, ping| {
             let _ = event.worker().send(&json!({"pong": ping.n}));
         })
@@ -287,3 +318,15 @@ async fn serve(id: u64) -> Result<(), Box<dyn std::error::Error>> {
 
 trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Asks the primary `{"type": "add", "a": 2, "b": 3}` and sends back
+/// `{"sum": reply}`.
+async fn ask() -> Result<(), Box<dyn std::error::Error>> {
+    let worker = ClusterWorker::builder().start().await?;
+    let sum: u64 = worker
+        .request(&json!({"type": "add", "a": 2, "b": 3}))
+        .await?;
+    worker.send(&json!({"sum": sum})).await?;
+    worker.closed().await;
+    Ok(())
+}

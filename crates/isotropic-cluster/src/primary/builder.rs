@@ -14,6 +14,7 @@ use crate::error::{BoxError, Error};
 use crate::events::{self, Hub};
 use crate::net::Distribution;
 use crate::protocol;
+use crate::request::Handlers;
 
 /// What a worker's standard output and error are connected to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -48,6 +49,7 @@ pub(crate) struct Config {
     pub(crate) kill_grace: Duration,
     pub(crate) restart: RestartPolicy,
     pub(crate) distribution: Distribution,
+    pub(crate) request_timeout: Duration,
 }
 
 impl Default for Config {
@@ -66,6 +68,7 @@ impl Default for Config {
             kill_grace: Duration::from_secs(2),
             restart: RestartPolicy::default(),
             distribution: Distribution::default(),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -97,6 +100,7 @@ impl Default for Config {
 pub struct PrimaryBuilder {
     config: Config,
     pub(super) hub: Hub,
+    handlers: Handlers,
     initializer: Option<Initializer>,
 }
 
@@ -114,6 +118,7 @@ impl PrimaryBuilder {
         Self {
             config: Config::default(),
             hub: Hub::default(),
+            handlers: Handlers::default(),
             initializer: None,
         }
     }
@@ -236,6 +241,40 @@ impl PrimaryBuilder {
         self
     }
 
+    /// The deadline of a request that names none (default 30 s).
+    pub fn request_timeout(mut self, deadline: Duration) -> Self {
+        self.config.request_timeout = deadline;
+        self
+    }
+
+    /// Answers requests from workers whose `type` is `type_name` (`""`: any
+    /// type without a handler of its own) with `handler`'s reply; its error,
+    /// or a panic, goes back to the worker as a remote error.
+    pub fn handle<Req, Resp, E, F>(mut self, type_name: &str, handler: F) -> Self
+    where
+        Req: serde::de::DeserializeOwned,
+        Resp: serde::Serialize,
+        E: std::fmt::Display,
+        F: FnMut(Req) -> Result<Resp, E> + Send + 'static,
+    {
+        self.handlers.add(type_name, handler);
+        self
+    }
+
+    /// As [`handle`](Self::handle), with an async handler (run in a task of
+    /// its own).
+    pub fn handle_async<Req, Resp, E, F, Fut>(mut self, type_name: &str, handler: F) -> Self
+    where
+        Req: serde::de::DeserializeOwned,
+        Resp: serde::Serialize,
+        E: std::fmt::Display,
+        F: FnMut(Req) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Resp, E>> + Send + 'static,
+    {
+        self.handlers.add_async(type_name, handler);
+        self
+    }
+
     /// How replacements of dead workers are paced.
     pub fn restart_policy(mut self, policy: RestartPolicy) -> Self {
         self.config.restart = policy;
@@ -271,7 +310,8 @@ impl PrimaryBuilder {
     /// Outside a tokio runtime.
     pub async fn start(self) -> Result<ClusterPrimary, Error> {
         let (mailbox, commands) = Mailbox::new();
-        let (mut context, inputs) = PrimaryContext::new(self.config, self.hub, mailbox.downgrade());
+        let (mut context, inputs) =
+            PrimaryContext::new(self.config, self.hub, self.handlers, mailbox.downgrade());
         events::publish(&mut context, Initialize);
         if !context.initialized() {
             return Err(Error::Prevented {

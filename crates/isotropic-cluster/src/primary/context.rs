@@ -21,6 +21,7 @@ use crate::actor::{Command, WeakMailbox};
 use crate::error::{Error, ProtocolError, SendError};
 use crate::events::{self, Hub, StreamSource, Topic};
 use crate::protocol::{self, Frame};
+use crate::request::Handlers;
 
 /// Where a phase of the lifecycle (shutdown, destroy) stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +79,8 @@ pub struct PrimaryContext {
     fork_outcome: Option<Result<usize, Error>>,
     shut_down_waiters: Vec<oneshot::Sender<()>>,
     destroy_waiters: Vec<oneshot::Sender<()>>,
+    /// Handlers of requests from workers.
+    handlers: Handlers,
     /// Listening sockets, and the connections passed in round robin.
     pub(super) listeners: Listeners,
 }
@@ -185,10 +188,12 @@ impl PrimaryContext {
     pub(super) fn new(
         config: Config,
         hub: Hub,
+        handlers: Handlers,
         mailbox: WeakMailbox<Self>,
     ) -> (Self, mpsc::Receiver<Input>) {
         let (inputs, input_rx) = mpsc::channel(1024);
         let context = Self {
+            handlers,
             hub,
             config: Arc::new(config),
             pool: Arc::default(),
@@ -333,6 +338,19 @@ impl PrimaryContext {
                 id: request,
                 address,
             } => self.listen(worker, request, address),
+            Frame::Reply {
+                id: request,
+                result,
+            } => {
+                worker.pending().resolve(request, result, Some(id));
+            }
+            Frame::Request {
+                id: request,
+                message,
+            } => self
+                .handlers
+                .answer(request, &message, self.config.max_frame_size)
+                .send(worker.outbox()),
             other @ (Frame::Listening { .. } | Frame::Connection { .. }) => {
                 self.protocol_error(id, unexpected(&other, "only the primary sends it"));
             }
@@ -346,6 +364,7 @@ impl PrimaryContext {
         if std::mem::replace(&mut live.disconnected, true) {
             return;
         }
+        live.worker.pending().fail_all(Some(id));
         self.listeners.forget(id);
         let worker = live.worker.clone();
         events::publish(self, WorkerDisconnect { worker });

@@ -28,6 +28,7 @@ mod worker;
 use std::sync::Arc;
 
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 pub use builder::{PrimaryBuilder, WorkerStdio};
 pub use context::PrimaryContext;
@@ -41,6 +42,7 @@ use crate::WorkerId;
 use crate::actor::Mailbox;
 use crate::error::{Error, SendError};
 use crate::events::{EventStream, StreamSource};
+use crate::request::RequestError;
 use builder::Config;
 use pool::Pool;
 
@@ -172,6 +174,87 @@ impl ClusterPrimary {
     /// selected once before any is selected twice.
     pub fn round_robin(&self, tag: &str) -> Option<Worker> {
         self.pool.round_robin(tag)
+    }
+
+    /// Sends `message` to `worker` as a request and waits for its reply (see
+    /// [`Worker::request`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Worker::request`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future forgets the request.
+    pub async fn request<R: DeserializeOwned, M: Serialize + ?Sized>(
+        &self,
+        worker: &Worker,
+        message: &M,
+    ) -> Result<R, RequestError> {
+        worker.request(message).await
+    }
+
+    /// A task pool's verb: asks the ready worker chosen by round robin for
+    /// `tag`, and if it dies before answering, the next one (each worker at
+    /// most once).
+    ///
+    /// # Errors
+    ///
+    /// [`RequestError::NoWorker`] when no ready worker is left to ask; the
+    /// others as [`Worker::request`] (a remote error or a timeout is not
+    /// retried: the request may have run).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future forgets the request.
+    pub async fn dispatch<R: DeserializeOwned, M: Serialize + ?Sized>(
+        &self,
+        tag: &str,
+        message: &M,
+    ) -> Result<R, RequestError> {
+        self.dispatch_to(message, || self.pool.round_robin(tag))
+            .await
+    }
+
+    /// As [`dispatch`](Self::dispatch), choosing the ready worker with the
+    /// fewest requests in flight.
+    ///
+    /// # Errors
+    ///
+    /// As [`dispatch`](Self::dispatch).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future forgets the request.
+    pub async fn dispatch_least_loaded<R: DeserializeOwned, M: Serialize + ?Sized>(
+        &self,
+        message: &M,
+    ) -> Result<R, RequestError> {
+        self.dispatch_to(message, || self.pool.least_loaded()).await
+    }
+
+    async fn dispatch_to<R: DeserializeOwned, M: Serialize + ?Sized>(
+        &self,
+        message: &M,
+        mut choose: impl FnMut() -> Option<Worker>,
+    ) -> Result<R, RequestError> {
+        let mut tried = Vec::new();
+        // Bounded: every worker is tried at most once, and a pool refilled by
+        // replacements (new ids) is bounded by the attempts below.
+        for _ in 0..64 {
+            let Some(worker) = choose() else { break };
+            if tried.contains(&worker.id()) {
+                break;
+            }
+            tried.push(worker.id());
+            match worker.request(message).await {
+                Err(RequestError::Gone { .. } | RequestError::Send(SendError::Closed { .. })) => {
+                    continue;
+                }
+                other => return other,
+            }
+        }
+        Err(RequestError::NoWorker)
     }
 
     /// The ready workers (the pool), by ascending id: a snapshot.

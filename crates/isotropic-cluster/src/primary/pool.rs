@@ -97,6 +97,16 @@ impl Pool {
         self.lock().ready.contains_key(&id)
     }
 
+    /// The ready worker with the fewest requests waiting for a reply (the
+    /// lowest id among equals).
+    pub(crate) fn least_loaded(&self) -> Option<Worker> {
+        self.lock()
+            .ready
+            .values()
+            .min_by_key(|w| w.in_flight())
+            .cloned()
+    }
+
     pub(crate) fn ready(&self) -> Vec<Worker> {
         self.lock().ready.values().cloned().collect()
     }
@@ -190,7 +200,13 @@ mod tests {
     fn worker(id: u64) -> Worker {
         let (ours, _theirs) = tokio::net::UnixStream::pair().expect("socket pair");
         let outbox = Outbox::spawn(ours.into_split().1, Default::default(), Some(WorkerId(id)));
-        Worker::new(WorkerId(id), 0, outbox, 1024)
+        Worker::new(
+            WorkerId(id),
+            0,
+            outbox,
+            1024,
+            std::time::Duration::from_secs(1),
+        )
     }
 
     #[tokio::test]

@@ -119,7 +119,13 @@ pub(crate) fn spawn(
     let _ = outbox.try_send(protocol::encode_control(&Frame::Hello {
         protocol: protocol::VERSION,
     }));
-    let worker = Worker::new(id, pid, outbox, config.max_frame_size);
+    let worker = Worker::new(
+        id,
+        pid,
+        outbox,
+        config.max_frame_size,
+        config.request_timeout,
+    );
     let (signals, signal_rx) = mpsc::unbounded_channel();
     let watch = Watch {
         id,

@@ -3,13 +3,17 @@
 use std::fmt;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::WorkerId;
 use crate::channel::Outbox;
 use crate::error::SendError;
 use crate::protocol;
+use crate::request::{Pending, RequestError};
 
 /// A cloneable handle to one worker: its id, its pid, and its channel.
 ///
@@ -25,18 +29,80 @@ struct Inner {
     pid: u32,
     outbox: Outbox,
     max_frame: usize,
+    pending: Arc<Pending>,
+    deadline: Duration,
 }
 
 impl Worker {
-    pub(crate) fn new(id: WorkerId, pid: u32, outbox: Outbox, max_frame: usize) -> Self {
+    pub(crate) fn new(
+        id: WorkerId,
+        pid: u32,
+        outbox: Outbox,
+        max_frame: usize,
+        deadline: Duration,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 id,
                 pid,
                 outbox,
                 max_frame,
+                pending: Arc::default(),
+                deadline,
             }),
         }
+    }
+
+    /// Sends `message` as a request and waits for the worker's reply,
+    /// decoded into `R`, within the primary's default deadline (see
+    /// [`PrimaryBuilder::request_timeout`](super::PrimaryBuilder::request_timeout)).
+    ///
+    /// # Errors
+    ///
+    /// [`RequestError::Timeout`]; [`RequestError::Gone`] at once when the
+    /// worker exits or disconnects first; [`RequestError::Remote`] when its
+    /// handler fails or panics (or none takes the request);
+    /// [`RequestError::Decode`] for a reply that does not fit `R`;
+    /// [`RequestError::Send`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future forgets the request: a late reply is discarded.
+    pub async fn request<R: DeserializeOwned, M: Serialize + ?Sized>(
+        &self,
+        message: &M,
+    ) -> Result<R, RequestError> {
+        self.request_within(message, self.inner.deadline).await
+    }
+
+    /// [`request`](Self::request) with its own deadline.
+    ///
+    /// # Errors
+    ///
+    /// As [`request`](Self::request).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`request`](Self::request).
+    pub async fn request_within<R: DeserializeOwned, M: Serialize + ?Sized>(
+        &self,
+        message: &M,
+        deadline: Duration,
+    ) -> Result<R, RequestError> {
+        let waiter = self.inner.pending.begin(Some(self.id()))?;
+        let frame = protocol::encode_request(waiter.id(), message, self.inner.max_frame)
+            .map_err(|e| RequestError::Send(SendError::Encode(e)))?;
+        self.send_frame(frame).await.map_err(RequestError::Send)?;
+        waiter.reply(deadline).await
+    }
+
+    /// How many requests to this worker wait for a reply.
+    pub fn in_flight(&self) -> usize {
+        self.inner.pending.len()
+    }
+
+    pub(crate) fn pending(&self) -> &Pending {
+        &self.inner.pending
     }
 
     /// The worker's id: 1 for the first worker of a primary, then 2, 3, …

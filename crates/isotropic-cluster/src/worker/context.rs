@@ -1,6 +1,7 @@
 //! The worker's state and default actions, owned by one task.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -16,6 +17,7 @@ use crate::error::{ProtocolError, SendError};
 use crate::events::{self, Hub, StreamSource, Topic};
 use crate::net::{self, ListenAddress, ListenError, ListenErrorKind, Listener, PassedListener};
 use crate::protocol::{self, Frame};
+use crate::request::{Handlers, Pending};
 
 /// The worker as its event handlers see it.
 ///
@@ -50,6 +52,11 @@ pub struct WorkerContext {
     next_listen: u64,
     /// Where passed connections go, by listen request.
     passed: HashMap<u64, mpsc::Sender<std::os::fd::OwnedFd>>,
+    /// Requests to the primary waiting for a reply.
+    pub(super) pending: Arc<Pending>,
+    /// Handlers of the primary's requests.
+    handlers: Handlers,
+    pub(super) request_timeout: Duration,
 }
 
 impl std::fmt::Debug for WorkerContext {
@@ -110,6 +117,8 @@ impl WorkerContext {
         mailbox: WeakMailbox<Self>,
         destroy_timeout: Duration,
         cleanup: Option<Cleanup>,
+        handlers: Handlers,
+        request_timeout: Duration,
     ) -> Self {
         Self {
             hub,
@@ -131,6 +140,9 @@ impl WorkerContext {
             closing_waiters: Vec::new(),
             listens: HashMap::new(),
             passed: HashMap::new(),
+            pending: Arc::default(),
+            handlers,
+            request_timeout,
             next_listen: 0,
         }
     }
@@ -247,6 +259,12 @@ impl WorkerContext {
                 self.listening(id, result, passed)
             }
             Frame::Connection { listener } if self.greeted => self.connection(listener),
+            Frame::Request { id, message } if self.greeted => {
+                self.handlers
+                    .answer(id, &message, self.max_frame)
+                    .send(&self.outbox);
+            }
+            Frame::Reply { id, result } if self.greeted => self.pending.resolve(id, result, None),
             other => {
                 tracing::error!(worker_id = %self.id, frame = ?other, "unexpected frame from the primary");
                 self.primary_gone();
@@ -274,6 +292,7 @@ impl WorkerContext {
     }
 
     fn primary_gone(&mut self) {
+        self.pending.fail_all(None);
         if !self.destroying {
             events::publish(self, PrimaryDisconnect);
         }
@@ -281,6 +300,7 @@ impl WorkerContext {
 
     /// The cleanup is done (or timed out): disconnect and tear down.
     fn finish_destroy(&mut self) {
+        self.pending.fail_all(None);
         let _ = self
             .outbox
             .try_send(protocol::encode_control(&Frame::Disconnect));

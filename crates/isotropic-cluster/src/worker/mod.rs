@@ -23,6 +23,7 @@ use crate::error::{BoxError, Error, SendError};
 use crate::events::{self as pubsub, EventStream, Hub, StreamSource};
 use crate::net::{ListenAddress, ListenError, ListenErrorKind, Listener};
 use crate::protocol::{self, Frame, FrameCodec};
+use crate::request::{Handlers, Pending, RequestError};
 use crate::{WorkerId, role};
 
 type Initializer = Box<
@@ -52,6 +53,8 @@ pub(crate) type Cleanup = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + 
 /// ```
 pub struct WorkerBuilder {
     hub: Hub,
+    handlers: Handlers,
+    request_timeout: Duration,
     initializer: Option<Initializer>,
     cleanup: Option<Cleanup>,
     destroy_timeout: Duration,
@@ -93,6 +96,55 @@ impl WorkerBuilder {
         Fut: Future<Output = ()> + Send + 'static,
     {
         self.cleanup = Some(Box::new(move || Box::pin(cleanup())));
+        self
+    }
+
+    /// The deadline of a request to the primary (default 30 s).
+    pub fn request_timeout(mut self, deadline: Duration) -> Self {
+        self.request_timeout = deadline;
+        self
+    }
+
+    /// Answers the primary's requests whose `type` is `type_name` (`""`: any
+    /// type without a handler of its own) with `handler`'s reply; its error,
+    /// or a panic, goes back as a remote error.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use isotropic_cluster::worker::ClusterWorker;
+    ///
+    /// # async fn demo() -> Result<(), isotropic_cluster::Error> {
+    /// #[derive(serde::Deserialize)]
+    /// struct Square { n: u64 }
+    /// let worker = ClusterWorker::builder()
+    ///     .handle("square", |Square { n }| Ok::<_, String>(n * n))
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn handle<Req, Resp, E, F>(mut self, type_name: &str, handler: F) -> Self
+    where
+        Req: serde::de::DeserializeOwned,
+        Resp: Serialize,
+        E: std::fmt::Display,
+        F: FnMut(Req) -> Result<Resp, E> + Send + 'static,
+    {
+        self.handlers.add(type_name, handler);
+        self
+    }
+
+    /// As [`handle`](Self::handle), with an async handler (run in a task of
+    /// its own).
+    pub fn handle_async<Req, Resp, E, F, Fut>(mut self, type_name: &str, handler: F) -> Self
+    where
+        Req: serde::de::DeserializeOwned,
+        Resp: Serialize,
+        E: std::fmt::Display,
+        F: FnMut(Req) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Resp, E>> + Send + 'static,
+    {
+        self.handlers.add_async(type_name, handler);
         self
     }
 
@@ -158,6 +210,8 @@ impl WorkerBuilder {
             mailbox.downgrade(),
             self.destroy_timeout,
             self.cleanup,
+            self.handlers,
+            self.request_timeout,
         );
         pubsub::publish(&mut context, Initialize);
         if !context.initialized() {
@@ -210,6 +264,8 @@ impl WorkerBuilder {
 pub struct ClusterWorker {
     mailbox: Mailbox<WorkerContext>,
     outbox: Outbox,
+    pending: Arc<Pending>,
+    deadline: Duration,
     id: WorkerId,
     max_frame: usize,
     stream: StreamSource<WorkerEvent>,
@@ -228,6 +284,8 @@ impl ClusterWorker {
     pub fn builder() -> WorkerBuilder {
         WorkerBuilder {
             hub: Hub::default(),
+            handlers: Handlers::default(),
+            request_timeout: Duration::from_secs(30),
             initializer: None,
             cleanup: None,
             destroy_timeout: Duration::from_secs(5),
@@ -245,6 +303,8 @@ impl ClusterWorker {
         Self {
             mailbox,
             outbox: context.outbox.clone(),
+            pending: context.pending.clone(),
+            deadline: context.request_timeout,
             id: context.id,
             max_frame: context.max_frame,
             stream: context.stream.clone(),
@@ -280,6 +340,27 @@ impl ClusterWorker {
     pub fn try_send<M: Serialize + ?Sized>(&self, message: &M) -> Result<(), SendError> {
         let frame = protocol::encode_message(message, self.max_frame).map_err(SendError::Encode)?;
         self.outbox.try_send(frame)
+    }
+
+    /// Sends `message` to the primary as a request and waits for its reply,
+    /// decoded into `R`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Worker::request`](crate::primary::Worker::request).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future forgets the request.
+    pub async fn request<R: serde::de::DeserializeOwned, M: Serialize + ?Sized>(
+        &self,
+        message: &M,
+    ) -> Result<R, RequestError> {
+        let waiter = self.pending.begin(None)?;
+        let frame = protocol::encode_request(waiter.id(), message, self.max_frame)
+            .map_err(|e| RequestError::Send(SendError::Encode(e)))?;
+        self.outbox.send(frame).await.map_err(RequestError::Send)?;
+        waiter.reply(self.deadline).await
     }
 
     /// Destroys the worker: runs its cleanup (at most `timeout`), disconnects
