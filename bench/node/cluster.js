@@ -23,6 +23,8 @@ if (cluster.isWorker && metric === 'http') {
   process.on('message', message => {
     if (metric === 'pingpong') {
       process.send(message);
+    } else if (metric === 'request' || metric === 'requests') {
+      process.send({ id: message.id, n: message.n });
     } else if (metric === 'up') {
       for (let seq = 0; seq < count; seq += 1) process.send(small(seq));
     } else if (metric === 'down' || metric === 'broadcast' || metric === 'large') {
@@ -67,6 +69,27 @@ if (cluster.isWorker && metric === 'http') {
         worker.send(0);
       });
       const value = seconds(started) * 1e6 / count;
+      await shutDown();
+      return value;
+    },
+    async request () {
+      // Request/response by hand, as Node's cluster users do: ids and a map.
+      const [worker] = await fork(1);
+      const ask = requester(worker);
+      const started = now();
+      for (let n = 0; n < count; n += 1) await ask(n);
+      const value = seconds(started) * 1e6 / count;
+      await shutDown();
+      return value;
+    },
+    async requests () {
+      const workers = await fork(4);
+      const asks = workers.map(requester);
+      const started = now();
+      let next = 0;
+      const lane = async () => { while (next < count) { const n = next; next += 1; await asks[n % 4](n); } };
+      await Promise.all(Array.from({ length: 256 }, lane));
+      const value = count / seconds(started);
       await shutDown();
       return value;
     },
@@ -145,6 +168,16 @@ if (cluster.isWorker && metric === 'http') {
     const value = count / seconds(started);
     await shutDown(); await exited(workers);
     return value;
+  }
+
+  function requester (worker) {
+    const waiting = new Map();
+    let id = 0;
+    worker.on('message', reply => {
+      const resolve = waiting.get(reply.id);
+      if (resolve) { waiting.delete(reply.id); resolve(reply.n); }
+    });
+    return n => new Promise(resolve => { id += 1; waiting.set(id, resolve); worker.send({ type: 'echo', id, n }); });
   }
 
   jobs[metric]().then(report, error => { console.error(error); process.exit(1); });

@@ -24,6 +24,26 @@ impl Small {
     }
 }
 
+/// A request the workers echo (`type` "echo").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Echo {
+    /// Always "echo".
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The number to echo.
+    pub n: u64,
+}
+
+impl Echo {
+    /// The request for `n`.
+    pub fn new(n: u64) -> Self {
+        Self {
+            kind: "echo".into(),
+            n,
+        }
+    }
+}
+
 /// A 64 KiB payload, as a string of that many bytes.
 pub fn large_payload() -> String {
     "y".repeat(64 * 1024)

@@ -113,3 +113,8 @@ async fn http_server_serves_then_shuts_down_gracefully_on_sigterm() {
         "{rest:?}"
     );
 }
+
+#[tokio::test]
+async fn task_pool() {
+    run("task_pool", "All jobs handled.").await;
+}

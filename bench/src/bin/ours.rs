@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench::{Result, Small, large_payload, per, rate, report, rss_mib};
+use bench::{Echo, Result, Small, large_payload, per, rate, report, rss_mib};
 use isotropic_cluster::primary::{
     ClusterPrimary, Destination, PrimaryEvent, RestartPolicy, Worker, WorkerMessage,
 };
@@ -29,6 +29,7 @@ async fn run_worker(metric: &str, count: u64) -> Result {
                 let _ = event.worker().send(&n);
             }
         }),
+        "request" | "requests" => builder.handle("echo", |echo: Echo| Ok::<_, String>(echo.n)),
         "down" | "broadcast" => count_then_done::<Small>(builder, count),
         "large" => count_then_done::<String>(builder, count),
         "up" => builder.on::<PrimaryMessage>(move |event| {
@@ -77,6 +78,8 @@ async fn run_primary(metric: &str, count: u64) -> Result {
     let value = match metric {
         "spawn" => spawn(count).await?,
         "pingpong" => pingpong(count).await?,
+        "request" => request(count).await?,
+        "requests" => requests(count).await?,
         "down" => down(count).await?,
         "up" => up(count).await?,
         "large" => large(count).await?,
@@ -172,6 +175,37 @@ async fn pingpong(n: u64) -> Result<f64> {
     let elapsed = started.elapsed();
     primary.shut_down().await?;
     Ok(per(elapsed, n, Duration::from_micros(1)))
+}
+
+/// Microseconds per request/response round trip, one at a time.
+async fn request(n: u64) -> Result<f64> {
+    let (primary, _, workers) = cluster("request", n, 1).await?;
+    let started = Instant::now();
+    for i in 0..n {
+        let _: u64 = workers[0].request(&Echo::new(i)).await?;
+    }
+    let elapsed = started.elapsed();
+    primary.shut_down().await?;
+    Ok(per(elapsed, n, Duration::from_micros(1)))
+}
+
+/// Requests per second, 4 workers, up to 256 in flight (pipelined).
+async fn requests(n: u64) -> Result<f64> {
+    use futures_util::StreamExt as _;
+    let (primary, _, _) = cluster("requests", n, 4).await?;
+    let started = Instant::now();
+    let mut replies = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let primary = &primary;
+            async move { primary.dispatch::<u64, _>("", &Echo::new(i)).await }
+        })
+        .buffer_unordered(256);
+    while let Some(reply) = replies.next().await {
+        reply?;
+    }
+    let elapsed = started.elapsed();
+    primary.shut_down().await?;
+    Ok(rate(elapsed, n))
 }
 
 /// Sends `n` messages made by `make` to `to`: queued without waiting while
