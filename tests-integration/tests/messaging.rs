@@ -242,12 +242,15 @@ async fn a_worker_that_does_not_read_fills_a_bounded_queue() {
         .kill_grace(Duration::from_millis(100));
     let (primary, _events, [worker]) = launch::<1>(builder).await;
     let megabyte = "z".repeat(1 << 20);
+    let before = rss_kib();
     // The queue (4 MiB) and the socket buffers fill up; then sending says so
     // instead of holding more memory.
     let sent = (0..64)
         .take_while(|_| worker.try_send(&megabyte).is_ok())
         .count();
     assert!(sent < 64, "64 MiB queued for a worker that reads nothing");
+    let grown = rss_kib().saturating_sub(before);
+    assert!(grown < 32 * 1024, "the primary grew by {grown} KiB");
     assert!(matches!(
         worker.try_send(&megabyte),
         Err(SendError::Full { .. })
