@@ -267,3 +267,23 @@ fn rss_kib() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+#[tokio::test]
+async fn a_worker_that_never_signals_ready_can_be_timed_out() {
+    let builder = primary("never-ready")
+        .ready_timeout(Duration::from_millis(200))
+        .before::<WorkerExit>(|exit| exit.prevent());
+    let primary = builder.start().await.expect("start");
+    let mut events = primary.events();
+    primary.fork(1).await.expect("fork");
+    let error = wait_for(&mut events, |e| match e {
+        PrimaryEvent::WorkerError(e) => Some(e.error),
+        _ => None,
+    })
+    .await;
+    assert!(
+        matches!(error, isotropic_cluster::ProtocolError::ReadyTimeout(after) if after == Duration::from_millis(200)),
+        "{error:?}"
+    );
+    shut_down(&primary).await;
+}

@@ -100,6 +100,9 @@ pub enum ProtocolError {
         /// Why it is not allowed here.
         reason: &'static str,
     },
+    /// The worker did not signal ready within the primary's ready timeout.
+    #[error("no ready within {0:?}")]
+    ReadyTimeout(std::time::Duration),
     /// Reading the channel failed.
     #[error("channel read failed")]
     Io(#[source] Arc<io::Error>),

@@ -50,6 +50,7 @@ pub(crate) struct Config {
     pub(crate) restart: RestartPolicy,
     pub(crate) distribution: Distribution,
     pub(crate) request_timeout: Duration,
+    pub(crate) ready_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -69,6 +70,7 @@ impl Default for Config {
             restart: RestartPolicy::default(),
             distribution: Distribution::default(),
             request_timeout: Duration::from_secs(30),
+            ready_timeout: None,
         }
     }
 }
@@ -238,6 +240,14 @@ impl PrimaryBuilder {
     /// the workers (default [`Distribution::Shared`]).
     pub fn distribution(mut self, distribution: Distribution) -> Self {
         self.config.distribution = distribution;
+        self
+    }
+
+    /// How long a worker may take from its start to signalling ready; one
+    /// that takes longer is a `workerError` (`ProtocolError::ReadyTimeout`),
+    /// stopped and replaced. Default: no limit, as the original.
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.config.ready_timeout = Some(timeout);
         self
     }
 

@@ -35,6 +35,7 @@ enum Phase {
 enum Timer {
     Restart,
     Escalate(WorkerId, i32),
+    Ready(WorkerId),
 }
 
 /// One live worker, as the actor tracks it.
@@ -404,6 +405,14 @@ impl PrimaryContext {
                     let _ = self.fork(1);
                 }
             }
+            Timer::Ready(id) => {
+                if let (Some(after), Some(live)) = (self.config.ready_timeout, self.live.get(&id))
+                    && !live.ready
+                    && !live.disconnected
+                {
+                    self.protocol_error(id, ProtocolError::ReadyTimeout(after));
+                }
+            }
             Timer::Escalate(id, signal) => {
                 if let Some(worker) = self.worker(id) {
                     events::publish(self, WorkerSignal { worker, signal });
@@ -539,6 +548,9 @@ impl PrimaryContext {
                     let worker = spawned.worker;
                     self.pool.add_live(&worker);
                     self.forked.push(worker.clone());
+                    if let Some(timeout) = self.config.ready_timeout {
+                        self.timers.insert(Timer::Ready(id), timeout);
+                    }
                     self.live.insert(
                         id,
                         Live {
