@@ -35,20 +35,26 @@ pub(crate) fn channel_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((a, b))
 }
 
-/// Arranges for `fd` to survive `exec` in the child of `command` (and nothing
-/// else we own), clears the signal mask the child would inherit, and asks the
-/// kernel to send SIGTERM to the child if its parent thread goes away.
-pub(crate) fn prepare_child(command: &mut tokio::process::Command, fd: RawFd, primary: u32) {
+/// Arranges for `fd` (if any) to survive `exec` in the child of `command` (and
+/// nothing else we own), clears the signal mask the child would inherit, and
+/// asks the kernel to send SIGTERM to the child if its parent thread goes away.
+pub(crate) fn prepare_child(
+    command: &mut tokio::process::Command,
+    fd: Option<RawFd>,
+    primary: u32,
+) {
     let primary = Pid::from_raw(primary.cast_signed());
     // SAFETY: the closure runs in the child between fork and exec, so it must be
     // async-signal-safe: it only makes raw system calls (fcntl, sigprocmask,
     // prctl, getppid) on values captured by copy, and allocates nothing.
     unsafe {
         command.pre_exec(move || {
-            // SAFETY: `fd` is the child's end of the channel, open in this
-            // process (it was inherited over fork) for the whole closure.
-            let borrowed = std::os::fd::BorrowedFd::borrow_raw(fd);
-            rustix::io::fcntl_setfd(borrowed, FdFlags::empty())?;
+            if let Some(fd) = fd {
+                // SAFETY: `fd` is the child's end of the channel, open in this
+                // process (it was inherited over fork) for the whole closure.
+                let borrowed = std::os::fd::BorrowedFd::borrow_raw(fd);
+                rustix::io::fcntl_setfd(borrowed, FdFlags::empty())?;
+            }
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&raw mut empty);
             libc::pthread_sigmask(libc::SIG_SETMASK, &raw const empty, std::ptr::null_mut());

@@ -16,6 +16,19 @@ use crate::net::Distribution;
 use crate::protocol;
 use crate::request::Handlers;
 
+/// Whether workers get a channel to the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WorkerChannel {
+    /// Our framed channel (`docs/protocol.md`): the default.
+    #[default]
+    Frames,
+    /// None: the workers are plain programs. They count as ready when
+    /// started, and a shutdown sends them SIGTERM at once (then SIGKILL after
+    /// the kill grace period).
+    None,
+}
+
 /// What a worker's standard output and error are connected to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WorkerStdio {
@@ -51,6 +64,7 @@ pub(crate) struct Config {
     pub(crate) distribution: Distribution,
     pub(crate) request_timeout: Duration,
     pub(crate) ready_timeout: Option<Duration>,
+    pub(crate) channel: WorkerChannel,
 }
 
 impl Default for Config {
@@ -71,6 +85,7 @@ impl Default for Config {
             distribution: Distribution::default(),
             request_timeout: Duration::from_secs(30),
             ready_timeout: None,
+            channel: WorkerChannel::Frames,
         }
     }
 }
@@ -248,6 +263,12 @@ impl PrimaryBuilder {
     /// stopped and replaced. Default: no limit, as the original.
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
         self.config.ready_timeout = Some(timeout);
+        self
+    }
+
+    /// Whether workers get a channel (default: our framed one).
+    pub fn channel(mut self, channel: WorkerChannel) -> Self {
+        self.config.channel = channel;
         self
     }
 

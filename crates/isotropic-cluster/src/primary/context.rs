@@ -9,7 +9,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::time::DelayQueue;
 
-use super::builder::Config;
+use super::builder::{Config, WorkerChannel};
 use super::events::*;
 use super::listen::Listeners;
 use super::pool::{Destination, Pool};
@@ -174,6 +174,21 @@ impl PrimaryContext {
     /// `destroyComplete` event.
     pub fn destroy(&mut self) {
         events::publish(self, Destroy);
+    }
+
+    /// Sends SIGKILL to every live worker and its process group now (each a
+    /// `workerSignal` event): a forced stop. Exits follow as usual.
+    pub fn kill_workers(&mut self) {
+        let workers: Vec<Worker> = self.live.values().map(|live| live.worker.clone()).collect();
+        for worker in workers {
+            events::publish(
+                self,
+                WorkerSignal {
+                    worker,
+                    signal: libc::SIGKILL,
+                },
+            );
+        }
     }
 
     /// A handle to this primary, for async work started from a handler; `None`
@@ -426,7 +441,15 @@ impl PrimaryContext {
     fn settle(&mut self) {
         while !self.forked.is_empty() {
             for worker in std::mem::take(&mut self.forked) {
-                events::publish(self, WorkerFork { worker });
+                events::publish(
+                    self,
+                    WorkerFork {
+                        worker: worker.clone(),
+                    },
+                );
+                if self.config.channel == WorkerChannel::None {
+                    self.started_is_ready(&worker);
+                }
             }
         }
         if self.shutdown == Phase::Running && self.live.is_empty() {
@@ -440,6 +463,17 @@ impl PrimaryContext {
         if self.destroy == Phase::Running && self.shutdown == Phase::Done {
             self.teardown();
         }
+    }
+
+    /// A worker without a channel counts as online and ready once started.
+    fn started_is_ready(&mut self, worker: &Worker) {
+        let Some(live) = self.live.get_mut(&worker.id()) else {
+            return;
+        };
+        live.online = true;
+        live.ready = true;
+        let worker = worker.clone();
+        events::publish(self, WorkerReady { worker });
     }
 
     fn teardown(&mut self) {
@@ -701,7 +735,12 @@ impl PrimaryContext {
                 let _ = live.worker.try_send_frame(disconnect.clone());
                 live.worker.outbox().close();
             }
-            self.stop(id, self.config.shutdown_grace);
+            // Without a channel, SIGTERM is the only way to ask.
+            let grace = match self.config.channel {
+                WorkerChannel::Frames => self.config.shutdown_grace,
+                WorkerChannel::None => Duration::ZERO,
+            };
+            self.stop(id, grace);
         }
     }
 

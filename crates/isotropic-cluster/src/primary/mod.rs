@@ -30,7 +30,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use builder::{PrimaryBuilder, WorkerStdio};
+pub use builder::{PrimaryBuilder, WorkerChannel, WorkerStdio};
 pub use context::PrimaryContext;
 #[doc(inline)]
 pub use events::*;
@@ -304,6 +304,16 @@ impl ClusterPrimary {
             .call(|primary| primary.completion_waiter(true))
             .await?;
         done.await.map_err(|_| Error::Destroyed)
+    }
+
+    /// Sends SIGKILL to every worker now (see [`PrimaryContext::kill_workers`]):
+    /// the forced end of a shutdown that takes too long.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Destroyed`] after destroy.
+    pub async fn kill_workers(&self) -> Result<(), Error> {
+        self.mailbox.call(PrimaryContext::kill_workers).await
     }
 
     /// Shuts down if needed, then tears the primary down (`destroyComplete`,

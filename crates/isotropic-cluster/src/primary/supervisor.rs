@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{Decoder, FramedRead};
 
 use super::Worker;
-use super::builder::{Config, WorkerStdio};
+use super::builder::{Config, WorkerChannel, WorkerStdio};
 use super::events::OutputStream;
 use crate::WorkerId;
 use crate::channel::Outbox;
@@ -98,14 +98,21 @@ pub(crate) fn spawn(
         .stdin(Stdio::null())
         .stdout(stdio(config.stdout))
         .stderr(stdio(config.stderr))
-        .env(role::WORKER_ID, id.to_string())
-        .env(role::CHANNEL_FD, theirs.as_raw_fd().to_string())
-        .env(role::PRIMARY_PID, std::process::id().to_string())
         .process_group(0)
         .kill_on_drop(true);
-    sys::prepare_child(&mut command, theirs.as_raw_fd(), std::process::id());
+    let with_channel = config.channel == WorkerChannel::Frames;
+    if with_channel {
+        command
+            .env(role::WORKER_ID, id.to_string())
+            .env(role::CHANNEL_FD, theirs.as_raw_fd().to_string())
+            .env(role::PRIMARY_PID, std::process::id().to_string());
+    }
+    let inherited = with_channel.then(|| theirs.as_raw_fd());
+    sys::prepare_child(&mut command, inherited, std::process::id());
     let mut child = command.spawn().map_err(spawn_error)?;
-    drop(theirs);
+    // Without a channel, the worker's end stays here, unused, so that ours
+    // never reads an end of file.
+    let unused = (!with_channel).then_some(theirs);
     let pid = child.id().unwrap_or_default();
 
     let stream = std::os::unix::net::UnixStream::from(ours);
@@ -138,6 +145,7 @@ pub(crate) fn spawn(
         stderr: child.stderr.take().map(|s| FramedRead::new(s, LineCodec)),
         inputs,
         signals: signal_rx,
+        _unused: unused,
     };
     tokio::spawn(watch.run(child));
     Ok(Spawned { worker, signals })
@@ -151,6 +159,7 @@ struct Watch {
     stderr: Option<FramedRead<ChildStderr, LineCodec>>,
     inputs: mpsc::Sender<Input>,
     signals: mpsc::UnboundedReceiver<i32>,
+    _unused: Option<std::os::fd::OwnedFd>,
 }
 
 impl Watch {

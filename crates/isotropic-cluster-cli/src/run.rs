@@ -1,0 +1,248 @@
+//! The `run` command.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use isotropic_cluster::primary::{
+    ClusterPrimary, OutputStream, PrimaryEvent, WorkerChannel, WorkerStdio,
+};
+use serde_json::json;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// The options of `run`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// How many workers (default: the number of CPUs).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// How long workers get to exit once asked, before SIGTERM then SIGKILL
+    /// (e.g. 500ms, 5s, 1m).
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    grace: Duration,
+    /// The channel workers get: none (plain programs), or frames (ours, see
+    /// docs/protocol.md).
+    #[arg(long, value_enum, default_value_t = Channel::None)]
+    channel: Channel,
+    /// When a worker counts as ready: when started, or when it sends ready
+    /// (frames channel only).
+    #[arg(long, value_enum)]
+    ready: Option<Ready>,
+    /// Print lifecycle events as JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+    /// The program to run, and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Channel {
+    None,
+    Frames,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Ready {
+    Start,
+    Message,
+}
+
+/// `500ms`, `5s`, `2m`, or a number of seconds.
+fn duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(text.len()),
+    );
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("not a duration: {text}"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("unknown unit in {text} (ms, s or m)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string())
+}
+
+pub(crate) async fn run(args: Args) -> ExitCode {
+    match supervise(args).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("isotropic-cluster: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
+    let channel = match (args.channel, args.ready) {
+        (Channel::None, None | Some(Ready::Start)) => WorkerChannel::None,
+        (Channel::Frames, None | Some(Ready::Message)) => WorkerChannel::Frames,
+        (Channel::None, Some(Ready::Message)) => {
+            anyhow::bail!("--ready message needs --channel frames")
+        }
+        (Channel::Frames, Some(Ready::Start)) => {
+            anyhow::bail!("--ready start goes with --channel none")
+        }
+    };
+    let (program, program_args) = args
+        .command
+        .split_first()
+        .ok_or_else(|| anyhow::anyhow!("no command"))?;
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let primary = ClusterPrimary::builder()
+        .program(program)
+        .args(program_args)
+        .channel(channel)
+        .stdio(WorkerStdio::Piped)
+        .shutdown_grace(args.grace)
+        .kill_grace(args.grace)
+        .start()
+        .await?;
+    let mut events = primary.events();
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let report = Report { json: args.json };
+    if let Err(error) = primary.fork(workers).await {
+        report.line(
+            "forkError",
+            None,
+            &format!("cannot start {program}: {}", source_chain(&error)),
+        );
+        primary.destroy().await?;
+        return Ok(ExitCode::from(2));
+    }
+    let mut signals = 0;
+    let mut forced = false;
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(PrimaryEvent::ShutDownComplete(_)) | None => break,
+                Some(event) => report.event(event),
+            },
+            _ = interrupt.recv() => forced |= on_signal(&primary, &report, &mut signals).await,
+            _ = terminate.recv() => forced |= on_signal(&primary, &report, &mut signals).await,
+        }
+    }
+    report.line(
+        "shutDownComplete",
+        None,
+        if forced {
+            "workers were killed"
+        } else {
+            "all workers exited"
+        },
+    );
+    Ok(if forced {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The first signal shuts down gracefully; a second kills. Returns whether
+/// this one forced the end.
+async fn on_signal(primary: &ClusterPrimary, report: &Report, signals: &mut u32) -> bool {
+    *signals += 1;
+    if *signals == 1 {
+        report.line(
+            "shutDown",
+            None,
+            "shutting down (a second signal kills the workers)",
+        );
+        let primary = primary.clone();
+        tokio::spawn(async move { primary.shut_down().await });
+        false
+    } else {
+        report.line("kill", None, "killing the workers");
+        let _ = primary.kill_workers().await;
+        true
+    }
+}
+
+fn source_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Prints worker output with its id, and lifecycle events as text or JSON.
+struct Report {
+    json: bool,
+}
+
+impl Report {
+    fn event(&self, event: PrimaryEvent) {
+        match event {
+            PrimaryEvent::WorkerOutput(output) => {
+                // One write per line: lines of different workers never mix.
+                let line = format!("[{}] {}\n", output.worker.id(), output.line);
+                let _ = match output.stream {
+                    OutputStream::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
+                    OutputStream::Stderr => std::io::stderr().lock().write_all(line.as_bytes()),
+                };
+            }
+            PrimaryEvent::WorkerFork(e) => {
+                self.line(
+                    "workerFork",
+                    Some(e.worker.id().get()),
+                    &format!("started (pid {})", e.worker.pid()),
+                );
+            }
+            PrimaryEvent::WorkerReady(e) => {
+                self.line("workerReady", Some(e.worker.id().get()), "ready")
+            }
+            PrimaryEvent::WorkerExit(e) => {
+                let how = match (e.code, e.signal) {
+                    (Some(code), _) => format!("exited with code {code}"),
+                    (None, Some(signal)) => format!("killed by signal {signal}"),
+                    _ => "exited".to_owned(),
+                };
+                self.line("workerExit", Some(e.worker.id().get()), &how);
+            }
+            PrimaryEvent::RestartScheduled(e) => self.line(
+                "restartScheduled",
+                None,
+                &format!(
+                    "workers keep exiting early ({} in a row): next start in {:?}",
+                    e.failures, e.delay
+                ),
+            ),
+            PrimaryEvent::ForkError(e) => self.line("forkError", None, &source_chain(&e.error)),
+            PrimaryEvent::WorkerSignal(e) => {
+                self.line(
+                    "workerSignal",
+                    Some(e.worker.id().get()),
+                    &format!("sent signal {}", e.signal),
+                );
+            }
+            PrimaryEvent::WorkerError(e) => self.line(
+                "workerError",
+                Some(e.worker.id().get()),
+                &e.error.to_string(),
+            ),
+            _ => {}
+        }
+    }
+
+    fn line(&self, event: &str, worker: Option<u64>, text: &str) {
+        let line = if self.json {
+            json!({"event": event, "worker": worker, "message": text}).to_string()
+        } else {
+            match worker {
+                Some(id) => format!("[primary] worker {id} {text}"),
+                None => format!("[primary] {text}"),
+            }
+        };
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    }
+}

@@ -1,0 +1,157 @@
+//! `isotropic-cluster run` end to end: output, signals, errors, channels.
+#![cfg(target_os = "linux")]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, Command};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn cli(args: &[&str]) -> (Child, Lines<BufReader<ChildStderr>>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_isotropic-cluster"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the CLI");
+    let stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    (child, stderr)
+}
+
+/// Reads stderr until a line containing `text`; returns the lines read.
+async fn until(lines: &mut Lines<BufReader<ChildStderr>>, text: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await.expect("read") {
+            let done = line.contains(text);
+            seen.push(line);
+            if done {
+                return;
+            }
+        }
+        panic!("the CLI ended before printing {text:?}: {seen:?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {text:?} in time"));
+    seen
+}
+
+fn terminate(child: &Child) {
+    let pid = rustix::process::Pid::from_raw(child.id().expect("pid") as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+}
+
+async fn exit_code(child: &mut Child) -> Option<i32> {
+    tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("the CLI exits in time")
+        .expect("wait")
+        .code()
+}
+
+#[tokio::test]
+async fn output_is_prefixed_by_worker_and_sigterm_shuts_down_cleanly() {
+    let (mut child, mut stderr) = cli(&[
+        "run",
+        "--workers",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "echo one; echo two; exec sleep 60",
+    ]);
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut lines = Vec::new();
+    while lines.len() < 4 {
+        let line = tokio::time::timeout(DEADLINE, stdout.next_line())
+            .await
+            .expect("in time")
+            .expect("read");
+        lines.push(line.expect("a line"));
+    }
+    lines.sort();
+    assert_eq!(lines, ["[1] one", "[1] two", "[2] one", "[2] two"]);
+    until(&mut stderr, "worker 2 ready").await;
+    terminate(&child);
+    let rest = until(&mut stderr, "all workers exited").await;
+    assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
+    assert_eq!(exit_code(&mut child).await, Some(0));
+}
+
+#[tokio::test]
+async fn a_second_signal_kills_workers_that_ignore_the_first() {
+    let script = "trap '' TERM; echo up; while :; do sleep 1; done";
+    let (mut child, mut stderr) = cli(&[
+        "run",
+        "--workers",
+        "1",
+        "--grace",
+        "60s",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    until(&mut stderr, "worker 1 ready").await;
+    terminate(&child);
+    until(&mut stderr, "sent signal 15").await;
+    terminate(&child);
+    until(&mut stderr, "workers were killed").await;
+    assert_eq!(
+        exit_code(&mut child).await,
+        Some(1),
+        "a forced shutdown is not a clean one"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_command_is_a_clear_error() {
+    let (mut child, mut stderr) = cli(&["run", "--workers", "1", "--", "/nonexistent/program"]);
+    let lines = until(&mut stderr, "cannot start").await;
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.contains("/nonexistent/program")),
+        "{lines:?}"
+    );
+    assert_eq!(exit_code(&mut child).await, Some(2));
+}
+
+#[tokio::test]
+async fn a_python_worker_speaks_the_framed_channel() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/protocol.md"
+    ))
+    .expect("docs");
+    let start = doc.find("```python\n").expect("a python block") + "```python\n".len();
+    let end = start + doc[start..].find("```").expect("end");
+    let worker = &doc[start..end];
+    let (mut child, mut stderr) = cli(&[
+        "run",
+        "--workers",
+        "2",
+        "--channel",
+        "frames",
+        "--",
+        "python3",
+        "-c",
+        worker,
+    ]);
+    // Ready only once each worker sent its ready frame.
+    until(&mut stderr, "ready").await;
+    until(&mut stderr, "ready").await;
+    terminate(&child);
+    let rest = until(&mut stderr, "all workers exited").await;
+    assert!(
+        rest.iter()
+            .filter(|l| l.contains("exited with code 0"))
+            .count()
+            == 2,
+        "{rest:?}"
+    );
+    assert_eq!(exit_code(&mut child).await, Some(0));
+}
