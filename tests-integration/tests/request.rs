@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use isotropic_cluster::RequestError;
+use isotropic_cluster::{HandleRequests, RequestError};
 use serde_json::json;
 use tests_integration::{launch, message_of, primary, shut_down, wait_for};
 

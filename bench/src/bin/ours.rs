@@ -9,7 +9,7 @@ use isotropic_cluster::primary::{
     ClusterPrimary, Destination, PrimaryEvent, RestartPolicy, Worker, WorkerMessage,
 };
 use isotropic_cluster::worker::{ClusterWorker, PrimaryMessage, WorkerBuilder};
-use isotropic_cluster::{EventStream, SendError, Subscribe};
+use isotropic_cluster::{EventStream, HandleRequests, SendError, Subscribe};
 use tokio::sync::Notify;
 
 fn main() -> Result {

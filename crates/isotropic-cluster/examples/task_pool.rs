@@ -6,9 +6,9 @@
 //! cargo run --example task_pool
 //! ```
 
-use isotropic_cluster::RequestError;
 use isotropic_cluster::primary::{ClusterPrimary, PrimaryEvent};
 use isotropic_cluster::worker::ClusterWorker;
+use isotropic_cluster::{HandleRequests, RequestError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -83,7 +83,7 @@ pub use message::Message;
 pub use net::{
     Connection, Distribution, ListenAddress, ListenError, ListenErrorKind, Listener, PassedListener,
 };
-pub use request::RequestError;
+pub use request::{HandleRequests, RequestError};
 pub use role::{is_primary, is_worker};
 
 /// The README's examples compile.

@@ -179,9 +179,65 @@ enum Handler {
     Async(AsyncHandler),
 }
 
+/// Answering requests, on the builders of the primary and the worker.
+///
+/// # Examples
+///
+/// ```no_run
+/// use isotropic_cluster::HandleRequests;
+/// use isotropic_cluster::worker::ClusterWorker;
+///
+/// # async fn demo() -> Result<(), isotropic_cluster::Error> {
+/// #[derive(serde::Deserialize)]
+/// struct Square { n: u64 }
+/// let worker = ClusterWorker::builder()
+///     .handle("square", |Square { n }| Ok::<_, String>(n * n))
+///     .start()
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub trait HandleRequests: Sized + sealed::HasHandlers {
+    /// Answers requests whose `type` is `type_name` (`""`: any type without a
+    /// handler of its own) with `handler`'s reply; its error, or a panic, goes
+    /// back to the asker as [`RequestError::Remote`].
+    fn handle<Req, Resp, E, F>(mut self, type_name: &str, handler: F) -> Self
+    where
+        Req: DeserializeOwned,
+        Resp: Serialize,
+        E: std::fmt::Display,
+        F: FnMut(Req) -> Result<Resp, E> + Send + 'static,
+    {
+        self.handlers().add(type_name, handler);
+        self
+    }
+
+    /// As [`handle`](Self::handle), with an async handler (run in a task of
+    /// its own).
+    fn handle_async<Req, Resp, E, F, Fut>(mut self, type_name: &str, handler: F) -> Self
+    where
+        Req: DeserializeOwned,
+        Resp: Serialize,
+        E: std::fmt::Display,
+        F: FnMut(Req) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Resp, E>> + Send + 'static,
+    {
+        self.handlers().add_async(type_name, handler);
+        self
+    }
+}
+
+#[allow(unreachable_pub, missing_docs)]
+pub(crate) mod sealed {
+    pub trait HasHandlers {
+        fn handlers(&mut self) -> &mut super::Handlers;
+    }
+}
+
+impl<T: sealed::HasHandlers> HandleRequests for T {}
+
 /// Request handlers by message `type` (`""`: the catch-all).
 #[derive(Default)]
-pub(crate) struct Handlers {
+pub struct Handlers {
     by_type: HashMap<String, Handler>,
 }
 

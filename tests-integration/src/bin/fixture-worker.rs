@@ -6,10 +6,10 @@ use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::time::Duration;
 
-use isotropic_cluster::Subscribe;
 use isotropic_cluster::worker::{
     ClusterWorker, InitializeComplete, PrimaryDisconnect, PrimaryMessage,
 };
+use isotropic_cluster::{HandleRequests, Subscribe};
 use serde::Deserialize;
 use serde_json::{Value, json};
 

@@ -278,34 +278,6 @@ impl PrimaryBuilder {
         self
     }
 
-    /// Answers requests from workers whose `type` is `type_name` (`""`: any
-    /// type without a handler of its own) with `handler`'s reply; its error,
-    /// or a panic, goes back to the worker as a remote error.
-    pub fn handle<Req, Resp, E, F>(mut self, type_name: &str, handler: F) -> Self
-    where
-        Req: serde::de::DeserializeOwned,
-        Resp: serde::Serialize,
-        E: std::fmt::Display,
-        F: FnMut(Req) -> Result<Resp, E> + Send + 'static,
-    {
-        self.handlers.add(type_name, handler);
-        self
-    }
-
-    /// As [`handle`](Self::handle), with an async handler (run in a task of
-    /// its own).
-    pub fn handle_async<Req, Resp, E, F, Fut>(mut self, type_name: &str, handler: F) -> Self
-    where
-        Req: serde::de::DeserializeOwned,
-        Resp: serde::Serialize,
-        E: std::fmt::Display,
-        F: FnMut(Req) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Resp, E>> + Send + 'static,
-    {
-        self.handlers.add_async(type_name, handler);
-        self
-    }
-
     /// How replacements of dead workers are paced.
     pub fn restart_policy(mut self, policy: RestartPolicy) -> Self {
         self.config.restart = policy;
@@ -365,5 +337,11 @@ impl PrimaryBuilder {
         let primary = ClusterPrimary::new(mailbox, &context);
         tokio::spawn(super::context::run(context, commands, inputs));
         Ok(primary)
+    }
+}
+
+impl crate::request::sealed::HasHandlers for PrimaryBuilder {
+    fn handlers(&mut self) -> &mut Handlers {
+        &mut self.handlers
     }
 }

@@ -105,49 +105,6 @@ impl WorkerBuilder {
         self
     }
 
-    /// Answers the primary's requests whose `type` is `type_name` (`""`: any
-    /// type without a handler of its own) with `handler`'s reply; its error,
-    /// or a panic, goes back as a remote error.
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// use isotropic_cluster::worker::ClusterWorker;
-    ///
-    /// # async fn demo() -> Result<(), isotropic_cluster::Error> {
-    /// #[derive(serde::Deserialize)]
-    /// struct Square { n: u64 }
-    /// let worker = ClusterWorker::builder()
-    ///     .handle("square", |Square { n }| Ok::<_, String>(n * n))
-    ///     .start()
-    ///     .await?;
-    /// # Ok(()) }
-    /// ```
-    pub fn handle<Req, Resp, E, F>(mut self, type_name: &str, handler: F) -> Self
-    where
-        Req: serde::de::DeserializeOwned,
-        Resp: Serialize,
-        E: std::fmt::Display,
-        F: FnMut(Req) -> Result<Resp, E> + Send + 'static,
-    {
-        self.handlers.add(type_name, handler);
-        self
-    }
-
-    /// As [`handle`](Self::handle), with an async handler (run in a task of
-    /// its own).
-    pub fn handle_async<Req, Resp, E, F, Fut>(mut self, type_name: &str, handler: F) -> Self
-    where
-        Req: serde::de::DeserializeOwned,
-        Resp: Serialize,
-        E: std::fmt::Display,
-        F: FnMut(Req) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Resp, E>> + Send + 'static,
-    {
-        self.handlers.add_async(type_name, handler);
-        self
-    }
-
     /// The timeout of a destroy that the worker did not ask for itself (the
     /// primary disconnected, SIGTERM): default 5 s.
     pub fn destroy_timeout(mut self, timeout: Duration) -> Self {
@@ -466,5 +423,11 @@ impl ClusterWorker {
     /// it ends when the worker is destroyed.
     pub fn events(&self) -> EventStream<WorkerEvent> {
         self.stream.subscribe()
+    }
+}
+
+impl crate::request::sealed::HasHandlers for WorkerBuilder {
+    fn handlers(&mut self) -> &mut Handlers {
+        &mut self.handlers
     }
 }
