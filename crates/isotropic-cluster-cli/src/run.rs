@@ -20,12 +20,13 @@ pub(crate) struct Args {
     /// (e.g. 500ms, 5s, 1m).
     #[arg(long, default_value = "5s", value_parser = duration)]
     grace: Duration,
-    /// The channel workers get: none (plain programs), or frames (ours, see
+    /// The channel workers get: none (plain programs), node (Node.js's own
+    /// IPC: process.send / process.on('message')), or frames (ours, see
     /// docs/protocol.md).
     #[arg(long, value_enum, default_value_t = Channel::None)]
     channel: Channel,
-    /// When a worker counts as ready: when started, or when it sends ready
-    /// (frames channel only).
+    /// When a worker counts as ready: when started (no channel), or when it
+    /// sends ready (node: the message 'ready'; frames: the ready frame).
     #[arg(long, value_enum)]
     ready: Option<Ready>,
     /// Print lifecycle events as JSON lines instead of text.
@@ -39,6 +40,7 @@ pub(crate) struct Args {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Channel {
     None,
+    Node,
     Frames,
 }
 
@@ -80,12 +82,11 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
     let channel = match (args.channel, args.ready) {
         (Channel::None, None | Some(Ready::Start)) => WorkerChannel::None,
         (Channel::Frames, None | Some(Ready::Message)) => WorkerChannel::Frames,
+        (Channel::Node, None | Some(Ready::Message)) => WorkerChannel::Node,
         (Channel::None, Some(Ready::Message)) => {
-            anyhow::bail!("--ready message needs --channel frames")
+            anyhow::bail!("--ready message needs --channel node or frames")
         }
-        (Channel::Frames, Some(Ready::Start)) => {
-            anyhow::bail!("--ready start goes with --channel none")
-        }
+        (_, Some(Ready::Start)) => anyhow::bail!("--ready start goes with --channel none"),
     };
     let (program, program_args) = args
         .command

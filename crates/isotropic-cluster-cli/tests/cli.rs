@@ -155,3 +155,32 @@ async fn a_python_worker_speaks_the_framed_channel() {
     );
     assert_eq!(exit_code(&mut child).await, Some(0));
 }
+
+#[tokio::test]
+async fn a_node_script_is_a_worker_through_nodes_own_channel() {
+    let script = "process.on('message', () => {}); process.send('ready');";
+    let (mut child, mut stderr) = cli(&[
+        "run",
+        "--workers",
+        "2",
+        "--channel",
+        "node",
+        "--",
+        "node",
+        "-e",
+        script,
+    ]);
+    until(&mut stderr, "ready").await;
+    until(&mut stderr, "ready").await;
+    terminate(&child);
+    // Closing the channel is Node's disconnect: the scripts end by themselves.
+    let rest = until(&mut stderr, "all workers exited").await;
+    assert_eq!(
+        rest.iter()
+            .filter(|l| l.contains("exited with code 0"))
+            .count(),
+        2,
+        "{rest:?}"
+    );
+    assert_eq!(exit_code(&mut child).await, Some(0));
+}

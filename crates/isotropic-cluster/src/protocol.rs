@@ -192,6 +192,122 @@ pub(crate) fn encode_message<T: Serialize + ?Sized>(
     encode_with(MESSAGE, &[], value, max)
 }
 
+/// What a channel speaks: our frames, or Node's child-process IPC (one JSON
+/// value per line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wire {
+    Frames,
+    NodeJson,
+}
+
+impl Wire {
+    /// Encodes a user message for this wire.
+    pub(crate) fn encode<T: Serialize + ?Sized>(
+        self,
+        value: &T,
+        max: usize,
+    ) -> Result<Bytes, ProtocolError> {
+        match self {
+            Wire::Frames => encode_message(value, max),
+            Wire::NodeJson => {
+                let mut line =
+                    serde_json::to_vec(value).map_err(|e| ProtocolError::Encode(e.to_string()))?;
+                if line.len() > max {
+                    return Err(ProtocolError::FrameTooLarge {
+                        size: line.len(),
+                        max,
+                    });
+                }
+                line.push(b'\n');
+                Ok(Bytes::from(line))
+            }
+        }
+    }
+}
+
+/// Decodes Node's IPC: one JSON value per line. The first message that is the
+/// string `"ready"` is also a `Ready` (Node workers of the original signal
+/// ready that way), after it goes through as a message.
+#[derive(Debug)]
+pub(crate) struct NodeCodec {
+    max: usize,
+    ready_seen: bool,
+    pending: Option<Frame>,
+}
+
+impl NodeCodec {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            max,
+            ready_seen: false,
+            pending: None,
+        }
+    }
+}
+
+impl Decoder for NodeCodec {
+    type Item = Frame;
+    type Error = ProtocolError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
+        if let Some(frame) = self.pending.take() {
+            return Ok(Some(frame));
+        }
+        let Some(end) = src.iter().position(|&b| b == b'\n') else {
+            if src.len() > self.max {
+                return Err(ProtocolError::FrameTooLarge {
+                    size: src.len(),
+                    max: self.max,
+                });
+            }
+            return Ok(None);
+        };
+        let line = src.split_to(end + 1).freeze().slice(..end);
+        let message = message(line)?;
+        if !self.ready_seen && message.as_json() == "\"ready\"" {
+            self.ready_seen = true;
+            self.pending = Some(Frame::Ready);
+        }
+        Ok(Some(Frame::Message(message)))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(ProtocolError::Truncated {
+                received: src.len(),
+            }),
+        }
+    }
+}
+
+/// The primary's reader of a worker's channel, for either wire.
+#[derive(Debug)]
+pub(crate) enum AnyCodec {
+    Frames(FrameCodec),
+    Node(NodeCodec),
+}
+
+impl Decoder for AnyCodec {
+    type Item = Frame;
+    type Error = ProtocolError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
+        match self {
+            Self::Frames(codec) => codec.decode(src),
+            Self::Node(codec) => codec.decode(src),
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
+        match self {
+            Self::Frames(codec) => codec.decode_eof(src),
+            Self::Node(codec) => codec.decode_eof(src),
+        }
+    }
+}
+
 /// Encodes a request: its id, then the message.
 pub(crate) fn encode_request<T: Serialize + ?Sized>(
     id: u64,

@@ -13,7 +13,7 @@ use crate::channel::QueueLimits;
 use crate::error::{BoxError, Error};
 use crate::events::{self, Hub};
 use crate::net::Distribution;
-use crate::protocol;
+use crate::protocol::{self, Wire};
 use crate::request::Handlers;
 
 /// Whether workers get a channel to the primary.
@@ -27,6 +27,12 @@ pub enum WorkerChannel {
     /// started, and a shutdown sends them SIGTERM at once (then SIGKILL after
     /// the kill grace period).
     None,
+    /// Node.js's child-process IPC (`NODE_CHANNEL_FD`, one JSON value per
+    /// line): a plain Node script is a worker, `process.send` and
+    /// `process.on('message')` are its messages, sending the string
+    /// `'ready'` makes it ready (as with the original), and
+    /// `process.disconnect()` is a disconnect. Requests need [`Frames`](Self::Frames).
+    Node,
 }
 
 /// What a worker's standard output and error are connected to.
@@ -65,6 +71,16 @@ pub(crate) struct Config {
     pub(crate) request_timeout: Duration,
     pub(crate) ready_timeout: Option<Duration>,
     pub(crate) channel: WorkerChannel,
+}
+
+impl Config {
+    /// What the channel to the workers speaks.
+    pub(crate) fn wire(&self) -> Wire {
+        match self.channel {
+            WorkerChannel::Node => Wire::NodeJson,
+            _ => Wire::Frames,
+        }
+    }
 }
 
 impl Default for Config {

@@ -20,7 +20,7 @@ use crate::WorkerId;
 use crate::actor::{Command, WeakMailbox};
 use crate::error::{Error, ProtocolError, SendError};
 use crate::events::{self, Hub, StreamSource, Topic};
-use crate::protocol::{self, Frame};
+use crate::protocol::{self, Frame, Wire};
 use crate::request::Handlers;
 
 /// Where a phase of the lifecycle (shutdown, destroy) stands.
@@ -137,7 +137,10 @@ impl PrimaryContext {
         to: impl Into<Destination>,
         message: &M,
     ) -> Result<(), SendError> {
-        let frame = protocol::encode_message(message, self.config.max_frame_size)
+        let frame = self
+            .config
+            .wire()
+            .encode(message, self.config.max_frame_size)
             .map_err(SendError::Encode)?;
         self.pool.try_send(to.into(), &frame)
     }
@@ -447,8 +450,11 @@ impl PrimaryContext {
                         worker: worker.clone(),
                     },
                 );
-                if self.config.channel == WorkerChannel::None {
-                    self.started_is_ready(&worker);
+                match self.config.channel {
+                    WorkerChannel::None => self.started(&worker, true),
+                    // Node's IPC has no hello: online once started.
+                    WorkerChannel::Node => self.started(&worker, false),
+                    WorkerChannel::Frames => {}
                 }
             }
         }
@@ -465,15 +471,20 @@ impl PrimaryContext {
         }
     }
 
-    /// A worker without a channel counts as online and ready once started.
-    fn started_is_ready(&mut self, worker: &Worker) {
+    /// A worker whose channel has no hello counts as online once started,
+    /// and, without a channel at all, as ready.
+    fn started(&mut self, worker: &Worker, ready: bool) {
         let Some(live) = self.live.get_mut(&worker.id()) else {
             return;
         };
         live.online = true;
-        live.ready = true;
+        live.ready = ready;
         let worker = worker.clone();
-        events::publish(self, WorkerReady { worker });
+        if ready {
+            events::publish(self, WorkerReady { worker });
+        } else {
+            events::publish(self, WorkerOnline { worker });
+        }
     }
 
     fn teardown(&mut self) {
@@ -727,18 +738,21 @@ impl PrimaryContext {
         self.listeners.stop_accepting();
         self.active = false;
         self.shutdown = Phase::Running;
-        let disconnect = protocol::encode_control(&Frame::Disconnect);
+        let disconnect = (self.config.wire() == Wire::Frames)
+            .then(|| protocol::encode_control(&Frame::Disconnect));
         let ids: Vec<WorkerId> = self.live.keys().copied().collect();
         for id in ids {
             if let Some(live) = self.live.get_mut(&id) {
                 live.voluntary = true;
-                let _ = live.worker.try_send_frame(disconnect.clone());
+                if let Some(disconnect) = &disconnect {
+                    let _ = live.worker.try_send_frame(disconnect.clone());
+                }
                 live.worker.outbox().close();
             }
             // Without a channel, SIGTERM is the only way to ask.
             let grace = match self.config.channel {
-                WorkerChannel::Frames => self.config.shutdown_grace,
                 WorkerChannel::None => Duration::ZERO,
+                _ => self.config.shutdown_grace,
             };
             self.stop(id, grace);
         }

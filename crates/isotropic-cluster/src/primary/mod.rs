@@ -139,7 +139,10 @@ impl ClusterPrimary {
         to: impl Into<Destination>,
         message: &M,
     ) -> Result<(), SendError> {
-        let frame = crate::protocol::encode_message(message, self.config.max_frame_size)
+        let frame = self
+            .config
+            .wire()
+            .encode(message, self.config.max_frame_size)
             .map_err(SendError::Encode)?;
         let (workers, errors) = self.pool.resolve(to.into());
         let sends = workers
@@ -163,7 +166,10 @@ impl ClusterPrimary {
         to: impl Into<Destination>,
         message: &M,
     ) -> Result<(), SendError> {
-        let frame = crate::protocol::encode_message(message, self.config.max_frame_size)
+        let frame = self
+            .config
+            .wire()
+            .encode(message, self.config.max_frame_size)
             .map_err(SendError::Encode)?;
         self.pool.try_send(to.into(), &frame)
     }

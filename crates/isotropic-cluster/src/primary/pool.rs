@@ -206,6 +206,7 @@ mod tests {
             outbox,
             1024,
             std::time::Duration::from_secs(1),
+            crate::protocol::Wire::Frames,
         )
     }
 

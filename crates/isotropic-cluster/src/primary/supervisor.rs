@@ -18,7 +18,7 @@ use super::events::OutputStream;
 use crate::WorkerId;
 use crate::channel::Outbox;
 use crate::error::{Error, ProtocolError};
-use crate::protocol::{self, Frame, FrameCodec};
+use crate::protocol::{self, AnyCodec, Frame, FrameCodec, NodeCodec, Wire};
 use crate::{role, sys};
 
 /// How long output and channel data are still read after a worker exited
@@ -100,13 +100,17 @@ pub(crate) fn spawn(
         .stderr(stdio(config.stderr))
         .process_group(0)
         .kill_on_drop(true);
-    let with_channel = config.channel == WorkerChannel::Frames;
-    if with_channel {
-        command
+    let with_channel = config.channel != WorkerChannel::None;
+    match config.channel {
+        WorkerChannel::Frames => command
             .env(role::WORKER_ID, id.to_string())
             .env(role::CHANNEL_FD, theirs.as_raw_fd().to_string())
-            .env(role::PRIMARY_PID, std::process::id().to_string());
-    }
+            .env(role::PRIMARY_PID, std::process::id().to_string()),
+        WorkerChannel::Node => command
+            .env("NODE_CHANNEL_FD", theirs.as_raw_fd().to_string())
+            .env("NODE_CHANNEL_SERIALIZATION_MODE", "json"),
+        WorkerChannel::None => &mut command,
+    };
     let inherited = with_channel.then(|| theirs.as_raw_fd());
     sys::prepare_child(&mut command, inherited, std::process::id());
     let mut child = command.spawn().map_err(spawn_error)?;
@@ -122,25 +126,29 @@ pub(crate) fn spawn(
         .map_err(spawn_error)?;
     let (read, write) = stream.into_split();
     let outbox = Outbox::spawn(write, config.queue, Some(id));
-    // The primary's hello: the first frame, queued before anything else.
-    let _ = outbox.try_send(protocol::encode_control(&Frame::Hello {
-        protocol: protocol::VERSION,
-    }));
+    if config.channel == WorkerChannel::Frames {
+        // The primary's hello: the first frame, queued before anything else.
+        let _ = outbox.try_send(protocol::encode_control(&Frame::Hello {
+            protocol: protocol::VERSION,
+        }));
+    }
     let worker = Worker::new(
         id,
         pid,
         outbox,
         config.max_frame_size,
         config.request_timeout,
+        config.wire(),
     );
+    let codec = match config.wire() {
+        Wire::Frames => AnyCodec::Frames(FrameCodec::new(config.max_frame_size)),
+        Wire::NodeJson => AnyCodec::Node(NodeCodec::new(config.max_frame_size)),
+    };
     let (signals, signal_rx) = mpsc::unbounded_channel();
     let watch = Watch {
         id,
         pid,
-        frames: Some(FramedRead::new(
-            read,
-            FrameCodec::new(config.max_frame_size),
-        )),
+        frames: Some(FramedRead::new(read, codec)),
         stdout: child.stdout.take().map(|s| FramedRead::new(s, LineCodec)),
         stderr: child.stderr.take().map(|s| FramedRead::new(s, LineCodec)),
         inputs,
@@ -154,7 +162,7 @@ pub(crate) fn spawn(
 struct Watch {
     id: WorkerId,
     pid: u32,
-    frames: Option<FramedRead<tokio::net::unix::OwnedReadHalf, FrameCodec>>,
+    frames: Option<FramedRead<tokio::net::unix::OwnedReadHalf, AnyCodec>>,
     stdout: Option<FramedRead<ChildStdout, LineCodec>>,
     stderr: Option<FramedRead<ChildStderr, LineCodec>>,
     inputs: mpsc::Sender<Input>,

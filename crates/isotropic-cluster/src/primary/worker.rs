@@ -11,8 +11,9 @@ use serde::de::DeserializeOwned;
 
 use crate::WorkerId;
 use crate::channel::Outbox;
+use crate::error::ProtocolError;
 use crate::error::SendError;
-use crate::protocol;
+use crate::protocol::{self, Wire};
 use crate::request::{Pending, RequestError};
 
 /// A cloneable handle to one worker: its id, its pid, and its channel.
@@ -31,6 +32,7 @@ struct Inner {
     max_frame: usize,
     pending: Arc<Pending>,
     deadline: Duration,
+    wire: Wire,
 }
 
 impl Worker {
@@ -40,6 +42,7 @@ impl Worker {
         outbox: Outbox,
         max_frame: usize,
         deadline: Duration,
+        wire: Wire,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -49,6 +52,7 @@ impl Worker {
                 max_frame,
                 pending: Arc::default(),
                 deadline,
+                wire,
             }),
         }
     }
@@ -89,6 +93,10 @@ impl Worker {
         message: &M,
         deadline: Duration,
     ) -> Result<R, RequestError> {
+        if self.inner.wire != Wire::Frames {
+            let unsupported = ProtocolError::Encode("requests need the framed channel".into());
+            return Err(RequestError::Send(SendError::Encode(unsupported)));
+        }
         let waiter = self.inner.pending.begin(Some(self.id()))?;
         let frame = protocol::encode_request(waiter.id(), message, self.inner.max_frame)
             .map_err(|e| RequestError::Send(SendError::Encode(e)))?;
@@ -145,7 +153,10 @@ impl Worker {
     }
 
     pub(crate) fn encode<M: Serialize + ?Sized>(&self, message: &M) -> Result<Bytes, SendError> {
-        protocol::encode_message(message, self.inner.max_frame).map_err(SendError::Encode)
+        self.inner
+            .wire
+            .encode(message, self.inner.max_frame)
+            .map_err(SendError::Encode)
     }
 
     pub(crate) async fn send_frame(&self, frame: Bytes) -> Result<(), SendError> {
