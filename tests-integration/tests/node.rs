@@ -33,7 +33,7 @@ fn node_primary() -> PrimaryBuilder {
 #[tokio::test]
 async fn a_node_script_joins_talks_and_disconnects() {
     let (primary, mut events, [worker]) = launch::<1>(node_primary()).await;
-    assert_eq!(primary.workers(), [worker.clone()]);
+    assert_eq!(primary.workers().len(), 1);
     primary
         .send(&worker, &json!({"type": "echo", "n": 5}))
         .await
@@ -62,17 +62,13 @@ async fn ready_comes_after_the_message_that_carries_it() {
     let mut events = primary.events();
     primary.fork(1).await.expect("fork");
     let mut seen: Vec<Value> = Vec::new();
-    loop {
-        match wait_for(&mut events, |e| match e {
-            PrimaryEvent::WorkerMessage(m) => Some(m.message.decode().ok()),
-            PrimaryEvent::WorkerReady(_) => Some(None),
-            _ => None,
-        })
-        .await
-        {
-            Some(message) => seen.push(message),
-            None => break,
-        }
+    let pick = |e| match e {
+        PrimaryEvent::WorkerMessage(m) => Some(m.message.decode().ok()),
+        PrimaryEvent::WorkerReady(_) => Some(None),
+        _ => None,
+    };
+    while let Some(message) = wait_for(&mut events, pick).await {
+        seen.push(message);
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(seen[0].get("hello").is_some());
