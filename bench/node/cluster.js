@@ -34,7 +34,10 @@ if (cluster.isWorker && metric === 'http') {
   });
   process.send('ready');
 } else {
-  cluster.setupPrimary({ exec: __filename, args: [metric, String(count)] });
+  const nodeWorker = metric.startsWith('node-');
+  cluster.setupPrimary(nodeWorker
+    ? { exec: require('node:path').join(__dirname, 'worker.js'), args: [metric.slice(5), String(count)] }
+    : { exec: __filename, args: [metric, String(count)] });
 
   const fork = n => new Promise(resolve => {
     const workers = [];
@@ -94,6 +97,9 @@ if (cluster.isWorker && metric === 'http') {
       return value;
     },
     async down () { return sendAll(1, () => small(1)); },
+    // The same worker script as under our primary (bench/node/worker.js).
+    'node-pingpong' () { return jobs.pingpong(); },
+    'node-down' () { return jobs.down(); },
     async large () { return (await sendAll(1, () => large)) * large.length / 1e6; },
     async broadcast () { return 4 * await sendAll(4, () => small(1)); },
     async up () {

@@ -79,6 +79,8 @@ async fn run_primary(metric: &str, count: u64) -> Result {
         "spawn" => spawn(count).await?,
         "pingpong" => pingpong(count).await?,
         "request" => request(count).await?,
+        "node-pingpong" => node_pingpong(count).await?,
+        "node-down" => node_down(count).await?,
         "requests" => requests(count).await?,
         "down" => down(count).await?,
         "up" => up(count).await?,
@@ -175,6 +177,60 @@ async fn pingpong(n: u64) -> Result<f64> {
     let elapsed = started.elapsed();
     primary.shut_down().await?;
     Ok(per(elapsed, n, Duration::from_micros(1)))
+}
+
+/// A primary of plain Node.js workers (`bench/node/worker.js`) over Node's
+/// own IPC, and the ready workers.
+async fn node_cluster(
+    metric: &str,
+    count: u64,
+) -> Result<(ClusterPrimary, EventStream<PrimaryEvent>, Vec<Worker>)> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/node/worker.js");
+    let primary = ClusterPrimary::builder()
+        .program("node")
+        .args([script.to_owned(), metric.to_owned(), count.to_string()])
+        .channel(isotropic_cluster::primary::WorkerChannel::Node)
+        .queue_capacity(4096)
+        .start()
+        .await?;
+    let mut events = primary.events();
+    primary.fork(1).await?;
+    let workers = ready(&mut events, 1).await?;
+    Ok((primary, events, workers))
+}
+
+/// Microseconds per round trip with a Node.js worker.
+async fn node_pingpong(n: u64) -> Result<f64> {
+    let (primary, _, workers) = node_cluster("pingpong", n).await?;
+    let finished = Arc::new(Notify::new());
+    let notify = finished.clone();
+    primary.on::<WorkerMessage>(move |event| {
+        if let Ok(pong) = event.message.decode::<u64>() {
+            if pong + 1 < n {
+                let worker = event.worker.clone();
+                let _ = event.primary().send(&worker, &(pong + 1));
+            } else {
+                notify.notify_one();
+            }
+        }
+    });
+    let started = Instant::now();
+    workers[0].send(&0_u64).await?;
+    finished.notified().await;
+    let elapsed = started.elapsed();
+    primary.shut_down().await?;
+    Ok(per(elapsed, n, Duration::from_micros(1)))
+}
+
+/// Small messages per second to a Node.js worker (counted by it).
+async fn node_down(n: u64) -> Result<f64> {
+    let (primary, mut events, workers) = node_cluster("down", n).await?;
+    let started = Instant::now();
+    send_all(&primary, Destination::from(&workers[0]), n, Small::new).await?;
+    done(&mut events, 1).await?;
+    let elapsed = started.elapsed();
+    primary.shut_down().await?;
+    Ok(rate(elapsed, n))
 }
 
 /// Microseconds per request/response round trip, one at a time.
