@@ -229,14 +229,16 @@ fn a_socket_passed_by_socket_activation_is_used_instead_of_binding() {
     let primary = tests_integration::fixture().with_file_name("fixture-primary");
     // fd 3, and LISTEN_PID naming the primary itself (exec keeps the pid).
     let script = r#"exec 3<&0 0</dev/null; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http exec "$0" serve "$1" 2"#;
-    let mut child = std::process::Command::new("sh")
-        .args(["-c", script])
-        .arg(&primary)
-        .arg(&address)
-        .stdin(std::process::Stdio::from(passed))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the primary");
+    let mut child = tests_integration::Running(
+        std::process::Command::new("sh")
+            .args(["-c", script])
+            .arg(&primary)
+            .arg(&address)
+            .stdin(std::process::Stdio::from(passed))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the primary"),
+    );
     let mut line = String::new();
     BufReader::new(child.stdout.as_mut().expect("stdout"))
         .read_line(&mut line)

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use isotropic_cluster::primary::*;
 use isotropic_cluster::worker::ClusterWorker;
 use serde_json::{Value, json};
-use tests_integration::{ExitWatch, launch, primary, shut_down, wait_for};
+use tests_integration::{ExitWatch, Running, launch, primary, shut_down, wait_for};
 
 fn fixture_primary() -> std::path::PathBuf {
     tests_integration::fixture().with_file_name("fixture-primary")
@@ -16,12 +16,14 @@ fn fixture_primary() -> std::path::PathBuf {
 
 /// Runs `fixture-primary` and returns it with the JSON line it prints once
 /// its workers are ready.
-fn start_fixture_primary(program: &std::path::Path, args: &[&str]) -> (std::process::Child, Value) {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start fixture-primary");
+fn start_fixture_primary(program: &std::path::Path, args: &[&str]) -> (Running, Value) {
+    let mut child = Running(
+        Command::new(program)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start fixture-primary"),
+    );
     // Workers print their greeting first; the report is the first JSON line.
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let line = lines
