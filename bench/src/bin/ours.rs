@@ -159,6 +159,11 @@ async fn spawn(n: u64) -> Result<f64> {
 /// Microseconds per round trip, the next ping sent from the handler of the pong.
 async fn pingpong(n: u64) -> Result<f64> {
     let (primary, _, workers) = cluster("pingpong", n, 1).await?;
+    ping(primary, &workers[0], n).await
+}
+
+/// Plays `n` rounds of ping-pong with `worker`, then shuts the primary down.
+async fn ping(primary: ClusterPrimary, worker: &Worker, n: u64) -> Result<f64> {
     let finished = Arc::new(Notify::new());
     let notify = finished.clone();
     primary.on::<WorkerMessage>(move |event| {
@@ -172,7 +177,7 @@ async fn pingpong(n: u64) -> Result<f64> {
         }
     });
     let started = Instant::now();
-    workers[0].send(&0_u64).await?;
+    worker.send(&0_u64).await?;
     finished.notified().await;
     let elapsed = started.elapsed();
     primary.shut_down().await?;
@@ -202,35 +207,13 @@ async fn node_cluster(
 /// Microseconds per round trip with a Node.js worker.
 async fn node_pingpong(n: u64) -> Result<f64> {
     let (primary, _, workers) = node_cluster("pingpong", n).await?;
-    let finished = Arc::new(Notify::new());
-    let notify = finished.clone();
-    primary.on::<WorkerMessage>(move |event| {
-        if let Ok(pong) = event.message.decode::<u64>() {
-            if pong + 1 < n {
-                let worker = event.worker.clone();
-                let _ = event.primary().send(&worker, &(pong + 1));
-            } else {
-                notify.notify_one();
-            }
-        }
-    });
-    let started = Instant::now();
-    workers[0].send(&0_u64).await?;
-    finished.notified().await;
-    let elapsed = started.elapsed();
-    primary.shut_down().await?;
-    Ok(per(elapsed, n, Duration::from_micros(1)))
+    ping(primary, &workers[0], n).await
 }
 
 /// Small messages per second to a Node.js worker (counted by it).
 async fn node_down(n: u64) -> Result<f64> {
-    let (primary, mut events, workers) = node_cluster("down", n).await?;
-    let started = Instant::now();
-    send_all(&primary, Destination::from(&workers[0]), n, Small::new).await?;
-    done(&mut events, 1).await?;
-    let elapsed = started.elapsed();
-    primary.shut_down().await?;
-    Ok(rate(elapsed, n))
+    let (primary, events, workers) = node_cluster("down", n).await?;
+    flood(primary, events, &workers[0], n).await
 }
 
 /// Microseconds per request/response round trip, one at a time.
@@ -295,9 +278,20 @@ async fn send_all<M: serde::Serialize>(
 /// Small messages per second, primary to worker (counted when the worker
 /// has decoded all of them).
 async fn down(n: u64) -> Result<f64> {
-    let (primary, mut events, workers) = cluster("down", n, 1).await?;
+    let (primary, events, workers) = cluster("down", n, 1).await?;
+    flood(primary, events, &workers[0], n).await
+}
+
+/// Sends `n` small messages to `worker` and waits for its "done", then shuts
+/// the primary down.
+async fn flood(
+    primary: ClusterPrimary,
+    mut events: EventStream<PrimaryEvent>,
+    worker: &Worker,
+    n: u64,
+) -> Result<f64> {
     let started = Instant::now();
-    send_all(&primary, Destination::from(&workers[0]), n, Small::new).await?;
+    send_all(&primary, Destination::from(worker), n, Small::new).await?;
     done(&mut events, 1).await?;
     let elapsed = started.elapsed();
     primary.shut_down().await?;
