@@ -8,7 +8,7 @@ use isotropic_cluster::primary::*;
 use isotropic_cluster::{SendError, Subscribe, WorkerId};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tests_integration::{Log, launch, primary, ready, record, shut_down, wait_for};
+use tests_integration::{Log, launch, primary, ready, record, rss_kib, shut_down, wait_for};
 
 fn echo_of(event: PrimaryEvent) -> Option<(WorkerId, Value)> {
     match event {
@@ -256,16 +256,6 @@ async fn a_worker_that_does_not_read_fills_a_bounded_queue() {
         Err(SendError::Full { .. })
     ));
     drop(primary);
-}
-
-/// This process's resident memory, in KiB.
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test]

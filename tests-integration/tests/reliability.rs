@@ -4,19 +4,10 @@
 use std::time::Duration;
 
 use isotropic_cluster::primary::*;
-use tests_integration::{primary, shut_down, wait_for};
+use tests_integration::{primary, rss_kib, shut_down, wait_for};
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// Children of this process that are zombies (exited, not reaped).

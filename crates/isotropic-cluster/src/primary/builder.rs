@@ -74,6 +74,16 @@ pub(crate) struct Config {
 }
 
 impl Config {
+    /// Encodes a user message for the workers' channel.
+    pub(crate) fn encode<M: serde::Serialize + ?Sized>(
+        &self,
+        message: &M,
+    ) -> Result<bytes::Bytes, crate::SendError> {
+        self.wire()
+            .encode(message, self.max_frame_size)
+            .map_err(crate::SendError::Encode)
+    }
+
     /// What the channel to the workers speaks.
     pub(crate) fn wire(&self) -> Wire {
         match self.channel {

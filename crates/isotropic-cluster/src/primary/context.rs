@@ -137,11 +137,7 @@ impl PrimaryContext {
         to: impl Into<Destination>,
         message: &M,
     ) -> Result<(), SendError> {
-        let frame = self
-            .config
-            .wire()
-            .encode(message, self.config.max_frame_size)
-            .map_err(SendError::Encode)?;
+        let frame = self.config.encode(message)?;
         self.pool.try_send(to.into(), &frame)
     }
 

@@ -139,11 +139,7 @@ impl ClusterPrimary {
         to: impl Into<Destination>,
         message: &M,
     ) -> Result<(), SendError> {
-        let frame = self
-            .config
-            .wire()
-            .encode(message, self.config.max_frame_size)
-            .map_err(SendError::Encode)?;
+        let frame = self.config.encode(message)?;
         let (workers, errors) = self.pool.resolve(to.into());
         let sends = workers
             .iter()
@@ -166,11 +162,7 @@ impl ClusterPrimary {
         to: impl Into<Destination>,
         message: &M,
     ) -> Result<(), SendError> {
-        let frame = self
-            .config
-            .wire()
-            .encode(message, self.config.max_frame_size)
-            .map_err(SendError::Encode)?;
+        let frame = self.config.encode(message)?;
         self.pool.try_send(to.into(), &frame)
     }
 
