@@ -21,21 +21,43 @@ enum Command {
     /// and shuts them down gracefully on SIGINT/SIGTERM (a second signal
     /// kills them).
     Run(run::Args),
+    /// (Internal) How `run --listen` starts each worker: places the passed
+    /// sockets at fd 3… with the socket-activation variables, then becomes
+    /// COMMAND.
+    #[command(name = "__exec-with-sockets", hide = true)]
+    ExecWithSockets {
+        /// LISTEN_FDNAMES.
+        names: String,
+        /// The program and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("isotropic-cluster: cannot start a runtime: {error}");
-            return std::process::ExitCode::from(2);
+    match Cli::parse().command {
+        Command::Run(args) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("isotropic-cluster: cannot start a runtime: {error}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            runtime.block_on(run::run(args))
         }
-    };
-    match cli.command {
-        Command::Run(args) => runtime.block_on(run::run(args)),
+        Command::ExecWithSockets { names, command } => {
+            // Still a single thread here: place the sockets and exec.
+            let (program, args) = command.split_first().expect("clap requires a command");
+            let error = isotropic_cluster::exec_with_listen_fds(&names, program, args);
+            eprintln!(
+                "isotropic-cluster: cannot start {}: {error}",
+                program.to_string_lossy()
+            );
+            std::process::ExitCode::from(127)
+        }
     }
 }

@@ -4,6 +4,7 @@ use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use isotropic_cluster::ListenAddress;
 use isotropic_cluster::primary::{
     ClusterPrimary, OutputStream, PrimaryEvent, WorkerChannel, WorkerStdio,
 };
@@ -29,6 +30,11 @@ pub(crate) struct Args {
     /// sends ready (node: the message 'ready'; frames: the ready frame).
     #[arg(long, value_enum)]
     ready: Option<Ready>,
+    /// An address the primary listens on, passed to every worker as a
+    /// systemd-activation socket (LISTEN_FDS from fd 3, LISTEN_PID,
+    /// LISTEN_FDNAMES): 127.0.0.1:8080, [::1]:0, unix:/path. Repeatable.
+    #[arg(long = "listen", value_name = "ADDR")]
+    listen: Vec<String>,
     /// Print lifecycle events as JSON lines instead of text.
     #[arg(long)]
     json: bool,
@@ -95,9 +101,25 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
     let workers = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-    let primary = ClusterPrimary::builder()
-        .program(program)
-        .args(program_args)
+    let report = Report { json: args.json };
+    let builder = if args.listen.is_empty() {
+        ClusterPrimary::builder()
+            .program(program)
+            .args(program_args)
+    } else {
+        let (fds, names) = bind(&args.listen, &report)?;
+        // Each worker starts as this program, which places the sockets and
+        // then becomes the command.
+        ClusterPrimary::builder()
+            .program(std::env::current_exe()?)
+            .arg("__exec-with-sockets")
+            .arg(names)
+            .arg("--")
+            .arg(program)
+            .args(program_args)
+            .pass_fds(fds)
+    };
+    let primary = builder
         .channel(channel)
         .stdio(WorkerStdio::Piped)
         .shutdown_grace(args.grace)
@@ -107,7 +129,6 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
     let mut events = primary.events();
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    let report = Report { json: args.json };
     if let Err(error) = primary.fork(workers).await {
         report.line(
             "forkError",
@@ -143,6 +164,38 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Binds every `--listen` address; the sockets and their LISTEN_FDNAMES.
+fn bind(
+    addresses: &[String],
+    report: &Report,
+) -> anyhow::Result<(Vec<std::os::fd::OwnedFd>, String)> {
+    let mut fds = Vec::new();
+    let mut names = Vec::new();
+    for (i, text) in addresses.iter().enumerate() {
+        let address: ListenAddress = text.parse()?;
+        let (fd, bound) = match &address {
+            ListenAddress::Tcp(at) => {
+                let listener = std::net::TcpListener::bind(at)
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {text}: {e}"))?;
+                let bound = listener.local_addr()?;
+                (std::os::fd::OwnedFd::from(listener), bound.to_string())
+            }
+            ListenAddress::Unix(path) => {
+                let listener = std::os::unix::net::UnixListener::bind(path)
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {text}: {e}"))?;
+                (
+                    std::os::fd::OwnedFd::from(listener),
+                    format!("unix:{}", path.display()),
+                )
+            }
+        };
+        report.line("listening", None, &format!("listening on {bound}"));
+        fds.push(fd);
+        names.push(format!("listen{i}"));
+    }
+    Ok((fds, names.join(":")))
 }
 
 /// The first signal shuts down gracefully; a second kills. Returns whether

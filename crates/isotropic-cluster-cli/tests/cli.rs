@@ -184,3 +184,88 @@ async fn a_node_script_is_a_worker_through_nodes_own_channel() {
     );
     assert_eq!(exit_code(&mut child).await, Some(0));
 }
+
+#[tokio::test]
+async fn listen_hands_workers_a_socket_activation_socket() {
+    let server = r#"
+import os, signal, socket, sys
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+env = os.environ
+if (env["LISTEN_PID"], env["LISTEN_FDS"], env["LISTEN_FDNAMES"]) != (str(os.getpid()), "1", "listen0"):
+    sys.exit(3)
+server = socket.socket(fileno=3)
+print("serving", flush=True)
+while True:
+    conn, _ = server.accept()
+    conn.recv(65536)
+    body = b"served by %d" % os.getpid()
+    conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    conn.close()
+"#;
+    let (mut child, mut stderr) = cli(&[
+        "run",
+        "--workers",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+        "--",
+        "python3",
+        "-c",
+        server,
+    ]);
+    let seen = until(&mut stderr, "listening on").await;
+    let address = seen
+        .last()
+        .and_then(|l| l.split_whitespace().last())
+        .expect("an address");
+    let address: std::net::SocketAddr = address.parse().expect("a socket address");
+    for _ in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        let response = tokio::time::timeout(DEADLINE, async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            stream
+                .write_all(b"GET / HTTP/1.0\r\n\r\n")
+                .await
+                .expect("write");
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.expect("read");
+            response
+        })
+        .await
+        .expect("a response in time");
+        assert!(response.starts_with("HTTP/1.0 200 OK"), "{response:?}");
+        assert!(response.contains("served by"), "{response:?}");
+    }
+    // SIGTERM only once both have their handler: "serving" comes after it.
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    for _ in 0..2 {
+        let line = tokio::time::timeout(DEADLINE, stdout.next_line())
+            .await
+            .expect("in time")
+            .expect("read");
+        assert!(line.expect("a line").ends_with("] serving"));
+    }
+    terminate(&child);
+    let rest = until(&mut stderr, "all workers exited").await;
+    assert_eq!(
+        rest.iter()
+            .filter(|l| l.contains("exited with code 0"))
+            .count(),
+        2,
+        "{rest:?}"
+    );
+    assert_eq!(exit_code(&mut child).await, Some(0));
+}
+
+#[tokio::test]
+async fn listen_on_a_bad_address_is_a_clear_error() {
+    let (mut child, mut stderr) = cli(&["run", "--listen", "not-an-address", "--", "true"]);
+    let lines = until(&mut stderr, "not-an-address").await;
+    assert!(
+        lines.iter().any(|l| l.contains("cannot listen on")),
+        "{lines:?}"
+    );
+    assert_eq!(exit_code(&mut child).await, Some(2));
+}

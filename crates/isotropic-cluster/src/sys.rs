@@ -35,12 +35,14 @@ pub(crate) fn channel_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((a, b))
 }
 
-/// Arranges for `fd` (if any) to survive `exec` in the child of `command` (and
-/// nothing else we own), clears the signal mask the child would inherit, and
-/// asks the kernel to send SIGTERM to the child if its parent thread goes away.
+/// Arranges for `fd` (if any) and `passed` to survive `exec` in the child of
+/// `command` (and nothing else we own), clears the signal mask the child
+/// would inherit, and asks the kernel to send SIGTERM to the child if its
+/// parent thread goes away.
 pub(crate) fn prepare_child(
     command: &mut tokio::process::Command,
     fd: Option<RawFd>,
+    passed: Vec<RawFd>,
     primary: u32,
 ) {
     let primary = Pid::from_raw(primary.cast_signed());
@@ -49,10 +51,11 @@ pub(crate) fn prepare_child(
     // prctl, getppid) on values captured by copy, and allocates nothing.
     unsafe {
         command.pre_exec(move || {
-            if let Some(fd) = fd {
-                // SAFETY: `fd` is the child's end of the channel, open in this
-                // process (it was inherited over fork) for the whole closure.
-                let borrowed = std::os::fd::BorrowedFd::borrow_raw(fd);
+            for fd in fd.iter().chain(&passed) {
+                // SAFETY: `fd` is the child's end of the channel, or an fd the
+                // primary passes to every worker; both are open in this
+                // process (inherited over fork) for the whole closure.
+                let borrowed = std::os::fd::BorrowedFd::borrow_raw(*fd);
                 rustix::io::fcntl_setfd(borrowed, FdFlags::empty())?;
             }
             let mut empty: libc::sigset_t = std::mem::zeroed();
@@ -205,3 +208,60 @@ pub(crate) fn activated_sockets() -> Vec<OwnedFd> {
         .filter_map(|i| adopt_inherited_socket(3 + RawFd::try_from(i).ok()?).ok())
         .collect()
 }
+
+/// Replaces this process with `program`, the sockets passed by the primary
+/// (`PASS_FDS`) placed at fds 3, 4, … and named by the socket-activation
+/// variables (`LISTEN_PID` is this process, which `exec` keeps). Returns only
+/// on failure. Called early by a fresh, single-threaded process.
+pub(crate) fn exec_with_listen_fds(
+    names: &str,
+    program: &std::ffi::OsStr,
+    args: &[std::ffi::OsString],
+) -> io::Error {
+    use std::os::unix::process::CommandExt as _;
+    let passed: Vec<RawFd> = std::env::var(PASS_FDS)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|fd| fd.parse().ok())
+        .collect();
+    let placed = (|| -> io::Result<Vec<OwnedFd>> {
+        // Out of the way first (the originals close), then at the lowest free
+        // numbers from 3: which are 3, 4, … in a process that holds nothing else.
+        let adopted: Vec<OwnedFd> = passed
+            .iter()
+            .map(|fd| adopt_inherited_socket(*fd))
+            .collect::<io::Result<_>>()?;
+        let high: Vec<OwnedFd> = adopted
+            .iter()
+            .map(|fd| Ok(rustix::io::fcntl_dupfd_cloexec(fd, 1000)?))
+            .collect::<io::Result<_>>()?;
+        drop(adopted);
+        let mut placed = Vec::new();
+        for (i, fd) in high.iter().enumerate() {
+            let fd = rustix::io::fcntl_dupfd_cloexec(fd, 3)?;
+            if std::os::fd::AsRawFd::as_raw_fd(&fd) != 3 + RawFd::try_from(i).unwrap_or(RawFd::MAX)
+            {
+                return Err(io::Error::other("fds from 3 up are not free"));
+            }
+            rustix::io::fcntl_setfd(&fd, FdFlags::empty())?;
+            placed.push(fd);
+        }
+        Ok(placed)
+    })();
+    let placed = match placed {
+        Ok(placed) => placed,
+        Err(error) => return error,
+    };
+    let error = std::process::Command::new(program)
+        .args(args)
+        .env_remove(PASS_FDS)
+        .env("LISTEN_PID", std::process::id().to_string())
+        .env("LISTEN_FDS", placed.len().to_string())
+        .env("LISTEN_FDNAMES", names)
+        .exec();
+    drop(placed);
+    error
+}
+
+/// Names the fds a primary passes to every worker (see `exec_with_listen_fds`).
+pub(crate) const PASS_FDS: &str = "ISOTROPIC_CLUSTER_PASS_FDS";

@@ -71,6 +71,8 @@ pub(crate) struct Config {
     pub(crate) request_timeout: Duration,
     pub(crate) ready_timeout: Option<Duration>,
     pub(crate) channel: WorkerChannel,
+    /// Fds every worker inherits (see `pass_fds`).
+    pub(crate) pass_fds: std::sync::Arc<Vec<std::os::fd::OwnedFd>>,
 }
 
 impl Config {
@@ -112,6 +114,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(30),
             ready_timeout: None,
             channel: WorkerChannel::Frames,
+            pass_fds: std::sync::Arc::default(),
         }
     }
 }
@@ -289,6 +292,15 @@ impl PrimaryBuilder {
     /// stopped and replaced. Default: no limit, as the original.
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
         self.config.ready_timeout = Some(timeout);
+        self
+    }
+
+    /// Fds every worker inherits, their numbers listed in the
+    /// `ISOTROPIC_CLUSTER_PASS_FDS` environment variable (comma-separated).
+    /// [`exec_with_listen_fds`](crate::exec_with_listen_fds) turns them into
+    /// sockets passed by the systemd convention. The primary keeps them open.
+    pub fn pass_fds(mut self, fds: Vec<std::os::fd::OwnedFd>) -> Self {
+        self.config.pass_fds = std::sync::Arc::new(fds);
         self
     }
 

@@ -112,7 +112,12 @@ pub(crate) fn spawn(
         WorkerChannel::None => &mut command,
     };
     let inherited = with_channel.then(|| theirs.as_raw_fd());
-    sys::prepare_child(&mut command, inherited, std::process::id());
+    let passed: Vec<i32> = config.pass_fds.iter().map(AsRawFd::as_raw_fd).collect();
+    if !passed.is_empty() {
+        let list: Vec<String> = passed.iter().map(ToString::to_string).collect();
+        command.env(sys::PASS_FDS, list.join(","));
+    }
+    sys::prepare_child(&mut command, inherited, passed, std::process::id());
     let mut child = command.spawn().map_err(spawn_error)?;
     // Without a channel, the worker's end stays here, unused, so that ours
     // never reads an end of file.
