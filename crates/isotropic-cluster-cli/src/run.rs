@@ -26,8 +26,10 @@ pub(crate) struct Args {
     /// docs/protocol.md).
     #[arg(long, value_enum, default_value_t = Channel::None)]
     channel: Channel,
-    /// When a worker counts as ready: when started (no channel), or when it
-    /// sends ready (node: the message 'ready'; frames: the ready frame).
+    /// When a worker counts as ready: when started (no channel), when it
+    /// sends ready (node: the message 'ready'; frames: the ready frame), or
+    /// when it holds a listening socket (no channel; with --listen, as soon
+    /// as it holds the passed ones).
     #[arg(long, value_enum)]
     ready: Option<Ready>,
     /// An address the primary listens on, passed to every worker as a
@@ -54,6 +56,7 @@ enum Channel {
 enum Ready {
     Start,
     Message,
+    Listening,
 }
 
 /// `500ms`, `5s`, `2m`, or a number of seconds.
@@ -86,13 +89,16 @@ pub(crate) async fn run(args: Args) -> ExitCode {
 
 async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
     let channel = match (args.channel, args.ready) {
-        (Channel::None, None | Some(Ready::Start)) => WorkerChannel::None,
+        (Channel::None, None | Some(Ready::Start | Ready::Listening)) => WorkerChannel::None,
         (Channel::Frames, None | Some(Ready::Message)) => WorkerChannel::Frames,
         (Channel::Node, None | Some(Ready::Message)) => WorkerChannel::Node,
         (Channel::None, Some(Ready::Message)) => {
             anyhow::bail!("--ready message needs --channel node or frames")
         }
         (_, Some(Ready::Start)) => anyhow::bail!("--ready start goes with --channel none"),
+        (_, Some(Ready::Listening)) => {
+            anyhow::bail!("--ready listening goes with --channel none")
+        }
     };
     let (program, program_args) = args
         .command
@@ -121,6 +127,7 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
     };
     let primary = builder
         .channel(channel)
+        .ready_on_listen(args.ready == Some(Ready::Listening))
         .stdio(WorkerStdio::Piped)
         .shutdown_grace(args.grace)
         .kill_grace(args.grace)

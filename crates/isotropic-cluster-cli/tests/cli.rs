@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, Command};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -22,7 +22,7 @@ fn cli(args: &[&str]) -> (Child, Lines<BufReader<ChildStderr>>) {
 }
 
 /// Reads stderr until a line containing `text`; returns the lines read.
-async fn until(lines: &mut Lines<BufReader<ChildStderr>>, text: &str) -> Vec<String> {
+async fn until<R: AsyncBufRead + Unpin>(lines: &mut Lines<R>, text: &str) -> Vec<String> {
     let mut seen = Vec::new();
     tokio::time::timeout(DEADLINE, async {
         while let Some(line) = lines.next_line().await.expect("read") {
@@ -267,5 +267,70 @@ async fn listen_on_a_bad_address_is_a_clear_error() {
         lines.iter().any(|l| l.contains("cannot listen on")),
         "{lines:?}"
     );
+    assert_eq!(exit_code(&mut child).await, Some(2));
+}
+
+#[tokio::test]
+async fn ready_listening_waits_for_the_worker_to_listen() {
+    // The worker binds, says so, and listens only once the test lets it.
+    let worker = r#"
+import signal, socket, sys
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+gate = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+print("bound", flush=True)
+gate.recv(1)
+server.listen()
+signal.pause()
+"#;
+    let gate = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = gate.local_addr().expect("address").port().to_string();
+    // Events and output in one stream, in the order the CLI writes them.
+    let mut child = Command::new("sh")
+        .args(["-c", "exec \"$0\" \"$@\" 2>&1"])
+        .arg(env!("CARGO_BIN_EXE_isotropic-cluster"))
+        .args(["run", "--workers", "1", "--ready", "listening", "--"])
+        .args(["python3", "-c", worker, &port])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the CLI");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (mut gate, _) = tokio::time::timeout(DEADLINE, gate.accept())
+        .await
+        .expect("the worker connects in time")
+        .expect("accept");
+    let before = until(&mut lines, "[1] bound").await;
+    assert!(!before.iter().any(|l| l.contains("ready")), "{before:?}");
+    tokio::io::AsyncWriteExt::write_all(&mut gate, b"x")
+        .await
+        .expect("open the gate");
+    until(&mut lines, "worker 1 ready").await;
+    terminate(&child);
+    let rest = until(&mut lines, "all workers exited").await;
+    assert!(
+        rest.iter().any(|l| l.contains("exited with code 0")),
+        "{rest:?}"
+    );
+    assert_eq!(exit_code(&mut child).await, Some(0));
+}
+
+#[tokio::test]
+async fn ready_listening_needs_no_channel() {
+    let (mut child, mut stderr) = cli(&[
+        "run",
+        "--channel",
+        "node",
+        "--ready",
+        "listening",
+        "--",
+        "node",
+        "-e",
+        "",
+    ]);
+    until(&mut stderr, "--ready listening goes with --channel none").await;
     assert_eq!(exit_code(&mut child).await, Some(2));
 }

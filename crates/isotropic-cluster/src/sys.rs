@@ -265,3 +265,40 @@ pub(crate) fn exec_with_listen_fds(
 
 /// Names the fds a primary passes to every worker (see `exec_with_listen_fds`).
 pub(crate) const PASS_FDS: &str = "ISOTROPIC_CLUSTER_PASS_FDS";
+
+/// Whether process `pid` holds a TCP (v4 or v6) or Unix stream socket in the
+/// listening state: the inodes of listening sockets in its network namespace
+/// (`/proc/PID/net/…`) against the sockets among its fds. False when it has
+/// gone or cannot be read.
+pub(crate) fn holds_listening_socket(pid: u32) -> bool {
+    let table = |name: &str| std::fs::read_to_string(format!("/proc/{pid}/net/{name}"));
+    let mut listening = std::collections::HashSet::new();
+    for name in ["tcp", "tcp6"] {
+        // `sl local rem st … inode`: st 0A is LISTEN; the inode is field 9.
+        for line in table(name).unwrap_or_default().lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(3) == Some(&"0A") {
+                listening.extend(fields.get(9).map(|inode| inode.to_string()));
+            }
+        }
+    }
+    // `Num RefCount Protocol Flags Type St Inode`: flag 00010000 is accepting.
+    for line in table("unix").unwrap_or_default().lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(3) == Some(&"00010000") {
+            listening.extend(fields.get(6).map(|inode| inode.to_string()));
+        }
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok).any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            let target = target.to_string_lossy();
+            target
+                .strip_prefix("socket:[")
+                .and_then(|rest| rest.strip_suffix(']'))
+                .is_some_and(|inode| listening.contains(inode))
+        })
+    })
+}

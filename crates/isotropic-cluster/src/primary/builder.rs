@@ -70,6 +70,8 @@ pub(crate) struct Config {
     pub(crate) distribution: Distribution,
     pub(crate) request_timeout: Duration,
     pub(crate) ready_timeout: Option<Duration>,
+    /// Without a channel: ready once listening, not once started.
+    pub(crate) ready_on_listen: bool,
     pub(crate) channel: WorkerChannel,
     /// Fds every worker inherits (see `pass_fds`).
     pub(crate) pass_fds: std::sync::Arc<Vec<std::os::fd::OwnedFd>>,
@@ -113,6 +115,7 @@ impl Default for Config {
             distribution: Distribution::default(),
             request_timeout: Duration::from_secs(30),
             ready_timeout: None,
+            ready_on_listen: false,
             channel: WorkerChannel::Frames,
             pass_fds: std::sync::Arc::default(),
         }
@@ -292,6 +295,15 @@ impl PrimaryBuilder {
     /// stopped and replaced. Default: no limit, as the original.
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
         self.config.ready_timeout = Some(timeout);
+        self
+    }
+
+    /// With [`WorkerChannel::None`], a worker counts as ready once it holds
+    /// a listening TCP or Unix socket (its own, or one passed to it) instead
+    /// of once started: for servers that cannot say ready. Checked every
+    /// 10 ms until then; other channels ignore it (their workers say ready).
+    pub fn ready_on_listen(mut self, yes: bool) -> Self {
+        self.config.ready_on_listen = yes;
         self
     }
 

@@ -22,6 +22,7 @@ use crate::error::{Error, ProtocolError, SendError};
 use crate::events::{self, Hub, StreamSource, Topic};
 use crate::protocol::{self, Frame, Wire};
 use crate::request::Handlers;
+use crate::sys;
 
 /// Where a phase of the lifecycle (shutdown, destroy) stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +37,8 @@ enum Timer {
     Restart,
     Escalate(WorkerId, i32),
     Ready(WorkerId),
+    /// Time to look whether a worker listens yet (`ready_on_listen`).
+    Listening(WorkerId),
 }
 
 /// One live worker, as the actor tracks it.
@@ -427,6 +430,7 @@ impl PrimaryContext {
                     self.protocol_error(id, ProtocolError::ReadyTimeout(after));
                 }
             }
+            Timer::Listening(id) => self.check_listening(id),
             Timer::Escalate(id, signal) => {
                 if let Some(worker) = self.worker(id) {
                     events::publish(self, WorkerSignal { worker, signal });
@@ -447,6 +451,10 @@ impl PrimaryContext {
                     },
                 );
                 match self.config.channel {
+                    WorkerChannel::None if self.config.ready_on_listen => {
+                        self.started(&worker, false);
+                        self.check_listening(worker.id());
+                    }
                     WorkerChannel::None => self.started(&worker, true),
                     // Node's IPC has no hello: online once started.
                     WorkerChannel::Node => self.started(&worker, false),
@@ -464,6 +472,25 @@ impl PrimaryContext {
         }
         if self.destroy == Phase::Running && self.shutdown == Phase::Done {
             self.teardown();
+        }
+    }
+
+    /// A worker without a channel is ready once it holds a listening socket;
+    /// until then, look again shortly.
+    fn check_listening(&mut self, id: WorkerId) {
+        let Some(live) = self.live.get_mut(&id) else {
+            return;
+        };
+        if live.ready || live.disconnected {
+            return;
+        }
+        if sys::holds_listening_socket(live.worker.pid()) {
+            live.ready = true;
+            let worker = live.worker.clone();
+            events::publish(self, WorkerReady { worker });
+        } else {
+            self.timers
+                .insert(Timer::Listening(id), Duration::from_millis(10));
         }
     }
 
