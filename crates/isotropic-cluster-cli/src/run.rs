@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use isotropic_cluster::ListenAddress;
 use isotropic_cluster::primary::{
-    ClusterPrimary, OutputStream, PrimaryEvent, WorkerChannel, WorkerStdio,
+    ClusterPrimary, OutputStream, PrimaryEvent, RestartPolicy, WorkerChannel, WorkerStdio,
 };
 use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
@@ -21,6 +21,17 @@ pub(crate) struct Args {
     /// (e.g. 500ms, 5s, 1m).
     #[arg(long, default_value = "5s", value_parser = duration)]
     grace: Duration,
+    /// A worker that ran this long counts as stable: replaced at once, and
+    /// the count of early exits starts over.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    stable_after: Duration,
+    /// The wait before replacing a worker after the second early exit in a
+    /// row; it doubles with each further one…
+    #[arg(long, default_value = "100ms", value_parser = duration)]
+    restart_delay: Duration,
+    /// …up to this.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    max_restart_delay: Duration,
     /// The channel workers get: none (plain programs), node (Node.js's own
     /// IPC: process.send / process.on('message')), or frames (ours, see
     /// docs/protocol.md).
@@ -131,6 +142,12 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
         .stdio(WorkerStdio::Piped)
         .shutdown_grace(args.grace)
         .kill_grace(args.grace)
+        .restart_policy(
+            RestartPolicy::default()
+                .stable_after(args.stable_after)
+                .initial_delay(args.restart_delay)
+                .max_delay(args.max_restart_delay),
+        )
         .start()
         .await?;
     let mut events = primary.events();

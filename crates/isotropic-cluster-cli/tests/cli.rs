@@ -334,3 +334,25 @@ async fn ready_listening_needs_no_channel() {
     until(&mut stderr, "--ready listening goes with --channel none").await;
     assert_eq!(exit_code(&mut child).await, Some(2));
 }
+
+#[tokio::test]
+async fn a_command_that_exits_at_once_is_restarted_with_visible_backoff() {
+    let (mut child, mut stderr) = cli(&[
+        "run",
+        "--workers",
+        "1",
+        "--restart-delay",
+        "20ms",
+        "--max-restart-delay",
+        "40ms",
+        "--",
+        "false",
+    ]);
+    until(&mut stderr, "(2 in a row): next start in 20ms").await;
+    // Doubled, then capped.
+    until(&mut stderr, "(3 in a row): next start in 40ms").await;
+    until(&mut stderr, "(4 in a row): next start in 40ms").await;
+    terminate(&child);
+    until(&mut stderr, "all workers exited").await;
+    assert_eq!(exit_code(&mut child).await, Some(0));
+}
