@@ -356,3 +356,42 @@ async fn a_command_that_exits_at_once_is_restarted_with_visible_backoff() {
     until(&mut stderr, "all workers exited").await;
     assert_eq!(exit_code(&mut child).await, Some(0));
 }
+
+#[tokio::test]
+async fn lines_written_in_pieces_come_out_whole_and_unmixed() {
+    // Each line goes out in three writes; two workers write at once.
+    let worker = r#"
+import os, signal, sys
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+tag = str(os.getpid()).encode()
+for _ in range(100):
+    os.write(1, tag + b":")
+    os.write(1, b"x" * 3000)
+    os.write(1, b":" + tag + b"\n")
+signal.pause()
+"#;
+    let (mut child, _stderr) = cli(&["run", "--workers", "2", "--", "python3", "-c", worker]);
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut tags = std::collections::HashMap::new();
+    for _ in 0..200 {
+        let line = tokio::time::timeout(DEADLINE, stdout.next_line())
+            .await
+            .expect("in time")
+            .expect("read")
+            .expect("a line");
+        let (prefix, content) = line.split_once(' ').expect("a prefix");
+        let parts: Vec<&str> = content.split(':').collect();
+        assert!(
+            parts.len() == 3 && parts[0] == parts[2] && parts[1] == "x".repeat(3000),
+            "a broken line from {prefix}: {}…",
+            &content[..content.len().min(80)]
+        );
+        let tag = tags
+            .entry(prefix.to_owned())
+            .or_insert_with(|| parts[0].to_owned());
+        assert_eq!(tag, parts[0], "{prefix}");
+    }
+    assert_eq!(tags.len(), 2, "{tags:?}");
+    terminate(&child);
+    assert_eq!(exit_code(&mut child).await, Some(0));
+}
