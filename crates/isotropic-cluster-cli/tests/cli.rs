@@ -129,7 +129,15 @@ async fn a_python_worker_speaks_the_framed_channel() {
     .expect("docs");
     let start = doc.find("```python\n").expect("a python block") + "```python\n".len();
     let end = start + doc[start..].find("```").expect("end");
-    let worker = &doc[start..end];
+    let shipped = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/workers/echo_worker.py"
+    );
+    let worker = std::fs::read_to_string(shipped).expect("the shipped worker");
+    assert!(
+        worker.ends_with(&doc[start..end]),
+        "examples/workers/echo_worker.py differs from docs/protocol.md"
+    );
     let (mut child, mut stderr) = cli(&[
         "run",
         "--workers",
@@ -138,8 +146,7 @@ async fn a_python_worker_speaks_the_framed_channel() {
         "frames",
         "--",
         "python3",
-        "-c",
-        worker,
+        shipped,
     ]);
     // Ready only once each worker sent its ready frame.
     until(&mut stderr, "ready").await;
