@@ -124,6 +124,9 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
             .program(program)
             .args(program_args)
     } else {
+        // Workers start through the shim: find the command now, so that a
+        // missing one is an error here, as without --listen.
+        let program = executable(program)?;
         let (fds, names) = bind(&args.listen, &report)?;
         // Each worker starts as this program, which places the sockets and
         // then becomes the command.
@@ -188,6 +191,25 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The executable file `program` names, directly or through `PATH`.
+fn executable(program: &str) -> anyhow::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let runnable = |path: &std::path::Path| {
+        path.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let found = if program.contains('/') {
+        Some(std::path::PathBuf::from(program)).filter(|path| runnable(path))
+    } else {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(program))
+                .find(|path| runnable(path))
+        })
+    };
+    found.ok_or_else(|| anyhow::anyhow!("cannot start {program}: not found, or not executable"))
 }
 
 /// Binds every `--listen` address; the sockets and their LISTEN_FDNAMES.

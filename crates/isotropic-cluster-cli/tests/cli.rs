@@ -402,3 +402,16 @@ signal.pause()
     terminate(&child);
     assert_eq!(exit_code(&mut child).await, Some(0));
 }
+
+#[tokio::test]
+async fn a_missing_command_is_a_clear_error_with_listen_too() {
+    for command in [
+        "/nonexistent/program",
+        "no-such-program-anywhere",
+        "/etc/passwd",
+    ] {
+        let (mut child, mut stderr) = cli(&["run", "--listen", "127.0.0.1:0", "--", command]);
+        until(&mut stderr, &format!("cannot start {command}")).await;
+        assert_eq!(exit_code(&mut child).await, Some(2), "{command}");
+    }
+}
