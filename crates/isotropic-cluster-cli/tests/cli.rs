@@ -209,17 +209,24 @@ while True:
     conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
     conn.close()
 "#;
-    let (mut child, mut stderr) = cli(&[
-        "run",
-        "--workers",
-        "2",
-        "--listen",
-        "127.0.0.1:0",
-        "--",
-        "python3",
-        "-c",
-        server,
-    ]);
+    serve_on_one_port_then_stop(&["python3", "-c", server]).await;
+}
+
+#[tokio::test]
+async fn the_shipped_python_http_server_serves_one_port() {
+    let server = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/workers/http_server.py"
+    );
+    serve_on_one_port_then_stop(&["python3", server]).await;
+}
+
+/// Runs `command` as two workers on one `--listen` port: both answer HTTP
+/// ("served by …") and exit 0 on SIGTERM once they print "serving".
+async fn serve_on_one_port_then_stop(command: &[&str]) {
+    let mut args = vec!["run", "--workers", "2", "--listen", "127.0.0.1:0", "--"];
+    args.extend(command);
+    let (mut child, mut stderr) = cli(&args);
     let seen = until(&mut stderr, "listening on").await;
     let address = seen
         .last()
