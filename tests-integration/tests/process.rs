@@ -159,3 +159,99 @@ async fn this_test_process_is_a_primary() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn workers_run_as_another_user_only_when_the_primary_may_switch() {
+    tests_integration::log_to_test_output();
+    let primary = ClusterPrimary::builder()
+        .program("sh")
+        .args(["-c", "echo $(id -u):$(id -g):$(id -G); exec sleep 30"])
+        .channel(WorkerChannel::None)
+        .stdio(WorkerStdio::Piped)
+        .uid(65534)
+        .gid(65534)
+        .start()
+        .await
+        .expect("start");
+    let mut events = primary.events();
+    let forked = primary.fork(1).await;
+    if rustix::process::getuid().is_root() {
+        forked.expect("root may run workers as nobody");
+        let line = wait_for(&mut events, |e| match e {
+            PrimaryEvent::WorkerOutput(o) => Some(o.line),
+            _ => None,
+        })
+        .await;
+        // User, group, and no supplementary group left from root.
+        assert_eq!(line, "65534:65534:65534");
+    } else {
+        let error = forked.expect_err("only root may switch users");
+        let source = std::error::Error::source(&error).map(ToString::to_string);
+        assert!(
+            matches!(error, isotropic_cluster::Error::Spawn { .. }),
+            "{error}: {source:?}"
+        );
+    }
+    shut_down(&primary).await;
+}
+
+#[tokio::test]
+async fn a_worker_holds_only_its_stdio_and_its_channel() {
+    tests_integration::log_to_test_output();
+    // Plain `sleep` opens nothing itself: whatever it holds, we gave it.
+    // Three at once, so that any fd of a sibling's spawn would show.
+    let primary = ClusterPrimary::builder()
+        .program("sleep")
+        .arg("300") // outlives the deadline below
+        .stdio(WorkerStdio::Piped)
+        // `sleep` ignores the disconnect: SIGTERM it soon.
+        .shutdown_grace(std::time::Duration::from_millis(100))
+        .start()
+        .await
+        .expect("start");
+    let mut events = primary.events();
+    primary.fork(3).await.expect("fork");
+    for _ in 0..3 {
+        let worker = wait_for(&mut events, |e| match e {
+            PrimaryEvent::WorkerFork(fork) => Some(fork.worker),
+            _ => None,
+        })
+        .await;
+        let pid = worker.pid();
+        let mut expected = vec!["0", "1", "2"]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        // Until it has exec'd, the child still holds the primary's fds; and
+        // `sleep` may briefly open files as it starts. An fd we leaked stays.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+            if expected.len() == 3 {
+                expected.extend(
+                    environ
+                        .split(|b| *b == 0)
+                        .find_map(|var| var.strip_prefix(b"ISOTROPIC_CLUSTER_CHANNEL_FD="))
+                        .map(|fd| String::from_utf8_lossy(fd).into_owned()),
+                );
+                expected.sort();
+            }
+            let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .expect("fds")
+                .filter_map(|fd| Some(fd.ok()?.file_name().to_string_lossy().into_owned()))
+                .collect();
+            fds.sort();
+            let exec_d =
+                std::fs::read_to_string(format!("/proc/{pid}/comm")).expect("comm") == "sleep\n";
+            if exec_d && fds == expected {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "worker {pid} holds {fds:?}, not {expected:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    shut_down(&primary).await;
+}

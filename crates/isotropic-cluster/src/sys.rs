@@ -35,8 +35,9 @@ pub(crate) fn channel_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((a, b))
 }
 
-/// Arranges for `fd` (if any) and `passed` to survive `exec` in the child of
-/// `command` (and nothing else we own), clears the signal mask the child
+/// Arranges for `fd` (if any) and `passed` to be the only fds above stdio
+/// that survive `exec` in the child of `command` (not even ones the primary
+/// itself inherited without close-on-exec), clears the signal mask the child
 /// would inherit, and asks the kernel to send SIGTERM to the child if its
 /// parent thread goes away.
 pub(crate) fn prepare_child(
@@ -47,10 +48,20 @@ pub(crate) fn prepare_child(
 ) {
     let primary = Pid::from_raw(primary.cast_signed());
     // SAFETY: the closure runs in the child between fork and exec, so it must be
-    // async-signal-safe: it only makes raw system calls (fcntl, sigprocmask,
-    // prctl, getppid) on values captured by copy, and allocates nothing.
+    // async-signal-safe: it only makes raw system calls (close_range, fcntl,
+    // sigprocmask, prctl, getppid) on values captured by copy, and allocates
+    // nothing.
     unsafe {
         command.pre_exec(move || {
+            // Every fd from 3 up closes on exec (Linux 5.11+; on older
+            // kernels this fails and only our own close-on-exec fds close).
+            #[cfg(target_os = "linux")]
+            libc::syscall(
+                libc::SYS_close_range,
+                3_u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
             for fd in fd.iter().chain(&passed) {
                 // SAFETY: `fd` is the child's end of the channel, or an fd the
                 // primary passes to every worker; both are open in this

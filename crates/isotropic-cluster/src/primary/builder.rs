@@ -60,6 +60,8 @@ pub(crate) struct Config {
     pub(crate) envs: Vec<(OsString, Option<OsString>)>,
     pub(crate) env_clear: bool,
     pub(crate) current_dir: Option<PathBuf>,
+    pub(crate) uid: Option<u32>,
+    pub(crate) gid: Option<u32>,
     pub(crate) stdout: WorkerStdio,
     pub(crate) stderr: WorkerStdio,
     pub(crate) max_frame_size: usize,
@@ -105,6 +107,8 @@ impl Default for Config {
             envs: Vec::new(),
             env_clear: false,
             current_dir: None,
+            uid: None,
+            gid: None,
             stdout: WorkerStdio::Inherit,
             stderr: WorkerStdio::Inherit,
             max_frame_size: protocol::DEFAULT_MAX_FRAME,
@@ -230,6 +234,24 @@ impl PrimaryBuilder {
     /// The workers' working directory.
     pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.config.current_dir = Some(dir.into());
+        self
+    }
+
+    /// The user workers run as (needs a primary running as root, or one
+    /// already of that user). Supplementary groups are dropped with it.
+    ///
+    /// # Errors
+    ///
+    /// Where the primary may not switch, forking fails with
+    /// [`Error::Spawn`](crate::Error::Spawn) (permission denied).
+    pub fn uid(mut self, uid: u32) -> Self {
+        self.config.uid = Some(uid);
+        self
+    }
+
+    /// The group workers run as (see [`uid`](Self::uid)).
+    pub fn gid(mut self, gid: u32) -> Self {
+        self.config.gid = Some(gid);
         self
     }
 

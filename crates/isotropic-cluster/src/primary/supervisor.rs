@@ -89,6 +89,12 @@ pub(crate) fn spawn(
     if let Some(dir) = &config.current_dir {
         command.current_dir(dir);
     }
+    if let Some(gid) = config.gid {
+        command.gid(gid);
+    }
+    if let Some(uid) = config.uid {
+        command.uid(uid);
+    }
     let stdio = |mode: WorkerStdio| match mode {
         WorkerStdio::Inherit => Stdio::inherit(),
         WorkerStdio::Null => Stdio::null(),
