@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use isotropic_cluster::Subscribe;
 use isotropic_cluster::primary::*;
+use isotropic_cluster::{EventStream, Subscribe};
 use serde_json::json;
 use tests_integration::{Log, exit_of, launch, primary, ready, record, shut_down, wait_for};
 
@@ -148,6 +148,59 @@ async fn a_worker_that_keeps_dying_at_start_is_replaced_with_growing_delays() {
         );
     }
     assert_eq!(delays, [(20, 2), (40, 3), (80, 4), (80, 5), (80, 6)]);
+    shut_down(&primary).await;
+}
+
+/// A crash loop under an intensity limit: the event, then what it says.
+async fn crash_loop(then: OnIntensity) -> (ClusterPrimary, EventStream<PrimaryEvent>) {
+    let policy = RestartPolicy::default()
+        .initial_delay(Duration::from_millis(1))
+        .max_delay(Duration::from_millis(30))
+        .intensity(3, Duration::from_secs(60), then);
+    let primary = primary("exit-at-start")
+        .restart_policy(policy)
+        .start()
+        .await
+        .expect("start");
+    let mut events = primary.events();
+    primary.fork(1).await.expect("fork");
+    let exceeded = wait_for(&mut events, |e| match e {
+        PrimaryEvent::RestartIntensityExceeded(x) => Some(x),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (exceeded.restarts, exceeded.period, exceeded.then),
+        (4, Duration::from_secs(60), then)
+    );
+    (primary, events)
+}
+
+#[tokio::test]
+async fn a_crash_loop_over_the_intensity_shuts_the_cluster_down() {
+    let (primary, mut events) = crash_loop(OnIntensity::ShutDown).await;
+    wait_for(&mut events, |e| {
+        matches!(e, PrimaryEvent::ShutDownComplete(_)).then_some(())
+    })
+    .await;
+    assert!(primary.workers().is_empty());
+    primary.destroy().await.expect("destroy");
+}
+
+#[tokio::test]
+async fn a_crash_loop_over_the_intensity_slows_down_to_the_longest_delay() {
+    let (primary, mut events) = crash_loop(OnIntensity::SlowDown).await;
+    let next = wait_for(&mut events, |e| match e {
+        PrimaryEvent::RestartScheduled(r) => Some(r.delay),
+        _ => None,
+    })
+    .await;
+    assert_eq!(next, Duration::from_millis(30));
+    // Still trying: another worker starts, and exceeds again.
+    wait_for(&mut events, |e| {
+        matches!(e, PrimaryEvent::RestartIntensityExceeded(_)).then_some(())
+    })
+    .await;
     shut_down(&primary).await;
 }
 

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use isotropic_cluster::ListenAddress;
 use isotropic_cluster::primary::{
-    ClusterPrimary, OutputStream, PrimaryEvent, RestartPolicy, WorkerChannel, WorkerStdio,
+    ClusterPrimary, OnIntensity, OutputStream, PrimaryEvent, RestartPolicy, WorkerChannel,
+    WorkerStdio,
 };
 use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
@@ -32,6 +33,17 @@ pub(crate) struct Args {
     /// …up to this.
     #[arg(long, default_value = "10s", value_parser = duration)]
     max_restart_delay: Duration,
+    /// At most this many replacements within --restart-period; then
+    /// --on-max-restarts applies (default: no limit).
+    #[arg(long)]
+    max_restarts: Option<u32>,
+    /// The window of --max-restarts.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    restart_period: Duration,
+    /// Over --max-restarts: stop (shut down, exit code 3) or slow-down
+    /// (keep replacing, each after --max-restart-delay).
+    #[arg(long, value_enum, default_value_t = OnMaxRestarts::Stop)]
+    on_max_restarts: OnMaxRestarts,
     /// The channel workers get: none (plain programs), node (Node.js's own
     /// IPC: process.send / process.on('message')), or frames (ours, see
     /// docs/protocol.md).
@@ -61,6 +73,12 @@ enum Channel {
     None,
     Node,
     Frames,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnMaxRestarts {
+    Stop,
+    SlowDown,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -145,12 +163,7 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
         .stdio(WorkerStdio::Piped)
         .shutdown_grace(args.grace)
         .kill_grace(args.grace)
-        .restart_policy(
-            RestartPolicy::default()
-                .stable_after(args.stable_after)
-                .initial_delay(args.restart_delay)
-                .max_delay(args.max_restart_delay),
-        )
+        .restart_policy(restart_policy(&args))
         .start()
         .await?;
     let mut events = primary.events();
@@ -167,10 +180,24 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
     }
     let mut signals = 0;
     let mut forced = false;
+    let mut gave_up = false;
     loop {
         tokio::select! {
             event = events.next() => match event {
                 Some(PrimaryEvent::ShutDownComplete(_)) | None => break,
+                Some(PrimaryEvent::RestartIntensityExceeded(e)) => {
+                    gave_up |= e.then == OnIntensity::ShutDown;
+                    report.line(
+                        "restartIntensityExceeded",
+                        None,
+                        &format!(
+                            "{} restarts within {:?}: {}",
+                            e.restarts,
+                            e.period,
+                            if gave_up { "giving up" } else { "slowing down" }
+                        ),
+                    );
+                }
                 Some(event) => report.event(event),
             },
             _ = interrupt.recv() => forced |= on_signal(&primary, &report, &mut signals).await,
@@ -188,9 +215,30 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
     );
     Ok(if forced {
         ExitCode::from(1)
+    } else if gave_up {
+        ExitCode::from(3)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The restart options as a policy.
+fn restart_policy(args: &Args) -> RestartPolicy {
+    let policy = RestartPolicy::default()
+        .stable_after(args.stable_after)
+        .initial_delay(args.restart_delay)
+        .max_delay(args.max_restart_delay);
+    match args.max_restarts {
+        None => policy,
+        Some(restarts) => policy.intensity(
+            restarts,
+            args.restart_period,
+            match args.on_max_restarts {
+                OnMaxRestarts::Stop => OnIntensity::ShutDown,
+                OnMaxRestarts::SlowDown => OnIntensity::SlowDown,
+            },
+        ),
+    }
 }
 
 /// The executable file `program` names, directly or through `PATH`.

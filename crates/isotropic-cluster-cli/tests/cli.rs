@@ -422,3 +422,23 @@ async fn a_missing_command_is_a_clear_error_with_listen_too() {
         assert_eq!(exit_code(&mut child).await, Some(2), "{command}");
     }
 }
+
+#[tokio::test]
+async fn a_crash_loop_over_max_restarts_stops_with_exit_code_3() {
+    let (mut child, mut stderr) = cli(&[
+        "run",
+        "--workers",
+        "1",
+        "--restart-delay",
+        "1ms",
+        "--max-restart-delay",
+        "5ms",
+        "--max-restarts",
+        "3",
+        "--",
+        "false",
+    ]);
+    until(&mut stderr, "4 restarts within 60s: giving up").await;
+    until(&mut stderr, "all workers exited").await;
+    assert_eq!(exit_code(&mut child).await, Some(3));
+}

@@ -13,7 +13,7 @@ use super::builder::{Config, WorkerChannel};
 use super::events::*;
 use super::listen::Listeners;
 use super::pool::{Destination, Pool};
-use super::restart::Backoff;
+use super::restart::{Backoff, OnIntensity};
 use super::supervisor::{self, Input};
 use super::{ClusterPrimary, Worker};
 use crate::WorkerId;
@@ -738,6 +738,17 @@ impl PrimaryContext {
             return;
         };
         let policy = self.config.restart;
+        if let Some((restarts, period, then)) = self.backoff.over_intensity(&policy) {
+            events::publish(
+                self,
+                RestartIntensityExceeded {
+                    restarts,
+                    period,
+                    then,
+                },
+            );
+            return;
+        }
         match self.backoff.on_exit(&policy, started) {
             (Duration::ZERO, _) => {
                 tracing::info!(worker_id = %id, "Replacing dead worker");
@@ -750,6 +761,23 @@ impl PrimaryContext {
     pub(super) fn complete_restart_scheduled(&mut self, event: &RestartScheduled) {
         tracing::warn!(delay = ?event.delay, failures = event.failures, "Workers keep dying early: replacement delayed");
         self.timers.insert(Timer::Restart, event.delay);
+    }
+
+    pub(super) fn complete_restart_intensity(&mut self, event: &RestartIntensityExceeded) {
+        tracing::error!(restarts = event.restarts, period = ?event.period, then = ?event.then, "Restart intensity exceeded");
+        match event.then {
+            OnIntensity::SlowDown => {
+                let delay = self.config.restart.max();
+                events::publish(
+                    self,
+                    RestartScheduled {
+                        delay,
+                        failures: event.restarts,
+                    },
+                );
+            }
+            OnIntensity::ShutDown => events::publish(self, ShutDown),
+        }
     }
 
     pub(super) fn complete_shut_down(&mut self, _: &ShutDown) {

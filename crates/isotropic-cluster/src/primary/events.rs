@@ -206,7 +206,8 @@ pub struct WorkerExit {
 pub struct RestartScheduled {
     /// How long until the replacement is started.
     pub delay: Duration,
-    /// Consecutive early exits so far.
+    /// Consecutive early exits so far (after an exceeded restart intensity:
+    /// the replacements within its period).
     pub failures: u32,
 }
 
@@ -227,6 +228,20 @@ pub struct WorkerSignal {
     pub worker: Worker,
     /// The signal number.
     pub signal: i32,
+}
+
+/// Workers were replaced more often than the restart intensity allows
+/// ([`RestartPolicy::intensity`](super::RestartPolicy::intensity)); by
+/// default, what the policy says then happens (slow down, or shut down).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RestartIntensityExceeded {
+    /// Replacements within the period, this one included.
+    pub restarts: u32,
+    /// The period.
+    pub period: Duration,
+    /// What follows.
+    pub then: super::OnIntensity,
 }
 
 /// Every worker has exited after a shutdown (once only).
@@ -259,6 +274,7 @@ topics!(PrimaryContext =>
         WorkerError: "workerError" => complete_error;
         WorkerExit: "workerExit" => complete_exit;
         RestartScheduled: "restartScheduled" => complete_restart_scheduled;
+        RestartIntensityExceeded: "restartIntensityExceeded" => complete_restart_intensity;
         ShutDown: "shutDown" once Complete => complete_shut_down;
         WorkerSignal: "workerSignal" => complete_signal;
         ShutDownComplete: "shutDownComplete" once Publish => log_event;

@@ -35,7 +35,7 @@ pub use context::PrimaryContext;
 #[doc(inline)]
 pub use events::*;
 pub use pool::Destination;
-pub use restart::RestartPolicy;
+pub use restart::{OnIntensity, RestartPolicy};
 pub use worker::Worker;
 
 use crate::WorkerId;
