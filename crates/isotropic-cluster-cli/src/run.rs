@@ -117,6 +117,10 @@ pub(crate) async fn run(args: Args) -> ExitCode {
 }
 
 async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
+    // First, so that a signal during startup is a shutdown once running,
+    // not the default action.
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
     let channel = match (args.channel, args.ready) {
         (Channel::None, None | Some(Ready::Start | Ready::Listening)) => WorkerChannel::None,
         (Channel::Frames, None | Some(Ready::Message)) => WorkerChannel::Frames,
@@ -167,8 +171,6 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
         .start()
         .await?;
     let mut events = primary.events();
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
     if let Err(error) = primary.fork(workers).await {
         report.line(
             "forkError",
