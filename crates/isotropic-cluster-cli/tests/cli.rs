@@ -39,6 +39,19 @@ async fn until<R: AsyncBufRead + Unpin>(lines: &mut Lines<R>, text: &str) -> Vec
     seen
 }
 
+/// SIGTERM, then every one of `workers` exits with code 0, and so does the CLI.
+async fn stop_cleanly(
+    child: &mut Child,
+    stderr: &mut Lines<BufReader<ChildStderr>>,
+    workers: usize,
+) {
+    terminate(child);
+    let rest = until(stderr, "all workers exited").await;
+    let clean = rest.iter().filter(|l| l.contains("exited with code 0"));
+    assert_eq!(clean.count(), workers, "{rest:?}");
+    assert_eq!(exit_code(child).await, Some(0));
+}
+
 fn terminate(child: &Child) {
     let pid = rustix::process::Pid::from_raw(child.id().expect("pid") as i32).expect("pid");
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
@@ -151,16 +164,7 @@ async fn a_python_worker_speaks_the_framed_channel() {
     // Ready only once each worker sent its ready frame.
     until(&mut stderr, "ready").await;
     until(&mut stderr, "ready").await;
-    terminate(&child);
-    let rest = until(&mut stderr, "all workers exited").await;
-    assert!(
-        rest.iter()
-            .filter(|l| l.contains("exited with code 0"))
-            .count()
-            == 2,
-        "{rest:?}"
-    );
-    assert_eq!(exit_code(&mut child).await, Some(0));
+    stop_cleanly(&mut child, &mut stderr, 2).await;
 }
 
 #[tokio::test]
@@ -179,17 +183,8 @@ async fn a_node_script_is_a_worker_through_nodes_own_channel() {
     ]);
     until(&mut stderr, "ready").await;
     until(&mut stderr, "ready").await;
-    terminate(&child);
     // Closing the channel is Node's disconnect: the scripts end by themselves.
-    let rest = until(&mut stderr, "all workers exited").await;
-    assert_eq!(
-        rest.iter()
-            .filter(|l| l.contains("exited with code 0"))
-            .count(),
-        2,
-        "{rest:?}"
-    );
-    assert_eq!(exit_code(&mut child).await, Some(0));
+    stop_cleanly(&mut child, &mut stderr, 2).await;
 }
 
 #[tokio::test]
@@ -261,16 +256,7 @@ async fn serve_on_one_port_then_stop(command: &[&str]) {
             .expect("read");
         assert!(line.expect("a line").ends_with("] serving"));
     }
-    terminate(&child);
-    let rest = until(&mut stderr, "all workers exited").await;
-    assert_eq!(
-        rest.iter()
-            .filter(|l| l.contains("exited with code 0"))
-            .count(),
-        2,
-        "{rest:?}"
-    );
-    assert_eq!(exit_code(&mut child).await, Some(0));
+    stop_cleanly(&mut child, &mut stderr, 2).await;
 }
 
 #[tokio::test]
