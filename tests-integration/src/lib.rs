@@ -151,6 +151,25 @@ pub async fn launch<const N: usize>(
     (primary, events, workers.try_into().expect("N workers"))
 }
 
+/// A primary whose one worker exits at start, again and again, replaced
+/// under `policy`; with its event stream from before the first fork.
+///
+/// # Panics
+///
+/// When starting or forking fails.
+pub async fn crash_looping(
+    policy: isotropic_cluster::primary::RestartPolicy,
+) -> (ClusterPrimary, EventStream<PrimaryEvent>) {
+    let primary = primary("exit-at-start")
+        .restart_policy(policy)
+        .start()
+        .await
+        .expect("start");
+    let events = primary.events();
+    primary.fork(1).await.expect("fork");
+    (primary, events)
+}
+
 /// The exit events, for [`wait_for`].
 pub fn exit_of(event: PrimaryEvent) -> Option<WorkerExit> {
     match event {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use isotropic_cluster::primary::*;
-use tests_integration::{primary, rss_kib, shut_down, wait_for};
+use tests_integration::{rss_kib, shut_down, wait_for};
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
@@ -43,13 +43,7 @@ async fn count_exits(events: &mut isotropic_cluster::EventStream<PrimaryEvent>, 
 async fn a_thousand_restarts_leave_fds_memory_and_processes_flat() {
     // Workers that exit at once, replaced without backoff.
     let policy = RestartPolicy::default().stable_after(Duration::ZERO);
-    let primary = primary("exit-at-start")
-        .restart_policy(policy)
-        .start()
-        .await
-        .expect("start");
-    let mut events = primary.events();
-    primary.fork(1).await.expect("fork");
+    let (primary, mut events) = tests_integration::crash_looping(policy).await;
     // Warm up (allocator pools, runtime), then measure over 1000 restarts.
     count_exits(&mut events, 50).await;
     let (fds, rss) = (open_fds(), rss_kib());

@@ -130,13 +130,7 @@ async fn a_worker_that_keeps_dying_at_start_is_replaced_with_growing_delays() {
         .initial_delay(Duration::from_millis(20))
         .max_delay(Duration::from_millis(80))
         .stable_after(Duration::from_secs(60));
-    let primary = primary("exit-at-start")
-        .restart_policy(policy)
-        .start()
-        .await
-        .expect("start");
-    let mut events = primary.events();
-    primary.fork(1).await.expect("fork");
+    let (primary, mut events) = tests_integration::crash_looping(policy).await;
     let mut delays = Vec::new();
     while delays.len() < 5 {
         delays.push(
@@ -157,13 +151,7 @@ async fn crash_loop(then: OnIntensity) -> (ClusterPrimary, EventStream<PrimaryEv
         .initial_delay(Duration::from_millis(1))
         .max_delay(Duration::from_millis(30))
         .intensity(3, Duration::from_secs(60), then);
-    let primary = primary("exit-at-start")
-        .restart_policy(policy)
-        .start()
-        .await
-        .expect("start");
-    let mut events = primary.events();
-    primary.fork(1).await.expect("fork");
+    let (primary, mut events) = tests_integration::crash_looping(policy).await;
     let exceeded = wait_for(&mut events, |e| match e {
         PrimaryEvent::RestartIntensityExceeded(x) => Some(x),
         _ => None,
