@@ -235,8 +235,8 @@ impl ExitWatch {
     /// # Panics
     ///
     /// After [`DEADLINE`].
-    pub async fn exited(self) {
-        let Some(fd) = self.0 else { return };
+    pub async fn exited(mut self) {
+        let Some(fd) = self.0.take() else { return };
         let exited = tokio::task::spawn_blocking(move || {
             let mut fds = [rustix::event::PollFd::new(
                 &fd,
@@ -246,12 +246,26 @@ impl ExitWatch {
                 tv_sec: DEADLINE.as_secs() as i64,
                 tv_nsec: 0,
             };
-            rustix::event::poll(&mut fds, Some(&deadline)).expect("poll") == 1
+            let exited = rustix::event::poll(&mut fds, Some(&deadline)).expect("poll") == 1;
+            if !exited {
+                // Leave nothing behind: the pidfd names this very process.
+                let _ = rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL);
+            }
+            exited
         });
         assert!(
             exited.await.expect("join"),
             "the process did not exit in time"
         );
+    }
+}
+
+impl Drop for ExitWatch {
+    /// Kills the process if it is still running (a test that failed half-way).
+    fn drop(&mut self) {
+        if let Some(fd) = &self.0 {
+            let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
+        }
     }
 }
 

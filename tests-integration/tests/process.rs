@@ -79,6 +79,40 @@ async fn workers_exit_when_their_primary_is_killed() {
     }
 }
 
+/// The children of process `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|child| child.parse().ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_killed_primary_takes_workers_that_ignore_sigterm_and_their_children() {
+    // Two workers that ignore SIGTERM and never read their channel, each with
+    // a child that ignores SIGTERM too.
+    let (mut child, report) = start_fixture_primary(&fixture_primary(), &["worker", "hung", "2"]);
+    let workers: Vec<u32> = serde_json::from_value(report["pids"].clone()).expect("pids");
+    let grandchildren: Vec<u32> = workers.iter().flat_map(|&pid| children(pid)).collect();
+    assert_eq!(grandchildren.len(), 2, "each worker started a child");
+    let watches: Vec<ExitWatch> = workers
+        .iter()
+        .chain(&grandchildren)
+        .map(|&pid| ExitWatch::new(pid))
+        .collect();
+    let killed = std::time::Instant::now();
+    child.kill().expect("SIGKILL the primary");
+    child.wait().expect("reap the primary");
+    for watch in watches {
+        watch.exited().await;
+    }
+    eprintln!(
+        "primary killed: 2 workers and 2 grandchildren gone after {:?}",
+        killed.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn piped_output_arrives_line_by_line_with_the_stream() {
     let (primary, mut events, [worker]) =

@@ -7,6 +7,9 @@
 //! `worker ID says hi` on its stdout), then either shuts down or waits to be
 //! killed.
 //!
+//! `fixture-primary worker MODE N`: the same with N `fixture-worker MODE`
+//! workers.
+//!
 //! `fixture-primary serve ADDRESS N`: N `fixture-worker serve ADDRESS`
 //! workers; prints `listening ADDRESS` once all listen (or `error KIND`),
 //! then shuts down on SIGTERM.
@@ -34,9 +37,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         worker.closed().await;
         return Ok(());
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().is_some_and(|a| a == "serve") {
         return serve(&args[1..]).await;
+    }
+    let mut builder = ClusterPrimary::builder();
+    if args.first().is_some_and(|a| a == "worker") && args.len() > 1 {
+        let worker = std::env::current_exe()?.with_file_name("fixture-worker");
+        builder = builder.program(worker).arg(&args[1]);
+        args.drain(..2);
     }
     let count: usize = args.first().and_then(|n| n.parse().ok()).unwrap_or(1);
     if args.iter().any(|a| a == "--delete-self") {
@@ -49,7 +58,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         WorkerStdio::Inherit
     };
-    let primary = ClusterPrimary::builder()
+    let primary = builder
         .stdio(stdio)
         .on::<WorkerMessage>(move |event| {
             if let Ok(message) = event.message.decode::<Value>() {

@@ -182,11 +182,13 @@ fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     bytes
 }
 
-/// Says hello and ready, ignores SIGTERM and the disconnect request, and
+/// Ignores SIGTERM, starts a child that ignores it too (the disposition is
+/// inherited), says hello and ready, ignores the disconnect request, and
 /// never exits by itself.
 fn hung(mut channel: std::os::unix::net::UnixStream) -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: setting a signal's disposition to "ignore" installs no handler code.
     unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    std::process::Command::new("sleep").arg("300").spawn()?;
     channel.write_all(&frame(1, br#"{"protocol":1}"#))?;
     channel.write_all(&frame(2, b""))?;
     loop {

@@ -123,7 +123,8 @@ pub(crate) fn spawn(
         let list: Vec<String> = passed.iter().map(ToString::to_string).collect();
         command.env(sys::PASS_FDS, list.join(","));
     }
-    sys::prepare_child(&mut command, inherited, passed, std::process::id());
+    let guard = sys::orphan_guard().map_err(spawn_error)?;
+    sys::prepare_child(&mut command, inherited, passed, std::process::id(), guard);
     let mut child = command.spawn().map_err(spawn_error)?;
     // Without a channel, the worker's end stays here, unused, so that ours
     // never reads an end of file.
@@ -166,7 +167,11 @@ pub(crate) fn spawn(
         signals: signal_rx,
         _unused: unused,
     };
-    tokio::spawn(watch.run(child));
+    tokio::spawn(watch.run(Process {
+        child,
+        pid,
+        group_ended: false,
+    }));
     Ok(Spawned { worker, signals })
 }
 
@@ -185,7 +190,7 @@ impl Watch {
     /// Reports frames, lines, the end of the channel and the exit, in that
     /// order for each worker. Stops reading when the actor is gone (the child
     /// is then killed on drop).
-    async fn run(mut self, mut child: Child) {
+    async fn run(mut self, mut process: Process) {
         let id = self.id;
         let mut status = None;
         let linger = tokio::time::sleep(Duration::MAX.min(Duration::from_secs(86_400 * 365)));
@@ -232,17 +237,16 @@ impl Watch {
                         continue;
                     }
                 },
-                exit = child.wait(), if status.is_none() => {
+                exit = process.child.wait(), if status.is_none() => {
                     status = Some(exit);
-                    // Grandchildren in the worker's group go with it.
-                    let _ = sys::send_signal(self.pid, true, libc::SIGKILL);
+                    process.end_group();
                     linger.as_mut().reset(tokio::time::Instant::now() + LINGER);
                     continue;
                 }
                 Some(signal) = self.signals.recv() => {
                     // Not reaped yet (we are the only reaper), so the pid is
                     // still this worker's.
-                    if matches!(child.try_wait(), Ok(None)) {
+                    if matches!(process.child.try_wait(), Ok(None)) {
                         let _ = sys::send_signal(self.pid, true, signal);
                     }
                     continue;
@@ -266,6 +270,30 @@ impl Watch {
             _ => (None, None),
         };
         let _ = self.inputs.send(Input::Exited(id, code, signal)).await;
+    }
+}
+
+/// A worker's process. What is left of its group (grandchildren) is killed
+/// once the worker is reaped, or when the watch ends first (before the
+/// child is killed and reaped on drop); then the orphan guard forgets it.
+struct Process {
+    child: Child,
+    pid: u32,
+    group_ended: bool,
+}
+
+impl Process {
+    fn end_group(&mut self) {
+        if !std::mem::replace(&mut self.group_ended, true) {
+            let _ = sys::send_signal(self.pid, true, libc::SIGKILL);
+            sys::forget_group(self.pid);
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.end_group();
     }
 }
 
