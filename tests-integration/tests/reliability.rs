@@ -1,10 +1,18 @@
-//! Reliability: many restarts leave nothing behind (issue: reliability, item 9).
+//! Reliability: chaos under load, and many restarts, leave nothing behind
+//! (issue: reliability, items 1 and 9). Figures go to the test's output
+//! (`--no-capture`) for `docs/reliability.md`.
 #![cfg(target_os = "linux")]
 
-use std::time::Duration;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
+use isotropic_cluster::RequestError;
+use isotropic_cluster::Subscribe as _;
 use isotropic_cluster::primary::*;
-use tests_integration::{rss_kib, shut_down, wait_for};
+use serde_json::json;
+use tests_integration::{launch, primary, rss_kib, shut_down, wait_for};
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
@@ -56,4 +64,157 @@ async fn a_thousand_restarts_leave_fds_memory_and_processes_flat() {
         "RSS grew from {rss} KiB to {rss_after} KiB"
     );
     assert_eq!(zombies(), 0, "unreaped children");
+}
+
+/// A small random generator (xorshift), seeded from the clock; the test
+/// prints the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |t| t.as_nanos() as u64)
+            | 1;
+        eprintln!("random seed {seed}");
+        Self(seed)
+    }
+
+    /// A number in `range`.
+    fn within(&mut self, range: std::ops::RangeInclusive<u64>) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        range.start() + self.0 % (range.end() - range.start() + 1)
+    }
+}
+
+/// What the clients saw.
+#[derive(Debug, Default)]
+struct Outcomes {
+    answered: u64,
+    gone: u64,
+    wrong: Vec<String>,
+}
+
+/// Asks `{"type": "square", "n": …}` of the workers in turn, one request at
+/// a time, until `stop`; every reply must be the square of its own `n`.
+async fn client(primary: ClusterPrimary, first: u64, stop: Arc<AtomicBool>) -> Outcomes {
+    let mut outcomes = Outcomes::default();
+    for n in first.. {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let Some(worker) = primary.round_robin("") else {
+            tokio::task::yield_now().await;
+            continue;
+        };
+        let reply = worker
+            .request_within::<u64, _>(&json!({"type": "square", "n": n}), Duration::from_secs(10))
+            .await;
+        match reply {
+            Ok(square) if square == n * n => outcomes.answered += 1,
+            Err(RequestError::Gone { .. }) => outcomes.gone += 1,
+            other => outcomes.wrong.push(format!("{n}: {other:?}")),
+        }
+    }
+    outcomes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_under_load_loses_no_request_and_the_pool_recovers() {
+    const WORKERS: usize = 8;
+    const CLIENTS: u64 = 16;
+    const STORM: Duration = Duration::from_secs(20);
+    // However often workers die, each is replaced within 200 ms.
+    let policy = RestartPolicy::default().max_delay(Duration::from_millis(200));
+    // Counted once each event's default action has run (the pool is updated).
+    let exits = Arc::new(AtomicUsize::new(0));
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let (counter, on_exit, on_add) = (exits.clone(), changed.clone(), changed.clone());
+    let builder = primary("echo")
+        .restart_policy(policy)
+        .after::<WorkerExit>(move |_| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            on_exit.notify_one();
+        })
+        .after::<AddWorker>(move |_| on_add.notify_one());
+    let (primary, _events, workers) = launch::<WORKERS>(builder).await;
+    for worker in &workers {
+        let square: u64 = worker
+            .request(&json!({"type": "square", "n": 3}))
+            .await
+            .expect("warm up");
+        assert_eq!(square, 9);
+    }
+    let (fds, rss) = (open_fds(), rss_kib());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| tokio::spawn(client(primary.clone(), c * 100_000_000, stop.clone())))
+        .collect();
+    let mut rng = Rng::new();
+    let mut killed = HashSet::new();
+    let (mut peak_fds, mut peak_rss) = (fds, rss);
+    let started = Instant::now();
+    while started.elapsed() < STORM {
+        tokio::time::sleep(Duration::from_millis(rng.within(50..=200))).await;
+        let live: Vec<u32> = primary
+            .workers()
+            .iter()
+            .map(Worker::pid)
+            .filter(|pid| !killed.contains(pid))
+            .collect();
+        if live.is_empty() {
+            continue;
+        }
+        let pid = live[rng.within(0..=live.len() as u64 - 1) as usize];
+        // Our own child, not reaped yet (it has not been reported as exited).
+        let target = rustix::process::Pid::from_raw(pid as i32).expect("pid");
+        rustix::process::kill_process(target, rustix::process::Signal::KILL).expect("SIGKILL");
+        killed.insert(pid);
+        peak_fds = peak_fds.max(open_fds());
+        peak_rss = peak_rss.max(rss_kib());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut outcomes = Outcomes::default();
+    for client in clients {
+        let seen = client.await.expect("client");
+        outcomes.answered += seen.answered;
+        outcomes.gone += seen.gone;
+        outcomes.wrong.extend(seen.wrong);
+    }
+    let storm_ended = Instant::now();
+    while exits.load(Ordering::Relaxed) < killed.len() || primary.workers().len() < WORKERS {
+        tokio::time::timeout(tests_integration::DEADLINE, changed.notified())
+            .await
+            .expect("the pool did not recover in time");
+    }
+    let recovered = storm_ended.elapsed();
+    let (fds_after, rss_after) = (open_fds(), rss_kib());
+    eprintln!(
+        "chaos: {WORKERS} workers, {CLIENTS} clients, {} SIGKILLs in {STORM:?}: {} answered, \
+         {} gone, {} wrong; pool back to {WORKERS} {recovered:?} after the storm; \
+         fds {fds} -> peak {peak_fds} -> {fds_after}; RSS {rss} -> peak {peak_rss} -> {rss_after} KiB",
+        killed.len(),
+        outcomes.answered,
+        outcomes.gone,
+        outcomes.wrong.len(),
+    );
+    assert!(
+        outcomes.wrong.is_empty(),
+        "wrong outcomes: {:?}",
+        outcomes.wrong
+    );
+    assert!(outcomes.answered > 1000, "too few requests answered");
+    assert!(outcomes.gone > 0, "no request was in flight at a kill");
+    assert_eq!(primary.workers().len(), WORKERS);
+    assert_eq!(zombies(), 0, "unreaped children");
+    assert!(fds_after <= fds + 8, "fds grew from {fds} to {fds_after}");
+    assert!(
+        rss_after <= rss + 8 * 1024,
+        "RSS grew from {rss} KiB to {rss_after} KiB"
+    );
+    shut_down(&primary).await;
+    assert_eq!(zombies(), 0, "unreaped children after shutdown");
 }

@@ -57,6 +57,18 @@ pub enum RequestError {
     NoWorker,
 }
 
+/// A closed channel means the peer is gone: [`RequestError::Gone`], the one
+/// error that says so whether the peer left before or after the request was
+/// sent.
+impl From<SendError> for RequestError {
+    fn from(error: SendError) -> Self {
+        match error {
+            SendError::Closed { worker_id } => Self::Gone { worker_id },
+            other => Self::Send(other),
+        }
+    }
+}
+
 fn worker_label(worker_id: Option<WorkerId>) -> String {
     worker_id
         .map(|id| format!(" (worker {id})"))

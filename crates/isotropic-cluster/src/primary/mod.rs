@@ -246,9 +246,7 @@ impl ClusterPrimary {
             }
             tried.push(worker.id());
             match worker.request(message).await {
-                Err(RequestError::Gone { .. } | RequestError::Send(SendError::Closed { .. })) => {
-                    continue;
-                }
+                Err(RequestError::Gone { .. }) => continue,
                 other => return other,
             }
         }

@@ -64,7 +64,8 @@ impl Worker {
     /// # Errors
     ///
     /// [`RequestError::Timeout`]; [`RequestError::Gone`] at once when the
-    /// worker exits or disconnects first; [`RequestError::Remote`] when its
+    /// worker exits or disconnects before replying (or had already);
+    /// [`RequestError::Remote`] when its
     /// handler fails or panics (or none takes the request);
     /// [`RequestError::Decode`] for a reply that does not fit `R`;
     /// [`RequestError::Send`].
@@ -100,7 +101,7 @@ impl Worker {
         let waiter = self.inner.pending.begin(Some(self.id()))?;
         let frame = protocol::encode_request(waiter.id(), message, self.inner.max_frame)
             .map_err(|e| RequestError::Send(SendError::Encode(e)))?;
-        self.send_frame(frame).await.map_err(RequestError::Send)?;
+        self.send_frame(frame).await?;
         waiter.reply(deadline).await
     }
 

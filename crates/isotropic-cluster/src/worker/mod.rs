@@ -316,7 +316,7 @@ impl ClusterWorker {
         let waiter = self.pending.begin(None)?;
         let frame = protocol::encode_request(waiter.id(), message, self.max_frame)
             .map_err(|e| RequestError::Send(SendError::Encode(e)))?;
-        self.outbox.send(frame).await.map_err(RequestError::Send)?;
+        self.outbox.send(frame).await?;
         waiter.reply(self.deadline).await
     }
 
