@@ -126,3 +126,63 @@ async fn a_frame_cut_short_by_the_channel_closing() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_worker_is_slowed_down_and_memory_stays_bounded() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // What the flood fixture sends: 1024 batches of 256 messages of 1 KiB.
+    const FLOOD: u64 = 1024 * 256;
+    let received = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let (counter, all_in) = (received.clone(), done.clone());
+    let builder = ClusterPrimary::builder()
+        .program(fixture())
+        .args(["bad-after-first", "flood"])
+        .on::<WorkerMessage>(move |event| {
+            // A handler slower than the socket: ~2 µs per message.
+            let spin = (0..3000_u64).fold(0, |x, i| std::hint::black_box(x ^ i));
+            std::hint::black_box(spin);
+            if event.worker.id().get() == 2 && counter.fetch_add(1, Ordering::Relaxed) + 1 == FLOOD
+            {
+                all_in.notify_one();
+            }
+        });
+    // `_events` is held and never read: the worst case for memory.
+    let (primary, _events, [good]) = launch::<1>(builder).await;
+    let rss = tests_integration::rss_kib();
+    let peak = Arc::new(AtomicU64::new(rss));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_millis(5));
+            loop {
+                every.tick().await;
+                peak.fetch_max(tests_integration::rss_kib(), Ordering::Relaxed);
+            }
+        })
+    };
+    primary.fork(1).await.expect("fork");
+    // The good worker is served during the flood.
+    for n in 0..20_u64 {
+        let square: u64 = good
+            .request(&json!({"type": "square", "n": n}))
+            .await
+            .expect("request during the flood");
+        assert_eq!(square, n * n);
+    }
+    tokio::time::timeout(tests_integration::DEADLINE, done.notified())
+        .await
+        .expect("every flooded message arrives");
+    sampler.abort();
+    let peak = peak.load(Ordering::Relaxed);
+    eprintln!(
+        "flood: {FLOOD} messages of 1 KiB (256 MiB) arrived; primary RSS {rss} KiB -> peak {peak} KiB"
+    );
+    assert_eq!(received.load(Ordering::Relaxed), FLOOD, "no message lost");
+    assert!(
+        peak < rss + 64 * 1024,
+        "the primary buffered the flood: RSS {rss} KiB -> {peak} KiB"
+    );
+    shut_down(&primary).await;
+}

@@ -79,6 +79,24 @@ impl Frame {
             Frame::Reply { .. } => "reply",
         }
     }
+
+    /// Roughly the memory the frame holds, in bytes: its payload, counted
+    /// as at least 64.
+    pub(crate) fn weight(&self) -> usize {
+        let payload = match self {
+            Frame::Message(message)
+            | Frame::Request { message, .. }
+            | Frame::Reply {
+                result: Ok(message),
+                ..
+            } => message.as_bytes().len(),
+            Frame::Reply {
+                result: Err(error), ..
+            } => error.len(),
+            _ => 0,
+        };
+        payload.max(64)
+    }
 }
 
 #[derive(Serialize, Deserialize)]

@@ -196,6 +196,9 @@ fn hung(mut channel: std::os::unix::net::UnixStream) -> Result<(), Box<dyn std::
     }
 }
 
+/// How many batches of 256 messages of 1 KiB a `flood` worker sends.
+const FLOOD_BATCHES: usize = 1024;
+
 /// Says hello and ready (unless the case is about the handshake), then sends
 /// one kind of bad input, then waits for the primary to close the channel.
 fn raw(
@@ -235,6 +238,17 @@ fn raw(
         "deep-json" => {
             greet(&mut channel)?;
             frame(4, ("[".repeat(100_000) + &"]".repeat(100_000)).as_bytes())
+        }
+        "flood" => {
+            greet(&mut channel)?;
+            // FLOOD_BATCHES batches of 256 messages of 1 KiB, written as fast
+            // as the socket takes them.
+            let message = frame(4, format!("\"{}\"", "x".repeat(1018)).as_bytes());
+            let batch = message.repeat(256);
+            for _ in 0..FLOOD_BATCHES {
+                channel.write_all(&batch)?;
+            }
+            Vec::new()
         }
         "truncated" => {
             greet(&mut channel)?;

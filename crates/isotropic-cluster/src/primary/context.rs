@@ -282,7 +282,7 @@ impl PrimaryContext {
 
     fn input(&mut self, input: Input) {
         match input {
-            Input::Frames(id, frames) => {
+            Input::Frames(id, frames, _budget) => {
                 for frame in frames {
                     self.frame(id, frame);
                 }

@@ -4,12 +4,13 @@
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt as _;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::{FutureExt as _, StreamExt};
 use tokio::process::{Child, ChildStderr, ChildStdout};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::codec::{Decoder, FramedRead};
 
 use super::Worker;
@@ -26,14 +27,22 @@ use crate::{role, sys};
 const LINGER: Duration = Duration::from_millis(500);
 /// Most frames reported in one input.
 const BATCH: usize = 256;
+/// Most bytes of frames reported in one input (plus one frame).
+const BATCH_BYTES: usize = 256 * 1024;
+/// Most bytes of a worker's frames waiting for the actor. Beyond it the
+/// channel is not read until the actor catches up, so a worker that sends
+/// faster than the primary handles is slowed down by its own socket instead
+/// of filling the primary's memory.
+const INPUT_BUDGET: usize = 4 * 1024 * 1024;
 /// Longest line of worker output before it is split.
 const MAX_LINE: usize = 64 * 1024;
 
 /// What the watcher of a worker reports to the actor.
 #[derive(Debug)]
 pub(crate) enum Input {
-    /// Frames, in the order they arrived.
-    Frames(WorkerId, Vec<Frame>),
+    /// Frames, in the order they arrived, with their share of the worker's
+    /// input budget (given back when dropped).
+    Frames(WorkerId, Vec<Frame>, OwnedSemaphorePermit),
     Output(WorkerId, OutputStream, String),
     /// The channel ended: end of file, or a protocol error.
     Closed(WorkerId, Option<ProtocolError>),
@@ -164,6 +173,7 @@ pub(crate) fn spawn(
         stdout: child.stdout.take().map(|s| FramedRead::new(s, LineCodec)),
         stderr: child.stderr.take().map(|s| FramedRead::new(s, LineCodec)),
         inputs,
+        budget: Arc::new(Semaphore::new(INPUT_BUDGET)),
         signals: signal_rx,
         _unused: unused,
     };
@@ -182,6 +192,7 @@ struct Watch {
     stdout: Option<FramedRead<ChildStdout, LineCodec>>,
     stderr: Option<FramedRead<ChildStderr, LineCodec>>,
     inputs: mpsc::Sender<Input>,
+    budget: Arc<Semaphore>,
     signals: mpsc::UnboundedReceiver<i32>,
     _unused: Option<std::os::fd::OwnedFd>,
 }
@@ -208,18 +219,26 @@ impl Watch {
                 frame = next(&mut self.frames) => match self.closed(frame) {
                     Ok(frame) => {
                         // Take what else is already buffered, in one input.
+                        let mut weight = frame.weight();
                         let mut batch = vec![frame];
-                        while batch.len() < BATCH {
+                        while batch.len() < BATCH && weight < BATCH_BYTES {
                             let Some(frame) = self.frames.as_mut().and_then(|f| f.next().now_or_never()) else { break };
                             match self.closed(frame) {
-                                Ok(frame) => batch.push(frame),
+                                Ok(frame) => {
+                                    weight += frame.weight();
+                                    batch.push(frame);
+                                }
                                 Err(end) => {
                                     closed = Some(end);
                                     break;
                                 }
                             }
                         }
-                        Input::Frames(id, batch)
+                        let share = u32::try_from(weight.min(INPUT_BUDGET)).unwrap_or(u32::MAX);
+                        let Ok(permit) = self.budget.clone().acquire_many_owned(share).await else {
+                            return;
+                        };
+                        Input::Frames(id, batch, permit)
                     }
                     Err(end) => end,
                 },
