@@ -66,6 +66,40 @@ async fn a_thousand_restarts_leave_fds_memory_and_processes_flat() {
     assert_eq!(zombies(), 0, "unreaped children");
 }
 
+/// The CPU time this process has used, all threads.
+fn cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec.unsigned_abs(), t.tv_nsec.try_into().unwrap_or(0))
+}
+
+#[tokio::test]
+async fn a_crash_loop_costs_the_primary_under_five_percent_of_a_core() {
+    const WINDOW: Duration = Duration::from_secs(10);
+    // A worker that exits at start, under the default restart policy.
+    let (primary, mut events) = tests_integration::crash_looping(RestartPolicy::default()).await;
+    count_exits(&mut events, 3).await;
+    let (cpu, started) = (cpu_time(), tokio::time::Instant::now());
+    let mut restarts = 0;
+    while let Ok(event) = tokio::time::timeout_at(started + WINDOW, events.next()).await {
+        if matches!(event, Some(PrimaryEvent::WorkerExit(_))) {
+            restarts += 1;
+        }
+    }
+    let (used, elapsed) = (cpu_time() - cpu, started.elapsed());
+    shut_down(&primary).await;
+    let share = used.as_secs_f64() / elapsed.as_secs_f64();
+    eprintln!(
+        "crash loop: {restarts} restarts in {elapsed:?}; the primary used {used:?} of CPU ({:.2}% of a core)",
+        share * 100.0
+    );
+    assert!(restarts >= 2, "the crash loop stopped");
+    assert!(
+        share < 0.05,
+        "the primary used {:.1}% of a core",
+        share * 100.0
+    );
+}
+
 /// A small random generator (xorshift), seeded from the clock; the test
 /// prints the seed.
 struct Rng(u64);
