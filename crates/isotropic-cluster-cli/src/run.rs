@@ -202,8 +202,8 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
                 }
                 Some(event) => report.event(event),
             },
-            _ = interrupt.recv() => forced |= on_signal(&primary, &report, &mut signals).await,
-            _ = terminate.recv() => forced |= on_signal(&primary, &report, &mut signals).await,
+            _ = interrupt.recv() => forced |= on_signal(&primary, &report, &mut signals, true).await,
+            _ = terminate.recv() => forced |= on_signal(&primary, &report, &mut signals, false).await,
         }
     }
     report.line(
@@ -294,23 +294,33 @@ fn bind(
     Ok((fds, names.join(":")))
 }
 
-/// The first signal shuts down gracefully; a second kills. Returns whether
-/// this one forced the end.
-async fn on_signal(primary: &ClusterPrimary, report: &Report, signals: &mut u32) -> bool {
+/// The first signal shuts down gracefully. During the shutdown, SIGINT (a
+/// second Ctrl-C: someone is waiting) kills the workers, while SIGTERM
+/// changes nothing (service managers repeat it; the shutdown already ends
+/// within the grace periods). Returns whether this signal forced the end.
+async fn on_signal(
+    primary: &ClusterPrimary,
+    report: &Report,
+    signals: &mut u32,
+    interrupt: bool,
+) -> bool {
     *signals += 1;
     if *signals == 1 {
         report.line(
             "shutDown",
             None,
-            "shutting down (a second signal kills the workers)",
+            "shutting down (Ctrl-C again kills the workers)",
         );
         let primary = primary.clone();
         tokio::spawn(async move { primary.shut_down().await });
         false
-    } else {
+    } else if interrupt {
         report.line("kill", None, "killing the workers");
         let _ = primary.kill_workers().await;
         true
+    } else {
+        report.line("shutDown", None, "already shutting down");
+        false
     }
 }
 

@@ -53,8 +53,24 @@ async fn stop_cleanly(
 }
 
 fn terminate(child: &Child) {
+    send(child, rustix::process::Signal::TERM);
+}
+
+/// Sends `signal` to the CLI (our child, not reaped: its own pid).
+fn send(child: &Child, signal: rustix::process::Signal) {
     let pid = rustix::process::Pid::from_raw(child.id().expect("pid") as i32).expect("pid");
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    rustix::process::kill_process(pid, signal).expect("signal the CLI");
+}
+
+/// Waits until `n` workers have printed `up` on stdout (their signal
+/// handling is set up by then).
+async fn up(child: &mut Child, n: usize) {
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    for _ in 0..n {
+        until(&mut stdout, "] up").await;
+    }
+    // Keep reading, so that the workers can still print.
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
 }
 
 async fn exit_code(child: &mut Child) -> Option<i32> {
@@ -95,7 +111,7 @@ async fn output_is_prefixed_by_worker_and_sigterm_shuts_down_cleanly() {
 }
 
 #[tokio::test]
-async fn a_second_signal_kills_workers_that_ignore_the_first() {
+async fn a_second_ctrl_c_kills_workers_that_ignore_the_first_signal() {
     let script = "trap '' TERM; echo up; while :; do sleep 1; done";
     let (mut child, mut stderr) = cli(&[
         "run",
@@ -108,10 +124,10 @@ async fn a_second_signal_kills_workers_that_ignore_the_first() {
         "-c",
         script,
     ]);
-    until(&mut stderr, "worker 1 ready").await;
+    up(&mut child, 1).await;
     terminate(&child);
     until(&mut stderr, "sent signal 15").await;
-    terminate(&child);
+    send(&child, rustix::process::Signal::INT);
     until(&mut stderr, "workers were killed").await;
     assert_eq!(
         exit_code(&mut child).await,
@@ -427,4 +443,64 @@ async fn a_crash_loop_over_max_restarts_stops_with_exit_code_3() {
     until(&mut stderr, "4 restarts within 60s: giving up").await;
     until(&mut stderr, "all workers exited").await;
     assert_eq!(exit_code(&mut child).await, Some(3));
+}
+
+/// A worker without a channel that exits 0 on SIGTERM (at once: `wait` is
+/// interrupted; its `sleep` goes with its process group).
+const GRACEFUL: &str = "trap 'exit 0' TERM; echo up; sleep 60 & wait";
+
+#[tokio::test]
+async fn sigterm_twice_in_a_row_is_one_clean_shutdown() {
+    let (mut child, mut stderr) = cli(&["run", "--workers", "2", "--", "sh", "-c", GRACEFUL]);
+    up(&mut child, 2).await;
+    terminate(&child);
+    terminate(&child);
+    let rest = until(&mut stderr, "all workers exited").await;
+    let clean = rest.iter().filter(|l| l.contains("exited with code 0"));
+    assert_eq!(clean.count(), 2, "{rest:?}");
+    assert_eq!(exit_code(&mut child).await, Some(0));
+}
+
+#[tokio::test]
+async fn sigterm_during_startup_is_a_clean_shutdown() {
+    // Started, not ready: the workers never listen.
+    let (mut child, mut stderr) = cli(&[
+        "run",
+        "--workers",
+        "2",
+        "--ready",
+        "listening",
+        "--",
+        "sh",
+        "-c",
+        GRACEFUL,
+    ]);
+    up(&mut child, 2).await;
+    terminate(&child);
+    let rest = until(&mut stderr, "all workers exited").await;
+    assert!(!rest.iter().any(|l| l.contains(" ready")), "{rest:?}");
+    let clean = rest.iter().filter(|l| l.contains("exited with code 0"));
+    assert_eq!(clean.count(), 2, "{rest:?}");
+    assert_eq!(exit_code(&mut child).await, Some(0));
+}
+
+#[tokio::test]
+async fn sigterm_during_a_restart_is_a_clean_shutdown_with_no_new_worker() {
+    let (mut child, mut stderr) = cli(&[
+        "run",
+        "--workers",
+        "1",
+        "--restart-delay",
+        "60s",
+        "--",
+        "sh",
+        "-c",
+        "exit 1",
+    ]);
+    // Two early exits: the next start waits 60 s.
+    until(&mut stderr, "next start in").await;
+    terminate(&child);
+    let rest = until(&mut stderr, "all workers exited").await;
+    assert!(!rest.iter().any(|l| l.contains("started")), "{rest:?}");
+    assert_eq!(exit_code(&mut child).await, Some(0));
 }
