@@ -1,10 +1,10 @@
 //! Micro-benchmarks of the core's hot paths, so that a regression shows
-//! without the whole harness: `cargo bench -p isotropic-cluster --features bench`.
+//! without the whole harness: `cargo bench -p isotropic-cluster --features internals`.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use isotropic_cluster::bench_internals::{Dispatch, decode, encode};
+use isotropic_cluster::internals::{Dispatch, decode, encode};
 use serde::Serialize;
 
 #[derive(Serialize)]

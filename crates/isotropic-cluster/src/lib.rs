@@ -61,12 +61,12 @@
 #![deny(unsafe_code)]
 
 mod actor;
-#[cfg(feature = "bench")]
-#[doc(hidden)]
-pub mod bench_internals;
 mod channel;
 mod error;
 mod events;
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals;
 mod message;
 mod net;
 pub mod primary;

@@ -251,6 +251,9 @@ pub(crate) struct NodeCodec {
     max: usize,
     ready_seen: bool,
     pending: Option<Frame>,
+    /// How much of the buffer is known to hold no newline (a long line
+    /// arriving in pieces is scanned once, not once per piece).
+    searched: usize,
 }
 
 impl NodeCodec {
@@ -259,6 +262,7 @@ impl NodeCodec {
             max,
             ready_seen: false,
             pending: None,
+            searched: 0,
         }
     }
 }
@@ -271,15 +275,21 @@ impl Decoder for NodeCodec {
         if let Some(frame) = self.pending.take() {
             return Ok(Some(frame));
         }
-        let Some(end) = src.iter().position(|&b| b == b'\n') else {
-            if src.len() > self.max {
-                return Err(ProtocolError::FrameTooLarge {
-                    size: src.len(),
-                    max: self.max,
-                });
-            }
+        let from = self.searched.min(src.len());
+        let newline = src[from..].iter().position(|&b| b == b'\n');
+        let end = newline.map_or(src.len(), |at| from + at);
+        // A line over the maximum is refused whether or not its end came.
+        if end > self.max {
+            return Err(ProtocolError::FrameTooLarge {
+                size: end,
+                max: self.max,
+            });
+        }
+        if newline.is_none() {
+            self.searched = end;
             return Ok(None);
-        };
+        }
+        self.searched = 0;
         let line = src.split_to(end + 1).freeze().slice(..end);
         let message = message(line)?;
         if !self.ready_seen && message.as_json() == "\"ready\"" {
@@ -298,6 +308,45 @@ impl Decoder for NodeCodec {
             }),
         }
     }
+}
+
+/// Checks that decoding `bytes` in pieces of `piece` bytes gives what
+/// decoding them at once gives: the same frames, then an error or none (the
+/// error's figures may differ). Panics otherwise; never otherwise. The fuzz
+/// target and a property test run it on both wires.
+#[cfg(any(test, feature = "internals"))]
+pub(crate) fn check_any_split(node: bool, bytes: &[u8], piece: usize, max: usize) {
+    let decode = |piece: usize| {
+        let mut codec = if node {
+            AnyCodec::Node(NodeCodec::new(max))
+        } else {
+            AnyCodec::Frames(FrameCodec::new(max))
+        };
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        for chunk in bytes.chunks(piece.max(1)) {
+            buf.extend_from_slice(chunk);
+            loop {
+                match codec.decode(&mut buf) {
+                    Ok(Some(frame)) => frames.push(format!("{frame:?}")),
+                    Ok(None) => break,
+                    Err(_) => return (frames, true),
+                }
+            }
+        }
+        loop {
+            match codec.decode_eof(&mut buf) {
+                Ok(Some(frame)) => frames.push(format!("{frame:?}")),
+                Ok(None) => return (frames, false),
+                Err(_) => return (frames, true),
+            }
+        }
+    };
+    assert_eq!(
+        decode(bytes.len()),
+        decode(piece),
+        "decoding depends on how the input is split"
+    );
 }
 
 /// The primary's reader of a worker's channel, for either wire.
@@ -701,6 +750,36 @@ mod tests {
         #[test]
         fn any_bytes_give_frames_or_a_typed_error(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode_all(&mut FrameCodec::new(256), &bytes);
+        }
+
+        #[test]
+        fn any_bytes_decode_alike_whole_or_in_pieces(
+            node in any::<bool>(),
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+            piece in 1..64_usize,
+        ) {
+            check_any_split(node, &bytes, piece, 256);
+        }
+
+        #[test]
+        fn frames_near_the_maximum_decode_alike_whole_or_in_pieces(
+            node in any::<bool>(),
+            values in proptest::collection::vec(".{0,40}", 1..6),
+            piece in 1..64_usize,
+        ) {
+            let bytes: Vec<u8> = values
+                .iter()
+                .flat_map(|v| {
+                    if node {
+                        let mut line = serde_json::to_vec(v).expect("encodes");
+                        line.push(b'\n');
+                        line
+                    } else {
+                        encode_message(v, DEFAULT_MAX_FRAME).expect("encodes").to_vec()
+                    }
+                })
+                .collect();
+            check_any_split(node, &bytes, piece, 24);
         }
 
         #[test]

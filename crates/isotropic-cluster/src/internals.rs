@@ -1,5 +1,5 @@
-//! Hooks for the criterion micro-benchmarks (feature `bench`): the hot paths
-//! of the core, without processes. Not an API.
+//! Hooks for the criterion micro-benchmarks and the fuzz targets (feature
+//! `internals`): the hot paths of the core, without processes. Not an API.
 #![allow(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 use bytes::BytesMut;
@@ -24,6 +24,13 @@ pub fn decode(bytes: &[u8]) -> usize {
         frames += 1;
     }
     frames
+}
+
+/// Decodes `bytes` on the framed wire, or Node's if `node`, at once and in
+/// pieces of `piece` bytes, with frames of at most `max` bytes; panics if the
+/// two differ (see `cargo fuzz` in `fuzz/`). Never panics otherwise.
+pub fn check_any_split(node: bool, bytes: &[u8], piece: usize, max: usize) {
+    protocol::check_any_split(node, bytes, piece, max);
 }
 
 /// A host with one event, `Tick`, whose handlers count calls.
