@@ -162,21 +162,45 @@ async fn a_workers_children_inherit_neither_the_channel_nor_the_markers() {
     shut_down(&primary).await;
 }
 
-#[tokio::test]
-async fn grandchildren_go_with_their_worker() {
-    let (primary, mut events, [worker]) = launch::<1>(primary("echo")).await;
+/// Has `worker` start a child (`sleep 300`) and watches it.
+async fn grandchild(
+    primary: &ClusterPrimary,
+    events: &mut isotropic_cluster::EventStream<PrimaryEvent>,
+    worker: &Worker,
+) -> ExitWatch {
     primary
-        .send(&worker, &json!({"type": "spawn-child"}))
+        .send(worker, &json!({"type": "spawn-child"}))
         .await
         .expect("send");
-    let child = wait_for(&mut events, |e| match e {
+    let child = wait_for(events, |e| match e {
         PrimaryEvent::WorkerMessage(m) => m.message.decode::<Value>().ok()?.get("child")?.as_i64(),
         _ => None,
     })
     .await;
-    let watch = ExitWatch::new(u32::try_from(child).expect("pid"));
+    ExitWatch::new(u32::try_from(child).expect("pid"))
+}
+
+#[tokio::test]
+async fn grandchildren_go_with_their_worker_on_shutdown() {
+    let (primary, mut events, [worker]) = launch::<1>(primary("echo")).await;
+    let watch = grandchild(&primary, &mut events, &worker).await;
     shut_down(&primary).await;
     watch.exited().await;
+}
+
+#[tokio::test]
+async fn grandchildren_go_with_their_worker_when_it_dies_and_is_replaced() {
+    let (primary, mut events, [worker]) = launch::<1>(primary("echo")).await;
+    let watch = grandchild(&primary, &mut events, &worker).await;
+    primary
+        .send(&worker, &json!({"type": "exit", "code": 1}))
+        .await
+        .expect("send");
+    // The replacement is ready; the dead worker's child is gone.
+    let replacement = tests_integration::ready(&mut events, 1).await;
+    assert_ne!(replacement[0].id(), worker.id());
+    watch.exited().await;
+    shut_down(&primary).await;
 }
 
 #[tokio::test]
