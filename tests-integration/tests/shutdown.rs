@@ -37,7 +37,12 @@ async fn a_hung_worker_is_terminated_then_killed_and_shutdown_still_completes() 
             .kill_grace(Duration::from_millis(100)),
     )
     .await;
+    let started = std::time::Instant::now();
     shut_down(&primary).await;
+    eprintln!(
+        "hung worker: shutdown complete after {:?} (grace 100 ms, then SIGTERM, 100 ms, then SIGKILL)",
+        started.elapsed()
+    );
     let mut steps = Vec::new();
     while steps.len() < 2 {
         steps.push(
