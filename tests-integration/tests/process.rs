@@ -310,6 +310,23 @@ async fn a_worker_holds_only_its_stdio_and_its_channel() {
             );
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
+        // The channel has no address (no path, nothing abstract): no other
+        // process can connect to it.
+        let channel = expected.iter().find(|fd| fd.len() > 1 || fd.as_str() > "2");
+        let link = std::fs::read_link(format!("/proc/{pid}/fd/{}", channel.expect("channel")))
+            .expect("the channel fd");
+        let link = link.to_string_lossy();
+        let inode = link.trim_start_matches("socket:[").trim_end_matches(']');
+        let sockets = std::fs::read_to_string("/proc/net/unix").expect("/proc/net/unix");
+        let entry = sockets
+            .lines()
+            .find(|line| line.split_whitespace().nth(6) == Some(inode))
+            .expect("the channel is a Unix socket");
+        assert_eq!(
+            entry.split_whitespace().count(),
+            7,
+            "the channel has an address: {entry}"
+        );
     }
     shut_down(&primary).await;
 }
