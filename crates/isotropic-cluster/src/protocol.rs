@@ -243,6 +243,21 @@ impl Wire {
     }
 }
 
+/// The last frames of a channel that ended: bytes left after them are a
+/// frame cut short.
+fn decode_to_end<D>(codec: &mut D, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError>
+where
+    D: Decoder<Item = Frame, Error = ProtocolError>,
+{
+    match codec.decode(src)? {
+        Some(frame) => Ok(Some(frame)),
+        None if src.is_empty() => Ok(None),
+        None => Err(ProtocolError::Truncated {
+            received: src.len(),
+        }),
+    }
+}
+
 /// Decodes Node's IPC: one JSON value per line. The first message that is the
 /// string `"ready"` is also a `Ready` (Node workers of the original signal
 /// ready that way), after it goes through as a message.
@@ -300,13 +315,7 @@ impl Decoder for NodeCodec {
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
-        match self.decode(src)? {
-            Some(frame) => Ok(Some(frame)),
-            None if src.is_empty() => Ok(None),
-            None => Err(ProtocolError::Truncated {
-                received: src.len(),
-            }),
-        }
+        decode_to_end(self, src)
     }
 }
 
@@ -591,13 +600,7 @@ impl Decoder for FrameCodec {
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
-        match self.decode(src)? {
-            Some(frame) => Ok(Some(frame)),
-            None if src.is_empty() => Ok(None),
-            None => Err(ProtocolError::Truncated {
-                received: src.len(),
-            }),
-        }
+        decode_to_end(self, src)
     }
 }
 
