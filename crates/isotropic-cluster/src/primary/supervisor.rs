@@ -168,7 +168,6 @@ pub(crate) fn spawn(
     let (signals, signal_rx) = mpsc::unbounded_channel();
     let watch = Watch {
         id,
-        pid,
         frames: Some(FramedRead::new(read, codec)),
         stdout: child.stdout.take().map(|s| FramedRead::new(s, LineCodec)),
         stderr: child.stderr.take().map(|s| FramedRead::new(s, LineCodec)),
@@ -187,7 +186,6 @@ pub(crate) fn spawn(
 
 struct Watch {
     id: WorkerId,
-    pid: u32,
     frames: Option<FramedRead<tokio::net::unix::OwnedReadHalf, AnyCodec>>,
     stdout: Option<FramedRead<ChildStdout, LineCodec>>,
     stderr: Option<FramedRead<ChildStderr, LineCodec>>,
@@ -266,7 +264,7 @@ impl Watch {
                     // Not reaped yet (we are the only reaper), so the pid is
                     // still this worker's.
                     if matches!(process.child.try_wait(), Ok(None)) {
-                        let _ = sys::send_signal(self.pid, true, signal);
+                        let _ = sys::send_signal(process.pid, true, signal);
                     }
                     continue;
                 }
