@@ -678,7 +678,13 @@ impl fmt::Debug for Subscription {
 // ===== EventStream =====
 
 /// An async stream of every event of a cluster (or worker) that reached its
-/// default action, in publish order.
+/// default action, in publish order (an event comes before the events its
+/// default action publishes).
+///
+/// An event is sent to the streams just before its default action runs, so
+/// state that the action changes (the pool, after `AddWorker`) may not show
+/// the change yet when a stream yields it. To act once it has, subscribe to
+/// the event's `after` stage instead.
 ///
 /// A stream that falls more than [`EventStream::CAPACITY`] events behind skips
 /// the oldest ones (and logs a warning); read it promptly or drop it.
