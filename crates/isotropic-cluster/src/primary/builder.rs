@@ -380,6 +380,11 @@ impl PrimaryBuilder {
     /// [`Error::Initialize`] if the initializer fails, [`Error::Prevented`]
     /// if a handler prevents `initialize`.
     ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it resolves drops the primary: nothing was
+    /// started (workers only start with `fork`).
+    ///
     /// # Panics
     ///
     /// Outside a tokio runtime.

@@ -308,6 +308,11 @@ impl ClusterPrimary {
     /// # Errors
     ///
     /// [`Error::Destroyed`] after destroy.
+    ///
+    /// # Cancel safety
+    ///
+    /// The kill is ordered at the first poll; dropping the future after that
+    /// does not undo it.
     pub async fn kill_workers(&self) -> Result<(), Error> {
         self.mailbox.call(PrimaryContext::kill_workers).await
     }

@@ -140,6 +140,12 @@ impl WorkerBuilder {
     /// if the initializer fails; [`Error::Prevented`] if a handler prevents
     /// `initialize`.
     ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: the channel is taken at the first poll, so a start
+    /// dropped after that cannot be tried again ([`Error::Channel`]). The
+    /// primary sees the worker leave, or time out if it set `ready_timeout`.
+    ///
     /// # Panics
     ///
     /// Outside a tokio runtime.
@@ -328,6 +334,11 @@ impl ClusterWorker {
     /// # Errors
     ///
     /// [`Error::Prevented`] when a handler vetoed the destroy.
+    ///
+    /// # Cancel safety
+    ///
+    /// The destroy goes on if the future is dropped (it is ordered at the
+    /// first poll).
     pub async fn destroy(&self, timeout: Duration) -> Result<(), Error> {
         let done = self
             .mailbox
