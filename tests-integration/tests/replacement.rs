@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use isotropic_cluster::primary::*;
-use isotropic_cluster::{EventStream, Subscribe};
+use isotropic_cluster::{Error, EventStream, Subscribe};
 use serde_json::json;
 use tests_integration::{Log, exit_of, launch, primary, ready, record, shut_down, wait_for};
 
@@ -210,5 +210,42 @@ async fn a_program_that_cannot_start_is_a_typed_error() {
         matches!(e, PrimaryEvent::ForkError(_)).then_some(())
     })
     .await;
+    shut_down(&primary).await;
+}
+
+#[tokio::test]
+async fn a_stopped_worker_leaves_the_pool_exits_voluntarily_and_is_replaced() {
+    let (primary, mut events, [first, second]) = launch::<2>(primary("echo")).await;
+    primary.stop_worker(first.id()).await.expect("stop");
+    let pool: Vec<_> = primary.workers().iter().map(Worker::id).collect();
+    assert_eq!(pool, [second.id()], "out of the pool at once");
+    let exit = wait_for(&mut events, exit_of).await;
+    assert_eq!(exit.worker, first);
+    assert!(exit.voluntary);
+    assert_eq!(exit.code, Some(0));
+    let [replacement] = ready(&mut events, 1).await.try_into().expect("one");
+    let pool: Vec<_> = primary.workers().iter().map(Worker::id).collect();
+    assert_eq!(pool, [second.id(), replacement.id()]);
+    let again = primary.stop_worker(first.id()).await;
+    assert!(
+        matches!(again, Err(Error::NoSuchWorker { worker_id }) if worker_id == first.id()),
+        "{again:?}"
+    );
+    shut_down(&primary).await;
+}
+
+#[tokio::test]
+async fn a_stopped_worker_that_ignores_it_is_terminated_then_killed() {
+    let (primary, mut events, [worker]) = launch::<1>(
+        primary("hung")
+            .shutdown_grace(Duration::from_millis(100))
+            .kill_grace(Duration::from_millis(100)),
+    )
+    .await;
+    primary.stop_worker(worker.id()).await.expect("stop");
+    let exit = wait_for(&mut events, exit_of).await;
+    assert_eq!(exit.worker, worker);
+    assert_eq!(exit.signal, Some(libc::SIGKILL));
+    ready(&mut events, 1).await;
     shut_down(&primary).await;
 }

@@ -40,6 +40,12 @@ pub enum Error {
     /// The instance has been destroyed.
     #[error("the cluster instance has been destroyed")]
     Destroyed,
+    /// No live worker has this id (it never existed, or has exited).
+    #[error("no live worker {worker_id}")]
+    NoSuchWorker {
+        /// The id that was asked for.
+        worker_id: crate::WorkerId,
+    },
 }
 
 /// Errors of the wire protocol: what a peer sent that cannot be accepted.

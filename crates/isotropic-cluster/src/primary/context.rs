@@ -178,6 +178,25 @@ impl PrimaryContext {
         events::publish(self, Destroy);
     }
 
+    /// Asks one worker to leave, as a shutdown asks each: the disconnect
+    /// request (SIGTERM for programs without a channel), SIGTERM after the
+    /// shutdown grace period, SIGKILL after the kill grace period. It leaves
+    /// the pool at once; its exit is voluntary and, while the primary is
+    /// active, replaced like any other: a way to recycle a worker that is
+    /// stuck or too big.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoSuchWorker`] when no live worker has this id.
+    pub fn stop_worker(&mut self, id: WorkerId) -> Result<(), Error> {
+        let worker = self
+            .live_worker(id)
+            .ok_or(Error::NoSuchWorker { worker_id: id })?;
+        self.remove_if_present(&worker);
+        self.ask_to_leave(id);
+        Ok(())
+    }
+
     /// Sends SIGKILL to every live worker and its process group now (each a
     /// `workerSignal` event): a forced stop. Exits follow as usual.
     pub fn kill_workers(&mut self) {
@@ -789,24 +808,31 @@ impl PrimaryContext {
         self.listeners.stop_accepting();
         self.active = false;
         self.shutdown = Phase::Running;
-        let disconnect = (self.config.wire() == Wire::Frames)
-            .then(|| protocol::encode_control(&Frame::Disconnect));
         let ids: Vec<WorkerId> = self.live.keys().copied().collect();
         for id in ids {
-            if let Some(live) = self.live.get_mut(&id) {
-                live.voluntary = true;
-                if let Some(disconnect) = &disconnect {
-                    let _ = live.worker.try_send_frame(disconnect.clone());
-                }
-                live.worker.outbox().close();
-            }
-            // Without a channel, SIGTERM is the only way to ask.
-            let grace = match self.config.channel {
-                WorkerChannel::None => Duration::ZERO,
-                _ => self.config.shutdown_grace,
-            };
-            self.stop(id, grace);
+            self.ask_to_leave(id);
         }
+    }
+
+    /// Asks worker `id` to disconnect (its exit is then voluntary), and
+    /// schedules SIGTERM after the grace period, then SIGKILL.
+    fn ask_to_leave(&mut self, id: WorkerId) {
+        let frames = self.config.wire() == Wire::Frames;
+        if let Some(live) = self.live.get_mut(&id) {
+            live.voluntary = true;
+            if frames {
+                let _ = live
+                    .worker
+                    .try_send_frame(protocol::encode_control(&Frame::Disconnect));
+            }
+            live.worker.outbox().close();
+        }
+        // Without a channel, SIGTERM is the only way to ask.
+        let grace = match self.config.channel {
+            WorkerChannel::None => Duration::ZERO,
+            _ => self.config.shutdown_grace,
+        };
+        self.stop(id, grace);
     }
 
     pub(super) fn complete_signal(&mut self, event: &WorkerSignal) {

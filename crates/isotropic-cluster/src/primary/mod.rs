@@ -263,6 +263,37 @@ impl ClusterPrimary {
         self.pool.ready_by_id(id)
     }
 
+    /// Asks worker `id` to leave, then replaces it (see
+    /// [`PrimaryContext::stop_worker`]): recycles one worker gracefully,
+    /// escalating to SIGTERM and SIGKILL if it does not go.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(primary: isotropic_cluster::primary::ClusterPrimary) -> Result<(), isotropic_cluster::Error> {
+    /// // Recycle the worker that stopped answering.
+    /// if let Some(worker) = primary.workers().first() {
+    ///     primary.stop_worker(worker.id()).await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoSuchWorker`] when no live worker has this id;
+    /// [`Error::Destroyed`] after destroy.
+    ///
+    /// # Cancel safety
+    ///
+    /// The stop is ordered at the first poll; dropping the future after that
+    /// does not undo it.
+    pub async fn stop_worker(&self, id: WorkerId) -> Result<(), Error> {
+        self.mailbox
+            .call(move |primary| primary.stop_worker(id))
+            .await?
+    }
+
     /// Shuts down: stops replacing workers, asks each to disconnect, and
     /// resolves when every worker has exited (`shutDownComplete`). Workers
     /// still running after the grace period get SIGTERM, then SIGKILL.
