@@ -226,6 +226,18 @@ async fn a_stopped_worker_leaves_the_pool_exits_voluntarily_and_is_replaced() {
     let [replacement] = ready(&mut events, 1).await.try_into().expect("one");
     let pool: Vec<_> = primary.workers().iter().map(Worker::id).collect();
     assert_eq!(pool, [second.id(), replacement.id()]);
+    // Recycling a young worker again is no crash loop: no backoff.
+    primary.stop_worker(replacement.id()).await.expect("stop");
+    let next = wait_for(&mut events, |e| match e {
+        PrimaryEvent::RestartScheduled(_) => Some(None),
+        PrimaryEvent::AddWorker(add) => Some(Some(add.worker)),
+        _ => None,
+    })
+    .await;
+    assert!(
+        next.is_some(),
+        "the recycled worker's replacement was delayed"
+    );
     let again = primary.stop_worker(first.id()).await;
     assert!(
         matches!(again, Err(Error::NoSuchWorker { worker_id }) if worker_id == first.id()),

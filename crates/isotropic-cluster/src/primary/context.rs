@@ -53,6 +53,8 @@ struct Live {
     voluntary: bool,
     /// Termination has been scheduled.
     stopping: bool,
+    /// Stopped by `stop_worker`: replaced at once, not counted as a failure.
+    recycled: bool,
     signals: mpsc::UnboundedSender<i32>,
 }
 
@@ -182,7 +184,8 @@ impl PrimaryContext {
     /// request (SIGTERM for programs without a channel), SIGTERM after the
     /// shutdown grace period, SIGKILL after the kill grace period. It leaves
     /// the pool at once; its exit is voluntary and, while the primary is
-    /// active, replaced like any other: a way to recycle a worker that is
+    /// active, replaced at once (it does not count towards the restart
+    /// policy's backoff or intensity): a way to recycle a worker that is
     /// stuck or too big.
     ///
     /// # Errors
@@ -193,6 +196,9 @@ impl PrimaryContext {
             .live_worker(id)
             .ok_or(Error::NoSuchWorker { worker_id: id })?;
         self.remove_if_present(&worker);
+        if let Some(live) = self.live.get_mut(&id) {
+            live.recycled = true;
+        }
         self.ask_to_leave(id);
         Ok(())
     }
@@ -648,6 +654,7 @@ impl PrimaryContext {
                             disconnected: false,
                             voluntary: false,
                             stopping: false,
+                            recycled: false,
                             signals: spawned.signals,
                         },
                     );
@@ -753,9 +760,14 @@ impl PrimaryContext {
         if !self.active {
             return;
         }
-        let Some(started) = self.live.get(&id).map(|live| live.started) else {
+        let Some((started, recycled)) = self.live.get(&id).map(|l| (l.started, l.recycled)) else {
             return;
         };
+        if recycled {
+            tracing::info!(worker_id = %id, "Replacing recycled worker");
+            let _ = self.fork(1);
+            return;
+        }
         let policy = self.config.restart;
         if let Some((restarts, period, then)) = self.backoff.over_intensity(&policy) {
             events::publish(
