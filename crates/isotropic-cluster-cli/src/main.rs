@@ -18,8 +18,8 @@ struct Cli {
 enum Command {
     /// Runs COMMAND as a pool of workers: replaces the ones that exit (with
     /// backoff when they keep dying), prefixes their output with their id,
-    /// and shuts them down gracefully on SIGINT/SIGTERM (a second SIGINT
-    /// kills them).
+    /// restarts them one at a time on SIGHUP, and shuts them down gracefully
+    /// on SIGINT/SIGTERM (a second SIGINT kills them).
     Run(run::Args),
     /// (Internal) How `run --listen` starts each worker: places the passed
     /// sockets at fd 3… with the socket-activation variables, then becomes

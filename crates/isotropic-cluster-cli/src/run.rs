@@ -121,6 +121,7 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
     // not the default action.
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     let channel = match (args.channel, args.ready) {
         (Channel::None, None | Some(Ready::Start | Ready::Listening)) => WorkerChannel::None,
         (Channel::Frames, None | Some(Ready::Message)) => WorkerChannel::Frames,
@@ -183,10 +184,12 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
     let mut signals = 0;
     let mut forced = false;
     let mut gave_up = false;
+    let mut reload = Reload::default();
     loop {
         tokio::select! {
             event = events.next() => match event {
                 Some(PrimaryEvent::ShutDownComplete(_)) | None => break,
+                Some(PrimaryEvent::AddWorker(_)) if signals == 0 => reload.next(&primary, &report).await,
                 Some(PrimaryEvent::RestartIntensityExceeded(e)) => {
                     gave_up |= e.then == OnIntensity::ShutDown;
                     report.line(
@@ -204,6 +207,7 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
             },
             _ = interrupt.recv() => forced |= on_signal(&primary, &report, &mut signals, true).await,
             _ = terminate.recv() => forced |= on_signal(&primary, &report, &mut signals, false).await,
+            _ = hangup.recv(), if signals == 0 => reload.start(&primary, &report).await,
         }
     }
     report.line(
@@ -292,6 +296,47 @@ fn bind(
         names.push(format!("listen{i}"));
     }
     Ok((fds, names.join(":")))
+}
+
+/// A rolling restart (SIGHUP): one worker at a time is stopped, and the next
+/// only once a replacement is ready. The primary keeps the listening sockets,
+/// so connections wait in the backlog meanwhile, none is refused.
+#[derive(Default)]
+struct Reload {
+    /// Workers still to restart.
+    pending: std::collections::VecDeque<isotropic_cluster::WorkerId>,
+    /// Whether a reload is under way.
+    active: bool,
+}
+
+impl Reload {
+    /// Restarts the workers ready now (a reload under way starts over).
+    async fn start(&mut self, primary: &ClusterPrimary, report: &Report) {
+        self.pending = primary.workers().iter().map(|w| w.id()).collect();
+        self.active = true;
+        report.line(
+            "reload",
+            None,
+            &format!("restarting {} workers, one at a time", self.pending.len()),
+        );
+        self.next(primary, report).await;
+    }
+
+    /// Stops the next worker (called again once a worker is ready), or says
+    /// that the reload is complete.
+    async fn next(&mut self, primary: &ClusterPrimary, report: &Report) {
+        if !self.active {
+            return;
+        }
+        while let Some(id) = self.pending.pop_front() {
+            // One that has exited meanwhile was replaced already.
+            if primary.stop_worker(id).await.is_ok() {
+                return;
+            }
+        }
+        self.active = false;
+        report.line("reloadComplete", None, "every worker restarted");
+    }
 }
 
 /// The first signal shuts down gracefully. During the shutdown, SIGINT (a

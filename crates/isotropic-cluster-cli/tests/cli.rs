@@ -504,3 +504,30 @@ async fn sigterm_during_a_restart_is_a_clean_shutdown_with_no_new_worker() {
     assert!(!rest.iter().any(|l| l.contains("started")), "{rest:?}");
     assert_eq!(exit_code(&mut child).await, Some(0));
 }
+
+#[tokio::test]
+async fn sighup_restarts_the_workers_one_at_a_time() {
+    let (mut child, mut stderr) = cli(&["run", "--workers", "2", "--", "sh", "-c", GRACEFUL]);
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    for _ in 0..2 {
+        until(&mut stdout, "] up").await;
+    }
+    send(&child, rustix::process::Signal::HUP);
+    let lines = until(&mut stderr, "every worker restarted").await;
+    let at = |text: &str| {
+        lines
+            .iter()
+            .position(|line| line.contains(text))
+            .unwrap_or_else(|| panic!("no {text:?} in {lines:?}"))
+    };
+    // Each worker goes only once the previous one's replacement is ready.
+    assert!(at("worker 1 exited with code 0") < at("worker 3 ready"));
+    assert!(at("worker 3 ready") < at("worker 2 exited with code 0"));
+    assert!(at("worker 2 exited with code 0") < at("worker 4 ready"));
+    // The replacements are up (their SIGTERM trap set): a clean stop.
+    for _ in 0..2 {
+        until(&mut stdout, "] up").await;
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+    stop_cleanly(&mut child, &mut stderr, 2).await;
+}

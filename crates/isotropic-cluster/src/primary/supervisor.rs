@@ -168,7 +168,9 @@ pub(crate) fn spawn(
     let (signals, signal_rx) = mpsc::unbounded_channel();
     let watch = Watch {
         id,
-        frames: Some(FramedRead::new(read, codec)),
+        // Without a channel there is nothing to read (and no end of file to
+        // wait for after an exit).
+        frames: with_channel.then(|| FramedRead::new(read, codec)),
         stdout: child.stdout.take().map(|s| FramedRead::new(s, LineCodec)),
         stderr: child.stderr.take().map(|s| FramedRead::new(s, LineCodec)),
         inputs,
