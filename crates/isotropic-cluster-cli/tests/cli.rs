@@ -531,3 +531,86 @@ async fn sighup_restarts_the_workers_one_at_a_time() {
     tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
     stop_cleanly(&mut child, &mut stderr, 2).await;
 }
+
+/// A server on the `--listen` socket that finishes the request in hand on
+/// SIGTERM, then exits 0.
+const DRAINING_SERVER: &str = r#"
+import os, select, signal, socket
+wake_r, wake_w = os.pipe()
+os.set_blocking(wake_w, False)
+signal.set_wakeup_fd(wake_w)
+signal.signal(signal.SIGTERM, lambda *_: None)
+server = socket.socket(fileno=3)
+server.setblocking(False)
+print("serving", flush=True)
+while wake_r not in select.select([server, wake_r], [], [])[0]:
+    try:
+        conn, _ = server.accept()
+    except BlockingIOError:
+        continue  # another worker took it
+    conn.setblocking(True)
+    conn.recv(65536)
+    body = b"served by %d" % os.getpid()
+    conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    conn.close()
+"#;
+
+#[tokio::test]
+async fn no_request_fails_while_sighup_restarts_the_workers() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut child, mut stderr) = cli(&[
+        "run",
+        "--workers",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+        "--",
+        "python3",
+        "-c",
+        DRAINING_SERVER,
+    ]);
+    let seen = until(&mut stderr, "listening on").await;
+    let address: std::net::SocketAddr = seen
+        .last()
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|a| a.parse().ok())
+        .expect("an address");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    for _ in 0..2 {
+        until(&mut stdout, "] serving").await;
+    }
+    // One request after another until told to stop (at most 100 000).
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut answers = Vec::new();
+            while !stop.load(Ordering::Relaxed) && answers.len() < 100_000 {
+                let mut stream = tokio::net::TcpStream::connect(address).await?;
+                stream.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
+                let mut response = String::new();
+                stream.read_to_string(&mut response).await?;
+                answers.push(response);
+            }
+            std::io::Result::Ok(answers)
+        }
+    });
+    send(&child, rustix::process::Signal::HUP);
+    until(&mut stderr, "every worker restarted").await;
+    for _ in 0..2 {
+        until(&mut stdout, "] serving").await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let answers = tokio::time::timeout(DEADLINE, client)
+        .await
+        .expect("the client ends in time")
+        .expect("join")
+        .expect("no request failed");
+    // Requests went on from before the SIGHUP until after the reload.
+    assert!(!answers.is_empty());
+    assert!(answers.iter().all(|a| a.starts_with("HTTP/1.0 200 OK")));
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+    stop_cleanly(&mut child, &mut stderr, 2).await;
+}
