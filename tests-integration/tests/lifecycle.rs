@@ -57,3 +57,24 @@ async fn one_worker_from_fork_to_shutdown_in_exact_order() {
     );
     primary.destroy().await.expect("destroy");
 }
+
+#[tokio::test]
+async fn two_primaries_in_one_process_are_independent() {
+    // Defect 12: Node's cluster module is one per process; ours are not.
+    let (first, _, [one]) = tests_integration::launch::<1>(primary("echo")).await;
+    let (second, mut events, [other]) = tests_integration::launch::<1>(primary("echo")).await;
+    assert_ne!(one.pid(), other.pid());
+    shut_down(&first).await;
+    // The second's worker is neither disconnected nor replaced by the first.
+    assert!(first.workers().is_empty());
+    assert_eq!(second.workers(), [other.clone()]);
+    let square: u64 = other
+        .request(&serde_json::json!({"type": "square", "n": 7}))
+        .await
+        .expect("the other primary's worker still answers");
+    assert_eq!(square, 49);
+    shut_down(&second).await;
+    // Its own shutdown is the only one it saw.
+    let exit = tests_integration::wait_for(&mut events, tests_integration::exit_of).await;
+    assert_eq!(exit.worker, other);
+}
