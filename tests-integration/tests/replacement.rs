@@ -261,3 +261,33 @@ async fn a_stopped_worker_that_ignores_it_is_terminated_then_killed() {
     ready(&mut events, 1).await;
     shut_down(&primary).await;
 }
+
+#[tokio::test]
+async fn a_rolling_restart_replaces_every_worker_with_at_most_one_missing() {
+    use std::sync::{Arc, Mutex};
+    // The smallest pool seen once a worker has left it.
+    let smallest = Arc::new(Mutex::new(usize::MAX));
+    let seen = smallest.clone();
+    let builder = primary("echo").after::<RemoveWorker>(move |event| {
+        let size = event.primary().workers().len();
+        let mut smallest = seen.lock().expect("lock");
+        *smallest = (*smallest).min(size);
+    });
+    let (primary, _events, old) = launch::<3>(builder).await;
+    let restarted = tokio::time::timeout(tests_integration::DEADLINE, primary.restart_workers())
+        .await
+        .expect("the restart ends in time")
+        .expect("restart");
+    assert_eq!(restarted, 3);
+    let pool: Vec<_> = primary.workers().iter().map(Worker::id).collect();
+    assert_eq!(pool.len(), 3, "{pool:?}");
+    assert!(old.iter().all(|w| !pool.contains(&w.id())), "{pool:?}");
+    assert_eq!(
+        *smallest.lock().expect("lock"),
+        2,
+        "one worker missing at most"
+    );
+    shut_down(&primary).await;
+    // Nothing to restart once shut down.
+    assert_eq!(primary.restart_workers().await.expect("restart"), 0);
+}

@@ -184,12 +184,17 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
     let mut signals = 0;
     let mut forced = false;
     let mut gave_up = false;
-    let mut reload = Reload::default();
+    // A rolling restart (SIGHUP): one worker at a time, each once the
+    // previous one's replacement is ready. The primary keeps the listening
+    // sockets, so connections wait in the backlog meanwhile.
+    let mut reload: Option<tokio::task::JoinHandle<Result<usize, _>>> = None;
     loop {
         tokio::select! {
+            // Events first: a reload's end is reported after the events
+            // that led to it.
+            biased;
             event = events.next() => match event {
                 Some(PrimaryEvent::ShutDownComplete(_)) | None => break,
-                Some(PrimaryEvent::AddWorker(_)) if signals == 0 => reload.next(&primary, &report).await,
                 Some(PrimaryEvent::RestartIntensityExceeded(e)) => {
                     gave_up |= e.then == OnIntensity::ShutDown;
                     report.line(
@@ -207,7 +212,17 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
             },
             _ = interrupt.recv() => forced |= on_signal(&primary, &report, &mut signals, true).await,
             _ = terminate.recv() => forced |= on_signal(&primary, &report, &mut signals, false).await,
-            _ = hangup.recv(), if signals == 0 => reload.start(&primary, &report).await,
+            _ = hangup.recv(), if signals == 0 => {
+                report.line("reload", None, "restarting the workers one at a time");
+                let primary = primary.clone();
+                reload = Some(tokio::spawn(async move { primary.restart_workers().await }));
+            }
+            done = async { reload.as_mut().expect("a reload").await }, if reload.is_some() => {
+                reload = None;
+                if let Ok(Ok(restarted)) = done {
+                    report.line("reloadComplete", None, &format!("{restarted} workers restarted"));
+                }
+            }
         }
     }
     report.line(
@@ -296,47 +311,6 @@ fn bind(
         names.push(format!("listen{i}"));
     }
     Ok((fds, names.join(":")))
-}
-
-/// A rolling restart (SIGHUP): one worker at a time is stopped, and the next
-/// only once a replacement is ready. The primary keeps the listening sockets,
-/// so connections wait in the backlog meanwhile, none is refused.
-#[derive(Default)]
-struct Reload {
-    /// Workers still to restart.
-    pending: std::collections::VecDeque<isotropic_cluster::WorkerId>,
-    /// Whether a reload is under way.
-    active: bool,
-}
-
-impl Reload {
-    /// Restarts the workers ready now (a reload under way starts over).
-    async fn start(&mut self, primary: &ClusterPrimary, report: &Report) {
-        self.pending = primary.workers().iter().map(|w| w.id()).collect();
-        self.active = true;
-        report.line(
-            "reload",
-            None,
-            &format!("restarting {} workers, one at a time", self.pending.len()),
-        );
-        self.next(primary, report).await;
-    }
-
-    /// Stops the next worker (called again once a worker is ready), or says
-    /// that the reload is complete.
-    async fn next(&mut self, primary: &ClusterPrimary, report: &Report) {
-        if !self.active {
-            return;
-        }
-        while let Some(id) = self.pending.pop_front() {
-            // One that has exited meanwhile was replaced already.
-            if primary.stop_worker(id).await.is_ok() {
-                return;
-            }
-        }
-        self.active = false;
-        report.line("reloadComplete", None, "every worker restarted");
-    }
 }
 
 /// The first signal shuts down gracefully. During the shutdown, SIGINT (a

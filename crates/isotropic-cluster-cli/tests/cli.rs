@@ -513,7 +513,7 @@ async fn sighup_restarts_the_workers_one_at_a_time() {
         until(&mut stdout, "] up").await;
     }
     send(&child, rustix::process::Signal::HUP);
-    let lines = until(&mut stderr, "every worker restarted").await;
+    let lines = until(&mut stderr, "2 workers restarted").await;
     let at = |text: &str| {
         lines
             .iter()
@@ -598,7 +598,7 @@ async fn no_request_fails_while_sighup_restarts_the_workers() {
         }
     });
     send(&child, rustix::process::Signal::HUP);
-    until(&mut stderr, "every worker restarted").await;
+    until(&mut stderr, "2 workers restarted").await;
     for _ in 0..2 {
         until(&mut stdout, "] serving").await;
     }

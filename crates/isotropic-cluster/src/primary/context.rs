@@ -14,6 +14,7 @@ use super::events::*;
 use super::listen::Listeners;
 use super::pool::{Destination, Pool};
 use super::restart::{Backoff, OnIntensity};
+use super::rolling::Rolling;
 use super::supervisor::{self, Input};
 use super::{ClusterPrimary, Worker};
 use crate::WorkerId;
@@ -85,6 +86,8 @@ pub struct PrimaryContext {
     fork_outcome: Option<Result<usize, Error>>,
     shut_down_waiters: Vec<oneshot::Sender<()>>,
     destroy_waiters: Vec<oneshot::Sender<()>>,
+    /// A rolling restart under way, if any.
+    rolling: Rolling,
     /// Handlers of requests from workers.
     handlers: Handlers,
     /// Listening sockets, and the connections passed in round robin.
@@ -203,6 +206,29 @@ impl PrimaryContext {
         Ok(())
     }
 
+    /// Restarts the ready workers one at a time: each is stopped as by
+    /// [`stop_worker`](Self::stop_worker) once the previous one's
+    /// replacement is ready, so that at most one is missing from the pool.
+    /// A restart under way begins again with the workers ready now. A
+    /// shutdown ends it.
+    pub fn restart_workers(&mut self) {
+        let ready = self.pool.ready().iter().map(Worker::id).collect();
+        self.rolling.begin(ready);
+        self.roll();
+    }
+
+    /// Stops the next worker of the rolling restart, or ends it.
+    fn roll(&mut self) {
+        while let Some(id) = self.rolling.next() {
+            // One that exited meanwhile has been replaced already.
+            if self.stop_worker(id).is_ok() {
+                self.rolling.stopped();
+                return;
+            }
+        }
+        self.rolling.end();
+    }
+
     /// Sends SIGKILL to every live worker and its process group now (each a
     /// `workerSignal` event): a forced stop. Exits follow as usual.
     pub fn kill_workers(&mut self) {
@@ -256,6 +282,7 @@ impl PrimaryContext {
             fork_outcome: None,
             shut_down_waiters: Vec::new(),
             destroy_waiters: Vec::new(),
+            rolling: Rolling::default(),
             listeners: Listeners::activated(),
         };
         (context, input_rx)
@@ -275,6 +302,12 @@ impl PrimaryContext {
 
     /// Starts a shutdown if needed; the receiver fires when it is complete,
     /// or is dropped if the shutdown was prevented.
+    pub(super) fn restart_waiter(&mut self) -> oneshot::Receiver<usize> {
+        let done = self.rolling.wait();
+        self.restart_workers();
+        done
+    }
+
     pub(super) fn shut_down_waiter(&mut self) -> oneshot::Receiver<()> {
         self.shut_down();
         self.completion_waiter(false)
@@ -690,6 +723,9 @@ impl PrimaryContext {
         if self.live.contains_key(&event.worker.id()) {
             self.pool.add_ready(&event.worker);
         }
+        if self.rolling.take_waiting() {
+            self.roll();
+        }
     }
 
     pub(super) fn complete_remove(&mut self, event: &RemoveWorker) {
@@ -819,6 +855,7 @@ impl PrimaryContext {
         tracing::info!("Shutting down workers");
         self.listeners.stop_accepting();
         self.active = false;
+        self.rolling.end();
         self.shutdown = Phase::Running;
         let ids: Vec<WorkerId> = self.live.keys().copied().collect();
         for id in ids {

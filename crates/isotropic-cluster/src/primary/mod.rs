@@ -22,6 +22,7 @@ pub mod events;
 mod listen;
 mod pool;
 mod restart;
+mod rolling;
 mod supervisor;
 mod worker;
 
@@ -292,6 +293,29 @@ impl ClusterPrimary {
         self.mailbox
             .call(move |primary| primary.stop_worker(id))
             .await?
+    }
+
+    /// Restarts the ready workers one at a time, each once the previous
+    /// one's replacement is ready (see [`PrimaryContext::restart_workers`]):
+    /// a reload with at most one worker missing at any moment. Resolves with
+    /// how many workers were restarted, once the last replacement is ready,
+    /// or sooner if a shutdown begins.
+    ///
+    /// A replacement that never gets ready (a program that now fails at
+    /// start) holds the restart: bound the wait with a timeout if that can
+    /// happen.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Destroyed`] after destroy.
+    ///
+    /// # Cancel safety
+    ///
+    /// The restart goes on if the future is dropped (it is ordered at the
+    /// first poll).
+    pub async fn restart_workers(&self) -> Result<usize, Error> {
+        let done = self.mailbox.call(PrimaryContext::restart_waiter).await?;
+        done.await.map_err(|_| Error::Destroyed)
     }
 
     /// Shuts down: stops replacing workers, asks each to disconnect, and
