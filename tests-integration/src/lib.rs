@@ -41,6 +41,14 @@ pub fn primary(mode: &str) -> PrimaryBuilder {
     ClusterPrimary::builder().program(fixture()).arg(mode)
 }
 
+/// A primary whose workers ignore the disconnect request and SIGTERM, with
+/// 100 ms for each step of the escalation (SIGTERM, then SIGKILL).
+pub fn hung_primary() -> PrimaryBuilder {
+    primary("hung")
+        .shutdown_grace(Duration::from_millis(100))
+        .kill_grace(Duration::from_millis(100))
+}
+
 /// Installs a `tracing` subscriber that writes to the test's output, filtered
 /// by `RUST_LOG` (nothing when it is unset).
 pub fn log_to_test_output() {

@@ -248,12 +248,7 @@ async fn a_stopped_worker_leaves_the_pool_exits_voluntarily_and_is_replaced() {
 
 #[tokio::test]
 async fn a_stopped_worker_that_ignores_it_is_terminated_then_killed() {
-    let (primary, mut events, [worker]) = launch::<1>(
-        primary("hung")
-            .shutdown_grace(Duration::from_millis(100))
-            .kill_grace(Duration::from_millis(100)),
-    )
-    .await;
+    let (primary, mut events, [worker]) = launch::<1>(tests_integration::hung_primary()).await;
     primary.stop_worker(worker.id()).await.expect("stop");
     let exit = wait_for(&mut events, exit_of).await;
     assert_eq!(exit.worker, worker);

@@ -1,8 +1,6 @@
 //! Shutdown completion, escalation and destroy (spec §3.9-3.10; defects 4-8).
 #![cfg(target_os = "linux")]
 
-use std::time::Duration;
-
 use isotropic_cluster::Subscribe;
 use isotropic_cluster::primary::*;
 use tests_integration::{
@@ -31,12 +29,7 @@ async fn shutdown_completes_only_when_every_worker_has_exited() {
 
 #[tokio::test]
 async fn a_hung_worker_is_terminated_then_killed_and_shutdown_still_completes() {
-    let (primary, mut events, [worker]) = launch::<1>(
-        primary("hung")
-            .shutdown_grace(Duration::from_millis(100))
-            .kill_grace(Duration::from_millis(100)),
-    )
-    .await;
+    let (primary, mut events, [worker]) = launch::<1>(tests_integration::hung_primary()).await;
     let started = std::time::Instant::now();
     shut_down(&primary).await;
     eprintln!(
