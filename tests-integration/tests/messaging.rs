@@ -236,10 +236,7 @@ async fn a_worker_that_never_signals_ready_stays_out_of_the_pool_but_is_reachabl
 
 #[tokio::test]
 async fn a_worker_that_does_not_read_fills_a_bounded_queue() {
-    let builder = primary("hung")
-        .queue_bytes(4 << 20)
-        .shutdown_grace(Duration::from_millis(100))
-        .kill_grace(Duration::from_millis(100));
+    let builder = tests_integration::hung_primary().queue_bytes(4 << 20);
     let (primary, _events, [worker]) = launch::<1>(builder).await;
     let megabyte = "z".repeat(1 << 20);
     let before = rss_kib();
