@@ -127,6 +127,14 @@ async fn a_frame_cut_short_by_the_channel_closing() {
     );
 }
 
+#[tokio::test]
+async fn random_bytes() {
+    // Whatever the noise makes of it, a typed error (most often a length
+    // over the maximum; a frame cut short if the noise claims a small one).
+    let error = bad_worker("random").await;
+    eprintln!("random bytes: {error}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_worker_is_slowed_down_and_memory_stays_bounded() {
     use std::sync::Arc;

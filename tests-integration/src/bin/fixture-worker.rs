@@ -250,6 +250,26 @@ fn raw(
             }
             Vec::new()
         }
+        "random" => {
+            greet(&mut channel)?;
+            // 64 KiB of noise (xorshift, seeded from the clock; the seed goes
+            // to stderr), then the channel closes.
+            let mut state = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |t| t.as_nanos() as u64)
+                | 1;
+            eprintln!("random seed {state}");
+            let noise: Vec<u8> = (0..64 * 1024)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state.to_le_bytes()[0]
+                })
+                .collect();
+            channel.write_all(&noise)?;
+            return Ok(());
+        }
         "truncated" => {
             greet(&mut channel)?;
             let mut cut = frame(4, br#"{"type":"cut short"}"#);
