@@ -111,13 +111,7 @@ async fn preventing_the_exit_event_prevents_removal_and_replacement() {
 #[tokio::test]
 async fn no_replacement_and_no_fork_after_shutdown() {
     let log = Log::default();
-    let primary = record!(primary("echo"), log, [Fork])
-        .start()
-        .await
-        .expect("start");
-    let mut events = primary.events();
-    primary.fork(2).await.expect("fork");
-    ready(&mut events, 2).await;
+    let (primary, _events, _) = launch::<2>(record!(primary("echo"), log, [Fork])).await;
     shut_down(&primary).await;
     assert_eq!(log.entries(), ["on fork", "after fork"]);
     assert_eq!(primary.fork(1).await.expect("fork after shutdown"), 0);

@@ -59,18 +59,12 @@ async fn a_hung_worker_is_terminated_then_killed_and_shutdown_still_completes() 
 #[tokio::test]
 async fn a_vetoed_shutdown_is_an_error_and_a_later_one_still_runs() {
     let mut veto = true;
-    let primary = primary("echo")
-        .before::<ShutDown>(move |event| {
-            if std::mem::take(&mut veto) {
-                event.prevent();
-            }
-        })
-        .start()
-        .await
-        .expect("start");
-    let mut events = primary.events();
-    primary.fork(1).await.expect("fork");
-    ready(&mut events, 1).await;
+    let builder = primary("echo").before::<ShutDown>(move |event| {
+        if std::mem::take(&mut veto) {
+            event.prevent();
+        }
+    });
+    let (primary, _events, [_worker]) = launch::<1>(builder).await;
     let error = primary.shut_down().await.expect_err("vetoed");
     assert!(matches!(
         error,
