@@ -122,6 +122,18 @@ impl ProtocolError {
     }
 }
 
+/// For the lifecycle's unit tests, which compare actions: errors are equal
+/// when they read the same.
+#[cfg(test)]
+impl PartialEq for ProtocolError {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+#[cfg(test)]
+impl Eq for ProtocolError {}
+
 impl From<io::Error> for ProtocolError {
     fn from(error: io::Error) -> Self {
         Self::Io(Arc::new(error))

@@ -1,130 +1,32 @@
-//! Configuration of a primary, std-`Command`-shaped.
+//! [`PrimaryBuilder`]: a primary's settings, std-`Command`-shaped, and its start.
 
 use std::ffi::OsString;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::events::{Initialize, InitializeComplete, InitializeError};
-use super::{ClusterPrimary, PrimaryContext, RestartPolicy};
-use crate::actor::Mailbox;
-use crate::channel::QueueLimits;
+use super::config::{Config, WorkerChannel, WorkerStdio};
+use super::context::{PrimaryContext, PrimaryEvent};
+use super::events::{Initialize, InitializeComplete, InitializeError, WorkerMessage};
+use super::handle::ClusterPrimary;
+use super::phase::Phase;
+use super::process::ProcessSpawner;
+use super::restart::RestartPolicy;
+use super::run;
+use super::spawner::Spawn;
+use tokio::sync::mpsc;
+
+use super::input::Input;
+use crate::actor::{Mailbox, WeakMailbox};
 use crate::error::{BoxError, Error};
 use crate::events::{self, Hub};
 use crate::net::Distribution;
-use crate::protocol::{self, Wire};
 use crate::request::Handlers;
-
-/// Whether workers get a channel to the primary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum WorkerChannel {
-    /// Our framed channel (`docs/protocol.md`): the default.
-    #[default]
-    Frames,
-    /// None: the workers are plain programs. They count as ready when
-    /// started, and a shutdown sends them SIGTERM at once (then SIGKILL after
-    /// the kill grace period).
-    None,
-    /// Node.js's child-process IPC (`NODE_CHANNEL_FD`, one JSON value per
-    /// line): a plain Node script is a worker, `process.send` and
-    /// `process.on('message')` are its messages, sending the string
-    /// `'ready'` makes it ready (as with the original), and
-    /// `process.disconnect()` is a disconnect. Requests need [`Frames`](Self::Frames).
-    Node,
-}
-
-/// What a worker's standard output and error are connected to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WorkerStdio {
-    /// The primary's own (the default).
-    #[default]
-    Inherit,
-    /// Discarded (the original's `workerSilent`).
-    Null,
-    /// Read by the primary: each line becomes a
-    /// [`WorkerOutput`](super::WorkerOutput) event.
-    Piped,
-}
 
 type Initializer =
     Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> + Send>;
-
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    /// `None`: re-execute this program (`/proc/self/exe`).
-    pub(crate) program: Option<PathBuf>,
-    /// `None`: this process's own arguments.
-    pub(crate) args: Option<Vec<OsString>>,
-    pub(crate) envs: Vec<(OsString, Option<OsString>)>,
-    pub(crate) env_clear: bool,
-    pub(crate) current_dir: Option<PathBuf>,
-    pub(crate) uid: Option<u32>,
-    pub(crate) gid: Option<u32>,
-    pub(crate) stdout: WorkerStdio,
-    pub(crate) stderr: WorkerStdio,
-    pub(crate) max_frame_size: usize,
-    pub(crate) queue: QueueLimits,
-    pub(crate) shutdown_grace: Duration,
-    pub(crate) kill_grace: Duration,
-    pub(crate) restart: RestartPolicy,
-    pub(crate) distribution: Distribution,
-    pub(crate) request_timeout: Duration,
-    pub(crate) ready_timeout: Option<Duration>,
-    /// Without a channel: ready once listening, not once started.
-    pub(crate) ready_on_listen: bool,
-    pub(crate) channel: WorkerChannel,
-    /// Fds every worker inherits (see `pass_fds`).
-    pub(crate) pass_fds: std::sync::Arc<Vec<std::os::fd::OwnedFd>>,
-}
-
-impl Config {
-    /// Encodes a user message for the workers' channel.
-    pub(crate) fn encode<M: serde::Serialize + ?Sized>(
-        &self,
-        message: &M,
-    ) -> Result<bytes::Bytes, crate::SendError> {
-        self.wire()
-            .encode(message, self.max_frame_size)
-            .map_err(crate::SendError::Encode)
-    }
-
-    /// What the channel to the workers speaks.
-    pub(crate) fn wire(&self) -> Wire {
-        match self.channel {
-            WorkerChannel::Node => Wire::NodeJson,
-            _ => Wire::Frames,
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            program: None,
-            args: None,
-            envs: Vec::new(),
-            env_clear: false,
-            current_dir: None,
-            uid: None,
-            gid: None,
-            stdout: WorkerStdio::Inherit,
-            stderr: WorkerStdio::Inherit,
-            max_frame_size: protocol::DEFAULT_MAX_FRAME,
-            queue: QueueLimits::default(),
-            shutdown_grace: Duration::from_secs(5),
-            kill_grace: Duration::from_secs(2),
-            restart: RestartPolicy::default(),
-            distribution: Distribution::default(),
-            request_timeout: Duration::from_secs(30),
-            ready_timeout: None,
-            ready_on_listen: false,
-            channel: WorkerChannel::Frames,
-            pass_fds: std::sync::Arc::default(),
-        }
-    }
-}
 
 /// Builds and starts a [`ClusterPrimary`].
 ///
@@ -152,9 +54,11 @@ impl Default for Config {
 /// ```
 pub struct PrimaryBuilder {
     config: Config,
-    pub(super) hub: Hub,
+    hub: Hub,
     handlers: Handlers,
     initializer: Option<Initializer>,
+    /// Starts the workers: processes, unless a test says otherwise.
+    spawner: Option<Arc<dyn Spawn>>,
 }
 
 impl std::fmt::Debug for PrimaryBuilder {
@@ -166,16 +70,23 @@ impl std::fmt::Debug for PrimaryBuilder {
     }
 }
 
-impl PrimaryBuilder {
-    pub(crate) fn new() -> Self {
-        Self {
+impl ClusterPrimary {
+    /// A builder with the defaults: workers re-execute this program with its
+    /// arguments, inherit its stdio, and are replaced when they exit.
+    pub fn builder() -> PrimaryBuilder {
+        PrimaryBuilder {
             config: Config::default(),
             hub: Hub::default(),
             handlers: Handlers::default(),
             initializer: None,
+            spawner: None,
         }
     }
+}
 
+crate::topics::host!(PrimaryContext, stream: PrimaryEvent, inbound: WorkerMessage, handle: ClusterPrimary, builder: PrimaryBuilder);
+
+impl PrimaryBuilder {
     /// The program each worker runs (the original's `workerScript`). Setting
     /// it also clears the arguments, which default to this process's own only
     /// when the program is this one.
@@ -390,15 +301,14 @@ impl PrimaryBuilder {
     /// Outside a tokio runtime.
     pub async fn start(self) -> Result<ClusterPrimary, Error> {
         let (mailbox, commands) = Mailbox::new();
-        let (mut context, inputs) =
-            PrimaryContext::new(self.config, self.hub, self.handlers, mailbox.downgrade());
+        let (mut context, inputs, initializer) = self.into_context(mailbox.downgrade());
         events::publish(&mut context, Initialize);
-        if !context.initialized() {
+        if context.phase == Phase::Starting {
             return Err(Error::Prevented {
                 event: "initialize",
             });
         }
-        if let Some(init) = self.initializer
+        if let Some(init) = initializer
             && let Err(error) = init().await
         {
             let error = Error::Initialize(error.into());
@@ -412,8 +322,30 @@ impl PrimaryBuilder {
         }
         events::publish(&mut context, InitializeComplete);
         let primary = ClusterPrimary::new(mailbox, &context);
-        tokio::spawn(super::context::run(context, commands, inputs));
+        tokio::spawn(run::run(context, commands, inputs));
         Ok(primary)
+    }
+
+    /// The primary's state, not yet initialized; where its inputs arrive;
+    /// its initializer.
+    pub(super) fn into_context(
+        self,
+        mailbox: WeakMailbox<PrimaryContext>,
+    ) -> (PrimaryContext, mpsc::Receiver<Input>, Option<Initializer>) {
+        let config = Arc::new(self.config);
+        let spawner = self
+            .spawner
+            .unwrap_or_else(|| Arc::new(ProcessSpawner::new(config.clone())));
+        let (context, inputs) =
+            PrimaryContext::new(config, spawner, self.hub, self.handlers, mailbox);
+        (context, inputs, self.initializer)
+    }
+
+    /// Workers are started by `spawner` instead of as processes (tests).
+    #[cfg(test)]
+    pub(super) fn spawner(mut self, spawner: Arc<dyn Spawn>) -> Self {
+        self.spawner = Some(spawner);
+        self
     }
 }
 

@@ -4,12 +4,10 @@
 
 use std::time::Duration;
 
-use super::PrimaryContext;
 use super::Worker;
 use crate::error::{Error, MessageError, ProtocolError};
 use crate::message::Message;
 use crate::net::{ListenAddress, ListenError};
-use crate::topics::topics;
 
 /// The primary is starting; runs its initializer next.
 #[derive(Debug, Clone)]
@@ -248,35 +246,3 @@ pub struct RestartIntensityExceeded {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ShutDownComplete;
-
-topics!(PrimaryContext =>
-    /// Every event of a primary, as an item of its
-    /// [`EventStream`](crate::EventStream).
-    PrimaryEvent {
-        Initialize: "initialize" once Complete => complete_initialize;
-        InitializeComplete: "initializeComplete" once Publish => log_event;
-        InitializeError: "initializeError" once Publish => log_event;
-        Destroy: "destroy" once Complete => complete_destroy;
-        DestroyComplete: "destroyComplete" once Publish => log_event;
-        Fork: "fork" => complete_fork;
-        ForkError: "forkError" => log_event;
-        WorkerFork: "workerFork" => log_event;
-        WorkerOnline: "workerOnline" => log_event;
-        WorkerReady: "workerReady" => complete_ready;
-        AddWorker: "addWorker" => complete_add;
-        RemoveWorker: "removeWorker" => complete_remove;
-        WorkerMessage: "workerMessage" => complete_message;
-        WorkerMessageError: "workerMessageError" => log_event;
-        WorkerListening: "workerListening" => log_event;
-        WorkerListenError: "workerListenError" => log_event;
-        WorkerOutput: "workerOutput" => log_event;
-        WorkerDisconnect: "workerDisconnect" => complete_disconnect;
-        WorkerError: "workerError" => complete_error;
-        WorkerExit: "workerExit" => complete_exit;
-        RestartScheduled: "restartScheduled" => complete_restart_scheduled;
-        RestartIntensityExceeded: "restartIntensityExceeded" => complete_restart_intensity;
-        ShutDown: "shutDown" once Complete => complete_shut_down;
-        WorkerSignal: "workerSignal" => complete_signal;
-        ShutDownComplete: "shutDownComplete" once Publish => log_event;
-    }
-);

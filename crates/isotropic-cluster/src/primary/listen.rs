@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use tokio::task::AbortHandle;
 
-use super::events::{WorkerListenError, WorkerListening};
-use super::supervisor::Input;
-use super::{PrimaryContext, Worker};
+use tokio::sync::mpsc::Sender;
+
+use super::Worker;
+use super::input::Input;
 use crate::WorkerId;
-use crate::events;
 use crate::net::{self, Distribution, ListenAddress, ListenError, ListenErrorKind};
 use crate::protocol::{self, Frame};
 
@@ -145,13 +145,22 @@ impl Listeners {
     }
 }
 
-impl PrimaryContext {
+impl Listeners {
     /// Answers listen request `request` of `worker`: the socket for
-    /// `address`, or (round robin) the promise of its connections.
-    pub(super) fn listen(&mut self, worker: Worker, request: u64, address: ListenAddress) {
-        let distribution = self.config().distribution;
+    /// `address`, or (round robin) the promise of its connections; the
+    /// address bound, or why not (`None` when the answer could not be queued:
+    /// the worker is leaving, or its queue is full). `connected` finds a
+    /// worker still connected.
+    pub(super) fn answer(
+        &mut self,
+        worker: &Worker,
+        request: u64,
+        address: &ListenAddress,
+        distribution: Distribution,
+        inputs: &Sender<Input>,
+        connected: impl Fn(WorkerId) -> Option<Worker>,
+    ) -> Option<Result<ListenAddress, ListenError>> {
         let reuseport = distribution == Distribution::ReusePort;
-        let socket = self.listeners.socket(&address, reuseport);
         let answer = |result, passed| {
             protocol::encode_control(&Frame::Listening {
                 id: request,
@@ -159,62 +168,66 @@ impl PrimaryContext {
                 passed,
             })
         };
-        let bound = match socket {
-            Ok((fd, bound)) if distribution == Distribution::RoundRobin => {
-                let sent = worker.try_send_frame(answer(Ok(bound.clone()), true));
-                if sent.is_ok() {
-                    self.take_turns(&worker, request, fd, &bound);
-                }
-                sent.map(|()| bound)
-            }
-            Ok((fd, bound)) => worker
-                .outbox()
-                .try_send_fd(answer(Ok(bound.clone()), false), fd)
-                .map(|()| bound),
+        let (fd, bound) = match self.socket(address, reuseport) {
+            Ok(socket) => socket,
             Err(error) => {
                 let kind = ListenErrorKind::of(&error);
                 let message = error.to_string();
                 let _ = worker.try_send_frame(answer(Err((kind, message.clone())), false));
-                let error = ListenError {
+                return Some(Err(ListenError {
                     address: address.to_string(),
                     kind,
                     message,
-                };
-                tracing::warn!(worker_id = %worker.id(), %error, "Worker cannot listen");
-                return events::publish(self, WorkerListenError { worker, error });
+                }));
             }
         };
-        if let Ok(address) = bound {
-            tracing::info!(worker_id = %worker.id(), %address, "Worker is listening");
-            events::publish(self, WorkerListening { worker, address });
+        if distribution == Distribution::RoundRobin {
+            worker
+                .try_send_frame(answer(Ok(bound.clone()), true))
+                .ok()?;
+            self.take_turns(worker.id(), request, fd, &bound, inputs, connected);
+        } else {
+            worker
+                .outbox()
+                .try_send_fd(answer(Ok(bound.clone()), false), fd)
+                .ok()?;
         }
+        Some(Ok(bound))
     }
 
-    /// Adds `worker` to the round-robin group of `bound`, starting to accept
-    /// on `fd` for the first one; hands it what was waiting.
-    fn take_turns(&mut self, worker: &Worker, request: u64, fd: OwnedFd, bound: &ListenAddress) {
-        let inputs = self.inputs.clone();
-        let group = self
-            .listeners
-            .groups
-            .entry(bound.clone())
-            .or_insert_with(|| Group {
-                takers: Vec::new(),
-                next: 0,
-                waiting: VecDeque::new(),
-                acceptor: tokio::spawn(accept(fd, bound.clone(), inputs)).abort_handle(),
-            });
-        group.takers.push((worker.id(), request));
+    /// Adds worker `id` to the round-robin group of `bound`, starting to
+    /// accept on `fd` for the first one; hands it what was waiting.
+    fn take_turns(
+        &mut self,
+        id: WorkerId,
+        request: u64,
+        fd: OwnedFd,
+        bound: &ListenAddress,
+        inputs: &Sender<Input>,
+        connected: impl Fn(WorkerId) -> Option<Worker>,
+    ) {
+        let group = self.groups.entry(bound.clone()).or_insert_with(|| Group {
+            takers: Vec::new(),
+            next: 0,
+            waiting: VecDeque::new(),
+            acceptor: tokio::spawn(accept(fd, bound.clone(), inputs.clone())).abort_handle(),
+        });
+        group.takers.push((id, request));
         let waiting = std::mem::take(&mut group.waiting);
         for connection in waiting {
-            self.pass(bound, connection);
+            self.pass(bound, connection, &connected);
         }
     }
 
-    /// Passes an accepted connection to the next worker of its group (or
-    /// keeps it until one listens).
-    pub(super) fn pass(&mut self, bound: &ListenAddress, connection: OwnedFd) {
-        let Some(group) = self.listeners.groups.get(bound) else {
+    /// Passes an accepted connection to the next connected worker of its
+    /// group (or keeps it until one listens).
+    pub(super) fn pass(
+        &mut self,
+        bound: &ListenAddress,
+        connection: OwnedFd,
+        connected: impl Fn(WorkerId) -> Option<Worker>,
+    ) {
+        let Some(group) = self.groups.get_mut(bound) else {
             return;
         };
         let count = group.takers.len();
@@ -222,12 +235,9 @@ impl PrimaryContext {
             .map(|i| (group.next + i) % count)
             .find_map(|slot| {
                 let (id, listener) = group.takers[slot];
-                let worker = self.live_worker(id).filter(Worker::is_connected)?;
+                let worker = connected(id).filter(Worker::is_connected)?;
                 Some((slot, worker, listener))
             });
-        let Some(group) = self.listeners.groups.get_mut(bound) else {
-            return;
-        };
         match taker {
             Some((slot, worker, listener)) => {
                 group.next = (slot + 1) % count;
@@ -243,7 +253,7 @@ impl PrimaryContext {
 }
 
 /// Accepts on `fd` and hands each connection to the actor.
-async fn accept(fd: OwnedFd, bound: ListenAddress, inputs: tokio::sync::mpsc::Sender<Input>) {
+async fn accept(fd: OwnedFd, bound: ListenAddress, inputs: Sender<Input>) {
     let listener = match &bound {
         ListenAddress::Tcp(_) => tokio::net::TcpListener::from_std(fd.into()).map(AcceptOn::Tcp),
         ListenAddress::Unix(_) => tokio::net::UnixListener::from_std(fd.into()).map(AcceptOn::Unix),

@@ -1,5 +1,6 @@
 //! Who can be reached: live workers, the pool of ready ones, round robin, and
-//! message destinations. Shared (behind a mutex) by the actor and the handles.
+//! message destinations. Written by the [`Registry`](super::registry::Registry)
+//! alone, read by the handles (behind a mutex).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -83,14 +84,16 @@ impl Pool {
         self.lock().ready.insert(worker.id(), worker.clone());
     }
 
-    /// Removes a worker from the pool and forgets its round-robin history.
-    pub(crate) fn remove_ready(&self, id: WorkerId) {
+    /// Removes a worker from the pool and forgets its round-robin history;
+    /// whether it was in the pool.
+    pub(crate) fn remove_ready(&self, id: WorkerId) -> bool {
         let mut state = self.lock();
-        state.ready.remove(&id);
+        let removed = state.ready.remove(&id).is_some();
         state.selected.retain(|_, stamps| {
             stamps.remove(&id);
             !stamps.is_empty()
         });
+        removed
     }
 
     pub(crate) fn is_ready(&self, id: WorkerId) -> bool {

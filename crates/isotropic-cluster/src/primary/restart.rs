@@ -1,7 +1,9 @@
 //! When to start the replacement of a worker that exited.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// How replacements of dead workers are paced.
 ///

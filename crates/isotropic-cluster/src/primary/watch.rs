@@ -1,26 +1,23 @@
-//! Starting one worker process, and the task that watches it: its channel, its
-//! output and its exit, reported to the primary's actor in order.
+//! The task that watches one worker process: its channel, its output and its
+//! exit, reported to the primary's actor in that order.
 
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt as _;
-use std::process::Stdio;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::{FutureExt as _, StreamExt};
+use tokio::net::unix::OwnedReadHalf;
 use tokio::process::{Child, ChildStderr, ChildStdout};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::{Decoder, FramedRead};
 
-use super::Worker;
-use super::builder::{Config, WorkerChannel, WorkerStdio};
 use super::events::OutputStream;
+use super::input::Input;
 use crate::WorkerId;
-use crate::channel::Outbox;
-use crate::error::{Error, ProtocolError};
-use crate::protocol::{self, AnyCodec, Frame, FrameCodec, NodeCodec, Wire};
-use crate::{role, sys};
+use crate::error::ProtocolError;
+use crate::protocol::{AnyCodec, Frame};
+use crate::sys;
 
 /// How long output and channel data are still read after a worker exited
 /// (they end at once unless a grandchild holds them open).
@@ -37,167 +34,54 @@ const INPUT_BUDGET: usize = 4 * 1024 * 1024;
 /// Longest line of worker output before it is split.
 const MAX_LINE: usize = 64 * 1024;
 
-/// What the watcher of a worker reports to the actor.
-#[derive(Debug)]
-pub(crate) enum Input {
-    /// Frames, in the order they arrived, with their share of the worker's
-    /// input budget (given back when dropped).
-    Frames(WorkerId, Vec<Frame>, OwnedSemaphorePermit),
-    Output(WorkerId, OutputStream, String),
-    /// The channel ended: end of file, or a protocol error.
-    Closed(WorkerId, Option<ProtocolError>),
-    /// The process exited and was reaped: exit code, or signal.
-    Exited(WorkerId, Option<i32>, Option<i32>),
-    /// A connection accepted on a round-robin address.
-    Accepted(crate::net::ListenAddress, std::os::fd::OwnedFd),
-}
-
-/// A started worker: its handle, and where to send it signals.
-pub(crate) struct Spawned {
-    pub(crate) worker: Worker,
-    pub(crate) signals: mpsc::UnboundedSender<i32>,
-}
-
-/// Starts worker `id` and the task that watches it.
-pub(crate) fn spawn(
-    config: &Config,
+/// What is watched of one worker.
+pub(super) struct Watch {
     id: WorkerId,
-    inputs: mpsc::Sender<Input>,
-) -> Result<Spawned, Error> {
-    let program = config
-        .program
-        .clone()
-        .unwrap_or_else(|| "/proc/self/exe".into());
-    let spawn_error = |source: std::io::Error| Error::Spawn {
-        program: program.clone(),
-        source: source.into(),
-    };
-    let (ours, theirs) = sys::channel_pair().map_err(spawn_error)?;
-    let mut command = tokio::process::Command::new(&program);
-    match &config.args {
-        Some(args) => {
-            command.args(args);
-        }
-        None => {
-            let mut own = std::env::args_os();
-            if let Some(arg0) = own.next() {
-                command.as_std_mut().arg0(arg0);
-            }
-            command.args(own);
-        }
-    }
-    if config.env_clear {
-        command.env_clear();
-    }
-    for (key, value) in &config.envs {
-        match value {
-            Some(value) => command.env(key, value),
-            None => command.env_remove(key),
-        };
-    }
-    if let Some(dir) = &config.current_dir {
-        command.current_dir(dir);
-    }
-    if let Some(gid) = config.gid {
-        command.gid(gid);
-    }
-    if let Some(uid) = config.uid {
-        command.uid(uid);
-    }
-    let stdio = |mode: WorkerStdio| match mode {
-        WorkerStdio::Inherit => Stdio::inherit(),
-        WorkerStdio::Null => Stdio::null(),
-        WorkerStdio::Piped => Stdio::piped(),
-    };
-    command
-        .stdin(Stdio::null())
-        .stdout(stdio(config.stdout))
-        .stderr(stdio(config.stderr))
-        .process_group(0)
-        .kill_on_drop(true);
-    let with_channel = config.channel != WorkerChannel::None;
-    match config.channel {
-        WorkerChannel::Frames => command
-            .env(role::WORKER_ID, id.to_string())
-            .env(role::CHANNEL_FD, theirs.as_raw_fd().to_string())
-            .env(role::PRIMARY_PID, std::process::id().to_string()),
-        WorkerChannel::Node => command
-            .env("NODE_CHANNEL_FD", theirs.as_raw_fd().to_string())
-            .env("NODE_CHANNEL_SERIALIZATION_MODE", "json"),
-        WorkerChannel::None => &mut command,
-    };
-    let inherited = with_channel.then(|| theirs.as_raw_fd());
-    let passed: Vec<i32> = config.pass_fds.iter().map(AsRawFd::as_raw_fd).collect();
-    if !passed.is_empty() {
-        let list: Vec<String> = passed.iter().map(ToString::to_string).collect();
-        command.env(sys::PASS_FDS, list.join(","));
-    }
-    let guard = sys::orphan_guard().map_err(spawn_error)?;
-    sys::prepare_child(&mut command, inherited, passed, std::process::id(), guard);
-    let mut child = command.spawn().map_err(spawn_error)?;
-    // Without a channel, the worker's end stays here, unused, so that ours
-    // never reads an end of file.
-    let unused = (!with_channel).then_some(theirs);
-    let pid = child.id().unwrap_or_default();
-
-    let stream = std::os::unix::net::UnixStream::from(ours);
-    let stream = stream
-        .set_nonblocking(true)
-        .and_then(|()| tokio::net::UnixStream::from_std(stream))
-        .map_err(spawn_error)?;
-    let (read, write) = stream.into_split();
-    let outbox = Outbox::spawn(write, config.queue, Some(id));
-    if config.channel == WorkerChannel::Frames {
-        // The primary's hello: the first frame, queued before anything else.
-        let _ = outbox.try_send(protocol::encode_control(&Frame::Hello {
-            protocol: protocol::VERSION,
-        }));
-    }
-    let worker = Worker::new(
-        id,
-        pid,
-        outbox,
-        config.max_frame_size,
-        config.request_timeout,
-        config.wire(),
-    );
-    let codec = match config.wire() {
-        Wire::Frames => AnyCodec::Frames(FrameCodec::new(config.max_frame_size)),
-        Wire::NodeJson => AnyCodec::Node(NodeCodec::new(config.max_frame_size)),
-    };
-    let (signals, signal_rx) = mpsc::unbounded_channel();
-    let watch = Watch {
-        id,
-        // Without a channel there is nothing to read (and no end of file to
-        // wait for after an exit).
-        frames: with_channel.then(|| FramedRead::new(read, codec)),
-        stdout: child.stdout.take().map(|s| FramedRead::new(s, LineCodec)),
-        stderr: child.stderr.take().map(|s| FramedRead::new(s, LineCodec)),
-        inputs,
-        budget: Arc::new(Semaphore::new(INPUT_BUDGET)),
-        signals: signal_rx,
-        _unused: unused,
-    };
-    tokio::spawn(watch.run(Process {
-        child,
-        pid,
-        group_ended: false,
-    }));
-    Ok(Spawned { worker, signals })
-}
-
-struct Watch {
-    id: WorkerId,
-    frames: Option<FramedRead<tokio::net::unix::OwnedReadHalf, AnyCodec>>,
+    frames: Option<FramedRead<OwnedReadHalf, AnyCodec>>,
     stdout: Option<FramedRead<ChildStdout, LineCodec>>,
     stderr: Option<FramedRead<ChildStderr, LineCodec>>,
     inputs: mpsc::Sender<Input>,
     budget: Arc<Semaphore>,
     signals: mpsc::UnboundedReceiver<i32>,
-    _unused: Option<std::os::fd::OwnedFd>,
+    /// Without a channel: the worker's end, kept open and unused, so that
+    /// ours never reads an end of file.
+    _unused: Option<OwnedFd>,
 }
 
 impl Watch {
+    /// Watches `child` (its piped output, if any) and its channel, read
+    /// through `codec` (or kept unread, its other end `unused`); signals sent
+    /// on the returned sender reach it (and its group) while it is not reaped.
+    pub(super) fn start(
+        id: WorkerId,
+        mut child: Child,
+        channel: Result<(OwnedReadHalf, AnyCodec), OwnedFd>,
+        inputs: mpsc::Sender<Input>,
+    ) -> mpsc::UnboundedSender<i32> {
+        let (frames, unused) = match channel {
+            Ok((read, codec)) => (Some(FramedRead::new(read, codec)), None),
+            Err(unused) => (None, Some(unused)),
+        };
+        let (signals, signal_rx) = mpsc::unbounded_channel();
+        let watch = Self {
+            id,
+            frames,
+            stdout: child.stdout.take().map(|s| FramedRead::new(s, LineCodec)),
+            stderr: child.stderr.take().map(|s| FramedRead::new(s, LineCodec)),
+            inputs,
+            budget: Arc::new(Semaphore::new(INPUT_BUDGET)),
+            signals: signal_rx,
+            _unused: unused,
+        };
+        let pid = child.id().unwrap_or_default();
+        tokio::spawn(watch.run(Process {
+            child,
+            pid,
+            group_ended: false,
+        }));
+        signals
+    }
+
     /// Reports frames, lines, the end of the channel and the exit, in that
     /// order for each worker. Stops reading when the actor is gone (the child
     /// is then killed on drop).
@@ -281,14 +165,10 @@ impl Watch {
         if self.frames.is_some() {
             let _ = self.inputs.send(Input::Closed(id, None)).await;
         }
-        let (code, signal) = match status {
-            Some(Ok(status)) => {
-                use std::os::unix::process::ExitStatusExt as _;
-                (status.code(), status.signal())
-            }
-            _ => (None, None),
-        };
-        let _ = self.inputs.send(Input::Exited(id, code, signal)).await;
+        let _ = self
+            .inputs
+            .send(Input::Exited(id, status.and_then(Result::ok)))
+            .await;
     }
 }
 

@@ -1,0 +1,344 @@
+//! The default action of each primary event, and how a worker's state
+//! transitions are carried out.
+
+use std::os::unix::process::ExitStatusExt as _;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use super::config::WorkerChannel;
+use super::context::{PrimaryContext, Timer};
+use super::events::*;
+use super::phase::Settled;
+use super::restart::OnIntensity;
+use super::state::{Action, Greeting, Trigger, Why, WorkerState};
+use crate::WorkerId;
+use crate::events::{self, Topic};
+use crate::protocol::{self, Frame, Wire};
+
+// ===== transitions =====
+
+impl PrimaryContext {
+    /// Applies `trigger` to worker `id` and carries out what follows.
+    pub(super) fn apply(&mut self, id: WorkerId, trigger: Trigger) {
+        let Some((worker, actions)) = self.registry.apply(id, trigger) else {
+            return;
+        };
+        for action in actions {
+            match action {
+                Action::Online => events::publish(
+                    self,
+                    WorkerOnline {
+                        worker: worker.clone(),
+                    },
+                ),
+                Action::Ready => events::publish(
+                    self,
+                    WorkerReady {
+                        worker: worker.clone(),
+                    },
+                ),
+                Action::PollListening => self.poll_listening(id),
+                Action::Fail(error) => {
+                    let worker = worker.clone();
+                    events::publish(self, WorkerError { worker, error });
+                }
+                Action::Disconnect => {
+                    worker.pending().fail_all(Some(id));
+                    self.listeners.forget(id);
+                    events::publish(
+                        self,
+                        WorkerDisconnect {
+                            worker: worker.clone(),
+                        },
+                    );
+                }
+                Action::AskToLeave => {
+                    if self.config.wire() == Wire::Frames && self.config.has_channel() {
+                        let _ = worker.try_send_frame(protocol::encode_control(&Frame::Disconnect));
+                    }
+                    worker.outbox().close();
+                }
+                Action::Terminate => {
+                    let worker = worker.clone();
+                    events::publish(
+                        self,
+                        WorkerSignal {
+                            worker,
+                            signal: libc::SIGTERM,
+                        },
+                    );
+                }
+                Action::TerminateAfter(grace) => {
+                    self.timers
+                        .insert(Timer::Escalate(id, libc::SIGTERM), grace);
+                }
+                Action::Exit { status, voluntary } => self.exit(id, status, voluntary),
+            }
+        }
+    }
+
+    /// Publishes `workerExit`, then forgets the worker (prevented or not, the
+    /// process is gone); replaces it in the event's default action.
+    fn exit(&mut self, id: WorkerId, status: Option<ExitStatus>, voluntary: bool) {
+        let Some(worker) = self.registry.worker(id) else {
+            return;
+        };
+        let exit = WorkerExit {
+            worker,
+            code: status.and_then(|s| s.code()),
+            signal: status.and_then(|s| s.signal()),
+            voluntary,
+        };
+        events::publish(self, exit);
+        if let Some(entry) = self.registry.remove(id) {
+            entry.worker.outbox().close();
+        }
+    }
+
+    /// The worker was started: it comes online or ready as its channel says.
+    pub(super) fn started(&mut self, id: WorkerId) {
+        let greeting = match self.config.channel {
+            WorkerChannel::Frames => Greeting::Hello,
+            WorkerChannel::Node => Greeting::Online,
+            WorkerChannel::None if self.config.ready_on_listen => Greeting::Listening,
+            WorkerChannel::None => Greeting::Ready,
+        };
+        self.apply(id, Trigger::Started(greeting));
+    }
+
+    /// A worker without a channel is ready once it holds a listening socket;
+    /// until then, look again shortly.
+    pub(super) fn poll_listening(&mut self, id: WorkerId) {
+        let Some(entry) = self.registry.get(id) else {
+            return;
+        };
+        if entry.state != WorkerState::Online {
+            return;
+        }
+        if self.spawner.is_listening(entry.worker.pid()) {
+            self.apply(id, Trigger::Ready);
+        } else {
+            self.timers
+                .insert(Timer::Listening(id), Duration::from_millis(10));
+        }
+    }
+}
+
+// ===== default actions =====
+
+impl PrimaryContext {
+    pub(super) fn log_event<E: Topic>(&mut self, event: &E) {
+        tracing::debug!(event = E::NAME, data = ?event);
+    }
+
+    pub(super) fn complete_initialize(&mut self, _: &Initialize) {
+        tracing::info!("Initializing primary");
+        self.phase = self.phase.initialized();
+    }
+
+    pub(super) fn complete_destroy(&mut self, _: &Destroy) {
+        self.phase = self.phase.destroy();
+        if self.phase.is_active() {
+            self.shut_down();
+        }
+        // A destroy stops the workers even if a handler vetoed the shutdown.
+        if self.phase.is_active() {
+            self.begin_shutdown();
+        }
+    }
+
+    pub(super) fn complete_fork(&mut self, event: &Fork) {
+        let mut started = 0;
+        for _ in 0..event.count {
+            self.next_id += 1;
+            let id = WorkerId::new(self.next_id);
+            tracing::info!(worker_id = %id, "Starting a new worker");
+            match self.spawner.spawn(id, self.inputs.clone()) {
+                Ok(spawned) => {
+                    self.forked.push(spawned.worker.clone());
+                    self.registry.insert(spawned);
+                    if let Some(timeout) = self.config.ready_timeout {
+                        self.timers.insert(Timer::Ready(id), timeout);
+                    }
+                    started += 1;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot start a worker");
+                    let fork_error = ForkError {
+                        error: error.clone(),
+                    };
+                    events::publish(self, fork_error);
+                    self.fork_outcome = Some(Err(error));
+                    return;
+                }
+            }
+        }
+        self.fork_outcome = Some(Ok(started));
+    }
+
+    pub(super) fn complete_ready(&mut self, event: &WorkerReady) {
+        tracing::info!(worker_id = %event.worker.id(), "Worker is ready to work");
+        let worker = event.worker.clone();
+        events::publish(self, AddWorker { worker });
+    }
+
+    pub(super) fn complete_add(&mut self, event: &AddWorker) {
+        self.registry.join_pool(&event.worker);
+        if self.rolling.take_waiting() {
+            self.roll();
+        }
+    }
+
+    pub(super) fn complete_remove(&mut self, event: &RemoveWorker) {
+        self.registry.leave_pool(event.worker.id());
+    }
+
+    pub(super) fn complete_message(&mut self, event: &WorkerMessage) {
+        if let Err(error) = events::route(self, event, &event.message) {
+            tracing::warn!(worker_id = %event.worker.id(), %error, "message does not fit its route");
+            let worker = event.worker.clone();
+            let message = event.message.clone();
+            events::publish(
+                self,
+                WorkerMessageError {
+                    worker,
+                    message,
+                    error,
+                },
+            );
+        }
+    }
+
+    pub(super) fn complete_disconnect(&mut self, event: &WorkerDisconnect) {
+        tracing::info!(worker_id = %event.worker.id(), "Worker disconnected");
+        self.leave_pool(&event.worker);
+        let grace = self.config.shutdown_grace;
+        self.apply(event.worker.id(), Trigger::Terminate(Some(grace)));
+    }
+
+    pub(super) fn complete_error(&mut self, event: &WorkerError) {
+        tracing::error!(worker_id = %event.worker.id(), error = %event.error, "Worker error");
+        self.leave_pool(&event.worker);
+        event.worker.outbox().close();
+        self.apply(event.worker.id(), Trigger::Terminate(None));
+    }
+
+    pub(super) fn complete_exit(&mut self, event: &WorkerExit) {
+        let id = event.worker.id();
+        match (event.voluntary, event.code, event.signal) {
+            (true, _, _) => tracing::info!(worker_id = %id, "Worker exited voluntarily"),
+            (false, Some(0), _) => tracing::warn!(worker_id = %id, "Worker died"),
+            (false, code, signal) => {
+                tracing::error!(worker_id = %id, ?code, ?signal, "Worker died unexpectedly");
+            }
+        }
+        self.leave_pool(&event.worker);
+        if !self.phase.is_active() {
+            return;
+        }
+        let Some(entry) = self.registry.get(id) else {
+            return;
+        };
+        let started = entry.started;
+        if entry.state == (WorkerState::Gone { recycled: true }) {
+            tracing::info!(worker_id = %id, "Replacing recycled worker");
+            let _ = self.fork(1);
+            return;
+        }
+        let policy = self.config.restart;
+        if let Some((restarts, period, then)) = self.backoff.over_intensity(&policy) {
+            let exceeded = RestartIntensityExceeded {
+                restarts,
+                period,
+                then,
+            };
+            return events::publish(self, exceeded);
+        }
+        match self.backoff.on_exit(&policy, started) {
+            (Duration::ZERO, _) => {
+                tracing::info!(worker_id = %id, "Replacing dead worker");
+                let _ = self.fork(1);
+            }
+            (delay, failures) => events::publish(self, RestartScheduled { delay, failures }),
+        }
+    }
+
+    pub(super) fn complete_restart_scheduled(&mut self, event: &RestartScheduled) {
+        tracing::warn!(delay = ?event.delay, failures = event.failures, "Workers keep dying early: replacement delayed");
+        self.timers.insert(Timer::Restart, event.delay);
+    }
+
+    pub(super) fn complete_restart_intensity(&mut self, event: &RestartIntensityExceeded) {
+        tracing::error!(restarts = event.restarts, period = ?event.period, then = ?event.then, "Restart intensity exceeded");
+        match event.then {
+            OnIntensity::SlowDown => {
+                let delay = self.config.restart.max();
+                let failures = event.restarts;
+                events::publish(self, RestartScheduled { delay, failures });
+            }
+            OnIntensity::ShutDown => events::publish(self, ShutDown),
+        }
+    }
+
+    pub(super) fn complete_shut_down(&mut self, _: &ShutDown) {
+        self.begin_shutdown();
+    }
+
+    /// Stops replacing workers and asks each to leave.
+    fn begin_shutdown(&mut self) {
+        tracing::info!("Shutting down workers");
+        self.listeners.stop_accepting();
+        self.phase = self.phase.shut_down();
+        self.rolling.end();
+        for worker in self.registry.workers() {
+            self.ask_to_leave(worker.id(), Why::ShutDown);
+        }
+    }
+
+    pub(super) fn complete_signal(&mut self, event: &WorkerSignal) {
+        let id = event.worker.id();
+        tracing::warn!(worker_id = %id, signal = event.signal, "Signalling worker");
+        if let Some(entry) = self.registry.get(id) {
+            entry.signal(event.signal);
+        }
+        if event.signal == libc::SIGTERM {
+            let kill = Timer::Escalate(id, libc::SIGKILL);
+            self.timers.insert(kill, self.config.kill_grace);
+        }
+    }
+
+    /// Work that follows a turn: `workerFork` of new workers, the end of a
+    /// shutdown, the end of a destroy.
+    pub(super) fn settle(&mut self) {
+        while !self.forked.is_empty() {
+            for worker in std::mem::take(&mut self.forked) {
+                let id = worker.id();
+                events::publish(self, WorkerFork { worker });
+                self.started(id);
+            }
+        }
+        loop {
+            let (phase, settled) = self.phase.settle(self.registry.len());
+            self.phase = phase;
+            match settled {
+                Settled::Nothing => return,
+                Settled::ShutDownComplete => {
+                    tracing::info!("Worker shut down complete");
+                    events::publish(self, ShutDownComplete);
+                    for waiter in self.shut_down_waiters.drain(..) {
+                        let _ = waiter.send(());
+                    }
+                }
+                Settled::TearDown => {
+                    self.listeners.close();
+                    events::publish(self, DestroyComplete);
+                    self.hub.clear();
+                    self.stream.close();
+                    for waiter in self.destroy_waiters.drain(..) {
+                        let _ = waiter.send(());
+                    }
+                }
+            }
+        }
+    }
+}

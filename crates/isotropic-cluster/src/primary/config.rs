@@ -1,0 +1,123 @@
+//! A primary's settings: how workers are started, what channel they get,
+//! and the lifecycle's timings.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::RestartPolicy;
+use crate::channel::QueueLimits;
+use crate::net::Distribution;
+use crate::protocol::{self, Wire};
+
+/// Whether workers get a channel to the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WorkerChannel {
+    /// Our framed channel (`docs/protocol.md`): the default.
+    #[default]
+    Frames,
+    /// None: the workers are plain programs. They count as ready when
+    /// started, and a shutdown sends them SIGTERM at once (then SIGKILL after
+    /// the kill grace period).
+    None,
+    /// Node.js's child-process IPC (`NODE_CHANNEL_FD`, one JSON value per
+    /// line): a plain Node script is a worker, `process.send` and
+    /// `process.on('message')` are its messages, sending the string
+    /// `'ready'` makes it ready (as with the original), and
+    /// `process.disconnect()` is a disconnect. Requests need [`Frames`](Self::Frames).
+    Node,
+}
+
+/// What a worker's standard output and error are connected to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WorkerStdio {
+    /// The primary's own (the default).
+    #[default]
+    Inherit,
+    /// Discarded (the original's `workerSilent`).
+    Null,
+    /// Read by the primary: each line becomes a
+    /// [`WorkerOutput`](super::WorkerOutput) event.
+    Piped,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    /// `None`: re-execute this program (`/proc/self/exe`).
+    pub(crate) program: Option<PathBuf>,
+    /// `None`: this process's own arguments.
+    pub(crate) args: Option<Vec<OsString>>,
+    pub(crate) envs: Vec<(OsString, Option<OsString>)>,
+    pub(crate) env_clear: bool,
+    pub(crate) current_dir: Option<PathBuf>,
+    pub(crate) uid: Option<u32>,
+    pub(crate) gid: Option<u32>,
+    pub(crate) stdout: WorkerStdio,
+    pub(crate) stderr: WorkerStdio,
+    pub(crate) max_frame_size: usize,
+    pub(crate) queue: QueueLimits,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) kill_grace: Duration,
+    pub(crate) restart: RestartPolicy,
+    pub(crate) distribution: Distribution,
+    pub(crate) request_timeout: Duration,
+    pub(crate) ready_timeout: Option<Duration>,
+    /// Without a channel: ready once listening, not once started.
+    pub(crate) ready_on_listen: bool,
+    pub(crate) channel: WorkerChannel,
+    /// Fds every worker inherits (see `pass_fds`).
+    pub(crate) pass_fds: std::sync::Arc<Vec<std::os::fd::OwnedFd>>,
+}
+
+impl Config {
+    /// Encodes a user message for the workers' channel.
+    pub(crate) fn encode<M: serde::Serialize + ?Sized>(
+        &self,
+        message: &M,
+    ) -> Result<bytes::Bytes, crate::SendError> {
+        self.wire()
+            .encode(message, self.max_frame_size)
+            .map_err(crate::SendError::Encode)
+    }
+
+    /// Whether workers get a channel at all.
+    pub(crate) fn has_channel(&self) -> bool {
+        self.channel != WorkerChannel::None
+    }
+
+    /// What the channel to the workers speaks.
+    pub(crate) fn wire(&self) -> Wire {
+        match self.channel {
+            WorkerChannel::Node => Wire::NodeJson,
+            _ => Wire::Frames,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            program: None,
+            args: None,
+            envs: Vec::new(),
+            env_clear: false,
+            current_dir: None,
+            uid: None,
+            gid: None,
+            stdout: WorkerStdio::Inherit,
+            stderr: WorkerStdio::Inherit,
+            max_frame_size: protocol::DEFAULT_MAX_FRAME,
+            queue: QueueLimits::default(),
+            shutdown_grace: Duration::from_secs(5),
+            kill_grace: Duration::from_secs(2),
+            restart: RestartPolicy::default(),
+            distribution: Distribution::default(),
+            request_timeout: Duration::from_secs(30),
+            ready_timeout: None,
+            ready_on_listen: false,
+            channel: WorkerChannel::Frames,
+            pass_fds: std::sync::Arc::default(),
+        }
+    }
+}

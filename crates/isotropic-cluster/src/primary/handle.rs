@@ -1,0 +1,371 @@
+//! [`ClusterPrimary`]: the cloneable handle to a running primary.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::Worker;
+use super::config::Config;
+use super::context::{PrimaryContext, PrimaryEvent};
+use super::pool::{self, Destination, Pool};
+use crate::WorkerId;
+use crate::actor::Mailbox;
+use crate::error::{Error, SendError};
+use crate::events::{EventStream, StreamSource};
+use crate::request::RequestError;
+
+/// A cloneable handle to a running primary.
+///
+/// Dropping every handle destroys the primary: its workers are asked to
+/// disconnect and are terminated after the grace period.
+///
+/// # Examples
+///
+/// ```no_run
+/// use isotropic_cluster::primary::{ClusterPrimary, WorkerMessage};
+/// use isotropic_cluster::Subscribe;
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let primary = ClusterPrimary::builder()
+///     .on::<WorkerMessage>(|event| println!("{}: {}", event.worker.id(), event.message))
+///     .start()
+///     .await?;
+/// primary.fork(4).await?;
+/// // … later
+/// primary.shut_down().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ClusterPrimary {
+    pub(super) mailbox: Mailbox<PrimaryContext>,
+    pool: Arc<Pool>,
+    config: Arc<Config>,
+    stream: StreamSource<PrimaryEvent>,
+}
+
+impl std::fmt::Debug for ClusterPrimary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterPrimary")
+            .field("ready", &self.pool.ready().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterPrimary {
+    pub(super) fn new(mailbox: Mailbox<PrimaryContext>, context: &PrimaryContext) -> Self {
+        Self {
+            mailbox,
+            pool: context.pool(),
+            config: context.config.clone(),
+            stream: context.stream.clone(),
+        }
+    }
+
+    /// Starts `count` workers (publishes `fork`); resolves once their
+    /// processes are started, with how many were. Does nothing once the
+    /// primary is shut down (resolves with 0). Readiness comes later, as
+    /// `workerReady` events.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Spawn`] when a worker process cannot be started;
+    /// [`Error::Destroyed`] after destroy.
+    ///
+    /// # Cancel safety
+    ///
+    /// The fork happens even if the future is dropped.
+    pub async fn fork(&self, count: usize) -> Result<usize, Error> {
+        self.mailbox
+            .call(move |primary| primary.fork(count))
+            .await?
+    }
+
+    /// Sends `message` to each worker `to` names, waiting while a worker's
+    /// queue is full; resolves once it is written to every channel. The
+    /// message is encoded once.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::InvalidDestination`] for an id of no live worker,
+    /// [`SendError::NoDestination`] when `to` names no worker (an empty pool),
+    /// [`SendError::Closed`] when a worker's channel is closed,
+    /// [`SendError::Encode`] for a message that cannot be encoded or is too
+    /// large, and [`SendError::Partial`] when several destinations were named
+    /// and only some failed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: a cancelled message may still be written.
+    pub async fn send<M: Serialize + ?Sized>(
+        &self,
+        to: impl Into<Destination>,
+        message: &M,
+    ) -> Result<(), SendError> {
+        let frame = self.config.encode(message)?;
+        let (workers, errors) = self.pool.resolve(to.into());
+        let sends = workers
+            .iter()
+            .map(|worker| worker.send_frame(frame.clone()));
+        let mut results = futures_util::future::join_all(sends).await;
+        results.extend(errors.into_iter().map(Err));
+        pool::combine(results)
+    }
+
+    /// Queues `message` for each worker `to` names, without waiting (the
+    /// message is encoded once).
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send), and [`SendError::Full`] for a worker whose
+    /// queue is full: with several destinations, [`SendError::Partial`] lists
+    /// the workers that did not get it, so that exactly those can be retried.
+    pub fn try_send<M: Serialize + ?Sized>(
+        &self,
+        to: impl Into<Destination>,
+        message: &M,
+    ) -> Result<(), SendError> {
+        let frame = self.config.encode(message)?;
+        self.pool.try_send(to.into(), &frame)
+    }
+
+    /// The ready worker least recently selected for `tag` (use `""` for one
+    /// shared rotation): workers never selected for the tag come first, lowest
+    /// id first. `None` when no worker is ready. Exact: every ready worker is
+    /// selected once before any is selected twice.
+    pub fn round_robin(&self, tag: &str) -> Option<Worker> {
+        self.pool.round_robin(tag)
+    }
+
+    /// Sends `message` to `worker` as a request and waits for its reply (see
+    /// [`Worker::request`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Worker::request`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future forgets the request.
+    pub async fn request<R: DeserializeOwned, M: Serialize + ?Sized>(
+        &self,
+        worker: &Worker,
+        message: &M,
+    ) -> Result<R, RequestError> {
+        worker.request(message).await
+    }
+
+    /// A task pool's verb: asks the ready worker chosen by round robin for
+    /// `tag`, and if it dies before answering, the next one (each worker at
+    /// most once).
+    ///
+    /// # Errors
+    ///
+    /// [`RequestError::NoWorker`] when no ready worker is left to ask; the
+    /// others as [`Worker::request`] (a remote error or a timeout is not
+    /// retried: the request may have run).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future forgets the request.
+    pub async fn dispatch<R: DeserializeOwned, M: Serialize + ?Sized>(
+        &self,
+        tag: &str,
+        message: &M,
+    ) -> Result<R, RequestError> {
+        self.dispatch_to(message, || self.pool.round_robin(tag))
+            .await
+    }
+
+    /// As [`dispatch`](Self::dispatch), choosing the ready worker with the
+    /// fewest requests in flight.
+    ///
+    /// # Errors
+    ///
+    /// As [`dispatch`](Self::dispatch).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future forgets the request.
+    pub async fn dispatch_least_loaded<R: DeserializeOwned, M: Serialize + ?Sized>(
+        &self,
+        message: &M,
+    ) -> Result<R, RequestError> {
+        self.dispatch_to(message, || self.pool.least_loaded()).await
+    }
+
+    async fn dispatch_to<R: DeserializeOwned, M: Serialize + ?Sized>(
+        &self,
+        message: &M,
+        mut choose: impl FnMut() -> Option<Worker>,
+    ) -> Result<R, RequestError> {
+        let mut tried = Vec::new();
+        // Bounded: every worker is tried at most once, and a pool refilled by
+        // replacements (new ids) is bounded by the attempts below.
+        for _ in 0..64 {
+            let Some(worker) = choose() else { break };
+            if tried.contains(&worker.id()) {
+                break;
+            }
+            tried.push(worker.id());
+            match worker.request(message).await {
+                Err(RequestError::Gone { .. }) => continue,
+                other => return other,
+            }
+        }
+        Err(RequestError::NoWorker)
+    }
+
+    /// The ready workers (the pool), by ascending id: a snapshot.
+    pub fn workers(&self) -> Vec<Worker> {
+        self.pool.ready()
+    }
+
+    /// The ready worker with this id.
+    pub fn worker_by_id(&self, id: WorkerId) -> Option<Worker> {
+        self.pool.ready_by_id(id)
+    }
+
+    /// Asks worker `id` to leave, then replaces it (see
+    /// [`PrimaryContext::stop_worker`]): recycles one worker gracefully,
+    /// escalating to SIGTERM and SIGKILL if it does not go.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(primary: isotropic_cluster::primary::ClusterPrimary) -> Result<(), isotropic_cluster::Error> {
+    /// // Recycle the worker that stopped answering.
+    /// if let Some(worker) = primary.workers().first() {
+    ///     primary.stop_worker(worker.id()).await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoSuchWorker`] when no live worker has this id;
+    /// [`Error::Destroyed`] after destroy.
+    ///
+    /// # Cancel safety
+    ///
+    /// The stop is ordered at the first poll; dropping the future after that
+    /// does not undo it.
+    pub async fn stop_worker(&self, id: WorkerId) -> Result<(), Error> {
+        self.mailbox
+            .call(move |primary| primary.stop_worker(id))
+            .await?
+    }
+
+    /// Restarts the ready workers one at a time, each once the previous
+    /// one's replacement is ready (see [`PrimaryContext::restart_workers`]):
+    /// a reload with at most one worker missing at any moment. Resolves with
+    /// how many workers were restarted, once the last replacement is ready,
+    /// or sooner if a shutdown begins.
+    ///
+    /// A replacement that never gets ready (a program that now fails at
+    /// start) holds the restart: bound the wait with a timeout if that can
+    /// happen.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Destroyed`] after destroy.
+    ///
+    /// # Cancel safety
+    ///
+    /// The restart goes on if the future is dropped (it is ordered at the
+    /// first poll).
+    pub async fn restart_workers(&self) -> Result<usize, Error> {
+        let done = self.mailbox.call(PrimaryContext::restart_waiter).await?;
+        done.await.map_err(|_| Error::Destroyed)
+    }
+
+    /// Shuts down: stops replacing workers, asks each to disconnect, and
+    /// resolves when every worker has exited (`shutDownComplete`). Workers
+    /// still running after the grace period get SIGTERM, then SIGKILL.
+    /// Calling it again, or after completion, resolves at completion.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Prevented`] when a handler vetoed the shutdown;
+    /// [`Error::Destroyed`] after destroy.
+    ///
+    /// # Cancel safety
+    ///
+    /// The shutdown goes on if the future is dropped.
+    pub async fn shut_down(&self) -> Result<(), Error> {
+        let done = self.mailbox.call(PrimaryContext::shut_down_waiter).await?;
+        done.await
+            .map_err(|_| Error::Prevented { event: "shutDown" })
+    }
+
+    /// Resolves once the primary has shut down and every worker has exited,
+    /// however the shutdown was started (by a handler, say); it does not start
+    /// one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Destroyed`] when the primary is destroyed without a shutdown
+    /// completing.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn shut_down_complete(&self) -> Result<(), Error> {
+        let done = self
+            .mailbox
+            .call(|primary| primary.completion_waiter(true))
+            .await?;
+        done.await.map_err(|_| Error::Destroyed)
+    }
+
+    /// Sends SIGKILL to every worker now (see [`PrimaryContext::kill_workers`]):
+    /// the forced end of a shutdown that takes too long.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Destroyed`] after destroy.
+    ///
+    /// # Cancel safety
+    ///
+    /// The kill is ordered at the first poll; dropping the future after that
+    /// does not undo it.
+    pub async fn kill_workers(&self) -> Result<(), Error> {
+        self.mailbox.call(PrimaryContext::kill_workers).await
+    }
+
+    /// Shuts down if needed, then tears the primary down (`destroyComplete`,
+    /// then every subscription is removed). Safe at any moment, and more than
+    /// once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Prevented`] when a handler vetoed the destroy.
+    ///
+    /// # Cancel safety
+    ///
+    /// The destroy goes on if the future is dropped.
+    pub async fn destroy(&self) -> Result<(), Error> {
+        let done = match self.mailbox.call(PrimaryContext::destroy_waiter).await {
+            Ok(done) => done,
+            Err(Error::Destroyed) => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        done.await
+            .map_err(|_| Error::Prevented { event: "destroy" })
+    }
+
+    /// Every event from now on that reaches its default action, as a stream;
+    /// it ends when the primary is destroyed.
+    pub fn events(&self) -> EventStream<PrimaryEvent> {
+        self.stream.subscribe()
+    }
+}
+
+impl PrimaryContext {
+    /// A handle to this primary, for async work started from a handler; `None`
+    /// once every handle is gone.
+    pub fn handle(&self) -> Option<ClusterPrimary> {
+        Some(ClusterPrimary::new(self.mailbox.upgrade()?, self))
+    }
+}

@@ -1,0 +1,30 @@
+//! What the actor hears from outside its own calls: each worker's watcher
+//! reports frames, output, the end of the channel and the exit, in that order;
+//! the round-robin acceptors report connections.
+
+use std::os::fd::OwnedFd;
+use std::process::ExitStatus;
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::events::OutputStream;
+use crate::WorkerId;
+use crate::error::ProtocolError;
+use crate::net::ListenAddress;
+use crate::protocol::Frame;
+
+/// One report to the primary's actor.
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// Frames, in the order they arrived, with their share of the worker's
+    /// input budget (given back when dropped).
+    Frames(WorkerId, Vec<Frame>, OwnedSemaphorePermit),
+    /// A line of the worker's piped output.
+    Output(WorkerId, OutputStream, String),
+    /// The channel ended: end of file, or a protocol error.
+    Closed(WorkerId, Option<ProtocolError>),
+    /// The process exited and was reaped (`None`: waiting for it failed).
+    Exited(WorkerId, Option<ExitStatus>),
+    /// A connection accepted on a round-robin address.
+    Accepted(ListenAddress, OwnedFd),
+}

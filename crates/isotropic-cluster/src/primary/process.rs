@@ -1,0 +1,155 @@
+//! Starting real worker processes: the command line, the channel, the watch.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::Worker;
+use super::config::{Config, WorkerChannel, WorkerStdio};
+use super::input::Input;
+use super::spawner::{Spawn, Spawned};
+use super::watch::Watch;
+use crate::WorkerId;
+use crate::channel::Outbox;
+use crate::error::Error;
+use crate::protocol::{self, AnyCodec, Frame, FrameCodec, NodeCodec, Wire};
+use crate::{role, sys};
+
+/// Starts each worker as a process of `config`'s command.
+#[derive(Debug)]
+pub(crate) struct ProcessSpawner {
+    config: Arc<Config>,
+}
+
+impl ProcessSpawner {
+    pub(crate) fn new(config: Arc<Config>) -> Self {
+        Self { config }
+    }
+
+    fn program(&self) -> PathBuf {
+        self.config
+            .program
+            .clone()
+            .unwrap_or_else(|| "/proc/self/exe".into())
+    }
+
+    /// The command of worker `id`, its end of the channel being `theirs`.
+    fn command(&self, id: WorkerId, theirs: &OwnedFd) -> tokio::process::Command {
+        let config = &self.config;
+        let mut command = tokio::process::Command::new(self.program());
+        match &config.args {
+            Some(args) => {
+                command.args(args);
+            }
+            None => {
+                let mut own = std::env::args_os();
+                if let Some(arg0) = own.next() {
+                    command.as_std_mut().arg0(arg0);
+                }
+                command.args(own);
+            }
+        }
+        if config.env_clear {
+            command.env_clear();
+        }
+        for (key, value) in &config.envs {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        if let Some(dir) = &config.current_dir {
+            command.current_dir(dir);
+        }
+        if let Some(gid) = config.gid {
+            command.gid(gid);
+        }
+        if let Some(uid) = config.uid {
+            command.uid(uid);
+        }
+        let stdio = |mode: WorkerStdio| match mode {
+            WorkerStdio::Inherit => Stdio::inherit(),
+            WorkerStdio::Null => Stdio::null(),
+            WorkerStdio::Piped => Stdio::piped(),
+        };
+        command
+            .stdin(Stdio::null())
+            .stdout(stdio(config.stdout))
+            .stderr(stdio(config.stderr))
+            .process_group(0)
+            .kill_on_drop(true);
+        match config.channel {
+            WorkerChannel::Frames => command
+                .env(role::WORKER_ID, id.to_string())
+                .env(role::CHANNEL_FD, theirs.as_raw_fd().to_string())
+                .env(role::PRIMARY_PID, std::process::id().to_string()),
+            WorkerChannel::Node => command
+                .env("NODE_CHANNEL_FD", theirs.as_raw_fd().to_string())
+                .env("NODE_CHANNEL_SERIALIZATION_MODE", "json"),
+            WorkerChannel::None => &mut command,
+        };
+        command
+    }
+}
+
+impl Spawn for ProcessSpawner {
+    fn spawn(&self, id: WorkerId, inputs: mpsc::Sender<Input>) -> Result<Spawned, Error> {
+        let config = &self.config;
+        let spawn_error = |source: std::io::Error| Error::Spawn {
+            program: self.program(),
+            source: source.into(),
+        };
+        let (ours, theirs) = sys::channel_pair().map_err(spawn_error)?;
+        let mut command = self.command(id, &theirs);
+        let with_channel = config.channel != WorkerChannel::None;
+        let inherited = with_channel.then(|| theirs.as_raw_fd());
+        let passed: Vec<i32> = config.pass_fds.iter().map(AsRawFd::as_raw_fd).collect();
+        if !passed.is_empty() {
+            let list: Vec<String> = passed.iter().map(ToString::to_string).collect();
+            command.env(sys::PASS_FDS, list.join(","));
+        }
+        let guard = sys::orphan_guard().map_err(spawn_error)?;
+        sys::prepare_child(&mut command, inherited, passed, std::process::id(), guard);
+        let child = command.spawn().map_err(spawn_error)?;
+        let pid = child.id().unwrap_or_default();
+
+        let stream = std::os::unix::net::UnixStream::from(ours);
+        let stream = stream
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(stream))
+            .map_err(spawn_error)?;
+        let (read, write) = stream.into_split();
+        let outbox = Outbox::spawn(write, config.queue, Some(id));
+        if config.channel == WorkerChannel::Frames {
+            // The primary's hello: the first frame, queued before anything else.
+            let _ = outbox.try_send(protocol::encode_control(&Frame::Hello {
+                protocol: protocol::VERSION,
+            }));
+        }
+        let worker = Worker::new(
+            id,
+            pid,
+            outbox,
+            config.max_frame_size,
+            config.request_timeout,
+            config.wire(),
+        );
+        let codec = match config.wire() {
+            Wire::Frames => AnyCodec::Frames(FrameCodec::new(config.max_frame_size)),
+            Wire::NodeJson => AnyCodec::Node(NodeCodec::new(config.max_frame_size)),
+        };
+        // Without a channel there is nothing to read (and no end of file to
+        // wait for after an exit).
+        let channel = if with_channel {
+            Ok((read, codec))
+        } else {
+            Err(theirs)
+        };
+        let signals = Watch::start(id, child, channel, inputs);
+        Ok(Spawned { worker, signals })
+    }
+}

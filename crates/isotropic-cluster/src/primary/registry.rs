@@ -1,0 +1,126 @@
+//! The one registry of live workers: each one's handle and [`WorkerState`],
+//! owned by the actor. It alone writes the [`Pool`], the view of the workers
+//! that handles read (live ids, the ready pool, round robin).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::Worker;
+use super::pool::Pool;
+use super::spawner::Spawned;
+use super::state::{Action, Trigger, WorkerState};
+use crate::WorkerId;
+
+/// One live worker.
+#[derive(Debug)]
+pub(super) struct Entry {
+    pub(super) worker: Worker,
+    pub(super) state: WorkerState,
+    pub(super) started: Instant,
+    signals: mpsc::UnboundedSender<i32>,
+}
+
+impl Entry {
+    /// Sends `signal` to the worker and its process group, unless it has been
+    /// reaped.
+    pub(super) fn signal(&self, signal: i32) {
+        let _ = self.signals.send(signal);
+    }
+}
+
+/// The live workers, from their start to the end of their `workerExit`.
+#[derive(Debug, Default)]
+pub(super) struct Registry {
+    entries: HashMap<WorkerId, Entry>,
+    pool: Arc<Pool>,
+}
+
+impl Registry {
+    /// The view that handles read.
+    pub(super) fn pool(&self) -> Arc<Pool> {
+        self.pool.clone()
+    }
+
+    /// Registers a started worker, in [`WorkerState::Starting`].
+    pub(super) fn insert(&mut self, spawned: Spawned) {
+        let Spawned { worker, signals } = spawned;
+        self.pool.add_live(&worker);
+        let entry = Entry {
+            worker: worker.clone(),
+            state: WorkerState::Starting,
+            started: Instant::now(),
+            signals,
+        };
+        self.entries.insert(worker.id(), entry);
+    }
+
+    /// Forgets a worker (once its exit is reported).
+    pub(super) fn remove(&mut self, id: WorkerId) -> Option<Entry> {
+        self.leave_pool(id);
+        self.pool.remove_live(id);
+        self.entries.remove(&id)
+    }
+
+    /// Applies `trigger` to worker `id`'s state: its handle and what to do,
+    /// or `None` for a worker that is not live.
+    pub(super) fn apply(
+        &mut self,
+        id: WorkerId,
+        trigger: Trigger,
+    ) -> Option<(Worker, Vec<Action>)> {
+        let entry = self.entries.get_mut(&id)?;
+        let (state, actions) = entry.state.on(trigger);
+        entry.state = state;
+        Some((entry.worker.clone(), actions))
+    }
+
+    pub(super) fn get(&self, id: WorkerId) -> Option<&Entry> {
+        self.entries.get(&id)
+    }
+
+    /// The live worker with this id.
+    pub(super) fn worker(&self, id: WorkerId) -> Option<Worker> {
+        self.get(id).map(|entry| entry.worker.clone())
+    }
+
+    /// The live worker with this id, if its channel has not closed.
+    pub(super) fn connected(&self, id: WorkerId) -> Option<Worker> {
+        self.get(id)
+            .filter(|entry| match entry.state {
+                WorkerState::Leaving(leaving) => !leaving.disconnected,
+                WorkerState::Gone { .. } => false,
+                _ => true,
+            })
+            .map(|entry| entry.worker.clone())
+    }
+
+    /// Every live worker, by ascending id.
+    pub(super) fn workers(&self) -> Vec<Worker> {
+        let mut workers: Vec<Worker> = self.entries.values().map(|e| e.worker.clone()).collect();
+        workers.sort_by_key(Worker::id);
+        workers
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Adds a live worker to the pool of ready workers.
+    pub(super) fn join_pool(&mut self, worker: &Worker) {
+        if self.entries.contains_key(&worker.id()) {
+            self.pool.add_ready(worker);
+        }
+    }
+
+    /// Takes a worker out of the pool; whether it was in it.
+    pub(super) fn leave_pool(&mut self, id: WorkerId) -> bool {
+        self.pool.remove_ready(id)
+    }
+
+    pub(super) fn in_pool(&self, id: WorkerId) -> bool {
+        self.pool.is_ready(id)
+    }
+}

@@ -1,0 +1,38 @@
+//! The seam between the lifecycle and the operating system: starting a
+//! worker. [`ProcessSpawner`](super::process::ProcessSpawner) starts real
+//! processes; the lifecycle's unit tests use a fake that starts none.
+
+use std::fmt;
+
+use tokio::sync::mpsc;
+
+use super::Worker;
+use super::input::Input;
+use crate::WorkerId;
+use crate::error::Error;
+use crate::sys;
+
+/// Starts workers.
+pub(crate) trait Spawn: Send + Sync + fmt::Debug {
+    /// Starts worker `id`; what happens to it is reported to `inputs`, in
+    /// order (frames, output, the channel's end, then its exit).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Spawn`] when it cannot be started.
+    fn spawn(&self, id: WorkerId, inputs: mpsc::Sender<Input>) -> Result<Spawned, Error>;
+
+    /// Whether process `pid` holds a listening socket (readiness of workers
+    /// without a channel, when they count as ready once listening).
+    fn is_listening(&self, pid: u32) -> bool {
+        sys::holds_listening_socket(pid)
+    }
+}
+
+/// A started worker: its handle, and where to send it signals (sent only
+/// while it has not been reaped, to it and its process group).
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    pub(crate) worker: Worker,
+    pub(crate) signals: mpsc::UnboundedSender<i32>,
+}

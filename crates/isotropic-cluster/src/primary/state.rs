@@ -1,0 +1,565 @@
+//! The rules of one worker's life, as a state and pure transitions.
+//!
+//! ```text
+//! Starting ──hello──▶ Online ──ready──▶ Ready
+//!    │                  │                 │
+//!    └──── leave, disconnect, failure ────┴──▶ Leaving{why} ──exit──▶ Gone
+//! ```
+//!
+//! [`WorkerState::on`] takes what happened ([`Trigger`]) and returns what to
+//! do ([`Action`]); the primary's context carries the actions out (events,
+//! signals, timers). Nothing here does I/O, so every state × trigger is unit
+//! tested below.
+
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use crate::error::ProtocolError;
+use crate::protocol;
+
+/// Where one worker stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WorkerState {
+    /// Started; on our framed channel, its hello has not arrived yet.
+    Starting,
+    /// Connected, not ready yet.
+    Online,
+    /// Said it is ready (in the pool unless a handler kept it out).
+    Ready,
+    /// On its way out. A worker that is leaving no longer becomes online or
+    /// ready; its frames are still delivered until its channel closes.
+    Leaving(Leaving),
+    /// Exited and reaped: its `workerExit` is being published.
+    Gone {
+        /// It was recycled: replaced at once.
+        recycled: bool,
+    },
+}
+
+/// A leaving worker: why, and how far its stop has gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Leaving {
+    /// Why it leaves.
+    pub(crate) why: Why,
+    /// Its channel is closed, and `workerDisconnect` was published.
+    pub(crate) disconnected: bool,
+    /// SIGTERM is sent or scheduled.
+    pub(crate) terminating: bool,
+}
+
+/// Why a worker leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// Its channel closed unasked.
+    Disconnected,
+    /// It broke the protocol, or was not ready in time.
+    Failed,
+    /// It said it leaves (a disconnect on its channel).
+    Announced,
+    /// A shutdown asked it to leave.
+    ShutDown,
+    /// [`stop_worker`](super::PrimaryContext::stop_worker) asked it to
+    /// leave: it is replaced at once, outside the restart policy.
+    Recycled,
+}
+
+impl Why {
+    /// Whether its exit is voluntary (asked for, or announced).
+    pub(crate) fn voluntary(self) -> bool {
+        matches!(self, Self::Announced | Self::ShutDown | Self::Recycled)
+    }
+}
+
+/// How a started worker comes online and ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Greeting {
+    /// Our framed channel: online at its hello, ready when it says so.
+    Hello,
+    /// A channel without hello (Node's): online at once, ready when it says so.
+    Online,
+    /// No channel: ready at once.
+    Ready,
+    /// No channel: online at once, ready once it holds a listening socket.
+    Listening,
+}
+
+/// What happened to a worker.
+#[derive(Debug, Clone)]
+#[cfg_attr(test, derive(PartialEq, Eq))]
+pub(crate) enum Trigger {
+    /// Its process was started (`workerFork` was published).
+    Started(Greeting),
+    /// Its hello, with the protocol version it speaks.
+    Hello(u32),
+    /// It said it is ready, or was found listening.
+    Ready,
+    /// It said it leaves.
+    Announce,
+    /// It broke the protocol (a frame it may not send, or its channel ended
+    /// with an error).
+    Broke(ProtocolError),
+    /// Its channel ended cleanly.
+    Closed,
+    /// Its ready timeout passed.
+    ReadyTimeout(Duration),
+    /// The primary asks it to leave (why: a shutdown or a recycle), and
+    /// terminates it after `grace` if it has not exited.
+    Leave(Why, Duration),
+    /// Terminate it: now (`None`), or after a grace period unless that is
+    /// already under way.
+    Terminate(Option<Duration>),
+    /// It exited and was reaped (`None`: waiting for it failed).
+    Exited(Option<ExitStatus>),
+}
+
+/// What the primary does about it.
+#[derive(Debug, Clone)]
+#[cfg_attr(test, derive(PartialEq, Eq))]
+pub(crate) enum Action {
+    /// Publish `workerOnline`.
+    Online,
+    /// Publish `workerReady`.
+    Ready,
+    /// Look whether it listens yet (now, then again shortly).
+    PollListening,
+    /// Publish `workerError` with this error.
+    Fail(ProtocolError),
+    /// Fail its requests and publish `workerDisconnect`.
+    Disconnect,
+    /// Send it a disconnect request (on our framed channel) and close its
+    /// channel for sending.
+    AskToLeave,
+    /// Send it SIGTERM now.
+    Terminate,
+    /// Send it SIGTERM after this grace period.
+    TerminateAfter(Duration),
+    /// Publish `workerExit`.
+    Exit {
+        /// How it ended.
+        status: Option<ExitStatus>,
+        /// Whether it left voluntarily.
+        voluntary: bool,
+    },
+}
+
+/// The error for a frame that comes at the wrong moment.
+fn unexpected(frame: &'static str, reason: &'static str) -> ProtocolError {
+    ProtocolError::UnexpectedFrame { frame, reason }
+}
+
+impl WorkerState {
+    /// The state after `trigger`, and what to do.
+    pub(crate) fn on(self, trigger: Trigger) -> (Self, Vec<Action>) {
+        use Action as A;
+        use WorkerState::{Online, Ready, Starting};
+        let first_hello = |frame| unexpected(frame, "the first frame must be hello");
+        match (self, trigger) {
+            (Self::Gone { .. }, _) => (self, vec![]),
+            (state, Trigger::Exited(status)) => {
+                let (why, disconnected) = match state {
+                    Self::Leaving(leaving) => (Some(leaving.why), leaving.disconnected),
+                    _ => (None, false),
+                };
+                let mut actions = if disconnected {
+                    vec![]
+                } else {
+                    vec![A::Disconnect]
+                };
+                actions.push(A::Exit {
+                    status,
+                    voluntary: why.is_some_and(Why::voluntary),
+                });
+                let recycled = why == Some(Why::Recycled);
+                (Self::Gone { recycled }, actions)
+            }
+            (Starting, Trigger::Started(Greeting::Hello)) => (Starting, vec![]),
+            (Starting, Trigger::Started(Greeting::Online)) => (Online, vec![A::Online]),
+            (Starting, Trigger::Started(Greeting::Ready)) => (Ready, vec![A::Ready]),
+            (Starting, Trigger::Started(Greeting::Listening)) => {
+                (Online, vec![A::Online, A::PollListening])
+            }
+            (state, Trigger::Started(_)) => (state, vec![]),
+            (Starting, Trigger::Hello(version)) if version != protocol::VERSION => {
+                let error = ProtocolError::Version {
+                    received: version,
+                    supported: protocol::VERSION,
+                };
+                self.fail(error)
+            }
+            (Starting, Trigger::Hello(_)) => (Online, vec![A::Online]),
+            (Online | Ready, Trigger::Hello(_)) => {
+                self.fail(unexpected("hello", "hello was already received"))
+            }
+            (Starting, Trigger::Ready) => self.fail(first_hello("ready")),
+            (Online, Trigger::Ready) => (Ready, vec![A::Ready]),
+            (Ready, Trigger::Ready) => self.fail(unexpected("ready", "ready was already received")),
+            (Starting, Trigger::Announce) => self.fail(first_hello("disconnect")),
+            (Starting | Online, Trigger::ReadyTimeout(after)) => {
+                self.fail(ProtocolError::ReadyTimeout(after))
+            }
+            (_, Trigger::ReadyTimeout(_)) => (self, vec![]),
+            (_, Trigger::Broke(error)) => self.fail(error),
+            (_, Trigger::Closed) => self.disconnect(Why::Disconnected),
+            (_, Trigger::Announce) => self.disconnect(Why::Announced),
+            (Starting | Online | Ready, Trigger::Terminate(_)) => (self, vec![]),
+            (Self::Leaving(leaving), trigger) => leaving.on(trigger),
+            (Starting | Online | Ready, Trigger::Leave(why, grace)) => {
+                let leaving = Leaving {
+                    why,
+                    disconnected: false,
+                    terminating: true,
+                };
+                (
+                    Self::Leaving(leaving),
+                    vec![A::AskToLeave, A::TerminateAfter(grace)],
+                )
+            }
+        }
+    }
+
+    /// Whether a frame that is not a step of the lifecycle (a message, a
+    /// request, a reply, a listen request; `primary_only`: a frame only the
+    /// primary sends) is delivered (`Ok(true)`), dropped because the channel
+    /// is deemed closed (`Ok(false)`), or breaks the protocol.
+    ///
+    /// # Errors
+    ///
+    /// [`ProtocolError::UnexpectedFrame`] before hello, or for a frame only
+    /// the primary sends.
+    pub(crate) fn admits(
+        self,
+        frame: &'static str,
+        primary_only: bool,
+    ) -> Result<bool, ProtocolError> {
+        let open = match self {
+            Self::Starting => return Err(unexpected(frame, "the first frame must be hello")),
+            Self::Online | Self::Ready => true,
+            Self::Leaving(leaving) => !leaving.disconnected,
+            Self::Gone { .. } => false,
+        };
+        if open && primary_only {
+            return Err(unexpected(frame, "only the primary sends it"));
+        }
+        Ok(open)
+    }
+
+    /// Its channel closed (or is deemed closed): it leaves, for `why` unless
+    /// it was already leaving.
+    fn disconnect(self, why: Why) -> (Self, Vec<Action>) {
+        let leaving = match self {
+            Self::Leaving(leaving) if leaving.disconnected => return (self, vec![]),
+            Self::Leaving(leaving) => Leaving {
+                disconnected: true,
+                // A worker asked to leave that then says it leaves keeps its reason.
+                why: if leaving.why.voluntary() {
+                    leaving.why
+                } else {
+                    why
+                },
+                ..leaving
+            },
+            _ => Leaving {
+                why,
+                disconnected: true,
+                terminating: false,
+            },
+        };
+        (Self::Leaving(leaving), vec![Action::Disconnect])
+    }
+
+    /// It broke the protocol: `workerError`, then it is disconnected. Once
+    /// disconnected, nothing it sent is read any more.
+    fn fail(self, error: ProtocolError) -> (Self, Vec<Action>) {
+        let (state, mut actions) = self.disconnect(Why::Failed);
+        if actions.is_empty() {
+            return (state, actions);
+        }
+        actions.insert(0, Action::Fail(error));
+        (state, actions)
+    }
+}
+
+impl Leaving {
+    /// Triggers that matter while leaving (exit, failures and the end of the
+    /// channel are handled with every state's).
+    fn on(mut self, trigger: Trigger) -> (WorkerState, Vec<Action>) {
+        let actions = match trigger {
+            Trigger::Leave(why, grace) => {
+                self.why = why;
+                let mut actions = Vec::new();
+                if !self.disconnected {
+                    actions.push(Action::AskToLeave);
+                }
+                if !std::mem::replace(&mut self.terminating, true) {
+                    actions.push(Action::TerminateAfter(grace));
+                }
+                actions
+            }
+            Trigger::Terminate(None) => {
+                self.terminating = true;
+                vec![Action::Terminate]
+            }
+            Trigger::Terminate(Some(grace)) if !self.terminating => {
+                self.terminating = true;
+                vec![Action::TerminateAfter(grace)]
+            }
+            // Hello and ready: a leaving worker does not come back.
+            _ => vec![],
+        };
+        (WorkerState::Leaving(self), actions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt as _;
+
+    use super::*;
+    use Action as A;
+    use WorkerState::{Online, Ready, Starting};
+
+    const GONE: WorkerState = WorkerState::Gone { recycled: false };
+    const GRACE: Duration = Duration::from_secs(5);
+
+    fn leaving(why: Why, disconnected: bool, terminating: bool) -> WorkerState {
+        WorkerState::Leaving(Leaving {
+            why,
+            disconnected,
+            terminating,
+        })
+    }
+
+    /// Every state a worker can be in.
+    fn every_state() -> Vec<WorkerState> {
+        let mut states = vec![Starting, Online, Ready, GONE];
+        for why in [
+            Why::Disconnected,
+            Why::Failed,
+            Why::Announced,
+            Why::ShutDown,
+            Why::Recycled,
+        ] {
+            for disconnected in [false, true] {
+                for terminating in [false, true] {
+                    states.push(leaving(why, disconnected, terminating));
+                }
+            }
+        }
+        states
+    }
+
+    fn is_fail(actions: &[Action]) -> bool {
+        matches!(actions, [A::Fail(_), A::Disconnect])
+    }
+
+    #[test]
+    fn a_framed_worker_comes_online_at_its_hello_and_ready_when_it_says_so() {
+        let (state, actions) = Starting.on(Trigger::Started(Greeting::Hello));
+        assert_eq!((state, actions), (Starting, vec![]));
+        let (state, actions) = state.on(Trigger::Hello(protocol::VERSION));
+        assert_eq!((state, actions), (Online, vec![A::Online]));
+        let (state, actions) = state.on(Trigger::Ready);
+        assert_eq!((state, actions), (Ready, vec![A::Ready]));
+        assert_eq!(state.admits("message", false), Ok(true));
+    }
+
+    #[test]
+    fn workers_without_hello_are_online_or_ready_once_started() {
+        assert_eq!(
+            Starting.on(Trigger::Started(Greeting::Online)),
+            (Online, vec![A::Online])
+        );
+        assert_eq!(
+            Starting.on(Trigger::Started(Greeting::Ready)),
+            (Ready, vec![A::Ready])
+        );
+        assert_eq!(
+            Starting.on(Trigger::Started(Greeting::Listening)),
+            (Online, vec![A::Online, A::PollListening])
+        );
+    }
+
+    #[test]
+    fn frames_out_of_order_are_protocol_errors() {
+        let wrong_version = Starting.on(Trigger::Hello(protocol::VERSION + 1));
+        assert_eq!(wrong_version.0, leaving(Why::Failed, true, false));
+        assert!(matches!(
+            wrong_version.1[..],
+            [A::Fail(ProtocolError::Version { .. }), A::Disconnect]
+        ));
+        for trigger in [Trigger::Ready, Trigger::Announce] {
+            let (state, actions) = Starting.on(trigger.clone());
+            assert!(is_fail(&actions), "{trigger:?} before hello: {actions:?}");
+            assert_eq!(state, leaving(Why::Failed, true, false));
+        }
+        assert!(is_fail(&Online.on(Trigger::Hello(protocol::VERSION)).1));
+        assert!(is_fail(&Ready.on(Trigger::Hello(protocol::VERSION)).1));
+        assert!(is_fail(&Ready.on(Trigger::Ready).1));
+        for (frame, primary_only) in [("message", false), ("listening", true)] {
+            assert!(matches!(
+                Starting.admits(frame, primary_only),
+                Err(ProtocolError::UnexpectedFrame { reason, .. }) if reason.contains("hello")
+            ));
+        }
+        assert!(matches!(
+            Online.admits("connection", true),
+            Err(ProtocolError::UnexpectedFrame { reason, .. }) if reason.contains("primary")
+        ));
+        let error = ProtocolError::InvalidMessage("x".into());
+        assert_eq!(
+            Ready.on(Trigger::Broke(error.clone())),
+            (
+                leaving(Why::Failed, true, false),
+                vec![A::Fail(error), A::Disconnect]
+            )
+        );
+    }
+
+    #[test]
+    fn a_ready_timeout_fails_only_workers_not_yet_ready() {
+        let after = Duration::from_secs(1);
+        for state in [Starting, Online] {
+            let (next, actions) = state.on(Trigger::ReadyTimeout(after));
+            assert_eq!(next, leaving(Why::Failed, true, false));
+            assert_eq!(
+                actions,
+                [A::Fail(ProtocolError::ReadyTimeout(after)), A::Disconnect]
+            );
+        }
+        for state in every_state().into_iter().skip(2) {
+            assert_eq!(state.on(Trigger::ReadyTimeout(after)), (state, vec![]));
+        }
+    }
+
+    #[test]
+    fn the_end_of_the_channel_disconnects_once() {
+        for state in [Starting, Online, Ready] {
+            let (next, actions) = state.on(Trigger::Closed);
+            assert_eq!(
+                (next, actions),
+                (leaving(Why::Disconnected, true, false), vec![A::Disconnect])
+            );
+            assert_eq!(next.on(Trigger::Closed), (next, vec![]));
+            let error = ProtocolError::InvalidMessage("late".into());
+            assert_eq!(next.on(Trigger::Broke(error)), (next, vec![]));
+            assert_eq!(next.admits("message", false), Ok(false));
+        }
+        // Asked to leave, then disconnected: still voluntary.
+        let asked = leaving(Why::ShutDown, false, true);
+        assert_eq!(
+            asked.on(Trigger::Closed),
+            (leaving(Why::ShutDown, true, true), vec![A::Disconnect])
+        );
+    }
+
+    #[test]
+    fn a_worker_that_announces_it_leaves_exits_voluntarily() {
+        let (state, actions) = Ready.on(Trigger::Announce);
+        assert_eq!(
+            (state, actions),
+            (leaving(Why::Announced, true, false), vec![A::Disconnect])
+        );
+        let (state, actions) = state.on(Trigger::Exited(None));
+        assert_eq!(state, GONE);
+        assert_eq!(
+            actions,
+            [A::Exit {
+                status: None,
+                voluntary: true,
+            }]
+        );
+    }
+
+    #[test]
+    fn asking_to_leave_sends_the_request_and_schedules_termination_once() {
+        for state in [Starting, Online, Ready] {
+            let (next, actions) = state.on(Trigger::Leave(Why::ShutDown, GRACE));
+            assert_eq!(next, leaving(Why::ShutDown, false, true));
+            assert_eq!(actions, [A::AskToLeave, A::TerminateAfter(GRACE)]);
+            // Asked again (a shutdown after a recycle): nothing new to do but
+            // the reason.
+            let (again, actions) = next.on(Trigger::Leave(Why::Recycled, GRACE));
+            assert_eq!(again, leaving(Why::Recycled, false, true));
+            assert_eq!(actions, [A::AskToLeave]);
+        }
+        // Already disconnected: no request, termination if not yet under way.
+        let (next, actions) =
+            leaving(Why::Disconnected, true, false).on(Trigger::Leave(Why::ShutDown, GRACE));
+        assert_eq!(next, leaving(Why::ShutDown, true, true));
+        assert_eq!(actions, [A::TerminateAfter(GRACE)]);
+    }
+
+    #[test]
+    fn termination_is_scheduled_once_but_sent_now_whenever_asked() {
+        let state = leaving(Why::Failed, true, false);
+        let (state, actions) = state.on(Trigger::Terminate(Some(GRACE)));
+        assert_eq!(actions, [A::TerminateAfter(GRACE)]);
+        assert_eq!(state.on(Trigger::Terminate(Some(GRACE))).1, []);
+        assert_eq!(state.on(Trigger::Terminate(None)).1, [A::Terminate]);
+        for state in [Starting, Online, Ready, GONE] {
+            assert_eq!(state.on(Trigger::Terminate(None)), (state, vec![]));
+        }
+    }
+
+    #[test]
+    fn a_leaving_worker_does_not_come_back_but_its_frames_are_delivered() {
+        for state in every_state() {
+            let WorkerState::Leaving(leaving) = state else {
+                continue;
+            };
+            for trigger in [
+                Trigger::Hello(protocol::VERSION),
+                Trigger::Ready,
+                Trigger::Started(Greeting::Ready),
+            ] {
+                assert_eq!(state.on(trigger), (state, vec![]));
+            }
+            assert_eq!(state.admits("message", false), Ok(!leaving.disconnected));
+        }
+    }
+
+    #[test]
+    fn every_state_ends_in_one_exit_after_one_disconnect() {
+        for state in every_state() {
+            let status = Some(ExitStatus::from_raw(9));
+            let (next, actions) = state.on(Trigger::Exited(status));
+            let (voluntary, recycled, disconnected) = match state {
+                WorkerState::Leaving(l) => {
+                    (l.why.voluntary(), l.why == Why::Recycled, l.disconnected)
+                }
+                WorkerState::Gone { .. } => {
+                    assert_eq!((next, actions), (state, vec![]));
+                    continue;
+                }
+                _ => (false, false, false),
+            };
+            assert_eq!(next, WorkerState::Gone { recycled });
+            let mut expected = if disconnected {
+                vec![]
+            } else {
+                vec![A::Disconnect]
+            };
+            expected.push(A::Exit { status, voluntary });
+            assert_eq!(actions, expected, "exit from {state:?}");
+        }
+    }
+
+    #[test]
+    fn nothing_happens_to_a_gone_worker() {
+        for trigger in [
+            Trigger::Started(Greeting::Ready),
+            Trigger::Hello(protocol::VERSION),
+            Trigger::Ready,
+            Trigger::Announce,
+            Trigger::Broke(ProtocolError::InvalidMessage("x".into())),
+            Trigger::Closed,
+            Trigger::ReadyTimeout(GRACE),
+            Trigger::Leave(Why::ShutDown, GRACE),
+            Trigger::Terminate(None),
+            Trigger::Exited(None),
+        ] {
+            assert_eq!(GONE.on(trigger), (GONE, vec![]));
+        }
+        assert_eq!(GONE.admits("message", false), Ok(false));
+    }
+}
