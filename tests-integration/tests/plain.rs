@@ -25,7 +25,7 @@ signal.pause()
         .arg(script)
         .arg(&path)
         .channel(WorkerChannel::None)
-        .ready_on_listen(true);
+        .readiness(Readiness::Listening);
     let (primary, _events, [_worker]) = launch::<1>(builder).await;
     // Ready means listening: a connection is accepted into its backlog.
     std::os::unix::net::UnixStream::connect(&path).expect("the worker listens");

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use isotropic_cluster::ListenAddress;
 use isotropic_cluster::primary::{
-    ClusterPrimary, OnIntensity, OutputStream, PrimaryEvent, RestartPolicy, WorkerChannel,
-    WorkerStdio,
+    ClusterPrimary, OnIntensity, OutputStream, PrimaryEvent, Readiness, RestartPolicy,
+    WorkerChannel, WorkerStdio,
 };
 use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
@@ -162,9 +162,14 @@ async fn supervise(args: Args) -> anyhow::Result<ExitCode> {
             .args(program_args)
             .pass_fds(fds)
     };
+    let builder = match args.ready {
+        Some(Ready::Start) => builder.readiness(Readiness::Started),
+        Some(Ready::Message) => builder.readiness(Readiness::Message),
+        Some(Ready::Listening) => builder.readiness(Readiness::Listening),
+        None => builder,
+    };
     let primary = builder
         .channel(channel)
-        .ready_on_listen(args.ready == Some(Ready::Listening))
         .stdio(WorkerStdio::Piped)
         .shutdown_grace(args.grace)
         .kill_grace(args.grace)

@@ -40,6 +40,12 @@ pub enum Error {
     /// The instance has been destroyed.
     #[error("the cluster instance has been destroyed")]
     Destroyed,
+    /// Settings that cannot work together.
+    #[error("invalid configuration: {reason}")]
+    InvalidConfig {
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// No live worker has this id (it never existed, or has exited).
     #[error("no live worker {worker_id}")]
     NoSuchWorker {

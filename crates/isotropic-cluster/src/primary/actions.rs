@@ -10,7 +10,7 @@ use super::context::{PrimaryContext, Timer};
 use super::events::*;
 use super::phase::Settled;
 use super::restart::OnIntensity;
-use super::state::{Action, Greeting, Trigger, Why, WorkerState};
+use super::state::{Action, Trigger, Why, WorkerState};
 use crate::WorkerId;
 use crate::events::{self, Topic};
 use crate::protocol::{self, Frame, Wire};
@@ -95,19 +95,19 @@ impl PrimaryContext {
         }
     }
 
-    /// The worker was started: it comes online or ready as its channel says.
+    /// The worker was started: it comes online now or at its hello.
     pub(super) fn started(&mut self, id: WorkerId) {
-        let greeting = match self.config.channel {
-            WorkerChannel::Frames => Greeting::Hello,
-            WorkerChannel::Node => Greeting::Online,
-            WorkerChannel::None if self.config.ready_on_listen => Greeting::Listening,
-            WorkerChannel::None => Greeting::Ready,
+        let started = Trigger::Started {
+            hello: self.config.channel == WorkerChannel::Frames,
+            ready_on: self.config.readiness(),
         };
-        self.apply(id, Trigger::Started(greeting));
+        self.apply(id, started);
     }
 
-    /// A worker without a channel is ready once it holds a listening socket;
-    /// until then, look again shortly.
+    /// A worker ready once listening ([`Readiness::Listening`]) is ready once
+    /// it holds a listening socket; until then, look again shortly.
+    ///
+    /// [`Readiness::Listening`]: super::Readiness::Listening
     pub(super) fn poll_listening(&mut self, id: WorkerId) {
         let Some(entry) = self.registry.get(id) else {
             return;

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::config::{Config, WorkerChannel, WorkerStdio};
+use super::config::{Config, Readiness, WorkerChannel, WorkerStdio};
 use super::context::{PrimaryContext, PrimaryEvent};
 use super::events::{Initialize, InitializeComplete, InitializeError, WorkerMessage};
 use super::handle::ClusterPrimary;
@@ -231,12 +231,12 @@ impl PrimaryBuilder {
         self
     }
 
-    /// With [`WorkerChannel::None`], a worker counts as ready once it holds
-    /// a listening TCP or Unix socket (its own, or one passed to it) instead
-    /// of once started: for servers that cannot say ready. Checked every
-    /// 10 ms until then; other channels ignore it (their workers say ready).
-    pub fn ready_on_listen(mut self, yes: bool) -> Self {
-        self.config.ready_on_listen = yes;
+    /// When a worker counts as ready (default: when it says so on a
+    /// channel, once started without one). A worker without a channel
+    /// cannot say so: [`start`](Self::start) refuses [`Readiness::Message`]
+    /// with [`WorkerChannel::None`].
+    pub fn readiness(mut self, readiness: Readiness) -> Self {
+        self.config.readiness = Some(readiness);
         self
     }
 
@@ -288,6 +288,7 @@ impl PrimaryBuilder {
     ///
     /// # Errors
     ///
+    /// [`Error::InvalidConfig`] for settings that cannot work together;
     /// [`Error::Initialize`] if the initializer fails, [`Error::Prevented`]
     /// if a handler prevents `initialize`.
     ///
@@ -300,6 +301,11 @@ impl PrimaryBuilder {
     ///
     /// Outside a tokio runtime.
     pub async fn start(self) -> Result<ClusterPrimary, Error> {
+        if !self.config.has_channel() && self.config.readiness() == Readiness::Message {
+            return Err(Error::InvalidConfig {
+                reason: "a worker without a channel cannot say it is ready (Readiness::Message)",
+            });
+        }
         let (mailbox, commands) = Mailbox::new();
         let (mut context, inputs, initializer) = self.into_context(mailbox.downgrade());
         events::publish(&mut context, Initialize);

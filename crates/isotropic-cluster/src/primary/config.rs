@@ -29,6 +29,21 @@ pub enum WorkerChannel {
     Node,
 }
 
+/// When a worker counts as ready: then it joins the pool (`workerReady`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Readiness {
+    /// Once started: at once for a program without a channel, at its hello
+    /// on our framed channel. The default without a channel.
+    Started,
+    /// When it says so: our ready frame, or `process.send('ready')` from a
+    /// Node worker. The default with a channel.
+    Message,
+    /// Once it holds a listening TCP or Unix socket (its own, or one passed
+    /// to it), looked for every 10 ms: for servers that cannot say ready.
+    Listening,
+}
+
 /// What a worker's standard output and error are connected to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WorkerStdio {
@@ -63,8 +78,8 @@ pub(crate) struct Config {
     pub(crate) distribution: Distribution,
     pub(crate) request_timeout: Duration,
     pub(crate) ready_timeout: Option<Duration>,
-    /// Without a channel: ready once listening, not once started.
-    pub(crate) ready_on_listen: bool,
+    /// `None`: as the channel implies (see [`Config::readiness`]).
+    pub(crate) readiness: Option<Readiness>,
     pub(crate) channel: WorkerChannel,
     /// Fds every worker inherits (see `pass_fds`).
     pub(crate) pass_fds: std::sync::Arc<Vec<std::os::fd::OwnedFd>>,
@@ -84,6 +99,16 @@ impl Config {
     /// Whether workers get a channel at all.
     pub(crate) fn has_channel(&self) -> bool {
         self.channel != WorkerChannel::None
+    }
+
+    /// When workers count as ready: as set, or what the channel implies
+    /// (they say so on a channel, are ready once started without one).
+    pub(crate) fn readiness(&self) -> Readiness {
+        let implied = match self.channel {
+            WorkerChannel::None => Readiness::Started,
+            WorkerChannel::Frames | WorkerChannel::Node => Readiness::Message,
+        };
+        self.readiness.unwrap_or(implied)
     }
 
     /// What the channel to the workers speaks.
@@ -115,7 +140,7 @@ impl Default for Config {
             distribution: Distribution::default(),
             request_timeout: Duration::from_secs(30),
             ready_timeout: None,
-            ready_on_listen: false,
+            readiness: None,
             channel: WorkerChannel::Frames,
             pass_fds: std::sync::Arc::default(),
         }

@@ -39,7 +39,7 @@ mod watch;
 mod worker;
 
 pub use builder::PrimaryBuilder;
-pub use config::{WorkerChannel, WorkerStdio};
+pub use config::{Readiness, WorkerChannel, WorkerStdio};
 pub use context::{PrimaryContext, PrimaryEvent};
 pub use events::*;
 pub use handle::ClusterPrimary;

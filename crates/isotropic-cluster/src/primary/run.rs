@@ -5,6 +5,7 @@ use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 
 use super::Worker;
+use super::config::Readiness;
 use super::context::{PrimaryContext, Timer};
 use super::events::{
     WorkerListenError, WorkerListening, WorkerMessage, WorkerOutput, WorkerSignal,
@@ -88,9 +89,13 @@ impl PrimaryContext {
     /// A frame from worker `id`: a step of its lifecycle, or something to
     /// deliver once its state allows.
     fn frame(&mut self, id: WorkerId, frame: Frame) {
+        let ready_on = self.config.readiness();
         let trigger = match &frame {
-            Frame::Hello { protocol } => Trigger::Hello(*protocol),
-            Frame::Ready => Trigger::Ready,
+            Frame::Hello { protocol } => Trigger::Hello {
+                version: *protocol,
+                ready_on,
+            },
+            Frame::Ready if ready_on == Readiness::Message => Trigger::Ready,
             Frame::Disconnect => Trigger::Announce,
             other => {
                 let Some(entry) = self.registry.get(id) else {
@@ -121,7 +126,8 @@ impl PrimaryContext {
                 .handlers
                 .answer(id, &message, self.config.max_frame_size)
                 .send(worker.outbox()),
-            // Lifecycle frames are triggers, never delivered.
+            // Lifecycle frames are triggers, never delivered (a ready that
+            // does not make the worker ready is dropped).
             Frame::Hello { .. }
             | Frame::Ready
             | Frame::Disconnect

@@ -14,6 +14,7 @@
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use super::config::Readiness;
 use crate::error::ProtocolError;
 use crate::protocol;
 
@@ -70,28 +71,27 @@ impl Why {
     }
 }
 
-/// How a started worker comes online and ready.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Greeting {
-    /// Our framed channel: online at its hello, ready when it says so.
-    Hello,
-    /// A channel without hello (Node's): online at once, ready when it says so.
-    Online,
-    /// No channel: ready at once.
-    Ready,
-    /// No channel: online at once, ready once it holds a listening socket.
-    Listening,
-}
-
 /// What happened to a worker.
 #[derive(Debug, Clone)]
 #[cfg_attr(test, derive(PartialEq, Eq))]
 pub(crate) enum Trigger {
-    /// Its process was started (`workerFork` was published).
-    Started(Greeting),
+    /// Its process was started (`workerFork` was published). On a channel
+    /// with a `hello`, it comes online at its hello; otherwise now.
+    Started {
+        /// Its channel begins with a hello.
+        hello: bool,
+        /// When it counts as ready.
+        ready_on: Readiness,
+    },
     /// Its hello, with the protocol version it speaks.
-    Hello(u32),
-    /// It said it is ready, or was found listening.
+    Hello {
+        /// The version.
+        version: u32,
+        /// When it counts as ready.
+        ready_on: Readiness,
+    },
+    /// It said it is ready ([`Readiness::Message`]), or was found listening
+    /// ([`Readiness::Listening`]).
     Ready,
     /// It said it leaves.
     Announce,
@@ -172,22 +172,18 @@ impl WorkerState {
                 let recycled = why == Some(Why::Recycled);
                 (Self::Gone { recycled }, actions)
             }
-            (Starting, Trigger::Started(Greeting::Hello)) => (Starting, vec![]),
-            (Starting, Trigger::Started(Greeting::Online)) => (Online, vec![A::Online]),
-            (Starting, Trigger::Started(Greeting::Ready)) => (Ready, vec![A::Ready]),
-            (Starting, Trigger::Started(Greeting::Listening)) => {
-                (Online, vec![A::Online, A::PollListening])
-            }
-            (state, Trigger::Started(_)) => (state, vec![]),
-            (Starting, Trigger::Hello(version)) if version != protocol::VERSION => {
+            (Starting, Trigger::Started { hello: true, .. }) => (Starting, vec![]),
+            (Starting, Trigger::Started { ready_on, .. }) => Self::online(ready_on),
+            (state, Trigger::Started { .. }) => (state, vec![]),
+            (Starting, Trigger::Hello { version, .. }) if version != protocol::VERSION => {
                 let error = ProtocolError::Version {
                     received: version,
                     supported: protocol::VERSION,
                 };
                 self.fail(error)
             }
-            (Starting, Trigger::Hello(_)) => (Online, vec![A::Online]),
-            (Online | Ready, Trigger::Hello(_)) => {
+            (Starting, Trigger::Hello { ready_on, .. }) => Self::online(ready_on),
+            (Online | Ready, Trigger::Hello { .. }) => {
                 self.fail(unexpected("hello", "hello was already received"))
             }
             (Starting, Trigger::Ready) => self.fail(first_hello("ready")),
@@ -214,6 +210,15 @@ impl WorkerState {
                     vec![A::AskToLeave, A::TerminateAfter(grace)],
                 )
             }
+        }
+    }
+
+    /// Connected: online, and what follows by its readiness.
+    fn online(ready_on: Readiness) -> (Self, Vec<Action>) {
+        match ready_on {
+            Readiness::Message => (Self::Online, vec![Action::Online]),
+            Readiness::Started => (Self::Ready, vec![Action::Online, Action::Ready]),
+            Readiness::Listening => (Self::Online, vec![Action::Online, Action::PollListening]),
         }
     }
 
@@ -348,15 +353,25 @@ mod tests {
         states
     }
 
+    fn hello(ready_on: Readiness) -> Trigger {
+        Trigger::Hello {
+            version: protocol::VERSION,
+            ready_on,
+        }
+    }
+
     fn is_fail(actions: &[Action]) -> bool {
         matches!(actions, [A::Fail(_), A::Disconnect])
     }
 
     #[test]
     fn a_framed_worker_comes_online_at_its_hello_and_ready_when_it_says_so() {
-        let (state, actions) = Starting.on(Trigger::Started(Greeting::Hello));
+        let (state, actions) = Starting.on(Trigger::Started {
+            hello: true,
+            ready_on: Readiness::Message,
+        });
         assert_eq!((state, actions), (Starting, vec![]));
-        let (state, actions) = state.on(Trigger::Hello(protocol::VERSION));
+        let (state, actions) = state.on(hello(Readiness::Message));
         assert_eq!((state, actions), (Online, vec![A::Online]));
         let (state, actions) = state.on(Trigger::Ready);
         assert_eq!((state, actions), (Ready, vec![A::Ready]));
@@ -364,24 +379,34 @@ mod tests {
     }
 
     #[test]
-    fn workers_without_hello_are_online_or_ready_once_started() {
-        assert_eq!(
-            Starting.on(Trigger::Started(Greeting::Online)),
-            (Online, vec![A::Online])
-        );
-        assert_eq!(
-            Starting.on(Trigger::Started(Greeting::Ready)),
-            (Ready, vec![A::Ready])
-        );
-        assert_eq!(
-            Starting.on(Trigger::Started(Greeting::Listening)),
-            (Online, vec![A::Online, A::PollListening])
-        );
+    fn a_worker_once_connected_is_ready_as_its_readiness_says() {
+        let expected = [
+            (Readiness::Message, Online, vec![A::Online]),
+            (Readiness::Started, Ready, vec![A::Online, A::Ready]),
+            (
+                Readiness::Listening,
+                Online,
+                vec![A::Online, A::PollListening],
+            ),
+        ];
+        for (ready_on, state, actions) in expected {
+            let started = Trigger::Started {
+                hello: false,
+                ready_on,
+            };
+            assert_eq!(Starting.on(started), (state, actions.clone()));
+            assert_eq!(Starting.on(hello(ready_on)), (state, actions));
+        }
+        // Found listening.
+        assert_eq!(Online.on(Trigger::Ready), (Ready, vec![A::Ready]));
     }
 
     #[test]
     fn frames_out_of_order_are_protocol_errors() {
-        let wrong_version = Starting.on(Trigger::Hello(protocol::VERSION + 1));
+        let wrong_version = Starting.on(Trigger::Hello {
+            version: protocol::VERSION + 1,
+            ready_on: Readiness::Message,
+        });
         assert_eq!(wrong_version.0, leaving(Why::Failed, true, false));
         assert!(matches!(
             wrong_version.1[..],
@@ -392,8 +417,8 @@ mod tests {
             assert!(is_fail(&actions), "{trigger:?} before hello: {actions:?}");
             assert_eq!(state, leaving(Why::Failed, true, false));
         }
-        assert!(is_fail(&Online.on(Trigger::Hello(protocol::VERSION)).1));
-        assert!(is_fail(&Ready.on(Trigger::Hello(protocol::VERSION)).1));
+        assert!(is_fail(&Online.on(hello(Readiness::Message)).1));
+        assert!(is_fail(&Ready.on(hello(Readiness::Message)).1));
         assert!(is_fail(&Ready.on(Trigger::Ready).1));
         for (frame, primary_only) in [("message", false), ("listening", true)] {
             assert!(matches!(
@@ -508,9 +533,12 @@ mod tests {
                 continue;
             };
             for trigger in [
-                Trigger::Hello(protocol::VERSION),
+                hello(Readiness::Message),
                 Trigger::Ready,
-                Trigger::Started(Greeting::Ready),
+                Trigger::Started {
+                    hello: false,
+                    ready_on: Readiness::Started,
+                },
             ] {
                 assert_eq!(state.on(trigger), (state, vec![]));
             }
@@ -547,8 +575,11 @@ mod tests {
     #[test]
     fn nothing_happens_to_a_gone_worker() {
         for trigger in [
-            Trigger::Started(Greeting::Ready),
-            Trigger::Hello(protocol::VERSION),
+            Trigger::Started {
+                hello: false,
+                ready_on: Readiness::Started,
+            },
+            hello(Readiness::Message),
             Trigger::Ready,
             Trigger::Announce,
             Trigger::Broke(ProtocolError::InvalidMessage("x".into())),

@@ -19,7 +19,7 @@ use tokio_util::codec::Decoder as _;
 use super::context::{PrimaryContext, PrimaryEvent};
 use super::input::Input;
 use super::spawner::{Spawn, Spawned};
-use super::{ClusterPrimary, RestartPolicy, Worker, WorkerChannel};
+use super::{ClusterPrimary, Readiness, RestartPolicy, Worker, WorkerChannel};
 use crate::actor::Mailbox;
 use crate::channel::{Outbox, QueueLimits};
 use crate::error::{Error, ProtocolError};
@@ -233,7 +233,7 @@ async fn workers_without_hello_are_online_or_ready_once_started() {
     plain.fork(1).expect("fork");
     assert_eq!(
         plain.events()[2..],
-        ["workerFork", "workerReady", "addWorker"]
+        ["workerFork", "workerOnline", "workerReady", "addWorker"]
     );
     assert_eq!(plain.ready_ids(), [1]);
 }
@@ -242,7 +242,7 @@ async fn workers_without_hello_are_online_or_ready_once_started() {
 async fn a_worker_that_must_listen_is_ready_once_it_holds_a_listening_socket() {
     let builder = ClusterPrimary::builder()
         .channel(WorkerChannel::None)
-        .ready_on_listen(true);
+        .readiness(Readiness::Listening);
     let mut primary = Harness::with(builder);
     primary.fork(1).expect("fork");
     assert_eq!(primary.events()[2..], ["workerFork", "workerOnline"]);
