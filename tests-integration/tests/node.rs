@@ -49,7 +49,7 @@ async fn a_node_script_joins_talks_and_disconnects() {
     primary.send(&worker, &"bye").await.expect("send");
     let exit = wait_for(&mut events, exit_of).await;
     assert_eq!(
-        (exit.worker.id(), exit.code, exit.voluntary),
+        (exit.worker.id(), exit.code(), exit.voluntary),
         (worker.id(), Some(0), false)
     );
     tests_integration::ready(&mut events, 1).await;

@@ -43,7 +43,7 @@ async fn the_documented_python_worker_joins_answers_and_leaves() {
         while exits.len() < 2 {
             exits.push(
                 wait_for(&mut events, |e| match e {
-                    PrimaryEvent::WorkerExit(x) => Some((x.code, x.voluntary)),
+                    PrimaryEvent::WorkerExit(x) => Some((x.code(), x.voluntary)),
                     _ => None,
                 })
                 .await,

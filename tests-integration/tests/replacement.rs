@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use isotropic_cluster::primary::*;
-use isotropic_cluster::{Error, EventStream, Subscribe};
+use isotropic_cluster::{Error, EventStream, Signal, Subscribe};
 use serde_json::json;
 use tests_integration::{Log, exit_of, launch, primary, ready, record, shut_down, wait_for};
 
@@ -25,7 +25,7 @@ async fn a_crashed_worker_is_replaced_depth_first() {
         .expect("send");
     let exit = wait_for(&mut events, exit_of).await;
     assert_eq!(
-        (exit.worker.id(), exit.code, exit.signal, exit.voluntary),
+        (exit.worker.id(), exit.code(), exit.signal(), exit.voluntary),
         (first.id(), Some(1), None, false)
     );
     let [second] = ready(&mut events, 1)
@@ -60,13 +60,13 @@ async fn every_kind_of_exit_is_replaced_while_active() {
         .await
         .expect("send");
     let exit = wait_for(&mut events, exit_of).await;
-    assert!(exit.voluntary && exit.code == Some(0), "{exit:?}");
+    assert!(exit.voluntary && exit.code() == Some(0), "{exit:?}");
     primary
         .send(&workers[1], &json!({"type": "exit", "code": 0}))
         .await
         .expect("send");
     let exit = wait_for(&mut events, exit_of).await;
-    assert!(!exit.voluntary && exit.code == Some(0), "{exit:?}");
+    assert!(!exit.voluntary && exit.code() == Some(0), "{exit:?}");
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(workers[2].pid() as i32).expect("pid"),
         rustix::process::Signal::KILL,
@@ -74,8 +74,8 @@ async fn every_kind_of_exit_is_replaced_while_active() {
     .expect("kill");
     let exit = wait_for(&mut events, exit_of).await;
     assert_eq!(
-        (exit.worker.id(), exit.code, exit.signal),
-        (workers[2].id(), None, Some(9))
+        (exit.worker.id(), exit.code(), exit.signal()),
+        (workers[2].id(), None, Some(Signal::KILL))
     );
     let replacements = ready(&mut replacements, 3).await;
     assert!(replacements.iter().all(|w| w.id().get() > 3));
@@ -216,7 +216,7 @@ async fn a_stopped_worker_leaves_the_pool_exits_voluntarily_and_is_replaced() {
     let exit = wait_for(&mut events, exit_of).await;
     assert_eq!(exit.worker, first);
     assert!(exit.voluntary);
-    assert_eq!(exit.code, Some(0));
+    assert_eq!(exit.code(), Some(0));
     let [replacement] = ready(&mut events, 1).await.try_into().expect("one");
     let pool: Vec<_> = primary.workers().iter().map(Worker::id).collect();
     assert_eq!(pool, [second.id(), replacement.id()]);
@@ -246,7 +246,7 @@ async fn a_stopped_worker_that_ignores_it_is_terminated_then_killed() {
     primary.stop_worker(worker.id()).await.expect("stop");
     let exit = wait_for(&mut events, exit_of).await;
     assert_eq!(exit.worker, worker);
-    assert_eq!(exit.signal, Some(libc::SIGKILL));
+    assert_eq!(exit.signal(), Some(Signal::KILL));
     ready(&mut events, 1).await;
     shut_down(&primary).await;
 }

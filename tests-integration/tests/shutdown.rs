@@ -1,7 +1,7 @@
 //! Shutdown completion, escalation and destroy (spec §3.9-3.10; defects 4-8).
 #![cfg(target_os = "linux")]
 
-use isotropic_cluster::Subscribe;
+use isotropic_cluster::{Signal, Subscribe};
 use isotropic_cluster::primary::*;
 use tests_integration::{
     DEADLINE, Log, alive, launch, primary, ready, record, shut_down, wait_for,
@@ -46,13 +46,13 @@ async fn a_hung_worker_is_terminated_then_killed_and_shutdown_still_completes() 
             .await,
         );
     }
-    assert_eq!(steps, [libc::SIGTERM, libc::SIGKILL]);
+    assert_eq!(steps, [Signal::TERM, Signal::KILL]);
     let exit = wait_for(&mut events, |e| match e {
         PrimaryEvent::WorkerExit(x) => Some(x),
         _ => None,
     })
     .await;
-    assert_eq!(exit.signal, Some(libc::SIGKILL));
+    assert_eq!(exit.signal(), Some(Signal::KILL));
     assert!(!alive(worker.pid()));
 }
 

@@ -18,7 +18,7 @@ async fn a_failed_initialization_never_makes_the_worker_ready() {
     primary.fork(1).await.expect("fork");
     let exit = wait_for(&mut events, exit_of).await;
     // `main` returned the initialize error: exit code 1, and no ready.
-    assert_eq!(exit.code, Some(1));
+    assert_eq!(exit.code(), Some(1));
     shut_down(&primary).await;
     let entries = log.entries();
     assert!(
@@ -41,7 +41,7 @@ async fn sigterm_makes_a_worker_leave_gracefully() {
     .expect("SIGTERM");
     let exit = wait_for(&mut events, exit_of).await;
     assert_eq!(
-        (exit.code, exit.signal, exit.voluntary),
+        (exit.code(), exit.signal(), exit.voluntary),
         (Some(0), None, true)
     );
     shut_down(&primary).await;

@@ -386,9 +386,11 @@ impl Report {
                 self.line("workerReady", Some(e.worker.id().get()), "ready")
             }
             PrimaryEvent::WorkerExit(e) => {
-                let how = match (e.code, e.signal) {
+                let how = match (e.code(), e.signal()) {
                     (Some(code), _) => format!("exited with code {code}"),
-                    (None, Some(signal)) => format!("killed by signal {signal}"),
+                    (None, Some(signal)) => {
+                        format!("killed by signal {} ({signal})", signal.as_raw())
+                    }
                     _ => "exited".to_owned(),
                 };
                 self.line("workerExit", Some(e.worker.id().get()), &how);
@@ -406,7 +408,7 @@ impl Report {
                 self.line(
                     "workerSignal",
                     Some(e.worker.id().get()),
-                    &format!("sent signal {}", e.signal),
+                    &format!("sent signal {} ({})", e.signal.as_raw(), e.signal),
                 );
             }
             PrimaryEvent::WorkerError(e) => self.line(

@@ -51,7 +51,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 println!(
                     "Worker {} failed to start (exit code {:?})",
                     event.worker.id(),
-                    event.code
+                    event.code()
                 );
             }
         })

@@ -44,7 +44,7 @@ async fn primary(workers: usize) -> Result {
                 println!(
                     "Worker {} exited ({:?}); replacing it",
                     event.worker.id(),
-                    event.code
+                    event.code()
                 );
             }
         })

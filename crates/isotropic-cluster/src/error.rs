@@ -40,6 +40,13 @@ pub enum Error {
     /// The instance has been destroyed.
     #[error("the cluster instance has been destroyed")]
     Destroyed,
+    /// A worker exited before it was ready (see
+    /// [`Forking::ready`](crate::primary::Forking::ready)).
+    #[error("worker {worker_id} exited before it was ready")]
+    NotReady {
+        /// The worker.
+        worker_id: crate::WorkerId,
+    },
     /// Settings that cannot work together.
     #[error("invalid configuration: {reason}")]
     InvalidConfig {

@@ -493,7 +493,7 @@ pub(crate) fn route<E: Topic>(
 ///     .await?;
 /// // Keep a worker that crashed out of the replacement logic:
 /// primary.before::<WorkerExit>(|event| {
-///     if event.code == Some(3) {
+///     if event.code() == Some(3) {
 ///         event.prevent();
 ///     }
 /// });

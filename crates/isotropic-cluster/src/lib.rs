@@ -73,6 +73,7 @@ pub mod primary;
 mod protocol;
 mod request;
 mod role;
+mod signal;
 mod sys;
 mod topics;
 pub mod worker;
@@ -85,6 +86,7 @@ pub use net::{
 };
 pub use request::{HandleRequests, RequestError};
 pub use role::{is_primary, is_worker};
+pub use signal::Signal;
 
 /// Replaces this process with `program` and `args`, the fds its primary
 /// passed (see [`PrimaryBuilder::pass_fds`](primary::PrimaryBuilder::pass_fds))

@@ -1,7 +1,6 @@
 //! The default action of each primary event, and how a worker's state
 //! transitions are carried out.
 
-use std::os::unix::process::ExitStatusExt as _;
 use std::process::ExitStatus;
 use std::time::Duration;
 
@@ -11,9 +10,9 @@ use super::events::*;
 use super::phase::Settled;
 use super::restart::OnIntensity;
 use super::state::{Action, Trigger, Why, WorkerState};
-use crate::WorkerId;
 use crate::events::{self, Topic};
 use crate::protocol::{self, Frame, Wire};
+use crate::{Signal, WorkerId};
 
 // ===== transitions =====
 
@@ -64,13 +63,12 @@ impl PrimaryContext {
                         self,
                         WorkerSignal {
                             worker,
-                            signal: libc::SIGTERM,
+                            signal: Signal::TERM,
                         },
                     );
                 }
                 Action::TerminateAfter(grace) => {
-                    self.timers
-                        .insert(Timer::Escalate(id, libc::SIGTERM), grace);
+                    self.timers.insert(Timer::Escalate(id, Signal::TERM), grace);
                 }
                 Action::Exit { status, voluntary } => self.exit(id, status, voluntary),
             }
@@ -85,11 +83,11 @@ impl PrimaryContext {
         };
         let exit = WorkerExit {
             worker,
-            code: status.and_then(|s| s.code()),
-            signal: status.and_then(|s| s.signal()),
+            status,
             voluntary,
         };
         events::publish(self, exit);
+        self.ready_waiters.exited(id);
         if let Some(entry) = self.registry.remove(id) {
             entry.worker.outbox().close();
         }
@@ -184,6 +182,7 @@ impl PrimaryContext {
 
     pub(super) fn complete_add(&mut self, event: &AddWorker) {
         self.registry.join_pool(&event.worker);
+        self.ready_waiters.joined(&event.worker);
         if self.rolling.take_waiting() {
             self.roll();
         }
@@ -225,7 +224,7 @@ impl PrimaryContext {
 
     pub(super) fn complete_exit(&mut self, event: &WorkerExit) {
         let id = event.worker.id();
-        match (event.voluntary, event.code, event.signal) {
+        match (event.voluntary, event.code(), event.signal()) {
             (true, _, _) => tracing::info!(worker_id = %id, "Worker exited voluntarily"),
             (false, Some(0), _) => tracing::warn!(worker_id = %id, "Worker died"),
             (false, code, signal) => {
@@ -297,12 +296,12 @@ impl PrimaryContext {
 
     pub(super) fn complete_signal(&mut self, event: &WorkerSignal) {
         let id = event.worker.id();
-        tracing::warn!(worker_id = %id, signal = event.signal, "Signalling worker");
+        tracing::warn!(worker_id = %id, signal = %event.signal, "Signalling worker");
         if let Some(entry) = self.registry.get(id) {
             entry.signal(event.signal);
         }
-        if event.signal == libc::SIGTERM {
-            let kill = Timer::Escalate(id, libc::SIGKILL);
+        if event.signal == Signal::TERM {
+            let kill = Timer::Escalate(id, Signal::KILL);
             self.timers.insert(kill, self.config.kill_grace);
         }
     }

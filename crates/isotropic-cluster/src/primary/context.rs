@@ -14,17 +14,18 @@ use super::input::Input;
 use super::listen::Listeners;
 use super::phase::Phase;
 use super::pool::{Destination, Pool};
+use super::ready::ReadyWaiters;
 use super::registry::Registry;
 use super::restart::Backoff;
 use super::rolling::Rolling;
 use super::spawner::Spawn;
 use super::state::{Trigger, Why};
-use crate::WorkerId;
 use crate::actor::WeakMailbox;
 use crate::error::{Error, SendError};
 use crate::events::{self, Hub, StreamSource, Topic};
 use crate::request::Handlers;
 use crate::topics::topics;
+use crate::{Signal, WorkerId};
 
 /// What the actor's timers are for.
 #[derive(Debug)]
@@ -32,7 +33,7 @@ pub(super) enum Timer {
     /// Start a delayed replacement.
     Restart,
     /// Send this signal to the worker, if it is still live.
-    Escalate(WorkerId, i32),
+    Escalate(WorkerId, Signal),
     /// The worker's ready timeout.
     Ready(WorkerId),
     /// Look whether the worker listens yet.
@@ -64,6 +65,8 @@ pub struct PrimaryContext {
     pub(super) destroy_waiters: Vec<oneshot::Sender<()>>,
     /// A rolling restart under way, if any.
     pub(super) rolling: Rolling,
+    /// Callers of `fork(…).ready()`.
+    pub(super) ready_waiters: ReadyWaiters,
     /// Handlers of requests from workers.
     pub(super) handlers: Handlers,
     /// Listening sockets, and the connections passed in round robin.
@@ -138,6 +141,18 @@ impl PrimaryContext {
         }
         events::publish(self, Fork { count });
         self.fork_outcome.take().unwrap_or(Ok(0))
+    }
+
+    /// As [`fork`](Self::fork); the receiver is told when the workers it
+    /// started are ready, or that one exited first.
+    pub(super) fn fork_ready(
+        &mut self,
+        count: usize,
+    ) -> Result<oneshot::Receiver<Result<Vec<Worker>, Error>>, Error> {
+        let first = self.next_id + 1;
+        let started = self.fork(count)?;
+        let ids = (first..first + started as u64).map(WorkerId::new).collect();
+        Ok(self.ready_waiters.wait(ids))
     }
 
     /// Queues `message` for every worker `to` names, without waiting (for the
@@ -230,7 +245,7 @@ impl PrimaryContext {
                 self,
                 WorkerSignal {
                     worker,
-                    signal: libc::SIGKILL,
+                    signal: Signal::KILL,
                 },
             );
         }
@@ -266,6 +281,7 @@ impl PrimaryContext {
             shut_down_waiters: Vec::new(),
             destroy_waiters: Vec::new(),
             rolling: Rolling::default(),
+            ready_waiters: ReadyWaiters::default(),
             listeners: Listeners::activated(),
         };
         (context, input_rx)

@@ -2,9 +2,12 @@
 //! [`Subscribe`](crate::Subscribe), or read them all from
 //! [`ClusterPrimary::events`](super::ClusterPrimary::events).
 
+use std::os::unix::process::ExitStatusExt as _;
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use super::Worker;
+use crate::Signal;
 use crate::error::{Error, MessageError, ProtocolError};
 use crate::message::Message;
 use crate::net::{ListenAddress, ListenError};
@@ -189,12 +192,22 @@ pub struct WorkerError {
 pub struct WorkerExit {
     /// The worker.
     pub worker: Worker,
-    /// The exit code, if it exited normally.
-    pub code: Option<i32>,
-    /// The signal that killed it, if one did.
-    pub signal: Option<i32>,
+    /// How it ended (`None` in the unlikely case that waiting for it failed).
+    pub status: Option<ExitStatus>,
     /// Whether it exited after a disconnect (asked for or announced).
     pub voluntary: bool,
+}
+
+impl WorkerExit {
+    /// The exit code, if it exited normally.
+    pub fn code(&self) -> Option<i32> {
+        self.status?.code()
+    }
+
+    /// The signal that killed it, if one did.
+    pub fn signal(&self) -> Option<Signal> {
+        self.status?.signal().map(Signal::from_raw)
+    }
 }
 
 /// A replacement is delayed because workers keep dying early (exponential
@@ -224,8 +237,8 @@ pub struct ShutDown;
 pub struct WorkerSignal {
     /// The worker.
     pub worker: Worker,
-    /// The signal number.
-    pub signal: i32,
+    /// The signal.
+    pub signal: Signal,
 }
 
 /// Workers were replaced more often than the restart intensity allows

@@ -1,5 +1,7 @@
 //! [`ClusterPrimary`]: the cloneable handle to a running primary.
 
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -62,10 +64,19 @@ impl ClusterPrimary {
         }
     }
 
-    /// Starts `count` workers (publishes `fork`); resolves once their
-    /// processes are started, with how many were. Does nothing once the
-    /// primary is shut down (resolves with 0). Readiness comes later, as
-    /// `workerReady` events.
+    /// Starts `count` workers (publishes `fork`). Awaited, it resolves once
+    /// their processes are started, with how many were;
+    /// [`.ready()`](Forking::ready) waits until they are ready. Does nothing
+    /// once the primary is shut down (0 workers).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(primary: isotropic_cluster::primary::ClusterPrimary) -> Result<(), isotropic_cluster::Error> {
+    /// let started = primary.fork(2).await?; // processes started
+    /// let ready = primary.fork(2).ready().await?; // in the pool
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     ///
@@ -74,11 +85,12 @@ impl ClusterPrimary {
     ///
     /// # Cancel safety
     ///
-    /// The fork happens even if the future is dropped.
-    pub async fn fork(&self, count: usize) -> Result<usize, Error> {
-        self.mailbox
-            .call(move |primary| primary.fork(count))
-            .await?
+    /// The fork happens even if the future is dropped (once polled).
+    pub fn fork(&self, count: usize) -> Forking<'_> {
+        Forking {
+            primary: self,
+            count,
+        }
     }
 
     /// Sends `message` to each worker `to` names, waiting while a worker's
@@ -359,6 +371,52 @@ impl ClusterPrimary {
     /// it ends when the primary is destroyed.
     pub fn events(&self) -> EventStream<PrimaryEvent> {
         self.stream.subscribe()
+    }
+}
+
+/// Workers being started: see [`ClusterPrimary::fork`].
+#[derive(Debug)]
+#[must_use = "nothing is started unless awaited"]
+pub struct Forking<'a> {
+    primary: &'a ClusterPrimary,
+    count: usize,
+}
+
+impl<'a> Forking<'a> {
+    /// Waits until every worker this fork started is ready (in the pool);
+    /// resolves with them, by ascending id.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterPrimary::fork`], and [`Error::NotReady`] when one of them
+    /// exits first (a crash, a ready timeout, a shutdown).
+    ///
+    /// # Cancel safety
+    ///
+    /// The fork happens even if the future is dropped (once polled).
+    pub async fn ready(self) -> Result<Vec<Worker>, Error> {
+        let count = self.count;
+        let ready = self
+            .primary
+            .mailbox
+            .call(move |primary| primary.fork_ready(count))
+            .await??;
+        ready.await.map_err(|_| Error::Destroyed)?
+    }
+}
+
+impl<'a> IntoFuture for Forking<'a> {
+    type Output = Result<usize, Error>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let count = self.count;
+        Box::pin(async move {
+            self.primary
+                .mailbox
+                .call(move |primary| primary.fork(count))
+                .await?
+        })
     }
 }
 

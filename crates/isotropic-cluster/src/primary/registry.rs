@@ -12,7 +12,7 @@ use super::Worker;
 use super::pool::Pool;
 use super::spawner::Spawned;
 use super::state::{Action, Trigger, WorkerState};
-use crate::WorkerId;
+use crate::{Signal, WorkerId};
 
 /// One live worker.
 #[derive(Debug)]
@@ -20,13 +20,13 @@ pub(super) struct Entry {
     pub(super) worker: Worker,
     pub(super) state: WorkerState,
     pub(super) started: Instant,
-    signals: mpsc::UnboundedSender<i32>,
+    signals: mpsc::UnboundedSender<Signal>,
 }
 
 impl Entry {
     /// Sends `signal` to the worker and its process group, unless it has been
     /// reaped.
-    pub(super) fn signal(&self, signal: i32) {
+    pub(super) fn signal(&self, signal: Signal) {
         let _ = self.signals.send(signal);
     }
 }

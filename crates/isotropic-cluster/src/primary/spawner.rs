@@ -8,9 +8,9 @@ use tokio::sync::mpsc;
 
 use super::Worker;
 use super::input::Input;
-use crate::WorkerId;
 use crate::error::Error;
 use crate::sys;
+use crate::{Signal, WorkerId};
 
 /// Starts workers.
 pub(crate) trait Spawn: Send + Sync + fmt::Debug {
@@ -34,5 +34,5 @@ pub(crate) trait Spawn: Send + Sync + fmt::Debug {
 #[derive(Debug)]
 pub(crate) struct Spawned {
     pub(crate) worker: Worker,
-    pub(crate) signals: mpsc::UnboundedSender<i32>,
+    pub(crate) signals: mpsc::UnboundedSender<Signal>,
 }

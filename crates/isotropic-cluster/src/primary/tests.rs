@@ -25,7 +25,7 @@ use crate::channel::{Outbox, QueueLimits};
 use crate::error::{Error, ProtocolError};
 use crate::events::{self, EventStream};
 use crate::protocol::{self, Frame, FrameCodec, Wire};
-use crate::{Subscribe as _, WorkerId};
+use crate::{Signal, Subscribe as _, WorkerId};
 
 const GRACE: Duration = Duration::from_secs(5);
 const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -34,7 +34,7 @@ const KILL_GRACE: Duration = Duration::from_secs(2);
 /// the primary sent it.
 struct Peer {
     channel: UnixStream,
-    signals: mpsc::UnboundedReceiver<i32>,
+    signals: mpsc::UnboundedReceiver<Signal>,
 }
 
 /// Starts workers that are channels only; fails a start when told to.
@@ -179,7 +179,7 @@ impl Harness {
     }
 
     /// The signals worker `id` was sent so far.
-    fn signals(&mut self, id: u64) -> Vec<i32> {
+    fn signals(&mut self, id: u64) -> Vec<Signal> {
         let peer = self.peer(id);
         std::iter::from_fn(|| peer.signals.try_recv().ok()).collect()
     }
@@ -338,7 +338,7 @@ async fn frames_out_of_order_are_a_worker_error_then_sigterm_then_sigkill() {
         primary.events(),
         ["workerError", "workerSignal", "workerDisconnect"]
     );
-    assert_eq!(primary.signals(1), [libc::SIGTERM]);
+    assert_eq!(primary.signals(1), [Signal::TERM]);
     assert!(primary.frames_sent_until_closed(1).await.is_empty());
     // Frames after the error are not read.
     primary.frames(
@@ -350,7 +350,7 @@ async fn frames_out_of_order_are_a_worker_error_then_sigterm_then_sigkill() {
     assert_eq!(primary.events(), Vec::<&str>::new());
     primary.advance(KILL_GRACE).await;
     assert_eq!(primary.events(), ["workerSignal"]);
-    assert_eq!(primary.signals(1), [libc::SIGKILL]);
+    assert_eq!(primary.signals(1), [Signal::KILL]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -365,8 +365,8 @@ async fn a_worker_not_ready_in_time_is_stopped() {
         primary.events(),
         ["workerError", "workerSignal", "workerDisconnect"]
     );
-    assert_eq!(primary.signals(1), [libc::SIGTERM]);
-    assert_eq!(primary.signals(2), Vec::<i32>::new());
+    assert_eq!(primary.signals(1), [Signal::TERM]);
+    assert_eq!(primary.signals(2), Vec::<Signal>::new());
     assert_eq!(primary.ready_ids(), [2]);
 }
 
@@ -379,9 +379,9 @@ async fn a_channel_that_ends_unasked_gets_sigterm_after_the_grace_period() {
     primary.input(Input::Closed(WorkerId::new(1), None));
     assert_eq!(primary.events(), ["workerDisconnect", "removeWorker"]);
     primary.advance(GRACE - Duration::from_millis(1)).await;
-    assert_eq!(primary.signals(1), Vec::<i32>::new());
+    assert_eq!(primary.signals(1), Vec::<Signal>::new());
     primary.advance(Duration::from_millis(1)).await;
-    assert_eq!(primary.signals(1), [libc::SIGTERM]);
+    assert_eq!(primary.signals(1), [Signal::TERM]);
     let error = ProtocolError::InvalidMessage("after the end".into());
     primary.input(Input::Closed(WorkerId::new(1), Some(error)));
     assert_eq!(primary.events(), ["workerSignal"], "one disconnect only");
@@ -418,11 +418,11 @@ async fn a_shutdown_asks_every_worker_to_leave_then_escalates_then_completes() {
         ["workerDisconnect", "removeWorker", "workerExit"]
     );
     primary.advance(GRACE).await;
-    assert_eq!(primary.signals(2), [libc::SIGTERM]);
-    assert_eq!(primary.signals(3), [libc::SIGTERM]);
+    assert_eq!(primary.signals(2), [Signal::TERM]);
+    assert_eq!(primary.signals(3), [Signal::TERM]);
     primary.exit(2, 0);
     primary.advance(KILL_GRACE).await;
-    assert_eq!(primary.signals(3), [libc::SIGKILL]);
+    assert_eq!(primary.signals(3), [Signal::KILL]);
     primary.events();
     primary.input(Input::Exited(
         WorkerId::new(3),
@@ -560,4 +560,28 @@ async fn no_replacement_after_a_shutdown_began() {
         ["workerDisconnect", "workerExit", "shutDownComplete"]
     );
     assert_eq!(primary.fork(1).expect("ignored"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fork_ready_resolves_once_every_new_worker_is_in_the_pool_or_one_exits_first() {
+    let mut primary = Harness::new(WorkerChannel::Frames);
+    let mut ready = primary.context.fork_ready(2).expect("fork");
+    primary.settle();
+    primary.ready(2);
+    assert!(ready.try_recv().is_err(), "worker 1 is not ready yet");
+    primary.ready(1);
+    let workers = ready.try_recv().expect("told").expect("ready");
+    let ids: Vec<u64> = workers.iter().map(|w| w.id().get()).collect();
+    assert_eq!(ids, [1, 2]);
+
+    let mut lost = primary.context.fork_ready(1).expect("fork");
+    primary.settle();
+    primary.exit(3, 1);
+    let error = lost.try_recv().expect("told").expect_err("it exited");
+    assert!(matches!(error, Error::NotReady { worker_id } if worker_id.get() == 3));
+
+    primary.context.shut_down();
+    primary.settle();
+    let none = primary.context.fork_ready(1).expect("ignored").try_recv();
+    assert!(matches!(none, Ok(Ok(workers)) if workers.is_empty()));
 }

@@ -14,10 +14,10 @@ use tokio_util::codec::{Decoder, FramedRead};
 
 use super::events::OutputStream;
 use super::input::Input;
-use crate::WorkerId;
 use crate::error::ProtocolError;
 use crate::protocol::{AnyCodec, Frame};
 use crate::sys;
+use crate::{Signal, WorkerId};
 
 /// How long output and channel data are still read after a worker exited
 /// (they end at once unless a grandchild holds them open).
@@ -42,7 +42,7 @@ pub(super) struct Watch {
     stderr: Option<FramedRead<ChildStderr, LineCodec>>,
     inputs: mpsc::Sender<Input>,
     budget: Arc<Semaphore>,
-    signals: mpsc::UnboundedReceiver<i32>,
+    signals: mpsc::UnboundedReceiver<Signal>,
     /// Without a channel: the worker's end, kept open and unused, so that
     /// ours never reads an end of file.
     _unused: Option<OwnedFd>,
@@ -57,7 +57,7 @@ impl Watch {
         mut child: Child,
         channel: Result<(OwnedReadHalf, AnyCodec), OwnedFd>,
         inputs: mpsc::Sender<Input>,
-    ) -> mpsc::UnboundedSender<i32> {
+    ) -> mpsc::UnboundedSender<Signal> {
         let (frames, unused) = match channel {
             Ok((read, codec)) => (Some(FramedRead::new(read, codec)), None),
             Err(unused) => (None, Some(unused)),
@@ -150,7 +150,7 @@ impl Watch {
                     // Not reaped yet (we are the only reaper), so the pid is
                     // still this worker's.
                     if matches!(process.child.try_wait(), Ok(None)) {
-                        let _ = sys::send_signal(process.pid, true, signal);
+                        let _ = sys::send_signal(process.pid, true, signal.as_raw());
                     }
                     continue;
                 }
