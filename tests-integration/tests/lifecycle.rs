@@ -1,4 +1,5 @@
-//! Event sequences of one worker's life, fork to shutdown (spec §3.3-3.9).
+//! Event sequences of one worker's life, fork to shutdown
+//! (`docs/seed-mapping.md`, "Events of the primary").
 #![cfg(target_os = "linux")]
 
 use isotropic_cluster::primary::*;

@@ -1,5 +1,6 @@
-//! Messages both ways, typed routing, destinations and send errors (spec §3.4,
-//! §3.6, §3.7; defects 17, 19-22).
+//! Messages both ways, typed routing, destinations and send errors
+//! (`docs/seed-mapping.md`: `send`, `workerMessage`, `route`; its defects 17,
+//! 19-22).
 #![cfg(target_os = "linux")]
 
 use std::time::Duration;

@@ -1,5 +1,6 @@
-//! Replacement of exited workers, its order, its veto, and its backoff (spec
-//! §3.8; defects 9, 10).
+//! Replacement of exited workers, its order, its veto, and its backoff
+//! (`docs/seed-mapping.md`: replacement, under "Events of the primary"; its
+//! defects 9, 10).
 #![cfg(target_os = "linux")]
 
 use std::time::Duration;

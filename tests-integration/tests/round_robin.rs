@@ -1,4 +1,5 @@
-//! Round robin across pool changes and tags (spec §3.4; defects 1-3).
+//! Round robin across pool changes and tags (`docs/seed-mapping.md`:
+//! `roundRobin`; its defects 1-3).
 #![cfg(target_os = "linux")]
 
 use isotropic_cluster::WorkerId;

@@ -1,4 +1,5 @@
-//! Shutdown completion, escalation and destroy (spec §3.9-3.10; defects 4-8).
+//! Shutdown completion, escalation and destroy (`docs/seed-mapping.md`:
+//! `shutDown`, `destroy`; its defects 4-8).
 #![cfg(target_os = "linux")]
 
 use isotropic_cluster::Subscribe;

@@ -1,5 +1,6 @@
 //! The worker side as the primary sees it: initialization failure, SIGTERM,
-//! and self-destroy (spec §4; defects 26, 27, 31).
+//! and self-destroy (`docs/seed-mapping.md`: ClusterWorker; its defects 26,
+//! 27, 31).
 #![cfg(target_os = "linux")]
 
 use isotropic_cluster::Subscribe;
