@@ -1,5 +1,6 @@
-//! Helpers for the end-to-end tests: the fixture programs, an event log, and
-//! waiting on events with a generous deadline.
+//! Helpers for the end-to-end tests: the fixture programs and their modes,
+//! frames built by hand, an event log, and waiting on events with a generous
+//! deadline.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -10,6 +11,11 @@ use isotropic_cluster::primary::{
     ClusterPrimary, PrimaryBuilder, PrimaryContext, PrimaryEvent, Worker, WorkerExit,
 };
 use isotropic_cluster::{Event, EventStream, Topic};
+
+mod modes;
+pub mod wire;
+
+pub use modes::{BadInput, FLOOD_MESSAGES, Mode, PrimaryFlag, PrimaryMode};
 
 /// How long a test waits for anything before failing.
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -24,9 +30,14 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// The fixture worker program.
+/// The fixture worker program (its first argument is a [`Mode`]).
 pub fn fixture() -> PathBuf {
     target_dir().join("fixture-worker")
+}
+
+/// The fixture primary program (see [`PrimaryMode`] and [`PrimaryFlag`]).
+pub fn fixture_primary() -> PathBuf {
+    target_dir().join("fixture-primary")
 }
 
 /// A built example of the library crate.
@@ -36,15 +47,17 @@ pub fn example(name: &str) -> PathBuf {
 
 /// A primary whose workers run the fixture in `mode`. Logs go to the test's
 /// output when `RUST_LOG` is set.
-pub fn primary(mode: &str) -> PrimaryBuilder {
+pub fn primary(mode: Mode) -> PrimaryBuilder {
     log_to_test_output();
-    ClusterPrimary::builder().program(fixture()).arg(mode)
+    ClusterPrimary::builder()
+        .program(fixture())
+        .arg(mode.as_str())
 }
 
 /// A primary whose workers ignore the disconnect request and SIGTERM, with
 /// 100 ms for each step of the escalation (SIGTERM, then SIGKILL).
 pub fn hung_primary() -> PrimaryBuilder {
-    primary("hung")
+    primary(Mode::Hung)
         .shutdown_grace(Duration::from_millis(100))
         .kill_grace(Duration::from_millis(100))
 }
@@ -168,7 +181,7 @@ pub async fn launch<const N: usize>(
 pub async fn crash_looping(
     policy: isotropic_cluster::primary::RestartPolicy,
 ) -> (ClusterPrimary, EventStream<PrimaryEvent>) {
-    let primary = primary("exit-at-start")
+    let primary = primary(Mode::ExitAtStart)
         .restart_policy(policy)
         .start()
         .await

@@ -6,12 +6,13 @@ use isotropic_cluster::ProtocolError;
 use isotropic_cluster::Subscribe;
 use isotropic_cluster::primary::*;
 use serde_json::json;
-use tests_integration::{ExitWatch, alive, fixture, launch, shut_down, wait_for};
+use tests_integration::{
+    BadInput, ExitWatch, FLOOD_MESSAGES, Mode, alive, launch, primary, shut_down, wait_for,
+};
 
-async fn bad_worker(case: &str) -> ProtocolError {
-    let builder = ClusterPrimary::builder()
-        .program(fixture())
-        .args(["bad-after-first", case])
+async fn bad_worker(case: BadInput) -> ProtocolError {
+    let builder = primary(Mode::BadAfterFirst)
+        .arg(case.as_str())
         // Bad workers are not replaced, so each case sees one.
         .before::<WorkerExit>(|exit| {
             if exit.worker.id().get() != 1 {
@@ -51,7 +52,7 @@ async fn bad_worker(case: &str) -> ProtocolError {
 
 #[tokio::test]
 async fn a_message_before_hello() {
-    let error = bad_worker("no-hello").await;
+    let error = bad_worker(BadInput::NoHello).await;
     assert!(
         matches!(
             error,
@@ -66,7 +67,7 @@ async fn a_message_before_hello() {
 
 #[tokio::test]
 async fn a_wrong_protocol_version() {
-    let error = bad_worker("wrong-version").await;
+    let error = bad_worker(BadInput::WrongVersion).await;
     assert!(
         matches!(
             error,
@@ -81,7 +82,7 @@ async fn a_wrong_protocol_version() {
 
 #[tokio::test]
 async fn an_oversized_length_prefix() {
-    let error = bad_worker("huge-length").await;
+    let error = bad_worker(BadInput::HugeLength).await;
     assert!(
         matches!(
             error,
@@ -96,31 +97,31 @@ async fn an_oversized_length_prefix() {
 
 #[tokio::test]
 async fn garbage_bytes() {
-    let error = bad_worker("garbage").await;
+    let error = bad_worker(BadInput::Garbage).await;
     assert!(matches!(error, ProtocolError::UnknownKind(0xee)), "{error}");
 }
 
 #[tokio::test]
 async fn invalid_json() {
-    let error = bad_worker("invalid-json").await;
+    let error = bad_worker(BadInput::InvalidJson).await;
     assert!(matches!(error, ProtocolError::InvalidMessage(_)), "{error}");
 }
 
 #[tokio::test]
 async fn invalid_utf8() {
-    let error = bad_worker("invalid-utf8").await;
+    let error = bad_worker(BadInput::InvalidUtf8).await;
     assert!(matches!(error, ProtocolError::InvalidMessage(_)), "{error}");
 }
 
 #[tokio::test]
 async fn json_nested_100_000_deep() {
-    let error = bad_worker("deep-json").await;
+    let error = bad_worker(BadInput::DeepJson).await;
     assert!(matches!(error, ProtocolError::InvalidMessage(_)), "{error}");
 }
 
 #[tokio::test]
 async fn a_frame_cut_short_by_the_channel_closing() {
-    let error = bad_worker("truncated").await;
+    let error = bad_worker(BadInput::Truncated).await;
     assert!(
         matches!(error, ProtocolError::Truncated { received: 9 }),
         "{error}"
@@ -131,7 +132,7 @@ async fn a_frame_cut_short_by_the_channel_closing() {
 async fn random_bytes() {
     // Whatever the noise makes of it, a typed error (most often a length
     // over the maximum; a frame cut short if the noise claims a small one).
-    let error = bad_worker("random").await;
+    let error = bad_worker(BadInput::Random).await;
     eprintln!("random bytes: {error}");
 }
 
@@ -139,19 +140,17 @@ async fn random_bytes() {
 async fn a_flooding_worker_is_slowed_down_and_memory_stays_bounded() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
-    // What the flood fixture sends: 1024 batches of 256 messages of 1 KiB.
-    const FLOOD: u64 = 1024 * 256;
     let received = Arc::new(AtomicU64::new(0));
     let done = Arc::new(tokio::sync::Notify::new());
     let (counter, all_in) = (received.clone(), done.clone());
-    let builder = ClusterPrimary::builder()
-        .program(fixture())
-        .args(["bad-after-first", "flood"])
+    let builder = primary(Mode::BadAfterFirst)
+        .arg(BadInput::Flood.as_str())
         .on::<WorkerMessage>(move |event| {
             // A handler slower than the socket: ~2 µs per message.
             let spin = (0..3000_u64).fold(0, |x, i| std::hint::black_box(x ^ i));
             std::hint::black_box(spin);
-            if event.worker.id().get() == 2 && counter.fetch_add(1, Ordering::Relaxed) + 1 == FLOOD
+            if event.worker.id().get() == 2
+                && counter.fetch_add(1, Ordering::Relaxed) + 1 == FLOOD_MESSAGES
             {
                 all_in.notify_one();
             }
@@ -185,9 +184,13 @@ async fn a_flooding_worker_is_slowed_down_and_memory_stays_bounded() {
     sampler.abort();
     let peak = peak.load(Ordering::Relaxed);
     eprintln!(
-        "flood: {FLOOD} messages of 1 KiB (256 MiB) arrived; primary RSS {rss} KiB -> peak {peak} KiB"
+        "flood: {FLOOD_MESSAGES} messages of 1 KiB (256 MiB) arrived; primary RSS {rss} KiB -> peak {peak} KiB"
     );
-    assert_eq!(received.load(Ordering::Relaxed), FLOOD, "no message lost");
+    assert_eq!(
+        received.load(Ordering::Relaxed),
+        FLOOD_MESSAGES,
+        "no message lost"
+    );
     assert!(
         peak < rss + 64 * 1024,
         "the primary buffered the flood: RSS {rss} KiB -> {peak} KiB"

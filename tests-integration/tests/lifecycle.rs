@@ -1,14 +1,15 @@
-//! Event sequences of one worker's life, fork to shutdown (spec §3.3-3.9).
+//! Event sequences of one worker's life, fork to shutdown
+//! (`docs/seed-mapping.md`, "Events of the primary").
 #![cfg(target_os = "linux")]
 
 use isotropic_cluster::primary::*;
-use tests_integration::{Log, primary, ready, record, shut_down};
+use tests_integration::{Log, Mode, primary, ready, record, shut_down};
 
 #[tokio::test]
 async fn one_worker_from_fork_to_shutdown_in_exact_order() {
     let log = Log::default();
     let builder = record!(
-        primary("echo"),
+        primary(Mode::Echo),
         log,
         [
             Fork,
@@ -61,8 +62,8 @@ async fn one_worker_from_fork_to_shutdown_in_exact_order() {
 #[tokio::test]
 async fn two_primaries_in_one_process_are_independent() {
     // Defect 12: Node's cluster module is one per process; ours are not.
-    let (first, _, [one]) = tests_integration::launch::<1>(primary("echo")).await;
-    let (second, mut events, [other]) = tests_integration::launch::<1>(primary("echo")).await;
+    let (first, _, [one]) = tests_integration::launch::<1>(primary(Mode::Echo)).await;
+    let (second, mut events, [other]) = tests_integration::launch::<1>(primary(Mode::Echo)).await;
     assert_ne!(one.pid(), other.pid());
     shut_down(&first).await;
     // The second's worker is neither disconnected nor replaced by the first.

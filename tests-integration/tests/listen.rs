@@ -8,14 +8,14 @@ use std::time::Duration;
 use isotropic_cluster::primary::*;
 use isotropic_cluster::{EventStream, ListenAddress, ListenErrorKind};
 use serde_json::Value;
-use tests_integration::{DEADLINE, fixture, launch, message_of, ready, shut_down, wait_for};
+use tests_integration::{
+    DEADLINE, Mode, PrimaryMode, launch, message_of, primary, ready, shut_down, wait_for,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn serving(address: &str, per_worker: &str, delay_ms: &str) -> PrimaryBuilder {
-    tests_integration::log_to_test_output();
-    ClusterPrimary::builder()
-        .program(fixture())
-        .args(["serve", address, per_worker, delay_ms])
+    primary(Mode::Serve)
+        .args([address, per_worker, delay_ms])
         .shutdown_grace(Duration::from_secs(10))
 }
 
@@ -226,13 +226,13 @@ fn a_socket_passed_by_socket_activation_is_used_instead_of_binding() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let address = listener.local_addr().expect("address").to_string();
     let passed = std::os::fd::OwnedFd::from(listener.try_clone().expect("dup"));
-    let primary = tests_integration::fixture().with_file_name("fixture-primary");
     // fd 3, and LISTEN_PID naming the primary itself (exec keeps the pid).
-    let script = r#"exec 3<&0 0</dev/null; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http exec "$0" serve "$1" 2"#;
+    let script = r#"exec 3<&0 0</dev/null; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http exec "$0" "$1" "$2" 2"#;
     let mut child = tests_integration::Running(
         std::process::Command::new("sh")
             .args(["-c", script])
-            .arg(&primary)
+            .arg(tests_integration::fixture_primary())
+            .arg(PrimaryMode::Serve.as_str())
             .arg(&address)
             .stdin(std::process::Stdio::from(passed))
             .stdout(std::process::Stdio::piped())

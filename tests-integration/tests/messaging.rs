@@ -1,5 +1,6 @@
-//! Messages both ways, typed routing, destinations and send errors (spec §3.4,
-//! §3.6, §3.7; defects 17, 19-22).
+//! Messages both ways, typed routing, destinations and send errors
+//! (`docs/seed-mapping.md`: `send`, `workerMessage`, `route`; its defects 17,
+//! 19-22).
 #![cfg(target_os = "linux")]
 
 use std::time::Duration;
@@ -8,7 +9,7 @@ use isotropic_cluster::primary::*;
 use isotropic_cluster::{SendError, Subscribe, WorkerId};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tests_integration::{Log, launch, primary, ready, record, rss_kib, shut_down, wait_for};
+use tests_integration::{Log, Mode, launch, primary, ready, record, rss_kib, shut_down, wait_for};
 
 fn echo_of(event: PrimaryEvent) -> Option<(WorkerId, Value)> {
     match event {
@@ -24,7 +25,7 @@ fn echo_of(event: PrimaryEvent) -> Option<(WorkerId, Value)> {
 async fn messages_round_trip_in_order() {
     let log = Log::default();
     let (primary, mut events, [worker]) =
-        launch::<1>(record!(primary("echo"), log, [WorkerMessage])).await;
+        launch::<1>(record!(primary(Mode::Echo), log, [WorkerMessage])).await;
     for i in 0..50 {
         primary.send(&worker, &json!({"n": i})).await.expect("send");
     }
@@ -51,7 +52,7 @@ async fn typed_routing_runs_between_on_and_after_on_both_sides() {
     let log = Log::default();
     let (on, routed, after) = (log.clone(), log.clone(), log.clone());
     let (primary, mut events, [worker]) = launch::<1>(
-        primary("before-ready")
+        primary(Mode::BeforeReady)
             .on::<WorkerMessage>(move |e| on.push(format!("on {}", e.message)))
             .after::<WorkerMessage>(move |e| after.push(format!("after {}", e.message)))
             .route::<Early>("early", move |e, early| {
@@ -107,7 +108,7 @@ async fn a_payload_that_does_not_fit_its_route_is_an_error_event() {
         #[allow(dead_code)]
         n: u32,
     }
-    let primary = primary("before-ready")
+    let primary = primary(Mode::BeforeReady)
         .route::<NeedsNumber>("early", |_, _| panic!("`early` has no number"))
         .start()
         .await
@@ -129,7 +130,7 @@ async fn a_payload_that_does_not_fit_its_route_is_an_error_event() {
 
 #[tokio::test]
 async fn destinations_by_handle_id_list_and_pool_with_typed_errors() {
-    let primary = primary("echo").start().await.expect("start");
+    let primary = primary(Mode::Echo).start().await.expect("start");
     let mut events = primary.events();
     // An empty pool is an explicit error, not a silent success.
     assert!(matches!(
@@ -213,7 +214,7 @@ async fn destinations_by_handle_id_list_and_pool_with_typed_errors() {
 
 #[tokio::test]
 async fn a_worker_that_never_signals_ready_stays_out_of_the_pool_but_is_reachable() {
-    let primary = primary("never-ready").start().await.expect("start");
+    let primary = primary(Mode::NeverReady).start().await.expect("start");
     let mut events = primary.events();
     primary.fork(1).await.expect("fork");
     let worker = wait_for(&mut events, |e| match e {
@@ -257,7 +258,7 @@ async fn a_worker_that_does_not_read_fills_a_bounded_queue() {
 
 #[tokio::test]
 async fn a_worker_that_never_signals_ready_can_be_timed_out() {
-    let builder = primary("never-ready")
+    let builder = primary(Mode::NeverReady)
         .ready_timeout(Duration::from_millis(200))
         .before::<WorkerExit>(|exit| exit.prevent());
     let primary = builder.start().await.expect("start");

@@ -8,11 +8,10 @@ use std::process::{Command, Stdio};
 use isotropic_cluster::primary::*;
 use isotropic_cluster::worker::ClusterWorker;
 use serde_json::{Value, json};
-use tests_integration::{ExitWatch, Running, launch, primary, shut_down, wait_for};
-
-fn fixture_primary() -> std::path::PathBuf {
-    tests_integration::fixture().with_file_name("fixture-primary")
-}
+use tests_integration::{
+    ExitWatch, Mode, PrimaryFlag, PrimaryMode, Running, fixture_primary, launch, primary,
+    shut_down, wait_for,
+};
 
 /// Runs `fixture-primary` and returns it with the JSON line it prints once
 /// its workers are ready.
@@ -42,7 +41,11 @@ fn workers_re_execute_the_primary_with_its_arguments_even_once_deleted() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let copy = dir.join("fixture-primary");
     std::fs::copy(fixture_primary(), &copy).expect("copy");
-    let args = ["2", "--delete-self", "--then-shut-down"];
+    let args = [
+        "2",
+        PrimaryFlag::DeleteSelf.as_str(),
+        PrimaryFlag::ThenShutDown.as_str(),
+    ];
     let (mut child, report) = start_fixture_primary(&copy, &args);
     assert!(!copy.exists(), "the primary deleted its own binary");
     assert_eq!(report["args"], json!([args, args]));
@@ -52,10 +55,10 @@ fn workers_re_execute_the_primary_with_its_arguments_even_once_deleted() {
 
 #[test]
 fn workers_inherit_the_primarys_output_unless_silent() {
-    let run = |extra: &[&str]| {
+    let run = |extra: &[PrimaryFlag]| {
         let output = Command::new(fixture_primary())
-            .args(["2", "--then-shut-down"])
-            .args(extra)
+            .args(["2", PrimaryFlag::ThenShutDown.as_str()])
+            .args(extra.iter().map(|flag| flag.as_str()))
             .output()
             .expect("run fixture-primary");
         assert!(output.status.success());
@@ -63,7 +66,7 @@ fn workers_inherit_the_primarys_output_unless_silent() {
         stdout.lines().filter(|l| l.ends_with("says hi")).count()
     };
     assert_eq!(run(&[]), 2);
-    assert_eq!(run(&["--silent"]), 0);
+    assert_eq!(run(&[PrimaryFlag::Silent]), 0);
 }
 
 #[tokio::test]
@@ -92,7 +95,10 @@ fn children(pid: u32) -> Vec<u32> {
 async fn a_killed_primary_takes_workers_that_ignore_sigterm_and_their_children() {
     // Two workers that ignore SIGTERM and never read their channel, each with
     // a child that ignores SIGTERM too.
-    let (mut child, report) = start_fixture_primary(&fixture_primary(), &["worker", "hung", "2"]);
+    let (mut child, report) = start_fixture_primary(
+        &fixture_primary(),
+        &[PrimaryMode::Worker.as_str(), Mode::Hung.as_str(), "2"],
+    );
     let workers: Vec<u32> = serde_json::from_value(report["pids"].clone()).expect("pids");
     let grandchildren: Vec<u32> = workers.iter().flat_map(|&pid| children(pid)).collect();
     assert_eq!(grandchildren.len(), 2, "each worker started a child");
@@ -116,7 +122,7 @@ async fn a_killed_primary_takes_workers_that_ignore_sigterm_and_their_children()
 #[tokio::test]
 async fn piped_output_arrives_line_by_line_with_the_stream() {
     let (primary, mut events, [worker]) =
-        launch::<1>(primary("echo").stdio(WorkerStdio::Piped)).await;
+        launch::<1>(primary(Mode::Echo).stdio(WorkerStdio::Piped)).await;
     primary
         .send(&worker, &json!({"type": "print", "text": "hello"}))
         .await
@@ -144,7 +150,7 @@ async fn piped_output_arrives_line_by_line_with_the_stream() {
 
 #[tokio::test]
 async fn a_workers_children_inherit_neither_the_channel_nor_the_markers() {
-    let (primary, mut events, [worker]) = launch::<1>(primary("echo")).await;
+    let (primary, mut events, [worker]) = launch::<1>(primary(Mode::Echo)).await;
     primary
         .send(&worker, &json!({"type": "inspect"}))
         .await
@@ -182,7 +188,7 @@ async fn grandchild(
 
 #[tokio::test]
 async fn grandchildren_go_with_their_worker_on_shutdown() {
-    let (primary, mut events, [worker]) = launch::<1>(primary("echo")).await;
+    let (primary, mut events, [worker]) = launch::<1>(primary(Mode::Echo)).await;
     let watch = grandchild(&primary, &mut events, &worker).await;
     shut_down(&primary).await;
     watch.exited().await;
@@ -190,7 +196,7 @@ async fn grandchildren_go_with_their_worker_on_shutdown() {
 
 #[tokio::test]
 async fn grandchildren_go_with_their_worker_when_it_dies_and_is_replaced() {
-    let (primary, mut events, [worker]) = launch::<1>(primary("echo")).await;
+    let (primary, mut events, [worker]) = launch::<1>(primary(Mode::Echo)).await;
     let watch = grandchild(&primary, &mut events, &worker).await;
     primary
         .send(&worker, &json!({"type": "exit", "code": 1}))

@@ -12,7 +12,7 @@ use isotropic_cluster::RequestError;
 use isotropic_cluster::Subscribe as _;
 use isotropic_cluster::primary::*;
 use serde_json::json;
-use tests_integration::{launch, primary, rss_kib, shut_down, wait_for};
+use tests_integration::{Mode, launch, primary, rss_kib, shut_down, wait_for};
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
@@ -171,7 +171,7 @@ async fn chaos_under_load_loses_no_request_and_the_pool_recovers() {
     let exits = Arc::new(AtomicUsize::new(0));
     let changed = Arc::new(tokio::sync::Notify::new());
     let (counter, on_exit, on_add) = (exits.clone(), changed.clone(), changed.clone());
-    let builder = primary("echo")
+    let builder = primary(Mode::Echo)
         .restart_policy(policy)
         .after::<WorkerExit>(move |_| {
             counter.fetch_add(1, Ordering::Relaxed);

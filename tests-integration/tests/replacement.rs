@@ -1,5 +1,6 @@
-//! Replacement of exited workers, its order, its veto, and its backoff (spec
-//! §3.8; defects 9, 10).
+//! Replacement of exited workers, its order, its veto, and its backoff
+//! (`docs/seed-mapping.md`: replacement, under "Events of the primary"; its
+//! defects 9, 10).
 #![cfg(target_os = "linux")]
 
 use std::time::Duration;
@@ -7,13 +8,13 @@ use std::time::Duration;
 use isotropic_cluster::primary::*;
 use isotropic_cluster::{Error, EventStream, Signal, Subscribe};
 use serde_json::json;
-use tests_integration::{Log, exit_of, launch, primary, ready, record, shut_down, wait_for};
+use tests_integration::{Log, Mode, exit_of, launch, primary, ready, record, shut_down, wait_for};
 
 #[tokio::test]
 async fn a_crashed_worker_is_replaced_depth_first() {
     let log = Log::default();
     let (primary, mut events, [first]) = launch::<1>(record!(
-        primary("echo"),
+        primary(Mode::Echo),
         log,
         [WorkerExit, Fork, WorkerFork]
     ))
@@ -50,7 +51,7 @@ async fn a_crashed_worker_is_replaced_depth_first() {
 
 #[tokio::test]
 async fn every_kind_of_exit_is_replaced_while_active() {
-    let (primary, mut events, workers) = launch::<3>(primary("echo")).await;
+    let (primary, mut events, workers) = launch::<3>(primary(Mode::Echo)).await;
     // A stream of its own for the replacements, which may become ready while
     // the other stream is waiting for an exit.
     let mut replacements = primary.events();
@@ -86,7 +87,7 @@ async fn every_kind_of_exit_is_replaced_while_active() {
 #[tokio::test]
 async fn preventing_the_exit_event_prevents_removal_and_replacement() {
     let (primary, _events, [worker]) = launch::<1>(
-        primary("echo")
+        primary(Mode::Echo)
             .before::<WorkerExit>(|event| event.prevent())
             .before::<WorkerDisconnect>(|event| event.prevent()),
     )
@@ -111,7 +112,7 @@ async fn preventing_the_exit_event_prevents_removal_and_replacement() {
 #[tokio::test]
 async fn no_replacement_and_no_fork_after_shutdown() {
     let log = Log::default();
-    let (primary, _events, _) = launch::<2>(record!(primary("echo"), log, [Fork])).await;
+    let (primary, _events, _) = launch::<2>(record!(primary(Mode::Echo), log, [Fork])).await;
     shut_down(&primary).await;
     assert_eq!(log.entries(), ["on fork", "after fork"]);
     assert_eq!(primary.fork(1).await.expect("fork after shutdown"), 0);
@@ -209,7 +210,7 @@ async fn a_program_that_cannot_start_is_a_typed_error() {
 
 #[tokio::test]
 async fn a_stopped_worker_leaves_the_pool_exits_voluntarily_and_is_replaced() {
-    let (primary, mut events, [first, second]) = launch::<2>(primary("echo")).await;
+    let (primary, mut events, [first, second]) = launch::<2>(primary(Mode::Echo)).await;
     primary.stop_worker(first.id()).await.expect("stop");
     let pool: Vec<_> = primary.workers().iter().map(Worker::id).collect();
     assert_eq!(pool, [second.id()], "out of the pool at once");
@@ -257,7 +258,7 @@ async fn a_rolling_restart_replaces_every_worker_with_at_most_one_missing() {
     // The smallest pool seen once a worker has left it.
     let smallest = Arc::new(Mutex::new(usize::MAX));
     let seen = smallest.clone();
-    let builder = primary("echo").after::<RemoveWorker>(move |event| {
+    let builder = primary(Mode::Echo).after::<RemoveWorker>(move |event| {
         let size = event.primary().workers().len();
         let mut smallest = seen.lock().expect("lock");
         *smallest = (*smallest).min(size);

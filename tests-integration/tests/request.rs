@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use isotropic_cluster::{HandleRequests, RequestError};
 use serde_json::json;
-use tests_integration::{launch, message_of, primary, shut_down, wait_for};
+use tests_integration::{Mode, launch, message_of, primary, shut_down, wait_for};
 
 #[tokio::test]
 async fn thousands_of_interleaved_requests_get_their_own_replies() {
-    let (primary, _events, workers) = launch::<3>(primary("echo")).await;
+    let (primary, _events, workers) = launch::<3>(primary(Mode::Echo)).await;
     let requests = (0..3000_u64).map(|n| {
         let worker = workers[(n % 3) as usize].clone();
         async move {
@@ -32,7 +32,7 @@ async fn thousands_of_interleaved_requests_get_their_own_replies() {
 
 #[tokio::test]
 async fn a_deadline_gives_a_timeout_error() {
-    let (primary, _events, [worker]) = launch::<1>(primary("echo")).await;
+    let (primary, _events, [worker]) = launch::<1>(primary(Mode::Echo)).await;
     let reply = worker
         .request_within::<u64, _>(
             &json!({"type": "sleep", "ms": 5000}),
@@ -49,7 +49,7 @@ async fn a_deadline_gives_a_timeout_error() {
 
 #[tokio::test]
 async fn requests_in_flight_fail_at_once_when_their_worker_dies() {
-    let (primary, _events, [worker]) = launch::<1>(primary("echo")).await;
+    let (primary, _events, [worker]) = launch::<1>(primary(Mode::Echo)).await;
     // Long deadlines: a Timeout would mean the failure waited for them.
     let slow: Vec<_> = (0..5)
         .map(|_| {
@@ -82,7 +82,7 @@ async fn requests_in_flight_fail_at_once_when_their_worker_dies() {
 
 #[tokio::test]
 async fn handler_errors_and_panics_come_back_as_remote_errors() {
-    let (primary, _events, [worker]) = launch::<1>(primary("echo")).await;
+    let (primary, _events, [worker]) = launch::<1>(primary(Mode::Echo)).await;
     let failed = worker.request::<(), _>(&json!({"type": "fail"})).await;
     assert!(
         matches!(&failed, Err(RequestError::Remote { message, .. }) if message == "no such thing"),
@@ -119,7 +119,7 @@ async fn handler_errors_and_panics_come_back_as_remote_errors() {
 #[tokio::test]
 async fn a_dropped_request_is_forgotten() {
     use futures_util::FutureExt as _;
-    let (primary, _events, [worker]) = launch::<1>(primary("echo")).await;
+    let (primary, _events, [worker]) = launch::<1>(primary(Mode::Echo)).await;
     let sleep = json!({"type": "sleep", "ms": 200});
     let request = worker.request::<u64, _>(&sleep);
     let mut request = Box::pin(request);
@@ -145,7 +145,7 @@ async fn a_worker_can_request_the_primary() {
         a: u64,
         b: u64,
     }
-    let builder = primary("ask").handle("add", |Add { a, b }| Ok::<_, String>(a + b));
+    let builder = primary(Mode::Ask).handle("add", |Add { a, b }| Ok::<_, String>(a + b));
     let (primary, mut events, _) = launch::<1>(builder).await;
     let (_, message) = wait_for(&mut events, message_of).await;
     assert_eq!(message, json!({"sum": 5}));
@@ -154,7 +154,7 @@ async fn a_worker_can_request_the_primary() {
 
 #[tokio::test]
 async fn dispatch_retries_on_another_worker_when_the_chosen_one_dies() {
-    let (primary, _events, workers) = launch::<2>(primary("echo")).await;
+    let (primary, _events, workers) = launch::<2>(primary(Mode::Echo)).await;
     // Round robin picks worker 1 first (odd: it dies on `flaky`), then 2.
     let (answered_by, n): (u64, u64) = primary
         .dispatch("", &json!({"type": "flaky", "n": 4}))
@@ -166,7 +166,7 @@ async fn dispatch_retries_on_another_worker_when_the_chosen_one_dies() {
 
 #[tokio::test]
 async fn dispatch_says_so_when_no_worker_is_left() {
-    let primary = primary("echo").start().await.expect("start");
+    let primary = primary(Mode::Echo).start().await.expect("start");
     let result = primary
         .dispatch::<u64, _>("", &json!({"type": "square", "n": 1}))
         .await;
@@ -176,7 +176,7 @@ async fn dispatch_says_so_when_no_worker_is_left() {
 
 #[tokio::test]
 async fn least_loaded_avoids_the_busy_worker() {
-    let (primary, _events, workers) = launch::<2>(primary("echo")).await;
+    let (primary, _events, workers) = launch::<2>(primary(Mode::Echo)).await;
     let busy = workers[0].clone();
     let slow = tokio::spawn(async move {
         busy.request::<u64, _>(&json!({"type": "sleep", "ms": 300}))

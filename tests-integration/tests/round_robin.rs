@@ -1,10 +1,11 @@
-//! Round robin across pool changes and tags (spec §3.4; defects 1-3).
+//! Round robin across pool changes and tags (`docs/seed-mapping.md`:
+//! `roundRobin`; its defects 1-3).
 #![cfg(target_os = "linux")]
 
 use isotropic_cluster::WorkerId;
 use isotropic_cluster::primary::*;
 use serde_json::json;
-use tests_integration::{primary, ready, shut_down, wait_for};
+use tests_integration::{Mode, primary, ready, shut_down, wait_for};
 
 fn ids(primary: &ClusterPrimary, tag: &str, n: usize) -> Vec<u64> {
     (0..n)
@@ -19,7 +20,7 @@ fn ids(primary: &ClusterPrimary, tag: &str, n: usize) -> Vec<u64> {
 
 #[tokio::test]
 async fn exact_order_across_pool_changes_and_tags() {
-    let primary = primary("echo").start().await.expect("start");
+    let primary = primary(Mode::Echo).start().await.expect("start");
     assert!(
         primary.round_robin("").is_none(),
         "an empty pool gives None"

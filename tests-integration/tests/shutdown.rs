@@ -1,15 +1,16 @@
-//! Shutdown completion, escalation and destroy (spec §3.9-3.10; defects 4-8).
+//! Shutdown completion, escalation and destroy (`docs/seed-mapping.md`:
+//! `shutDown`, `destroy`; its defects 4-8).
 #![cfg(target_os = "linux")]
 
 use isotropic_cluster::{Signal, Subscribe};
 use isotropic_cluster::primary::*;
 use tests_integration::{
-    DEADLINE, Log, alive, launch, primary, ready, record, shut_down, wait_for,
+    DEADLINE, Log, Mode, alive, launch, primary, ready, record, shut_down, wait_for,
 };
 
 #[tokio::test]
 async fn shutdown_completes_only_when_every_worker_has_exited() {
-    let (primary, mut events, workers) = launch::<4>(primary("echo")).await;
+    let (primary, mut events, workers) = launch::<4>(primary(Mode::Echo)).await;
     shut_down(&primary).await;
     for worker in &workers {
         assert!(!alive(worker.pid()), "worker {} still running", worker.id());
@@ -59,7 +60,7 @@ async fn a_hung_worker_is_terminated_then_killed_and_shutdown_still_completes() 
 #[tokio::test]
 async fn a_vetoed_shutdown_is_an_error_and_a_later_one_still_runs() {
     let mut veto = true;
-    let builder = primary("echo").before::<ShutDown>(move |event| {
+    let builder = primary(Mode::Echo).before::<ShutDown>(move |event| {
         if std::mem::take(&mut veto) {
             event.prevent();
         }
@@ -78,7 +79,7 @@ async fn a_vetoed_shutdown_is_an_error_and_a_later_one_still_runs() {
 async fn destroy_of_an_active_primary_shuts_down_then_runs_every_stage() {
     let log = Log::default();
     let primary = record!(
-        primary("echo"),
+        primary(Mode::Echo),
         log,
         [Destroy, ShutDown, ShutDownComplete, DestroyComplete]
     )
@@ -120,7 +121,7 @@ async fn destroy_of_an_active_primary_shuts_down_then_runs_every_stage() {
 
 #[tokio::test]
 async fn destroy_during_a_shutdown_waits_for_it() {
-    let (primary, _events, workers) = launch::<3>(primary("echo")).await;
+    let (primary, _events, workers) = launch::<3>(primary(Mode::Echo)).await;
     let shutting = primary.clone();
     let shutdown = tokio::spawn(async move { shutting.shut_down().await });
     tokio::time::timeout(DEADLINE, primary.destroy())
@@ -136,7 +137,7 @@ async fn destroy_during_a_shutdown_waits_for_it() {
 
 #[tokio::test]
 async fn dropping_every_handle_stops_the_workers() {
-    let (primary, mut events, workers) = launch::<2>(primary("echo")).await;
+    let (primary, mut events, workers) = launch::<2>(primary(Mode::Echo)).await;
     drop(primary);
     // The stream ends when the primary is torn down, after every worker exited.
     tokio::time::timeout(DEADLINE, async { while events.next().await.is_some() {} })

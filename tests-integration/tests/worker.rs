@@ -1,16 +1,17 @@
 //! The worker side as the primary sees it: initialization failure, SIGTERM,
-//! and self-destroy (spec §4; defects 26, 27, 31).
+//! and self-destroy (`docs/seed-mapping.md`: ClusterWorker; its defects 26,
+//! 27, 31).
 #![cfg(target_os = "linux")]
 
 use isotropic_cluster::Subscribe;
 use isotropic_cluster::primary::*;
 use serde_json::json;
-use tests_integration::{Log, exit_of, launch, primary, record, shut_down, wait_for};
+use tests_integration::{Log, Mode, exit_of, launch, primary, record, shut_down, wait_for};
 
 #[tokio::test]
 async fn a_failed_initialization_never_makes_the_worker_ready() {
     let log = Log::default();
-    let primary = record!(primary("init-fail"), log, [WorkerOnline, WorkerReady])
+    let primary = record!(primary(Mode::InitFail), log, [WorkerOnline, WorkerReady])
         .start()
         .await
         .expect("start");
@@ -33,7 +34,7 @@ async fn a_failed_initialization_never_makes_the_worker_ready() {
 
 #[tokio::test]
 async fn sigterm_makes_a_worker_leave_gracefully() {
-    let (primary, mut events, [worker]) = launch::<1>(primary("echo")).await;
+    let (primary, mut events, [worker]) = launch::<1>(primary(Mode::Echo)).await;
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(worker.pid() as i32).expect("pid"),
         rustix::process::Signal::TERM,
@@ -55,7 +56,7 @@ async fn a_worker_that_destroys_itself_exits_as_soon_as_it_is_done() {
     let log = Log::default();
     let (primary, mut events, [worker]) = launch::<1>(
         record!(
-            primary("echo"),
+            primary(Mode::Echo),
             log,
             [WorkerDisconnect, WorkerSignal, WorkerExit]
         )

@@ -1,18 +1,11 @@
 //! A program that is both a primary and its own workers (the default
 //! program), for the end-to-end tests of re-execution and of orphans.
 //!
-//! `fixture-primary N [--delete-self] [--then-shut-down] [--silent]`: starts N
-//! workers, prints `{"pids": [...], "args": [[...], ...]}` once all are ready
-//! (each worker reports the arguments it was started with, and prints
+//! `fixture-primary N [FLAG…]` (flags: [`PrimaryFlag`]): starts N workers,
+//! prints `{"pids": [...], "args": [[...], ...]}` once all are ready (each
+//! worker reports the arguments it was started with, and prints
 //! `worker ID says hi` on its stdout), then either shuts down or waits to be
-//! killed.
-//!
-//! `fixture-primary worker MODE N`: the same with N `fixture-worker MODE`
-//! workers.
-//!
-//! `fixture-primary serve ADDRESS N`: N `fixture-worker serve ADDRESS`
-//! workers; prints `listening ADDRESS` once all listen (or `error KIND`),
-//! then shuts down on SIGTERM.
+//! killed. The other forms are the [`PrimaryMode`]s.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -21,6 +14,7 @@ use isotropic_cluster::Subscribe;
 use isotropic_cluster::primary::{ClusterPrimary, PrimaryEvent, WorkerMessage, WorkerStdio};
 use isotropic_cluster::worker::ClusterWorker;
 use serde_json::{Value, json};
+use tests_integration::{Mode, PrimaryFlag, PrimaryMode};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::main(flavor = "current_thread")]
@@ -37,23 +31,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         worker.closed().await;
         return Ok(());
     }
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().is_some_and(|a| a == "serve") {
-        return serve(&args[1..]).await;
-    }
-    let mut builder = ClusterPrimary::builder();
-    if args.first().is_some_and(|a| a == "worker") && args.len() > 1 {
-        let worker = std::env::current_exe()?.with_file_name("fixture-worker");
-        builder = builder.program(worker).arg(&args[1]);
-        args.drain(..2);
-    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (builder, args) = match args.first().and_then(|first| first.parse().ok()) {
+        Some(PrimaryMode::Serve) => return serve(&args[1..]).await,
+        Some(PrimaryMode::Worker) => {
+            let mode: Mode = args.get(1).ok_or("worker: no mode")?.parse()?;
+            let worker = std::env::current_exe()?.with_file_name("fixture-worker");
+            let builder = ClusterPrimary::builder().program(worker).arg(mode.as_str());
+            (builder, &args[2..])
+        }
+        None => (ClusterPrimary::builder(), &args[..]),
+    };
     let count: usize = args.first().and_then(|n| n.parse().ok()).unwrap_or(1);
-    if args.iter().any(|a| a == "--delete-self") {
+    let flags = args
+        .iter()
+        .skip(1)
+        .map(|flag| flag.parse())
+        .collect::<Result<Vec<PrimaryFlag>, _>>()?;
+    if flags.contains(&PrimaryFlag::DeleteSelf) {
         std::fs::remove_file(std::env::current_exe()?)?;
     }
     let reported = Arc::new(Mutex::new(Vec::new()));
     let sink = reported.clone();
-    let stdio = if args.iter().any(|a| a == "--silent") {
+    let stdio = if flags.contains(&PrimaryFlag::Silent) {
         WorkerStdio::Null
     } else {
         WorkerStdio::Inherit
@@ -80,9 +80,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = reported.lock().expect("lock").clone();
     println!("{}", json!({"pids": pids, "args": args}));
     std::io::stdout().flush()?;
-    if args.iter().any(|a| a == "--then-shut-down")
-        || std::env::args().any(|a| a == "--then-shut-down")
-    {
+    if flags.contains(&PrimaryFlag::ThenShutDown) {
         primary.shut_down().await?;
         println!("shut down");
         return Ok(());
@@ -91,6 +89,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// `serve ADDRESS N`: N `fixture-worker serve ADDRESS` workers; prints
+/// `listening ADDRESS` once all listen (or `error KIND`), then shuts down on
+/// SIGTERM.
 async fn serve(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let address = args.first().cloned().unwrap_or_default();
     let count: usize = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1);
@@ -98,7 +99,7 @@ async fn serve(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let worker = std::env::current_exe()?.with_file_name("fixture-worker");
     let primary = ClusterPrimary::builder()
         .program(worker)
-        .args(["serve", &address])
+        .args([Mode::Serve.as_str(), &address])
         .start()
         .await?;
     let mut events = primary.events();

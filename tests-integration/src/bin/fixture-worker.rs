@@ -1,17 +1,17 @@
 //! A worker program for the end-to-end tests. The first argument picks a
-//! behaviour; see `main`.
+//! behaviour: a [`Mode`].
 #![allow(unsafe_code)]
 
 use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::time::Duration;
 
-use isotropic_cluster::worker::{
-    ClusterWorker, InitializeComplete, PrimaryDisconnect, PrimaryMessage,
-};
+use isotropic_cluster::worker::{ClusterWorker, InitializeComplete, PrimaryMessage};
 use isotropic_cluster::{HandleRequests, Subscribe};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tests_integration::wire::{self, Kind};
+use tests_integration::{BadInput, FLOOD_MESSAGES, Mode};
 
 /// Commands the tests send to an `echo` worker.
 #[derive(Deserialize)]
@@ -41,43 +41,37 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_writer(std::io::stderr)
         .init();
     let id = ClusterWorker::worker_id().map_or(0, |id| id.get());
-    let mode = std::env::args().nth(1).unwrap_or_default();
+    let mut args = std::env::args().skip(1);
+    let mode: Mode = args.next().unwrap_or_default().parse()?;
     if !is_worker {
         return Err(format!("fixture-worker ({mode}) started outside a cluster").into());
     }
-    match mode.as_str() {
-        "echo" => echo(ClusterWorker::builder()).await,
-        "before-ready" => {
+    match mode {
+        Mode::Echo => echo(ClusterWorker::builder()).await,
+        Mode::BeforeReady => {
             let builder = ClusterWorker::builder().initialize(|worker| async move {
                 worker.send(&json!("ready")).await?;
                 worker.send(&json!({"type": "early"})).await
             });
             echo(builder).await
         }
-        "never-ready" => {
+        Mode::NeverReady => {
             echo(ClusterWorker::builder().before::<InitializeComplete>(|e| e.prevent())).await
         }
-        "init-fail" => {
+        Mode::InitFail => {
             let builder =
                 ClusterWorker::builder().initialize(|_| async { Err::<(), _>("no database") });
             echo(builder).await
         }
-        "exit-at-start" => std::process::exit(3),
-        "stay" => echo(ClusterWorker::builder().before::<PrimaryDisconnect>(|e| e.prevent())).await,
-        "hung" => hung(raw_channel(raw_fd)),
-        "serve" => serve(id).await,
-        "raw" => raw(
-            raw_channel(raw_fd),
-            &std::env::args().nth(2).unwrap_or_default(),
-        ),
-        "ask" => ask().await,
-        // The first worker is well-behaved, the others send bad input.
-        "bad-after-first" if id == 1 => echo(ClusterWorker::builder()).await,
-        "bad-after-first" => raw(
-            raw_channel(raw_fd),
-            &std::env::args().nth(2).unwrap_or_default(),
-        ),
-        other => Err(format!("unknown mode {other:?}").into()),
+        Mode::ExitAtStart => std::process::exit(3),
+        Mode::Hung => hung(raw_channel(raw_fd)),
+        Mode::Serve => serve(id, args).await,
+        Mode::Ask => ask().await,
+        Mode::BadAfterFirst if id == 1 => echo(ClusterWorker::builder()).await,
+        Mode::BadAfterFirst => {
+            let case: BadInput = args.next().unwrap_or_default().parse()?;
+            bad_input(raw_channel(raw_fd), case)
+        }
     }
 }
 
@@ -172,14 +166,10 @@ fn raw_channel(fd: Option<i32>) -> std::os::unix::net::UnixStream {
     unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) }
 }
 
-fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
-    let mut bytes = u32::try_from(payload.len() + 1)
-        .unwrap_or(u32::MAX)
-        .to_be_bytes()
-        .to_vec();
-    bytes.push(kind);
-    bytes.extend_from_slice(payload);
-    bytes
+/// Says hello and ready, by hand.
+fn greet(channel: &mut std::os::unix::net::UnixStream) -> std::io::Result<()> {
+    channel.write_all(&wire::hello(1))?;
+    channel.write_all(&wire::frame(Kind::Ready, b""))
 }
 
 /// Ignores SIGTERM, starts a child that ignores it too (the disposition is
@@ -189,68 +179,64 @@ fn hung(mut channel: std::os::unix::net::UnixStream) -> Result<(), Box<dyn std::
     // SAFETY: setting a signal's disposition to "ignore" installs no handler code.
     unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
     std::process::Command::new("sleep").arg("300").spawn()?;
-    channel.write_all(&frame(1, br#"{"protocol":1}"#))?;
-    channel.write_all(&frame(2, b""))?;
+    greet(&mut channel)?;
     loop {
         std::thread::sleep(Duration::from_secs(60));
     }
 }
 
-/// How many batches of 256 messages of 1 KiB a `flood` worker sends.
-const FLOOD_BATCHES: usize = 1024;
-
 /// Says hello and ready (unless the case is about the handshake), then sends
-/// one kind of bad input, then waits for the primary to close the channel.
-fn raw(
+/// the bad input, then waits for the primary to close the channel.
+fn bad_input(
     mut channel: std::os::unix::net::UnixStream,
-    case: &str,
+    case: BadInput,
 ) -> Result<(), Box<dyn std::error::Error>> {
     // Read the primary's hello first, as a peer should: unread data would make
     // our exit a connection reset rather than the input under test.
-    let mut length = [0u8; 4];
-    std::io::Read::read_exact(&mut channel, &mut length)?;
-    let mut hello = vec![0u8; u32::from_be_bytes(length) as usize];
-    std::io::Read::read_exact(&mut channel, &mut hello)?;
-    let hello = frame(1, br#"{"protocol":1}"#);
-    let greet = |channel: &mut std::os::unix::net::UnixStream| -> std::io::Result<()> {
-        channel.write_all(&hello)?;
-        channel.write_all(&frame(2, b""))
-    };
+    wire::read(&mut channel)?;
     let bad: Vec<u8> = match case {
-        "no-hello" => frame(4, b"{}"),
-        "wrong-version" => frame(1, br#"{"protocol":99}"#),
-        "huge-length" => {
+        BadInput::NoHello => wire::frame(Kind::Message, b"{}"),
+        BadInput::WrongVersion => wire::hello(99),
+        BadInput::HugeLength => {
             greet(&mut channel)?;
-            vec![0xff, 0xff, 0xff, 0xff, 4]
+            wire::head(u32::MAX, Kind::Message as u8).to_vec()
         }
-        "garbage" => {
+        BadInput::Garbage => {
             greet(&mut channel)?;
-            b"\x00\x00\x00\x05\xeegarbage that is not a frame".to_vec()
+            [
+                &wire::head(5, wire::UNKNOWN_KIND)[..],
+                b"garbage that is not a frame",
+            ]
+            .concat()
         }
-        "invalid-json" => {
+        BadInput::InvalidJson => {
             greet(&mut channel)?;
-            frame(4, b"{\"type\": ")
+            wire::frame(Kind::Message, b"{\"type\": ")
         }
-        "invalid-utf8" => {
+        BadInput::InvalidUtf8 => {
             greet(&mut channel)?;
-            frame(4, b"\"\xff\xfe\"")
+            wire::frame(Kind::Message, b"\"\xff\xfe\"")
         }
-        "deep-json" => {
+        BadInput::DeepJson => {
             greet(&mut channel)?;
-            frame(4, ("[".repeat(100_000) + &"]".repeat(100_000)).as_bytes())
+            let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+            wire::frame(Kind::Message, deep.as_bytes())
         }
-        "flood" => {
+        BadInput::Flood => {
             greet(&mut channel)?;
-            // FLOOD_BATCHES batches of 256 messages of 1 KiB, written as fast
-            // as the socket takes them.
-            let message = frame(4, format!("\"{}\"", "x".repeat(1018)).as_bytes());
+            // Batches of 256 messages of 1 KiB, written as fast as the socket
+            // takes them.
+            let message = wire::frame(
+                Kind::Message,
+                format!("\"{}\"", "x".repeat(1018)).as_bytes(),
+            );
             let batch = message.repeat(256);
-            for _ in 0..FLOOD_BATCHES {
+            for _ in 0..FLOOD_MESSAGES / 256 {
                 channel.write_all(&batch)?;
             }
             Vec::new()
         }
-        "random" => {
+        BadInput::Random => {
             greet(&mut channel)?;
             // 64 KiB of noise (xorshift, seeded from the clock; the seed goes
             // to stderr), then the channel closes.
@@ -270,15 +256,14 @@ fn raw(
             channel.write_all(&noise)?;
             return Ok(());
         }
-        "truncated" => {
+        BadInput::Truncated => {
             greet(&mut channel)?;
-            let mut cut = frame(4, br#"{"type":"cut short"}"#);
+            let mut cut = wire::frame(Kind::Message, br#"{"type":"cut short"}"#);
             cut.truncate(9);
             channel.write_all(&cut)?;
             // Close the channel in the middle of the frame and exit.
             return Ok(());
         }
-        other => return Err(format!("unknown raw case {other:?}").into()),
     };
     channel.write_all(&bad)?;
     // Wait until the primary closes the channel (or kills us).
@@ -292,9 +277,11 @@ fn raw(
 /// after COUNT connections it stops listening. DELAY_MS delays each answer
 /// (for graceful-shutdown tests). A listen error is reported to the primary as
 /// `{"listen_error": KIND}`.
-async fn serve(id: u64) -> Result<(), Box<dyn std::error::Error>> {
+async fn serve(
+    id: u64,
+    mut args: impl Iterator<Item = String>,
+) -> Result<(), Box<dyn std::error::Error>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut args = std::env::args().skip(2);
     let address = args.next().unwrap_or_default();
     let count: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(u64::MAX);
     let delay = Duration::from_millis(args.next().and_then(|n| n.parse().ok()).unwrap_or(0));

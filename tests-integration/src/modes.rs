@@ -1,0 +1,123 @@
+//! What the fixture programs do, named: the tests and the fixtures share these
+//! enums, so a test names `Mode::Echo` and a misspelt mode does not compile.
+
+/// Declares an enum of unit variants, each with its command-line name, and
+/// `as_str`, `Display` and `FromStr` for it.
+macro_rules! named {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $($(#[$doc:meta])* $variant:ident = $text:literal,)*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl $name {
+            /// The name on the command line.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)*
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+
+            fn from_str(name: &str) -> Result<Self, String> {
+                match name {
+                    $($text => Ok(Self::$variant),)*
+                    other => Err(format!("unknown {} {other:?}", stringify!($name))),
+                }
+            }
+        }
+    };
+}
+
+named! {
+    /// The first argument of `fixture-worker`: how the worker behaves.
+    pub enum Mode {
+        /// Echoes messages as `{"echo": message}`; obeys test commands; answers test requests.
+        Echo = "echo",
+        /// As `Echo`, once it has sent `"ready"` and a typed `early` message while initializing.
+        BeforeReady = "before-ready",
+        /// As `Echo`, but never ready: it prevents its own `InitializeComplete`.
+        NeverReady = "never-ready",
+        /// Its initialization fails.
+        InitFail = "init-fail",
+        /// Exits with status 3 at once.
+        ExitAtStart = "exit-at-start",
+        /// Hello and ready by hand, then ignores disconnect and SIGTERM (its child too), forever.
+        Hung = "hung",
+        /// `serve ADDRESS [COUNT [DELAY_MS]]`: answers HTTP on ADDRESS with `worker ID`.
+        Serve = "serve",
+        /// Asks the primary `{"type": "add", "a": 2, "b": 3}`, sends back `{"sum": reply}`.
+        Ask = "ask",
+        /// `bad-after-first CASE`: worker 1 is `Echo`, the others send the [`BadInput`] CASE.
+        BadAfterFirst = "bad-after-first",
+    }
+}
+
+named! {
+    /// What a worker in [`Mode::BadAfterFirst`] sends (after hello and ready,
+    /// unless the case is about the handshake) to break the protocol.
+    pub enum BadInput {
+        /// A message before its hello.
+        NoHello = "no-hello",
+        /// A hello with protocol version 99.
+        WrongVersion = "wrong-version",
+        /// A message frame head whose length is `0xffff_ffff`.
+        HugeLength = "huge-length",
+        /// A frame head of length 5 and an unknown kind (`0xee`), then text.
+        Garbage = "garbage",
+        /// A message that is not JSON (an object cut short).
+        InvalidJson = "invalid-json",
+        /// A message with a JSON string whose bytes are not UTF-8.
+        InvalidUtf8 = "invalid-utf8",
+        /// A message of arrays nested 100 000 deep.
+        DeepJson = "deep-json",
+        /// [`FLOOD_MESSAGES`] valid messages of 1 KiB, as fast as the socket takes them.
+        Flood = "flood",
+        /// 64 KiB of random bytes (the seed goes to stderr), then the channel closes.
+        Random = "random",
+        /// The first 9 bytes of a message frame, then the channel closes.
+        Truncated = "truncated",
+    }
+}
+
+/// How many messages of 1 KiB a [`BadInput::Flood`] worker sends (256 MiB).
+pub const FLOOD_MESSAGES: u64 = 1024 * 256;
+
+named! {
+    /// The first argument of `fixture-primary` when it is not a worker count
+    /// (`fixture-primary N [FLAG…]`: N workers that re-execute it, see
+    /// [`PrimaryFlag`]).
+    pub enum PrimaryMode {
+        /// `worker MODE N [FLAG…]`: N `fixture-worker MODE` workers.
+        Worker = "worker",
+        /// `serve ADDRESS N`: N `Mode::Serve` workers; prints `listening ADDRESS` once all listen.
+        Serve = "serve",
+    }
+}
+
+named! {
+    /// The flags after the worker count of `fixture-primary`.
+    pub enum PrimaryFlag {
+        /// Deletes its own binary before starting its workers.
+        DeleteSelf = "--delete-self",
+        /// Shuts down once its workers are ready (and prints `shut down`).
+        ThenShutDown = "--then-shut-down",
+        /// Sends its workers' output to `/dev/null`.
+        Silent = "--silent",
+    }
+}
