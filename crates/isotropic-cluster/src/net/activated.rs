@@ -39,3 +39,22 @@ fn address_of(socket: &OwnedFd) -> Option<ListenAddress> {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_activated_socket_is_known_by_the_address_it_is_bound_to() {
+        let tcp: ListenAddress = "127.0.0.1:0".parse().expect("an address");
+        let (socket, bound) = tcp.bind().expect("bound");
+        assert_eq!(address_of(&socket), Some(bound));
+        let path = std::env::temp_dir().join(format!("isotropic-activated-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let unix = ListenAddress::Unix(path.clone());
+        let (socket, _) = unix.bind().expect("bound");
+        assert_eq!(address_of(&socket), Some(unix));
+        std::fs::remove_file(path).expect("removed");
+        let (pair, _) = std::os::unix::net::UnixStream::pair().expect("a pair");
+        assert_eq!(address_of(&pair.into()), None);
+    }
+}

@@ -157,3 +157,130 @@ fn listening_socket(address: &ListenAddress, setup: Setup) -> io::Result<(OwnedF
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
+    use std::os::unix::net::{UnixListener, UnixStream};
+
+    use rustix::fs::OFlags;
+    use rustix::io::FdFlags;
+
+    use super::*;
+
+    fn nonblocking(socket: &OwnedFd) -> bool {
+        let flags = rustix::fs::fcntl_getfl(socket).expect("status flags");
+        flags.contains(OFlags::NONBLOCK)
+    }
+
+    fn close_on_exec(socket: &OwnedFd) -> bool {
+        let flags = rustix::io::fcntl_getfd(socket).expect("fd flags");
+        flags.contains(FdFlags::CLOEXEC)
+    }
+
+    /// A path for a Unix socket of this test alone, free.
+    fn socket_path(name: &str) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("isotropic-net-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    #[test]
+    fn addresses_parse_and_print_back() {
+        for (text, printed) in [
+            ("127.0.0.1:3000", "127.0.0.1:3000"),
+            ("[::1]:0", "[::1]:0"),
+            ("unix:/run/app.sock", "unix:/run/app.sock"),
+            ("/run/app.sock", "unix:/run/app.sock"),
+        ] {
+            let address: ListenAddress = text.parse().expect(text);
+            assert_eq!(address.to_string(), printed);
+        }
+        for text in ["localhost:3000", "127.0.0.1", ""] {
+            let error = text.parse::<ListenAddress>().expect_err(text);
+            assert_eq!(error.kind, ListenErrorKind::InvalidAddress);
+            assert_eq!(error.address, text);
+        }
+    }
+
+    #[test]
+    fn port_0_on_ipv4_and_ipv6_loopback_binds_a_chosen_port_that_accepts() {
+        for asked in [
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            SocketAddr::from((Ipv6Addr::LOCALHOST, 0)),
+        ] {
+            let (socket, bound) = ListenAddress::Tcp(asked).bind().expect("bound");
+            let ListenAddress::Tcp(bound) = bound else {
+                panic!("{asked} bound as {bound}");
+            };
+            assert_eq!(bound.ip(), asked.ip());
+            assert_ne!(bound.port(), 0);
+            assert!(!nonblocking(&socket), "passed sockets are blocking");
+            assert!(close_on_exec(&socket));
+            let listener = TcpListener::from(socket);
+            let client = TcpStream::connect(bound).expect("connected");
+            let (_, peer) = listener.accept().expect("accepted");
+            assert_eq!(peer, client.local_addr().expect("client address"));
+        }
+    }
+
+    #[test]
+    fn the_primarys_sockets_are_non_blocking() {
+        let address = ListenAddress::Tcp((Ipv4Addr::LOCALHOST, 0).into());
+        let (socket, _) = bind(&address).expect("bound");
+        assert!(nonblocking(&socket));
+        assert!(close_on_exec(&socket));
+        let listener = TcpListener::from(socket);
+        let error = listener.accept().expect_err("nothing to accept");
+        assert_eq!(error.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn an_address_in_use_cannot_be_bound_again() {
+        let address = ListenAddress::Tcp((Ipv4Addr::LOCALHOST, 0).into());
+        let (_socket, bound) = address.bind().expect("bound");
+        let error = bound.bind().expect_err("the port is taken");
+        assert_eq!(ListenErrorKind::of(&error), ListenErrorKind::AddrInUse);
+        let error = bind(&bound).expect_err("the port is taken");
+        assert_eq!(ListenErrorKind::of(&error), ListenErrorKind::AddrInUse);
+    }
+
+    #[test]
+    fn the_reserved_reuseport_port_takes_connections_only_on_workers_sockets() {
+        let (anchor, port) = reuseport((Ipv4Addr::LOCALHOST, 0).into(), false).expect("reserved");
+        assert!(nonblocking(&anchor));
+        let error = TcpStream::connect(port).expect_err("nobody listens yet");
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionRefused);
+        let (worker, bound) = reuseport(port, true).expect("a worker's socket");
+        assert_eq!(bound, port);
+        assert!(nonblocking(&worker));
+        TcpStream::connect(port).expect("the worker's socket listens");
+        let (_second, bound) = reuseport(port, true).expect("another worker's socket");
+        assert_eq!(bound, port);
+        let error = bind(&ListenAddress::Tcp(port)).expect_err("the port is reserved");
+        assert_eq!(ListenErrorKind::of(&error), ListenErrorKind::AddrInUse);
+    }
+
+    #[test]
+    fn a_unix_path_binds_once_and_accepts() {
+        let path = socket_path("accepts");
+        let address = ListenAddress::Unix(path.clone());
+        let (socket, bound) = address.bind().expect("bound");
+        assert_eq!(bound, address);
+        assert!(!nonblocking(&socket));
+        assert!(close_on_exec(&socket));
+        let listener = UnixListener::from(socket);
+        UnixStream::connect(&path).expect("connected");
+        listener.accept().expect("accepted");
+        let error = bind(&address).expect_err("the path exists");
+        assert_eq!(ListenErrorKind::of(&error), ListenErrorKind::AddrInUse);
+        std::fs::remove_file(path).expect("removed");
+    }
+
+    #[test]
+    fn a_unix_path_too_long_is_an_invalid_address() {
+        let address = ListenAddress::Unix(PathBuf::from(format!("/tmp/{}", "x".repeat(200))));
+        let error = address.bind().expect_err("too long");
+        assert_eq!(ListenErrorKind::of(&error), ListenErrorKind::InvalidAddress);
+    }
+}

@@ -74,3 +74,65 @@ fn socket_inode(target: &str) -> Option<&str> {
     target.strip_prefix("socket:[")?.strip_suffix(']')
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_thread_count_is_read_after_a_command_name_with_spaces_and_parentheses() {
+        let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 120 0 0 0 3 1 0 0 20 0 7 0 812 \
+                    8192000 300 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0";
+        assert_eq!(threads_in_stat(stat), Some(7));
+        assert_eq!(threads_in_stat("4242 (cut short) S 1"), None);
+        assert_eq!(threads_in_stat("no command name"), None);
+        assert_eq!(threads_in_stat("4242 (x)"), None);
+    }
+
+    #[test]
+    fn the_thread_count_of_this_process_is_read() {
+        assert!(thread_count().is_some_and(|threads| threads >= 1));
+    }
+
+    #[test]
+    fn only_tcp_rows_in_the_listen_state_count() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:0BB8 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 51234 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:D2F0 0100007F:0BB8 01 00000000:00000000 00:00000000 00000000  1000        0 51240 1 0000000000000000 20 4 30 10 -1
+   2: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1777 1 0000000000000000 100 0 0 10 0
+";
+        assert_eq!(listening_tcp(table), ["51234", "1777"]);
+        assert!(listening_tcp("  sl  local_address rem_address   st\n").is_empty());
+        assert!(listening_tcp("").is_empty());
+    }
+
+    #[test]
+    fn only_accepting_unix_rows_count() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path
+0000000000000000: 00000002 00000000 00010000 0001 01 61001 /run/app.sock
+0000000000000000: 00000003 00000000 00000000 0001 03 61002 /run/app.sock
+0000000000000000: 00000002 00000000 00000000 0002 01 61003
+";
+        assert_eq!(listening_unix(table), ["61001"]);
+    }
+
+    #[test]
+    fn a_socket_link_names_its_inode() {
+        assert_eq!(socket_inode("socket:[51234]"), Some("51234"));
+        assert_eq!(socket_inode("pipe:[51234]"), None);
+        assert_eq!(socket_inode("/dev/null"), None);
+        assert_eq!(socket_inode("socket:[51234"), None);
+    }
+
+    #[test]
+    fn a_process_holding_a_listening_socket_is_seen_listening() {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bound");
+        assert!(holds_listening_socket(std::process::id()));
+        drop(tcp);
+    }
+
+    #[test]
+    fn a_process_that_does_not_exist_holds_nothing() {
+        // Above any pid_max Linux allows.
+        assert!(!holds_listening_socket(u32::MAX));
+    }
+}

@@ -52,3 +52,31 @@ pub(crate) fn send_with_fd(socket: impl AsFd, buf: &[u8], fd: impl AsFd) -> io::
     )?)
 }
 
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    #[test]
+    fn an_fd_sent_with_bytes_arrives_with_them_close_on_exec() {
+        let (ours, theirs) = super::super::channel_pair().expect("a channel");
+        let (passed, mut peer) = UnixStream::pair().expect("a socket to pass");
+        assert_eq!(send_with_fd(&ours, b"hi", &passed).expect("sent"), 2);
+        drop(passed);
+        let mut buf = [0; 8];
+        let mut fds = VecDeque::new();
+        let read = recv_with_fds(&theirs, &mut buf, &mut fds).expect("received");
+        assert_eq!(&buf[..read], b"hi");
+        let fd = fds.pop_front().expect("the fd came with the bytes");
+        assert!(fds.is_empty());
+        let flags = rustix::io::fcntl_getfd(&fd).expect("fd flags");
+        assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
+        // The same socket: what is written to it reaches its peer.
+        UnixStream::from(fd).write_all(b"x").expect("written");
+        let mut byte = [0];
+        peer.read_exact(&mut byte).expect("read");
+        assert_eq!(&byte, b"x");
+    }
+}
