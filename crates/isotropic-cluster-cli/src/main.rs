@@ -52,7 +52,8 @@ fn main() -> std::process::ExitCode {
         Command::ExecWithSockets { names, command } => {
             // Still a single thread here: place the sockets and exec.
             let (program, args) = command.split_first().expect("clap requires a command");
-            let error = isotropic_cluster::exec_with_listen_fds(&names, program, args);
+            let error =
+                isotropic_cluster::socket_activation::exec_with_listen_fds(&names, program, args);
             eprintln!(
                 "isotropic-cluster: cannot start {}: {error}",
                 program.to_string_lossy()

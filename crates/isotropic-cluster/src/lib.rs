@@ -74,6 +74,7 @@ mod protocol;
 mod request;
 mod role;
 mod signal;
+pub mod socket_activation;
 mod sys;
 mod topics;
 pub mod worker;
@@ -87,21 +88,6 @@ pub use net::{
 pub use request::{HandleRequests, RequestError};
 pub use role::{is_primary, is_worker};
 pub use signal::Signal;
-
-/// Replaces this process with `program` and `args`, the fds its primary
-/// passed (see [`PrimaryBuilder::pass_fds`](primary::PrimaryBuilder::pass_fds))
-/// placed at 3, 4, … with `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES`
-/// set: systemd's socket-activation convention, which many servers support.
-/// Call it first thing in a fresh process; it returns only on failure.
-///
-/// `isotropic-cluster run --listen` starts its workers through it.
-pub fn exec_with_listen_fds(
-    names: &str,
-    program: &std::ffi::OsStr,
-    args: &[std::ffi::OsString],
-) -> std::io::Error {
-    sys::exec_with_listen_fds(names, program, args)
-}
 
 /// The README's examples compile.
 #[cfg(doctest)]

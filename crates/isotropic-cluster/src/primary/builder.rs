@@ -242,8 +242,9 @@ impl PrimaryBuilder {
 
     /// Fds every worker inherits, their numbers listed in the
     /// `ISOTROPIC_CLUSTER_PASS_FDS` environment variable (comma-separated).
-    /// [`exec_with_listen_fds`](crate::exec_with_listen_fds) turns them into
-    /// sockets passed by the systemd convention. The primary keeps them open.
+    /// [`exec_with_listen_fds`](crate::socket_activation::exec_with_listen_fds)
+    /// turns them into sockets passed by the systemd convention. The primary
+    /// keeps them open.
     pub fn pass_fds(mut self, fds: Vec<std::os::fd::OwnedFd>) -> Self {
         self.config.pass_fds = std::sync::Arc::new(fds);
         self

@@ -1,0 +1,153 @@
+//! Listeners ready for tokio, the connections they accept, and how the
+//! connections to a shared address are spread over the workers.
+
+use super::ListenAddress;
+
+/// A listening socket shared with the other workers, ready for tokio; or,
+/// with [`Distribution::RoundRobin`], the connections the primary accepted
+/// and passed to this worker.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Listener {
+    /// A TCP listener.
+    Tcp(tokio::net::TcpListener),
+    /// A Unix stream listener.
+    Unix(tokio::net::UnixListener),
+    /// Connections accepted by the primary.
+    Passed(PassedListener),
+}
+
+/// An accepted connection.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Connection {
+    /// A TCP connection.
+    Tcp(tokio::net::TcpStream),
+    /// A Unix stream connection.
+    Unix(tokio::net::UnixStream),
+}
+
+/// The connections the primary accepts on an address and passes to this
+/// worker, in turn with the other workers.
+#[derive(Debug)]
+pub struct PassedListener {
+    address: ListenAddress,
+    connections: tokio::sync::mpsc::Receiver<std::os::fd::OwnedFd>,
+}
+
+impl PassedListener {
+    pub(crate) fn new(
+        address: ListenAddress,
+        connections: tokio::sync::mpsc::Receiver<std::os::fd::OwnedFd>,
+    ) -> Self {
+        Self {
+            address,
+            connections,
+        }
+    }
+
+    /// The address the primary listens on.
+    pub fn address(&self) -> &ListenAddress {
+        &self.address
+    }
+
+    /// The next connection the primary passes to this worker.
+    ///
+    /// # Errors
+    ///
+    /// [`std::io::ErrorKind::ConnectionAborted`] once the primary is gone.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn accept(&mut self) -> std::io::Result<Connection> {
+        let fd = self.connections.recv().await.ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the primary stopped passing connections",
+            )
+        })?;
+        Ok(match self.address {
+            ListenAddress::Tcp(_) => {
+                let stream = std::net::TcpStream::from(fd);
+                stream.set_nonblocking(true)?;
+                Connection::Tcp(tokio::net::TcpStream::from_std(stream)?)
+            }
+            ListenAddress::Unix(_) => {
+                let stream = std::os::unix::net::UnixStream::from(fd);
+                stream.set_nonblocking(true)?;
+                Connection::Unix(tokio::net::UnixStream::from_std(stream)?)
+            }
+        })
+    }
+}
+
+impl Listener {
+    /// The next connection, whatever the kind of listener.
+    ///
+    /// # Errors
+    ///
+    /// What `accept` gives.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn accept(&mut self) -> std::io::Result<Connection> {
+        Ok(match self {
+            Self::Tcp(listener) => Connection::Tcp(listener.accept().await?.0),
+            Self::Unix(listener) => Connection::Unix(listener.accept().await?.0),
+            Self::Passed(listener) => return listener.accept().await,
+        })
+    }
+
+    /// The TCP listener, if this is one.
+    pub fn into_tcp(self) -> Option<tokio::net::TcpListener> {
+        match self {
+            Self::Tcp(listener) => Some(listener),
+            _ => None,
+        }
+    }
+
+    /// The Unix listener, if this is one.
+    pub fn into_unix(self) -> Option<tokio::net::UnixListener> {
+        match self {
+            Self::Unix(listener) => Some(listener),
+            _ => None,
+        }
+    }
+}
+
+/// How the connections to a shared address are spread over the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Distribution {
+    /// One listening socket shared by every worker: the kernel hands each
+    /// connection to whichever worker accepts first. Connections waiting in
+    /// the queue survive the death of any worker. Can be very uneven under
+    /// keep-alive load (one worker may take every connection of a burst).
+    #[default]
+    Shared,
+    /// One listening socket per worker, all bound to the same address with
+    /// `SO_REUSEPORT`: the kernel spreads connections evenly by hash. The
+    /// primary keeps the port reserved (bound, not listening). Connections
+    /// queued on a worker that dies are reset. TCP only; Unix paths are
+    /// always shared.
+    ReusePort,
+    /// The primary accepts, and passes each connection to the next worker
+    /// listening on that address, in turn (Node's default): even, and a
+    /// connection is never queued on a worker that dies. Workers get a
+    /// [`Listener::Passed`]; the primary is on the path of every new
+    /// connection (not of its data).
+    RoundRobin,
+}
+
+/// Makes a tokio listener of a socket received from the primary.
+pub(crate) fn adopt(
+    address: &ListenAddress,
+    fd: std::os::fd::OwnedFd,
+) -> std::io::Result<Listener> {
+    Ok(match address {
+        ListenAddress::Tcp(_) => Listener::Tcp(tokio::net::TcpListener::from_std(fd.into())?),
+        ListenAddress::Unix(_) => Listener::Unix(tokio::net::UnixListener::from_std(fd.into())?),
+    })
+}

@@ -1,0 +1,14 @@
+//! Addresses to listen on, and listeners shared by the workers of a primary:
+//! the typed layer over the sockets that `sys` makes.
+
+mod activated;
+mod address;
+mod error;
+mod listener;
+
+pub(crate) use activated::take_activated;
+pub use address::ListenAddress;
+pub(crate) use address::{bind, reuseport};
+pub use error::{ListenError, ListenErrorKind};
+pub(crate) use listener::adopt;
+pub use listener::{Connection, Distribution, Listener, PassedListener};

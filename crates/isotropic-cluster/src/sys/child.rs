@@ -1,0 +1,66 @@
+//! What a worker does between `fork` and `exec`.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+
+use rustix::io::FdFlags;
+use rustix::process::Pid;
+
+/// Arranges for `fd` (if any) and `passed` to be the only fds above stdio
+/// that survive `exec` in the child of `command` (not even ones the primary
+/// itself inherited without close-on-exec), clears the signal mask the child
+/// would inherit, and has the child register its process group with the
+/// orphan guard (see [`orphan_guard`](super::orphan_guard)) before it runs
+/// anything.
+pub(crate) fn prepare_child(
+    command: &mut tokio::process::Command,
+    fd: Option<RawFd>,
+    passed: Vec<RawFd>,
+    primary: u32,
+    guard: BorrowedFd<'static>,
+) {
+    let primary = Pid::from_raw(primary.cast_signed());
+    let guard = guard.as_raw_fd();
+    // SAFETY: the closure runs in the child between fork and exec, so it must be
+    // async-signal-safe: it only makes raw system calls (close_range, fcntl,
+    // sigprocmask, getpid, send, getppid) on values captured by copy, and
+    // allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            // Every fd from 3 up closes on exec (Linux 5.11+; on older
+            // kernels this fails and only our own close-on-exec fds close).
+            #[cfg(target_os = "linux")]
+            libc::syscall(
+                libc::SYS_close_range,
+                3_u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            for fd in fd.iter().chain(&passed) {
+                // SAFETY: `fd` is the child's end of the channel, or an fd the
+                // primary passes to every worker; both are open in this
+                // process (inherited over fork) for the whole closure.
+                let borrowed = std::os::fd::BorrowedFd::borrow_raw(*fd);
+                rustix::io::fcntl_setfd(borrowed, FdFlags::empty())?;
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&raw mut empty);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &raw const empty, std::ptr::null_mut());
+            // The child leads its own process group by now (std sets it up
+            // before this closure): register it before anything else can
+            // join it. The guard's socket is open for the process's lifetime.
+            let group = libc::getpid().to_ne_bytes();
+            libc::send(
+                guard,
+                group.as_ptr().cast(),
+                group.len(),
+                libc::MSG_NOSIGNAL,
+            );
+            // The primary may have died before the group was registered.
+            if rustix::process::getppid() != primary {
+                return Err(io::Error::other("primary exited during spawn"));
+            }
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,24 @@
+//! The one door to the operating system: every platform call and every `unsafe`
+//! block of the crate lives here, each with a `// SAFETY:` comment.
+//!
+//! Linux is the supported platform (`close_range`, `/proc`).
+#![allow(unsafe_code)]
+
+mod child;
+mod fds;
+mod guard;
+mod process;
+mod procfs;
+mod scm;
+mod socket;
+
+pub(crate) use child::prepare_child;
+pub(crate) use fds::{PASS_FDS, adopt_inherited_socket, place_listen_fds};
+pub(crate) use guard::{forget_group, orphan_guard};
+pub(crate) use process::{parent_pid, remove_env_if_single_threaded, send_signal};
+pub(crate) use procfs::holds_listening_socket;
+pub(crate) use scm::{recv_with_fds, send_with_fd};
+pub(crate) use socket::{
+    Setup, channel_pair, local_tcp_address, local_unix_path, set_nonblocking, tcp_listener,
+    unix_listener,
+};
