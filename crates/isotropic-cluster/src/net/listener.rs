@@ -27,6 +27,16 @@ pub enum Connection {
     Unix(tokio::net::UnixStream),
 }
 
+impl Connection {
+    /// The connection's fd, to pass to another process.
+    pub(crate) fn into_fd(self) -> std::io::Result<std::os::fd::OwnedFd> {
+        Ok(match self {
+            Self::Tcp(stream) => stream.into_std()?.into(),
+            Self::Unix(stream) => stream.into_std()?.into(),
+        })
+    }
+}
+
 /// The connections the primary accepts on an address and passes to this
 /// worker, in turn with the other workers.
 #[derive(Debug)]

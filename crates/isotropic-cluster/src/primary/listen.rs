@@ -12,7 +12,7 @@ use tokio::sync::mpsc::Sender;
 use super::Worker;
 use super::input::Input;
 use crate::WorkerId;
-use crate::net::{self, Distribution, ListenAddress, ListenError, ListenErrorKind};
+use crate::net::{self, Connection, Distribution, ListenAddress, ListenError, ListenErrorKind};
 use crate::protocol::{self, Frame};
 
 /// Connections accepted while no worker listens wait here, up to this many.
@@ -254,13 +254,11 @@ impl Listeners {
 
 /// Accepts on `fd` and hands each connection to the actor.
 async fn accept(fd: OwnedFd, bound: ListenAddress, inputs: Sender<Input>) {
-    let listener = match &bound {
-        ListenAddress::Tcp(_) => tokio::net::TcpListener::from_std(fd.into()).map(AcceptOn::Tcp),
-        ListenAddress::Unix(_) => tokio::net::UnixListener::from_std(fd.into()).map(AcceptOn::Unix),
+    let Ok(mut listener) = net::adopt(&bound, fd) else {
+        return;
     };
-    let Ok(listener) = listener else { return };
     loop {
-        match listener.accept().await {
+        match listener.accept().await.and_then(Connection::into_fd) {
             Ok(connection) => {
                 if inputs
                     .send(Input::Accepted(bound.clone(), connection))
@@ -276,19 +274,5 @@ async fn accept(fd: OwnedFd, bound: ListenAddress, inputs: Sender<Input>) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-    }
-}
-
-enum AcceptOn {
-    Tcp(tokio::net::TcpListener),
-    Unix(tokio::net::UnixListener),
-}
-
-impl AcceptOn {
-    async fn accept(&self) -> std::io::Result<OwnedFd> {
-        Ok(match self {
-            Self::Tcp(listener) => listener.accept().await?.0.into_std()?.into(),
-            Self::Unix(listener) => listener.accept().await?.0.into_std()?.into(),
-        })
     }
 }
