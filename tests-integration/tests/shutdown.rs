@@ -2,8 +2,8 @@
 //! `shutDown`, `destroy`; its defects 4-8).
 #![cfg(target_os = "linux")]
 
-use isotropic_cluster::{Signal, Subscribe};
 use isotropic_cluster::primary::*;
+use isotropic_cluster::{Signal, Subscribe};
 use tests_integration::{
     DEADLINE, Log, Mode, alive, launch, primary, ready, record, shut_down, wait_for,
 };

@@ -2,63 +2,41 @@
 //! supervised pool of processes.
 #![forbid(unsafe_code)]
 
-mod run;
+mod args;
+mod exit;
+mod listen;
+mod report;
+mod supervise;
 
-use clap::{Parser, Subcommand};
+use clap::Parser as _;
 
-/// Local process clusters: run any program as a supervised pool.
-#[derive(Debug, Parser)]
-#[command(name = "isotropic-cluster", version)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Runs COMMAND as a pool of workers: replaces the ones that exit (with
-    /// backoff when they keep dying), prefixes their output with their id,
-    /// restarts them one at a time on SIGHUP, and shuts them down gracefully
-    /// on SIGINT/SIGTERM (a second SIGINT kills them).
-    Run(run::Args),
-    /// (Internal) How `run --listen` starts each worker: places the passed
-    /// sockets at fd 3… with the socket-activation variables, then becomes
-    /// COMMAND.
-    #[command(name = "__exec-with-sockets", hide = true)]
-    ExecWithSockets {
-        /// LISTEN_FDNAMES.
-        names: String,
-        /// The program and its arguments.
-        #[arg(last = true, required = true)]
-        command: Vec<std::ffi::OsString>,
-    },
-}
+use args::{Cli, Command, Plan};
+use exit::ExitCode;
 
 fn main() -> std::process::ExitCode {
     match Cli::parse().command {
-        Command::Run(args) => {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("isotropic-cluster: cannot start a runtime: {error}");
-                    return std::process::ExitCode::from(2);
-                }
-            };
-            runtime.block_on(run::run(args))
-        }
-        Command::ExecWithSockets { names, command } => {
-            // Still a single thread here: place the sockets and exec.
-            let (program, args) = command.split_first().expect("clap requires a command");
-            let error =
-                isotropic_cluster::socket_activation::exec_with_listen_fds(&names, program, args);
-            eprintln!(
-                "isotropic-cluster: cannot start {}: {error}",
-                program.to_string_lossy()
-            );
-            std::process::ExitCode::from(127)
+        Command::Run(args) => match args.plan() {
+            Ok(plan) => run(plan),
+            Err(error) => {
+                eprintln!("isotropic-cluster: {error}");
+                ExitCode::CannotStart
+            }
+        },
+        Command::ExecWithSockets { names, command } => listen::exec_with_sockets(&names, &command),
+    }
+    .into()
+}
+
+/// Runs `plan` on a single-threaded runtime.
+fn run(plan: Plan) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(supervise::run(plan)),
+        Err(error) => {
+            eprintln!("isotropic-cluster: cannot start a runtime: {error}");
+            ExitCode::CannotStart
         }
     }
 }

@@ -1,0 +1,444 @@
+//! The command line, and the plan it makes for `run`: every setting
+//! resolved and every combination of flags checked, before anything starts.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use isotropic_cluster::primary::{OnIntensity, RestartPolicy};
+
+/// The hidden command through which `run --listen` starts each worker.
+pub(crate) const EXEC_WITH_SOCKETS: &str = "__exec-with-sockets";
+
+/// Local process clusters: run any program as a supervised pool.
+#[derive(Debug, Parser)]
+#[command(name = "isotropic-cluster", version)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Runs COMMAND as a pool of workers: replaces the ones that exit (with
+    /// backoff when they keep dying), prefixes their output with their id,
+    /// restarts them one at a time on SIGHUP, and shuts them down gracefully
+    /// on SIGINT/SIGTERM (a second SIGINT kills them).
+    Run(RunArgs),
+    /// (Internal) How `run --listen` starts each worker: places the passed
+    /// sockets at fd 3… with the socket-activation variables, then becomes
+    /// COMMAND.
+    #[command(name = EXEC_WITH_SOCKETS, hide = true)]
+    ExecWithSockets {
+        /// LISTEN_FDNAMES.
+        names: String,
+        /// The program and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<OsString>,
+    },
+}
+
+/// The options of `run`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunArgs {
+    /// How many workers (default: the number of CPUs).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// How long workers get to exit once asked, before SIGTERM then SIGKILL
+    /// (e.g. 500ms, 5s, 1m).
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    grace: Duration,
+    /// A worker that ran this long counts as stable: replaced at once, and
+    /// the count of early exits starts over.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    stable_after: Duration,
+    /// The wait before replacing a worker after the second early exit in a
+    /// row; it doubles with each further one…
+    #[arg(long, default_value = "100ms", value_parser = duration)]
+    restart_delay: Duration,
+    /// …up to this.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    max_restart_delay: Duration,
+    /// At most this many replacements within --restart-period; then
+    /// --on-max-restarts applies (default: no limit).
+    #[arg(long)]
+    max_restarts: Option<u32>,
+    /// The window of --max-restarts.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    restart_period: Duration,
+    /// Over --max-restarts: stop (shut down, exit code 3) or slow-down
+    /// (keep replacing, each after --max-restart-delay).
+    #[arg(long, value_enum, default_value_t = OnMaxRestarts::Stop)]
+    on_max_restarts: OnMaxRestarts,
+    /// The channel workers get: none (plain programs), node (Node.js's own
+    /// IPC: process.send / process.on('message')), or frames (ours, see
+    /// docs/protocol.md).
+    #[arg(long, value_enum, default_value_t = Channel::None)]
+    channel: Channel,
+    /// When a worker counts as ready: when started (no channel), when it
+    /// sends ready (node: the message 'ready'; frames: the ready frame), or
+    /// when it holds a listening socket (no channel; with --listen, as soon
+    /// as it holds the passed ones).
+    #[arg(long, value_enum)]
+    ready: Option<Readiness>,
+    /// An address the primary listens on, passed to every worker as a
+    /// systemd-activation socket (LISTEN_FDS from fd 3, LISTEN_PID,
+    /// LISTEN_FDNAMES): 127.0.0.1:8080, [::1]:0, unix:/path. Repeatable.
+    #[arg(long = "listen", value_name = "ADDR")]
+    listen: Vec<String>,
+    /// Print lifecycle events as JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+    /// The program to run, and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+/// The channel workers get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Channel {
+    None,
+    Node,
+    Frames,
+}
+
+/// When a worker counts as ready: once started, once it sends ready on its
+/// channel, or once it holds a listening socket. (No doc comment on the
+/// variants: clap would print them in `--help`.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Readiness {
+    Start,
+    Message,
+    Listening,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnMaxRestarts {
+    Stop,
+    SlowDown,
+}
+
+/// What `run` does, every setting resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// The program each worker runs…
+    pub(crate) program: String,
+    /// …with these arguments.
+    pub(crate) args: Vec<String>,
+    pub(crate) workers: usize,
+    pub(crate) channel: Channel,
+    /// Never at odds with `channel`.
+    pub(crate) readiness: Readiness,
+    /// The `--listen` addresses, as given.
+    pub(crate) listen: Vec<String>,
+    pub(crate) restart_policy: RestartPolicy,
+    /// Both the shutdown's and the kill's.
+    pub(crate) grace: Duration,
+    pub(crate) json: bool,
+}
+
+/// A combination of flags that makes no plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PlanError {
+    /// `--ready message` without a channel to send it on.
+    MessageNeedsChannel,
+    /// `--ready start` or `--ready listening` with a channel.
+    NeedsNoChannel(Readiness),
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MessageNeedsChannel => {
+                f.write_str("--ready message needs --channel node or frames")
+            }
+            Self::NeedsNoChannel(readiness) => {
+                let value = clap::ValueEnum::to_possible_value(readiness);
+                let name = value.as_ref().map_or("?", |value| value.get_name());
+                write!(f, "--ready {name} goes with --channel none")
+            }
+        }
+    }
+}
+
+impl std::error::Error for PlanError {}
+
+impl RunArgs {
+    /// Resolves the defaults and checks the combinations of flags.
+    pub(crate) fn plan(self) -> Result<Plan, PlanError> {
+        let readiness = match (self.channel, self.ready) {
+            (Channel::None, None) => Readiness::Start,
+            (Channel::Node | Channel::Frames, None) => Readiness::Message,
+            (Channel::None, Some(Readiness::Message)) => {
+                return Err(PlanError::MessageNeedsChannel);
+            }
+            (Channel::None, Some(readiness))
+            | (Channel::Node | Channel::Frames, Some(readiness @ Readiness::Message)) => readiness,
+            (Channel::Node | Channel::Frames, Some(readiness)) => {
+                return Err(PlanError::NeedsNoChannel(readiness));
+            }
+        };
+        let restart_policy = self.restart_policy();
+        let mut command = self.command.into_iter();
+        let program = command.next().expect("clap requires a command");
+        Ok(Plan {
+            program,
+            args: command.collect(),
+            workers: self
+                .workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
+            channel: self.channel,
+            readiness,
+            listen: self.listen,
+            restart_policy,
+            grace: self.grace,
+            json: self.json,
+        })
+    }
+
+    /// The restart options as a policy.
+    fn restart_policy(&self) -> RestartPolicy {
+        let policy = RestartPolicy::default()
+            .stable_after(self.stable_after)
+            .initial_delay(self.restart_delay)
+            .max_delay(self.max_restart_delay);
+        match self.max_restarts {
+            None => policy,
+            Some(restarts) => policy.intensity(
+                restarts,
+                self.restart_period,
+                match self.on_max_restarts {
+                    OnMaxRestarts::Stop => OnIntensity::ShutDown,
+                    OnMaxRestarts::SlowDown => OnIntensity::SlowDown,
+                },
+            ),
+        }
+    }
+}
+
+/// `500ms`, `5s`, `2m`, or a number of seconds.
+fn duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(text.len()),
+    );
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("not a duration: {text}"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("unknown unit in {text} (ms, s or m)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `isotropic-cluster run FLAGS -- prog arg`, parsed and planned.
+    fn plan(flags: &[&str]) -> Result<Plan, PlanError> {
+        let line = ["isotropic-cluster", "run"]
+            .iter()
+            .chain(flags)
+            .chain(&["--", "prog", "arg"]);
+        match Cli::try_parse_from(line).expect("parses").command {
+            Command::Run(args) => args.plan(),
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    fn parse_error(line: &[&str]) -> clap::error::ErrorKind {
+        Cli::try_parse_from(line).expect_err("rejected").kind()
+    }
+
+    #[test]
+    fn defaults() {
+        let plan = plan(&[]).expect("a plan");
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(
+            plan,
+            Plan {
+                program: "prog".to_owned(),
+                args: vec!["arg".to_owned()],
+                workers: cpus,
+                channel: Channel::None,
+                readiness: Readiness::Start,
+                listen: vec![],
+                restart_policy: RestartPolicy::default(),
+                grace: Duration::from_secs(5),
+                json: false,
+            }
+        );
+    }
+
+    #[test]
+    fn every_setting() {
+        let plan = plan(&[
+            "--workers",
+            "3",
+            "--grace",
+            "500ms",
+            "--stable-after",
+            "2s",
+            "--restart-delay",
+            "50ms",
+            "--max-restart-delay",
+            "1m",
+            "--max-restarts",
+            "4",
+            "--restart-period",
+            "30",
+            "--on-max-restarts",
+            "slow-down",
+            "--channel",
+            "frames",
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "unix:/tmp/a.sock",
+            "--json",
+        ])
+        .expect("a plan");
+        assert_eq!(
+            plan,
+            Plan {
+                program: "prog".to_owned(),
+                args: vec!["arg".to_owned()],
+                workers: 3,
+                channel: Channel::Frames,
+                readiness: Readiness::Message,
+                listen: vec!["127.0.0.1:0".to_owned(), "unix:/tmp/a.sock".to_owned()],
+                restart_policy: RestartPolicy::default()
+                    .stable_after(Duration::from_secs(2))
+                    .initial_delay(Duration::from_millis(50))
+                    .max_delay(Duration::from_secs(60))
+                    .intensity(4, Duration::from_secs(30), OnIntensity::SlowDown),
+                grace: Duration::from_millis(500),
+                json: true,
+            }
+        );
+    }
+
+    #[test]
+    fn max_restarts_stops_by_default() {
+        let plan = plan(&["--max-restarts", "2"]).expect("a plan");
+        assert_eq!(
+            plan.restart_policy,
+            RestartPolicy::default().intensity(2, Duration::from_secs(60), OnIntensity::ShutDown)
+        );
+    }
+
+    #[test]
+    fn the_restart_window_alone_sets_no_limit() {
+        let plan = plan(&["--restart-period", "5s", "--on-max-restarts", "stop"]);
+        assert_eq!(
+            plan.expect("a plan").restart_policy,
+            RestartPolicy::default()
+        );
+    }
+
+    #[test]
+    fn readiness_follows_the_channel() {
+        let readiness = |flags: &[&str]| plan(flags).map(|plan| (plan.channel, plan.readiness));
+        assert_eq!(readiness(&[]), Ok((Channel::None, Readiness::Start)));
+        assert_eq!(
+            readiness(&["--channel", "node"]),
+            Ok((Channel::Node, Readiness::Message))
+        );
+        assert_eq!(
+            readiness(&["--ready", "listening"]),
+            Ok((Channel::None, Readiness::Listening))
+        );
+        assert_eq!(
+            readiness(&["--channel", "none", "--ready", "start"]),
+            Ok((Channel::None, Readiness::Start))
+        );
+        assert_eq!(
+            readiness(&["--channel", "frames", "--ready", "message"]),
+            Ok((Channel::Frames, Readiness::Message))
+        );
+    }
+
+    #[test]
+    fn readiness_at_odds_with_the_channel_is_an_error() {
+        let error = plan(&["--ready", "message"]).expect_err("no channel");
+        assert_eq!(error, PlanError::MessageNeedsChannel);
+        assert_eq!(
+            error.to_string(),
+            "--ready message needs --channel node or frames"
+        );
+        let error = plan(&["--channel", "node", "--ready", "listening"]).expect_err("a channel");
+        assert_eq!(error, PlanError::NeedsNoChannel(Readiness::Listening));
+        assert_eq!(
+            error.to_string(),
+            "--ready listening goes with --channel none"
+        );
+        let error = plan(&["--channel", "frames", "--ready", "start"]).expect_err("a channel");
+        assert_eq!(error.to_string(), "--ready start goes with --channel none");
+    }
+
+    #[test]
+    fn bad_flags_are_parse_errors() {
+        use clap::error::ErrorKind;
+        let run = |flags: &[&'static str]| {
+            let mut line = vec!["isotropic-cluster", "run"];
+            line.extend(flags);
+            parse_error(&line)
+        };
+        assert_eq!(run(&[]), ErrorKind::MissingRequiredArgument);
+        assert_eq!(run(&["--"]), ErrorKind::MissingRequiredArgument);
+        assert_eq!(
+            run(&["--grace", "5h", "--", "prog"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            run(&["--workers", "-1", "--", "prog"]),
+            ErrorKind::UnknownArgument
+        );
+        assert_eq!(
+            run(&["--channel", "ipc", "--", "prog"]),
+            ErrorKind::InvalidValue
+        );
+        assert_eq!(
+            parse_error(&["isotropic-cluster"]),
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(
+            duration("5h"),
+            Err("unknown unit in 5h (ms, s or m)".to_owned())
+        );
+        assert_eq!(duration("s"), Err("not a duration: s".to_owned()));
+        assert_eq!(duration("1.2.3s"), Err("not a duration: 1.2.3s".to_owned()));
+    }
+
+    #[test]
+    fn the_listen_shim_parses_back() {
+        let line = [
+            "isotropic-cluster",
+            EXEC_WITH_SOCKETS,
+            "listen0:listen1",
+            "--",
+            "prog",
+            "-x",
+        ];
+        match Cli::try_parse_from(line).expect("parses").command {
+            Command::ExecWithSockets { names, command } => {
+                assert_eq!(names, "listen0:listen1");
+                assert_eq!(command, ["prog", "-x"]);
+            }
+            other => panic!("not the shim: {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! The exit codes of the CLI.
+
+/// How `isotropic-cluster` ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum ExitCode {
+    /// Every worker exited when asked.
+    Clean = 0,
+    /// The workers were killed (a second Ctrl-C).
+    Forced = 1,
+    /// Bad flags, or the command or the primary cannot start.
+    CannotStart = 2,
+    /// Workers restarted more than `--max-restarts` allows.
+    GaveUp = 3,
+    /// The `--listen` shim could not become the command (the shell's code
+    /// for a command that cannot run).
+    ExecFailed = 127,
+}
+
+impl From<ExitCode> for std::process::ExitCode {
+    fn from(code: ExitCode) -> Self {
+        Self::from(code as u8)
+    }
+}

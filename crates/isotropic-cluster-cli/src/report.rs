@@ -1,0 +1,212 @@
+//! What the CLI prints: worker output prefixed with the worker's id on the
+//! stream the worker wrote it to, and lifecycle lines on stderr, as text
+//! (`[primary] …`) or, with `--json`, as JSON lines.
+
+use std::io::Write as _;
+
+use isotropic_cluster::primary::{OnIntensity, OutputStream, PrimaryEvent};
+use serde_json::json;
+
+/// Prints worker output with its id, and lifecycle events as text or JSON.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Report {
+    pub(crate) json: bool,
+}
+
+impl Report {
+    /// Prints `event` (or nothing, for the events the CLI does not show).
+    pub(crate) fn event(&self, event: PrimaryEvent) {
+        match event {
+            PrimaryEvent::WorkerOutput(output) => {
+                // One write per line: lines of different workers never mix.
+                let line = format!("[{}] {}\n", output.worker.id(), output.line);
+                let _ = match output.stream {
+                    OutputStream::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
+                    OutputStream::Stderr => std::io::stderr().lock().write_all(line.as_bytes()),
+                };
+            }
+            PrimaryEvent::WorkerFork(e) => {
+                self.line(
+                    "workerFork",
+                    Some(e.worker.id().get()),
+                    &format!("started (pid {})", e.worker.pid()),
+                );
+            }
+            PrimaryEvent::WorkerReady(e) => {
+                self.line("workerReady", Some(e.worker.id().get()), "ready")
+            }
+            PrimaryEvent::WorkerExit(e) => {
+                let how = match (e.code(), e.signal()) {
+                    (Some(code), _) => format!("exited with code {code}"),
+                    (None, Some(signal)) => {
+                        format!("killed by signal {} ({signal})", signal.as_raw())
+                    }
+                    _ => "exited".to_owned(),
+                };
+                self.line("workerExit", Some(e.worker.id().get()), &how);
+            }
+            PrimaryEvent::RestartScheduled(e) => self.line(
+                "restartScheduled",
+                None,
+                &format!(
+                    "workers keep exiting early ({} in a row): next start in {:?}",
+                    e.failures, e.delay
+                ),
+            ),
+            PrimaryEvent::RestartIntensityExceeded(e) => self.line(
+                "restartIntensityExceeded",
+                None,
+                &format!(
+                    "{} restarts within {:?}: {}",
+                    e.restarts,
+                    e.period,
+                    if e.then == OnIntensity::ShutDown {
+                        "giving up"
+                    } else {
+                        "slowing down"
+                    }
+                ),
+            ),
+            PrimaryEvent::ForkError(e) => self.line("forkError", None, &source_chain(&e.error)),
+            PrimaryEvent::WorkerSignal(e) => {
+                self.line(
+                    "workerSignal",
+                    Some(e.worker.id().get()),
+                    &format!("sent signal {} ({})", e.signal.as_raw(), e.signal),
+                );
+            }
+            PrimaryEvent::WorkerError(e) => self.line(
+                "workerError",
+                Some(e.worker.id().get()),
+                &e.error.to_string(),
+            ),
+            _ => {}
+        }
+    }
+
+    /// The first workers cannot start.
+    pub(crate) fn cannot_start(&self, program: &str, error: &dyn std::error::Error) {
+        let text = format!("cannot start {program}: {}", source_chain(error));
+        self.line("forkError", None, &text);
+    }
+
+    /// The first SIGINT or SIGTERM.
+    pub(crate) fn shutting_down(&self) {
+        let text = "shutting down (Ctrl-C again kills the workers)";
+        self.line("shutDown", None, text);
+    }
+
+    /// A SIGTERM during the shutdown.
+    pub(crate) fn already_shutting_down(&self) {
+        self.line("shutDown", None, "already shutting down");
+    }
+
+    /// A SIGINT during the shutdown.
+    pub(crate) fn killing(&self) {
+        self.line("kill", None, "killing the workers");
+    }
+
+    /// A SIGHUP.
+    pub(crate) fn reloading(&self) {
+        self.line("reload", None, "restarting the workers one at a time");
+    }
+
+    /// The end of a SIGHUP's rolling restart.
+    pub(crate) fn reloaded(&self, restarted: usize) {
+        let text = format!("{restarted} workers restarted");
+        self.line("reloadComplete", None, &text);
+    }
+
+    /// The last line.
+    pub(crate) fn shut_down(&self, forced: bool) {
+        let text = if forced {
+            "workers were killed"
+        } else {
+            "all workers exited"
+        };
+        self.line("shutDownComplete", None, text);
+    }
+
+    /// One lifecycle line, about `worker` or the primary.
+    pub(crate) fn line(&self, event: &str, worker: Option<u64>, text: &str) {
+        let line = self.render(event, worker, text);
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    }
+
+    fn render(&self, event: &str, worker: Option<u64>, text: &str) -> String {
+        if self.json {
+            json!({"event": event, "worker": worker, "message": text}).to_string()
+        } else {
+            match worker {
+                Some(id) => format!("[primary] worker {id} {text}"),
+                None => format!("[primary] {text}"),
+            }
+        }
+    }
+}
+
+/// `error: its source: its source's source…`
+fn source_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_lines_name_the_primary_and_the_worker() {
+        let text = Report { json: false };
+        assert_eq!(
+            text.render("workerReady", Some(2), "ready"),
+            "[primary] worker 2 ready"
+        );
+        assert_eq!(
+            text.render("shutDown", None, "already shutting down"),
+            "[primary] already shutting down"
+        );
+    }
+
+    #[test]
+    fn json_lines_carry_the_event_the_worker_and_the_message() {
+        let json = Report { json: true };
+        let line = |worker| {
+            let line = json.render("workerExit", worker, "exited with code 0");
+            serde_json::from_str::<serde_json::Value>(&line).expect("one JSON value")
+        };
+        assert_eq!(
+            line(Some(3)),
+            json!({"event": "workerExit", "worker": 3, "message": "exited with code 0"})
+        );
+        assert_eq!(line(None)["worker"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn an_error_comes_with_its_sources() {
+        let error = WithSource(std::io::Error::other("no such file"));
+        assert_eq!(source_chain(&error), "spawn failed: no such file");
+    }
+
+    /// An error whose source is `.0`.
+    #[derive(Debug)]
+    struct WithSource(std::io::Error);
+
+    impl std::fmt::Display for WithSource {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("spawn failed")
+        }
+    }
+
+    impl std::error::Error for WithSource {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+}

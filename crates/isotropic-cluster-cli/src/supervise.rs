@@ -1,0 +1,157 @@
+//! The `run` command once planned: starts the primary, then reports its
+//! events and answers signals until the workers are gone.
+
+use isotropic_cluster::primary::{
+    self, ClusterPrimary, OnIntensity, PrimaryEvent, WorkerChannel, WorkerStdio,
+};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use crate::args::{Channel, Plan, Readiness};
+use crate::exit::ExitCode;
+use crate::listen;
+use crate::report::Report;
+
+/// Runs `plan` to its end.
+pub(crate) async fn run(plan: Plan) -> ExitCode {
+    match supervise(plan).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("isotropic-cluster: {error:#}");
+            ExitCode::CannotStart
+        }
+    }
+}
+
+/// The signals the CLI answers.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+async fn supervise(plan: Plan) -> anyhow::Result<ExitCode> {
+    // First, so that a signal during startup is a shutdown once running,
+    // not the default action.
+    let mut signals = Signals::install()?;
+    let report = Report { json: plan.json };
+    let primary = start(&plan, &report).await?;
+    let mut events = primary.events();
+    if let Err(error) = primary.fork(plan.workers).await {
+        report.cannot_start(&plan.program, &error);
+        primary.destroy().await?;
+        return Ok(ExitCode::CannotStart);
+    }
+    let mut shutdown = Shutdown::default();
+    let mut gave_up = false;
+    // A rolling restart (SIGHUP): one worker at a time, each once the
+    // previous one's replacement is ready. The primary keeps the listening
+    // sockets, so connections wait in the backlog meanwhile.
+    let mut reload: Option<tokio::task::JoinHandle<Result<usize, _>>> = None;
+    loop {
+        tokio::select! {
+            // Events first: a reload's end is reported after the events
+            // that led to it.
+            biased;
+            event = events.next() => match event {
+                Some(PrimaryEvent::ShutDownComplete(_)) | None => break,
+                Some(event) => {
+                    if let PrimaryEvent::RestartIntensityExceeded(e) = &event {
+                        gave_up |= e.then == OnIntensity::ShutDown;
+                    }
+                    report.event(event);
+                }
+            },
+            _ = signals.interrupt.recv() => shutdown.on_signal(&primary, &report, true).await,
+            _ = signals.terminate.recv() => shutdown.on_signal(&primary, &report, false).await,
+            _ = signals.hangup.recv(), if shutdown.signals == 0 => {
+                report.reloading();
+                let primary = primary.clone();
+                reload = Some(tokio::spawn(async move { primary.restart_workers().await }));
+            }
+            done = async { reload.as_mut().expect("a reload").await }, if reload.is_some() => {
+                reload = None;
+                if let Ok(Ok(restarted)) = done {
+                    report.reloaded(restarted);
+                }
+            }
+        }
+    }
+    report.shut_down(shutdown.forced);
+    Ok(if shutdown.forced {
+        ExitCode::Forced
+    } else if gave_up {
+        ExitCode::GaveUp
+    } else {
+        ExitCode::Clean
+    })
+}
+
+/// Starts the primary `plan` describes, with no worker yet.
+async fn start(plan: &Plan, report: &Report) -> anyhow::Result<ClusterPrimary> {
+    let builder = if plan.listen.is_empty() {
+        ClusterPrimary::builder()
+            .program(&plan.program)
+            .args(&plan.args)
+    } else {
+        listen::through_shim(plan, report)?
+    };
+    let channel = match plan.channel {
+        Channel::None => WorkerChannel::None,
+        Channel::Node => WorkerChannel::Node,
+        Channel::Frames => WorkerChannel::Frames,
+    };
+    let readiness = match plan.readiness {
+        Readiness::Start => primary::Readiness::Started,
+        Readiness::Message => primary::Readiness::Message,
+        Readiness::Listening => primary::Readiness::Listening,
+    };
+    Ok(builder
+        .channel(channel)
+        .readiness(readiness)
+        .stdio(WorkerStdio::Piped)
+        .shutdown_grace(plan.grace)
+        .kill_grace(plan.grace)
+        .restart_policy(plan.restart_policy)
+        .start()
+        .await?)
+}
+
+/// The signals that ended the run so far.
+#[derive(Debug, Default)]
+struct Shutdown {
+    /// SIGINTs and SIGTERMs received.
+    signals: u32,
+    /// Whether a second SIGINT killed the workers.
+    forced: bool,
+}
+
+impl Shutdown {
+    /// The first signal shuts down gracefully. During the shutdown, SIGINT
+    /// (a second Ctrl-C: someone is waiting) kills the workers, while SIGTERM
+    /// changes nothing (service managers repeat it; the shutdown already ends
+    /// within the grace periods).
+    async fn on_signal(&mut self, primary: &ClusterPrimary, report: &Report, interrupt: bool) {
+        self.signals += 1;
+        if self.signals == 1 {
+            report.shutting_down();
+            let primary = primary.clone();
+            tokio::spawn(async move { primary.shut_down().await });
+        } else if interrupt {
+            report.killing();
+            let _ = primary.kill_workers().await;
+            self.forced = true;
+        } else {
+            report.already_shutting_down();
+        }
+    }
+}
