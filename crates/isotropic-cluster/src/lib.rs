@@ -64,6 +64,7 @@ mod actor;
 mod channel;
 mod error;
 mod events;
+mod id;
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod internals;
@@ -81,6 +82,7 @@ pub mod worker;
 
 pub use error::{BoxError, Error, MessageError, ProtocolError, SendError};
 pub use events::{Event, EventStream, Stage, Subscribe, Subscription, Topic};
+pub use id::WorkerId;
 pub use message::Message;
 pub use net::{
     Connection, Distribution, ListenAddress, ListenError, ListenErrorKind, Listener, PassedListener,
@@ -93,31 +95,3 @@ pub use signal::Signal;
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
-
-/// A worker's id: 1 for a primary's first worker, then 2, 3, … never reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct WorkerId(pub(crate) u64);
-
-impl WorkerId {
-    /// The id with this number.
-    pub fn new(id: u64) -> Self {
-        Self(id)
-    }
-
-    /// The id as a number.
-    pub fn get(self) -> u64 {
-        self.0
-    }
-}
-
-impl std::fmt::Display for WorkerId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl From<u64> for WorkerId {
-    fn from(id: u64) -> Self {
-        Self(id)
-    }
-}

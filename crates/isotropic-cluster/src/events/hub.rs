@@ -1,0 +1,224 @@
+//! The subscriptions of one host: handlers by event type and stage, routes by
+//! message type, and the once-only events that have happened.
+
+use std::any::{Any, TypeId};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use super::subscription::Target;
+use super::{Handler, Stage, SubscriptionKey, Topic, sealed::RouteFn};
+
+struct Slot {
+    once: bool,
+    handler: Option<Box<dyn Any + Send>>,
+}
+
+struct Stored {
+    event: Box<dyn Any + Send>,
+    /// The first publish was prevented where it stopped: late subscribers are
+    /// not called.
+    blocked: bool,
+}
+
+/// Hashes keys made of `TypeId`s (already hashes) by folding their words:
+/// publishing looks the hub up a few times per event, so SipHash showed in
+/// profiles.
+type ByTypeId = BuildHasherDefault<FoldHasher>;
+
+#[derive(Default)]
+struct FoldHasher(u64);
+
+impl Hasher for FoldHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_ne_bytes(word));
+        }
+    }
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+/// A route's subscription id, and its handler (taken out while it runs).
+type RouteSlot = (u64, Option<Box<dyn Any + Send>>);
+
+/// The subscriptions of one host, by event type and stage.
+///
+/// A handler is taken out of its slot while it runs (it gets the host, hub
+/// included) and put back after, unless it was removed meanwhile.
+#[derive(Default)]
+pub struct Hub {
+    slots: HashMap<(TypeId, Stage), BTreeMap<u64, Slot>, ByTypeId>,
+    stored: HashMap<TypeId, Stored, ByTypeId>,
+    routes: HashMap<Arc<str>, RouteSlot>,
+}
+
+impl fmt::Debug for Hub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hub")
+            .field("subscriptions", &self.subscriptions())
+            .finish()
+    }
+}
+
+impl Hub {
+    /// How many handlers are subscribed (routes not counted).
+    pub(super) fn subscriptions(&self) -> usize {
+        self.slots.values().map(BTreeMap::len).sum()
+    }
+
+    /// Takes out the first handler of `key` subscribed after `after`: its id,
+    /// whether it is once-only (and so already removed), and the handler.
+    pub(super) fn take_next(
+        &mut self,
+        key: (TypeId, Stage),
+        after: u64,
+    ) -> Option<(u64, bool, Box<dyn Any + Send>)> {
+        let slots = self.slots.get_mut(&key)?;
+        let (&id, slot) = slots
+            .range_mut(after + 1..)
+            .find(|(_, slot)| slot.handler.is_some())?;
+        let once = slot.once;
+        let handler = slot.handler.take()?;
+        if once {
+            slots.remove(&id);
+        }
+        Some((id, once, handler))
+    }
+
+    /// Puts back a handler taken by [`take_next`](Self::take_next), unless its
+    /// subscription was removed meanwhile.
+    pub(super) fn put_back(&mut self, key: (TypeId, Stage), id: u64, handler: Box<dyn Any + Send>) {
+        if let Some(slot) = self
+            .slots
+            .get_mut(&key)
+            .and_then(|slots| slots.get_mut(&id))
+        {
+            slot.handler = Some(handler);
+        }
+    }
+
+    /// Takes out the route for `name`, with its subscription id.
+    pub(super) fn take_route(&mut self, name: &str) -> Option<(u64, Box<dyn Any + Send>)> {
+        self.routes
+            .get_mut(name)
+            .and_then(|(id, handler)| Some((*id, handler.take()?)))
+    }
+
+    /// Puts back a route taken by [`take_route`](Self::take_route), unless it
+    /// was removed or replaced meanwhile.
+    pub(super) fn put_back_route(&mut self, name: &str, id: u64, handler: Box<dyn Any + Send>) {
+        if let Some((current, slot)) = self.routes.get_mut(name)
+            && *current == id
+        {
+            *slot = Some(handler);
+        }
+    }
+
+    pub(crate) fn remove(&mut self, key: SubscriptionKey) {
+        match key.target {
+            Target::Stage(topic, stage) => {
+                if let Some(slots) = self.slots.get_mut(&(topic, stage)) {
+                    slots.remove(&key.id);
+                }
+            }
+            Target::Route(name) => {
+                if self.routes.get(&name).is_some_and(|(id, _)| *id == key.id) {
+                    self.routes.remove(&name);
+                }
+            }
+        }
+    }
+
+    /// Removes every subscription and route (and the stored once-events).
+    pub(crate) fn clear(&mut self) {
+        self.slots.clear();
+        self.stored.clear();
+        self.routes.clear();
+    }
+
+    /// Adds a subscription (no late-subscriber check: for builders).
+    pub(crate) fn insert<E: Topic>(
+        &mut self,
+        key: SubscriptionKey,
+        once: bool,
+        handler: Handler<E>,
+    ) {
+        if let Target::Stage(topic, stage) = key.target {
+            self.slots.entry((topic, stage)).or_default().insert(
+                key.id,
+                Slot {
+                    once,
+                    handler: Some(Box::new(handler)),
+                },
+            );
+        }
+    }
+
+    /// Sets the route for `key`'s type name, replacing any earlier one.
+    pub(crate) fn insert_route<E: Topic>(&mut self, key: SubscriptionKey, route: RouteFn<E>) {
+        if let Target::Route(name) = key.target {
+            self.routes.insert(name, (key.id, Some(Box::new(route))));
+        }
+    }
+
+    /// Whether the once-only event `topic` has happened.
+    pub(super) fn happened(&self, topic: TypeId) -> bool {
+        self.stored.contains_key(&topic)
+    }
+
+    /// Records that the once-only event `event` has happened.
+    pub(super) fn store<E: Topic>(&mut self, event: &E) {
+        self.stored.insert(
+            TypeId::of::<E>(),
+            Stored {
+                event: Box::new(event.clone()),
+                blocked: false,
+            },
+        );
+    }
+
+    /// Sets whether the stored event `topic` blocks late subscribers.
+    pub(super) fn set_blocked(&mut self, topic: TypeId, blocked: bool) {
+        if let Some(stored) = self.stored.get_mut(&topic) {
+            stored.blocked = blocked;
+        }
+    }
+
+    /// `None` unless the once-only `E` has happened; then the data to call a
+    /// late subscriber with, or `None` if it is blocked.
+    pub(super) fn late<E: Topic>(&self) -> Option<Option<E>> {
+        let stored = self.stored.get(&TypeId::of::<E>())?;
+        Some(
+            (!stored.blocked)
+                .then(|| stored.event.downcast_ref::<E>().cloned())
+                .flatten(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fold_hasher_tells_type_ids_and_stages_apart() {
+        use std::hash::BuildHasher as _;
+        let hash = |key: (TypeId, Stage)| ByTypeId::default().hash_one(key);
+        let keys = [
+            (TypeId::of::<u8>(), Stage::On),
+            (TypeId::of::<u8>(), Stage::After),
+            (TypeId::of::<u16>(), Stage::On),
+        ];
+        assert_ne!(hash(keys[0]), hash(keys[1]));
+        assert_ne!(hash(keys[0]), hash(keys[2]));
+        assert_eq!(hash(keys[0]), hash((TypeId::of::<u8>(), Stage::On)));
+    }
+}

@@ -1,0 +1,411 @@
+//! Running events: a publish through its stages, the subscribing that calls
+//! late subscribers of once-only events, and typed routing.
+
+use std::any::TypeId;
+
+use super::event::Control;
+use super::sealed::{HostImpl, Once, RouteFn};
+use super::{Event, Handler, Stage, SubscriptionKey, Topic};
+use crate::{Message, MessageError};
+
+/// Publishes `data` on `host`, running every stage (see the module docs).
+pub(crate) fn publish<E: Topic>(host: &mut E::Host, data: E) {
+    let topic = TypeId::of::<E>();
+    if host.hub().happened(topic) {
+        return;
+    }
+    let mut stored_here = false;
+    if E::ONCE == Once::Publish {
+        host.hub().store(&data);
+        stored_here = true;
+    }
+    let mut control = Control::default();
+    for stage in Stage::ALL {
+        control.stage = stage;
+        control.dispatch_stopped = false;
+        if control.prevented[stage.index()] {
+            break;
+        }
+        if stage == Stage::Complete {
+            if E::ONCE == Once::Complete {
+                if host.hub().happened(topic) {
+                    break;
+                }
+                host.hub().store(&data);
+                stored_here = true;
+            }
+            host.stream().publish(|| data.clone().into_stream());
+            E::complete(host, &data);
+        } else {
+            dispatch(host, stage, &data, &mut control);
+        }
+        if control.event_stopped {
+            break;
+        }
+    }
+    if stored_here {
+        let blocked = control.prevented[control.stage.index()];
+        host.hub().set_blocked(topic, blocked);
+    }
+}
+
+/// Runs the handlers of `stage`, in subscription order.
+fn dispatch<E: Topic>(host: &mut E::Host, stage: Stage, data: &E, control: &mut Control) {
+    let key = (TypeId::of::<E>(), stage);
+    let mut after = 0;
+    while let Some((id, once, handler)) = host.hub().take_next(key, after) {
+        after = id;
+        let Ok(mut handler) = handler.downcast::<Handler<E>>() else {
+            continue;
+        };
+        control.unsubscribed = false;
+        handler(&mut Event {
+            data,
+            host: &mut *host,
+            control: &mut *control,
+        });
+        if !once && !control.unsubscribed {
+            host.hub().put_back(key, id, handler);
+        }
+        if control.dispatch_stopped {
+            break;
+        }
+    }
+}
+
+/// Subscribes `handler` to `key`'s event and stage. For a once-only event that
+/// has already happened, the handler is called at once instead (unless that
+/// event was prevented) and no subscription is made; returns whether one was.
+pub(crate) fn subscribe<E: Topic>(
+    host: &mut E::Host,
+    key: SubscriptionKey,
+    once: bool,
+    mut handler: Handler<E>,
+) -> bool {
+    if let Some(late) = host.hub().late::<E>() {
+        if let Some(data) = late {
+            let mut control = Control {
+                stage: Stage::After,
+                ..Control::default()
+            };
+            handler(&mut Event {
+                data: &data,
+                host,
+                control: &mut control,
+            });
+        }
+        return false;
+    }
+    host.hub().insert(key, once, handler);
+    true
+}
+
+/// Typed routing: hands `message` to the route registered for its `type`, if
+/// any. The route runs in the default action of `event`.
+pub(crate) fn route<E: Topic>(
+    host: &mut E::Host,
+    event: &E,
+    message: &Message,
+) -> Result<(), MessageError> {
+    let Some(name) = message.type_name() else {
+        return Ok(());
+    };
+    let Some((id, handler)) = host.hub().take_route(name) else {
+        return Ok(());
+    };
+    let Ok(mut handler) = handler.downcast::<RouteFn<E>>() else {
+        return Ok(());
+    };
+    let mut control = Control {
+        stage: Stage::Complete,
+        ..Control::default()
+    };
+    let result = handler(
+        &mut Event {
+            data: event,
+            host: &mut *host,
+            control: &mut control,
+        },
+        message,
+    );
+    host.hub().put_back_route(name, id, handler);
+    result
+}
+
+#[cfg(test)]
+#[allow(unreachable_pub)]
+mod tests {
+    //! The dispatch rules of the original's events (stages, `prevent`,
+    //! `stop_event`, `stop_dispatch`, `unsubscribe`, once-only events; see
+    //! `docs/seed-mapping.md`), on a host with no processes.
+    use super::*;
+    use crate::events::{Hub, StreamSource};
+    use crate::topics::topics;
+
+    #[derive(Default)]
+    pub struct Host {
+        hub: Hub,
+        log: Vec<String>,
+        stream: StreamSource<TestEvent>,
+    }
+
+    impl HostImpl for Host {
+        type Stream = TestEvent;
+        type Inbound = Ping;
+        fn hub(&mut self) -> &mut Hub {
+            &mut self.hub
+        }
+        fn stream(&self) -> &StreamSource<TestEvent> {
+            &self.stream
+        }
+    }
+
+    impl Host {
+        fn new() -> Self {
+            Self::default()
+        }
+        fn complete_ping(&mut self, _: &Ping) {
+            self.log.push("complete ping".into());
+        }
+        fn complete_outer(&mut self, _: &Outer) {
+            self.log.push("complete outer".into());
+            publish(self, Ping);
+        }
+        fn complete_done(&mut self, _: &Done) {
+            self.log.push("complete done".into());
+        }
+        fn complete_stop(&mut self, _: &Stop) {
+            self.log.push("complete stop".into());
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    pub struct Ping;
+    #[derive(Debug, Clone)]
+    pub struct Outer;
+    #[derive(Debug, Clone)]
+    pub struct Done;
+    #[derive(Debug, Clone)]
+    pub struct Stop;
+
+    topics!(Host => TestEvent {
+        Ping: "ping" => complete_ping;
+        Outer: "outer" => complete_outer;
+        Done: "done" once Publish => complete_done;
+        Stop: "stop" once Complete => complete_stop;
+    });
+
+    fn sub<E: Topic<Host = Host>>(
+        host: &mut Host,
+        stage: Stage,
+        label: &'static str,
+        mut then: impl FnMut(&mut Event<'_, E>) + Send + 'static,
+    ) -> SubscriptionKey {
+        let key = SubscriptionKey::new::<E>(stage);
+        subscribe(
+            host,
+            key.clone(),
+            false,
+            Box::new(move |event: &mut Event<'_, E>| {
+                event.host.log.push(label.into());
+                then(event);
+            }),
+        );
+        key
+    }
+
+    fn nothing<E: Topic>(_: &mut Event<'_, E>) {}
+
+    #[test]
+    fn stages_run_in_order_whatever_the_subscription_order() {
+        let mut host = Host::new();
+        sub::<Ping>(&mut host, Stage::After, "after", nothing);
+        sub::<Ping>(&mut host, Stage::On, "on", nothing);
+        sub::<Ping>(&mut host, Stage::Before, "before", nothing);
+        publish(&mut host, Ping);
+        assert_eq!(host.log, ["before", "on", "complete ping", "after"]);
+    }
+
+    #[test]
+    fn prevent_in_before_still_runs_on_but_skips_complete_and_after() {
+        let mut host = Host::new();
+        sub::<Ping>(&mut host, Stage::Before, "before 1", |e| e.prevent());
+        sub::<Ping>(&mut host, Stage::Before, "before 2", nothing);
+        sub::<Ping>(&mut host, Stage::On, "on", nothing);
+        sub::<Ping>(&mut host, Stage::After, "after", nothing);
+        publish(&mut host, Ping);
+        assert_eq!(host.log, ["before 1", "before 2", "on"]);
+    }
+
+    #[test]
+    fn prevent_stage_on_skips_on_and_everything_after() {
+        let mut host = Host::new();
+        sub::<Ping>(&mut host, Stage::Before, "before", |e| {
+            e.prevent_stage(Stage::On)
+        });
+        sub::<Ping>(&mut host, Stage::On, "on", nothing);
+        publish(&mut host, Ping);
+        assert_eq!(host.log, ["before"]);
+    }
+
+    #[test]
+    fn prevent_stage_after_keeps_the_default_action() {
+        let mut host = Host::new();
+        sub::<Ping>(&mut host, Stage::On, "on", |e| {
+            e.prevent_stage(Stage::After)
+        });
+        sub::<Ping>(&mut host, Stage::After, "after", nothing);
+        publish(&mut host, Ping);
+        assert_eq!(host.log, ["on", "complete ping"]);
+    }
+
+    #[test]
+    fn prevent_in_after_has_no_effect() {
+        let mut host = Host::new();
+        sub::<Ping>(&mut host, Stage::After, "after 1", |e| e.prevent());
+        sub::<Ping>(&mut host, Stage::After, "after 2", nothing);
+        publish(&mut host, Ping);
+        assert_eq!(host.log, ["complete ping", "after 1", "after 2"]);
+    }
+
+    #[test]
+    fn stop_event_finishes_the_stage_then_ends() {
+        let mut host = Host::new();
+        sub::<Ping>(&mut host, Stage::On, "on 1", |e| e.stop_event());
+        sub::<Ping>(&mut host, Stage::On, "on 2", nothing);
+        sub::<Ping>(&mut host, Stage::After, "after", nothing);
+        publish(&mut host, Ping);
+        assert_eq!(host.log, ["on 1", "on 2"]);
+    }
+
+    #[test]
+    fn stop_dispatch_skips_only_the_rest_of_the_stage() {
+        let mut host = Host::new();
+        sub::<Ping>(&mut host, Stage::On, "on 1", |e| e.stop_dispatch());
+        sub::<Ping>(&mut host, Stage::On, "on 2", nothing);
+        sub::<Ping>(&mut host, Stage::After, "after", nothing);
+        publish(&mut host, Ping);
+        assert_eq!(host.log, ["on 1", "complete ping", "after"]);
+    }
+
+    #[test]
+    fn nested_publishes_run_depth_first() {
+        let mut host = Host::new();
+        sub::<Outer>(&mut host, Stage::On, "on outer", nothing);
+        sub::<Outer>(&mut host, Stage::After, "after outer", nothing);
+        sub::<Ping>(&mut host, Stage::On, "on ping", nothing);
+        sub::<Ping>(&mut host, Stage::After, "after ping", nothing);
+        publish(&mut host, Outer);
+        assert_eq!(
+            host.log,
+            [
+                "on outer",
+                "complete outer",
+                "on ping",
+                "complete ping",
+                "after ping",
+                "after outer"
+            ]
+        );
+    }
+
+    #[test]
+    fn once_and_unsubscribe() {
+        let mut host = Host::new();
+        let key = SubscriptionKey::new::<Ping>(Stage::On);
+        subscribe::<Ping>(
+            &mut host,
+            key,
+            true,
+            Box::new(|e| e.host.log.push("once".into())),
+        );
+        sub::<Ping>(&mut host, Stage::On, "self-removing", |e| e.unsubscribe());
+        let removed = sub::<Ping>(&mut host, Stage::On, "removed", nothing);
+        host.hub.remove(removed);
+        publish(&mut host, Ping);
+        publish(&mut host, Ping);
+        assert_eq!(
+            host.log,
+            ["once", "self-removing", "complete ping", "complete ping"]
+        );
+    }
+
+    #[test]
+    fn a_subscription_added_during_its_stage_runs_in_the_same_dispatch() {
+        let mut host = Host::new();
+        let mut added = false;
+        sub::<Ping>(&mut host, Stage::On, "first", move |e| {
+            if !std::mem::replace(&mut added, true) {
+                sub::<Ping>(e.host, Stage::On, "added", nothing);
+            }
+        });
+        publish(&mut host, Ping);
+        assert_eq!(host.log, ["first", "added", "complete ping"]);
+    }
+
+    #[test]
+    fn publish_once_events_happen_once_and_call_late_subscribers() {
+        let mut host = Host::new();
+        sub::<Done>(&mut host, Stage::On, "on", nothing);
+        publish(&mut host, Done);
+        publish(&mut host, Done);
+        let late = SubscriptionKey::new::<Done>(Stage::After);
+        let subscribed = subscribe::<Done>(
+            &mut host,
+            late,
+            false,
+            Box::new(|e| e.host.log.push("late".into())),
+        );
+        assert_eq!(host.log, ["on", "complete done", "late"]);
+        assert!(!subscribed, "no subscription is made for a late subscriber");
+        assert_eq!(host.hub.subscriptions(), 1, "only `on`");
+    }
+
+    #[test]
+    fn a_prevented_publish_once_event_is_final_and_blocks_late_subscribers() {
+        let mut host = Host::new();
+        sub::<Done>(&mut host, Stage::Before, "before", |e| e.prevent());
+        publish(&mut host, Done);
+        publish(&mut host, Done);
+        sub::<Done>(&mut host, Stage::After, "late", nothing);
+        assert_eq!(host.log, ["before"]);
+    }
+
+    #[test]
+    fn complete_once_counts_only_publishes_that_reach_the_default_action() {
+        let mut host = Host::new();
+        let mut first = true;
+        sub::<Stop>(&mut host, Stage::Before, "before", move |e| {
+            if std::mem::take(&mut first) {
+                e.prevent();
+            }
+        });
+        publish(&mut host, Stop);
+        publish(&mut host, Stop);
+        publish(&mut host, Stop);
+        assert_eq!(host.log, ["before", "before", "complete stop"]);
+    }
+
+    #[test]
+    fn the_stream_sees_events_that_reach_their_default_action() {
+        use futures_util::FutureExt as _;
+        let mut host = Host::new();
+        let mut stream = host.stream().subscribe();
+        sub::<Ping>(&mut host, Stage::Before, "before", |e| e.prevent());
+        publish(&mut host, Ping);
+        publish(&mut host, Outer);
+        host.stream().close();
+        let mut names = Vec::new();
+        while let Some(Some(event)) = stream.next().now_or_never() {
+            names.push(event.name());
+        }
+        assert_eq!(names, ["outer"]);
+        assert!(
+            stream
+                .next()
+                .now_or_never()
+                .is_some_and(|end| end.is_none()),
+            "closed streams end"
+        );
+    }
+}
