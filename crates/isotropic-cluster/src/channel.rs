@@ -1,6 +1,7 @@
 //! The two halves of a channel: [`Outbox`], a bounded queue of encoded frames
 //! drained by one task, which coalesces small frames into few writes; and
-//! [`Inbox`], which reads frames and the fds that come with them.
+//! [`Inbox`], which reads frames and the fds that come with them. [`open`]
+//! makes either side's end of the socket ready for them.
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
@@ -14,8 +15,22 @@ use tokio_util::codec::Decoder as _;
 
 use crate::WorkerId;
 use crate::error::{ProtocolError, SendError};
-use crate::protocol::{Frame, FrameCodec};
+use crate::protocol::{self, Frame, FrameCodec};
 use crate::sys;
+
+/// Makes our end of a channel ready: nonblocking, split, with the writer task
+/// of its [`Outbox`] (bounded by `limits`) started. `worker_id` names the peer
+/// in send errors, when the peer is a worker.
+pub(crate) fn open(
+    fd: OwnedFd,
+    limits: QueueLimits,
+    worker_id: Option<WorkerId>,
+) -> std::io::Result<(OwnedReadHalf, Outbox)> {
+    let stream = std::os::unix::net::UnixStream::from(fd);
+    stream.set_nonblocking(true)?;
+    let (read, write) = tokio::net::UnixStream::from_std(stream)?.into_split();
+    Ok((read, Outbox::spawn(write, limits, worker_id)))
+}
 
 /// Frames up to this size are copied into a shared write buffer.
 const COALESCE_BELOW: usize = 4 * 1024;
@@ -95,6 +110,14 @@ impl Outbox {
         SendError::Closed {
             worker_id: self.worker_id,
         }
+    }
+
+    /// Queues the hello: the first frame either side sends, with its
+    /// protocol version.
+    pub(crate) fn hello(&self) {
+        let _ = self.try_send(protocol::encode_control(&Frame::Hello {
+            protocol: protocol::VERSION,
+        }));
     }
 
     /// Queues `frame`, waiting for room, and resolves once it has been written.
