@@ -1,6 +1,7 @@
 //! The worker's state and default actions, owned by one task.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,12 +13,12 @@ use super::events::*;
 use super::phase::{Action, Input, Phase};
 use super::{Cleanup, ClusterWorker, Settings, WorkerBuilder};
 use crate::WorkerId;
-use crate::actor::{Command, WeakMailbox};
-use crate::channel::{Inbox, Outbox};
+use crate::actor::{Command, Mailbox, WeakMailbox};
+use crate::channel::{self, Inbox, Outbox};
 use crate::error::{ProtocolError, SendError};
 use crate::events::{self, Hub, StreamSource, Topic};
 use crate::net::{self, ListenAddress, ListenError, ListenErrorKind, Listener, PassedListener};
-use crate::protocol::{self, Frame};
+use crate::protocol::{self, Frame, FrameCodec};
 use crate::request::{Handlers, Pending};
 
 /// The worker as its event handlers see it.
@@ -104,23 +105,29 @@ impl WorkerContext {
     }
 }
 
+/// The commands that a worker's handles send to its actor.
+pub(super) type Commands = mpsc::UnboundedReceiver<Command<WorkerContext>>;
+
 impl WorkerContext {
-    /// The context of worker `id`, on its channel, with what `builder` set
-    /// (its initializer is not kept).
-    pub(super) fn new(
+    /// The context of worker `id` on channel `fd`, with its hello queued and
+    /// what `builder` set (its initializer is not kept); and the mailbox that
+    /// commands it.
+    pub(super) fn connect(
         id: WorkerId,
-        inbox: Inbox,
-        outbox: Outbox,
-        mailbox: WeakMailbox<Self>,
+        fd: OwnedFd,
         builder: WorkerBuilder,
-    ) -> Self {
-        Self {
+    ) -> std::io::Result<(Self, Mailbox<Self>, Commands)> {
+        let (read, outbox) = channel::open(fd, builder.settings.queue, None)?;
+        outbox.hello();
+        let inbox = Inbox::new(read, FrameCodec::new(builder.settings.max_frame_size));
+        let (mailbox, commands) = Mailbox::new();
+        let context = Self {
             hub: builder.hub,
             stream: StreamSource::default(),
             id,
             outbox,
             inbox,
-            mailbox,
+            mailbox: mailbox.downgrade(),
             settings: builder.settings,
             cleanup: builder.cleanup,
             phase: Phase::Starting,
@@ -132,7 +139,8 @@ impl WorkerContext {
             pending: Arc::default(),
             handlers: builder.handlers,
             next_listen: 0,
-        }
+        };
+        Ok((context, mailbox, commands))
     }
 
     /// Moves the phase on by `input`; returns what to do.
@@ -333,7 +341,7 @@ const BATCH: usize = 256;
 /// Runs the worker until it is destroyed.
 pub(super) async fn run(
     mut context: WorkerContext,
-    mut commands: mpsc::UnboundedReceiver<Command<WorkerContext>>,
+    mut commands: Commands,
     mut sigterm: Option<Signal>,
 ) {
     let mut handles = true;

@@ -20,11 +20,11 @@ pub use context::WorkerContext;
 pub use events::*;
 
 use crate::actor::Mailbox;
-use crate::channel::{self, Inbox, Outbox, QueueLimits};
+use crate::channel::{Outbox, QueueLimits};
 use crate::error::{BoxError, Error, SendError};
 use crate::events::{self as pubsub, EventStream, Hub, StreamSource};
 use crate::net::{ListenAddress, ListenError, ListenErrorKind, Listener};
-use crate::protocol::{self, FrameCodec};
+use crate::protocol;
 use crate::request::{Handlers, Pending, RequestError};
 use crate::{WorkerId, role};
 
@@ -171,13 +171,9 @@ impl WorkerBuilder {
         let markers = role::markers().ok_or(Error::NotAWorker)?;
         let channel_error = |e: std::io::Error| Error::Channel(Arc::new(e));
         let fd = role::take_channel(markers).map_err(channel_error)?;
-        let (read, outbox) = channel::open(fd, self.settings.queue, None).map_err(channel_error)?;
-        outbox.hello();
-        let inbox = Inbox::new(read, FrameCodec::new(self.settings.max_frame_size));
-
         let initializer = self.initializer.take();
-        let (mailbox, commands) = Mailbox::new();
-        let mut context = WorkerContext::new(markers.id, inbox, outbox, mailbox.downgrade(), self);
+        let (mut context, mailbox, commands) =
+            WorkerContext::connect(markers.id, fd, self).map_err(channel_error)?;
         pubsub::publish(&mut context, Initialize);
         if !context.initialized() {
             return Err(Error::Prevented {

@@ -9,8 +9,9 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::context::Commands;
 use super::*;
-use crate::channel::Inbox;
+use crate::channel::{self, Inbox};
 use crate::events::Subscribe;
 use crate::message::Message;
 use crate::protocol::{Frame, FrameCodec};
@@ -70,25 +71,16 @@ async fn names(events: &mut EventStream<WorkerEvent>) -> Vec<&'static str> {
     names
 }
 
-fn channel() -> ((tokio::net::unix::OwnedReadHalf, Outbox), Primary) {
-    let (ours, theirs) = sys::channel_pair().expect("a socket pair");
-    let limits = QueueLimits::default();
-    let worker = channel::open(ours, limits, None).expect("our end");
-    let (read, outbox) = channel::open(theirs, limits, Some(WorkerId(1))).expect("their end");
-    let inbox = Inbox::new(read, FrameCodec::new(protocol::DEFAULT_MAX_FRAME));
-    (worker, Primary { inbox, outbox })
-}
-
+/// A worker's context on one end of a socket pair; the primary on the other.
 fn context(builder: WorkerBuilder) -> (WorkerContext, Mailbox<WorkerContext>, Commands, Primary) {
-    let ((read, outbox), primary) = channel();
-    outbox.hello();
-    let inbox = Inbox::new(read, FrameCodec::new(builder.settings.max_frame_size));
-    let (mailbox, commands) = Mailbox::new();
-    let context = WorkerContext::new(WorkerId(1), inbox, outbox, mailbox.downgrade(), builder);
-    (context, mailbox, commands, primary)
+    let (ours, theirs) = sys::channel_pair().expect("a socket pair");
+    let (context, mailbox, commands) =
+        WorkerContext::connect(WorkerId(1), ours, builder).expect("connected");
+    let (read, outbox) =
+        channel::open(theirs, QueueLimits::default(), Some(WorkerId(1))).expect("their end");
+    let inbox = Inbox::new(read, FrameCodec::new(protocol::DEFAULT_MAX_FRAME));
+    (context, mailbox, commands, Primary { inbox, outbox })
 }
-
-type Commands = tokio::sync::mpsc::UnboundedReceiver<crate::actor::Command<WorkerContext>>;
 
 /// Starts a worker as [`WorkerBuilder::start`] does, without the initializer.
 fn start_with(builder: WorkerBuilder, sigterm: Option<tokio::signal::unix::Signal>) -> Started {
