@@ -1,6 +1,7 @@
 //! The two halves of a channel: [`Outbox`], a bounded queue of encoded frames
 //! drained by one task, which coalesces small frames into few writes; and
-//! [`Inbox`], which reads frames and the fds that come with them.
+//! [`Inbox`], which reads frames and the fds that come with them. [`open`]
+//! makes either side's end of the socket ready for them.
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
@@ -14,8 +15,22 @@ use tokio_util::codec::Decoder as _;
 
 use crate::WorkerId;
 use crate::error::{ProtocolError, SendError};
-use crate::protocol::{Frame, FrameCodec};
+use crate::protocol::{self, Frame, FrameCodec};
 use crate::sys;
+
+/// Makes our end of a channel ready: nonblocking, split, with the writer task
+/// of its [`Outbox`] (bounded by `limits`) started. `worker_id` names the peer
+/// in send errors, when the peer is a worker.
+pub(crate) fn open(
+    fd: OwnedFd,
+    limits: QueueLimits,
+    worker_id: Option<WorkerId>,
+) -> std::io::Result<(OwnedReadHalf, Outbox)> {
+    let stream = std::os::unix::net::UnixStream::from(fd);
+    stream.set_nonblocking(true)?;
+    let (read, write) = tokio::net::UnixStream::from_std(stream)?.into_split();
+    Ok((read, Outbox::spawn(write, limits, worker_id)))
+}
 
 /// Frames up to this size are copied into a shared write buffer.
 const COALESCE_BELOW: usize = 4 * 1024;
@@ -95,6 +110,14 @@ impl Outbox {
         SendError::Closed {
             worker_id: self.worker_id,
         }
+    }
+
+    /// Queues the hello: the first frame either side sends, with its
+    /// protocol version.
+    pub(crate) fn hello(&self) {
+        let _ = self.try_send(protocol::encode_control(&Frame::Hello {
+            protocol: protocol::VERSION,
+        }));
     }
 
     /// Queues `frame`, waiting for room, and resolves once it has been written.
@@ -344,5 +367,211 @@ impl Inbox {
             self.scratch.resize(read * 2, 0);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+
+    use tokio::io::AsyncWriteExt as _;
+
+    use super::*;
+    use crate::protocol::DEFAULT_MAX_FRAME;
+
+    const ID: Option<WorkerId> = Some(WorkerId(3));
+
+    /// An outbox on one end of a socket pair, and an inbox on the other.
+    /// Its writer task runs only once the test yields (current-thread runtime).
+    fn outbox(messages: usize, bytes: usize) -> (Outbox, Inbox) {
+        let (ours, theirs) = tokio::net::UnixStream::pair().expect("a socket pair");
+        let outbox = Outbox::spawn(ours.into_split().1, QueueLimits { messages, bytes }, ID);
+        (outbox, reader(theirs))
+    }
+
+    fn reader(stream: tokio::net::UnixStream) -> Inbox {
+        Inbox::new(stream.into_split().0, FrameCodec::new(DEFAULT_MAX_FRAME))
+    }
+
+    /// A message frame of `size` bytes (at least 16), carrying `n`.
+    fn frame(n: u64, size: usize) -> Bytes {
+        let encode = |padding: usize| {
+            protocol::encode_message(&(n, "x".repeat(padding)), DEFAULT_MAX_FRAME).expect("encodes")
+        };
+        let frame = encode(size - encode(0).len());
+        assert_eq!(frame.len(), size);
+        frame
+    }
+
+    /// The number a frame from [`frame`] carries.
+    fn number(frame: Option<Result<Frame, ProtocolError>>) -> u64 {
+        match frame {
+            Some(Ok(Frame::Message(message))) => message.decode::<(u64, String)>().expect("ours").0,
+            other => panic!("not a message: {other:?}"),
+        }
+    }
+
+    fn is_full(result: Result<(), SendError>) -> bool {
+        matches!(result, Err(SendError::Full { worker_id: ID }))
+    }
+
+    fn is_closed(result: Result<(), SendError>) -> bool {
+        matches!(result, Err(SendError::Closed { worker_id: ID }))
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_by_messages() {
+        let (outbox, mut inbox) = outbox(2, 1 << 20);
+        outbox.try_send(frame(1, 16)).expect("room");
+        outbox.try_send(frame(2, 16)).expect("room");
+        assert!(is_full(outbox.try_send(frame(3, 16))));
+        // `send` waits for room, and for its frame to be written.
+        outbox.send(frame(3, 16)).await.expect("written");
+        for n in 1..=3 {
+            assert_eq!(number(inbox.next().await), n);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_by_bytes() {
+        let (outbox, mut inbox) = outbox(100, 256);
+        outbox.try_send(frame(1, 200)).expect("room");
+        assert!(is_full(outbox.try_send(frame(2, 100))));
+        outbox.try_send(frame(2, 50)).expect("room left");
+        outbox.send(frame(3, 100)).await.expect("written");
+        for n in 1..=3 {
+            assert_eq!(number(inbox.next().await), n);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_larger_than_the_queue_takes_all_of_it() {
+        let (outbox, mut inbox) = outbox(100, 64);
+        outbox
+            .try_send(frame(1, 1000))
+            .expect("an empty queue takes it");
+        assert!(is_full(outbox.try_send(frame(2, 16))));
+        outbox.send(frame(2, 16)).await.expect("written");
+        assert_eq!(number(inbox.next().await), 1);
+        assert_eq!(number(inbox.next().await), 2);
+    }
+
+    #[tokio::test]
+    async fn close_writes_what_was_queued_then_ends_the_channel() {
+        let (outbox, mut inbox) = outbox(100, 1 << 20);
+        outbox.try_send(frame(1, 16)).expect("room");
+        outbox.try_send(frame(2, 10_000)).expect("room");
+        outbox.close();
+        outbox.wait_closed().await;
+        assert!(outbox.is_closed());
+        assert!(is_closed(outbox.try_send(frame(3, 16))));
+        assert!(is_closed(outbox.send(frame(3, 16)).await));
+        assert_eq!(number(inbox.next().await), 1);
+        assert_eq!(number(inbox.next().await), 2);
+        assert!(inbox.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_went_away_closes_the_outbox() {
+        let (outbox, inbox) = outbox(100, 1 << 20);
+        drop(inbox);
+        assert!(is_closed(outbox.send(frame(1, 16)).await));
+        outbox.wait_closed().await;
+        assert!(is_closed(outbox.try_send(frame(2, 16))));
+    }
+
+    #[tokio::test]
+    async fn fds_arrive_with_their_frames_in_order() {
+        let (outbox, mut inbox) = outbox(100, 1 << 20);
+        let (mut kept, sent) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+        outbox.try_send(frame(1, 16)).expect("room");
+        let connection = protocol::encode_control(&Frame::Connection { listener: 9 });
+        outbox.try_send_fd(connection, sent.into()).expect("room");
+        outbox.send(frame(2, 16)).await.expect("written");
+
+        assert!(inbox.take_fd().is_none());
+        assert_eq!(number(inbox.next().await), 1);
+        assert!(matches!(
+            inbox.next().await,
+            Some(Ok(Frame::Connection { listener: 9 }))
+        ));
+        assert_eq!(number(inbox.next().await), 2);
+        let mut received = std::os::unix::net::UnixStream::from(inbox.take_fd().expect("the fd"));
+        assert!(inbox.take_fd().is_none());
+        received.write_all(b"through").expect("written");
+        let mut read = [0; 7];
+        kept.read_exact(&mut read).expect("read");
+        assert_eq!(&read, b"through");
+    }
+
+    #[tokio::test]
+    async fn open_wraps_a_socket_and_the_hello_comes_first() {
+        let (ours, theirs) = sys::channel_pair().expect("a socket pair");
+        let (_, outbox) = open(ours, QueueLimits::default(), None).expect("opened");
+        let (read, _) = open(theirs, QueueLimits::default(), None).expect("opened");
+        let mut inbox = Inbox::new(read, FrameCodec::new(DEFAULT_MAX_FRAME));
+        outbox.hello();
+        outbox.try_send(frame(1, 16)).expect("room");
+        assert_eq!(
+            inbox.next().await.expect("a frame").expect("valid"),
+            Frame::Hello {
+                protocol: protocol::VERSION
+            }
+        );
+        assert_eq!(number(inbox.next().await), 1);
+    }
+
+    #[tokio::test]
+    async fn try_next_only_takes_what_is_buffered() {
+        let (mut ours, theirs) = tokio::net::UnixStream::pair().expect("a socket pair");
+        let mut inbox = reader(theirs);
+        assert!(inbox.try_next().is_none());
+        ours.write_all(&[frame(1, 16), frame(2, 16)].concat())
+            .await
+            .expect("written");
+        assert_eq!(number(inbox.next().await), 1);
+        assert_eq!(number(inbox.try_next()), 2);
+        assert!(inbox.try_next().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_broken_frame_ends_the_inbox() {
+        let (mut ours, theirs) = tokio::net::UnixStream::pair().expect("a socket pair");
+        let mut inbox = reader(theirs);
+        ours.write_all(&[0, 0, 0, 0]).await.expect("written");
+        assert!(matches!(
+            inbox.next().await,
+            Some(Err(ProtocolError::EmptyFrame))
+        ));
+        assert!(inbox.next().await.is_none());
+        assert!(inbox.try_next().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_end_inside_a_frame_is_an_error_and_a_clean_end_is_none() {
+        let (mut ours, theirs) = tokio::net::UnixStream::pair().expect("a socket pair");
+        let mut inbox = reader(theirs);
+        let whole = frame(1, 16);
+        ours.write_all(&whole[..whole.len() - 1])
+            .await
+            .expect("written");
+        drop(ours);
+        assert!(matches!(inbox.next().await, Some(Err(_))));
+        assert!(inbox.next().await.is_none());
+
+        let (ours, theirs) = tokio::net::UnixStream::pair().expect("a socket pair");
+        let mut inbox = reader(theirs);
+        drop(ours);
+        assert!(inbox.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_frame_larger_than_a_read_arrives_whole() {
+        let (mut ours, theirs) = tokio::net::UnixStream::pair().expect("a socket pair");
+        let mut inbox = reader(theirs);
+        let big = frame(1, 3 * READ_CHUNK);
+        let writer = tokio::spawn(async move { ours.write_all(&big).await });
+        assert_eq!(number(inbox.next().await), 1);
+        writer.await.expect("no panic").expect("written");
     }
 }

@@ -1,6 +1,7 @@
 //! The worker's state and default actions, owned by one task.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,14 +10,15 @@ use tokio::signal::unix::{Signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 
 use super::events::*;
-use super::{Cleanup, ClusterWorker};
+use super::phase::{Action, Input, Phase};
+use super::{Cleanup, ClusterWorker, Settings, WorkerBuilder};
 use crate::WorkerId;
-use crate::actor::{Command, WeakMailbox};
-use crate::channel::{Inbox, Outbox};
+use crate::actor::{Command, Mailbox, WeakMailbox};
+use crate::channel::{self, Inbox, Outbox};
 use crate::error::{ProtocolError, SendError};
 use crate::events::{self, Hub, StreamSource, Topic};
 use crate::net::{self, ListenAddress, ListenError, ListenErrorKind, Listener, PassedListener};
-use crate::protocol::{self, Frame};
+use crate::protocol::{self, Frame, FrameCodec};
 use crate::request::{Handlers, Pending};
 
 /// The worker as its event handlers see it.
@@ -27,15 +29,10 @@ pub struct WorkerContext {
     pub(super) stream: StreamSource<WorkerEvent>,
     pub(super) id: WorkerId,
     pub(super) outbox: Outbox,
-    pub(super) max_frame: usize,
     mailbox: WeakMailbox<WorkerContext>,
-    pub(super) destroy_timeout: Duration,
+    pub(super) settings: Settings,
     cleanup: Option<Cleanup>,
-    initialized: bool,
-    destroying: bool,
-    destroyed: bool,
-    finished: bool,
-    greeted: bool,
+    phase: Phase,
     /// Fires when the cleanup of a destroy is done (or timed out).
     cleanup_done: Option<oneshot::Receiver<()>>,
     closed_waiters: Vec<oneshot::Sender<()>>,
@@ -56,14 +53,13 @@ pub struct WorkerContext {
     pub(super) pending: Arc<Pending>,
     /// Handlers of the primary's requests.
     handlers: Handlers,
-    pub(super) request_timeout: Duration,
 }
 
 impl std::fmt::Debug for WorkerContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkerContext")
             .field("id", &self.id)
-            .field("destroying", &self.destroying)
+            .field("phase", &self.phase)
             .finish_non_exhaustive()
     }
 }
@@ -89,14 +85,17 @@ impl WorkerContext {
     ///
     /// As [`ClusterWorker::try_send`].
     pub fn send<M: Serialize + ?Sized>(&self, message: &M) -> Result<(), SendError> {
-        let frame = protocol::encode_message(message, self.max_frame).map_err(SendError::Encode)?;
+        let frame = protocol::encode_message(message, self.settings.max_frame_size)
+            .map_err(SendError::Encode)?;
         self.outbox.try_send(frame)
     }
 
     /// Starts destroying the worker (publishes `destroy`): cleanup, bounded by
     /// `timeout`, then disconnect.
     pub fn destroy(&mut self, timeout: Duration) {
-        events::publish(self, Destroy { timeout });
+        if self.step(Input::DestroyRequested) == Action::Destroy {
+            events::publish(self, Destroy { timeout });
+        }
     }
 
     /// A handle to this worker, for async work started from a handler; `None`
@@ -106,55 +105,60 @@ impl WorkerContext {
     }
 }
 
+/// The commands that a worker's handles send to its actor.
+pub(super) type Commands = mpsc::UnboundedReceiver<Command<WorkerContext>>;
+
 impl WorkerContext {
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn new(
+    /// The context of worker `id` on channel `fd`, with its hello queued and
+    /// what `builder` set (its initializer is not kept); and the mailbox that
+    /// commands it.
+    pub(super) fn connect(
         id: WorkerId,
-        outbox: Outbox,
-        inbox: Inbox,
-        max_frame: usize,
-        hub: Hub,
-        mailbox: WeakMailbox<Self>,
-        destroy_timeout: Duration,
-        cleanup: Option<Cleanup>,
-        handlers: Handlers,
-        request_timeout: Duration,
-    ) -> Self {
-        Self {
-            hub,
+        fd: OwnedFd,
+        builder: WorkerBuilder,
+    ) -> std::io::Result<(Self, Mailbox<Self>, Commands)> {
+        let (read, outbox) = channel::open(fd, builder.settings.queue, None)?;
+        outbox.hello();
+        let inbox = Inbox::new(read, FrameCodec::new(builder.settings.max_frame_size));
+        let (mailbox, commands) = Mailbox::new();
+        let context = Self {
+            hub: builder.hub,
             stream: StreamSource::default(),
             id,
             outbox,
             inbox,
-            max_frame,
-            mailbox,
-            destroy_timeout,
-            cleanup,
-            initialized: false,
-            destroying: false,
-            destroyed: false,
-            finished: false,
-            greeted: false,
+            mailbox: mailbox.downgrade(),
+            settings: builder.settings,
+            cleanup: builder.cleanup,
+            phase: Phase::Starting,
             cleanup_done: None,
             closed_waiters: Vec::new(),
             closing_waiters: Vec::new(),
             listens: HashMap::new(),
             passed: HashMap::new(),
             pending: Arc::default(),
-            handlers,
-            request_timeout,
+            handlers: builder.handlers,
             next_listen: 0,
-        }
+        };
+        Ok((context, mailbox, commands))
     }
 
+    /// Moves the phase on by `input`; returns what to do.
+    fn step(&mut self, input: Input<'_>) -> Action {
+        let (phase, action) = self.phase.step(input);
+        self.phase = phase;
+        action
+    }
+
+    /// Whether `initialize` completed (it was not prevented).
     pub(super) fn initialized(&self) -> bool {
-        self.initialized
+        self.phase != Phase::Starting
     }
 
     /// Resolves once the worker starts being destroyed.
     pub(super) fn closing_waiter(&mut self) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        if self.destroying || self.destroyed {
+        if self.phase.is_closing() {
             let _ = tx.send(());
         } else {
             self.closing_waiters.push(tx);
@@ -238,7 +242,7 @@ impl WorkerContext {
     /// Resolves once the worker is destroyed.
     pub(super) fn closed_waiter(&mut self) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        if self.destroyed {
+        if self.phase == Phase::Destroyed {
             let _ = tx.send(());
         } else {
             self.closed_waiters.push(tx);
@@ -247,28 +251,33 @@ impl WorkerContext {
     }
 
     fn frame(&mut self, frame: Frame) {
+        match self.step(Input::Frame(&frame)) {
+            Action::Handle => self.deliver(frame),
+            Action::Reject { announce } => {
+                tracing::error!(worker_id = %self.id, frame = ?frame, "unexpected frame from the primary");
+                self.primary_gone(announce);
+            }
+            Action::PrimaryGone { announce } => self.primary_gone(announce),
+            // The hello: nothing more to do.
+            _ => {}
+        }
+    }
+
+    /// A frame that [`Phase::step`] let through, by kind.
+    fn deliver(&mut self, frame: Frame) {
         match frame {
-            Frame::Hello { protocol } if !self.greeted && protocol == protocol::VERSION => {
-                self.greeted = true
-            }
-            Frame::Message(message) if self.greeted => {
-                events::publish(self, PrimaryMessage { message })
-            }
-            Frame::Disconnect if self.greeted => self.primary_gone(),
-            Frame::Listening { id, result, passed } if self.greeted => {
-                self.listening(id, result, passed)
-            }
-            Frame::Connection { listener } if self.greeted => self.connection(listener),
-            Frame::Request { id, message } if self.greeted => {
+            Frame::Message(message) => events::publish(self, PrimaryMessage { message }),
+            Frame::Listening { id, result, passed } => self.listening(id, result, passed),
+            Frame::Connection { listener } => self.connection(listener),
+            Frame::Request { id, message } => {
                 self.handlers
-                    .answer(id, &message, self.max_frame)
+                    .answer(id, &message, self.settings.max_frame_size)
                     .send(&self.outbox);
             }
-            Frame::Reply { id, result } if self.greeted => self.pending.resolve(id, result, None),
-            other => {
-                tracing::error!(worker_id = %self.id, frame = ?other, "unexpected frame from the primary");
-                self.primary_gone();
-            }
+            Frame::Reply { id, result } => self.pending.resolve(id, result, None),
+            // Never handed over: the handshake and the disconnect are the
+            // phase's, the others only a worker sends.
+            Frame::Hello { .. } | Frame::Disconnect | Frame::Ready | Frame::Listen { .. } => {}
         }
     }
 
@@ -279,40 +288,50 @@ impl WorkerContext {
                 self.frame(frame);
                 true
             }
-            Some(Err(error)) if !error.is_disconnect() => {
-                tracing::error!(worker_id = %self.id, %error, "channel from the primary broken");
-                self.primary_gone();
+            Some(Err(error)) => {
+                if !error.is_disconnect() {
+                    tracing::error!(worker_id = %self.id, %error, "channel from the primary broken");
+                }
+                self.channel_end();
                 false
             }
-            Some(Err(_)) | None => {
-                self.primary_gone();
+            None => {
+                self.channel_end();
                 false
             }
         }
     }
 
-    fn primary_gone(&mut self) {
+    fn channel_end(&mut self) {
+        if let Action::PrimaryGone { announce } = self.step(Input::ChannelEnd) {
+            self.primary_gone(announce);
+        }
+    }
+
+    fn primary_gone(&mut self, announce: bool) {
         self.pending.fail_all(None);
-        if !self.destroying {
+        if announce {
             events::publish(self, PrimaryDisconnect);
         }
     }
 
     /// The cleanup is done (or timed out): disconnect and tear down.
-    fn finish_destroy(&mut self) {
+    fn cleanup_done(&mut self) {
+        self.cleanup_done = None;
+        if self.step(Input::CleanupDone) != Action::Finish {
+            return;
+        }
         self.pending.fail_all(None);
         let _ = self
             .outbox
             .try_send(protocol::encode_control(&Frame::Disconnect));
         self.outbox.close();
-        self.destroyed = true;
         events::publish(self, DestroyComplete);
         self.hub.clear();
         self.stream.close();
         for waiter in self.closed_waiters.drain(..) {
             let _ = waiter.send(());
         }
-        self.finished = true;
     }
 }
 
@@ -322,19 +341,18 @@ const BATCH: usize = 256;
 /// Runs the worker until it is destroyed.
 pub(super) async fn run(
     mut context: WorkerContext,
-    mut commands: mpsc::UnboundedReceiver<Command<WorkerContext>>,
+    mut commands: Commands,
     mut sigterm: Option<Signal>,
 ) {
     let mut handles = true;
     let mut reading = true;
-    while !context.finished {
+    while context.phase != Phase::Destroyed {
         tokio::select! {
             command = commands.recv(), if handles => match command {
                 Some(command) => command(&mut context),
                 None => {
                     handles = false;
-                    let timeout = context.destroy_timeout;
-                    context.destroy(timeout);
+                    context.destroy(context.settings.destroy_timeout);
                 }
             },
             frame = context.inbox.next(), if reading => {
@@ -345,19 +363,15 @@ pub(super) async fn run(
                 while let Some(frame) = next.take() {
                     reading = context.incoming(frame);
                     budget -= 1;
-                    if reading && budget > 0 && !context.finished {
+                    if reading && budget > 0 && context.phase != Phase::Destroyed {
                         next = context.inbox.try_next().map(Some);
                     }
                 }
             }
-            _ = cleanup_done(&mut context.cleanup_done) => {
-                context.cleanup_done = None;
-                context.finish_destroy();
-            }
+            _ = cleanup_end(&mut context.cleanup_done) => context.cleanup_done(),
             Some(()) = recv(&mut sigterm) => {
                 tracing::info!(worker_id = %context.id, "SIGTERM: destroying the worker");
-                let timeout = context.destroy_timeout;
-                context.destroy(timeout);
+                context.destroy(context.settings.destroy_timeout);
             }
         }
     }
@@ -370,7 +384,7 @@ async fn recv(signal: &mut Option<Signal>) -> Option<()> {
     }
 }
 
-async fn cleanup_done(done: &mut Option<oneshot::Receiver<()>>) {
+async fn cleanup_end(done: &mut Option<oneshot::Receiver<()>>) {
     match done {
         Some(done) => drop(done.await),
         None => std::future::pending().await,
@@ -390,7 +404,7 @@ impl WorkerContext {
 
     pub(super) fn complete_initialize(&mut self, _: &Initialize) {
         tracing::info!(worker_id = %self.id, "Initializing worker");
-        self.initialized = true;
+        self.step(Input::Initialized);
     }
 
     pub(super) fn complete_initialize_complete(&mut self, _: &InitializeComplete) {
@@ -410,12 +424,13 @@ impl WorkerContext {
 
     pub(super) fn complete_primary_disconnect(&mut self, _: &PrimaryDisconnect) {
         tracing::info!(worker_id = %self.id, "Primary disconnected");
-        let timeout = self.destroy_timeout;
-        self.destroy(timeout);
+        self.destroy(self.settings.destroy_timeout);
     }
 
     pub(super) fn complete_destroy(&mut self, event: &Destroy) {
-        self.destroying = true;
+        if self.step(Input::DestroyStarted) != Action::Cleanup {
+            return;
+        }
         for waiter in self.closing_waiters.drain(..) {
             let _ = waiter.send(());
         }

@@ -4,9 +4,11 @@
 
 mod context;
 pub mod events;
+mod phase;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
-use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,11 +20,11 @@ pub use context::WorkerContext;
 pub use events::*;
 
 use crate::actor::Mailbox;
-use crate::channel::{Inbox, Outbox, QueueLimits};
+use crate::channel::{Outbox, QueueLimits};
 use crate::error::{BoxError, Error, SendError};
 use crate::events::{self as pubsub, EventStream, Hub, StreamSource};
 use crate::net::{ListenAddress, ListenError, ListenErrorKind, Listener};
-use crate::protocol::{self, Frame, FrameCodec};
+use crate::protocol;
 use crate::request::{Handlers, Pending, RequestError};
 use crate::{WorkerId, role};
 
@@ -54,20 +56,36 @@ pub(crate) type Cleanup = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + 
 pub struct WorkerBuilder {
     hub: Hub,
     handlers: Handlers,
-    request_timeout: Duration,
     initializer: Option<Initializer>,
     cleanup: Option<Cleanup>,
-    destroy_timeout: Duration,
-    max_frame_size: usize,
-    queue: QueueLimits,
+    settings: Settings,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkerBuilder")
-            .field("destroy_timeout", &self.destroy_timeout)
-            .field("max_frame_size", &self.max_frame_size)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
+    }
+}
+
+/// The builder's settings that the running worker keeps.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    request_timeout: Duration,
+    destroy_timeout: Duration,
+    max_frame_size: usize,
+    queue: QueueLimits,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            destroy_timeout: Duration::from_secs(5),
+            max_frame_size: protocol::DEFAULT_MAX_FRAME,
+            queue: QueueLimits::default(),
+        }
     }
 }
 
@@ -101,33 +119,33 @@ impl WorkerBuilder {
 
     /// The deadline of a request to the primary (default 30 s).
     pub fn request_timeout(mut self, deadline: Duration) -> Self {
-        self.request_timeout = deadline;
+        self.settings.request_timeout = deadline;
         self
     }
 
     /// The timeout of a destroy that the worker did not ask for itself (the
     /// primary disconnected, SIGTERM): default 5 s.
     pub fn destroy_timeout(mut self, timeout: Duration) -> Self {
-        self.destroy_timeout = timeout;
+        self.settings.destroy_timeout = timeout;
         self
     }
 
     /// The largest frame accepted from or sent to the primary (default 16 MiB).
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
-        self.max_frame_size = bytes.clamp(1, u32::MAX as usize);
+        self.settings.max_frame_size = bytes.clamp(1, u32::MAX as usize);
         self
     }
 
     /// How many messages may wait to be written (default 1024).
     pub fn queue_capacity(mut self, messages: usize) -> Self {
-        self.queue.messages = messages.max(1);
+        self.settings.queue.messages = messages.max(1);
         self
     }
 
     /// How many bytes of messages may wait to be written (default 4 MiB; a
     /// larger message waits for the whole queue).
     pub fn queue_bytes(mut self, bytes: usize) -> Self {
-        self.queue.bytes = bytes.max(1);
+        self.settings.queue.bytes = bytes.max(1);
         self
     }
 
@@ -149,33 +167,13 @@ impl WorkerBuilder {
     /// # Panics
     ///
     /// Outside a tokio runtime.
-    pub async fn start(self) -> Result<ClusterWorker, Error> {
+    pub async fn start(mut self) -> Result<ClusterWorker, Error> {
         let markers = role::markers().ok_or(Error::NotAWorker)?;
         let channel_error = |e: std::io::Error| Error::Channel(Arc::new(e));
-        let fd: OwnedFd = role::take_channel(markers).map_err(channel_error)?;
-        let stream = std::os::unix::net::UnixStream::from(fd);
-        stream.set_nonblocking(true).map_err(channel_error)?;
-        let stream = tokio::net::UnixStream::from_std(stream).map_err(channel_error)?;
-        let (read, write) = stream.into_split();
-        let outbox = Outbox::spawn(write, self.queue, None);
-        let _ = outbox.try_send(protocol::encode_control(&Frame::Hello {
-            protocol: protocol::VERSION,
-        }));
-
-        let (mailbox, commands) = Mailbox::new();
-        let inbox = Inbox::new(read, FrameCodec::new(self.max_frame_size));
-        let mut context = WorkerContext::new(
-            markers.id,
-            outbox,
-            inbox,
-            self.max_frame_size,
-            self.hub,
-            mailbox.downgrade(),
-            self.destroy_timeout,
-            self.cleanup,
-            self.handlers,
-            self.request_timeout,
-        );
+        let fd = role::take_channel(markers).map_err(channel_error)?;
+        let initializer = self.initializer.take();
+        let (mut context, mailbox, commands) =
+            WorkerContext::connect(markers.id, fd, self).map_err(channel_error)?;
         pubsub::publish(&mut context, Initialize);
         if !context.initialized() {
             return Err(Error::Prevented {
@@ -185,7 +183,7 @@ impl WorkerBuilder {
         let worker = ClusterWorker::new(mailbox.clone(), &context);
         tokio::spawn(context::run(context, commands, context::sigterm()));
 
-        if let Some(init) = self.initializer
+        if let Some(init) = initializer
             && let Err(error) = init(worker.clone()).await
         {
             let error = Error::Initialize(error.into());
@@ -248,12 +246,9 @@ impl ClusterWorker {
         WorkerBuilder {
             hub: Hub::default(),
             handlers: Handlers::default(),
-            request_timeout: Duration::from_secs(30),
             initializer: None,
             cleanup: None,
-            destroy_timeout: Duration::from_secs(5),
-            max_frame_size: protocol::DEFAULT_MAX_FRAME,
-            queue: QueueLimits::default(),
+            settings: Settings::default(),
         }
     }
 
@@ -267,9 +262,9 @@ impl ClusterWorker {
             mailbox,
             outbox: context.outbox.clone(),
             pending: context.pending.clone(),
-            deadline: context.request_timeout,
+            deadline: context.settings.request_timeout,
             id: context.id,
-            max_frame: context.max_frame,
+            max_frame: context.settings.max_frame_size,
             stream: context.stream.clone(),
         }
     }

@@ -1,185 +1,17 @@
-//! Request/response over a channel: the caller's table of requests waiting
-//! for a reply, and the callee's handlers.
+//! The callee's side: handlers of requests by message type, and their replies.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::oneshot;
 
-use crate::WorkerId;
 use crate::channel::Outbox;
-use crate::error::{MessageError, SendError};
 use crate::message::Message;
 use crate::protocol::{self, Frame};
-
-/// Why a request got no reply.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum RequestError {
-    /// No reply within the deadline.
-    #[error("no reply within {after:?}{}", worker_label(*worker_id))]
-    Timeout {
-        /// The worker asked, when the primary asked.
-        worker_id: Option<WorkerId>,
-        /// The deadline.
-        after: Duration,
-    },
-    /// The peer exited or disconnected before replying.
-    #[error("the peer went away before replying{}", worker_label(*worker_id))]
-    Gone {
-        /// The worker asked, when the primary asked.
-        worker_id: Option<WorkerId>,
-    },
-    /// The peer's handler failed (returned an error, or panicked).
-    #[error("the handler failed{}: {message}", worker_label(*worker_id))]
-    Remote {
-        /// The worker asked, when the primary asked.
-        worker_id: Option<WorkerId>,
-        /// The handler's error, as text.
-        message: String,
-    },
-    /// The request could not be sent.
-    #[error("cannot send the request")]
-    Send(#[source] SendError),
-    /// The reply does not fit the type asked for.
-    #[error("the reply does not decode")]
-    Decode(#[source] MessageError),
-    /// No worker was left to ask (`dispatch`).
-    #[error("no ready worker to dispatch to")]
-    NoWorker,
-}
-
-/// A closed channel means the peer is gone: [`RequestError::Gone`], the one
-/// error that says so whether the peer left before or after the request was
-/// sent.
-impl From<SendError> for RequestError {
-    fn from(error: SendError) -> Self {
-        match error {
-            SendError::Closed { worker_id } => Self::Gone { worker_id },
-            other => Self::Send(other),
-        }
-    }
-}
-
-fn worker_label(worker_id: Option<WorkerId>) -> String {
-    worker_id
-        .map(|id| format!(" (worker {id})"))
-        .unwrap_or_default()
-}
-
-type Outcome = Result<Message, RequestError>;
-
-/// The requests sent to one peer and not answered yet.
-#[derive(Debug, Default)]
-pub(crate) struct Pending {
-    next: AtomicU64,
-    waiting: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
-    gone: AtomicBool,
-}
-
-impl Pending {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Outcome>>> {
-        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// How many requests wait for a reply.
-    pub(crate) fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Registers a new request; the waiter forgets it when dropped.
-    pub(crate) fn begin(
-        self: &Arc<Self>,
-        worker_id: Option<WorkerId>,
-    ) -> Result<Waiter, RequestError> {
-        let (tx, rx) = oneshot::channel();
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut waiting = self.lock();
-        if self.gone.load(Ordering::Acquire) {
-            return Err(RequestError::Gone { worker_id });
-        }
-        waiting.insert(id, tx);
-        Ok(Waiter {
-            pending: self.clone(),
-            id,
-            worker_id,
-            reply: rx,
-        })
-    }
-
-    /// Hands a reply to its waiter (a late one, whose waiter is gone, is
-    /// dropped).
-    pub(crate) fn resolve(
-        &self,
-        id: u64,
-        result: Result<Message, String>,
-        worker_id: Option<WorkerId>,
-    ) {
-        if let Some(waiter) = self.lock().remove(&id) {
-            let _ =
-                waiter.send(result.map_err(|message| RequestError::Remote { worker_id, message }));
-        }
-    }
-
-    /// The peer is gone: every waiter fails now, and so will later requests.
-    pub(crate) fn fail_all(&self, worker_id: Option<WorkerId>) {
-        let mut waiting = self.lock();
-        self.gone.store(true, Ordering::Release);
-        for (_, waiter) in waiting.drain() {
-            let _ = waiter.send(Err(RequestError::Gone { worker_id }));
-        }
-    }
-}
-
-/// One request waiting for its reply.
-#[derive(Debug)]
-pub(crate) struct Waiter {
-    pending: Arc<Pending>,
-    id: u64,
-    worker_id: Option<WorkerId>,
-    reply: oneshot::Receiver<Outcome>,
-}
-
-impl Waiter {
-    pub(crate) fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// The reply, decoded into `R`, or why there is none.
-    pub(crate) async fn reply<R: DeserializeOwned>(
-        mut self,
-        deadline: Duration,
-    ) -> Result<R, RequestError> {
-        let worker_id = self.worker_id;
-        let message = match tokio::time::timeout(deadline, &mut self.reply).await {
-            Ok(Ok(outcome)) => outcome?,
-            Ok(Err(_)) => return Err(RequestError::Gone { worker_id }),
-            Err(_) => {
-                return Err(RequestError::Timeout {
-                    worker_id,
-                    after: deadline,
-                });
-            }
-        };
-        message.decode().map_err(RequestError::Decode)
-    }
-}
-
-impl Drop for Waiter {
-    fn drop(&mut self) {
-        self.pending.lock().remove(&self.id);
-    }
-}
-
-// ===== handlers =====
 
 type Encoded = Result<Bytes, String>;
 type SyncHandler = Box<dyn FnMut(&Message) -> Encoded + Send>;
@@ -211,7 +43,7 @@ enum Handler {
 pub trait HandleRequests: Sized + sealed::HasHandlers {
     /// Answers requests whose `type` is `type_name` (`""`: any type without a
     /// handler of its own) with `handler`'s reply; its error, or a panic, goes
-    /// back to the asker as [`RequestError::Remote`].
+    /// back to the asker as [`RequestError::Remote`](super::RequestError::Remote).
     fn handle<Req, Resp, E, F>(mut self, type_name: &str, handler: F) -> Self
     where
         Req: DeserializeOwned,
@@ -393,4 +225,153 @@ fn reply_frame(id: u64, result: Encoded, max: usize) -> Bytes {
         });
     }
     frame
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use serde_json::json;
+    use tokio_util::codec::Decoder as _;
+
+    use super::*;
+    use crate::protocol::{DEFAULT_MAX_FRAME, FrameCodec};
+
+    fn message(value: serde_json::Value) -> Message {
+        Message::encode(&value).expect("encodes")
+    }
+
+    /// The reply frame an answer gives: its request id, and its result.
+    async fn reply(answer: Answer) -> (u64, Result<Message, String>) {
+        let frame = match answer {
+            Answer::Now(frame) => frame,
+            Answer::Later(frame) => frame.await,
+        };
+        let decoded = FrameCodec::new(DEFAULT_MAX_FRAME).decode(&mut BytesMut::from(&frame[..]));
+        match decoded {
+            Ok(Some(Frame::Reply { id, result })) => (id, result),
+            other => panic!("not a reply: {other:?}"),
+        }
+    }
+
+    async fn answer(
+        handlers: &mut Handlers,
+        request: serde_json::Value,
+        max: usize,
+    ) -> Result<String, String> {
+        let (id, result) = reply(handlers.answer(7, &message(request), max)).await;
+        assert_eq!(id, 7);
+        result.map(|message| message.as_json().to_owned())
+    }
+
+    #[tokio::test]
+    async fn a_handler_s_error_or_panic_goes_back_as_an_error() {
+        type Any = serde_json::Value;
+        let mut handlers = Handlers::default();
+        handlers.add("fail", |_: Any| Err::<(), _>("refused"));
+        handlers.add("panic", |_: Any| -> Result<(), String> {
+            panic!("in a handler")
+        });
+        handlers.add_async("panic later", |_: Any| async move {
+            if true {
+                panic!("in an async handler");
+            }
+            Ok::<(), String>(())
+        });
+        handlers.add_async(
+            "panic at once",
+            |_: Any| -> std::future::Ready<Result<(), String>> { panic!("before the future") },
+        );
+        let cases = [
+            ("fail", "refused"),
+            ("panic", "the handler panicked"),
+            ("panic later", "the handler panicked"),
+            ("panic at once", "the handler panicked"),
+        ];
+        for (type_name, error) in cases {
+            let request = json!({ "type": type_name });
+            assert_eq!(
+                answer(&mut handlers, request, DEFAULT_MAX_FRAME).await,
+                Err(error.into()),
+                "{type_name}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn handlers_answer_by_type() {
+        let mut handlers = Handlers::default();
+        handlers.add("double", |r: serde_json::Value| {
+            Ok::<_, String>(r["n"].as_u64().unwrap_or_default() * 2)
+        });
+        handlers.add_async("later", |r: serde_json::Value| async move {
+            Ok::<_, String>(r["n"].as_u64().unwrap_or_default() + 1)
+        });
+        let max = DEFAULT_MAX_FRAME;
+        let double = json!({"type": "double", "n": 21});
+        assert_eq!(answer(&mut handlers, double, max).await, Ok("42".into()));
+        let later = json!({"type": "later", "n": 41});
+        assert_eq!(answer(&mut handlers, later, max).await, Ok("42".into()));
+        let unknown = json!({"type": "nope"});
+        assert_eq!(
+            answer(&mut handlers, unknown.clone(), max).await,
+            Err("no handler for requests of type \"nope\"".into())
+        );
+        handlers.add("", |_: serde_json::Value| Ok::<_, String>("caught"));
+        assert_eq!(
+            answer(&mut handlers, unknown, max).await,
+            Ok("\"caught\"".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_that_does_not_decode_or_a_reply_too_large_is_an_error() {
+        let mut handlers = Handlers::default();
+        handlers.add("n", |r: Number| Ok::<_, String>("x".repeat(r.n)));
+        let bad = answer(&mut handlers, json!({"type": "n", "n": "many"}), 1024).await;
+        assert!(bad.expect_err("does not decode").contains("invalid type"));
+        let large = answer(&mut handlers, json!({"type": "n", "n": 2000}), 1024).await;
+        assert!(
+            large
+                .expect_err("too large")
+                .contains("exceeds the maximum frame")
+        );
+        let fits = answer(&mut handlers, json!({"type": "n", "n": 10}), 1024).await;
+        assert_eq!(fits, Ok(format!("\"{}\"", "x".repeat(10))));
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Number {
+        n: usize,
+    }
+
+    #[tokio::test]
+    async fn an_answer_is_sent_now_or_once_ready() {
+        let (ours, theirs) = tokio::net::UnixStream::pair().expect("a socket pair");
+        let outbox = Outbox::spawn(ours.into_split().1, Default::default(), None);
+        let mut inbox =
+            crate::channel::Inbox::new(theirs.into_split().0, FrameCodec::new(DEFAULT_MAX_FRAME));
+        let mut handlers = Handlers::default();
+        handlers.add("now", |_: serde_json::Value| Ok::<_, String>(1));
+        handlers.add_async("later", |_: serde_json::Value| async { Ok::<_, String>(2) });
+        for (id, type_name) in [(1, "later"), (2, "now")] {
+            handlers
+                .answer(
+                    id,
+                    &message(json!({ "type": type_name })),
+                    DEFAULT_MAX_FRAME,
+                )
+                .send(&outbox);
+        }
+        let mut replies = Vec::new();
+        for _ in 0..2 {
+            match inbox.next().await {
+                Some(Ok(Frame::Reply { id, result })) => {
+                    replies.push((id, result.expect("answered").as_json().to_owned()));
+                }
+                other => panic!("not a reply: {other:?}"),
+            }
+        }
+        replies.sort();
+        assert_eq!(replies, [(1, "2".to_owned()), (2, "1".to_owned())]);
+    }
 }

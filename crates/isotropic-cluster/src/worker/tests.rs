@@ -1,0 +1,332 @@
+//! The worker's context over a socket pair, with no process: the primary's
+//! end is driven by the test.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::context::Commands;
+use super::*;
+use crate::channel::{self, Inbox};
+use crate::events::Subscribe;
+use crate::message::Message;
+use crate::protocol::{Frame, FrameCodec};
+use crate::request::HandleRequests;
+use crate::sys;
+
+/// Every destroy in these tests: the destroy's guard ends the process this
+/// long after it started, so it must outlast the test run.
+const NEVER: Duration = Duration::from_secs(24 * 3600);
+
+/// The primary's end of the channel.
+struct Primary {
+    inbox: Inbox,
+    outbox: Outbox,
+}
+
+impl Primary {
+    fn send(&self, frame: &Frame) {
+        self.outbox
+            .try_send(protocol::encode_control(frame))
+            .expect("queued");
+    }
+
+    fn hello(&self) {
+        self.outbox.hello();
+    }
+
+    async fn next(&mut self) -> Option<Frame> {
+        self.inbox.next().await.map(|frame| frame.expect("a frame"))
+    }
+
+    /// The frames the worker sent until it closed the channel.
+    async fn rest(&mut self) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        while let Some(frame) = self.next().await {
+            frames.push(frame);
+        }
+        frames
+    }
+}
+
+/// A started worker: its handle, the events it completed, the primary's end,
+/// and its actor.
+struct Started {
+    worker: ClusterWorker,
+    events: EventStream<WorkerEvent>,
+    primary: Primary,
+    actor: JoinHandle<()>,
+}
+
+/// The names of the events completed until the worker was destroyed.
+async fn names(events: &mut EventStream<WorkerEvent>) -> Vec<&'static str> {
+    let mut names = Vec::new();
+    while let Some(event) = events.next().await {
+        names.push(event.name());
+    }
+    names
+}
+
+/// A worker's context on one end of a socket pair; the primary on the other.
+fn context(builder: WorkerBuilder) -> (WorkerContext, Mailbox<WorkerContext>, Commands, Primary) {
+    let (ours, theirs) = sys::channel_pair().expect("a socket pair");
+    let (context, mailbox, commands) =
+        WorkerContext::connect(WorkerId(1), ours, builder).expect("connected");
+    let (read, outbox) =
+        channel::open(theirs, QueueLimits::default(), Some(WorkerId(1))).expect("their end");
+    let inbox = Inbox::new(read, FrameCodec::new(protocol::DEFAULT_MAX_FRAME));
+    (context, mailbox, commands, Primary { inbox, outbox })
+}
+
+/// Starts a worker as [`WorkerBuilder::start`] does, without the initializer.
+fn start_with(builder: WorkerBuilder, sigterm: Option<tokio::signal::unix::Signal>) -> Started {
+    let (mut context, mailbox, commands, primary) = context(builder.destroy_timeout(NEVER));
+    let events = context.stream.subscribe();
+    pubsub::publish(&mut context, Initialize);
+    assert!(context.initialized());
+    let worker = ClusterWorker::new(mailbox, &context);
+    let actor = tokio::spawn(context::run(context, commands, sigterm));
+    Started {
+        worker,
+        events,
+        primary,
+        actor,
+    }
+}
+
+fn start(builder: WorkerBuilder) -> Started {
+    start_with(builder, None)
+}
+
+fn message(json: serde_json::Value) -> Message {
+    Message::encode(&json).expect("encodes")
+}
+
+#[tokio::test]
+async fn a_prevented_initialize_leaves_the_worker_starting() {
+    let builder = ClusterWorker::builder().before::<Initialize>(|event| event.prevent());
+    let (mut context, ..) = context(builder);
+    pubsub::publish(&mut context, Initialize);
+    assert!(!context.initialized());
+}
+
+#[tokio::test]
+async fn after_the_hello_messages_are_published_and_a_disconnect_destroys() {
+    let mut started = start(ClusterWorker::builder());
+    started.primary.hello();
+    started
+        .primary
+        .send(&Frame::Message(message(json!({"n": 1}))));
+    started.primary.send(&Frame::Disconnect);
+    assert_eq!(
+        names(&mut started.events).await,
+        [
+            "initialize",
+            "primaryMessage",
+            "primaryDisconnect",
+            "destroy",
+            "destroyComplete"
+        ]
+    );
+    let hello = Frame::Hello {
+        protocol: protocol::VERSION,
+    };
+    assert_eq!(started.primary.rest().await, [hello, Frame::Disconnect]);
+    started.actor.await.expect("the actor ends");
+}
+
+#[tokio::test]
+async fn a_frame_before_the_hello_is_a_protocol_error() {
+    let mut started = start(ClusterWorker::builder());
+    started
+        .primary
+        .send(&Frame::Message(message(json!("early"))));
+    assert_eq!(
+        names(&mut started.events).await,
+        [
+            "initialize",
+            "primaryDisconnect",
+            "destroy",
+            "destroyComplete"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_second_hello_is_a_protocol_error() {
+    let mut started = start(ClusterWorker::builder());
+    started.primary.hello();
+    started.primary.hello();
+    assert_eq!(
+        names(&mut started.events).await,
+        [
+            "initialize",
+            "primaryDisconnect",
+            "destroy",
+            "destroyComplete"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn requests_are_answered_and_replies_resolve_requests() {
+    let started = start(
+        ClusterWorker::builder().handle("double", |n: serde_json::Value| {
+            Ok::<_, String>(n["n"].as_u64().unwrap_or_default() * 2)
+        }),
+    );
+    let mut primary = started.primary;
+    primary.hello();
+    primary.send(&Frame::Request {
+        id: 7,
+        message: message(json!({"type": "double", "n": 21})),
+    });
+    let worker = started.worker.clone();
+    let asked = tokio::spawn(async move { worker.request::<u64, _>(&json!("ping")).await });
+    let mut reply = None;
+    let mut request = None;
+    while reply.is_none() || request.is_none() {
+        match primary.next().await.expect("a frame") {
+            Frame::Reply { id: 7, result } => reply = Some(result.expect("answered")),
+            Frame::Request { id, .. } => request = Some(id),
+            Frame::Hello { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(reply.expect("a reply").as_json(), "42");
+    primary.send(&Frame::Reply {
+        id: request.expect("a request"),
+        result: Ok(message(json!(99))),
+    });
+    assert_eq!(asked.await.expect("no panic").expect("a reply"), 99);
+}
+
+#[tokio::test]
+async fn the_channel_s_end_fails_waiting_requests_and_destroys() {
+    let mut started = start(ClusterWorker::builder());
+    started.primary.hello();
+    let worker = started.worker.clone();
+    let asked = tokio::spawn(async move { worker.request::<u64, _>(&json!("ping")).await });
+    loop {
+        if let Frame::Request { .. } = started.primary.next().await.expect("a frame") {
+            break;
+        }
+    }
+    drop(started.primary);
+    assert!(matches!(
+        asked.await.expect("no panic"),
+        Err(RequestError::Gone { worker_id: None })
+    ));
+    assert_eq!(
+        names(&mut started.events).await,
+        [
+            "initialize",
+            "primaryDisconnect",
+            "destroy",
+            "destroyComplete"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn destroy_wakes_closing_runs_the_cleanup_then_disconnects() {
+    let (release, released) = oneshot::channel::<()>();
+    let cleaned = Arc::new(AtomicBool::new(false));
+    let done = cleaned.clone();
+    let builder = ClusterWorker::builder().on_destroy(move || async move {
+        let _ = released.await;
+        done.store(true, Ordering::SeqCst);
+    });
+    let mut started = start(builder);
+    let worker = started.worker.clone();
+    let destroyed = tokio::spawn(async move { worker.destroy(NEVER).await });
+    // Closing resolves while the cleanup still waits to be released.
+    started.worker.closing().await;
+    assert!(!cleaned.load(Ordering::SeqCst));
+    release.send(()).expect("the cleanup waits");
+    destroyed.await.expect("no panic").expect("destroyed");
+    assert!(cleaned.load(Ordering::SeqCst));
+    started.worker.closed().await;
+    assert!(matches!(
+        started.worker.request::<u64, _>(&json!("late")).await,
+        Err(RequestError::Gone { .. })
+    ));
+    assert_eq!(
+        names(&mut started.events).await,
+        ["initialize", "destroy", "destroyComplete"]
+    );
+    let hello = Frame::Hello {
+        protocol: protocol::VERSION,
+    };
+    assert_eq!(started.primary.rest().await, [hello, Frame::Disconnect]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cleanup_that_overruns_is_cut_at_the_timeout() {
+    let timeout = NEVER;
+    let builder = ClusterWorker::builder().on_destroy(std::future::pending::<()>);
+    let mut started = start(builder);
+    let begun = tokio::time::Instant::now();
+    started.worker.destroy(timeout).await.expect("destroyed");
+    assert!(begun.elapsed() >= timeout);
+    assert_eq!(
+        names(&mut started.events).await,
+        ["initialize", "destroy", "destroyComplete"]
+    );
+}
+
+#[tokio::test]
+async fn a_prevented_destroy_keeps_the_worker_serving() {
+    let builder = ClusterWorker::builder()
+        .before::<Destroy>(|event| event.prevent())
+        .handle("echo", Ok::<serde_json::Value, String>);
+    let mut started = start(builder);
+    started.primary.hello();
+    started.primary.send(&Frame::Disconnect);
+    started.primary.send(&Frame::Request {
+        id: 1,
+        message: message(json!({"type": "echo"})),
+    });
+    for name in ["initialize", "primaryDisconnect"] {
+        assert_eq!(started.events.next().await.map(|e| e.name()), Some(name));
+    }
+    loop {
+        match started.primary.next().await.expect("a frame") {
+            Frame::Reply { id: 1, result } => {
+                assert!(result.is_ok());
+                break;
+            }
+            Frame::Hello { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    started.actor.abort();
+}
+
+#[tokio::test]
+async fn dropping_every_handle_destroys_the_worker() {
+    let mut started = start(ClusterWorker::builder());
+    drop(started.worker);
+    assert_eq!(
+        names(&mut started.events).await,
+        ["initialize", "destroy", "destroyComplete"]
+    );
+    started.actor.await.expect("the actor ends");
+}
+
+#[tokio::test]
+async fn sigterm_destroys_the_worker() {
+    // Listening first: the signal then no longer ends the process.
+    let sigterm = context::sigterm();
+    assert!(sigterm.is_some());
+    let mut started = start_with(ClusterWorker::builder(), sigterm);
+    sys::send_signal(std::process::id(), false, libc::SIGTERM).expect("signalled");
+    assert_eq!(
+        names(&mut started.events).await,
+        ["initialize", "destroy", "destroyComplete"]
+    );
+}
