@@ -14,9 +14,9 @@ use super::input::Input;
 use super::spawner::{Spawn, Spawned};
 use super::watch::Watch;
 use crate::WorkerId;
-use crate::channel::Outbox;
+use crate::channel;
 use crate::error::Error;
-use crate::protocol::{self, AnyCodec, Frame, FrameCodec, NodeCodec, Wire};
+use crate::protocol::{AnyCodec, FrameCodec, NodeCodec, Wire};
 use crate::{role, sys};
 
 /// Starts each worker as a process of `config`'s command.
@@ -117,18 +117,10 @@ impl Spawn for ProcessSpawner {
         let child = command.spawn().map_err(spawn_error)?;
         let pid = child.id().unwrap_or_default();
 
-        let stream = std::os::unix::net::UnixStream::from(ours);
-        let stream = stream
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::UnixStream::from_std(stream))
-            .map_err(spawn_error)?;
-        let (read, write) = stream.into_split();
-        let outbox = Outbox::spawn(write, config.queue, Some(id));
+        let (read, outbox) = channel::open(ours, config.queue, Some(id)).map_err(spawn_error)?;
         if config.channel == WorkerChannel::Frames {
             // The primary's hello: the first frame, queued before anything else.
-            let _ = outbox.try_send(protocol::encode_control(&Frame::Hello {
-                protocol: protocol::VERSION,
-            }));
+            outbox.hello();
         }
         let worker = Worker::new(
             id,
