@@ -662,6 +662,109 @@ mod tests {
         assert_eq!(decoded, frames);
     }
 
+    /// Every kind's bytes, pinned (`docs/protocol.md` is the contract).
+    #[test]
+    fn every_kind_has_the_documented_bytes() {
+        let address: ListenAddress = "127.0.0.1:3000".parse().expect("address");
+        let cases: [(Frame, &[u8]); 12] = [
+            (
+                Frame::Hello { protocol: VERSION },
+                b"\0\0\0\x0f\x01{\"protocol\":1}",
+            ),
+            (Frame::Ready, b"\0\0\0\x01\x02"),
+            (Frame::Disconnect, b"\0\0\0\x01\x03"),
+            (message("[1]"), b"\0\0\0\x04\x04[1]"),
+            (
+                Frame::Listen {
+                    id: 7,
+                    address: address.clone(),
+                },
+                b"\0\0\0\x24\x05{\"id\":7,\"address\":\"127.0.0.1:3000\"}",
+            ),
+            (
+                Frame::Listening {
+                    id: 7,
+                    result: Ok(address.clone()),
+                    passed: false,
+                },
+                b"\0\0\0\x24\x06{\"id\":7,\"address\":\"127.0.0.1:3000\"}",
+            ),
+            (
+                Frame::Listening {
+                    id: 7,
+                    result: Ok(address),
+                    passed: true,
+                },
+                b"\0\0\0\x32\x06{\"id\":7,\"address\":\"127.0.0.1:3000\",\"passed\":true}",
+            ),
+            (
+                Frame::Listening {
+                    id: 7,
+                    result: Err((ListenErrorKind::AddrInUse, "taken".into())),
+                    passed: false,
+                },
+                b"\0\0\0\x2f\x06{\"id\":7,\"error\":\"AddrInUse\",\"message\":\"taken\"}",
+            ),
+            (
+                Frame::Connection { listener: 7 },
+                b"\0\0\0\x0f\x07{\"listener\":7}",
+            ),
+            (
+                Frame::Request {
+                    id: 0x0102,
+                    message: Message::from_json("{}").expect("json"),
+                },
+                b"\0\0\0\x0b\x08\0\0\0\0\0\0\x01\x02{}",
+            ),
+            (
+                Frame::Reply {
+                    id: 3,
+                    result: Ok(Message::from_json("[2]").expect("json")),
+                },
+                b"\0\0\0\x0d\x09\0\0\0\0\0\0\0\x03\0[2]",
+            ),
+            (
+                Frame::Reply {
+                    id: 3,
+                    result: Err("no".into()),
+                },
+                b"\0\0\0\x0e\x09\0\0\0\0\0\0\0\x03\x01\"no\"",
+            ),
+        ];
+        for (frame, bytes) in cases {
+            let encoded = encode_control(&frame);
+            assert_eq!(&encoded[..], bytes, "{frame:?}");
+            let decoded =
+                decode_all(&mut FrameCodec::new(DEFAULT_MAX_FRAME), &encoded).expect("decodes");
+            assert_eq!(decoded, [frame]);
+        }
+        let value = serde_json::json!({"type": "x"});
+        let message = b"\0\0\0\x0d\x04{\"type\":\"x\"}";
+        assert_eq!(&encode_message(&value, 64).expect("encodes")[..], message);
+        assert_eq!(
+            &Wire::Frames.encode(&value, 64).expect("encodes")[..],
+            message
+        );
+        let request = encode_request(5, &value, 64).expect("encodes");
+        assert_eq!(
+            &request[..],
+            b"\0\0\0\x15\x08\0\0\0\0\0\0\0\x05{\"type\":\"x\"}"
+        );
+        let line = Wire::NodeJson.encode(&value, 64).expect("encodes");
+        assert_eq!(&line[..], b"{\"type\":\"x\"}\n");
+        // Large frames come from the buffer pool: the same bytes.
+        let big = "y".repeat(20_000);
+        let frame = encode_message(&big, DEFAULT_MAX_FRAME).expect("encodes");
+        let expected = [
+            &20_003_u32.to_be_bytes()[..],
+            b"\x04\"",
+            big.as_bytes(),
+            b"\"",
+        ]
+        .concat();
+        assert_eq!(&frame[..], &expected[..]);
+    }
+
     #[test]
     fn a_user_message_ready_is_not_the_ready_frame() {
         let bytes = encode_message("ready", DEFAULT_MAX_FRAME).expect("encodes");
