@@ -13,7 +13,7 @@ use crate::channel::QueueLimits;
 use crate::error::{BoxError, Error};
 use crate::events::{self, Hub};
 use crate::net::Distribution;
-use crate::protocol::{self, Wire};
+use crate::protocol::{self, User, Wire};
 use crate::request::Handlers;
 
 /// Whether workers get a channel to the primary.
@@ -86,7 +86,7 @@ impl Config {
         message: &M,
     ) -> Result<bytes::Bytes, crate::SendError> {
         self.wire()
-            .encode(message, self.max_frame_size)
+            .encode(User::Message(message), self.max_frame_size)
             .map_err(crate::SendError::Encode)
     }
 

@@ -16,7 +16,7 @@ use crate::channel::{Inbox, Outbox};
 use crate::error::{ProtocolError, SendError};
 use crate::events::{self, Hub, StreamSource, Topic};
 use crate::net::{self, ListenAddress, ListenError, ListenErrorKind, Listener, PassedListener};
-use crate::protocol::{self, Frame};
+use crate::protocol::{self, Frame, User, Wire};
 use crate::request::{Handlers, Pending};
 
 /// The worker as its event handlers see it.
@@ -89,7 +89,9 @@ impl WorkerContext {
     ///
     /// As [`ClusterWorker::try_send`].
     pub fn send<M: Serialize + ?Sized>(&self, message: &M) -> Result<(), SendError> {
-        let frame = protocol::encode_message(message, self.max_frame).map_err(SendError::Encode)?;
+        let frame = Wire::Frames
+            .encode(User::Message(message), self.max_frame)
+            .map_err(SendError::Encode)?;
         self.outbox.try_send(frame)
     }
 
