@@ -377,7 +377,7 @@ mod tests {
     use tokio::io::AsyncWriteExt as _;
 
     use super::*;
-    use crate::protocol::DEFAULT_MAX_FRAME;
+    use crate::protocol::{DEFAULT_MAX_FRAME, User, Wire};
 
     const ID: Option<WorkerId> = Some(WorkerId(3));
 
@@ -396,7 +396,10 @@ mod tests {
     /// A message frame of `size` bytes (at least 16), carrying `n`.
     fn frame(n: u64, size: usize) -> Bytes {
         let encode = |padding: usize| {
-            protocol::encode_message(&(n, "x".repeat(padding)), DEFAULT_MAX_FRAME).expect("encodes")
+            let message = (n, "x".repeat(padding));
+            Wire::Frames
+                .encode(User::Message(&message), DEFAULT_MAX_FRAME)
+                .expect("encodes")
         };
         let frame = encode(size - encode(0).len());
         assert_eq!(frame.len(), size);

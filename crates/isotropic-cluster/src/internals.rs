@@ -7,12 +7,14 @@ use serde::Serialize;
 use tokio_util::codec::Decoder;
 
 use crate::events::{self, Hub, StreamSource, SubscriptionKey};
-use crate::protocol::{self, FrameCodec};
+use crate::protocol::{self, FrameCodec, User, Wire};
 use crate::topics::topics;
 
 /// Encodes `value` as a message frame; returns its length.
 pub fn encode<T: Serialize>(value: &T) -> usize {
-    protocol::encode_message(value, protocol::DEFAULT_MAX_FRAME).map_or(0, |frame| frame.len())
+    Wire::Frames
+        .encode(User::Message(value), protocol::DEFAULT_MAX_FRAME)
+        .map_or(0, |frame| frame.len())
 }
 
 /// Decodes every frame in `bytes` (validating each message); returns how many.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::RestartPolicy;
 use crate::channel::QueueLimits;
 use crate::net::Distribution;
-use crate::protocol::{self, Wire};
+use crate::protocol::{self, User, Wire};
 
 /// Whether workers get a channel to the primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -92,7 +92,7 @@ impl Config {
         message: &M,
     ) -> Result<bytes::Bytes, crate::SendError> {
         self.wire()
-            .encode(message, self.max_frame_size)
+            .encode(User::Message(message), self.max_frame_size)
             .map_err(crate::SendError::Encode)
     }
 

@@ -13,7 +13,7 @@ use crate::WorkerId;
 use crate::channel::Outbox;
 use crate::error::ProtocolError;
 use crate::error::SendError;
-use crate::protocol::{self, Wire};
+use crate::protocol::{User, Wire};
 use crate::request::{Pending, RequestError};
 
 /// A cloneable handle to one worker: its id, its pid, and its channel.
@@ -99,7 +99,10 @@ impl Worker {
             return Err(RequestError::Send(SendError::Encode(unsupported)));
         }
         let waiter = self.inner.pending.begin(Some(self.id()))?;
-        let frame = protocol::encode_request(waiter.id(), message, self.inner.max_frame)
+        let frame = self
+            .inner
+            .wire
+            .encode(User::Request(waiter.id(), message), self.inner.max_frame)
             .map_err(|e| RequestError::Send(SendError::Encode(e)))?;
         self.send_frame(frame).await?;
         waiter.reply(deadline).await
@@ -156,7 +159,7 @@ impl Worker {
     pub(crate) fn encode<M: Serialize + ?Sized>(&self, message: &M) -> Result<Bytes, SendError> {
         self.inner
             .wire
-            .encode(message, self.inner.max_frame)
+            .encode(User::Message(message), self.inner.max_frame)
             .map_err(SendError::Encode)
     }
 

@@ -213,18 +213,12 @@ fn reply_frame(id: u64, result: Encoded, max: usize) -> Bytes {
             result: Err(error),
         },
     };
-    let frame = protocol::encode_control(&frame);
-    if frame.len() > max + 4 {
-        let error = format!(
-            "the reply of {} bytes exceeds the maximum frame",
-            frame.len()
-        );
-        return protocol::encode_control(&Frame::Reply {
+    protocol::encode(&frame, max).unwrap_or_else(|error| {
+        protocol::encode_control(&Frame::Reply {
             id,
-            result: Err(error),
-        });
-    }
-    frame
+            result: Err(format!("the reply cannot be sent: {error}")),
+        })
+    })
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::channel::{self, Inbox, Outbox};
 use crate::error::{ProtocolError, SendError};
 use crate::events::{self, Hub, StreamSource, Topic};
 use crate::net::{self, ListenAddress, ListenError, ListenErrorKind, Listener, PassedListener};
-use crate::protocol::{self, Frame, FrameCodec};
+use crate::protocol::{self, Frame, FrameCodec, User, Wire};
 use crate::request::{Handlers, Pending};
 
 /// The worker as its event handlers see it.
@@ -85,7 +85,8 @@ impl WorkerContext {
     ///
     /// As [`ClusterWorker::try_send`].
     pub fn send<M: Serialize + ?Sized>(&self, message: &M) -> Result<(), SendError> {
-        let frame = protocol::encode_message(message, self.settings.max_frame_size)
+        let frame = Wire::Frames
+            .encode(User::Message(message), self.settings.max_frame_size)
             .map_err(SendError::Encode)?;
         self.outbox.try_send(frame)
     }

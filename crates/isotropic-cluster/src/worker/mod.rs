@@ -24,7 +24,7 @@ use crate::channel::{Outbox, QueueLimits};
 use crate::error::{BoxError, Error, SendError};
 use crate::events::{self as pubsub, EventStream, Hub, StreamSource};
 use crate::net::{ListenAddress, ListenError, ListenErrorKind, Listener};
-use crate::protocol;
+use crate::protocol::{self, User, Wire};
 use crate::request::{Handlers, Pending, RequestError};
 use crate::{WorkerId, role};
 
@@ -286,7 +286,9 @@ impl ClusterWorker {
     ///
     /// Not cancel safe: a cancelled message may still be written.
     pub async fn send<M: Serialize + ?Sized>(&self, message: &M) -> Result<(), SendError> {
-        let frame = protocol::encode_message(message, self.max_frame).map_err(SendError::Encode)?;
+        let frame = Wire::Frames
+            .encode(User::Message(message), self.max_frame)
+            .map_err(SendError::Encode)?;
         self.outbox.send(frame).await
     }
 
@@ -296,7 +298,9 @@ impl ClusterWorker {
     ///
     /// As [`send`](Self::send), and [`SendError::Full`] when the queue is full.
     pub fn try_send<M: Serialize + ?Sized>(&self, message: &M) -> Result<(), SendError> {
-        let frame = protocol::encode_message(message, self.max_frame).map_err(SendError::Encode)?;
+        let frame = Wire::Frames
+            .encode(User::Message(message), self.max_frame)
+            .map_err(SendError::Encode)?;
         self.outbox.try_send(frame)
     }
 
@@ -315,7 +319,8 @@ impl ClusterWorker {
         message: &M,
     ) -> Result<R, RequestError> {
         let waiter = self.pending.begin(None)?;
-        let frame = protocol::encode_request(waiter.id(), message, self.max_frame)
+        let frame = Wire::Frames
+            .encode(User::Request(waiter.id(), message), self.max_frame)
             .map_err(|e| RequestError::Send(SendError::Encode(e)))?;
         self.outbox.send(frame).await?;
         waiter.reply(self.deadline).await

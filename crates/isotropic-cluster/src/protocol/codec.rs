@@ -1,0 +1,435 @@
+//! Our frames: [`FrameCodec`] reads and writes them.
+//!
+//! ```text
+//! +----------------+--------+----------------------+
+//! | length: u32 BE |  kind  | payload (length - 1) |
+//! +----------------+--------+----------------------+
+//! ```
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::Serialize;
+use tokio_util::codec::{Decoder, Encoder};
+
+use super::buffers;
+use super::frame::{Frame, Kind, User};
+use super::payload;
+use crate::error::ProtocolError;
+
+const HEADER: usize = 4;
+
+/// Reads and writes frames of at most `max` bytes (kind byte and payload),
+/// refusing a larger one before allocating for it. Each kind's payload is
+/// in `payload.rs`; this is the framing around it.
+#[derive(Debug, Clone)]
+pub(crate) struct FrameCodec {
+    max: usize,
+}
+
+impl FrameCodec {
+    pub(crate) fn new(max: usize) -> Self {
+        Self { max }
+    }
+
+    /// Appends a frame of `kind` whose payload `payload` writes; on error
+    /// `dst` is left as it was.
+    fn put(
+        &self,
+        kind: Kind,
+        dst: &mut BytesMut,
+        payload: impl FnOnce(&mut BytesMut) -> Result<(), ProtocolError>,
+    ) -> Result<(), ProtocolError> {
+        let start = dst.len();
+        dst.put_u32(0);
+        dst.put_u8(kind as u8);
+        let length = payload(dst).and_then(|()| {
+            let len = dst.len() - start - HEADER;
+            match u32::try_from(len) {
+                Ok(length) if len <= self.max => Ok(length),
+                _ => Err(ProtocolError::FrameTooLarge {
+                    size: len,
+                    max: self.max,
+                }),
+            }
+        });
+        match length {
+            Ok(length) => {
+                dst[start..start + HEADER].copy_from_slice(&length.to_be_bytes());
+                Ok(())
+            }
+            Err(error) => {
+                dst.truncate(start);
+                Err(error)
+            }
+        }
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = ProtocolError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
+        let Some(header) = src.get(..HEADER) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if len == 0 {
+            return Err(ProtocolError::EmptyFrame);
+        }
+        if len > self.max {
+            return Err(ProtocolError::FrameTooLarge {
+                size: len,
+                max: self.max,
+            });
+        }
+        if src.len() < HEADER + len {
+            // Grow towards the frame, but never by more than 64 KiB ahead of
+            // the bytes that have actually arrived.
+            src.reserve((HEADER + len - src.len()).min(64 * 1024));
+            return Ok(None);
+        }
+        src.advance(HEADER);
+        let mut body = src.split_to(len).freeze();
+        let kind = Kind::try_from(body.get_u8())?;
+        payload::take(kind, body).map(Some)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
+        decode_to_end(self, src)
+    }
+}
+
+impl Encoder<&Frame> for FrameCodec {
+    type Error = ProtocolError;
+
+    fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+        self.put(frame.kind(), dst, |dst| payload::put(frame, dst))
+    }
+}
+
+impl<T: Serialize + ?Sized> Encoder<User<'_, T>> for FrameCodec {
+    type Error = ProtocolError;
+
+    fn encode(&mut self, user: User<'_, T>, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+        self.put(user.kind(), dst, |dst| payload::put_user(&user, dst))
+    }
+}
+
+/// Encodes `frame`, refusing it over `max` bytes.
+///
+/// # Errors
+///
+/// [`ProtocolError::FrameTooLarge`] when the frame would exceed `max`.
+pub(crate) fn encode(frame: &Frame, max: usize) -> Result<Bytes, ProtocolError> {
+    buffers::encoded(|dst| FrameCodec::new(max).encode(frame, dst))
+}
+
+/// Encodes a control frame (hello, ready, disconnect, listen, listening,
+/// connection): small, so never refused.
+pub(crate) fn encode_control(frame: &Frame) -> Bytes {
+    // Only a frame over 4 GiB could fail.
+    encode(frame, usize::MAX).unwrap_or_default()
+}
+
+/// The last frames of a channel that ended: bytes left after them are a
+/// frame cut short.
+pub(super) fn decode_to_end<D>(
+    codec: &mut D,
+    src: &mut BytesMut,
+) -> Result<Option<Frame>, ProtocolError>
+where
+    D: Decoder<Item = Frame, Error = ProtocolError>,
+{
+    match codec.decode(src)? {
+        Some(frame) => Ok(Some(frame)),
+        None if src.is_empty() => Ok(None),
+        None => Err(ProtocolError::Truncated {
+            received: src.len(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+    use crate::net::{ListenAddress, ListenErrorKind};
+    use crate::protocol::{DEFAULT_MAX_FRAME, VERSION};
+    use proptest::prelude::*;
+
+    fn decode_all(codec: &mut FrameCodec, bytes: &[u8]) -> Result<Vec<Frame>, ProtocolError> {
+        let mut buf = BytesMut::from(bytes);
+        let mut frames = Vec::new();
+        while let Some(frame) = codec.decode(&mut buf)? {
+            frames.push(frame);
+        }
+        if let Some(frame) = codec.decode_eof(&mut buf)? {
+            frames.push(frame);
+        }
+        Ok(frames)
+    }
+
+    /// `value` as a message frame.
+    fn encode_value<T: Serialize + ?Sized>(
+        value: &T,
+        max: usize,
+    ) -> Result<BytesMut, ProtocolError> {
+        let mut dst = BytesMut::new();
+        FrameCodec::new(max).encode(User::Message(value), &mut dst)?;
+        Ok(dst)
+    }
+
+    /// A frame of `kind` with any payload.
+    fn raw(kind: Kind, payload: &[u8]) -> Vec<u8> {
+        let length = u32::try_from(payload.len() + 1).expect("small");
+        [&length.to_be_bytes()[..], &[kind as u8], payload].concat()
+    }
+
+    fn message(json: &str) -> Frame {
+        Frame::Message(Message::from_json(json.to_owned()).expect("valid json"))
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let frames = [
+            Frame::Hello { protocol: VERSION },
+            Frame::Ready,
+            message(r#"{"type":"greet","name":"User"}"#),
+            message("\"ready\""),
+            Frame::Disconnect,
+        ];
+        let bytes: Vec<u8> = frames
+            .iter()
+            .flat_map(|f| encode_control(f).to_vec())
+            .collect();
+        let decoded = decode_all(&mut FrameCodec::new(DEFAULT_MAX_FRAME), &bytes).expect("decodes");
+        assert_eq!(decoded, frames);
+    }
+
+    /// Every kind's bytes, pinned (`docs/protocol.md` is the contract).
+    #[test]
+    fn every_kind_has_the_documented_bytes() {
+        let address: ListenAddress = "127.0.0.1:3000".parse().expect("address");
+        let cases: [(Frame, &[u8]); 12] = [
+            (
+                Frame::Hello { protocol: VERSION },
+                b"\0\0\0\x0f\x01{\"protocol\":1}",
+            ),
+            (Frame::Ready, b"\0\0\0\x01\x02"),
+            (Frame::Disconnect, b"\0\0\0\x01\x03"),
+            (message("[1]"), b"\0\0\0\x04\x04[1]"),
+            (
+                Frame::Listen {
+                    id: 7,
+                    address: address.clone(),
+                },
+                b"\0\0\0\x24\x05{\"id\":7,\"address\":\"127.0.0.1:3000\"}",
+            ),
+            (
+                Frame::Listening {
+                    id: 7,
+                    result: Ok(address.clone()),
+                    passed: false,
+                },
+                b"\0\0\0\x24\x06{\"id\":7,\"address\":\"127.0.0.1:3000\"}",
+            ),
+            (
+                Frame::Listening {
+                    id: 7,
+                    result: Ok(address),
+                    passed: true,
+                },
+                b"\0\0\0\x32\x06{\"id\":7,\"address\":\"127.0.0.1:3000\",\"passed\":true}",
+            ),
+            (
+                Frame::Listening {
+                    id: 7,
+                    result: Err((ListenErrorKind::AddrInUse, "taken".into())),
+                    passed: false,
+                },
+                b"\0\0\0\x2f\x06{\"id\":7,\"error\":\"AddrInUse\",\"message\":\"taken\"}",
+            ),
+            (
+                Frame::Connection { listener: 7 },
+                b"\0\0\0\x0f\x07{\"listener\":7}",
+            ),
+            (
+                Frame::Request {
+                    id: 0x0102,
+                    message: Message::from_json("{}").expect("json"),
+                },
+                b"\0\0\0\x0b\x08\0\0\0\0\0\0\x01\x02{}",
+            ),
+            (
+                Frame::Reply {
+                    id: 3,
+                    result: Ok(Message::from_json("[2]").expect("json")),
+                },
+                b"\0\0\0\x0d\x09\0\0\0\0\0\0\0\x03\0[2]",
+            ),
+            (
+                Frame::Reply {
+                    id: 3,
+                    result: Err("no".into()),
+                },
+                b"\0\0\0\x0e\x09\0\0\0\0\0\0\0\x03\x01\"no\"",
+            ),
+        ];
+        for (frame, bytes) in cases {
+            let encoded = encode_control(&frame);
+            assert_eq!(&encoded[..], bytes, "{frame:?}");
+            let decoded =
+                decode_all(&mut FrameCodec::new(DEFAULT_MAX_FRAME), &encoded).expect("decodes");
+            assert_eq!(decoded, [frame]);
+        }
+    }
+
+    #[test]
+    fn a_user_message_ready_is_not_the_ready_frame() {
+        let bytes = encode_value("ready", DEFAULT_MAX_FRAME).expect("encodes");
+        let decoded = decode_all(&mut FrameCodec::new(DEFAULT_MAX_FRAME), &bytes).expect("decodes");
+        assert_eq!(decoded, [message("\"ready\"")]);
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_allocation() {
+        let mut codec = FrameCodec::new(1024);
+        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, Kind::Message as u8][..]);
+        let err = codec.decode(&mut buf).expect_err("too large");
+        assert!(matches!(
+            err,
+            ProtocolError::FrameTooLarge {
+                size: 0xffff_ffff,
+                max: 1024
+            }
+        ));
+        assert!(buf.capacity() < 1024);
+    }
+
+    #[test]
+    fn encoder_refuses_messages_over_the_limit() {
+        let big = "x".repeat(100);
+        let err = encode_value(&big, 50).expect_err("too large");
+        assert!(matches!(
+            err,
+            ProtocolError::FrameTooLarge { size: 103, max: 50 }
+        ));
+        let reply = Frame::Reply {
+            id: 1,
+            result: Err(big),
+        };
+        let err = encode(&reply, 50).expect_err("too large");
+        assert!(matches!(
+            err,
+            ProtocolError::FrameTooLarge { size: 112, max: 50 }
+        ));
+    }
+
+    #[test]
+    fn a_refused_frame_leaves_the_buffer_as_it_was() {
+        let mut codec = FrameCodec::new(50);
+        let mut dst = BytesMut::new();
+        codec.encode(User::Message("x"), &mut dst).expect("fits");
+        let before = dst.clone();
+        let big = "x".repeat(100);
+        codec
+            .encode(User::Message(&big), &mut dst)
+            .expect_err("too large");
+        codec
+            .encode(User::Request(1, &big), &mut dst)
+            .expect_err("too large");
+        assert_eq!(dst, before);
+    }
+
+    #[test]
+    fn truncated_frame_is_an_error_at_eof() {
+        let bytes = encode_value(&[1, 2, 3], DEFAULT_MAX_FRAME).expect("encodes");
+        let err = decode_all(
+            &mut FrameCodec::new(DEFAULT_MAX_FRAME),
+            &bytes[..bytes.len() - 1],
+        )
+        .expect_err("truncated");
+        assert!(matches!(err, ProtocolError::Truncated { .. }));
+    }
+
+    #[test]
+    fn bad_payloads_are_typed_errors() {
+        let mut codec = FrameCodec::new(DEFAULT_MAX_FRAME);
+        type Check = fn(&ProtocolError) -> bool;
+        let cases: [(&[u8], Check); 6] = [
+            (&[0, 0, 0, 0], |e| matches!(e, ProtocolError::EmptyFrame)),
+            (&[0, 0, 0, 1, 99], |e| {
+                matches!(e, ProtocolError::UnknownKind(99))
+            }),
+            (&[0, 0, 0, 2, Kind::Ready as u8, 1], |e| {
+                matches!(e, ProtocolError::UnexpectedPayload { .. })
+            }),
+            (&[0, 0, 0, 3, Kind::Message as u8, b'{', b'x'], |e| {
+                matches!(e, ProtocolError::InvalidMessage(_))
+            }),
+            (&[0, 0, 0, 3, Kind::Message as u8, 0xff, 0xfe], |e| {
+                matches!(e, ProtocolError::InvalidMessage(_))
+            }),
+            (&[0, 0, 0, 2, Kind::Hello as u8, b'1'], |e| {
+                matches!(e, ProtocolError::InvalidHello(_))
+            }),
+        ];
+        for (bytes, check) in cases {
+            let err = decode_all(&mut codec, bytes).expect_err("refused");
+            assert!(check(&err), "{bytes:?} gave {err:?}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_overflowing_the_stack() {
+        let json = "[".repeat(100_000) + &"]".repeat(100_000);
+        let frame = raw(Kind::Message, json.as_bytes());
+        let result = decode_all(&mut FrameCodec::new(DEFAULT_MAX_FRAME), &frame);
+        assert!(
+            matches!(result, Err(ProtocolError::InvalidMessage(_))),
+            "deep nesting accepted"
+        );
+        // 127 levels are fine (brackets inside strings do not count), 128 are not.
+        let nested =
+            |depth: usize| "[".repeat(depth - 1) + r#"{"a":"[[[[\"["}"# + &"]".repeat(depth - 1);
+        assert!(Message::from_json(nested(127)).is_ok());
+        assert!(Message::from_json(nested(128)).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_give_frames_or_a_typed_error(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_all(&mut FrameCodec::new(256), &bytes);
+        }
+
+        #[test]
+        fn any_split_decodes_like_the_whole(
+            values in proptest::collection::vec(any::<(u32, String)>(), 1..8),
+            cut in any::<proptest::sample::Index>(),
+        ) {
+            let bytes: Vec<u8> = values
+                .iter()
+                .flat_map(|v| encode_value(v, DEFAULT_MAX_FRAME).expect("encodes").to_vec())
+                .collect();
+            let cut = cut.index(bytes.len());
+            let mut codec = FrameCodec::new(DEFAULT_MAX_FRAME);
+            let mut buf = BytesMut::from(&bytes[..cut]);
+            let mut frames = Vec::new();
+            while let Some(frame) = codec.decode(&mut buf).expect("valid") {
+                frames.push(frame);
+            }
+            buf.extend_from_slice(&bytes[cut..]);
+            while let Some(frame) = codec.decode(&mut buf).expect("valid") {
+                frames.push(frame);
+            }
+            let decoded: Vec<(u32, String)> = frames
+                .iter()
+                .map(|f| match f {
+                    Frame::Message(m) => m.decode().expect("decodes"),
+                    other => panic!("unexpected {other:?}"),
+                })
+                .collect();
+            prop_assert_eq!(decoded, values);
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! What travels on a channel: [`Frame`]s, each of a [`Kind`].
+
+use crate::error::ProtocolError;
+use crate::message::Message;
+use crate::net::{ListenAddress, ListenErrorKind};
+
+/// The protocol version this library speaks.
+pub(crate) const VERSION: u32 = 1;
+/// The default largest frame (kind byte and payload), 16 MiB.
+pub(crate) const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// A frame's kind: its byte on the wire (`docs/protocol.md`, section 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    Hello = 1,
+    Ready = 2,
+    Disconnect = 3,
+    Message = 4,
+    Listen = 5,
+    Listening = 6,
+    Connection = 7,
+    Request = 8,
+    Reply = 9,
+}
+
+impl Kind {
+    /// The kind's name, as the protocol's documentation spells it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Hello => "hello",
+            Kind::Ready => "ready",
+            Kind::Disconnect => "disconnect",
+            Kind::Message => "message",
+            Kind::Listen => "listen",
+            Kind::Listening => "listening",
+            Kind::Connection => "connection",
+            Kind::Request => "request",
+            Kind::Reply => "reply",
+        }
+    }
+}
+
+impl TryFrom<u8> for Kind {
+    type Error = ProtocolError;
+
+    /// The kind of byte `byte`; [`ProtocolError::UnknownKind`] for a reserved one.
+    fn try_from(byte: u8) -> Result<Self, ProtocolError> {
+        Ok(match byte {
+            1 => Kind::Hello,
+            2 => Kind::Ready,
+            3 => Kind::Disconnect,
+            4 => Kind::Message,
+            5 => Kind::Listen,
+            6 => Kind::Listening,
+            7 => Kind::Connection,
+            8 => Kind::Request,
+            9 => Kind::Reply,
+            other => return Err(ProtocolError::UnknownKind(other)),
+        })
+    }
+}
+
+/// One decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Frame {
+    /// First frame in each direction: the sender's protocol version.
+    Hello { protocol: u32 },
+    /// Worker to primary: initialization is done, put me in the pool.
+    Ready,
+    /// Primary to worker: please finish and exit. Worker to primary: I am leaving.
+    Disconnect,
+    /// A user message.
+    Message(Message),
+    /// Worker to primary: a listening socket for this address, please.
+    Listen { id: u64, address: ListenAddress },
+    /// Primary to worker: the answer to `Listen` `id`; on success, the socket
+    /// came with the frame's first byte, unless `passed`: then the primary
+    /// accepts, and passes each connection in a `Connection` frame.
+    Listening {
+        id: u64,
+        result: Result<ListenAddress, (ListenErrorKind, String)>,
+        passed: bool,
+    },
+    /// Primary to worker: a connection accepted for listen request
+    /// `listener`, attached to the frame's first byte.
+    Connection { listener: u64 },
+    /// Either way: a message that wants a reply.
+    Request { id: u64, message: Message },
+    /// Either way: the reply to request `id`, or the error its handler gave.
+    Reply {
+        id: u64,
+        result: Result<Message, String>,
+    },
+}
+
+impl Frame {
+    /// The frame's kind.
+    pub(crate) fn kind(&self) -> Kind {
+        match self {
+            Frame::Hello { .. } => Kind::Hello,
+            Frame::Ready => Kind::Ready,
+            Frame::Disconnect => Kind::Disconnect,
+            Frame::Message(_) => Kind::Message,
+            Frame::Listen { .. } => Kind::Listen,
+            Frame::Listening { .. } => Kind::Listening,
+            Frame::Connection { .. } => Kind::Connection,
+            Frame::Request { .. } => Kind::Request,
+            Frame::Reply { .. } => Kind::Reply,
+        }
+    }
+
+    /// The frame's kind, by name.
+    pub(crate) fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// Roughly the memory the frame holds, in bytes: its payload, counted
+    /// as at least 64.
+    pub(crate) fn weight(&self) -> usize {
+        let payload = match self {
+            Frame::Message(message)
+            | Frame::Request { message, .. }
+            | Frame::Reply {
+                result: Ok(message),
+                ..
+            } => message.as_bytes().len(),
+            Frame::Reply {
+                result: Err(error), ..
+            } => error.len(),
+            _ => 0,
+        };
+        payload.max(64)
+    }
+}
+
+/// A user value on its way out, not serialized yet: as a message, or as
+/// request `id`.
+#[derive(Debug)]
+pub(crate) enum User<'a, T: ?Sized> {
+    Message(&'a T),
+    Request(u64, &'a T),
+}
+
+impl<T: ?Sized> User<'_, T> {
+    /// The kind of frame it goes out as.
+    pub(crate) fn kind(&self) -> Kind {
+        match self {
+            User::Message(_) => Kind::Message,
+            User::Request(..) => Kind::Request,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_byte_is_a_kind_or_an_unknown_kind_error() {
+        let mut kinds = Vec::new();
+        for byte in 0..=u8::MAX {
+            match Kind::try_from(byte) {
+                Ok(kind) => {
+                    assert_eq!(kind as u8, byte);
+                    kinds.push(kind.name());
+                }
+                Err(error) => assert!(matches!(error, ProtocolError::UnknownKind(b) if b == byte)),
+            }
+        }
+        // Kinds 1 to 9; 0 and 10 to 255 are reserved (`docs/protocol.md`).
+        let names = [
+            "hello",
+            "ready",
+            "disconnect",
+            "message",
+            "listen",
+            "listening",
+            "connection",
+            "request",
+            "reply",
+        ];
+        assert_eq!(kinds, names);
+    }
+}

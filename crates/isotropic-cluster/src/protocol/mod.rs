@@ -1,0 +1,30 @@
+//! The wire format of a channel (`docs/protocol.md` is the contract):
+//! length-prefixed frames, each a kind byte and a payload; or, for Node
+//! workers, JSON lines.
+//!
+//! - `frame`: [`Frame`], its [`Kind`](frame::Kind), and [`User`], a user
+//!   value to encode;
+//! - `payload`: each kind's payload, how it is written beside how it is read;
+//! - `codec`: [`FrameCodec`], the framing around payloads, both ways;
+//! - `node`: [`NodeCodec`], Node's JSON lines, both ways;
+//! - `wire`: [`Wire`], with [`Wire::encode`], the one way a user message or
+//!   request is encoded, and [`AnyCodec`], a reader for either wire;
+//! - `buffers`: the scratch and pooled buffers encoding goes through.
+//!
+//! A new frame kind is a `Kind` variant (its byte and name) and a `Frame`
+//! variant in `frame.rs`, then a pair of functions and an arm in `put` and
+//! `take` in `payload.rs`.
+
+mod buffers;
+mod codec;
+mod frame;
+mod node;
+mod payload;
+mod wire;
+
+pub(crate) use codec::{FrameCodec, encode, encode_control};
+pub(crate) use frame::{DEFAULT_MAX_FRAME, Frame, User, VERSION};
+pub(crate) use node::NodeCodec;
+#[cfg(any(test, feature = "internals"))]
+pub(crate) use wire::check_any_split;
+pub(crate) use wire::{AnyCodec, Wire};
