@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::channel::Outbox;
+use crate::error::ProtocolError;
 use crate::message::Message;
 use crate::protocol::{self, Frame};
 
@@ -214,9 +215,15 @@ fn reply_frame(id: u64, result: Encoded, max: usize) -> Bytes {
         },
     };
     protocol::encode(&frame, max).unwrap_or_else(|error| {
+        let reason = match error {
+            ProtocolError::FrameTooLarge { size, .. } => {
+                format!("the reply of {size} bytes exceeds the maximum frame")
+            }
+            other => format!("the reply cannot be sent: {other}"),
+        };
         protocol::encode_control(&Frame::Reply {
             id,
-            result: Err(format!("the reply cannot be sent: {error}")),
+            result: Err(reason),
         })
     })
 }
