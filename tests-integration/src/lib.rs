@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use isotropic_cluster::WorkerId;
 use isotropic_cluster::primary::{
-    ClusterPrimary, PrimaryBuilder, PrimaryContext, PrimaryEvent, Worker, WorkerExit,
+    ClusterPrimary, PrimaryBuilder, PrimaryContext, PrimaryEvent, WorkerExit, WorkerHandle,
 };
 use isotropic_cluster::{Event, EventStream, Topic};
 
@@ -140,7 +140,7 @@ pub async fn wait_for<T>(
 pub async fn ready(
     events: &mut EventStream<PrimaryEvent>,
     n: usize,
-) -> Vec<isotropic_cluster::primary::Worker> {
+) -> Vec<isotropic_cluster::primary::WorkerHandle> {
     let mut workers = Vec::new();
     while workers.len() < n {
         workers.push(
@@ -151,7 +151,7 @@ pub async fn ready(
             .await,
         );
     }
-    workers.sort_by_key(Worker::id);
+    workers.sort_by_key(WorkerHandle::id);
     workers
 }
 
@@ -164,7 +164,7 @@ pub async fn ready(
 /// When starting or forking fails, or the workers are not ready in time.
 pub async fn launch<const N: usize>(
     builder: PrimaryBuilder,
-) -> (ClusterPrimary, EventStream<PrimaryEvent>, [Worker; N]) {
+) -> (ClusterPrimary, EventStream<PrimaryEvent>, [WorkerHandle; N]) {
     let primary = builder.start().await.expect("start");
     let mut events = primary.events();
     assert_eq!(primary.fork(N).await.expect("fork"), N);

@@ -35,7 +35,7 @@ async fn bad_worker(case: BadInput) -> ProtocolError {
         matches!(e, PrimaryEvent::WorkerDisconnect(d) if d.worker == bad).then_some(())
     })
     .await;
-    let pool: Vec<_> = primary.workers().iter().map(Worker::id).collect();
+    let pool: Vec<_> = primary.workers().iter().map(WorkerHandle::id).collect();
     assert_eq!(pool, [good.id()], "only the good worker is in the pool");
     // The good worker is still served.
     primary.send(&good, &"still there").await.expect("send");

@@ -68,7 +68,7 @@ async fn two_primaries_in_one_process_are_independent() {
     shut_down(&first).await;
     // The second's worker is neither disconnected nor replaced by the first.
     assert!(first.workers().is_empty());
-    let pool: Vec<_> = second.workers().iter().map(Worker::id).collect();
+    let pool: Vec<_> = second.workers().iter().map(WorkerHandle::id).collect();
     assert_eq!(pool, [other.id()]);
     let square: u64 = other
         .request(&serde_json::json!({"type": "square", "n": 7}))

@@ -169,7 +169,10 @@ async fn destinations_by_handle_id_list_and_pool_with_typed_errors() {
         got.push(wait_for(&mut events, echo_of).await.0);
     }
     got.sort();
-    assert_eq!(got, workers.iter().map(Worker::id).collect::<Vec<_>>());
+    assert_eq!(
+        got,
+        workers.iter().map(WorkerHandle::id).collect::<Vec<_>>()
+    );
 
     let unknown = WorkerId::new(999);
     let error = primary.send(unknown, &"x").await.expect_err("unknown id");

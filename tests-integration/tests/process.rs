@@ -172,7 +172,7 @@ async fn a_workers_children_inherit_neither_the_channel_nor_the_markers() {
 async fn grandchild(
     primary: &ClusterPrimary,
     events: &mut isotropic_cluster::EventStream<PrimaryEvent>,
-    worker: &Worker,
+    worker: &WorkerHandle,
 ) -> ExitWatch {
     primary
         .send(worker, &json!({"type": "spawn-child"}))

@@ -202,7 +202,7 @@ async fn chaos_under_load_loses_no_request_and_the_pool_recovers() {
         let live: Vec<u32> = primary
             .workers()
             .iter()
-            .map(Worker::pid)
+            .map(WorkerHandle::pid)
             .filter(|pid| !killed.contains(pid))
             .collect();
         if live.is_empty() {

@@ -212,14 +212,14 @@ async fn a_program_that_cannot_start_is_a_typed_error() {
 async fn a_stopped_worker_leaves_the_pool_exits_voluntarily_and_is_replaced() {
     let (primary, mut events, [first, second]) = launch::<2>(primary(Mode::Echo)).await;
     primary.stop_worker(first.id()).await.expect("stop");
-    let pool: Vec<_> = primary.workers().iter().map(Worker::id).collect();
+    let pool: Vec<_> = primary.workers().iter().map(WorkerHandle::id).collect();
     assert_eq!(pool, [second.id()], "out of the pool at once");
     let exit = wait_for(&mut events, exit_of).await;
     assert_eq!(exit.worker, first);
     assert!(exit.voluntary);
     assert_eq!(exit.code(), Some(0));
     let [replacement] = ready(&mut events, 1).await.try_into().expect("one");
-    let pool: Vec<_> = primary.workers().iter().map(Worker::id).collect();
+    let pool: Vec<_> = primary.workers().iter().map(WorkerHandle::id).collect();
     assert_eq!(pool, [second.id(), replacement.id()]);
     // Recycling a young worker again is no crash loop: no backoff.
     primary.stop_worker(replacement.id()).await.expect("stop");
@@ -259,7 +259,7 @@ async fn a_rolling_restart_replaces_every_worker_with_at_most_one_missing() {
     let smallest = Arc::new(Mutex::new(usize::MAX));
     let seen = smallest.clone();
     let builder = primary(Mode::Echo).after::<RemoveWorker>(move |event| {
-        let size = event.primary().workers().len();
+        let size = event.context().workers().len();
         let mut smallest = seen.lock().expect("lock");
         *smallest = (*smallest).min(size);
     });
@@ -269,7 +269,7 @@ async fn a_rolling_restart_replaces_every_worker_with_at_most_one_missing() {
         .expect("the restart ends in time")
         .expect("restart");
     assert_eq!(restarted, 3);
-    let pool: Vec<_> = primary.workers().iter().map(Worker::id).collect();
+    let pool: Vec<_> = primary.workers().iter().map(WorkerHandle::id).collect();
     assert_eq!(pool.len(), 3, "{pool:?}");
     assert!(old.iter().all(|w| !pool.contains(&w.id())), "{pool:?}");
     assert_eq!(

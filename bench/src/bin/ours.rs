@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bench::{Echo, Result, Small, large_payload, per, rate, report, rss_mib};
 use isotropic_cluster::primary::{
-    ClusterPrimary, Destination, PrimaryEvent, RestartPolicy, Worker, WorkerMessage,
+    ClusterPrimary, Destination, PrimaryEvent, RestartPolicy, WorkerHandle, WorkerMessage,
 };
 use isotropic_cluster::worker::{ClusterWorker, PrimaryMessage, WorkerBuilder};
 use isotropic_cluster::{EventStream, HandleRequests, SendError, Subscribe};
@@ -26,14 +26,14 @@ async fn run_worker(metric: &str, count: u64) -> Result {
     let builder = match metric {
         "pingpong" => builder.on::<PrimaryMessage>(|event| {
             if let Ok(n) = event.message.decode::<u64>() {
-                let _ = event.worker().send(&n);
+                let _ = event.context().try_send(&n);
             }
         }),
         "request" | "requests" => builder.handle("echo", |echo: Echo| Ok::<_, String>(echo.n)),
         "down" | "broadcast" => count_then_done::<Small>(builder, count),
         "large" => count_then_done::<String>(builder, count),
         "up" => builder.on::<PrimaryMessage>(move |event| {
-            let Some(worker) = event.worker().handle() else {
+            let Some(worker) = event.context().handle() else {
                 return;
             };
             tokio::spawn(async move {
@@ -59,7 +59,7 @@ fn count_then_done<T: serde::de::DeserializeOwned>(
         if event.message.decode::<T>().is_ok() {
             seen += 1;
             if seen == count {
-                let _ = event.worker().send("done");
+                let _ = event.context().try_send("done");
             }
         }
     })
@@ -100,7 +100,7 @@ async fn cluster(
     metric: &str,
     count: u64,
     workers: usize,
-) -> Result<(ClusterPrimary, EventStream<PrimaryEvent>, Vec<Worker>)> {
+) -> Result<(ClusterPrimary, EventStream<PrimaryEvent>, Vec<WorkerHandle>)> {
     let primary = ClusterPrimary::builder()
         .args([metric.to_owned(), count.to_string()])
         .queue_capacity(4096)
@@ -112,7 +112,7 @@ async fn cluster(
     Ok((primary, events, ready))
 }
 
-async fn ready(events: &mut EventStream<PrimaryEvent>, n: usize) -> Result<Vec<Worker>> {
+async fn ready(events: &mut EventStream<PrimaryEvent>, n: usize) -> Result<Vec<WorkerHandle>> {
     let mut workers = Vec::new();
     while workers.len() < n {
         match events.next().await {
@@ -163,14 +163,14 @@ async fn pingpong(n: u64) -> Result<f64> {
 }
 
 /// Plays `n` rounds of ping-pong with `worker`, then shuts the primary down.
-async fn ping(primary: ClusterPrimary, worker: &Worker, n: u64) -> Result<f64> {
+async fn ping(primary: ClusterPrimary, worker: &WorkerHandle, n: u64) -> Result<f64> {
     let finished = Arc::new(Notify::new());
     let notify = finished.clone();
     primary.on::<WorkerMessage>(move |event| {
         if let Ok(pong) = event.message.decode::<u64>() {
             if pong + 1 < n {
                 let worker = event.worker.clone();
-                let _ = event.primary().send(&worker, &(pong + 1));
+                let _ = event.context().try_send(&worker, &(pong + 1));
             } else {
                 notify.notify_one();
             }
@@ -189,7 +189,7 @@ async fn ping(primary: ClusterPrimary, worker: &Worker, n: u64) -> Result<f64> {
 async fn node_cluster(
     metric: &str,
     count: u64,
-) -> Result<(ClusterPrimary, EventStream<PrimaryEvent>, Vec<Worker>)> {
+) -> Result<(ClusterPrimary, EventStream<PrimaryEvent>, Vec<WorkerHandle>)> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/node/worker.js");
     let primary = ClusterPrimary::builder()
         .program("node")
@@ -287,7 +287,7 @@ async fn down(n: u64) -> Result<f64> {
 async fn flood(
     primary: ClusterPrimary,
     mut events: EventStream<PrimaryEvent>,
-    worker: &Worker,
+    worker: &WorkerHandle,
     n: u64,
 ) -> Result<f64> {
     let started = Instant::now();

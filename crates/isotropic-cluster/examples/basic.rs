@@ -45,7 +45,7 @@ async fn primary() -> Result<(), isotropic_cluster::Error> {
             );
             answered += 1;
             if answered == WORKERS {
-                event.primary().shut_down();
+                event.context().shut_down();
             }
         })
         .on::<WorkerReady>(|event| {
@@ -54,7 +54,7 @@ async fn primary() -> Result<(), isotropic_cluster::Error> {
                 name: "User".into(),
             };
             let worker = event.worker.clone();
-            if let Err(error) = event.primary().send(&worker, &greet) {
+            if let Err(error) = event.context().try_send(&worker, &greet) {
                 eprintln!("cannot greet worker {}: {error}", worker.id());
             }
         })
@@ -72,7 +72,7 @@ async fn worker() -> Result<(), isotropic_cluster::Error> {
             if let Ok(ToWorker::Greet { name }) = event.message.decode() {
                 println!("Hello, {name}!");
                 let content = format!("Greeted {name}");
-                let _ = event.worker().send(&ToPrimary::Response { content });
+                let _ = event.context().try_send(&ToPrimary::Response { content });
             }
         })
         .on::<PrimaryDisconnect>(|_| println!("Primary disconnected, cleaning up..."))

@@ -43,7 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("Worker {} is ready (database connected)", event.worker.id());
             ready += 1;
             if ready == 3 {
-                event.primary().shut_down();
+                event.context().shut_down();
             }
         })
         .on::<WorkerExit>(|event| {

@@ -46,12 +46,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 if rss_bytes > MEMORY_LIMIT {
                     println!("worker {id} uses too much memory: asking it to restart");
                     let worker = event.worker.clone();
-                    let _ = event.primary().send(&worker, &Monitor::PrepareForRestart);
+                    let _ = event
+                        .context()
+                        .try_send(&worker, &Monitor::PrepareForRestart);
                 }
             }
         })
         .on::<WorkerExit>(|event| {
-            if event.primary().is_active() {
+            if event.context().is_active() {
                 println!("worker {} exited; a replacement starts", event.worker.id());
             }
         })
@@ -91,9 +93,9 @@ async fn worker() -> Result<(), Box<dyn std::error::Error>> {
                     rss_bytes: resident_bytes() + pretend,
                     uptime_ms: started.elapsed().as_millis() as u64,
                 };
-                let _ = event.worker().send(&status);
+                let _ = event.context().try_send(&status);
             }
-            Ok(Monitor::PrepareForRestart) => event.worker().destroy(Duration::from_secs(5)),
+            Ok(Monitor::PrepareForRestart) => event.context().destroy(Duration::from_secs(5)),
             _ => {}
         })
         .start()

@@ -40,7 +40,7 @@ async fn primary(workers: usize) -> Result {
             );
         })
         .on::<WorkerExit>(|event| {
-            if event.primary().is_active() {
+            if event.context().is_active() {
                 println!(
                     "Worker {} exited ({:?}); replacing it",
                     event.worker.id(),

@@ -45,7 +45,7 @@ async fn main() -> Result<(), isotropic_cluster::Error> {
     let mut done = 0;
     let primary = ClusterPrimary::builder()
         // A worker is in the pool once `workerReady` has completed.
-        .after::<WorkerReady>(move |event| send_next(event.primary(), &on_ready))
+        .after::<WorkerReady>(move |event| send_next(event.context(), &on_ready))
         .on::<WorkerMessage>(move |event| {
             if let Ok(Message::TaskComplete { task_id, result }) = event.message.decode() {
                 println!(
@@ -54,9 +54,9 @@ async fn main() -> Result<(), isotropic_cluster::Error> {
                 );
                 done += 1;
                 if done == TASKS {
-                    event.primary().shut_down();
+                    event.context().shut_down();
                 } else {
-                    send_next(event.primary(), &queue);
+                    send_next(event.context(), &queue);
                 }
             }
         })
@@ -80,7 +80,7 @@ fn send_next(primary: &mut PrimaryContext, queue: &Mutex<VecDeque<Task>>) {
         return;
     };
     let id = task.id;
-    match primary.send(&worker, &Message::ProcessTask { task: task.clone() }) {
+    match primary.try_send(&worker, &Message::ProcessTask { task: task.clone() }) {
         Ok(()) => println!("Task {id} sent to worker {}", worker.id()),
         Err(error) => {
             eprintln!("Failed to send task {id}: {error}");
@@ -94,7 +94,7 @@ async fn worker() -> Result<(), isotropic_cluster::Error> {
         .on::<PrimaryMessage>(|event| {
             if let Ok(Message::ProcessTask { task }) = event.message.decode() {
                 let result = task.data.to_uppercase();
-                let _ = event.worker().send(&Message::TaskComplete {
+                let _ = event.context().try_send(&Message::TaskComplete {
                     task_id: task.id,
                     result,
                 });

@@ -45,7 +45,7 @@ async fn main() -> Result<(), isotropic_cluster::Error> {
             // Start every queue once the first worker is in the pool.
             if !std::mem::replace(&mut started, true) {
                 for queue in QUEUES {
-                    process_queue(event.primary(), &on_ready, queue);
+                    process_queue(event.context(), &on_ready, queue);
                 }
             }
         })
@@ -57,9 +57,9 @@ async fn main() -> Result<(), isotropic_cluster::Error> {
                 );
                 done += 1;
                 if done == total {
-                    event.primary().shut_down();
+                    event.context().shut_down();
                 } else if let Some(queue) = QUEUES.into_iter().find(|q| *q == queue) {
-                    process_queue(event.primary(), &queues, queue);
+                    process_queue(event.context(), &queues, queue);
                 }
             }
         })
@@ -86,7 +86,7 @@ fn process_queue(primary: &mut PrimaryContext, queues: &Queues, queue: &'static 
         queue: queue.into(),
         id: id.clone(),
     };
-    match primary.send(&worker, &message) {
+    match primary.try_send(&worker, &message) {
         Ok(()) => println!("[{queue}] task {id} sent to worker {}", worker.id()),
         Err(error) => {
             eprintln!("[{queue}] failed to send task {id}: {error}");
@@ -99,7 +99,9 @@ async fn worker() -> Result<(), isotropic_cluster::Error> {
     let worker = ClusterWorker::builder()
         .on::<PrimaryMessage>(|event| {
             if let Ok(Message::ProcessTask { queue, id }) = event.message.decode() {
-                let _ = event.worker().send(&Message::TaskComplete { queue, id });
+                let _ = event
+                    .context()
+                    .try_send(&Message::TaskComplete { queue, id });
             }
         })
         .start()

@@ -68,12 +68,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 kind: "helpResponse".into(),
                 solution: format!("Solution for {}", help.problem),
             };
-            let _ = event.primary().send(&worker, &response);
+            let _ = event.context().try_send(&worker, &response);
         })
         .route::<serde_json::Value>("done", move |event, _| {
             done += 1;
             if done == WORKERS {
-                event.primary().shut_down();
+                event.context().shut_down();
             }
         })
         // A message whose payload does not fit its route is an event, not a crash.
@@ -91,8 +91,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 async fn worker() -> Result<(), Box<dyn std::error::Error>> {
     let worker = ClusterWorker::builder()
         .route::<HelpResponse>("helpResponse", |event, help| {
-            println!("Worker {} got: {}", event.worker().id(), help.solution);
-            let _ = event.worker().send(&json!({"type": "done"}));
+            println!("Worker {} got: {}", event.context().id(), help.solution);
+            let _ = event.context().try_send(&json!({"type": "done"}));
         })
         .start()
         .await?;

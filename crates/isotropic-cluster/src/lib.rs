@@ -25,7 +25,7 @@
 //!             let worker = ClusterWorker::builder()
 //!                 .on::<PrimaryMessage>(|event| {
 //!                     let name = event.message.decode::<serde_json::Value>().unwrap_or_default();
-//!                     let _ = event.worker().send(&json!({"type": "greeted", "name": name["name"]}));
+//!                     let _ = event.context().try_send(&json!({"type": "greeted", "name": name["name"]}));
 //!                 })
 //!                 .start()
 //!                 .await?;
@@ -34,11 +34,11 @@
 //!             let primary = ClusterPrimary::builder()
 //!                 .on::<WorkerReady>(|event| {
 //!                     let worker = event.worker.clone();
-//!                     let _ = event.primary().send(&worker, &json!({"type": "greet", "name": "User"}));
+//!                     let _ = event.context().try_send(&worker, &json!({"type": "greet", "name": "User"}));
 //!                 })
 //!                 .on::<WorkerMessage>(|event| {
 //!                     println!("worker {}: {}", event.worker.id(), event.message);
-//!                     event.primary().shut_down();
+//!                     event.context().shut_down();
 //!                 })
 //!                 .start()
 //!                 .await?;

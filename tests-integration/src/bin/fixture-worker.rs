@@ -115,28 +115,28 @@ async fn echo(
             Ok::<_, String>(id)
         })
         .route::<Ping>("ping", |event, ping| {
-            let _ = event.worker().send(&json!({"pong": ping.n}));
+            let _ = event.context().try_send(&json!({"pong": ping.n}));
         })
         .on::<PrimaryMessage>(|event| {
             let message: Value = event.message.decode().unwrap_or_default();
             match event.message.decode::<Command>() {
                 Ok(Command::Exit { code }) => std::process::exit(code),
-                Ok(Command::Destroy) => event.worker().destroy(Duration::from_secs(5)),
+                Ok(Command::Destroy) => event.context().destroy(Duration::from_secs(5)),
                 Ok(Command::Print { text }) => {
                     println!("{text}");
                     eprintln!("{text} (stderr)");
                     let _ = std::io::stdout().flush();
                 }
                 Ok(Command::Inspect) => {
-                    let _ = event.worker().send(&json!({"inspect": inspect()}));
+                    let _ = event.context().try_send(&json!({"inspect": inspect()}));
                 }
                 Ok(Command::SpawnChild) => {
                     let child = std::process::Command::new("sleep").arg("300").spawn();
                     let pid = child.map(|c| c.id()).unwrap_or_default();
-                    let _ = event.worker().send(&json!({"child": pid}));
+                    let _ = event.context().try_send(&json!({"child": pid}));
                 }
                 Err(_) => {
-                    let _ = event.worker().send(&json!({"echo": message}));
+                    let _ = event.context().try_send(&json!({"echo": message}));
                 }
             }
         })

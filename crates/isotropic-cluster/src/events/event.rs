@@ -30,8 +30,8 @@ impl Stage {
 
 /// An event type: the data of one kind of event, and what it does by default.
 ///
-/// Implemented by the event types of [`crate::primary::events`] and
-/// [`crate::worker::events`]; sealed.
+/// Implemented by the event types of [`crate::primary`] and
+/// [`crate::worker`]; sealed.
 pub trait Topic: sealed::TopicImpl + Clone + Send + Sync + fmt::Debug + 'static {
     /// The context that handlers of this event act on ([`crate::primary::PrimaryContext`]
     /// or [`crate::worker::WorkerContext`]).
@@ -66,6 +66,14 @@ impl<E: Topic> fmt::Debug for Event<'_, E> {
 }
 
 impl<E: Topic> Event<'_, E> {
+    /// The context to act on from the handler: the primary's
+    /// ([`PrimaryContext`](crate::primary::PrimaryContext): fork, send, shut
+    /// down, …) or the worker's ([`WorkerContext`](crate::worker::WorkerContext):
+    /// send, destroy, …). What it does runs inside the event, depth-first.
+    pub fn context(&mut self) -> &mut E::Host {
+        self.host
+    }
+
     /// The event's data.
     pub fn data(&self) -> &E {
         self.data

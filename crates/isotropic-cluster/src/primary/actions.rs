@@ -23,19 +23,30 @@ impl PrimaryContext {
             return;
         };
         for action in actions {
+            // A handler of an earlier action may have moved the worker on
+            // (asked it to leave, say): announce only what still holds.
+            let state = self.registry.get(id).map(|entry| entry.state);
             match action {
+                Action::Online | Action::Ready
+                    if !matches!(state, Some(WorkerState::Online | WorkerState::Ready)) => {}
                 Action::Online => events::publish(
                     self,
                     WorkerOnline {
                         worker: worker.clone(),
                     },
                 ),
-                Action::Ready => events::publish(
-                    self,
-                    WorkerReady {
+                Action::Ready if state != Some(WorkerState::Ready) => {}
+                Action::Ready => {
+                    let ready = WorkerReady {
                         worker: worker.clone(),
-                    },
-                ),
+                    };
+                    events::publish(self, ready);
+                    // Kept out of the pool (a handler prevented it, or asked
+                    // it to leave): whoever waits for it to be ready is told.
+                    if !self.registry.in_pool(id) {
+                        self.ready_waiters.lost(id);
+                    }
+                }
                 Action::PollListening => self.poll_listening(id),
                 Action::Fail(error) => {
                     let worker = worker.clone();
@@ -50,6 +61,10 @@ impl PrimaryContext {
                             worker: worker.clone(),
                         },
                     );
+                    // Prevented or not: a worker that cannot be talked to
+                    // leaves, by force after the grace period.
+                    let grace = self.config.shutdown_grace;
+                    self.apply(id, Trigger::Terminate(Some(grace)));
                 }
                 Action::AskToLeave => {
                     if self.config.wire() == Wire::Frames && self.config.has_channel() {
@@ -87,7 +102,7 @@ impl PrimaryContext {
             voluntary,
         };
         events::publish(self, exit);
-        self.ready_waiters.exited(id);
+        self.ready_waiters.lost(id);
         if let Some(entry) = self.registry.remove(id) {
             entry.worker.outbox().close();
         }
@@ -146,7 +161,7 @@ impl PrimaryContext {
     }
 
     pub(super) fn complete_fork(&mut self, event: &Fork) {
-        let mut started = 0;
+        let mut started = Vec::new();
         for _ in 0..event.count {
             self.next_id += 1;
             let id = WorkerId::new(self.next_id);
@@ -158,7 +173,7 @@ impl PrimaryContext {
                     if let Some(timeout) = self.config.ready_timeout {
                         self.timers.insert(Timer::Ready(id), timeout);
                     }
-                    started += 1;
+                    started.push(id);
                 }
                 Err(error) => {
                     tracing::error!(%error, "cannot start a worker");
@@ -181,7 +196,9 @@ impl PrimaryContext {
     }
 
     pub(super) fn complete_add(&mut self, event: &AddWorker) {
-        self.registry.join_pool(&event.worker);
+        if !self.registry.join_pool(&event.worker) {
+            return;
+        }
         self.ready_waiters.joined(&event.worker);
         if self.rolling.take_waiting() {
             self.roll();
@@ -211,8 +228,6 @@ impl PrimaryContext {
     pub(super) fn complete_disconnect(&mut self, event: &WorkerDisconnect) {
         tracing::info!(worker_id = %event.worker.id(), "Worker disconnected");
         self.leave_pool(&event.worker);
-        let grace = self.config.shutdown_grace;
-        self.apply(event.worker.id(), Trigger::Terminate(Some(grace)));
     }
 
     pub(super) fn complete_error(&mut self, event: &WorkerError) {

@@ -52,6 +52,7 @@ type Initializer =
 /// primary.fork(4).await?;
 /// # Ok(()) }
 /// ```
+#[must_use = "a builder does nothing until started"]
 pub struct PrimaryBuilder {
     config: Config,
     hub: Hub,

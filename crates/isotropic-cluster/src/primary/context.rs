@@ -7,7 +7,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::time::DelayQueue;
 
-use super::Worker;
+use super::WorkerHandle;
 use super::config::Config;
 use super::events::*;
 use super::input::Input;
@@ -22,7 +22,7 @@ use super::spawner::Spawn;
 use super::state::{Trigger, Why};
 use crate::actor::WeakMailbox;
 use crate::error::{Error, SendError};
-use crate::events::{self, Hub, StreamSource, Topic};
+use crate::events::{self, Hub, StreamSource};
 use crate::request::Handlers;
 use crate::topics::topics;
 use crate::{Signal, WorkerId};
@@ -44,7 +44,7 @@ pub(super) enum Timer {
 /// [`ClusterPrimary`](super::ClusterPrimary), synchronous, so that what a
 /// handler does runs depth-first inside the event being handled.
 ///
-/// Reached from a handler through [`Event::primary`](crate::Event::primary).
+/// Reached from a handler through [`Event::context`](crate::Event::context).
 pub struct PrimaryContext {
     pub(super) hub: Hub,
     pub(super) config: Arc<Config>,
@@ -58,9 +58,9 @@ pub struct PrimaryContext {
     pub(super) next_id: u64,
     pub(super) backoff: Backoff,
     /// Workers whose `workerFork` is published at the end of this turn.
-    pub(super) forked: Vec<Worker>,
-    /// What the last `fork` default action did.
-    pub(super) fork_outcome: Option<Result<usize, Error>>,
+    pub(super) forked: Vec<WorkerHandle>,
+    /// What the last `fork` default action did: the workers it started.
+    pub(super) fork_outcome: Option<Result<Vec<WorkerId>, Error>>,
     pub(super) shut_down_waiters: Vec<oneshot::Sender<()>>,
     pub(super) destroy_waiters: Vec<oneshot::Sender<()>>,
     /// A rolling restart under way, if any.
@@ -80,13 +80,6 @@ impl std::fmt::Debug for PrimaryContext {
             .field("live", &self.registry.len())
             .field("ready", &self.registry.pool().ready().len())
             .finish_non_exhaustive()
-    }
-}
-
-impl<E: Topic<Host = PrimaryContext>> events::Event<'_, E> {
-    /// The primary, to act on from a handler (fork, send, shut down, …).
-    pub fn primary(&mut self) -> &mut PrimaryContext {
-        self.host
     }
 }
 
@@ -135,12 +128,17 @@ impl PrimaryContext {
     /// [`Error::Spawn`] when a worker process could not be started (those
     /// started before it keep running; a `forkError` event is published too).
     pub fn fork(&mut self, count: usize) -> Result<usize, Error> {
+        self.fork_ids(count).map(|ids| ids.len())
+    }
+
+    /// As [`fork`](Self::fork): the ids of the workers started.
+    fn fork_ids(&mut self, count: usize) -> Result<Vec<WorkerId>, Error> {
         if !self.phase.is_active() {
             tracing::debug!(count, "fork ignored: the primary is shut down");
-            return Ok(0);
+            return Ok(Vec::new());
         }
         events::publish(self, Fork { count });
-        self.fork_outcome.take().unwrap_or(Ok(0))
+        self.fork_outcome.take().unwrap_or(Ok(Vec::new()))
     }
 
     /// As [`fork`](Self::fork); the receiver is told when the workers it
@@ -148,21 +146,19 @@ impl PrimaryContext {
     pub(super) fn fork_ready(
         &mut self,
         count: usize,
-    ) -> Result<oneshot::Receiver<Result<Vec<Worker>, Error>>, Error> {
-        let first = self.next_id + 1;
-        let started = self.fork(count)?;
-        let ids = (first..first + started as u64).map(WorkerId::new).collect();
+    ) -> Result<oneshot::Receiver<Result<Vec<WorkerHandle>, Error>>, Error> {
+        let ids = self.fork_ids(count)?;
         Ok(self.ready_waiters.wait(ids))
     }
 
-    /// Queues `message` for every worker `to` names, without waiting (for the
-    /// waiting form, see [`ClusterPrimary::send`](super::ClusterPrimary::send)).
+    /// Queues `message` for every worker `to` names, without waiting: as
+    /// [`ClusterPrimary::try_send`](super::ClusterPrimary::try_send) (a
+    /// handler cannot wait).
     ///
     /// # Errors
     ///
-    /// As [`ClusterPrimary::send`](super::ClusterPrimary::send), and
-    /// [`SendError::Full`] for a worker whose queue is full.
-    pub fn send<M: Serialize + ?Sized>(
+    /// As [`ClusterPrimary::try_send`](super::ClusterPrimary::try_send).
+    pub fn try_send<M: Serialize + ?Sized>(
         &self,
         to: impl Into<Destination>,
         message: &M,
@@ -173,17 +169,17 @@ impl PrimaryContext {
 
     /// The ready worker least recently selected for `tag` (see
     /// [`ClusterPrimary::round_robin`](super::ClusterPrimary::round_robin)).
-    pub fn round_robin(&self, tag: &str) -> Option<Worker> {
+    pub fn round_robin(&self, tag: &str) -> Option<WorkerHandle> {
         self.registry.pool().round_robin(tag)
     }
 
     /// The ready workers, by ascending id.
-    pub fn workers(&self) -> Vec<Worker> {
+    pub fn workers(&self) -> Vec<WorkerHandle> {
         self.registry.pool().ready()
     }
 
     /// The ready worker with this id.
-    pub fn worker_by_id(&self, id: WorkerId) -> Option<Worker> {
+    pub fn worker_by_id(&self, id: WorkerId) -> Option<WorkerHandle> {
         self.registry.pool().ready_by_id(id)
     }
 
@@ -232,7 +228,7 @@ impl PrimaryContext {
     /// A restart under way begins again with the workers ready now. A
     /// shutdown ends it.
     pub fn restart_workers(&mut self) {
-        let ready = self.workers().iter().map(Worker::id).collect();
+        let ready = self.workers().iter().map(WorkerHandle::id).collect();
         self.rolling.begin(ready);
         self.roll();
     }
@@ -336,7 +332,7 @@ impl PrimaryContext {
 
 impl PrimaryContext {
     /// Takes `worker` out of the pool (a `removeWorker` event) if it is in it.
-    pub(super) fn leave_pool(&mut self, worker: &Worker) {
+    pub(super) fn leave_pool(&mut self, worker: &WorkerHandle) {
         if self.registry.in_pool(worker.id()) {
             events::publish(
                 self,

@@ -6,7 +6,7 @@ use std::os::unix::process::ExitStatusExt as _;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use super::Worker;
+use super::WorkerHandle;
 use crate::Signal;
 use crate::error::{Error, MessageError, ProtocolError};
 use crate::message::Message;
@@ -62,7 +62,7 @@ pub struct ForkError {
 #[non_exhaustive]
 pub struct WorkerFork {
     /// The new worker.
-    pub worker: Worker,
+    pub worker: WorkerHandle,
 }
 
 /// A worker's runtime connected: its hello arrived.
@@ -70,7 +70,7 @@ pub struct WorkerFork {
 #[non_exhaustive]
 pub struct WorkerOnline {
     /// The worker.
-    pub worker: Worker,
+    pub worker: WorkerHandle,
 }
 
 /// A worker signalled ready. Its default action adds it to the pool
@@ -79,7 +79,7 @@ pub struct WorkerOnline {
 #[non_exhaustive]
 pub struct WorkerReady {
     /// The worker.
-    pub worker: Worker,
+    pub worker: WorkerHandle,
 }
 
 /// A worker joins the pool of ready workers (in this event's default action).
@@ -87,7 +87,7 @@ pub struct WorkerReady {
 #[non_exhaustive]
 pub struct AddWorker {
     /// The worker.
-    pub worker: Worker,
+    pub worker: WorkerHandle,
 }
 
 /// A worker leaves the pool (in this event's default action).
@@ -95,7 +95,7 @@ pub struct AddWorker {
 #[non_exhaustive]
 pub struct RemoveWorker {
     /// The worker.
-    pub worker: Worker,
+    pub worker: WorkerHandle,
 }
 
 /// A message from a worker. Its default action is typed routing.
@@ -103,7 +103,7 @@ pub struct RemoveWorker {
 #[non_exhaustive]
 pub struct WorkerMessage {
     /// The sender.
-    pub worker: Worker,
+    pub worker: WorkerHandle,
     /// The message.
     pub message: Message,
 }
@@ -113,7 +113,7 @@ pub struct WorkerMessage {
 #[non_exhaustive]
 pub struct WorkerMessageError {
     /// The sender.
-    pub worker: Worker,
+    pub worker: WorkerHandle,
     /// The message.
     pub message: Message,
     /// What did not fit.
@@ -134,7 +134,7 @@ pub enum OutputStream {
 #[non_exhaustive]
 pub struct WorkerOutput {
     /// The worker.
-    pub worker: Worker,
+    pub worker: WorkerHandle,
     /// Which stream.
     pub stream: OutputStream,
     /// The line, without its newline (invalid UTF-8 replaced; lines over
@@ -147,7 +147,7 @@ pub struct WorkerOutput {
 #[non_exhaustive]
 pub struct WorkerListening {
     /// The worker.
-    pub worker: Worker,
+    pub worker: WorkerHandle,
     /// The address bound (with the real port when port 0 was asked for).
     pub address: ListenAddress,
 }
@@ -158,7 +158,7 @@ pub struct WorkerListening {
 #[non_exhaustive]
 pub struct WorkerListenError {
     /// The worker.
-    pub worker: Worker,
+    pub worker: WorkerHandle,
     /// What failed.
     pub error: ListenError,
 }
@@ -170,7 +170,7 @@ pub struct WorkerListenError {
 #[non_exhaustive]
 pub struct WorkerDisconnect {
     /// The worker.
-    pub worker: Worker,
+    pub worker: WorkerHandle,
 }
 
 /// A worker broke the protocol. Removes it from the pool and stops it (its
@@ -180,7 +180,7 @@ pub struct WorkerDisconnect {
 #[non_exhaustive]
 pub struct WorkerError {
     /// The worker.
-    pub worker: Worker,
+    pub worker: WorkerHandle,
     /// What it sent.
     pub error: ProtocolError,
 }
@@ -191,7 +191,7 @@ pub struct WorkerError {
 #[non_exhaustive]
 pub struct WorkerExit {
     /// The worker.
-    pub worker: Worker,
+    pub worker: WorkerHandle,
     /// How it ended (`None` in the unlikely case that waiting for it failed).
     pub status: Option<ExitStatus>,
     /// Whether it exited after a disconnect (asked for or announced).
@@ -236,7 +236,7 @@ pub struct ShutDown;
 #[non_exhaustive]
 pub struct WorkerSignal {
     /// The worker.
-    pub worker: Worker,
+    pub worker: WorkerHandle,
     /// The signal.
     pub signal: Signal,
 }

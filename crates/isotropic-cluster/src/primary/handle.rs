@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::Worker;
+use super::WorkerHandle;
 use super::config::Config;
 use super::context::{PrimaryContext, PrimaryEvent};
 use super::pool::{self, Destination, Pool};
@@ -145,23 +145,23 @@ impl ClusterPrimary {
     /// shared rotation): workers never selected for the tag come first, lowest
     /// id first. `None` when no worker is ready. Exact: every ready worker is
     /// selected once before any is selected twice.
-    pub fn round_robin(&self, tag: &str) -> Option<Worker> {
+    pub fn round_robin(&self, tag: &str) -> Option<WorkerHandle> {
         self.pool.round_robin(tag)
     }
 
     /// Sends `message` to `worker` as a request and waits for its reply (see
-    /// [`Worker::request`]).
+    /// [`WorkerHandle::request`]).
     ///
     /// # Errors
     ///
-    /// As [`Worker::request`].
+    /// As [`WorkerHandle::request`].
     ///
     /// # Cancel safety
     ///
     /// Dropping the future forgets the request.
     pub async fn request<R: DeserializeOwned, M: Serialize + ?Sized>(
         &self,
-        worker: &Worker,
+        worker: &WorkerHandle,
         message: &M,
     ) -> Result<R, RequestError> {
         worker.request(message).await
@@ -174,7 +174,7 @@ impl ClusterPrimary {
     /// # Errors
     ///
     /// [`RequestError::NoWorker`] when no ready worker is left to ask; the
-    /// others as [`Worker::request`] (a remote error or a timeout is not
+    /// others as [`WorkerHandle::request`] (a remote error or a timeout is not
     /// retried: the request may have run).
     ///
     /// # Cancel safety
@@ -209,7 +209,7 @@ impl ClusterPrimary {
     async fn dispatch_to<R: DeserializeOwned, M: Serialize + ?Sized>(
         &self,
         message: &M,
-        mut choose: impl FnMut() -> Option<Worker>,
+        mut choose: impl FnMut() -> Option<WorkerHandle>,
     ) -> Result<R, RequestError> {
         let mut tried = Vec::new();
         // Bounded: every worker is tried at most once, and a pool refilled by
@@ -229,12 +229,12 @@ impl ClusterPrimary {
     }
 
     /// The ready workers (the pool), by ascending id: a snapshot.
-    pub fn workers(&self) -> Vec<Worker> {
+    pub fn workers(&self) -> Vec<WorkerHandle> {
         self.pool.ready()
     }
 
     /// The ready worker with this id.
-    pub fn worker_by_id(&self, id: WorkerId) -> Option<Worker> {
+    pub fn worker_by_id(&self, id: WorkerId) -> Option<WorkerHandle> {
         self.pool.ready_by_id(id)
     }
 
@@ -394,7 +394,7 @@ impl<'a> Forking<'a> {
     /// # Cancel safety
     ///
     /// The fork happens even if the future is dropped (once polled).
-    pub async fn ready(self) -> Result<Vec<Worker>, Error> {
+    pub async fn ready(self) -> Result<Vec<WorkerHandle>, Error> {
         let count = self.count;
         let ready = self
             .primary

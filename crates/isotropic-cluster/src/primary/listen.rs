@@ -9,7 +9,7 @@ use tokio::task::AbortHandle;
 
 use tokio::sync::mpsc::Sender;
 
-use super::Worker;
+use super::WorkerHandle;
 use super::input::Input;
 use crate::WorkerId;
 use crate::net::{self, Connection, Distribution, ListenAddress, ListenError, ListenErrorKind};
@@ -153,12 +153,12 @@ impl Listeners {
     /// worker still connected.
     pub(super) fn answer(
         &mut self,
-        worker: &Worker,
+        worker: &WorkerHandle,
         request: u64,
         address: &ListenAddress,
         distribution: Distribution,
         inputs: &Sender<Input>,
-        connected: impl Fn(WorkerId) -> Option<Worker>,
+        connected: impl Fn(WorkerId) -> Option<WorkerHandle>,
     ) -> Option<Result<ListenAddress, ListenError>> {
         let reuseport = distribution == Distribution::ReusePort;
         let answer = |result, passed| {
@@ -204,7 +204,7 @@ impl Listeners {
         fd: OwnedFd,
         bound: &ListenAddress,
         inputs: &Sender<Input>,
-        connected: impl Fn(WorkerId) -> Option<Worker>,
+        connected: impl Fn(WorkerId) -> Option<WorkerHandle>,
     ) {
         let group = self.groups.entry(bound.clone()).or_insert_with(|| Group {
             takers: Vec::new(),
@@ -225,7 +225,7 @@ impl Listeners {
         &mut self,
         bound: &ListenAddress,
         connection: OwnedFd,
-        connected: impl Fn(WorkerId) -> Option<Worker>,
+        connected: impl Fn(WorkerId) -> Option<WorkerHandle>,
     ) {
         let Some(group) = self.groups.get_mut(bound) else {
             return;
@@ -235,7 +235,7 @@ impl Listeners {
             .map(|i| (group.next + i) % count)
             .find_map(|slot| {
                 let (id, listener) = group.takers[slot];
-                let worker = connected(id).filter(Worker::is_connected)?;
+                let worker = connected(id).filter(WorkerHandle::is_connected)?;
                 Some((slot, worker, listener))
             });
         match taker {

@@ -46,4 +46,4 @@ pub use events::*;
 pub use handle::{ClusterPrimary, Forking};
 pub use pool::Destination;
 pub use restart::{OnIntensity, RestartPolicy};
-pub use worker::Worker;
+pub use worker::WorkerHandle;

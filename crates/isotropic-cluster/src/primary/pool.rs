@@ -5,19 +5,19 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::Worker;
+use super::WorkerHandle;
 use crate::WorkerId;
 use crate::error::SendError;
 
 /// Where a message goes: one worker, several, or every ready worker.
 ///
-/// Built with `From` from a [`Worker`], a [`WorkerId`], or a `Vec` of either;
+/// Built with `From` from a [`WorkerHandle`], a [`WorkerId`], or a `Vec` of either;
 /// an id names any live worker, ready or not.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Destination {
     /// One worker, by handle.
-    Worker(Worker),
+    Worker(WorkerHandle),
     /// One worker, by id.
     Id(WorkerId),
     /// Several destinations.
@@ -26,14 +26,14 @@ pub enum Destination {
     Ready,
 }
 
-impl From<Worker> for Destination {
-    fn from(worker: Worker) -> Self {
+impl From<WorkerHandle> for Destination {
+    fn from(worker: WorkerHandle) -> Self {
         Self::Worker(worker)
     }
 }
 
-impl From<&Worker> for Destination {
-    fn from(worker: &Worker) -> Self {
+impl From<&WorkerHandle> for Destination {
+    fn from(worker: &WorkerHandle) -> Self {
         Self::Worker(worker.clone())
     }
 }
@@ -52,8 +52,8 @@ impl<T: Into<Destination>> From<Vec<T>> for Destination {
 
 #[derive(Debug, Default)]
 struct State {
-    live: HashMap<WorkerId, Worker>,
-    ready: BTreeMap<WorkerId, Worker>,
+    live: HashMap<WorkerId, WorkerHandle>,
+    ready: BTreeMap<WorkerId, WorkerHandle>,
     /// Per tag: when each worker was last selected, on a logical clock.
     selected: HashMap<String, HashMap<WorkerId, u64>>,
     clock: u64,
@@ -72,7 +72,7 @@ impl Pool {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(crate) fn add_live(&self, worker: &Worker) {
+    pub(crate) fn add_live(&self, worker: &WorkerHandle) {
         self.lock().live.insert(worker.id(), worker.clone());
     }
 
@@ -80,7 +80,7 @@ impl Pool {
         self.lock().live.remove(&id);
     }
 
-    pub(crate) fn add_ready(&self, worker: &Worker) {
+    pub(crate) fn add_ready(&self, worker: &WorkerHandle) {
         self.lock().ready.insert(worker.id(), worker.clone());
     }
 
@@ -102,7 +102,7 @@ impl Pool {
 
     /// The ready worker with the fewest requests waiting for a reply (the
     /// lowest id among equals).
-    pub(crate) fn least_loaded(&self) -> Option<Worker> {
+    pub(crate) fn least_loaded(&self) -> Option<WorkerHandle> {
         self.lock()
             .ready
             .values()
@@ -110,17 +110,17 @@ impl Pool {
             .cloned()
     }
 
-    pub(crate) fn ready(&self) -> Vec<Worker> {
+    pub(crate) fn ready(&self) -> Vec<WorkerHandle> {
         self.lock().ready.values().cloned().collect()
     }
 
-    pub(crate) fn ready_by_id(&self, id: WorkerId) -> Option<Worker> {
+    pub(crate) fn ready_by_id(&self, id: WorkerId) -> Option<WorkerHandle> {
         self.lock().ready.get(&id).cloned()
     }
 
     /// The ready worker least recently selected for `tag`: workers never
     /// selected for it first (lowest id first), then the oldest selection.
-    pub(crate) fn round_robin(&self, tag: &str) -> Option<Worker> {
+    pub(crate) fn round_robin(&self, tag: &str) -> Option<WorkerHandle> {
         let mut state = self.lock();
         let State {
             ready,
@@ -144,7 +144,7 @@ impl Pool {
     }
 
     /// The workers `to` names, and an error for each id that names none.
-    pub(crate) fn resolve(&self, to: Destination) -> (Vec<Worker>, Vec<SendError>) {
+    pub(crate) fn resolve(&self, to: Destination) -> (Vec<WorkerHandle>, Vec<SendError>) {
         let state = self.lock();
         let mut workers = Vec::new();
         let mut errors = Vec::new();
@@ -200,10 +200,10 @@ mod tests {
     use super::*;
     use crate::channel::Outbox;
 
-    fn worker(id: u64) -> Worker {
+    fn worker(id: u64) -> WorkerHandle {
         let (ours, _theirs) = tokio::net::UnixStream::pair().expect("socket pair");
         let outbox = Outbox::spawn(ours.into_split().1, Default::default(), Some(WorkerId(id)));
-        Worker::new(
+        WorkerHandle::new(
             WorkerId(id),
             0,
             outbox,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::Worker;
+use super::WorkerHandle;
 use super::config::{Config, WorkerChannel, WorkerStdio};
 use super::input::Input;
 use super::spawner::{Spawn, Spawned};
@@ -122,7 +122,7 @@ impl Spawn for ProcessSpawner {
             // The primary's hello: the first frame, queued before anything else.
             outbox.hello();
         }
-        let worker = Worker::new(
+        let worker = WorkerHandle::new(
             id,
             pid,
             outbox,

@@ -2,7 +2,7 @@
 
 use tokio::sync::oneshot;
 
-use super::Worker;
+use super::WorkerHandle;
 use crate::WorkerId;
 use crate::error::Error;
 
@@ -10,8 +10,8 @@ use crate::error::Error;
 #[derive(Debug)]
 struct Waiter {
     pending: Vec<WorkerId>,
-    ready: Vec<Worker>,
-    tx: oneshot::Sender<Result<Vec<Worker>, Error>>,
+    ready: Vec<WorkerHandle>,
+    tx: oneshot::Sender<Result<Vec<WorkerHandle>, Error>>,
 }
 
 /// Every caller waiting.
@@ -23,11 +23,11 @@ pub(super) struct ReadyWaiters {
 impl ReadyWaiters {
     /// Waits for the workers `ids`: the receiver gets them once every one
     /// joined the pool, by ascending id, or the error of the first one that
-    /// exits before.
+    /// will not (it exits, or is kept out of the pool).
     pub(super) fn wait(
         &mut self,
         ids: Vec<WorkerId>,
-    ) -> oneshot::Receiver<Result<Vec<Worker>, Error>> {
+    ) -> oneshot::Receiver<Result<Vec<WorkerHandle>, Error>> {
         let (tx, rx) = oneshot::channel();
         let waiter = Waiter {
             pending: ids,
@@ -43,19 +43,19 @@ impl ReadyWaiters {
     }
 
     /// `worker` joined the pool.
-    pub(super) fn joined(&mut self, worker: &Worker) {
+    pub(super) fn joined(&mut self, worker: &WorkerHandle) {
         self.settle(worker.id(), |waiter| {
             waiter.ready.push(worker.clone());
             waiter.pending.is_empty().then(|| {
                 let mut ready = std::mem::take(&mut waiter.ready);
-                ready.sort_by_key(Worker::id);
+                ready.sort_by_key(WorkerHandle::id);
                 Ok(ready)
             })
         });
     }
 
-    /// Worker `id` exited.
-    pub(super) fn exited(&mut self, id: WorkerId) {
+    /// Worker `id` will not join the pool: it exited, or was kept out.
+    pub(super) fn lost(&mut self, id: WorkerId) {
         self.settle(id, |_| Some(Err(Error::NotReady { worker_id: id })));
     }
 
@@ -63,7 +63,7 @@ impl ReadyWaiters {
     fn settle(
         &mut self,
         id: WorkerId,
-        mut outcome: impl FnMut(&mut Waiter) -> Option<Result<Vec<Worker>, Error>>,
+        mut outcome: impl FnMut(&mut Waiter) -> Option<Result<Vec<WorkerHandle>, Error>>,
     ) {
         let mut index = 0;
         while index < self.waiters.len() {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::Worker;
+use super::WorkerHandle;
 use super::pool::Pool;
 use super::spawner::Spawned;
 use super::state::{Action, Trigger, WorkerState};
@@ -17,7 +17,7 @@ use crate::{Signal, WorkerId};
 /// One live worker.
 #[derive(Debug)]
 pub(super) struct Entry {
-    pub(super) worker: Worker,
+    pub(super) worker: WorkerHandle,
     pub(super) state: WorkerState,
     pub(super) started: Instant,
     signals: mpsc::UnboundedSender<Signal>,
@@ -70,7 +70,7 @@ impl Registry {
         &mut self,
         id: WorkerId,
         trigger: Trigger,
-    ) -> Option<(Worker, Vec<Action>)> {
+    ) -> Option<(WorkerHandle, Vec<Action>)> {
         let entry = self.entries.get_mut(&id)?;
         let (state, actions) = entry.state.on(trigger);
         entry.state = state;
@@ -82,12 +82,12 @@ impl Registry {
     }
 
     /// The live worker with this id.
-    pub(super) fn worker(&self, id: WorkerId) -> Option<Worker> {
+    pub(super) fn worker(&self, id: WorkerId) -> Option<WorkerHandle> {
         self.get(id).map(|entry| entry.worker.clone())
     }
 
     /// The live worker with this id, if its channel has not closed.
-    pub(super) fn connected(&self, id: WorkerId) -> Option<Worker> {
+    pub(super) fn connected(&self, id: WorkerId) -> Option<WorkerHandle> {
         self.get(id)
             .filter(|entry| match entry.state {
                 WorkerState::Leaving(leaving) => !leaving.disconnected,
@@ -98,9 +98,10 @@ impl Registry {
     }
 
     /// Every live worker, by ascending id.
-    pub(super) fn workers(&self) -> Vec<Worker> {
-        let mut workers: Vec<Worker> = self.entries.values().map(|e| e.worker.clone()).collect();
-        workers.sort_by_key(Worker::id);
+    pub(super) fn workers(&self) -> Vec<WorkerHandle> {
+        let mut workers: Vec<WorkerHandle> =
+            self.entries.values().map(|e| e.worker.clone()).collect();
+        workers.sort_by_key(WorkerHandle::id);
         workers
     }
 
@@ -108,11 +109,16 @@ impl Registry {
         self.entries.len()
     }
 
-    /// Adds a live worker to the pool of ready workers.
-    pub(super) fn join_pool(&mut self, worker: &Worker) {
-        if self.entries.contains_key(&worker.id()) {
+    /// Adds a worker to the pool of ready workers if it is (still) ready:
+    /// not one that began to leave meanwhile; whether it joined.
+    pub(super) fn join_pool(&mut self, worker: &WorkerHandle) -> bool {
+        let ready = self
+            .get(worker.id())
+            .is_some_and(|entry| entry.state == WorkerState::Ready);
+        if ready {
             self.pool.add_ready(worker);
         }
+        ready
     }
 
     /// Takes a worker out of the pool; whether it was in it.

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 /// # let _ = policy;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a policy does nothing until given to a builder"]
 pub struct RestartPolicy {
     stable_after: Duration,
     initial_delay: Duration,

@@ -4,7 +4,7 @@
 use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 
-use super::Worker;
+use super::WorkerHandle;
 use super::config::Readiness;
 use super::context::{PrimaryContext, Timer};
 use super::events::{
@@ -30,6 +30,8 @@ pub(super) async fn run(
     mut inputs: mpsc::Receiver<Input>,
 ) {
     let mut handles = true;
+    // What handlers of the initialize events did (forked, say) settles first.
+    context.settle();
     while context.phase != Phase::Destroyed {
         tokio::select! {
             command = commands.recv(), if handles => match command {
@@ -114,7 +116,7 @@ impl PrimaryContext {
     }
 
     /// Hands on a frame of a worker whose state allows it.
-    fn deliver(&mut self, worker: Worker, frame: Frame) {
+    fn deliver(&mut self, worker: WorkerHandle, frame: Frame) {
         match frame {
             Frame::Message(message) => events::publish(self, WorkerMessage { worker, message }),
             Frame::Listen { id, address } => self.listen(worker, id, &address),
@@ -137,7 +139,7 @@ impl PrimaryContext {
     }
 
     /// Answers a worker's listen request, and reports it.
-    fn listen(&mut self, worker: Worker, request: u64, address: &ListenAddress) {
+    fn listen(&mut self, worker: WorkerHandle, request: u64, address: &ListenAddress) {
         let registry = &self.registry;
         let answer = self.listeners.answer(
             &worker,

@@ -6,7 +6,7 @@ use std::fmt;
 
 use tokio::sync::mpsc;
 
-use super::Worker;
+use super::WorkerHandle;
 use super::input::Input;
 use crate::error::Error;
 use crate::sys;
@@ -33,6 +33,6 @@ pub(crate) trait Spawn: Send + Sync + fmt::Debug {
 /// while it has not been reaped, to it and its process group).
 #[derive(Debug)]
 pub(crate) struct Spawned {
-    pub(crate) worker: Worker,
+    pub(crate) worker: WorkerHandle,
     pub(crate) signals: mpsc::UnboundedSender<Signal>,
 }

@@ -19,7 +19,7 @@ use tokio_util::codec::Decoder as _;
 use super::context::{PrimaryContext, PrimaryEvent};
 use super::input::Input;
 use super::spawner::{Spawn, Spawned};
-use super::{ClusterPrimary, Readiness, RestartPolicy, Worker, WorkerChannel};
+use super::{ClusterPrimary, Readiness, RestartPolicy, WorkerChannel, WorkerHandle};
 use crate::actor::Mailbox;
 use crate::channel::{Outbox, QueueLimits};
 use crate::error::{Error, ProtocolError};
@@ -66,7 +66,7 @@ impl Spawn for FakeSpawner {
         })?;
         let outbox = Outbox::spawn(ours.into_split().1, QueueLimits::default(), Some(id));
         let pid = 100_000 + u32::try_from(id.get()).unwrap_or(0);
-        let worker = Worker::new(id, pid, outbox, 1 << 20, GRACE, Wire::Frames);
+        let worker = WorkerHandle::new(id, pid, outbox, 1 << 20, GRACE, Wire::Frames);
         let (signals, signal_rx) = mpsc::unbounded_channel();
         let peer = Peer {
             channel: theirs,
@@ -584,4 +584,148 @@ async fn fork_ready_resolves_once_every_new_worker_is_in_the_pool_or_one_exits_f
     primary.settle();
     let none = primary.context.fork_ready(1).expect("ignored").try_recv();
     assert!(matches!(none, Ok(Ok(workers)) if workers.is_empty()));
+}
+
+// ===== found by review: handlers that move a worker on while it comes up =====
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_asked_to_leave_while_it_comes_online_never_joins_the_pool() {
+    for ask in ["stop_worker", "shut_down"] {
+        let mut primary = Harness::new(WorkerChannel::None);
+        (&mut primary.context).on::<super::WorkerOnline>(move |event| {
+            let id = event.worker.id();
+            match ask {
+                "stop_worker" => event.context().stop_worker(id).expect("live"),
+                _ => event.context().shut_down(),
+            }
+        });
+        let mut ready = primary.context.fork_ready(1).expect("fork");
+        primary.settle();
+        let events = primary.events();
+        assert!(!events.contains(&"workerReady"), "{ask}: {events:?}");
+        assert!(primary.ready_ids().is_empty(), "{ask}");
+        primary.exit(1, 0);
+        let outcome = ready.try_recv().expect("told");
+        assert!(
+            matches!(outcome, Err(Error::NotReady { .. })),
+            "{ask}: {outcome:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_recycled_by_a_ready_handler_stays_out_of_the_pool() {
+    let mut primary = Harness::new(WorkerChannel::Frames);
+    (&mut primary.context).on::<super::WorkerReady>(|event| {
+        let id = event.worker.id();
+        event.context().stop_worker(id).expect("live");
+    });
+    let mut ready = primary.context.fork_ready(1).expect("fork");
+    primary.settle();
+    primary.ready(1);
+    assert!(primary.ready_ids().is_empty());
+    let outcome = ready.try_recv().expect("told at once");
+    assert!(
+        matches!(outcome, Err(Error::NotReady { .. })),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn fork_ready_is_told_when_a_handler_keeps_the_worker_out_of_the_pool() {
+    let mut primary = Harness::new(WorkerChannel::Frames);
+    (&mut primary.context).on::<super::AddWorker>(|event| event.prevent());
+    let mut ready = primary.context.fork_ready(1).expect("fork");
+    primary.settle();
+    primary.ready(1);
+    let outcome = ready.try_recv().expect("told at once");
+    assert!(
+        matches!(outcome, Err(Error::NotReady { .. })),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn fork_ready_waits_for_its_own_workers_not_those_a_fork_handler_started() {
+    let mut primary = Harness::new(WorkerChannel::Frames);
+    let nested = Arc::new(AtomicBool::new(false));
+    let once = nested.clone();
+    (&mut primary.context).on::<super::Fork>(move |event| {
+        if !once.swap(true, Ordering::SeqCst) {
+            let _ = event.context().fork(1);
+        }
+    });
+    let mut ready = primary.context.fork_ready(1).expect("fork");
+    primary.settle();
+    // The handler's fork ran first and took id 1; this call's worker is 2.
+    primary.ready(1);
+    assert!(ready.try_recv().is_err(), "worker 2 is not ready yet");
+    primary.ready(2);
+    let ids: Vec<u64> = ready
+        .try_recv()
+        .expect("told")
+        .expect("ready")
+        .iter()
+        .map(|w| w.id().get())
+        .collect();
+    assert_eq!(ids, [2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_disconnected_worker_is_terminated_even_if_a_handler_prevents_the_disconnect() {
+    let mut primary = Harness::new(WorkerChannel::Frames);
+    (&mut primary.context).on::<super::WorkerDisconnect>(|event| event.prevent());
+    primary.fork(1).expect("fork");
+    primary.ready(1);
+    primary.input(Input::Closed(WorkerId::new(1), None));
+    primary.advance(GRACE).await;
+    assert_eq!(primary.signals(1), [Signal::TERM]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn workers_forked_while_initializing_are_started_before_their_first_input() {
+    let spawner = Arc::new(FakeSpawner::default());
+    let builder = ClusterPrimary::builder()
+        .channel(WorkerChannel::Node)
+        .spawner(spawner.clone())
+        .on::<super::Initialize>(|event| {
+            event.context().fork(1).expect("fork");
+        });
+    let (mailbox, commands) = Mailbox::new();
+    let (mut context, inputs, _) = builder.into_context(mailbox.downgrade());
+    let mut events = context.stream.subscribe();
+    events::publish(&mut context, super::Initialize);
+    // The worker's first message is already waiting when the actor starts.
+    let permit = Arc::new(Semaphore::new(1))
+        .try_acquire_owned()
+        .expect("a permit");
+    let message = crate::Message::from_json("1").expect("json");
+    let frames = vec![Frame::Message(message)];
+    context
+        .inputs
+        .try_send(Input::Frames(WorkerId::new(1), frames, permit))
+        .expect("queued");
+    let actor = tokio::spawn(super::run::run(context, commands, inputs));
+    let mut names = Vec::new();
+    while names.last() != Some(&"workerMessage") && names.len() < 10 {
+        let event = tokio::time::timeout(Duration::from_secs(60), events.next())
+            .await
+            .expect("an event")
+            .expect("open");
+        names.push(event.name());
+    }
+    // (The stream sees the nested `fork` before `initialize` reaches its
+    // default action.)
+    assert_eq!(
+        names,
+        [
+            "fork",
+            "initialize",
+            "workerFork",
+            "workerOnline",
+            "workerMessage"
+        ]
+    );
+    drop(mailbox);
+    actor.abort();
 }

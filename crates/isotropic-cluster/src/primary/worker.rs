@@ -21,7 +21,7 @@ use crate::request::{Pending, RequestError};
 /// Handles stay valid after the worker exits; sending then fails with
 /// [`SendError::Closed`].
 #[derive(Clone)]
-pub struct Worker {
+pub struct WorkerHandle {
     inner: Arc<Inner>,
 }
 
@@ -35,7 +35,7 @@ struct Inner {
     wire: Wire,
 }
 
-impl Worker {
+impl WorkerHandle {
     pub(crate) fn new(
         id: WorkerId,
         pid: u32,
@@ -176,15 +176,15 @@ impl Worker {
     }
 }
 
-impl PartialEq for Worker {
+impl PartialEq for WorkerHandle {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
 }
 
-impl Eq for Worker {}
+impl Eq for WorkerHandle {}
 
-impl fmt::Debug for Worker {
+impl fmt::Debug for WorkerHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Worker")
             .field("id", &self.inner.id.get())

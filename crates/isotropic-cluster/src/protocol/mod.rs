@@ -25,6 +25,6 @@ mod wire;
 pub(crate) use codec::{FrameCodec, encode, encode_control};
 pub(crate) use frame::{DEFAULT_MAX_FRAME, Frame, User, VERSION};
 pub(crate) use node::NodeCodec;
-#[cfg(any(test, feature = "internals"))]
+#[cfg(feature = "internals")]
 pub(crate) use wire::check_any_split;
 pub(crate) use wire::{AnyCodec, Wire};

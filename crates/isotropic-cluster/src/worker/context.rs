@@ -23,7 +23,7 @@ use crate::request::{Handlers, Pending};
 
 /// The worker as its event handlers see it.
 ///
-/// Reached from a handler through [`Event::worker`](crate::Event::worker).
+/// Reached from a handler through [`Event::context`](crate::Event::context).
 pub struct WorkerContext {
     hub: Hub,
     pub(super) stream: StreamSource<WorkerEvent>,
@@ -66,13 +66,6 @@ impl std::fmt::Debug for WorkerContext {
 
 crate::topics::host!(WorkerContext, stream: WorkerEvent, inbound: PrimaryMessage, handle: ClusterWorker, builder: super::WorkerBuilder);
 
-impl<E: Topic<Host = WorkerContext>> events::Event<'_, E> {
-    /// The worker, to act on from a handler (send, destroy, …).
-    pub fn worker(&mut self) -> &mut WorkerContext {
-        self.host
-    }
-}
-
 impl WorkerContext {
     /// This worker's id.
     pub fn id(&self) -> WorkerId {
@@ -84,7 +77,7 @@ impl WorkerContext {
     /// # Errors
     ///
     /// As [`ClusterWorker::try_send`].
-    pub fn send<M: Serialize + ?Sized>(&self, message: &M) -> Result<(), SendError> {
+    pub fn try_send<M: Serialize + ?Sized>(&self, message: &M) -> Result<(), SendError> {
         let frame = Wire::Frames
             .encode(User::Message(message), self.settings.max_frame_size)
             .map_err(SendError::Encode)?;

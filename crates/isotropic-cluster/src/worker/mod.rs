@@ -53,6 +53,7 @@ pub(crate) type Cleanup = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + 
 /// worker.closed().await;
 /// # Ok(()) }
 /// ```
+#[must_use = "a builder does nothing until started"]
 pub struct WorkerBuilder {
     hub: Hub,
     handlers: Handlers,
@@ -305,11 +306,12 @@ impl ClusterWorker {
     }
 
     /// Sends `message` to the primary as a request and waits for its reply,
-    /// decoded into `R`.
+    /// decoded into `R`, within the worker's default deadline (see
+    /// [`WorkerBuilder::request_timeout`]).
     ///
     /// # Errors
     ///
-    /// As [`Worker::request`](crate::primary::Worker::request).
+    /// As [`WorkerHandle::request`](crate::primary::WorkerHandle::request).
     ///
     /// # Cancel safety
     ///
@@ -318,12 +320,29 @@ impl ClusterWorker {
         &self,
         message: &M,
     ) -> Result<R, RequestError> {
+        self.request_within(message, self.deadline).await
+    }
+
+    /// [`request`](Self::request) with its own deadline.
+    ///
+    /// # Errors
+    ///
+    /// As [`request`](Self::request).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`request`](Self::request).
+    pub async fn request_within<R: serde::de::DeserializeOwned, M: Serialize + ?Sized>(
+        &self,
+        message: &M,
+        deadline: Duration,
+    ) -> Result<R, RequestError> {
         let waiter = self.pending.begin(None)?;
         let frame = Wire::Frames
             .encode(User::Request(waiter.id(), message), self.max_frame)
             .map_err(|e| RequestError::Send(SendError::Encode(e)))?;
         self.outbox.send(frame).await?;
-        waiter.reply(self.deadline).await
+        waiter.reply(deadline).await
     }
 
     /// Destroys the worker: runs its cleanup (at most `timeout`), disconnects
@@ -371,11 +390,13 @@ impl ClusterWorker {
     ///
     /// ```no_run
     /// # async fn demo(worker: isotropic_cluster::worker::ClusterWorker) -> Result<(), Box<dyn std::error::Error>> {
-    /// let listener = worker.listen("127.0.0.1:3000").await?.into_tcp().ok_or("not TCP")?;
+    /// // Works with every `Distribution` (with `RoundRobin` the primary passes
+    /// // each connection; `into_tcp` would then be `None`).
+    /// let mut listener = worker.listen("127.0.0.1:3000").await?;
     /// loop {
-    ///     let (socket, peer) = listener.accept().await?;
+    ///     let connection = listener.accept().await?; // a `Connection::Tcp`
     ///     // serve it
-    /// #   drop((socket, peer));
+    /// #   drop(connection);
     /// }
     /// # }
     /// ```

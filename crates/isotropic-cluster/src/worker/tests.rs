@@ -205,6 +205,32 @@ async fn requests_are_answered_and_replies_resolve_requests() {
     assert_eq!(asked.await.expect("no panic").expect("a reply"), 99);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_request_within_a_deadline_times_out_without_a_reply() {
+    let mut started = start(ClusterWorker::builder().request_timeout(NEVER));
+    started.primary.hello();
+    let worker = started.worker.clone();
+    let deadline = Duration::from_secs(3);
+    let asked = tokio::spawn(async move {
+        let begun = tokio::time::Instant::now();
+        let outcome = worker
+            .request_within::<u64, _>(&json!("ping"), deadline)
+            .await;
+        (outcome, begun.elapsed())
+    });
+    loop {
+        if let Frame::Request { .. } = started.primary.next().await.expect("a frame") {
+            break;
+        }
+    }
+    let (outcome, waited) = asked.await.expect("no panic");
+    assert!(
+        matches!(outcome, Err(RequestError::Timeout { .. })),
+        "{outcome:?}"
+    );
+    assert!(waited >= deadline && waited < NEVER, "waited {waited:?}");
+}
+
 #[tokio::test]
 async fn the_channel_s_end_fails_waiting_requests_and_destroys() {
     let mut started = start(ClusterWorker::builder());
