@@ -1,5 +1,8 @@
 //! The pattern shared by the primary and the worker: one task owns the state
 //! (a *host*) and runs every event on it; cloneable handles send it commands.
+//! [`run`] is that task's loop; [`Actor`] is what it needs of a host.
+
+use std::future::Future;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -8,6 +11,52 @@ use crate::events::{self, Handler, Subscription, SubscriptionKey, Topic, sealed:
 
 /// A command run by the actor on its host.
 pub(crate) type Command<H> = Box<dyn FnOnce(&mut H) + Send>;
+
+/// The receiving side of an actor's command queue.
+pub(crate) type Commands<H> = mpsc::UnboundedReceiver<Command<H>>;
+
+/// A host that [`run`] drives: besides the commands of its handles, it
+/// hears inputs of its own (a worker's frames, timers, signals).
+pub(crate) trait Actor: Send + Sized + 'static {
+    /// What the host hears besides commands.
+    type Input: Send;
+
+    /// The next input. Cancel safe: it races the commands.
+    fn next_input(&mut self) -> impl Future<Output = Self::Input> + Send;
+
+    /// Handles an input.
+    fn handle(&mut self, input: Self::Input);
+
+    /// Work that follows every command and input.
+    fn end_turn(&mut self) {}
+
+    /// Every handle is gone (a destroy, normally).
+    fn orphaned(&mut self);
+
+    /// Whether the actor is done: its task ends.
+    fn finished(&self) -> bool;
+}
+
+/// Runs `host` until it is finished, one command or input per turn.
+pub(crate) async fn run<A: Actor>(mut host: A, mut commands: Commands<A>) {
+    let mut handles = true;
+    // What happened before the task started (handlers of the first events).
+    host.end_turn();
+    while !host.finished() {
+        tokio::select! {
+            command = commands.recv(), if handles => match command {
+                Some(command) => command(&mut host),
+                None => {
+                    handles = false;
+                    tracing::debug!("every handle dropped");
+                    host.orphaned();
+                }
+            },
+            input = host.next_input() => host.handle(input),
+        }
+        host.end_turn();
+    }
+}
 
 /// The sending side of an actor's command queue.
 pub(crate) struct Mailbox<H> {
@@ -31,7 +80,7 @@ impl<H> std::fmt::Debug for Mailbox<H> {
 }
 
 impl<H: Send + 'static> Mailbox<H> {
-    pub(crate) fn new() -> (Self, mpsc::UnboundedReceiver<Command<H>>) {
+    pub(crate) fn new() -> (Self, Commands<H>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (Self { tx }, rx)
     }

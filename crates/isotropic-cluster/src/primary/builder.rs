@@ -14,12 +14,8 @@ use super::handle::ClusterPrimary;
 use super::phase::Phase;
 use super::process::ProcessSpawner;
 use super::restart::RestartPolicy;
-use super::run;
 use super::spawner::Spawn;
-use tokio::sync::mpsc;
-
-use super::input::Input;
-use crate::actor::{Mailbox, WeakMailbox};
+use crate::actor::{self, Mailbox, WeakMailbox};
 use crate::error::{BoxError, Error};
 use crate::events::{self, Hub};
 use crate::net::Distribution;
@@ -309,7 +305,7 @@ impl PrimaryBuilder {
             });
         }
         let (mailbox, commands) = Mailbox::new();
-        let (mut context, inputs, initializer) = self.into_context(mailbox.downgrade());
+        let (mut context, initializer) = self.into_context(mailbox.downgrade());
         events::publish(&mut context, Initialize);
         if context.phase == Phase::Starting {
             return Err(Error::Prevented {
@@ -330,23 +326,21 @@ impl PrimaryBuilder {
         }
         events::publish(&mut context, InitializeComplete);
         let primary = ClusterPrimary::new(mailbox, &context);
-        tokio::spawn(run::run(context, commands, inputs));
+        tokio::spawn(actor::run(context, commands));
         Ok(primary)
     }
 
-    /// The primary's state, not yet initialized; where its inputs arrive;
-    /// its initializer.
+    /// The primary's state, not yet initialized, and its initializer.
     pub(super) fn into_context(
         self,
         mailbox: WeakMailbox<PrimaryContext>,
-    ) -> (PrimaryContext, mpsc::Receiver<Input>, Option<Initializer>) {
+    ) -> (PrimaryContext, Option<Initializer>) {
         let config = Arc::new(self.config);
         let spawner = self
             .spawner
             .unwrap_or_else(|| Arc::new(ProcessSpawner::new(config.clone())));
-        let (context, inputs) =
-            PrimaryContext::new(config, spawner, self.hub, self.handlers, mailbox);
-        (context, inputs, self.initializer)
+        let context = PrimaryContext::new(config, spawner, self.hub, self.handlers, mailbox);
+        (context, self.initializer)
     }
 
     /// Workers are started by `spawner` instead of as processes (tests).

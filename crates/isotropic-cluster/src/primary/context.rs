@@ -29,7 +29,7 @@ use crate::{Signal, WorkerId};
 
 /// What the actor's timers are for.
 #[derive(Debug)]
-pub(super) enum Timer {
+pub(crate) enum Timer {
     /// Start a delayed replacement.
     Restart,
     /// Send this signal to the worker, if it is still live.
@@ -51,7 +51,9 @@ pub struct PrimaryContext {
     pub(super) spawner: Arc<dyn Spawn>,
     pub(super) stream: StreamSource<PrimaryEvent>,
     pub(super) mailbox: WeakMailbox<PrimaryContext>,
+    /// Where the workers' watchers and the acceptors report.
     pub(super) inputs: mpsc::Sender<Input>,
+    pub(super) input_rx: mpsc::Receiver<Input>,
     pub(super) timers: DelayQueue<Timer>,
     pub(super) registry: Registry,
     pub(super) phase: Phase,
@@ -257,9 +259,9 @@ impl PrimaryContext {
         hub: Hub,
         handlers: Handlers,
         mailbox: WeakMailbox<Self>,
-    ) -> (Self, mpsc::Receiver<Input>) {
+    ) -> Self {
         let (inputs, input_rx) = mpsc::channel(1024);
-        let context = Self {
+        Self {
             handlers,
             hub,
             config,
@@ -267,6 +269,7 @@ impl PrimaryContext {
             stream: StreamSource::default(),
             mailbox,
             inputs,
+            input_rx,
             timers: DelayQueue::new(),
             registry: Registry::default(),
             phase: Phase::Starting,
@@ -279,8 +282,7 @@ impl PrimaryContext {
             rolling: Rolling::default(),
             ready_waiters: ReadyWaiters::default(),
             listeners: Listeners::activated(),
-        };
-        (context, input_rx)
+        }
     }
 
     pub(super) fn pool(&self) -> Arc<Pool> {

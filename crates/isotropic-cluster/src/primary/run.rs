@@ -1,8 +1,7 @@
-//! The primary's actor: one task that owns the [`PrimaryContext`] and feeds
-//! it commands from the handles, reports from the workers, and timers.
+//! The primary as an [`Actor`]: besides the commands of its handles, it hears
+//! its workers' reports and its timers.
 
 use futures_util::StreamExt as _;
-use tokio::sync::mpsc;
 
 use super::WorkerHandle;
 use super::config::Readiness;
@@ -14,7 +13,7 @@ use super::input::Input;
 use super::phase::Phase;
 use super::state::Trigger;
 use crate::WorkerId;
-use crate::actor::Command;
+use crate::actor::Actor;
 use crate::events;
 use crate::net::ListenAddress;
 use crate::protocol::Frame;
@@ -22,40 +21,54 @@ use crate::protocol::Frame;
 /// How many queued inputs are handled per turn of the actor's loop.
 const BATCH: usize = 256;
 
-/// Runs the primary until it is destroyed (or every handle is dropped, which
-/// destroys it).
-pub(super) async fn run(
-    mut context: PrimaryContext,
-    mut commands: mpsc::UnboundedReceiver<Command<PrimaryContext>>,
-    mut inputs: mpsc::Receiver<Input>,
-) {
-    let mut handles = true;
-    // What handlers of the initialize events did (forked, say) settles first.
-    context.settle();
-    while context.phase != Phase::Destroyed {
+/// What the primary hears besides commands.
+#[derive(Debug)]
+pub(crate) enum Turn {
+    Input(Input),
+    Timer(Timer),
+}
+
+impl Actor for PrimaryContext {
+    type Input = Turn;
+
+    async fn next_input(&mut self) -> Turn {
         tokio::select! {
-            command = commands.recv(), if handles => match command {
-                Some(command) => command(&mut context),
-                None => {
-                    handles = false;
-                    tracing::debug!("every handle dropped: destroying the primary");
-                    context.destroy();
-                }
-            },
-            Some(input) = inputs.recv() => {
-                context.input(input);
+            Some(input) = self.input_rx.recv() => Turn::Input(input),
+            Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
+                Turn::Timer(expired.into_inner())
+            }
+            // (The context holds a sender: its inputs never end.)
+            else => std::future::pending().await,
+        }
+    }
+
+    fn handle(&mut self, turn: Turn) {
+        match turn {
+            Turn::Input(input) => {
+                self.input(input);
                 // Handle what is already queued in one go (bounded).
                 for _ in 1..BATCH {
-                    let Ok(input) = inputs.try_recv() else { break };
-                    context.settle();
-                    context.input(input);
+                    let Ok(input) = self.input_rx.try_recv() else {
+                        break;
+                    };
+                    self.settle();
+                    self.input(input);
                 }
             }
-            Some(expired) = context.timers.next(), if !context.timers.is_empty() => {
-                context.timer(expired.into_inner());
-            }
+            Turn::Timer(timer) => self.timer(timer),
         }
-        context.settle();
+    }
+
+    fn end_turn(&mut self) {
+        self.settle();
+    }
+
+    fn orphaned(&mut self) {
+        self.destroy();
+    }
+
+    fn finished(&self) -> bool {
+        self.phase == Phase::Destroyed
     }
 }
 

@@ -102,7 +102,7 @@ impl Harness {
             .kill_grace(KILL_GRACE)
             .spawner(spawner.clone());
         let (mailbox, _commands) = Mailbox::new();
-        let (mut context, _inputs, _) = builder.into_context(mailbox.downgrade());
+        let (mut context, _) = builder.into_context(mailbox.downgrade());
         let events = context.stream.subscribe();
         events::publish(&mut context, super::Initialize);
         Self {
@@ -692,7 +692,7 @@ async fn workers_forked_while_initializing_are_started_before_their_first_input(
             event.context().fork(1).expect("fork");
         });
     let (mailbox, commands) = Mailbox::new();
-    let (mut context, inputs, _) = builder.into_context(mailbox.downgrade());
+    let (mut context, _) = builder.into_context(mailbox.downgrade());
     let mut events = context.stream.subscribe();
     events::publish(&mut context, super::Initialize);
     // The worker's first message is already waiting when the actor starts.
@@ -705,7 +705,7 @@ async fn workers_forked_while_initializing_are_started_before_their_first_input(
         .inputs
         .try_send(Input::Frames(WorkerId::new(1), frames, permit))
         .expect("queued");
-    let actor = tokio::spawn(super::run::run(context, commands, inputs));
+    let actor = tokio::spawn(crate::actor::run(context, commands));
     let mut names = Vec::new();
     while names.last() != Some(&"workerMessage") && names.len() < 10 {
         let event = tokio::time::timeout(Duration::from_secs(60), events.next())

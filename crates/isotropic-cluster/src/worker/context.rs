@@ -13,7 +13,7 @@ use super::events::*;
 use super::phase::{Action, Input, Phase};
 use super::{Cleanup, ClusterWorker, Settings, WorkerBuilder};
 use crate::WorkerId;
-use crate::actor::{Command, Mailbox, WeakMailbox};
+use crate::actor::{Actor, Commands, Mailbox, WeakMailbox};
 use crate::channel::{self, Inbox, Outbox};
 use crate::error::{ProtocolError, SendError};
 use crate::events::{self, Hub, StreamSource, Topic};
@@ -53,6 +53,10 @@ pub struct WorkerContext {
     pub(super) pending: Arc<Pending>,
     /// Handlers of the primary's requests.
     handlers: Handlers,
+    /// The channel is still read.
+    reading: bool,
+    /// SIGTERM, when the worker listens for it.
+    sigterm: Option<Signal>,
 }
 
 impl std::fmt::Debug for WorkerContext {
@@ -99,9 +103,6 @@ impl WorkerContext {
     }
 }
 
-/// The commands that a worker's handles send to its actor.
-pub(super) type Commands = mpsc::UnboundedReceiver<Command<WorkerContext>>;
-
 impl WorkerContext {
     /// The context of worker `id` on channel `fd`, with its hello queued and
     /// what `builder` set (its initializer is not kept); and the mailbox that
@@ -110,7 +111,7 @@ impl WorkerContext {
         id: WorkerId,
         fd: OwnedFd,
         builder: WorkerBuilder,
-    ) -> std::io::Result<(Self, Mailbox<Self>, Commands)> {
+    ) -> std::io::Result<(Self, Mailbox<Self>, Commands<Self>)> {
         let (read, outbox) = channel::open(fd, builder.settings.queue, None)?;
         outbox.hello();
         let inbox = Inbox::new(read, FrameCodec::new(builder.settings.max_frame_size));
@@ -133,6 +134,8 @@ impl WorkerContext {
             pending: Arc::default(),
             handlers: builder.handlers,
             next_listen: 0,
+            reading: true,
+            sigterm: None,
         };
         Ok((context, mailbox, commands))
     }
@@ -332,42 +335,58 @@ impl WorkerContext {
 /// How many buffered frames are handled per turn of the actor's loop.
 const BATCH: usize = 256;
 
-/// Runs the worker until it is destroyed.
-pub(super) async fn run(
-    mut context: WorkerContext,
-    mut commands: Commands,
-    mut sigterm: Option<Signal>,
-) {
-    let mut handles = true;
-    let mut reading = true;
-    while context.phase != Phase::Destroyed {
+/// What the worker hears besides commands.
+#[derive(Debug)]
+pub(crate) enum Turn {
+    /// The channel gave a frame (or ended).
+    Frame(Option<Result<Frame, ProtocolError>>),
+    /// The cleanup of a destroy is done, or timed out.
+    CleanupDone,
+    /// SIGTERM.
+    Terminate,
+}
+
+impl Actor for WorkerContext {
+    type Input = Turn;
+
+    async fn next_input(&mut self) -> Turn {
         tokio::select! {
-            command = commands.recv(), if handles => match command {
-                Some(command) => command(&mut context),
-                None => {
-                    handles = false;
-                    context.destroy(context.settings.destroy_timeout);
-                }
-            },
-            frame = context.inbox.next(), if reading => {
+            frame = self.inbox.next(), if self.reading => Turn::Frame(frame),
+            () = cleanup_end(&mut self.cleanup_done) => Turn::CleanupDone,
+            Some(()) = recv(&mut self.sigterm) => Turn::Terminate,
+            else => std::future::pending().await,
+        }
+    }
+
+    fn handle(&mut self, turn: Turn) {
+        match turn {
+            Turn::Frame(frame) => {
                 // Handle what is already buffered in one go (bounded), rather
                 // than one frame per turn of the loop.
                 let mut next = Some(frame);
                 let mut budget = BATCH;
                 while let Some(frame) = next.take() {
-                    reading = context.incoming(frame);
+                    self.reading = self.incoming(frame);
                     budget -= 1;
-                    if reading && budget > 0 && context.phase != Phase::Destroyed {
-                        next = context.inbox.try_next().map(Some);
+                    if self.reading && budget > 0 && self.phase != Phase::Destroyed {
+                        next = self.inbox.try_next().map(Some);
                     }
                 }
             }
-            _ = cleanup_end(&mut context.cleanup_done) => context.cleanup_done(),
-            Some(()) = recv(&mut sigterm) => {
-                tracing::info!(worker_id = %context.id, "SIGTERM: destroying the worker");
-                context.destroy(context.settings.destroy_timeout);
+            Turn::CleanupDone => self.cleanup_done(),
+            Turn::Terminate => {
+                tracing::info!(worker_id = %self.id, "SIGTERM: destroying the worker");
+                self.destroy(self.settings.destroy_timeout);
             }
         }
+    }
+
+    fn orphaned(&mut self) {
+        self.destroy(self.settings.destroy_timeout);
+    }
+
+    fn finished(&self) -> bool {
+        self.phase == Phase::Destroyed
     }
 }
 
@@ -385,8 +404,12 @@ async fn cleanup_end(done: &mut Option<oneshot::Receiver<()>>) {
     }
 }
 
-pub(super) fn sigterm() -> Option<Signal> {
-    tokio::signal::unix::signal(SignalKind::terminate()).ok()
+impl WorkerContext {
+    /// Destroys the worker on SIGTERM (the worker library's graceful exit).
+    pub(super) fn on_sigterm(mut self) -> Self {
+        self.sigterm = tokio::signal::unix::signal(SignalKind::terminate()).ok();
+        self
+    }
 }
 
 // ===== default actions =====

@@ -19,7 +19,7 @@ pub use context::WorkerContext;
 #[doc(inline)]
 pub use events::*;
 
-use crate::actor::Mailbox;
+use crate::actor::{self, Mailbox};
 use crate::channel::{Outbox, QueueLimits};
 use crate::error::{BoxError, Error, SendError};
 use crate::events::{self as pubsub, EventStream, Hub, StreamSource};
@@ -182,7 +182,7 @@ impl WorkerBuilder {
             });
         }
         let worker = ClusterWorker::new(mailbox.clone(), &context);
-        tokio::spawn(context::run(context, commands, context::sigterm()));
+        tokio::spawn(actor::run(context.on_sigterm(), commands));
 
         if let Some(init) = initializer
             && let Err(error) = init(worker.clone()).await

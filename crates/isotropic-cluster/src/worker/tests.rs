@@ -9,8 +9,8 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::context::Commands;
 use super::*;
+use crate::actor::Commands;
 use crate::channel::{self, Inbox};
 use crate::events::Subscribe;
 use crate::message::Message;
@@ -72,7 +72,14 @@ async fn names(events: &mut EventStream<WorkerEvent>) -> Vec<&'static str> {
 }
 
 /// A worker's context on one end of a socket pair; the primary on the other.
-fn context(builder: WorkerBuilder) -> (WorkerContext, Mailbox<WorkerContext>, Commands, Primary) {
+fn context(
+    builder: WorkerBuilder,
+) -> (
+    WorkerContext,
+    Mailbox<WorkerContext>,
+    Commands<WorkerContext>,
+    Primary,
+) {
     let (ours, theirs) = sys::channel_pair().expect("a socket pair");
     let (context, mailbox, commands) =
         WorkerContext::connect(WorkerId(1), ours, builder).expect("connected");
@@ -83,13 +90,16 @@ fn context(builder: WorkerBuilder) -> (WorkerContext, Mailbox<WorkerContext>, Co
 }
 
 /// Starts a worker as [`WorkerBuilder::start`] does, without the initializer.
-fn start_with(builder: WorkerBuilder, sigterm: Option<tokio::signal::unix::Signal>) -> Started {
+fn start_with(builder: WorkerBuilder, sigterm: bool) -> Started {
     let (mut context, mailbox, commands, primary) = context(builder.destroy_timeout(NEVER));
+    if sigterm {
+        context = context.on_sigterm();
+    }
     let events = context.stream.subscribe();
     pubsub::publish(&mut context, Initialize);
     assert!(context.initialized());
     let worker = ClusterWorker::new(mailbox, &context);
-    let actor = tokio::spawn(context::run(context, commands, sigterm));
+    let actor = tokio::spawn(crate::actor::run(context, commands));
     Started {
         worker,
         events,
@@ -99,7 +109,7 @@ fn start_with(builder: WorkerBuilder, sigterm: Option<tokio::signal::unix::Signa
 }
 
 fn start(builder: WorkerBuilder) -> Started {
-    start_with(builder, None)
+    start_with(builder, false)
 }
 
 fn message(json: serde_json::Value) -> Message {
@@ -347,9 +357,7 @@ async fn dropping_every_handle_destroys_the_worker() {
 #[tokio::test]
 async fn sigterm_destroys_the_worker() {
     // Listening first: the signal then no longer ends the process.
-    let sigterm = context::sigterm();
-    assert!(sigterm.is_some());
-    let mut started = start_with(ClusterWorker::builder(), sigterm);
+    let mut started = start_with(ClusterWorker::builder(), true);
     sys::send_signal(std::process::id(), false, libc::SIGTERM).expect("signalled");
     assert_eq!(
         names(&mut started.events).await,
