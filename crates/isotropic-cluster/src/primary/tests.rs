@@ -729,3 +729,21 @@ async fn workers_forked_while_initializing_are_started_before_their_first_input(
     drop(mailbox);
     actor.abort();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_says_ready_after_being_asked_to_leave_stays_out_of_the_pool() {
+    let mut primary = Harness::new(WorkerChannel::Frames);
+    primary.fork(1).expect("fork");
+    primary.frames(
+        1,
+        vec![Frame::Hello {
+            protocol: protocol::VERSION,
+        }],
+    );
+    primary.context.shut_down();
+    primary.settle();
+    primary.events();
+    primary.frames(1, vec![Frame::Ready]);
+    assert_eq!(primary.events(), Vec::<&str>::new());
+    assert!(primary.ready_ids().is_empty());
+}
