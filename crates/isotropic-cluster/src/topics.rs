@@ -26,6 +26,8 @@ macro_rules! topics {
         }
 
         $(
+            impl $crate::events::sealed::SealedTopic for $event {}
+
             impl $crate::events::Topic for $event {
                 type Host = $host;
                 const NAME: &'static str = $name;

@@ -1,10 +1,23 @@
-//! What a handler sees: the stages, the event types ([`Topic`]) and one
-//! publish of an event ([`Event`]) with the controls of its dispatch.
+//! What a handler sees: the stages, the event types ([`Topic`]), one
+//! publish of an event ([`Event`]) with the controls of its dispatch, and the
+//! types of the handlers.
 
 use std::fmt;
 use std::ops::Deref;
 
-use super::sealed;
+use crate::{Message, MessageError};
+
+/// A handler of events of type `E`.
+#[allow(unreachable_pub)]
+pub type Handler<E> = Box<dyn FnMut(&mut Event<'_, E>) + Send>;
+/// A typed-routing handler: decodes the message and handles it.
+#[allow(unreachable_pub)]
+pub type RouteFn<E> =
+    Box<dyn FnMut(&mut Event<'_, E>, &Message) -> Result<(), MessageError> + Send>;
+
+/// Seals [`Topic`]: implemented by `topics!` only (see `crate::topics`),
+/// which also implements `TopicImpl`, what an event does on its host.
+pub trait SealedTopic {}
 
 /// The stages of an event, in the order they run.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,10 +45,10 @@ impl Stage {
 ///
 /// Implemented by the event types of [`crate::primary`] and
 /// [`crate::worker`]; sealed.
-pub trait Topic: sealed::TopicImpl + Clone + Send + Sync + fmt::Debug + 'static {
+pub trait Topic: SealedTopic + Clone + Send + Sync + fmt::Debug + 'static {
     /// The context that handlers of this event act on ([`crate::primary::PrimaryContext`]
     /// or [`crate::worker::WorkerContext`]).
-    type Host: sealed::HostImpl;
+    type Host: Send + 'static;
     /// The original's name of the event, e.g. `"workerExit"`.
     const NAME: &'static str;
 }

@@ -7,8 +7,8 @@ use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use super::subscription::Target;
-use super::{Handler, Stage, SubscriptionKey, Topic, sealed::RouteFn};
+use super::event::{Handler, RouteFn, Stage, Topic};
+use super::key::{SubscriptionKey, Target};
 
 struct Slot {
     once: bool,

@@ -8,25 +8,33 @@
 //! Publishing is synchronous and depth-first: an event published by a handler
 //! or a default action runs to its end before the outer one goes on.
 //!
-//! - `event`: [`Stage`], [`Topic`] and [`Event`], what a handler sees;
+//! - `event`: [`Stage`], [`Topic`] and [`Event`], what a handler sees, and
+//!   the handler types;
+//! - `key`: [`SubscriptionKey`], what identifies a subscription;
 //! - `hub`: [`Hub`], a host's subscriptions;
-//! - `publish`: [`publish()`], [`subscribe()`] and [`route()`], the dispatch rules;
-//! - `subscription`: the [`Subscribe`] methods and [`Subscription`] handles;
 //! - `stream`: [`EventStream`], the async stream of a host's events;
-//! - `sealed`: the traits `topics!` and `host!` implement (see `crate::topics`).
+//! - `host`: the traits of a host and of its events (`HostImpl`, `TopicImpl`);
+//! - `subscription`: the [`Subscribe`] methods and [`Subscription`] handles;
+//! - `publish`: [`publish()`], [`subscribe()`] and [`route()`], the dispatch rules;
+//! - `sealed`: what `topics!` and `host!` implement and name (see
+//!   `crate::topics`), re-exported in one place.
+//!
+//! Each module uses only those listed before it.
 
 mod event;
+mod host;
 mod hub;
+mod key;
 mod publish;
 pub(crate) mod sealed;
 mod stream;
 mod subscription;
 
+pub(crate) use event::Handler;
 pub use event::{Event, Stage, Topic};
 pub(crate) use hub::Hub;
+pub(crate) use key::SubscriptionKey;
 pub(crate) use publish::{publish, route, subscribe};
-pub(crate) use sealed::Handler;
 pub use stream::EventStream;
 pub(crate) use stream::StreamSource;
-pub(crate) use subscription::SubscriptionKey;
 pub use subscription::{Subscribe, Subscription};

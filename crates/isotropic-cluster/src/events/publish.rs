@@ -3,13 +3,13 @@
 
 use std::any::TypeId;
 
-use super::event::Control;
-use super::sealed::{HostImpl, Once, RouteFn};
-use super::{Event, Handler, Stage, SubscriptionKey, Topic};
+use super::event::{Control, Event, Handler, RouteFn, Stage, Topic};
+use super::host::{HostImpl, Once, TopicImpl};
+use super::key::SubscriptionKey;
 use crate::{Message, MessageError};
 
 /// Publishes `data` on `host`, running every stage (see the module docs).
-pub(crate) fn publish<E: Topic>(host: &mut E::Host, data: E) {
+pub(crate) fn publish<E: TopicImpl>(host: &mut E::Host, data: E) {
     let topic = TypeId::of::<E>();
     if host.hub().happened(topic) {
         return;
@@ -50,7 +50,10 @@ pub(crate) fn publish<E: Topic>(host: &mut E::Host, data: E) {
 }
 
 /// Runs the handlers of `stage`, in subscription order.
-fn dispatch<E: Topic>(host: &mut E::Host, stage: Stage, data: &E, control: &mut Control) {
+fn dispatch<E: Topic>(host: &mut E::Host, stage: Stage, data: &E, control: &mut Control)
+where
+    E::Host: HostImpl,
+{
     let key = (TypeId::of::<E>(), stage);
     let mut after = 0;
     while let Some((id, once, handler)) = host.hub().take_next(key, after) {
@@ -81,7 +84,10 @@ pub(crate) fn subscribe<E: Topic>(
     key: SubscriptionKey,
     once: bool,
     mut handler: Handler<E>,
-) -> bool {
+) -> bool
+where
+    E::Host: HostImpl,
+{
     if let Some(late) = host.hub().late::<E>() {
         if let Some(data) = late {
             let mut control = Control {
@@ -106,7 +112,10 @@ pub(crate) fn route<E: Topic>(
     host: &mut E::Host,
     event: &E,
     message: &Message,
-) -> Result<(), MessageError> {
+) -> Result<(), MessageError>
+where
+    E::Host: HostImpl,
+{
     let Some(name) = message.type_name() else {
         return Ok(());
     };

@@ -1,15 +1,13 @@
-//! Subscribing: the [`Subscribe`] methods, the keys that identify
-//! subscriptions, and the [`Subscription`] handle that removes one.
+//! Subscribing: the [`Subscribe`] methods, and the [`Subscription`] handle
+//! that removes one.
 
-use std::any::TypeId;
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::de::DeserializeOwned;
 
-use super::sealed::{HostImpl, RouteFn};
-use super::{Event, Handler, Stage, Topic};
+use super::event::{Event, Handler, RouteFn, Stage, Topic};
+use super::host::HostImpl;
+use super::key::SubscriptionKey;
 
 /// Subscribing to events and routing messages by type, with the same methods
 /// on the builders, the handles and the handler contexts of the primary and
@@ -147,43 +145,6 @@ fn once<E: Topic>(handler: impl FnOnce(&mut Event<'_, E>) + Send + 'static) -> H
             handler(event);
         }
     })
-}
-
-/// What a subscription is attached to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Target {
-    Stage(TypeId, Stage),
-    Route(Arc<str>),
-}
-
-/// Identifies one subscription.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubscriptionKey {
-    pub(super) target: Target,
-    pub(super) id: u64,
-}
-
-fn next_id() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-impl SubscriptionKey {
-    /// A new key for `E` at `stage`, ordered after every earlier one.
-    pub(crate) fn new<E: Topic>(stage: Stage) -> Self {
-        Self {
-            target: Target::Stage(TypeId::of::<E>(), stage),
-            id: next_id(),
-        }
-    }
-
-    /// A new key for the route of `type_name`.
-    pub(crate) fn route(type_name: &str) -> Self {
-        Self {
-            target: Target::Route(type_name.into()),
-            id: next_id(),
-        }
-    }
 }
 
 /// A handle to a subscription, returned by the `on`/`before`/`after` family.

@@ -20,6 +20,7 @@ use crate::events::{self, Hub, StreamSource, Topic};
 use crate::net::{self, ListenAddress, ListenError, ListenErrorKind, Listener, PassedListener};
 use crate::protocol::{self, Frame, FrameCodec, User, Wire};
 use crate::request::{Handlers, Pending};
+use crate::topics::topics;
 
 /// The worker as its event handlers see it.
 ///
@@ -69,6 +70,22 @@ impl std::fmt::Debug for WorkerContext {
 }
 
 crate::topics::host!(WorkerContext, stream: WorkerEvent, inbound: PrimaryMessage, handle: ClusterWorker, builder: super::WorkerBuilder);
+
+// Each event, its original name, and its default action (below).
+topics!(WorkerContext =>
+    /// Every event of a worker, as an item of its
+    /// [`EventStream`](crate::EventStream).
+    WorkerEvent {
+        Initialize: "initialize" once Complete => complete_initialize;
+        InitializeComplete: "initializeComplete" once Publish => complete_initialize_complete;
+        InitializeError: "initializeError" once Publish => log_event;
+        PrimaryMessage: "primaryMessage" => complete_message;
+        PrimaryMessageError: "primaryMessageError" => log_event;
+        PrimaryDisconnect: "primaryDisconnect" => complete_primary_disconnect;
+        Destroy: "destroy" once Complete => complete_destroy;
+        DestroyComplete: "destroyComplete" once Publish => log_event;
+    }
+);
 
 impl WorkerContext {
     /// This worker's id.

@@ -4,10 +4,8 @@
 
 use std::time::Duration;
 
-use super::WorkerContext;
 use crate::error::{Error, MessageError};
 use crate::message::Message;
-use crate::topics::topics;
 
 /// The worker is starting; runs its initializer next.
 #[derive(Debug, Clone)]
@@ -69,18 +67,3 @@ pub struct Destroy {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct DestroyComplete;
-
-topics!(WorkerContext =>
-    /// Every event of a worker, as an item of its
-    /// [`EventStream`](crate::EventStream).
-    WorkerEvent {
-        Initialize: "initialize" once Complete => complete_initialize;
-        InitializeComplete: "initializeComplete" once Publish => complete_initialize_complete;
-        InitializeError: "initializeError" once Publish => log_event;
-        PrimaryMessage: "primaryMessage" => complete_message;
-        PrimaryMessageError: "primaryMessageError" => log_event;
-        PrimaryDisconnect: "primaryDisconnect" => complete_primary_disconnect;
-        Destroy: "destroy" once Complete => complete_destroy;
-        DestroyComplete: "destroyComplete" once Publish => log_event;
-    }
-);

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use context::WorkerContext;
+pub use context::{WorkerContext, WorkerEvent};
 #[doc(inline)]
 pub use events::*;
 
