@@ -3,7 +3,7 @@
 //! messages, and disconnects cleanly.
 
 mod context;
-pub mod events;
+mod events;
 mod phase;
 #[cfg(test)]
 mod tests;
@@ -16,7 +16,6 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use context::{WorkerContext, WorkerEvent};
-#[doc(inline)]
 pub use events::*;
 
 use crate::actor::{self, Mailbox};
