@@ -1,7 +1,8 @@
 //! Each kind's payload, kind by kind: how it is written, then how it is read
 //! (`docs/protocol.md`, section 2). [`put`] and [`take`] only dispatch.
 
-use bytes::buf::Writer;
+use std::cell::RefCell;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -267,13 +268,34 @@ fn take_reply(mut body: Bytes) -> Result<Frame, ProtocolError> {
 // Shared by the kinds above.
 
 /// Appends `value` as JSON.
+///
+/// Serialized into a `Vec` first, then copied: serde_json's string escaping
+/// writes each run between escapes, and through a `Vec` those writes cost
+/// half of what they cost through `BytesMut`'s writer (64 KiB messages: 2.2x
+/// the CPU time, measured with `perf`); the copy is small beside that.
 pub(super) fn put_json<T: Serialize + ?Sized>(
     value: &T,
     dst: &mut BytesMut,
 ) -> Result<(), ProtocolError> {
-    let writer: Writer<&mut BytesMut> = BufMut::writer(dst);
-    serde_json::to_writer(writer, value).map_err(|e| ProtocolError::Encode(e.to_string()))
+    thread_local! {
+        static JSON: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    JSON.with_borrow_mut(|json| {
+        json.clear();
+        let written = serde_json::to_writer(&mut *json, value)
+            .map_err(|e| ProtocolError::Encode(e.to_string()));
+        if written.is_ok() {
+            dst.extend_from_slice(json);
+        }
+        if json.capacity() > JSON_KEEP {
+            *json = Vec::new();
+        }
+        written
+    })
 }
+
+/// The most the JSON buffer keeps between values.
+const JSON_KEEP: usize = 4 * 1024 * 1024;
 
 /// Decodes the JSON body of a control frame.
 fn control_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError> {
