@@ -53,6 +53,14 @@ impl Primary {
     }
 }
 
+/// The events of a worker whose primary went away (or broke the protocol).
+const PRIMARY_GONE: [&str; 4] = [
+    "initialize",
+    "primaryDisconnect",
+    "destroy",
+    "destroyComplete",
+];
+
 /// A started worker: its handle, the events it completed, the primary's end,
 /// and its actor.
 struct Started {
@@ -155,15 +163,7 @@ async fn a_frame_before_the_hello_is_a_protocol_error() {
     started
         .primary
         .send(&Frame::Message(message(json!("early"))));
-    assert_eq!(
-        names(&mut started.events).await,
-        [
-            "initialize",
-            "primaryDisconnect",
-            "destroy",
-            "destroyComplete"
-        ]
-    );
+    assert_eq!(names(&mut started.events).await, PRIMARY_GONE);
 }
 
 #[tokio::test]
@@ -171,15 +171,7 @@ async fn a_second_hello_is_a_protocol_error() {
     let mut started = start(ClusterWorker::builder());
     started.primary.hello();
     started.primary.hello();
-    assert_eq!(
-        names(&mut started.events).await,
-        [
-            "initialize",
-            "primaryDisconnect",
-            "destroy",
-            "destroyComplete"
-        ]
-    );
+    assert_eq!(names(&mut started.events).await, PRIMARY_GONE);
 }
 
 #[tokio::test]
@@ -257,15 +249,7 @@ async fn the_channel_s_end_fails_waiting_requests_and_destroys() {
         asked.await.expect("no panic"),
         Err(RequestError::Gone { worker_id: None })
     ));
-    assert_eq!(
-        names(&mut started.events).await,
-        [
-            "initialize",
-            "primaryDisconnect",
-            "destroy",
-            "destroyComplete"
-        ]
-    );
+    assert_eq!(names(&mut started.events).await, PRIMARY_GONE);
 }
 
 #[tokio::test]

@@ -154,12 +154,7 @@ async fn workers_forked_while_initializing_are_started_before_their_first_input(
 async fn a_worker_that_says_ready_after_being_asked_to_leave_stays_out_of_the_pool() {
     let mut primary = Harness::new(WorkerChannel::Frames);
     primary.fork(1).expect("fork");
-    primary.frames(
-        1,
-        vec![Frame::Hello {
-            protocol: protocol::VERSION,
-        }],
-    );
+    primary.hello(1);
     primary.context.shut_down();
     primary.settle();
     primary.events();

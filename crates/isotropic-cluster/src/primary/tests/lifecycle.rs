@@ -13,12 +13,7 @@ async fn a_framed_worker_goes_online_then_ready_then_joins_the_pool() {
     let mut primary = Harness::new(WorkerChannel::Frames);
     assert_eq!(primary.fork(1).expect("fork"), 1);
     assert_eq!(primary.events(), ["initialize", "fork", "workerFork"]);
-    primary.frames(
-        1,
-        vec![Frame::Hello {
-            protocol: protocol::VERSION,
-        }],
-    );
+    primary.hello(1);
     assert_eq!(primary.events(), ["workerOnline"]);
     assert!(primary.ready_ids().is_empty());
     primary.frames(1, vec![Frame::Ready]);
@@ -194,12 +189,7 @@ async fn a_shutdown_asks_every_worker_to_leave_then_escalates_then_completes() {
     let mut primary = Harness::new(WorkerChannel::Frames);
     primary.fork(3).expect("fork");
     primary.ready(1);
-    primary.frames(
-        2,
-        vec![Frame::Hello {
-            protocol: protocol::VERSION,
-        }],
-    );
+    primary.hello(2);
     primary.events();
     primary.context.shut_down();
     primary.settle();

@@ -146,12 +146,18 @@ impl Harness {
         self.input(Input::Frames(WorkerId::new(id), frames, permit));
     }
 
-    /// Worker `id` says hello, then ready.
-    pub(super) fn ready(&mut self, id: u64) {
+    /// Worker `id` says hello.
+    pub(super) fn hello(&mut self, id: u64) {
         let hello = Frame::Hello {
             protocol: protocol::VERSION,
         };
-        self.frames(id, vec![hello, Frame::Ready]);
+        self.frames(id, vec![hello]);
+    }
+
+    /// Worker `id` says hello, then ready.
+    pub(super) fn ready(&mut self, id: u64) {
+        self.hello(id);
+        self.frames(id, vec![Frame::Ready]);
     }
 
     pub(super) fn exit(&mut self, id: u64, code: i32) {
