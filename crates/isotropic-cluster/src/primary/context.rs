@@ -80,7 +80,7 @@ impl std::fmt::Debug for PrimaryContext {
         f.debug_struct("PrimaryContext")
             .field("phase", &self.phase)
             .field("live", &self.registry.len())
-            .field("ready", &self.registry.pool().ready().len())
+            .field("ready", &self.registry.pool().members().len())
             .finish_non_exhaustive()
     }
 }
@@ -177,12 +177,12 @@ impl PrimaryContext {
 
     /// The ready workers, by ascending id.
     pub fn workers(&self) -> Vec<WorkerHandle> {
-        self.registry.pool().ready()
+        self.registry.pool().members()
     }
 
     /// The ready worker with this id.
     pub fn worker_by_id(&self, id: WorkerId) -> Option<WorkerHandle> {
-        self.registry.pool().ready_by_id(id)
+        self.registry.pool().member(id)
     }
 
     /// Whether the primary still replaces workers and accepts `fork` (true

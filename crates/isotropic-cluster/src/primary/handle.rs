@@ -49,7 +49,7 @@ pub struct ClusterPrimary {
 impl std::fmt::Debug for ClusterPrimary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClusterPrimary")
-            .field("ready", &self.pool.ready().len())
+            .field("ready", &self.pool.members().len())
             .finish_non_exhaustive()
     }
 }
@@ -230,12 +230,12 @@ impl ClusterPrimary {
 
     /// The ready workers (the pool), by ascending id: a snapshot.
     pub fn workers(&self) -> Vec<WorkerHandle> {
-        self.pool.ready()
+        self.pool.members()
     }
 
     /// The ready worker with this id.
     pub fn worker_by_id(&self, id: WorkerId) -> Option<WorkerHandle> {
-        self.pool.ready_by_id(id)
+        self.pool.member(id)
     }
 
     /// Asks worker `id` to leave, then replaces it (see

@@ -53,7 +53,8 @@ impl<T: Into<Destination>> From<Vec<T>> for Destination {
 #[derive(Debug, Default)]
 struct State {
     live: HashMap<WorkerId, WorkerHandle>,
-    ready: BTreeMap<WorkerId, WorkerHandle>,
+    /// The pool: workers that are ready and joined it.
+    members: BTreeMap<WorkerId, WorkerHandle>,
     /// Per tag: when each worker was last selected, on a logical clock.
     selected: HashMap<String, HashMap<WorkerId, u64>>,
     clock: u64,
@@ -80,15 +81,15 @@ impl Pool {
         self.lock().live.remove(&id);
     }
 
-    pub(crate) fn add_ready(&self, worker: &WorkerHandle) {
-        self.lock().ready.insert(worker.id(), worker.clone());
+    pub(crate) fn join(&self, worker: &WorkerHandle) {
+        self.lock().members.insert(worker.id(), worker.clone());
     }
 
     /// Removes a worker from the pool and forgets its round-robin history;
     /// whether it was in the pool.
-    pub(crate) fn remove_ready(&self, id: WorkerId) -> bool {
+    pub(crate) fn leave(&self, id: WorkerId) -> bool {
         let mut state = self.lock();
-        let removed = state.ready.remove(&id).is_some();
+        let removed = state.members.remove(&id).is_some();
         state.selected.retain(|_, stamps| {
             stamps.remove(&id);
             !stamps.is_empty()
@@ -96,26 +97,26 @@ impl Pool {
         removed
     }
 
-    pub(crate) fn is_ready(&self, id: WorkerId) -> bool {
-        self.lock().ready.contains_key(&id)
+    pub(crate) fn contains(&self, id: WorkerId) -> bool {
+        self.lock().members.contains_key(&id)
     }
 
     /// The ready worker with the fewest requests waiting for a reply (the
     /// lowest id among equals).
     pub(crate) fn least_loaded(&self) -> Option<WorkerHandle> {
         self.lock()
-            .ready
+            .members
             .values()
             .min_by_key(|w| w.in_flight())
             .cloned()
     }
 
-    pub(crate) fn ready(&self) -> Vec<WorkerHandle> {
-        self.lock().ready.values().cloned().collect()
+    pub(crate) fn members(&self) -> Vec<WorkerHandle> {
+        self.lock().members.values().cloned().collect()
     }
 
-    pub(crate) fn ready_by_id(&self, id: WorkerId) -> Option<WorkerHandle> {
-        self.lock().ready.get(&id).cloned()
+    pub(crate) fn member(&self, id: WorkerId) -> Option<WorkerHandle> {
+        self.lock().members.get(&id).cloned()
     }
 
     /// The ready worker least recently selected for `tag`: workers never
@@ -123,17 +124,17 @@ impl Pool {
     pub(crate) fn round_robin(&self, tag: &str) -> Option<WorkerHandle> {
         let mut state = self.lock();
         let State {
-            ready,
+            members,
             selected,
             clock,
             ..
         } = &mut *state;
         let stamps = selected.get(tag);
         let stamp = |id: &WorkerId| stamps.and_then(|s| s.get(id)).copied();
-        let chosen = ready
+        let chosen = members
             .values()
             .find(|w| stamp(&w.id()).is_none())
-            .or_else(|| ready.values().min_by_key(|w| stamp(&w.id())))?
+            .or_else(|| members.values().min_by_key(|w| stamp(&w.id())))?
             .clone();
         *clock += 1;
         selected
@@ -157,7 +158,7 @@ impl Pool {
                     None => errors.push(SendError::InvalidDestination { worker_id: id }),
                 },
                 Destination::Many(many) => pending.extend(many.into_iter().rev()),
-                Destination::Ready => workers.extend(state.ready.values().cloned()),
+                Destination::Ready => workers.extend(state.members.values().cloned()),
             }
         }
         (workers, errors)
@@ -217,7 +218,7 @@ mod tests {
     async fn round_robin_forgets_removed_workers_and_empty_tags() {
         let pool = Pool::default();
         for id in 1..=2 {
-            pool.add_ready(&worker(id));
+            pool.join(&worker(id));
         }
         let picks: Vec<u64> = (0..3)
             .map(|_| pool.round_robin("a").map_or(0, |w| w.id().get()))
@@ -225,10 +226,10 @@ mod tests {
         assert_eq!(picks, [1, 2, 1]);
         pool.round_robin("b");
         assert_eq!(pool.lock().selected.len(), 2);
-        pool.remove_ready(WorkerId(1));
+        pool.leave(WorkerId(1));
         // Tag "b" only knew worker 1: it is gone with it.
         assert_eq!(pool.lock().selected.keys().collect::<Vec<_>>(), ["a"]);
-        pool.remove_ready(WorkerId(2));
+        pool.leave(WorkerId(2));
         assert!(pool.lock().selected.is_empty());
         assert!(pool.round_robin("a").is_none());
     }

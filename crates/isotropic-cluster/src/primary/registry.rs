@@ -116,17 +116,17 @@ impl Registry {
             .get(worker.id())
             .is_some_and(|entry| entry.state == WorkerState::Ready);
         if ready {
-            self.pool.add_ready(worker);
+            self.pool.join(worker);
         }
         ready
     }
 
     /// Takes a worker out of the pool; whether it was in it.
     pub(super) fn leave_pool(&mut self, id: WorkerId) -> bool {
-        self.pool.remove_ready(id)
+        self.pool.leave(id)
     }
 
     pub(super) fn in_pool(&self, id: WorkerId) -> bool {
-        self.pool.is_ready(id)
+        self.pool.contains(id)
     }
 }
