@@ -49,7 +49,7 @@ impl Report {
                 "restartScheduled",
                 None,
                 &format!(
-                    "workers keep exiting early ({} in a row): next start in {:?}",
+                    "workers keep exiting early or failing to start ({} in a row): next start in {:?}",
                     e.failures, e.delay
                 ),
             ),

@@ -614,3 +614,62 @@ async fn no_request_fails_while_sighup_restarts_the_workers() {
     tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
     stop_cleanly(&mut child, &mut stderr, 2).await;
 }
+
+#[tokio::test]
+async fn workers_whose_program_is_missing_for_a_while_are_started_again_once_it_is_back() {
+    // (issue 12: a failed start was never retried, and the pool stayed empty.)
+    let dir =
+        std::env::temp_dir().join(format!("isotropic-cluster-missing-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let script = dir.join("worker.sh");
+    let away = dir.join("worker.sh.away");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ntrap 'exit 0' TERM\necho \"up $$\"\nwhile :; do sleep 0.1; done\n",
+    )
+    .expect("the worker script");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let (mut child, mut stderr) = cli(&[
+        "run",
+        "--workers",
+        "2",
+        "--restart-delay",
+        "20ms",
+        "--max-restart-delay",
+        "50ms",
+        "--",
+        script.to_str().expect("a UTF-8 path"),
+    ]);
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut pids = Vec::new();
+    for _ in 0..2 {
+        let line = until(&mut stdout, "] up ").await.pop().expect("a line");
+        pids.push(
+            line.rsplit(' ')
+                .next()
+                .expect("a pid")
+                .parse::<i32>()
+                .expect("a pid"),
+        );
+    }
+    // The deploy takes the program away, and both workers die meanwhile.
+    std::fs::rename(&script, &away).expect("move the program away");
+    for pid in pids {
+        let pid = rustix::process::Pid::from_raw(pid).expect("a pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill a worker");
+    }
+    // Their replacements cannot start: said, and tried again.
+    for _ in 0..3 {
+        until(&mut stderr, "cannot start").await;
+    }
+    std::fs::rename(&away, &script).expect("the program is back");
+    for _ in 0..2 {
+        until(&mut stdout, "] up ").await;
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+    terminate(&child);
+    until(&mut stderr, "all workers exited").await;
+    assert_eq!(exit_code(&mut child).await, Some(0));
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}

@@ -4,6 +4,8 @@
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::config::WorkerChannel;
 use super::context::{PrimaryContext, Timer};
 use super::events::*;
@@ -256,9 +258,25 @@ impl PrimaryContext {
         let started = entry.started;
         if entry.state == (WorkerState::Gone { recycled: true }) {
             tracing::info!(worker_id = %id, "Replacing recycled worker");
-            let _ = self.fork(1);
-            return;
+            return self.replace();
         }
+        self.pace_replacement(Some(started));
+    }
+
+    /// Starts a replacement. One that cannot start (its program missing for
+    /// a moment during a deploy, out of fds, fork failing) is retried, paced
+    /// as a worker that died at once: backoff, restart intensity.
+    pub(super) fn replace(&mut self) {
+        if let Err(error) = self.fork(1) {
+            tracing::warn!(%error, "A replacement could not start: retrying");
+            self.pace_replacement(None);
+        }
+    }
+
+    /// The next replacement, after the exit of a worker started at
+    /// `started` (`None`: after a start that failed): at once, after a
+    /// backoff delay (`restartScheduled`), or as the restart intensity says.
+    fn pace_replacement(&mut self, started: Option<Instant>) {
         let policy = self.config.restart;
         if let Some((restarts, period, then)) = self.backoff.over_intensity(&policy) {
             let exceeded = RestartIntensityExceeded {
@@ -268,17 +286,20 @@ impl PrimaryContext {
             };
             return events::publish(self, exceeded);
         }
-        match self.backoff.on_exit(&policy, started) {
-            (Duration::ZERO, _) => {
-                tracing::info!(worker_id = %id, "Replacing dead worker");
-                let _ = self.fork(1);
-            }
-            (delay, failures) => events::publish(self, RestartScheduled { delay, failures }),
+        let (delay, failures) = match started {
+            Some(started) => self.backoff.on_exit(&policy, started),
+            None => self.backoff.on_failure(&policy),
+        };
+        if delay.is_zero() && started.is_some() {
+            tracing::info!("Replacing dead worker");
+            return self.replace();
         }
+        // (A failed start is retried on a later turn even without a delay.)
+        events::publish(self, RestartScheduled { delay, failures });
     }
 
     pub(super) fn complete_restart_scheduled(&mut self, event: &RestartScheduled) {
-        tracing::warn!(delay = ?event.delay, failures = event.failures, "Workers keep dying early: replacement delayed");
+        tracing::warn!(delay = ?event.delay, failures = event.failures, "Workers keep dying early or failing to start: replacement delayed");
         self.timers.insert(Timer::Restart, event.delay);
     }
 

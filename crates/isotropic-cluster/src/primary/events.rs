@@ -210,15 +210,16 @@ impl WorkerExit {
     }
 }
 
-/// A replacement is delayed because workers keep dying early (exponential
-/// backoff; see [`RestartPolicy`](super::RestartPolicy)).
+/// A replacement is delayed because workers keep dying early, or a
+/// replacement could not start (it is retried; exponential backoff, see
+/// [`RestartPolicy`](super::RestartPolicy)).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct RestartScheduled {
     /// How long until the replacement is started.
     pub delay: Duration,
-    /// Consecutive early exits so far (after an exceeded restart intensity:
-    /// the replacements within its period).
+    /// Consecutive early exits and failed starts so far (after an exceeded
+    /// restart intensity: the replacements within its period).
     pub failures: u32,
 }
 

@@ -80,8 +80,10 @@ impl ClusterPrimary {
     ///
     /// # Errors
     ///
-    /// [`Error::Spawn`] when a worker process cannot be started;
-    /// [`Error::Destroyed`] after destroy.
+    /// [`Error::Spawn`] when a worker process cannot be started (not
+    /// retried: the caller decides; a *replacement* that cannot start is
+    /// retried with the restart policy's backoff); [`Error::Destroyed`]
+    /// after destroy.
     ///
     /// # Cancel safety
     ///

@@ -179,7 +179,7 @@ impl PrimaryContext {
         match timer {
             Timer::Restart => {
                 if self.phase.is_active() {
-                    let _ = self.fork(1);
+                    self.replace();
                 }
             }
             Timer::Ready(id) => {

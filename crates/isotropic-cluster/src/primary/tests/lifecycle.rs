@@ -118,7 +118,7 @@ async fn a_spawn_failure_is_a_fork_error_and_the_workers_before_it_run() {
     let mut primary = Harness::new(WorkerChannel::Frames);
     primary.fork(1).expect("fork");
     primary.events();
-    primary.spawner.fail.store(3, Ordering::SeqCst);
+    primary.spawner.fail.lock().expect("ids").push(3);
     let error = primary.fork(2).expect_err("the second start fails");
     assert!(matches!(error, Error::Spawn { .. }), "{error:?}");
     assert_eq!(primary.events(), ["fork", "forkError", "workerFork"]);
@@ -376,4 +376,72 @@ async fn fork_ready_resolves_once_every_new_worker_is_in_the_pool_or_one_exits_f
     primary.settle();
     let none = primary.context.fork_ready(1).expect("ignored").try_recv();
     assert!(matches!(none, Ok(Ok(workers)) if workers.is_empty()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replacement_that_cannot_start_is_retried_with_backoff_until_it_starts() {
+    let policy = RestartPolicy::default()
+        .initial_delay(Duration::from_millis(100))
+        .max_delay(Duration::from_secs(1));
+    let mut primary = Harness::with(ClusterPrimary::builder().restart_policy(policy));
+    primary.fork(1).expect("fork");
+    primary.ready(1);
+    // Stable, so replaced at once; its replacements 2 and 3 cannot start.
+    primary.advance(Duration::from_secs(2)).await;
+    primary.spawner.fail.lock().expect("ids").extend([2, 3]);
+    primary.events();
+    primary.exit(1, 0);
+    assert_eq!(
+        primary.events(),
+        [
+            "workerDisconnect",
+            "removeWorker",
+            "workerExit",
+            "fork",
+            "forkError",
+            "restartScheduled"
+        ]
+    );
+    // Retried on the next turn (no delay after one failure), fails again…
+    primary.advance(Duration::ZERO).await;
+    assert_eq!(primary.events(), ["fork", "forkError", "restartScheduled"]);
+    assert!(primary.context.registry.get(WorkerId::new(4)).is_none());
+    // …then after the backoff's first delay; 4 starts and the pool is whole.
+    primary.advance(Duration::from_millis(100)).await;
+    assert_eq!(primary.events(), ["fork", "workerFork"]);
+    primary.ready(4);
+    assert_eq!(primary.ready_ids(), [4]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_starts_count_toward_the_restart_intensity() {
+    let policy = RestartPolicy::default().intensity(
+        2,
+        Duration::from_secs(60),
+        crate::primary::OnIntensity::ShutDown,
+    );
+    let mut primary = Harness::with(ClusterPrimary::builder().restart_policy(policy));
+    primary.fork(1).expect("fork");
+    primary.advance(Duration::from_secs(2)).await;
+    primary.spawner.fail.lock().expect("ids").extend(2..100);
+    primary.exit(1, 1);
+    for _ in 0..5 {
+        primary.advance(Duration::from_secs(10)).await;
+    }
+    // The exit and two failed starts: three replacements, one over the limit.
+    assert_eq!(
+        primary.events()[3..],
+        [
+            "workerDisconnect",
+            "workerExit",
+            "fork",
+            "forkError",
+            "restartScheduled",
+            "fork",
+            "forkError",
+            "restartIntensityExceeded",
+            "shutDown",
+            "shutDownComplete"
+        ]
+    );
 }

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::os::unix::process::ExitStatusExt as _;
 use std::process::ExitStatus;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,8 +41,8 @@ pub(super) struct Peer {
 #[derive(Debug, Default)]
 pub(super) struct FakeSpawner {
     pub(super) peers: Mutex<VecDeque<(WorkerId, Peer)>>,
-    /// The id of a worker whose start fails.
-    pub(super) fail: AtomicU64,
+    /// The ids of workers whose start fails.
+    pub(super) fail: Mutex<Vec<u64>>,
     pub(super) listening: AtomicBool,
 }
 
@@ -54,7 +54,7 @@ impl std::fmt::Debug for Peer {
 
 impl Spawn for FakeSpawner {
     fn spawn(&self, id: WorkerId, _inputs: mpsc::Sender<Input>) -> Result<Spawned, Error> {
-        if self.fail.load(Ordering::SeqCst) == id.get() {
+        if self.fail.lock().expect("ids").contains(&id.get()) {
             return Err(Error::Spawn {
                 program: "fake".into(),
                 source: std::io::Error::from(std::io::ErrorKind::NotFound).into(),
