@@ -42,9 +42,9 @@ pub(crate) enum Command {
 /// The options of `run`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct RunArgs {
-    /// How many workers (default: the number of CPUs).
-    #[arg(long)]
-    workers: Option<usize>,
+    /// How many workers (default: the number of CPUs; at least 1).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
     /// How long workers get to exit once asked, before SIGTERM then SIGKILL
     /// (e.g. 500ms, 5s, 1m).
     #[arg(long, default_value = "5s", value_parser = duration)]
@@ -185,9 +185,10 @@ impl RunArgs {
         Ok(Plan {
             program,
             args: command.collect(),
-            workers: self
-                .workers
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
+            workers: self.workers.map_or_else(
+                || std::thread::available_parallelism().map_or(1, usize::from),
+                usize::from,
+            ),
             channel: self.channel,
             readiness,
             listen: self.listen,
@@ -398,6 +399,11 @@ mod tests {
         assert_eq!(
             run(&["--workers", "-1", "--", "prog"]),
             ErrorKind::UnknownArgument
+        );
+        // (issue 12: 0 workers was accepted and idled forever.)
+        assert_eq!(
+            run(&["--workers", "0", "--", "prog"]),
+            ErrorKind::ValueValidation
         );
         assert_eq!(
             run(&["--channel", "ipc", "--", "prog"]),

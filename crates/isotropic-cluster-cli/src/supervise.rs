@@ -1,10 +1,11 @@
 //! The `run` command once planned: starts the primary, then reports its
 //! events and answers signals until the workers are gone.
 
+use isotropic_cluster::Signal;
 use isotropic_cluster::primary::{
     self, ClusterPrimary, OnIntensity, PrimaryEvent, WorkerChannel, WorkerStdio,
 };
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::args::{Channel, Plan, Readiness};
 use crate::exit::ExitCode;
@@ -24,9 +25,9 @@ pub(crate) async fn run(plan: Plan) -> ExitCode {
 
 /// The signals the CLI answers.
 struct Signals {
-    interrupt: Signal,
-    terminate: Signal,
-    hangup: Signal,
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -53,6 +54,9 @@ async fn supervise(plan: Plan) -> anyhow::Result<ExitCode> {
     }
     let mut shutdown = Shutdown::default();
     let mut gave_up = false;
+    // Whether a worker had to be killed once the shutdown began: then the
+    // shutdown was forced, whatever started it.
+    let mut stopping = false;
     // A rolling restart (SIGHUP): one worker at a time, each once the
     // previous one's replacement is ready. The primary keeps the listening
     // sockets, so connections wait in the backlog meanwhile.
@@ -65,8 +69,15 @@ async fn supervise(plan: Plan) -> anyhow::Result<ExitCode> {
             event = events.next() => match event {
                 Some(PrimaryEvent::ShutDownComplete(_)) | None => break,
                 Some(event) => {
-                    if let PrimaryEvent::RestartIntensityExceeded(e) = &event {
-                        gave_up |= e.then == OnIntensity::ShutDown;
+                    match &event {
+                        PrimaryEvent::RestartIntensityExceeded(e) => {
+                            gave_up |= e.then == OnIntensity::ShutDown;
+                        }
+                        PrimaryEvent::ShutDown(_) => stopping = true,
+                        PrimaryEvent::WorkerSignal(e) if stopping && e.signal == Signal::KILL => {
+                            shutdown.forced = true;
+                        }
+                        _ => {}
                     }
                     report.event(event);
                 }

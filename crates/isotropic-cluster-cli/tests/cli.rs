@@ -673,3 +673,25 @@ async fn workers_whose_program_is_missing_for_a_while_are_started_again_once_it_
     assert_eq!(exit_code(&mut child).await, Some(0));
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
+
+#[tokio::test]
+async fn a_shutdown_that_had_to_kill_a_worker_exits_with_code_1() {
+    // (issue 12: it ended with 0, which the README reserves for a clean one.)
+    let script = "trap '' TERM; echo up; while :; do sleep 1; done";
+    let (mut child, mut stderr) = cli(&[
+        "run",
+        "--workers",
+        "1",
+        "--grace",
+        "100ms",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    up(&mut child, 1).await;
+    terminate(&child);
+    until(&mut stderr, "sent signal 9").await;
+    until(&mut stderr, "workers were killed").await;
+    assert_eq!(exit_code(&mut child).await, Some(1));
+}
