@@ -10,7 +10,8 @@ import json, os, socket, struct
 
 fd = int(os.environ.pop("ISOTROPIC_CLUSTER_CHANNEL_FD"))
 os.environ.pop("ISOTROPIC_CLUSTER_WORKER_ID"); os.environ.pop("ISOTROPIC_CLUSTER_PRIMARY_PID")
-channel = socket.socket(fileno=fd)          # Python sets close-on-exec by default
+channel = socket.socket(fileno=fd)
+channel.set_inheritable(False)  # the fd came inheritable: keep it from our children
 
 def send(kind, payload=b""):
     channel.sendall(struct.pack(">IB", len(payload) + 1, kind) + payload)

@@ -24,6 +24,15 @@ async fn the_documented_python_worker_joins_answers_and_leaves() {
             .args(["-c", &documented_worker()]),
     )
     .await;
+    // Its channel is not inherited by its own children (issue 12: a child
+    // of the documented worker could write frames the primary took as its).
+    for worker in &workers {
+        assert!(
+            close_on_exec(worker.pid(), channel_fd(worker.pid())),
+            "worker {}'s channel is inheritable",
+            worker.id()
+        );
+    }
     primary
         .send(&workers[1], &json!({"type": "hi", "n": 1}))
         .await
@@ -52,6 +61,27 @@ async fn the_documented_python_worker_joins_answers_and_leaves() {
         exits
     };
     assert_eq!(exits, [(Some(0), true), (Some(0), true)]);
+}
+
+/// The channel fd a worker was started with (its initial environment).
+fn channel_fd(pid: u32) -> u32 {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    environ
+        .split(|&b| b == 0)
+        .find_map(|var| var.strip_prefix(b"ISOTROPIC_CLUSTER_CHANNEL_FD="))
+        .and_then(|n| std::str::from_utf8(n).ok()?.parse().ok())
+        .expect("the channel fd variable")
+}
+
+/// Whether `fd` of process `pid` closes on exec (`O_CLOEXEC` in its fdinfo).
+fn close_on_exec(pid: u32, fd: u32) -> bool {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).expect("fdinfo");
+    let flags = info
+        .lines()
+        .find_map(|line| line.strip_prefix("flags:"))
+        .and_then(|octal| u32::from_str_radix(octal.trim(), 8).ok())
+        .expect("flags");
+    flags & 0o2_000_000 != 0
 }
 
 fn which(program: &str) -> Option<std::path::PathBuf> {
