@@ -13,6 +13,12 @@ use super::key::SubscriptionKey;
 /// on the builders, the handles and the handler contexts of the primary and
 /// the worker.
 ///
+/// Handlers run synchronously on the side's one task: a handler that blocks
+/// (a slow computation, blocking I/O) stalls every worker's traffic until it
+/// returns. Hand slow work to a task of its own (`tokio::spawn` with
+/// `event.context().handle()` for an async handle), or answer requests with
+/// `handle_async`.
+///
 /// # Examples
 ///
 /// ```no_run
