@@ -3,6 +3,7 @@
 //! sockets at fd 3… (systemd's socket activation) and becomes the command.
 
 use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 
 use isotropic_cluster::ListenAddress;
 use isotropic_cluster::primary::{ClusterPrimary, PrimaryBuilder};
@@ -11,20 +12,54 @@ use crate::args::{EXEC_WITH_SOCKETS, Plan};
 use crate::exit::ExitCode;
 use crate::report::Report;
 
-/// A builder whose workers start through the shim with the bound sockets.
-pub(crate) fn through_shim(plan: &Plan, report: &Report) -> anyhow::Result<PrimaryBuilder> {
+/// The Unix socket files the CLI bound: removed when dropped (at exit), so
+/// that the next start finds the path free.
+#[derive(Debug, Default)]
+pub(crate) struct SocketFiles(Vec<PathBuf>);
+
+impl Drop for SocketFiles {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A builder whose workers start through the shim with the bound sockets,
+/// and the socket files to remove at exit.
+pub(crate) fn through_shim(
+    plan: &Plan,
+    report: &Report,
+) -> anyhow::Result<(PrimaryBuilder, SocketFiles)> {
     // Find the command now, so that a missing one is an error here, as
     // without --listen.
     let program = executable(&plan.program)?;
-    let (fds, names) = bind(&plan.listen, report)?;
-    Ok(ClusterPrimary::builder()
+    let (fds, names, files) = bind(&plan.listen, report)?;
+    let builder = ClusterPrimary::builder()
         .program(std::env::current_exe()?)
         .arg(EXEC_WITH_SOCKETS)
         .arg(names)
         .arg("--")
         .arg(program)
         .args(&plan.args)
-        .pass_fds(fds))
+        .pass_fds(fds);
+    Ok((builder, files))
+}
+
+/// Makes way for a Unix socket at `path`: a stale socket file (one nobody
+/// accepts on, left by a run that died) is removed, as gunicorn does; a live
+/// socket or a file that is not a socket is left alone, and binding then
+/// fails with "address in use".
+fn clear_stale(path: &Path) {
+    use std::os::unix::fs::FileTypeExt as _;
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    let refused = || {
+        std::os::unix::net::UnixStream::connect(path)
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+    };
+    if is_socket && refused() {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// The shim: places the sockets and becomes `command`; returns only if that
@@ -59,21 +94,29 @@ fn executable(program: &str) -> anyhow::Result<std::path::PathBuf> {
     found.ok_or_else(|| anyhow::anyhow!("cannot start {program}: not found, or not executable"))
 }
 
-/// Binds every `--listen` address; the sockets and their LISTEN_FDNAMES.
+/// Binds every `--listen` address: the sockets, their LISTEN_FDNAMES, and
+/// the socket files made.
 fn bind(
     addresses: &[String],
     report: &Report,
-) -> anyhow::Result<(Vec<std::os::fd::OwnedFd>, String)> {
+) -> anyhow::Result<(Vec<std::os::fd::OwnedFd>, String, SocketFiles)> {
     let mut fds = Vec::new();
     let mut names = Vec::new();
+    let mut files = SocketFiles::default();
     for (i, text) in addresses.iter().enumerate() {
         let address: ListenAddress = text.parse()?;
+        if let ListenAddress::Unix(path) = &address {
+            clear_stale(path);
+        }
         let (fd, bound) = address
             .bind()
             .map_err(|e| anyhow::anyhow!("cannot listen on {text}: {e}"))?;
+        if let ListenAddress::Unix(path) = &address {
+            files.0.push(path.clone());
+        }
         report.line("listening", None, &format!("listening on {bound}"));
         fds.push(fd);
         names.push(format!("listen{i}"));
     }
-    Ok((fds, names.join(":")))
+    Ok((fds, names.join(":"), files))
 }

@@ -45,7 +45,8 @@ async fn supervise(plan: Plan) -> anyhow::Result<ExitCode> {
     // not the default action.
     let mut signals = Signals::install()?;
     let report = Report { json: plan.json };
-    let primary = start(&plan, &report).await?;
+    // Held to the end: the socket files it made go with it.
+    let (primary, _socket_files) = start(&plan, &report).await?;
     let mut events = primary.events();
     if let Err(error) = primary.fork(plan.workers).await {
         report.cannot_start(&plan.program, &error);
@@ -107,12 +108,17 @@ async fn supervise(plan: Plan) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Starts the primary `plan` describes, with no worker yet.
-async fn start(plan: &Plan, report: &Report) -> anyhow::Result<ClusterPrimary> {
-    let builder = if plan.listen.is_empty() {
-        ClusterPrimary::builder()
+/// Starts the primary `plan` describes, with no worker yet; the socket
+/// files it bound.
+async fn start(
+    plan: &Plan,
+    report: &Report,
+) -> anyhow::Result<(ClusterPrimary, listen::SocketFiles)> {
+    let (builder, files) = if plan.listen.is_empty() {
+        let builder = ClusterPrimary::builder()
             .program(&plan.program)
-            .args(&plan.args)
+            .args(&plan.args);
+        (builder, listen::SocketFiles::default())
     } else {
         listen::through_shim(plan, report)?
     };
@@ -134,7 +140,8 @@ async fn start(plan: &Plan, report: &Report) -> anyhow::Result<ClusterPrimary> {
         .kill_grace(plan.grace)
         .restart_policy(plan.restart_policy)
         .start()
-        .await?)
+        .await
+        .map(|primary| (primary, files))?)
 }
 
 /// The signals that ended the run so far.

@@ -695,3 +695,51 @@ async fn a_shutdown_that_had_to_kill_a_worker_exits_with_code_1() {
     until(&mut stderr, "workers were killed").await;
     assert_eq!(exit_code(&mut child).await, Some(1));
 }
+
+#[tokio::test]
+async fn a_unix_socket_file_is_removed_at_exit_and_a_stale_one_replaced_but_never_a_live_one() {
+    // (issue 12: the file stayed, and the next start failed with "address in use".)
+    let dir = std::env::temp_dir().join(format!("isotropic-cluster-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let path = dir.join("server.sock");
+    let listen = format!("unix:{}", path.display());
+    let run = |listen: &str| {
+        let script = "trap 'exit 0' TERM; echo up; while :; do sleep 0.1; done";
+        cli(&[
+            "run",
+            "--workers",
+            "1",
+            "--listen",
+            listen,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+    };
+    // A stale socket file: bound by a server that is gone.
+    drop(std::os::unix::net::UnixListener::bind(&path).expect("a socket file"));
+    assert!(path.exists());
+    let (mut child, mut stderr) = run(&listen);
+    until(&mut stderr, "listening on unix:").await;
+    up(&mut child, 1).await;
+    stop_cleanly(&mut child, &mut stderr, 1).await;
+    assert!(!path.exists(), "the socket file is removed at exit");
+
+    // A live one is never taken over.
+    let live = std::os::unix::net::UnixListener::bind(&path).expect("a live socket");
+    let (mut child, mut stderr) = run(&listen);
+    until(&mut stderr, "cannot listen on").await;
+    assert_eq!(exit_code(&mut child).await, Some(2));
+    assert!(path.exists(), "a live socket's file stays");
+    drop(live);
+    std::fs::remove_file(&path).expect("remove");
+
+    // Nor a file that is not a socket.
+    std::fs::write(&path, "data").expect("a plain file");
+    let (mut child, mut stderr) = run(&listen);
+    until(&mut stderr, "cannot listen on").await;
+    assert_eq!(exit_code(&mut child).await, Some(2));
+    assert_eq!(std::fs::read_to_string(&path).expect("still there"), "data");
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
