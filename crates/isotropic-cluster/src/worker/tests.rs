@@ -158,6 +158,29 @@ async fn after_the_hello_messages_are_published_and_a_disconnect_destroys() {
 }
 
 #[tokio::test]
+async fn what_a_worker_sends_after_the_primary_asked_it_to_leave_is_delivered() {
+    // A draining worker's last results reach the primary (the original
+    // rejected sends after `primaryDisconnect`; see docs/seed-mapping.md).
+    let builder = ClusterWorker::builder().on::<PrimaryDisconnect>(|event| {
+        event
+            .context()
+            .try_send(&json!("last words"))
+            .expect("queued");
+    });
+    let mut started = start(builder);
+    started.primary.hello();
+    started.primary.send(&Frame::Disconnect);
+    let hello = Frame::Hello {
+        protocol: protocol::VERSION,
+    };
+    let last_words = Frame::Message(message(json!("last words")));
+    assert_eq!(
+        started.primary.rest().await,
+        [hello, last_words, Frame::Disconnect]
+    );
+}
+
+#[tokio::test]
 async fn a_frame_before_the_hello_is_a_protocol_error() {
     let mut started = start(ClusterWorker::builder());
     started
