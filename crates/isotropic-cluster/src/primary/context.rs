@@ -227,12 +227,14 @@ impl PrimaryContext {
     /// Restarts the ready workers one at a time: each is stopped as by
     /// [`stop_worker`](Self::stop_worker) once the previous one's
     /// replacement is ready, so that at most one is missing from the pool.
-    /// A restart under way begins again with the workers ready now. A
-    /// shutdown ends it.
+    /// A restart under way begins again with the workers ready now, once the
+    /// replacement it waits for is ready: two requests never take two
+    /// workers out at once. A shutdown ends it.
     pub fn restart_workers(&mut self) {
         let ready = self.workers().iter().map(WorkerHandle::id).collect();
-        self.rolling.begin(ready);
-        self.roll();
+        if self.rolling.begin(ready) {
+            self.roll();
+        }
     }
 
     /// Sends SIGKILL to every live worker and its process group now (each a

@@ -22,12 +22,14 @@ pub(super) struct Rolling {
 
 impl Rolling {
     /// Begins a restart of `ready` (or begins again: a worker already
-    /// stopped is not counted twice, its replacement still awaited).
-    pub(super) fn begin(&mut self, ready: VecDeque<WorkerId>) {
+    /// stopped is not counted twice, its replacement still awaited); whether
+    /// the next worker may be stopped now (no replacement is awaited).
+    pub(super) fn begin(&mut self, ready: VecDeque<WorkerId>) -> bool {
         if !self.waiting {
             self.restarted = 0;
         }
         self.pending = ready;
+        !self.waiting
     }
 
     /// Someone to tell when this restart ends.

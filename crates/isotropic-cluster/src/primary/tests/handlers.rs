@@ -162,3 +162,26 @@ async fn a_worker_that_says_ready_after_being_asked_to_leave_stays_out_of_the_po
     assert_eq!(primary.events(), Vec::<&str>::new());
     assert!(primary.ready_ids().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_requested_during_a_restart_never_takes_two_workers_out() {
+    // (issue 12: two SIGHUPs 300 ms apart left 0 of 2 workers ready.)
+    let mut primary = Harness::new(WorkerChannel::Frames);
+    primary.fork(2).expect("fork");
+    primary.ready(1);
+    primary.ready(2);
+    primary.context.restart_workers();
+    assert_eq!(primary.ready_ids(), [2], "worker 1 is being replaced");
+    primary.context.restart_workers();
+    assert_eq!(
+        primary.ready_ids(),
+        [2],
+        "worker 2 waits for 1's replacement"
+    );
+    primary.exit(1, 0);
+    primary.ready(3);
+    assert_eq!(primary.ready_ids(), [3], "then worker 2 goes");
+    primary.exit(2, 0);
+    primary.ready(4);
+    assert_eq!(primary.ready_ids(), [3, 4]);
+}
