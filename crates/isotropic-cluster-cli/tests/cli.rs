@@ -9,6 +9,9 @@ use tokio::process::{Child, ChildStderr, Command};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
+/// A worker that ignores SIGTERM (it says `up` once its trap is set).
+const IGNORES_SIGTERM: &str = "trap '' TERM; echo up; while :; do sleep 1; done";
+
 fn cli(args: &[&str]) -> (Child, Lines<BufReader<ChildStderr>>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_isotropic-cluster"))
         .args(args)
@@ -112,7 +115,6 @@ async fn output_is_prefixed_by_worker_and_sigterm_shuts_down_cleanly() {
 
 #[tokio::test]
 async fn a_second_ctrl_c_kills_workers_that_ignore_the_first_signal() {
-    let script = "trap '' TERM; echo up; while :; do sleep 1; done";
     let (mut child, mut stderr) = cli(&[
         "run",
         "--workers",
@@ -122,7 +124,7 @@ async fn a_second_ctrl_c_kills_workers_that_ignore_the_first_signal() {
         "--",
         "sh",
         "-c",
-        script,
+        IGNORES_SIGTERM,
     ]);
     up(&mut child, 1).await;
     terminate(&child);
@@ -677,7 +679,6 @@ async fn workers_whose_program_is_missing_for_a_while_are_started_again_once_it_
 #[tokio::test]
 async fn a_shutdown_that_had_to_kill_a_worker_exits_with_code_1() {
     // (issue 12: it ended with 0, which the README reserves for a clean one.)
-    let script = "trap '' TERM; echo up; while :; do sleep 1; done";
     let (mut child, mut stderr) = cli(&[
         "run",
         "--workers",
@@ -687,7 +688,7 @@ async fn a_shutdown_that_had_to_kill_a_worker_exits_with_code_1() {
         "--",
         "sh",
         "-c",
-        script,
+        IGNORES_SIGTERM,
     ]);
     up(&mut child, 1).await;
     terminate(&child);
