@@ -90,6 +90,12 @@ pub(crate) struct RunArgs {
     /// Print lifecycle events as JSON lines instead of text.
     #[arg(long)]
     json: bool,
+    /// Adopt and reap the orphans of the workers' descendants (a
+    /// double-forked daemon, the children of a worker that died), as tini
+    /// does: PR_SET_CHILD_SUBREAPER. Always done when running as PID 1 (a
+    /// container's entrypoint).
+    #[arg(long)]
+    subreaper: bool,
     /// The program to run, and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -136,6 +142,8 @@ pub(crate) struct Plan {
     /// Both the shutdown's and the kill's.
     pub(crate) grace: Duration,
     pub(crate) json: bool,
+    /// Whether to adopt and reap orphans: asked, or running as PID 1.
+    pub(crate) reap_orphans: bool,
 }
 
 /// A combination of flags that makes no plan.
@@ -195,6 +203,7 @@ impl RunArgs {
             restart_policy,
             grace: self.grace,
             json: self.json,
+            reap_orphans: self.subreaper || std::process::id() == 1,
         })
     }
 
@@ -272,6 +281,7 @@ mod tests {
                 restart_policy: RestartPolicy::default(),
                 grace: Duration::from_secs(5),
                 json: false,
+                reap_orphans: false,
             }
         );
     }
@@ -302,6 +312,7 @@ mod tests {
             "--listen",
             "unix:/tmp/a.sock",
             "--json",
+            "--subreaper",
         ])
         .expect("a plan");
         assert_eq!(
@@ -320,6 +331,7 @@ mod tests {
                     .intensity(4, Duration::from_secs(30), OnIntensity::SlowDown),
                 grace: Duration::from_millis(500),
                 json: true,
+                reap_orphans: true,
             }
         );
     }

@@ -1,9 +1,10 @@
 //! The `run` command once planned: starts the primary, then reports its
 //! events and answers signals until the workers are gone.
 
+use anyhow::Context as _;
 use isotropic_cluster::Signal;
 use isotropic_cluster::primary::{
-    self, ClusterPrimary, OnIntensity, PrimaryEvent, WorkerChannel, WorkerStdio,
+    self, ClusterPrimary, OnIntensity, OrphanReaper, PrimaryEvent, WorkerChannel, WorkerStdio,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -44,6 +45,12 @@ async fn supervise(plan: Plan) -> anyhow::Result<ExitCode> {
     // First, so that a signal during startup is a shutdown once running,
     // not the default action.
     let mut signals = Signals::install()?;
+    // As PID 1 (or asked), orphans are ours to reap, for as long as we run.
+    let _reaper = plan
+        .reap_orphans
+        .then(OrphanReaper::start)
+        .transpose()
+        .context("cannot become a subreaper")?;
     let report = Report { json: plan.json };
     // Held to the end: the socket files it made go with it.
     let (primary, _socket_files) = start(&plan, &report).await?;

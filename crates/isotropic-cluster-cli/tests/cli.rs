@@ -744,3 +744,141 @@ async fn a_unix_socket_file_is_removed_at_exit_and_a_stale_one_replaced_but_neve
     assert_eq!(std::fs::read_to_string(&path).expect("still there"), "data");
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
+
+/// A worker that leaves 20 orphans that exit at once and one that sleeps
+/// (`orphan PID`), then says `up` and stays until SIGTERM.
+const LEAVES_ORPHANS: &str = "trap 'exit 0' TERM; \
+    for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do (sh -c 'exit 0' &); done; \
+    (sleep 300 & echo orphan $!); echo up; while :; do sleep 0.1; done";
+
+/// The children of process `pid`, each with its state letter (`Z`: a zombie).
+fn children_of(pid: u32) -> Vec<(u32, char)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|child| child.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .filter_map(|child| {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            Some((child, state))
+        })
+        .collect()
+}
+
+/// Waits until `done` holds; panics with `what` at the deadline.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until process `pid` has no zombie child.
+async fn no_zombie_children(pid: u32) {
+    let zombies = || children_of(pid).into_iter().filter(|c| c.1 == 'Z').count();
+    eventually("zombies left", || zombies() == 0).await;
+}
+
+#[tokio::test]
+async fn with_subreaper_orphans_are_adopted_and_reaped_and_worker_exits_still_reported() {
+    // (issue 12: the CLI could not adopt orphans, and as PID 1 left them zombies.)
+    let (mut child, mut stderr) = cli(&[
+        "run",
+        "--workers",
+        "1",
+        "--subreaper",
+        "--",
+        "sh",
+        "-c",
+        LEAVES_ORPHANS,
+    ]);
+    let cli_pid = child.id().expect("pid");
+    let started = until(&mut stderr, "worker 1 started (pid ")
+        .await
+        .pop()
+        .expect("a line");
+    let worker: u32 = started
+        .rsplit(' ')
+        .next()
+        .and_then(|p| p.trim_end_matches(')').parse().ok())
+        .expect("its pid");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = until(&mut stdout, "] orphan ").await.pop().expect("a line");
+    let orphan: u32 = line
+        .rsplit(' ')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("its pid");
+    until(&mut stdout, "] up").await;
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+    assert!(
+        children_of(cli_pid).iter().any(|c| c.0 == orphan),
+        "the sleeping orphan is the CLI's child now"
+    );
+    no_zombie_children(cli_pid).await;
+    // Its own child (adopted, not reaped yet): signalled by its pid.
+    let pid = rustix::process::Pid::from_raw(orphan.cast_signed()).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill the orphan");
+    // A zombie is still listed as a child: gone means reaped.
+    eventually("the killed orphan is reaped", || {
+        children_of(cli_pid).iter().all(|c| c.0 != orphan)
+    })
+    .await;
+    // The worker's own exit is still reported, and it is replaced.
+    let pid = rustix::process::Pid::from_raw(worker.cast_signed()).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill the worker");
+    until(&mut stderr, "worker 1 killed by signal 9").await;
+    until(&mut stderr, "worker 2 started").await;
+    stop_cleanly(&mut child, &mut stderr, 1).await;
+}
+
+#[tokio::test]
+async fn as_pid_1_of_a_pid_namespace_the_cli_reaps_orphans() {
+    // (issue 12: as a container's entrypoint it left 42 zombies in 10 s.)
+    let mut child = Command::new("unshare")
+        .args([
+            "--user",
+            "--map-root-user",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+        ])
+        .arg(env!("CARGO_BIN_EXE_isotropic-cluster"))
+        .args(["run", "--workers", "1", "--", "sh", "-c", LEAVES_ORPHANS])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("unshare (util-linux) with user and PID namespaces");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    up(&mut child, 1).await;
+    // The CLI is unshare's only child, and PID 1 inside.
+    let unshare = child.id().expect("pid");
+    let cli_pid = children_of(unshare).first().expect("the CLI").0;
+    let inside = std::fs::read_to_string(format!("/proc/{cli_pid}/status")).expect("status");
+    let nspid = inside
+        .lines()
+        .find(|l| l.starts_with("NSpid:"))
+        .expect("NSpid");
+    assert!(nspid.ends_with("\t1"), "PID 1 inside: {nspid}");
+    assert!(
+        children_of(cli_pid).len() >= 2,
+        "the worker and the adopted orphan"
+    );
+    no_zombie_children(cli_pid).await;
+    // A clean stop: SIGTERM to the CLI by its own pid.
+    let pid = rustix::process::Pid::from_raw(cli_pid.cast_signed()).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("signal the CLI");
+    let rest = until(&mut stderr, "all workers exited").await;
+    assert!(
+        rest.iter().any(|l| l.contains("exited with code 0")),
+        "{rest:?}"
+    );
+    assert_eq!(exit_code(&mut child).await, Some(0));
+}

@@ -114,7 +114,13 @@ impl Spawn for ProcessSpawner {
         }
         let guard = sys::orphan_guard().map_err(spawn_error)?;
         sys::prepare_child(&mut command, inherited, passed, std::process::id(), guard);
-        let child = command.spawn().map_err(spawn_error)?;
+        let child = {
+            // Recorded before an orphan reaper can see it.
+            let mut ours = sys::own_children();
+            let child = command.spawn().map_err(spawn_error)?;
+            ours.extend(child.id());
+            child
+        };
         let pid = child.id().unwrap_or_default();
 
         let (read, outbox) = channel::open(ours, config.queue, Some(id)).map_err(spawn_error)?;

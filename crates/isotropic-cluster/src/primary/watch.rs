@@ -147,7 +147,7 @@ impl Watch {
                     continue;
                 }
                 Some(signal) = self.signals.recv() => {
-                    // Not reaped yet (we are the only reaper), so the pid is
+                    // Not reaped yet (we are its only reaper: see sys::reap), so the pid is
                     // still this worker's.
                     if matches!(process.child.try_wait(), Ok(None)) {
                         let _ = sys::send_signal(process.pid, true, signal.as_raw());
@@ -186,6 +186,7 @@ impl Process {
         if !std::mem::replace(&mut self.group_ended, true) {
             let _ = sys::send_signal(self.pid, true, libc::SIGKILL);
             sys::forget_group(self.pid);
+            sys::own_children().remove(&self.pid);
         }
     }
 }

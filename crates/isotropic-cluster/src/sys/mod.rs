@@ -9,6 +9,7 @@ mod fds;
 mod guard;
 mod process;
 mod procfs;
+mod reap;
 mod scm;
 mod socket;
 
@@ -17,6 +18,7 @@ pub(crate) use fds::{PASS_FDS, adopt_inherited_socket, place_listen_fds};
 pub(crate) use guard::{forget_group, orphan_guard};
 pub(crate) use process::{parent_pid, remove_env_if_single_threaded, send_signal};
 pub(crate) use procfs::holds_listening_socket;
+pub(crate) use reap::{become_subreaper, own_children, reap_orphans};
 pub(crate) use scm::{recv_with_fds, send_with_fd};
 pub(crate) use socket::{
     Setup, channel_pair, local_tcp_address, local_unix_path, set_nonblocking, tcp_listener,

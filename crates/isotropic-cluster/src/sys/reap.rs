@@ -1,0 +1,66 @@
+//! Reaping orphans: as PID 1 or a child subreaper, this process inherits
+//! the orphans of its descendants (a worker's double-forked daemon, the
+//! children of a worker that died) and must reap them, without taking the
+//! exit of a process a primary started (tokio reaps those and reports them).
+
+use std::collections::BTreeSet;
+use std::io;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use rustix::process::{Pid, WaitOptions};
+
+/// The children this process started through a primary and has not reaped
+/// yet: never reaped as orphans.
+static OURS: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+
+/// The children this process started and has not reaped, locked: hold it
+/// across a spawn and [`insert`](BTreeSet::insert) the new pid before
+/// releasing it, so that no orphan sweep sees the child unrecorded.
+pub(crate) fn own_children() -> MutexGuard<'static, BTreeSet<u32>> {
+    OURS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Makes this process a child subreaper: orphaned descendants become its
+/// children rather than init's (PID 1 is one already).
+pub(crate) fn become_subreaper() -> io::Result<()> {
+    if rustix::process::getpid().is_init() {
+        return Ok(());
+    }
+    Ok(rustix::process::set_child_subreaper(Some(
+        rustix::process::getpid(),
+    ))?)
+}
+
+/// Reaps every child that has exited and is not one of [`own_children`];
+/// returns how many.
+pub(crate) fn reap_orphans() -> usize {
+    let ours = own_children();
+    children()
+        .into_iter()
+        .filter(|pid| !ours.contains(pid))
+        .filter_map(|pid| Pid::from_raw(pid.cast_signed()))
+        .filter(|&pid| {
+            matches!(
+                rustix::process::waitpid(Some(pid), WaitOptions::NOHANG),
+                Ok(Some(_))
+            )
+        })
+        .count()
+}
+
+/// This process's children, from every thread's `children` list in `/proc`
+/// (an orphan's new parent is one of the reaper's threads).
+fn children() -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_ascii_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
