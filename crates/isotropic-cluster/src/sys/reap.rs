@@ -49,18 +49,60 @@ pub(crate) fn reap_orphans() -> usize {
 }
 
 /// This process's children, from every thread's `children` list in `/proc`
-/// (an orphan's new parent is one of the reaper's threads).
+/// (an orphan's new parent is one of the reaper's threads), or, on kernels
+/// without those lists, from the parent of every process.
 fn children() -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Vec::new();
-    };
-    tasks
+    let lists: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
         .flatten()
         .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
-        .flat_map(|list| {
-            list.split_ascii_whitespace()
-                .filter_map(|pid| pid.parse().ok())
-                .collect::<Vec<u32>>()
+        .collect();
+    if lists.is_empty() {
+        return children_by_parent();
+    }
+    lists
+        .iter()
+        .flat_map(|list| list.split_ascii_whitespace())
+        .filter_map(|pid| pid.parse().ok())
+        .collect()
+}
+
+/// The processes whose parent (field 4 of `/proc/PID/stat`) is this one.
+fn children_by_parent() -> Vec<u32> {
+    let us = rustix::process::getpid().as_raw_pid().cast_unsigned();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                let parent = stat
+                    .rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.split(' ').nth(1));
+                parent.and_then(|p| p.parse::<u32>().ok()) == Some(us)
+            })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_ways_find_the_same_children() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let pid = child.id();
+        let listed = children();
+        let scanned = children_by_parent();
+        child.kill().expect("kill");
+        child.wait().expect("reap");
+        assert!(listed.contains(&pid), "{listed:?}");
+        assert!(scanned.contains(&pid), "{scanned:?}");
+    }
 }
