@@ -40,6 +40,7 @@ async fn a_worker_whose_handler_panics_exits_with_101_is_replaced_and_shutdown_s
     let (primary, mut events, [worker]) = launch::<1>(primary(Mode::Echo)).await;
     let mut shutdown_events = primary.events();
     let panic = json!({"type": "panic"});
+    let sent = std::time::Instant::now();
     primary.send(&worker, &panic).await.expect("send");
     let exit = wait_for(&mut events, exit_of).await;
     assert_eq!(exit.worker.id(), worker.id());
@@ -47,6 +48,10 @@ async fn a_worker_whose_handler_panics_exits_with_101_is_replaced_and_shutdown_s
     assert!(!exit.voluntary, "the worker did not disconnect");
     let [replacement] = ready(&mut events, 1).await.try_into().expect("one");
     assert_ne!(replacement.id(), worker.id(), "replaced");
+    eprintln!(
+        "a panicking handler: worker exited 101, replacement ready {:?} after the send",
+        sent.elapsed()
+    );
     let signals = signals_during_shutdown(&primary, &mut shutdown_events).await;
     assert!(
         signals.is_empty(),
