@@ -262,9 +262,8 @@ pub struct RestartIntensityExceeded {
 #[non_exhaustive]
 pub struct ShutDownComplete;
 
-/// An event handler of this primary panicked (*new*: no equivalent in the
-/// original, where a thrown error ended the process). The panic was caught
-/// where the handler ran: the event it handled went on as if the handler had
+/// An event handler of this primary panicked (*new*: the original has no
+/// equivalent). The panic was caught where the handler ran: the event it handled went on as if the handler had
 /// returned (the rest of its stage, then its default action unless a handler
 /// prevented it), and supervision goes on. It is logged at error level before
 /// this is published, so preventing it changes nothing; a panic in a handler

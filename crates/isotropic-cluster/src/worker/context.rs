@@ -413,7 +413,7 @@ impl Actor for WorkerContext {
 
 /// The exit code of a worker whose handler panicked: that of a Rust program
 /// whose `main` panicked.
-pub(super) const PANIC_EXIT_CODE: i32 = 101;
+const PANIC_EXIT_CODE: i32 = 101;
 
 /// A handler of this worker panicked (the panic hook has printed it): the
 /// process exits at once with [`PANIC_EXIT_CODE`], whichever task or thread
