@@ -65,6 +65,8 @@ named! {
         Ask = "ask",
         /// `bad-after-first CASE`: worker 1 is `Echo`, the others send the [`BadInput`] CASE.
         BadAfterFirst = "bad-after-first",
+        /// As `Echo`, with an `on_destroy` cleanup that panics.
+        PanicInCleanup = "panic-in-cleanup",
     }
 }
 

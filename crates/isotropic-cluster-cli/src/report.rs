@@ -80,6 +80,14 @@ impl Report {
                 Some(e.worker.id().get()),
                 &e.error.to_string(),
             ),
+            PrimaryEvent::HandlerPanicked(e) => self.line(
+                "handlerPanicked",
+                None,
+                &format!(
+                    "a {} handler panicked (supervision goes on): {}",
+                    e.event, e.message
+                ),
+            ),
             _ => {}
         }
     }

@@ -1,13 +1,16 @@
 //! The pattern shared by the primary and the worker: one task owns the state
 //! (a *host*) and runs every event on it; cloneable handles send it commands.
-//! [`run`] is that task's loop; [`Actor`] is what it needs of a host.
+//! [`run`] is that task's loop; [`Actor`] is what it needs of a host, and
+//! what the host does when one of its handlers panics.
 
 use std::future::Future;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
-use crate::events::{self, Handler, Subscription, SubscriptionKey, Topic, sealed::RouteFn};
+use crate::events::{
+    self, Handler, HandlerPanic, Subscription, SubscriptionKey, Topic, sealed::RouteFn,
+};
 
 /// A command run by the actor on its host.
 pub(crate) type Command<H> = Box<dyn FnOnce(&mut H) + Send>;
@@ -35,6 +38,11 @@ pub(crate) trait Actor: Send + Sized + 'static {
 
     /// Whether the actor is done: its task ends.
     fn finished(&self) -> bool;
+
+    /// One of the host's handlers panicked; the panic was caught where the
+    /// handler ran (see `crate::events`), the actor's task goes on. The
+    /// side's decision: the worker exits, the primary reports it.
+    fn handler_panicked(&mut self, panic: HandlerPanic);
 }
 
 /// Runs `host` until it is finished, one command or input per turn.

@@ -80,6 +80,9 @@ impl events::sealed::HostImpl for Dispatch {
     fn stream(&self) -> &StreamSource<BenchEvent> {
         &self.stream
     }
+    fn handler_panicked(&mut self, panic: events::HandlerPanic) {
+        panic!("a benchmark's handler panicked: {}", panic.message);
+    }
 }
 
 topics!(Dispatch => BenchEvent {

@@ -50,7 +50,8 @@ pub(crate) use topics;
 
 /// `host!(Context, stream: StreamEnum, inbound: MessageEvent, handle: Handle,
 /// builder: Builder)`: makes `Context` (with fields `hub`, `stream` and
-/// `mailbox`) an event host, and gives the context, the handle (field
+/// `mailbox`, and an [`Actor`](crate::actor::Actor), which decides what a
+/// handler's panic does) an event host, and gives the context, the handle (field
 /// `mailbox`) and the builder (field `hub`) the [`Subscribe`] methods.
 ///
 /// [`Subscribe`]: crate::Subscribe
@@ -64,6 +65,9 @@ macro_rules! host {
             }
             fn stream(&self) -> &$crate::events::StreamSource<$stream> {
                 &self.stream
+            }
+            fn handler_panicked(&mut self, panic: $crate::events::HandlerPanic) {
+                <$host as $crate::actor::Actor>::handler_panicked(self, panic);
             }
         }
 

@@ -27,6 +27,8 @@ enum Command {
     Inspect,
     /// Start a child that outlives nothing (sleeps), and report its pid.
     SpawnChild,
+    /// Panic in the message handler.
+    Panic,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -62,6 +64,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let builder =
                 ClusterWorker::builder().initialize(|_| async { Err::<(), _>("no database") });
             echo(builder).await
+        }
+        Mode::PanicInCleanup => {
+            echo(ClusterWorker::builder().on_destroy(|| async { panic!("bug in the cleanup") }))
+                .await
         }
         Mode::ExitAtStart => std::process::exit(3),
         Mode::Hung => hung(raw_channel(raw_fd)),
@@ -130,6 +136,7 @@ async fn echo(
                 Ok(Command::Inspect) => {
                     let _ = event.context().try_send(&json!({"inspect": inspect()}));
                 }
+                Ok(Command::Panic) => panic!("bug in the message handler"),
                 Ok(Command::SpawnChild) => {
                     let child = std::process::Command::new("sleep").arg("300").spawn();
                     let pid = child.map(|c| c.id()).unwrap_or_default();

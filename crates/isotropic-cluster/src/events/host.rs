@@ -6,6 +6,7 @@
 
 use super::event::Topic;
 use super::hub::Hub;
+use super::panic::HandlerPanic;
 use super::stream::StreamSource;
 
 /// How often an event can complete.
@@ -25,6 +26,9 @@ pub trait HostImpl: Send + Sized + 'static {
     type Inbound: Topic<Host = Self>;
     fn hub(&mut self) -> &mut Hub;
     fn stream(&self) -> &StreamSource<Self::Stream>;
+    /// A handler panicked (caught); when this returns, the event goes on as
+    /// if the handler had returned.
+    fn handler_panicked(&mut self, panic: HandlerPanic);
 }
 
 pub trait TopicImpl: Topic<Host: HostImpl> {

@@ -6,11 +6,16 @@
 //! the default action (which also skips `after`), stop the event after the
 //! current stage, stop the rest of the current stage, or unsubscribe itself.
 //! Publishing is synchronous and depth-first: an event published by a handler
-//! or a default action runs to its end before the outer one goes on.
+//! or a default action runs to its end before the outer one goes on. A
+//! handler that panics is caught: the host decides what follows
+//! (`HostImpl::handler_panicked`), then the event goes on as if the handler
+//! had returned.
 //!
 //! - `event`: [`Stage`], [`Topic`] and [`Event`], what a handler sees, and
 //!   the handler types;
 //! - `key`: [`SubscriptionKey`], what identifies a subscription;
+//! - `panic`: catching a handler's panic (`catch`, `catch_async`), and what
+//!   the host hears of it (`HandlerPanic`);
 //! - `hub`: [`Hub`], a host's subscriptions;
 //! - `stream`: [`EventStream`], the async stream of a host's events;
 //! - `host`: the traits of a host and of its events (`HostImpl`, `TopicImpl`);
@@ -25,6 +30,7 @@ mod event;
 mod host;
 mod hub;
 mod key;
+mod panic;
 mod publish;
 pub(crate) mod sealed;
 mod stream;
@@ -34,6 +40,7 @@ pub(crate) use event::Handler;
 pub use event::{Event, Stage, Topic};
 pub(crate) use hub::Hub;
 pub(crate) use key::SubscriptionKey;
+pub(crate) use panic::{HandlerPanic, catch, catch_async};
 pub(crate) use publish::{publish, route, subscribe};
 pub use stream::EventStream;
 pub(crate) use stream::StreamSource;

@@ -1,11 +1,15 @@
 //! Running events: a publish through its stages, the subscribing that calls
-//! late subscribers of once-only events, and typed routing.
+//! late subscribers of once-only events, and typed routing. Every handler
+//! runs under [`catch`]: its panic goes to the host
+//! ([`HostImpl::handler_panicked`]), and the event goes on as if the handler
+//! had returned.
 
 use std::any::TypeId;
 
 use super::event::{Control, Event, Handler, RouteFn, Stage, Topic};
 use super::host::{HostImpl, Once, TopicImpl};
 use super::key::SubscriptionKey;
+use super::panic::{HandlerPanic, catch};
 use crate::{Message, MessageError};
 
 /// Publishes `data` on `host`, running every stage (see the module docs).
@@ -62,14 +66,17 @@ where
             continue;
         };
         control.unsubscribed = false;
-        handler(&mut Event {
-            data,
-            host: &mut *host,
-            control: &mut *control,
+        let outcome = catch(|| {
+            handler(&mut Event {
+                data,
+                host: &mut *host,
+                control: &mut *control,
+            });
         });
         if !once && !control.unsubscribed {
             host.hub().put_back(key, id, handler);
         }
+        report::<E>(host, stage, outcome);
         if control.dispatch_stopped {
             break;
         }
@@ -94,11 +101,14 @@ where
                 stage: Stage::After,
                 ..Control::default()
             };
-            handler(&mut Event {
-                data: &data,
-                host,
-                control: &mut control,
+            let outcome = catch(|| {
+                handler(&mut Event {
+                    data: &data,
+                    host: &mut *host,
+                    control: &mut control,
+                });
             });
+            report::<E>(host, Stage::After, outcome);
         }
         return false;
     }
@@ -129,16 +139,35 @@ where
         stage: Stage::Complete,
         ..Control::default()
     };
-    let result = handler(
-        &mut Event {
-            data: event,
-            host: &mut *host,
-            control: &mut control,
-        },
-        message,
-    );
+    let outcome = catch(|| {
+        handler(
+            &mut Event {
+                data: event,
+                host: &mut *host,
+                control: &mut control,
+            },
+            message,
+        )
+    });
     host.hub().put_back_route(name, id, handler);
-    result
+    outcome.unwrap_or_else(|message| {
+        report::<E>(host, Stage::Complete, Err(message));
+        Ok(())
+    })
+}
+
+/// Tells the host of a handler of `E` that panicked in `stage`.
+fn report<E: Topic>(host: &mut E::Host, stage: Stage, outcome: Result<(), String>)
+where
+    E::Host: HostImpl,
+{
+    if let Err(message) = outcome {
+        host.handler_panicked(HandlerPanic {
+            event: E::NAME,
+            stage,
+            message,
+        });
+    }
 }
 
 #[cfg(test)]
@@ -166,6 +195,15 @@ mod tests {
         }
         fn stream(&self) -> &StreamSource<TestEvent> {
             &self.stream
+        }
+        fn handler_panicked(&mut self, panic: HandlerPanic) {
+            let HandlerPanic {
+                event,
+                stage,
+                message,
+            } = panic;
+            self.log
+                .push(format!("panicked: {event} {stage:?}: {message}"));
         }
     }
 
@@ -393,6 +431,59 @@ mod tests {
         publish(&mut host, Stop);
         publish(&mut host, Stop);
         assert_eq!(host.log, ["before", "before", "complete stop"]);
+    }
+
+    #[test]
+    fn a_handler_that_panics_is_reported_and_the_event_goes_on() {
+        let mut host = Host::new();
+        sub::<Ping>(&mut host, Stage::Before, "before", |e| {
+            e.stop_dispatch();
+            panic!("bug in before")
+        });
+        sub::<Ping>(&mut host, Stage::Before, "skipped", nothing);
+        sub::<Ping>(&mut host, Stage::On, "on", |_| panic!("bug in on"));
+        sub::<Ping>(&mut host, Stage::After, "after", nothing);
+        publish(&mut host, Ping);
+        let once = [
+            "before",
+            "panicked: ping Before: bug in before",
+            "on",
+            "panicked: ping On: bug in on",
+            "complete ping",
+            "after",
+        ];
+        assert_eq!(host.log, once, "what ran before the panic still counts");
+        host.log.clear();
+        publish(&mut host, Ping);
+        assert_eq!(host.log, once, "the handlers stay subscribed");
+    }
+
+    #[test]
+    fn a_late_subscriber_or_a_route_that_panics_is_reported() {
+        let mut host = Host::new();
+        publish(&mut host, Done);
+        sub::<Done>(&mut host, Stage::After, "late", |_| panic!("late bug"));
+        host.hub.insert_route::<Ping>(
+            SubscriptionKey::route("boom"),
+            Box::new(
+                |_: &mut Event<'_, Ping>, _: &Message| -> Result<(), MessageError> {
+                    panic!("route bug")
+                },
+            ),
+        );
+        publish(&mut host, Ping);
+        let boom = Message::encode(&serde_json::json!({"type": "boom"})).expect("encodes");
+        assert!(route(&mut host, &Ping, &boom).is_ok(), "as if it returned");
+        assert_eq!(
+            host.log,
+            [
+                "complete done",
+                "late",
+                "panicked: done After: late bug",
+                "complete ping",
+                "panicked: ping Complete: route bug",
+            ]
+        );
     }
 
     #[test]

@@ -19,6 +19,14 @@ use super::key::SubscriptionKey;
 /// `event.context().handle()` for an async handle), or answer requests with
 /// `handle_async`.
 ///
+/// A handler that panics (a typed route included) never leaves a half-dead
+/// side. In the primary the panic is caught, logged and published as
+/// [`HandlerPanicked`](crate::primary::HandlerPanicked), and the event goes
+/// on as if the handler had returned; supervision goes on. In a worker the
+/// process exits at once with code 101 (as an uncaught panic in `main`; no
+/// destructor runs, nothing queued is flushed), so the primary sees an
+/// involuntary exit and replaces it.
+///
 /// # Examples
 ///
 /// ```no_run

@@ -267,7 +267,8 @@ impl PrimaryBuilder {
 
     /// Custom initialization, run by [`start`](Self::start) before the
     /// primary counts as initialized (the original's `_initialize`). Its
-    /// failure is an `initializeError` event and `start`'s error.
+    /// failure is an `initializeError` event and `start`'s error; so is its
+    /// panic, after a `handlerPanicked` event.
     pub fn initialize<F, Fut, E>(mut self, init: F) -> Self
     where
         F: FnOnce() -> Fut + Send + 'static,
@@ -313,7 +314,7 @@ impl PrimaryBuilder {
             });
         }
         if let Some(init) = initializer
-            && let Err(error) = init().await
+            && let Err(error) = context.initialize_with(init).await
         {
             let error = Error::Initialize(error.into());
             events::publish(

@@ -115,6 +115,7 @@ topics!(PrimaryContext =>
         ShutDown: "shutDown" once Complete => complete_shut_down;
         WorkerSignal: "workerSignal" => complete_signal;
         ShutDownComplete: "shutDownComplete" once Publish => log_event;
+        HandlerPanicked: "handlerPanicked" => log_event;
     }
 );
 

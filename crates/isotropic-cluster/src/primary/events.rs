@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::WorkerHandle;
 use crate::Signal;
 use crate::error::{Error, MessageError, ProtocolError};
+use crate::events::{HandlerPanic, Stage};
 use crate::message::Message;
 use crate::net::{ListenAddress, ListenError};
 
@@ -260,3 +261,54 @@ pub struct RestartIntensityExceeded {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ShutDownComplete;
+
+/// An event handler of this primary panicked (*new*: the original has no
+/// equivalent). The panic was caught where the handler ran: the event it handled went on as if the handler had
+/// returned (the rest of its stage, then its default action unless a handler
+/// prevented it), and supervision goes on. It is logged at error level before
+/// this is published, so preventing it changes nothing; a panic in a handler
+/// of this very event is logged only. A handler keeps its subscription after
+/// a panic.
+///
+/// # Examples
+///
+/// ```no_run
+/// use isotropic_cluster::primary::{ClusterPrimary, HandlerPanicked};
+/// use isotropic_cluster::Subscribe;
+///
+/// # async fn demo() -> Result<(), isotropic_cluster::Error> {
+/// let primary = ClusterPrimary::builder()
+///     .on::<HandlerPanicked>(|event| {
+///         eprintln!("a {} handler panicked: {}", event.event, event.message);
+///     })
+///     .start()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HandlerPanicked {
+    /// The original name of the event whose handler panicked, e.g.
+    /// `"workerOnline"`.
+    pub event: &'static str,
+    /// The stage the handler ran in ([`Stage::Complete`]: a typed route, or
+    /// the initializer).
+    pub stage: Stage,
+    /// The panic's message.
+    pub message: String,
+}
+
+impl From<HandlerPanic> for HandlerPanicked {
+    fn from(panic: HandlerPanic) -> Self {
+        let HandlerPanic {
+            event,
+            stage,
+            message,
+        } = panic;
+        Self {
+            event,
+            stage,
+            message,
+        }
+    }
+}

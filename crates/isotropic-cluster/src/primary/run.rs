@@ -1,20 +1,24 @@
 //! The primary as an [`Actor`]: besides the commands of its handles, it hears
 //! its workers' reports and its timers.
 
+use std::future::Future;
+
 use futures_util::StreamExt as _;
 
 use super::WorkerHandle;
 use super::config::Readiness;
 use super::context::{PrimaryContext, Timer};
 use super::events::{
-    WorkerListenError, WorkerListening, WorkerMessage, WorkerOutput, WorkerSignal,
+    HandlerPanicked, Initialize, WorkerListenError, WorkerListening, WorkerMessage, WorkerOutput,
+    WorkerSignal,
 };
 use super::input::Input;
 use super::phase::Phase;
 use super::state::Trigger;
 use crate::WorkerId;
 use crate::actor::Actor;
-use crate::events;
+use crate::error::BoxError;
+use crate::events::{self, HandlerPanic, Stage, Topic as _};
 use crate::net::ListenAddress;
 use crate::protocol::Frame;
 
@@ -70,9 +74,45 @@ impl Actor for PrimaryContext {
     fn finished(&self) -> bool {
         self.phase == Phase::Destroyed
     }
+
+    /// Logs the panic and publishes `handlerPanicked` (unless a handler of
+    /// that very event panicked: no loop); the event goes on, and so does
+    /// supervision.
+    fn handler_panicked(&mut self, panic: HandlerPanic) {
+        tracing::error!(
+            event = panic.event,
+            stage = ?panic.stage,
+            message = %panic.message,
+            "an event handler panicked; the event goes on as if it had returned"
+        );
+        if panic.event != HandlerPanicked::NAME {
+            events::publish(self, HandlerPanicked::from(panic));
+        }
+    }
 }
 
 impl PrimaryContext {
+    /// Runs the initializer (in `start`, before the actor's task): its panic
+    /// is reported as a handler's (`handlerPanicked`) and is its failure.
+    pub(super) async fn initialize_with<Fut>(
+        &mut self,
+        init: impl FnOnce() -> Fut,
+    ) -> Result<(), BoxError>
+    where
+        Fut: Future<Output = Result<(), BoxError>>,
+    {
+        let outcome = events::catch_async(async move { init().await }).await;
+        outcome.unwrap_or_else(|message| {
+            let failure = format!("the initializer panicked: {message}");
+            self.handler_panicked(HandlerPanic {
+                event: Initialize::NAME,
+                stage: Stage::Complete,
+                message,
+            });
+            Err(failure.into())
+        })
+    }
+
     pub(super) fn input(&mut self, input: Input) {
         match input {
             Input::Frames(id, frames, _budget) => {

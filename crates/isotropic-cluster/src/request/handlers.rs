@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 
 use bytes::Bytes;
@@ -11,6 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::channel::Outbox;
 use crate::error::ProtocolError;
+use crate::events::catch;
 use crate::message::Message;
 use crate::protocol::{self, Frame};
 
@@ -161,13 +161,13 @@ impl Handlers {
                 message.type_name().unwrap_or("")
             )))),
             Some(Handler::Sync(handler)) => {
-                let result = std::panic::catch_unwind(AssertUnwindSafe(|| handler(message)));
+                let result = catch(|| handler(message));
                 Answer::Now(reply(
                     result.unwrap_or_else(|_| Err("the handler panicked".into())),
                 ))
             }
             Some(Handler::Async(handler)) => {
-                let future = std::panic::catch_unwind(AssertUnwindSafe(|| handler(message)));
+                let future = catch(|| handler(message));
                 Answer::Later(Box::pin(async move {
                     let result = match future {
                         Ok(future) => match tokio::spawn(future).await {

@@ -16,7 +16,7 @@ use crate::WorkerId;
 use crate::actor::{Actor, Commands, Mailbox, WeakMailbox};
 use crate::channel::{self, Inbox, Outbox};
 use crate::error::{ProtocolError, SendError};
-use crate::events::{self, Hub, StreamSource, Topic};
+use crate::events::{self, HandlerPanic, Hub, Stage, StreamSource, Topic};
 use crate::net::{self, ListenAddress, ListenError, ListenErrorKind, Listener, PassedListener};
 use crate::protocol::{self, Frame, FrameCodec, User, Wire};
 use crate::request::{Handlers, Pending};
@@ -405,6 +405,29 @@ impl Actor for WorkerContext {
     fn finished(&self) -> bool {
         self.phase == Phase::Destroyed
     }
+
+    fn handler_panicked(&mut self, panic: HandlerPanic) {
+        exit_on_panic(self.id, &panic)
+    }
+}
+
+/// The exit code of a worker whose handler panicked: that of a Rust program
+/// whose `main` panicked.
+const PANIC_EXIT_CODE: i32 = 101;
+
+/// A handler of this worker panicked (the panic hook has printed it): the
+/// process exits at once with [`PANIC_EXIT_CODE`], whichever task or thread
+/// caught the panic, so the primary sees an involuntary exit and replaces the
+/// worker. No destructor runs and nothing queued is flushed.
+pub(super) fn exit_on_panic(id: WorkerId, panic: &HandlerPanic) -> ! {
+    tracing::error!(
+        worker_id = %id,
+        event = panic.event,
+        stage = ?panic.stage,
+        message = %panic.message,
+        "an event handler panicked: the worker exits"
+    );
+    std::process::exit(PANIC_EXIT_CODE)
 }
 
 async fn recv(signal: &mut Option<Signal>) -> Option<()> {
@@ -478,11 +501,22 @@ impl WorkerContext {
         let cleanup = self.cleanup.take();
         let (done, done_rx) = oneshot::channel();
         self.cleanup_done = Some(done_rx);
+        let id = self.id;
         tokio::spawn(async move {
-            if let Some(cleanup) = cleanup
-                && tokio::time::timeout(timeout, cleanup()).await.is_err()
-            {
-                tracing::warn!("worker cleanup timed out");
+            if let Some(cleanup) = cleanup {
+                let cleanup = events::catch_async(async move { cleanup().await });
+                match tokio::time::timeout(timeout, cleanup).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(message)) => exit_on_panic(
+                        id,
+                        &HandlerPanic {
+                            event: Destroy::NAME,
+                            stage: Stage::Complete,
+                            message,
+                        },
+                    ),
+                    Err(_) => tracing::warn!("worker cleanup timed out"),
+                }
             }
             let _ = done.send(());
         });

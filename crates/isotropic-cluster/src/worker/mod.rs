@@ -1,6 +1,10 @@
 //! The worker side: [`ClusterWorker`] connects to the primary over the
 //! inherited channel, signals ready once its initialization is done, receives
 //! messages, and disconnects cleanly.
+//!
+//! A panic in any of its event handlers, typed routes, initializer or cleanup
+//! ends the process with exit code 101 (see [`Subscribe`](crate::Subscribe)):
+//! the primary replaces it.
 
 mod context;
 mod events;
@@ -21,7 +25,7 @@ pub use events::*;
 use crate::actor::{self, Mailbox};
 use crate::channel::{Outbox, QueueLimits};
 use crate::error::{BoxError, Error, SendError};
-use crate::events::{self as pubsub, EventStream, Hub, StreamSource};
+use crate::events::{self as pubsub, EventStream, Hub, StreamSource, Topic as _};
 use crate::net::{ListenAddress, ListenError, ListenErrorKind, Listener};
 use crate::protocol::{self, User, Wire};
 use crate::request::{Handlers, Pending, RequestError};
@@ -93,7 +97,8 @@ impl WorkerBuilder {
     /// Custom initialization (the original's `_initialize`): a database
     /// connection, say. The worker signals ready only once it succeeds; it may
     /// already send messages. Its failure is an `initializeError` event and
-    /// [`start`](Self::start)'s error, and the worker never becomes ready.
+    /// [`start`](Self::start)'s error, and the worker never becomes ready;
+    /// its panic ends the process with exit code 101, as a handler's does.
     pub fn initialize<F, Fut, E>(mut self, init: F) -> Self
     where
         F: FnOnce(ClusterWorker) -> Fut + Send + 'static,
@@ -107,7 +112,8 @@ impl WorkerBuilder {
     }
 
     /// Cleanup run when the worker is destroyed (the original's `_destroy`),
-    /// bounded by the destroy timeout.
+    /// bounded by the destroy timeout. Its panic ends the process with exit
+    /// code 101, as a handler's does.
     pub fn on_destroy<F, Fut>(mut self, cleanup: F) -> Self
     where
         F: FnOnce() -> Fut + Send + 'static,
@@ -184,7 +190,7 @@ impl WorkerBuilder {
         tokio::spawn(actor::run(context.on_sigterm(), commands));
 
         if let Some(init) = initializer
-            && let Err(error) = init(worker.clone()).await
+            && let Err(error) = initialize(init, worker.clone()).await
         {
             let error = Error::Initialize(error.into());
             let event = InitializeError {
@@ -201,6 +207,23 @@ impl WorkerBuilder {
             .call(|w| pubsub::publish(w, InitializeComplete))
             .await?;
         Ok(worker)
+    }
+}
+
+/// Runs the initializer; its panic ends the process as a handler's does
+/// (see [`WorkerBuilder::initialize`]).
+async fn initialize(init: Initializer, worker: ClusterWorker) -> Result<(), BoxError> {
+    let id = worker.id;
+    match pubsub::catch_async(async move { init(worker).await }).await {
+        Ok(outcome) => outcome,
+        Err(message) => context::exit_on_panic(
+            id,
+            &pubsub::HandlerPanic {
+                event: Initialize::NAME,
+                stage: pubsub::Stage::Complete,
+                message,
+            },
+        ),
     }
 }
 

@@ -30,11 +30,12 @@ use crate::{Signal, Subscribe as _, WorkerId};
 pub(super) const GRACE: Duration = Duration::from_secs(5);
 pub(super) const KILL_GRACE: Duration = Duration::from_secs(2);
 
-/// The other side of a fake worker: its end of the channel, and the signals
-/// the primary sent it.
+/// The other side of a fake worker: its end of the channel, the signals
+/// the primary sent it, and where a running primary hears of it.
 pub(super) struct Peer {
     pub(super) channel: UnixStream,
     pub(super) signals: mpsc::UnboundedReceiver<Signal>,
+    pub(super) inputs: mpsc::Sender<Input>,
 }
 
 /// Starts workers that are channels only; fails a start when told to.
@@ -53,7 +54,7 @@ impl std::fmt::Debug for Peer {
 }
 
 impl Spawn for FakeSpawner {
-    fn spawn(&self, id: WorkerId, _inputs: mpsc::Sender<Input>) -> Result<Spawned, Error> {
+    fn spawn(&self, id: WorkerId, inputs: mpsc::Sender<Input>) -> Result<Spawned, Error> {
         if self.fail.lock().expect("ids").contains(&id.get()) {
             return Err(Error::Spawn {
                 program: "fake".into(),
@@ -71,6 +72,7 @@ impl Spawn for FakeSpawner {
         let peer = Peer {
             channel: theirs,
             signals: signal_rx,
+            inputs,
         };
         self.peers.lock().expect("peers").push_back((id, peer));
         Ok(Spawned { worker, signals })
@@ -214,3 +216,4 @@ impl Harness {
 
 mod handlers;
 mod lifecycle;
+mod panics;
