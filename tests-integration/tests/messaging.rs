@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use isotropic_cluster::primary::*;
-use isotropic_cluster::{SendError, Subscribe, WorkerId};
+use isotropic_cluster::{EventStream, SendError, Subscribe, WorkerId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tests_integration::{Log, Mode, launch, primary, ready, record, rss_kib, shut_down, wait_for};
@@ -276,5 +276,53 @@ async fn a_worker_that_never_signals_ready_can_be_timed_out() {
         matches!(error, isotropic_cluster::ProtocolError::ReadyTimeout(after) if after == Duration::from_millis(200)),
         "{error:?}"
     );
+    shut_down(&primary).await;
+}
+
+#[tokio::test]
+async fn a_held_event_stream_keeps_a_bounded_number_of_bytes_and_says_what_it_skipped() {
+    // (issue 13: 40 messages of 8 MiB kept 464 MiB in an unread stream, and
+    // a reader that fell behind lost events with no sign.) Here 48 of 1 MiB:
+    // 48 MiB over the stream's 32 MiB bound.
+    const MESSAGES: usize = 48;
+    const SIZE: usize = 1 << 20;
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    let builder = primary(Mode::Echo).on::<WorkerMessage>(move |_| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    });
+    let (primary, _events, [worker]) = launch::<1>(builder).await;
+    let mut held = primary.events();
+    let before = rss_kib();
+    let payload = "z".repeat(SIZE);
+    // One at a time (the echo worker drops an echo its full queue cannot
+    // take); handlers see every event.
+    for n in 0..MESSAGES {
+        primary
+            .send(&worker, &json!({"n": n, "payload": payload}))
+            .await
+            .expect("send");
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while seen.load(std::sync::atomic::Ordering::Relaxed) <= n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the echo handled");
+    }
+    let grown = rss_kib().saturating_sub(before);
+    println!("{MESSAGES} x 1 MiB through a held stream: the test process grew by {grown} KiB");
+    // The stream kept only the newest events within its byte bound, and says
+    // how many it skipped, first.
+    let most_kept = EventStream::<PrimaryEvent>::MAX_BYTES / SIZE;
+    let Some(PrimaryEvent::Skipped(skipped)) = held.next().await else {
+        panic!("the gap comes first");
+    };
+    let skipped = usize::try_from(skipped.events).expect("small");
+    assert!(skipped >= MESSAGES - most_kept, "{skipped} skipped");
+    for n in skipped..MESSAGES {
+        let (_, echo) = wait_for(&mut held, echo_of).await;
+        assert_eq!(echo["n"], json!(n));
+    }
     shut_down(&primary).await;
 }

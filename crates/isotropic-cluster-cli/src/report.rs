@@ -88,6 +88,11 @@ impl Report {
                     e.event, e.message
                 ),
             ),
+            PrimaryEvent::Skipped(e) => self.line(
+                "skipped",
+                None,
+                &format!("{} events not shown: this report fell behind", e.events),
+            ),
             _ => {}
         }
     }

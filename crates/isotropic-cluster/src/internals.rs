@@ -88,3 +88,5 @@ impl events::sealed::HostImpl for Dispatch {
 topics!(Dispatch => BenchEvent {
     Tick: "tick" => complete_tick;
 });
+
+impl events::sealed::StreamEvent for BenchEvent {}

@@ -81,7 +81,7 @@ mod topics;
 pub mod worker;
 
 pub use error::{BoxError, Error, MessageError, ProtocolError, SendError};
-pub use events::{Event, EventStream, Stage, Subscribe, Subscription, Topic};
+pub use events::{Event, EventStream, Skipped, Stage, Subscribe, Subscription, Topic};
 pub use id::WorkerId;
 pub use message::Message;
 pub use net::{

@@ -14,14 +14,25 @@ macro_rules! topics {
                 #[doc = concat!("The `", $name, "` event.")]
                 $event($event),
             )*
+            /// Not an event: the stream's reader fell behind and these many
+            /// events were skipped in its place (handlers saw them).
+            Skipped($crate::events::Skipped),
         }
 
         impl $stream {
-            /// The original's name of the event, e.g. `"workerExit"`.
+            /// The original's name of the event, e.g. `"workerExit"`
+            /// (`"skipped"` for [`Skipped`](Self::Skipped)).
             pub fn name(&self) -> &'static str {
                 match self {
                     $(Self::$event(_) => $name,)*
+                    Self::Skipped(_) => "skipped",
                 }
+            }
+        }
+
+        impl From<$crate::events::Skipped> for $stream {
+            fn from(skipped: $crate::events::Skipped) -> Self {
+                Self::Skipped(skipped)
             }
         }
 

@@ -7,7 +7,7 @@
 use super::event::Topic;
 use super::hub::Hub;
 use super::panic::HandlerPanic;
-use super::stream::StreamSource;
+use super::stream::{StreamEvent, StreamSource};
 
 /// How often an event can complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +21,7 @@ pub enum Once {
 }
 
 pub trait HostImpl: Send + Sized + 'static {
-    type Stream: Clone + Send + 'static;
+    type Stream: StreamEvent;
     /// The event that carries incoming messages (for typed routing).
     type Inbound: Topic<Host = Self>;
     fn hub(&mut self) -> &mut Hub;

@@ -17,7 +17,8 @@
 //! - `panic`: catching a handler's panic (`catch`, `catch_async`), and what
 //!   the host hears of it (`HandlerPanic`);
 //! - `hub`: [`Hub`], a host's subscriptions;
-//! - `stream`: [`EventStream`], the async stream of a host's events;
+//! - `stream`: [`EventStream`], the async stream of a host's events (lossy,
+//!   bounded: [`Skipped`] marks a gap);
 //! - `host`: the traits of a host and of its events (`HostImpl`, `TopicImpl`);
 //! - `subscription`: the [`Subscribe`] methods and [`Subscription`] handles;
 //! - `publish`: [`publish()`], [`subscribe()`] and [`route()`], the dispatch rules;
@@ -42,6 +43,6 @@ pub(crate) use hub::Hub;
 pub(crate) use key::SubscriptionKey;
 pub(crate) use panic::{HandlerPanic, catch, catch_async};
 pub(crate) use publish::{publish, route, subscribe};
-pub use stream::EventStream;
 pub(crate) use stream::StreamSource;
+pub use stream::{EventStream, Skipped};
 pub use subscription::{Subscribe, Subscription};

@@ -235,12 +235,14 @@ mod tests {
     #[derive(Debug, Clone)]
     pub struct Stop;
 
-    topics!(Host => TestEvent {
+    topics!(Host => #[allow(dead_code)] TestEvent {
         Ping: "ping" => complete_ping;
         Outer: "outer" => complete_outer;
         Done: "done" once Publish => complete_done;
         Stop: "stop" once Complete => complete_stop;
     });
+
+    impl crate::events::sealed::StreamEvent for TestEvent {}
 
     fn sub<E: Topic<Host = Host>>(
         host: &mut Host,

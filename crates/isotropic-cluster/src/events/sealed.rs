@@ -7,3 +7,4 @@
 
 pub use super::event::{RouteFn, SealedTopic};
 pub use super::host::{HostImpl, Once, TopicImpl};
+pub use super::stream::StreamEvent;

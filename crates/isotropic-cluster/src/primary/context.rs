@@ -119,6 +119,19 @@ topics!(PrimaryContext =>
     }
 );
 
+impl events::sealed::StreamEvent for PrimaryEvent {
+    fn weight(&self) -> usize {
+        match self {
+            Self::WorkerMessage(WorkerMessage { message, .. })
+            | Self::WorkerMessageError(WorkerMessageError { message, .. }) => {
+                message.as_bytes().len()
+            }
+            Self::WorkerOutput(output) => output.line.len(),
+            _ => 0,
+        }
+    }
+}
+
 // ===== public operations =====
 
 impl PrimaryContext {

@@ -371,6 +371,11 @@ impl ClusterPrimary {
 
     /// Every event from now on that reaches its default action, as a stream;
     /// it ends when the primary is destroyed.
+    ///
+    /// A stream is for watching: one that falls behind (4,096 events or
+    /// 32 MiB unread) loses its oldest events and yields
+    /// [`PrimaryEvent::Skipped`] in their place. Handlers (see
+    /// [`Subscribe`](crate::Subscribe)) see every event, losslessly.
     pub fn events(&self) -> EventStream<PrimaryEvent> {
         self.stream.subscribe()
     }

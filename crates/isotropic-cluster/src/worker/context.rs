@@ -87,6 +87,18 @@ topics!(WorkerContext =>
     }
 );
 
+impl events::sealed::StreamEvent for WorkerEvent {
+    fn weight(&self) -> usize {
+        match self {
+            Self::PrimaryMessage(PrimaryMessage { message })
+            | Self::PrimaryMessageError(PrimaryMessageError { message, .. }) => {
+                message.as_bytes().len()
+            }
+            _ => 0,
+        }
+    }
+}
+
 impl WorkerContext {
     /// This worker's id.
     pub fn id(&self) -> WorkerId {

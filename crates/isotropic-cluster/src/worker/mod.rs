@@ -475,6 +475,10 @@ impl ClusterWorker {
 
     /// Every event from now on that reaches its default action, as a stream;
     /// it ends when the worker is destroyed.
+    ///
+    /// Lossy as [`ClusterPrimary::events`](crate::primary::ClusterPrimary::events):
+    /// a stream that falls behind yields [`WorkerEvent::Skipped`] in place of
+    /// the events it lost; handlers see every event.
     pub fn events(&self) -> EventStream<WorkerEvent> {
         self.stream.subscribe()
     }
