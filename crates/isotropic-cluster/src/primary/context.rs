@@ -263,6 +263,7 @@ impl PrimaryContext {
         mailbox: WeakMailbox<Self>,
     ) -> Self {
         let (inputs, input_rx) = mpsc::channel(1024);
+        let listeners = Listeners::activated(&config);
         Self {
             handlers,
             hub,
@@ -283,7 +284,7 @@ impl PrimaryContext {
             destroy_waiters: Vec::new(),
             rolling: Rolling::default(),
             ready_waiters: ReadyWaiters::default(),
-            listeners: Listeners::activated(),
+            listeners,
         }
     }
 
