@@ -349,8 +349,9 @@ async fn round_robin_gives_a_stopped_worker_at_most_four_connections_and_loses_n
             let _ = answer.send(get(&address).await.map_err(|e| e.to_string()));
         });
     }
-    let mut answers = Vec::new();
+    let (mut answers, started) = (Vec::new(), std::time::Instant::now());
     collect(&mut answers, &mut answers_rx, CLIENTS - HELD).await;
+    let while_stopped = (answers.len(), started.elapsed());
     assert!(
         answers.len() >= CLIENTS - HELD,
         "{} of {CLIENTS} connections answered while a worker was stopped",
@@ -361,10 +362,17 @@ async fn round_robin_gives_a_stopped_worker_at_most_four_connections_and_loses_n
         "{answers:?}"
     );
     // Resumed, the stopped worker answers what it holds: none is lost.
+    let resumed = std::time::Instant::now();
     drop(stopped);
     collect(&mut answers, &mut answers_rx, CLIENTS).await;
     assert_eq!(answers.len(), CLIENTS);
     assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    eprintln!(
+        "{} of {CLIENTS} answered in {:?} while a worker was stopped; the rest {:?} after SIGCONT",
+        while_stopped.0,
+        while_stopped.1,
+        resumed.elapsed()
+    );
     shut_down(&primary).await;
 }
 
