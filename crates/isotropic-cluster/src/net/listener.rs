@@ -169,6 +169,20 @@ impl PassedListener {
     }
 }
 
+impl Drop for PassedListener {
+    /// Closes what was passed and not accepted (counted, with a warning).
+    fn drop(&mut self) {
+        self.connections.close();
+        let mut closed = 0_u64;
+        while self.connections.try_recv().is_ok() {
+            closed += 1;
+        }
+        if closed > 0 {
+            tracing::warn!(address = %self.address, closed, "connections passed to a listener dropped before accepting them were closed");
+        }
+    }
+}
+
 impl Listener {
     /// The next connection, whatever the kind of listener.
     ///
@@ -238,4 +252,39 @@ pub(crate) fn adopt(address: &ListenAddress, fd: OwnedFd) -> std::io::Result<Lis
         ListenAddress::Tcp(_) => Listener::Tcp(tokio::net::TcpListener::from_std(fd.into())?),
         ListenAddress::Unix(_) => Listener::Unix(tokio::net::UnixListener::from_std(fd.into())?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt as _;
+
+    use super::*;
+    use crate::channel::{self, QueueLimits};
+
+    #[tokio::test]
+    async fn each_connection_taken_is_acknowledged_once() {
+        let (ours, primary) = tokio::net::UnixStream::pair().expect("a channel");
+        let ours = ours.into_std().expect("std");
+        let (_read, outbox) =
+            channel::open(ours.into(), QueueLimits::default(), None).expect("opened");
+        let address = ListenAddress::Unix("/run/app.sock".into());
+        let (mut sender, mut listener) = passed(address, 7, Some(outbox));
+        let (connection, _client) = UnixStream::pair().expect("a connection");
+        sender.pass(connection.into());
+        assert!(matches!(listener.accept().await, Ok(Connection::Unix(_))));
+        drop(listener);
+        // The `accepted` frame of `docs/protocol.md`, then the end of the
+        // channel (every sender gone): nothing more.
+        let mut primary = primary;
+        let mut received = Vec::new();
+        let read = primary.read_to_end(&mut received);
+        tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .expect("in time")
+            .expect("read");
+        assert_eq!(received, b"\0\0\0\x0f\x0a{\"listener\":7}");
+    }
 }
