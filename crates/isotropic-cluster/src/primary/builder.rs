@@ -146,7 +146,10 @@ impl PrimaryBuilder {
     }
 
     /// The user workers run as (needs a primary running as root, or one
-    /// already of that user). Supplementary groups are dropped with it.
+    /// already of that user). Supplementary groups are dropped with it. By
+    /// default such workers get through the primary only the listening
+    /// sockets that user could bind itself (see
+    /// [`listen_policy`](Self::listen_policy)).
     ///
     /// # Errors
     ///
