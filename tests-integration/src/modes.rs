@@ -61,6 +61,10 @@ named! {
         Hung = "hung",
         /// `serve ADDRESS [COUNT [DELAY_MS]]`: answers HTTP on ADDRESS with `worker ID`.
         Serve = "serve",
+        /// `listen-all COUNT ADDRESS…`: listens COUNT times on each ADDRESS (`{id}` in it: the
+        /// worker's id, `{n}`: 0 to COUNT-1), reports `{"listens": ["ok" or the error kind, …]}`,
+        /// and holds the sockets until asked to leave.
+        ListenAll = "listen-all",
         /// Asks the primary `{"type": "add", "a": 2, "b": 3}`, sends back `{"sum": reply}`.
         Ask = "ask",
         /// `bad-after-first CASE`: worker 1 is `Echo`, the others send the [`BadInput`] CASE.

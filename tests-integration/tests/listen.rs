@@ -9,7 +9,7 @@ use isotropic_cluster::primary::*;
 use isotropic_cluster::{EventStream, ListenAddress, ListenErrorKind};
 use serde_json::Value;
 use tests_integration::{
-    DEADLINE, Mode, PrimaryMode, launch, message_of, primary, ready, shut_down, wait_for,
+    DEADLINE, Mode, PrimaryMode, exit_of, launch, message_of, primary, ready, shut_down, wait_for,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -293,4 +293,251 @@ async fn round_robin_passes_connections_to_each_worker_in_turn() {
         "each in turn: {answers:?}"
     );
     shut_down(&primary).await;
+}
+
+/// Stops a process with SIGSTOP; resumes it (SIGCONT) when dropped, also
+/// when the test fails.
+struct Stopped(rustix::process::Pid);
+
+impl Stopped {
+    fn new(pid: u32) -> Self {
+        let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::STOP).expect("SIGSTOP");
+        Self(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = rustix::process::kill_process(self.0, rustix::process::Signal::CONT);
+    }
+}
+
+/// Receives answers until there are `n`, or until `deadline`.
+async fn collect(
+    answers: &mut Vec<Result<String, String>>,
+    received: &mut tokio::sync::mpsc::UnboundedReceiver<Result<String, String>>,
+    n: usize,
+) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while answers.len() < n {
+        match tokio::time::timeout_at(deadline, received.recv()).await {
+            Ok(Some(answer)) => answers.push(answer),
+            _ => return,
+        }
+    }
+}
+
+#[tokio::test]
+async fn round_robin_gives_a_stopped_worker_at_most_four_connections_and_loses_none() {
+    const CLIENTS: usize = 200;
+    // The most connections a worker holds without accepting them.
+    const HELD: usize = 4;
+    let builder = serving("127.0.0.1:0", "1000", "0")
+        .distribution(isotropic_cluster::Distribution::RoundRobin);
+    let (primary, _events, listening) = serve(builder, 2).await;
+    let address = listening[0].address.clone();
+    let healthy = format!("worker {}", listening[0].worker.id());
+    let stopped = Stopped::new(listening[1].worker.pid());
+    // 200 clients, 32 connected at a time.
+    let (answer, mut answers_rx) = tokio::sync::mpsc::unbounded_channel();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
+    for _ in 0..CLIENTS {
+        let (answer, address, slots) = (answer.clone(), address.clone(), slots.clone());
+        tokio::spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            let _ = answer.send(get(&address).await.map_err(|e| e.to_string()));
+        });
+    }
+    let (mut answers, started) = (Vec::new(), std::time::Instant::now());
+    collect(&mut answers, &mut answers_rx, CLIENTS - HELD).await;
+    let while_stopped = (answers.len(), started.elapsed());
+    assert!(
+        answers.len() >= CLIENTS - HELD,
+        "{} of {CLIENTS} connections answered while a worker was stopped",
+        answers.len()
+    );
+    assert!(
+        answers.iter().all(|a| a.as_deref() == Ok(healthy.as_str())),
+        "{answers:?}"
+    );
+    // Resumed, the stopped worker answers what it holds: none is lost.
+    let resumed = std::time::Instant::now();
+    drop(stopped);
+    collect(&mut answers, &mut answers_rx, CLIENTS).await;
+    assert_eq!(answers.len(), CLIENTS);
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    eprintln!(
+        "{} of {CLIENTS} answered in {:?} while a worker was stopped; the rest {:?} after SIGCONT",
+        while_stopped.0,
+        while_stopped.1,
+        resumed.elapsed()
+    );
+    shut_down(&primary).await;
+}
+
+#[tokio::test]
+async fn a_rolling_restart_serves_on_the_same_port_without_a_gap() {
+    // Each worker leaves once its replacement is ready (holding the socket):
+    // the socket always has a live holder, and is never closed.
+    let builder = serving("127.0.0.1:0", "1000000", "0").readiness(Readiness::Listening);
+    let (primary, mut events, listening) = serve(builder, 2).await;
+    ready(&mut events, 2).await;
+    let address = listening[0].address.clone();
+    let restarting = primary.clone();
+    let restart = tokio::spawn(async move { restarting.restart_workers().await });
+    let mut served = 0;
+    while !restart.is_finished() && served < 100_000 {
+        get_in_time(&address).await;
+        served += 1;
+    }
+    let restarted = restart.await.expect("join").expect("restart");
+    assert_eq!(restarted, 2);
+    assert!(get_in_time(&address).await.starts_with("worker "));
+    eprintln!("{served} requests served during the rolling restart");
+    shut_down(&primary).await;
+}
+
+/// The `listens` report of a `listen-all` worker.
+fn listens_of(event: PrimaryEvent) -> Option<(isotropic_cluster::WorkerId, Vec<String>)> {
+    let (worker, message) = message_of(event)?;
+    Some((
+        worker,
+        serde_json::from_value(message.get("listens")?.clone()).ok()?,
+    ))
+}
+
+/// A fresh directory of this test's own, with `mode`.
+fn directory(name: &str, mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("isotropic-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a directory");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    dir
+}
+
+#[tokio::test]
+async fn workers_running_as_another_user_get_nothing_it_could_not_bind_itself() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: only root may run workers as another user");
+        return;
+    }
+    let (closed, open) = (directory("root-only", 0o755), directory("open", 0o777));
+    let builder = primary(Mode::ListenAll)
+        .args(["1", "127.0.0.1:81"])
+        .arg(format!("unix:{}/app.sock", closed.display()))
+        .arg("127.0.0.1:0")
+        .arg(format!("unix:{}/app.sock", open.display()))
+        .uid(65534)
+        .gid(65534);
+    let (primary, mut events, _) = launch::<1>(builder).await;
+    let mut refused = Vec::new();
+    let (_, listens) = wait_for(&mut events, |e| match e {
+        PrimaryEvent::WorkerListenError(e) => {
+            refused.push(e.error.kind);
+            None
+        }
+        other => listens_of(other),
+    })
+    .await;
+    let start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .map_or(1024, |text| text.trim().parse().expect("a port"));
+    let low = if start > 81 { "NotAllowed" } else { "ok" };
+    assert_eq!(listens, [low, "NotAllowed", "ok", "ok"]);
+    assert!(refused.iter().all(|k| *k == ListenErrorKind::NotAllowed));
+    assert!(!closed.join("app.sock").exists());
+    assert!(open.join("app.sock").exists());
+    shut_down(&primary).await;
+    assert!(
+        !open.join("app.sock").exists(),
+        "the socket file goes with its last holder"
+    );
+    for dir in [closed, open] {
+        std::fs::remove_dir_all(dir).expect("removed");
+    }
+}
+
+/// How many socket files `dir` holds.
+fn socket_files(dir: &std::path::Path) -> usize {
+    use std::os::unix::fs::FileTypeExt as _;
+    std::fs::read_dir(dir)
+        .expect("the directory")
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .is_ok_and(|e| e.file_type().is_ok_and(|t| t.is_socket()))
+        })
+        .count()
+}
+
+/// How many fds of this process are Unix sockets bound in `dir`.
+fn sockets_held_in(dir: &std::path::Path) -> usize {
+    let table = std::fs::read_to_string("/proc/net/unix").expect("/proc/net/unix");
+    let inodes: std::collections::HashSet<&str> = table
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let path = std::path::Path::new(fields.get(7)?);
+            path.starts_with(dir).then_some(fields[6])
+        })
+        .collect();
+    std::fs::read_dir("/proc/self/fd")
+        .expect("fds")
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|link| {
+            let link = link.to_string_lossy();
+            let inode = link.trim_start_matches("socket:[").trim_end_matches(']');
+            inodes.contains(inode)
+        })
+        .count()
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+#[tokio::test]
+async fn a_worker_holds_at_most_64_sockets_and_leaves_none_behind() {
+    let dir = directory("bounded", 0o755);
+    let template = format!("unix:{}/{{id}}-{{n}}.sock", dir.display());
+    let primary = primary(Mode::ListenAll)
+        .args(["70", &template])
+        .start()
+        .await
+        .expect("start");
+    let mut events = primary.events();
+    let fds = open_fds();
+    primary.fork(1).await.expect("fork");
+    let (first, listens) = wait_for(&mut events, listens_of).await;
+    let expected: Vec<&str> = [["ok"; 64].as_slice(), &["TooMany"; 6]].concat();
+    assert_eq!(listens, expected);
+    assert_eq!(socket_files(&dir), 64);
+    // It leaves: its sockets are closed and their files removed; its
+    // replacement gets 64 of its own.
+    primary.stop_worker(first).await.expect("stop");
+    wait_for(&mut events, |e| {
+        exit_of(e).filter(|x| x.worker.id() == first)
+    })
+    .await;
+    let (_, listens) = wait_for(&mut events, listens_of).await;
+    assert_eq!(listens, expected);
+    let firsts = std::fs::read_dir(&dir)
+        .expect("the directory")
+        .filter(|e| {
+            e.as_ref().is_ok_and(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{first}-"))
+            })
+        })
+        .count();
+    assert_eq!(firsts, 0, "the first worker's socket files are removed");
+    shut_down(&primary).await;
+    assert_eq!(socket_files(&dir), 0);
+    assert_eq!(sockets_held_in(&dir), 0);
+    let fds_after = open_fds();
+    eprintln!("fds {fds} before the first worker, {fds_after} after the shutdown");
+    assert!(fds_after <= fds + 8, "fds grew from {fds} to {fds_after}");
+    std::fs::remove_dir_all(dir).expect("removed");
 }

@@ -85,7 +85,8 @@ pub use events::{Event, EventStream, Skipped, Stage, Subscribe, Subscription, To
 pub use id::WorkerId;
 pub use message::Message;
 pub use net::{
-    Connection, Distribution, ListenAddress, ListenError, ListenErrorKind, Listener, PassedListener,
+    Connection, Distribution, ListenAddress, ListenError, ListenErrorKind, ListenPolicy, Listener,
+    PassedListener,
 };
 pub use request::{HandleRequests, RequestError};
 pub use role::{is_primary, is_worker};

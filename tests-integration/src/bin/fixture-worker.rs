@@ -72,6 +72,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Mode::ExitAtStart => std::process::exit(3),
         Mode::Hung => hung(raw_channel(raw_fd)),
         Mode::Serve => serve(id, args).await,
+        Mode::ListenAll => listen_all(id, args).await,
         Mode::Ask => ask().await,
         Mode::BadAfterFirst if id == 1 => echo(ClusterWorker::builder()).await,
         Mode::BadAfterFirst => {
@@ -343,6 +344,34 @@ async fn serve(
     drop(listener);
     while answers.join_next().await.is_some() {}
     worker.closed().await;
+    Ok(())
+}
+
+/// `listen-all COUNT ADDRESS…` (see [`Mode::ListenAll`]).
+async fn listen_all(
+    id: u64,
+    mut args: impl Iterator<Item = String>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let count: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(1);
+    let worker = ClusterWorker::builder().start().await?;
+    let (mut held, mut listens) = (Vec::new(), Vec::new());
+    for template in args {
+        for n in 0..count {
+            let address = template
+                .replace("{id}", &id.to_string())
+                .replace("{n}", &n.to_string());
+            match worker.listen(address.as_str()).await {
+                Ok(listener) => {
+                    held.push(listener);
+                    listens.push("ok".to_owned());
+                }
+                Err(error) => listens.push(format!("{:?}", error.kind)),
+            }
+        }
+    }
+    worker.send(&json!({ "listens": listens })).await?;
+    worker.closed().await;
+    drop(held);
     Ok(())
 }
 

@@ -12,6 +12,13 @@ pub enum ListenErrorKind {
     AddrNotAvailable,
     /// The address did not parse.
     InvalidAddress,
+    /// The primary's [`ListenPolicy`](crate::ListenPolicy) does not let
+    /// workers listen there (by default, workers running as another user
+    /// get nothing that user could not bind itself).
+    NotAllowed,
+    /// The worker already holds as many sockets as the primary lets one
+    /// worker hold ([`max_listens_per_worker`](crate::primary::PrimaryBuilder::max_listens_per_worker)).
+    TooMany,
     /// The channel to the primary is closed.
     Disconnected,
     /// Anything else (see the message).
@@ -35,6 +42,8 @@ impl ListenErrorKind {
             Self::PermissionDenied => "PermissionDenied",
             Self::AddrNotAvailable => "AddrNotAvailable",
             Self::InvalidAddress => "InvalidAddress",
+            Self::NotAllowed => "NotAllowed",
+            Self::TooMany => "TooMany",
             Self::Disconnected => "Disconnected",
             Self::Other => "Other",
         }
@@ -46,6 +55,8 @@ impl ListenErrorKind {
             Self::PermissionDenied,
             Self::AddrNotAvailable,
             Self::InvalidAddress,
+            Self::NotAllowed,
+            Self::TooMany,
             Self::Disconnected,
         ]
         .into_iter()

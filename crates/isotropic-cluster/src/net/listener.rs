@@ -1,7 +1,14 @@
 //! Listeners ready for tokio, the connections they accept, and how the
 //! connections to a shared address are spread over the workers.
 
+use std::os::fd::OwnedFd;
+
+use tokio::sync::mpsc;
+
 use super::ListenAddress;
+use crate::channel::Outbox;
+use crate::error::SendError;
+use crate::protocol::{self, Frame};
 
 /// A listening socket shared with the other workers, ready for tokio; or,
 /// with [`Distribution::RoundRobin`], the connections the primary accepted
@@ -29,7 +36,7 @@ pub enum Connection {
 
 impl Connection {
     /// The connection's fd, to pass to another process.
-    pub(crate) fn into_fd(self) -> std::io::Result<std::os::fd::OwnedFd> {
+    pub(crate) fn into_fd(self) -> std::io::Result<OwnedFd> {
         Ok(match self {
             Self::Tcp(stream) => stream.into_std()?.into(),
             Self::Unix(stream) => stream.into_std()?.into(),
@@ -42,26 +49,93 @@ impl Connection {
 #[derive(Debug)]
 pub struct PassedListener {
     address: ListenAddress,
-    connections: tokio::sync::mpsc::Receiver<std::os::fd::OwnedFd>,
+    connections: mpsc::Receiver<OwnedFd>,
+    /// Where to acknowledge each connection taken, when the primary asks.
+    acks: Option<Acks>,
+}
+
+/// How a worker acknowledges the connections it takes: an `accepted` frame
+/// for listen request `listener` (`docs/protocol.md`).
+#[derive(Debug)]
+struct Acks {
+    outbox: Outbox,
+    listener: u64,
+}
+
+/// How many passed connections may wait for the worker's accept. The
+/// primary passes at most a few unacknowledged ones (see `primary/listen`):
+/// this only bounds a primary that does not wait for acknowledgements.
+const WAITING: usize = 1024;
+
+/// Where the worker puts the connections passed for one listen request;
+/// counts those it must drop.
+#[derive(Debug)]
+pub(crate) struct PassedSender {
+    connections: mpsc::Sender<OwnedFd>,
+    listener: u64,
+    dropped: u64,
+}
+
+/// A listener for the connections passed for listen request `listener` on
+/// `address`, and where they go; with `acks`, each connection the
+/// listener's accept takes is acknowledged there.
+pub(crate) fn passed(
+    address: ListenAddress,
+    listener: u64,
+    acks: Option<Outbox>,
+) -> (PassedSender, PassedListener) {
+    let (connections, receiver) = mpsc::channel(WAITING);
+    let sender = PassedSender {
+        connections,
+        listener,
+        dropped: 0,
+    };
+    let listener = PassedListener {
+        address,
+        connections: receiver,
+        acks: acks.map(|outbox| Acks { outbox, listener }),
+    };
+    (sender, listener)
+}
+
+impl PassedSender {
+    /// Hands `connection` to the listener; drops it (counted, with a
+    /// warning) when the listener is gone or full.
+    pub(crate) fn pass(&mut self, connection: OwnedFd) {
+        if self.connections.try_send(connection).is_err() {
+            self.dropped += 1;
+            tracing::warn!(
+                listener = self.listener,
+                dropped = self.dropped,
+                "a passed connection was dropped: its listener is full or gone"
+            );
+        }
+    }
+}
+
+impl Acks {
+    /// Tells the primary that one more connection was taken. Never lost
+    /// while the channel is open: when the queue is full, a task waits for
+    /// room (the primary would otherwise count the connection as held).
+    fn acknowledge(&self) {
+        let frame = protocol::encode_control(&Frame::Accepted {
+            listener: self.listener,
+        });
+        if let Err(SendError::Full { .. }) = self.outbox.try_send(frame.clone()) {
+            let outbox = self.outbox.clone();
+            tokio::spawn(async move { outbox.send(frame).await });
+        }
+    }
 }
 
 impl PassedListener {
-    pub(crate) fn new(
-        address: ListenAddress,
-        connections: tokio::sync::mpsc::Receiver<std::os::fd::OwnedFd>,
-    ) -> Self {
-        Self {
-            address,
-            connections,
-        }
-    }
-
     /// The address the primary listens on.
     pub fn address(&self) -> &ListenAddress {
         &self.address
     }
 
-    /// The next connection the primary passes to this worker.
+    /// The next connection the primary passes to this worker (the primary
+    /// is told it was taken, and may pass another).
     ///
     /// # Errors
     ///
@@ -77,6 +151,9 @@ impl PassedListener {
                 "the primary stopped passing connections",
             )
         })?;
+        if let Some(acks) = &self.acks {
+            acks.acknowledge();
+        }
         Ok(match self.address {
             ListenAddress::Tcp(_) => {
                 let stream = std::net::TcpStream::from(fd);
@@ -89,6 +166,20 @@ impl PassedListener {
                 Connection::Unix(tokio::net::UnixStream::from_std(stream)?)
             }
         })
+    }
+}
+
+impl Drop for PassedListener {
+    /// Closes what was passed and not accepted (counted, with a warning).
+    fn drop(&mut self) {
+        self.connections.close();
+        let mut closed = 0_u64;
+        while self.connections.try_recv().is_ok() {
+            closed += 1;
+        }
+        if closed > 0 {
+            tracing::warn!(address = %self.address, closed, "connections passed to a listener dropped before accepting them were closed");
+        }
     }
 }
 
@@ -133,8 +224,10 @@ impl Listener {
 pub enum Distribution {
     /// One listening socket shared by every worker: the kernel hands each
     /// connection to whichever worker accepts first. Connections waiting in
-    /// the queue survive the death of any worker. Can be very uneven under
-    /// keep-alive load (one worker may take every connection of a burst).
+    /// the queue survive the death of any worker but the last that holds
+    /// the socket (the primary closes a socket no live worker holds). Can
+    /// be very uneven under keep-alive load (one worker may take every
+    /// connection of a burst).
     #[default]
     Shared,
     /// One listening socket per worker, all bound to the same address with
@@ -145,19 +238,53 @@ pub enum Distribution {
     ReusePort,
     /// The primary accepts, and passes each connection to the next worker
     /// listening on that address, in turn (Node's default): even, and a
-    /// connection is never queued on a worker that dies. Workers get a
+    /// connection is never queued on a worker that dies. A worker that does
+    /// not keep up (stopped, stuck) holds at most 4 connections it has not
+    /// accepted yet; the others go to the workers that do. Workers get a
     /// [`Listener::Passed`]; the primary is on the path of every new
     /// connection (not of its data).
     RoundRobin,
 }
 
 /// Makes a tokio listener of a socket received from the primary.
-pub(crate) fn adopt(
-    address: &ListenAddress,
-    fd: std::os::fd::OwnedFd,
-) -> std::io::Result<Listener> {
+pub(crate) fn adopt(address: &ListenAddress, fd: OwnedFd) -> std::io::Result<Listener> {
     Ok(match address {
         ListenAddress::Tcp(_) => Listener::Tcp(tokio::net::TcpListener::from_std(fd.into())?),
         ListenAddress::Unix(_) => Listener::Unix(tokio::net::UnixListener::from_std(fd.into())?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt as _;
+
+    use super::*;
+    use crate::channel::{self, QueueLimits};
+
+    #[tokio::test]
+    async fn each_connection_taken_is_acknowledged_once() {
+        let (ours, primary) = tokio::net::UnixStream::pair().expect("a channel");
+        let ours = ours.into_std().expect("std");
+        let (_read, outbox) =
+            channel::open(ours.into(), QueueLimits::default(), None).expect("opened");
+        let address = ListenAddress::Unix("/run/app.sock".into());
+        let (mut sender, mut listener) = passed(address, 7, Some(outbox));
+        let (connection, _client) = UnixStream::pair().expect("a connection");
+        sender.pass(connection.into());
+        assert!(matches!(listener.accept().await, Ok(Connection::Unix(_))));
+        drop(listener);
+        // The `accepted` frame of `docs/protocol.md`, then the end of the
+        // channel (every sender gone): nothing more.
+        let mut primary = primary;
+        let mut received = Vec::new();
+        let read = primary.read_to_end(&mut received);
+        tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .expect("in time")
+            .expect("read");
+        assert_eq!(received, b"\0\0\0\x0f\x0a{\"listener\":7}");
+    }
 }

@@ -5,10 +5,13 @@ mod activated;
 mod address;
 mod error;
 mod listener;
+mod policy;
 
 pub(crate) use activated::take_activated;
 pub use address::ListenAddress;
 pub(crate) use address::{bind, reuseport};
 pub use error::{ListenError, ListenErrorKind};
-pub(crate) use listener::adopt;
 pub use listener::{Connection, Distribution, Listener, PassedListener};
+pub(crate) use listener::{PassedSender, adopt, passed};
+pub use policy::ListenPolicy;
+pub(crate) use policy::WorkerUser;

@@ -18,7 +18,7 @@ use super::spawner::Spawn;
 use crate::actor::{self, Mailbox, WeakMailbox};
 use crate::error::{BoxError, Error};
 use crate::events::{self, Hub};
-use crate::net::Distribution;
+use crate::net::{Distribution, ListenPolicy};
 use crate::request::Handlers;
 
 type Initializer =
@@ -146,7 +146,10 @@ impl PrimaryBuilder {
     }
 
     /// The user workers run as (needs a primary running as root, or one
-    /// already of that user). Supplementary groups are dropped with it.
+    /// already of that user). Supplementary groups are dropped with it. By
+    /// default such workers get through the primary only the listening
+    /// sockets that user could bind itself (see
+    /// [`listen_policy`](Self::listen_policy)).
     ///
     /// # Errors
     ///
@@ -217,6 +220,42 @@ impl PrimaryBuilder {
     /// the workers (default [`Distribution::Shared`]).
     pub fn distribution(mut self, distribution: Distribution) -> Self {
         self.config.distribution = distribution;
+        self
+    }
+
+    /// What workers may listen on (default [`ListenPolicy::AsWorkerUser`]:
+    /// what the workers' user could bind itself). A refused request is a
+    /// [`ListenErrorKind::NotAllowed`](crate::ListenErrorKind::NotAllowed)
+    /// error for the worker and a `workerListenError` event.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use isotropic_cluster::ListenPolicy;
+    /// use isotropic_cluster::primary::ClusterPrimary;
+    ///
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Workers run as nobody, and may listen on port 80 only.
+    /// let primary = ClusterPrimary::builder()
+    ///     .uid(65534)
+    ///     .gid(65534)
+    ///     .listen_policy(ListenPolicy::Only(vec!["0.0.0.0:80".parse()?]))
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn listen_policy(mut self, policy: ListenPolicy) -> Self {
+        self.config.listen_policy = policy;
+        self
+    }
+
+    /// The most listening sockets (distinct addresses) one worker may hold
+    /// through the primary (default 64): over it, a listen request is a
+    /// [`ListenErrorKind::TooMany`](crate::ListenErrorKind::TooMany) error.
+    /// A socket is closed (its Unix file removed) once no live worker holds
+    /// it.
+    pub fn max_listens_per_worker(mut self, sockets: usize) -> Self {
+        self.config.max_listens = sockets;
         self
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::RestartPolicy;
 use crate::channel::QueueLimits;
-use crate::net::Distribution;
+use crate::net::{Distribution, ListenPolicy};
 use crate::protocol::{self, User, Wire};
 
 /// Whether workers get a channel to the primary.
@@ -76,6 +76,10 @@ pub(crate) struct Config {
     pub(crate) kill_grace: Duration,
     pub(crate) restart: RestartPolicy,
     pub(crate) distribution: Distribution,
+    /// What workers may listen on.
+    pub(crate) listen_policy: ListenPolicy,
+    /// The most listening sockets one worker may hold.
+    pub(crate) max_listens: usize,
     pub(crate) request_timeout: Duration,
     pub(crate) ready_timeout: Option<Duration>,
     /// `None`: as the channel implies (see [`Config::readiness`]).
@@ -138,6 +142,8 @@ impl Default for Config {
             kill_grace: Duration::from_secs(2),
             restart: RestartPolicy::default(),
             distribution: Distribution::default(),
+            listen_policy: ListenPolicy::default(),
+            max_listens: 64,
             request_timeout: Duration::from_secs(30),
             ready_timeout: None,
             readiness: None,

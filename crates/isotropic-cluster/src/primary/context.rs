@@ -277,6 +277,7 @@ impl PrimaryContext {
         mailbox: WeakMailbox<Self>,
     ) -> Self {
         let (inputs, input_rx) = mpsc::channel(1024);
+        let listeners = Listeners::activated(&config);
         Self {
             handlers,
             hub,
@@ -297,7 +298,7 @@ impl PrimaryContext {
             destroy_waiters: Vec::new(),
             rolling: Rolling::default(),
             ready_waiters: ReadyWaiters::default(),
-            listeners: Listeners::activated(),
+            listeners,
         }
     }
 

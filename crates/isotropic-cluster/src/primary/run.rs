@@ -172,7 +172,12 @@ impl PrimaryContext {
     fn deliver(&mut self, worker: WorkerHandle, frame: Frame) {
         match frame {
             Frame::Message(message) => events::publish(self, WorkerMessage { worker, message }),
-            Frame::Listen { id, address } => self.listen(worker, id, &address),
+            Frame::Listen { id, address, acks } => self.listen(&worker, (id, acks), &address),
+            Frame::Accepted { listener } => {
+                let registry = &self.registry;
+                self.listeners
+                    .accepted(worker.id(), listener, |id| registry.connected(id));
+            }
             Frame::Reply { id, result } => {
                 let from = worker.id();
                 worker.pending().resolve(id, result, Some(from));
@@ -191,12 +196,11 @@ impl PrimaryContext {
         }
     }
 
-    /// Answers a worker's listen request, and reports it.
-    fn listen(&mut self, worker: WorkerHandle, request: u64, address: &ListenAddress) {
+    /// Answers a worker's listen request `(id, acks)`, and reports it.
+    fn listen(&mut self, worker: &WorkerHandle, (id, acks): (u64, bool), address: &ListenAddress) {
         let registry = &self.registry;
         let answer = self.listeners.answer(
-            &worker,
-            request,
+            (worker, id, acks),
             address,
             self.config.distribution,
             &self.inputs,
@@ -205,10 +209,12 @@ impl PrimaryContext {
         match answer {
             Some(Ok(address)) => {
                 tracing::info!(worker_id = %worker.id(), %address, "Worker is listening");
+                let worker = worker.clone();
                 events::publish(self, WorkerListening { worker, address });
             }
             Some(Err(error)) => {
                 tracing::warn!(worker_id = %worker.id(), %error, "Worker cannot listen");
+                let worker = worker.clone();
                 events::publish(self, WorkerListenError { worker, error });
             }
             None => {}

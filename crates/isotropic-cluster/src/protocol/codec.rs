@@ -125,7 +125,7 @@ pub(crate) fn encode(frame: &Frame, max: usize) -> Result<Bytes, ProtocolError> 
 }
 
 /// Encodes a control frame (hello, ready, disconnect, listen, listening,
-/// connection): small, so never refused.
+/// connection, accepted): small, so never refused.
 pub(crate) fn encode_control(frame: &Frame) -> Bytes {
     // Only a frame over 4 GiB could fail.
     encode(frame, usize::MAX).unwrap_or_default()
@@ -210,7 +210,7 @@ mod tests {
     #[test]
     fn every_kind_has_the_documented_bytes() {
         let address: ListenAddress = "127.0.0.1:3000".parse().expect("address");
-        let cases: [(Frame, &[u8]); 12] = [
+        let cases: [(Frame, &[u8]); 15] = [
             (
                 Frame::Hello { protocol: VERSION },
                 b"\0\0\0\x0f\x01{\"protocol\":1}",
@@ -222,36 +222,61 @@ mod tests {
                 Frame::Listen {
                     id: 7,
                     address: address.clone(),
+                    acks: false,
                 },
                 b"\0\0\0\x24\x05{\"id\":7,\"address\":\"127.0.0.1:3000\"}",
+            ),
+            (
+                Frame::Listen {
+                    id: 7,
+                    address: address.clone(),
+                    acks: true,
+                },
+                b"\0\0\0\x30\x05{\"id\":7,\"address\":\"127.0.0.1:3000\",\"acks\":true}",
             ),
             (
                 Frame::Listening {
                     id: 7,
                     result: Ok(address.clone()),
                     passed: false,
+                    acks: false,
                 },
                 b"\0\0\0\x24\x06{\"id\":7,\"address\":\"127.0.0.1:3000\"}",
             ),
             (
                 Frame::Listening {
                     id: 7,
-                    result: Ok(address),
+                    result: Ok(address.clone()),
                     passed: true,
+                    acks: false,
                 },
                 b"\0\0\0\x32\x06{\"id\":7,\"address\":\"127.0.0.1:3000\",\"passed\":true}",
             ),
             (
                 Frame::Listening {
                     id: 7,
+                    result: Ok(address),
+                    passed: true,
+                    acks: true,
+                },
+                b"\0\0\0\x3e\x06{\"id\":7,\"address\":\"127.0.0.1:3000\",\"passed\":true,\"acks\":true}",
+            ),
+            (
+                Frame::Listening {
+                    id: 7,
                     result: Err((ListenErrorKind::AddrInUse, "taken".into())),
                     passed: false,
+                    acks: false,
                 },
                 b"\0\0\0\x2f\x06{\"id\":7,\"error\":\"AddrInUse\",\"message\":\"taken\"}",
             ),
             (
                 Frame::Connection { listener: 7 },
                 b"\0\0\0\x0f\x07{\"listener\":7}",
+            ),
+            (
+                Frame::Accepted { listener: 7 },
+                b"\0\0\0\x0f\x0a{\"listener\":7}",
             ),
             (
                 Frame::Request {

@@ -22,6 +22,7 @@ pub(crate) enum Kind {
     Connection = 7,
     Request = 8,
     Reply = 9,
+    Accepted = 10,
 }
 
 impl Kind {
@@ -37,6 +38,7 @@ impl Kind {
             Kind::Connection => "connection",
             Kind::Request => "request",
             Kind::Reply => "reply",
+            Kind::Accepted => "accepted",
         }
     }
 }
@@ -56,6 +58,7 @@ impl TryFrom<u8> for Kind {
             7 => Kind::Connection,
             8 => Kind::Request,
             9 => Kind::Reply,
+            10 => Kind::Accepted,
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }
@@ -72,15 +75,22 @@ pub(crate) enum Frame {
     Disconnect,
     /// A user message.
     Message(Message),
-    /// Worker to primary: a listening socket for this address, please.
-    Listen { id: u64, address: ListenAddress },
+    /// Worker to primary: a listening socket for this address, please;
+    /// `acks`: I acknowledge each connection passed to me (`Accepted`).
+    Listen {
+        id: u64,
+        address: ListenAddress,
+        acks: bool,
+    },
     /// Primary to worker: the answer to `Listen` `id`; on success, the socket
     /// came with the frame's first byte, unless `passed`: then the primary
-    /// accepts, and passes each connection in a `Connection` frame.
+    /// accepts, and passes each connection in a `Connection` frame, and
+    /// `acks`: wants each acknowledged.
     Listening {
         id: u64,
         result: Result<ListenAddress, (ListenErrorKind, String)>,
         passed: bool,
+        acks: bool,
     },
     /// Primary to worker: a connection accepted for listen request
     /// `listener`, attached to the frame's first byte.
@@ -92,6 +102,9 @@ pub(crate) enum Frame {
         id: u64,
         result: Result<Message, String>,
     },
+    /// Worker to primary: a connection passed for listen request `listener`
+    /// was taken by the worker's accept.
+    Accepted { listener: u64 },
 }
 
 impl Frame {
@@ -107,6 +120,7 @@ impl Frame {
             Frame::Connection { .. } => Kind::Connection,
             Frame::Request { .. } => Kind::Request,
             Frame::Reply { .. } => Kind::Reply,
+            Frame::Accepted { .. } => Kind::Accepted,
         }
     }
 
@@ -168,7 +182,7 @@ mod tests {
                 Err(error) => assert!(matches!(error, ProtocolError::UnknownKind(b) if b == byte)),
             }
         }
-        // Kinds 1 to 9; 0 and 10 to 255 are reserved (`docs/protocol.md`).
+        // Kinds 1 to 10; 0 and 11 to 255 are reserved (`docs/protocol.md`).
         let names = [
             "hello",
             "ready",
@@ -179,6 +193,7 @@ mod tests {
             "connection",
             "request",
             "reply",
+            "accepted",
         ];
         assert_eq!(kinds, names);
     }

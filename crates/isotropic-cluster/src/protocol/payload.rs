@@ -21,9 +21,16 @@ pub(super) fn put(frame: &Frame, dst: &mut BytesMut) -> Result<(), ProtocolError
             dst.put_slice(message.as_bytes());
             Ok(())
         }
-        Frame::Listen { id, address } => put_listen(*id, address, dst),
-        Frame::Listening { id, result, passed } => put_listening(*id, result, *passed, dst),
-        Frame::Connection { listener } => put_connection(*listener, dst),
+        Frame::Listen { id, address, acks } => put_listen(*id, address, *acks, dst),
+        Frame::Listening {
+            id,
+            result,
+            passed,
+            acks,
+        } => put_listening(*id, result, (*passed, *acks), dst),
+        Frame::Connection { listener } | Frame::Accepted { listener } => {
+            put_connection(*listener, dst)
+        }
         Frame::Request { id, message } => {
             dst.put_u64(*id);
             dst.put_slice(message.as_bytes());
@@ -48,6 +55,7 @@ pub(super) fn take(kind: Kind, body: Bytes) -> Result<Frame, ProtocolError> {
         Kind::Connection => take_connection(&body),
         Kind::Request => take_request(body),
         Kind::Reply => take_reply(body),
+        Kind::Accepted => take_accepted(&body),
     }
 }
 
@@ -101,17 +109,25 @@ pub(super) fn take_message(body: Bytes) -> Result<Message, ProtocolError> {
     Message::from_json(body).map_err(|e| ProtocolError::InvalidMessage(e.to_string()))
 }
 
-// Listen: `{"id": N, "address": A}`.
+// Listen: `{"id": N, "address": A}`, with `"acks": true` from a worker that
+// acknowledges passed connections.
 
 #[derive(Serialize, Deserialize)]
 struct ListenBody {
     id: u64,
     address: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    acks: bool,
 }
 
-fn put_listen(id: u64, address: &ListenAddress, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+fn put_listen(
+    id: u64,
+    address: &ListenAddress,
+    acks: bool,
+    dst: &mut BytesMut,
+) -> Result<(), ProtocolError> {
     let address = address.to_string();
-    put_json(&ListenBody { id, address }, dst)
+    put_json(&ListenBody { id, address, acks }, dst)
 }
 
 fn take_listen(body: &[u8]) -> Result<Frame, ProtocolError> {
@@ -119,11 +135,13 @@ fn take_listen(body: &[u8]) -> Result<Frame, ProtocolError> {
     Ok(Frame::Listen {
         id: listen.id,
         address: address(&listen.address)?,
+        acks: listen.acks,
     })
 }
 
 // Listening: `{"id": N, "address": A}`, with `"passed": true` when the
-// primary accepts; or `{"id": N, "error": KIND, "message": TEXT}`.
+// primary accepts (and `"acks": true` when it wants each connection
+// acknowledged); or `{"id": N, "error": KIND, "message": TEXT}`.
 
 #[derive(Serialize, Deserialize)]
 struct ListeningBody {
@@ -136,12 +154,15 @@ struct ListeningBody {
     message: Option<String>,
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     passed: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    acks: bool,
 }
 
+/// `(passed, acks)`: see [`Frame::Listening`].
 fn put_listening(
     id: u64,
     result: &Result<ListenAddress, (ListenErrorKind, String)>,
-    passed: bool,
+    (passed, acks): (bool, bool),
     dst: &mut BytesMut,
 ) -> Result<(), ProtocolError> {
     let body = match result {
@@ -151,6 +172,7 @@ fn put_listening(
             error: None,
             message: None,
             passed,
+            acks: passed && acks,
         },
         Err((kind, message)) => ListeningBody {
             id,
@@ -158,6 +180,7 @@ fn put_listening(
             error: Some(kind.name().to_owned()),
             message: Some(message.clone()),
             passed: false,
+            acks: false,
         },
     };
     put_json(&body, dst)
@@ -181,6 +204,7 @@ fn take_listening(body: &[u8]) -> Result<Frame, ProtocolError> {
         id: body.id,
         result,
         passed: body.passed,
+        acks: body.passed && body.acks,
     })
 }
 
@@ -190,7 +214,7 @@ fn address(text: &str) -> Result<ListenAddress, ProtocolError> {
         .map_err(|e: ListenError| ProtocolError::InvalidControl(e.to_string()))
 }
 
-// Connection: `{"listener": N}`.
+// Connection, and accepted: `{"listener": N}`.
 
 #[derive(Serialize, Deserialize)]
 struct ConnectionBody {
@@ -204,6 +228,13 @@ fn put_connection(listener: u64, dst: &mut BytesMut) -> Result<(), ProtocolError
 fn take_connection(body: &[u8]) -> Result<Frame, ProtocolError> {
     let body: ConnectionBody = control_body(body)?;
     Ok(Frame::Connection {
+        listener: body.listener,
+    })
+}
+
+fn take_accepted(body: &[u8]) -> Result<Frame, ProtocolError> {
+    let body: ConnectionBody = control_body(body)?;
+    Ok(Frame::Accepted {
         listener: body.listener,
     })
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::signal::unix::{Signal, SignalKind};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::events::*;
 use super::phase::{Action, Input, Phase};
@@ -17,7 +17,7 @@ use crate::actor::{Actor, Commands, Mailbox, WeakMailbox};
 use crate::channel::{self, Inbox, Outbox};
 use crate::error::{ProtocolError, SendError};
 use crate::events::{self, HandlerPanic, Hub, Stage, StreamSource, Topic};
-use crate::net::{self, ListenAddress, ListenError, ListenErrorKind, Listener, PassedListener};
+use crate::net::{self, ListenAddress, ListenError, ListenErrorKind, Listener, PassedSender};
 use crate::protocol::{self, Frame, FrameCodec, User, Wire};
 use crate::request::{Handlers, Pending};
 use crate::topics::topics;
@@ -49,7 +49,7 @@ pub struct WorkerContext {
     >,
     next_listen: u64,
     /// Where passed connections go, by listen request.
-    passed: HashMap<u64, mpsc::Sender<std::os::fd::OwnedFd>>,
+    passed: HashMap<u64, PassedSender>,
     /// Requests to the primary waiting for a reply.
     pub(super) pending: Arc<Pending>,
     /// Handlers of the primary's requests.
@@ -200,9 +200,11 @@ impl WorkerContext {
         let (tx, rx) = oneshot::channel();
         self.next_listen += 1;
         let id = self.next_listen;
+        // Passed connections are acknowledged (`net::PassedListener`).
         let request = protocol::encode_control(&Frame::Listen {
             id,
             address: address.clone(),
+            acks: true,
         });
         match self.outbox.try_send(request) {
             Ok(()) => {
@@ -223,10 +225,11 @@ impl WorkerContext {
             tracing::warn!(worker_id = %self.id, listener, "a connection frame came without a socket");
             return;
         };
-        if let Some(connections) = self.passed.get(&listener)
-            && connections.try_send(fd).is_err()
-        {
-            tracing::warn!(worker_id = %self.id, listener, "connection dropped: the listener is full or gone");
+        match self.passed.get_mut(&listener) {
+            Some(passed) => passed.pass(fd),
+            None => {
+                tracing::warn!(worker_id = %self.id, listener, "a connection for no listener was dropped");
+            }
         }
     }
 
@@ -235,7 +238,7 @@ impl WorkerContext {
         &mut self,
         id: u64,
         result: Result<ListenAddress, (ListenErrorKind, String)>,
-        passed: bool,
+        (passed, acks): (bool, bool),
     ) {
         let Some((asked, reply)) = self.listens.remove(&id) else {
             tracing::warn!(worker_id = %self.id, id, "answer to an unknown listen request");
@@ -248,9 +251,9 @@ impl WorkerContext {
         };
         let result = match result {
             Ok(bound) if passed => {
-                let (connections, receiver) = mpsc::channel(1024);
-                self.passed.insert(id, connections);
-                Ok(Listener::Passed(PassedListener::new(bound, receiver)))
+                let (sender, listener) = net::passed(bound, id, acks.then(|| self.outbox.clone()));
+                self.passed.insert(id, sender);
+                Ok(Listener::Passed(listener))
             }
             Ok(bound) => match self.inbox.take_fd() {
                 Some(fd) => net::adopt(&bound, fd)
@@ -293,7 +296,12 @@ impl WorkerContext {
     fn deliver(&mut self, frame: Frame) {
         match frame {
             Frame::Message(message) => events::publish(self, PrimaryMessage { message }),
-            Frame::Listening { id, result, passed } => self.listening(id, result, passed),
+            Frame::Listening {
+                id,
+                result,
+                passed,
+                acks,
+            } => self.listening(id, result, (passed, acks)),
             Frame::Connection { listener } => self.connection(listener),
             Frame::Request { id, message } => {
                 self.handlers
@@ -303,7 +311,11 @@ impl WorkerContext {
             Frame::Reply { id, result } => self.pending.resolve(id, result, None),
             // Never handed over: the handshake and the disconnect are the
             // phase's, the others only a worker sends.
-            Frame::Hello { .. } | Frame::Disconnect | Frame::Ready | Frame::Listen { .. } => {}
+            Frame::Hello { .. }
+            | Frame::Disconnect
+            | Frame::Ready
+            | Frame::Listen { .. }
+            | Frame::Accepted { .. } => {}
         }
     }
 

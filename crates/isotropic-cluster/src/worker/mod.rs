@@ -398,14 +398,17 @@ impl ClusterWorker {
 
     /// A listening socket for `address`, shared with every worker that asks
     /// for the same one: the primary binds it once (port 0: one ephemeral
-    /// port for all) and keeps it open while the cluster runs, so a
-    /// replacement serves on the same socket. The primary also publishes
-    /// `workerListening`.
+    /// port for all) and keeps it open while a live worker holds it, so a
+    /// replacement serves on the same socket (one that asks after the last
+    /// holder left gets a new socket, on the same port while it is free).
+    /// The primary also publishes `workerListening`.
     ///
     /// # Errors
     ///
     /// A [`ListenError`] naming the address: [`ListenErrorKind::AddrInUse`],
-    /// [`ListenErrorKind::PermissionDenied`], an address that does not parse,
+    /// [`ListenErrorKind::PermissionDenied`], [`ListenErrorKind::NotAllowed`]
+    /// or [`ListenErrorKind::TooMany`] (the primary's limits), an address
+    /// that does not parse,
     /// or [`ListenErrorKind::Disconnected`] once the primary is gone.
     ///
     /// # Examples

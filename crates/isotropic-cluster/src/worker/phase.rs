@@ -207,6 +207,7 @@ mod tests {
                 id: 1,
                 result: Err((crate::net::ListenErrorKind::Other, "no".into())),
                 passed: false,
+                acks: false,
             },
             Frame::Connection { listener: 1 },
             Frame::Request {
@@ -230,8 +231,9 @@ mod tests {
         let listen = Frame::Listen {
             id: 1,
             address: "127.0.0.1:0".parse().expect("an address"),
+            acks: true,
         };
-        for frame in [Frame::Ready, listen] {
+        for frame in [Frame::Ready, listen, Frame::Accepted { listener: 1 }] {
             assert_eq!(
                 step(RUNNING, Input::Frame(&frame)),
                 (RUNNING, Action::Reject { announce: true })

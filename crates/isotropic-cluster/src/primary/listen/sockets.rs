@@ -1,0 +1,222 @@
+//! The listening sockets the primary holds for its workers, and which live
+//! workers hold each: a socket goes when its last holder does.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::PathBuf;
+
+use crate::WorkerId;
+use crate::net::{self, ListenAddress};
+
+/// How many ports chosen for port 0 are remembered (see [`Sockets::ports`]).
+const REMEMBERED_PORTS: usize = 64;
+
+/// A listening socket the primary holds for its workers.
+#[derive(Debug)]
+struct Shared {
+    fd: OwnedFd,
+    bound: ListenAddress,
+    /// `None`: passed by socket activation, kept until the end. Otherwise
+    /// bound by us: released when its last holder goes.
+    ours: Option<Ours>,
+    /// The live workers it was given to.
+    holders: HashSet<WorkerId>,
+}
+
+/// What a socket we bound leaves behind: for a Unix path, its file, known
+/// by device and inode so that only that very file is removed.
+#[derive(Debug)]
+struct Ours {
+    file: Option<(PathBuf, u64, u64)>,
+}
+
+impl Ours {
+    fn of(bound: &ListenAddress) -> Self {
+        let file = match bound {
+            ListenAddress::Unix(path) => std::fs::symlink_metadata(path)
+                .ok()
+                .map(|meta| (path.clone(), meta.dev(), meta.ino())),
+            ListenAddress::Tcp(_) => None,
+        };
+        Self { file }
+    }
+
+    /// Removes the socket file, if it is still the one we made.
+    fn remove_file(&self) {
+        let Some((path, dev, ino)) = &self.file else {
+            return;
+        };
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == (*dev, *ino) => {
+                if let Err(error) = std::fs::remove_file(path) {
+                    tracing::warn!(%error, path = %path.display(), "cannot remove a socket file");
+                }
+            }
+            _ => tracing::debug!(path = %path.display(), "the socket file is no longer ours"),
+        }
+    }
+}
+
+/// Sockets by the address asked for.
+#[derive(Debug, Default)]
+pub(super) struct Sockets {
+    by_address: HashMap<ListenAddress, Shared>,
+    /// The port last chosen for each address asked with port 0, tried
+    /// first when it is bound again: a replacement asking after its
+    /// predecessor's socket was released gets the same port while it is free.
+    ports: HashMap<ListenAddress, SocketAddr>,
+}
+
+impl Sockets {
+    /// The sockets passed by socket activation, if any.
+    pub(super) fn activated() -> Self {
+        let by_address = net::take_activated()
+            .into_iter()
+            .map(|(fd, bound)| {
+                let shared = Shared {
+                    fd,
+                    bound: bound.clone(),
+                    ours: None,
+                    holders: HashSet::new(),
+                };
+                (bound, shared)
+            })
+            .collect();
+        Self {
+            by_address,
+            ports: HashMap::new(),
+        }
+    }
+
+    /// The key of the socket for `address`: asked for as such, or bound to it.
+    fn key(&self, address: &ListenAddress) -> Option<&ListenAddress> {
+        if let Some((key, _)) = self.by_address.get_key_value(address) {
+            return Some(key);
+        }
+        self.by_address
+            .iter()
+            .find_map(|(key, shared)| (shared.bound == *address).then_some(key))
+    }
+
+    /// Whether the socket for `address` was passed by socket activation.
+    pub(super) fn is_activated(&self, address: &ListenAddress) -> bool {
+        self.key(address)
+            .is_some_and(|key| self.by_address[key].ours.is_none())
+    }
+
+    /// Whether `worker` holds the socket for `address`.
+    pub(super) fn holds(&self, worker: WorkerId, address: &ListenAddress) -> bool {
+        self.key(address)
+            .is_some_and(|key| self.by_address[key].holders.contains(&worker))
+    }
+
+    /// How many sockets `worker` holds.
+    pub(super) fn held_by(&self, worker: WorkerId) -> usize {
+        let holds = |shared: &&Shared| shared.holders.contains(&worker);
+        self.by_address.values().filter(holds).count()
+    }
+
+    /// The socket for `address` (bound on first use), given to `worker`,
+    /// and its bound address; with `reuseport`, a socket of the worker's own
+    /// on the port the primary reserves.
+    pub(super) fn socket(
+        &mut self,
+        worker: WorkerId,
+        address: &ListenAddress,
+        reuseport: bool,
+    ) -> std::io::Result<(OwnedFd, ListenAddress)> {
+        let (fd, bound, key) = match self.key(address).cloned() {
+            Some(key) => {
+                let shared = &self.by_address[&key];
+                let fd = match (&shared.bound, &shared.ours) {
+                    (ListenAddress::Tcp(bound), Some(_)) if reuseport => {
+                        net::reuseport(*bound, true)?.0
+                    }
+                    _ => shared.fd.try_clone()?,
+                };
+                (fd, shared.bound.clone(), key)
+            }
+            None => {
+                let (kept, fd, bound) = self.bind(address, reuseport)?;
+                let shared = Shared {
+                    fd: kept,
+                    ours: Some(Ours::of(&bound)),
+                    bound: bound.clone(),
+                    holders: HashSet::new(),
+                };
+                self.by_address.insert(address.clone(), shared);
+                (fd, bound, address.clone())
+            }
+        };
+        if let Some(shared) = self.by_address.get_mut(&key) {
+            shared.holders.insert(worker);
+        }
+        Ok((fd, bound))
+    }
+
+    /// Binds `address` (or the port it got last time): the socket the
+    /// primary keeps, the worker's, and the bound address. With
+    /// `reuseport`, the primary's only reserves the port (bound, not
+    /// listening).
+    fn bind(
+        &self,
+        address: &ListenAddress,
+        reuseport: bool,
+    ) -> std::io::Result<(OwnedFd, OwnedFd, ListenAddress)> {
+        let bind = |address: &ListenAddress| match address {
+            ListenAddress::Tcp(asked) if reuseport => {
+                let (anchor, bound) = net::reuseport(*asked, false)?;
+                let (fd, bound) = net::reuseport(bound, true)?;
+                Ok((anchor, fd, ListenAddress::Tcp(bound)))
+            }
+            _ => {
+                let (fd, bound) = net::bind(address)?;
+                Ok((fd.try_clone()?, fd, bound))
+            }
+        };
+        match self.ports.get(address) {
+            Some(last) => bind(&ListenAddress::Tcp(*last)).or_else(|_| bind(address)),
+            None => bind(address),
+        }
+    }
+
+    /// Takes `worker` off every socket it holds; releases those it held
+    /// last (closed, their files removed); returns their bound addresses.
+    pub(super) fn forget(&mut self, worker: WorkerId) -> Vec<ListenAddress> {
+        let mut last = Vec::new();
+        for (key, shared) in &mut self.by_address {
+            if shared.holders.remove(&worker) && shared.holders.is_empty() && shared.ours.is_some()
+            {
+                last.push(key.clone());
+            }
+        }
+        last.iter().filter_map(|key| self.release(key)).collect()
+    }
+
+    /// Closes the socket asked for as `key` (and removes its file);
+    /// remembers the port it got for port 0; returns its bound address.
+    fn release(&mut self, key: &ListenAddress) -> Option<ListenAddress> {
+        let shared = self.by_address.remove(key)?;
+        if let Some(ours) = &shared.ours {
+            ours.remove_file();
+        }
+        if let (ListenAddress::Tcp(asked), ListenAddress::Tcp(bound)) = (key, &shared.bound)
+            && asked.port() == 0
+            && (self.ports.len() < REMEMBERED_PORTS || self.ports.contains_key(key))
+        {
+            self.ports.insert(key.clone(), *bound);
+        }
+        tracing::debug!(address = %shared.bound, "released a socket no live worker holds");
+        Some(shared.bound)
+    }
+
+    /// Closes every socket, and removes the socket files we made.
+    pub(super) fn close(&mut self) {
+        let keys: Vec<ListenAddress> = self.by_address.keys().cloned().collect();
+        for key in keys {
+            self.release(&key);
+        }
+    }
+}
