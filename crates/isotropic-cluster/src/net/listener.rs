@@ -225,7 +225,8 @@ pub enum Distribution {
     /// One listening socket shared by every worker: the kernel hands each
     /// connection to whichever worker accepts first. Connections waiting in
     /// the queue survive the death of any worker but the last that holds
-    /// the socket (the primary closes a socket no live worker holds). Can
+    /// the socket while a replacement comes (the primary closes a socket no
+    /// live worker took in the 5 s after its last holder left). Can
     /// be very uneven under keep-alive load (one worker may take every
     /// connection of a burst).
     #[default]

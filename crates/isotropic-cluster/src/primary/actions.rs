@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use super::config::WorkerChannel;
 use super::context::{PrimaryContext, Timer};
 use super::events::*;
+use super::listen::LINGER;
 use super::phase::Settled;
 use super::restart::OnIntensity;
 use super::state::{Action, Trigger, Why, WorkerState};
@@ -56,7 +57,14 @@ impl PrimaryContext {
                 }
                 Action::Disconnect => {
                     worker.pending().fail_all(Some(id));
-                    self.listeners.forget(id);
+                    // Kept for a replacement to take over, unless none is coming.
+                    for unheld in self.listeners.forget(id) {
+                        if self.phase.is_active() {
+                            self.timers.insert(Timer::Unheld(unheld), LINGER);
+                        } else {
+                            self.listeners.expire(&unheld, Duration::ZERO);
+                        }
+                    }
                     events::publish(
                         self,
                         WorkerDisconnect {

@@ -252,8 +252,8 @@ impl PrimaryBuilder {
     /// The most listening sockets (distinct addresses) one worker may hold
     /// through the primary (default 64): over it, a listen request is a
     /// [`ListenErrorKind::TooMany`](crate::ListenErrorKind::TooMany) error.
-    /// A socket is closed (its Unix file removed) once no live worker holds
-    /// it.
+    /// A socket is closed (its Unix file removed) 5 s after the last live
+    /// worker that held it left, unless a replacement took it over.
     pub fn max_listens_per_worker(mut self, sockets: usize) -> Self {
         self.config.max_listens = sockets;
         self

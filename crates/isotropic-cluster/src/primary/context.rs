@@ -25,7 +25,7 @@ use crate::error::{Error, SendError};
 use crate::events::{self, Hub, StreamSource};
 use crate::request::Handlers;
 use crate::topics::topics;
-use crate::{Signal, WorkerId};
+use crate::{ListenAddress, Signal, WorkerId};
 
 /// What the actor's timers are for.
 #[derive(Debug)]
@@ -38,6 +38,9 @@ pub(crate) enum Timer {
     Ready(WorkerId),
     /// Look whether the worker listens yet.
     Listening(WorkerId),
+    /// Close this socket (by the address asked for) if no worker took it
+    /// since its last holder left.
+    Unheld(ListenAddress),
 }
 
 /// The primary as its event handlers see it: the same operations as

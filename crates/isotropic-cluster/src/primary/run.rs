@@ -13,6 +13,7 @@ use super::events::{
     WorkerSignal,
 };
 use super::input::Input;
+use super::listen::LINGER;
 use super::phase::Phase;
 use super::state::Trigger;
 use crate::WorkerId;
@@ -234,6 +235,7 @@ impl PrimaryContext {
                 }
             }
             Timer::Listening(id) => self.poll_listening(id),
+            Timer::Unheld(key) => self.listeners.expire(&key, LINGER),
             Timer::Escalate(id, signal) => {
                 if let Some(worker) = self.registry.worker(id) {
                     events::publish(self, WorkerSignal { worker, signal });

@@ -398,9 +398,9 @@ impl ClusterWorker {
 
     /// A listening socket for `address`, shared with every worker that asks
     /// for the same one: the primary binds it once (port 0: one ephemeral
-    /// port for all) and keeps it open while a live worker holds it, so a
-    /// replacement serves on the same socket (one that asks after the last
-    /// holder left gets a new socket, on the same port while it is free).
+    /// port for all) and keeps it open while a live worker holds it and 5 s
+    /// more, so a replacement serves on the same socket (one that asks later
+    /// than that gets a new socket, on the same port while it is free).
     /// The primary also publishes `workerListening`.
     ///
     /// # Errors

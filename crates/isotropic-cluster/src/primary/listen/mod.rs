@@ -21,6 +21,7 @@ use crate::net::{
     Distribution, ListenAddress, ListenError, ListenErrorKind, ListenPolicy, WorkerUser,
 };
 use crate::protocol::{self, Frame};
+pub(super) use sockets::LINGER;
 use sockets::Sockets;
 use turns::Turns;
 
@@ -66,11 +67,20 @@ impl Listeners {
         self.sockets.close();
     }
 
-    /// `worker` is gone: out of every round-robin group, and the sockets
-    /// it held last are closed (their files removed).
-    pub(super) fn forget(&mut self, worker: WorkerId) {
+    /// `worker` is gone: out of every round-robin group; returns the
+    /// sockets (by the address asked for) it held last, to
+    /// [`expire`](Self::expire) after [`LINGER`] (round-robin connections
+    /// wait for a replacement meanwhile).
+    pub(super) fn forget(&mut self, worker: WorkerId) -> Vec<ListenAddress> {
         self.turns.forget(worker);
-        for bound in self.sockets.forget(worker) {
+        self.sockets.forget(worker)
+    }
+
+    /// Closes the socket asked for as `key` (its file removed, its
+    /// round-robin connections dropped, counted) if no live worker took it
+    /// since it was left, `linger` ago or more.
+    pub(super) fn expire(&mut self, key: &ListenAddress, linger: std::time::Duration) {
+        if let Some(bound) = self.sockets.expire(key, linger) {
             self.turns.release(&bound);
         }
     }

@@ -1,17 +1,24 @@
 //! The listening sockets the primary holds for its workers, and which live
-//! workers hold each: a socket goes when its last holder does.
+//! workers hold each: a socket goes [`LINGER`] after its last holder, unless
+//! another worker (a replacement) takes it meanwhile.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::WorkerId;
 use crate::net::{self, ListenAddress};
 
 /// How many ports chosen for port 0 are remembered (see [`Sockets::ports`]).
 const REMEMBERED_PORTS: usize = 64;
+
+/// How long a socket we bound outlives its last holder: time for a
+/// replacement to take it over with no gap (connections wait in its backlog
+/// meanwhile instead of being refused).
+pub(in crate::primary) const LINGER: Duration = Duration::from_secs(5);
 
 /// A listening socket the primary holds for its workers.
 #[derive(Debug)]
@@ -23,6 +30,8 @@ struct Shared {
     ours: Option<Ours>,
     /// The live workers it was given to.
     holders: HashSet<WorkerId>,
+    /// Since when no live worker holds it (a socket we bound).
+    unheld: Option<tokio::time::Instant>,
 }
 
 /// What a socket we bound leaves behind: for a Unix path, its file, known
@@ -80,6 +89,7 @@ impl Sockets {
                     bound: bound.clone(),
                     ours: None,
                     holders: HashSet::new(),
+                    unheld: None,
                 };
                 (bound, shared)
             })
@@ -145,6 +155,7 @@ impl Sockets {
                     ours: Some(Ours::of(&bound)),
                     bound: bound.clone(),
                     holders: HashSet::new(),
+                    unheld: None,
                 };
                 self.by_address.insert(address.clone(), shared);
                 (fd, bound, address.clone())
@@ -152,6 +163,7 @@ impl Sockets {
         };
         if let Some(shared) = self.by_address.get_mut(&key) {
             shared.holders.insert(worker);
+            shared.unheld = None;
         }
         Ok((fd, bound))
     }
@@ -182,17 +194,34 @@ impl Sockets {
         }
     }
 
-    /// Takes `worker` off every socket it holds; releases those it held
-    /// last (closed, their files removed); returns their bound addresses.
+    /// Takes `worker` off every socket it holds; returns (by the address
+    /// asked for) the sockets we bound that no live worker holds now: each
+    /// to be [`expire`](Self::expire)d after [`LINGER`] (at once when no
+    /// replacement is coming).
     pub(super) fn forget(&mut self, worker: WorkerId) -> Vec<ListenAddress> {
-        let mut last = Vec::new();
+        let now = tokio::time::Instant::now();
+        let mut unheld = Vec::new();
         for (key, shared) in &mut self.by_address {
             if shared.holders.remove(&worker) && shared.holders.is_empty() && shared.ours.is_some()
             {
-                last.push(key.clone());
+                shared.unheld = Some(now);
+                unheld.push(key.clone());
             }
         }
-        last.iter().filter_map(|key| self.release(key)).collect()
+        unheld
+    }
+
+    /// Releases the socket asked for as `key` if no live worker has held it
+    /// for `linger`; returns its bound address if it did.
+    pub(super) fn expire(
+        &mut self,
+        key: &ListenAddress,
+        linger: Duration,
+    ) -> Option<ListenAddress> {
+        let since = self.by_address.get(key)?.unheld?;
+        (since.elapsed() >= linger)
+            .then(|| self.release(key))
+            .flatten()
     }
 
     /// Closes the socket asked for as `key` (and removes its file);
