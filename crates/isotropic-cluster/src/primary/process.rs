@@ -114,7 +114,7 @@ impl Spawn for ProcessSpawner {
         }
         let guard = sys::orphan_guard().map_err(spawn_error)?;
         sys::prepare_child(&mut command, inherited, passed, std::process::id(), guard);
-        let child = command.spawn().map_err(spawn_error)?;
+        let child = sys::spawn_worker(&mut command).map_err(spawn_error)?;
         let pid = child.id().unwrap_or_default();
 
         let (read, outbox) = channel::open(ours, config.queue, Some(id)).map_err(spawn_error)?;

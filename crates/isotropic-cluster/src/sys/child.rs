@@ -6,6 +6,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use rustix::io::FdFlags;
 use rustix::process::Pid;
 
+use super::guard::Record;
+
 /// Arranges for `fd` (if any) and `passed` to be the only fds above stdio
 /// that survive `exec` in the child of `command` (not even ones the primary
 /// itself inherited without close-on-exec), clears the signal mask the child
@@ -23,8 +25,8 @@ pub(crate) fn prepare_child(
     let guard = guard.as_raw_fd();
     // SAFETY: the closure runs in the child between fork and exec, so it must be
     // async-signal-safe: it only makes raw system calls (close_range, fcntl,
-    // sigprocmask, getpid, send, getppid) on values captured by copy, and
-    // allocates nothing.
+    // sigprocmask, getpid, open, read, close, send, getppid) on values
+    // captured by copy and memory of its own frame, and allocates nothing.
     unsafe {
         command.pre_exec(move || {
             // Every fd from 3 up closes on exec (Linux 5.11+; on older
@@ -47,13 +49,19 @@ pub(crate) fn prepare_child(
             libc::sigemptyset(&raw mut empty);
             libc::pthread_sigmask(libc::SIG_SETMASK, &raw const empty, std::ptr::null_mut());
             // The child leads its own process group by now (std sets it up
-            // before this closure): register it before anything else can
-            // join it. The guard's socket is open for the process's lifetime.
-            let group = libc::getpid().to_ne_bytes();
+            // before this closure): register it, with the start time that
+            // tells this process from a later one given the same pid, before
+            // anything else can join it. The guard's socket is open for the
+            // process's lifetime.
+            let record = Record::Register {
+                group: libc::getpid(),
+                start: super::procfs::start_time(0).unwrap_or(0),
+            }
+            .encode();
             libc::send(
                 guard,
-                group.as_ptr().cast(),
-                group.len(),
+                record.as_ptr().cast(),
+                record.len(),
                 libc::MSG_NOSIGNAL,
             );
             // The primary may have died before the group was registered.
@@ -63,4 +71,18 @@ pub(crate) fn prepare_child(
             Ok(())
         });
     }
+}
+
+/// Starts `command` (prepared by [`prepare_child`]). When that fails, its
+/// child may have registered its group with the orphan guard before its
+/// `exec` failed: the guard is told to drop what is no longer a live
+/// worker's.
+///
+/// # Errors
+///
+/// The error of [`tokio::process::Command::spawn`].
+pub(crate) fn spawn_worker(
+    command: &mut tokio::process::Command,
+) -> io::Result<tokio::process::Child> {
+    command.spawn().inspect_err(|_| super::sweep_guard())
 }
