@@ -9,13 +9,20 @@
 //!   stranger to the primary: `sleep`) through `ns_last_pid`, has the primary
 //!   shut down and exit, waits for its orphan guard to exit, and prints
 //!   `stranger alive` or `stranger killed`.
+//! - `fixture-orphans escape`: a worker (no channel) that starts a grandchild
+//!   escaping its process group and session (`setsid -f`, a double fork):
+//!   `escaped`, which listens on a loopback port, prints `escaped PID PORT`
+//!   and sleeps. The worker then sleeps.
+//! - `fixture-orphans escape-primary`: a primary with one `escape` worker; it
+//!   prints `WORKER_PID escaped PID PORT` once the grandchild listens, then
+//!   waits to be killed.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use isotropic_cluster::primary::ClusterPrimary;
+use isotropic_cluster::primary::{ClusterPrimary, PrimaryEvent, WorkerChannel, WorkerStdio};
 
 const NS_LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
 /// How long any step may take.
@@ -25,6 +32,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     match std::env::args().nth(1).as_deref() {
         Some("missing-program") => missing_program(),
         Some("stranger") => stranger(),
+        Some("escape") => escape(),
+        Some("escaped") => escaped(),
+        Some("escape-primary") => escape_primary(),
         other => Err(format!("unknown scenario {other:?}").into()),
     }
 }
@@ -115,4 +125,52 @@ fn stranger() -> Result<(), Box<dyn std::error::Error>> {
         println!("stranger killed");
     }
     Ok(())
+}
+
+fn escape() -> Result<(), Box<dyn std::error::Error>> {
+    let status = Command::new("setsid")
+        .arg("-f")
+        .arg(std::env::current_exe()?)
+        .arg("escaped")
+        .status()?;
+    if !status.success() {
+        return Err("setsid -f failed".into());
+    }
+    std::thread::sleep(Duration::from_secs(300));
+    Ok(())
+}
+
+fn escaped() -> Result<(), Box<dyn std::error::Error>> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    println!("escaped {} {port}", std::process::id());
+    std::io::stdout().flush()?;
+    std::thread::sleep(Duration::from_secs(300));
+    Ok(())
+}
+
+fn escape_primary() -> Result<(), Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let primary = ClusterPrimary::builder()
+            .program(std::env::current_exe()?)
+            .arg("escape")
+            .channel(WorkerChannel::None)
+            .stdio(WorkerStdio::Piped)
+            .start()
+            .await?;
+        let mut events = primary.events();
+        primary.fork(1).await?;
+        while let Some(event) = events.next().await {
+            if let PrimaryEvent::WorkerOutput(output) = event
+                && output.line.starts_with("escaped ")
+            {
+                println!("{} {}", output.worker.pid(), output.line);
+                std::io::stdout().flush()?;
+            }
+        }
+        Err("the primary ended".into())
+    })
 }

@@ -113,8 +113,18 @@ impl Spawn for ProcessSpawner {
             command.env(sys::PASS_FDS, list.join(","));
         }
         let guard = sys::orphan_guard().map_err(spawn_error)?;
-        sys::prepare_child(&mut command, inherited, passed, std::process::id(), guard);
+        let mut cgroup = sys::prepare_child(
+            &mut command,
+            inherited,
+            passed,
+            std::process::id(),
+            guard,
+            id.get(),
+        );
         let child = sys::spawn_worker(&mut command).map_err(spawn_error)?;
+        if let Some(cgroup) = &mut cgroup {
+            cgroup.spawned();
+        }
         let pid = child.id().unwrap_or_default();
 
         let (read, outbox) = channel::open(ours, config.queue, Some(id)).map_err(spawn_error)?;
@@ -141,7 +151,7 @@ impl Spawn for ProcessSpawner {
         } else {
             Err(theirs)
         };
-        let signals = Watch::start(id, child, channel, inputs);
+        let signals = Watch::start(id, child, cgroup, channel, inputs);
         Ok(Spawned { worker, signals })
     }
 }

@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use rustix::io::FdFlags;
 use rustix::process::Pid;
 
+use super::cgroup::WorkerCgroup;
 use super::guard::Record;
 
 /// Arranges for `fd` (if any) and `passed` to be the only fds above stdio
@@ -13,22 +14,36 @@ use super::guard::Record;
 /// itself inherited without close-on-exec), clears the signal mask the child
 /// would inherit, and has the child register its process group with the
 /// orphan guard (see [`orphan_guard`](super::orphan_guard)) before it runs
-/// anything.
+/// anything. Where workers run in cgroups of their own, makes worker `id`'s
+/// and has the child join it first; the cgroup is returned, to be kept as
+/// long as the worker runs (see [`WorkerCgroup`]).
 pub(crate) fn prepare_child(
     command: &mut tokio::process::Command,
     fd: Option<RawFd>,
     passed: Vec<RawFd>,
     primary: u32,
     guard: BorrowedFd<'static>,
-) {
+    id: u64,
+) -> Option<WorkerCgroup> {
     let primary = Pid::from_raw(primary.cast_signed());
     let guard = guard.as_raw_fd();
+    let cgroup = WorkerCgroup::make(id);
+    let procs = cgroup
+        .as_ref()
+        .and_then(WorkerCgroup::procs)
+        .map(|fd| fd.as_raw_fd());
     // SAFETY: the closure runs in the child between fork and exec, so it must be
     // async-signal-safe: it only makes raw system calls (close_range, fcntl,
-    // sigprocmask, getpid, open, read, close, send, getppid) on values
+    // write, sigprocmask, getpid, open, read, close, send, getppid) on values
     // captured by copy and memory of its own frame, and allocates nothing.
     unsafe {
         command.pre_exec(move || {
+            // Into the worker's cgroup before anything else: what it starts
+            // is in it too. Where that fails, its process group still holds
+            // what does not leave it.
+            if let Some(procs) = procs {
+                libc::write(procs, b"0".as_ptr().cast(), 1);
+            }
             // Every fd from 3 up closes on exec (Linux 5.11+; on older
             // kernels this fails and only our own close-on-exec fds close).
             #[cfg(target_os = "linux")]
@@ -71,6 +86,7 @@ pub(crate) fn prepare_child(
             Ok(())
         });
     }
+    cgroup
 }
 
 /// Starts `command` (prepared by [`prepare_child`]). When that fails, its

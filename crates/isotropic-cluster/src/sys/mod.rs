@@ -4,6 +4,7 @@
 //! Linux is the supported platform (`close_range`, `/proc`).
 #![allow(unsafe_code)]
 
+mod cgroup;
 mod child;
 mod fds;
 mod guard;
@@ -12,6 +13,7 @@ mod procfs;
 mod scm;
 mod socket;
 
+pub(crate) use cgroup::WorkerCgroup;
 pub(crate) use child::{prepare_child, spawn_worker};
 pub(crate) use fds::{PASS_FDS, adopt_inherited_socket, place_listen_fds};
 pub(crate) use guard::{forget_group, orphan_guard, sweep_guard};

@@ -23,7 +23,9 @@ static GUARD: OnceLock<OwnedFd> = OnceLock::new();
 /// process ends however it ends (even by SIGKILL), the guard sends SIGTERM to
 /// each group it holds whose leader is still the process registered (or
 /// reaped since, see [`table::Table::signal_all`]), SIGKILL 500 ms later to
-/// what is left, and exits. Workers register their group themselves before
+/// what is left and to every process in the workers' cgroups (where they run
+/// in cgroups: [`WorkerCgroup`](super::WorkerCgroup)), removes those, and
+/// exits. Workers register their group themselves before
 /// `exec` (see [`prepare_child`](super::prepare_child)); the primary forgets
 /// it once it has reaped the worker and killed what was left of the group
 /// ([`forget_group`]), and has the guard drop the registration of a child
@@ -79,13 +81,15 @@ fn start_guard() -> io::Result<OwnedFd> {
     )?;
     // Allocated before the fork: the guard must not allocate.
     let mut slots = vec![table::Slot::default(); GUARD_CAPACITY];
+    let cgroup = super::cgroup::base();
     // SAFETY: in the child, only async-signal-safe code runs (`guard_main`
     // makes raw system calls on memory allocated before the fork, and never
     // returns); the parent just goes on.
     match unsafe { libc::fork() } {
         -1 => Err(io::Error::last_os_error()),
-        // SAFETY: this is the freshly forked child, which owns nothing else.
-        0 => unsafe { run::guard_main(theirs.as_raw_fd(), &mut slots) },
+        // SAFETY: this is the freshly forked child, which owns nothing else;
+        // the base cgroup's fds are open in it (they never close).
+        0 => unsafe { run::guard_main(theirs.as_raw_fd(), cgroup, &mut slots) },
         pid => {
             tracing::debug!(pid, "orphan guard started");
             Ok(ours)

@@ -8,31 +8,33 @@ use rustix::process::Signal;
 
 use super::record::{RECORD_SIZE, Record};
 use super::table::{Slot, Table};
+use crate::sys::cgroup::{Base, GuardCgroup};
 
 /// How long the orphan guard waits between SIGTERM and SIGKILL.
 const ORPHAN_GRACE: Duration = Duration::from_millis(500);
 /// How often it checks, meanwhile, whether the groups are gone.
 const STEP: Duration = Duration::from_millis(10);
+/// How long it waits, after the SIGKILL, for the workers' cgroups to empty
+/// before it removes them.
+const EMPTYING: Duration = Duration::from_secs(2);
 
 /// The orphan guard's life, in a freshly forked child: never returns.
 ///
 /// # Safety
 ///
 /// Only in a freshly forked child, which owns nothing else: it closes every
-/// fd but `socket`, and `slots` must have been allocated before the fork.
-pub(super) unsafe fn guard_main(socket: RawFd, slots: &mut [Slot]) -> ! {
+/// fd but `socket` and `cgroup`'s, and `slots` must have been allocated
+/// before the fork.
+pub(super) unsafe fn guard_main(socket: RawFd, cgroup: Option<&Base>, slots: &mut [Slot]) -> ! {
+    let [dir, parent] = cgroup.map_or([socket; 2], Base::fds);
     // SAFETY: raw, async-signal-safe system calls on plain values.
     unsafe {
         // Out of the primary's session and process group: its terminal and
         // whoever signals its group do not reach the guard.
         libc::setsid();
         libc::prctl(libc::PR_SET_NAME, c"cluster-guard".as_ptr());
-        // No fd but the socket: no port, pipe or terminal stays open.
-        let socket_number = socket.cast_unsigned();
-        if socket_number > 0 {
-            libc::syscall(libc::SYS_close_range, 0_u32, socket_number - 1, 0_u32);
-        }
-        libc::syscall(libc::SYS_close_range, socket_number + 1, u32::MAX, 0_u32);
+        // No fd but these: no port, pipe or terminal stays open.
+        close_all_but([socket, dir, parent]);
         for signal in [
             libc::SIGINT,
             libc::SIGTERM,
@@ -46,6 +48,14 @@ pub(super) unsafe fn guard_main(socket: RawFd, slots: &mut [Slot]) -> ! {
         libc::sigemptyset(&raw mut empty);
         libc::pthread_sigmask(libc::SIG_SETMASK, &raw const empty, std::ptr::null_mut());
     }
+    // SAFETY: these fds stay open until `_exit`.
+    let cgroup = cgroup.map(|base| unsafe {
+        GuardCgroup::new(
+            BorrowedFd::borrow_raw(dir),
+            BorrowedFd::borrow_raw(parent),
+            base.name(),
+        )
+    });
     // SAFETY: the socket stays open until `_exit`.
     let socket = unsafe { BorrowedFd::borrow_raw(socket) };
     let mut table = Table::new(slots);
@@ -63,24 +73,60 @@ pub(super) unsafe fn guard_main(socket: RawFd, slots: &mut [Slot]) -> ! {
             Err(_) => break,
         }
     }
-    end_groups(&mut table);
+    end_groups(&mut table, cgroup);
     // SAFETY: ends this process at once, as a forked child must.
     unsafe { libc::_exit(0) }
 }
 
 /// SIGTERM to every group still ours, SIGKILL after [`ORPHAN_GRACE`] to what
-/// is left.
-fn end_groups(table: &mut Table<'_>) {
+/// is left of them and to every process in the workers' cgroups, which are
+/// then removed.
+fn end_groups(table: &mut Table<'_>, cgroup: Option<GuardCgroup<'_>>) {
+    let populated = || cgroup.is_some_and(GuardCgroup::populated);
     table.signal_all(Some(Signal::TERM));
-    let pause = rustix::thread::Timespec {
+    for _ in 0..ORPHAN_GRACE.as_millis() / STEP.as_millis() {
+        if !table.signal_all(None) && !populated() {
+            break;
+        }
+        pause();
+    }
+    table.signal_all(Some(Signal::KILL));
+    if let Some(cgroup) = cgroup {
+        cgroup.kill();
+        for _ in 0..EMPTYING.as_millis() / STEP.as_millis() {
+            if !cgroup.populated() {
+                break;
+            }
+            pause();
+        }
+        cgroup.remove();
+    }
+}
+
+/// Sleeps for [`STEP`].
+fn pause() {
+    let step = rustix::thread::Timespec {
         tv_sec: 0,
         tv_nsec: STEP.as_nanos().try_into().unwrap_or(0),
     };
-    for _ in 0..ORPHAN_GRACE.as_millis() / STEP.as_millis() {
-        if !table.signal_all(None) {
-            return;
+    let _ = rustix::thread::nanosleep(&step);
+}
+
+/// Closes every fd of this process but `keep`'s.
+///
+/// # Safety
+///
+/// Only where nothing else uses the fds closed: a freshly forked child.
+unsafe fn close_all_but(mut keep: [RawFd; 3]) {
+    keep.sort_unstable();
+    let mut from = 0_u32;
+    for fd in keep.map(i32::cast_unsigned) {
+        if fd > from {
+            // SAFETY: closes fds nothing uses (see the function's contract).
+            unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0_u32) };
         }
-        let _ = rustix::thread::nanosleep(&pause);
+        from = from.max(fd + 1);
     }
-    table.signal_all(Some(Signal::KILL));
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0_u32) };
 }
