@@ -16,6 +16,10 @@
 //! - `fixture-orphans escape-primary`: a primary with one `escape` worker; it
 //!   prints `WORKER_PID escaped PID PORT` once the grandchild listens, then
 //!   waits to be killed.
+//! - `fixture-orphans guarded-primary N`: a primary with N `fixture-worker
+//!   hung` workers (they ignore SIGTERM and never read their channel; each
+//!   has a child that ignores SIGTERM too); prints `workers PID…` once all
+//!   are ready, then waits to be killed. Warnings and errors go to stderr.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt as _;
@@ -23,6 +27,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use isotropic_cluster::primary::{ClusterPrimary, PrimaryEvent, WorkerChannel, WorkerStdio};
+use tests_integration::Mode;
 
 const NS_LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
 /// How long any step may take.
@@ -35,6 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("escape") => escape(),
         Some("escaped") => escaped(),
         Some("escape-primary") => escape_primary(),
+        Some("guarded-primary") => guarded_primary(),
         other => Err(format!("unknown scenario {other:?}").into()),
     }
 }
@@ -172,5 +178,37 @@ fn escape_primary() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Err("the primary ended".into())
+    })
+}
+
+fn guarded_primary() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .init();
+    let count: usize = std::env::args().nth(2).ok_or("no count")?.parse()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let primary = ClusterPrimary::builder()
+            .program(std::env::current_exe()?.with_file_name("fixture-worker"))
+            .arg(Mode::Hung.as_str())
+            .start()
+            .await?;
+        let mut events = primary.events();
+        primary.fork(count).await?;
+        let mut pids = Vec::new();
+        while pids.len() < count {
+            match events.next().await {
+                Some(PrimaryEvent::AddWorker(add)) => pids.push(add.worker.pid().to_string()),
+                Some(_) => {}
+                None => return Err("the primary ended".into()),
+            }
+        }
+        println!("workers {}", pids.join(" "));
+        std::io::stdout().flush()?;
+        std::future::pending::<()>().await;
+        Ok(())
     })
 }

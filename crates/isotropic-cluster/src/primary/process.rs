@@ -121,7 +121,7 @@ impl Spawn for ProcessSpawner {
             guard,
             id.get(),
         );
-        let child = sys::spawn_worker(&mut command).map_err(spawn_error)?;
+        let child = sys::spawn_worker(command).map_err(spawn_error)?;
         if let Some(cgroup) = &mut cgroup {
             cgroup.spawned();
         }

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::{Mutex, OnceLock, PoisonError, mpsc};
 
 use rustix::io::FdFlags;
 use rustix::process::Pid;
@@ -89,16 +90,85 @@ pub(crate) fn prepare_child(
     cgroup
 }
 
-/// Starts `command` (prepared by [`prepare_child`]). When that fails, its
-/// child may have registered its group with the orphan guard before its
-/// `exec` failed: the guard is told to drop what is no longer a live
-/// worker's.
+/// What the spawner thread runs.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Starts `command` (prepared by [`prepare_child`]), from a thread that lives
+/// as long as this process, so that the child can ask for SIGKILL when its
+/// parent dies (`PR_SET_PDEATHSIG` fires when the parent *thread* ends): the
+/// second line of defence, should the orphan guard die with this process.
+/// Registers the worker's group with the guard once started. When the start
+/// fails, its child may have registered its group before its `exec` failed:
+/// the guard is told to drop what is no longer a live worker's.
 ///
 /// # Errors
 ///
 /// The error of [`tokio::process::Command::spawn`].
 pub(crate) fn spawn_worker(
-    command: &mut tokio::process::Command,
+    mut command: tokio::process::Command,
 ) -> io::Result<tokio::process::Child> {
-    command.spawn().inspect_err(|_| super::sweep_guard())
+    static SPAWNER: OnceLock<Option<Mutex<mpsc::Sender<Job>>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (jobs, next) = mpsc::channel::<Job>();
+        let started = std::thread::Builder::new()
+            .name("cluster-spawner".into())
+            .spawn(move || {
+                // Never ends: a panic in a job must not end the thread (that
+                // would SIGKILL every worker it started).
+                while let Ok(job) = next.recv() {
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            });
+        match started {
+            Ok(_) => Some(Mutex::new(jobs)),
+            Err(error) => {
+                tracing::warn!(%error, "no spawner thread: workers are not killed by the kernel with the primary");
+                None
+            }
+        }
+    });
+    let spawned = match spawner {
+        Some(jobs) => {
+            die_with_parent(&mut command);
+            let runtime = tokio::runtime::Handle::current();
+            let (reply, spawned) = mpsc::sync_channel(1);
+            let job = Box::new(move || {
+                let _runtime = runtime.enter();
+                let _ = reply.send(command.spawn());
+            });
+            let sent = jobs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .send(job);
+            sent.ok()
+                .and_then(|()| spawned.recv().ok())
+                .unwrap_or_else(|| Err(io::Error::other("the spawner thread failed")))
+        }
+        None => command.spawn(),
+    };
+    match &spawned {
+        Ok(child) => super::guard::register_worker(child.id().unwrap_or_default()),
+        Err(_) => super::guard::sweep_guard(),
+    }
+    spawned
+}
+
+/// Has the child of `command` SIGKILLed when the thread that forks it ends
+/// (the spawner thread: when this process ends).
+fn die_with_parent(command: &mut tokio::process::Command) {
+    let primary = rustix::process::getpid();
+    // SAFETY: the closure runs in the child between fork and exec: it only
+    // makes raw system calls (prctl, getppid) on a value captured by copy.
+    unsafe {
+        command.pre_exec(move || {
+            // After any change of user (std makes it before these closures),
+            // which would clear it.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            // The primary may have died before: then nothing would fire.
+            if rustix::process::getppid() != Some(primary) {
+                return Err(io::Error::other("primary exited during spawn"));
+            }
+            Ok(())
+        });
+    }
 }

@@ -16,7 +16,7 @@ mod socket;
 pub(crate) use cgroup::WorkerCgroup;
 pub(crate) use child::{prepare_child, spawn_worker};
 pub(crate) use fds::{PASS_FDS, adopt_inherited_socket, place_listen_fds};
-pub(crate) use guard::{forget_group, orphan_guard, sweep_guard};
+pub(crate) use guard::{forget_group, orphan_guard};
 pub(crate) use process::{parent_pid, remove_env_if_single_threaded, send_signal};
 pub(crate) use procfs::holds_listening_socket;
 pub(crate) use scm::{recv_with_fds, send_with_fd};

@@ -8,6 +8,12 @@ const THREADS: usize = 20;
 /// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks
 /// since boot.
 pub(super) const START_TIME: usize = 22;
+/// Fields 48 and 49 of `/proc/PID/stat`: where the command line's arguments
+/// begin and end in the process's memory.
+pub(super) const ARG_START: usize = 48;
+/// See [`ARG_START`].
+pub(super) const ARG_END: usize = 49;
+
 /// Room for a `/proc/PID/stat` line (52 numbers and a command name of at
 /// most 64 bytes).
 pub(super) const STAT_SIZE: usize = 1024;

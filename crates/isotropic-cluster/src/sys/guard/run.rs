@@ -9,6 +9,7 @@ use rustix::process::Signal;
 use super::record::{RECORD_SIZE, Record};
 use super::table::{Slot, Table};
 use crate::sys::cgroup::{Base, GuardCgroup};
+use crate::sys::procfs;
 
 /// How long the orphan guard waits between SIGTERM and SIGKILL.
 const ORPHAN_GRACE: Duration = Duration::from_millis(500);
@@ -23,9 +24,14 @@ const EMPTYING: Duration = Duration::from_secs(2);
 /// # Safety
 ///
 /// Only in a freshly forked child, which owns nothing else: it closes every
-/// fd but `socket` and `cgroup`'s, and `slots` must have been allocated
-/// before the fork.
-pub(super) unsafe fn guard_main(socket: RawFd, cgroup: Option<&Base>, slots: &mut [Slot]) -> ! {
+/// fd but `socket` and `cgroup`'s, overwrites its command line with `title`,
+/// and `slots` must have been allocated before the fork.
+pub(super) unsafe fn guard_main(
+    socket: RawFd,
+    cgroup: Option<&Base>,
+    title: &[u8],
+    slots: &mut [Slot],
+) -> ! {
     let [dir, parent] = cgroup.map_or([socket; 2], Base::fds);
     // SAFETY: raw, async-signal-safe system calls on plain values.
     unsafe {
@@ -33,6 +39,7 @@ pub(super) unsafe fn guard_main(socket: RawFd, cgroup: Option<&Base>, slots: &mu
         // whoever signals its group do not reach the guard.
         libc::setsid();
         libc::prctl(libc::PR_SET_NAME, c"cluster-guard".as_ptr());
+        retitle(title);
         // No fd but these: no port, pipe or terminal stays open.
         close_all_but([socket, dir, parent]);
         for signal in [
@@ -101,6 +108,42 @@ fn end_groups(table: &mut Table<'_>, cgroup: Option<GuardCgroup<'_>>) {
         }
         cgroup.remove();
     }
+}
+
+/// Writes `title` over this process's command line (what `ps` and `pgrep -f`
+/// show), NUL-padded, cut to the room there is: a guard forked without
+/// `exec` would show the primary's.
+///
+/// # Safety
+///
+/// Only where nothing reads the arguments any longer: a forked child.
+unsafe fn retitle(title: &[u8]) {
+    let mut stat = [0; procfs::STAT_SIZE];
+    let Some(stat) = procfs::read_stat(0, &mut stat) else {
+        return;
+    };
+    let (Some(start), Some(end)) = (
+        procfs::stat_field(stat, procfs::ARG_START),
+        procfs::stat_field(stat, procfs::ARG_END),
+    ) else {
+        return;
+    };
+    let (Ok(start), Ok(room)) = (
+        usize::try_from(start),
+        usize::try_from(end.saturating_sub(start)),
+    ) else {
+        return;
+    };
+    if start == 0 || room == 0 {
+        return;
+    }
+    // SAFETY: `start..start + room` is this process's argument area (the
+    // kernel's `arg_start`/`arg_end`), mapped and writable for its whole
+    // life; nothing else in this forked child reads or writes it.
+    let area = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, room) };
+    let kept = title.len().min(room - 1);
+    area.fill(0);
+    area[..kept].copy_from_slice(&title[..kept]);
 }
 
 /// Sleeps for [`STEP`].
