@@ -112,19 +112,8 @@ impl Spawn for ProcessSpawner {
             let list: Vec<String> = passed.iter().map(ToString::to_string).collect();
             command.env(sys::PASS_FDS, list.join(","));
         }
-        let guard = sys::orphan_guard().map_err(spawn_error)?;
-        let mut cgroup = sys::prepare_child(
-            &mut command,
-            inherited,
-            passed,
-            std::process::id(),
-            guard,
-            id.get(),
-        );
-        let child = sys::spawn_worker(command).map_err(spawn_error)?;
-        if let Some(cgroup) = &mut cgroup {
-            cgroup.spawned();
-        }
+        let (child, cgroup) =
+            sys::spawn_worker(command, inherited, passed, id.get()).map_err(spawn_error)?;
         let pid = child.id().unwrap_or_default();
 
         let (read, outbox) = channel::open(ours, config.queue, Some(id)).map_err(spawn_error)?;

@@ -108,7 +108,7 @@ fn own_cgroup(mountinfo: &str, cgroup: &str) -> Option<PathBuf> {
 }
 
 /// The cgroup of one worker, made before it is spawned; it joins it between
-/// fork and exec ([`prepare_child`](super::prepare_child)). Dropping it kills
+/// fork and exec ([`prepare_child`](super::child::prepare_child)). Dropping it kills
 /// whatever runs in it, and removes it once empty.
 #[derive(Debug)]
 pub(crate) struct WorkerCgroup {
@@ -154,7 +154,7 @@ impl WorkerCgroup {
     }
 
     /// The worker is spawned (or not): the child has joined, or never will.
-    pub(crate) fn spawned(&mut self) {
+    pub(super) fn spawned(&mut self) {
         self.procs = None;
     }
 }

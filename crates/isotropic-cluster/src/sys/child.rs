@@ -2,10 +2,8 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::sync::{Mutex, OnceLock, PoisonError, mpsc};
 
 use rustix::io::FdFlags;
-use rustix::process::Pid;
 
 use super::cgroup::WorkerCgroup;
 use super::guard::Record;
@@ -18,15 +16,14 @@ use super::guard::Record;
 /// anything. Where workers run in cgroups of their own, makes worker `id`'s
 /// and has the child join it first; the cgroup is returned, to be kept as
 /// long as the worker runs (see [`WorkerCgroup`]).
-pub(crate) fn prepare_child(
+pub(super) fn prepare_child(
     command: &mut tokio::process::Command,
     fd: Option<RawFd>,
     passed: Vec<RawFd>,
-    primary: u32,
     guard: BorrowedFd<'static>,
     id: u64,
 ) -> Option<WorkerCgroup> {
-    let primary = Pid::from_raw(primary.cast_signed());
+    let primary = rustix::process::getpid();
     let guard = guard.as_raw_fd();
     let cgroup = WorkerCgroup::make(id);
     let procs = cgroup
@@ -81,7 +78,7 @@ pub(crate) fn prepare_child(
                 libc::MSG_NOSIGNAL,
             );
             // The primary may have died before the group was registered.
-            if rustix::process::getppid() != primary {
+            if rustix::process::getppid() != Some(primary) {
                 return Err(io::Error::other("primary exited during spawn"));
             }
             Ok(())
@@ -90,72 +87,9 @@ pub(crate) fn prepare_child(
     cgroup
 }
 
-/// What the spawner thread runs.
-type Job = Box<dyn FnOnce() + Send>;
-
-/// Starts `command` (prepared by [`prepare_child`]), from a thread that lives
-/// as long as this process, so that the child can ask for SIGKILL when its
-/// parent dies (`PR_SET_PDEATHSIG` fires when the parent *thread* ends): the
-/// second line of defence, should the orphan guard die with this process.
-/// Registers the worker's group with the guard once started. When the start
-/// fails, its child may have registered its group before its `exec` failed:
-/// the guard is told to drop what is no longer a live worker's.
-///
-/// # Errors
-///
-/// The error of [`tokio::process::Command::spawn`].
-pub(crate) fn spawn_worker(
-    mut command: tokio::process::Command,
-) -> io::Result<tokio::process::Child> {
-    static SPAWNER: OnceLock<Option<Mutex<mpsc::Sender<Job>>>> = OnceLock::new();
-    let spawner = SPAWNER.get_or_init(|| {
-        let (jobs, next) = mpsc::channel::<Job>();
-        let started = std::thread::Builder::new()
-            .name("cluster-spawner".into())
-            .spawn(move || {
-                // Never ends: a panic in a job must not end the thread (that
-                // would SIGKILL every worker it started).
-                while let Ok(job) = next.recv() {
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-                }
-            });
-        match started {
-            Ok(_) => Some(Mutex::new(jobs)),
-            Err(error) => {
-                tracing::warn!(%error, "no spawner thread: workers are not killed by the kernel with the primary");
-                None
-            }
-        }
-    });
-    let spawned = match spawner {
-        Some(jobs) => {
-            die_with_parent(&mut command);
-            let runtime = tokio::runtime::Handle::current();
-            let (reply, spawned) = mpsc::sync_channel(1);
-            let job = Box::new(move || {
-                let _runtime = runtime.enter();
-                let _ = reply.send(command.spawn());
-            });
-            let sent = jobs
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .send(job);
-            sent.ok()
-                .and_then(|()| spawned.recv().ok())
-                .unwrap_or_else(|| Err(io::Error::other("the spawner thread failed")))
-        }
-        None => command.spawn(),
-    };
-    match &spawned {
-        Ok(child) => super::guard::register_worker(child.id().unwrap_or_default()),
-        Err(_) => super::guard::sweep_guard(),
-    }
-    spawned
-}
-
 /// Has the child of `command` SIGKILLed when the thread that forks it ends
 /// (the spawner thread: when this process ends).
-fn die_with_parent(command: &mut tokio::process::Command) {
+pub(super) fn die_with_parent(command: &mut tokio::process::Command) {
     let primary = rustix::process::getpid();
     // SAFETY: the closure runs in the child between fork and exec: it only
     // makes raw system calls (prctl, getppid) on a value captured by copy.

@@ -12,11 +12,12 @@ mod process;
 mod procfs;
 mod scm;
 mod socket;
+mod spawn;
 
 pub(crate) use cgroup::WorkerCgroup;
-pub(crate) use child::{prepare_child, spawn_worker};
 pub(crate) use fds::{PASS_FDS, adopt_inherited_socket, place_listen_fds};
-pub(crate) use guard::{forget_group, orphan_guard};
+pub(crate) use guard::forget_group;
+use guard::orphan_guard;
 pub(crate) use process::{parent_pid, remove_env_if_single_threaded, send_signal};
 pub(crate) use procfs::holds_listening_socket;
 pub(crate) use scm::{recv_with_fds, send_with_fd};
@@ -24,3 +25,4 @@ pub(crate) use socket::{
     Setup, channel_pair, local_tcp_address, local_unix_path, set_nonblocking, tcp_listener,
     unix_listener,
 };
+pub(crate) use spawn::spawn_worker;

@@ -52,7 +52,7 @@ fn state() -> MutexGuard<'static, State> {
 /// what is left and to every process in the workers' cgroups (where they run
 /// in cgroups: [`WorkerCgroup`](super::WorkerCgroup)), removes those, and
 /// exits. Workers register their group themselves before `exec` (see
-/// [`prepare_child`](super::prepare_child)), and the primary again once
+/// [`prepare_child`](super::child::prepare_child)), and the primary again once
 /// spawned ([`register_worker`]); it forgets it once it has reaped the worker
 /// and killed what was left of the group ([`forget_group`]), and has the
 /// guard drop the registration of a child whose `exec` failed
