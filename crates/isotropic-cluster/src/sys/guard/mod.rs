@@ -191,7 +191,9 @@ fn start_guard() -> io::Result<(OwnedFd, Pid)> {
         None,
     )?;
     // Allocated before the fork: the guard must not allocate.
-    let mut slots = vec![table::Slot::default(); GUARD_CAPACITY];
+    // Zeroed, they are mapped only as the guard uses them.
+    let mut groups = vec![0_i32; GUARD_CAPACITY];
+    let mut starts = vec![0_u64; GUARD_CAPACITY];
     let cgroup = super::cgroup::base();
     let title = format!("isotropic-cluster-guard (primary {})", std::process::id());
     // SAFETY: in the child, only async-signal-safe code runs (`guard_main`
@@ -201,7 +203,15 @@ fn start_guard() -> io::Result<(OwnedFd, Pid)> {
         -1 => Err(io::Error::last_os_error()),
         // SAFETY: this is the freshly forked child, which owns nothing else;
         // the base cgroup's fds are open in it (they never close).
-        0 => unsafe { run::guard_main(theirs.as_raw_fd(), cgroup, title.as_bytes(), &mut slots) },
+        0 => unsafe {
+            run::guard_main(
+                theirs.as_raw_fd(),
+                cgroup,
+                title.as_bytes(),
+                &mut groups,
+                &mut starts,
+            )
+        },
         pid => {
             tracing::debug!(pid, "orphan guard started");
             let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::other("fork gave pid 0"))?;

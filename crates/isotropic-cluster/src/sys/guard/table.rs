@@ -7,13 +7,6 @@ use rustix::process::{Pid, Signal};
 use super::record::Record;
 use crate::sys::procfs;
 
-/// A registered group; `group` 0 is a free slot.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(in crate::sys) struct Slot {
-    group: i32,
-    start: u64,
-}
-
 /// Who process `group` (the leader of a registered group) is now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(in crate::sys) enum Leader {
@@ -41,14 +34,22 @@ pub(in crate::sys) fn leader(group: i32, start: u64) -> Leader {
     }
 }
 
-/// The groups held, in memory allocated before the fork.
+/// The groups held, in memory allocated before the fork: slot `i` holds
+/// group `groups[i]` (0: free), whose leader started at `starts[i]`.
 pub(in crate::sys) struct Table<'a> {
-    slots: &'a mut [Slot],
+    groups: &'a mut [i32],
+    starts: &'a mut [u64],
 }
 
 impl<'a> Table<'a> {
-    pub(in crate::sys) fn new(slots: &'a mut [Slot]) -> Self {
-        Self { slots }
+    /// A table of as many slots as the shorter of `groups` and `starts`
+    /// (zeroed: free).
+    pub(in crate::sys) fn new(groups: &'a mut [i32], starts: &'a mut [u64]) -> Self {
+        let slots = groups.len().min(starts.len());
+        Self {
+            groups: &mut groups[..slots],
+            starts: &mut starts[..slots],
+        }
     }
 
     /// Applies what the guard was told.
@@ -56,26 +57,30 @@ impl<'a> Table<'a> {
         match record {
             Record::Register { group, start } => self.register(group, start),
             Record::Forget { group } => {
-                if let Some(slot) = self.slots.iter_mut().find(|s| s.group == group) {
-                    *slot = Slot::default();
+                if let Some(slot) = self.slot(group) {
+                    self.groups[slot] = 0;
                 }
             }
             Record::Sweep => self.sweep(),
         }
     }
 
+    /// The slot holding `group` (0: a free slot).
+    fn slot(&self, group: i32) -> Option<usize> {
+        self.groups.iter().position(|&held| held == group)
+    }
+
     fn register(&mut self, group: i32, start: u64) {
-        let slot = Slot { group, start };
         // The worker registers itself, then the primary registers it again.
-        if let Some(held) = self.slots.iter_mut().find(|s| s.group == group) {
-            *held = slot;
-            return;
-        }
-        if !self.slots.iter().any(|s| s.group == 0) {
-            self.sweep();
-        }
-        if let Some(free) = self.slots.iter_mut().find(|s| s.group == 0) {
-            *free = slot;
+        let slot = self.slot(group).or_else(|| {
+            if self.slot(0).is_none() {
+                self.sweep();
+            }
+            self.slot(0)
+        });
+        if let Some(slot) = slot {
+            self.groups[slot] = group;
+            self.starts[slot] = start;
         }
     }
 
@@ -83,9 +88,9 @@ impl<'a> Table<'a> {
     /// the primary lives, only it reaps its workers, and it kills what is left
     /// of a group and forgets it right after: such a group is done with.
     fn sweep(&mut self) {
-        for slot in self.slots.iter_mut().filter(|s| s.group != 0) {
-            if leader(slot.group, slot.start) != Leader::Ours {
-                *slot = Slot::default();
+        for (group, &start) in self.groups.iter_mut().zip(self.starts.iter()) {
+            if *group != 0 && leader(*group, start) != Leader::Ours {
+                *group = 0;
             }
         }
     }
@@ -99,25 +104,30 @@ impl<'a> Table<'a> {
     /// only gets there after the primary ended (its orphans are reaped by
     /// another process), a moment after the leader was still ours.
     pub(in crate::sys) fn signal_all(&mut self, signal: Option<Signal>) -> bool {
-        for slot in self.slots.iter_mut().filter(|s| s.group != 0) {
-            let sent = match (leader(slot.group, slot.start), Pid::from_raw(slot.group)) {
+        let mut left = false;
+        for (group, &start) in self.groups.iter_mut().zip(self.starts.iter()) {
+            if *group == 0 {
+                continue;
+            }
+            let sent = match (leader(*group, start), Pid::from_raw(*group)) {
                 (Leader::Stranger, _) | (_, None) => Err(Errno::SRCH),
-                (Leader::Ours | Leader::Gone, Some(group)) => match signal {
-                    Some(signal) => rustix::process::kill_process_group(group, signal),
-                    None => rustix::process::test_kill_process_group(group),
+                (Leader::Ours | Leader::Gone, Some(pid)) => match signal {
+                    Some(signal) => rustix::process::kill_process_group(pid, signal),
+                    None => rustix::process::test_kill_process_group(pid),
                 },
             };
             if sent.is_err() {
-                *slot = Slot::default();
+                *group = 0;
             }
+            left |= *group != 0;
         }
-        self.slots.iter().any(|s| s.group != 0)
+        left
     }
 
     /// How many groups are held.
     #[cfg(test)]
     fn held(&self) -> usize {
-        self.slots.iter().filter(|s| s.group != 0).count()
+        self.groups.iter().filter(|&&group| group != 0).count()
     }
 }
 
@@ -184,8 +194,8 @@ mod tests {
     #[test]
     fn a_group_whose_pid_another_process_took_is_never_signalled() {
         let mut stranger = Sleeper::start();
-        let mut slots = [Slot::default(); 4];
-        let mut table = Table::new(&mut slots);
+        let (mut groups, mut starts) = ([0; 4], [0; 4]);
+        let mut table = Table::new(&mut groups, &mut starts);
         // As if a failed spawn had registered this pid, with its own start
         // time, and the stranger had then been given the same pid.
         table.apply(Record::Register {
@@ -208,8 +218,8 @@ mod tests {
         let failed_start = failed.start_time();
         failed.0.kill().expect("kill");
         failed.0.wait().expect("reap");
-        let mut slots = [Slot::default(); 4];
-        let mut table = Table::new(&mut slots);
+        let (mut groups, mut starts) = ([0; 4], [0; 4]);
+        let mut table = Table::new(&mut groups, &mut starts);
         for (group, start) in [
             (ours.1, ours.start_time()),
             (stranger.1, stranger.start_time() + 1),
@@ -218,18 +228,8 @@ mod tests {
             table.apply(Record::Register { group, start });
         }
         table.apply(Record::Sweep);
-        assert_eq!(
-            table.slots,
-            [
-                Slot {
-                    group: ours.1,
-                    start: ours.start_time()
-                },
-                Slot::default(),
-                Slot::default(),
-                Slot::default()
-            ]
-        );
+        assert_eq!(table.groups, [ours.1, 0, 0, 0]);
+        assert_eq!(table.starts[0], ours.start_time());
         table.apply(Record::Forget { group: ours.1 });
         assert_eq!(table.held(), 0);
         assert!(ours.alive(), "forgetting signals nothing");
@@ -238,8 +238,8 @@ mod tests {
     #[test]
     fn a_full_table_makes_room_by_sweeping() {
         let ours = Sleeper::start();
-        let mut slots = [Slot::default(); 1];
-        let mut table = Table::new(&mut slots);
+        let (mut groups, mut starts) = ([0; 1], [0; 1]);
+        let mut table = Table::new(&mut groups, &mut starts);
         // The leader of this group is gone (pid_max is at most 2^22).
         table.apply(Record::Register {
             group: i32::MAX,
@@ -249,6 +249,6 @@ mod tests {
             group: ours.1,
             start: ours.start_time(),
         });
-        assert_eq!(table.slots[0].group, ours.1);
+        assert_eq!(table.groups, [ours.1]);
     }
 }
