@@ -153,9 +153,25 @@ impl WorkerCgroup {
         self.procs.as_ref().map(AsFd::as_fd)
     }
 
-    /// The worker is spawned (or not): the child has joined, or never will.
-    pub(super) fn spawned(&mut self) {
+    /// Worker `pid` is spawned: its cgroup, if it joined it (it has passed
+    /// the point where it would). One it could not join (no delegation, an
+    /// old kernel after a change of user) is removed: the worker's process
+    /// group alone holds what it starts.
+    pub(super) fn spawned(mut self, pid: u32) -> Option<Self> {
         self.procs = None;
+        let name = self.path.file_name()?.to_string_lossy().into_owned();
+        // Unreadable: kept (dropping it would kill the worker, were it in it).
+        let joined =
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_or(true, |cgroups| {
+                cgroups
+                    .lines()
+                    .any(|line| line.starts_with("0::") && line.ends_with(&format!("/{name}")))
+            });
+        if !joined {
+            tracing::debug!(pid, path = %self.path.display(), "a worker could not join its cgroup");
+            return None;
+        }
+        Some(self)
     }
 }
 
@@ -312,5 +328,55 @@ mod tests {
             None
         );
         assert_eq!(found(MOUNTINFO, "4:memory:/x\n"), None);
+    }
+
+    /// Waits until `done` holds (deadline: 30 s).
+    fn wait_until(mut done: impl FnMut() -> bool) {
+        let started = std::time::Instant::now();
+        while !done() {
+            assert!(started.elapsed() < Duration::from_secs(30), "timed out");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_worker_cgroup_is_kept_only_if_joined_and_kills_what_runs_in_it_when_dropped() {
+        let Some(base) = base() else {
+            eprintln!("skipped: no writable cgroup v2 hierarchy here");
+            return;
+        };
+        // A process that did not join: the cgroup is removed, it lives on.
+        let mut outside = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let cgroup = WorkerCgroup::make(1).expect("a cgroup");
+        let path = cgroup.path.clone();
+        assert!(cgroup.spawned(outside.id()).is_none());
+        assert!(!path.exists(), "removed");
+        assert!(outside.try_wait().expect("try_wait").is_none(), "killed");
+        outside.kill().expect("kill");
+        outside.wait().expect("reap");
+        // One that joined: kept; dropped, what runs in it is killed.
+        let cgroup = WorkerCgroup::make(2).expect("a cgroup");
+        let procs = cgroup.path.join("cgroup.procs");
+        let mut inside = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo 0 > {}; exec sleep 30", procs.display()))
+            .spawn()
+            .expect("sh");
+        let pid = inside.id();
+        wait_until(|| std::fs::read_to_string(&procs).is_ok_and(|p| p.contains(&pid.to_string())));
+        let cgroup = cgroup.spawned(pid).expect("joined");
+        let path = cgroup.path.clone();
+        drop(cgroup);
+        let status = inside.wait().expect("reap");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        // No orphan guard here to remove what is left at exit.
+        wait_until(|| !busy(&std::fs::remove_dir(&path)));
+        let _ = std::fs::remove_dir(&base.path);
     }
 }

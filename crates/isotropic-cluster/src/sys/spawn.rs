@@ -35,7 +35,7 @@ pub(crate) fn spawn_worker(
     id: u64,
 ) -> io::Result<(tokio::process::Child, Option<WorkerCgroup>)> {
     let guard = super::orphan_guard()?;
-    let mut cgroup = prepare_child(&mut command, fd, passed, guard, id);
+    let cgroup = prepare_child(&mut command, fd, passed, guard, id);
     static SPAWNER: OnceLock<Option<Mutex<mpsc::Sender<Job>>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
         let (jobs, next) = mpsc::channel::<Job>();
@@ -75,12 +75,14 @@ pub(crate) fn spawn_worker(
         }
         None => command.spawn(),
     };
-    match &spawned {
-        Ok(child) => super::guard::register_worker(child.id().unwrap_or_default()),
-        Err(_) => super::guard::sweep_guard(),
-    }
-    if let Some(cgroup) = &mut cgroup {
-        cgroup.spawned();
-    }
-    Ok((spawned?, cgroup))
+    let child = match spawned {
+        Ok(child) => child,
+        Err(error) => {
+            super::guard::sweep_guard();
+            return Err(error);
+        }
+    };
+    let pid = child.id().unwrap_or_default();
+    super::guard::register_worker(pid);
+    Ok((child, cgroup.and_then(|cgroup| cgroup.spawned(pid))))
 }
