@@ -68,6 +68,12 @@ impl Base {
             Err(error) => return Err(error.into()),
         }
         let dir = rustix::fs::openat(&parent, name.as_c_str(), directory, Mode::empty())?;
+        // `cgroup.kill` came with Linux 5.14: without it, cgroups are no use.
+        let kill = OFlags::WRONLY | OFlags::CLOEXEC;
+        if let Err(error) = rustix::fs::openat(&dir, c"cgroup.kill", kill, Mode::empty()) {
+            let _ = rustix::fs::unlinkat(&parent, name.as_c_str(), AtFlags::REMOVEDIR);
+            return Err(error.into());
+        }
         let path = ours.join(name.to_string_lossy().as_ref());
         Ok(Self {
             path,
