@@ -36,32 +36,13 @@ pub(crate) fn spawn_worker(
 ) -> io::Result<(tokio::process::Child, Option<WorkerCgroup>)> {
     let guard = super::orphan_guard()?;
     let cgroup = prepare_child(&mut command, fd, passed, guard, id);
-    static SPAWNER: OnceLock<Option<Mutex<mpsc::Sender<Job>>>> = OnceLock::new();
-    let spawner = SPAWNER.get_or_init(|| {
-        let (jobs, next) = mpsc::channel::<Job>();
-        let started = std::thread::Builder::new()
-            .name("cluster-spawner".into())
-            .spawn(move || {
-                // Never ends: a panic in a job must not end the thread (that
-                // would SIGKILL every worker it started).
-                while let Ok(job) = next.recv() {
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-                }
-            });
-        match started {
-            Ok(_) => Some(Mutex::new(jobs)),
-            Err(error) => {
-                tracing::warn!(%error, "no spawner thread: workers are not killed by the kernel with the primary");
-                None
-            }
-        }
-    });
-    let spawned = match spawner {
+    let spawned = match spawner() {
         Some(jobs) => {
             die_with_parent(&mut command);
             let runtime = tokio::runtime::Handle::current();
             let (reply, spawned) = mpsc::sync_channel(1);
             let job = Box::new(move || {
+                // The child is the caller's runtime's to reap.
                 let _runtime = runtime.enter();
                 let _ = reply.send(command.spawn());
             });
@@ -85,4 +66,32 @@ pub(crate) fn spawn_worker(
     let pid = child.id().unwrap_or_default();
     super::guard::register_worker(pid);
     Ok((child, cgroup.and_then(|cgroup| cgroup.spawned(pid))))
+}
+
+/// The spawner thread's queue, the thread started on first use; none if it
+/// cannot be started (workers are then forked from the caller's thread,
+/// without the parent-death signal).
+fn spawner() -> Option<&'static Mutex<mpsc::Sender<Job>>> {
+    static SPAWNER: OnceLock<Option<Mutex<mpsc::Sender<Job>>>> = OnceLock::new();
+    SPAWNER
+        .get_or_init(|| {
+            let (jobs, next) = mpsc::channel::<Job>();
+            let started = std::thread::Builder::new()
+                .name("cluster-spawner".into())
+                .spawn(move || {
+                    // Never ends: a panic in a job must not end the thread
+                    // (that would SIGKILL every worker it started).
+                    while let Ok(job) = next.recv() {
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    }
+                });
+            match started {
+                Ok(_) => Some(Mutex::new(jobs)),
+                Err(error) => {
+                    tracing::warn!(%error, "no spawner thread: workers do not get SIGKILL from the kernel when the primary dies");
+                    None
+                }
+            }
+        })
+        .as_ref()
 }
