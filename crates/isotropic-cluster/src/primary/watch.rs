@@ -154,6 +154,10 @@ impl Watch {
                     // still this worker's.
                     if matches!(process.child.try_wait(), Ok(None)) {
                         let _ = sys::send_signal(process.pid, true, signal.as_raw());
+                        // SIGKILL: what left the group goes too.
+                        if let (Signal::KILL, Some(cgroup)) = (signal, &process.cgroup) {
+                            cgroup.kill();
+                        }
                     }
                     continue;
                 }

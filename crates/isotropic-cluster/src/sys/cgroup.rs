@@ -159,6 +159,13 @@ impl WorkerCgroup {
         self.procs.as_ref().map(AsFd::as_fd)
     }
 
+    /// SIGKILLs every process in the cgroup.
+    pub(crate) fn kill(&self) {
+        if let Err(error) = std::fs::write(self.path.join("cgroup.kill"), "1") {
+            tracing::warn!(%error, path = %self.path.display(), "cannot kill a worker's cgroup");
+        }
+    }
+
     /// Worker `pid` is spawned: its cgroup, if it joined it (it has passed
     /// the point where it would). One it could not join (no delegation, an
     /// old kernel after a change of user) is removed: the worker's process
@@ -183,9 +190,7 @@ impl WorkerCgroup {
 
 impl Drop for WorkerCgroup {
     fn drop(&mut self) {
-        if let Err(error) = std::fs::write(self.path.join("cgroup.kill"), "1") {
-            tracing::warn!(%error, path = %self.path.display(), "cannot kill a worker's cgroup");
-        }
+        self.kill();
         remove_when_empty(self.path.clone());
     }
 }
