@@ -112,15 +112,8 @@ impl Spawn for ProcessSpawner {
             let list: Vec<String> = passed.iter().map(ToString::to_string).collect();
             command.env(sys::PASS_FDS, list.join(","));
         }
-        let guard = sys::orphan_guard().map_err(spawn_error)?;
-        sys::prepare_child(&mut command, inherited, passed, std::process::id(), guard);
-        let child = {
-            // Recorded before an orphan reaper can see it.
-            let mut ours = sys::own_children();
-            let child = command.spawn().map_err(spawn_error)?;
-            ours.extend(child.id());
-            child
-        };
+        let (child, cgroup) =
+            sys::spawn_worker(command, inherited, passed, id.get()).map_err(spawn_error)?;
         let pid = child.id().unwrap_or_default();
 
         let (read, outbox) = channel::open(ours, config.queue, Some(id)).map_err(spawn_error)?;
@@ -147,7 +140,7 @@ impl Spawn for ProcessSpawner {
         } else {
             Err(theirs)
         };
-        let signals = Watch::start(id, child, channel, inputs);
+        let signals = Watch::start(id, child, cgroup, channel, inputs);
         Ok(Spawned { worker, signals })
     }
 }

@@ -49,12 +49,14 @@ pub(super) struct Watch {
 }
 
 impl Watch {
-    /// Watches `child` (its piped output, if any) and its channel, read
-    /// through `codec` (or kept unread, its other end `unused`); signals sent
-    /// on the returned sender reach it (and its group) while it is not reaped.
+    /// Watches `child` (its piped output, if any, its `cgroup` if it runs in
+    /// one) and its channel, read through `codec` (or kept unread, its other
+    /// end `unused`); signals sent on the returned sender reach it (and its
+    /// group) while it is not reaped.
     pub(super) fn start(
         id: WorkerId,
         mut child: Child,
+        cgroup: Option<sys::WorkerCgroup>,
         channel: Result<(OwnedReadHalf, AnyCodec), OwnedFd>,
         inputs: mpsc::Sender<Input>,
     ) -> mpsc::UnboundedSender<Signal> {
@@ -77,6 +79,7 @@ impl Watch {
         tokio::spawn(watch.run(Process {
             child,
             pid,
+            cgroup,
             group_ended: false,
         }));
         signals
@@ -151,6 +154,10 @@ impl Watch {
                     // still this worker's.
                     if matches!(process.child.try_wait(), Ok(None)) {
                         let _ = sys::send_signal(process.pid, true, signal.as_raw());
+                        // SIGKILL: what left the group goes too.
+                        if let (Signal::KILL, Some(cgroup)) = (signal, &process.cgroup) {
+                            cgroup.kill();
+                        }
                     }
                     continue;
                 }
@@ -172,12 +179,14 @@ impl Watch {
     }
 }
 
-/// A worker's process. What is left of its group (grandchildren) is killed
-/// once the worker is reaped, or when the watch ends first (before the
-/// child is killed and reaped on drop); then the orphan guard forgets it.
+/// A worker's process. What is left of its group and of its cgroup
+/// (grandchildren) is killed once the worker is reaped, or when the watch
+/// ends first (before the child is killed and reaped on drop); then the
+/// orphan guard forgets it.
 struct Process {
     child: Child,
     pid: u32,
+    cgroup: Option<sys::WorkerCgroup>,
     group_ended: bool,
 }
 
@@ -185,6 +194,8 @@ impl Process {
     fn end_group(&mut self) {
         if !std::mem::replace(&mut self.group_ended, true) {
             let _ = sys::send_signal(self.pid, true, libc::SIGKILL);
+            // Killed, and removed once empty, on drop.
+            drop(self.cgroup.take());
             sys::forget_group(self.pid);
             sys::own_children().remove(&self.pid);
         }

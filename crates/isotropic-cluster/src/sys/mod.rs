@@ -4,6 +4,7 @@
 //! Linux is the supported platform (`close_range`, `/proc`).
 #![allow(unsafe_code)]
 
+mod cgroup;
 mod child;
 mod fds;
 mod guard;
@@ -12,10 +13,12 @@ mod procfs;
 mod reap;
 mod scm;
 mod socket;
+mod spawn;
 
-pub(crate) use child::prepare_child;
+pub(crate) use cgroup::WorkerCgroup;
 pub(crate) use fds::{PASS_FDS, adopt_inherited_socket, place_listen_fds};
-pub(crate) use guard::{forget_group, orphan_guard};
+pub(crate) use guard::forget_group;
+use guard::orphan_guard;
 pub(crate) use process::{parent_pid, remove_env_if_single_threaded, send_signal};
 pub(crate) use procfs::holds_listening_socket;
 pub(crate) use reap::{become_subreaper, own_children, reap_orphans};
@@ -24,3 +27,4 @@ pub(crate) use socket::{
     Setup, channel_pair, local_tcp_address, local_unix_path, set_nonblocking, tcp_listener,
     unix_listener,
 };
+pub(crate) use spawn::spawn_worker;

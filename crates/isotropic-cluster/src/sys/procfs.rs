@@ -1,18 +1,95 @@
-//! Reading `/proc`: this process's threads, and whether a process listens.
+//! Reading `/proc`: this process's threads, a process's identity (its start
+//! time), and whether a process listens.
 
 use std::collections::HashSet;
 
+/// Field 20 of `/proc/PID/stat`: the number of threads.
+const THREADS: usize = 20;
+/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks
+/// since boot.
+pub(super) const START_TIME: usize = 22;
+/// Fields 48 and 49 of `/proc/PID/stat`: where the command line's arguments
+/// begin and end in the process's memory.
+pub(super) const ARG_START: usize = 48;
+/// See [`ARG_START`].
+pub(super) const ARG_END: usize = 49;
+
+/// Room for a `/proc/PID/stat` line (52 numbers and a command name of at
+/// most 64 bytes).
+pub(super) const STAT_SIZE: usize = 1024;
+
 /// The number of threads of this process (from `/proc/self/stat`).
 pub(super) fn thread_count() -> Option<usize> {
-    threads_in_stat(&std::fs::read_to_string("/proc/self/stat").ok()?)
+    let stat = std::fs::read("/proc/self/stat").ok()?;
+    usize::try_from(stat_field(&stat, THREADS)?).ok()
 }
 
-/// The thread count in the text of a `/proc/PID/stat`.
-fn threads_in_stat(stat: &str) -> Option<usize> {
-    // Fields after the command name, which is in parentheses and may hold
-    // spaces and parentheses; the thread count is the 20th field.
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    rest.split_whitespace().nth(17)?.parse().ok()
+/// Numeric field `field` (numbered from 1 as in `proc(5)`, 4 or above) of the
+/// text of a `/proc/PID/stat`. Allocation-free: the orphan guard and children
+/// between fork and exec use it.
+pub(super) fn stat_field(stat: &[u8], field: usize) -> Option<u64> {
+    // The command name (field 2) is in parentheses and may hold spaces and
+    // parentheses: fields are counted from the last `)`.
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = stat.get(close + 2..)?;
+    let text = rest
+        .split(|&b| b == b' ' || b == b'\n')
+        .filter(|f| !f.is_empty())
+        .nth(field.checked_sub(3)?)?;
+    let mut value: u64 = 0;
+    for &digit in text {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        value = value
+            .checked_mul(10)?
+            .checked_add(u64::from(digit - b'0'))?;
+    }
+    Some(value)
+}
+
+/// Reads `/proc/PID/stat` (`pid` 0: this process's) into `buffer`, and
+/// returns what was read. Allocation-free and async-signal-safe.
+pub(super) fn read_stat(pid: i32, buffer: &mut [u8; STAT_SIZE]) -> Option<&[u8]> {
+    let mut path = [0_u8; 32];
+    let mut at = 0;
+    let mut put = |bytes: &[u8]| {
+        for &b in bytes {
+            path[at] = b;
+            at += 1;
+        }
+    };
+    put(b"/proc/");
+    if pid == 0 {
+        put(b"self");
+    } else {
+        let mut digits = [0_u8; 10];
+        let mut n = pid.unsigned_abs();
+        let mut len = 0;
+        loop {
+            digits[len] = b'0' + u8::try_from(n % 10).unwrap_or(0);
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        digits[..len].reverse();
+        put(&digits[..len]);
+    }
+    put(b"/stat\0");
+    let path = std::ffi::CStr::from_bytes_until_nul(&path).ok()?;
+    // rustix makes raw system calls: nothing here allocates.
+    let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC;
+    let file = rustix::fs::open(path, flags, rustix::fs::Mode::empty()).ok()?;
+    let read = rustix::io::read(&file, &mut buffer[..]).ok()?;
+    Some(&buffer[..read])
+}
+
+/// The start time of process `pid` (0: this process), allocation-free.
+pub(super) fn start_time(pid: i32) -> Option<u64> {
+    let mut buffer = [0; STAT_SIZE];
+    stat_field(read_stat(pid, &mut buffer)?, START_TIME)
 }
 
 /// Whether process `pid` holds a TCP (v4 or v6) or Unix stream socket in the
@@ -79,13 +156,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_thread_count_is_read_after_a_command_name_with_spaces_and_parentheses() {
-        let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 120 0 0 0 3 1 0 0 20 0 7 0 812 \
-                    8192000 300 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0";
-        assert_eq!(threads_in_stat(stat), Some(7));
-        assert_eq!(threads_in_stat("4242 (cut short) S 1"), None);
-        assert_eq!(threads_in_stat("no command name"), None);
-        assert_eq!(threads_in_stat("4242 (x)"), None);
+    fn stat_fields_are_counted_after_a_command_name_with_spaces_and_parentheses() {
+        let stat = b"4242 (a (b) c) S 1 4242 4242 0 -1 4194560 120 0 0 0 3 1 0 0 20 0 7 0 812 \
+                    8192000 300 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0\n";
+        assert_eq!(stat_field(stat, THREADS), Some(7));
+        assert_eq!(stat_field(stat, START_TIME), Some(812));
+        assert_eq!(stat_field(stat, 4), Some(1));
+        assert_eq!(stat_field(stat, 44), Some(0), "the last one");
+        assert_eq!(stat_field(stat, 45), None);
+        assert_eq!(stat_field(stat, 8), None, "negative");
+        assert_eq!(stat_field(stat, 3), None, "the state is a letter");
+        assert_eq!(stat_field(b"4242 (cut short) S 1", THREADS), None);
+        assert_eq!(stat_field(b"no command name", THREADS), None);
+        assert_eq!(stat_field(b"4242 (x)", THREADS), None);
+    }
+
+    #[test]
+    fn the_start_time_of_a_process_is_its_own() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let pid = i32::try_from(child.id()).expect("pid");
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        let expected: u64 = text[text.rfind(')').expect(")") + 2..]
+            .split_whitespace()
+            .nth(19)
+            .and_then(|t| t.parse().ok())
+            .expect("field 22");
+        assert_eq!(start_time(pid), Some(expected));
+        assert!(start_time(0).is_some());
+        child.kill().expect("kill");
+        child.wait().expect("reap");
+        assert_eq!(start_time(pid), None, "reaped: no such process");
     }
 
     #[test]

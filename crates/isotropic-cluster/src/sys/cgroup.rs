@@ -1,0 +1,393 @@
+//! Workers in cgroups of their own (cgroup v2), where this process may make
+//! them: `<our cgroup>/isotropic-cluster-<our pid>/worker-<id>-<n>`. Killing a
+//! worker's cgroup (`cgroup.kill`) ends every process it started, even one
+//! that left its process group (`setsid`). Where cgroups cannot be made
+//! (no cgroup v2 hierarchy, not writable, no delegation), workers run
+//! without, and only their process group is ended.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rustix::fs::{AtFlags, Mode, OFlags};
+
+/// The cgroup of this process's workers: one per process, shared by every
+/// primary, made on first use.
+#[derive(Debug)]
+pub(super) struct Base {
+    path: PathBuf,
+    /// The directory of the base cgroup.
+    dir: OwnedFd,
+    /// The directory of our own cgroup, which holds it.
+    parent: OwnedFd,
+    /// The base's name in `parent`.
+    name: CString,
+}
+
+/// The base cgroup, if this process may put its workers in cgroups.
+pub(super) fn base() -> Option<&'static Base> {
+    static BASE: OnceLock<Option<Base>> = OnceLock::new();
+    BASE.get_or_init(|| match Base::make() {
+        Ok(base) => {
+            tracing::debug!(path = %base.path.display(), "workers run in cgroups of their own");
+            Some(base)
+        }
+        Err(error) => {
+            tracing::debug!(%error, "no cgroups for workers: only their process groups are ended");
+            None
+        }
+    })
+    .as_ref()
+}
+
+impl Base {
+    fn make() -> io::Result<Self> {
+        let unavailable = || io::Error::new(io::ErrorKind::NotFound, "no cgroup v2 hierarchy");
+        let ours = own_cgroup(
+            &std::fs::read_to_string("/proc/self/mountinfo")?,
+            &std::fs::read_to_string("/proc/self/cgroup")?,
+        )
+        .ok_or_else(unavailable)?;
+        let directory = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let parent = rustix::fs::open(&ours, directory, Mode::empty())?;
+        // Moving a process between two cgroups takes write access to the
+        // `cgroup.procs` of the cgroup holding both: ours.
+        rustix::fs::openat(
+            &parent,
+            c"cgroup.procs",
+            OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let name = CString::new(format!("isotropic-cluster-{}", std::process::id()))?;
+        match rustix::fs::mkdirat(&parent, name.as_c_str(), Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(error) => return Err(error.into()),
+        }
+        let dir = rustix::fs::openat(&parent, name.as_c_str(), directory, Mode::empty())?;
+        // `cgroup.kill` came with Linux 5.14: without it, cgroups are no use.
+        let kill = OFlags::WRONLY | OFlags::CLOEXEC;
+        if let Err(error) = rustix::fs::openat(&dir, c"cgroup.kill", kill, Mode::empty()) {
+            let _ = rustix::fs::unlinkat(&parent, name.as_c_str(), AtFlags::REMOVEDIR);
+            return Err(error.into());
+        }
+        let path = ours.join(name.to_string_lossy().as_ref());
+        Ok(Self {
+            path,
+            dir,
+            parent,
+            name,
+        })
+    }
+
+    /// The fds the orphan guard keeps: the base's directory, then ours.
+    pub(super) fn fds(&self) -> [RawFd; 2] {
+        [self.dir.as_raw_fd(), self.parent.as_raw_fd()]
+    }
+
+    /// The base's name in our cgroup (for the guard, which removes it).
+    pub(super) fn name(&self) -> &CStr {
+        &self.name
+    }
+}
+
+/// The directory of this process's cgroup: the cgroup v2 mount (from
+/// `mountinfo`) that holds the path of the `0::` line of `cgroup`.
+fn own_cgroup(mountinfo: &str, cgroup: &str) -> Option<PathBuf> {
+    let path = cgroup.lines().find_map(|line| line.strip_prefix("0::"))?;
+    mountinfo.lines().find_map(|line| {
+        let (mount, filesystem) = line.split_once(" - ")?;
+        if filesystem.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        let mut fields = mount.split_whitespace().skip(3);
+        let (root, point) = (fields.next()?, fields.next()?);
+        let inside = path.strip_prefix(root.trim_end_matches('/'))?;
+        if !(inside.is_empty() || inside.starts_with('/')) {
+            return None;
+        }
+        Some(Path::new(point).join(inside.trim_start_matches('/')))
+    })
+}
+
+/// The cgroup of one worker, made before it is spawned; it joins it between
+/// fork and exec ([`prepare_child`](super::child::prepare_child)). Dropping it kills
+/// whatever runs in it, and removes it once empty.
+#[derive(Debug)]
+pub(crate) struct WorkerCgroup {
+    path: PathBuf,
+    /// Its `cgroup.procs`, opened for the child until it is spawned.
+    procs: Option<OwnedFd>,
+}
+
+impl WorkerCgroup {
+    /// A new cgroup for worker `id`, if workers run in cgroups.
+    pub(super) fn make(id: u64) -> Option<Self> {
+        static MADE: AtomicU64 = AtomicU64::new(0);
+        let base = base()?;
+        let made = MADE.fetch_add(1, Ordering::Relaxed);
+        let name = format!("worker-{id}-{made}");
+        let made = rustix::fs::mkdirat(&base.dir, name.as_str(), Mode::from_raw_mode(0o755))
+            .and_then(|()| {
+                let procs = format!("{name}/cgroup.procs");
+                rustix::fs::openat(
+                    &base.dir,
+                    procs.as_str(),
+                    OFlags::WRONLY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+            });
+        let path = base.path.join(&name);
+        match made {
+            Ok(procs) => Some(Self {
+                path,
+                procs: Some(procs),
+            }),
+            Err(error) => {
+                tracing::debug!(%error, path = %path.display(), "no cgroup for a worker");
+                let _ = std::fs::remove_dir(&path);
+                None
+            }
+        }
+    }
+
+    /// The `cgroup.procs` the child writes to, to join it.
+    pub(super) fn procs(&self) -> Option<BorrowedFd<'_>> {
+        self.procs.as_ref().map(AsFd::as_fd)
+    }
+
+    /// SIGKILLs every process in the cgroup.
+    pub(crate) fn kill(&self) {
+        if let Err(error) = std::fs::write(self.path.join("cgroup.kill"), "1") {
+            tracing::warn!(%error, path = %self.path.display(), "cannot kill a worker's cgroup");
+        }
+    }
+
+    /// Worker `pid` is spawned: its cgroup, if it joined it (it has passed
+    /// the point where it would). One it could not join (no delegation, an
+    /// old kernel after a change of user) is removed: the worker's process
+    /// group alone holds what it starts.
+    pub(super) fn spawned(mut self, pid: u32) -> Option<Self> {
+        self.procs = None;
+        let name = self.path.file_name()?.to_string_lossy().into_owned();
+        // Unreadable: kept (dropping it would kill the worker, were it in it).
+        let joined =
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_or(true, |cgroups| {
+                cgroups
+                    .lines()
+                    .any(|line| line.starts_with("0::") && line.ends_with(&format!("/{name}")))
+            });
+        if !joined {
+            tracing::debug!(pid, path = %self.path.display(), "a worker could not join its cgroup");
+            return None;
+        }
+        Some(self)
+    }
+}
+
+impl Drop for WorkerCgroup {
+    fn drop(&mut self) {
+        self.kill();
+        remove_when_empty(self.path.clone());
+    }
+}
+
+/// How long a killed worker cgroup may take to empty before its removal is
+/// left to the orphan guard (at this process's end).
+const EMPTYING: Duration = Duration::from_secs(10);
+
+/// Whether a removal failed because the cgroup still has processes.
+fn busy(removed: &io::Result<()>) -> bool {
+    matches!(removed, Err(error) if error.raw_os_error() == Some(libc::EBUSY))
+}
+
+/// Removes the (killed) cgroup at `path` once its processes have exited: at
+/// once if they have, else from a task, retrying with a growing pause.
+fn remove_when_empty(path: PathBuf) {
+    if !busy(&std::fs::remove_dir(&path)) {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let mut pause = Duration::from_millis(1);
+        let mut waited = Duration::ZERO;
+        while waited < EMPTYING {
+            tokio::time::sleep(pause).await;
+            waited += pause;
+            pause = (pause * 2).min(Duration::from_millis(100));
+            if !busy(&std::fs::remove_dir(&path)) {
+                return;
+            }
+        }
+        tracing::debug!(path = %path.display(), "a killed worker cgroup is still not empty");
+    });
+}
+
+/// The base cgroup as the orphan guard sees it after the fork: its fds and
+/// name, inherited. Allocation-free.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct GuardCgroup<'a> {
+    dir: BorrowedFd<'a>,
+    parent: BorrowedFd<'a>,
+    name: &'a CStr,
+}
+
+impl<'a> GuardCgroup<'a> {
+    /// The base cgroup whose directory is `dir`, named `name` in `parent`.
+    pub(super) fn new(dir: BorrowedFd<'a>, parent: BorrowedFd<'a>, name: &'a CStr) -> Self {
+        Self { dir, parent, name }
+    }
+
+    /// SIGKILLs every process in the base cgroup and below.
+    pub(super) fn kill(self) {
+        if let Ok(kill) = rustix::fs::openat(
+            self.dir,
+            c"cgroup.kill",
+            OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            let _ = rustix::io::write(&kill, b"1");
+        }
+    }
+
+    /// Whether any process is left in the base cgroup or below.
+    pub(super) fn populated(self) -> bool {
+        let Ok(events) = rustix::fs::openat(
+            self.dir,
+            c"cgroup.events",
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return false;
+        };
+        let mut text = [0_u8; 256];
+        let read = rustix::io::read(&events, &mut text[..]).unwrap_or(0);
+        text[..read].windows(11).any(|w| w == b"populated 1")
+    }
+
+    /// Removes the workers' cgroups (empty by now), then the base.
+    pub(super) fn remove(self) {
+        let mut buffer = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+        // Each pass removes what it read; entries may move as it does.
+        for _ in 0..64 {
+            let Ok(listing) = rustix::fs::openat(
+                self.dir,
+                c".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) else {
+                break;
+            };
+            let mut entries = rustix::fs::RawDir::new(&listing, &mut buffer);
+            let mut removed = false;
+            while let Some(Ok(entry)) = entries.next() {
+                let name = entry.file_name();
+                if entry.file_type() == rustix::fs::FileType::Directory
+                    && name != c"."
+                    && name != c".."
+                {
+                    removed |= rustix::fs::unlinkat(self.dir, name, AtFlags::REMOVEDIR).is_ok();
+                }
+            }
+            if !removed {
+                break;
+            }
+        }
+        let _ = rustix::fs::unlinkat(self.parent, self.name, AtFlags::REMOVEDIR);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn our_cgroup_is_found_under_the_cgroup2_mount() {
+        let found = |mountinfo: &str, cgroup: &str| own_cgroup(mountinfo, cgroup);
+        assert_eq!(
+            found(MOUNTINFO, "4:memory:/x\n0::/\n"),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            found(MOUNTINFO, "0::/user.slice/app.service\n"),
+            Some(PathBuf::from(
+                "/sys/fs/cgroup/unified/user.slice/app.service"
+            ))
+        );
+        // A mount of a part of the hierarchy (a container's).
+        let part = "50 1 0:40 /machine/box /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            found(part, "0::/machine/box/app\n"),
+            Some(PathBuf::from("/sys/fs/cgroup/app"))
+        );
+        assert_eq!(found(part, "0::/machine/boxes\n"), None);
+        assert_eq!(found(part, "0::/elsewhere\n"), None);
+        // Cgroup v1 only, or no v2 line.
+        assert_eq!(
+            found(&MOUNTINFO.replace("cgroup2", "tmpfs"), "0::/\n"),
+            None
+        );
+        assert_eq!(found(MOUNTINFO, "4:memory:/x\n"), None);
+    }
+
+    /// Waits until `done` holds (deadline: 30 s).
+    fn wait_until(mut done: impl FnMut() -> bool) {
+        let started = std::time::Instant::now();
+        while !done() {
+            assert!(started.elapsed() < Duration::from_secs(30), "timed out");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_worker_cgroup_is_kept_only_if_joined_and_kills_what_runs_in_it_when_dropped() {
+        let Some(base) = base() else {
+            eprintln!("skipped: no writable cgroup v2 hierarchy here");
+            return;
+        };
+        // A process that did not join: the cgroup is removed, it lives on.
+        let mut outside = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let cgroup = WorkerCgroup::make(1).expect("a cgroup");
+        let path = cgroup.path.clone();
+        assert!(cgroup.spawned(outside.id()).is_none());
+        assert!(!path.exists(), "removed");
+        assert!(outside.try_wait().expect("try_wait").is_none(), "killed");
+        outside.kill().expect("kill");
+        outside.wait().expect("reap");
+        // One that joined: kept; dropped, what runs in it is killed.
+        let cgroup = WorkerCgroup::make(2).expect("a cgroup");
+        let procs = cgroup.path.join("cgroup.procs");
+        let mut inside = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo 0 > {}; exec sleep 30", procs.display()))
+            .spawn()
+            .expect("sh");
+        let pid = inside.id();
+        wait_until(|| std::fs::read_to_string(&procs).is_ok_and(|p| p.contains(&pid.to_string())));
+        let cgroup = cgroup.spawned(pid).expect("joined");
+        let path = cgroup.path.clone();
+        drop(cgroup);
+        let status = inside.wait().expect("reap");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        // No orphan guard here to remove what is left at exit.
+        wait_until(|| !busy(&std::fs::remove_dir(&path)));
+        let _ = std::fs::remove_dir(&base.path);
+    }
+}
