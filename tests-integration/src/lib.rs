@@ -324,3 +324,12 @@ pub fn rss_kib() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// A turn to measure this whole process (its CPU time, RSS, fds, zombies)
+/// or to make it grow: plain `cargo test` runs a binary's tests on parallel
+/// threads of one process, so such tests of one binary take turns (nextest
+/// runs each test in a process of its own).
+pub async fn measuring_turn() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}

@@ -138,6 +138,7 @@ async fn random_bytes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_worker_is_slowed_down_and_memory_stays_bounded() {
+    let _turn = tests_integration::measuring_turn().await;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
     let received = Arc::new(AtomicU64::new(0));

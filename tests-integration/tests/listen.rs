@@ -499,6 +499,7 @@ fn open_fds() -> usize {
 
 #[tokio::test]
 async fn a_worker_holds_at_most_64_sockets_and_leaves_none_behind() {
+    let _turn = tests_integration::measuring_turn().await;
     let dir = directory("bounded", 0o755);
     let template = format!("unix:{}/{{id}}-{{n}}.sock", dir.display());
     let primary = primary(Mode::ListenAll)

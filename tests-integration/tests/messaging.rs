@@ -240,6 +240,7 @@ async fn a_worker_that_never_signals_ready_stays_out_of_the_pool_but_is_reachabl
 
 #[tokio::test]
 async fn a_worker_that_does_not_read_fills_a_bounded_queue() {
+    let _turn = tests_integration::measuring_turn().await;
     let builder = tests_integration::hung_primary().queue_bytes(4 << 20);
     let (primary, _events, [worker]) = launch::<1>(builder).await;
     let megabyte = "z".repeat(1 << 20);
@@ -281,6 +282,7 @@ async fn a_worker_that_never_signals_ready_can_be_timed_out() {
 
 #[tokio::test]
 async fn a_held_event_stream_keeps_a_bounded_number_of_bytes_and_says_what_it_skipped() {
+    let _turn = tests_integration::measuring_turn().await;
     // (issue 13: 40 messages of 8 MiB kept 464 MiB in an unread stream, and
     // a reader that fell behind lost events with no sign.) Here 48 of 1 MiB:
     // 48 MiB over the stream's 32 MiB bound.

@@ -49,6 +49,7 @@ async fn count_exits(events: &mut isotropic_cluster::EventStream<PrimaryEvent>, 
 
 #[tokio::test]
 async fn a_thousand_restarts_leave_fds_memory_and_processes_flat() {
+    let _turn = tests_integration::measuring_turn().await;
     // Workers that exit at once, replaced without backoff.
     let policy = RestartPolicy::default().stable_after(Duration::ZERO);
     let (primary, mut events) = tests_integration::crash_looping(policy).await;
@@ -79,6 +80,7 @@ fn cpu_time() -> Duration {
 
 #[tokio::test]
 async fn a_crash_loop_costs_the_primary_under_five_percent_of_a_core() {
+    let _turn = tests_integration::measuring_turn().await;
     const WINDOW: Duration = Duration::from_secs(10);
     // A worker that exits at start, under the default restart policy.
     let (primary, mut events) = tests_integration::crash_looping(RestartPolicy::default()).await;
@@ -162,6 +164,7 @@ async fn client(primary: ClusterPrimary, first: u64, stop: Arc<AtomicBool>) -> O
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_under_load_loses_no_request_and_the_pool_recovers() {
+    let _turn = tests_integration::measuring_turn().await;
     const WORKERS: usize = 8;
     const CLIENTS: u64 = 16;
     const STORM: Duration = Duration::from_secs(20);
