@@ -5,6 +5,7 @@
 mod args;
 mod exit;
 mod listen;
+mod output;
 mod report;
 mod supervise;
 

@@ -1,30 +1,22 @@
-//! What the CLI prints: worker output prefixed with the worker's id on the
-//! stream the worker wrote it to, and lifecycle lines on stderr, as text
-//! (`[primary] …`) or, with `--json`, as JSON lines.
+//! The lifecycle lines the CLI prints on stderr, as text (`[primary] …`)
+//! or, with `--json`, as JSON lines (worker output: see `output.rs`).
 
-use std::io::Write as _;
-
-use isotropic_cluster::primary::{OnIntensity, OutputStream, PrimaryEvent};
+use isotropic_cluster::primary::{OnIntensity, PrimaryEvent};
 use serde_json::json;
 
-/// Prints worker output with its id, and lifecycle events as text or JSON.
-#[derive(Debug, Clone, Copy)]
+use crate::output::Output;
+
+/// Prints lifecycle events as text or JSON.
+#[derive(Debug, Clone)]
 pub(crate) struct Report {
     pub(crate) json: bool,
+    pub(crate) output: Output,
 }
 
 impl Report {
     /// Prints `event` (or nothing, for the events the CLI does not show).
     pub(crate) fn event(&self, event: PrimaryEvent) {
         match event {
-            PrimaryEvent::WorkerOutput(output) => {
-                // One write per line: lines of different workers never mix.
-                let line = format!("[{}] {}\n", output.worker.id(), output.line);
-                let _ = match output.stream {
-                    OutputStream::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
-                    OutputStream::Stderr => std::io::stderr().lock().write_all(line.as_bytes()),
-                };
-            }
             PrimaryEvent::WorkerFork(e) => {
                 self.line(
                     "workerFork",
@@ -142,18 +134,18 @@ impl Report {
 
     /// One lifecycle line, about `worker` or the primary.
     pub(crate) fn line(&self, event: &str, worker: Option<u64>, text: &str) {
-        let line = self.render(event, worker, text);
-        let _ = writeln!(std::io::stderr().lock(), "{line}");
+        self.output.line(&render(self.json, event, worker, text));
     }
+}
 
-    fn render(&self, event: &str, worker: Option<u64>, text: &str) -> String {
-        if self.json {
-            json!({"event": event, "worker": worker, "message": text}).to_string()
-        } else {
-            match worker {
-                Some(id) => format!("[primary] worker {id} {text}"),
-                None => format!("[primary] {text}"),
-            }
+/// A lifecycle line as text or JSON.
+fn render(json: bool, event: &str, worker: Option<u64>, text: &str) -> String {
+    if json {
+        json!({"event": event, "worker": worker, "message": text}).to_string()
+    } else {
+        match worker {
+            Some(id) => format!("[primary] worker {id} {text}"),
+            None => format!("[primary] {text}"),
         }
     }
 }
@@ -176,22 +168,20 @@ mod tests {
 
     #[test]
     fn text_lines_name_the_primary_and_the_worker() {
-        let text = Report { json: false };
         assert_eq!(
-            text.render("workerReady", Some(2), "ready"),
+            render(false, "workerReady", Some(2), "ready"),
             "[primary] worker 2 ready"
         );
         assert_eq!(
-            text.render("shutDown", None, "already shutting down"),
+            render(false, "shutDown", None, "already shutting down"),
             "[primary] already shutting down"
         );
     }
 
     #[test]
     fn json_lines_carry_the_event_the_worker_and_the_message() {
-        let json = Report { json: true };
         let line = |worker| {
-            let line = json.render("workerExit", worker, "exited with code 0");
+            let line = render(true, "workerExit", worker, "exited with code 0");
             serde_json::from_str::<serde_json::Value>(&line).expect("one JSON value")
         };
         assert_eq!(

@@ -4,24 +4,35 @@
 use anyhow::Context as _;
 use isotropic_cluster::Signal;
 use isotropic_cluster::primary::{
-    self, ClusterPrimary, OnIntensity, OrphanReaper, PrimaryEvent, WorkerChannel, WorkerStdio,
+    self, ClusterPrimary, OnIntensity, OrphanReaper, OutputLines, PrimaryEvent, WorkerChannel,
+    WorkerStdio, output_channel,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::args::{Channel, Plan, Readiness};
 use crate::exit::ExitCode;
 use crate::listen;
+use crate::output::Output;
 use crate::report::Report;
 
-/// Runs `plan` to its end.
+/// Bytes of worker output that may wait for our stdout before the workers'
+/// pipes are no longer read.
+const OUTPUT_BYTES: usize = 4 * 1024 * 1024;
+
+/// Runs `plan` to its end; everything printed is written before it returns
+/// (or `--grace` after, when our stdout is blocked).
 pub(crate) async fn run(plan: Plan) -> ExitCode {
-    match supervise(plan).await {
+    let output = Output::start();
+    let grace = plan.grace;
+    let code = match supervise(plan, &output).await {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("isotropic-cluster: {error:#}");
+            output.line(&format!("isotropic-cluster: {error:#}"));
             ExitCode::CannotStart
         }
-    }
+    };
+    output.finish(grace);
+    code
 }
 
 /// The signals the CLI answers.
@@ -41,7 +52,7 @@ impl Signals {
     }
 }
 
-async fn supervise(plan: Plan) -> anyhow::Result<ExitCode> {
+async fn supervise(plan: Plan, output: &Output) -> anyhow::Result<ExitCode> {
     // First, so that a signal during startup is a shutdown once running,
     // not the default action.
     let mut signals = Signals::install()?;
@@ -51,13 +62,19 @@ async fn supervise(plan: Plan) -> anyhow::Result<ExitCode> {
         .then(OrphanReaper::start)
         .transpose()
         .context("cannot become a subreaper")?;
-    let report = Report { json: plan.json };
+    let report = Report {
+        json: plan.json,
+        output: output.clone(),
+    };
     // Held to the end: the socket files it made go with it.
-    let (primary, _socket_files) = start(&plan, &report).await?;
+    let (primary, _socket_files, lines) = start(&plan, &report).await?;
+    // Worker output, printed until the last line of the last worker.
+    let printing = tokio::spawn(output.clone().forward(lines));
     let mut events = primary.events();
     if let Err(error) = primary.fork(plan.workers).await {
         report.cannot_start(&plan.program, &error);
-        primary.destroy().await?;
+        drop(events);
+        wind_down(primary, printing, plan.grace).await?;
         return Ok(ExitCode::CannotStart);
     }
     let mut shutdown = Shutdown::default();
@@ -106,6 +123,8 @@ async fn supervise(plan: Plan) -> anyhow::Result<ExitCode> {
         }
     }
     report.shut_down(shutdown.forced);
+    drop((events, reload));
+    wind_down(primary, printing, plan.grace).await?;
     Ok(if shutdown.forced {
         ExitCode::Forced
     } else if gave_up {
@@ -115,12 +134,26 @@ async fn supervise(plan: Plan) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Destroys `primary`, then waits until what the workers wrote is printed
+/// (`printing` ends with their last line), for `grace` at most (our stdout
+/// may be blocked).
+async fn wind_down(
+    primary: ClusterPrimary,
+    printing: tokio::task::JoinHandle<()>,
+    grace: std::time::Duration,
+) -> anyhow::Result<()> {
+    primary.destroy().await?;
+    drop(primary);
+    let _ = tokio::time::timeout(grace, printing).await;
+    Ok(())
+}
+
 /// Starts the primary `plan` describes, with no worker yet; the socket
 /// files it bound.
 async fn start(
     plan: &Plan,
     report: &Report,
-) -> anyhow::Result<(ClusterPrimary, listen::SocketFiles)> {
+) -> anyhow::Result<(ClusterPrimary, listen::SocketFiles, OutputLines)> {
     let (builder, files) = if plan.listen.is_empty() {
         let builder = ClusterPrimary::builder()
             .program(&plan.program)
@@ -139,16 +172,18 @@ async fn start(
         Readiness::Message => primary::Readiness::Message,
         Readiness::Listening => primary::Readiness::Listening,
     };
+    let (sink, lines) = output_channel(OUTPUT_BYTES);
     Ok(builder
         .channel(channel)
         .readiness(readiness)
         .stdio(WorkerStdio::Piped)
+        .output(sink)
         .shutdown_grace(plan.grace)
         .kill_grace(plan.grace)
         .restart_policy(plan.restart_policy)
         .start()
         .await
-        .map(|primary| (primary, files))?)
+        .map(|primary| (primary, files, lines))?)
 }
 
 /// The signals that ended the run so far.

@@ -184,6 +184,16 @@ impl PrimaryBuilder {
         self
     }
 
+    /// Sends the lines of piped output to `sink` (see [`output_channel`]:
+    /// lossless, with backpressure) instead of publishing `workerOutput`
+    /// events (lossy when a stream falls behind).
+    ///
+    /// [`output_channel`]: super::output_channel
+    pub fn output(mut self, sink: super::OutputSink) -> Self {
+        self.config.output = Some(sink);
+        self
+    }
+
     /// The largest frame accepted from or sent to a worker (default 16 MiB).
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
         self.config.max_frame_size = bytes.clamp(1, u32::MAX as usize);

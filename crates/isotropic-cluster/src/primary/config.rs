@@ -70,6 +70,8 @@ pub(crate) struct Config {
     pub(crate) gid: Option<u32>,
     pub(crate) stdout: WorkerStdio,
     pub(crate) stderr: WorkerStdio,
+    /// Where piped lines go: `None`, as `workerOutput` events.
+    pub(crate) output: Option<super::OutputSink>,
     pub(crate) max_frame_size: usize,
     pub(crate) queue: QueueLimits,
     pub(crate) shutdown_grace: Duration,
@@ -136,6 +138,7 @@ impl Default for Config {
             gid: None,
             stdout: WorkerStdio::Inherit,
             stderr: WorkerStdio::Inherit,
+            output: None,
             max_frame_size: protocol::DEFAULT_MAX_FRAME,
             queue: QueueLimits::default(),
             shutdown_grace: Duration::from_secs(5),

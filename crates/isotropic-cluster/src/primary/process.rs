@@ -140,7 +140,7 @@ impl Spawn for ProcessSpawner {
         } else {
             Err(theirs)
         };
-        let signals = Watch::start(id, child, cgroup, channel, inputs);
+        let signals = Watch::start(id, child, cgroup, channel, inputs, config.output.clone());
         Ok(Spawned { worker, signals })
     }
 }

@@ -14,6 +14,7 @@ use tokio_util::codec::{Decoder, FramedRead};
 
 use super::events::OutputStream;
 use super::input::Input;
+use super::output::{Delivery, OutputLine, OutputSink};
 use crate::error::ProtocolError;
 use crate::protocol::{AnyCodec, Frame};
 use crate::sys;
@@ -43,6 +44,10 @@ pub(super) struct Watch {
     inputs: mpsc::Sender<Input>,
     budget: Arc<Semaphore>,
     signals: mpsc::UnboundedReceiver<Signal>,
+    /// Where lines go instead of the actor, if anywhere (see `output.rs`).
+    output: Option<OutputSink>,
+    /// A line waiting for room in `output`: no other line is read meanwhile.
+    delivery: Option<Delivery>,
     /// Without a channel: the worker's end, kept open and unused, so that
     /// ours never reads an end of file.
     _unused: Option<OwnedFd>,
@@ -59,6 +64,7 @@ impl Watch {
         cgroup: Option<sys::WorkerCgroup>,
         channel: Result<(OwnedReadHalf, AnyCodec), OwnedFd>,
         inputs: mpsc::Sender<Input>,
+        output: Option<OutputSink>,
     ) -> mpsc::UnboundedSender<Signal> {
         let (frames, unused) = match channel {
             Ok((read, codec)) => (Some(FramedRead::new(read, codec)), None),
@@ -73,6 +79,8 @@ impl Watch {
             inputs,
             budget: Arc::new(Semaphore::new(INPUT_BUDGET)),
             signals: signal_rx,
+            output,
+            delivery: None,
             _unused: unused,
         };
         let pid = child.id().unwrap_or_default();
@@ -98,6 +106,7 @@ impl Watch {
                 && self.frames.is_none()
                 && self.stdout.is_none()
                 && self.stderr.is_none()
+                && self.delivery.is_none()
             {
                 break;
             }
@@ -129,23 +138,35 @@ impl Watch {
                     }
                     Err(end) => end,
                 },
-                line = next(&mut self.stdout) => match line {
-                    Some(Ok(line)) => Input::Output(id, OutputStream::Stdout, line),
+                line = next(&mut self.stdout), if self.delivery.is_none() => match line {
+                    Some(Ok(line)) => match self.line(OutputStream::Stdout, line) {
+                        Some(input) => input,
+                        None => continue,
+                    },
                     _ => {
                         self.stdout = None;
                         continue;
                     }
                 },
-                line = next(&mut self.stderr) => match line {
-                    Some(Ok(line)) => Input::Output(id, OutputStream::Stderr, line),
+                line = next(&mut self.stderr), if self.delivery.is_none() => match line {
+                    Some(Ok(line)) => match self.line(OutputStream::Stderr, line) {
+                        Some(input) => input,
+                        None => continue,
+                    },
                     _ => {
                         self.stderr = None;
                         continue;
                     }
                 },
+                () = delivered(&mut self.delivery) => {
+                    self.delivery = None;
+                    continue;
+                }
                 exit = process.child.wait(), if status.is_none() => {
                     status = Some(exit);
                     process.end_group();
+                    // The exit is not held back by output waiting for room.
+                    self.hand_off_output();
                     linger.as_mut().reset(tokio::time::Instant::now() + LINGER);
                     continue;
                 }
@@ -169,6 +190,7 @@ impl Watch {
                 }
             }
         }
+        self.hand_off_output();
         if self.frames.is_some() {
             let _ = self.inputs.send(Input::Closed(id, None)).await;
         }
@@ -219,6 +241,85 @@ impl Watch {
         };
         self.frames = None;
         Err(Input::Closed(self.id, error))
+    }
+}
+
+impl Watch {
+    /// With an output sink, what is left of the output is delivered by a
+    /// task of its own from now on (see [`drain`]).
+    fn hand_off_output(&mut self) {
+        if let Some(output) = self.output.take()
+            && (self.delivery.is_some() || self.stdout.is_some() || self.stderr.is_some())
+        {
+            let (delivery, stdout, stderr) =
+                (self.delivery.take(), self.stdout.take(), self.stderr.take());
+            tokio::spawn(drain(self.id, delivery, stdout, stderr, output));
+        }
+    }
+
+    /// A line of output: the input that reports it, or none when it went
+    /// to the output sink (or waits for room there).
+    fn line(&mut self, stream: OutputStream, line: String) -> Option<Input> {
+        match &self.output {
+            None => Some(Input::Output(self.id, stream, line)),
+            Some(output) => {
+                let worker = self.id;
+                self.delivery = output.deliver(OutputLine {
+                    worker,
+                    stream,
+                    line,
+                });
+                None
+            }
+        }
+    }
+}
+
+/// Completes a waiting delivery; pending forever when there is none.
+async fn delivered(delivery: &mut Option<Delivery>) {
+    match delivery {
+        Some(delivery) => delivery.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Delivers what is left of a worker's output once it exited: the waiting
+/// line, then every line to the end of both streams.
+async fn drain(
+    worker: WorkerId,
+    delivery: Option<Delivery>,
+    mut stdout: Option<FramedRead<ChildStdout, LineCodec>>,
+    mut stderr: Option<FramedRead<ChildStderr, LineCodec>>,
+    output: OutputSink,
+) {
+    if let Some(delivery) = delivery {
+        delivery.await;
+    }
+    loop {
+        let (stream, line) = tokio::select! {
+            line = next(&mut stdout), if stdout.is_some() => match line {
+                Some(Ok(line)) => (OutputStream::Stdout, line),
+                _ => {
+                    stdout = None;
+                    continue;
+                }
+            },
+            line = next(&mut stderr), if stderr.is_some() => match line {
+                Some(Ok(line)) => (OutputStream::Stderr, line),
+                _ => {
+                    stderr = None;
+                    continue;
+                }
+            },
+            else => return,
+        };
+        if let Some(delivery) = output.deliver(OutputLine {
+            worker,
+            stream,
+            line,
+        }) {
+            delivery.await;
+        }
     }
 }
 
