@@ -46,7 +46,10 @@ pub(crate) trait Actor: Send + Sized + 'static {
 }
 
 /// Runs `host` until it is finished, one command or input per turn.
-pub(crate) async fn run<A: Actor>(mut host: A, mut commands: Commands<A>) {
+pub(crate) async fn run<A: Actor + events::sealed::HostImpl>(
+    mut host: A,
+    mut commands: Commands<A>,
+) {
     let mut handles = true;
     // What happened before the task started (handlers of the first events).
     host.end_turn();
@@ -63,6 +66,24 @@ pub(crate) async fn run<A: Actor>(mut host: A, mut commands: Commands<A>) {
             input = host.next_input() => host.handle(input),
         }
         host.end_turn();
+        drop_panics(&mut host);
+    }
+    // The handlers left go now, not with the task (their `Drop` is user code).
+    host.hub().clear();
+    drop_panics(&mut host);
+}
+
+/// Reports the panics of handlers' destructors the hub caught.
+fn drop_panics<A: Actor + events::sealed::HostImpl>(host: &mut A) {
+    for message in host.hub().take_drop_panics() {
+        Actor::handler_panicked(
+            host,
+            HandlerPanic {
+                event: "(a handler being dropped)",
+                stage: events::Stage::Complete,
+                message,
+            },
+        );
     }
 }
 

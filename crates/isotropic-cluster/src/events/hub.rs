@@ -58,6 +58,9 @@ pub struct Hub {
     slots: HashMap<(TypeId, Stage), BTreeMap<u64, Slot>, ByTypeId>,
     stored: HashMap<TypeId, Stored, ByTypeId>,
     routes: HashMap<Arc<str>, RouteSlot>,
+    /// Panics of handlers' destructors, caught when the hub dropped them,
+    /// for the host to hear of (see [`take_drop_panics`](Self::take_drop_panics)).
+    drop_panics: Vec<String>,
 }
 
 impl fmt::Debug for Hub {
@@ -69,6 +72,19 @@ impl fmt::Debug for Hub {
 }
 
 impl Hub {
+    /// Drops `value` (handlers, and what they own), catching a panic of its
+    /// destructor: a handler's `Drop` is user code too.
+    pub(super) fn discard(&mut self, value: impl Send) {
+        if let Err(message) = super::catch(move || drop(value)) {
+            self.drop_panics.push(message);
+        }
+    }
+
+    /// The panics caught while dropping handlers since the last call.
+    pub(crate) fn take_drop_panics(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.drop_panics)
+    }
+
     /// How many handlers are subscribed (routes not counted).
     pub(super) fn subscriptions(&self) -> usize {
         self.slots.values().map(BTreeMap::len).sum()
@@ -96,12 +112,13 @@ impl Hub {
     /// Puts back a handler taken by [`take_next`](Self::take_next), unless its
     /// subscription was removed meanwhile.
     pub(super) fn put_back(&mut self, key: (TypeId, Stage), id: u64, handler: Box<dyn Any + Send>) {
-        if let Some(slot) = self
+        match self
             .slots
             .get_mut(&key)
             .and_then(|slots| slots.get_mut(&id))
         {
-            slot.handler = Some(handler);
+            Some(slot) => slot.handler = Some(handler),
+            None => self.discard(handler),
         }
     }
 
@@ -115,33 +132,33 @@ impl Hub {
     /// Puts back a route taken by [`take_route`](Self::take_route), unless it
     /// was removed or replaced meanwhile.
     pub(super) fn put_back_route(&mut self, name: &str, id: u64, handler: Box<dyn Any + Send>) {
-        if let Some((current, slot)) = self.routes.get_mut(name)
-            && *current == id
-        {
-            *slot = Some(handler);
+        match self.routes.get_mut(name) {
+            Some((current, slot)) if *current == id => *slot = Some(handler),
+            _ => self.discard(handler),
         }
     }
 
     pub(crate) fn remove(&mut self, key: SubscriptionKey) {
-        match key.target {
-            Target::Stage(topic, stage) => {
-                if let Some(slots) = self.slots.get_mut(&(topic, stage)) {
-                    slots.remove(&key.id);
-                }
+        let removed = match key.target {
+            Target::Stage(topic, stage) => self
+                .slots
+                .get_mut(&(topic, stage))
+                .and_then(|slots| slots.remove(&key.id))
+                .and_then(|slot| slot.handler),
+            Target::Route(name) if self.routes.get(&name).is_some_and(|(id, _)| *id == key.id) => {
+                self.routes.remove(&name).and_then(|(_, handler)| handler)
             }
-            Target::Route(name) => {
-                if self.routes.get(&name).is_some_and(|(id, _)| *id == key.id) {
-                    self.routes.remove(&name);
-                }
-            }
-        }
+            Target::Route(_) => None,
+        };
+        self.discard(removed);
     }
 
     /// Removes every subscription and route (and the stored once-events).
     pub(crate) fn clear(&mut self) {
-        self.slots.clear();
-        self.stored.clear();
-        self.routes.clear();
+        let slots = std::mem::take(&mut self.slots);
+        let stored = std::mem::take(&mut self.stored);
+        let routes = std::mem::take(&mut self.routes);
+        self.discard((slots, stored, routes));
     }
 
     /// Adds a subscription (no late-subscriber check: for builders).
@@ -165,7 +182,8 @@ impl Hub {
     /// Sets the route for `key`'s type name, replacing any earlier one.
     pub(crate) fn insert_route<E: Topic>(&mut self, key: SubscriptionKey, route: RouteFn<E>) {
         if let Target::Route(name) = key.target {
-            self.routes.insert(name, (key.id, Some(Box::new(route))));
+            let replaced = self.routes.insert(name, (key.id, Some(Box::new(route))));
+            self.discard(replaced);
         }
     }
 

@@ -73,7 +73,9 @@ where
                 control: &mut *control,
             });
         });
-        if !once && !control.unsubscribed {
+        if once || control.unsubscribed {
+            host.hub().discard(handler);
+        } else {
             host.hub().put_back(key, id, handler);
         }
         report::<E>(host, stage, outcome);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::Stage;
-use crate::primary::{HandlerPanicked, WorkerExit, WorkerOnline};
+use crate::primary::{HandlerPanicked, PrimaryBuilder, WorkerExit, WorkerOnline};
 
 /// What a `handlerPanicked` handler saw: event, stage, message.
 type Reported = Arc<Mutex<Vec<(&'static str, Stage, String)>>>;
@@ -171,4 +171,91 @@ async fn a_running_primary_whose_handler_panics_keeps_supervising_until_its_end(
     let panics = names.iter().filter(|e| **e == "handlerPanicked").count();
     assert_eq!(panics, 1, "{names:?}");
     assert_eq!(names.last(), Some(&"destroyComplete"), "{names:?}");
+}
+
+/// Panics when dropped: what a handler owns runs user code as it goes.
+struct Bomb;
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        panic!("bug in a destructor");
+    }
+}
+
+/// A running primary on the fake spawner with `builder`'s handlers, and its
+/// `handlerPanicked` events (by the panic's message).
+async fn running(
+    builder: PrimaryBuilder,
+) -> (ClusterPrimary, Arc<FakeSpawner>, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let spawner = Arc::new(FakeSpawner::default());
+    let primary = builder
+        .channel(WorkerChannel::None)
+        .shutdown_grace(GRACE)
+        .kill_grace(KILL_GRACE)
+        .spawner(spawner.clone())
+        .on::<HandlerPanicked>(move |event| log.lock().expect("log").push(event.message.clone()))
+        .start()
+        .await
+        .expect("start");
+    (primary, spawner, seen)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handler_whose_drop_panics_is_reported_however_it_goes() {
+    // (issue 12 review: a panic in the `Drop` of a handler's capture, when
+    // it was unsubscribed, replaced or torn down, killed the actor.)
+    let bomb = Bomb;
+    let in_handler = Bomb;
+    let (primary, spawner, seen) =
+        running(ClusterPrimary::builder().on::<WorkerOnline>(move |event| {
+            let _ = &in_handler;
+            event.unsubscribe();
+        }))
+        .await;
+    let subscription = (&primary).on::<WorkerExit>(move |_| {
+        let _ = &bomb;
+    });
+    subscription.unsubscribe();
+    let route = Bomb;
+    let _ = (&primary).route::<serde_json::Value>("job", move |_, _| {
+        let _ = &route;
+    });
+    let _ = (&primary).route::<serde_json::Value>("job", |_, _| {});
+    let torn_down = Bomb;
+    let _ = (&primary).on::<WorkerExit>(move |_| {
+        let _ = &torn_down;
+    });
+    let mut events = primary.events();
+    let ready = tokio::time::timeout(Duration::from_secs(60), primary.fork(1).ready());
+    ready.await.expect("in time").expect("still supervising");
+    let (id, mut peer) = spawner
+        .peers
+        .lock()
+        .expect("peers")
+        .pop_front()
+        .expect("a peer");
+    let destroying = tokio::spawn({
+        let primary = primary.clone();
+        async move { primary.destroy().await }
+    });
+    assert_eq!(signal(&mut peer).await, Signal::TERM);
+    let exited = peer
+        .inputs
+        .send(Input::Exited(id, Some(ExitStatus::from_raw(0))))
+        .await;
+    exited.expect("the primary hears its worker");
+    let destroyed = tokio::time::timeout(Duration::from_secs(60), destroying);
+    let destroyed = destroyed.await.expect("in time").expect("join");
+    destroyed.expect("destroyed, not prevented");
+    let drained = tokio::time::timeout(Duration::from_secs(60), async {
+        while events.next().await.is_some() {}
+    });
+    drained.await.expect("the event stream ends");
+    assert_eq!(
+        *seen.lock().expect("log"),
+        vec!["bug in a destructor".to_owned(); 3],
+        "unsubscribed by its handle, replaced, unsubscribed by itself (the teardown's comes after the last handler)"
+    );
 }
