@@ -14,14 +14,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use isotropic_cluster::primary::{OutputLines, OutputStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Batches waiting for a writer thread, per stream.
 const QUEUE: usize = 64;
 /// A batch of worker lines is handed over once it holds this many bytes.
 const BATCH: usize = 64 * 1024;
 
-/// The two writers, shared by the reports and the forwarding of worker lines.
+/// The two writers, shared by the reports, the logs and the forwarding of
+/// worker lines.
 #[derive(Debug, Clone)]
 pub(crate) struct Output {
     stdout: Writer,
@@ -30,47 +31,53 @@ pub(crate) struct Output {
     dropped: Arc<AtomicU64>,
 }
 
-/// One writer thread's queue, and how to learn that it wrote everything.
+/// What a writer thread is given.
+#[derive(Debug)]
+enum Item {
+    Text(Vec<u8>),
+    /// Answered once everything before it is written.
+    Flush(oneshot::Sender<()>),
+}
+
+/// One writer thread's queue.
 #[derive(Debug, Clone)]
 struct Writer {
-    queue: mpsc::Sender<Vec<u8>>,
-    done: Arc<std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>>,
+    queue: mpsc::Sender<Item>,
 }
 
 impl Writer {
     fn start(name: &str, mut sink: impl std::io::Write + Send + 'static) -> Self {
-        let (queue, mut batches) = mpsc::channel::<Vec<u8>>(QUEUE);
-        let (finished, done) = std::sync::mpsc::channel();
+        let (queue, mut items) = mpsc::channel::<Item>(QUEUE);
         let thread = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                while let Some(batch) = batches.blocking_recv() {
-                    // A reader that went away (EPIPE) gets nothing more; the
-                    // queue is still emptied, so nothing upstream waits.
-                    let _ = sink.write_all(&batch).and_then(|()| sink.flush());
+                while let Some(item) = items.blocking_recv() {
+                    match item {
+                        // A reader that went away (EPIPE) gets nothing more; the
+                        // queue is still emptied, so nothing upstream waits.
+                        Item::Text(text) => drop(sink.write_all(&text)),
+                        Item::Flush(done) => {
+                            let _ = sink.flush();
+                            let _ = done.send(());
+                        }
+                    }
                 }
-                let _ = finished.send(());
             });
         if let Err(error) = thread {
             eprintln!("isotropic-cluster: cannot start the {name} thread: {error}");
         }
-        Self {
-            queue,
-            done: Arc::new(std::sync::Mutex::new(Some(done))),
-        }
+        Self { queue }
     }
-}
 
-/// Waits until `deadline` for a writer thread to have written everything,
-/// once every sender of its queue is gone; whether it did.
-fn wait(
-    done: &std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
-    deadline: std::time::Instant,
-) -> bool {
-    let done = done.lock().map(|mut done| done.take());
-    let Ok(Some(done)) = done else { return true };
-    let left = deadline.saturating_duration_since(std::time::Instant::now());
-    done.recv_timeout(left).is_ok()
+    /// Whether everything given so far is written by `deadline`.
+    async fn flushed(&self, deadline: tokio::time::Instant) -> bool {
+        let (done, written) = oneshot::channel();
+        let flush =
+            async { self.queue.send(Item::Flush(done)).await.is_ok() && written.await.is_ok() };
+        tokio::time::timeout_at(deadline, flush)
+            .await
+            .unwrap_or(false)
+    }
 }
 
 impl Output {
@@ -91,7 +98,12 @@ impl Output {
         }
         text.push_str(line);
         text.push('\n');
-        if self.stderr.queue.try_send(text.into_bytes()).is_err() {
+        if self
+            .stderr
+            .queue
+            .try_send(Item::Text(text.into_bytes()))
+            .is_err()
+        {
             self.dropped.fetch_add(dropped + 1, Ordering::Relaxed);
         }
     }
@@ -115,29 +127,61 @@ impl Output {
             }
             for (writer, batch) in [(&self.stdout, out), (&self.stderr, err)] {
                 if !batch.is_empty() {
-                    let _ = writer.queue.send(batch).await;
+                    let _ = writer.queue.send(Item::Text(batch)).await;
                 }
             }
         }
     }
 
-    /// Waits up to `within` for everything queued to be written (stdout
-    /// first; a note on stderr if it could not be); whether it was. Every
-    /// other clone must be gone by then.
-    pub(crate) fn finish(self, within: Duration) -> bool {
-        let deadline = std::time::Instant::now() + within;
-        let Self { stdout, stderr, .. } = self;
-        drop(stdout.queue);
-        let written = wait(&stdout.done, deadline);
+    /// Waits up to `within` for everything given so far to be written
+    /// (stdout first; a note on stderr if it could not be); whether it was.
+    pub(crate) async fn finish(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        let written = self.stdout.flushed(deadline).await;
         if !written {
-            let note = "[primary] some worker output was not written: stdout is blocked\n";
-            let _ = stderr.queue.try_send(note.as_bytes().to_vec());
+            self.line("[primary] some worker output was not written: stdout is blocked");
         }
-        drop(stderr.queue);
-        let flushed = wait(
-            &stderr.done,
-            deadline.max(std::time::Instant::now() + Duration::from_millis(100)),
-        );
-        written && flushed
+        let last = deadline.max(tokio::time::Instant::now() + Duration::from_millis(100));
+        written && self.stderr.flushed(last).await
+    }
+}
+
+/// Log events (`tracing`, warnings and errors by default, `RUST_LOG` to
+/// choose) as lifecycle lines: they never wait for stderr either.
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Output {
+    type Writer = LogLine;
+
+    fn make_writer(&'a self) -> LogLine {
+        LogLine {
+            output: self.clone(),
+            text: Vec::new(),
+        }
+    }
+}
+
+/// One log event, printed when dropped.
+pub(crate) struct LogLine {
+    output: Output,
+    text: Vec<u8>,
+}
+
+impl std::io::Write for LogLine {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.text.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        let text = String::from_utf8_lossy(&self.text);
+        let text = text.trim_end();
+        if !text.is_empty() {
+            self.output.line(&format!("[primary] {text}"));
+        }
     }
 }

@@ -23,6 +23,17 @@ const OUTPUT_BYTES: usize = 4 * 1024 * 1024;
 /// (or `--grace` after, when our stdout is blocked).
 pub(crate) async fn run(plan: Plan) -> ExitCode {
     let output = Output::start();
+    // The library's warnings and errors (a replaced orphan guard, a handler
+    // that panicked) as lifecycle lines; RUST_LOG chooses.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(output.clone())
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .try_init();
     let grace = plan.grace;
     let code = match supervise(plan, &output).await {
         Ok(code) => code,
@@ -31,7 +42,7 @@ pub(crate) async fn run(plan: Plan) -> ExitCode {
             ExitCode::CannotStart
         }
     };
-    output.finish(grace);
+    output.finish(grace).await;
     code
 }
 

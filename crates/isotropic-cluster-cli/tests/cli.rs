@@ -1006,3 +1006,25 @@ async fn with_its_stdout_stalled_the_cli_still_replaces_workers_and_shuts_down()
     assert!(rss < 64 * 1024, "the CLI held {rss} KiB");
     assert!(code.is_some(), "the CLI exited on its own");
 }
+
+#[tokio::test]
+async fn the_librarys_errors_are_printed_a_dead_guard_for_one() {
+    // (issue 12 review: the CLI installed no log subscriber, so the error
+    // promised when the orphan guard is replaced never showed.)
+    let script = "trap 'exit 0' TERM; echo up; while :; do sleep 0.1; done";
+    let (mut child, mut stderr) = cli(&["run", "--workers", "1", "--", "sh", "-c", script]);
+    up(&mut child, 1).await;
+    let cli_pid = child.id().expect("pid");
+    let guard = children_of(cli_pid)
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "cluster-guard")
+        })
+        .expect("the orphan guard, a child of the CLI");
+    let pid = rustix::process::Pid::from_raw(guard.cast_signed()).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill the guard");
+    until(&mut stderr, "ERROR the orphan guard died").await;
+    stop_cleanly(&mut child, &mut stderr, 1).await;
+}
