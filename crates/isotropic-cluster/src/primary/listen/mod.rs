@@ -47,11 +47,12 @@ impl Listeners {
     /// Starts with the sockets passed by socket activation, if any, and the
     /// limits `config` sets.
     pub(super) fn activated(config: &Config) -> Self {
+        let user = WorkerUser::of(config.uid, config.gid);
         Self {
-            sockets: Sockets::activated(),
+            sockets: Sockets::activated(config.listen_policy.binder(user)),
             turns: Turns::default(),
             policy: config.listen_policy.clone(),
-            user: WorkerUser::of(config.uid, config.gid),
+            user,
             per_worker: config.max_listens,
         }
     }
