@@ -136,6 +136,20 @@ impl Listeners {
                     address: address.to_string(),
                     kind: ListenErrorKind::of(&error),
                     message: error.to_string(),
+                })
+                .and_then(|(fd, bound)| {
+                    // Round robin: one turn per worker, its requests bounded.
+                    let requests = self.turns.requests(worker.id(), &bound);
+                    if round_robin && requests >= self.per_worker {
+                        return Err(ListenError {
+                            address: address.to_string(),
+                            kind: ListenErrorKind::TooMany,
+                            message: format!(
+                                "the worker asked for it {requests} times already, the most it may"
+                            ),
+                        });
+                    }
+                    Ok((fd, bound))
                 }),
         };
         let (fd, bound) = match socket {
