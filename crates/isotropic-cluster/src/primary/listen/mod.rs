@@ -57,9 +57,12 @@ impl Listeners {
         }
     }
 
-    /// Stops accepting for round robin (the sockets stay open).
+    /// The shutdown begins: stops accepting for round robin (the sockets
+    /// live workers hold stay open), and closes those that only lingered for
+    /// a replacement (none is coming).
     pub(super) fn stop_accepting(&mut self) {
         self.turns.stop_accepting();
+        self.release_unheld(0);
     }
 
     /// Closes everything, and removes the Unix socket files we made.
@@ -71,10 +74,21 @@ impl Listeners {
     /// `worker` is gone: out of every round-robin group; returns the
     /// sockets (by the address asked for) it held last, to
     /// [`expire`](Self::expire) after [`LINGER`] (round-robin connections
-    /// wait for a replacement meanwhile).
+    /// wait for a replacement meanwhile). At most one worker's worth of
+    /// sockets (`per_worker`) linger: beyond, the oldest are closed at once.
     pub(super) fn forget(&mut self, worker: WorkerId) -> Vec<ListenAddress> {
         self.turns.forget(worker);
-        self.sockets.forget(worker)
+        let unheld = self.sockets.forget(worker);
+        self.release_unheld(self.per_worker);
+        unheld
+    }
+
+    /// Closes the sockets no live worker holds, the oldest first, all but
+    /// `kept` (their round-robin connections dropped, counted).
+    fn release_unheld(&mut self, kept: usize) {
+        for bound in self.sockets.release_unheld(kept) {
+            self.turns.release(&bound);
+        }
     }
 
     /// Closes the socket asked for as `key` (its file removed, its

@@ -212,7 +212,7 @@ impl Sockets {
     /// Takes `worker` off every socket it holds; returns (by the address
     /// asked for) the sockets we bound that no live worker holds now: each
     /// to be [`expire`](Self::expire)d after [`LINGER`] (at once when no
-    /// replacement is coming).
+    /// replacement is coming), or [released](Self::release_unheld) before.
     pub(super) fn forget(&mut self, worker: WorkerId) -> Vec<ListenAddress> {
         let now = tokio::time::Instant::now();
         let mut unheld = Vec::new();
@@ -224,6 +224,23 @@ impl Sockets {
             }
         }
         unheld
+    }
+
+    /// Releases the oldest sockets no live worker holds, all but `kept` of
+    /// them; returns their bound addresses.
+    pub(super) fn release_unheld(&mut self, kept: usize) -> Vec<ListenAddress> {
+        let mut oldest: Vec<(tokio::time::Instant, ListenAddress)> = self
+            .by_address
+            .iter()
+            .filter_map(|(key, shared)| Some((shared.unheld?, key.clone())))
+            .collect();
+        let excess = oldest.len().saturating_sub(kept);
+        oldest.sort_by_key(|(since, _)| *since);
+        oldest
+            .into_iter()
+            .take(excess)
+            .filter_map(|(_, key)| self.release(&key))
+            .collect()
     }
 
     /// Releases the socket asked for as `key` if no live worker has held it
