@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use super::ListenAddress;
 
 /// What workers may listen on through the primary, which binds the sockets
-/// they ask for (with the primary's own privileges).
+/// they ask for: with the primary's own privileges, except under
+/// [`AsWorkerUser`](Self::AsWorkerUser).
 ///
 /// # Examples
 ///
@@ -31,18 +32,22 @@ pub enum ListenPolicy {
     /// The default: what the workers' user could bind itself. Anything for
     /// workers running as the primary's own user; for workers given another
     /// [`uid`](crate::primary::PrimaryBuilder::uid) or
-    /// [`gid`](crate::primary::PrimaryBuilder::gid) (unless uid 0), no TCP
-    /// port below `/proc/sys/net/ipv4/ip_unprivileged_port_start` and no
-    /// Unix path in a directory that user and group may not write to (by
-    /// the mode bits of the directory and of its ancestors, which must be
-    /// searchable; ACLs are not read). Sockets passed to the primary by
-    /// socket activation are theirs to use.
+    /// [`gid`](crate::primary::PrimaryBuilder::gid), the primary binds (and
+    /// removes the socket files) on a thread that has taken that user and
+    /// group, so the kernel checks that user's rights: no TCP port below
+    /// `/proc/sys/net/ipv4/ip_unprivileged_port_start`, no Unix path where
+    /// it may not create a file (whatever symlinks the path crosses), no
+    /// `SO_REUSEPORT` group of another user's. Such requests are refused as
+    /// `NotAllowed` beforehand when the mode bits already say no (of the
+    /// directory, and of its ancestors, which must be searchable). Sockets
+    /// passed to the primary by socket activation are theirs to use.
     #[default]
     AsWorkerUser,
-    /// Any address the primary can bind.
+    /// Any address the primary can bind, with its own privileges.
     Any,
     /// Only these addresses, exactly as asked (`127.0.0.1:0` allows asking
-    /// for `127.0.0.1:0`, not for another port).
+    /// for `127.0.0.1:0`, not for another port), bound with the primary's
+    /// own privileges (a port below 1024 for unprivileged workers, say).
     Only(Vec<ListenAddress>),
     /// Nothing: every listen request is refused.
     Nothing,
@@ -69,7 +74,35 @@ impl WorkerUser {
     }
 }
 
+impl WorkerUser {
+    /// Runs `work` as this user (see `sys::as_user`), or as the primary
+    /// when `user` is `None`: the sockets bound and files removed for
+    /// workers of another user are checked by the kernel against that
+    /// user's rights, never the primary's.
+    ///
+    /// # Errors
+    ///
+    /// Those of `work`, or this user cannot be taken.
+    pub(crate) fn act<T: Send>(
+        user: Option<Self>,
+        work: impl FnOnce() -> std::io::Result<T> + Send,
+    ) -> std::io::Result<T> {
+        match user {
+            Some(user) => crate::sys::as_user(user.uid, user.gid, work),
+            None => work(),
+        }
+    }
+}
+
 impl ListenPolicy {
+    /// Who binds the sockets of workers running as `user` (`None`: the
+    /// primary, with its own privileges): that user under
+    /// [`AsWorkerUser`](Self::AsWorkerUser), the primary under a policy
+    /// that names what it may bind for them.
+    pub(crate) fn binder(&self, user: Option<WorkerUser>) -> Option<WorkerUser> {
+        user.filter(|_| *self == Self::AsWorkerUser)
+    }
+
     /// Why workers running as `user` (`None`: as the primary) may not have
     /// `address`; `None` when they may. `activated`: the primary was given
     /// that socket by socket activation.
@@ -180,6 +213,9 @@ mod tests {
             assert_eq!(only.refusal(&named, user, false), None);
             assert!(only.refusal(&address("127.0.0.1:0"), user, false).is_some());
             assert!(ListenPolicy::Nothing.refusal(&named, user, true).is_some());
+            // Named explicitly: the primary binds it, with its privileges.
+            assert_eq!(only.binder(user), None);
+            assert_eq!(ListenPolicy::AsWorkerUser.binder(user), user);
         }
     }
 

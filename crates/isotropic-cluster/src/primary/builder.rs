@@ -262,8 +262,10 @@ impl PrimaryBuilder {
     /// The most listening sockets (distinct addresses) one worker may hold
     /// through the primary (default 64): over it, a listen request is a
     /// [`ListenErrorKind::TooMany`](crate::ListenErrorKind::TooMany) error.
+    /// In round robin a worker may ask for one address this many times.
     /// A socket is closed (its Unix file removed) 5 s after the last live
-    /// worker that held it left, unless a replacement took it over.
+    /// worker that held it left, unless a replacement took it over; at most
+    /// this many sockets wait so, the oldest closed first beyond.
     pub fn max_listens_per_worker(mut self, sockets: usize) -> Self {
         self.config.max_listens = sockets;
         self

@@ -24,7 +24,7 @@ pub(crate) use procfs::holds_listening_socket;
 pub(crate) use reap::{become_subreaper, own_children, reap_orphans};
 pub(crate) use scm::{recv_with_fds, send_with_fd};
 pub(crate) use socket::{
-    Setup, channel_pair, local_tcp_address, local_unix_path, set_nonblocking, tcp_listener,
-    unix_listener,
+    Setup, as_user, channel_pair, local_tcp_address, local_unix_path, set_nonblocking,
+    tcp_listener, unix_listener,
 };
 pub(crate) use spawn::spawn_worker;

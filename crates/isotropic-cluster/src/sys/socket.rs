@@ -120,3 +120,41 @@ pub(crate) fn local_unix_path(socket: impl AsFd) -> io::Result<Option<PathBuf>> 
 pub(crate) fn set_nonblocking(socket: impl AsFd) -> io::Result<()> {
     Ok(rustix::io::ioctl_fionbio(socket, true)?)
 }
+
+/// Runs `work` on a thread of its own that has taken user `uid` and group
+/// `gid` (and, when we are root, no supplementary groups): what it binds or
+/// removes, the kernel checks against that user's rights, and the sockets it
+/// makes are that user's (`SO_REUSEPORT` groups are per user). On Linux
+/// credentials belong to each thread: the rest of the process keeps its own.
+///
+/// # Errors
+///
+/// The thread cannot be started or take that user (`EPERM` unless we are
+/// root or that user), or what `work` returns.
+pub(crate) fn as_user<T: Send>(
+    uid: u32,
+    gid: u32,
+    work: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
+    use rustix::process::{Gid, Uid};
+    use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name("isotropic-as-user".into())
+            .spawn_scoped(scope, move || {
+                let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
+                if rustix::process::geteuid().is_root() {
+                    set_thread_groups(&[])?;
+                }
+                // Group first: once the uid is not root, it could not be changed.
+                set_thread_res_gid(gid, gid, gid)?;
+                set_thread_res_uid(uid, uid, uid)?;
+                work()
+            })?;
+        thread.join().unwrap_or_else(|_| {
+            Err(io::Error::other(
+                "a thread acting as a worker's user panicked",
+            ))
+        })
+    })
+}

@@ -47,18 +47,22 @@ impl Listeners {
     /// Starts with the sockets passed by socket activation, if any, and the
     /// limits `config` sets.
     pub(super) fn activated(config: &Config) -> Self {
+        let user = WorkerUser::of(config.uid, config.gid);
         Self {
-            sockets: Sockets::activated(),
+            sockets: Sockets::activated(config.listen_policy.binder(user)),
             turns: Turns::default(),
             policy: config.listen_policy.clone(),
-            user: WorkerUser::of(config.uid, config.gid),
+            user,
             per_worker: config.max_listens,
         }
     }
 
-    /// Stops accepting for round robin (the sockets stay open).
+    /// The shutdown begins: stops accepting for round robin (the sockets
+    /// live workers hold stay open), and closes those that only lingered for
+    /// a replacement (none is coming).
     pub(super) fn stop_accepting(&mut self) {
         self.turns.stop_accepting();
+        self.release_unheld(0);
     }
 
     /// Closes everything, and removes the Unix socket files we made.
@@ -70,10 +74,21 @@ impl Listeners {
     /// `worker` is gone: out of every round-robin group; returns the
     /// sockets (by the address asked for) it held last, to
     /// [`expire`](Self::expire) after [`LINGER`] (round-robin connections
-    /// wait for a replacement meanwhile).
+    /// wait for a replacement meanwhile). At most one worker's worth of
+    /// sockets (`per_worker`) linger: beyond, the oldest are closed at once.
     pub(super) fn forget(&mut self, worker: WorkerId) -> Vec<ListenAddress> {
         self.turns.forget(worker);
-        self.sockets.forget(worker)
+        let unheld = self.sockets.forget(worker);
+        self.release_unheld(self.per_worker);
+        unheld
+    }
+
+    /// Closes the sockets no live worker holds, the oldest first, all but
+    /// `kept` (their round-robin connections dropped, counted).
+    fn release_unheld(&mut self, kept: usize) {
+        for bound in self.sockets.release_unheld(kept) {
+            self.turns.release(&bound);
+        }
     }
 
     /// Closes the socket asked for as `key` (its file removed, its
@@ -135,6 +150,20 @@ impl Listeners {
                     address: address.to_string(),
                     kind: ListenErrorKind::of(&error),
                     message: error.to_string(),
+                })
+                .and_then(|(fd, bound)| {
+                    // Round robin: one turn per worker, its requests bounded.
+                    let requests = self.turns.requests(worker.id(), &bound);
+                    if round_robin && requests >= self.per_worker {
+                        return Err(ListenError {
+                            address: address.to_string(),
+                            kind: ListenErrorKind::TooMany,
+                            message: format!(
+                                "the worker asked for it {requests} times already, the most it may"
+                            ),
+                        });
+                    }
+                    Ok((fd, bound))
                 }),
         };
         let (fd, bound) = match socket {

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::WorkerId;
-use crate::net::{self, ListenAddress};
+use crate::net::{self, ListenAddress, WorkerUser};
 
 /// How many ports chosen for port 0 are remembered (see [`Sockets::ports`]).
 const REMEMBERED_PORTS: usize = 64;
@@ -36,6 +36,12 @@ struct Shared {
 
 /// What a socket we bound leaves behind: for a Unix path, its file, known
 /// by device and inode so that only that very file is removed.
+///
+/// Under `ListenPolicy::AsWorkerUser`, for workers of another user, the
+/// file is made and removed as that user ([`WorkerUser::act`]): whatever its
+/// directory turns out to be (a component swapped for a symlink between
+/// check and use), the kernel lets us do there only what the workers could
+/// do themselves.
 #[derive(Debug)]
 struct Ours {
     file: Option<(PathBuf, u64, u64)>,
@@ -52,18 +58,20 @@ impl Ours {
         Self { file }
     }
 
-    /// Removes the socket file, if it is still the one we made.
-    fn remove_file(&self) {
+    /// Removes the socket file, as `user`, if it is still the one we made.
+    fn remove_file(&self, user: Option<WorkerUser>) {
         let Some((path, dev, ino)) = &self.file else {
             return;
         };
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) if (meta.dev(), meta.ino()) == (*dev, *ino) => {
-                if let Err(error) = std::fs::remove_file(path) {
-                    tracing::warn!(%error, path = %path.display(), "cannot remove a socket file");
-                }
+        let remove = || match std::fs::symlink_metadata(path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == (*dev, *ino) => std::fs::remove_file(path),
+            _ => {
+                tracing::debug!(path = %path.display(), "the socket file is no longer ours");
+                Ok(())
             }
-            _ => tracing::debug!(path = %path.display(), "the socket file is no longer ours"),
+        };
+        if let Err(error) = WorkerUser::act(user, remove) {
+            tracing::warn!(%error, path = %path.display(), "cannot remove a socket file");
         }
     }
 }
@@ -76,11 +84,15 @@ pub(super) struct Sockets {
     /// first when it is bound again: a replacement asking after its
     /// predecessor's socket was released gets the same port while it is free.
     ports: HashMap<ListenAddress, SocketAddr>,
+    /// Who binds the sockets, and removes their files, when not the
+    /// primary: the workers' user (see `ListenPolicy::binder`).
+    user: Option<WorkerUser>,
 }
 
 impl Sockets {
-    /// The sockets passed by socket activation, if any.
-    pub(super) fn activated() -> Self {
+    /// The sockets passed by socket activation, if any; the others to be
+    /// bound as `user` (`None`: as the primary).
+    pub(super) fn activated(user: Option<WorkerUser>) -> Self {
         let by_address = net::take_activated()
             .into_iter()
             .map(|(fd, bound)| {
@@ -97,6 +109,7 @@ impl Sockets {
         Self {
             by_address,
             ports: HashMap::new(),
+            user,
         }
     }
 
@@ -142,7 +155,8 @@ impl Sockets {
                 let shared = &self.by_address[&key];
                 let fd = match (&shared.bound, &shared.ours) {
                     (ListenAddress::Tcp(bound), Some(_)) if reuseport => {
-                        net::reuseport(*bound, true)?.0
+                        let bound = *bound;
+                        WorkerUser::act(self.user, || net::reuseport(bound, true))?.0
                     }
                     _ => shared.fd.try_clone()?,
                 };
@@ -188,16 +202,17 @@ impl Sockets {
                 Ok((fd.try_clone()?, fd, bound))
             }
         };
-        match self.ports.get(address) {
-            Some(last) => bind(&ListenAddress::Tcp(*last)).or_else(|_| bind(address)),
+        let last = self.ports.get(address).copied();
+        WorkerUser::act(self.user, || match last {
+            Some(last) => bind(&ListenAddress::Tcp(last)).or_else(|_| bind(address)),
             None => bind(address),
-        }
+        })
     }
 
     /// Takes `worker` off every socket it holds; returns (by the address
     /// asked for) the sockets we bound that no live worker holds now: each
     /// to be [`expire`](Self::expire)d after [`LINGER`] (at once when no
-    /// replacement is coming).
+    /// replacement is coming), or [released](Self::release_unheld) before.
     pub(super) fn forget(&mut self, worker: WorkerId) -> Vec<ListenAddress> {
         let now = tokio::time::Instant::now();
         let mut unheld = Vec::new();
@@ -209,6 +224,23 @@ impl Sockets {
             }
         }
         unheld
+    }
+
+    /// Releases the oldest sockets no live worker holds, all but `kept` of
+    /// them; returns their bound addresses.
+    pub(super) fn release_unheld(&mut self, kept: usize) -> Vec<ListenAddress> {
+        let mut oldest: Vec<(tokio::time::Instant, ListenAddress)> = self
+            .by_address
+            .iter()
+            .filter_map(|(key, shared)| Some((shared.unheld?, key.clone())))
+            .collect();
+        let excess = oldest.len().saturating_sub(kept);
+        oldest.sort_by_key(|(since, _)| *since);
+        oldest
+            .into_iter()
+            .take(excess)
+            .filter_map(|(_, key)| self.release(&key))
+            .collect()
     }
 
     /// Releases the socket asked for as `key` if no live worker has held it
@@ -229,7 +261,7 @@ impl Sockets {
     fn release(&mut self, key: &ListenAddress) -> Option<ListenAddress> {
         let shared = self.by_address.remove(key)?;
         if let Some(ours) = &shared.ours {
-            ours.remove_file();
+            ours.remove_file(self.user);
         }
         if let (ListenAddress::Tcp(asked), ListenAddress::Tcp(bound)) = (key, &shared.bound)
             && asked.port() == 0

@@ -1,9 +1,12 @@
 //! Round robin: the primary accepts on an address and passes each connection
 //! to the next of its workers that keeps up.
 //!
-//! A worker that acknowledges the connections it takes (it says so in its
-//! listen request) holds at most [`UNACKED`] it has not acknowledged: one
-//! that is stopped or stuck gets no more, and the others take its turns.
+//! A worker takes one turn per round however many times it asked for the
+//! address (its connections go to its listen requests in turn). A worker
+//! that acknowledges the connections it takes (it says so in each listen
+//! request) holds at most [`UNACKED`] it has not acknowledged, on all its
+//! requests together: one that is stopped or stuck gets no more, and the
+//! others take its turns.
 //! Connections that no worker has room for wait in the group's queue, in
 //! order, until an acknowledgement makes room.
 
@@ -27,19 +30,28 @@ const UNACKED: usize = 4;
 /// address.
 const WAITING: usize = 1024;
 
-/// A worker taking its turns, for one of its listen requests.
+/// A worker taking its turns, for its listen requests on one address.
 #[derive(Debug)]
 struct Taker {
     worker: WorkerId,
-    listener: u64,
-    /// It acknowledges what it takes: `unacked` bounds it.
-    acks: bool,
+    /// Its listen requests (id, and whether it acknowledges what it takes),
+    /// and the one whose turn is next.
+    listeners: Vec<(u64, bool)>,
+    next: usize,
     unacked: usize,
 }
 
 impl Taker {
+    /// Bounded by `unacked` unless one of its requests does not acknowledge.
     fn has_room(&self) -> bool {
-        !self.acks || self.unacked < UNACKED
+        self.unacked < UNACKED || self.listeners.iter().any(|(_, acks)| !acks)
+    }
+
+    /// The listen request whose turn it is (and the next one's after it).
+    fn turn(&mut self) -> (u64, bool) {
+        let listener = self.listeners[self.next % self.listeners.len()];
+        self.next = (self.next + 1) % self.listeners.len();
+        listener
     }
 }
 
@@ -61,9 +73,21 @@ pub(super) struct Turns {
 }
 
 impl Turns {
+    /// How many listen requests of `worker` take turns on `bound`.
+    pub(super) fn requests(&self, worker: WorkerId, bound: &ListenAddress) -> usize {
+        self.groups.get(bound).map_or(0, |group| {
+            let mine = |taker: &&Taker| taker.worker == worker;
+            group
+                .takers
+                .iter()
+                .find(mine)
+                .map_or(0, |t| t.listeners.len())
+        })
+    }
+
     /// Adds listen request `listener` of worker `worker` to the group of
-    /// `bound`, starting to accept on `fd` for the first one; hands it what
-    /// was waiting.
+    /// `bound` (to the worker's turns, when it has some already), starting
+    /// to accept on `fd` for the first one; hands it what was waiting.
     pub(super) fn join(
         &mut self,
         (worker, listener, acks): (WorkerId, u64, bool),
@@ -78,12 +102,15 @@ impl Turns {
             waiting: VecDeque::new(),
             acceptor: tokio::spawn(accept(fd, bound.clone(), inputs.clone())).abort_handle(),
         });
-        group.takers.push(Taker {
-            worker,
-            listener,
-            acks,
-            unacked: 0,
-        });
+        match group.takers.iter_mut().find(|taker| taker.worker == worker) {
+            Some(taker) => taker.listeners.push((listener, acks)),
+            None => group.takers.push(Taker {
+                worker,
+                listeners: vec![(listener, acks)],
+                next: 0,
+                unacked: 0,
+            }),
+        }
         group.drain(&mut self.dropped, &connected);
     }
 
@@ -120,7 +147,9 @@ impl Turns {
         connected: impl Fn(WorkerId) -> Option<WorkerHandle>,
     ) {
         for group in self.groups.values_mut() {
-            let mine = |taker: &&mut Taker| taker.worker == worker && taker.listener == listener;
+            let mine = |taker: &&mut Taker| {
+                taker.worker == worker && taker.listeners.iter().any(|(id, _)| *id == listener)
+            };
             if let Some(taker) = group.takers.iter_mut().find(mine) {
                 taker.unacked = taker.unacked.saturating_sub(1);
                 group.drain(&mut self.dropped, &connected);
@@ -200,11 +229,10 @@ impl Group {
         };
         self.next = (slot + 1) % count;
         let taker = &mut self.takers[slot];
-        let frame = protocol::encode_control(&Frame::Connection {
-            listener: taker.listener,
-        });
+        let (listener, acks) = taker.turn();
+        let frame = protocol::encode_control(&Frame::Connection { listener });
         match worker.outbox().try_send_fd(frame, connection) {
-            Ok(()) if taker.acks => taker.unacked += 1,
+            Ok(()) if acks => taker.unacked += 1,
             Ok(()) => {}
             Err(_) => {
                 *dropped += 1;
