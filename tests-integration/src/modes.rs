@@ -67,6 +67,9 @@ named! {
         ListenAll = "listen-all",
         /// Asks the primary `{"type": "add", "a": 2, "b": 3}`, sends back `{"sum": reply}`.
         Ask = "ask",
+        /// By hand: sends COUNT requests `{"type": "double", "n": i}` without reading, waits
+        /// HOLD_MS, then reads every reply and sends `{"replies": R, "distinct": D, "wrong": W}`.
+        AskWithoutReading = "ask-without-reading",
         /// `bad-after-first CASE`: worker 1 is `Echo`, the others send the [`BadInput`] CASE.
         BadAfterFirst = "bad-after-first",
         /// As `Echo`, with an `on_destroy` cleanup that panics.

@@ -6,8 +6,9 @@
 use std::time::Duration;
 
 use isotropic_cluster::{HandleRequests, RequestError};
+use serde::Deserialize;
 use serde_json::json;
-use tests_integration::{Mode, launch, message_of, primary, shut_down, wait_for};
+use tests_integration::{Mode, launch, message_of, primary, rss_kib, shut_down, wait_for};
 
 #[tokio::test]
 async fn thousands_of_interleaved_requests_get_their_own_replies() {
@@ -194,5 +195,43 @@ async fn least_loaded_avoids_the_busy_worker() {
         slow.await.expect("join").expect("reply"),
         workers[0].id().get()
     );
+    shut_down(&primary).await;
+}
+
+#[tokio::test]
+async fn a_worker_that_asks_without_reading_is_slowed_and_gets_exactly_one_reply_each() {
+    // (issue 13: 3 M requests to an async handler from a worker that read
+    // nothing grew the primary to 2.9 GB; with a sync handler, 50,000
+    // requests got 5,120 replies, the rest dropped.)
+    const REQUESTS: u64 = 100_000;
+    let _turn = tests_integration::measuring_turn().await;
+    #[derive(Deserialize)]
+    struct Double {
+        n: u64,
+    }
+    let builder = primary(Mode::AskWithoutReading)
+        .args([REQUESTS.to_string(), "2000".to_owned()])
+        .handle_async(
+            "double",
+            |Double { n }| async move { Ok::<_, String>(n * 2) },
+        );
+    let before = rss_kib();
+    let (primary, mut events, _) = launch::<1>(builder).await;
+    let mut peak = rss_kib();
+    let report = loop {
+        tokio::select! {
+            message = wait_for(&mut events, message_of) => break message.1,
+            () = tokio::time::sleep(Duration::from_millis(50)) => peak = peak.max(rss_kib()),
+        }
+    };
+    let grown = peak.saturating_sub(before);
+    println!(
+        "{REQUESTS} requests not read for 2 s: the primary grew by {grown} KiB at most; {report}"
+    );
+    assert_eq!(
+        report,
+        json!({"replies": REQUESTS, "distinct": REQUESTS, "wrong": 0})
+    );
+    assert!(grown < 32 * 1024, "the primary grew by {grown} KiB");
     shut_down(&primary).await;
 }

@@ -74,6 +74,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Mode::Serve => serve(id, args).await,
         Mode::ListenAll => listen_all(id, args).await,
         Mode::Ask => ask().await,
+        Mode::AskWithoutReading => {
+            let count: u64 = args.next().unwrap_or_default().parse()?;
+            let hold: u64 = args.next().unwrap_or_default().parse()?;
+            ask_without_reading(raw_channel(raw_fd), count, Duration::from_millis(hold))
+        }
         Mode::BadAfterFirst if id == 1 => echo(ClusterWorker::builder()).await,
         Mode::BadAfterFirst => {
             let case: BadInput = args.next().unwrap_or_default().parse()?;
@@ -172,6 +177,48 @@ fn raw_channel(fd: Option<i32>) -> std::os::unix::net::UnixStream {
     // SAFETY: the primary passed this fd for this process's use; the library is
     // not used in this mode, so nothing else owns it.
     unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) }
+}
+
+/// Sends `count` requests from a thread without reading, waits `hold`, then
+/// reads the replies: how many, how many distinct ids, how many wrong.
+fn ask_without_reading(
+    mut channel: std::os::unix::net::UnixStream,
+    count: u64,
+    hold: Duration,
+) -> Result<(), Box<dyn std::error::Error>> {
+    wire::read(&mut channel)?;
+    greet(&mut channel)?;
+    let mut writer = channel.try_clone()?;
+    let asking = std::thread::spawn(move || -> std::io::Result<()> {
+        for n in 0..count {
+            let body = format!(r#"{{"type":"double","n":{n}}}"#);
+            let payload = [&n.to_be_bytes()[..], body.as_bytes()].concat();
+            writer.write_all(&wire::frame(Kind::Request, &payload))?;
+        }
+        Ok(())
+    });
+    std::thread::sleep(hold);
+    let (mut seen, mut wrong) = (std::collections::HashSet::new(), 0_u64);
+    let mut replies = 0_u64;
+    while replies < count {
+        let (kind, payload) = wire::read(&mut channel)?;
+        if kind != Kind::Reply as u8 {
+            continue;
+        }
+        replies += 1;
+        let id = u64::from_be_bytes(payload[..8].try_into()?);
+        let answer: Value = serde_json::from_slice(&payload[9..]).unwrap_or_default();
+        if payload[8] != 0 || answer != json!(id * 2) {
+            wrong += 1;
+        }
+        seen.insert(id);
+    }
+    asking.join().map_err(|_| "the asking thread panicked")??;
+    let report = json!({"replies": replies, "distinct": seen.len(), "wrong": wrong}).to_string();
+    channel.write_all(&wire::frame(Kind::Message, report.as_bytes()))?;
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
 }
 
 /// Says hello and ready, by hand.

@@ -17,8 +17,15 @@ use crate::protocol::Frame;
 #[derive(Debug)]
 pub(crate) enum Input {
     /// Frames, in the order they arrived, with their share of the worker's
-    /// input budget (given back when dropped).
-    Frames(WorkerId, Vec<Frame>, OwnedSemaphorePermit),
+    /// input budget (given back when dropped), and one permit of its reply
+    /// budget per request among them (each given back once its reply is
+    /// queued for the worker).
+    Frames(
+        WorkerId,
+        Vec<Frame>,
+        OwnedSemaphorePermit,
+        Option<OwnedSemaphorePermit>,
+    ),
     /// A line of the worker's piped output.
     Output(WorkerId, OutputStream, String),
     /// The channel ended: end of file, or a protocol error.

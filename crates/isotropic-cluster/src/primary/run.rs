@@ -4,6 +4,7 @@
 use std::future::Future;
 
 use futures_util::StreamExt as _;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::WorkerHandle;
 use super::config::Readiness;
@@ -116,9 +117,13 @@ impl PrimaryContext {
 
     pub(super) fn input(&mut self, input: Input) {
         match input {
-            Input::Frames(id, frames, _budget) => {
+            Input::Frames(id, frames, _budget, mut replies) => {
                 for frame in frames {
-                    self.frame(id, frame);
+                    let reply = match (&frame, &mut replies) {
+                        (Frame::Request { .. }, Some(replies)) => replies.split(1),
+                        _ => None,
+                    };
+                    self.frame(id, frame, reply);
                 }
             }
             Input::Output(id, stream, line) => {
@@ -144,7 +149,7 @@ impl PrimaryContext {
 
     /// A frame from worker `id`: a step of its lifecycle, or something to
     /// deliver once its state allows.
-    fn frame(&mut self, id: WorkerId, frame: Frame) {
+    fn frame(&mut self, id: WorkerId, frame: Frame, reply: Option<OwnedSemaphorePermit>) {
         let ready_on = self.config.readiness();
         let trigger = match &frame {
             Frame::Hello { protocol } => Trigger::Hello {
@@ -160,7 +165,7 @@ impl PrimaryContext {
                 let primary_only =
                     matches!(other, Frame::Listening { .. } | Frame::Connection { .. });
                 match entry.state.admits(other.name(), primary_only) {
-                    Ok(true) => return self.deliver(entry.worker.clone(), frame),
+                    Ok(true) => return self.deliver(entry.worker.clone(), frame, reply),
                     Ok(false) => return,
                     Err(error) => Trigger::Broke(error),
                 }
@@ -170,7 +175,7 @@ impl PrimaryContext {
     }
 
     /// Hands on a frame of a worker whose state allows it.
-    fn deliver(&mut self, worker: WorkerHandle, frame: Frame) {
+    fn deliver(&mut self, worker: WorkerHandle, frame: Frame, reply: Option<OwnedSemaphorePermit>) {
         match frame {
             Frame::Message(message) => events::publish(self, WorkerMessage { worker, message }),
             Frame::Listen { id, address, acks } => self.listen(&worker, (id, acks), &address),
@@ -186,7 +191,7 @@ impl PrimaryContext {
             Frame::Request { id, message } => self
                 .handlers
                 .answer(id, &message, self.config.max_frame_size)
-                .send(worker.outbox()),
+                .send(worker.outbox(), reply),
             // Lifecycle frames are triggers, never delivered (a ready that
             // does not make the worker ready is dropped).
             Frame::Hello { .. }

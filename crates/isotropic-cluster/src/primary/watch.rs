@@ -32,6 +32,12 @@ const BATCH_BYTES: usize = 256 * 1024;
 /// faster than the primary handles is slowed down by its own socket instead
 /// of filling the primary's memory.
 const INPUT_BUDGET: usize = 4 * 1024 * 1024;
+/// Most requests of a worker whose replies are not yet queued for it (its
+/// handlers still run, or its queue is full). Beyond it the channel is not
+/// read until replies go out: a worker that asks without reading its replies
+/// is slowed down instead of filling the primary's memory, and no reply is
+/// ever dropped.
+const UNSENT_REPLIES: usize = 256;
 /// Longest line of worker output before it is split.
 const MAX_LINE: usize = 64 * 1024;
 
@@ -43,6 +49,8 @@ pub(super) struct Watch {
     stderr: Option<FramedRead<ChildStderr, LineCodec>>,
     inputs: mpsc::Sender<Input>,
     budget: Arc<Semaphore>,
+    /// Requests whose replies are not yet queued (see [`UNSENT_REPLIES`]).
+    replies: Arc<Semaphore>,
     signals: mpsc::UnboundedReceiver<Signal>,
     /// Where lines go instead of the actor, if anywhere (see `output.rs`).
     output: Option<OutputSink>,
@@ -78,6 +86,7 @@ impl Watch {
             stderr: child.stderr.take().map(|s| FramedRead::new(s, LineCodec)),
             inputs,
             budget: Arc::new(Semaphore::new(INPUT_BUDGET)),
+            replies: Arc::new(Semaphore::new(UNSENT_REPLIES)),
             signals: signal_rx,
             output,
             delivery: None,
@@ -134,7 +143,15 @@ impl Watch {
                         let Ok(permit) = self.budget.clone().acquire_many_owned(share).await else {
                             return;
                         };
-                        Input::Frames(id, batch, permit)
+                        let requests = batch.iter().filter(|f| matches!(f, Frame::Request { .. })).count();
+                        let replies = match u32::try_from(requests) {
+                            Ok(0) | Err(_) => None,
+                            Ok(requests) => match self.replies.clone().acquire_many_owned(requests).await {
+                                Ok(replies) => Some(replies),
+                                Err(_) => return,
+                            },
+                        };
+                        Input::Frames(id, batch, permit, replies)
                     }
                     Err(end) => end,
                 },

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::channel::Outbox;
-use crate::error::ProtocolError;
+use crate::error::{ProtocolError, SendError};
 use crate::events::catch;
 use crate::message::Message;
 use crate::protocol::{self, Frame};
@@ -184,15 +184,26 @@ impl Handlers {
 }
 
 impl Answer {
-    /// Sends the reply through `outbox`, now or when it is ready.
-    pub(crate) fn send(self, outbox: &Outbox) {
-        match self {
-            Answer::Now(reply) => drop(outbox.try_send(reply)),
-            Answer::Later(reply) => {
-                let outbox = outbox.clone();
-                tokio::spawn(async move { outbox.send(reply.await).await });
-            }
-        }
+    /// Queues the reply for `outbox`'s peer, now or once it is ready and
+    /// the queue has room (never dropped while the peer is connected);
+    /// `hold` is given back once it is queued.
+    pub(crate) fn send<T: Send + 'static>(self, outbox: &Outbox, hold: T) {
+        let reply = match self {
+            Answer::Now(reply) => match outbox.try_send(reply.clone()) {
+                Err(SendError::Full { .. }) => Answer::Now(reply),
+                _ => return,
+            },
+            later => later,
+        };
+        let outbox = outbox.clone();
+        tokio::spawn(async move {
+            let reply = match reply {
+                Answer::Now(reply) => reply,
+                Answer::Later(reply) => reply.await,
+            };
+            let _ = outbox.send(reply).await;
+            drop(hold);
+        });
     }
 }
 
@@ -361,7 +372,7 @@ mod tests {
                     &message(json!({ "type": type_name })),
                     DEFAULT_MAX_FRAME,
                 )
-                .send(&outbox);
+                .send(&outbox, ());
         }
         let mut replies = Vec::new();
         for _ in 0..2 {
@@ -374,5 +385,54 @@ mod tests {
         }
         replies.sort();
         assert_eq!(replies, [(1, "2".to_owned()), (2, "1".to_owned())]);
+    }
+
+    #[tokio::test]
+    async fn no_reply_is_dropped_when_the_queue_is_full_and_each_holds_its_permit_until_queued() {
+        // (issue 13: replies that found the queue full were dropped.)
+        const REQUESTS: usize = 20;
+        let (ours, theirs) = tokio::net::UnixStream::pair().expect("a socket pair");
+        let limits = crate::channel::QueueLimits {
+            messages: 1,
+            bytes: 1 << 20,
+        };
+        let outbox = Outbox::spawn(ours.into_split().1, limits, None);
+        let mut inbox =
+            crate::channel::Inbox::new(theirs.into_split().0, FrameCodec::new(DEFAULT_MAX_FRAME));
+        let mut handlers = Handlers::default();
+        handlers.add("big", |_: serde_json::Value| {
+            Ok::<_, String>("x".repeat(100_000))
+        });
+        let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(REQUESTS));
+        for id in 0..REQUESTS as u64 {
+            let permit = budget.clone().try_acquire_owned().expect("a permit");
+            handlers
+                .answer(id, &message(json!({ "type": "big" })), DEFAULT_MAX_FRAME)
+                .send(&outbox, permit);
+        }
+        // 2 MB of replies, more than the socket and the queue hold: some wait.
+        tokio::task::yield_now().await;
+        assert!(
+            budget.available_permits() < REQUESTS,
+            "replies wait, holding their permits"
+        );
+        let mut ids = Vec::new();
+        while ids.len() < REQUESTS {
+            match tokio::time::timeout(std::time::Duration::from_secs(30), inbox.next()).await {
+                Ok(Some(Ok(Frame::Reply { id, result }))) => {
+                    assert!(result.is_ok());
+                    ids.push(id);
+                }
+                other => panic!(
+                    "not a reply in time after {} of {REQUESTS}: {other:?}",
+                    ids.len()
+                ),
+            }
+        }
+        ids.sort_unstable();
+        assert_eq!(ids, (0..REQUESTS as u64).collect::<Vec<_>>());
+        let all = budget.acquire_many(u32::try_from(REQUESTS).expect("small"));
+        let all = tokio::time::timeout(std::time::Duration::from_secs(30), all).await;
+        drop(all.expect("every permit given back").expect("open"));
     }
 }

@@ -306,7 +306,7 @@ impl WorkerContext {
             Frame::Request { id, message } => {
                 self.handlers
                     .answer(id, &message, self.settings.max_frame_size)
-                    .send(&self.outbox);
+                    .send(&self.outbox, ());
             }
             Frame::Reply { id, result } => self.pending.resolve(id, result, None),
             // Never handed over: the handshake and the disconnect are the

@@ -123,7 +123,7 @@ async fn workers_forked_while_initializing_are_started_before_their_first_input(
     let frames = vec![Frame::Message(message)];
     context
         .inputs
-        .try_send(Input::Frames(WorkerId::new(1), frames, permit))
+        .try_send(Input::Frames(WorkerId::new(1), frames, permit, None))
         .expect("queued");
     let actor = tokio::spawn(crate::actor::run(context, commands));
     let mut names = Vec::new();

@@ -145,7 +145,7 @@ impl Harness {
         let permit = Arc::new(Semaphore::new(1))
             .try_acquire_owned()
             .expect("a permit");
-        self.input(Input::Frames(WorkerId::new(id), frames, permit));
+        self.input(Input::Frames(WorkerId::new(id), frames, permit, None));
     }
 
     /// Worker `id` says hello.
