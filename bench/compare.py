@@ -5,7 +5,7 @@ and ratios; writes the same as JSON under bench/results/.
 
 Usage: compare.py [--quick] [--only METRIC[,METRIC...]]
 """
-import datetime, json, os, platform, statistics, subprocess, sys
+import datetime, json, os, platform, signal, statistics, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
@@ -18,10 +18,10 @@ PIN = ["taskset", "-c", "0"]
 NOTES = {}
 
 
-def metric(key, label, unit, job, counts, target, floor_job=None, pinned=False, ours_job=None):
+def metric(key, label, unit, job, counts, target, floor_job=None, pinned=False, ours_job=None, node_job=None):
     """counts: program -> (full, quick) count; target: (text, check(ours, node, floor))."""
     return dict(key=key, label=label, unit=unit, job=job, counts=counts, target=target,
-                floor_job=floor_job or job, ours_job=ours_job or job, pinned=pinned)
+                floor_job=floor_job or job, ours_job=ours_job or job, node_job=node_job or job, pinned=pinned)
 
 
 def same(full, quick):
@@ -78,6 +78,9 @@ METRICS = [
            same(5, 2), ("≥ 2x Node", lambda o, n, f, ours: o >= 2 * n), ours_job="http-reuseport"),
     metric("http-rr", "HTTP, as above, round robin by the primary (Node's mode)", "req/s", "http",
            same(5, 2), ("≥ 2x Node", lambda o, n, f, ours: o >= 2 * n), ours_job="http-rr"),
+    metric("cli-lines", "worker output through the CLI, 1 worker printing numbered lines (floor: the same lines through `cat`)",
+           "lines/s", "cli-lines", {"ours": (2000000, 500000), "node": (0, 0), "floor": (2000000, 500000)},
+           ("—", None), node_job="-"),
     metric("restart", "restart: SIGKILL → replacement ready", "ms", "restart", same(20, 5),
            ("≤ 5", lambda o, n, f, ours: o <= 5)),
     metric("shutdown", "shut down 8 ready workers → all exited", "ms", "shutdown", same(8, 8),
@@ -89,7 +92,33 @@ METRICS = [
 ]
 
 
+def lines_per_second(program, count):
+    """Lines of `seq` read from the CLI's stdout (ours) or from `cat` (floor)."""
+    produce = "seq 1 %d" % count
+    if program == "ours":
+        command = [os.path.join(BIN, "isotropic-cluster"), "run", "--workers", "1", "--",
+                   "sh", "-c", produce + "; exec sleep 60"]
+    else:
+        command = ["sh", "-c", produce + " | cat"]
+    started = time.monotonic()
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    seen = 0
+    while seen < count:
+        chunk = child.stdout.read1(1 << 16)
+        if not chunk:
+            break
+        seen += chunk.count(b"\n")
+    elapsed = time.monotonic() - started
+    child.send_signal(signal.SIGTERM)
+    child.wait(timeout=30)
+    if seen < count:
+        return None, "%d of %d lines" % (seen, count)
+    return count / elapsed, None
+
+
 def run(program, job, count, pinned):
+    if job == "cli-lines":
+        return lines_per_second(program, count)
     command = list(PROGRAMS[program])
     if job.startswith("http") and program != "node":
         command[0] += "-http"  # the HTTP stack lives in its own binaries
@@ -160,7 +189,7 @@ def main():
     for round_ in range(rounds):
         for m in metrics:
             for program in PROGRAMS:
-                job = {"floor": m["floor_job"], "ours": m["ours_job"]}.get(program, m["job"])
+                job = {"floor": m["floor_job"], "ours": m["ours_job"], "node": m["node_job"]}[program]
                 if job == "-":
                     continue
                 count = m["counts"][program][1 if quick else 0]

@@ -14,5 +14,5 @@ if ! command -v wrk >/dev/null; then
   apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-get install -y wrk >/dev/null 2>&1; } \
     || { echo "bench/compare.sh needs wrk, which could not be installed" >&2; exit 1; }
 fi
-cargo build --release --locked -p bench --bins
+cargo build --release --locked -p bench -p isotropic-cluster-cli --bins
 exec python3 bench/compare.py "$@"

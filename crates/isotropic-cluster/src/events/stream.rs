@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 
@@ -47,7 +48,20 @@ pub struct Skipped {
 /// and yields a `Skipped` item (see [`Skipped`]) with their count in their
 /// place. Handlers (see [`Subscribe`](crate::Subscribe)) see every event.
 pub struct EventStream<T> {
-    queue: Option<Arc<Queue<T>>>,
+    reader: Option<Reader<T>>,
+}
+
+/// An open stream's queue, counted among its source's readers while it
+/// lives (publishing to no reader costs one atomic load).
+struct Reader<T> {
+    queue: Arc<Queue<T>>,
+    open: Arc<AtomicUsize>,
+}
+
+impl<T> Drop for Reader<T> {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Release);
+    }
 }
 
 impl<T: StreamEvent> EventStream<T> {
@@ -69,17 +83,19 @@ impl<T: StreamEvent> EventStream<T> {
     /// The bytes of events held for the reader (tests).
     #[cfg(test)]
     pub(crate) fn held_bytes(&self) -> usize {
-        self.queue.as_ref().map_or(0, |queue| queue.lock().bytes)
+        self.reader
+            .as_ref()
+            .map_or(0, |reader| reader.queue.lock().bytes)
     }
 }
 
 impl<T: StreamEvent> futures_core::Stream for EventStream<T> {
     type Item = T;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        let Some(queue) = self.queue.as_ref() else {
+        let Some(reader) = self.reader.as_ref() else {
             return Poll::Ready(None);
         };
-        let mut state = queue.lock();
+        let mut state = reader.queue.lock();
         if state.skipped > 0 {
             let events = std::mem::take(&mut state.skipped);
             return Poll::Ready(Some(Skipped { events }.into()));
@@ -90,7 +106,7 @@ impl<T: StreamEvent> futures_core::Stream for EventStream<T> {
         }
         if state.ended {
             drop(state);
-            self.queue = None;
+            self.reader = None;
             return Poll::Ready(None);
         }
         state.waker = Some(cx.waker().clone());
@@ -101,7 +117,7 @@ impl<T: StreamEvent> futures_core::Stream for EventStream<T> {
 impl<T> fmt::Debug for EventStream<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventStream")
-            .field("ended", &self.queue.is_none())
+            .field("ended", &self.reader.is_none())
             .finish()
     }
 }
@@ -156,6 +172,8 @@ impl<T: StreamEvent> Queue<T> {
 /// The event streams of a host, shared with its handles (which outlive it).
 pub struct StreamSource<T> {
     shared: Arc<Mutex<Readers<T>>>,
+    /// How many streams are open.
+    open: Arc<AtomicUsize>,
 }
 
 /// The queues of the open streams.
@@ -174,6 +192,7 @@ impl<T> Clone for StreamSource<T> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
+            open: self.open.clone(),
         }
     }
 }
@@ -185,6 +204,7 @@ impl<T> Default for StreamSource<T> {
                 queues: Vec::new(),
                 closed: false,
             })),
+            open: Arc::new(AtomicUsize::new(0)),
         }
     }
 }
@@ -198,7 +218,7 @@ impl<T: StreamEvent> StreamSource<T> {
     pub(crate) fn subscribe(&self) -> EventStream<T> {
         let mut readers = self.readers();
         if readers.closed {
-            return EventStream { queue: None };
+            return EventStream { reader: None };
         }
         let queue = Arc::new(Queue(Mutex::new(QueueState {
             events: VecDeque::new(),
@@ -208,11 +228,18 @@ impl<T: StreamEvent> StreamSource<T> {
             waker: None,
         })));
         readers.queues.push(Arc::downgrade(&queue));
-        EventStream { queue: Some(queue) }
+        self.open.fetch_add(1, Ordering::Release);
+        let open = self.open.clone();
+        EventStream {
+            reader: Some(Reader { queue, open }),
+        }
     }
 
     /// Sends `make()` to the streams, if there are any.
     pub(crate) fn publish(&self, make: impl FnOnce() -> T) {
+        if self.open.load(Ordering::Acquire) == 0 {
+            return;
+        }
         let mut readers = self.readers();
         readers.queues.retain(|queue| queue.strong_count() > 0);
         let Some((last, others)) = readers.queues.split_last() else {
