@@ -284,8 +284,8 @@ fn remove_when_empty(path: PathBuf) {
     });
 }
 
-/// The base cgroup as the orphan guard sees it after the fork: its fds and
-/// name, inherited. Allocation-free.
+/// The base cgroup as the orphan guard sees it after the fork (its fds and
+/// name, inherited), or this process at its exit. Allocation-free.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct GuardCgroup<'a> {
     dir: BorrowedFd<'a>,
