@@ -129,6 +129,12 @@ pub(super) fn seen_pid(child: u32) -> Option<u32> {
     if is_ours() {
         return Some(child);
     }
+    find_child(child)
+}
+
+/// The child of ours, by its pid in `/proc`, whose own pid (the last of its
+/// `NSpid`) is `child`.
+fn find_child(child: u32) -> Option<u32> {
     let threads = std::fs::read_dir("/proc/self/task").ok()?;
     threads
         .filter_map(Result::ok)
@@ -289,6 +295,15 @@ mod tests {
         assert!(is_ours());
         assert_eq!(seen_self(), std::process::id());
         assert_eq!(seen_pid(4242), Some(4242));
+        // As where `/proc` is another namespace's: found among our children.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        assert_eq!(find_child(child.id()), Some(child.id()));
+        child.kill().expect("kill");
+        child.wait().expect("reap");
+        assert_eq!(find_child(child.id()), None, "reaped: no child of ours");
     }
 
     #[test]
