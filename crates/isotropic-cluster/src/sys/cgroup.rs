@@ -226,17 +226,17 @@ impl WorkerCgroup {
     /// old kernel after a change of user) is empty: it is removed, and the
     /// worker's process group alone holds what it starts. Whether it joined
     /// is the cgroup's own answer (a cgroup with a process cannot be
-    /// removed), not `/proc`'s, which may be another PID namespace's: it is
-    /// never killed on a guess.
+    /// removed), not `/proc`'s, which may be another PID namespace's. Kept
+    /// when in doubt: killing an empty cgroup harms nothing.
     pub(super) fn spawned(mut self) -> Option<Self> {
         self.procs = None;
-        if !busy(&std::fs::remove_dir(&self.path)) {
-            tracing::debug!(path = %self.path.display(), "a worker could not join its cgroup");
-            // Removed (or gone): nothing to kill, nothing to remove.
-            self.path = PathBuf::new();
-            return None;
+        if std::fs::remove_dir(&self.path).is_err() {
+            return Some(self);
         }
-        Some(self)
+        tracing::debug!(path = %self.path.display(), "a worker could not join its cgroup");
+        // Removed: nothing to kill, nothing to remove.
+        self.path = PathBuf::new();
+        None
     }
 }
 
