@@ -402,24 +402,196 @@ async fn workers_go_when_the_primary_and_its_guard_die_together() {
     remove_cgroups(&cgroups);
 }
 
-/// Removes the workers' cgroups (`0::` paths) and the one that holds them,
-/// where they run in cgroups of their own.
-fn remove_cgroups(cgroups: &[String]) {
+/// The directory of cgroup `cgroup` (a `0::` path), where a cgroup v2
+/// hierarchy is mounted.
+fn cgroup_dir(cgroup: &str) -> Option<PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    let Some(mount) = mountinfo.lines().find_map(|line| {
+    let mount = mountinfo.lines().find_map(|line| {
         let (mount, filesystem) = line.split_once(" - ")?;
         filesystem
             .starts_with("cgroup2 ")
             .then(|| mount.split(' ').nth(4))?
-    }) else {
-        return;
-    };
+    })?;
+    Some(PathBuf::from(format!("{mount}{cgroup}")))
+}
+
+/// Removes the workers' cgroups (`0::` paths) and the one that holds them,
+/// where they run in cgroups of their own.
+fn remove_cgroups(cgroups: &[String]) {
     for cgroup in cgroups
         .iter()
         .filter(|cgroup| cgroup.contains("/isotropic-cluster-"))
     {
-        let dir = PathBuf::from(format!("{mount}{cgroup}"));
+        let Some(dir) = cgroup_dir(cgroup) else {
+            return;
+        };
         std::fs::remove_dir(&dir).expect("remove a worker's cgroup");
         let _ = std::fs::remove_dir(dir.parent().expect("the primary's"));
     }
+}
+
+/// `fixture-orphans ARGS…` as PID 1 of new user and PID namespaces, with
+/// `/proc` of its own (`--mount-proc`) or not, through `launcher` (see
+/// [`escape_primary`]); its stdout piped.
+fn in_namespaces(launcher: &[&str], mount_proc: bool, args: &[&str]) -> Running {
+    let mut command = match launcher {
+        [program, rest @ ..] => {
+            let mut command = Command::new(program);
+            command.args(rest).arg("unshare");
+            command
+        }
+        [] => Command::new("unshare"),
+    };
+    command.args(["--kill-child", "-Urpf"]);
+    if mount_proc {
+        command.arg("--mount-proc");
+    }
+    Running(
+        command
+            .arg(fixture_orphans())
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("unshare"),
+    )
+}
+
+/// The first line `namespace` prints.
+fn first_line(namespace: &mut Running) -> String {
+    let stdout = namespace.stdout.take().expect("stdout");
+    BufReader::new(stdout)
+        .lines()
+        .next()
+        .expect("a line")
+        .expect("read")
+}
+
+/// Waits for `namespace` to end; returns whether it succeeded.
+fn ended(namespace: &mut Running) -> bool {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = namespace.try_wait().expect("try_wait") {
+            return status.success();
+        }
+        assert!(started.elapsed() < DEADLINE, "the namespace did not end");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The primary of a `pid2` namespace (`unshare`, its PID 1, the primary),
+/// by its pid here, and its workers' (by their name, `fixture-worker`).
+fn namespaced_primary(namespace: &Running) -> (u32, Vec<u32>) {
+    let first = |pid: u32| children(pid).first().copied().expect("a child");
+    let primary = first(first(namespace.id()));
+    let workers = children(primary)
+        .into_iter()
+        .filter(|&child| {
+            std::fs::read_to_string(format!("/proc/{child}/comm"))
+                .is_ok_and(|comm| comm == "fixture-worker\n")
+        })
+        .collect();
+    (primary, workers)
+}
+
+#[tokio::test]
+async fn a_primary_spares_the_workers_of_another_with_its_pid_in_another_pid_namespace() {
+    if !namespaces() {
+        return;
+    }
+    // Both primaries are PID 2 of their namespace: once their cgroups shared
+    // a name, and one's end killed the other's workers.
+    let launch = |count: &str| {
+        let mut namespace = in_namespaces(&[], true, &["pid2", "guarded-primary", count]);
+        assert!(first_line(&mut namespace).starts_with("workers "));
+        namespace
+    };
+    let mut one = launch("1");
+    let mut other = launch("3");
+    let (primary, _) = namespaced_primary(&one);
+    let (other_primary, workers) = namespaced_primary(&other);
+    assert_eq!(workers.len(), 3, "{workers:?}");
+    let cgroups: Vec<String> = workers.iter().map(|&pid| cgroup_of(pid)).collect();
+    signal(primary, rustix::process::Signal::KILL);
+    // Its PID 1 ends once its guard has ended its workers.
+    assert!(!ended(&mut one), "its primary was killed");
+    let alive: Vec<bool> = workers
+        .iter()
+        .map(|&pid| tests_integration::alive(pid))
+        .collect();
+    assert_eq!(
+        alive, [true; 3],
+        "the other primary's workers ({cgroups:?})"
+    );
+    // Its guard, not the end of its namespace, removes its cgroups.
+    signal(other_primary, rustix::process::Signal::KILL);
+    assert!(!ended(&mut other));
+}
+
+#[test]
+fn where_proc_is_another_pid_namespaces_workers_are_not_killed_at_start() {
+    if !namespaces() {
+        return;
+    }
+    let mut namespace = in_namespaces(&[], false, &["pid2", "clean-primary", "2"]);
+    assert_eq!(first_line(&mut namespace), "clean");
+    assert!(ended(&mut namespace));
+}
+
+#[tokio::test]
+async fn where_proc_is_another_pid_namespaces_the_guard_still_ends_the_worker_groups() {
+    // Without cgroups (an unprivileged primary): only the guard ends what
+    // the workers started.
+    let Some(nobody) = as_nobody() else { return };
+    if !namespaces() {
+        return;
+    }
+    let mut namespace = in_namespaces(&nobody, false, &["pid2", "guarded-primary", "2"]);
+    assert!(first_line(&mut namespace).starts_with("workers "));
+    let (primary, workers) = namespaced_primary(&namespace);
+    let grandchildren: Vec<u32> = workers.iter().flat_map(|&pid| children(pid)).collect();
+    assert_eq!(grandchildren.len(), 2, "each worker started a child");
+    let watches: Vec<ExitWatch> = workers
+        .iter()
+        .chain(&grandchildren)
+        .map(|&pid| ExitWatch::new(pid))
+        .collect();
+    signal(primary, rustix::process::Signal::KILL);
+    // The children ignore SIGTERM and are no worker: only a guard ends them.
+    for watch in watches {
+        watch.exited().await;
+    }
+}
+
+/// The base cgroups of PID 1s (`isotropic-cluster-1…`) in our cgroup.
+fn bases_of_pid_1() -> Vec<String> {
+    let Some(ours) = cgroup_dir(&cgroup_of(std::process::id())) else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(ours) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name == "isotropic-cluster-1" || name.starts_with("isotropic-cluster-1-"))
+        .collect()
+}
+
+#[test]
+fn a_primary_that_is_pid_1_leaves_no_cgroup_after_a_clean_exit() {
+    if !namespaces() {
+        return;
+    }
+    let before = bases_of_pid_1();
+    // Its guard dies with it, often before it removed anything: 4 runs.
+    for _ in 0..4 {
+        let mut namespace = in_namespaces(&[], true, &["clean-primary", "2"]);
+        assert_eq!(first_line(&mut namespace), "clean");
+        assert!(ended(&mut namespace));
+    }
+    let left: Vec<String> = bases_of_pid_1()
+        .into_iter()
+        .filter(|name| !before.contains(name))
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "left behind");
 }

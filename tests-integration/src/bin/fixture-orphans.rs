@@ -20,6 +20,14 @@
 //!   hung` workers (they ignore SIGTERM and never read their channel; each
 //!   has a child that ignores SIGTERM too); prints `workers PID…` once all
 //!   are ready, then waits to be killed. Warnings and errors go to stderr.
+//! - `fixture-orphans clean-primary N`: a primary with N `fixture-worker
+//!   echo` workers; once all are ready, it shuts down and prints `clean`. It
+//!   fails should a worker exit before.
+//! - `fixture-orphans pid2 SCENARIO…`: run as PID 1 of a new PID namespace
+//!   (where `fixture-orphans SCENARIO…` would be PID 1, which takes every
+//!   process of the namespace with it when it dies). Runs `fixture-orphans
+//!   SCENARIO…` (as PID 2), reaps every process that ends up its child, and
+//!   exits as it did once none is left.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt as _;
@@ -41,6 +49,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("escaped") => escaped(),
         Some("escape-primary") => escape_primary(),
         Some("guarded-primary") => guarded_primary(),
+        Some("clean-primary") => clean_primary(),
+        Some("pid2") => as_pid_2(),
         other => Err(format!("unknown scenario {other:?}").into()),
     }
 }
@@ -211,4 +221,53 @@ fn guarded_primary() -> Result<(), Box<dyn std::error::Error>> {
         std::future::pending::<()>().await;
         Ok(())
     })
+}
+
+fn clean_primary() -> Result<(), Box<dyn std::error::Error>> {
+    let count: usize = std::env::args().nth(2).ok_or("no count")?.parse()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let primary = ClusterPrimary::builder()
+            .program(std::env::current_exe()?.with_file_name("fixture-worker"))
+            .arg(Mode::Echo.as_str())
+            .start()
+            .await?;
+        let mut events = primary.events();
+        primary.fork(count).await?;
+        let mut ready = 0;
+        while ready < count {
+            match events.next().await {
+                Some(PrimaryEvent::AddWorker(_)) => ready += 1,
+                Some(PrimaryEvent::WorkerExit(exit)) => {
+                    return Err(format!("a worker exited: {exit:?}").into());
+                }
+                Some(_) => {}
+                None => return Err("the primary ended".into()),
+            }
+        }
+        primary.shut_down().await?;
+        println!("clean");
+        Ok(())
+    })
+}
+
+fn as_pid_2() -> Result<(), Box<dyn std::error::Error>> {
+    let child = Command::new(std::env::current_exe()?)
+        .args(std::env::args().skip(2))
+        .spawn()?;
+    let child = i32::try_from(child.id())?;
+    let mut code = 1;
+    loop {
+        match rustix::process::wait(rustix::process::WaitOptions::empty()) {
+            Ok(Some((pid, status))) if pid.as_raw_nonzero().get() == child => {
+                code = status.exit_status().unwrap_or(1);
+            }
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::CHILD) => break,
+            Err(error) => return Err(error.into()),
+        }
+    }
+    std::process::exit(code)
 }

@@ -1,9 +1,13 @@
 //! Workers in cgroups of their own (cgroup v2), where this process may make
-//! them: `<our cgroup>/isotropic-cluster-<our pid>/worker-<id>-<n>`. Killing a
-//! worker's cgroup (`cgroup.kill`) ends every process it started, even one
-//! that left its process group (`setsid`). Where cgroups cannot be made
-//! (no cgroup v2 hierarchy, not writable, no delegation), workers run
+//! them: `<our cgroup>/isotropic-cluster-<pid>-<start time>[-<n>]/worker-<id>-<n>`.
+//! Killing a worker's cgroup (`cgroup.kill`) ends every process it started,
+//! even one that left its process group (`setsid`). Where cgroups cannot be
+//! made (no cgroup v2 hierarchy, not writable, no delegation), workers run
 //! without, and only their process group is ended.
+//!
+//! Only cgroups this process made are ever killed or removed: a name that
+//! exists already (another PID namespace's process with our pid, a dead
+//! primary's leftover) is never adopted; the next one is tried.
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -16,7 +20,7 @@ use std::time::Duration;
 use rustix::fs::{AtFlags, Mode, OFlags};
 
 /// The cgroup of this process's workers: one per process, shared by every
-/// primary, made on first use.
+/// primary, made on first use, removed at a clean exit (see [`base`]).
 #[derive(Debug)]
 pub(super) struct Base {
     path: PathBuf,
@@ -28,12 +32,25 @@ pub(super) struct Base {
     name: CString,
 }
 
-/// The base cgroup, if this process may put its workers in cgroups.
+/// How many names the base cgroup tries before it gives up.
+const NAMES: u32 = 64;
+
+/// The base cgroup, made on first use.
+static BASE: OnceLock<Option<Base>> = OnceLock::new();
+
+/// The base cgroup, if this process may put its workers in cgroups. It is
+/// removed when this process exits (`exit`, a return from `main`) with its
+/// workers gone, else by the orphan guard: as PID 1 of a PID namespace, the
+/// guard dies with this process.
 pub(super) fn base() -> Option<&'static Base> {
-    static BASE: OnceLock<Option<Base>> = OnceLock::new();
     BASE.get_or_init(|| match Base::make() {
         Ok(base) => {
             tracing::debug!(path = %base.path.display(), "workers run in cgroups of their own");
+            // SAFETY: registers a plain function, which touches only the
+            // base's fds (open for the process's lifetime).
+            if unsafe { libc::atexit(remove_at_exit) } != 0 {
+                tracing::debug!("the base cgroup is left to the orphan guard to remove");
+            }
             Some(base)
         }
         Err(error) => {
@@ -62,11 +79,7 @@ impl Base {
             OFlags::WRONLY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        let name = CString::new(format!("isotropic-cluster-{}", std::process::id()))?;
-        match rustix::fs::mkdirat(&parent, name.as_c_str(), Mode::from_raw_mode(0o755)) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(error) => return Err(error.into()),
-        }
+        let name = Self::make_unique(&parent)?;
         let dir = rustix::fs::openat(&parent, name.as_c_str(), directory, Mode::empty())?;
         // `cgroup.kill` came with Linux 5.14: without it, cgroups are no use.
         let kill = OFlags::WRONLY | OFlags::CLOEXEC;
@@ -83,6 +96,38 @@ impl Base {
         })
     }
 
+    /// Makes a directory in `parent` under a name nobody has taken; returns
+    /// its name. Pids repeat across PID namespaces, and a start time may too:
+    /// the name that exists already is someone else's.
+    fn make_unique(parent: &OwnedFd) -> io::Result<CString> {
+        let stem = format!(
+            "isotropic-cluster-{}-{}",
+            std::process::id(),
+            super::procfs::start_time(0).unwrap_or(0)
+        );
+        for n in 0..NAMES {
+            let name = if n == 0 {
+                CString::new(stem.as_str())?
+            } else {
+                CString::new(format!("{stem}-{n}"))?
+            };
+            match rustix::fs::mkdirat(parent, name.as_c_str(), Mode::from_raw_mode(0o755)) {
+                Ok(()) => return Ok(name),
+                Err(rustix::io::Errno::EXIST) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "every name of a base cgroup is taken",
+        ))
+    }
+
+    /// The base as the orphan guard (or the exit) sees it.
+    fn view(&self) -> GuardCgroup<'_> {
+        GuardCgroup::new(self.dir.as_fd(), self.parent.as_fd(), &self.name)
+    }
+
     /// The fds the orphan guard keeps: the base's directory, then ours.
     pub(super) fn fds(&self) -> [RawFd; 2] {
         [self.dir.as_raw_fd(), self.parent.as_raw_fd()]
@@ -91,6 +136,13 @@ impl Base {
     /// The base's name in our cgroup (for the guard, which removes it).
     pub(super) fn name(&self) -> &CStr {
         &self.name
+    }
+}
+
+/// Removes the base cgroup, and its workers' cgroups, if they are empty.
+extern "C" fn remove_at_exit() {
+    if let Some(Some(base)) = BASE.get() {
+        base.view().remove();
     }
 }
 
@@ -130,18 +182,21 @@ impl WorkerCgroup {
         let base = base()?;
         let made = MADE.fetch_add(1, Ordering::Relaxed);
         let name = format!("worker-{id}-{made}");
-        let made = rustix::fs::mkdirat(&base.dir, name.as_str(), Mode::from_raw_mode(0o755))
-            .and_then(|()| {
-                let procs = format!("{name}/cgroup.procs");
-                rustix::fs::openat(
-                    &base.dir,
-                    procs.as_str(),
-                    OFlags::WRONLY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-            });
         let path = base.path.join(&name);
-        match made {
+        if let Err(error) =
+            rustix::fs::mkdirat(&base.dir, name.as_str(), Mode::from_raw_mode(0o755))
+        {
+            // Not ours, if it exists: left alone.
+            tracing::debug!(%error, path = %path.display(), "no cgroup for a worker");
+            return None;
+        }
+        let procs = format!("{name}/cgroup.procs");
+        match rustix::fs::openat(
+            &base.dir,
+            procs.as_str(),
+            OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
             Ok(procs) => Some(Self {
                 path,
                 procs: Some(procs),
@@ -166,30 +221,31 @@ impl WorkerCgroup {
         }
     }
 
-    /// Worker `pid` is spawned: its cgroup, if it joined it (it has passed
+    /// The worker is spawned: its cgroup, if it joined it (it has passed
     /// the point where it would). One it could not join (no delegation, an
-    /// old kernel after a change of user) is removed: the worker's process
-    /// group alone holds what it starts.
-    pub(super) fn spawned(mut self, pid: u32) -> Option<Self> {
+    /// old kernel after a change of user) is empty: it is removed, and the
+    /// worker's process group alone holds what it starts. Whether it joined
+    /// is the cgroup's own answer (a cgroup with a process cannot be
+    /// removed), not `/proc`'s, which may be another PID namespace's. Kept
+    /// when in doubt: killing an empty cgroup harms nothing.
+    pub(super) fn spawned(mut self) -> Option<Self> {
         self.procs = None;
-        let name = self.path.file_name()?.to_string_lossy().into_owned();
-        // Unreadable: kept (dropping it would kill the worker, were it in it).
-        let joined =
-            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_or(true, |cgroups| {
-                cgroups
-                    .lines()
-                    .any(|line| line.starts_with("0::") && line.ends_with(&format!("/{name}")))
-            });
-        if !joined {
-            tracing::debug!(pid, path = %self.path.display(), "a worker could not join its cgroup");
-            return None;
+        if std::fs::remove_dir(&self.path).is_err() {
+            return Some(self);
         }
-        Some(self)
+        tracing::debug!(path = %self.path.display(), "a worker could not join its cgroup");
+        // Removed: nothing to kill, nothing to remove.
+        self.path = PathBuf::new();
+        None
     }
 }
 
 impl Drop for WorkerCgroup {
     fn drop(&mut self) {
+        // Removed already (see `spawned`).
+        if self.path.as_os_str().is_empty() {
+            return;
+        }
         self.kill();
         remove_when_empty(self.path.clone());
     }
@@ -228,8 +284,8 @@ fn remove_when_empty(path: PathBuf) {
     });
 }
 
-/// The base cgroup as the orphan guard sees it after the fork: its fds and
-/// name, inherited. Allocation-free.
+/// The base cgroup as the orphan guard sees it after the fork (its fds and
+/// name, inherited), or this process at its exit. Allocation-free.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct GuardCgroup<'a> {
     dir: BorrowedFd<'a>,
@@ -270,7 +326,9 @@ impl<'a> GuardCgroup<'a> {
         text[..read].windows(11).any(|w| w == b"populated 1")
     }
 
-    /// Removes the workers' cgroups (empty by now), then the base.
+    /// Removes the workers' cgroups (empty by now), then the base: if the
+    /// name is still the base's (once removed, another process may make a
+    /// cgroup of that name).
     pub(super) fn remove(self) {
         let mut buffer = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
         // Each pass removes what it read; entries may move as it does.
@@ -298,7 +356,14 @@ impl<'a> GuardCgroup<'a> {
                 break;
             }
         }
-        let _ = rustix::fs::unlinkat(self.parent, self.name, AtFlags::REMOVEDIR);
+        let named = rustix::fs::statat(self.parent, self.name, AtFlags::SYMLINK_NOFOLLOW);
+        let same = match (rustix::fs::fstat(self.dir), named) {
+            (Ok(ours), Ok(named)) => (ours.st_dev, ours.st_ino) == (named.st_dev, named.st_ino),
+            _ => false,
+        };
+        if same {
+            let _ = rustix::fs::unlinkat(self.parent, self.name, AtFlags::REMOVEDIR);
+        }
     }
 }
 
@@ -341,6 +406,25 @@ mod tests {
         assert_eq!(found(MOUNTINFO, "4:memory:/x\n"), None);
     }
 
+    #[test]
+    fn a_name_taken_is_never_adopted_the_next_one_is_made() {
+        let dir = std::env::temp_dir().join(format!("cgroup-names-{}", std::process::id()));
+        std::fs::create_dir(&dir).expect("a directory");
+        let parent = rustix::fs::open(&dir, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+            .expect("open");
+        let first = Base::make_unique(&parent).expect("a name");
+        let first = first.to_str().expect("UTF-8").to_owned();
+        // Taken now (as by a process with our pid in another PID namespace).
+        std::fs::write(dir.join(&first).join("theirs"), "").expect("write");
+        let second = Base::make_unique(&parent).expect("another name");
+        assert_eq!(second.to_str(), Ok(format!("{first}-1").as_str()));
+        assert!(
+            dir.join(&first).join("theirs").exists(),
+            "theirs, untouched"
+        );
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
     /// Waits until `done` holds (deadline: 30 s).
     fn wait_until(mut done: impl FnMut() -> bool) {
         let started = std::time::Instant::now();
@@ -363,7 +447,7 @@ mod tests {
             .expect("sleep");
         let cgroup = WorkerCgroup::make(1).expect("a cgroup");
         let path = cgroup.path.clone();
-        assert!(cgroup.spawned(outside.id()).is_none());
+        assert!(cgroup.spawned().is_none());
         assert!(!path.exists(), "removed");
         assert!(outside.try_wait().expect("try_wait").is_none(), "killed");
         outside.kill().expect("kill");
@@ -378,7 +462,7 @@ mod tests {
             .expect("sh");
         let pid = inside.id();
         wait_until(|| std::fs::read_to_string(&procs).is_ok_and(|p| p.contains(&pid.to_string())));
-        let cgroup = cgroup.spawned(pid).expect("joined");
+        let cgroup = cgroup.spawned().expect("joined");
         let path = cgroup.path.clone();
         drop(cgroup);
         let status = inside.wait().expect("reap");

@@ -32,7 +32,7 @@ pub(super) fn prepare_child(
         .map(|fd| fd.as_raw_fd());
     // SAFETY: the closure runs in the child between fork and exec, so it must be
     // async-signal-safe: it only makes raw system calls (close_range, fcntl,
-    // write, sigprocmask, getpid, open, read, close, send, getppid) on values
+    // write, sigprocmask, getpid, readlink, open, read, close, send, getppid) on values
     // captured by copy and memory of its own frame, and allocates nothing.
     unsafe {
         command.pre_exec(move || {
@@ -64,10 +64,12 @@ pub(super) fn prepare_child(
             // The child leads its own process group by now (std sets it up
             // before this closure): register it, with the start time that
             // tells this process from a later one given the same pid, before
-            // anything else can join it. The guard's socket is open for the
-            // process's lifetime.
+            // anything else can join it, and the pid by which `/proc` knows
+            // it (another where `/proc` is another PID namespace's). The
+            // guard's socket is open for the process's lifetime.
             let record = Record::Register {
                 group: libc::getpid(),
+                seen: super::procfs::seen_self().cast_signed(),
                 start: super::procfs::start_time(0).unwrap_or(0),
             }
             .encode();

@@ -1,7 +1,13 @@
 //! Reading `/proc`: this process's threads, a process's identity (its start
 //! time), and whether a process listens.
+//!
+//! `/proc` may be another PID namespace's (`unshare --pid --fork` without
+//! `--mount-proc`): then `/proc/PID` names whoever has that pid *there*, not
+//! our process `PID`. [`seen_pid`] gives the number by which `/proc` knows
+//! one of our children; `/proc/self` is always this process.
 
 use std::collections::HashSet;
+use std::sync::OnceLock;
 
 /// Field 20 of `/proc/PID/stat`: the number of threads.
 const THREADS: usize = 20;
@@ -90,6 +96,88 @@ pub(super) fn read_stat(pid: i32, buffer: &mut [u8; STAT_SIZE]) -> Option<&[u8]>
 pub(super) fn start_time(pid: i32) -> Option<u64> {
     let mut buffer = [0; STAT_SIZE];
     stat_field(read_stat(pid, &mut buffer)?, START_TIME)
+}
+
+/// Whether `/proc` is our PID namespace's: it knows this process by the pid
+/// it has (`/proc/self`), and by no other (`NSpid` lists one pid).
+pub(super) fn is_ours() -> bool {
+    static OURS: OnceLock<bool> = OnceLock::new();
+    *OURS.get_or_init(|| {
+        let seen = std::fs::read_link("/proc/self")
+            .ok()
+            .and_then(|link| link.to_str()?.parse::<u32>().ok());
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        seen == Some(std::process::id()) && ns_pids(&status).is_none_or(|pids| pids.len() == 1)
+    })
+}
+
+/// The pids of the `NSpid` line of a `/proc/PID/status`: the process's pid
+/// in the namespace of `/proc`, then in each one below, down to its own.
+fn ns_pids(status: &str) -> Option<Vec<u32>> {
+    let line = status
+        .lines()
+        .find_map(|line| line.strip_prefix("NSpid:"))?;
+    line.split_whitespace()
+        .map(|pid| pid.parse().ok())
+        .collect()
+}
+
+/// The pid by which `/proc` knows `child`, a child of this process (not
+/// reaped): `child` itself where `/proc` is our namespace's, else the child
+/// of ours whose `NSpid` ends with it. None when not found.
+pub(super) fn seen_pid(child: u32) -> Option<u32> {
+    if is_ours() {
+        return Some(child);
+    }
+    find_child(child)
+}
+
+/// The child of ours, by its pid in `/proc`, whose own pid (the last of its
+/// `NSpid`) is `child`.
+fn find_child(child: u32) -> Option<u32> {
+    let threads = std::fs::read_dir("/proc/self/task").ok()?;
+    threads
+        .filter_map(Result::ok)
+        .flat_map(|thread| {
+            std::fs::read_to_string(thread.path().join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|pid| pid.parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .find(|seen| {
+            std::fs::read_to_string(format!("/proc/{seen}/status"))
+                .ok()
+                .and_then(|status| ns_pids(&status)?.last().copied())
+                == Some(child)
+        })
+}
+
+/// The pid by which `/proc` knows this process (`/proc/self`), 0 when it
+/// cannot be read. Allocation-free and async-signal-safe: children between
+/// fork and exec use it.
+pub(super) fn seen_self() -> u32 {
+    let mut link = [0_u8; 16];
+    // SAFETY: `readlink` writes at most `link.len()` bytes into `link`.
+    let read =
+        unsafe { libc::readlink(c"/proc/self".as_ptr(), link.as_mut_ptr().cast(), link.len()) };
+    let Ok(read) = usize::try_from(read) else {
+        return 0;
+    };
+    let mut pid: u32 = 0;
+    for &digit in &link[..read.min(link.len())] {
+        if !digit.is_ascii_digit() {
+            return 0;
+        }
+        let Some(next) = pid
+            .checked_mul(10)
+            .and_then(|p| p.checked_add(u32::from(digit - b'0')))
+        else {
+            return 0;
+        };
+        pid = next;
+    }
+    pid
 }
 
 /// Whether process `pid` holds a TCP (v4 or v6) or Unix stream socket in the
@@ -189,6 +277,33 @@ mod tests {
         child.kill().expect("kill");
         child.wait().expect("reap");
         assert_eq!(start_time(pid), None, "reaped: no such process");
+    }
+
+    #[test]
+    fn the_ns_pids_are_read_from_the_nspid_line() {
+        assert_eq!(
+            ns_pids("Name:\tx\nNSpid:\t22972\t3\n"),
+            Some(vec![22972, 3])
+        );
+        assert_eq!(ns_pids("NSpid:\t7\n"), Some(vec![7]));
+        assert_eq!(ns_pids("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn here_proc_is_ours_and_knows_us_and_our_children_by_our_pids() {
+        // Tests run in the PID namespace of their `/proc`.
+        assert!(is_ours());
+        assert_eq!(seen_self(), std::process::id());
+        assert_eq!(seen_pid(4242), Some(4242));
+        // As where `/proc` is another namespace's: found among our children.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        assert_eq!(find_child(child.id()), Some(child.id()));
+        child.kill().expect("kill");
+        child.wait().expect("reap");
+        assert_eq!(find_child(child.id()), None, "reaped: no child of ours");
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub(crate) fn spawn_worker(
     ours.insert(pid);
     drop(ours);
     super::guard::register_worker(pid);
-    Ok((child, cgroup.and_then(|cgroup| cgroup.spawned(pid))))
+    Ok((child, cgroup.and_then(WorkerCgroup::spawned)))
 }
 
 /// The spawner thread's queue, the thread started on first use; none if it

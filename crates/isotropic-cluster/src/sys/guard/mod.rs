@@ -35,8 +35,8 @@ static STATE: Mutex<State> = Mutex::new(State {
 
 struct State {
     guard: Option<Pid>,
-    /// Group (the worker's pid) -> its leader's start time.
-    live: BTreeMap<i32, u64>,
+    /// Group (the worker's pid) -> its leader's pid in `/proc` and start time.
+    live: BTreeMap<i32, (i32, u64)>,
 }
 
 fn state() -> MutexGuard<'static, State> {
@@ -89,9 +89,11 @@ pub(crate) fn register_worker(pid: u32) {
         return;
     };
     // Not reaped yet: the pid is still this worker's.
-    let start = super::procfs::start_time(group).unwrap_or(0);
-    state.live.insert(group, start);
-    tell(Record::Register { group, start }, false);
+    let seen = super::procfs::seen_pid(pid).and_then(|seen| i32::try_from(seen).ok());
+    let start = seen.and_then(super::procfs::start_time).unwrap_or(0);
+    let seen = seen.unwrap_or(0);
+    state.live.insert(group, (seen, start));
+    tell(Record::Register { group, seen, start }, false);
 }
 
 /// Tells the orphan guard that process group `group` is gone.
@@ -166,8 +168,8 @@ fn watch() {
                     groups = state.live.len(),
                     "a new orphan guard runs"
                 );
-                for (&group, &start) in &state.live {
-                    tell(Record::Register { group, start }, true);
+                for (&group, &(seen, start)) in &state.live {
+                    tell(Record::Register { group, seen, start }, true);
                 }
             }
             Err(error) => {
@@ -193,6 +195,7 @@ fn start_guard() -> io::Result<(OwnedFd, Pid)> {
     // Allocated before the fork: the guard must not allocate.
     // Zeroed, they are mapped only as the guard uses them.
     let mut groups = vec![0_i32; GUARD_CAPACITY];
+    let mut seens = vec![0_i32; GUARD_CAPACITY];
     let mut starts = vec![0_u64; GUARD_CAPACITY];
     let cgroup = super::cgroup::base();
     let title = format!("isotropic-cluster-guard (primary {})", std::process::id());
@@ -209,6 +212,7 @@ fn start_guard() -> io::Result<(OwnedFd, Pid)> {
                 cgroup,
                 title.as_bytes(),
                 &mut groups,
+                &mut seens,
                 &mut starts,
             )
         },

@@ -1,15 +1,18 @@
 //! What the primary and its workers tell the orphan guard: fixed-size records,
 //! one per packet.
 
-/// The size of a record: what, the group, the start time of its leader.
-pub(in crate::sys) const RECORD_SIZE: usize = 16;
+/// The size of a record: what, the group, the leader's pid in `/proc`, the
+/// start time of its leader.
+pub(in crate::sys) const RECORD_SIZE: usize = 24;
 
 /// One thing the orphan guard is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(in crate::sys) enum Record {
-    /// Hold process group `group`, whose leader (process `group`) started at
-    /// `start` (field 22 of its `/proc/PID/stat`; 0 when it could not be read).
-    Register { group: i32, start: u64 },
+    /// Hold process group `group`, whose leader (process `group`, known to
+    /// `/proc` as `seen`: another number where `/proc` is another PID
+    /// namespace's; 0 when unknown) started at `start` (field 22 of its
+    /// `/proc/SEEN/stat`; 0 when it could not be read).
+    Register { group: i32, seen: i32, start: u64 },
     /// Group `group` is gone: the primary reaped its leader and killed it.
     Forget { group: i32 },
     /// Drop every group whose leader is no longer the process registered (a
@@ -24,15 +27,16 @@ impl Record {
 
     /// The bytes of the record.
     pub(in crate::sys) fn encode(self) -> [u8; RECORD_SIZE] {
-        let (what, group, start) = match self {
-            Self::Register { group, start } => (Self::REGISTER, group, start),
-            Self::Forget { group } => (Self::FORGET, group, 0),
-            Self::Sweep => (Self::SWEEP, 0, 0),
+        let (what, group, seen, start) = match self {
+            Self::Register { group, seen, start } => (Self::REGISTER, group, seen, start),
+            Self::Forget { group } => (Self::FORGET, group, 0, 0),
+            Self::Sweep => (Self::SWEEP, 0, 0, 0),
         };
         let mut bytes = [0; RECORD_SIZE];
         bytes[..4].copy_from_slice(&what.to_ne_bytes());
         bytes[4..8].copy_from_slice(&group.to_ne_bytes());
-        bytes[8..].copy_from_slice(&start.to_ne_bytes());
+        bytes[8..12].copy_from_slice(&seen.to_ne_bytes());
+        bytes[16..].copy_from_slice(&start.to_ne_bytes());
         bytes
     }
 
@@ -41,9 +45,10 @@ impl Record {
         let bytes: &[u8; RECORD_SIZE] = bytes.try_into().ok()?;
         let what = i32::from_ne_bytes(bytes[..4].try_into().ok()?);
         let group = i32::from_ne_bytes(bytes[4..8].try_into().ok()?);
-        let start = u64::from_ne_bytes(bytes[8..].try_into().ok()?);
+        let seen = i32::from_ne_bytes(bytes[8..12].try_into().ok()?);
+        let start = u64::from_ne_bytes(bytes[16..].try_into().ok()?);
         match what {
-            Self::REGISTER if group > 0 => Some(Self::Register { group, start }),
+            Self::REGISTER if group > 0 && seen >= 0 => Some(Self::Register { group, seen, start }),
             Self::FORGET if group > 0 => Some(Self::Forget { group }),
             Self::SWEEP => Some(Self::Sweep),
             _ => None,
@@ -60,6 +65,7 @@ mod tests {
         for record in [
             Record::Register {
                 group: 4242,
+                seen: 94242,
                 start: u64::MAX,
             },
             Record::Forget { group: 1 },

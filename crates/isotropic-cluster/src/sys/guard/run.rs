@@ -25,12 +25,14 @@ const EMPTYING: Duration = Duration::from_secs(2);
 ///
 /// Only in a freshly forked child, which owns nothing else: it closes every
 /// fd but `socket` and `cgroup`'s, overwrites its command line with `title`,
-/// and `groups` and `starts` must have been allocated before the fork.
+/// and `groups`, `seens` and `starts` must have been allocated before the
+/// fork.
 pub(super) unsafe fn guard_main(
     socket: RawFd,
     cgroup: Option<&Base>,
     title: &[u8],
     groups: &mut [i32],
+    seens: &mut [i32],
     starts: &mut [u64],
 ) -> ! {
     let [dir, parent] = cgroup.map_or([socket; 2], Base::fds);
@@ -66,7 +68,7 @@ pub(super) unsafe fn guard_main(
     });
     // SAFETY: the socket stays open until `_exit`.
     let socket = unsafe { BorrowedFd::borrow_raw(socket) };
-    let mut table = Table::new(groups, starts);
+    let mut table = Table::new(groups, seens, starts);
     // One byte more than a record: a longer packet is not one.
     let mut packet = [0_u8; RECORD_SIZE + 1];
     loop {
