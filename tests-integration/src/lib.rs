@@ -281,6 +281,21 @@ impl ExitWatch {
     }
 }
 
+/// SIGKILLs `primary` (our child), reaps it, then waits until every one of
+/// `watches` has exited; returns the time since the kill.
+pub async fn kill_and_await(
+    primary: &mut std::process::Child,
+    watches: Vec<ExitWatch>,
+) -> std::time::Duration {
+    let killed = std::time::Instant::now();
+    primary.kill().expect("SIGKILL the primary");
+    primary.wait().expect("reap the primary");
+    for watch in watches {
+        watch.exited().await;
+    }
+    killed.elapsed()
+}
+
 impl Drop for ExitWatch {
     /// Kills the process if it is still running (a test that failed half-way).
     fn drop(&mut self) {

@@ -349,17 +349,9 @@ async fn guard_replaced(launcher: &[&str]) {
         "a new guard ({new_guard}) runs {:?} after the SIGKILL of the old",
         replaced.elapsed()
     );
-    let killed = Instant::now();
-    primary.kill().expect("SIGKILL the primary");
-    primary.wait().expect("reap the primary");
     // The children ignore SIGTERM and are no worker: only a guard ends them.
-    for watch in watches {
-        watch.exited().await;
-    }
-    eprintln!(
-        "primary killed: 2 workers and 2 children gone after {:?}",
-        killed.elapsed()
-    );
+    let gone = tests_integration::kill_and_await(&mut primary, watches).await;
+    eprintln!("primary killed: 2 workers and 2 children gone after {gone:?}");
     let mut stderr = String::new();
     primary
         .stderr
@@ -382,16 +374,8 @@ async fn workers_go_when_the_primary_and_its_guard_die_together() {
     // Stopped, the primary cannot replace its guard before it dies too.
     signal(primary.id(), rustix::process::Signal::STOP);
     signal(guard, rustix::process::Signal::KILL);
-    let killed = Instant::now();
-    primary.kill().expect("SIGKILL the primary");
-    primary.wait().expect("reap the primary");
-    for watch in watches {
-        watch.exited().await;
-    }
-    eprintln!(
-        "primary and guard killed: 2 workers gone after {:?}",
-        killed.elapsed()
-    );
+    let gone = tests_integration::kill_and_await(&mut primary, watches).await;
+    eprintln!("primary and guard killed: 2 workers gone after {gone:?}");
     // Nothing is left to end what the workers started, nor to remove their
     // cgroups (a documented limit): the test does.
     for &pid in &grandchildren {

@@ -107,16 +107,8 @@ async fn a_killed_primary_takes_workers_that_ignore_sigterm_and_their_children()
         .chain(&grandchildren)
         .map(|&pid| ExitWatch::new(pid))
         .collect();
-    let killed = std::time::Instant::now();
-    child.kill().expect("SIGKILL the primary");
-    child.wait().expect("reap the primary");
-    for watch in watches {
-        watch.exited().await;
-    }
-    eprintln!(
-        "primary killed: 2 workers and 2 grandchildren gone after {:?}",
-        killed.elapsed()
-    );
+    let gone = tests_integration::kill_and_await(&mut child, watches).await;
+    eprintln!("primary killed: 2 workers and 2 grandchildren gone after {gone:?}");
 }
 
 #[tokio::test]

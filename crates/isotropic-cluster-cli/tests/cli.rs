@@ -930,23 +930,50 @@ async fn every_line_of_four_fast_workers_reaches_a_slow_reader_in_order() {
         .await
         .expect("read in time")
         .expect("reader");
-    for worker in 1..=WORKERS {
+    every_line(&text, WORKERS, LINES);
+    println!(
+        "{} lines through the CLI to a slow reader in {elapsed:?}",
+        WORKERS * LINES
+    );
+}
+
+#[tokio::test]
+async fn every_line_of_two_workers_reaches_a_file_in_order() {
+    // (issue 13's report: to a file, about 160,000 of each 300,000 lines.)
+    const LINES: usize = 300_000;
+    let path = std::env::temp_dir().join(format!("isotropic-cluster-lines-{}", std::process::id()));
+    let file = std::fs::File::create(&path).expect("a file");
+    let script =
+        format!("trap 'exit 0' TERM; seq 1 {LINES}; echo done >&2; while :; do sleep 0.1; done");
+    let (mut child, mut stderr) = cli_to(
+        file.into(),
+        &["run", "--workers", "2", "--", "sh", "-c", &script],
+    );
+    for _ in 0..2 {
+        until(&mut stderr, "] done").await;
+    }
+    stop_cleanly(&mut child, &mut stderr, 2).await;
+    let text = std::fs::read_to_string(&path).expect("the output");
+    std::fs::remove_file(&path).expect("remove");
+    every_line(&text, 2, LINES);
+}
+
+/// Asserts that `text` holds lines `[W] 1` to `[W] lines` of each of
+/// `workers` workers, in order per worker.
+fn every_line(text: &str, workers: usize, lines: usize) {
+    for worker in 1..=workers {
         let prefix = format!("[{worker}] ");
         let numbers: Vec<usize> = text
             .lines()
             .filter_map(|line| line.strip_prefix(&prefix))
             .filter_map(|rest| rest.parse().ok())
             .collect();
-        assert_eq!(numbers.len(), LINES, "worker {worker}'s lines");
+        assert_eq!(numbers.len(), lines, "worker {worker}'s lines");
         assert!(
             numbers.iter().enumerate().all(|(i, n)| *n == i + 1),
             "worker {worker}'s lines in order"
         );
     }
-    println!(
-        "{} lines through the CLI to a slow reader in {elapsed:?}",
-        WORKERS * LINES
-    );
 }
 
 /// The resident memory of process `pid`, in KiB.

@@ -196,26 +196,8 @@ fn guarded_primary() -> Result<(), Box<dyn std::error::Error>> {
         .with_writer(std::io::stderr)
         .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
         .init();
-    let count: usize = std::env::args().nth(2).ok_or("no count")?.parse()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let primary = ClusterPrimary::builder()
-            .program(std::env::current_exe()?.with_file_name("fixture-worker"))
-            .arg(Mode::Hung.as_str())
-            .start()
-            .await?;
-        let mut events = primary.events();
-        primary.fork(count).await?;
-        let mut pids = Vec::new();
-        while pids.len() < count {
-            match events.next().await {
-                Some(PrimaryEvent::AddWorker(add)) => pids.push(add.worker.pid().to_string()),
-                Some(_) => {}
-                None => return Err("the primary ended".into()),
-            }
-        }
+    with_ready_workers(Mode::Hung, |_primary, pids| async move {
+        let pids: Vec<String> = pids.iter().map(ToString::to_string).collect();
         println!("workers {}", pids.join(" "));
         std::io::stdout().flush()?;
         std::future::pending::<()>().await;
@@ -224,6 +206,21 @@ fn guarded_primary() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn clean_primary() -> Result<(), Box<dyn std::error::Error>> {
+    with_ready_workers(Mode::Echo, |primary, _pids| async move {
+        primary.shut_down().await?;
+        println!("clean");
+        Ok(())
+    })
+}
+
+/// Starts COUNT (the second argument) fixture workers in `mode` on a
+/// runtime of its own, waits until all are in the pool (an exit is an
+/// error), then runs `then` with the primary and the workers' pids.
+fn with_ready_workers<F, Fut>(mode: Mode, then: F) -> Result<(), Box<dyn std::error::Error>>
+where
+    F: FnOnce(ClusterPrimary, Vec<u32>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>,
+{
     let count: usize = std::env::args().nth(2).ok_or("no count")?.parse()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -231,15 +228,15 @@ fn clean_primary() -> Result<(), Box<dyn std::error::Error>> {
     runtime.block_on(async {
         let primary = ClusterPrimary::builder()
             .program(std::env::current_exe()?.with_file_name("fixture-worker"))
-            .arg(Mode::Echo.as_str())
+            .arg(mode.as_str())
             .start()
             .await?;
         let mut events = primary.events();
         primary.fork(count).await?;
-        let mut ready = 0;
-        while ready < count {
+        let mut pids = Vec::new();
+        while pids.len() < count {
             match events.next().await {
-                Some(PrimaryEvent::AddWorker(_)) => ready += 1,
+                Some(PrimaryEvent::AddWorker(add)) => pids.push(add.worker.pid()),
                 Some(PrimaryEvent::WorkerExit(exit)) => {
                     return Err(format!("a worker exited: {exit:?}").into());
                 }
@@ -247,9 +244,7 @@ fn clean_primary() -> Result<(), Box<dyn std::error::Error>> {
                 None => return Err("the primary ended".into()),
             }
         }
-        primary.shut_down().await?;
-        println!("clean");
-        Ok(())
+        then(primary, pids).await
     })
 }
 
