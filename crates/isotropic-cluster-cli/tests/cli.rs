@@ -13,15 +13,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 const IGNORES_SIGTERM: &str = "trap '' TERM; echo up; while :; do sleep 1; done";
 
 fn cli(args: &[&str]) -> (Child, Lines<BufReader<ChildStderr>>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_isotropic-cluster"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the CLI");
-    let stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    (child, stderr)
+    cli_to(Stdio::piped(), args)
 }
 
 /// Reads stderr until a line containing `text`; returns the lines read.
@@ -745,6 +737,14 @@ async fn a_unix_socket_file_is_removed_at_exit_and_a_stale_one_replaced_but_neve
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
 
+/// The pid in a `worker N started (pid P)` line.
+fn started_pid(line: &str) -> u32 {
+    line.rsplit(' ')
+        .next()
+        .and_then(|p| p.trim_end_matches(')').parse().ok())
+        .expect("its pid")
+}
+
 /// A worker that leaves 20 orphans that exit at once and one that sleeps
 /// (`orphan PID`), then says `up` and stays until SIGTERM.
 const LEAVES_ORPHANS: &str = "trap 'exit 0' TERM; \
@@ -803,11 +803,7 @@ async fn with_subreaper_orphans_are_adopted_and_reaped_and_worker_exits_still_re
         .await
         .pop()
         .expect("a line");
-    let worker: u32 = started
-        .rsplit(' ')
-        .next()
-        .and_then(|p| p.trim_end_matches(')').parse().ok())
-        .expect("its pid");
+    let worker = started_pid(&started);
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let line = until(&mut stdout, "] orphan ").await.pop().expect("a line");
     let orphan: u32 = line
@@ -1010,11 +1006,7 @@ async fn with_its_stdout_stalled_the_cli_still_replaces_workers_and_shuts_down()
         .iter()
         .find(|line| line.contains("worker 1 started (pid "))
         .expect("worker 1 started");
-    let pid: u32 = first
-        .rsplit(' ')
-        .next()
-        .and_then(|p| p.trim_end_matches(')').parse().ok())
-        .expect("its pid");
+    let pid = started_pid(first);
     // The workers fill the pipe, the CLI's queues, then block in their writes.
     eventually("the workers are blocked in write", || {
         std::fs::read_to_string(format!("/proc/{pid}/wchan")).is_ok_and(|w| w.contains("pipe"))

@@ -135,22 +135,28 @@ pub(super) fn seen_pid(child: u32) -> Option<u32> {
 /// The child of ours, by its pid in `/proc`, whose own pid (the last of its
 /// `NSpid`) is `child`.
 fn find_child(child: u32) -> Option<u32> {
-    let threads = std::fs::read_dir("/proc/self/task").ok()?;
-    threads
-        .filter_map(Result::ok)
-        .flat_map(|thread| {
-            std::fs::read_to_string(thread.path().join("children"))
-                .unwrap_or_default()
-                .split_whitespace()
-                .filter_map(|pid| pid.parse::<u32>().ok())
-                .collect::<Vec<_>>()
-        })
-        .find(|seen| {
-            std::fs::read_to_string(format!("/proc/{seen}/status"))
-                .ok()
-                .and_then(|status| ns_pids(&status)?.last().copied())
-                == Some(child)
-        })
+    children("self")?.into_iter().find(|seen| {
+        std::fs::read_to_string(format!("/proc/{seen}/status"))
+            .ok()
+            .and_then(|status| ns_pids(&status)?.last().copied())
+            == Some(child)
+    })
+}
+
+/// The children of `process` (`"self"` or a pid), from every thread's
+/// `children` list (an orphan's new parent is one of its reaper's threads);
+/// `None` where `/proc` has no such lists.
+pub(super) fn children(process: &str) -> Option<Vec<u32>> {
+    let lists: Vec<String> = std::fs::read_dir(format!("/proc/{process}/task"))
+        .ok()?
+        .flatten()
+        .filter_map(|thread| std::fs::read_to_string(thread.path().join("children")).ok())
+        .collect();
+    if lists.is_empty() {
+        return None;
+    }
+    let pids = lists.iter().flat_map(|list| list.split_ascii_whitespace());
+    Some(pids.filter_map(|pid| pid.parse().ok()).collect())
 }
 
 /// The pid by which `/proc` knows this process (`/proc/self`), 0 when it

@@ -48,24 +48,10 @@ pub(crate) fn reap_orphans() -> usize {
         .count()
 }
 
-/// This process's children, from every thread's `children` list in `/proc`
-/// (an orphan's new parent is one of the reaper's threads), or, on kernels
-/// without those lists, from the parent of every process.
+/// This process's children (see [`super::procfs::children`]), or, on
+/// kernels without the `children` lists, from the parent of every process.
 fn children() -> Vec<u32> {
-    let lists: Vec<String> = std::fs::read_dir("/proc/self/task")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
-        .collect();
-    if lists.is_empty() {
-        return children_by_parent();
-    }
-    lists
-        .iter()
-        .flat_map(|list| list.split_ascii_whitespace())
-        .filter_map(|pid| pid.parse().ok())
-        .collect()
+    super::procfs::children("self").unwrap_or_else(children_by_parent)
 }
 
 /// The processes whose parent (field 4 of `/proc/PID/stat`) is this one.
