@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use isotropic_cluster::primary::{OnIntensity, RestartPolicy};
+use isotropic_cluster::primary::{OnIntensity, Restart, RestartPolicy};
 
 /// The hidden command through which `run --listen` starts each worker.
 pub(crate) const EXEC_WITH_SOCKETS: &str = "__exec-with-sockets";
@@ -71,6 +71,12 @@ pub(crate) struct RunArgs {
     /// (keep replacing, each after --max-restart-delay).
     #[arg(long, value_enum, default_value_t = OnMaxRestarts::Stop)]
     on_max_restarts: OnMaxRestarts,
+    /// Which exits are followed by a replacement: always, on-failure (an
+    /// exit code other than 0, or a signal other than SIGTERM, SIGINT,
+    /// SIGHUP or SIGPIPE), or never. Once no worker is left and none is to
+    /// be replaced, the run ends (exit code 4 if one of them failed).
+    #[arg(long, value_enum, default_value_t = RestartMode::Always)]
+    restart: RestartMode,
     /// The channel workers get: none (plain programs), node (Node.js's own
     /// IPC: process.send / process.on('message')), or frames (ours, see
     /// docs/protocol.md).
@@ -117,6 +123,13 @@ pub(crate) enum Readiness {
     Start,
     Message,
     Listening,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RestartMode {
+    Always,
+    OnFailure,
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -212,7 +225,12 @@ impl RunArgs {
         let policy = RestartPolicy::default()
             .stable_after(self.stable_after)
             .initial_delay(self.restart_delay)
-            .max_delay(self.max_restart_delay);
+            .max_delay(self.max_restart_delay)
+            .restart(match self.restart {
+                RestartMode::Always => Restart::Always,
+                RestartMode::OnFailure => Restart::OnFailure,
+                RestartMode::Never => Restart::Never,
+            });
         match self.max_restarts {
             None => policy,
             Some(restarts) => policy.intensity(
@@ -305,6 +323,8 @@ mod tests {
             "30",
             "--on-max-restarts",
             "slow-down",
+            "--restart",
+            "on-failure",
             "--channel",
             "frames",
             "--listen",
@@ -328,6 +348,7 @@ mod tests {
                     .stable_after(Duration::from_secs(2))
                     .initial_delay(Duration::from_millis(50))
                     .max_delay(Duration::from_secs(60))
+                    .restart(Restart::OnFailure)
                     .intensity(4, Duration::from_secs(30), OnIntensity::SlowDown),
                 grace: Duration::from_millis(500),
                 json: true,

@@ -12,6 +12,9 @@ pub(crate) enum ExitCode {
     CannotStart = 2,
     /// Workers restarted more than `--max-restarts` allows.
     GaveUp = 3,
+    /// No worker was left to replace (`--restart on-failure|never`), and one
+    /// of them had failed.
+    WorkersFailed = 4,
     /// The `--listen` shim could not become the command (the shell's code
     /// for a command that cannot run).
     ExecFailed = 127,

@@ -90,6 +90,9 @@ async fn supervise(plan: Plan, output: &Output) -> anyhow::Result<ExitCode> {
     }
     let mut shutdown = Shutdown::default();
     let mut gave_up = false;
+    // Workers alive, and whether one that was not replaced had failed
+    // (`--restart on-failure|never`): the run ends once none is left.
+    let (mut live, mut failed) = (0_usize, false);
     // Whether a worker had to be killed once the shutdown began: then the
     // shutdown was forced, whatever started it.
     let mut stopping = false;
@@ -110,6 +113,18 @@ async fn supervise(plan: Plan, output: &Output) -> anyhow::Result<ExitCode> {
                             gave_up |= e.then == OnIntensity::ShutDown;
                         }
                         PrimaryEvent::ShutDown(_) => stopping = true,
+                        PrimaryEvent::WorkerFork(_) => live += 1,
+                        PrimaryEvent::WorkerExit(e) => {
+                            live = live.saturating_sub(1);
+                            if !e.replaced && !stopping {
+                                failed |= abnormal(e);
+                                if live == 0 && shutdown.signals == 0 {
+                                    report.line("done", None, "no worker left to replace: stopping");
+                                    let primary = primary.clone();
+                                    tokio::spawn(async move { primary.shut_down().await });
+                                }
+                            }
+                        }
                         PrimaryEvent::WorkerSignal(e) if stopping && e.signal == Signal::KILL => {
                             shutdown.forced = true;
                         }
@@ -140,9 +155,19 @@ async fn supervise(plan: Plan, output: &Output) -> anyhow::Result<ExitCode> {
         ExitCode::Forced
     } else if gave_up {
         ExitCode::GaveUp
+    } else if failed {
+        ExitCode::WorkersFailed
     } else {
         ExitCode::Clean
     })
+}
+
+/// Whether `exit` is a failure: an exit code other than 0, or a signal
+/// other than the clean ones (as `--restart on-failure` judges it).
+fn abnormal(exit: &primary::WorkerExit) -> bool {
+    primary::RestartPolicy::default()
+        .restart(primary::Restart::OnFailure)
+        .replaces(exit.code(), exit.signal())
 }
 
 /// Destroys `primary`, then waits until what the workers wrote is printed

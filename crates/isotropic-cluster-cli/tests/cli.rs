@@ -1047,3 +1047,38 @@ async fn the_librarys_errors_are_printed_a_dead_guard_for_one() {
     until(&mut stderr, "ERROR the orphan guard died").await;
     stop_cleanly(&mut child, &mut stderr, 1).await;
 }
+
+#[tokio::test]
+async fn with_restart_on_failure_or_never_a_pool_that_finishes_ends_the_run() {
+    // (issue 14 item 5: every exit was replaced, so a pool of jobs never ended.)
+    let (mut child, mut stderr) = cli(&[
+        "run",
+        "--workers",
+        "2",
+        "--restart",
+        "on-failure",
+        "--",
+        "sh",
+        "-c",
+        "echo job; exit 0",
+    ]);
+    let seen = until(&mut stderr, "no worker left to replace").await;
+    assert!(
+        !seen.iter().any(|l| l.contains("worker 3 started")),
+        "{seen:?}"
+    );
+    assert_eq!(exit_code(&mut child).await, Some(0));
+    let (mut child, mut stderr) = cli(&[
+        "run",
+        "--workers",
+        "2",
+        "--restart",
+        "never",
+        "--",
+        "sh",
+        "-c",
+        "exit 1",
+    ]);
+    until(&mut stderr, "no worker left to replace").await;
+    assert_eq!(exit_code(&mut child).await, Some(4), "a failed worker");
+}

@@ -24,6 +24,8 @@ impl Signal {
     pub const QUIT: Self = Self(libc::SIGQUIT);
     /// `SIGKILL`.
     pub const KILL: Self = Self(libc::SIGKILL);
+    /// `SIGPIPE`.
+    pub const PIPE: Self = Self(libc::SIGPIPE);
     /// `SIGSEGV`.
     pub const SEGV: Self = Self(libc::SIGSEGV);
     /// `SIGTERM`.
@@ -53,6 +55,7 @@ impl Signal {
             Self::INT => "SIGINT",
             Self::QUIT => "SIGQUIT",
             Self::KILL => "SIGKILL",
+            Self::PIPE => "SIGPIPE",
             Self::SEGV => "SIGSEGV",
             Self::TERM => "SIGTERM",
             Self::USR1 => "SIGUSR1",

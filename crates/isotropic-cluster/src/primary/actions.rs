@@ -103,14 +103,21 @@ impl PrimaryContext {
     /// Publishes `workerExit`, then forgets the worker (prevented or not, the
     /// process is gone); replaces it in the event's default action.
     fn exit(&mut self, id: WorkerId, status: Option<ExitStatus>, voluntary: bool) {
-        let Some(worker) = self.registry.worker(id) else {
+        let Some(entry) = self.registry.get(id) else {
             return;
         };
-        let exit = WorkerExit {
+        let (worker, recycled) = (
+            entry.worker.clone(),
+            entry.state == (WorkerState::Gone { recycled: true }),
+        );
+        let mut exit = WorkerExit {
             worker,
             status,
             voluntary,
+            replaced: false,
         };
+        exit.replaced = self.phase.is_active()
+            && (recycled || self.config.restart.replaces(exit.code(), exit.signal()));
         events::publish(self, exit);
         self.ready_waiters.lost(id);
         if let Some(entry) = self.registry.remove(id) {
@@ -257,6 +264,11 @@ impl PrimaryContext {
             }
         }
         self.leave_pool(&event.worker);
+        if !event.replaced {
+            tracing::info!(worker_id = %id, "Not replaced");
+            return;
+        }
+        // (A handler may have shut the primary down meanwhile.)
         if !self.phase.is_active() {
             return;
         }

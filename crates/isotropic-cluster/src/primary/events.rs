@@ -197,6 +197,10 @@ pub struct WorkerExit {
     pub status: Option<ExitStatus>,
     /// Whether it exited after a disconnect (asked for or announced).
     pub voluntary: bool,
+    /// Whether the event's default action starts a replacement: the
+    /// primary runs, and the worker was recycled or the restart policy
+    /// ([`Restart`](super::Restart)) replaces this exit.
+    pub replaced: bool,
 }
 
 impl WorkerExit {

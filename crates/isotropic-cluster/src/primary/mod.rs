@@ -49,5 +49,5 @@ pub use handle::{ClusterPrimary, Forking};
 pub use orphans::OrphanReaper;
 pub use output::{OutputLine, OutputLines, OutputSink, output_channel};
 pub use pool::Destination;
-pub use restart::{OnIntensity, RestartPolicy};
+pub use restart::{OnIntensity, Restart, RestartPolicy};
 pub use worker::WorkerHandle;

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::Signal;
+
 /// How replacements of dead workers are paced.
 ///
 /// A worker that ran for at least `stable_after` is replaced at once and
@@ -31,6 +33,28 @@ pub struct RestartPolicy {
     initial_delay: Duration,
     max_delay: Duration,
     intensity: Option<Intensity>,
+    restart: Restart,
+    /// Exit codes that count as normal for [`Restart::OnFailure`], a bit
+    /// per code 0–255.
+    normal_codes: [u64; 4],
+}
+
+/// Which exits are followed by a replacement, as Erlang/OTP's restart types
+/// (CLI `--restart`). A worker the primary itself stopped to recycle it
+/// (`stop_worker`, a rolling restart) is always replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Restart {
+    /// Every exit (OTP's *permanent*; the original's behaviour).
+    #[default]
+    Always,
+    /// Only an abnormal exit (OTP's *transient*): an exit code that is not
+    /// one of [`RestartPolicy::normal_exit_codes`] (default: 0), or death by
+    /// a signal other than SIGTERM, SIGINT, SIGHUP or SIGPIPE (systemd's
+    /// clean signals).
+    OnFailure,
+    /// No exit (OTP's *temporary*): the pool shrinks.
+    Never,
 }
 
 /// What a primary does when workers restart more often than its
@@ -60,6 +84,8 @@ impl Default for RestartPolicy {
             initial_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(10),
             intensity: None,
+            restart: Restart::Always,
+            normal_codes: [1, 0, 0, 0],
         }
     }
 }
@@ -93,6 +119,55 @@ impl RestartPolicy {
             then,
         });
         self
+    }
+
+    /// Which exits are followed by a replacement (default
+    /// [`Restart::Always`]).
+    pub fn restart(mut self, restart: Restart) -> Self {
+        self.restart = restart;
+        self
+    }
+
+    /// The exit codes that count as normal for [`Restart::OnFailure`]
+    /// (default: only 0).
+    ///
+    /// ```
+    /// use isotropic_cluster::primary::{Restart, RestartPolicy};
+    ///
+    /// // A job worker exits 0 when done, 3 when there is nothing to do.
+    /// let policy = RestartPolicy::default()
+    ///     .restart(Restart::OnFailure)
+    ///     .normal_exit_codes([0, 3]);
+    /// # let _ = policy;
+    /// ```
+    pub fn normal_exit_codes(mut self, codes: impl IntoIterator<Item = u8>) -> Self {
+        self.normal_codes = [0; 4];
+        for code in codes {
+            self.normal_codes[usize::from(code / 64)] |= 1 << (code % 64);
+        }
+        self
+    }
+
+    /// Whether an exit with `code` or by `signal` is followed by a
+    /// replacement.
+    pub fn replaces(&self, code: Option<i32>, signal: Option<Signal>) -> bool {
+        let normal = match (code, signal) {
+            (Some(code), _) => u8::try_from(code).is_ok_and(|code| {
+                self.normal_codes[usize::from(code / 64)] & (1 << (code % 64)) != 0
+            }),
+            (None, Some(signal)) => {
+                matches!(
+                    signal,
+                    Signal::TERM | Signal::INT | Signal::HUP | Signal::PIPE
+                )
+            }
+            (None, None) => false,
+        };
+        match self.restart {
+            Restart::Always => true,
+            Restart::OnFailure => !normal,
+            Restart::Never => false,
+        }
     }
 
     pub(crate) fn max(&self) -> Duration {
@@ -186,6 +261,37 @@ mod tests {
             Backoff::default().over_intensity(&short),
             Some((1, Duration::ZERO, OnIntensity::SlowDown))
         );
+    }
+
+    #[test]
+    fn each_restart_mode_replaces_the_exits_it_names() {
+        let on_failure = RestartPolicy::default()
+            .restart(Restart::OnFailure)
+            .normal_exit_codes([0, 3]);
+        let exits = [
+            (Some(0), None),
+            (Some(3), None),
+            (Some(1), None),
+            (Some(255), None),
+            (None, Some(Signal::TERM)),
+            (None, Some(Signal::KILL)),
+            (None, None),
+        ];
+        let replaced = |policy: RestartPolicy| -> Vec<bool> {
+            exits
+                .iter()
+                .map(|(code, signal)| policy.replaces(*code, *signal))
+                .collect()
+        };
+        assert_eq!(replaced(RestartPolicy::default()), [true; 7]);
+        assert_eq!(
+            replaced(on_failure),
+            [false, false, true, true, false, true, true]
+        );
+        let never = RestartPolicy::default().restart(Restart::Never);
+        assert_eq!(replaced(never), [false; 7]);
+        let only_zero = RestartPolicy::default().restart(Restart::OnFailure);
+        assert!(only_zero.replaces(Some(3), None));
     }
 
     #[test]

@@ -445,3 +445,46 @@ async fn failed_starts_count_toward_the_restart_intensity() {
         ]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn each_restart_mode_replaces_only_the_exits_it_names_and_a_recycle_always() {
+    use super::super::Restart;
+    // (issue 14 item 5: every exit was replaced, so a job pool could not
+    // finish and a worker that succeeded was started again.)
+    let on_failure = RestartPolicy::default().restart(Restart::OnFailure);
+    let mut primary = Harness::with(ClusterPrimary::builder().restart_policy(on_failure));
+    primary.fork(2).expect("fork");
+    primary.ready(1);
+    primary.ready(2);
+    primary.events();
+    primary.exit(1, 0);
+    assert_eq!(
+        primary.events(),
+        ["workerDisconnect", "removeWorker", "workerExit"]
+    );
+    primary.exit(2, 1);
+    assert!(
+        primary
+            .events()
+            .ends_with(&["workerExit", "fork", "workerFork"])
+    );
+    let never = RestartPolicy::default().restart(Restart::Never);
+    let mut primary = Harness::with(ClusterPrimary::builder().restart_policy(never));
+    primary.fork(2).expect("fork");
+    primary.ready(1);
+    primary.ready(2);
+    primary.events();
+    primary.exit(1, 1);
+    assert!(
+        !primary.events().contains(&"fork"),
+        "a failure is not replaced either"
+    );
+    // A worker the primary stopped itself is replaced, whatever the mode.
+    primary.context.stop_worker(WorkerId::new(2)).expect("live");
+    primary.exit(2, 0);
+    assert!(
+        primary
+            .events()
+            .ends_with(&["workerExit", "fork", "workerFork"])
+    );
+}
