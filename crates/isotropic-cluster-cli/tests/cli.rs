@@ -1082,3 +1082,28 @@ async fn with_restart_on_failure_or_never_a_pool_that_finishes_ends_the_run() {
     until(&mut stderr, "no worker left to replace").await;
     assert_eq!(exit_code(&mut child).await, Some(4), "a failed worker");
 }
+
+#[tokio::test]
+async fn each_worker_knows_its_slot_and_a_replacement_inherits_it() {
+    let script = "echo slot $ISOTROPIC_CLUSTER_SLOT $NODE_APP_INSTANCE; \
+        trap 'exit 0' TERM; while :; do sleep 0.1; done";
+    let (mut child, mut stderr) = cli(&["run", "--workers", "2", "--", "sh", "-c", script]);
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut slots = Vec::new();
+    for _ in 0..2 {
+        slots.push(until(&mut stdout, "] slot ").await.pop().expect("a line"));
+    }
+    slots.sort();
+    assert_eq!(slots, ["[1] slot 0 0", "[2] slot 1 1"]);
+    let started = until(&mut stderr, "worker 2 started (pid ").await;
+    let pid =
+        rustix::process::Pid::from_raw(started_pid(started.last().expect("a line")).cast_signed())
+            .expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill worker 2");
+    assert_eq!(
+        until(&mut stdout, "] slot ").await.pop().as_deref(),
+        Some("[3] slot 1 1")
+    );
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+    stop_cleanly(&mut child, &mut stderr, 2).await;
+}

@@ -10,6 +10,9 @@ use crate::sys;
 
 /// Names the fd of the worker's end of its channel.
 pub(crate) const CHANNEL_FD: &str = "ISOTROPIC_CLUSTER_CHANNEL_FD";
+/// The worker's slot (see `WorkerHandle::slot`), as decimal; left in the
+/// worker's environment for the app.
+pub(crate) const SLOT: &str = "ISOTROPIC_CLUSTER_SLOT";
 /// The worker's id, as decimal.
 pub(crate) const WORKER_ID: &str = "ISOTROPIC_CLUSTER_WORKER_ID";
 /// The pid of the primary that started the worker: a process whose parent is

@@ -159,12 +159,12 @@ async fn echo(
     Ok(())
 }
 
-/// What a child of this worker sees: its environment's cluster variables and
-/// its open fds that are sockets.
+/// What a child of this worker sees: its environment's cluster markers (the
+/// slot is the app's, left on purpose) and its open fds that are sockets.
 fn inspect() -> Value {
     let output = std::process::Command::new("sh")
         .arg("-c")
-        .arg("env | grep ISOTROPIC_CLUSTER; for f in /proc/$$/fd/*; do readlink $f; done | grep socket")
+        .arg("env | grep ISOTROPIC_CLUSTER | grep -v '^ISOTROPIC_CLUSTER_SLOT='; for f in /proc/$$/fd/*; do readlink $f; done | grep socket")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();

@@ -183,7 +183,8 @@ impl PrimaryContext {
             self.next_id += 1;
             let id = WorkerId::new(self.next_id);
             tracing::info!(worker_id = %id, "Starting a new worker");
-            match self.spawner.spawn(id, self.inputs.clone()) {
+            let slot = self.registry.free_slot();
+            match self.spawner.spawn(id, slot, self.inputs.clone()) {
                 Ok(spawned) => {
                     self.forked.push(spawned.worker.clone());
                     self.registry.insert(spawned);

@@ -97,7 +97,12 @@ impl ProcessSpawner {
 }
 
 impl Spawn for ProcessSpawner {
-    fn spawn(&self, id: WorkerId, inputs: mpsc::Sender<Input>) -> Result<Spawned, Error> {
+    fn spawn(
+        &self,
+        id: WorkerId,
+        slot: u32,
+        inputs: mpsc::Sender<Input>,
+    ) -> Result<Spawned, Error> {
         let config = &self.config;
         let spawn_error = |source: std::io::Error| Error::Spawn {
             program: self.program(),
@@ -105,6 +110,9 @@ impl Spawn for ProcessSpawner {
         };
         let (ours, theirs) = sys::channel_pair().map_err(spawn_error)?;
         let mut command = self.command(id, &theirs);
+        command
+            .env(role::SLOT, slot.to_string())
+            .env("NODE_APP_INSTANCE", slot.to_string());
         let with_channel = config.channel != WorkerChannel::None;
         let inherited = with_channel.then(|| theirs.as_raw_fd());
         let passed: Vec<i32> = config.pass_fds.iter().map(AsRawFd::as_raw_fd).collect();
@@ -122,7 +130,7 @@ impl Spawn for ProcessSpawner {
             outbox.hello();
         }
         let worker = WorkerHandle::new(
-            id,
+            (id, slot),
             pid,
             outbox,
             config.max_frame_size,

@@ -57,6 +57,18 @@ impl Registry {
         self.entries.insert(worker.id(), entry);
     }
 
+    /// The lowest slot no live worker holds (a worker that exited holds
+    /// none, so its replacement takes its slot).
+    pub(super) fn free_slot(&self) -> u32 {
+        let held: std::collections::BTreeSet<u32> = self
+            .entries
+            .values()
+            .filter(|entry| !matches!(entry.state, WorkerState::Gone { .. }))
+            .map(|entry| entry.worker.slot())
+            .collect();
+        (0..).find(|slot| !held.contains(slot)).unwrap_or(0)
+    }
+
     /// Forgets a worker (once its exit is reported).
     pub(super) fn remove(&mut self, id: WorkerId) -> Option<Entry> {
         self.leave_pool(id);

@@ -14,13 +14,14 @@ use crate::{Signal, WorkerId};
 
 /// Starts workers.
 pub(crate) trait Spawn: Send + Sync + fmt::Debug {
-    /// Starts worker `id`; what happens to it is reported to `inputs`, in
-    /// order (frames, output, the channel's end, then its exit).
+    /// Starts worker `id` in `slot`; what happens to it is reported to
+    /// `inputs`, in order (frames, output, the channel's end, then its exit).
     ///
     /// # Errors
     ///
     /// [`Error::Spawn`] when it cannot be started.
-    fn spawn(&self, id: WorkerId, inputs: mpsc::Sender<Input>) -> Result<Spawned, Error>;
+    fn spawn(&self, id: WorkerId, slot: u32, inputs: mpsc::Sender<Input>)
+    -> Result<Spawned, Error>;
 
     /// Whether process `pid` holds a listening socket (readiness of workers
     /// without a channel, when they count as ready once listening).

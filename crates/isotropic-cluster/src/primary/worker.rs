@@ -27,6 +27,7 @@ pub struct WorkerHandle {
 
 struct Inner {
     id: WorkerId,
+    slot: u32,
     pid: u32,
     outbox: Outbox,
     max_frame: usize,
@@ -37,7 +38,7 @@ struct Inner {
 
 impl WorkerHandle {
     pub(crate) fn new(
-        id: WorkerId,
+        (id, slot): (WorkerId, u32),
         pid: u32,
         outbox: Outbox,
         max_frame: usize,
@@ -47,6 +48,7 @@ impl WorkerHandle {
         Self {
             inner: Arc::new(Inner {
                 id,
+                slot,
                 pid,
                 outbox,
                 max_frame,
@@ -120,6 +122,14 @@ impl WorkerHandle {
     /// The worker's id: 1 for the first worker of a primary, then 2, 3, …
     pub fn id(&self) -> WorkerId {
         self.inner.id
+    }
+
+    /// The worker's slot, 0 to N−1 for a pool of N: a replacement takes the
+    /// slot of the worker it replaces (the lowest free one), so an app can
+    /// derive per-slot ports, files or shards from it. The worker has it in
+    /// `ISOTROPIC_CLUSTER_SLOT` (and, as PM2 names it, `NODE_APP_INSTANCE`).
+    pub fn slot(&self) -> u32 {
+        self.inner.slot
     }
 
     /// The worker's process id.

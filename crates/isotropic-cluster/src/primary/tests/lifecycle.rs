@@ -488,3 +488,26 @@ async fn each_restart_mode_replaces_only_the_exits_it_names_and_a_recycle_always
             .ends_with(&["workerExit", "fork", "workerFork"])
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_replacement_takes_the_slot_of_the_worker_it_replaces() {
+    // (issue 14 item 7: nothing told an app which of N it was.)
+    let mut primary = Harness::new(WorkerChannel::Frames);
+    primary.fork(3).expect("fork");
+    for id in 1..=3 {
+        primary.ready(id);
+    }
+    let slot_of = |primary: &Harness, id: u64| {
+        let entry = primary.context.registry.get(WorkerId::new(id));
+        entry.map(|entry| entry.worker.slot())
+    };
+    assert_eq!(
+        [1, 2, 3].map(|id| slot_of(&primary, id)),
+        [Some(0), Some(1), Some(2)]
+    );
+    primary.exit(2, 1);
+    assert_eq!(slot_of(&primary, 4), Some(1), "worker 2's slot");
+    primary.exit(1, 1);
+    primary.advance(Duration::from_secs(1)).await;
+    assert_eq!(slot_of(&primary, 5), Some(0), "worker 1's slot");
+}

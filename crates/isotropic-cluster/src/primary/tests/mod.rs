@@ -54,7 +54,12 @@ impl std::fmt::Debug for Peer {
 }
 
 impl Spawn for FakeSpawner {
-    fn spawn(&self, id: WorkerId, inputs: mpsc::Sender<Input>) -> Result<Spawned, Error> {
+    fn spawn(
+        &self,
+        id: WorkerId,
+        slot: u32,
+        inputs: mpsc::Sender<Input>,
+    ) -> Result<Spawned, Error> {
         if self.fail.lock().expect("ids").contains(&id.get()) {
             return Err(Error::Spawn {
                 program: "fake".into(),
@@ -67,7 +72,7 @@ impl Spawn for FakeSpawner {
         })?;
         let outbox = Outbox::spawn(ours.into_split().1, QueueLimits::default(), Some(id));
         let pid = 100_000 + u32::try_from(id.get()).unwrap_or(0);
-        let worker = WorkerHandle::new(id, pid, outbox, 1 << 20, GRACE, Wire::Frames);
+        let worker = WorkerHandle::new((id, slot), pid, outbox, 1 << 20, GRACE, Wire::Frames);
         let (signals, signal_rx) = mpsc::unbounded_channel();
         let peer = Peer {
             channel: theirs,
