@@ -117,7 +117,7 @@ async fn supervise(plan: Plan, output: &Output) -> anyhow::Result<ExitCode> {
                         PrimaryEvent::WorkerExit(e) => {
                             live = live.saturating_sub(1);
                             if !e.replaced && !stopping {
-                                failed |= abnormal(e);
+                                failed |= !plan.restart_policy.is_normal(e.code(), e.signal());
                                 if live == 0 && shutdown.signals == 0 {
                                     report.line("done", None, "no worker left to replace: stopping");
                                     let primary = primary.clone();
@@ -160,14 +160,6 @@ async fn supervise(plan: Plan, output: &Output) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::Clean
     })
-}
-
-/// Whether `exit` is a failure: an exit code other than 0, or a signal
-/// other than the clean ones (as `--restart on-failure` judges it).
-fn abnormal(exit: &primary::WorkerExit) -> bool {
-    primary::RestartPolicy::default()
-        .restart(primary::Restart::OnFailure)
-        .replaces(exit.code(), exit.signal())
 }
 
 /// Destroys `primary`, then waits until what the workers wrote is printed

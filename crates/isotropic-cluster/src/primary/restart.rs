@@ -151,7 +151,18 @@ impl RestartPolicy {
     /// Whether an exit with `code` or by `signal` is followed by a
     /// replacement.
     pub fn replaces(&self, code: Option<i32>, signal: Option<Signal>) -> bool {
-        let normal = match (code, signal) {
+        match self.restart {
+            Restart::Always => true,
+            Restart::OnFailure => !self.is_normal(code, signal),
+            Restart::Never => false,
+        }
+    }
+
+    /// Whether an exit with `code` or by `signal` is normal: a code of
+    /// [`normal_exit_codes`](Self::normal_exit_codes), or one of the clean
+    /// signals (SIGTERM, SIGINT, SIGHUP, SIGPIPE).
+    pub fn is_normal(&self, code: Option<i32>, signal: Option<Signal>) -> bool {
+        match (code, signal) {
             (Some(code), _) => u8::try_from(code).is_ok_and(|code| {
                 self.normal_codes[usize::from(code / 64)] & (1 << (code % 64)) != 0
             }),
@@ -162,11 +173,6 @@ impl RestartPolicy {
                 )
             }
             (None, None) => false,
-        };
-        match self.restart {
-            Restart::Always => true,
-            Restart::OnFailure => !normal,
-            Restart::Never => false,
         }
     }
 

@@ -45,8 +45,7 @@ const MAX_LINE: usize = 64 * 1024;
 pub(super) struct Watch {
     id: WorkerId,
     frames: Option<FramedRead<OwnedReadHalf, AnyCodec>>,
-    stdout: Option<FramedRead<ChildStdout, LineCodec>>,
-    stderr: Option<FramedRead<ChildStderr, LineCodec>>,
+    pipes: Pipes,
     inputs: mpsc::Sender<Input>,
     budget: Arc<Semaphore>,
     /// Requests whose replies are not yet queued (see [`UNSENT_REPLIES`]).
@@ -82,8 +81,10 @@ impl Watch {
         let watch = Self {
             id,
             frames,
-            stdout: child.stdout.take().map(|s| FramedRead::new(s, LineCodec)),
-            stderr: child.stderr.take().map(|s| FramedRead::new(s, LineCodec)),
+            pipes: Pipes {
+                stdout: child.stdout.take().map(|s| FramedRead::new(s, LineCodec)),
+                stderr: child.stderr.take().map(|s| FramedRead::new(s, LineCodec)),
+            },
             inputs,
             budget: Arc::new(Semaphore::new(INPUT_BUDGET)),
             replies: Arc::new(Semaphore::new(UNSENT_REPLIES)),
@@ -113,8 +114,7 @@ impl Watch {
         loop {
             if status.is_some()
                 && self.frames.is_none()
-                && self.stdout.is_none()
-                && self.stderr.is_none()
+                && !self.pipes.is_open()
                 && self.delivery.is_none()
             {
                 break;
@@ -155,26 +155,12 @@ impl Watch {
                     }
                     Err(end) => end,
                 },
-                line = next(&mut self.stdout), if self.delivery.is_none() => match line {
-                    Some(Ok(line)) => match self.line(OutputStream::Stdout, line) {
+                line = self.pipes.next_line(), if self.delivery.is_none() && self.pipes.is_open() => {
+                    match line.and_then(|(stream, line)| self.line(stream, line)) {
                         Some(input) => input,
                         None => continue,
-                    },
-                    _ => {
-                        self.stdout = None;
-                        continue;
                     }
-                },
-                line = next(&mut self.stderr), if self.delivery.is_none() => match line {
-                    Some(Ok(line)) => match self.line(OutputStream::Stderr, line) {
-                        Some(input) => input,
-                        None => continue,
-                    },
-                    _ => {
-                        self.stderr = None;
-                        continue;
-                    }
-                },
+                }
                 () = delivered(&mut self.delivery) => {
                     self.delivery = None;
                     continue;
@@ -266,11 +252,10 @@ impl Watch {
     /// task of its own from now on (see [`drain`]).
     fn hand_off_output(&mut self) {
         if let Some(output) = self.output.take()
-            && (self.delivery.is_some() || self.stdout.is_some() || self.stderr.is_some())
+            && (self.delivery.is_some() || self.pipes.is_open())
         {
-            let (delivery, stdout, stderr) =
-                (self.delivery.take(), self.stdout.take(), self.stderr.take());
-            tokio::spawn(drain(self.id, delivery, stdout, stderr, output));
+            let pipes = std::mem::take(&mut self.pipes);
+            tokio::spawn(drain(self.id, self.delivery.take(), pipes, output));
         }
     }
 
@@ -302,40 +287,49 @@ async fn delivered(delivery: &mut Option<Delivery>) {
 
 /// Delivers what is left of a worker's output once it exited: the waiting
 /// line, then every line to the end of both streams.
-async fn drain(
-    worker: WorkerId,
-    delivery: Option<Delivery>,
-    mut stdout: Option<FramedRead<ChildStdout, LineCodec>>,
-    mut stderr: Option<FramedRead<ChildStderr, LineCodec>>,
-    output: OutputSink,
-) {
+async fn drain(worker: WorkerId, delivery: Option<Delivery>, mut pipes: Pipes, output: OutputSink) {
     if let Some(delivery) = delivery {
         delivery.await;
     }
-    loop {
-        let (stream, line) = tokio::select! {
-            line = next(&mut stdout), if stdout.is_some() => match line {
-                Some(Ok(line)) => (OutputStream::Stdout, line),
-                _ => {
-                    stdout = None;
-                    continue;
-                }
-            },
-            line = next(&mut stderr), if stderr.is_some() => match line {
-                Some(Ok(line)) => (OutputStream::Stderr, line),
-                _ => {
-                    stderr = None;
-                    continue;
-                }
-            },
-            else => return,
-        };
+    while let Some((stream, line)) = pipes.next_line().await {
         if let Some(delivery) = output.deliver(OutputLine {
             worker,
             stream,
             line,
         }) {
             delivery.await;
+        }
+    }
+}
+
+/// A worker's piped output, each stream until its end.
+#[derive(Default)]
+struct Pipes {
+    stdout: Option<FramedRead<ChildStdout, LineCodec>>,
+    stderr: Option<FramedRead<ChildStderr, LineCodec>>,
+}
+
+impl Pipes {
+    fn is_open(&self) -> bool {
+        self.stdout.is_some() || self.stderr.is_some()
+    }
+
+    /// The next line of either stream; `None` once both have ended.
+    ///
+    /// Cancel safe: a line is taken from a stream only when returned.
+    async fn next_line(&mut self) -> Option<(OutputStream, String)> {
+        loop {
+            tokio::select! {
+                line = next(&mut self.stdout), if self.stdout.is_some() => match line {
+                    Some(Ok(line)) => return Some((OutputStream::Stdout, line)),
+                    _ => self.stdout = None,
+                },
+                line = next(&mut self.stderr), if self.stderr.is_some() => match line {
+                    Some(Ok(line)) => return Some((OutputStream::Stderr, line)),
+                    _ => self.stderr = None,
+                },
+                else => return None,
+            }
         }
     }
 }
