@@ -77,6 +77,8 @@ pub(crate) struct RunArgs {
     /// be replaced, the run ends (exit code 4 if one of them failed).
     #[arg(long, value_enum, default_value_t = RestartMode::Always)]
     restart: RestartMode,
+    #[command(flatten)]
+    recycle: Recycle,
     /// The channel workers get: none (plain programs), node (Node.js's own
     /// IPC: process.send / process.on('message')), or frames (ours, see
     /// docs/protocol.md).
@@ -105,6 +107,23 @@ pub(crate) struct RunArgs {
     /// The program to run, and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
+}
+
+/// When a worker is recycled (drained: its replacement is ready before it
+/// is asked to leave, one worker at a time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::Args)]
+pub(crate) struct Recycle {
+    /// Recycle a worker after it served N requests (replies on the frames
+    /// channel, or as counted by the worker through the library)…
+    #[arg(long, value_name = "N")]
+    pub(crate) max_requests: Option<u64>,
+    /// …plus a random 0 to N more, drawn for each worker, so that workers
+    /// do not all recycle at once.
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "max_requests")]
+    pub(crate) max_requests_jitter: u64,
+    /// Recycle a worker after it ran this long (plus a random 0 to 10%).
+    #[arg(long, value_name = "D", value_parser = duration)]
+    pub(crate) max_age: Option<Duration>,
 }
 
 /// The channel workers get.
@@ -152,6 +171,7 @@ pub(crate) struct Plan {
     /// The `--listen` addresses, as given.
     pub(crate) listen: Vec<String>,
     pub(crate) restart_policy: RestartPolicy,
+    pub(crate) recycle: Recycle,
     /// Both the shutdown's and the kill's.
     pub(crate) grace: Duration,
     pub(crate) json: bool,
@@ -214,6 +234,7 @@ impl RunArgs {
             readiness,
             listen: self.listen,
             restart_policy,
+            recycle: self.recycle,
             grace: self.grace,
             json: self.json,
             reap_orphans: self.subreaper || std::process::id() == 1,
@@ -245,7 +266,7 @@ impl RunArgs {
     }
 }
 
-/// `500ms`, `5s`, `2m`, or a number of seconds.
+/// `500ms`, `5s`, `2m`, `1h`, or a number of seconds.
 fn duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(
         text.find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -258,7 +279,8 @@ fn duration(text: &str) -> Result<Duration, String> {
         "ms" => value / 1000.0,
         "" | "s" => value,
         "m" => value * 60.0,
-        _ => return Err(format!("unknown unit in {text} (ms, s or m)")),
+        "h" => value * 3600.0,
+        _ => return Err(format!("unknown unit in {text} (ms, s, m or h)")),
     };
     Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string())
 }
@@ -297,6 +319,7 @@ mod tests {
                 readiness: Readiness::Start,
                 listen: vec![],
                 restart_policy: RestartPolicy::default(),
+                recycle: Recycle::default(),
                 grace: Duration::from_secs(5),
                 json: false,
                 reap_orphans: false,
@@ -325,6 +348,12 @@ mod tests {
             "slow-down",
             "--restart",
             "on-failure",
+            "--max-requests",
+            "1000",
+            "--max-requests-jitter",
+            "50",
+            "--max-age",
+            "1h",
             "--channel",
             "frames",
             "--listen",
@@ -350,6 +379,11 @@ mod tests {
                     .max_delay(Duration::from_secs(60))
                     .restart(Restart::OnFailure)
                     .intensity(4, Duration::from_secs(30), OnIntensity::SlowDown),
+                recycle: Recycle {
+                    max_requests: Some(1000),
+                    max_requests_jitter: 50,
+                    max_age: Some(Duration::from_secs(3600)),
+                },
                 grace: Duration::from_millis(500),
                 json: true,
                 reap_orphans: true,
@@ -426,7 +460,7 @@ mod tests {
         assert_eq!(run(&[]), ErrorKind::MissingRequiredArgument);
         assert_eq!(run(&["--"]), ErrorKind::MissingRequiredArgument);
         assert_eq!(
-            run(&["--grace", "5h", "--", "prog"]),
+            run(&["--grace", "5d", "--", "prog"]),
             ErrorKind::ValueValidation
         );
         assert_eq!(
@@ -443,6 +477,10 @@ mod tests {
             ErrorKind::InvalidValue
         );
         assert_eq!(
+            run(&["--max-requests-jitter", "5", "--", "prog"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
             parse_error(&["isotropic-cluster"]),
             ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
         );
@@ -454,9 +492,10 @@ mod tests {
         assert_eq!(duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(duration("2"), Ok(Duration::from_secs(2)));
         assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(
-            duration("5h"),
-            Err("unknown unit in 5h (ms, s or m)".to_owned())
+            duration("5d"),
+            Err("unknown unit in 5d (ms, s, m or h)".to_owned())
         );
         assert_eq!(duration("s"), Err("not a duration: s".to_owned()));
         assert_eq!(duration("1.2.3s"), Err("not a duration: 1.2.3s".to_owned()));

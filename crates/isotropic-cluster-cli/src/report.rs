@@ -1,7 +1,7 @@
 //! The lifecycle lines the CLI prints on stderr, as text (`[primary] …`)
 //! or, with `--json`, as JSON lines (worker output: see `output.rs`).
 
-use isotropic_cluster::primary::{OnIntensity, PrimaryEvent};
+use isotropic_cluster::primary::{Expiry, OnIntensity, PrimaryEvent};
 use serde_json::json;
 
 use crate::output::Output;
@@ -80,6 +80,15 @@ impl Report {
                     e.event, e.message
                 ),
             ),
+            PrimaryEvent::WorkerExpired(e) => {
+                let why = match e.reason {
+                    Expiry::Requests { served, .. } => format!("served {served} requests"),
+                    Expiry::Age { limit } => format!("is older than {limit:?}"),
+                    _ => "expired".to_owned(),
+                };
+                let text = format!("{why}: recycling it (its replacement first)");
+                self.line("workerExpired", Some(e.worker.id().get()), &text);
+            }
             PrimaryEvent::Skipped(e) => self.line(
                 "skipped",
                 None,

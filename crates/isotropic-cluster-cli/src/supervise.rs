@@ -51,6 +51,9 @@ struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
     hangup: tokio::signal::unix::Signal,
+    /// SIGTTIN and SIGTTOU: one worker more, one fewer.
+    more: tokio::signal::unix::Signal,
+    fewer: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -59,6 +62,8 @@ impl Signals {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
             hangup: signal(SignalKind::hangup())?,
+            more: signal(SignalKind::from_raw(Signal::TTIN.as_raw()))?,
+            fewer: signal(SignalKind::from_raw(Signal::TTOU.as_raw()))?,
         })
     }
 }
@@ -117,7 +122,8 @@ async fn supervise(plan: Plan, output: &Output) -> anyhow::Result<ExitCode> {
                         PrimaryEvent::WorkerExit(e) => {
                             live = live.saturating_sub(1);
                             if !e.replaced && !stopping {
-                                failed |= !plan.restart_policy.is_normal(e.code(), e.signal());
+                                // (A worker asked to leave, when the pool shrank, did not fail.)
+                                failed |= !e.voluntary && !plan.restart_policy.is_normal(e.code(), e.signal());
                                 if live == 0 && shutdown.signals == 0 {
                                     report.line("done", None, "no worker left to replace: stopping");
                                     let primary = primary.clone();
@@ -140,6 +146,8 @@ async fn supervise(plan: Plan, output: &Output) -> anyhow::Result<ExitCode> {
                 let primary = primary.clone();
                 reload = Some(tokio::spawn(async move { primary.restart_workers().await }));
             }
+            _ = signals.more.recv(), if shutdown.signals == 0 => scale(&primary, &report, true).await,
+            _ = signals.fewer.recv(), if shutdown.signals == 0 => scale(&primary, &report, false).await,
             done = async { reload.as_mut().expect("a reload").await }, if reload.is_some() => {
                 reload = None;
                 if let Ok(Ok(restarted)) = done {
@@ -160,6 +168,30 @@ async fn supervise(plan: Plan, output: &Output) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::Clean
     })
+}
+
+/// SIGTTIN (`up`) or SIGTTOU: one worker more, or one fewer (never none),
+/// as gunicorn does.
+async fn scale(primary: &ClusterPrimary, report: &Report, up: bool) {
+    let Ok(size) = primary.pool_size().await else {
+        return;
+    };
+    let target = if up {
+        size + 1
+    } else {
+        size.saturating_sub(1).max(1)
+    };
+    if target == size {
+        return report.line("scale", None, "one worker left: SIGTTOU ignored");
+    }
+    report.line(
+        "scale",
+        None,
+        &format!("scaling from {size} to {target} workers"),
+    );
+    if let Err(error) = primary.scale_to(target).await {
+        report.line("forkError", None, &format!("cannot scale: {error}"));
+    }
 }
 
 /// Destroys `primary`, then waits until what the workers wrote is printed
@@ -201,6 +233,17 @@ async fn start(
         Readiness::Listening => primary::Readiness::Listening,
     };
     let (sink, lines) = output_channel(OUTPUT_BYTES);
+    let recycle = plan.recycle;
+    let builder = match recycle.max_requests {
+        Some(max) => builder
+            .max_requests(max)
+            .max_requests_jitter(recycle.max_requests_jitter),
+        None => builder,
+    };
+    let builder = match recycle.max_age {
+        Some(age) => builder.max_age(age),
+        None => builder,
+    };
     Ok(builder
         .channel(channel)
         .readiness(readiness)

@@ -1,80 +1,17 @@
 //! `isotropic-cluster run` end to end: output, signals, errors, channels.
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStderr, Command};
-
-const DEADLINE: Duration = Duration::from_secs(30);
+use common::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
 
 /// A worker that ignores SIGTERM (it says `up` once its trap is set).
 const IGNORES_SIGTERM: &str = "trap '' TERM; echo up; while :; do sleep 1; done";
-
-fn cli(args: &[&str]) -> (Child, Lines<BufReader<ChildStderr>>) {
-    cli_to(Stdio::piped(), args)
-}
-
-/// Reads stderr until a line containing `text`; returns the lines read.
-async fn until<R: AsyncBufRead + Unpin>(lines: &mut Lines<R>, text: &str) -> Vec<String> {
-    let mut seen = Vec::new();
-    tokio::time::timeout(DEADLINE, async {
-        while let Some(line) = lines.next_line().await.expect("read") {
-            let done = line.contains(text);
-            seen.push(line);
-            if done {
-                return;
-            }
-        }
-        panic!("the CLI ended before printing {text:?}: {seen:?}");
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no {text:?} in time"));
-    seen
-}
-
-/// SIGTERM, then every one of `workers` exits with code 0, and so does the CLI.
-async fn stop_cleanly(
-    child: &mut Child,
-    stderr: &mut Lines<BufReader<ChildStderr>>,
-    workers: usize,
-) {
-    terminate(child);
-    let rest = until(stderr, "all workers exited").await;
-    let clean = rest.iter().filter(|l| l.contains("exited with code 0"));
-    assert_eq!(clean.count(), workers, "{rest:?}");
-    assert_eq!(exit_code(child).await, Some(0));
-}
-
-fn terminate(child: &Child) {
-    send(child, rustix::process::Signal::TERM);
-}
-
-/// Sends `signal` to the CLI (our child, not reaped: its own pid).
-fn send(child: &Child, signal: rustix::process::Signal) {
-    let pid = rustix::process::Pid::from_raw(child.id().expect("pid") as i32).expect("pid");
-    rustix::process::kill_process(pid, signal).expect("signal the CLI");
-}
-
-/// Waits until `n` workers have printed `up` on stdout (their signal
-/// handling is set up by then).
-async fn up(child: &mut Child, n: usize) {
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    for _ in 0..n {
-        until(&mut stdout, "] up").await;
-    }
-    // Keep reading, so that the workers can still print.
-    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
-}
-
-async fn exit_code(child: &mut Child) -> Option<i32> {
-    tokio::time::timeout(DEADLINE, child.wait())
-        .await
-        .expect("the CLI exits in time")
-        .expect("wait")
-        .code()
-}
 
 #[tokio::test]
 async fn output_is_prefixed_by_worker_and_sigterm_shuts_down_cleanly() {
@@ -526,34 +463,8 @@ async fn sighup_restarts_the_workers_one_at_a_time() {
     stop_cleanly(&mut child, &mut stderr, 2).await;
 }
 
-/// A server on the `--listen` socket that finishes the request in hand on
-/// SIGTERM, then exits 0.
-const DRAINING_SERVER: &str = r#"
-import os, select, signal, socket
-wake_r, wake_w = os.pipe()
-os.set_blocking(wake_w, False)
-signal.set_wakeup_fd(wake_w)
-signal.signal(signal.SIGTERM, lambda *_: None)
-server = socket.socket(fileno=3)
-server.setblocking(False)
-print("serving", flush=True)
-while wake_r not in select.select([server, wake_r], [], [])[0]:
-    try:
-        conn, _ = server.accept()
-    except BlockingIOError:
-        continue  # another worker took it
-    conn.setblocking(True)
-    conn.recv(65536)
-    body = b"served by %d" % os.getpid()
-    conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-    conn.close()
-"#;
-
 #[tokio::test]
 async fn no_request_fails_while_sighup_restarts_the_workers() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut child, mut stderr) = cli(&[
         "run",
         "--workers",
@@ -565,46 +476,19 @@ async fn no_request_fails_while_sighup_restarts_the_workers() {
         "-c",
         DRAINING_SERVER,
     ]);
-    let seen = until(&mut stderr, "listening on").await;
-    let address: std::net::SocketAddr = seen
-        .last()
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|a| a.parse().ok())
-        .expect("an address");
+    let address = listening_address(&until(&mut stderr, "listening on").await);
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
     for _ in 0..2 {
         until(&mut stdout, "] serving").await;
     }
-    // One request after another until told to stop (at most 100 000).
-    let stop = Arc::new(AtomicBool::new(false));
-    let client = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            let mut answers = Vec::new();
-            while !stop.load(Ordering::Relaxed) && answers.len() < 100_000 {
-                let mut stream = tokio::net::TcpStream::connect(address).await?;
-                stream.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
-                let mut response = String::new();
-                stream.read_to_string(&mut response).await?;
-                answers.push(response);
-            }
-            std::io::Result::Ok(answers)
-        }
-    });
+    let requests = Requests::start(address);
     send(&child, rustix::process::Signal::HUP);
     until(&mut stderr, "2 workers restarted").await;
     for _ in 0..2 {
         until(&mut stdout, "] serving").await;
     }
-    stop.store(true, Ordering::Relaxed);
-    let answers = tokio::time::timeout(DEADLINE, client)
-        .await
-        .expect("the client ends in time")
-        .expect("join")
-        .expect("no request failed");
     // Requests went on from before the SIGHUP until after the reload.
-    assert!(!answers.is_empty());
-    assert!(answers.iter().all(|a| a.starts_with("HTTP/1.0 200 OK")));
+    assert!(!requests.stop().await.is_empty());
     tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
     stop_cleanly(&mut child, &mut stderr, 2).await;
 }
@@ -770,15 +654,6 @@ fn children_of(pid: u32) -> Vec<(u32, char)> {
         .collect()
 }
 
-/// Waits until `done` holds; panics with `what` at the deadline.
-async fn eventually(what: &str, done: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !done() {
-        assert!(tokio::time::Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Waits until process `pid` has no zombie child.
 async fn no_zombie_children(pid: u32) {
     let zombies = || children_of(pid).into_iter().filter(|c| c.1 == 'Z').count();
@@ -877,19 +752,6 @@ async fn as_pid_1_of_a_pid_namespace_the_cli_reaps_orphans() {
         "{rest:?}"
     );
     assert_eq!(exit_code(&mut child).await, Some(0));
-}
-
-/// The CLI with its stdout to `stdout`, stderr piped.
-fn cli_to(stdout: Stdio, args: &[&str]) -> (Child, Lines<BufReader<ChildStderr>>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_isotropic-cluster"))
-        .args(args)
-        .stdout(stdout)
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the CLI");
-    let stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    (child, stderr)
 }
 
 #[tokio::test]

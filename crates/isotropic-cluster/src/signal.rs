@@ -36,6 +36,10 @@ impl Signal {
     pub const USR2: Self = Self(libc::SIGUSR2);
     /// `SIGABRT`.
     pub const ABRT: Self = Self(libc::SIGABRT);
+    /// `SIGTTIN` (the CLI adds a worker on it, as gunicorn does).
+    pub const TTIN: Self = Self(libc::SIGTTIN);
+    /// `SIGTTOU` (the CLI removes a worker on it, as gunicorn does).
+    pub const TTOU: Self = Self(libc::SIGTTOU);
 
     /// The signal with this number.
     pub const fn from_raw(number: i32) -> Self {

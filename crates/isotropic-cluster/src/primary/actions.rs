@@ -12,7 +12,7 @@ use super::events::*;
 use super::listen::LINGER;
 use super::phase::Settled;
 use super::restart::OnIntensity;
-use super::state::{Action, Trigger, Why, WorkerState};
+use super::state::{Action, AfterExit, Trigger, Why, WorkerState};
 use crate::events::{self, Topic};
 use crate::protocol::{self, Frame, Wire};
 use crate::{Signal, WorkerId};
@@ -106,10 +106,14 @@ impl PrimaryContext {
         let Some(entry) = self.registry.get(id) else {
             return;
         };
-        let (worker, recycled) = (
-            entry.worker.clone(),
-            entry.state == (WorkerState::Gone { recycled: true }),
-        );
+        let worker = entry.worker.clone();
+        let mut after = match entry.state {
+            WorkerState::Gone { after } => after,
+            _ => AfterExit::Policy,
+        };
+        if self.recycle_exited(id) {
+            after = AfterExit::Nothing;
+        }
         let mut exit = WorkerExit {
             worker,
             status,
@@ -117,7 +121,11 @@ impl PrimaryContext {
             replaced: false,
         };
         exit.replaced = self.phase.is_active()
-            && (recycled || self.config.restart.replaces(exit.code(), exit.signal()));
+            && match after {
+                AfterExit::Policy => self.config.restart.replaces(exit.code(), exit.signal()),
+                AfterExit::Replace => true,
+                AfterExit::Nothing => false,
+            };
         events::publish(self, exit);
         self.ready_waiters.lost(id);
         if let Some(entry) = self.registry.remove(id) {
@@ -183,14 +191,16 @@ impl PrimaryContext {
             self.next_id += 1;
             let id = WorkerId::new(self.next_id);
             tracing::info!(worker_id = %id, "Starting a new worker");
-            let slot = self.registry.free_slot();
+            let slot = (self.recycler.slot()).unwrap_or_else(|| self.registry.free_slot());
             match self.spawner.spawn(id, slot, self.inputs.clone()) {
                 Ok(spawned) => {
                     self.forked.push(spawned.worker.clone());
                     self.registry.insert(spawned);
-                    if let Some(timeout) = self.config.ready_timeout {
+                    let config = self.config.clone();
+                    if let Some(timeout) = config.ready_timeout {
                         self.timers.insert(Timer::Ready(id), timeout);
                     }
+                    self.arm_expiry(id, &config);
                     started.push(id);
                 }
                 Err(error) => {
@@ -218,6 +228,7 @@ impl PrimaryContext {
             return;
         }
         self.ready_waiters.joined(&event.worker);
+        self.recycle_joined(event.worker.id());
         if self.rolling.take_waiting() {
             self.roll();
         }
@@ -277,7 +288,11 @@ impl PrimaryContext {
             return;
         };
         let started = entry.started;
-        if entry.state == (WorkerState::Gone { recycled: true }) {
+        if entry.state
+            == (WorkerState::Gone {
+                after: AfterExit::Replace,
+            })
+        {
             tracing::info!(worker_id = %id, "Replacing recycled worker");
             return self.replace();
         }
@@ -321,6 +336,7 @@ impl PrimaryContext {
 
     pub(super) fn complete_restart_scheduled(&mut self, event: &RestartScheduled) {
         tracing::warn!(delay = ?event.delay, failures = event.failures, "Workers keep dying early or failing to start: replacement delayed");
+        self.owed_restarts += 1;
         self.timers.insert(Timer::Restart, event.delay);
     }
 
@@ -346,6 +362,7 @@ impl PrimaryContext {
         self.listeners.stop_accepting();
         self.phase = self.phase.shut_down();
         self.rolling.end();
+        self.recycler.end();
         for worker in self.registry.workers() {
             self.ask_to_leave(worker.id(), Why::ShutDown);
         }

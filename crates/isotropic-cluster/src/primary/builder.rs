@@ -279,6 +279,44 @@ impl PrimaryBuilder {
         self
     }
 
+    /// Recycles a worker once it has served `requests` requests (replies
+    /// to the primary's requests), plus a random share of
+    /// [`max_requests_jitter`](Self::max_requests_jitter) drawn for each
+    /// worker (gunicorn's `max_requests`): a `workerExpired` event, then a
+    /// drained recycle ([`PrimaryContext::recycle_worker`]), one worker at a
+    /// time. Default: no limit.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), isotropic_cluster::Error> {
+    /// let primary = isotropic_cluster::primary::ClusterPrimary::builder()
+    ///     .max_requests(10_000)
+    ///     .max_requests_jitter(500)
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn max_requests(mut self, requests: u64) -> Self {
+        self.config.max_requests = Some(requests);
+        self
+    }
+
+    /// Adds 0 to `jitter` (uniformly, per worker) to
+    /// [`max_requests`](Self::max_requests), so that workers started together
+    /// do not expire together. Default: 0.
+    pub fn max_requests_jitter(mut self, jitter: u64) -> Self {
+        self.config.max_requests_jitter = jitter;
+        self
+    }
+
+    /// Recycles a worker once it has run for `age`, plus up to a tenth of it
+    /// (random per worker, so workers started together do not expire
+    /// together): a `workerExpired` event, then a drained recycle
+    /// ([`PrimaryContext::recycle_worker`]). Default: no limit.
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.config.max_age = Some(age);
+        self
+    }
+
     /// When a worker counts as ready (default: when it says so on a
     /// channel, once started without one). A worker without a channel
     /// cannot say so: [`start`](Self::start) refuses [`Readiness::Message`]

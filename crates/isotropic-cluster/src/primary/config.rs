@@ -84,6 +84,11 @@ pub(crate) struct Config {
     pub(crate) max_listens: usize,
     pub(crate) request_timeout: Duration,
     pub(crate) ready_timeout: Option<Duration>,
+    /// Recycle a worker after this many requests, plus up to the jitter.
+    pub(crate) max_requests: Option<u64>,
+    pub(crate) max_requests_jitter: u64,
+    /// Recycle a worker after this long, plus up to a tenth.
+    pub(crate) max_age: Option<Duration>,
     /// `None`: as the channel implies (see [`Config::readiness`]).
     pub(crate) readiness: Option<Readiness>,
     pub(crate) channel: WorkerChannel,
@@ -149,6 +154,9 @@ impl Default for Config {
             max_listens: 64,
             request_timeout: Duration::from_secs(30),
             ready_timeout: None,
+            max_requests: None,
+            max_requests_jitter: 0,
+            max_age: None,
             readiness: None,
             channel: WorkerChannel::Frames,
             pass_fds: std::sync::Arc::default(),

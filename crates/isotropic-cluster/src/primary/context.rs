@@ -15,6 +15,7 @@ use super::listen::Listeners;
 use super::phase::Phase;
 use super::pool::{Destination, Pool};
 use super::ready::ReadyWaiters;
+use super::recycle::Recycler;
 use super::registry::Registry;
 use super::restart::Backoff;
 use super::rolling::Rolling;
@@ -32,6 +33,10 @@ use crate::{ListenAddress, Signal, WorkerId};
 pub(crate) enum Timer {
     /// Start a delayed replacement.
     Restart,
+    /// Try the recycle again that a failed replacement paused.
+    Recycle,
+    /// The worker reached its maximum age.
+    Expire(WorkerId),
     /// Send this signal to the worker, if it is still live.
     Escalate(WorkerId, Signal),
     /// The worker's ready timeout.
@@ -70,6 +75,10 @@ pub struct PrimaryContext {
     pub(super) destroy_waiters: Vec<oneshot::Sender<()>>,
     /// A rolling restart under way, if any.
     pub(super) rolling: Rolling,
+    /// Drained recycles.
+    pub(super) recycler: Recycler,
+    /// Delayed replacements not started yet.
+    pub(super) owed_restarts: usize,
     /// Callers of `fork(…).ready()`.
     pub(super) ready_waiters: ReadyWaiters,
     /// Handlers of requests from workers.
@@ -119,6 +128,7 @@ topics!(PrimaryContext =>
         WorkerSignal: "workerSignal" => complete_signal;
         ShutDownComplete: "shutDownComplete" once Publish => log_event;
         HandlerPanicked: "handlerPanicked" => log_event;
+        WorkerExpired: "workerExpired" => complete_expired;
     }
 );
 
@@ -151,7 +161,7 @@ impl PrimaryContext {
     }
 
     /// As [`fork`](Self::fork): the ids of the workers started.
-    fn fork_ids(&mut self, count: usize) -> Result<Vec<WorkerId>, Error> {
+    pub(super) fn fork_ids(&mut self, count: usize) -> Result<Vec<WorkerId>, Error> {
         if !self.phase.is_active() {
             tracing::debug!(count, "fork ignored: the primary is shut down");
             return Ok(Vec::new());
@@ -300,6 +310,8 @@ impl PrimaryContext {
             shut_down_waiters: Vec::new(),
             destroy_waiters: Vec::new(),
             rolling: Rolling::default(),
+            recycler: Recycler::default(),
+            owed_restarts: 0,
             ready_waiters: ReadyWaiters::default(),
             listeners,
         }

@@ -316,3 +316,38 @@ impl From<HandlerPanic> for HandlerPanicked {
         }
     }
 }
+
+/// A worker reached a limit of its life (*new*): the requests it may serve
+/// ([`PrimaryBuilder::max_requests`](super::PrimaryBuilder::max_requests)) or
+/// its age ([`PrimaryBuilder::max_age`](super::PrimaryBuilder::max_age)).
+/// Published once per worker; the default action recycles it, drained
+/// ([`PrimaryContext::recycle_worker`](super::PrimaryContext::recycle_worker)):
+/// its replacement is in the pool before it is asked to leave. Preventing it
+/// keeps the worker.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerExpired {
+    /// The worker.
+    pub worker: WorkerHandle,
+    /// Which limit.
+    pub reason: Expiry,
+}
+
+/// Which limit a worker reached ([`WorkerExpired`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Expiry {
+    /// It served `served` requests, its limit being `limit` (the maximum
+    /// plus its share of the jitter).
+    Requests {
+        /// Requests served.
+        served: u64,
+        /// Its limit.
+        limit: u64,
+    },
+    /// It lived longer than `limit` (its age limit, before its jitter).
+    Age {
+        /// The maximum age.
+        limit: Duration,
+    },
+}

@@ -271,6 +271,80 @@ impl ClusterPrimary {
             .await?
     }
 
+    /// Recycles worker `id` without leaving the pool short (see
+    /// [`PrimaryContext::recycle_worker`]): its replacement is started in
+    /// its slot and is in the pool before `id` is asked to leave. Resolves
+    /// once the recycle is ordered.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoSuchWorker`] when no live worker that is not leaving has
+    /// this id; [`Error::Destroyed`] after destroy.
+    ///
+    /// # Cancel safety
+    ///
+    /// The recycle is ordered at the first poll; dropping the future after
+    /// that does not undo it.
+    pub async fn recycle_worker(&self, id: WorkerId) -> Result<(), Error> {
+        self.mailbox
+            .call(move |primary| primary.recycle_worker(id))
+            .await?
+    }
+
+    /// Grows or shrinks the pool to `count` workers (see
+    /// [`PrimaryContext::scale_to`]): new workers are forked; surplus ones,
+    /// the highest slots first, are asked to leave gracefully and not
+    /// replaced. Resolves once the change is ordered (new workers started,
+    /// surplus ones asked to leave), not when they are ready or gone.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(primary: isotropic_cluster::primary::ClusterPrimary) -> Result<(), isotropic_cluster::Error> {
+    /// primary.scale_to(8).await?;
+    /// assert_eq!(primary.pool_size().await?, 8);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`fork`](Self::fork) when growing; [`Error::Destroyed`] after
+    /// destroy.
+    ///
+    /// # Cancel safety
+    ///
+    /// The change is ordered at the first poll; dropping the future after
+    /// that does not undo it.
+    pub async fn scale_to(&self, count: usize) -> Result<(), Error> {
+        self.mailbox
+            .call(move |primary| primary.scale_to(count))
+            .await?
+    }
+
+    /// How many workers the pool holds (see [`PrimaryContext::pool_size`]):
+    /// those not leaving, and delayed replacements still to start.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Destroyed`] after destroy.
+    pub async fn pool_size(&self) -> Result<usize, Error> {
+        self.mailbox.call(|primary| primary.pool_size()).await
+    }
+
+    /// Asks worker `id` to leave for good (see
+    /// [`PrimaryContext::retire_worker`]): the pool shrinks by one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoSuchWorker`] when no live worker that is not leaving has
+    /// this id; [`Error::Destroyed`] after destroy.
+    pub async fn retire_worker(&self, id: WorkerId) -> Result<(), Error> {
+        self.mailbox
+            .call(move |primary| primary.retire_worker(id))
+            .await?
+    }
+
     /// Restarts the ready workers one at a time, each once the previous
     /// one's replacement is ready (see [`PrimaryContext::restart_workers`]):
     /// a reload with at most one worker missing at any moment. Resolves with

@@ -20,6 +20,11 @@ pub(super) struct Entry {
     pub(super) worker: WorkerHandle,
     pub(super) state: WorkerState,
     pub(super) started: Instant,
+    /// Requests it served (see `max_requests`), and its limit.
+    pub(super) served: u64,
+    pub(super) request_limit: Option<u64>,
+    /// Its `workerExpired` was published.
+    pub(super) expired: bool,
     signals: mpsc::UnboundedSender<Signal>,
 }
 
@@ -52,6 +57,9 @@ impl Registry {
             worker: worker.clone(),
             state: WorkerState::Starting,
             started: Instant::now(),
+            served: 0,
+            request_limit: None,
+            expired: false,
             signals,
         };
         self.entries.insert(worker.id(), entry);
@@ -93,6 +101,10 @@ impl Registry {
         self.entries.get(&id)
     }
 
+    pub(super) fn get_mut(&mut self, id: WorkerId) -> Option<&mut Entry> {
+        self.entries.get_mut(&id)
+    }
+
     /// The live worker with this id.
     pub(super) fn worker(&self, id: WorkerId) -> Option<WorkerHandle> {
         self.get(id).map(|entry| entry.worker.clone())
@@ -107,6 +119,25 @@ impl Registry {
                 _ => true,
             })
             .map(|entry| entry.worker.clone())
+    }
+
+    /// The live worker with this id, if it is not leaving.
+    pub(super) fn staying(&self, id: WorkerId) -> Option<&Entry> {
+        self.get(id).filter(|entry| entry.state.staying())
+    }
+
+    /// The workers not leaving, by slot, the highest slot first.
+    pub(super) fn staying_by_slot(
+        &self,
+    ) -> std::collections::BTreeMap<std::cmp::Reverse<u32>, Vec<WorkerId>> {
+        let mut slots = std::collections::BTreeMap::<_, Vec<_>>::new();
+        for entry in self.entries.values().filter(|entry| entry.state.staying()) {
+            slots
+                .entry(std::cmp::Reverse(entry.worker.slot()))
+                .or_default()
+                .push(entry.worker.id());
+        }
+        slots
     }
 
     /// Every live worker, by ascending id.

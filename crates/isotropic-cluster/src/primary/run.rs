@@ -187,6 +187,7 @@ impl PrimaryContext {
             Frame::Reply { id, result } => {
                 let from = worker.id();
                 worker.pending().resolve(id, result, Some(from));
+                self.served(from, 1);
             }
             Frame::Request { id, message } => self
                 .handlers
@@ -230,10 +231,19 @@ impl PrimaryContext {
     pub(super) fn timer(&mut self, timer: Timer) {
         match timer {
             Timer::Restart => {
-                if self.phase.is_active() {
-                    self.replace();
+                // (One the pool no longer needs was cancelled by `scale_to`.)
+                if self.owed_restarts > 0 {
+                    self.owed_restarts -= 1;
+                    if self.phase.is_active() {
+                        self.replace();
+                    }
                 }
             }
+            Timer::Recycle => {
+                self.recycler.resume();
+                self.recycle_next();
+            }
+            Timer::Expire(id) => self.expire_by_age(id),
             Timer::Ready(id) => {
                 if let Some(after) = self.config.ready_timeout {
                     self.apply(id, Trigger::ReadyTimeout(after));

@@ -32,9 +32,20 @@ pub(crate) enum WorkerState {
     Leaving(Leaving),
     /// Exited and reaped: its `workerExit` is being published.
     Gone {
-        /// It was recycled: replaced at once.
-        recycled: bool,
+        /// What follows its exit while the primary is active.
+        after: AfterExit,
     },
+}
+
+/// What follows a worker's exit while the primary is active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterExit {
+    /// What the restart policy says, paced by its backoff.
+    Policy,
+    /// A replacement at once: it was recycled.
+    Replace,
+    /// Nothing: its replacement is already running, or the pool shrank.
+    Nothing,
 }
 
 /// A leaving worker: why, and how far its stop has gone.
@@ -62,12 +73,26 @@ pub(crate) enum Why {
     /// [`stop_worker`](super::PrimaryContext::stop_worker) asked it to
     /// leave: it is replaced at once, outside the restart policy.
     Recycled,
+    /// Its replacement is ready (a drained recycle): it is not replaced.
+    Replaced,
+    /// The pool shrank ([`scale_to`](super::PrimaryContext::scale_to)): it
+    /// is not replaced.
+    ScaledDown,
 }
 
 impl Why {
     /// Whether its exit is voluntary (asked for, or announced).
     pub(crate) fn voluntary(self) -> bool {
-        matches!(self, Self::Announced | Self::ShutDown | Self::Recycled)
+        !matches!(self, Self::Disconnected | Self::Failed)
+    }
+
+    /// What follows the exit of a worker that left for this reason.
+    pub(crate) fn after_exit(self) -> AfterExit {
+        match self {
+            Self::Recycled => AfterExit::Replace,
+            Self::Replaced | Self::ScaledDown => AfterExit::Nothing,
+            _ => AfterExit::Policy,
+        }
     }
 }
 
@@ -169,8 +194,8 @@ impl WorkerState {
                     status,
                     voluntary: why.is_some_and(Why::voluntary),
                 });
-                let recycled = why == Some(Why::Recycled);
-                (Self::Gone { recycled }, actions)
+                let after = why.map_or(AfterExit::Policy, Why::after_exit);
+                (Self::Gone { after }, actions)
             }
             (Starting, Trigger::Started { hello: true, .. }) => (Starting, vec![]),
             (Starting, Trigger::Started { ready_on, .. }) => Self::online(ready_on),
@@ -220,6 +245,11 @@ impl WorkerState {
             Readiness::Started => (Self::Ready, vec![Action::Online, Action::Ready]),
             Readiness::Listening => (Self::Online, vec![Action::Online, Action::PollListening]),
         }
+    }
+
+    /// Whether it stays: started, online or ready, not leaving.
+    pub(crate) fn staying(self) -> bool {
+        matches!(self, Self::Starting | Self::Online | Self::Ready)
     }
 
     /// Whether a frame that is not a step of the lifecycle (a message, a
@@ -323,7 +353,9 @@ mod tests {
     use Action as A;
     use WorkerState::{Online, Ready, Starting};
 
-    const GONE: WorkerState = WorkerState::Gone { recycled: false };
+    const GONE: WorkerState = WorkerState::Gone {
+        after: AfterExit::Policy,
+    };
     const GRACE: Duration = Duration::from_secs(5);
 
     fn leaving(why: Why, disconnected: bool, terminating: bool) -> WorkerState {
@@ -343,6 +375,8 @@ mod tests {
             Why::Announced,
             Why::ShutDown,
             Why::Recycled,
+            Why::Replaced,
+            Why::ScaledDown,
         ] {
             for disconnected in [false, true] {
                 for terminating in [false, true] {
@@ -551,17 +585,15 @@ mod tests {
         for state in every_state() {
             let status = Some(ExitStatus::from_raw(9));
             let (next, actions) = state.on(Trigger::Exited(status));
-            let (voluntary, recycled, disconnected) = match state {
-                WorkerState::Leaving(l) => {
-                    (l.why.voluntary(), l.why == Why::Recycled, l.disconnected)
-                }
+            let (voluntary, after, disconnected) = match state {
+                WorkerState::Leaving(l) => (l.why.voluntary(), l.why.after_exit(), l.disconnected),
                 WorkerState::Gone { .. } => {
                     assert_eq!((next, actions), (state, vec![]));
                     continue;
                 }
-                _ => (false, false, false),
+                _ => (false, AfterExit::Policy, false),
             };
-            assert_eq!(next, WorkerState::Gone { recycled });
+            assert_eq!(next, WorkerState::Gone { after });
             let mut expected = if disconnected {
                 vec![]
             } else {

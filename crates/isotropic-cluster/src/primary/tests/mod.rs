@@ -222,3 +222,4 @@ impl Harness {
 mod handlers;
 mod lifecycle;
 mod panics;
+mod supervision;

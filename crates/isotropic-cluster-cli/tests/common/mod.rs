@@ -1,0 +1,173 @@
+//! What every CLI test file uses: start the CLI, read its lines until one
+//! says something, signal it, wait for its end.
+#![allow(dead_code)] // (each test file uses its own share)
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, Command};
+
+pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
+
+pub(crate) fn cli(args: &[&str]) -> (Child, Lines<BufReader<ChildStderr>>) {
+    cli_to(Stdio::piped(), args)
+}
+
+/// Reads stderr until a line containing `text`; returns the lines read.
+pub(crate) async fn until<R: AsyncBufRead + Unpin>(
+    lines: &mut Lines<R>,
+    text: &str,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await.expect("read") {
+            let done = line.contains(text);
+            seen.push(line);
+            if done {
+                return;
+            }
+        }
+        panic!("the CLI ended before printing {text:?}: {seen:?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {text:?} in time"));
+    seen
+}
+
+/// SIGTERM, then every one of `workers` exits with code 0, and so does the CLI.
+pub(crate) async fn stop_cleanly(
+    child: &mut Child,
+    stderr: &mut Lines<BufReader<ChildStderr>>,
+    workers: usize,
+) {
+    terminate(child);
+    let rest = until(stderr, "all workers exited").await;
+    let clean = rest.iter().filter(|l| l.contains("exited with code 0"));
+    assert_eq!(clean.count(), workers, "{rest:?}");
+    assert_eq!(exit_code(child).await, Some(0));
+}
+
+pub(crate) fn terminate(child: &Child) {
+    send(child, rustix::process::Signal::TERM);
+}
+
+/// Sends `signal` to the CLI (our child, not reaped: its own pid).
+pub(crate) fn send(child: &Child, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(child.id().expect("pid") as i32).expect("pid");
+    rustix::process::kill_process(pid, signal).expect("signal the CLI");
+}
+
+/// Waits until `n` workers have printed `up` on stdout (their signal
+/// handling is set up by then).
+pub(crate) async fn up(child: &mut Child, n: usize) {
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    for _ in 0..n {
+        until(&mut stdout, "] up").await;
+    }
+    // Keep reading, so that the workers can still print.
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+}
+
+pub(crate) async fn exit_code(child: &mut Child) -> Option<i32> {
+    tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("the CLI exits in time")
+        .expect("wait")
+        .code()
+}
+
+/// Waits until `done` holds; panics with `what` at the deadline.
+pub(crate) async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The CLI with its stdout to `stdout`, stderr piped.
+pub(crate) fn cli_to(stdout: Stdio, args: &[&str]) -> (Child, Lines<BufReader<ChildStderr>>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_isotropic-cluster"))
+        .args(args)
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the CLI");
+    let stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    (child, stderr)
+}
+
+/// A server on the `--listen` socket that finishes the request in hand on
+/// SIGTERM, then exits 0.
+pub(crate) const DRAINING_SERVER: &str = r#"
+import os, select, signal, socket
+wake_r, wake_w = os.pipe()
+os.set_blocking(wake_w, False)
+signal.set_wakeup_fd(wake_w)
+signal.signal(signal.SIGTERM, lambda *_: None)
+server = socket.socket(fileno=3)
+server.setblocking(False)
+print("serving", flush=True)
+while wake_r not in select.select([server, wake_r], [], [])[0]:
+    try:
+        conn, _ = server.accept()
+    except BlockingIOError:
+        continue  # another worker took it
+    conn.setblocking(True)
+    conn.recv(65536)
+    body = b"served by %d" % os.getpid()
+    conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    conn.close()
+"#;
+
+/// The address in the last of `seen`, a `listening on ADDR` line.
+pub(crate) fn listening_address(seen: &[String]) -> std::net::SocketAddr {
+    seen.last()
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|a| a.parse().ok())
+        .expect("an address")
+}
+
+/// HTTP/1.0 requests to a server, one after another, until stopped (at
+/// most 100 000).
+pub(crate) struct Requests {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<std::io::Result<Vec<String>>>,
+}
+
+impl Requests {
+    pub(crate) fn start(address: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let stop: std::sync::Arc<std::sync::atomic::AtomicBool> = std::sync::Arc::default();
+        let task = tokio::spawn({
+            let stop = std::sync::Arc::clone(&stop);
+            async move {
+                let mut answers = Vec::new();
+                while !stop.load(Ordering::Relaxed) && answers.len() < 100_000 {
+                    let mut stream = tokio::net::TcpStream::connect(address).await?;
+                    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
+                    let mut response = String::new();
+                    stream.read_to_string(&mut response).await?;
+                    answers.push(response);
+                }
+                std::io::Result::Ok(answers)
+            }
+        });
+        Self { stop, task }
+    }
+
+    /// Stops; every answer, each asserted to be a 200 (none failed).
+    pub(crate) async fn stop(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let answers = tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("the client ends in time")
+            .expect("join")
+            .expect("no request failed");
+        assert!(answers.iter().all(|a| a.starts_with("HTTP/1.0 200 OK")));
+        answers
+    }
+}

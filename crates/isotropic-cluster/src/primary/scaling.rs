@@ -1,0 +1,70 @@
+//! Scaling the pool at runtime: workers added, or taken out for good.
+
+use super::context::PrimaryContext;
+use super::state::Why;
+use crate::{Error, WorkerId};
+
+impl PrimaryContext {
+    /// How many workers the pool holds: the slots of the workers that are
+    /// not leaving (a worker and the replacement of its drained recycle
+    /// share one), and the delayed replacements still to start.
+    pub fn pool_size(&self) -> usize {
+        self.registry.staying_by_slot().len() + self.owed_restarts
+    }
+
+    /// Grows or shrinks the pool to `count` workers (see
+    /// [`pool_size`](Self::pool_size)): forks the missing ones; or cancels
+    /// delayed replacements, then asks the workers of the highest slots to
+    /// leave gracefully (as a shutdown asks them), not to be replaced. The
+    /// highest slots go first so that the slots stay 0 to `count - 1` (the
+    /// newest workers hold them, unless replacements took lower ones).
+    /// Does nothing once the primary is shut down.
+    ///
+    /// # Errors
+    ///
+    /// As [`fork`](Self::fork), when growing.
+    pub fn scale_to(&mut self, count: usize) -> Result<(), Error> {
+        if !self.phase.is_active() {
+            return Ok(());
+        }
+        let size = self.pool_size();
+        if count > size {
+            tracing::info!(from = size, to = count, "Scaling up");
+            return self.fork(count - size).map(drop);
+        }
+        let cancelled = (size - count).min(self.owed_restarts);
+        self.owed_restarts -= cancelled;
+        let slots = self.registry.staying_by_slot();
+        let excess = size - count - cancelled;
+        if excess > 0 {
+            tracing::info!(from = size, to = count, "Scaling down");
+        }
+        for id in slots.into_values().take(excess).flatten() {
+            self.leave_for_good(id);
+        }
+        Ok(())
+    }
+
+    /// Asks worker `id` to leave for good, gracefully (as a shutdown asks
+    /// each): it is not replaced, and the pool shrinks by one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoSuchWorker`] when no live worker that is not leaving has
+    /// this id.
+    pub fn retire_worker(&mut self, id: WorkerId) -> Result<(), Error> {
+        if self.registry.staying(id).is_none() {
+            return Err(Error::NoSuchWorker { worker_id: id });
+        }
+        self.leave_for_good(id);
+        Ok(())
+    }
+
+    fn leave_for_good(&mut self, id: WorkerId) {
+        self.recycler.forget(id);
+        if let Some(worker) = self.registry.worker(id) {
+            self.leave_pool(&worker);
+        }
+        self.ask_to_leave(id, Why::ScaledDown);
+    }
+}
