@@ -108,7 +108,8 @@ impl Output {
         }
     }
 
-    /// Prints the workers' lines, each prefixed with its worker's id, on the
+    /// Prints the workers' lines, each prefixed with its worker's slot (short
+    /// and the same across replacements), on the
     /// stream it was written to, until they end.
     pub(crate) async fn forward(self, mut lines: OutputLines) {
         while let Some(first) = lines.next().await {
@@ -119,7 +120,7 @@ impl Output {
                     OutputStream::Stderr => &mut err,
                     _ => &mut out,
                 };
-                let _ = writeln!(batch, "[{}] {}", line.worker, line.line);
+                let _ = writeln!(batch, "[{}] {}", line.slot, line.line);
                 if out.len() + err.len() >= BATCH {
                     break;
                 }

@@ -21,7 +21,7 @@ impl Report {
                 self.line(
                     "workerFork",
                     Some(e.worker.id().get()),
-                    &format!("started (pid {})", e.worker.pid()),
+                    &format!("started in slot {} (pid {})", e.worker.slot(), e.worker.pid()),
                 );
             }
             PrimaryEvent::WorkerReady(e) => {

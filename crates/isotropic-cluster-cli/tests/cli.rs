@@ -34,7 +34,7 @@ async fn output_is_prefixed_by_worker_and_sigterm_shuts_down_cleanly() {
         lines.push(line.expect("a line"));
     }
     lines.sort();
-    assert_eq!(lines, ["[1] one", "[1] two", "[2] one", "[2] two"]);
+    assert_eq!(lines, ["[0] one", "[0] two", "[1] one", "[1] two"]);
     until(&mut stderr, "worker 2 ready").await;
     terminate(&child);
     let rest = until(&mut stderr, "all workers exited").await;
@@ -250,7 +250,7 @@ signal.pause()
         .await
         .expect("the worker connects in time")
         .expect("accept");
-    let before = until(&mut lines, "[1] bound").await;
+    let before = until(&mut lines, "[0] bound").await;
     assert!(!before.iter().any(|l| l.contains("ready")), "{before:?}");
     tokio::io::AsyncWriteExt::write_all(&mut gate, b"x")
         .await
@@ -621,7 +621,7 @@ async fn a_unix_socket_file_is_removed_at_exit_and_a_stale_one_replaced_but_neve
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
 
-/// The pid in a `worker N started (pid P)` line.
+/// The pid in a `worker N started in slot S (pid P)` line.
 fn started_pid(line: &str) -> u32 {
     line.rsplit(' ')
         .next()
@@ -674,7 +674,7 @@ async fn with_subreaper_orphans_are_adopted_and_reaped_and_worker_exits_still_re
         LEAVES_ORPHANS,
     ]);
     let cli_pid = child.id().expect("pid");
-    let started = until(&mut stderr, "worker 1 started (pid ")
+    let started = until(&mut stderr, "worker 1 started in slot ")
         .await
         .pop()
         .expect("a line");
@@ -816,10 +816,10 @@ async fn every_line_of_two_workers_reaches_a_file_in_order() {
     every_line(&text, 2, LINES);
 }
 
-/// Asserts that `text` holds lines `[W] 1` to `[W] lines` of each of
-/// `workers` workers, in order per worker.
+/// Asserts that `text` holds lines `[S] 1` to `[S] lines` of each of
+/// `workers` workers (slots 0…), in order per worker.
 fn every_line(text: &str, workers: usize, lines: usize) {
-    for worker in 1..=workers {
+    for worker in 0..workers {
         let prefix = format!("[{worker}] ");
         let numbers: Vec<usize> = text
             .lines()
@@ -863,10 +863,10 @@ async fn with_its_stdout_stalled_the_cli_still_replaces_workers_and_shuts_down()
         ],
     );
     let cli_pid = child.id().expect("pid");
-    let started = until(&mut stderr, "worker 2 started (pid ").await;
+    let started = until(&mut stderr, "worker 2 started in slot ").await;
     let first = started
         .iter()
-        .find(|line| line.contains("worker 1 started (pid "))
+        .find(|line| line.contains("worker 1 started in slot "))
         .expect("worker 1 started");
     let pid = started_pid(first);
     // The workers fill the pipe, the CLI's queues, then block in their writes.
@@ -956,15 +956,15 @@ async fn each_worker_knows_its_slot_and_a_replacement_inherits_it() {
         slots.push(until(&mut stdout, "] slot ").await.pop().expect("a line"));
     }
     slots.sort();
-    assert_eq!(slots, ["[1] slot 0 0", "[2] slot 1 1"]);
-    let started = until(&mut stderr, "worker 2 started (pid ").await;
+    assert_eq!(slots, ["[0] slot 0 0", "[1] slot 1 1"]);
+    let started = until(&mut stderr, "worker 2 started in slot ").await;
     let pid =
         rustix::process::Pid::from_raw(started_pid(started.last().expect("a line")).cast_signed())
             .expect("pid");
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill worker 2");
     assert_eq!(
         until(&mut stdout, "] slot ").await.pop().as_deref(),
-        Some("[3] slot 1 1")
+        Some("[1] slot 1 1")
     );
     tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
     stop_cleanly(&mut child, &mut stderr, 2).await;

@@ -22,7 +22,7 @@ async fn sigttin_and_sigttou_add_and_remove_one_worker_each() {
     until(&mut stderr, "worker 3 ready").await;
     assert_eq!(
         until(&mut stdout, "] slot").await.pop().as_deref(),
-        Some("[3] slot 2")
+        Some("[2] slot 2")
     );
 
     send(&child, rustix::process::Signal::TTOU);

@@ -20,6 +20,9 @@ const LINE_OVERHEAD: usize = 64;
 pub struct OutputLine {
     /// The worker that wrote it.
     pub worker: WorkerId,
+    /// That worker's slot ([`WorkerHandle::slot`](super::WorkerHandle::slot)):
+    /// a short prefix that stays the same across replacements.
+    pub slot: u32,
     /// Which stream.
     pub stream: OutputStream,
     /// The line, without its newline (invalid UTF-8 replaced; lines over
@@ -136,6 +139,7 @@ mod tests {
 
     fn line(n: usize, size: usize) -> OutputLine {
         OutputLine {
+            slot: 0,
             worker: WorkerId::new(1),
             stream: OutputStream::Stdout,
             line: format!("{n:0size$}"),

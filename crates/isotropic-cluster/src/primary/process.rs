@@ -148,7 +148,14 @@ impl Spawn for ProcessSpawner {
         } else {
             Err(theirs)
         };
-        let signals = Watch::start(id, child, cgroup, channel, inputs, config.output.clone());
+        let signals = Watch::start(
+            (id, slot),
+            child,
+            cgroup,
+            channel,
+            inputs,
+            config.output.clone(),
+        );
         Ok(Spawned { worker, signals })
     }
 }

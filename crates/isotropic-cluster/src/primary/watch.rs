@@ -44,6 +44,8 @@ const MAX_LINE: usize = 64 * 1024;
 /// What is watched of one worker.
 pub(super) struct Watch {
     id: WorkerId,
+    /// Its slot, for its output lines.
+    slot: u32,
     frames: Option<FramedRead<OwnedReadHalf, AnyCodec>>,
     pipes: Pipes,
     inputs: mpsc::Sender<Input>,
@@ -66,7 +68,7 @@ impl Watch {
     /// end `unused`); signals sent on the returned sender reach it (and its
     /// group) while it is not reaped.
     pub(super) fn start(
-        id: WorkerId,
+        (id, slot): (WorkerId, u32),
         mut child: Child,
         cgroup: Option<sys::WorkerCgroup>,
         channel: Result<(OwnedReadHalf, AnyCodec), OwnedFd>,
@@ -80,6 +82,7 @@ impl Watch {
         let (signals, signal_rx) = mpsc::unbounded_channel();
         let watch = Self {
             id,
+            slot,
             frames,
             pipes: Pipes {
                 stdout: child.stdout.take().map(|s| FramedRead::new(s, LineCodec)),
@@ -255,7 +258,8 @@ impl Watch {
             && (self.delivery.is_some() || self.pipes.is_open())
         {
             let pipes = std::mem::take(&mut self.pipes);
-            tokio::spawn(drain(self.id, self.delivery.take(), pipes, output));
+            let worker = (self.id, self.slot);
+            tokio::spawn(drain(worker, self.delivery.take(), pipes, output));
         }
     }
 
@@ -265,9 +269,9 @@ impl Watch {
         match &self.output {
             None => Some(Input::Output(self.id, stream, line)),
             Some(output) => {
-                let worker = self.id;
                 self.delivery = output.deliver(OutputLine {
-                    worker,
+                    worker: self.id,
+                    slot: self.slot,
                     stream,
                     line,
                 });
@@ -287,13 +291,19 @@ async fn delivered(delivery: &mut Option<Delivery>) {
 
 /// Delivers what is left of a worker's output once it exited: the waiting
 /// line, then every line to the end of both streams.
-async fn drain(worker: WorkerId, delivery: Option<Delivery>, mut pipes: Pipes, output: OutputSink) {
+async fn drain(
+    (worker, slot): (WorkerId, u32),
+    delivery: Option<Delivery>,
+    mut pipes: Pipes,
+    output: OutputSink,
+) {
     if let Some(delivery) = delivery {
         delivery.await;
     }
     while let Some((stream, line)) = pipes.next_line().await {
         if let Some(delivery) = output.deliver(OutputLine {
             worker,
+            slot,
             stream,
             line,
         }) {
