@@ -946,6 +946,35 @@ async fn with_restart_on_failure_or_never_a_pool_that_finishes_ends_the_run() {
 }
 
 #[tokio::test]
+async fn a_finished_worker_does_not_end_the_run_while_a_replacement_waits_for_its_backoff() {
+    // Slot 1 fails twice at once (its second replacement waits 3 s), then
+    // slot 0 finishes: nobody is live, but slot 1 is still to be tried.
+    let (mut child, mut stderr) = cli(&[
+        "run",
+        "--workers",
+        "2",
+        "--restart",
+        "on-failure",
+        "--stable-after",
+        "60s",
+        "--restart-delay",
+        "3s",
+        "--max-restarts",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "[ $ISOTROPIC_CLUSTER_SLOT = 0 ] && sleep 1 && exit 0; exit 1",
+    ]);
+    let seen = until(&mut stderr, "giving up").await;
+    assert!(
+        !seen.iter().any(|l| l.contains("no worker left")),
+        "{seen:?}"
+    );
+    assert_eq!(exit_code(&mut child).await, Some(3));
+}
+
+#[tokio::test]
 async fn each_worker_knows_its_slot_and_a_replacement_inherits_it() {
     let script = "echo slot $ISOTROPIC_CLUSTER_SLOT $NODE_APP_INSTANCE; \
         trap 'exit 0' TERM; while :; do sleep 0.1; done";

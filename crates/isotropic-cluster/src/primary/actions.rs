@@ -191,7 +191,8 @@ impl PrimaryContext {
             self.next_id += 1;
             let id = WorkerId::new(self.next_id);
             tracing::info!(worker_id = %id, "Starting a new worker");
-            let slot = (self.recycler.slot()).unwrap_or_else(|| self.registry.free_slot());
+            let slot =
+                (self.fork_slot.take()).unwrap_or_else(|| self.registry.free_slot(&self.owed));
             match self.spawner.spawn(id, slot, self.inputs.clone()) {
                 Ok(spawned) => {
                     self.forked.push(spawned.worker.clone());
@@ -287,33 +288,38 @@ impl PrimaryContext {
         let Some(entry) = self.registry.get(id) else {
             return;
         };
-        let started = entry.started;
+        let (started, slot) = (entry.started, entry.worker.slot());
         if entry.state
             == (WorkerState::Gone {
                 after: AfterExit::Replace,
             })
         {
             tracing::info!(worker_id = %id, "Replacing recycled worker");
-            return self.replace();
+            return self.replace(slot);
         }
-        self.pace_replacement(Some(started));
+        self.pace_replacement(Some(started), slot);
     }
 
-    /// Starts a replacement. One that cannot start (its program missing for
-    /// a moment during a deploy, out of fds, fork failing) is retried, paced
-    /// as a worker that died at once: backoff, restart intensity.
-    pub(super) fn replace(&mut self) {
-        if let Err(error) = self.fork(1) {
+    /// Starts a replacement in `slot`. One that cannot start (its program
+    /// missing for a moment during a deploy, out of fds, fork failing) is
+    /// retried, paced as a worker that died at once: backoff, restart
+    /// intensity.
+    pub(super) fn replace(&mut self, slot: u32) {
+        self.fork_slot = Some(slot);
+        let forked = self.fork(1);
+        self.fork_slot = None;
+        if let Err(error) = forked {
             tracing::warn!(%error, "A replacement could not start: retrying");
-            self.pace_replacement(None);
+            self.pace_replacement(None, slot);
         }
     }
 
-    /// The next replacement, after the exit of a worker started at
-    /// `started` (`None`: after a start that failed): at once, after a
+    /// The next replacement in `slot`, after the exit of a worker started
+    /// at `started` (`None`: after a start that failed): at once, after a
     /// backoff delay (`restartScheduled`), or as the restart intensity says.
-    fn pace_replacement(&mut self, started: Option<Instant>) {
+    fn pace_replacement(&mut self, started: Option<Instant>, slot: u32) {
         let policy = self.config.restart;
+        self.pacing = Some(slot);
         if let Some((restarts, period, then)) = self.backoff.over_intensity(&policy) {
             let exceeded = RestartIntensityExceeded {
                 restarts,
@@ -328,7 +334,7 @@ impl PrimaryContext {
         };
         if delay.is_zero() && started.is_some() {
             tracing::info!("Replacing dead worker");
-            return self.replace();
+            return self.replace(slot);
         }
         // (A failed start is retried on a later turn even without a delay.)
         events::publish(self, RestartScheduled { delay, failures });
@@ -336,8 +342,9 @@ impl PrimaryContext {
 
     pub(super) fn complete_restart_scheduled(&mut self, event: &RestartScheduled) {
         tracing::warn!(delay = ?event.delay, failures = event.failures, "Workers keep dying early or failing to start: replacement delayed");
-        self.owed_restarts += 1;
-        self.timers.insert(Timer::Restart, event.delay);
+        let slot = (self.pacing.take()).unwrap_or_else(|| self.registry.free_slot(&self.owed));
+        self.owed.push(slot);
+        self.timers.insert(Timer::Restart(slot), event.delay);
     }
 
     pub(super) fn complete_restart_intensity(&mut self, event: &RestartIntensityExceeded) {

@@ -31,8 +31,8 @@ use crate::{ListenAddress, Signal, WorkerId};
 /// What the actor's timers are for.
 #[derive(Debug)]
 pub(crate) enum Timer {
-    /// Start a delayed replacement.
-    Restart,
+    /// Start the delayed replacement of this slot.
+    Restart(u32),
     /// Try the recycle again that a failed replacement paused.
     Recycle,
     /// The worker reached its maximum age.
@@ -77,8 +77,12 @@ pub struct PrimaryContext {
     pub(super) rolling: Rolling,
     /// Drained recycles.
     pub(super) recycler: Recycler,
-    /// Delayed replacements not started yet.
-    pub(super) owed_restarts: usize,
+    /// The slots whose delayed replacements are still to start.
+    pub(super) owed: Vec<u32>,
+    /// The slot the next worker forked takes (a replacement's).
+    pub(super) fork_slot: Option<u32>,
+    /// The slot whose replacement is being paced (for `restartScheduled`).
+    pub(super) pacing: Option<u32>,
     /// Callers of `fork(…).ready()`.
     pub(super) ready_waiters: ReadyWaiters,
     /// Handlers of requests from workers.
@@ -311,7 +315,9 @@ impl PrimaryContext {
             destroy_waiters: Vec::new(),
             rolling: Rolling::default(),
             recycler: Recycler::default(),
-            owed_restarts: 0,
+            owed: Vec::new(),
+            fork_slot: None,
+            pacing: None,
             ready_waiters: ReadyWaiters::default(),
             listeners,
         }

@@ -23,8 +23,8 @@ enum Turn {
     /// None is under way.
     #[default]
     Idle,
-    /// The slot of `old` is about to be forked into (`complete_fork` takes it).
-    Forking { old: WorkerId, slot: u32 },
+    /// The replacement of `old` is being forked (into its slot).
+    Forking { old: WorkerId },
     /// `new` was started in the slot of `old`; `old` is asked to leave once
     /// `new` is in the pool (`None`: `old` exited first, and `new` is its
     /// replacement).
@@ -67,34 +67,29 @@ impl Recycler {
         }
     }
 
-    /// The next worker to recycle, if none is under way; `live(id)` says
-    /// which of the queued workers are still there to recycle (its slot).
-    pub(super) fn next(&mut self, live: impl Fn(WorkerId) -> Option<u32>) -> Option<WorkerId> {
+    /// The next worker to recycle and its slot, if none is under way;
+    /// `live(id)` says which of the queued workers are still there to
+    /// recycle (its slot).
+    pub(super) fn next(
+        &mut self,
+        live: impl Fn(WorkerId) -> Option<u32>,
+    ) -> Option<(WorkerId, u32)> {
         if self.turn != Turn::Idle {
             return None;
         }
         while let Some(old) = self.queue.pop_front() {
             if let Some(slot) = live(old) {
-                self.turn = Turn::Forking { old, slot };
-                return Some(old);
+                self.turn = Turn::Forking { old };
+                return Some((old, slot));
             }
         }
         None
     }
 
-    /// The slot that the worker being forked now takes, if it is a
-    /// replacement.
-    pub(super) fn slot(&self) -> Option<u32> {
-        match self.turn {
-            Turn::Forking { slot, .. } => Some(slot),
-            _ => None,
-        }
-    }
-
     /// The fork for the recycle of `old` started `new` (`None`: it started
     /// none, or failed: then the recycle pauses, to be tried again).
     pub(super) fn forked(&mut self, new: Option<WorkerId>) {
-        if let Turn::Forking { old, .. } = self.turn {
+        if let Turn::Forking { old } = self.turn {
             self.turn = match new {
                 Some(new) => Turn::Surge {
                     old: Some(old),
@@ -198,11 +193,14 @@ impl PrimaryContext {
         loop {
             let registry = &self.registry;
             let staying = |id| registry.staying(id).map(|entry| entry.worker.slot());
-            let Some(old) = self.recycler.next(staying) else {
+            let Some((old, slot)) = self.recycler.next(staying) else {
                 return;
             };
             tracing::info!(worker_id = %old, "Recycling a worker: its replacement first");
-            match self.fork_ids(1) {
+            self.fork_slot = Some(slot);
+            let forked = self.fork_ids(1);
+            self.fork_slot = None;
+            match forked {
                 Ok(ids) if !ids.is_empty() => return self.recycler.forked(ids.first().copied()),
                 Ok(_) => self.recycler.give_up(),
                 Err(_) => {
@@ -268,11 +266,9 @@ mod tests {
         assert!(recycler.ask(id(1)));
         assert!(recycler.ask(id(2)));
         assert!(!recycler.ask(id(1)), "asked twice, queued once");
-        assert_eq!(recycler.next(slot_of(9)), Some(id(1)));
-        assert_eq!(recycler.slot(), Some(7), "the replacement takes the slot");
+        assert_eq!(recycler.next(slot_of(9)), Some((id(1), 7)), "and its slot");
         assert_eq!(recycler.next(slot_of(9)), None, "one under way");
         recycler.forked(Some(id(3)));
-        assert_eq!(recycler.slot(), None);
         assert!(
             !recycler.ask(id(3)),
             "a replacement under way is not queued"
@@ -280,7 +276,7 @@ mod tests {
         assert_eq!(recycler.next(slot_of(9)), None);
         assert_eq!(recycler.joined(id(2)), None, "not the replacement");
         assert_eq!(recycler.joined(id(3)), Some(Some(id(1))));
-        assert_eq!(recycler.next(slot_of(9)), Some(id(2)));
+        assert_eq!(recycler.next(slot_of(9)), Some((id(2), 7)));
     }
 
     #[test]
@@ -292,11 +288,11 @@ mod tests {
         assert_eq!(recycler.exited(id(2)), SurgeExit::New { old: Some(id(1)) });
         assert_eq!(recycler.next(slot_of(9)), None, "paused");
         recycler.resume();
-        assert_eq!(recycler.next(slot_of(9)), Some(id(1)));
+        assert_eq!(recycler.next(slot_of(9)), Some((id(1), 7)));
         recycler.forked(None);
         assert_eq!(recycler.next(slot_of(9)), None, "a failed start pauses too");
         recycler.resume();
-        assert_eq!(recycler.next(slot_of(9)), Some(id(1)));
+        assert_eq!(recycler.next(slot_of(9)), Some((id(1), 7)));
     }
 
     #[test]
@@ -309,7 +305,7 @@ mod tests {
         recycler.ask(id(5));
         assert_eq!(recycler.next(slot_of(9)), None, "still one at a time");
         assert_eq!(recycler.joined(id(2)), Some(None), "nobody left to stop");
-        assert_eq!(recycler.next(slot_of(9)), Some(id(5)));
+        assert_eq!(recycler.next(slot_of(9)), Some((id(5), 7)));
     }
 
     #[test]
@@ -320,7 +316,11 @@ mod tests {
         }
         recycler.forget(id(1));
         assert_eq!(recycler.exited(id(2)), SurgeExit::Unrelated);
-        assert_eq!(recycler.next(slot_of(9)), Some(id(3)), "12 is not live");
+        assert_eq!(
+            recycler.next(slot_of(9)),
+            Some((id(3), 7)),
+            "12 is not live"
+        );
         recycler.give_up();
         assert!(recycler.ask(id(3)), "given up: it may be asked again");
         recycler.ask(id(4));

@@ -65,14 +65,15 @@ impl Registry {
         self.entries.insert(worker.id(), entry);
     }
 
-    /// The lowest slot no live worker holds (a worker that exited holds
-    /// none, so its replacement takes its slot).
-    pub(super) fn free_slot(&self) -> u32 {
+    /// The lowest slot no live worker holds, and none of `owed` (the slots
+    /// that delayed replacements will take).
+    pub(super) fn free_slot(&self, owed: &[u32]) -> u32 {
         let held: std::collections::BTreeSet<u32> = self
             .entries
             .values()
             .filter(|entry| !matches!(entry.state, WorkerState::Gone { .. }))
             .map(|entry| entry.worker.slot())
+            .chain(owed.iter().copied())
             .collect();
         (0..).find(|slot| !held.contains(slot)).unwrap_or(0)
     }

@@ -230,12 +230,12 @@ impl PrimaryContext {
 
     pub(super) fn timer(&mut self, timer: Timer) {
         match timer {
-            Timer::Restart => {
+            Timer::Restart(slot) => {
                 // (One the pool no longer needs was cancelled by `scale_to`.)
-                if self.owed_restarts > 0 {
-                    self.owed_restarts -= 1;
+                if let Some(owed) = self.owed.iter().position(|owed| *owed == slot) {
+                    self.owed.swap_remove(owed);
                     if self.phase.is_active() {
-                        self.replace();
+                        self.replace(slot);
                     }
                 }
             }

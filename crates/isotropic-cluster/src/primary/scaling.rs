@@ -9,7 +9,7 @@ impl PrimaryContext {
     /// not leaving (a worker and the replacement of its drained recycle
     /// share one), and the delayed replacements still to start.
     pub fn pool_size(&self) -> usize {
-        self.registry.staying_by_slot().len() + self.owed_restarts
+        self.registry.staying_by_slot().len() + self.owed.len()
     }
 
     /// Grows or shrinks the pool to `count` workers (see
@@ -32,8 +32,10 @@ impl PrimaryContext {
             tracing::info!(from = size, to = count, "Scaling up");
             return self.fork(count - size).map(drop);
         }
-        let cancelled = (size - count).min(self.owed_restarts);
-        self.owed_restarts -= cancelled;
+        // The delayed replacements of the highest slots first.
+        let cancelled = (size - count).min(self.owed.len());
+        self.owed.sort_unstable();
+        self.owed.truncate(self.owed.len() - cancelled);
         let slots = self.registry.staying_by_slot();
         let excess = size - count - cancelled;
         if excess > 0 {

@@ -219,3 +219,24 @@ async fn a_worker_past_its_age_expires_and_a_prevented_expiry_keeps_it() {
     assert!(primary.events().is_empty(), "nothing follows");
     assert_eq!(primary.ready_ids(), [1]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_delayed_replacement_keeps_its_slot_when_a_lower_one_frees_up() {
+    let policy = RestartPolicy::default()
+        .stable_after(Duration::from_secs(3600))
+        .initial_delay(Duration::from_secs(1))
+        .restart(crate::primary::Restart::OnFailure);
+    let mut primary = pool(ClusterPrimary::builder().restart_policy(policy), 2);
+    primary.exit(2, 1);
+    primary.exit(3, 1); // slot 1 again: its next replacement waits
+    primary.exit(1, 0); // slot 0 is done (not replaced)
+    primary.context.scale_to(2).expect("one more");
+    primary.settle();
+    assert_eq!(slot_of(&primary, 4), Some(0), "slot 1 is owed");
+    primary.advance(Duration::from_secs(60)).await;
+    assert_eq!(
+        slot_of(&primary, 5),
+        Some(1),
+        "the delayed replacement's own"
+    );
+}
