@@ -42,6 +42,15 @@ pub enum Readiness {
     /// Once it holds a listening TCP or Unix socket (its own, or one passed
     /// to it), looked for every 10 ms: for servers that cannot say ready.
     Listening,
+    /// When it sends `READY=1` to the socket named by `NOTIFY_SOCKET`
+    /// (systemd's `sd_notify` protocol, with any channel): the primary owns
+    /// one datagram socket with an abstract name (`@isotropic-cluster/…`) and
+    /// checks each sender's credentials, so a worker (or a process of its
+    /// process group) speaks only for itself. `STATUS=` is a
+    /// [`WorkerStatus`](super::WorkerStatus) event, `STOPPING=1` a
+    /// [`WorkerStopping`](super::WorkerStopping); datagrams over 4096 bytes
+    /// or from other processes are dropped (and logged, at most once a second).
+    Notify,
 }
 
 /// What a worker's standard output and error are connected to.
@@ -87,6 +96,9 @@ pub(crate) struct Config {
     /// `None`: as the channel implies (see [`Config::readiness`]).
     pub(crate) readiness: Option<Readiness>,
     pub(crate) channel: WorkerChannel,
+    /// The address of the primary's notify socket, given to workers as
+    /// `NOTIFY_SOCKET` (with [`Readiness::Notify`]).
+    pub(crate) notify_socket: Option<String>,
     /// Fds every worker inherits (see `pass_fds`).
     pub(crate) pass_fds: std::sync::Arc<Vec<std::os::fd::OwnedFd>>,
 }
@@ -151,6 +163,7 @@ impl Default for Config {
             ready_timeout: None,
             readiness: None,
             channel: WorkerChannel::Frames,
+            notify_socket: None,
             pass_fds: std::sync::Arc::default(),
         }
     }

@@ -76,6 +76,8 @@ pub struct PrimaryContext {
     pub(super) handlers: Handlers,
     /// Listening sockets, and the connections passed in round robin.
     pub(super) listeners: Listeners,
+    /// `NOTIFY_SOCKET` datagrams dropped for coming from no worker.
+    pub(super) notify_dropped: super::notify::Dropped,
 }
 
 impl std::fmt::Debug for PrimaryContext {
@@ -119,6 +121,8 @@ topics!(PrimaryContext =>
         WorkerSignal: "workerSignal" => complete_signal;
         ShutDownComplete: "shutDownComplete" once Publish => log_event;
         HandlerPanicked: "handlerPanicked" => log_event;
+        WorkerStatus: "workerStatus" => complete_status;
+        WorkerStopping: "workerStopping" => complete_stopping;
     }
 );
 
@@ -302,6 +306,7 @@ impl PrimaryContext {
             rolling: Rolling::default(),
             ready_waiters: ReadyWaiters::default(),
             listeners,
+            notify_dropped: super::notify::Dropped::default(),
         }
     }
 

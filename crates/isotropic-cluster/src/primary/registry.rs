@@ -20,6 +20,10 @@ pub(super) struct Entry {
     pub(super) worker: WorkerHandle,
     pub(super) state: WorkerState,
     pub(super) started: Instant,
+    /// Its last `STATUS=` on `NOTIFY_SOCKET`.
+    pub(super) status: Option<String>,
+    /// It sent `READY=1` before its hello: ready at its hello.
+    pub(super) ready_notified: bool,
     signals: mpsc::UnboundedSender<Signal>,
 }
 
@@ -52,6 +56,8 @@ impl Registry {
             worker: worker.clone(),
             state: WorkerState::Starting,
             started: Instant::now(),
+            status: None,
+            ready_notified: false,
             signals,
         };
         self.entries.insert(worker.id(), entry);
@@ -91,6 +97,17 @@ impl Registry {
 
     pub(super) fn get(&self, id: WorkerId) -> Option<&Entry> {
         self.entries.get(&id)
+    }
+
+    pub(super) fn get_mut(&mut self, id: WorkerId) -> Option<&mut Entry> {
+        self.entries.get_mut(&id)
+    }
+
+    /// Each live worker's id and pid.
+    pub(super) fn pids(&self) -> impl Iterator<Item = (WorkerId, u32)> + '_ {
+        self.entries
+            .iter()
+            .map(|(&id, entry)| (id, entry.worker.pid()))
     }
 
     /// The live worker with this id.

@@ -221,4 +221,5 @@ impl Harness {
 
 mod handlers;
 mod lifecycle;
+mod notify;
 mod panics;
