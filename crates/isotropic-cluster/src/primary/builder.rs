@@ -215,7 +215,8 @@ impl PrimaryBuilder {
     }
 
     /// How long a worker may take to exit once asked to disconnect, before it
-    /// is sent SIGTERM (default 5 s).
+    /// is sent SIGTERM (default 5 s; a Node worker, at most
+    /// [`NODE_TERM_AFTER`](super::NODE_TERM_AFTER)).
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.config.shutdown_grace = grace;
         self

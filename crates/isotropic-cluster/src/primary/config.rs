@@ -26,8 +26,20 @@ pub enum WorkerChannel {
     /// `process.on('message')` are its messages, sending the string
     /// `'ready'` makes it ready (as with the original), and
     /// `process.disconnect()` is a disconnect. Requests need [`Frames`](Self::Frames).
+    /// Asked to leave, it is disconnected (its channel closed) and, as
+    /// Node's own cluster does, sent SIGTERM shortly after if it has not
+    /// exited ([`NODE_TERM_AFTER`]).
     Node,
 }
+
+/// How long after a Node worker ([`WorkerChannel::Node`]) is asked to leave
+/// (disconnected: its channel closed, a `disconnect` event in the worker) it
+/// is sent SIGTERM unless it has exited; the shutdown grace instead when
+/// that is shorter. Node's own cluster (`worker.kill()`) sends SIGTERM as
+/// soon as the disconnect is done: this second lets a `disconnect` handler
+/// that exits do so unsignalled, and a worker without one (most Node
+/// servers, which drain on SIGTERM) is not left waiting for the whole grace.
+pub const NODE_TERM_AFTER: Duration = Duration::from_secs(1);
 
 /// When a worker counts as ready: then it joins the pool (`workerReady`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
