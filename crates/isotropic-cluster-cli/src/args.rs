@@ -124,7 +124,8 @@ pub(crate) enum Channel {
 }
 
 /// When a worker counts as ready: once started, once it sends ready on its
-/// channel, or once it holds a listening socket. (No doc comment on the
+/// channel, once it holds a listening socket, or once it sends `READY=1` to
+/// `NOTIFY_SOCKET`. (No doc comment on the
 /// variants: clap would print them in `--help`.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Readiness {
