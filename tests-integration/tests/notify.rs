@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use isotropic_cluster::ProtocolError;
 use isotropic_cluster::primary::*;
-use tests_integration::{exit_of, shut_down, wait_for};
+use tests_integration::{DEADLINE, exit_of, shut_down, wait_for};
 
 /// A worker that says `STATUS=waiting`, waits for the file named by its slot
 /// in the directory it is given, then says `READY=1` and `STATUS=serving`.
@@ -136,4 +136,42 @@ async fn a_worker_that_never_says_ready_is_replaced_after_the_ready_timeout() {
     tests_integration::ready(&mut events, 1).await;
     shut_down(&primary).await;
     let _ = std::fs::remove_dir_all(&go);
+}
+
+#[tokio::test]
+async fn a_child_of_a_worker_speaks_for_it_and_the_socket_goes_with_the_primary() {
+    tests_integration::log_to_test_output();
+    // The worker is the shell; a child of it (its process group) says ready,
+    // as `systemd-notify --ready` would.
+    let say_ready = r#"
+import os, socket
+address = os.environ["NOTIFY_SOCKET"]
+with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+    s.sendto(b"READY=1", "\0" + address[1:])
+"#;
+    let shell = format!("python3 -c '{say_ready}' && exec sleep 60");
+    let builder = ClusterPrimary::builder()
+        .program("sh")
+        .args(["-c", &shell])
+        .channel(WorkerChannel::None)
+        .readiness(Readiness::Notify);
+    let (primary, _events, [worker]) = tests_integration::launch::<1>(builder).await;
+    let address = notify_socket_of(worker.pid()).expect("NOTIFY_SOCKET");
+    let to = SocketAddr::from_abstract_name(&address[1..]).expect("an address");
+    let test = std::os::unix::net::UnixDatagram::unbound().expect("a socket");
+    test.send_to_addr(b"STATUS=x", &to)
+        .expect("the socket is there");
+    tokio::time::timeout(DEADLINE, primary.destroy())
+        .await
+        .expect("destroyed in time")
+        .expect("destroyed");
+    // Its reader ends with the primary's task, and the socket with it.
+    let gone = async {
+        while test.send_to_addr(b"STATUS=x", &to).is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(DEADLINE, gone)
+        .await
+        .expect("the notify socket outlived the primary");
 }
