@@ -141,15 +141,17 @@ async fn a_worker_that_never_says_ready_is_replaced_after_the_ready_timeout() {
 #[tokio::test]
 async fn a_child_of_a_worker_speaks_for_it_and_the_socket_goes_with_the_primary() {
     tests_integration::log_to_test_output();
-    // The worker is the shell; a child of it (its process group) says ready,
-    // as `systemd-notify --ready` would.
+    // The worker is a shell; the server it runs, a child in its process
+    // group, says ready. (A sender that exits at once may be gone before its
+    // group is read: see docs/protocol.md.)
     let say_ready = r#"
-import os, socket
+import os, signal, socket
 address = os.environ["NOTIFY_SOCKET"]
 with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
     s.sendto(b"READY=1", "\0" + address[1:])
+signal.pause()
 "#;
-    let shell = format!("python3 -c '{say_ready}' && exec sleep 60");
+    let shell = format!("python3 -c '{say_ready}'; echo done");
     let builder = ClusterPrimary::builder()
         .program("sh")
         .args(["-c", &shell])

@@ -8,7 +8,9 @@
 //! pid and process group, as the kernel vouches for them; the actor takes a
 //! datagram from a worker, or from a process in a worker's process group (a
 //! worker leads its own), as that worker's, and drops any other: one worker
-//! cannot speak for another. A datagram is `KEY=VALUE` lines (at most
+//! cannot speak for another. (A sender other than the worker must still run
+//! when its datagram is read: an exited one's group cannot be read.) A
+//! datagram is `KEY=VALUE` lines (at most
 //! [`MAX_DATAGRAM`] bytes): `READY=1`, `STATUS=…`, `STOPPING=1`,
 //! `WATCHDOG=1` are read, other keys ignored.
 //!
