@@ -46,7 +46,9 @@ pub(crate) struct RunArgs {
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     workers: Option<u16>,
     /// How long workers get to exit once asked, before SIGTERM then SIGKILL
-    /// (e.g. 500ms, 5s, 1m).
+    /// (e.g. 500ms, 5s, 1m). Node workers (--channel node) are disconnected
+    /// and, as Node's own cluster does, sent SIGTERM soon after (1s, or
+    /// --grace if shorter) unless they have exited.
     #[arg(long, default_value = "5s", value_parser = duration)]
     grace: Duration,
     /// A worker that ran this long counts as stable: replaced at once, and
@@ -85,11 +87,17 @@ pub(crate) struct RunArgs {
     #[arg(long, value_enum, default_value_t = Channel::None)]
     channel: Channel,
     /// When a worker counts as ready: when started (no channel), when it
-    /// sends ready (node: the message 'ready'; frames: the ready frame), or
+    /// sends ready (node: the message 'ready'; frames: the ready frame),
     /// when it holds a listening socket (no channel; with --listen, as soon
-    /// as it holds the passed ones).
+    /// as it holds the passed ones), or when it sends READY=1 to the socket
+    /// named by NOTIFY_SOCKET (systemd's sd_notify, any channel; its
+    /// STATUS= and STOPPING=1 are printed).
     #[arg(long, value_enum)]
     ready: Option<Readiness>,
+    /// A worker not ready this long after its start is stopped (and
+    /// replaced as any exit), in every --ready mode (default: no limit).
+    #[arg(long, value_parser = duration, value_name = "D")]
+    ready_timeout: Option<Duration>,
     /// An address the primary listens on, passed to every worker as a
     /// systemd-activation socket (LISTEN_FDS from fd 3, LISTEN_PID,
     /// LISTEN_FDNAMES): 127.0.0.1:8080, [::1]:0, unix:/path. Repeatable.
@@ -135,13 +143,15 @@ pub(crate) enum Channel {
 }
 
 /// When a worker counts as ready: once started, once it sends ready on its
-/// channel, or once it holds a listening socket. (No doc comment on the
+/// channel, once it holds a listening socket, or once it sends `READY=1` to
+/// `NOTIFY_SOCKET`. (No doc comment on the
 /// variants: clap would print them in `--help`.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Readiness {
     Start,
     Message,
     Listening,
+    Notify,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -168,6 +178,7 @@ pub(crate) struct Plan {
     pub(crate) channel: Channel,
     /// Never at odds with `channel`.
     pub(crate) readiness: Readiness,
+    pub(crate) ready_timeout: Option<Duration>,
     /// The `--listen` addresses, as given.
     pub(crate) listen: Vec<String>,
     pub(crate) restart_policy: RestartPolicy,
@@ -209,6 +220,7 @@ impl RunArgs {
     /// Resolves the defaults and checks the combinations of flags.
     pub(crate) fn plan(self) -> Result<Plan, PlanError> {
         let readiness = match (self.channel, self.ready) {
+            (_, Some(Readiness::Notify)) => Readiness::Notify,
             (Channel::None, None) => Readiness::Start,
             (Channel::Node | Channel::Frames, None) => Readiness::Message,
             (Channel::None, Some(Readiness::Message)) => {
@@ -232,6 +244,7 @@ impl RunArgs {
             ),
             channel: self.channel,
             readiness,
+            ready_timeout: self.ready_timeout,
             listen: self.listen,
             restart_policy,
             recycle: self.recycle,
@@ -317,6 +330,7 @@ mod tests {
                 workers: cpus,
                 channel: Channel::None,
                 readiness: Readiness::Start,
+                ready_timeout: None,
                 listen: vec![],
                 restart_policy: RestartPolicy::default(),
                 recycle: Recycle::default(),
@@ -356,6 +370,8 @@ mod tests {
             "1h",
             "--channel",
             "frames",
+            "--ready-timeout",
+            "2s",
             "--listen",
             "127.0.0.1:0",
             "--listen",
@@ -372,6 +388,7 @@ mod tests {
                 workers: 3,
                 channel: Channel::Frames,
                 readiness: Readiness::Message,
+                ready_timeout: Some(Duration::from_secs(2)),
                 listen: vec!["127.0.0.1:0".to_owned(), "unix:/tmp/a.sock".to_owned()],
                 restart_policy: RestartPolicy::default()
                     .stable_after(Duration::from_secs(2))
@@ -429,6 +446,11 @@ mod tests {
             readiness(&["--channel", "frames", "--ready", "message"]),
             Ok((Channel::Frames, Readiness::Message))
         );
+        for channel in ["none", "node", "frames"] {
+            let (_, ready) =
+                readiness(&["--channel", channel, "--ready", "notify"]).expect("a plan");
+            assert_eq!(ready, Readiness::Notify, "with --channel {channel}");
+        }
     }
 
     #[test]

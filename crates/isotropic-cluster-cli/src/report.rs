@@ -1,7 +1,8 @@
 //! The lifecycle lines the CLI prints on stderr, as text (`[primary] …`)
 //! or, with `--json`, as JSON lines (worker output: see `output.rs`).
 
-use isotropic_cluster::primary::{Expiry, OnIntensity, PrimaryEvent};
+use isotropic_cluster::ProtocolError;
+use isotropic_cluster::primary::{Expiry, OnIntensity, PrimaryEvent, WorkerError};
 use serde_json::json;
 
 use crate::output::Output;
@@ -67,6 +68,22 @@ impl Report {
                     &format!("sent signal {} ({})", e.signal.as_raw(), e.signal),
                 );
             }
+            PrimaryEvent::WorkerError(WorkerError {
+                worker,
+                error: ProtocolError::ReadyTimeout(after),
+                ..
+            }) => {
+                let text = format!("not ready within {after:?}: stopping it");
+                self.line("workerError", Some(worker.id().get()), &text);
+            }
+            PrimaryEvent::WorkerStatus(e) => {
+                let text = format!("status: {}", e.status);
+                self.line("workerStatus", Some(e.worker.id().get()), &text);
+            }
+            PrimaryEvent::WorkerStopping(e) => {
+                let text = "is stopping (STOPPING=1)";
+                self.line("workerStopping", Some(e.worker.id().get()), text);
+            }
             PrimaryEvent::WorkerError(e) => self.line(
                 "workerError",
                 Some(e.worker.id().get()),
@@ -118,6 +135,12 @@ impl Report {
     /// A SIGINT during the shutdown.
     pub(crate) fn killing(&self) {
         self.line("kill", None, "killing the workers");
+    }
+
+    /// A Node worker disconnected during the shutdown: what it waits for.
+    pub(crate) fn node_disconnected(&self, worker: u64, wait: std::time::Duration) {
+        let text = format!("disconnected: waiting up to {wait:?} for it to exit, then SIGTERM");
+        self.line("workerDisconnect", Some(worker), &text);
     }
 
     /// A SIGHUP.

@@ -132,6 +132,10 @@ async fn supervise(plan: Plan, output: &Output) -> anyhow::Result<ExitCode> {
                                 }
                             }
                         }
+                        PrimaryEvent::WorkerDisconnect(e) if stopping && plan.channel == Channel::Node => {
+                            let wait = plan.grace.min(primary::NODE_TERM_AFTER);
+                            report.node_disconnected(e.worker.id().get(), wait);
+                        }
                         PrimaryEvent::WorkerSignal(e) if stopping && e.signal == Signal::KILL => {
                             shutdown.forced = true;
                         }
@@ -232,6 +236,11 @@ async fn start(
         Readiness::Start => primary::Readiness::Started,
         Readiness::Message => primary::Readiness::Message,
         Readiness::Listening => primary::Readiness::Listening,
+        Readiness::Notify => primary::Readiness::Notify,
+    };
+    let builder = match plan.ready_timeout {
+        Some(timeout) => builder.ready_timeout(timeout),
+        None => builder,
     };
     let (sink, lines) = output_channel(OUTPUT_BYTES);
     let recycle = plan.recycle;

@@ -59,6 +59,10 @@ pub enum Error {
         /// The id that was asked for.
         worker_id: crate::WorkerId,
     },
+    /// The primary's `NOTIFY_SOCKET` could not be opened
+    /// ([`Readiness::Notify`](crate::primary::Readiness::Notify)).
+    #[error("cannot open the notify socket")]
+    Notify(#[source] Arc<io::Error>),
 }
 
 /// Errors of the wire protocol: what a peer sent that cannot be accepted.

@@ -10,8 +10,34 @@ use tokio::process::{Child, ChildStderr, Command};
 
 pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
 
+/// The CLI with `args`, to be started by [`spawn`].
+pub(crate) fn command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_isotropic-cluster"));
+    command.args(args);
+    command
+}
+
+/// Starts `command` (the CLI) with stderr piped and killed when dropped;
+/// its stderr as lines.
+pub(crate) fn spawn(mut command: Command) -> (Child, Lines<BufReader<ChildStderr>>) {
+    let mut child = command
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the CLI");
+    let stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    (child, stderr)
+}
+
 pub(crate) fn cli(args: &[&str]) -> (Child, Lines<BufReader<ChildStderr>>) {
     cli_to(Stdio::piped(), args)
+}
+
+/// The CLI with its stdout to `stdout`, stderr piped.
+pub(crate) fn cli_to(stdout: Stdio, args: &[&str]) -> (Child, Lines<BufReader<ChildStderr>>) {
+    let mut command = command(args);
+    command.stdout(stdout);
+    spawn(command)
 }
 
 /// Reads stderr until a line containing `text`; returns the lines read.
@@ -84,19 +110,6 @@ pub(crate) async fn eventually(what: &str, done: impl Fn() -> bool) {
         assert!(tokio::time::Instant::now() < deadline, "{what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// The CLI with its stdout to `stdout`, stderr piped.
-pub(crate) fn cli_to(stdout: Stdio, args: &[&str]) -> (Child, Lines<BufReader<ChildStderr>>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_isotropic-cluster"))
-        .args(args)
-        .stdout(stdout)
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the CLI");
-    let stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    (child, stderr)
 }
 
 /// A server on the `--listen` socket that finishes the request in hand on

@@ -11,6 +11,7 @@ use super::config::{Config, Readiness, WorkerChannel, WorkerStdio};
 use super::context::{PrimaryContext, PrimaryEvent};
 use super::events::{Initialize, InitializeComplete, InitializeError, WorkerMessage};
 use super::handle::ClusterPrimary;
+use super::notify::NotifySocket;
 use super::phase::Phase;
 use super::process::ProcessSpawner;
 use super::restart::RestartPolicy;
@@ -214,7 +215,8 @@ impl PrimaryBuilder {
     }
 
     /// How long a worker may take to exit once asked to disconnect, before it
-    /// is sent SIGTERM (default 5 s).
+    /// is sent SIGTERM (default 5 s; a Node worker, at most
+    /// [`NODE_TERM_AFTER`](super::NODE_TERM_AFTER)).
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.config.shutdown_grace = grace;
         self
@@ -388,14 +390,24 @@ impl PrimaryBuilder {
     /// # Panics
     ///
     /// Outside a tokio runtime.
-    pub async fn start(self) -> Result<ClusterPrimary, Error> {
+    pub async fn start(mut self) -> Result<ClusterPrimary, Error> {
         if !self.config.has_channel() && self.config.readiness() == Readiness::Message {
             return Err(Error::InvalidConfig {
                 reason: "a worker without a channel cannot say it is ready (Readiness::Message)",
             });
         }
+        let notify = (self.config.readiness() == Readiness::Notify)
+            .then(NotifySocket::bind)
+            .transpose()
+            .map_err(|error| Error::Notify(error.into()))?;
+        self.config.notify_socket = notify.as_ref().map(|socket| socket.address().to_owned());
         let (mailbox, commands) = Mailbox::new();
         let (mut context, initializer) = self.into_context(mailbox.downgrade());
+        if let Some(socket) = notify {
+            socket
+                .listen(context.inputs.clone())
+                .map_err(|error| Error::Notify(error.into()))?;
+        }
         events::publish(&mut context, Initialize);
         if context.phase == Phase::Starting {
             return Err(Error::Prevented {

@@ -26,8 +26,20 @@ pub enum WorkerChannel {
     /// `process.on('message')` are its messages, sending the string
     /// `'ready'` makes it ready (as with the original), and
     /// `process.disconnect()` is a disconnect. Requests need [`Frames`](Self::Frames).
+    /// Asked to leave, it is disconnected (its channel closed) and, as
+    /// Node's own cluster does, sent SIGTERM shortly after if it has not
+    /// exited ([`NODE_TERM_AFTER`]).
     Node,
 }
+
+/// How long after a Node worker ([`WorkerChannel::Node`]) is asked to leave
+/// (disconnected: its channel closed, a `disconnect` event in the worker) it
+/// is sent SIGTERM unless it has exited; the shutdown grace instead when
+/// that is shorter. Node's own cluster (`worker.kill()`) sends SIGTERM as
+/// soon as the disconnect is done: this second lets a `disconnect` handler
+/// that exits do so unsignalled, and a worker without one (most Node
+/// servers, which drain on SIGTERM) is not left waiting for the whole grace.
+pub const NODE_TERM_AFTER: Duration = Duration::from_secs(1);
 
 /// When a worker counts as ready: then it joins the pool (`workerReady`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +54,15 @@ pub enum Readiness {
     /// Once it holds a listening TCP or Unix socket (its own, or one passed
     /// to it), looked for every 10 ms: for servers that cannot say ready.
     Listening,
+    /// When it sends `READY=1` to the socket named by `NOTIFY_SOCKET`
+    /// (systemd's `sd_notify` protocol, with any channel): the primary owns
+    /// one datagram socket with an abstract name (`@isotropic-cluster/…`) and
+    /// checks each sender's credentials, so a worker (or a process of its
+    /// process group) speaks only for itself. `STATUS=` is a
+    /// [`WorkerStatus`](super::WorkerStatus) event, `STOPPING=1` a
+    /// [`WorkerStopping`](super::WorkerStopping); datagrams over 4096 bytes
+    /// or from other processes are dropped (and logged, at most once a second).
+    Notify,
 }
 
 /// What a worker's standard output and error are connected to.
@@ -92,6 +113,9 @@ pub(crate) struct Config {
     /// `None`: as the channel implies (see [`Config::readiness`]).
     pub(crate) readiness: Option<Readiness>,
     pub(crate) channel: WorkerChannel,
+    /// The address of the primary's notify socket, given to workers as
+    /// `NOTIFY_SOCKET` (with [`Readiness::Notify`]).
+    pub(crate) notify_socket: Option<String>,
     /// Fds every worker inherits (see `pass_fds`).
     pub(crate) pass_fds: std::sync::Arc<Vec<std::os::fd::OwnedFd>>,
 }
@@ -159,6 +183,7 @@ impl Default for Config {
             max_age: None,
             readiness: None,
             channel: WorkerChannel::Frames,
+            notify_socket: None,
             pass_fds: std::sync::Arc::default(),
         }
     }

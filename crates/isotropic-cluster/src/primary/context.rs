@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::time::DelayQueue;
 
 use super::WorkerHandle;
-use super::config::Config;
+use super::config::{Config, WorkerChannel};
 use super::events::*;
 use super::input::Input;
 use super::listen::Listeners;
@@ -89,6 +89,8 @@ pub struct PrimaryContext {
     pub(super) handlers: Handlers,
     /// Listening sockets, and the connections passed in round robin.
     pub(super) listeners: Listeners,
+    /// `NOTIFY_SOCKET` datagrams dropped for coming from no worker.
+    pub(super) notify_dropped: super::notify::Dropped,
 }
 
 impl std::fmt::Debug for PrimaryContext {
@@ -133,6 +135,8 @@ topics!(PrimaryContext =>
         ShutDownComplete: "shutDownComplete" once Publish => log_event;
         HandlerPanicked: "handlerPanicked" => log_event;
         WorkerExpired: "workerExpired" => complete_expired;
+        WorkerStatus: "workerStatus" => complete_status;
+        WorkerStopping: "workerStopping" => complete_stopping;
     }
 );
 
@@ -320,6 +324,7 @@ impl PrimaryContext {
             pacing: None,
             ready_waiters: ReadyWaiters::default(),
             listeners,
+            notify_dropped: super::notify::Dropped::default(),
         }
     }
 
@@ -385,13 +390,14 @@ impl PrimaryContext {
 
     /// Asks worker `id` to leave (its exit is then voluntary): the
     /// disconnect request, then SIGTERM after the shutdown grace period
-    /// (at once for programs without a channel), then SIGKILL.
+    /// (at once for programs without a channel, soon for Node's), then SIGKILL.
     pub(super) fn ask_to_leave(&mut self, id: WorkerId, why: Why) {
-        let grace = if self.config.has_channel() {
-            self.config.shutdown_grace
-        } else {
+        let grace = match self.config.channel {
+            WorkerChannel::Frames => self.config.shutdown_grace,
+            // As Node's cluster: SIGTERM once disconnected.
+            WorkerChannel::Node => self.config.shutdown_grace.min(super::NODE_TERM_AFTER),
             // Without a channel, SIGTERM is the only way to ask.
-            std::time::Duration::ZERO
+            WorkerChannel::None => std::time::Duration::ZERO,
         };
         self.apply(id, Trigger::Leave(why, grace));
     }

@@ -351,3 +351,41 @@ pub enum Expiry {
         limit: Duration,
     },
 }
+
+/// A worker's `STATUS=` line on `NOTIFY_SOCKET` (*new*: the original has
+/// none; with [`Readiness::Notify`](super::Readiness::Notify)). Its default
+/// action logs it and keeps it as the worker's last status.
+///
+/// # Examples
+///
+/// ```no_run
+/// use isotropic_cluster::primary::{ClusterPrimary, Readiness, WorkerStatus};
+/// use isotropic_cluster::Subscribe;
+///
+/// # async fn demo() -> Result<(), isotropic_cluster::Error> {
+/// let primary = ClusterPrimary::builder()
+///     .readiness(Readiness::Notify)
+///     .on::<WorkerStatus>(|event| {
+///         println!("worker {}: {}", event.worker.id(), event.status);
+///     })
+///     .start()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerStatus {
+    /// The worker.
+    pub worker: WorkerHandle,
+    /// The status line (invalid UTF-8 replaced).
+    pub status: String,
+}
+
+/// A worker sent `STOPPING=1` on `NOTIFY_SOCKET` (*new*): it is on its way
+/// out. Noted only: its exit is handled as any other.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerStopping {
+    /// The worker.
+    pub worker: WorkerHandle,
+}

@@ -34,4 +34,6 @@ pub(crate) enum Input {
     Exited(WorkerId, Option<ExitStatus>),
     /// A connection accepted on a round-robin address.
     Accepted(ListenAddress, OwnedFd),
+    /// A datagram on the primary's `NOTIFY_SOCKET`, and who sent it.
+    Notify(super::notify::Sender, super::notify::Notice),
 }

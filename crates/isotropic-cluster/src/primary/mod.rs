@@ -25,6 +25,7 @@ mod expiry;
 mod handle;
 mod input;
 mod listen;
+mod notify;
 mod orphans;
 mod output;
 mod phase;
@@ -45,7 +46,7 @@ mod watch;
 mod worker;
 
 pub use builder::PrimaryBuilder;
-pub use config::{Readiness, WorkerChannel, WorkerStdio};
+pub use config::{NODE_TERM_AFTER, Readiness, WorkerChannel, WorkerStdio};
 pub use context::{PrimaryContext, PrimaryEvent};
 pub use events::*;
 pub use handle::{ClusterPrimary, Forking};

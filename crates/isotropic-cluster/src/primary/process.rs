@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use super::WorkerHandle;
 use super::config::{Config, WorkerChannel, WorkerStdio};
 use super::input::Input;
+use super::notify::NOTIFY_SOCKET;
 use super::spawner::{Spawn, Spawned};
 use super::watch::Watch;
 use crate::WorkerId;
@@ -56,11 +57,18 @@ impl ProcessSpawner {
         if config.env_clear {
             command.env_clear();
         }
+        // The primary's own supervisor's socket is not the workers' to use.
+        if !config.envs.iter().any(|(key, _)| key == NOTIFY_SOCKET) {
+            command.env_remove(NOTIFY_SOCKET);
+        }
         for (key, value) in &config.envs {
             match value {
                 Some(value) => command.env(key, value),
                 None => command.env_remove(key),
             };
+        }
+        if let Some(address) = &config.notify_socket {
+            command.env(NOTIFY_SOCKET, address);
         }
         if let Some(dir) = &config.current_dir {
             command.current_dir(dir);

@@ -25,6 +25,10 @@ pub(super) struct Entry {
     pub(super) request_limit: Option<u64>,
     /// Its `workerExpired` was published.
     pub(super) expired: bool,
+    /// Its last `STATUS=` on `NOTIFY_SOCKET`.
+    pub(super) status: Option<String>,
+    /// It sent `READY=1` before its hello: ready at its hello.
+    pub(super) ready_notified: bool,
     signals: mpsc::UnboundedSender<Signal>,
 }
 
@@ -60,6 +64,8 @@ impl Registry {
             served: 0,
             request_limit: None,
             expired: false,
+            status: None,
+            ready_notified: false,
             signals,
         };
         self.entries.insert(worker.id(), entry);
@@ -104,6 +110,13 @@ impl Registry {
 
     pub(super) fn get_mut(&mut self, id: WorkerId) -> Option<&mut Entry> {
         self.entries.get_mut(&id)
+    }
+
+    /// Each live worker's id and pid.
+    pub(super) fn pids(&self) -> impl Iterator<Item = (WorkerId, u32)> + '_ {
+        self.entries
+            .iter()
+            .map(|(&id, entry)| (id, entry.worker.pid()))
     }
 
     /// The live worker with this id.

@@ -144,6 +144,7 @@ impl PrimaryContext {
                 self.listeners
                     .pass(&bound, connection, |id| registry.connected(id));
             }
+            Input::Notify(sender, notice) => self.notified(sender, notice),
         }
     }
 
@@ -171,7 +172,11 @@ impl PrimaryContext {
                 }
             }
         };
+        let hello = matches!(trigger, Trigger::Hello { .. });
         self.apply(id, trigger);
+        if hello && ready_on == Readiness::Notify {
+            self.ready_if_notified(id);
+        }
     }
 
     /// Hands on a frame of a worker whose state allows it.

@@ -115,8 +115,8 @@ pub(crate) enum Trigger {
         /// When it counts as ready.
         ready_on: Readiness,
     },
-    /// It said it is ready ([`Readiness::Message`]), or was found listening
-    /// ([`Readiness::Listening`]).
+    /// It said it is ready ([`Readiness::Message`], [`Readiness::Notify`]),
+    /// or was found listening ([`Readiness::Listening`]).
     Ready,
     /// It said it leaves.
     Announce,
@@ -241,7 +241,7 @@ impl WorkerState {
     /// Connected: online, and what follows by its readiness.
     fn online(ready_on: Readiness) -> (Self, Vec<Action>) {
         match ready_on {
-            Readiness::Message => (Self::Online, vec![Action::Online]),
+            Readiness::Message | Readiness::Notify => (Self::Online, vec![Action::Online]),
             Readiness::Started => (Self::Ready, vec![Action::Online, Action::Ready]),
             Readiness::Listening => (Self::Online, vec![Action::Online, Action::PollListening]),
         }
@@ -416,6 +416,7 @@ mod tests {
     fn a_worker_once_connected_is_ready_as_its_readiness_says() {
         let expected = [
             (Readiness::Message, Online, vec![A::Online]),
+            (Readiness::Notify, Online, vec![A::Online]),
             (Readiness::Started, Ready, vec![A::Online, A::Ready]),
             (
                 Readiness::Listening,

@@ -511,3 +511,21 @@ async fn a_replacement_takes_the_slot_of_the_worker_it_replaces() {
     primary.advance(Duration::from_secs(1)).await;
     assert_eq!(slot_of(&primary, 5), Some(0), "worker 1's slot");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_node_worker_asked_to_leave_gets_sigterm_soon_as_with_nodes_own_cluster() {
+    // (issue 14 item 1: a Node worker without a `disconnect` handler held
+    // the shutdown for the whole grace.)
+    let mut primary = Harness::new(WorkerChannel::Node);
+    primary.fork(1).expect("fork");
+    primary.frames(1, vec![Frame::Ready]);
+    primary.context.shut_down();
+    primary.settle();
+    primary.input(Input::Closed(WorkerId::new(1), None));
+    primary
+        .advance(super::super::NODE_TERM_AFTER - Duration::from_millis(1))
+        .await;
+    assert_eq!(primary.signals(1), Vec::<Signal>::new());
+    primary.advance(Duration::from_millis(1)).await;
+    assert_eq!(primary.signals(1), [Signal::TERM], "not after {GRACE:?}");
+}

@@ -221,5 +221,6 @@ impl Harness {
 
 mod handlers;
 mod lifecycle;
+mod notify;
 mod panics;
 mod supervision;

@@ -1,0 +1,179 @@
+//! Readiness over `NOTIFY_SOCKET`: a few lines of Python are a worker that
+//! says `READY=1` and `STATUS=` as to systemd.
+#![cfg(target_os = "linux")]
+
+use std::os::linux::net::SocketAddrExt as _;
+use std::os::unix::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use isotropic_cluster::ProtocolError;
+use isotropic_cluster::primary::*;
+use tests_integration::{DEADLINE, exit_of, shut_down, wait_for};
+
+/// A worker that says `STATUS=waiting`, waits for the file named by its slot
+/// in the directory it is given, then says `READY=1` and `STATUS=serving`.
+const SCRIPT: &str = r#"
+import os, signal, socket, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+address = os.environ["NOTIFY_SOCKET"]
+if address.startswith("@"):
+    address = "\0" + address[1:]
+def notify(text):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(text.encode(), address)
+notify("STATUS=waiting")
+go = os.path.join(sys.argv[1], os.environ["ISOTROPIC_CLUSTER_SLOT"])
+while not os.path.exists(go):
+    time.sleep(0.01)
+notify("READY=1")
+notify("STATUS=serving")
+signal.pause()
+"#;
+
+/// A scratch directory for the files that let workers go.
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("isotropic-notify-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn notify_primary(go: &Path) -> PrimaryBuilder {
+    tests_integration::log_to_test_output();
+    ClusterPrimary::builder()
+        .program("python3")
+        .args(["-c", SCRIPT])
+        .arg(go)
+        .channel(WorkerChannel::None)
+        .readiness(Readiness::Notify)
+}
+
+fn status_of(event: PrimaryEvent) -> Option<(u32, String)> {
+    match event {
+        PrimaryEvent::WorkerStatus(e) => Some((e.worker.slot(), e.status)),
+        _ => None,
+    }
+}
+
+/// The `NOTIFY_SOCKET` in the environment of process `pid`.
+fn notify_socket_of(pid: u32) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    environ
+        .split(|&b| b == 0)
+        .find_map(|var| var.strip_prefix(b"NOTIFY_SOCKET="))
+        .map(|value| String::from_utf8_lossy(value).into_owned())
+}
+
+#[tokio::test]
+async fn a_worker_is_ready_only_on_its_own_ready_1() {
+    let go = scratch("ready");
+    let primary = notify_primary(&go).start().await.expect("start");
+    let mut events = primary.events();
+    primary.fork(2).await.expect("fork");
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        let (worker, status) = wait_for(&mut events, |e| match e {
+            PrimaryEvent::WorkerStatus(e) => Some((e.worker, e.status)),
+            _ => None,
+        })
+        .await;
+        assert_eq!(status, "waiting");
+        waiting.push(worker);
+    }
+    let address = notify_socket_of(waiting[0].pid()).expect("NOTIFY_SOCKET");
+    assert_eq!(notify_socket_of(waiting[1].pid()), Some(address.clone()));
+    let ours = format!("@isotropic-cluster/{}/", std::process::id());
+    assert!(address.starts_with(&ours), "{address}");
+
+    // This test process is no worker: its READY=1 is dropped. It is sent
+    // before slot 0 may go, so had it counted, a worker would be ready first.
+    let test = std::os::unix::net::UnixDatagram::unbound().expect("a socket");
+    let to = SocketAddr::from_abstract_name(&address[1..]).expect("an address");
+    test.send_to_addr(b"READY=1", &to).expect("sent");
+    std::fs::write(go.join("0"), "").expect("go");
+    let ready = wait_for(&mut events, |e| match e {
+        PrimaryEvent::AddWorker(e) => Some(e.worker.slot()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(ready, 0);
+    // Slot 0's READY=1 made it ready, and it alone: slot 1 is still waiting
+    // after slot 0's next datagram.
+    assert_eq!(
+        wait_for(&mut events, status_of).await,
+        (0, "serving".into())
+    );
+    let pool: Vec<u32> = primary.workers().iter().map(WorkerHandle::slot).collect();
+    assert_eq!(pool, [0]);
+    std::fs::write(go.join("1"), "").expect("go");
+    assert_eq!(
+        wait_for(&mut events, status_of).await,
+        (1, "serving".into())
+    );
+    assert_eq!(primary.workers().len(), 2);
+    shut_down(&primary).await;
+    let _ = std::fs::remove_dir_all(&go);
+}
+
+#[tokio::test]
+async fn a_worker_that_never_says_ready_is_replaced_after_the_ready_timeout() {
+    let go = scratch("timeout");
+    let builder = notify_primary(&go).ready_timeout(Duration::from_millis(300));
+    let primary = builder.start().await.expect("start");
+    let mut events = primary.events();
+    primary.fork(1).await.expect("fork");
+    let error = wait_for(&mut events, |e| match e {
+        PrimaryEvent::WorkerError(e) => Some(e.error),
+        _ => None,
+    })
+    .await;
+    assert!(matches!(error, ProtocolError::ReadyTimeout(_)), "{error}");
+    let exit = wait_for(&mut events, exit_of).await;
+    assert!(exit.replaced);
+    // Its replacement, let go at once, is ready.
+    std::fs::write(go.join("0"), "").expect("go");
+    tests_integration::ready(&mut events, 1).await;
+    shut_down(&primary).await;
+    let _ = std::fs::remove_dir_all(&go);
+}
+
+#[tokio::test]
+async fn a_child_of_a_worker_speaks_for_it_and_the_socket_goes_with_the_primary() {
+    tests_integration::log_to_test_output();
+    // The worker is a shell; the server it runs, a child in its process
+    // group, says ready. (A sender that exits at once may be gone before its
+    // group is read: see docs/protocol.md.)
+    let say_ready = r#"
+import os, signal, socket
+address = os.environ["NOTIFY_SOCKET"]
+with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+    s.sendto(b"READY=1", "\0" + address[1:])
+signal.pause()
+"#;
+    let shell = format!("python3 -c '{say_ready}'; echo done");
+    let builder = ClusterPrimary::builder()
+        .program("sh")
+        .args(["-c", &shell])
+        .channel(WorkerChannel::None)
+        .readiness(Readiness::Notify);
+    let (primary, _events, [worker]) = tests_integration::launch::<1>(builder).await;
+    let address = notify_socket_of(worker.pid()).expect("NOTIFY_SOCKET");
+    let to = SocketAddr::from_abstract_name(&address[1..]).expect("an address");
+    let test = std::os::unix::net::UnixDatagram::unbound().expect("a socket");
+    test.send_to_addr(b"STATUS=x", &to)
+        .expect("the socket is there");
+    tokio::time::timeout(DEADLINE, primary.destroy())
+        .await
+        .expect("destroyed in time")
+        .expect("destroyed");
+    // Its reader ends with the primary's task, and the socket with it.
+    let gone = async {
+        while test.send_to_addr(b"STATUS=x", &to).is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(DEADLINE, gone)
+        .await
+        .expect("the notify socket outlived the primary");
+}
