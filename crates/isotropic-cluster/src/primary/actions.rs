@@ -116,8 +116,10 @@ impl PrimaryContext {
             voluntary,
             replaced: false,
         };
+        // Stopped for its silence: a failure, whatever its status says.
+        let failed = self.liveness.take_stopped(id) && self.config.restart.replaces_failures();
         exit.replaced = self.phase.is_active()
-            && (recycled || self.config.restart.replaces(exit.code(), exit.signal()));
+            && (recycled || failed || self.config.restart.replaces(exit.code(), exit.signal()));
         events::publish(self, exit);
         self.ready_waiters.lost(id);
         if let Some(entry) = self.registry.remove(id) {

@@ -89,6 +89,8 @@ pub(crate) struct Config {
     pub(crate) channel: WorkerChannel,
     /// Fds every worker inherits (see `pass_fds`).
     pub(crate) pass_fds: std::sync::Arc<Vec<std::os::fd::OwnedFd>>,
+    /// A worker watched for liveness and silent this long is unresponsive.
+    pub(crate) watchdog: Option<Duration>,
 }
 
 impl Config {
@@ -152,6 +154,7 @@ impl Default for Config {
             readiness: None,
             channel: WorkerChannel::Frames,
             pass_fds: std::sync::Arc::default(),
+            watchdog: None,
         }
     }
 }

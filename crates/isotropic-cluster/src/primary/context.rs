@@ -12,6 +12,7 @@ use super::config::Config;
 use super::events::*;
 use super::input::Input;
 use super::listen::Listeners;
+use super::liveness::Liveness;
 use super::phase::Phase;
 use super::pool::{Destination, Pool};
 use super::ready::ReadyWaiters;
@@ -41,6 +42,8 @@ pub(crate) enum Timer {
     /// Close this socket (by the address asked for) if no worker took it
     /// since its last holder left.
     Unheld(ListenAddress),
+    /// Send heartbeats, and look for silent workers (`liveness.rs`).
+    Heartbeat,
 }
 
 /// The primary as its event handlers see it: the same operations as
@@ -76,6 +79,8 @@ pub struct PrimaryContext {
     pub(super) handlers: Handlers,
     /// Listening sockets, and the connections passed in round robin.
     pub(super) listeners: Listeners,
+    /// The workers watched for signs of life.
+    pub(super) liveness: Liveness,
 }
 
 impl std::fmt::Debug for PrimaryContext {
@@ -119,6 +124,7 @@ topics!(PrimaryContext =>
         WorkerSignal: "workerSignal" => complete_signal;
         ShutDownComplete: "shutDownComplete" once Publish => log_event;
         HandlerPanicked: "handlerPanicked" => log_event;
+        WorkerUnresponsive: "workerUnresponsive" => complete_unresponsive;
     }
 );
 
@@ -281,6 +287,7 @@ impl PrimaryContext {
     ) -> Self {
         let (inputs, input_rx) = mpsc::channel(1024);
         let listeners = Listeners::activated(&config);
+        let liveness = Liveness::new(config.watchdog);
         Self {
             handlers,
             hub,
@@ -302,6 +309,7 @@ impl PrimaryContext {
             rolling: Rolling::default(),
             ready_waiters: ReadyWaiters::default(),
             listeners,
+            liveness,
         }
     }
 

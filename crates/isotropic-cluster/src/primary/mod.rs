@@ -24,6 +24,7 @@ mod events;
 mod handle;
 mod input;
 mod listen;
+mod liveness;
 mod orphans;
 mod output;
 mod phase;

@@ -127,7 +127,7 @@ impl Spawn for ProcessSpawner {
         let (read, outbox) = channel::open(ours, config.queue, Some(id)).map_err(spawn_error)?;
         if config.channel == WorkerChannel::Frames {
             // The primary's hello: the first frame, queued before anything else.
-            outbox.hello();
+            outbox.hello(false);
         }
         let worker = WorkerHandle::new(
             (id, slot),

@@ -152,10 +152,20 @@ impl PrimaryContext {
     fn frame(&mut self, id: WorkerId, frame: Frame, reply: Option<OwnedSemaphorePermit>) {
         let ready_on = self.config.readiness();
         let trigger = match &frame {
-            Frame::Hello { protocol } => Trigger::Hello {
-                version: *protocol,
-                ready_on,
-            },
+            Frame::Hello {
+                protocol,
+                heartbeat,
+            } => {
+                let trigger = Trigger::Hello {
+                    version: *protocol,
+                    ready_on,
+                };
+                self.apply(id, trigger);
+                if *heartbeat {
+                    self.answers_heartbeats(id);
+                }
+                return;
+            }
             Frame::Ready if ready_on == Readiness::Message => Trigger::Ready,
             Frame::Disconnect => Trigger::Announce,
             other => {
@@ -184,6 +194,7 @@ impl PrimaryContext {
                 self.listeners
                     .accepted(worker.id(), listener, |id| registry.connected(id));
             }
+            Frame::Heartbeat => self.heard_from(worker.id()),
             Frame::Reply { id, result } => {
                 let from = worker.id();
                 worker.pending().resolve(id, result, Some(from));
@@ -246,6 +257,7 @@ impl PrimaryContext {
                     events::publish(self, WorkerSignal { worker, signal });
                 }
             }
+            Timer::Heartbeat => self.heartbeat_tick(),
         }
     }
 }
