@@ -67,6 +67,14 @@ impl Report {
                     &format!("sent signal {} ({})", e.signal.as_raw(), e.signal),
                 );
             }
+            PrimaryEvent::WorkerUnresponsive(e) => self.line(
+                "workerUnresponsive",
+                Some(e.worker.id().get()),
+                &format!(
+                    "unresponsive (silent for {} ms): stopping it",
+                    e.silent_for.as_millis()
+                ),
+            ),
             PrimaryEvent::WorkerError(e) => self.line(
                 "workerError",
                 Some(e.worker.id().get()),

@@ -4,58 +4,14 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStderr, Command};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
 
-const DEADLINE: Duration = Duration::from_secs(30);
+mod support;
+use support::*;
 
 /// A worker that ignores SIGTERM (it says `up` once its trap is set).
 const IGNORES_SIGTERM: &str = "trap '' TERM; echo up; while :; do sleep 1; done";
-
-fn cli(args: &[&str]) -> (Child, Lines<BufReader<ChildStderr>>) {
-    cli_to(Stdio::piped(), args)
-}
-
-/// Reads stderr until a line containing `text`; returns the lines read.
-async fn until<R: AsyncBufRead + Unpin>(lines: &mut Lines<R>, text: &str) -> Vec<String> {
-    let mut seen = Vec::new();
-    tokio::time::timeout(DEADLINE, async {
-        while let Some(line) = lines.next_line().await.expect("read") {
-            let done = line.contains(text);
-            seen.push(line);
-            if done {
-                return;
-            }
-        }
-        panic!("the CLI ended before printing {text:?}: {seen:?}");
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no {text:?} in time"));
-    seen
-}
-
-/// SIGTERM, then every one of `workers` exits with code 0, and so does the CLI.
-async fn stop_cleanly(
-    child: &mut Child,
-    stderr: &mut Lines<BufReader<ChildStderr>>,
-    workers: usize,
-) {
-    terminate(child);
-    let rest = until(stderr, "all workers exited").await;
-    let clean = rest.iter().filter(|l| l.contains("exited with code 0"));
-    assert_eq!(clean.count(), workers, "{rest:?}");
-    assert_eq!(exit_code(child).await, Some(0));
-}
-
-fn terminate(child: &Child) {
-    send(child, rustix::process::Signal::TERM);
-}
-
-/// Sends `signal` to the CLI (our child, not reaped: its own pid).
-fn send(child: &Child, signal: rustix::process::Signal) {
-    let pid = rustix::process::Pid::from_raw(child.id().expect("pid") as i32).expect("pid");
-    rustix::process::kill_process(pid, signal).expect("signal the CLI");
-}
 
 /// Waits until `n` workers have printed `up` on stdout (their signal
 /// handling is set up by then).
@@ -66,14 +22,6 @@ async fn up(child: &mut Child, n: usize) {
     }
     // Keep reading, so that the workers can still print.
     tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
-}
-
-async fn exit_code(child: &mut Child) -> Option<i32> {
-    tokio::time::timeout(DEADLINE, child.wait())
-        .await
-        .expect("the CLI exits in time")
-        .expect("wait")
-        .code()
 }
 
 #[tokio::test]
@@ -877,19 +825,6 @@ async fn as_pid_1_of_a_pid_namespace_the_cli_reaps_orphans() {
         "{rest:?}"
     );
     assert_eq!(exit_code(&mut child).await, Some(0));
-}
-
-/// The CLI with its stdout to `stdout`, stderr piped.
-fn cli_to(stdout: Stdio, args: &[&str]) -> (Child, Lines<BufReader<ChildStderr>>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_isotropic-cluster"))
-        .args(args)
-        .stdout(stdout)
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the CLI");
-    let stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    (child, stderr)
 }
 
 #[tokio::test]
