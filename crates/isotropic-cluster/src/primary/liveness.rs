@@ -56,13 +56,13 @@ struct Watch {
 
 /// What a tick found.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct Tick {
+struct Tick {
     /// Send each a heartbeat.
-    pub(super) ping: Vec<WorkerId>,
+    ping: Vec<WorkerId>,
     /// Silent, each for this long since its last sign of life.
-    pub(super) silent: Vec<(WorkerId, Duration)>,
+    silent: Vec<(WorkerId, Duration)>,
     /// Arm the next tick, this long from now (`None`: nobody is watched).
-    pub(super) next: Option<Duration>,
+    next: Option<Duration>,
 }
 
 /// Whether a worker in `state` can be watched: online or ready.
@@ -88,7 +88,7 @@ impl Liveness {
 
     /// A sign of life from worker `id`, in `state`, at `now`; `pings`: it
     /// answers heartbeats. Returns when to arm the tick, if it is not armed.
-    pub(super) fn heard(
+    fn heard(
         &mut self,
         (id, state): (WorkerId, Option<WorkerState>),
         now: Instant,
@@ -114,7 +114,7 @@ impl Liveness {
     }
 
     /// A tick at `now`, each worker's state given by `state_of`.
-    pub(super) fn tick(
+    fn tick(
         &mut self,
         now: Instant,
         state_of: impl Fn(WorkerId) -> Option<WorkerState>,
@@ -151,7 +151,7 @@ impl Liveness {
 
     /// Worker `id` is stopped for its silence: no longer watched, and its
     /// exit is a failure.
-    pub(super) fn stop(&mut self, id: WorkerId) {
+    fn stop(&mut self, id: WorkerId) {
         self.watched.remove(&id);
         self.stopped.insert(id);
     }
