@@ -114,11 +114,7 @@ impl Liveness {
     }
 
     /// A tick at `now`, each worker's state given by `state_of`.
-    fn tick(
-        &mut self,
-        now: Instant,
-        state_of: impl Fn(WorkerId) -> Option<WorkerState>,
-    ) -> Tick {
+    fn tick(&mut self, now: Instant, state_of: impl Fn(WorkerId) -> Option<WorkerState>) -> Tick {
         let Some(period) = self.period else {
             return Tick::default();
         };
