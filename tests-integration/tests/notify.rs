@@ -177,3 +177,69 @@ signal.pause()
         .await
         .expect("the notify socket outlived the primary");
 }
+
+/// A notify worker that sends `WATCHDOG=1` every 50 ms while the file named
+/// by its slot does not exist, and none after (it hangs, as a stuck daemon
+/// would); it says what `WATCHDOG_USEC` it was given.
+const WATCHDOG_SCRIPT: &str = r#"
+import os, signal, socket, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+address = os.environ["NOTIFY_SOCKET"]
+if address.startswith("@"):
+    address = "\0" + address[1:]
+def notify(text):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(text.encode(), address)
+notify("STATUS=usec " + os.environ.get("WATCHDOG_USEC", "none"))
+notify("READY=1")
+stuck = os.path.join(sys.argv[1], os.environ["ISOTROPIC_CLUSTER_SLOT"])
+while not os.path.exists(stuck):
+    notify("WATCHDOG=1")
+    time.sleep(0.05)
+signal.pause()
+"#;
+
+#[tokio::test]
+async fn a_notify_worker_that_stops_sending_watchdog_1_is_replaced_and_one_that_sends_it_is_not() {
+    let stuck = scratch("watchdog");
+    let primary = ClusterPrimary::builder()
+        .program("python3")
+        .args(["-c", WATCHDOG_SCRIPT])
+        .arg(&stuck)
+        .channel(WorkerChannel::None)
+        .readiness(Readiness::Notify)
+        .watchdog(Duration::from_millis(1000))
+        .start()
+        .await
+        .expect("start");
+    let mut events = primary.events();
+    primary.fork(2).await.expect("fork");
+    for _ in 0..2 {
+        let (_, status) = wait_for(&mut events, status_of).await;
+        assert_eq!(status, "usec 1000000", "as systemd tells a service");
+    }
+    // Slot 1 hangs: only it is stopped, and its replacement takes slot 1.
+    std::fs::write(stuck.join("1"), b"").expect("hang slot 1");
+    let unresponsive = wait_for(&mut events, |e| match e {
+        PrimaryEvent::WorkerUnresponsive(e) => Some(e.worker),
+        _ => None,
+    })
+    .await;
+    assert_eq!(unresponsive.slot(), 1);
+    let exit = wait_for(&mut events, exit_of).await;
+    assert_eq!(exit.worker.id(), unresponsive.id());
+    assert!(exit.replaced);
+    std::fs::remove_file(stuck.join("1")).expect("let the replacement run");
+    let (slot, _) = wait_for(&mut events, status_of).await;
+    assert_eq!(slot, 1);
+    // Slot 0 kept sending: it is still the first worker, after several periods.
+    let ready = wait_for(&mut events, |e| match e {
+        PrimaryEvent::AddWorker(e) => Some(e.worker),
+        _ => None,
+    })
+    .await;
+    assert_eq!(ready.slot(), 1);
+    assert!(primary.workers().iter().any(|w| w.id().get() == 1));
+    shut_down(&primary).await;
+    std::fs::remove_dir_all(&stuck).expect("clean up");
+}

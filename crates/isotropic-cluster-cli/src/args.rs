@@ -98,6 +98,13 @@ pub(crate) struct RunArgs {
     /// replaced as any exit), in every --ready mode (default: no limit).
     #[arg(long, value_parser = duration, value_name = "D")]
     ready_timeout: Option<Duration>,
+    /// Stop and replace a worker silent this long (e.g. 10s): the primary
+    /// sends heartbeats every D/4 that a worker answers from its event loop
+    /// (SIGTERM, then SIGKILL after --grace). Needs --channel frames, or
+    /// --ready notify (the worker sends WATCHDOG=1 within D; WATCHDOG_USEC says D); a
+    /// worker whose hello does not say it answers heartbeats is not watched.
+    #[arg(long, value_name = "D", value_parser = duration)]
+    watchdog: Option<Duration>,
     /// An address the primary listens on, passed to every worker as a
     /// systemd-activation socket (LISTEN_FDS from fd 3, LISTEN_PID,
     /// LISTEN_FDNAMES): 127.0.0.1:8080, [::1]:0, unix:/path. Repeatable.
@@ -188,6 +195,8 @@ pub(crate) struct Plan {
     pub(crate) json: bool,
     /// Whether to adopt and reap orphans: asked, or running as PID 1.
     pub(crate) reap_orphans: bool,
+    /// How long a watched worker may be silent (`None`: not watched).
+    pub(crate) watchdog: Option<Duration>,
 }
 
 /// A combination of flags that makes no plan.
@@ -197,6 +206,8 @@ pub(crate) enum PlanError {
     MessageNeedsChannel,
     /// `--ready start` or `--ready listening` with a channel.
     NeedsNoChannel(Readiness),
+    /// `--watchdog` for workers that cannot give a sign of life.
+    WatchdogNeedsFrames,
 }
 
 impl fmt::Display for PlanError {
@@ -210,6 +221,9 @@ impl fmt::Display for PlanError {
                 let name = value.as_ref().map_or("?", |value| value.get_name());
                 write!(f, "--ready {name} goes with --channel none")
             }
+            Self::WatchdogNeedsFrames => f.write_str(
+                "--watchdog needs --channel frames (heartbeats) or --ready notify (WATCHDOG=1)",
+            ),
         }
     }
 }
@@ -232,6 +246,12 @@ impl RunArgs {
                 return Err(PlanError::NeedsNoChannel(readiness));
             }
         };
+        if self.watchdog.is_some()
+            && self.channel != Channel::Frames
+            && readiness != Readiness::Notify
+        {
+            return Err(PlanError::WatchdogNeedsFrames);
+        }
         let restart_policy = self.restart_policy();
         let mut command = self.command.into_iter();
         let program = command.next().expect("clap requires a command");
@@ -251,6 +271,7 @@ impl RunArgs {
             grace: self.grace,
             json: self.json,
             reap_orphans: self.subreaper || std::process::id() == 1,
+            watchdog: self.watchdog,
         })
     }
 
@@ -337,6 +358,7 @@ mod tests {
                 grace: Duration::from_secs(5),
                 json: false,
                 reap_orphans: false,
+                watchdog: None,
             }
         );
     }
@@ -378,6 +400,8 @@ mod tests {
             "unix:/tmp/a.sock",
             "--json",
             "--subreaper",
+            "--watchdog",
+            "1.5s",
         ])
         .expect("a plan");
         assert_eq!(
@@ -404,6 +428,7 @@ mod tests {
                 grace: Duration::from_millis(500),
                 json: true,
                 reap_orphans: true,
+                watchdog: Some(Duration::from_millis(1500)),
             }
         );
     }
@@ -469,6 +494,22 @@ mod tests {
         );
         let error = plan(&["--channel", "frames", "--ready", "start"]).expect_err("a channel");
         assert_eq!(error.to_string(), "--ready start goes with --channel none");
+    }
+
+    #[test]
+    fn the_watchdog_needs_our_channel() {
+        for channel in ["none", "node"] {
+            let error = plan(&["--watchdog", "5s", "--channel", channel]).expect_err(channel);
+            assert_eq!(error, PlanError::WatchdogNeedsFrames);
+        }
+        assert_eq!(
+            PlanError::WatchdogNeedsFrames.to_string(),
+            "--watchdog needs --channel frames (heartbeats) or --ready notify (WATCHDOG=1)"
+        );
+        for flags in [["--channel", "frames"], ["--ready", "notify"]] {
+            let plan = plan(&[&["--watchdog", "5s"][..], &flags].concat()).expect("a plan");
+            assert_eq!(plan.watchdog, Some(Duration::from_secs(5)));
+        }
     }
 
     #[test]

@@ -84,6 +84,14 @@ impl Report {
                 let text = "is stopping (STOPPING=1)";
                 self.line("workerStopping", Some(e.worker.id().get()), text);
             }
+            PrimaryEvent::WorkerUnresponsive(e) => self.line(
+                "workerUnresponsive",
+                Some(e.worker.id().get()),
+                &format!(
+                    "unresponsive (silent for {} ms): stopping it",
+                    e.silent_for.as_millis()
+                ),
+            ),
             PrimaryEvent::WorkerError(e) => self.line(
                 "workerError",
                 Some(e.worker.id().get()),

@@ -262,6 +262,7 @@ async fn start(
         .shutdown_grace(plan.grace)
         .kill_grace(plan.grace)
         .restart_policy(plan.restart_policy)
+        .watchdog(plan.watchdog.unwrap_or_default())
         .start()
         .await
         .map(|primary| (primary, files, lines))?)

@@ -113,10 +113,12 @@ impl Outbox {
     }
 
     /// Queues the hello: the first frame either side sends, with its
-    /// protocol version.
-    pub(crate) fn hello(&self) {
+    /// protocol version; `heartbeat`: this side (a worker) answers
+    /// heartbeats.
+    pub(crate) fn hello(&self, heartbeat: bool) {
         let _ = self.try_send(protocol::encode_control(&Frame::Hello {
             protocol: protocol::VERSION,
+            heartbeat,
         }));
     }
 
@@ -513,12 +515,13 @@ mod tests {
         let (_, outbox) = open(ours, QueueLimits::default(), None).expect("opened");
         let (read, _) = open(theirs, QueueLimits::default(), None).expect("opened");
         let mut inbox = Inbox::new(read, FrameCodec::new(DEFAULT_MAX_FRAME));
-        outbox.hello();
+        outbox.hello(true);
         outbox.try_send(frame(1, 16)).expect("room");
         assert_eq!(
             inbox.next().await.expect("a frame").expect("valid"),
             Frame::Hello {
-                protocol: protocol::VERSION
+                protocol: protocol::VERSION,
+                heartbeat: true,
             }
         );
         assert_eq!(number(inbox.next().await), 1);

@@ -29,6 +29,19 @@ enum Command {
     SpawnChild,
     /// Panic in the message handler.
     Panic,
+    /// Block the event loop (sleep in the handler) for `ms`.
+    Block { ms: u64 },
+    /// Keep a blocking-pool thread and a thread of its own busy (spinning)
+    /// for `ms`, then send `{"busy": "done"}`; the event loop stays free.
+    Busy { ms: u64 },
+    /// Run `count` jobs of 50 ms in a task, each followed by a watchdog's
+    /// progress (within `within_ms`), then send `{"jobs": count}`; then
+    /// drop the watchdog, or, if `stall`, hold it and never progress again.
+    Jobs {
+        within_ms: u64,
+        count: u32,
+        stall: bool,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -143,6 +156,13 @@ async fn echo(
                     let _ = event.context().try_send(&json!({"inspect": inspect()}));
                 }
                 Ok(Command::Panic) => panic!("bug in the message handler"),
+                Ok(Command::Block { ms }) => std::thread::sleep(Duration::from_millis(ms)),
+                Ok(Command::Busy { ms }) => busy(event.context().handle(), ms),
+                Ok(Command::Jobs {
+                    within_ms,
+                    count,
+                    stall,
+                }) => jobs(event.context().handle(), within_ms, count, stall),
                 Ok(Command::SpawnChild) => {
                     let child = std::process::Command::new("sleep").arg("300").spawn();
                     let pid = child.map(|c| c.id()).unwrap_or_default();
@@ -157,6 +177,43 @@ async fn echo(
         .await?;
     worker.closed().await;
     Ok(())
+}
+
+/// Spins two threads (one of tokio's blocking pool, one of its own) for
+/// `ms`, then says `{"busy": "done"}`.
+fn busy(worker: Option<ClusterWorker>, ms: u64) {
+    let spin = move || {
+        let until = std::time::Instant::now() + Duration::from_millis(ms);
+        while std::time::Instant::now() < until {
+            std::hint::spin_loop();
+        }
+    };
+    tokio::spawn(async move {
+        let thread = std::thread::spawn(spin);
+        let _ = tokio::task::spawn_blocking(spin).await;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        if let Some(worker) = worker {
+            let _ = worker.send(&json!({"busy": "done"})).await;
+        }
+    });
+}
+
+/// A job loop under an application watchdog (see [`Command::Jobs`]).
+fn jobs(worker: Option<ClusterWorker>, within_ms: u64, count: u32, stall: bool) {
+    let Some(worker) = worker else { return };
+    let watchdog = worker.watchdog(Duration::from_millis(within_ms));
+    tokio::spawn(async move {
+        for _ in 0..count {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            watchdog.progress();
+        }
+        let _ = worker.send(&json!({"jobs": count})).await;
+        if stall {
+            // Stuck for good, the watchdog held.
+            std::future::pending::<()>().await;
+        }
+        drop(watchdog);
+    });
 }
 
 /// What a child of this worker sees: its environment's cluster markers (the

@@ -120,9 +120,13 @@ impl PrimaryContext {
             voluntary,
             replaced: false,
         };
+        // Stopped for its silence: a failure, whatever its status says.
+        let failed = self.liveness.take_stopped(id) && self.config.restart.replaces_failures();
         exit.replaced = self.phase.is_active()
             && match after {
-                AfterExit::Policy => self.config.restart.replaces(exit.code(), exit.signal()),
+                AfterExit::Policy => {
+                    failed || self.config.restart.replaces(exit.code(), exit.signal())
+                }
                 AfterExit::Replace => true,
                 AfterExit::Nothing => false,
             };

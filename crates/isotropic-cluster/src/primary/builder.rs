@@ -319,6 +319,43 @@ impl PrimaryBuilder {
         self
     }
 
+    /// Watches workers for liveness: a watched worker that gives no sign of
+    /// life for `period` is unresponsive (a
+    /// [`WorkerUnresponsive`](super::WorkerUnresponsive) event, whose
+    /// default action stops and replaces it). Default: off; a zero period
+    /// turns it off.
+    ///
+    /// Every `period / 4` the primary sends a heartbeat to each watched
+    /// worker on our framed channel whose hello says it answers them (the
+    /// worker library does, from its event loop: a worker whose event
+    /// handling is blocked misses them, one busy in a spawned task or
+    /// thread does not; see also
+    /// [`ClusterWorker::watchdog`](crate::worker::ClusterWorker::watchdog)).
+    /// A worker is watched from its first sign of life once online, and
+    /// no longer once it is leaving; one that never gives any (a plain
+    /// program, a Node worker, a framed worker that does not answer
+    /// heartbeats) is never watched, so never stopped by this.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use isotropic_cluster::primary::ClusterPrimary;
+    ///
+    /// # async fn demo() -> Result<(), isotropic_cluster::Error> {
+    /// // A worker silent for 10 s is stopped (SIGTERM, then SIGKILL) and replaced.
+    /// let primary = ClusterPrimary::builder()
+    ///     .watchdog(Duration::from_secs(10))
+    ///     .start()
+    ///     .await?;
+    /// primary.fork(4).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn watchdog(mut self, period: Duration) -> Self {
+        self.config.watchdog = Some(period).filter(|period| !period.is_zero());
+        self
+    }
+
     /// When a worker counts as ready (default: when it says so on a
     /// channel, once started without one). A worker without a channel
     /// cannot say so: [`start`](Self::start) refuses [`Readiness::Message`]

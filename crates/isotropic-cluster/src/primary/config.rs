@@ -118,6 +118,8 @@ pub(crate) struct Config {
     pub(crate) notify_socket: Option<String>,
     /// Fds every worker inherits (see `pass_fds`).
     pub(crate) pass_fds: std::sync::Arc<Vec<std::os::fd::OwnedFd>>,
+    /// A worker watched for liveness and silent this long is unresponsive.
+    pub(crate) watchdog: Option<Duration>,
 }
 
 impl Config {
@@ -185,6 +187,7 @@ impl Default for Config {
             channel: WorkerChannel::Frames,
             notify_socket: None,
             pass_fds: std::sync::Arc::default(),
+            watchdog: None,
         }
     }
 }

@@ -12,6 +12,7 @@ use super::config::{Config, WorkerChannel};
 use super::events::*;
 use super::input::Input;
 use super::listen::Listeners;
+use super::liveness::Liveness;
 use super::phase::Phase;
 use super::pool::{Destination, Pool};
 use super::ready::ReadyWaiters;
@@ -46,6 +47,8 @@ pub(crate) enum Timer {
     /// Close this socket (by the address asked for) if no worker took it
     /// since its last holder left.
     Unheld(ListenAddress),
+    /// Send heartbeats, and look for silent workers (`liveness.rs`).
+    Heartbeat,
 }
 
 /// The primary as its event handlers see it: the same operations as
@@ -91,6 +94,8 @@ pub struct PrimaryContext {
     pub(super) listeners: Listeners,
     /// `NOTIFY_SOCKET` datagrams dropped for coming from no worker.
     pub(super) notify_dropped: super::notify::Dropped,
+    /// The workers watched for signs of life.
+    pub(super) liveness: Liveness,
 }
 
 impl std::fmt::Debug for PrimaryContext {
@@ -137,6 +142,7 @@ topics!(PrimaryContext =>
         WorkerExpired: "workerExpired" => complete_expired;
         WorkerStatus: "workerStatus" => complete_status;
         WorkerStopping: "workerStopping" => complete_stopping;
+        WorkerUnresponsive: "workerUnresponsive" => complete_unresponsive;
     }
 );
 
@@ -299,6 +305,7 @@ impl PrimaryContext {
     ) -> Self {
         let (inputs, input_rx) = mpsc::channel(1024);
         let listeners = Listeners::activated(&config);
+        let liveness = Liveness::new(config.watchdog);
         Self {
             handlers,
             hub,
@@ -325,6 +332,7 @@ impl PrimaryContext {
             ready_waiters: ReadyWaiters::default(),
             listeners,
             notify_dropped: super::notify::Dropped::default(),
+            liveness,
         }
     }
 

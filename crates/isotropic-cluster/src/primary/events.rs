@@ -186,6 +186,26 @@ pub struct WorkerError {
     pub error: ProtocolError,
 }
 
+/// A worker watched for liveness ([`PrimaryBuilder::watchdog`]) gave no
+/// sign of life for `silent_for` (at least the watchdog's period). Its
+/// default action takes it out of the pool and stops it: SIGTERM now (a
+/// blocked worker cannot answer a disconnect request), SIGKILL after the
+/// kill grace period; its exit counts as a failure (replaced under the
+/// restart policy, with its backoff, even under [`Restart::OnFailure`]
+/// after a SIGTERM). Preventing it keeps the worker, and the event comes
+/// again after another period of silence.
+///
+/// [`PrimaryBuilder::watchdog`]: super::PrimaryBuilder::watchdog
+/// [`Restart::OnFailure`]: super::Restart::OnFailure
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerUnresponsive {
+    /// The worker.
+    pub worker: WorkerHandle,
+    /// How long since its last sign of life.
+    pub silent_for: Duration,
+}
+
 /// A worker exited (and was reaped). Removes it from the pool, and while the
 /// primary is active starts a replacement: preventing this event prevents both.
 #[derive(Debug, Clone)]

@@ -25,6 +25,7 @@ mod expiry;
 mod handle;
 mod input;
 mod listen;
+mod liveness;
 mod notify;
 mod orphans;
 mod output;

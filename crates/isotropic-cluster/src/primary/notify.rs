@@ -241,8 +241,7 @@ impl PrimaryContext {
             events::publish(self, WorkerStopping { worker });
         }
         if notice.watchdog {
-            // Heartbeats are not watched yet: noted only.
-            tracing::trace!(worker_id = %id, "WATCHDOG=1");
+            self.heard_from(id);
         }
     }
 

@@ -12,6 +12,9 @@ use super::WorkerHandle;
 use super::config::{Config, WorkerChannel, WorkerStdio};
 use super::input::Input;
 use super::notify::NOTIFY_SOCKET;
+
+/// How often a notify worker is to send `WATCHDOG=1`, as systemd names it.
+const WATCHDOG_USEC: &str = "WATCHDOG_USEC";
 use super::spawner::{Spawn, Spawned};
 use super::watch::Watch;
 use crate::WorkerId;
@@ -57,9 +60,12 @@ impl ProcessSpawner {
         if config.env_clear {
             command.env_clear();
         }
-        // The primary's own supervisor's socket is not the workers' to use.
-        if !config.envs.iter().any(|(key, _)| key == NOTIFY_SOCKET) {
-            command.env_remove(NOTIFY_SOCKET);
+        // The primary's own supervisor's socket and watchdog are not the
+        // workers' to use.
+        for inherited in [NOTIFY_SOCKET, WATCHDOG_USEC, "WATCHDOG_PID"] {
+            if !config.envs.iter().any(|(key, _)| key == inherited) {
+                command.env_remove(inherited);
+            }
         }
         for (key, value) in &config.envs {
             match value {
@@ -69,6 +75,10 @@ impl ProcessSpawner {
         }
         if let Some(address) = &config.notify_socket {
             command.env(NOTIFY_SOCKET, address);
+            // As systemd tells a service how often to send `WATCHDOG=1`.
+            if let Some(period) = config.watchdog {
+                command.env(WATCHDOG_USEC, period.as_micros().to_string());
+            }
         }
         if let Some(dir) = &config.current_dir {
             command.current_dir(dir);
@@ -135,7 +145,7 @@ impl Spawn for ProcessSpawner {
         let (read, outbox) = channel::open(ours, config.queue, Some(id)).map_err(spawn_error)?;
         if config.channel == WorkerChannel::Frames {
             // The primary's hello: the first frame, queued before anything else.
-            outbox.hello();
+            outbox.hello(false);
         }
         let worker = WorkerHandle::new(
             (id, slot),

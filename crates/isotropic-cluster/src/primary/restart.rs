@@ -158,6 +158,12 @@ impl RestartPolicy {
         }
     }
 
+    /// Whether a worker the primary stopped for a failure (unresponsive) is
+    /// replaced, whatever its exit status: unless [`Restart::Never`].
+    pub(crate) fn replaces_failures(&self) -> bool {
+        self.restart != Restart::Never
+    }
+
     /// Whether an exit with `code` or by `signal` is normal: a code of
     /// [`normal_exit_codes`](Self::normal_exit_codes), or one of the clean
     /// signals (SIGTERM, SIGINT, SIGHUP, SIGPIPE).

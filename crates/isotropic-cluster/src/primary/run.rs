@@ -153,10 +153,23 @@ impl PrimaryContext {
     fn frame(&mut self, id: WorkerId, frame: Frame, reply: Option<OwnedSemaphorePermit>) {
         let ready_on = self.config.readiness();
         let trigger = match &frame {
-            Frame::Hello { protocol } => Trigger::Hello {
-                version: *protocol,
-                ready_on,
-            },
+            Frame::Hello {
+                protocol,
+                heartbeat,
+            } => {
+                let trigger = Trigger::Hello {
+                    version: *protocol,
+                    ready_on,
+                };
+                self.apply(id, trigger);
+                if *heartbeat {
+                    self.answers_heartbeats(id);
+                }
+                if ready_on == Readiness::Notify {
+                    self.ready_if_notified(id);
+                }
+                return;
+            }
             Frame::Ready if ready_on == Readiness::Message => Trigger::Ready,
             Frame::Disconnect => Trigger::Announce,
             other => {
@@ -172,11 +185,7 @@ impl PrimaryContext {
                 }
             }
         };
-        let hello = matches!(trigger, Trigger::Hello { .. });
         self.apply(id, trigger);
-        if hello && ready_on == Readiness::Notify {
-            self.ready_if_notified(id);
-        }
     }
 
     /// Hands on a frame of a worker whose state allows it.
@@ -189,6 +198,7 @@ impl PrimaryContext {
                 self.listeners
                     .accepted(worker.id(), listener, |id| registry.connected(id));
             }
+            Frame::Heartbeat => self.heard_from(worker.id()),
             Frame::Reply { id, result } => {
                 let from = worker.id();
                 worker.pending().resolve(id, result, Some(from));
@@ -261,6 +271,7 @@ impl PrimaryContext {
                     events::publish(self, WorkerSignal { worker, signal });
                 }
             }
+            Timer::Heartbeat => self.heartbeat_tick(),
         }
     }
 }

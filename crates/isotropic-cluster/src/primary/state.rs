@@ -283,14 +283,10 @@ impl WorkerState {
     fn disconnect(self, why: Why) -> (Self, Vec<Action>) {
         let leaving = match self {
             Self::Leaving(leaving) if leaving.disconnected => return (self, vec![]),
+            // A worker asked to leave (or stopped, unresponsive) that then
+            // says it leaves keeps its reason.
             Self::Leaving(leaving) => Leaving {
                 disconnected: true,
-                // A worker asked to leave that then says it leaves keeps its reason.
-                why: if leaving.why.voluntary() {
-                    leaving.why
-                } else {
-                    why
-                },
                 ..leaving
             },
             _ => Leaving {
@@ -542,6 +538,17 @@ mod tests {
             assert_eq!(again, leaving(Why::Recycled, false, true));
             assert_eq!(actions, [A::AskToLeave]);
         }
+        // Stopped as unresponsive, it says it leaves: still a failure.
+        let (stopped, _) = Ready.on(Trigger::Leave(Why::Failed, Duration::ZERO));
+        let (next, _) = stopped.on(Trigger::Announce);
+        assert_eq!(next, leaving(Why::Failed, true, true));
+        assert_eq!(
+            next.on(Trigger::Exited(None)).1,
+            [A::Exit {
+                status: None,
+                voluntary: false
+            }]
+        );
         // Already disconnected: no request, termination if not yet under way.
         let (next, actions) =
             leaving(Why::Disconnected, true, false).on(Trigger::Leave(Why::ShutDown, GRACE));

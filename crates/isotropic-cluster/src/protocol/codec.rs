@@ -192,8 +192,12 @@ mod tests {
     #[test]
     fn frames_round_trip() {
         let frames = [
-            Frame::Hello { protocol: VERSION },
+            Frame::Hello {
+                protocol: VERSION,
+                heartbeat: true,
+            },
             Frame::Ready,
+            Frame::Heartbeat,
             message(r#"{"type":"greet","name":"User"}"#),
             message("\"ready\""),
             Frame::Disconnect,
@@ -210,11 +214,22 @@ mod tests {
     #[test]
     fn every_kind_has_the_documented_bytes() {
         let address: ListenAddress = "127.0.0.1:3000".parse().expect("address");
-        let cases: [(Frame, &[u8]); 15] = [
+        let cases: [(Frame, &[u8]); 17] = [
             (
-                Frame::Hello { protocol: VERSION },
+                Frame::Hello {
+                    protocol: VERSION,
+                    heartbeat: false,
+                },
                 b"\0\0\0\x0f\x01{\"protocol\":1}",
             ),
+            (
+                Frame::Hello {
+                    protocol: VERSION,
+                    heartbeat: true,
+                },
+                b"\0\0\0\x20\x01{\"protocol\":1,\"heartbeat\":true}",
+            ),
+            (Frame::Heartbeat, b"\0\0\0\x01\x0b"),
             (Frame::Ready, b"\0\0\0\x01\x02"),
             (Frame::Disconnect, b"\0\0\0\x01\x03"),
             (message("[1]"), b"\0\0\0\x04\x04[1]"),

@@ -23,6 +23,7 @@ pub(crate) enum Kind {
     Request = 8,
     Reply = 9,
     Accepted = 10,
+    Heartbeat = 11,
 }
 
 impl Kind {
@@ -39,6 +40,7 @@ impl Kind {
             Kind::Request => "request",
             Kind::Reply => "reply",
             Kind::Accepted => "accepted",
+            Kind::Heartbeat => "heartbeat",
         }
     }
 }
@@ -59,6 +61,7 @@ impl TryFrom<u8> for Kind {
             8 => Kind::Request,
             9 => Kind::Reply,
             10 => Kind::Accepted,
+            11 => Kind::Heartbeat,
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }
@@ -67,8 +70,9 @@ impl TryFrom<u8> for Kind {
 /// One decoded frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Frame {
-    /// First frame in each direction: the sender's protocol version.
-    Hello { protocol: u32 },
+    /// First frame in each direction: the sender's protocol version;
+    /// `heartbeat`: the sender (a worker) answers heartbeats.
+    Hello { protocol: u32, heartbeat: bool },
     /// Worker to primary: initialization is done, put me in the pool.
     Ready,
     /// Primary to worker: please finish and exit. Worker to primary: I am leaving.
@@ -105,6 +109,9 @@ pub(crate) enum Frame {
     /// Worker to primary: a connection passed for listen request `listener`
     /// was taken by the worker's accept.
     Accepted { listener: u64 },
+    /// Primary to worker: are you alive? Worker to primary: yes (sent from
+    /// its event loop).
+    Heartbeat,
 }
 
 impl Frame {
@@ -121,6 +128,7 @@ impl Frame {
             Frame::Request { .. } => Kind::Request,
             Frame::Reply { .. } => Kind::Reply,
             Frame::Accepted { .. } => Kind::Accepted,
+            Frame::Heartbeat => Kind::Heartbeat,
         }
     }
 
@@ -182,7 +190,7 @@ mod tests {
                 Err(error) => assert!(matches!(error, ProtocolError::UnknownKind(b) if b == byte)),
             }
         }
-        // Kinds 1 to 10; 0 and 11 to 255 are reserved (`docs/protocol.md`).
+        // Kinds 1 to 11; 0 and 12 to 255 are reserved (`docs/protocol.md`).
         let names = [
             "hello",
             "ready",
@@ -194,6 +202,7 @@ mod tests {
             "request",
             "reply",
             "accepted",
+            "heartbeat",
         ];
         assert_eq!(kinds, names);
     }

@@ -15,8 +15,11 @@ use crate::net::{ListenAddress, ListenError, ListenErrorKind};
 /// Writes `frame`'s payload.
 pub(super) fn put(frame: &Frame, dst: &mut BytesMut) -> Result<(), ProtocolError> {
     match frame {
-        Frame::Hello { protocol } => put_hello(*protocol, dst),
-        Frame::Ready | Frame::Disconnect => Ok(()),
+        Frame::Hello {
+            protocol,
+            heartbeat,
+        } => put_hello(*protocol, *heartbeat, dst),
+        Frame::Ready | Frame::Disconnect | Frame::Heartbeat => Ok(()),
         Frame::Message(message) => {
             dst.put_slice(message.as_bytes());
             Ok(())
@@ -56,6 +59,7 @@ pub(super) fn take(kind: Kind, body: Bytes) -> Result<Frame, ProtocolError> {
         Kind::Request => take_request(body),
         Kind::Reply => take_reply(body),
         Kind::Accepted => take_accepted(&body),
+        Kind::Heartbeat => take_empty(kind, &body, Frame::Heartbeat),
     }
 }
 
@@ -73,15 +77,24 @@ pub(super) fn put_user<T: Serialize + ?Sized>(
     }
 }
 
-// Hello: `{"protocol": N}`.
+// Hello: `{"protocol": N}`, with `"heartbeat": true` from a worker that
+// answers heartbeats.
 
 #[derive(Serialize, Deserialize)]
 struct Hello {
     protocol: u32,
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    heartbeat: bool,
 }
 
-fn put_hello(protocol: u32, dst: &mut BytesMut) -> Result<(), ProtocolError> {
-    put_json(&Hello { protocol }, dst)
+fn put_hello(protocol: u32, heartbeat: bool, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+    put_json(
+        &Hello {
+            protocol,
+            heartbeat,
+        },
+        dst,
+    )
 }
 
 fn take_hello(body: &[u8]) -> Result<Frame, ProtocolError> {
@@ -89,10 +102,11 @@ fn take_hello(body: &[u8]) -> Result<Frame, ProtocolError> {
         serde_json::from_slice(body).map_err(|e| ProtocolError::InvalidHello(e.to_string()))?;
     Ok(Frame::Hello {
         protocol: hello.protocol,
+        heartbeat: hello.heartbeat,
     })
 }
 
-// Ready and disconnect: nothing.
+// Ready, disconnect and heartbeat: nothing.
 
 fn take_empty(kind: Kind, body: &[u8], frame: Frame) -> Result<Frame, ProtocolError> {
     if body.is_empty() {

@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 
 use super::events::*;
 use super::phase::{Action, Input, Phase};
+use super::watchdog::Watchdogs;
 use super::{Cleanup, ClusterWorker, Settings, WorkerBuilder};
 use crate::WorkerId;
 use crate::actor::{Actor, Commands, Mailbox, WeakMailbox};
@@ -58,6 +59,8 @@ pub struct WorkerContext {
     reading: bool,
     /// SIGTERM, when the worker listens for it.
     sigterm: Option<Signal>,
+    /// The application's watchdogs: heartbeats are answered while they are fresh.
+    pub(super) watchdogs: Arc<Watchdogs>,
 }
 
 impl std::fmt::Debug for WorkerContext {
@@ -142,7 +145,8 @@ impl WorkerContext {
         builder: WorkerBuilder,
     ) -> std::io::Result<(Self, Mailbox<Self>, Commands<Self>)> {
         let (read, outbox) = channel::open(fd, builder.settings.queue, None)?;
-        outbox.hello();
+        // It answers heartbeats (from this actor: `deliver`).
+        outbox.hello(true);
         let inbox = Inbox::new(read, FrameCodec::new(builder.settings.max_frame_size));
         let (mailbox, commands) = Mailbox::new();
         let context = Self {
@@ -165,6 +169,7 @@ impl WorkerContext {
             next_listen: 0,
             reading: true,
             sigterm: None,
+            watchdogs: Arc::default(),
         };
         Ok((context, mailbox, commands))
     }
@@ -309,6 +314,7 @@ impl WorkerContext {
                     .send(&self.outbox, ());
             }
             Frame::Reply { id, result } => self.pending.resolve(id, result, None),
+            Frame::Heartbeat => self.heartbeat(),
             // Never handed over: the handshake and the disconnect are the
             // phase's, the others only a worker sends.
             Frame::Hello { .. }
@@ -316,6 +322,16 @@ impl WorkerContext {
             | Frame::Ready
             | Frame::Listen { .. }
             | Frame::Accepted { .. } => {}
+        }
+    }
+
+    /// Answers the primary's heartbeat, here in the actor (so a blocked
+    /// event loop misses it), unless an application watchdog is stale.
+    fn heartbeat(&self) {
+        if self.watchdogs.fresh(tokio::time::Instant::now()) {
+            let _ = self
+                .outbox
+                .try_send(protocol::encode_control(&Frame::Heartbeat));
         }
     }
 

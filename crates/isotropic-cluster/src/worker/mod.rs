@@ -11,6 +11,7 @@ mod events;
 mod phase;
 #[cfg(test)]
 mod tests;
+mod watchdog;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,6 +22,7 @@ use serde::Serialize;
 
 pub use context::{WorkerContext, WorkerEvent};
 pub use events::*;
+pub use watchdog::Watchdog;
 
 use crate::actor::{self, Mailbox};
 use crate::channel::{Outbox, QueueLimits};
@@ -253,6 +255,7 @@ pub struct ClusterWorker {
     id: WorkerId,
     max_frame: usize,
     stream: StreamSource<WorkerEvent>,
+    watchdogs: Arc<watchdog::Watchdogs>,
 }
 
 impl std::fmt::Debug for ClusterWorker {
@@ -289,6 +292,7 @@ impl ClusterWorker {
             id: context.id,
             max_frame: context.settings.max_frame_size,
             stream: context.stream.clone(),
+            watchdogs: context.watchdogs.clone(),
         }
     }
 

@@ -101,7 +101,7 @@ impl Phase {
     fn frame(self, greeted: bool, frame: &Frame) -> (Phase, Action) {
         let announce = self.announces();
         match frame {
-            Frame::Hello { protocol } if !greeted && *protocol == protocol::VERSION => {
+            Frame::Hello { protocol, .. } if !greeted && *protocol == protocol::VERSION => {
                 (self.greeted(), Action::None)
             }
             Frame::Disconnect if greeted => (self, Action::PrimaryGone { announce }),
@@ -110,6 +110,7 @@ impl Phase {
             | Frame::Connection { .. }
             | Frame::Request { .. }
             | Frame::Reply { .. }
+            | Frame::Heartbeat
                 if greeted =>
             {
                 (self, Action::Handle)
@@ -149,6 +150,7 @@ mod tests {
     fn hello() -> Frame {
         Frame::Hello {
             protocol: protocol::VERSION,
+            heartbeat: false,
         }
     }
 
@@ -176,8 +178,10 @@ mod tests {
         let reject = (fresh, Action::Reject { announce: true });
         assert_eq!(step(fresh, Input::Frame(&message())), reject);
         assert_eq!(step(fresh, Input::Frame(&Frame::Disconnect)), reject);
+        assert_eq!(step(fresh, Input::Frame(&Frame::Heartbeat)), reject);
         let wrong = Frame::Hello {
             protocol: protocol::VERSION + 1,
+            heartbeat: false,
         };
         assert_eq!(step(fresh, Input::Frame(&wrong)), reject);
         assert_eq!(
@@ -218,6 +222,7 @@ mod tests {
                 id: 1,
                 result: Err("no".into()),
             },
+            Frame::Heartbeat,
         ];
         for phase in [RUNNING, DESTROYING] {
             for frame in &frames {

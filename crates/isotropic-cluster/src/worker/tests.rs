@@ -36,7 +36,7 @@ impl Primary {
     }
 
     fn hello(&self) {
-        self.outbox.hello();
+        self.outbox.hello(false);
     }
 
     async fn next(&mut self) -> Option<Frame> {
@@ -152,6 +152,7 @@ async fn after_the_hello_messages_are_published_and_a_disconnect_destroys() {
     );
     let hello = Frame::Hello {
         protocol: protocol::VERSION,
+        heartbeat: true,
     };
     assert_eq!(started.primary.rest().await, [hello, Frame::Disconnect]);
     started.actor.await.expect("the actor ends");
@@ -172,6 +173,7 @@ async fn what_a_worker_sends_after_the_primary_asked_it_to_leave_is_delivered() 
     started.primary.send(&Frame::Disconnect);
     let hello = Frame::Hello {
         protocol: protocol::VERSION,
+        heartbeat: true,
     };
     let last_words = Frame::Message(message(json!("last words")));
     assert_eq!(
@@ -304,6 +306,7 @@ async fn destroy_wakes_closing_runs_the_cleanup_then_disconnects() {
     );
     let hello = Frame::Hello {
         protocol: protocol::VERSION,
+        heartbeat: true,
     };
     assert_eq!(started.primary.rest().await, [hello, Frame::Disconnect]);
 }
@@ -370,4 +373,37 @@ async fn sigterm_destroys_the_worker() {
         names(&mut started.events).await,
         ["initialize", "destroy", "destroyComplete"]
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeats_are_answered_while_every_watchdog_is_fresh() {
+    let mut started = start(ClusterWorker::builder());
+    started.primary.hello();
+    let expect_hello = Frame::Hello {
+        protocol: protocol::VERSION,
+        heartbeat: true,
+    };
+    assert_eq!(started.primary.next().await, Some(expect_hello));
+    started.primary.send(&Frame::Heartbeat);
+    assert_eq!(started.primary.next().await, Some(Frame::Heartbeat));
+    let within = Duration::from_secs(1);
+    let watchdog = started.worker.watchdog(within);
+    tokio::time::advance(within * 2).await;
+    // Stale: the heartbeat goes unanswered; the message after it is echoed.
+    started.primary.send(&Frame::Heartbeat);
+    started.primary.send(&Frame::Request {
+        id: 1,
+        message: message(json!({"type": "none"})),
+    });
+    assert!(matches!(
+        started.primary.next().await,
+        Some(Frame::Reply { id: 1, .. })
+    ));
+    watchdog.progress();
+    started.primary.send(&Frame::Heartbeat);
+    assert_eq!(started.primary.next().await, Some(Frame::Heartbeat));
+    tokio::time::advance(within * 2).await;
+    drop(watchdog);
+    started.primary.send(&Frame::Heartbeat);
+    assert_eq!(started.primary.next().await, Some(Frame::Heartbeat));
 }

@@ -79,12 +79,7 @@ async fn an_exit_in_every_state_is_reported_once_after_a_disconnect_and_replaced
         // Stable, so replaced at once.
         primary.advance(Duration::from_secs(2)).await;
         match state {
-            "online" => primary.frames(
-                1,
-                vec![Frame::Hello {
-                    protocol: protocol::VERSION,
-                }],
-            ),
+            "online" => primary.hello(1),
             "ready" => primary.ready(1),
             _ => {}
         }

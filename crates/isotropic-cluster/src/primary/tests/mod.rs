@@ -157,6 +157,7 @@ impl Harness {
     pub(super) fn hello(&mut self, id: u64) {
         let hello = Frame::Hello {
             protocol: protocol::VERSION,
+            heartbeat: false,
         };
         self.frames(id, vec![hello]);
     }
@@ -221,6 +222,7 @@ impl Harness {
 
 mod handlers;
 mod lifecycle;
+mod liveness;
 mod notify;
 mod panics;
 mod supervision;
