@@ -188,6 +188,7 @@ impl PrimaryContext {
                 Ok(spawned) => {
                     self.forked.push(spawned.worker.clone());
                     self.registry.insert(spawned);
+                    self.arm_sampler();
                     if let Some(timeout) = self.config.ready_timeout {
                         self.timers.insert(Timer::Ready(id), timeout);
                     }

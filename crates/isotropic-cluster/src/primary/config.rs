@@ -89,6 +89,10 @@ pub(crate) struct Config {
     pub(crate) channel: WorkerChannel,
     /// Fds every worker inherits (see `pass_fds`).
     pub(crate) pass_fds: std::sync::Arc<Vec<std::os::fd::OwnedFd>>,
+    /// How often what workers use is sampled (`None`: never).
+    pub(crate) sample_interval: Option<Duration>,
+    /// The memory a worker may use, in bytes.
+    pub(crate) max_memory: Option<u64>,
 }
 
 impl Config {
@@ -152,6 +156,8 @@ impl Default for Config {
             readiness: None,
             channel: WorkerChannel::Frames,
             pass_fds: std::sync::Arc::default(),
+            sample_interval: Some(Duration::from_secs(1)),
+            max_memory: None,
         }
     }
 }

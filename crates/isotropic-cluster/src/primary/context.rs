@@ -16,6 +16,7 @@ use super::phase::Phase;
 use super::pool::{Destination, Pool};
 use super::ready::ReadyWaiters;
 use super::registry::Registry;
+use super::resources::Sampler;
 use super::restart::Backoff;
 use super::rolling::Rolling;
 use super::spawner::Spawn;
@@ -41,6 +42,8 @@ pub(crate) enum Timer {
     /// Close this socket (by the address asked for) if no worker took it
     /// since its last holder left.
     Unheld(ListenAddress),
+    /// Sample what the workers use.
+    Sample,
 }
 
 /// The primary as its event handlers see it: the same operations as
@@ -76,6 +79,8 @@ pub struct PrimaryContext {
     pub(super) handlers: Handlers,
     /// Listening sockets, and the connections passed in round robin.
     pub(super) listeners: Listeners,
+    /// The timer that samples what workers use.
+    pub(super) sampler: Sampler,
 }
 
 impl std::fmt::Debug for PrimaryContext {
@@ -119,6 +124,7 @@ topics!(PrimaryContext =>
         WorkerSignal: "workerSignal" => complete_signal;
         ShutDownComplete: "shutDownComplete" once Publish => log_event;
         HandlerPanicked: "handlerPanicked" => log_event;
+        WorkerOverMemory: "workerOverMemory" => complete_over_memory;
     }
 );
 
@@ -302,6 +308,7 @@ impl PrimaryContext {
             rolling: Rolling::default(),
             ready_waiters: ReadyWaiters::default(),
             listeners,
+            sampler: Sampler::default(),
         }
     }
 

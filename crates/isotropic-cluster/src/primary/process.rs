@@ -148,7 +148,20 @@ impl Spawn for ProcessSpawner {
         } else {
             Err(theirs)
         };
-        let signals = Watch::start(id, child, cgroup, channel, inputs, config.output.clone());
-        Ok(Spawned { worker, signals })
+        let traffic = worker.outbox().traffic().clone();
+        let cgroup_dir = cgroup.as_ref().map(|cgroup| cgroup.path().to_owned());
+        let signals = Watch::start(
+            (id, traffic),
+            child,
+            cgroup,
+            channel,
+            inputs,
+            config.output.clone(),
+        );
+        Ok(Spawned {
+            worker,
+            signals,
+            cgroup: cgroup_dir,
+        })
     }
 }

@@ -87,6 +87,14 @@ impl Base {
             let _ = rustix::fs::unlinkat(&parent, name.as_c_str(), AtFlags::REMOVEDIR);
             return Err(error.into());
         }
+        // Memory accounting per worker (`memory.current`), where our cgroup
+        // hands the controller down; without it, a worker's memory is read
+        // from `/proc` instead.
+        if let Ok(control) =
+            rustix::fs::openat(&dir, c"cgroup.subtree_control", kill, Mode::empty())
+        {
+            let _ = rustix::io::write(&control, b"+memory");
+        }
         let path = ours.join(name.to_string_lossy().as_ref());
         Ok(Self {
             path,
@@ -209,6 +217,11 @@ impl WorkerCgroup {
         }
     }
 
+    /// Its directory.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The `cgroup.procs` the child writes to, to join it.
     pub(super) fn procs(&self) -> Option<BorrowedFd<'_>> {
         self.procs.as_ref().map(AsFd::as_fd)
@@ -249,6 +262,16 @@ impl Drop for WorkerCgroup {
         self.kill();
         remove_when_empty(self.path.clone());
     }
+}
+
+/// The memory the processes of the cgroup at `dir` use (`memory.current`,
+/// in bytes): `None` where the memory controller is not enabled for it.
+pub(crate) fn memory_current(dir: &Path) -> Option<u64> {
+    std::fs::read_to_string(dir.join("memory.current"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// How long a killed worker cgroup may take to empty before its removal is
@@ -422,6 +445,16 @@ mod tests {
             dir.join(&first).join("theirs").exists(),
             "theirs, untouched"
         );
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[test]
+    fn memory_current_is_read_where_the_controller_is_enabled() {
+        let dir = std::env::temp_dir().join(format!("cgroup-memory-{}", std::process::id()));
+        std::fs::create_dir(&dir).expect("a directory");
+        assert_eq!(memory_current(&dir), None, "no memory controller");
+        std::fs::write(dir.join("memory.current"), "7340032\n").expect("write");
+        assert_eq!(memory_current(&dir), Some(7_340_032));
         std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
