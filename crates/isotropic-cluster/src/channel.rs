@@ -94,7 +94,12 @@ impl Outbox {
         let max_bytes = limits.bytes.clamp(1, u32::MAX as usize);
         let room = Arc::new(Semaphore::new(max_bytes));
         let traffic = Arc::new(Traffic::default());
-        tokio::spawn(write_loop(half, rx, (room.clone(), traffic.clone()), max_bytes));
+        tokio::spawn(write_loop(
+            half,
+            rx,
+            (room.clone(), traffic.clone()),
+            max_bytes,
+        ));
         Self {
             tx,
             room,

@@ -309,6 +309,8 @@ fn socket_inode(target: &str) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::process::CommandExt as _;
+
     use super::*;
 
     #[test]
@@ -376,9 +378,10 @@ mod tests {
 
     #[test]
     fn a_tree_counts_its_descendants_cpu_and_memory() {
-        // sh, its child sh, and that one's sleep.
+        // sh, its child sh, and that one's sleep, in a group of their own.
         let mut child = std::process::Command::new("sh")
             .args(["-c", "sh -c 'sleep 30; :' & wait"])
+            .process_group(0)
             .spawn()
             .expect("sh");
         let started = std::time::Instant::now();
@@ -387,7 +390,10 @@ mod tests {
             if usage.processes == 3 {
                 break usage;
             }
-            assert!(started.elapsed() < std::time::Duration::from_secs(30), "{usage:?}");
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "{usage:?}"
+            );
             std::thread::sleep(std::time::Duration::from_millis(1));
         };
         let alone = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
@@ -397,7 +403,8 @@ mod tests {
             .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .expect("VmRSS");
         assert!(usage.rss > alone * 1024, "{usage:?}, alone {alone} KiB");
-        child.kill().expect("kill");
+        let group = rustix::process::Pid::from_child(&child);
+        rustix::process::kill_process_group(group, rustix::process::Signal::KILL).expect("kill");
         child.wait().expect("reap");
         assert_eq!(tree_usage(child.id()), None, "reaped");
     }

@@ -16,11 +16,11 @@ use tokio::net::UnixStream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::Decoder as _;
 
+use super::MemorySource;
 use super::context::{PrimaryContext, PrimaryEvent};
 use super::input::Input;
 use super::resources::Usage;
 use super::spawner::{Spawn, Spawned};
-use super::MemorySource;
 use super::{ClusterPrimary, Readiness, RestartPolicy, WorkerChannel, WorkerHandle};
 use crate::actor::Mailbox;
 use crate::channel::{Outbox, QueueLimits};

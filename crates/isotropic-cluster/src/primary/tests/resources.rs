@@ -98,7 +98,10 @@ async fn figures_follow_the_phase_and_keep_the_last_sample_with_its_age() {
     primary.fork(1).expect("fork");
     let figures = figures_of(&primary, 1);
     assert_eq!(figures.phase, WorkerPhase::Starting);
-    assert_eq!((figures.pid, figures.slot, figures.restarts), (100_001, 0, 0));
+    assert_eq!(
+        (figures.pid, figures.slot, figures.restarts),
+        (100_001, 0, 0)
+    );
     assert_eq!(figures.usage, None, "not sampled yet");
     primary.hello(1);
     assert_eq!(figures_of(&primary, 1).phase, WorkerPhase::Online);
@@ -109,12 +112,18 @@ async fn figures_follow_the_phase_and_keep_the_last_sample_with_its_age() {
     tokio::time::advance(Duration::from_millis(300)).await;
     let figures = figures_of(&primary, 1);
     let usage = figures.usage.expect("sampled");
-    assert_eq!((usage.memory, usage.age), (7 * MIB, Duration::from_millis(300)));
+    assert_eq!(
+        (usage.memory, usage.age),
+        (7 * MIB, Duration::from_millis(300))
+    );
     assert_eq!(figures.uptime, Duration::from_millis(1300));
     // Gone from /proc (the fake says nothing): the last sample stays.
     primary.spawner.memory.lock().expect("memory").clear();
     primary.advance(Duration::from_secs(1)).await;
-    assert_eq!(figures_of(&primary, 1).usage.map(|u| u.memory), Some(7 * MIB));
+    assert_eq!(
+        figures_of(&primary, 1).usage.map(|u| u.memory),
+        Some(7 * MIB)
+    );
 }
 
 #[tokio::test(start_paused = true)]
