@@ -1,38 +1,18 @@
 //! `isotropic-cluster run` end to end: output, signals, errors, channels.
 #![cfg(target_os = "linux")]
 
+mod common;
+
+use common::{DEADLINE, cli, cli_to, exit_code, send, terminate, until};
+
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, Command};
-
-const DEADLINE: Duration = Duration::from_secs(30);
 
 /// A worker that ignores SIGTERM (it says `up` once its trap is set).
 const IGNORES_SIGTERM: &str = "trap '' TERM; echo up; while :; do sleep 1; done";
-
-fn cli(args: &[&str]) -> (Child, Lines<BufReader<ChildStderr>>) {
-    cli_to(Stdio::piped(), args)
-}
-
-/// Reads stderr until a line containing `text`; returns the lines read.
-async fn until<R: AsyncBufRead + Unpin>(lines: &mut Lines<R>, text: &str) -> Vec<String> {
-    let mut seen = Vec::new();
-    tokio::time::timeout(DEADLINE, async {
-        while let Some(line) = lines.next_line().await.expect("read") {
-            let done = line.contains(text);
-            seen.push(line);
-            if done {
-                return;
-            }
-        }
-        panic!("the CLI ended before printing {text:?}: {seen:?}");
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no {text:?} in time"));
-    seen
-}
 
 /// SIGTERM, then every one of `workers` exits with code 0, and so does the CLI.
 async fn stop_cleanly(
@@ -47,16 +27,6 @@ async fn stop_cleanly(
     assert_eq!(exit_code(child).await, Some(0));
 }
 
-fn terminate(child: &Child) {
-    send(child, rustix::process::Signal::TERM);
-}
-
-/// Sends `signal` to the CLI (our child, not reaped: its own pid).
-fn send(child: &Child, signal: rustix::process::Signal) {
-    let pid = rustix::process::Pid::from_raw(child.id().expect("pid") as i32).expect("pid");
-    rustix::process::kill_process(pid, signal).expect("signal the CLI");
-}
-
 /// Waits until `n` workers have printed `up` on stdout (their signal
 /// handling is set up by then).
 async fn up(child: &mut Child, n: usize) {
@@ -66,14 +36,6 @@ async fn up(child: &mut Child, n: usize) {
     }
     // Keep reading, so that the workers can still print.
     tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
-}
-
-async fn exit_code(child: &mut Child) -> Option<i32> {
-    tokio::time::timeout(DEADLINE, child.wait())
-        .await
-        .expect("the CLI exits in time")
-        .expect("wait")
-        .code()
 }
 
 #[tokio::test]
@@ -877,19 +839,6 @@ async fn as_pid_1_of_a_pid_namespace_the_cli_reaps_orphans() {
         "{rest:?}"
     );
     assert_eq!(exit_code(&mut child).await, Some(0));
-}
-
-/// The CLI with its stdout to `stdout`, stderr piped.
-fn cli_to(stdout: Stdio, args: &[&str]) -> (Child, Lines<BufReader<ChildStderr>>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_isotropic-cluster"))
-        .args(args)
-        .stdout(stdout)
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the CLI");
-    let stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    (child, stderr)
 }
 
 #[tokio::test]
