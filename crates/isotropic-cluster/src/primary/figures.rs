@@ -43,8 +43,9 @@ pub enum MemorySource {
     /// kernel memory included (where it runs in a cgroup of its own with the
     /// memory controller).
     Cgroup,
-    /// The resident memory (`VmRSS`) of it and its live descendants, summed
-    /// (pages shared between them count once per process).
+    /// The resident memory (`VmRSS`) of it and its live descendants (every
+    /// process of its cgroup, where it runs in one), summed (pages shared
+    /// between them count once per process).
     ProcessTree,
 }
 
@@ -53,8 +54,8 @@ pub enum MemorySource {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ResourceUsage {
-    /// User and system CPU time of it and its live descendants, and of the
-    /// descendants they reaped.
+    /// User and system CPU time of it and its live descendants (every process
+    /// of its cgroup, where it runs in one), and of the children they reaped.
     pub cpu_time: Duration,
     /// Memory in bytes.
     pub memory: u64,

@@ -29,9 +29,13 @@ pub(crate) struct Usage {
 
 impl Usage {
     /// Reads what worker `pid` (our child) uses now, its cgroup's directory
-    /// being `cgroup` if it runs in one; `None` once it is gone.
+    /// being `cgroup` if it runs in one (then its processes are the
+    /// cgroup's, if it is among them); `None` once it is gone.
     pub(crate) fn read(pid: u32, cgroup: Option<&Path>) -> Option<Self> {
-        let tree = sys::tree_usage(pid)?;
+        let members = cgroup
+            .and_then(sys::cgroup_processes)
+            .filter(|members| members.contains(&pid));
+        let tree = sys::tree_usage(pid, members.as_deref())?;
         let (memory, source) = match cgroup.and_then(sys::memory_current) {
             Some(current) => (current, MemorySource::Cgroup),
             None => (tree.rss, MemorySource::ProcessTree),

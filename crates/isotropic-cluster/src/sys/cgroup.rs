@@ -274,6 +274,13 @@ pub(crate) fn memory_current(dir: &Path) -> Option<u64> {
         .ok()
 }
 
+/// The processes in the cgroup at `dir` (`cgroup.procs`: pids in our PID
+/// namespace).
+pub(crate) fn cgroup_processes(dir: &Path) -> Option<Vec<u32>> {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+    Some(procs.lines().filter_map(|pid| pid.parse().ok()).collect())
+}
+
 /// How long a killed worker cgroup may take to empty before its removal is
 /// left to the orphan guard (at this process's end).
 const EMPTYING: Duration = Duration::from_secs(10);
@@ -497,6 +504,7 @@ mod tests {
         wait_until(|| std::fs::read_to_string(&procs).is_ok_and(|p| p.contains(&pid.to_string())));
         let cgroup = cgroup.spawned().expect("joined");
         let path = cgroup.path.clone();
+        assert_eq!(cgroup_processes(&path), Some(vec![pid]));
         drop(cgroup);
         let status = inside.wait().expect("reap");
         assert_eq!(

@@ -15,7 +15,7 @@ mod scm;
 mod socket;
 mod spawn;
 
-pub(crate) use cgroup::{WorkerCgroup, memory_current};
+pub(crate) use cgroup::{WorkerCgroup, cgroup_processes, memory_current};
 pub(crate) use fds::{PASS_FDS, adopt_inherited_socket, place_listen_fds};
 pub(crate) use guard::forget_group;
 use guard::orphan_guard;

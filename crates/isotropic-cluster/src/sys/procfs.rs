@@ -210,15 +210,23 @@ pub(crate) struct TreeUsage {
 }
 
 /// What process `pid` (one of our children, by our pid) and its live
-/// descendants use (from each one's `/proc/PID/stat`, the descendants from
-/// the `children` lists; at most [`MAX_TREE`] processes). `None` when the
-/// process itself cannot be read (gone).
-pub(crate) fn tree_usage(pid: u32) -> Option<TreeUsage> {
+/// descendants use, from each one's `/proc/PID/stat` (at most [`MAX_TREE`]
+/// processes). The descendants are `members` (the other processes of its
+/// cgroup, by our pids: one read finds them all, even those that left its
+/// process tree) where `/proc` is our PID namespace's, else found through
+/// the `children` lists. `None` when the process itself cannot be read
+/// (gone).
+pub(crate) fn tree_usage(pid: u32, members: Option<&[u32]>) -> Option<TreeUsage> {
     let root = seen_pid(pid)?;
+    let members = members.filter(|_| is_ours());
     let ticks = rustix::param::clock_ticks_per_second().max(1);
     let page = rustix::param::page_size() as u64;
     let mut usage = TreeUsage::default();
     let (mut cpu_ticks, mut queue) = (0_u64, vec![root]);
+    if let Some(members) = members {
+        let others = members.iter().filter(|&&member| member != root);
+        queue.extend(others.take(MAX_TREE - 1));
+    }
     let mut buffer = [0; STAT_SIZE];
     while let Some(next) = queue.pop() {
         let stat = i32::try_from(next)
@@ -237,7 +245,7 @@ pub(crate) fn tree_usage(pid: u32) -> Option<TreeUsage> {
             .sum::<u64>();
         usage.rss += stat_field(stat, RSS_PAGES).unwrap_or(0) * page;
         usage.processes += 1;
-        if usage.processes + queue.len() < MAX_TREE {
+        if members.is_none() && usage.processes + queue.len() < MAX_TREE {
             queue.extend(children(&next.to_string()).unwrap_or_default());
         }
     }
@@ -386,7 +394,7 @@ mod tests {
             .expect("sh");
         let started = std::time::Instant::now();
         let usage = loop {
-            let usage = tree_usage(child.id()).expect("alive");
+            let usage = tree_usage(child.id(), None).expect("alive");
             if usage.processes == 3 {
                 break usage;
             }
@@ -403,10 +411,16 @@ mod tests {
             .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .expect("VmRSS");
         assert!(usage.rss > alone * 1024, "{usage:?}, alone {alone} KiB");
+        // The same processes, listed (as a cgroup lists them).
+        let mut members = vec![child.id()];
+        members.extend(children(&child.id().to_string()).expect("a child"));
+        members.extend(children(&members[1].to_string()).expect("a grandchild"));
+        let listed = tree_usage(child.id(), Some(&members)).expect("alive");
+        assert_eq!(listed.processes, 3);
         let group = rustix::process::Pid::from_child(&child);
         rustix::process::kill_process_group(group, rustix::process::Signal::KILL).expect("kill");
         child.wait().expect("reap");
-        assert_eq!(tree_usage(child.id()), None, "reaped");
+        assert_eq!(tree_usage(child.id(), None), None, "reaped");
     }
 
     /// The cost of one sample of a small tree (prints it: see
@@ -425,7 +439,7 @@ mod tests {
         let started = std::time::Instant::now();
         for _ in 0..rounds {
             for child in &children {
-                assert!(tree_usage(child.id()).is_some());
+                assert!(tree_usage(child.id(), None).is_some());
             }
         }
         let per_worker = started.elapsed() / (rounds * 8);
