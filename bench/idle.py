@@ -99,8 +99,9 @@ def main():
         print(f"| {mode} | {summary(results[mode]['cpu'], 3)} | {summary(results[mode]['rss'], 2)} |")
     off, on = (statistics.median(results[m]["cpu"]) for m in ("off", "on"))
     rss_off, rss_on = (statistics.median(results[m]["rss"]) for m in ("off", "on"))
-    ratio = f"{on / off:.2f}x" if off > 0 else "—"
+    ratio = f"{on / off:.2f}x" if off > 0 else "— (off: none)"
     print(f"| on/off | {ratio} | {rss_on / rss_off:.2f}x |")
+    print(f"| on − off | {on - off:+.3f} | {rss_on - rss_off:+.2f} |")
 
 
 if __name__ == "__main__":
