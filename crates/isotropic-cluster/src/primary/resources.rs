@@ -91,15 +91,18 @@ impl PrimaryContext {
     pub(super) fn sample(&mut self) {
         self.sampler.armed = false;
         let mut over = Vec::new();
-        for id in self.registry.workers().iter().map(|w| w.id()) {
-            let Some(entry) = self.registry.get(id) else {
-                continue;
-            };
-            let pid = entry.worker.pid();
-            let Some(usage) = self.spawner.usage(pid, entry.cgroup.as_deref()) else {
-                continue;
-            };
+        let ids: Vec<WorkerId> = self
+            .registry
+            .entries()
+            .iter()
+            .map(|e| e.worker.id())
+            .collect();
+        for id in ids {
             let Some(entry) = self.registry.get_mut(id) else {
+                continue;
+            };
+            let cgroup = entry.cgroup.as_deref();
+            let Some(usage) = self.spawner.usage(entry.worker.pid(), cgroup) else {
                 continue;
             };
             entry.resources.last = Some((Instant::now(), usage));
