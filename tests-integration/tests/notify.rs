@@ -218,6 +218,14 @@ async fn a_notify_worker_that_stops_sending_watchdog_1_is_replaced_and_one_that_
         let (_, status) = wait_for(&mut events, status_of).await;
         assert_eq!(status, "usec 1000000", "as systemd tells a service");
     }
+    let figures = primary.figures().await;
+    assert_eq!(figures.len(), 2);
+    assert!(
+        figures
+            .iter()
+            .all(|f| f.status.as_deref() == Some("usec 1000000")),
+        "the last status line, in the figures: {figures:?}"
+    );
     // Slot 1 hangs: only it is stopped, and its replacement takes slot 1.
     std::fs::write(stuck.join("1"), b"").expect("hang slot 1");
     let unresponsive = wait_for(&mut events, |e| match e {

@@ -119,6 +119,12 @@ pub(crate) struct RunArgs {
     /// container's entrypoint).
     #[arg(long)]
     subreaper: bool,
+    /// Recycle a worker whose memory goes over SIZE (200M, 1G, 512K, or
+    /// bytes): its process tree's resident memory (its cgroup's, where it
+    /// runs in one with the memory controller), sampled every second. It is
+    /// stopped as by a restart and replaced in its slot.
+    #[arg(long, value_name = "SIZE", value_parser = size)]
+    max_memory: Option<u64>,
     /// The program to run, and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -197,6 +203,8 @@ pub(crate) struct Plan {
     pub(crate) reap_orphans: bool,
     /// How long a watched worker may be silent (`None`: not watched).
     pub(crate) watchdog: Option<Duration>,
+    /// The memory limit of each worker, in bytes.
+    pub(crate) max_memory: Option<u64>,
 }
 
 /// A combination of flags that makes no plan.
@@ -272,6 +280,7 @@ impl RunArgs {
             json: self.json,
             reap_orphans: self.subreaper || std::process::id() == 1,
             watchdog: self.watchdog,
+            max_memory: self.max_memory,
         })
     }
 
@@ -319,6 +328,28 @@ fn duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string())
 }
 
+/// `200M`, `1G`, `512K` (powers of 1024, a fraction allowed: `1.5G`), or a
+/// number of bytes; above zero.
+fn size(text: &str) -> Result<u64, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(text.len()),
+    );
+    let value: f64 = number.parse().map_err(|_| format!("not a size: {text}"))?;
+    let unit: u64 = match unit {
+        "" => 1,
+        "K" | "k" => 1 << 10,
+        "M" | "m" => 1 << 20,
+        "G" | "g" => 1 << 30,
+        _ => return Err(format!("unknown unit in {text} (K, M or G, or bytes)")),
+    };
+    let bytes = (value * unit as f64).floor();
+    if bytes < 1.0 || bytes >= u64::MAX as f64 {
+        return Err(format!("not a size above zero: {text}"));
+    }
+    Ok(bytes as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,6 +390,7 @@ mod tests {
                 json: false,
                 reap_orphans: false,
                 watchdog: None,
+                max_memory: None,
             }
         );
     }
@@ -402,6 +434,8 @@ mod tests {
             "--subreaper",
             "--watchdog",
             "1.5s",
+            "--max-memory",
+            "200M",
         ])
         .expect("a plan");
         assert_eq!(
@@ -429,6 +463,7 @@ mod tests {
                 json: true,
                 reap_orphans: true,
                 watchdog: Some(Duration::from_millis(1500)),
+                max_memory: Some(200 << 20),
             }
         );
     }
@@ -562,6 +597,45 @@ mod tests {
         );
         assert_eq!(duration("s"), Err("not a duration: s".to_owned()));
         assert_eq!(duration("1.2.3s"), Err("not a duration: 1.2.3s".to_owned()));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size("200M"), Ok(200 << 20));
+        assert_eq!(size("1G"), Ok(1 << 30));
+        assert_eq!(size("512K"), Ok(512 << 10));
+        assert_eq!(size("512k"), Ok(512 << 10));
+        assert_eq!(size("1.5G"), Ok(3 << 29));
+        assert_eq!(size("1048576"), Ok(1 << 20));
+        assert_eq!(
+            size("200MB"),
+            Err("unknown unit in 200MB (K, M or G, or bytes)".to_owned())
+        );
+        assert_eq!(
+            size("2T"),
+            Err("unknown unit in 2T (K, M or G, or bytes)".to_owned())
+        );
+        for junk in ["", "M", "-5M", "1.2.3M", "lots"] {
+            assert!(size(junk).is_err(), "{junk:?}");
+        }
+        assert_eq!(size("0"), Err("not a size above zero: 0".to_owned()));
+        assert_eq!(size("0.1"), Err("not a size above zero: 0.1".to_owned()));
+        assert!(size("99999999999G").is_err(), "past u64");
+    }
+
+    #[test]
+    fn a_bad_max_memory_is_a_usage_error() {
+        let line = [
+            "isotropic-cluster",
+            "run",
+            "--max-memory",
+            "lots",
+            "--",
+            "prog",
+        ];
+        let error = Cli::try_parse_from(line).expect_err("rejected");
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(error.to_string().contains("not a size: lots"), "{error}");
     }
 
     #[test]

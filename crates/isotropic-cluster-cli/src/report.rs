@@ -114,6 +114,15 @@ impl Report {
                 let text = format!("{why}: recycling it (its replacement first)");
                 self.line("workerExpired", Some(e.worker.id().get()), &text);
             }
+            PrimaryEvent::WorkerOverMemory(e) => self.line(
+                "workerOverMemory",
+                Some(e.worker.id().get()),
+                &format!(
+                    "uses {} of memory, over the limit of {}: recycling it",
+                    mib(e.memory),
+                    mib(e.limit)
+                ),
+            ),
             PrimaryEvent::Skipped(e) => self.line(
                 "skipped",
                 None,
@@ -190,6 +199,11 @@ fn render(json: bool, event: &str, worker: Option<u64>, text: &str) -> String {
     }
 }
 
+/// Bytes in MiB, to one decimal.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
 /// `error: its source: its source's source…`
 fn source_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -229,6 +243,12 @@ mod tests {
             json!({"event": "workerExit", "worker": 3, "message": "exited with code 0"})
         );
         assert_eq!(line(None)["worker"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn memory_is_shown_in_mib() {
+        assert_eq!(mib(200 << 20), "200.0 MiB");
+        assert_eq!(mib(3 << 19), "1.5 MiB");
     }
 
     #[test]

@@ -254,6 +254,12 @@ async fn start(
         Some(age) => builder.max_age(age),
         None => builder,
     };
+    // Workers are sampled only for a memory limit (nothing else here shows
+    // what they use): without one, the primary does not wake up for it.
+    let builder = match plan.max_memory {
+        Some(limit) => builder.max_memory(limit),
+        None => builder.sample_interval(std::time::Duration::ZERO),
+    };
     Ok(builder
         .channel(channel)
         .readiness(readiness)

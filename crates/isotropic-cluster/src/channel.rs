@@ -17,6 +17,7 @@ use crate::WorkerId;
 use crate::error::{ProtocolError, SendError};
 use crate::protocol::{self, Frame, FrameCodec};
 use crate::sys;
+use crate::traffic::Traffic;
 
 /// Makes our end of a channel ready: nonblocking, split, with the writer task
 /// of its [`Outbox`] (bounded by `limits`) started. `worker_id` names the peer
@@ -69,6 +70,7 @@ pub(crate) struct Outbox {
     room: Arc<Semaphore>,
     max_bytes: usize,
     worker_id: Option<WorkerId>,
+    traffic: Arc<Traffic>,
 }
 
 impl std::fmt::Debug for Outgoing {
@@ -91,13 +93,26 @@ impl Outbox {
         let (tx, rx) = mpsc::channel(limits.messages.max(1));
         let max_bytes = limits.bytes.clamp(1, u32::MAX as usize);
         let room = Arc::new(Semaphore::new(max_bytes));
-        tokio::spawn(write_loop(half, rx, room.clone(), max_bytes));
+        let traffic = Arc::new(Traffic::default());
+        tokio::spawn(write_loop(
+            half,
+            rx,
+            (room.clone(), traffic.clone()),
+            max_bytes,
+        ));
         Self {
             tx,
             room,
             max_bytes,
             worker_id,
+            traffic,
         }
+    }
+
+    /// What went through the channel: written by this outbox, and read by
+    /// whoever reads the other half (see [`Traffic`]).
+    pub(crate) fn traffic(&self) -> &Arc<Traffic> {
+        &self.traffic
     }
 
     /// The room a frame takes in the queue (a frame larger than the whole
@@ -191,12 +206,14 @@ impl Outbox {
 async fn write_loop(
     mut half: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Outgoing>,
-    room: Arc<Semaphore>,
+    (room, traffic): (Arc<Semaphore>, Arc<Traffic>),
     max_bytes: usize,
 ) {
     let mut batch = BytesMut::with_capacity(BATCH_BYTES);
     let mut acks = Vec::new();
     let mut freed = 0;
+    // Frames and bytes written in this round, counted once it is written.
+    let (mut frames, mut bytes) = (0, 0);
     let mut closing = false;
     while !closing {
         let Some(first) = rx.recv().await else { break };
@@ -206,10 +223,12 @@ async fn write_loop(
             match item {
                 Outgoing::Close => closing = true,
                 Outgoing::WithFd(frame, fd) => {
+                    (frames, bytes) = (frames + 1, bytes + frame.len());
                     ok = flush(&mut half, &mut batch).await
                         && write_with_fd(&mut half, &frame, &fd).await.is_ok();
                 }
                 Outgoing::Frame(frame, ack) => {
+                    (frames, bytes) = (frames + 1, bytes + frame.len());
                     acks.extend(ack);
                     freed += frame.len().min(max_bytes);
                     if frame.len() < COALESCE_BELOW {
@@ -228,6 +247,10 @@ async fn write_loop(
             }
         }
         ok = ok && flush(&mut half, &mut batch).await;
+        if ok {
+            traffic.sent(frames, bytes);
+        }
+        (frames, bytes) = (0, 0);
         room.add_permits(std::mem::take(&mut freed));
         for ack in acks.drain(..) {
             let _ = ack.send(ok);
@@ -474,6 +497,19 @@ mod tests {
         assert_eq!(number(inbox.next().await), 1);
         assert_eq!(number(inbox.next().await), 2);
         assert!(inbox.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn frames_written_are_counted_with_their_bytes() {
+        let (outbox, mut inbox) = outbox(100, 1 << 20);
+        assert_eq!(outbox.traffic().sent_total(), (0, 0));
+        outbox.try_send(frame(1, 16)).expect("room");
+        outbox.try_send(frame(2, 10_000)).expect("room");
+        outbox.send(frame(3, 100)).await.expect("written");
+        assert_eq!(outbox.traffic().sent_total(), (3, 10_116));
+        for n in 1..=3 {
+            assert_eq!(number(inbox.next().await), n);
+        }
     }
 
     #[tokio::test]

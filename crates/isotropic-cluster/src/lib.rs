@@ -78,6 +78,7 @@ mod signal;
 pub mod socket_activation;
 mod sys;
 mod topics;
+mod traffic;
 pub mod worker;
 
 pub use error::{BoxError, Error, MessageError, ProtocolError, SendError};

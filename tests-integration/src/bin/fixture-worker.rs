@@ -42,6 +42,11 @@ enum Command {
         count: u32,
         stall: bool,
     },
+    /// Allocate this many MiB, touch every page, keep it, and say
+    /// `{"allocated": mib}`.
+    Allocate { mib: usize },
+    /// Keep a CPU busy for this long, then say `{"spun": ms}`.
+    Spin { ms: u64 },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -163,6 +168,18 @@ async fn echo(
                     count,
                     stall,
                 }) => jobs(event.context().handle(), within_ms, count, stall),
+                Ok(Command::Allocate { mib }) => {
+                    // Written to, so resident; kept to the end.
+                    std::mem::forget(vec![1_u8; mib << 20]);
+                    let _ = event.context().try_send(&json!({"allocated": mib}));
+                }
+                Ok(Command::Spin { ms }) => {
+                    let started = std::time::Instant::now();
+                    while started.elapsed() < Duration::from_millis(ms) {
+                        std::hint::spin_loop();
+                    }
+                    let _ = event.context().try_send(&json!({"spun": ms}));
+                }
                 Ok(Command::SpawnChild) => {
                     let child = std::process::Command::new("sleep").arg("300").spawn();
                     let pid = child.map(|c| c.id()).unwrap_or_default();

@@ -201,6 +201,7 @@ impl PrimaryContext {
                 Ok(spawned) => {
                     self.forked.push(spawned.worker.clone());
                     self.registry.insert(spawned);
+                    self.arm_sampler();
                     let config = self.config.clone();
                     if let Some(timeout) = config.ready_timeout {
                         self.timers.insert(Timer::Ready(id), timeout);

@@ -393,6 +393,39 @@ impl PrimaryBuilder {
         self
     }
 
+    /// How often each worker's CPU time and memory are sampled, by one timer
+    /// for all workers (default 1 s; `Duration::ZERO`: never). The samples
+    /// feed [`ClusterPrimary::figures`] and [`max_memory`](Self::max_memory).
+    /// A sample costs a few µs per worker process (`docs/performance.md`).
+    pub fn sample_interval(mut self, interval: Duration) -> Self {
+        self.config.sample_interval = (!interval.is_zero()).then_some(interval);
+        self
+    }
+
+    /// The memory a worker may use, in bytes: its cgroup's `memory.current`
+    /// where it runs in a cgroup with the memory controller, else the
+    /// resident memory of its whole process tree. A worker sampled over it
+    /// raises [`WorkerOverMemory`](super::WorkerOverMemory) once, whose
+    /// default action recycles it. Needs sampling ([`start`](Self::start)
+    /// refuses it with a zero [`sample_interval`](Self::sample_interval)).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), isotropic_cluster::Error> {
+    /// use std::time::Duration;
+    /// let primary = isotropic_cluster::primary::ClusterPrimary::builder()
+    ///     .max_memory(200 << 20)
+    ///     .sample_interval(Duration::from_millis(500))
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn max_memory(mut self, bytes: u64) -> Self {
+        self.config.max_memory = Some(bytes);
+        self
+    }
+
     /// Custom initialization, run by [`start`](Self::start) before the
     /// primary counts as initialized (the original's `_initialize`). Its
     /// failure is an `initializeError` event and `start`'s error; so is its
@@ -431,6 +464,11 @@ impl PrimaryBuilder {
         if !self.config.has_channel() && self.config.readiness() == Readiness::Message {
             return Err(Error::InvalidConfig {
                 reason: "a worker without a channel cannot say it is ready (Readiness::Message)",
+            });
+        }
+        if self.config.max_memory.is_some() && self.config.sample_interval.is_none() {
+            return Err(Error::InvalidConfig {
+                reason: "max_memory needs sampling (a sample_interval above zero)",
             });
         }
         let notify = (self.config.readiness() == Readiness::Notify)

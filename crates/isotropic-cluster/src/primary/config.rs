@@ -120,6 +120,10 @@ pub(crate) struct Config {
     pub(crate) pass_fds: std::sync::Arc<Vec<std::os::fd::OwnedFd>>,
     /// A worker watched for liveness and silent this long is unresponsive.
     pub(crate) watchdog: Option<Duration>,
+    /// How often what workers use is sampled (`None`: never).
+    pub(crate) sample_interval: Option<Duration>,
+    /// The memory a worker may use, in bytes.
+    pub(crate) max_memory: Option<u64>,
 }
 
 impl Config {
@@ -188,6 +192,8 @@ impl Default for Config {
             notify_socket: None,
             pass_fds: std::sync::Arc::default(),
             watchdog: None,
+            sample_interval: Some(Duration::from_secs(1)),
+            max_memory: None,
         }
     }
 }

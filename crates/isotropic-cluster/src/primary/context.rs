@@ -18,6 +18,7 @@ use super::pool::{Destination, Pool};
 use super::ready::ReadyWaiters;
 use super::recycle::Recycler;
 use super::registry::Registry;
+use super::resources::Sampler;
 use super::restart::Backoff;
 use super::rolling::Rolling;
 use super::spawner::Spawn;
@@ -49,6 +50,8 @@ pub(crate) enum Timer {
     Unheld(ListenAddress),
     /// Send heartbeats, and look for silent workers (`liveness.rs`).
     Heartbeat,
+    /// Sample what the workers use.
+    Sample,
 }
 
 /// The primary as its event handlers see it: the same operations as
@@ -96,6 +99,8 @@ pub struct PrimaryContext {
     pub(super) notify_dropped: super::notify::Dropped,
     /// The workers watched for signs of life.
     pub(super) liveness: Liveness,
+    /// The timer that samples what workers use.
+    pub(super) sampler: Sampler,
 }
 
 impl std::fmt::Debug for PrimaryContext {
@@ -143,6 +148,7 @@ topics!(PrimaryContext =>
         WorkerStatus: "workerStatus" => complete_status;
         WorkerStopping: "workerStopping" => complete_stopping;
         WorkerUnresponsive: "workerUnresponsive" => complete_unresponsive;
+        WorkerOverMemory: "workerOverMemory" => complete_over_memory;
     }
 );
 
@@ -333,6 +339,7 @@ impl PrimaryContext {
             listeners,
             notify_dropped: super::notify::Dropped::default(),
             liveness,
+            sampler: Sampler::default(),
         }
     }
 

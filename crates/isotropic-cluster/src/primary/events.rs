@@ -281,6 +281,41 @@ pub struct RestartIntensityExceeded {
     pub then: super::OnIntensity,
 }
 
+/// A worker was sampled over the memory limit
+/// ([`PrimaryBuilder::max_memory`](super::PrimaryBuilder::max_memory); *new*:
+/// the original has no equivalent). Raised once per worker. Its default
+/// action recycles the worker: a replacement takes its slot and the worker is
+/// asked to leave. Preventing it keeps the worker (it is not raised again).
+///
+/// # Examples
+///
+/// ```no_run
+/// use isotropic_cluster::primary::{ClusterPrimary, WorkerOverMemory};
+/// use isotropic_cluster::Subscribe;
+///
+/// # async fn demo() -> Result<(), isotropic_cluster::Error> {
+/// let primary = ClusterPrimary::builder()
+///     .max_memory(512 << 20)
+///     .before::<WorkerOverMemory>(|event| {
+///         eprintln!("worker {} uses {} bytes", event.worker.id(), event.memory);
+///         // event.prevent() would keep it.
+///     })
+///     .start()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerOverMemory {
+    /// The worker.
+    pub worker: WorkerHandle,
+    /// Its memory when sampled, in bytes (see
+    /// [`MemorySource`](super::MemorySource)).
+    pub memory: u64,
+    /// The limit, in bytes.
+    pub limit: u64,
+}
+
 /// Every worker has exited after a shutdown (once only).
 #[derive(Debug, Clone)]
 #[non_exhaustive]

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use super::WorkerHandle;
 use super::config::Config;
 use super::context::{PrimaryContext, PrimaryEvent};
+use super::figures::WorkerFigures;
 use super::pool::{self, Destination, Pool};
 use crate::WorkerId;
 use crate::actor::Mailbox;
@@ -238,6 +239,32 @@ impl ClusterPrimary {
     /// The ready worker with this id.
     pub fn worker_by_id(&self, id: WorkerId) -> Option<WorkerHandle> {
         self.pool.member(id)
+    }
+
+    /// A snapshot of every live worker: pid, slot, phase, uptime, restarts
+    /// of its slot, its last CPU and memory sample, messages and bytes each
+    /// way, requests in flight (see [`WorkerFigures`]). Empty once the
+    /// primary is destroyed.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(primary: isotropic_cluster::primary::ClusterPrimary) {
+    /// for worker in primary.figures().await {
+    ///     let memory = worker.usage.map_or(0, |usage| usage.memory);
+    ///     println!("worker {} (pid {}): {memory} bytes", worker.id, worker.pid);
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn figures(&self) -> Vec<WorkerFigures> {
+        self.mailbox
+            .call(|primary| primary.figures())
+            .await
+            .unwrap_or_default()
     }
 
     /// Asks worker `id` to leave, then replaces it (see

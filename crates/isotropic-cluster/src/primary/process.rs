@@ -166,14 +166,20 @@ impl Spawn for ProcessSpawner {
         } else {
             Err(theirs)
         };
+        let traffic = worker.outbox().traffic().clone();
+        let cgroup_dir = cgroup.as_ref().map(|cgroup| cgroup.path().to_owned());
         let signals = Watch::start(
-            (id, slot),
+            (id, slot, traffic),
             child,
             cgroup,
             channel,
             inputs,
             config.output.clone(),
         );
-        Ok(Spawned { worker, signals })
+        Ok(Spawned {
+            worker,
+            signals,
+            cgroup: cgroup_dir,
+        })
     }
 }

@@ -3,6 +3,7 @@
 //! that handles read (live ids, the ready pool, round robin).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -10,6 +11,7 @@ use tokio::time::Instant;
 
 use super::WorkerHandle;
 use super::pool::Pool;
+use super::resources::Resources;
 use super::spawner::Spawned;
 use super::state::{Action, Trigger, WorkerState};
 use crate::{Signal, WorkerId};
@@ -30,6 +32,12 @@ pub(super) struct Entry {
     /// It sent `READY=1` before its hello: ready at its hello.
     pub(super) ready_notified: bool,
     signals: mpsc::UnboundedSender<Signal>,
+    /// Its cgroup's directory, if it runs in one of its own.
+    pub(super) cgroup: Option<PathBuf>,
+    /// How many workers held its slot before it.
+    pub(super) restarts: u32,
+    /// What it used when last sampled (see `resources.rs`).
+    pub(super) resources: Resources,
 }
 
 impl Entry {
@@ -45,6 +53,8 @@ impl Entry {
 pub(super) struct Registry {
     entries: HashMap<WorkerId, Entry>,
     pool: Arc<Pool>,
+    /// How many workers each slot has had.
+    slot_starts: HashMap<u32, u32>,
 }
 
 impl Registry {
@@ -55,8 +65,14 @@ impl Registry {
 
     /// Registers a started worker, in [`WorkerState::Starting`].
     pub(super) fn insert(&mut self, spawned: Spawned) {
-        let Spawned { worker, signals } = spawned;
+        let Spawned {
+            worker,
+            signals,
+            cgroup,
+        } = spawned;
         self.pool.add_live(&worker);
+        let starts = self.slot_starts.entry(worker.slot()).or_default();
+        *starts += 1;
         let entry = Entry {
             worker: worker.clone(),
             state: WorkerState::Starting,
@@ -67,6 +83,9 @@ impl Registry {
             status: None,
             ready_notified: false,
             signals,
+            cgroup,
+            restarts: *starts - 1,
+            resources: Resources::default(),
         };
         self.entries.insert(worker.id(), entry);
     }
@@ -117,6 +136,13 @@ impl Registry {
         self.entries
             .iter()
             .map(|(&id, entry)| (id, entry.worker.pid()))
+    }
+
+    /// Every live worker's entry, by ascending id.
+    pub(super) fn entries(&self) -> Vec<&Entry> {
+        let mut entries: Vec<&Entry> = self.entries.values().collect();
+        entries.sort_by_key(|entry| entry.worker.id());
+        entries
     }
 
     /// The live worker with this id.

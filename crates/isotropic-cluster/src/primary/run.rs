@@ -266,6 +266,7 @@ impl PrimaryContext {
             }
             Timer::Listening(id) => self.poll_listening(id),
             Timer::Unheld(key) => self.listeners.expire(&key, LINGER),
+            Timer::Sample => self.sample(),
             Timer::Escalate(id, signal) => {
                 if let Some(worker) = self.registry.worker(id) {
                     events::publish(self, WorkerSignal { worker, signal });

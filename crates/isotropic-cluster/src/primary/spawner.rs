@@ -3,11 +3,13 @@
 //! processes; the lifecycle's unit tests use a fake that starts none.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 
 use tokio::sync::mpsc;
 
 use super::WorkerHandle;
 use super::input::Input;
+use super::resources::Usage;
 use crate::error::Error;
 use crate::sys;
 use crate::{Signal, WorkerId};
@@ -28,6 +30,13 @@ pub(crate) trait Spawn: Send + Sync + fmt::Debug {
     fn is_listening(&self, pid: u32) -> bool {
         sys::holds_listening_socket(pid)
     }
+
+    /// What worker `pid` uses now (its CPU time and memory, see
+    /// `resources.rs`), `cgroup` being its cgroup's directory if it runs in
+    /// one; `None` when it cannot be read.
+    fn usage(&self, pid: u32, cgroup: Option<&Path>) -> Option<Usage> {
+        Usage::read(pid, cgroup)
+    }
 }
 
 /// A started worker: its handle, and where to send it signals (sent only
@@ -36,4 +45,6 @@ pub(crate) trait Spawn: Send + Sync + fmt::Debug {
 pub(crate) struct Spawned {
     pub(crate) worker: WorkerHandle,
     pub(crate) signals: mpsc::UnboundedSender<Signal>,
+    /// The directory of its cgroup, if it runs in one of its own.
+    pub(crate) cgroup: Option<PathBuf>,
 }

@@ -18,6 +18,7 @@ use super::output::{Delivery, OutputLine, OutputSink};
 use crate::error::ProtocolError;
 use crate::protocol::{AnyCodec, Frame};
 use crate::sys;
+use crate::traffic::Traffic;
 use crate::{Signal, WorkerId};
 
 /// How long output and channel data are still read after a worker exited
@@ -46,7 +47,9 @@ pub(super) struct Watch {
     id: WorkerId,
     /// Its slot, for its output lines.
     slot: u32,
-    frames: Option<FramedRead<OwnedReadHalf, AnyCodec>>,
+    frames: Option<FramedRead<OwnedReadHalf, Counted>>,
+    /// Where the frames read are counted (once per batch).
+    traffic: Arc<Traffic>,
     pipes: Pipes,
     inputs: mpsc::Sender<Input>,
     budget: Arc<Semaphore>,
@@ -68,7 +71,7 @@ impl Watch {
     /// end `unused`); signals sent on the returned sender reach it (and its
     /// group) while it is not reaped.
     pub(super) fn start(
-        (id, slot): (WorkerId, u32),
+        (id, slot, traffic): (WorkerId, u32, Arc<Traffic>),
         mut child: Child,
         cgroup: Option<sys::WorkerCgroup>,
         channel: Result<(OwnedReadHalf, AnyCodec), OwnedFd>,
@@ -76,7 +79,7 @@ impl Watch {
         output: Option<OutputSink>,
     ) -> mpsc::UnboundedSender<Signal> {
         let (frames, unused) = match channel {
-            Ok((read, codec)) => (Some(FramedRead::new(read, codec)), None),
+            Ok((read, codec)) => (Some(FramedRead::new(read, Counted(codec, 0))), None),
             Err(unused) => (None, Some(unused)),
         };
         let (signals, signal_rx) = mpsc::unbounded_channel();
@@ -84,6 +87,7 @@ impl Watch {
             id,
             slot,
             frames,
+            traffic,
             pipes: Pipes {
                 stdout: child.stdout.take().map(|s| FramedRead::new(s, LineCodec)),
                 stderr: child.stderr.take().map(|s| FramedRead::new(s, LineCodec)),
@@ -142,6 +146,8 @@ impl Watch {
                                 }
                             }
                         }
+                        let bytes = self.frames.as_mut().map_or(0, |f| std::mem::take(&mut f.decoder_mut().1));
+                        self.traffic.received(batch.len(), bytes);
                         let share = u32::try_from(weight.min(INPUT_BUDGET)).unwrap_or(u32::MAX);
                         let Ok(permit) = self.budget.clone().acquire_many_owned(share).await else {
                             return;
@@ -245,7 +251,10 @@ impl Watch {
             Some(Err(error)) if !error.is_disconnect() => Some(error),
             Some(Err(_)) | None => None,
         };
-        self.frames = None;
+        // The bytes of the frames before the end, not reported with a batch.
+        if let Some(frames) = self.frames.take() {
+            self.traffic.received(0, frames.decoder().1);
+        }
         Err(Input::Closed(self.id, error))
     }
 }
@@ -349,6 +358,29 @@ async fn next<S: futures_util::Stream + Unpin>(stream: &mut Option<S>) -> Option
     match stream {
         Some(stream) => stream.next().await,
         None => std::future::pending().await,
+    }
+}
+
+/// A worker's frames, decoded by `.0`, with the bytes they took on the wire
+/// so far in `.1`.
+struct Counted(AnyCodec, usize);
+
+impl Decoder for Counted {
+    type Item = Frame;
+    type Error = ProtocolError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
+        let before = src.len();
+        let frame = self.0.decode(src);
+        self.1 += before.saturating_sub(src.len());
+        frame
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
+        let before = src.len();
+        let frame = self.0.decode_eof(src);
+        self.1 += before.saturating_sub(src.len());
+        frame
     }
 }
 

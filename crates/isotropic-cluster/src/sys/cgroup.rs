@@ -87,6 +87,14 @@ impl Base {
             let _ = rustix::fs::unlinkat(&parent, name.as_c_str(), AtFlags::REMOVEDIR);
             return Err(error.into());
         }
+        // Memory accounting per worker (`memory.current`), where our cgroup
+        // hands the controller down; without it, a worker's memory is read
+        // from `/proc` instead.
+        if let Ok(control) =
+            rustix::fs::openat(&dir, c"cgroup.subtree_control", kill, Mode::empty())
+        {
+            let _ = rustix::io::write(&control, b"+memory");
+        }
         let path = ours.join(name.to_string_lossy().as_ref());
         Ok(Self {
             path,
@@ -209,6 +217,11 @@ impl WorkerCgroup {
         }
     }
 
+    /// Its directory.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The `cgroup.procs` the child writes to, to join it.
     pub(super) fn procs(&self) -> Option<BorrowedFd<'_>> {
         self.procs.as_ref().map(AsFd::as_fd)
@@ -249,6 +262,23 @@ impl Drop for WorkerCgroup {
         self.kill();
         remove_when_empty(self.path.clone());
     }
+}
+
+/// The memory the processes of the cgroup at `dir` use (`memory.current`,
+/// in bytes): `None` where the memory controller is not enabled for it.
+pub(crate) fn memory_current(dir: &Path) -> Option<u64> {
+    std::fs::read_to_string(dir.join("memory.current"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The processes in the cgroup at `dir` (`cgroup.procs`: pids in our PID
+/// namespace).
+pub(crate) fn cgroup_processes(dir: &Path) -> Option<Vec<u32>> {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+    Some(procs.lines().filter_map(|pid| pid.parse().ok()).collect())
 }
 
 /// How long a killed worker cgroup may take to empty before its removal is
@@ -425,6 +455,16 @@ mod tests {
         std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
+    #[test]
+    fn memory_current_is_read_where_the_controller_is_enabled() {
+        let dir = std::env::temp_dir().join(format!("cgroup-memory-{}", std::process::id()));
+        std::fs::create_dir(&dir).expect("a directory");
+        assert_eq!(memory_current(&dir), None, "no memory controller");
+        std::fs::write(dir.join("memory.current"), "7340032\n").expect("write");
+        assert_eq!(memory_current(&dir), Some(7_340_032));
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
     /// Waits until `done` holds (deadline: 30 s).
     fn wait_until(mut done: impl FnMut() -> bool) {
         let started = std::time::Instant::now();
@@ -464,6 +504,7 @@ mod tests {
         wait_until(|| std::fs::read_to_string(&procs).is_ok_and(|p| p.contains(&pid.to_string())));
         let cgroup = cgroup.spawned().expect("joined");
         let path = cgroup.path.clone();
+        assert_eq!(cgroup_processes(&path), Some(vec![pid]));
         drop(cgroup);
         let status = inside.wait().expect("reap");
         assert_eq!(

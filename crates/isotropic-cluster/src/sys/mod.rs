@@ -16,13 +16,13 @@ mod scm;
 mod socket;
 mod spawn;
 
-pub(crate) use cgroup::WorkerCgroup;
+pub(crate) use cgroup::{WorkerCgroup, cgroup_processes, memory_current};
 pub(crate) use fds::{PASS_FDS, adopt_inherited_socket, place_listen_fds};
 pub(crate) use guard::forget_group;
 use guard::orphan_guard;
 pub(crate) use notify::{notify_socket, process_group, recv_credentials};
 pub(crate) use process::{parent_pid, remove_env_if_single_threaded, send_signal};
-pub(crate) use procfs::holds_listening_socket;
+pub(crate) use procfs::{holds_listening_socket, tree_usage};
 pub(crate) use reap::{become_subreaper, own_children, reap_orphans};
 pub(crate) use scm::{recv_with_fds, send_with_fd};
 pub(crate) use socket::{

@@ -1,5 +1,6 @@
 //! Reading `/proc`: this process's threads, a process's identity (its start
-//! time), and whether a process listens.
+//! time), whether a process listens, and what a process tree uses (CPU time,
+//! resident memory).
 //!
 //! `/proc` may be another PID namespace's (`unshare --pid --fork` without
 //! `--mount-proc`): then `/proc/PID` names whoever has that pid *there*, not
@@ -8,6 +9,15 @@
 
 use std::collections::HashSet;
 use std::sync::OnceLock;
+
+/// Fields 14 to 17 of `/proc/PID/stat`: user and system CPU time, then
+/// those of its children it waited for, in clock ticks.
+const CPU_TIMES: [usize; 4] = [14, 15, 16, 17];
+/// Field 24 of `/proc/PID/stat`: the resident set size, in pages.
+const RSS_PAGES: usize = 24;
+/// Most processes of one tree that [`tree_usage`] reads (a fork bomb does not
+/// make the sampler slow).
+const MAX_TREE: usize = 1024;
 
 /// Field 20 of `/proc/PID/stat`: the number of threads.
 const THREADS: usize = 20;
@@ -186,6 +196,66 @@ pub(super) fn seen_self() -> u32 {
     pid
 }
 
+/// What a process tree uses: CPU time and resident memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct TreeUsage {
+    /// User and system CPU time of each live process of the tree, and of
+    /// the children each one waited for (so a dead descendant still counts
+    /// once reaped inside the tree).
+    pub(crate) cpu: std::time::Duration,
+    /// Resident memory (`VmRSS`), summed, in bytes.
+    pub(crate) rss: u64,
+    /// How many processes were read.
+    pub(crate) processes: usize,
+}
+
+/// What process `pid` (one of our children, by our pid) and its live
+/// descendants use, from each one's `/proc/PID/stat` (at most [`MAX_TREE`]
+/// processes). The descendants are `members` (the other processes of its
+/// cgroup, by our pids: one read finds them all, even those that left its
+/// process tree) where `/proc` is our PID namespace's, else found through
+/// the `children` lists. `None` when the process itself cannot be read
+/// (gone).
+pub(crate) fn tree_usage(pid: u32, members: Option<&[u32]>) -> Option<TreeUsage> {
+    let root = seen_pid(pid)?;
+    let members = members.filter(|_| is_ours());
+    let ticks = rustix::param::clock_ticks_per_second().max(1);
+    let page = rustix::param::page_size() as u64;
+    let mut usage = TreeUsage::default();
+    let (mut cpu_ticks, mut queue) = (0_u64, vec![root]);
+    if let Some(members) = members {
+        let others = members.iter().filter(|&&member| member != root);
+        queue.extend(others.take(MAX_TREE - 1));
+    }
+    let mut buffer = [0; STAT_SIZE];
+    while let Some(next) = queue.pop() {
+        let stat = i32::try_from(next)
+            .ok()
+            .and_then(|next| read_stat(next, &mut buffer));
+        let Some(stat) = stat else {
+            if next == root {
+                return None;
+            }
+            // Gone meanwhile.
+            continue;
+        };
+        cpu_ticks += CPU_TIMES
+            .iter()
+            .filter_map(|&field| stat_field(stat, field))
+            .sum::<u64>();
+        usage.rss += stat_field(stat, RSS_PAGES).unwrap_or(0) * page;
+        usage.processes += 1;
+        if members.is_none() && usage.processes + queue.len() < MAX_TREE {
+            queue.extend(children(&next.to_string()).unwrap_or_default());
+        }
+    }
+    usage.cpu = std::time::Duration::from_nanos(
+        u64::try_from(u128::from(cpu_ticks) * 1_000_000_000 / u128::from(ticks))
+            .unwrap_or(u64::MAX),
+    );
+    Some(usage)
+}
+
 /// Whether process `pid` holds a TCP (v4 or v6) or Unix stream socket in the
 /// listening state: the inodes of listening sockets in its network namespace
 /// (`/proc/PID/net/…`) against the sockets among its fds. False when it has
@@ -247,6 +317,8 @@ fn socket_inode(target: &str) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::process::CommandExt as _;
+
     use super::*;
 
     #[test]
@@ -310,6 +382,72 @@ mod tests {
         child.kill().expect("kill");
         child.wait().expect("reap");
         assert_eq!(find_child(child.id()), None, "reaped: no child of ours");
+    }
+
+    #[test]
+    fn a_tree_counts_its_descendants_cpu_and_memory() {
+        // sh, its child sh, and that one's sleep, in a group of their own.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sh -c 'sleep 30; :' & wait"])
+            .process_group(0)
+            .spawn()
+            .expect("sh");
+        let started = std::time::Instant::now();
+        let usage = loop {
+            let usage = tree_usage(child.id(), None).expect("alive");
+            if usage.processes == 3 {
+                break usage;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "{usage:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        let alone = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+            .expect("status")
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS");
+        assert!(usage.rss > alone * 1024, "{usage:?}, alone {alone} KiB");
+        // The same processes, listed (as a cgroup lists them).
+        let mut members = vec![child.id()];
+        members.extend(children(&child.id().to_string()).expect("a child"));
+        members.extend(children(&members[1].to_string()).expect("a grandchild"));
+        let listed = tree_usage(child.id(), Some(&members)).expect("alive");
+        assert_eq!(listed.processes, 3);
+        let group = rustix::process::Pid::from_child(&child);
+        rustix::process::kill_process_group(group, rustix::process::Signal::KILL).expect("kill");
+        child.wait().expect("reap");
+        assert_eq!(tree_usage(child.id(), None), None, "reaped");
+    }
+
+    /// The cost of one sample of a small tree (prints it: see
+    /// docs/performance.md).
+    #[test]
+    fn a_samples_cost_is_measured() {
+        let mut children: Vec<_> = (0..8)
+            .map(|_| {
+                std::process::Command::new("sleep")
+                    .arg("30")
+                    .spawn()
+                    .expect("sleep")
+            })
+            .collect();
+        let rounds = 200_u32;
+        let started = std::time::Instant::now();
+        for _ in 0..rounds {
+            for child in &children {
+                assert!(tree_usage(child.id(), None).is_some());
+            }
+        }
+        let per_worker = started.elapsed() / (rounds * 8);
+        println!("one sample of a one-process worker: {per_worker:?}");
+        for child in &mut children {
+            child.kill().expect("kill");
+            child.wait().expect("reap");
+        }
     }
 
     #[test]

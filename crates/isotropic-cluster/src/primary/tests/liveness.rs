@@ -8,8 +8,10 @@ const PERIOD: Duration = Duration::from_secs(4);
 const TICK: Duration = Duration::from_secs(1);
 
 /// A primary watching with [`PERIOD`].
+/// A primary watching its workers (and not sampling them: its only timer
+/// is the watchdog's).
 fn watching(builder: super::super::PrimaryBuilder) -> Harness {
-    Harness::with(builder.watchdog(PERIOD))
+    Harness::with(builder.watchdog(PERIOD).sample_interval(Duration::ZERO))
 }
 
 impl Harness {

@@ -16,8 +16,10 @@ use tokio::net::UnixStream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::Decoder as _;
 
+use super::MemorySource;
 use super::context::{PrimaryContext, PrimaryEvent};
 use super::input::Input;
+use super::resources::Usage;
 use super::spawner::{Spawn, Spawned};
 use super::{ClusterPrimary, Readiness, RestartPolicy, WorkerChannel, WorkerHandle};
 use crate::actor::Mailbox;
@@ -45,6 +47,8 @@ pub(super) struct FakeSpawner {
     /// The ids of workers whose start fails.
     pub(super) fail: Mutex<Vec<u64>>,
     pub(super) listening: AtomicBool,
+    /// What `usage` says each worker (by pid) uses.
+    pub(super) memory: Mutex<std::collections::HashMap<u32, u64>>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -80,11 +84,25 @@ impl Spawn for FakeSpawner {
             inputs,
         };
         self.peers.lock().expect("peers").push_back((id, peer));
-        Ok(Spawned { worker, signals })
+        Ok(Spawned {
+            worker,
+            signals,
+            cgroup: None,
+        })
     }
 
     fn is_listening(&self, _pid: u32) -> bool {
         self.listening.load(Ordering::SeqCst)
+    }
+
+    /// Each worker's memory as set in `memory` (by pid), no CPU time.
+    fn usage(&self, pid: u32, _cgroup: Option<&std::path::Path>) -> Option<Usage> {
+        let memory = *self.memory.lock().expect("memory").get(&pid)?;
+        Some(Usage {
+            cpu: Duration::ZERO,
+            memory,
+            source: MemorySource::ProcessTree,
+        })
     }
 }
 
@@ -225,4 +243,5 @@ mod lifecycle;
 mod liveness;
 mod notify;
 mod panics;
+mod resources;
 mod supervision;
