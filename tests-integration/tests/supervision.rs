@@ -4,7 +4,9 @@
 
 use isotropic_cluster::primary::{Expiry, PrimaryEvent};
 use serde_json::json;
-use tests_integration::{DEADLINE, Mode, exit_of, launch, primary, ready, shut_down, wait_for};
+use tests_integration::{
+    DEADLINE, Mode, exit_of, launch, message_of, primary, ready, shut_down, wait_for,
+};
 
 #[tokio::test]
 async fn max_requests_with_jitter_recycles_one_worker_at_a_time_never_leaving_the_pool_short() {
@@ -75,5 +77,44 @@ async fn scale_to_adds_workers_then_retires_the_highest_slots_for_good() {
     let left = primary.workers();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].slot(), 0);
+    shut_down(&primary).await;
+}
+
+#[tokio::test]
+async fn requests_a_worker_counts_itself_expire_it_past_max_requests() {
+    let (primary, mut events, [worker]) = launch::<1>(primary(Mode::Echo).max_requests(10)).await;
+    // (Its expiry may come before its last answer.)
+    let mut lifecycle = primary.events();
+    for _ in 0..3 {
+        worker
+            .send(&json!({"type": "served", "requests": 4}))
+            .await
+            .expect("sent");
+        let counted = wait_for(&mut events, |e| {
+            message_of(e).map(|(_, m)| m["counted"].clone())
+        })
+        .await;
+        assert_eq!(counted, json!(true), "the primary takes the counts");
+    }
+    let reason = wait_for(&mut lifecycle, |e| match e {
+        PrimaryEvent::WorkerExpired(e) => Some((e.worker.id(), e.reason)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        reason,
+        (
+            worker.id(),
+            Expiry::Requests {
+                served: 12,
+                limit: 10
+            }
+        )
+    );
+    // Recycled, drained: its replacement joins, then it exits, not replaced again.
+    let replacement = ready(&mut lifecycle, 1).await;
+    assert_eq!(replacement[0].slot(), worker.slot());
+    let exit = wait_for(&mut lifecycle, exit_of).await;
+    assert_eq!((exit.worker.id(), exit.replaced), (worker.id(), false));
     shut_down(&primary).await;
 }

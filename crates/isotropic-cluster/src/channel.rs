@@ -129,11 +129,12 @@ impl Outbox {
 
     /// Queues the hello: the first frame either side sends, with its
     /// protocol version; `heartbeat`: this side (a worker) answers
-    /// heartbeats.
-    pub(crate) fn hello(&self, heartbeat: bool) {
+    /// heartbeats; `served`: this side (the primary) takes `served` frames.
+    pub(crate) fn hello(&self, heartbeat: bool, served: bool) {
         let _ = self.try_send(protocol::encode_control(&Frame::Hello {
             protocol: protocol::VERSION,
             heartbeat,
+            served,
         }));
     }
 
@@ -551,13 +552,14 @@ mod tests {
         let (_, outbox) = open(ours, QueueLimits::default(), None).expect("opened");
         let (read, _) = open(theirs, QueueLimits::default(), None).expect("opened");
         let mut inbox = Inbox::new(read, FrameCodec::new(DEFAULT_MAX_FRAME));
-        outbox.hello(true);
+        outbox.hello(true, false);
         outbox.try_send(frame(1, 16)).expect("room");
         assert_eq!(
             inbox.next().await.expect("a frame").expect("valid"),
             Frame::Hello {
                 protocol: protocol::VERSION,
                 heartbeat: true,
+                served: false,
             }
         );
         assert_eq!(number(inbox.next().await), 1);

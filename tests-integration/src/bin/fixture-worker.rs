@@ -47,6 +47,9 @@ enum Command {
     Allocate { mib: usize },
     /// Keep a CPU busy for this long, then say `{"spun": ms}`.
     Spin { ms: u64 },
+    /// Count this many requests served (`count_served`), and say whether
+    /// the primary took the count: `{"counted": bool}`.
+    Served { requests: u64 },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -172,6 +175,11 @@ async fn echo(
                     // Written to, so resident; kept to the end.
                     std::mem::forget(vec![1_u8; mib << 20]);
                     let _ = event.context().try_send(&json!({"allocated": mib}));
+                }
+                Ok(Command::Served { requests }) => {
+                    let worker = event.context().handle().expect("a running worker");
+                    let counted = worker.count_served(requests).expect("sent");
+                    let _ = event.context().try_send(&json!({ "counted": counted }));
                 }
                 Ok(Command::Spin { ms }) => {
                     let started = std::time::Instant::now();

@@ -145,7 +145,7 @@ impl Spawn for ProcessSpawner {
         let (read, outbox) = channel::open(ours, config.queue, Some(id)).map_err(spawn_error)?;
         if config.channel == WorkerChannel::Frames {
             // The primary's hello: the first frame, queued before anything else.
-            outbox.hello(false);
+            outbox.hello(false, true);
         }
         let worker = WorkerHandle::new(
             (id, slot),

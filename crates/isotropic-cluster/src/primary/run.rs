@@ -156,6 +156,7 @@ impl PrimaryContext {
             Frame::Hello {
                 protocol,
                 heartbeat,
+                ..
             } => {
                 let trigger = Trigger::Hello {
                     version: *protocol,
@@ -204,6 +205,7 @@ impl PrimaryContext {
                 worker.pending().resolve(id, result, Some(from));
                 self.served(from, 1);
             }
+            Frame::Served { requests } => self.served(worker.id(), requests),
             Frame::Request { id, message } => self
                 .handlers
                 .answer(id, &message, self.config.max_frame_size)

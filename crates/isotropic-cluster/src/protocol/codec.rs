@@ -195,6 +195,7 @@ mod tests {
             Frame::Hello {
                 protocol: VERSION,
                 heartbeat: true,
+                served: false,
             },
             Frame::Ready,
             Frame::Heartbeat,
@@ -219,6 +220,7 @@ mod tests {
                 Frame::Hello {
                     protocol: VERSION,
                     heartbeat: false,
+                    served: false,
                 },
                 b"\0\0\0\x0f\x01{\"protocol\":1}",
             ),
@@ -226,6 +228,7 @@ mod tests {
                 Frame::Hello {
                     protocol: VERSION,
                     heartbeat: true,
+                    served: false,
                 },
                 b"\0\0\0\x20\x01{\"protocol\":1,\"heartbeat\":true}",
             ),

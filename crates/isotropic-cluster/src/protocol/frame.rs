@@ -24,6 +24,7 @@ pub(crate) enum Kind {
     Reply = 9,
     Accepted = 10,
     Heartbeat = 11,
+    Served = 12,
 }
 
 impl Kind {
@@ -41,6 +42,7 @@ impl Kind {
             Kind::Reply => "reply",
             Kind::Accepted => "accepted",
             Kind::Heartbeat => "heartbeat",
+            Kind::Served => "served",
         }
     }
 }
@@ -62,6 +64,7 @@ impl TryFrom<u8> for Kind {
             9 => Kind::Reply,
             10 => Kind::Accepted,
             11 => Kind::Heartbeat,
+            12 => Kind::Served,
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }
@@ -72,7 +75,11 @@ impl TryFrom<u8> for Kind {
 pub(crate) enum Frame {
     /// First frame in each direction: the sender's protocol version;
     /// `heartbeat`: the sender (a worker) answers heartbeats.
-    Hello { protocol: u32, heartbeat: bool },
+    Hello {
+        protocol: u32,
+        heartbeat: bool,
+        served: bool,
+    },
     /// Worker to primary: initialization is done, put me in the pool.
     Ready,
     /// Primary to worker: please finish and exit. Worker to primary: I am leaving.
@@ -112,6 +119,9 @@ pub(crate) enum Frame {
     /// Primary to worker: are you alive? Worker to primary: yes (sent from
     /// its event loop).
     Heartbeat,
+    /// Worker to primary: I served this many more requests (toward
+    /// `max_requests`; sent only to a primary whose hello said `served`).
+    Served { requests: u64 },
 }
 
 impl Frame {
@@ -129,6 +139,7 @@ impl Frame {
             Frame::Reply { .. } => Kind::Reply,
             Frame::Accepted { .. } => Kind::Accepted,
             Frame::Heartbeat => Kind::Heartbeat,
+            Frame::Served { .. } => Kind::Served,
         }
     }
 
@@ -190,7 +201,7 @@ mod tests {
                 Err(error) => assert!(matches!(error, ProtocolError::UnknownKind(b) if b == byte)),
             }
         }
-        // Kinds 1 to 11; 0 and 12 to 255 are reserved (`docs/protocol.md`).
+        // Kinds 1 to 12; 0 and 13 to 255 are reserved (`docs/protocol.md`).
         let names = [
             "hello",
             "ready",
@@ -203,6 +214,7 @@ mod tests {
             "reply",
             "accepted",
             "heartbeat",
+            "served",
         ];
         assert_eq!(kinds, names);
     }

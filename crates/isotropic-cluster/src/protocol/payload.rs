@@ -18,7 +18,15 @@ pub(super) fn put(frame: &Frame, dst: &mut BytesMut) -> Result<(), ProtocolError
         Frame::Hello {
             protocol,
             heartbeat,
-        } => put_hello(*protocol, *heartbeat, dst),
+            served,
+        } => put_json(
+            &Hello {
+                protocol: *protocol,
+                heartbeat: *heartbeat,
+                served: *served,
+            },
+            dst,
+        ),
         Frame::Ready | Frame::Disconnect | Frame::Heartbeat => Ok(()),
         Frame::Message(message) => {
             dst.put_slice(message.as_bytes());
@@ -40,6 +48,12 @@ pub(super) fn put(frame: &Frame, dst: &mut BytesMut) -> Result<(), ProtocolError
             Ok(())
         }
         Frame::Reply { id, result } => put_reply(*id, result, dst),
+        Frame::Served { requests } => put_json(
+            &ServedBody {
+                requests: *requests,
+            },
+            dst,
+        ),
     }
 }
 
@@ -60,6 +74,12 @@ pub(super) fn take(kind: Kind, body: Bytes) -> Result<Frame, ProtocolError> {
         Kind::Reply => take_reply(body),
         Kind::Accepted => take_accepted(&body),
         Kind::Heartbeat => take_empty(kind, &body, Frame::Heartbeat),
+        Kind::Served => {
+            let body: ServedBody = control_body(&body)?;
+            Ok(Frame::Served {
+                requests: body.requests,
+            })
+        }
     }
 }
 
@@ -85,16 +105,9 @@ struct Hello {
     protocol: u32,
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     heartbeat: bool,
-}
-
-fn put_hello(protocol: u32, heartbeat: bool, dst: &mut BytesMut) -> Result<(), ProtocolError> {
-    put_json(
-        &Hello {
-            protocol,
-            heartbeat,
-        },
-        dst,
-    )
+    /// (From the primary.) It takes `served` frames.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    served: bool,
 }
 
 fn take_hello(body: &[u8]) -> Result<Frame, ProtocolError> {
@@ -103,6 +116,7 @@ fn take_hello(body: &[u8]) -> Result<Frame, ProtocolError> {
     Ok(Frame::Hello {
         protocol: hello.protocol,
         heartbeat: hello.heartbeat,
+        served: hello.served,
     })
 }
 
@@ -226,6 +240,13 @@ fn take_listening(body: &[u8]) -> Result<Frame, ProtocolError> {
 fn address(text: &str) -> Result<ListenAddress, ProtocolError> {
     text.parse()
         .map_err(|e: ListenError| ProtocolError::InvalidControl(e.to_string()))
+}
+
+// Served: `{"requests": N}`.
+
+#[derive(Serialize, Deserialize)]
+struct ServedBody {
+    requests: u64,
 }
 
 // Connection, and accepted: `{"listener": N}`.

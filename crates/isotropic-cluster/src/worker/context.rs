@@ -61,6 +61,8 @@ pub struct WorkerContext {
     sigterm: Option<Signal>,
     /// The application's watchdogs: heartbeats are answered while they are fresh.
     pub(super) watchdogs: Arc<Watchdogs>,
+    /// The primary's hello said it takes `served` frames.
+    pub(super) counts_served: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for WorkerContext {
@@ -146,7 +148,7 @@ impl WorkerContext {
     ) -> std::io::Result<(Self, Mailbox<Self>, Commands<Self>)> {
         let (read, outbox) = channel::open(fd, builder.settings.queue, None)?;
         // It answers heartbeats (from this actor: `deliver`).
-        outbox.hello(true);
+        outbox.hello(true, false);
         let inbox = Inbox::new(read, FrameCodec::new(builder.settings.max_frame_size));
         let (mailbox, commands) = Mailbox::new();
         let context = Self {
@@ -170,6 +172,7 @@ impl WorkerContext {
             reading: true,
             sigterm: None,
             watchdogs: Arc::default(),
+            counts_served: Arc::default(),
         };
         Ok((context, mailbox, commands))
     }
@@ -285,6 +288,10 @@ impl WorkerContext {
     }
 
     fn frame(&mut self, frame: Frame) {
+        if let Frame::Hello { served, .. } = frame {
+            self.counts_served
+                .store(served, std::sync::atomic::Ordering::Relaxed);
+        }
         match self.step(Input::Frame(&frame)) {
             Action::Handle => self.deliver(frame),
             Action::Reject { announce } => {
@@ -321,7 +328,8 @@ impl WorkerContext {
             | Frame::Disconnect
             | Frame::Ready
             | Frame::Listen { .. }
-            | Frame::Accepted { .. } => {}
+            | Frame::Accepted { .. }
+            | Frame::Served { .. } => {}
         }
     }
 

@@ -29,7 +29,7 @@ use crate::channel::{Outbox, QueueLimits};
 use crate::error::{BoxError, Error, SendError};
 use crate::events::{self as pubsub, EventStream, Hub, StreamSource, Topic as _};
 use crate::net::{ListenAddress, ListenError, ListenErrorKind, Listener};
-use crate::protocol::{self, User, Wire};
+use crate::protocol::{self, Frame, User, Wire};
 use crate::request::{Handlers, Pending, RequestError};
 use crate::{WorkerId, role};
 
@@ -256,6 +256,7 @@ pub struct ClusterWorker {
     max_frame: usize,
     stream: StreamSource<WorkerEvent>,
     watchdogs: Arc<watchdog::Watchdogs>,
+    counts_served: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for ClusterWorker {
@@ -293,6 +294,7 @@ impl ClusterWorker {
             max_frame: context.settings.max_frame_size,
             stream: context.stream.clone(),
             watchdogs: context.watchdogs.clone(),
+            counts_served: context.counts_served.clone(),
         }
     }
 
@@ -329,6 +331,35 @@ impl ClusterWorker {
             .encode(User::Message(message), self.max_frame)
             .map_err(SendError::Encode)?;
         self.outbox.try_send(frame)
+    }
+
+    /// Counts `requests` more requests served by this worker toward the
+    /// primary's [`max_requests`](crate::primary::PrimaryBuilder::max_requests)
+    /// (for requests that do not come through the primary's requests: an
+    /// HTTP server's, say). Whether the primary takes the count: `false`
+    /// before its hello arrived, or from a primary too old to count.
+    ///
+    /// ```no_run
+    /// # fn demo(worker: isotropic_cluster::worker::ClusterWorker) -> Result<(), isotropic_cluster::SendError> {
+    /// // After each HTTP request served:
+    /// worker.count_served(1)?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`try_send`](Self::try_send): [`SendError::Full`] when the queue
+    /// is full (the count is not sent), [`SendError::Closed`] once the
+    /// channel is closed.
+    pub fn count_served(&self, requests: u64) -> Result<bool, SendError> {
+        if !self
+            .counts_served
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(false);
+        }
+        let frame = protocol::encode_control(&Frame::Served { requests });
+        self.outbox.try_send(frame).map(|()| true)
     }
 
     /// Sends `message` to the primary as a request and waits for its reply,

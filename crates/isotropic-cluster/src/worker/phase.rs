@@ -151,6 +151,7 @@ mod tests {
         Frame::Hello {
             protocol: protocol::VERSION,
             heartbeat: false,
+            served: false,
         }
     }
 
@@ -182,6 +183,7 @@ mod tests {
         let wrong = Frame::Hello {
             protocol: protocol::VERSION + 1,
             heartbeat: false,
+            served: false,
         };
         assert_eq!(step(fresh, Input::Frame(&wrong)), reject);
         assert_eq!(

@@ -36,7 +36,7 @@ impl Primary {
     }
 
     fn hello(&self) {
-        self.outbox.hello(false);
+        self.outbox.hello(false, true);
     }
 
     async fn next(&mut self) -> Option<Frame> {
@@ -153,6 +153,7 @@ async fn after_the_hello_messages_are_published_and_a_disconnect_destroys() {
     let hello = Frame::Hello {
         protocol: protocol::VERSION,
         heartbeat: true,
+        served: false,
     };
     assert_eq!(started.primary.rest().await, [hello, Frame::Disconnect]);
     started.actor.await.expect("the actor ends");
@@ -174,6 +175,7 @@ async fn what_a_worker_sends_after_the_primary_asked_it_to_leave_is_delivered() 
     let hello = Frame::Hello {
         protocol: protocol::VERSION,
         heartbeat: true,
+        served: false,
     };
     let last_words = Frame::Message(message(json!("last words")));
     assert_eq!(
@@ -307,6 +309,7 @@ async fn destroy_wakes_closing_runs_the_cleanup_then_disconnects() {
     let hello = Frame::Hello {
         protocol: protocol::VERSION,
         heartbeat: true,
+        served: false,
     };
     assert_eq!(started.primary.rest().await, [hello, Frame::Disconnect]);
 }
@@ -382,6 +385,7 @@ async fn heartbeats_are_answered_while_every_watchdog_is_fresh() {
     let expect_hello = Frame::Hello {
         protocol: protocol::VERSION,
         heartbeat: true,
+        served: false,
     };
     assert_eq!(started.primary.next().await, Some(expect_hello));
     started.primary.send(&Frame::Heartbeat);

@@ -20,6 +20,7 @@ impl Harness {
         let hello = Frame::Hello {
             protocol: protocol::VERSION,
             heartbeat: true,
+            served: false,
         };
         self.frames(id, vec![hello, Frame::Ready]);
     }

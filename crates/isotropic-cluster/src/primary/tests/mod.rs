@@ -176,6 +176,7 @@ impl Harness {
         let hello = Frame::Hello {
             protocol: protocol::VERSION,
             heartbeat: false,
+            served: false,
         };
         self.frames(id, vec![hello]);
     }
