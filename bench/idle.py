@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """The idle cost of the supervision engine: the CLI runs N idle workers
-(`sleep`) for a while, the engine off (no flags) or on (ENGINE_FLAGS:
-sampling every second and a memory limit), runs interleaved; prints the
+(the documented Python worker on our framed channel, which answers
+heartbeats) for a while, the engine off (no flags) or on (ENGINE_FLAGS:
+sampling every second with a memory limit, and heartbeats), runs
+interleaved; prints the
 primary's CPU time per idle worker per minute and its RSS, as medians (min-max)
 of the runs, and the ratio on/off. See docs/performance.md.
 
@@ -14,9 +16,11 @@ process), from once every worker is ready to the end of the window.
 import argparse, os, signal, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# What "on" adds. The hook for the other parts of the engine as they land
-# (e.g. "--watchdog", "10s").
-ENGINE_FLAGS = ["--max-memory", "1G"]
+# The workers, idle: they answer heartbeats, and nothing else comes.
+WORKERS = ["--channel", "frames", "--", "python3", os.path.join(ROOT, "examples/workers/echo_worker.py")]
+# What "on" adds: every worker sampled every second, and watched with a
+# heartbeat every 2.5 s.
+ENGINE_FLAGS = ["--max-memory", "1G", "--watchdog", "10s"]
 MODES = {"off": [], "on": ENGINE_FLAGS}
 
 
@@ -43,7 +47,7 @@ def rss_mib(pid):
 def one_run(cli, flags, workers, seconds):
     """CPU time of the primary (ns) over `seconds` of idle workers, and its RSS."""
     with tempfile.TemporaryFile(mode="w+") as log:
-        line = [cli, "run", "--workers", str(workers), *flags, "--", "sleep", "100000"]
+        line = [cli, "run", "--workers", str(workers), *flags, *WORKERS]
         primary = subprocess.Popen(line, stdout=subprocess.DEVNULL, stderr=log)
         try:
             deadline = time.monotonic() + 30

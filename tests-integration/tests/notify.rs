@@ -11,9 +11,9 @@ use isotropic_cluster::ProtocolError;
 use isotropic_cluster::primary::*;
 use tests_integration::{DEADLINE, exit_of, shut_down, wait_for};
 
-/// A worker that says `STATUS=waiting`, waits for the file named by its slot
-/// in the directory it is given, then says `READY=1` and `STATUS=serving`.
-const SCRIPT: &str = r#"
+/// What every notify worker here begins with: exit 0 on SIGTERM, and
+/// `notify(text)` sends a datagram to `NOTIFY_SOCKET` (`@`: an abstract name).
+const PRELUDE: &str = r#"
 import os, signal, socket, sys, time
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 address = os.environ["NOTIFY_SOCKET"]
@@ -22,6 +22,11 @@ if address.startswith("@"):
 def notify(text):
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         s.sendto(text.encode(), address)
+"#;
+
+/// A worker that says `STATUS=waiting`, waits for the file named by its slot
+/// in the directory it is given, then says `READY=1` and `STATUS=serving`.
+const SCRIPT: &str = r#"
 notify("STATUS=waiting")
 go = os.path.join(sys.argv[1], os.environ["ISOTROPIC_CLUSTER_SLOT"])
 while not os.path.exists(go):
@@ -43,7 +48,7 @@ fn notify_primary(go: &Path) -> PrimaryBuilder {
     tests_integration::log_to_test_output();
     ClusterPrimary::builder()
         .program("python3")
-        .args(["-c", SCRIPT])
+        .args(["-c", &[PRELUDE, SCRIPT].concat()])
         .arg(go)
         .channel(WorkerChannel::None)
         .readiness(Readiness::Notify)
@@ -182,14 +187,6 @@ signal.pause()
 /// by its slot does not exist, and none after (it hangs, as a stuck daemon
 /// would); it says what `WATCHDOG_USEC` it was given.
 const WATCHDOG_SCRIPT: &str = r#"
-import os, signal, socket, sys, time
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-address = os.environ["NOTIFY_SOCKET"]
-if address.startswith("@"):
-    address = "\0" + address[1:]
-def notify(text):
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.sendto(text.encode(), address)
 notify("STATUS=usec " + os.environ.get("WATCHDOG_USEC", "none"))
 notify("READY=1")
 stuck = os.path.join(sys.argv[1], os.environ["ISOTROPIC_CLUSTER_SLOT"])
@@ -204,7 +201,7 @@ async fn a_notify_worker_that_stops_sending_watchdog_1_is_replaced_and_one_that_
     let stuck = scratch("watchdog");
     let primary = ClusterPrimary::builder()
         .program("python3")
-        .args(["-c", WATCHDOG_SCRIPT])
+        .args(["-c", &[PRELUDE, WATCHDOG_SCRIPT].concat()])
         .arg(&stuck)
         .channel(WorkerChannel::None)
         .readiness(Readiness::Notify)

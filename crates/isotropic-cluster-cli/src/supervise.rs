@@ -4,8 +4,8 @@
 use anyhow::Context as _;
 use isotropic_cluster::Signal;
 use isotropic_cluster::primary::{
-    self, ClusterPrimary, OnIntensity, OrphanReaper, OutputLines, PrimaryEvent, WorkerChannel,
-    WorkerStdio, output_channel,
+    self, ClusterPrimary, OnIntensity, OrphanReaper, OutputLines, PrimaryBuilder, PrimaryEvent,
+    WorkerChannel, WorkerStdio, output_channel,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -238,22 +238,16 @@ async fn start(
         Readiness::Listening => primary::Readiness::Listening,
         Readiness::Notify => primary::Readiness::Notify,
     };
-    let builder = match plan.ready_timeout {
-        Some(timeout) => builder.ready_timeout(timeout),
-        None => builder,
-    };
     let (sink, lines) = output_channel(OUTPUT_BYTES);
     let recycle = plan.recycle;
-    let builder = match recycle.max_requests {
-        Some(max) => builder
+    let builder = given(builder, plan.ready_timeout, PrimaryBuilder::ready_timeout);
+    let builder = given(builder, plan.watchdog, PrimaryBuilder::watchdog);
+    let builder = given(builder, recycle.max_requests, |builder, max| {
+        builder
             .max_requests(max)
-            .max_requests_jitter(recycle.max_requests_jitter),
-        None => builder,
-    };
-    let builder = match recycle.max_age {
-        Some(age) => builder.max_age(age),
-        None => builder,
-    };
+            .max_requests_jitter(recycle.max_requests_jitter)
+    });
+    let builder = given(builder, recycle.max_age, PrimaryBuilder::max_age);
     // Workers are sampled only for a memory limit (nothing else here shows
     // what they use): without one, the primary does not wake up for it.
     let builder = match plan.max_memory {
@@ -268,10 +262,21 @@ async fn start(
         .shutdown_grace(plan.grace)
         .kill_grace(plan.grace)
         .restart_policy(plan.restart_policy)
-        .watchdog(plan.watchdog.unwrap_or_default())
         .start()
         .await
         .map(|primary| (primary, files, lines))?)
+}
+
+/// `builder`, with `set` applied if a `value` was given.
+fn given<T>(
+    builder: PrimaryBuilder,
+    value: Option<T>,
+    set: impl FnOnce(PrimaryBuilder, T) -> PrimaryBuilder,
+) -> PrimaryBuilder {
+    match value {
+        Some(value) => set(builder, value),
+        None => builder,
+    }
 }
 
 /// The signals that ended the run so far.
