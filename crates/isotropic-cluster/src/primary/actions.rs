@@ -48,6 +48,7 @@ impl PrimaryContext {
                     // it to leave): whoever waits for it to be ready is told.
                     if !self.registry.in_pool(id) {
                         self.ready_waiters.lost(id);
+                        self.recycle_kept_out(id);
                     }
                 }
                 Action::PollListening => self.poll_listening(id),
@@ -120,13 +121,11 @@ impl PrimaryContext {
             voluntary,
             replaced: false,
         };
-        // Stopped for its silence: a failure, whatever its status says.
-        let failed = self.liveness.take_stopped(id) && self.config.restart.replaces_failures();
         exit.replaced = self.phase.is_active()
             && match after {
-                AfterExit::Policy => {
-                    failed || self.config.restart.replaces(exit.code(), exit.signal())
-                }
+                AfterExit::Policy => self.config.restart.replaces(exit.code(), exit.signal()),
+                // Stopped for a failure: whatever its status says.
+                AfterExit::Failure => self.config.restart.replaces_failures(),
                 AfterExit::Replace => true,
                 AfterExit::Nothing => false,
             };

@@ -238,6 +238,7 @@ impl Harness {
     }
 }
 
+mod faults;
 mod handlers;
 mod lifecycle;
 mod liveness;

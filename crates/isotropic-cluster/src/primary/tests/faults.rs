@@ -1,0 +1,109 @@
+//! Faults found by an adversarial review of the supervision engine (issue
+//! 14): each test failed before its fix.
+
+use std::os::unix::process::ExitStatusExt as _;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use super::{Harness, RestartPolicy};
+use crate::error::ProtocolError;
+use crate::primary::input::Input;
+use crate::primary::{ClusterPrimary, Restart};
+use crate::protocol::Frame;
+use crate::{Signal, Subscribe as _, WorkerId};
+
+fn id(n: u64) -> WorkerId {
+    WorkerId::new(n)
+}
+
+/// A primary with `count` workers, all ready.
+fn pool(builder: crate::primary::PrimaryBuilder, count: u64) -> Harness {
+    let mut primary = Harness::with(builder);
+    primary
+        .fork(usize::try_from(count).expect("small"))
+        .expect("fork");
+    for n in 1..=count {
+        primary.ready(n);
+    }
+    primary.events();
+    primary
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_stopped_for_a_failure_is_replaced_under_on_failure_whatever_its_status() {
+    // (It was not: stopped by SIGTERM, or exiting 0 once told it broke the
+    // protocol, it counted as a normal exit, and the pool shrank.)
+    let on_failure = RestartPolicy::default().restart(Restart::OnFailure);
+    let builder = ClusterPrimary::builder()
+        .restart_policy(on_failure)
+        .ready_timeout(Duration::from_secs(1));
+    let mut primary = Harness::with(builder);
+    primary.fork(2).expect("fork");
+    primary.hello(1);
+    primary.ready(2);
+    primary.advance(Duration::from_secs(1)).await;
+    assert_eq!(primary.signals(1), [Signal::TERM], "not ready in time");
+    primary.events();
+    let by_sigterm = ExitStatus::from_raw(15);
+    primary.input(Input::Exited(id(1), Some(by_sigterm)));
+    let events = primary.events();
+    assert!(
+        events.ends_with(&["workerExit", "fork", "workerFork"]),
+        "{events:?}"
+    );
+
+    let error = ProtocolError::InvalidMessage("garbage".into());
+    primary.input(Input::Closed(id(2), Some(error)));
+    primary.events();
+    primary.exit(2, 0);
+    let events = primary.events();
+    assert!(
+        events.ends_with(&["workerExit", "fork", "workerFork"]),
+        "{events:?}"
+    );
+    assert_eq!(primary.context.pool_size(), 2);
+
+    // `Never` still replaces nothing.
+    let never = RestartPolicy::default().restart(Restart::Never);
+    let mut primary = pool(ClusterPrimary::builder().restart_policy(never), 1);
+    let error = ProtocolError::InvalidMessage("garbage".into());
+    primary.input(Input::Closed(id(1), Some(error)));
+    primary.exit(1, 1);
+    assert!(!primary.events().contains(&"fork"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replacement_kept_out_of_the_pool_gives_its_recycle_up_and_the_next_goes_on() {
+    // (The recycle waited for it to join the pool forever: no other worker
+    // was ever recycled again, and its slot held two workers.)
+    let mut primary = pool(ClusterPrimary::builder(), 2);
+    (&mut primary.context).on::<crate::primary::AddWorker>(|event| {
+        if event.worker.id().get() == 3 {
+            event.prevent();
+        }
+    });
+    primary.context.recycle_worker(id(1)).expect("live");
+    primary.context.recycle_worker(id(2)).expect("live");
+    primary.settle();
+    primary.ready(3);
+    assert_eq!(primary.ready_ids(), [1, 2], "worker 1 keeps working");
+    let sent = primary.frames_sent_until_closed(3).await;
+    assert!(
+        matches!(sent[..], [Frame::Disconnect]),
+        "3 leaves: {sent:?}"
+    );
+    let events = primary.events();
+    assert!(
+        events.ends_with(&["fork", "workerFork"]),
+        "2's turn: {events:?}"
+    );
+    assert_eq!(
+        primary.context.registry.get(id(4)).map(|e| e.worker.slot()),
+        Some(1)
+    );
+    primary.exit(3, 0);
+    assert!(!primary.events().contains(&"fork"), "3 is not replaced");
+    primary.ready(4);
+    assert_eq!(primary.ready_ids(), [1, 4]);
+    assert_eq!(primary.context.pool_size(), 2);
+}
