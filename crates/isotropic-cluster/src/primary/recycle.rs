@@ -161,9 +161,20 @@ impl Recycler {
         }
     }
 
-    /// Forgets `id` (it leaves for good): not recycled.
-    pub(super) fn forget(&mut self, id: WorkerId) {
+    /// Forgets `id` (it leaves for good): not recycled. If it is part of
+    /// the recycle under way, that recycle ends, and the other worker of
+    /// its slot (the recycled one, or its replacement, if still there) is
+    /// returned: it leaves for good too.
+    pub(super) fn forget(&mut self, id: WorkerId) -> Option<WorkerId> {
         self.queue.retain(|queued| *queued != id);
+        let Turn::Surge { old, new } = self.turn else {
+            return None;
+        };
+        if old != Some(id) && new != id {
+            return None;
+        }
+        self.turn = Turn::Idle;
+        if new == id { old } else { Some(new) }
     }
 
     /// Ends every recycle (a shutdown).
@@ -339,7 +350,7 @@ mod tests {
         for n in [12, 1, 2, 3] {
             recycler.ask(id(n));
         }
-        recycler.forget(id(1));
+        assert_eq!(recycler.forget(id(1)), None);
         assert_eq!(recycler.exited(id(2)), SurgeExit::Unrelated);
         assert_eq!(
             recycler.next(slot_of(9)),

@@ -107,3 +107,32 @@ async fn a_replacement_kept_out_of_the_pool_gives_its_recycle_up_and_the_next_go
     assert_eq!(primary.ready_ids(), [1, 4]);
     assert_eq!(primary.context.pool_size(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn retiring_either_worker_of_a_recycle_under_way_shrinks_the_pool() {
+    // (It did not: retiring the recycled worker left its replacement in the
+    // slot; retiring the replacement left the recycled worker, recycled
+    // again later. The pool kept its size.)
+    for retired in [1, 3] {
+        let mut primary = pool(ClusterPrimary::builder(), 2);
+        primary.context.recycle_worker(id(1)).expect("live");
+        primary.settle();
+        primary.events();
+        assert_eq!(primary.context.pool_size(), 2, "3 shares 1's slot");
+        primary.context.retire_worker(id(retired)).expect("live");
+        primary.settle();
+        assert_eq!(primary.context.pool_size(), 1, "retired {retired}");
+        primary.ready(3);
+        for n in [1, 3] {
+            primary.exit(n, 0);
+        }
+        primary.advance(Duration::from_secs(60)).await;
+        let events = primary.events();
+        assert!(!events.contains(&"fork"), "retired {retired}: {events:?}");
+        assert_eq!(primary.ready_ids(), [2], "retired {retired}");
+        // The next recycle is not held up.
+        primary.context.recycle_worker(id(2)).expect("live");
+        primary.settle();
+        assert!(primary.events().contains(&"fork"), "retired {retired}");
+    }
+}
