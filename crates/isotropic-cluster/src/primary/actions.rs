@@ -283,7 +283,7 @@ impl PrimaryContext {
         self.leave_pool(&event.worker);
         if !event.replaced {
             tracing::info!(worker_id = %id, "Not replaced");
-            return;
+            return self.roll_unless_awaited();
         }
         // (A handler may have shut the primary down meanwhile.)
         if !self.phase.is_active() {
