@@ -164,3 +164,35 @@ async fn a_rolling_restart_goes_on_when_the_replacement_it_waits_for_will_never_
         assert_eq!(restarted, 2, "retire: {retire}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_replacement_over_the_memory_limit_before_it_joins_is_recycled_once_it_has() {
+    // (Its `workerOverMemory`, raised once per worker, came while it was a
+    // recycle's replacement, whose recycle could not be asked for: it was
+    // never recycled, however much it grew.)
+    const MIB: u64 = 1 << 20;
+    let builder = ClusterPrimary::builder()
+        .max_memory(100 * MIB)
+        .sample_interval(Duration::from_secs(1));
+    let mut primary = pool(builder, 1);
+    primary.context.recycle_worker(id(1)).expect("live");
+    primary.settle();
+    let over = |primary: &Harness, pid: u32| {
+        let mut memory = primary.spawner.memory.lock().expect("memory");
+        memory.insert(100_000 + pid, 200 * MIB);
+    };
+    over(&primary, 2);
+    primary.advance(Duration::from_secs(1)).await;
+    primary.events();
+    primary.ready(2);
+    assert_eq!(primary.ready_ids(), [2]);
+    primary.exit(1, 0);
+    primary.events();
+    primary.advance(Duration::from_secs(1)).await;
+    let events = primary.events();
+    assert_eq!(
+        events,
+        ["workerOverMemory", "fork", "workerFork"],
+        "{events:?}"
+    );
+}
