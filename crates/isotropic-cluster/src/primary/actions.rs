@@ -112,6 +112,7 @@ impl PrimaryContext {
             WorkerState::Gone { after } => after,
             _ => AfterExit::Policy,
         };
+        let failed = after == AfterExit::Failure;
         if self.recycle_exited(id) {
             after = AfterExit::Nothing;
         }
@@ -119,6 +120,7 @@ impl PrimaryContext {
             worker,
             status,
             voluntary,
+            failed,
             replaced: false,
         };
         exit.replaced = self.phase.is_active()
