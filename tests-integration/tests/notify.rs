@@ -187,8 +187,9 @@ signal.pause()
 /// by its slot does not exist, and none after (it hangs, as a stuck daemon
 /// would); it says what `WATCHDOG_USEC` it was given.
 const WATCHDOG_SCRIPT: &str = r#"
-notify("STATUS=usec " + os.environ.get("WATCHDOG_USEC", "none"))
 notify("READY=1")
+# (Its status with its first sign of life: a test that sees it may hang it.)
+notify("WATCHDOG=1\nSTATUS=usec " + os.environ.get("WATCHDOG_USEC", "none"))
 stuck = os.path.join(sys.argv[1], os.environ["ISOTROPIC_CLUSTER_SLOT"])
 while not os.path.exists(stuck):
     notify("WATCHDOG=1")
@@ -235,8 +236,6 @@ async fn a_notify_worker_that_stops_sending_watchdog_1_is_replaced_and_one_that_
     assert_eq!(exit.worker.id(), unresponsive.id());
     assert!(exit.replaced);
     std::fs::remove_file(stuck.join("1")).expect("let the replacement run");
-    let (slot, _) = wait_for(&mut events, status_of).await;
-    assert_eq!(slot, 1);
     // Slot 0 kept sending: it is still the first worker, after several periods.
     let ready = wait_for(&mut events, |e| match e {
         PrimaryEvent::AddWorker(e) => Some(e.worker),
@@ -244,7 +243,82 @@ async fn a_notify_worker_that_stops_sending_watchdog_1_is_replaced_and_one_that_
     })
     .await;
     assert_eq!(ready.slot(), 1);
+    let (slot, _) = wait_for(&mut events, status_of).await;
+    assert_eq!(slot, 1);
     assert!(primary.workers().iter().any(|w| w.id().get() == 1));
     shut_down(&primary).await;
     std::fs::remove_dir_all(&stuck).expect("clean up");
+}
+
+/// A notify worker that waits in slot 0; in another, given the pid of slot
+/// 0's in the file `victim` of the directory it is given, has a child try
+/// to join that worker's process group and say `READY=1` and
+/// `STATUS=forged` from there; then says `STATUS=done` itself (after its
+/// child's datagram: in order), and waits, never ready.
+const FORGER: &str = r#"
+if os.environ["ISOTROPIC_CLUSTER_SLOT"] == "0":
+    signal.pause()
+victim = os.path.join(sys.argv[1], "victim")
+while not os.path.exists(victim):
+    time.sleep(0.01)
+victim = int(open(victim).read())
+done, sent = os.pipe()
+if os.fork() == 0:
+    try:
+        os.setpgid(0, victim)
+    except OSError:
+        pass
+    notify("READY=1\nSTATUS=forged")
+    os.write(sent, b"x")
+    signal.pause()
+os.read(done, 1)
+notify("STATUS=done")
+signal.pause()
+"#;
+
+#[tokio::test]
+async fn a_process_of_one_worker_cannot_join_anothers_group_to_speak_for_it() {
+    // (It could: every worker led a process group of the primary's session,
+    // which any process of that session may join with `setpgid`; a datagram
+    // from there was taken as that worker's, ready or not.)
+    tests_integration::log_to_test_output();
+    let go = scratch("forger");
+    let builder = ClusterPrimary::builder()
+        .program("python3")
+        .args(["-c", &[PRELUDE, FORGER].concat()])
+        .arg(&go)
+        .channel(WorkerChannel::None)
+        .readiness(Readiness::Notify);
+    let primary = builder.start().await.expect("start");
+    let mut events = primary.events();
+    primary.fork(2).await.expect("fork");
+    let (slot, pid) = wait_for(&mut events, |e| match e {
+        PrimaryEvent::WorkerFork(e) => Some((e.worker.slot(), e.worker.pid())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(slot, 0);
+    std::fs::write(go.join("victim.tmp"), pid.to_string()).expect("write");
+    std::fs::rename(go.join("victim.tmp"), go.join("victim")).expect("rename");
+    let mut heard = Vec::new();
+    let done = wait_for(&mut events, |e| match e {
+        PrimaryEvent::WorkerStatus(e) => {
+            heard.push((e.worker.slot(), e.status.clone()));
+            (e.status == "done").then_some(e.worker.slot())
+        }
+        PrimaryEvent::WorkerReady(e) => {
+            heard.push((e.worker.slot(), "ready".into()));
+            None
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(done, 1);
+    assert!(
+        !heard.iter().any(|(slot, _)| *slot == 0),
+        "slot 0 never spoke: {heard:?}"
+    );
+    assert!(!primary.workers().iter().any(|w| w.slot() == 0));
+    shut_down(&primary).await;
+    let _ = std::fs::remove_dir_all(&go);
 }

@@ -123,7 +123,8 @@ async fn supervise(plan: Plan, output: &Output) -> anyhow::Result<ExitCode> {
                             live = live.saturating_sub(1);
                             if !e.replaced && !stopping {
                                 // (A worker asked to leave, when the pool shrank, did not fail.)
-                                failed |= !e.voluntary && !plan.restart_policy.is_normal(e.code(), e.signal());
+                                // (One stopped for a failure failed, whatever its status.)
+                                failed |= e.failed || (!e.voluntary && !plan.restart_policy.is_normal(e.code(), e.signal()));
                                 // (None live, and no replacement waits for its backoff.)
                                 if live == 0 && shutdown.signals == 0 && primary.pool_size().await.unwrap_or(0) == 0 {
                                     report.line("done", None, "no worker left to replace: stopping");

@@ -946,6 +946,28 @@ async fn with_restart_on_failure_or_never_a_pool_that_finishes_ends_the_run() {
 }
 
 #[tokio::test]
+async fn a_worker_stopped_for_a_failure_and_not_replaced_fails_the_run_whatever_its_status() {
+    // (It did not: not ready in time, it was stopped by SIGTERM, a clean
+    // signal, and the run ended with 0.)
+    let (mut child, mut stderr) = cli(&[
+        "run",
+        "--workers",
+        "1",
+        "--restart",
+        "never",
+        "--ready",
+        "notify",
+        "--ready-timeout",
+        "200ms",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    until(&mut stderr, "no worker left to replace").await;
+    assert_eq!(exit_code(&mut child).await, Some(4), "a failed worker");
+}
+
+#[tokio::test]
 async fn a_finished_worker_does_not_end_the_run_while_a_replacement_waits_for_its_backoff() {
     // Slot 1 fails twice at once (its second replacement waits 3 s), then
     // slot 0 finishes: nobody is live, but slot 1 is still to be tried.

@@ -48,6 +48,7 @@ impl PrimaryContext {
                     // it to leave): whoever waits for it to be ready is told.
                     if !self.registry.in_pool(id) {
                         self.ready_waiters.lost(id);
+                        self.recycle_kept_out(id);
                     }
                 }
                 Action::PollListening => self.poll_listening(id),
@@ -111,6 +112,7 @@ impl PrimaryContext {
             WorkerState::Gone { after } => after,
             _ => AfterExit::Policy,
         };
+        let failed = after == AfterExit::Failure;
         if self.recycle_exited(id) {
             after = AfterExit::Nothing;
         }
@@ -118,15 +120,14 @@ impl PrimaryContext {
             worker,
             status,
             voluntary,
+            failed,
             replaced: false,
         };
-        // Stopped for its silence: a failure, whatever its status says.
-        let failed = self.liveness.take_stopped(id) && self.config.restart.replaces_failures();
         exit.replaced = self.phase.is_active()
             && match after {
-                AfterExit::Policy => {
-                    failed || self.config.restart.replaces(exit.code(), exit.signal())
-                }
+                AfterExit::Policy => self.config.restart.replaces(exit.code(), exit.signal()),
+                // Stopped for a failure: whatever its status says.
+                AfterExit::Failure => self.config.restart.replaces_failures(),
                 AfterExit::Replace => true,
                 AfterExit::Nothing => false,
             };
@@ -284,7 +285,7 @@ impl PrimaryContext {
         self.leave_pool(&event.worker);
         if !event.replaced {
             tracing::info!(worker_id = %id, "Not replaced");
-            return;
+            return self.roll_unless_awaited();
         }
         // (A handler may have shut the primary down meanwhile.)
         if !self.phase.is_active() {

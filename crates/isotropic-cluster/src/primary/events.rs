@@ -217,6 +217,9 @@ pub struct WorkerExit {
     pub status: Option<ExitStatus>,
     /// Whether it exited after a disconnect (asked for or announced).
     pub voluntary: bool,
+    /// Whether the primary stopped it for a failure (not ready in time, a
+    /// protocol error, unresponsive): an abnormal exit, whatever its status.
+    pub failed: bool,
     /// Whether the event's default action starts a replacement: the
     /// primary runs, and the worker was recycled or the restart policy
     /// ([`Restart`](super::Restart)) replaces this exit.

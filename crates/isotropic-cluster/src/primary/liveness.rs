@@ -16,7 +16,7 @@
 //!   run: stopped, or its actor busy) pushes every deadline back by its
 //!   lateness: silence while the primary was not listening does not count.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -39,8 +39,6 @@ pub(super) struct Liveness {
     watched: BTreeMap<WorkerId, Watch>,
     /// When the armed tick is due (`None`: none is armed).
     tick_at: Option<Instant>,
-    /// Workers stopped for their silence, until their exit: a failure.
-    stopped: HashSet<WorkerId>,
 }
 
 /// One watched worker.
@@ -77,7 +75,6 @@ impl Liveness {
             period,
             watched: BTreeMap::new(),
             tick_at: None,
-            stopped: HashSet::new(),
         }
     }
 
@@ -145,17 +142,10 @@ impl Liveness {
         tick
     }
 
-    /// Worker `id` is stopped for its silence: no longer watched, and its
-    /// exit is a failure.
+    /// Worker `id` is stopped for its silence: no longer watched (its exit
+    /// is a failure: it leaves with [`Why::Failed`]).
     fn stop(&mut self, id: WorkerId) {
         self.watched.remove(&id);
-        self.stopped.insert(id);
-    }
-
-    /// Whether worker `id`, exiting, was stopped for its silence (then
-    /// forgotten).
-    pub(super) fn take_stopped(&mut self, id: WorkerId) -> bool {
-        self.stopped.remove(&id)
     }
 }
 
@@ -371,13 +361,11 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_stopped_worker_is_forgotten_and_its_exit_is_a_failure_once() {
+    async fn a_stopped_worker_is_forgotten() {
         let mut liveness = Liveness::new(Some(PERIOD));
         let start = Instant::now();
         liveness.heard((id(1), ready(id(1))), start, true);
         liveness.stop(id(1));
         assert_eq!(liveness.tick(start + TICK, ready), Tick::default());
-        assert!(liveness.take_stopped(id(1)));
-        assert!(!liveness.take_stopped(id(1)));
     }
 }

@@ -7,8 +7,9 @@
 //! A task reads it and reports each datagram to the actor with the sender's
 //! pid and process group, as the kernel vouches for them; the actor takes a
 //! datagram from a worker, or from a process in a worker's process group (a
-//! worker leads its own), as that worker's, and drops any other: one worker
-//! cannot speak for another. (A sender other than the worker must still run
+//! worker leads its own session, so its own group, which no process of
+//! another worker can join), as that worker's, and drops any other: one
+//! worker cannot speak for another. (A sender other than the worker must still run
 //! when its datagram is read: an exited one's group cannot be read.) A
 //! datagram is `KEY=VALUE` lines (at most
 //! [`MAX_DATAGRAM`] bytes): `READY=1`, `STATUS=…`, `STOPPING=1`,

@@ -98,7 +98,6 @@ impl ProcessSpawner {
             .stdin(Stdio::null())
             .stdout(stdio(config.stdout))
             .stderr(stdio(config.stderr))
-            .process_group(0)
             .kill_on_drop(true);
         match config.channel {
             WorkerChannel::Frames => command

@@ -122,6 +122,16 @@ impl Recycler {
         }
     }
 
+    /// Worker `id` is ready but kept out of the pool: whether it is the
+    /// replacement under way (then the recycle is given up).
+    pub(super) fn kept_out(&mut self, id: WorkerId) -> bool {
+        let surge = matches!(self.turn, Turn::Surge { new, .. } if new == id);
+        if surge {
+            self.turn = Turn::Idle;
+        }
+        surge
+    }
+
     /// Worker `id` exited.
     pub(super) fn exited(&mut self, id: WorkerId) -> SurgeExit {
         self.queue.retain(|queued| *queued != id);
@@ -151,9 +161,20 @@ impl Recycler {
         }
     }
 
-    /// Forgets `id` (it leaves for good): not recycled.
-    pub(super) fn forget(&mut self, id: WorkerId) {
+    /// Forgets `id` (it leaves for good): not recycled. If it is part of
+    /// the recycle under way, that recycle ends, and the other worker of
+    /// its slot (the recycled one, or its replacement, if still there) is
+    /// returned: it leaves for good too.
+    pub(super) fn forget(&mut self, id: WorkerId) -> Option<WorkerId> {
         self.queue.retain(|queued| *queued != id);
+        let Turn::Surge { old, new } = self.turn else {
+            return None;
+        };
+        if old != Some(id) && new != id {
+            return None;
+        }
+        self.turn = Turn::Idle;
+        if new == id { old } else { Some(new) }
     }
 
     /// Ends every recycle (a shutdown).
@@ -172,7 +193,8 @@ impl PrimaryContext {
     /// does nothing. A replacement that exits or cannot start before it is
     /// ready is tried again, paced by the restart policy's backoff, while
     /// `id` keeps working. A shutdown ends every recycle; a fork prevented
-    /// by a handler gives this one up.
+    /// by a handler gives this one up, and so does a replacement kept out of
+    /// the pool by a handler (it leaves, not replaced).
     ///
     /// # Errors
     ///
@@ -222,6 +244,20 @@ impl PrimaryContext {
             self.leave_pool(&old);
             self.ask_to_leave(old.id(), Why::Replaced);
         }
+        self.recycle_next();
+    }
+
+    /// Worker `id` is ready but was kept out of the pool (a handler
+    /// prevented its `workerReady` or `addWorker`): if it is the replacement
+    /// of a recycle, that recycle is given up (the recycled worker keeps
+    /// working), the replacement leaves, not replaced, and the next recycle
+    /// begins.
+    pub(super) fn recycle_kept_out(&mut self, id: WorkerId) {
+        if self.registry.staying(id).is_none() || !self.recycler.kept_out(id) {
+            return;
+        }
+        tracing::warn!(worker_id = %id, "A recycle's replacement was kept out of the pool: it leaves, the recycle is given up");
+        self.ask_to_leave(id, Why::Replaced);
         self.recycle_next();
     }
 
@@ -314,7 +350,7 @@ mod tests {
         for n in [12, 1, 2, 3] {
             recycler.ask(id(n));
         }
-        recycler.forget(id(1));
+        assert_eq!(recycler.forget(id(1)), None);
         assert_eq!(recycler.exited(id(2)), SurgeExit::Unrelated);
         assert_eq!(
             recycler.next(slot_of(9)),

@@ -98,6 +98,10 @@ impl PrimaryContext {
             .map(|e| e.worker.id())
             .collect();
         for id in ids {
+            // Not while its recycle is under way (as the recycled worker or
+            // its replacement): raised once, it could not be acted on; a
+            // replacement still over it once in the pool is raised then.
+            let recycling = self.recycler.involves(id);
             let Some(entry) = self.registry.get_mut(id) else {
                 continue;
             };
@@ -113,6 +117,7 @@ impl PrimaryContext {
             if let Some(limit) = self.config.max_memory
                 && usage.memory > limit
                 && staying
+                && !recycling
                 && !std::mem::replace(&mut entry.resources.over_memory, true)
             {
                 over.push((entry.worker.clone(), usage.memory, limit));

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 
 use tokio::sync::oneshot;
 
+use super::context::PrimaryContext;
 use crate::WorkerId;
 
 /// Where a rolling restart stands (the primary's actor drives it).
@@ -63,6 +64,18 @@ impl Rolling {
         self.waiting = false;
         for waiter in self.waiters.drain(..) {
             let _ = waiter.send(self.restarted);
+        }
+    }
+}
+
+impl PrimaryContext {
+    /// A worker exited and is not replaced: a rolling restart that waits for
+    /// a replacement goes on if none can come any more (none is starting,
+    /// none is owed): the one it waited for was retired, or exited and was
+    /// not replaced, before it was ready.
+    pub(super) fn roll_unless_awaited(&mut self) {
+        if self.owed.is_empty() && !self.registry.any_starting() && self.rolling.take_waiting() {
+            self.roll();
         }
     }
 }

@@ -48,7 +48,8 @@ impl PrimaryContext {
     }
 
     /// Asks worker `id` to leave for good, gracefully (as a shutdown asks
-    /// each): it is not replaced, and the pool shrinks by one.
+    /// each): it is not replaced, and the pool shrinks by one (during a
+    /// recycle of its slot, the other worker of the slot leaves too).
     ///
     /// # Errors
     ///
@@ -62,11 +63,19 @@ impl PrimaryContext {
         Ok(())
     }
 
+    /// Worker `id` leaves for good; so does the other worker of its slot
+    /// during its recycle (the recycled one, or its replacement): the slot
+    /// goes, and the next recycle begins.
     fn leave_for_good(&mut self, id: WorkerId) {
-        self.recycler.forget(id);
-        if let Some(worker) = self.registry.worker(id) {
-            self.leave_pool(&worker);
-        }
+        let Some(worker) = self.registry.staying(id).map(|entry| entry.worker.clone()) else {
+            return;
+        };
+        let partner = self.recycler.forget(id);
+        self.leave_pool(&worker);
         self.ask_to_leave(id, Why::ScaledDown);
+        if let Some(partner) = partner {
+            self.leave_for_good(partner);
+            self.recycle_next();
+        }
     }
 }

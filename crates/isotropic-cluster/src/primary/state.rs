@@ -42,6 +42,10 @@ pub(crate) enum WorkerState {
 pub(crate) enum AfterExit {
     /// What the restart policy says, paced by its backoff.
     Policy,
+    /// What the restart policy says of a failure, whatever the exit status
+    /// (it was stopped for one: not ready in time, a protocol error,
+    /// unresponsive), paced by its backoff.
+    Failure,
     /// A replacement at once: it was recycled.
     Replace,
     /// Nothing: its replacement is already running, or the pool shrank.
@@ -73,7 +77,8 @@ pub(crate) enum Why {
     /// [`stop_worker`](super::PrimaryContext::stop_worker) asked it to
     /// leave: it is replaced at once, outside the restart policy.
     Recycled,
-    /// Its replacement is ready (a drained recycle): it is not replaced.
+    /// Its replacement is ready (a drained recycle), or it was a
+    /// replacement kept out of the pool: it is not replaced.
     Replaced,
     /// The pool shrank ([`scale_to`](super::PrimaryContext::scale_to)): it
     /// is not replaced.
@@ -91,6 +96,7 @@ impl Why {
         match self {
             Self::Recycled => AfterExit::Replace,
             Self::Replaced | Self::ScaledDown => AfterExit::Nothing,
+            Self::Failed => AfterExit::Failure,
             _ => AfterExit::Policy,
         }
     }

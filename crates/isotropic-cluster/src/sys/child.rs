@@ -11,7 +11,8 @@ use super::guard::Record;
 /// Arranges for `fd` (if any) and `passed` to be the only fds above stdio
 /// that survive `exec` in the child of `command` (not even ones the primary
 /// itself inherited without close-on-exec), clears the signal mask the child
-/// would inherit, and has the child register its process group with the
+/// would inherit, makes the child lead a session of its own (and so a
+/// process group), and has the child register its process group with the
 /// orphan guard (see [`orphan_guard`](super::orphan_guard)) before it runs
 /// anything. Where workers run in cgroups of their own, makes worker `id`'s
 /// and has the child join it first; the cgroup is returned, to be kept as
@@ -32,7 +33,7 @@ pub(super) fn prepare_child(
         .map(|fd| fd.as_raw_fd());
     // SAFETY: the closure runs in the child between fork and exec, so it must be
     // async-signal-safe: it only makes raw system calls (close_range, fcntl,
-    // write, sigprocmask, getpid, readlink, open, read, close, send, getppid) on values
+    // write, sigprocmask, setsid, getpid, readlink, open, read, close, send, getppid) on values
     // captured by copy and memory of its own frame, and allocates nothing.
     unsafe {
         command.pre_exec(move || {
@@ -61,8 +62,15 @@ pub(super) fn prepare_child(
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&raw mut empty);
             libc::pthread_sigmask(libc::SIG_SETMASK, &raw const empty, std::ptr::null_mut());
-            // The child leads its own process group by now (std sets it up
-            // before this closure): register it, with the start time that
+            // The child leads its own session, so its own process group,
+            // which no process of another session can join (`setpgid` joins
+            // only a group of its own session): nothing outside its tree
+            // takes its group, to speak for it on NOTIFY_SOCKET or to be
+            // signalled with it. (A child is no group leader: this succeeds.)
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Register its group, with the start time that
             // tells this process from a later one given the same pid, before
             // anything else can join it, and the pid by which `/proc` knows
             // it (another where `/proc` is another PID namespace's). The

@@ -239,6 +239,7 @@ impl Harness {
     }
 }
 
+mod faults;
 mod handlers;
 mod lifecycle;
 mod liveness;
