@@ -95,9 +95,9 @@ async fn supervise(plan: Plan, output: &Output) -> anyhow::Result<ExitCode> {
     }
     let mut shutdown = Shutdown::default();
     let mut gave_up = false;
-    // Workers alive, and whether one that was not replaced had failed
-    // (`--restart on-failure|never`): the run ends once none is left.
-    let (mut live, mut failed) = (0_usize, false);
+    // Whether a worker that was not replaced had failed (`--restart
+    // on-failure|never`): the run ends once none is left.
+    let mut failed = false;
     // Whether a worker had to be killed once the shutdown began: then the
     // shutdown was forced, whatever started it.
     let mut stopping = false;
@@ -118,19 +118,16 @@ async fn supervise(plan: Plan, output: &Output) -> anyhow::Result<ExitCode> {
                             gave_up |= e.then == OnIntensity::ShutDown;
                         }
                         PrimaryEvent::ShutDown(_) => stopping = true,
-                        PrimaryEvent::WorkerFork(_) => live += 1,
-                        PrimaryEvent::WorkerExit(e) => {
-                            live = live.saturating_sub(1);
-                            if !e.replaced && !stopping {
-                                // (A worker asked to leave, when the pool shrank, did not fail.)
-                                // (One stopped for a failure failed, whatever its status.)
-                                failed |= e.failed || (!e.voluntary && !plan.restart_policy.is_normal(e.code(), e.signal()));
-                                // (None live, and no replacement waits for its backoff.)
-                                if live == 0 && shutdown.signals == 0 && primary.pool_size().await.unwrap_or(0) == 0 {
-                                    report.line("done", None, "no worker left to replace: stopping");
-                                    let primary = primary.clone();
-                                    tokio::spawn(async move { primary.shut_down().await });
-                                }
+                        PrimaryEvent::WorkerExit(e) if !e.replaced && !stopping => {
+                            // (A worker asked to leave, when the pool shrank, did not fail.)
+                            // (One stopped for a failure failed, whatever its status.)
+                            failed |= e.failed || (!e.voluntary && !plan.restart_policy.is_normal(e.code(), e.signal()));
+                            // (The pool as the primary has it now: no worker
+                            // staying, no replacement waiting for its backoff.)
+                            if shutdown.signals == 0 && primary.pool_size().await.unwrap_or(0) == 0 {
+                                report.line("done", None, "no worker left to replace: stopping");
+                                let primary = primary.clone();
+                                tokio::spawn(async move { primary.shut_down().await });
                             }
                         }
                         PrimaryEvent::WorkerDisconnect(e) if stopping && plan.channel == Channel::Node => {

@@ -196,8 +196,8 @@ impl PrimaryContext {
             self.next_id += 1;
             let id = WorkerId::new(self.next_id);
             tracing::info!(worker_id = %id, "Starting a new worker");
-            let slot =
-                (self.fork_slot.take()).unwrap_or_else(|| self.registry.free_slot(&self.owed));
+            let slot = (self.fork_slot.take())
+                .unwrap_or_else(|| self.registry.free_slot(self.owed.slots()));
             match self.spawner.spawn(id, slot, self.inputs.clone()) {
                 Ok(spawned) => {
                     self.forked.push(spawned.worker.clone());
@@ -348,9 +348,10 @@ impl PrimaryContext {
 
     pub(super) fn complete_restart_scheduled(&mut self, event: &RestartScheduled) {
         tracing::warn!(delay = ?event.delay, failures = event.failures, "Workers keep dying early or failing to start: replacement delayed");
-        let slot = (self.pacing.take()).unwrap_or_else(|| self.registry.free_slot(&self.owed));
-        self.owed.push(slot);
-        self.timers.insert(Timer::Restart(slot), event.delay);
+        let slot =
+            (self.pacing.take()).unwrap_or_else(|| self.registry.free_slot(self.owed.slots()));
+        let token = self.owed.push(slot);
+        self.timers.insert(Timer::Restart(token), event.delay);
     }
 
     pub(super) fn complete_restart_intensity(&mut self, event: &RestartIntensityExceeded) {

@@ -19,7 +19,7 @@ use super::ready::ReadyWaiters;
 use super::recycle::Recycler;
 use super::registry::Registry;
 use super::resources::Sampler;
-use super::restart::Backoff;
+use super::restart::{Backoff, Owed};
 use super::rolling::Rolling;
 use super::spawner::Spawn;
 use super::state::{Trigger, Why};
@@ -33,8 +33,8 @@ use crate::{ListenAddress, Signal, WorkerId};
 /// What the actor's timers are for.
 #[derive(Debug)]
 pub(crate) enum Timer {
-    /// Start the delayed replacement of this slot.
-    Restart(u32),
+    /// Start a delayed replacement (the token of `Owed::push`).
+    Restart(u64),
     /// Try the recycle again that a failed replacement paused.
     Recycle,
     /// The worker reached its maximum age.
@@ -84,7 +84,7 @@ pub struct PrimaryContext {
     /// Drained recycles.
     pub(super) recycler: Recycler,
     /// The slots whose delayed replacements are still to start.
-    pub(super) owed: Vec<u32>,
+    pub(super) owed: Owed,
     /// The slot the next worker forked takes (a replacement's).
     pub(super) fork_slot: Option<u32>,
     /// The slot whose replacement is being paced (for `restartScheduled`).
@@ -332,7 +332,7 @@ impl PrimaryContext {
             destroy_waiters: Vec::new(),
             rolling: Rolling::default(),
             recycler: Recycler::default(),
-            owed: Vec::new(),
+            owed: Owed::default(),
             fork_slot: None,
             pacing: None,
             ready_waiters: ReadyWaiters::default(),

@@ -92,13 +92,13 @@ impl Registry {
 
     /// The lowest slot no live worker holds, and none of `owed` (the slots
     /// that delayed replacements will take).
-    pub(super) fn free_slot(&self, owed: &[u32]) -> u32 {
+    pub(super) fn free_slot(&self, owed: impl Iterator<Item = u32>) -> u32 {
         let held: std::collections::BTreeSet<u32> = self
             .entries
             .values()
             .filter(|entry| !matches!(entry.state, WorkerState::Gone { .. }))
             .map(|entry| entry.worker.slot())
-            .chain(owed.iter().copied())
+            .chain(owed)
             .collect();
         (0..).find(|slot| !held.contains(slot)).unwrap_or(0)
     }

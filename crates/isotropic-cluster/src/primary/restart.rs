@@ -241,6 +241,49 @@ impl Backoff {
     }
 }
 
+/// The delayed replacements still to start: the slot of each, and the
+/// timer that starts it (a cancelled one finds nothing to start).
+#[derive(Debug, Default)]
+pub(crate) struct Owed {
+    entries: Vec<(u32, u64)>,
+    next: u64,
+}
+
+impl Owed {
+    /// A replacement in `slot` is owed; the token of its timer.
+    pub(crate) fn push(&mut self, slot: u32) -> u64 {
+        self.next += 1;
+        self.entries.push((slot, self.next));
+        self.next
+    }
+
+    /// The timer `token` fired: its slot, if its replacement is still owed.
+    pub(crate) fn take(&mut self, token: u64) -> Option<u32> {
+        let at = self.entries.iter().position(|entry| entry.1 == token)?;
+        Some(self.entries.swap_remove(at).0)
+    }
+
+    /// Cancels up to `count` of them, the highest slots first; how many.
+    pub(crate) fn cancel(&mut self, count: usize) -> usize {
+        let cancelled = count.min(self.entries.len());
+        self.entries.sort_unstable();
+        self.entries.truncate(self.entries.len() - cancelled);
+        cancelled
+    }
+
+    pub(crate) fn slots(&self) -> impl Iterator<Item = u32> + '_ {
+        self.entries.iter().map(|entry| entry.0)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,5 +360,23 @@ mod tests {
             (Duration::ZERO, 0)
         );
         assert_eq!(backoff.on_failure(&policy), (Duration::ZERO, 1));
+    }
+
+    #[test]
+    fn a_cancelled_replacement_is_not_started_by_its_timer_even_if_its_slot_is_owed_again() {
+        let mut owed = Owed::default();
+        let first = owed.push(3);
+        let low = owed.push(1);
+        assert_eq!(owed.cancel(1), 1, "the highest slot first");
+        let again = owed.push(3);
+        assert_eq!(
+            owed.take(first),
+            None,
+            "cancelled: its timer starts nothing"
+        );
+        assert_eq!(owed.take(low), Some(1));
+        assert_eq!(owed.slots().collect::<Vec<_>>(), [3]);
+        assert_eq!(owed.take(again), Some(3));
+        assert!(owed.is_empty());
     }
 }

@@ -247,13 +247,12 @@ impl PrimaryContext {
 
     pub(super) fn timer(&mut self, timer: Timer) {
         match timer {
-            Timer::Restart(slot) => {
+            Timer::Restart(token) => {
                 // (One the pool no longer needs was cancelled by `scale_to`.)
-                if let Some(owed) = self.owed.iter().position(|owed| *owed == slot) {
-                    self.owed.swap_remove(owed);
-                    if self.phase.is_active() {
-                        self.replace(slot);
-                    }
+                if let Some(slot) = self.owed.take(token)
+                    && self.phase.is_active()
+                {
+                    self.replace(slot);
                 }
             }
             Timer::Recycle => {

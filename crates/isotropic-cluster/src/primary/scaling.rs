@@ -33,9 +33,7 @@ impl PrimaryContext {
             return self.fork(count - size).map(drop);
         }
         // The delayed replacements of the highest slots first.
-        let cancelled = (size - count).min(self.owed.len());
-        self.owed.sort_unstable();
-        self.owed.truncate(self.owed.len() - cancelled);
+        let cancelled = self.owed.cancel(size - count);
         let slots = self.registry.staying_by_slot();
         let excess = size - count - cancelled;
         if excess > 0 {
