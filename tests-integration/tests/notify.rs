@@ -178,9 +178,10 @@ signal.pause()
         .expect("the notify socket outlived the primary");
 }
 
-/// A notify worker that sends `WATCHDOG=1` every 50 ms while the file named
-/// by its slot does not exist, and none after (it hangs, as a stuck daemon
-/// would); it says what `WATCHDOG_USEC` it was given.
+/// A notify worker that sends `WATCHDOG=1` every 50 ms until it sees the
+/// file named by its slot, and none after (it hangs, as a stuck daemon
+/// would); it says what `WATCHDOG_USEC` it was given. It sends one at least,
+/// whenever the file comes: a notify worker is watched from its first.
 const WATCHDOG_SCRIPT: &str = r#"
 import os, signal, socket, sys, time
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -193,9 +194,10 @@ def notify(text):
 notify("STATUS=usec " + os.environ.get("WATCHDOG_USEC", "none"))
 notify("READY=1")
 stuck = os.path.join(sys.argv[1], os.environ["ISOTROPIC_CLUSTER_SLOT"])
+notify("WATCHDOG=1")
 while not os.path.exists(stuck):
-    notify("WATCHDOG=1")
     time.sleep(0.05)
+    notify("WATCHDOG=1")
 signal.pause()
 "#;
 
@@ -234,10 +236,12 @@ async fn a_notify_worker_that_stops_sending_watchdog_1_is_replaced_and_one_that_
     })
     .await;
     assert_eq!(unresponsive.slot(), 1);
+    // It hangs past the file: gone, it lets the replacement run, however
+    // soon that starts.
+    std::fs::remove_file(stuck.join("1")).expect("let the replacement run");
     let exit = wait_for(&mut events, exit_of).await;
     assert_eq!(exit.worker.id(), unresponsive.id());
     assert!(exit.replaced);
-    std::fs::remove_file(stuck.join("1")).expect("let the replacement run");
     let (slot, _) = wait_for(&mut events, status_of).await;
     assert_eq!(slot, 1);
     // Slot 0 kept sending: it is still the first worker, after several periods.
