@@ -341,28 +341,48 @@ async fn guard_replaced(launcher: &[&str]) {
         .chain(&grandchildren)
         .map(|&pid| ExitWatch::new(pid))
         .collect();
+    let log = log_of(&mut primary);
     let guard = guard_of(primary.id(), None);
     signal(guard, rustix::process::Signal::KILL);
     let replaced = Instant::now();
+    log_until(&log, "the orphan guard died");
+    // Not once its process runs: once the primary told it of the groups.
+    log_until(&log, "a new orphan guard runs");
     let new_guard = guard_of(primary.id(), Some(guard));
     eprintln!(
-        "a new guard ({new_guard}) runs {:?} after the SIGKILL of the old",
+        "a new guard ({new_guard}) holds the groups {:?} after the SIGKILL of the old",
         replaced.elapsed()
     );
     // The children ignore SIGTERM and are no worker: only a guard ends them.
     let gone = tests_integration::kill_and_await(&mut primary, watches).await;
     eprintln!("primary killed: 2 workers and 2 children gone after {gone:?}");
-    let mut stderr = String::new();
-    primary
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr)
-        .expect("read");
-    assert!(
-        stderr.contains("the orphan guard died"),
-        "not said loudly: {stderr}"
-    );
+}
+
+/// The lines of `primary`'s stderr, read by a thread of their own until it
+/// ends.
+fn log_of(primary: &mut Running) -> std::sync::mpsc::Receiver<String> {
+    let stderr = BufReader::new(primary.stderr.take().expect("stderr"));
+    let (lines, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    log
+}
+
+/// Reads `log` (a primary's stderr) until a line containing `text`.
+fn log_until(log: &std::sync::mpsc::Receiver<String>, text: &str) {
+    loop {
+        let line = log
+            .recv_timeout(DEADLINE)
+            .unwrap_or_else(|error| panic!("no {text:?} from the primary: {error}"));
+        if line.contains(text) {
+            return;
+        }
+    }
 }
 
 #[tokio::test]

@@ -163,14 +163,16 @@ fn watch() {
                     return;
                 }
                 state.guard = Some(pid);
+                for (&group, &(seen, start)) in &state.live {
+                    tell(Record::Register { group, seen, start }, true);
+                }
+                // Said once it holds the groups: from now on, this process
+                // may die and its workers go.
                 tracing::info!(
                     pid = pid.as_raw_pid(),
                     groups = state.live.len(),
                     "a new orphan guard runs"
                 );
-                for (&group, &(seen, start)) in &state.live {
-                    tell(Record::Register { group, seen, start }, true);
-                }
             }
             Err(error) => {
                 tracing::error!(%error, "cannot start another orphan guard: trying again");
