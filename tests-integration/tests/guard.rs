@@ -321,19 +321,27 @@ fn the_guard_has_a_name_and_arguments_of_its_own() {
 
 #[tokio::test]
 async fn a_killed_guard_is_replaced_and_the_new_one_ends_the_workers_with_the_primary() {
-    guard_replaced(&[]).await;
+    guard_replaced(&[], false).await;
 }
 
 #[tokio::test]
 async fn a_killed_guard_is_replaced_and_the_new_one_ends_the_worker_groups_without_cgroups() {
     if let Some(nobody) = as_nobody() {
-        guard_replaced(&nobody).await;
+        guard_replaced(&nobody, false).await;
     }
 }
 
-/// Kills the guard of a `guarded-primary` run through `launcher`, waits for
-/// another, kills the primary: its workers and their children go.
-async fn guard_replaced(launcher: &[&str]) {
+#[tokio::test]
+async fn a_guard_killed_with_records_unread_is_replaced_all_the_same() {
+    // (Its socket then reads a reset, not an end of file: the primary stopped
+    // watching, and no guard ran any more.)
+    guard_replaced(&[], true).await;
+}
+
+/// Kills the guard of a `guarded-primary` run through `launcher` (`unread`:
+/// with a record in its socket), waits for another, kills the primary: its
+/// workers and their children go.
+async fn guard_replaced(launcher: &[&str], unread: bool) {
     let (mut primary, workers, grandchildren) = guarded_primary(2, launcher);
     assert_eq!(grandchildren.len(), 2, "each worker started a child");
     let watches: Vec<ExitWatch> = workers
@@ -343,6 +351,13 @@ async fn guard_replaced(launcher: &[&str]) {
         .collect();
     let log = log_of(&mut primary);
     let guard = guard_of(primary.id(), None);
+    if unread {
+        // Stopped, the guard reads nothing: the primary's word that a worker
+        // is gone (said before its death is logged) waits in its socket.
+        signal(guard, rustix::process::Signal::STOP);
+        signal(workers[0], rustix::process::Signal::KILL);
+        log_until(&log, "Worker died");
+    }
     signal(guard, rustix::process::Signal::KILL);
     let replaced = Instant::now();
     log_until(&log, "the orphan guard died");
