@@ -196,7 +196,9 @@ fn guarded_primary() -> Result<(), Box<dyn std::error::Error>> {
         .with_writer(std::io::stderr)
         .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
         .init();
-    with_ready_workers(Mode::Hung, |_primary, pids| async move {
+    with_ready_workers(Mode::Hung, |primary, pids| async move {
+        // Held: dropped, it would shut the workers down.
+        let _primary = primary;
         let pids: Vec<String> = pids.iter().map(ToString::to_string).collect();
         println!("workers {}", pids.join(" "));
         std::io::stdout().flush()?;
