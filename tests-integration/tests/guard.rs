@@ -321,19 +321,27 @@ fn the_guard_has_a_name_and_arguments_of_its_own() {
 
 #[tokio::test]
 async fn a_killed_guard_is_replaced_and_the_new_one_ends_the_workers_with_the_primary() {
-    guard_replaced(&[]).await;
+    guard_replaced(&[], false).await;
 }
 
 #[tokio::test]
 async fn a_killed_guard_is_replaced_and_the_new_one_ends_the_worker_groups_without_cgroups() {
     if let Some(nobody) = as_nobody() {
-        guard_replaced(&nobody).await;
+        guard_replaced(&nobody, false).await;
     }
 }
 
-/// Kills the guard of a `guarded-primary` run through `launcher`, waits for
-/// another, kills the primary: its workers and their children go.
-async fn guard_replaced(launcher: &[&str]) {
+#[tokio::test]
+async fn a_guard_killed_with_records_unread_is_replaced_all_the_same() {
+    // (Its socket then reads a reset, not an end of file: the primary stopped
+    // watching, and no guard ran any more.)
+    guard_replaced(&[], true).await;
+}
+
+/// Kills the guard of a `guarded-primary` run through `launcher` (`unread`:
+/// with a record in its socket), waits for another, kills the primary: its
+/// workers and their children go.
+async fn guard_replaced(launcher: &[&str], unread: bool) {
     let (mut primary, workers, grandchildren) = guarded_primary(2, launcher);
     assert_eq!(grandchildren.len(), 2, "each worker started a child");
     let watches: Vec<ExitWatch> = workers
@@ -341,28 +349,55 @@ async fn guard_replaced(launcher: &[&str]) {
         .chain(&grandchildren)
         .map(|&pid| ExitWatch::new(pid))
         .collect();
+    let log = log_of(&mut primary);
     let guard = guard_of(primary.id(), None);
+    if unread {
+        // Stopped, the guard reads nothing: the primary's word that a worker
+        // is gone (said before its death is logged) waits in its socket.
+        signal(guard, rustix::process::Signal::STOP);
+        signal(workers[0], rustix::process::Signal::KILL);
+        log_until(&log, "Worker died");
+    }
     signal(guard, rustix::process::Signal::KILL);
     let replaced = Instant::now();
+    log_until(&log, "the orphan guard died");
+    // Not once its process runs: once the primary told it of the groups.
+    log_until(&log, "a new orphan guard runs");
     let new_guard = guard_of(primary.id(), Some(guard));
     eprintln!(
-        "a new guard ({new_guard}) runs {:?} after the SIGKILL of the old",
+        "a new guard ({new_guard}) holds the groups {:?} after the SIGKILL of the old",
         replaced.elapsed()
     );
     // The children ignore SIGTERM and are no worker: only a guard ends them.
     let gone = tests_integration::kill_and_await(&mut primary, watches).await;
     eprintln!("primary killed: 2 workers and 2 children gone after {gone:?}");
-    let mut stderr = String::new();
-    primary
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr)
-        .expect("read");
-    assert!(
-        stderr.contains("the orphan guard died"),
-        "not said loudly: {stderr}"
-    );
+}
+
+/// The lines of `primary`'s stderr, read by a thread of their own until it
+/// ends.
+fn log_of(primary: &mut Running) -> std::sync::mpsc::Receiver<String> {
+    let stderr = BufReader::new(primary.stderr.take().expect("stderr"));
+    let (lines, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    log
+}
+
+/// Reads `log` (a primary's stderr) until a line containing `text`.
+fn log_until(log: &std::sync::mpsc::Receiver<String>, text: &str) {
+    loop {
+        let line = log
+            .recv_timeout(DEADLINE)
+            .unwrap_or_else(|error| panic!("no {text:?} from the primary: {error}"));
+        if line.contains(text) {
+            return;
+        }
+    }
 }
 
 #[tokio::test]

@@ -185,17 +185,18 @@ signal.pause()
         .expect("the notify socket outlived the primary");
 }
 
-/// A notify worker that sends `WATCHDOG=1` every 50 ms while the file named
-/// by its slot does not exist, and none after (it hangs, as a stuck daemon
-/// would); it says what `WATCHDOG_USEC` it was given.
+/// A notify worker that sends `WATCHDOG=1` every 50 ms until it sees the
+/// file named by its slot, and none after (it hangs, as a stuck daemon
+/// would); it says what `WATCHDOG_USEC` it was given with its first one (a
+/// notify worker is watched from its first: one hung before it is not).
 const WATCHDOG_SCRIPT: &str = r#"
 notify("READY=1")
 # (Its status with its first sign of life: a test that sees it may hang it.)
 notify("WATCHDOG=1\nSTATUS=usec " + os.environ.get("WATCHDOG_USEC", "none"))
 stuck = os.path.join(sys.argv[1], os.environ["ISOTROPIC_CLUSTER_SLOT"])
 while not os.path.exists(stuck):
-    notify("WATCHDOG=1")
     time.sleep(0.05)
+    notify("WATCHDOG=1")
 signal.pause()
 "#;
 
@@ -234,10 +235,12 @@ async fn a_notify_worker_that_stops_sending_watchdog_1_is_replaced_and_one_that_
     })
     .await;
     assert_eq!(unresponsive.slot(), 1);
+    // It hangs past the file: gone, it lets the replacement run, however
+    // soon that starts.
+    std::fs::remove_file(stuck.join("1")).expect("let the replacement run");
     let exit = wait_for(&mut events, exit_of).await;
     assert_eq!(exit.worker.id(), unresponsive.id());
     assert!(exit.replaced);
-    std::fs::remove_file(stuck.join("1")).expect("let the replacement run");
     // Slot 0 kept sending: it is still the first worker, after several periods.
     let ready = wait_for(&mut events, |e| match e {
         PrimaryEvent::AddWorker(e) => Some(e.worker),

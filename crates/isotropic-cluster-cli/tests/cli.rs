@@ -896,14 +896,21 @@ async fn the_librarys_errors_are_printed_a_dead_guard_for_one() {
     let (mut child, mut stderr) = cli(&["run", "--workers", "1", "--", "sh", "-c", script]);
     up(&mut child, 1).await;
     let cli_pid = child.id().expect("pid");
-    let guard = children_of(cli_pid)
-        .into_iter()
-        .map(|(pid, _)| pid)
-        .find(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim() == "cluster-guard")
-        })
-        .expect("the orphan guard, a child of the CLI");
+    let guard = || {
+        children_of(cli_pid)
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .find(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "cluster-guard")
+            })
+    };
+    // It names itself once it runs: the worker may be up before it ran.
+    eventually("the orphan guard, a child of the CLI, runs", || {
+        guard().is_some()
+    })
+    .await;
+    let guard = guard().expect("the orphan guard");
     let pid = rustix::process::Pid::from_raw(guard.cast_signed()).expect("pid");
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill the guard");
     until(&mut stderr, "ERROR the orphan guard died").await;

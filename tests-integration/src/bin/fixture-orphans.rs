@@ -19,7 +19,7 @@
 //! - `fixture-orphans guarded-primary N`: a primary with N `fixture-worker
 //!   hung` workers (they ignore SIGTERM and never read their channel; each
 //!   has a child that ignores SIGTERM too); prints `workers PID…` once all
-//!   are ready, then waits to be killed. Warnings and errors go to stderr.
+//!   are ready, then waits to be killed. Its log (from INFO) goes to stderr.
 //! - `fixture-orphans clean-primary N`: a primary with N `fixture-worker
 //!   echo` workers; once all are ready, it shuts down and prints `clean`. It
 //!   fails should a worker exit before.
@@ -194,9 +194,11 @@ fn escape_primary() -> Result<(), Box<dyn std::error::Error>> {
 fn guarded_primary() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
         .init();
-    with_ready_workers(Mode::Hung, |_primary, pids| async move {
+    with_ready_workers(Mode::Hung, |primary, pids| async move {
+        // Held: dropped, it would shut the workers down.
+        let _primary = primary;
         let pids: Vec<String> = pids.iter().map(ToString::to_string).collect();
         println!("workers {}", pids.join(" "));
         std::io::stdout().flush()?;

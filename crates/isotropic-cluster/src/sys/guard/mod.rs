@@ -127,14 +127,15 @@ fn tell(record: Record, wait: bool) {
 }
 
 /// The watch: the guard never writes, so its socket reads an end of file
-/// only once the guard is gone. Then the guard is reaped, another started in
-/// its place, and told of every live worker's group.
+/// only once the guard is gone (or a reset, when it died with records
+/// unread). Then the guard is reaped, another started in its place, and told
+/// of every live worker's group.
 fn watch() {
     let Some(socket) = SOCKET.get() else { return };
     loop {
         let mut byte = [0_u8; 1];
         match rustix::net::recv(socket, &mut byte[..], rustix::net::RecvFlags::empty()) {
-            Ok((0, _)) => {}
+            Ok((0, _)) | Err(rustix::io::Errno::CONNRESET) => {}
             Ok(_) | Err(rustix::io::Errno::INTR) => continue,
             Err(error) => {
                 tracing::error!(%error, "cannot watch the orphan guard any longer");
@@ -163,14 +164,16 @@ fn watch() {
                     return;
                 }
                 state.guard = Some(pid);
+                for (&group, &(seen, start)) in &state.live {
+                    tell(Record::Register { group, seen, start }, true);
+                }
+                // Said once it holds the groups: from now on, this process
+                // may die and its workers go.
                 tracing::info!(
                     pid = pid.as_raw_pid(),
                     groups = state.live.len(),
                     "a new orphan guard runs"
                 );
-                for (&group, &(seen, start)) in &state.live {
-                    tell(Record::Register { group, seen, start }, true);
-                }
             }
             Err(error) => {
                 tracing::error!(%error, "cannot start another orphan guard: trying again");
