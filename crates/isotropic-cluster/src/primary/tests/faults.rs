@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt as _;
 
-use super::{Harness, RestartPolicy};
+use super::{Harness, RestartPolicy, pool};
 use crate::error::ProtocolError;
 use crate::primary::input::Input;
 use crate::primary::{ClusterPrimary, Restart};
@@ -16,19 +16,6 @@ use crate::{Signal, Subscribe as _, WorkerId};
 
 fn id(n: u64) -> WorkerId {
     WorkerId::new(n)
-}
-
-/// A primary with `count` workers, all ready.
-fn pool(builder: crate::primary::PrimaryBuilder, count: u64) -> Harness {
-    let mut primary = Harness::with(builder);
-    primary
-        .fork(usize::try_from(count).expect("small"))
-        .expect("fork");
-    for n in 1..=count {
-        primary.ready(n);
-    }
-    primary.events();
-    primary
 }
 
 #[tokio::test(start_paused = true)]

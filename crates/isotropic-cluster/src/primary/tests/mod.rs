@@ -239,6 +239,19 @@ impl Harness {
     }
 }
 
+/// A primary with `count` workers, all ready.
+pub(super) fn pool(builder: crate::primary::PrimaryBuilder, count: u64) -> Harness {
+    let mut primary = Harness::with(builder);
+    primary
+        .fork(usize::try_from(count).expect("small"))
+        .expect("fork");
+    for n in 1..=count {
+        primary.ready(n);
+    }
+    primary.events();
+    primary
+}
+
 mod faults;
 mod handlers;
 mod lifecycle;

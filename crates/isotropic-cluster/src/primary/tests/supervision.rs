@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{Harness, RestartPolicy};
+use super::{Harness, RestartPolicy, pool};
 use crate::WorkerId;
 use crate::error::Error;
 use crate::primary::{ClusterPrimary, WorkerChannel};
@@ -15,19 +15,6 @@ fn id(n: u64) -> WorkerId {
 fn slot_of(primary: &Harness, n: u64) -> Option<u32> {
     let entry = primary.context.registry.get(id(n));
     entry.map(|entry| entry.worker.slot())
-}
-
-/// A primary with `count` workers, all ready.
-fn pool(builder: crate::primary::PrimaryBuilder, count: u64) -> Harness {
-    let mut primary = Harness::with(builder);
-    primary
-        .fork(usize::try_from(count).expect("small"))
-        .expect("fork");
-    for n in 1..=count {
-        primary.ready(n);
-    }
-    primary.events();
-    primary
 }
 
 #[tokio::test(start_paused = true)]
