@@ -101,9 +101,8 @@ async fn supervise(plan: Plan, output: &Output) -> anyhow::Result<ExitCode> {
     // Whether a worker had to be killed once the shutdown began: then the
     // shutdown was forced, whatever started it.
     let mut stopping = false;
-    // A rolling restart (SIGHUP): one worker at a time, each once the
-    // previous one's replacement is ready. The primary keeps the listening
-    // sockets, so connections wait in the backlog meanwhile.
+    // A rolling restart (SIGHUP): one worker at a time, each leaving once
+    // its replacement is ready, so the pool is never short.
     let mut reload: Option<tokio::task::JoinHandle<Result<usize, _>>> = None;
     loop {
         tokio::select! {

@@ -61,6 +61,22 @@ pub(crate) async fn until<R: AsyncBufRead + Unpin>(
     seen
 }
 
+/// Reads stderr until lines containing each of `texts` were read, in any
+/// order; returns the lines read.
+pub(crate) async fn until_all<R: AsyncBufRead + Unpin>(
+    lines: &mut Lines<R>,
+    texts: &[&str],
+) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    while let Some(missing) = texts
+        .iter()
+        .find(|text| !seen.iter().any(|line| line.contains(*text)))
+    {
+        seen.extend(until(lines, missing).await);
+    }
+    seen
+}
+
 /// SIGTERM, then every one of `workers` exits with code 0, and so does the CLI.
 pub(crate) async fn stop_cleanly(
     child: &mut Child,

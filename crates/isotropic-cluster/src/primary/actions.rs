@@ -116,6 +116,7 @@ impl PrimaryContext {
         if self.recycle_exited(id) {
             after = AfterExit::Nothing;
         }
+        self.settle_rolling();
         let mut exit = WorkerExit {
             worker,
             status,
@@ -236,9 +237,6 @@ impl PrimaryContext {
         }
         self.ready_waiters.joined(&event.worker);
         self.recycle_joined(event.worker.id());
-        if self.rolling.take_waiting() {
-            self.roll();
-        }
     }
 
     pub(super) fn complete_remove(&mut self, event: &RemoveWorker) {
@@ -285,7 +283,7 @@ impl PrimaryContext {
         self.leave_pool(&event.worker);
         if !event.replaced {
             tracing::info!(worker_id = %id, "Not replaced");
-            return self.roll_unless_awaited();
+            return;
         }
         // (A handler may have shut the primary down meanwhile.)
         if !self.phase.is_active() {

@@ -271,17 +271,26 @@ impl PrimaryContext {
         Ok(())
     }
 
-    /// Restarts the ready workers one at a time: each is stopped as by
-    /// [`stop_worker`](Self::stop_worker) once the previous one's
-    /// replacement is ready, so that at most one is missing from the pool.
-    /// A restart under way begins again with the workers ready now, once the
-    /// replacement it waits for is ready: two requests never take two
-    /// workers out at once. A shutdown ends it.
+    /// Restarts the ready workers one at a time, each recycled drained (as
+    /// by [`recycle_worker`](Self::recycle_worker)): its replacement is
+    /// started in its slot, and it is asked to leave only once that one is
+    /// in the pool, so the pool is never short (a surge of one). A restart
+    /// asked for while one is under way adds the workers ready now that it
+    /// does not hold yet: two requests never take two workers out at once.
+    /// A worker that exits meanwhile, or whose recycle is given up, is not
+    /// counted; a shutdown ends the restart.
     pub fn restart_workers(&mut self) {
         let ready = self.workers().iter().map(WorkerHandle::id).collect();
-        if self.rolling.begin(ready) {
-            self.roll();
+        let added = self.rolling.begin(ready);
+        // Every one queued before the first starts (the restart forgets a
+        // worker that is not queued).
+        if self.phase.is_active() {
+            for id in added {
+                self.recycler.ask(id);
+            }
         }
+        self.recycle_next();
+        self.settle_rolling();
     }
 
     /// Sends SIGKILL to every live worker and its process group now (each a
@@ -415,17 +424,5 @@ impl PrimaryContext {
             WorkerChannel::None => std::time::Duration::ZERO,
         };
         self.apply(id, Trigger::Leave(why, grace));
-    }
-
-    /// Stops the next worker of the rolling restart, or ends it.
-    pub(super) fn roll(&mut self) {
-        while let Some(id) = self.rolling.next() {
-            // One that exited meanwhile has been replaced already.
-            if self.stop_worker(id).is_ok() {
-                self.rolling.stopped();
-                return;
-            }
-        }
-        self.rolling.end();
     }
 }

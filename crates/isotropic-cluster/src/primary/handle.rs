@@ -372,15 +372,16 @@ impl ClusterPrimary {
             .await?
     }
 
-    /// Restarts the ready workers one at a time, each once the previous
-    /// one's replacement is ready (see [`PrimaryContext::restart_workers`]):
-    /// a reload with at most one worker missing at any moment. Resolves with
-    /// how many workers were restarted, once the last replacement is ready,
-    /// or sooner if a shutdown begins.
+    /// Restarts the ready workers one at a time, each recycled drained (see
+    /// [`PrimaryContext::restart_workers`]): its replacement is in the pool
+    /// before it leaves, so the pool is never short. Resolves with how many
+    /// workers were restarted, once the last replacement is in the pool, or
+    /// sooner if a shutdown begins.
     ///
     /// A replacement that never gets ready (a program that now fails at
-    /// start) holds the restart: bound the wait with a timeout if that can
-    /// happen.
+    /// start) is tried again with the restart backoff while the worker it
+    /// replaces keeps serving, and holds the restart: bound the wait with a
+    /// timeout if that can happen.
     ///
     /// # Errors
     ///

@@ -67,6 +67,11 @@ impl Recycler {
         }
     }
 
+    /// Whether `id` waits for its recycle or is being recycled.
+    pub(super) fn is_asked(&self, id: WorkerId) -> bool {
+        self.queue.contains(&id) || self.involves(id)
+    }
+
     /// The next worker to recycle and its slot, if none is under way;
     /// `live(id)` says which of the queued workers are still there to
     /// recycle (its slot).
@@ -216,7 +221,7 @@ impl PrimaryContext {
             let registry = &self.registry;
             let staying = |id| registry.staying(id).map(|entry| entry.worker.slot());
             let Some((old, slot)) = self.recycler.next(staying) else {
-                return;
+                return self.settle_rolling();
             };
             tracing::info!(worker_id = %old, "Recycling a worker: its replacement first");
             self.fork_slot = Some(slot);
@@ -243,6 +248,7 @@ impl PrimaryContext {
             tracing::info!(worker_id = %old.id(), replacement = %id, "Replacement ready: the recycled worker leaves");
             self.leave_pool(&old);
             self.ask_to_leave(old.id(), Why::Replaced);
+            self.rolling.replaced(old.id());
         }
         self.recycle_next();
     }

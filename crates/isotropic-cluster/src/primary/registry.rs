@@ -188,14 +188,6 @@ impl Registry {
         workers
     }
 
-    /// Whether a worker is started or online, not ready yet (and not
-    /// leaving).
-    pub(super) fn any_starting(&self) -> bool {
-        self.entries
-            .values()
-            .any(|entry| matches!(entry.state, WorkerState::Starting | WorkerState::Online))
-    }
-
     pub(super) fn len(&self) -> usize {
         self.entries.len()
     }

@@ -1,36 +1,37 @@
-//! A rolling restart: the ready workers are stopped one at a time, each once
-//! the previous one's replacement is ready, so that at most one is missing.
-
-use std::collections::VecDeque;
+//! A rolling restart: every ready worker recycled, drained (its
+//! replacement is in the pool before it leaves), one at a time, so that the
+//! pool is never short.
 
 use tokio::sync::oneshot;
 
 use super::context::PrimaryContext;
 use crate::WorkerId;
 
-/// Where a rolling restart stands (the primary's actor drives it).
+/// Where a rolling restart stands (the primary's actor drives it; the
+/// recycles themselves are the recycler's).
 #[derive(Debug, Default)]
 pub(super) struct Rolling {
-    /// Workers still to restart.
-    pending: VecDeque<WorkerId>,
-    /// A stopped worker's replacement is awaited.
-    waiting: bool,
-    /// Workers stopped so far in this restart.
+    /// The workers of this restart not replaced yet.
+    batch: Vec<WorkerId>,
+    /// Workers replaced so far in this restart.
     restarted: usize,
     /// Told the count when the restart ends.
     waiters: Vec<oneshot::Sender<usize>>,
 }
 
 impl Rolling {
-    /// Begins a restart of `ready` (or begins again: a worker already
-    /// stopped is not counted twice, its replacement still awaited); whether
-    /// the next worker may be stopped now (no replacement is awaited).
-    pub(super) fn begin(&mut self, ready: VecDeque<WorkerId>) -> bool {
-        if !self.waiting {
+    /// Begins a restart of `ready`, or adds to the one under way; the
+    /// workers added (those not in it yet).
+    pub(super) fn begin(&mut self, ready: Vec<WorkerId>) -> Vec<WorkerId> {
+        if self.batch.is_empty() {
             self.restarted = 0;
         }
-        self.pending = ready;
-        !self.waiting
+        let added: Vec<WorkerId> = ready
+            .into_iter()
+            .filter(|id| !self.batch.contains(id))
+            .collect();
+        self.batch.extend(&added);
+        added
     }
 
     /// Someone to tell when this restart ends.
@@ -40,28 +41,28 @@ impl Rolling {
         rx
     }
 
-    /// The next worker to stop.
-    pub(super) fn next(&mut self) -> Option<WorkerId> {
-        self.pending.pop_front()
+    /// Worker `old` was replaced (its replacement is in the pool).
+    pub(super) fn replaced(&mut self, old: WorkerId) {
+        if let Some(at) = self.batch.iter().position(|id| *id == old) {
+            self.batch.swap_remove(at);
+            self.restarted += 1;
+        }
     }
 
-    /// A worker was stopped: its replacement is awaited.
-    pub(super) fn stopped(&mut self) {
-        self.waiting = true;
-        self.restarted += 1;
-    }
-
-    /// Whether a replacement was awaited (a worker just became ready): then
-    /// it is time for the next.
-    pub(super) fn take_waiting(&mut self) -> bool {
-        std::mem::take(&mut self.waiting)
+    /// Keeps the workers still to be replaced (`pending`): the others left
+    /// otherwise (they exited, or their recycle was given up); the restart
+    /// ends once none is left.
+    pub(super) fn keep(&mut self, pending: impl Fn(WorkerId) -> bool) {
+        self.batch.retain(|id| pending(*id));
+        if self.batch.is_empty() {
+            self.end();
+        }
     }
 
     /// Ends the restart (every worker done, or a shutdown began), telling the
     /// waiters how many workers were restarted.
     pub(super) fn end(&mut self) {
-        self.pending.clear();
-        self.waiting = false;
+        self.batch.clear();
         for waiter in self.waiters.drain(..) {
             let _ = waiter.send(self.restarted);
         }
@@ -69,13 +70,11 @@ impl Rolling {
 }
 
 impl PrimaryContext {
-    /// A worker exited and is not replaced: a rolling restart that waits for
-    /// a replacement goes on if none can come any more (none is starting,
-    /// none is owed): the one it waited for was retired, or exited and was
-    /// not replaced, before it was ready.
-    pub(super) fn roll_unless_awaited(&mut self) {
-        if self.owed.is_empty() && !self.registry.any_starting() && self.rolling.take_waiting() {
-            self.roll();
-        }
+    /// The rolling restart forgets the workers no longer to be replaced,
+    /// and ends once none is left.
+    pub(super) fn settle_rolling(&mut self) {
+        let (recycler, registry) = (&self.recycler, &self.registry);
+        self.rolling
+            .keep(|id| recycler.is_asked(id) && registry.staying(id).is_some());
     }
 }
