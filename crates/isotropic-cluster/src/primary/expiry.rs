@@ -59,13 +59,12 @@ impl PrimaryContext {
         }
     }
 
-    /// Publishes `workerExpired` for a worker that stays, once.
+    /// Publishes `workerExpired` once, for a worker that may be recycled.
     fn expire(&mut self, id: WorkerId, reason: Expiry) {
-        let Some(entry) = self
-            .registry
-            .get_mut(id)
-            .filter(|entry| entry.state.staying())
-        else {
+        if !self.recyclable(id) {
+            return;
+        }
+        let Some(entry) = self.registry.get_mut(id) else {
             return;
         };
         if std::mem::replace(&mut entry.expired, true) {

@@ -238,6 +238,14 @@ impl PrimaryContext {
         }
     }
 
+    /// Whether a limit worker `id` reached may be acted on now: it stays,
+    /// and no recycle involves it (as the recycled worker or its
+    /// replacement). A limit reached meanwhile is not acted on, and is seen
+    /// again later (at the next sample, or request).
+    pub(super) fn recyclable(&self, id: WorkerId) -> bool {
+        self.registry.staying(id).is_some() && !self.recycler.involves(id)
+    }
+
     /// Worker `id` joined the pool: if it replaces a recycled worker, that
     /// one leaves now, and the next recycle begins.
     pub(super) fn recycle_joined(&mut self, id: WorkerId) {

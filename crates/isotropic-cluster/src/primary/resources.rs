@@ -15,7 +15,6 @@ use tokio::time::Instant;
 use super::context::{PrimaryContext, Timer};
 use super::events::WorkerOverMemory;
 use super::figures::{MemorySource, ResourceUsage};
-use super::state::WorkerState;
 use crate::events;
 use crate::{WorkerId, sys};
 
@@ -91,17 +90,11 @@ impl PrimaryContext {
     pub(super) fn sample(&mut self) {
         self.sampler.armed = false;
         let mut over = Vec::new();
-        let ids: Vec<WorkerId> = self
-            .registry
-            .entries()
-            .iter()
-            .map(|e| e.worker.id())
-            .collect();
+        let ids: Vec<WorkerId> = self.registry.pids().map(|(id, _)| id).collect();
         for id in ids {
-            // Not while its recycle is under way (as the recycled worker or
-            // its replacement): raised once, it could not be acted on; a
-            // replacement still over it once in the pool is raised then.
-            let recycling = self.recycler.involves(id);
+            // (A replacement over it before it joined the pool is raised
+            // once it has.)
+            let recyclable = self.recyclable(id);
             let Some(entry) = self.registry.get_mut(id) else {
                 continue;
             };
@@ -110,14 +103,9 @@ impl PrimaryContext {
                 continue;
             };
             entry.resources.last = Some((Instant::now(), usage));
-            let staying = matches!(
-                entry.state,
-                WorkerState::Starting | WorkerState::Online | WorkerState::Ready
-            );
             if let Some(limit) = self.config.max_memory
                 && usage.memory > limit
-                && staying
-                && !recycling
+                && recyclable
                 && !std::mem::replace(&mut entry.resources.over_memory, true)
             {
                 over.push((entry.worker.clone(), usage.memory, limit));

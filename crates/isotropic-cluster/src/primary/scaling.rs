@@ -27,14 +27,14 @@ impl PrimaryContext {
         if !self.phase.is_active() {
             return Ok(());
         }
-        let size = self.pool_size();
+        let slots = self.registry.staying_by_slot();
+        let size = slots.len() + self.owed.len();
         if count > size {
             tracing::info!(from = size, to = count, "Scaling up");
             return self.fork(count - size).map(drop);
         }
         // The delayed replacements of the highest slots first.
         let cancelled = self.owed.cancel(size - count);
-        let slots = self.registry.staying_by_slot();
         let excess = size - count - cancelled;
         if excess > 0 {
             tracing::info!(from = size, to = count, "Scaling down");
