@@ -28,6 +28,9 @@ impl Report {
             PrimaryEvent::WorkerReady(e) => {
                 self.line("workerReady", Some(e.worker.id().get()), "ready")
             }
+            PrimaryEvent::RemoveWorker(e) => {
+                self.line("removeWorker", Some(e.worker.id().get()), "left the pool")
+            }
             PrimaryEvent::WorkerExit(e) => {
                 let how = match (e.code(), e.signal()) {
                     (Some(code), _) => format!("exited with code {code}"),
