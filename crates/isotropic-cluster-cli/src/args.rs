@@ -23,9 +23,10 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Runs COMMAND as a pool of workers: replaces the ones that exit (with
     /// backoff when they keep dying), prefixes their output with their id,
-    /// restarts them one at a time on SIGHUP, and shuts them down gracefully
-    /// on SIGINT/SIGTERM (a second SIGINT kills them).
-    Run(RunArgs),
+    /// rolls out the program anew on SIGHUP (new workers first, rolled back
+    /// if they fail), and shuts them down gracefully on SIGINT/SIGTERM (a
+    /// second SIGINT kills them).
+    Run(Box<RunArgs>),
     /// (Internal) How `run --listen` starts each worker: places the passed
     /// sockets at fd 3… with the socket-activation variables, then becomes
     /// COMMAND.
@@ -81,6 +82,8 @@ pub(crate) struct RunArgs {
     restart: RestartMode,
     #[command(flatten)]
     recycle: Recycle,
+    #[command(flatten)]
+    rollout: Rollout,
     /// The channel workers get: none (plain programs), node (Node.js's own
     /// IPC: process.send / process.on('message')), or frames (ours, see
     /// docs/protocol.md).
@@ -147,6 +150,42 @@ pub(crate) struct Recycle {
     pub(crate) max_age: Option<Duration>,
 }
 
+/// How a reload (SIGHUP) rolls out a new generation: slot by slot, each
+/// new worker proven before an old one leaves; rolled back if one fails.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub(crate) struct Rollout {
+    /// Workers a reload starts beyond --workers at once (Kubernetes'
+    /// maxSurge).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub(crate) surge: usize,
+    /// Workers a reload may take out before their replacements are proven
+    /// (Kubernetes' maxUnavailable).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) max_unavailable: usize,
+    /// A reload's new worker must be ready and up this long before an old
+    /// one leaves; one that exits sooner (or is not ready within
+    /// --ready-timeout, 60s if unset) rolls the reload back.
+    #[arg(long, value_name = "D", value_parser = duration, default_value = "1s")]
+    pub(crate) min_uptime: Duration,
+    /// A command run (by sh -c) for each new worker of a reload once it is
+    /// ready, with ISOTROPIC_CLUSTER_PID, _SLOT, _WORKER_ID and _GENERATION
+    /// set: exit code 0 is healthy; any other, or no exit within
+    /// --ready-timeout (60s if unset), rolls the reload back.
+    #[arg(long, value_name = "CMD")]
+    pub(crate) health_check: Option<String>,
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Self {
+            surge: 1,
+            max_unavailable: 0,
+            min_uptime: Duration::from_secs(1),
+            health_check: None,
+        }
+    }
+}
+
 /// The channel workers get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Channel {
@@ -196,6 +235,7 @@ pub(crate) struct Plan {
     pub(crate) listen: Vec<String>,
     pub(crate) restart_policy: RestartPolicy,
     pub(crate) recycle: Recycle,
+    pub(crate) rollout: Rollout,
     /// Both the shutdown's and the kill's.
     pub(crate) grace: Duration,
     pub(crate) json: bool,
@@ -216,6 +256,8 @@ pub(crate) enum PlanError {
     NeedsNoChannel(Readiness),
     /// `--watchdog` for workers that cannot give a sign of life.
     WatchdogNeedsFrames,
+    /// `--surge 0 --max-unavailable 0`: a reload could not move.
+    StuckRollout,
 }
 
 impl fmt::Display for PlanError {
@@ -232,6 +274,7 @@ impl fmt::Display for PlanError {
             Self::WatchdogNeedsFrames => f.write_str(
                 "--watchdog needs --channel frames (heartbeats) or --ready notify (WATCHDOG=1)",
             ),
+            Self::StuckRollout => f.write_str("--surge and --max-unavailable cannot both be 0"),
         }
     }
 }
@@ -260,6 +303,9 @@ impl RunArgs {
         {
             return Err(PlanError::WatchdogNeedsFrames);
         }
+        if self.rollout.surge == 0 && self.rollout.max_unavailable == 0 {
+            return Err(PlanError::StuckRollout);
+        }
         let restart_policy = self.restart_policy();
         let mut command = self.command.into_iter();
         let program = command.next().expect("clap requires a command");
@@ -276,6 +322,7 @@ impl RunArgs {
             listen: self.listen,
             restart_policy,
             recycle: self.recycle,
+            rollout: self.rollout,
             grace: self.grace,
             json: self.json,
             reap_orphans: self.subreaper || std::process::id() == 1,
@@ -386,6 +433,7 @@ mod tests {
                 listen: vec![],
                 restart_policy: RestartPolicy::default(),
                 recycle: Recycle::default(),
+                rollout: Rollout::default(),
                 grace: Duration::from_secs(5),
                 json: false,
                 reap_orphans: false,
@@ -436,6 +484,14 @@ mod tests {
             "1.5s",
             "--max-memory",
             "200M",
+            "--surge",
+            "2",
+            "--max-unavailable",
+            "1",
+            "--min-uptime",
+            "5s",
+            "--health-check",
+            "curl -sf localhost:8080",
         ])
         .expect("a plan");
         assert_eq!(
@@ -458,6 +514,12 @@ mod tests {
                     max_requests: Some(1000),
                     max_requests_jitter: 50,
                     max_age: Some(Duration::from_secs(3600)),
+                },
+                rollout: Rollout {
+                    surge: 2,
+                    max_unavailable: 1,
+                    min_uptime: Duration::from_secs(5),
+                    health_check: Some("curl -sf localhost:8080".to_owned()),
                 },
                 grace: Duration::from_millis(500),
                 json: true,

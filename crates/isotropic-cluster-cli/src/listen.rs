@@ -35,13 +35,13 @@ pub(crate) fn through_shim(
     // without --listen.
     let program = executable(&plan.program)?;
     let (fds, names, files) = bind(&plan.listen, report)?;
+    // The shim is this very binary (`/proc/self/exe` in the child), whatever
+    // a deploy did to its file; the program is its release's.
+    let shim = [OsString::from(EXEC_WITH_SOCKETS), names.into(), "--".into()];
     let builder = ClusterPrimary::builder()
-        .program(std::env::current_exe()?)
-        .arg(EXEC_WITH_SOCKETS)
-        .arg(names)
-        .arg("--")
-        .arg(program)
+        .program(program)
         .args(&plan.args)
+        .launcher("/proc/self/exe", shim)
         .pass_fds(fds);
     Ok((builder, files))
 }

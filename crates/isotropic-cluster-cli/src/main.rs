@@ -4,6 +4,7 @@
 
 mod args;
 mod exit;
+mod health;
 mod listen;
 mod output;
 mod report;

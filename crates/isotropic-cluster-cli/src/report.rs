@@ -22,7 +22,12 @@ impl Report {
                 self.line(
                     "workerFork",
                     Some(e.worker.id().get()),
-                    &format!("started in slot {} (pid {})", e.worker.slot(), e.worker.pid()),
+                    &format!(
+                        "started in slot {}, generation {} (pid {})",
+                        e.worker.slot(),
+                        e.worker.generation(),
+                        e.worker.pid()
+                    ),
                 );
             }
             PrimaryEvent::WorkerReady(e) => {
@@ -126,6 +131,30 @@ impl Report {
                     mib(e.limit)
                 ),
             ),
+            PrimaryEvent::RolloutStarted(e) => self.line(
+                "rolloutStarted",
+                None,
+                &format!(
+                    "rolling out generation {} (from {}): each new worker proven before an old one leaves",
+                    e.generation, e.from
+                ),
+            ),
+            PrimaryEvent::RolloutFailed(e) => self.line(
+                "rolloutFailed",
+                None,
+                &format!(
+                    "generation {} failed ({}): rolling back to generation {}",
+                    e.generation, e.reason, e.to
+                ),
+            ),
+            PrimaryEvent::RolledBack(e) => self.line(
+                "rolledBack",
+                None,
+                &format!(
+                    "rolled back: generation {} serves again, {} is gone",
+                    e.generation, e.failed
+                ),
+            ),
             PrimaryEvent::Skipped(e) => self.line(
                 "skipped",
                 None,
@@ -165,7 +194,11 @@ impl Report {
 
     /// A SIGHUP.
     pub(crate) fn reloading(&self) {
-        self.line("reload", None, "restarting the workers one at a time");
+        self.line(
+            "reload",
+            None,
+            "reloading: a rollout of the program as it is on disk now",
+        );
     }
 
     /// The end of a SIGHUP's rolling restart.

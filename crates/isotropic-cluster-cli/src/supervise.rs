@@ -11,6 +11,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::args::{Channel, Plan, Readiness};
 use crate::exit::ExitCode;
+use crate::health;
 use crate::listen;
 use crate::output::Output;
 use crate::report::Report;
@@ -245,6 +246,11 @@ async fn start(
             .max_requests_jitter(recycle.max_requests_jitter)
     });
     let builder = given(builder, recycle.max_age, PrimaryBuilder::max_age);
+    let rollout = &plan.rollout;
+    let builder = given(builder, rollout.health_check.clone(), |builder, command| {
+        let command: std::sync::Arc<str> = command.into();
+        builder.health_check(move |worker| health::check(command.clone(), worker))
+    });
     // Workers are sampled only for a memory limit (nothing else here shows
     // what they use): without one, the primary does not wake up for it.
     let builder = match plan.max_memory {
@@ -259,6 +265,9 @@ async fn start(
         .shutdown_grace(plan.grace)
         .kill_grace(plan.grace)
         .restart_policy(plan.restart_policy)
+        .surge(rollout.surge)
+        .max_unavailable(rollout.max_unavailable)
+        .min_uptime(rollout.min_uptime)
         .start()
         .await
         .map(|primary| (primary, files, lines))?)

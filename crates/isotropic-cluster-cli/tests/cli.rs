@@ -512,13 +512,14 @@ async fn no_request_fails_while_sighup_restarts_the_workers() {
 }
 
 #[tokio::test]
-async fn workers_whose_program_is_missing_for_a_while_are_started_again_once_it_is_back() {
+async fn workers_whose_program_cannot_run_for_a_while_are_started_again_once_it_can() {
     // (issue 12: a failed start was never retried, and the pool stayed empty.)
+    // (A program moved away is started from its file, held open: see
+    // `rollout::`; one that is not executable for a while cannot start.)
     let dir =
         std::env::temp_dir().join(format!("isotropic-cluster-missing-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a directory");
     let script = dir.join("worker.sh");
-    let away = dir.join("worker.sh.away");
     std::fs::write(
         &script,
         "#!/bin/sh\ntrap 'exit 0' TERM\necho \"up $$\"\nwhile :; do sleep 0.1; done\n",
@@ -549,8 +550,9 @@ async fn workers_whose_program_is_missing_for_a_while_are_started_again_once_it_
                 .expect("a pid"),
         );
     }
-    // The deploy takes the program away, and both workers die meanwhile.
-    std::fs::rename(&script, &away).expect("move the program away");
+    // The deploy makes the program unrunnable, and both workers die meanwhile.
+    let mode = |mode| std::fs::Permissions::from_mode(mode);
+    std::fs::set_permissions(&script, mode(0o644)).expect("chmod -x");
     for pid in pids {
         let pid = rustix::process::Pid::from_raw(pid).expect("a pid");
         rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill a worker");
@@ -559,7 +561,7 @@ async fn workers_whose_program_is_missing_for_a_while_are_started_again_once_it_
     for _ in 0..3 {
         until(&mut stderr, "cannot start").await;
     }
-    std::fs::rename(&away, &script).expect("the program is back");
+    std::fs::set_permissions(&script, mode(0o755)).expect("the program runs again");
     for _ in 0..2 {
         until(&mut stdout, "] up ").await;
     }

@@ -53,6 +53,15 @@ pub enum Error {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A rollout failed, and was rolled back: the old generation serves
+    /// (see `ClusterPrimary::restart_workers`).
+    #[error("the rollout of generation {generation} failed, and was rolled back: {reason}")]
+    RolledBack {
+        /// The generation that failed.
+        generation: u64,
+        /// Why (see `RolloutFailure`).
+        reason: String,
+    },
     /// No live worker has this id (it never existed, or has exited).
     #[error("no live worker {worker_id}")]
     NoSuchWorker {

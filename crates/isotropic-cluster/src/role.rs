@@ -13,6 +13,9 @@ pub(crate) const CHANNEL_FD: &str = "ISOTROPIC_CLUSTER_CHANNEL_FD";
 /// The worker's slot (see `WorkerHandle::slot`), as decimal; left in the
 /// worker's environment for the app.
 pub(crate) const SLOT: &str = "ISOTROPIC_CLUSTER_SLOT";
+/// The generation of the program the worker runs (see
+/// `WorkerHandle::generation`), as decimal; left for the app.
+pub(crate) const GENERATION: &str = "ISOTROPIC_CLUSTER_GENERATION";
 /// The worker's id, as decimal.
 pub(crate) const WORKER_ID: &str = "ISOTROPIC_CLUSTER_WORKER_ID";
 /// The pid of the primary that started the worker: a process whose parent is

@@ -242,11 +242,12 @@ fn jobs(worker: Option<ClusterWorker>, within_ms: u64, count: u32, stall: bool) 
 }
 
 /// What a child of this worker sees: its environment's cluster markers (the
-/// slot is the app's, left on purpose) and its open fds that are sockets.
+/// slot and the generation are the app's, left on purpose) and its open fds
+/// that are sockets.
 fn inspect() -> Value {
     let output = std::process::Command::new("sh")
         .arg("-c")
-        .arg("env | grep ISOTROPIC_CLUSTER | grep -v '^ISOTROPIC_CLUSTER_SLOT='; for f in /proc/$$/fd/*; do readlink $f; done | grep socket")
+        .arg("env | grep ISOTROPIC_CLUSTER | grep -v -e '^ISOTROPIC_CLUSTER_SLOT=' -e '^ISOTROPIC_CLUSTER_GENERATION='; for f in /proc/$$/fd/*; do readlink $f; done | grep socket")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();

@@ -12,6 +12,7 @@ use super::events::*;
 use super::listen::LINGER;
 use super::phase::Settled;
 use super::restart::OnIntensity;
+use super::spawner::Start;
 use super::state::{Action, AfterExit, Trigger, Why, WorkerState};
 use crate::events::{self, Topic};
 use crate::protocol::{self, Frame, Wire};
@@ -113,10 +114,10 @@ impl PrimaryContext {
             _ => AfterExit::Policy,
         };
         let failed = after == AfterExit::Failure;
-        if self.recycle_exited(id) {
+        // (Both are told.)
+        if self.recycle_exited(id) | self.rollout_exited(id, status, after) {
             after = AfterExit::Nothing;
         }
-        self.settle_rolling();
         let mut exit = WorkerExit {
             worker,
             status,
@@ -137,6 +138,7 @@ impl PrimaryContext {
         if let Some(entry) = self.registry.remove(id) {
             entry.worker.outbox().close();
         }
+        self.rollout_step();
     }
 
     /// The worker was started: it comes online now or at its hello.
@@ -199,14 +201,21 @@ impl PrimaryContext {
             tracing::info!(worker_id = %id, "Starting a new worker");
             let slot = (self.fork_slot.take())
                 .unwrap_or_else(|| self.registry.free_slot(self.owed.slots()));
-            match self.spawner.spawn(id, slot, self.inputs.clone()) {
+            let release =
+                (self.fork_release.take()).unwrap_or_else(|| self.rollouts.stable().clone());
+            let start = Start {
+                id,
+                slot,
+                release: &release,
+            };
+            match self.spawner.spawn(start, self.inputs.clone()) {
                 Ok(spawned) => {
                     self.forked.push(spawned.worker.clone());
-                    self.registry.insert(spawned);
+                    self.registry.insert(spawned, release);
                     self.arm_sampler();
                     let config = self.config.clone();
                     if let Some(timeout) = config.ready_timeout {
-                        self.timers.insert(Timer::Ready(id), timeout);
+                        self.timers.insert(Timer::Ready(id, timeout), timeout);
                     }
                     self.arm_expiry(id, &config);
                     started.push(id);
@@ -237,6 +246,7 @@ impl PrimaryContext {
         }
         self.ready_waiters.joined(&event.worker);
         self.recycle_joined(event.worker.id());
+        self.rollout_joined(event.worker.id());
     }
 
     pub(super) fn complete_remove(&mut self, event: &RemoveWorker) {
@@ -373,7 +383,7 @@ impl PrimaryContext {
         tracing::info!("Shutting down workers");
         self.listeners.stop_accepting();
         self.phase = self.phase.shut_down();
-        self.rolling.end();
+        self.rollouts.end();
         self.recycler.end();
         for worker in self.registry.workers() {
             self.ask_to_leave(worker.id(), Why::ShutDown);
@@ -382,7 +392,12 @@ impl PrimaryContext {
 
     pub(super) fn complete_signal(&mut self, event: &WorkerSignal) {
         let id = event.worker.id();
-        tracing::warn!(worker_id = %id, signal = %event.signal, "Signalling worker");
+        // (SIGTERM is how a worker without a channel is asked to leave.)
+        if event.signal == Signal::KILL {
+            tracing::warn!(worker_id = %id, signal = %event.signal, "Killing worker");
+        } else {
+            tracing::info!(worker_id = %id, signal = %event.signal, "Signalling worker");
+        }
         if let Some(entry) = self.registry.get(id) {
             entry.signal(event.signal);
         }

@@ -7,7 +7,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::config::{Config, Readiness, WorkerChannel, WorkerStdio};
+use super::WorkerHandle;
+use super::config::{Config, HealthCheck, HealthFuture, Readiness, WorkerChannel, WorkerStdio};
 use super::context::{PrimaryContext, PrimaryEvent};
 use super::events::{Initialize, InitializeComplete, InitializeError, WorkerMessage};
 use super::handle::ClusterPrimary;
@@ -426,6 +427,75 @@ impl PrimaryBuilder {
         self
     }
 
+    /// How many workers a rollout ([`PrimaryContext::restart_workers`], the
+    /// CLI's SIGHUP) may start beyond the pool's size (Kubernetes'
+    /// `maxSurge`). Default 1: one slot at a time, its new worker available
+    /// before the old one leaves.
+    pub fn surge(mut self, workers: usize) -> Self {
+        self.config.surge = workers;
+        self
+    }
+
+    /// How many workers a rollout may take out of the pool before their
+    /// replacements are available (Kubernetes' `maxUnavailable`). Default 0:
+    /// the pool never falls below its size. [`start`](Self::start) refuses
+    /// both this and [`surge`](Self::surge) at 0.
+    pub fn max_unavailable(mut self, workers: usize) -> Self {
+        self.config.max_unavailable = workers;
+        self
+    }
+
+    /// How long a rollout's new worker must be up, and in the pool, before
+    /// an old one leaves for it; one that exits sooner fails the rollout,
+    /// which is rolled back (PM2's `min_uptime`). Default 1 s.
+    pub fn min_uptime(mut self, uptime: Duration) -> Self {
+        self.config.min_uptime = uptime;
+        self
+    }
+
+    /// Checks each new worker of a rollout once it is in the pool: an old
+    /// worker leaves for it only once the check said `Ok`; an `Err` (its
+    /// text says why), or no answer within the ready timeout (60 s unless
+    /// set), fails the rollout, which is rolled back. Not run for other
+    /// workers.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), isotropic_cluster::Error> {
+    /// let primary = isotropic_cluster::primary::ClusterPrimary::builder()
+    ///     .health_check(|worker| async move {
+    ///         let healthy: bool = worker.request("health").await.map_err(|e| e.to_string())?;
+    ///         healthy.then_some(()).ok_or_else(|| "unhealthy".to_owned())
+    ///     })
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn health_check<F, Fut>(mut self, check: F) -> Self
+    where
+        F: Fn(WorkerHandle) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let check = move |worker| -> HealthFuture { Box::pin(check(worker)) };
+        self.config.health_check = Some(HealthCheck(Arc::new(check)));
+        self
+    }
+
+    /// Starts each worker through `launcher` and `args`, followed by the
+    /// worker's program and its arguments (a wrapper that prepares the
+    /// process, then executes the program it is given). The program given
+    /// is its release's: the file held open once a deploy replaced it.
+    pub fn launcher<I, S>(mut self, launcher: impl Into<PathBuf>, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        let args = args.into_iter().map(Into::into).collect();
+        self.config.launcher = Some((launcher.into(), args));
+        self
+    }
+
     /// Custom initialization, run by [`start`](Self::start) before the
     /// primary counts as initialized (the original's `_initialize`). Its
     /// failure is an `initializeError` event and `start`'s error; so is its
@@ -464,6 +534,11 @@ impl PrimaryBuilder {
         if !self.config.has_channel() && self.config.readiness() == Readiness::Message {
             return Err(Error::InvalidConfig {
                 reason: "a worker without a channel cannot say it is ready (Readiness::Message)",
+            });
+        }
+        if self.config.surge == 0 && self.config.max_unavailable == 0 {
+            return Err(Error::InvalidConfig {
+                reason: "a rollout needs a surge or a max_unavailable above zero",
             });
         }
         if self.config.max_memory.is_some() && self.config.sample_interval.is_none() {

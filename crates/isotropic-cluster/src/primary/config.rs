@@ -3,9 +3,10 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::RestartPolicy;
+use super::{RestartPolicy, WorkerHandle};
 use crate::channel::QueueLimits;
 use crate::net::{Distribution, ListenPolicy};
 use crate::protocol::{self, User, Wire};
@@ -124,6 +125,32 @@ pub(crate) struct Config {
     pub(crate) sample_interval: Option<Duration>,
     /// The memory a worker may use, in bytes.
     pub(crate) max_memory: Option<u64>,
+    /// A rollout's workers beyond the pool's size, and available workers
+    /// below it.
+    pub(crate) surge: usize,
+    pub(crate) max_unavailable: usize,
+    /// How long a rollout's new worker must be up to be proven.
+    pub(crate) min_uptime: Duration,
+    /// Checks a rollout's new worker once it is in the pool.
+    pub(crate) health_check: Option<HealthCheck>,
+    /// Start each worker as this program with these arguments, followed by
+    /// the worker's program and arguments.
+    pub(crate) launcher: Option<(PathBuf, Vec<OsString>)>,
+}
+
+/// A health check of a rollout's new worker (see
+/// [`PrimaryBuilder::health_check`](super::PrimaryBuilder::health_check)).
+#[derive(Clone)]
+pub(crate) struct HealthCheck(pub(crate) Arc<dyn Fn(WorkerHandle) -> HealthFuture + Send + Sync>);
+
+/// What a [`HealthCheck`] returns.
+pub(crate) type HealthFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
+impl std::fmt::Debug for HealthCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HealthCheck")
+    }
 }
 
 impl Config {
@@ -194,6 +221,11 @@ impl Default for Config {
             watchdog: None,
             sample_interval: Some(Duration::from_secs(1)),
             max_memory: None,
+            surge: 1,
+            max_unavailable: 0,
+            min_uptime: Duration::from_secs(1),
+            health_check: None,
+            launcher: None,
         }
     }
 }

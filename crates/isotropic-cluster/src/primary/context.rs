@@ -20,7 +20,7 @@ use super::recycle::Recycler;
 use super::registry::Registry;
 use super::resources::Sampler;
 use super::restart::{Backoff, Owed};
-use super::rolling::Rolling;
+use super::rollout::{Release, Rollouts};
 use super::spawner::Spawn;
 use super::state::{Trigger, Why};
 use crate::actor::WeakMailbox;
@@ -42,7 +42,7 @@ pub(crate) enum Timer {
     /// Send this signal to the worker, if it is still live.
     Escalate(WorkerId, Signal),
     /// The worker's ready timeout.
-    Ready(WorkerId),
+    Ready(WorkerId, std::time::Duration),
     /// Look whether the worker listens yet.
     Listening(WorkerId),
     /// Close this socket (by the address asked for) if no worker took it
@@ -52,6 +52,8 @@ pub(crate) enum Timer {
     Heartbeat,
     /// Sample what the workers use.
     Sample,
+    /// Look at the rollout under way again.
+    Rollout,
 }
 
 /// The primary as its event handlers see it: the same operations as
@@ -79,14 +81,16 @@ pub struct PrimaryContext {
     pub(super) fork_outcome: Option<Result<Vec<WorkerId>, Error>>,
     pub(super) shut_down_waiters: Vec<oneshot::Sender<()>>,
     pub(super) destroy_waiters: Vec<oneshot::Sender<()>>,
-    /// A rolling restart under way, if any.
-    pub(super) rolling: Rolling,
+    /// The releases of the workers' program, and the rollout under way.
+    pub(super) rollouts: Rollouts,
     /// Drained recycles.
     pub(super) recycler: Recycler,
     /// The slots whose delayed replacements are still to start.
     pub(super) owed: Owed,
     /// The slot the next worker forked takes (a replacement's).
     pub(super) fork_slot: Option<u32>,
+    /// The release the next worker forked runs (a rollout's).
+    pub(super) fork_release: Option<Arc<Release>>,
     /// The slot whose replacement is being paced (for `restartScheduled`).
     pub(super) pacing: Option<u32>,
     /// Callers of `fork(…).ready()`.
@@ -149,6 +153,10 @@ topics!(PrimaryContext =>
         WorkerStopping: "workerStopping" => complete_stopping;
         WorkerUnresponsive: "workerUnresponsive" => complete_unresponsive;
         WorkerOverMemory: "workerOverMemory" => complete_over_memory;
+        RolloutStarted: "rolloutStarted" => log_event;
+        RolloutComplete: "rolloutComplete" => log_event;
+        RolloutFailed: "rolloutFailed" => log_event;
+        RolledBack: "rolledBack" => log_event;
     }
 );
 
@@ -271,28 +279,6 @@ impl PrimaryContext {
         Ok(())
     }
 
-    /// Restarts the ready workers one at a time, each recycled drained (as
-    /// by [`recycle_worker`](Self::recycle_worker)): its replacement is
-    /// started in its slot, and it is asked to leave only once that one is
-    /// in the pool, so the pool is never short (a surge of one). A restart
-    /// asked for while one is under way adds the workers ready now that it
-    /// does not hold yet: two requests never take two workers out at once.
-    /// A worker that exits meanwhile, or whose recycle is given up, is not
-    /// counted; a shutdown ends the restart.
-    pub fn restart_workers(&mut self) {
-        let ready = self.workers().iter().map(WorkerHandle::id).collect();
-        let added = self.rolling.begin(ready);
-        // Every one queued before the first starts (the restart forgets a
-        // worker that is not queued).
-        if self.phase.is_active() {
-            for id in added {
-                self.recycler.ask(id);
-            }
-        }
-        self.recycle_next();
-        self.settle_rolling();
-    }
-
     /// Sends SIGKILL to every live worker and its process group now (each a
     /// `workerSignal` event): a forced stop. Exits follow as usual.
     pub fn kill_workers(&mut self) {
@@ -321,6 +307,7 @@ impl PrimaryContext {
         let (inputs, input_rx) = mpsc::channel(1024);
         let listeners = Listeners::activated(&config);
         let liveness = Liveness::new(config.watchdog);
+        let rollouts = Rollouts::new(&config);
         Self {
             handlers,
             hub,
@@ -339,10 +326,11 @@ impl PrimaryContext {
             fork_outcome: None,
             shut_down_waiters: Vec::new(),
             destroy_waiters: Vec::new(),
-            rolling: Rolling::default(),
+            rollouts,
             recycler: Recycler::default(),
             owed: Owed::default(),
             fork_slot: None,
+            fork_release: None,
             pacing: None,
             ready_waiters: ReadyWaiters::default(),
             listeners,
@@ -358,8 +346,8 @@ impl PrimaryContext {
 
     /// Starts a rolling restart; the receiver is told how many workers were
     /// restarted when it ends.
-    pub(super) fn restart_waiter(&mut self) -> oneshot::Receiver<usize> {
-        let done = self.rolling.wait();
+    pub(super) fn restart_waiter(&mut self) -> oneshot::Receiver<super::rollout::Outcome> {
+        let done = self.rollouts.wait();
         self.restart_workers();
         done
     }

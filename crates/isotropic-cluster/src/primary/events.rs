@@ -447,3 +447,121 @@ pub struct WorkerStopping {
     /// The worker.
     pub worker: WorkerHandle,
 }
+
+/// A rolling restart began (*new*: the original stops and starts the workers
+/// one by one): generation `generation` of the workers' program (found anew:
+/// a deploy may have replaced it) replaces the workers slot by slot, each
+/// new worker in the pool before an old one leaves (see
+/// [`PrimaryBuilder::surge`](super::PrimaryBuilder::surge)). `from` is the
+/// generation a failed rollout rolls back to.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RolloutStarted {
+    /// The generation rolled out.
+    pub generation: u64,
+    /// The last generation that was rolled out whole.
+    pub from: u64,
+}
+
+/// Every slot runs generation `generation` now (*new*); the workers it
+/// replaces have been asked to leave.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RolloutComplete {
+    /// The generation rolled out.
+    pub generation: u64,
+    /// How many workers of the pool it replaced.
+    pub replaced: usize,
+}
+
+/// A worker of the generation rolled out failed (*new*): the rollout stops,
+/// and generation `to` takes back every slot (its workers started from its
+/// own program file, held open, even if a deploy replaced the file), each
+/// in the pool before a worker of the failed generation leaves.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RolloutFailed {
+    /// The generation that failed.
+    pub generation: u64,
+    /// The generation rolled back to.
+    pub to: u64,
+    /// What failed.
+    pub reason: RolloutFailure,
+}
+
+/// The rollback after a [`RolloutFailed`] is complete (*new*): every slot
+/// runs generation `generation` again.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RolledBack {
+    /// The generation serving again.
+    pub generation: u64,
+    /// The generation that failed.
+    pub failed: u64,
+}
+
+/// Why a rollout failed ([`RolloutFailed`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum RolloutFailure {
+    /// A new worker exited before it had been up for the minimum uptime
+    /// ([`PrimaryBuilder::min_uptime`](super::PrimaryBuilder::min_uptime)).
+    Exited {
+        /// The worker.
+        worker: crate::WorkerId,
+        /// Its exit code, if it exited.
+        code: Option<i32>,
+        /// The signal that killed it, if one did.
+        signal: Option<Signal>,
+        /// How long it was up.
+        uptime: Duration,
+    },
+    /// A new worker was not ready within the ready timeout.
+    NotReady {
+        /// The worker.
+        worker: crate::WorkerId,
+        /// The timeout.
+        after: Duration,
+    },
+    /// A new worker failed its health check
+    /// ([`PrimaryBuilder::health_check`](super::PrimaryBuilder::health_check)).
+    Unhealthy {
+        /// The worker.
+        worker: crate::WorkerId,
+        /// What the check said.
+        reason: String,
+    },
+    /// A new worker could not be started, or a handler prevented its fork.
+    CannotStart {
+        /// Why.
+        error: Error,
+    },
+}
+
+impl std::fmt::Display for RolloutFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exited {
+                worker,
+                code,
+                signal,
+                uptime,
+            } => {
+                write!(f, "worker {worker} ")?;
+                match (code, signal) {
+                    (Some(code), _) => write!(f, "exited with code {code}")?,
+                    (None, Some(signal)) => write!(f, "was killed by {signal}")?,
+                    _ => f.write_str("exited")?,
+                }
+                write!(f, " after {:.1} s", uptime.as_secs_f64())
+            }
+            Self::NotReady { worker, after } => {
+                write!(f, "worker {worker} was not ready within {after:?}")
+            }
+            Self::Unhealthy { worker, reason } => {
+                write!(f, "worker {worker} failed its health check: {reason}")
+            }
+            Self::CannotStart { error } => write!(f, "cannot start a worker: {error}"),
+        }
+    }
+}

@@ -393,7 +393,13 @@ impl ClusterPrimary {
     /// first poll).
     pub async fn restart_workers(&self) -> Result<usize, Error> {
         let done = self.mailbox.call(PrimaryContext::restart_waiter).await?;
-        done.await.map_err(|_| Error::Destroyed)
+        match done.await.map_err(|_| Error::Destroyed)? {
+            Ok(replaced) => Ok(replaced),
+            Err((generation, reason)) => Err(Error::RolledBack {
+                generation,
+                reason: reason.to_string(),
+            }),
+        }
     }
 
     /// Shuts down: stops replacing workers, asks each to disconnect, and

@@ -36,4 +36,6 @@ pub(crate) enum Input {
     Accepted(ListenAddress, OwnedFd),
     /// A datagram on the primary's `NOTIFY_SOCKET`, and who sent it.
     Notify(super::notify::Sender, super::notify::Notice),
+    /// What a rollout's health check said of a worker.
+    Health(WorkerId, Result<(), String>),
 }

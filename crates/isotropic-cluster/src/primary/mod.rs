@@ -38,7 +38,7 @@ mod recycle;
 mod registry;
 mod resources;
 mod restart;
-mod rolling;
+mod rollout;
 mod run;
 mod scaling;
 mod spawner;

@@ -205,7 +205,7 @@ mod tests {
         let (ours, _theirs) = tokio::net::UnixStream::pair().expect("socket pair");
         let outbox = Outbox::spawn(ours.into_split().1, Default::default(), Some(WorkerId(id)));
         WorkerHandle::new(
-            (WorkerId(id), 0),
+            (WorkerId(id), 0, 1),
             0,
             outbox,
             1024,

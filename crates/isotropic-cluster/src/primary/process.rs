@@ -2,7 +2,6 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt as _;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 
@@ -15,9 +14,8 @@ use super::notify::NOTIFY_SOCKET;
 
 /// How often a notify worker is to send `WATCHDOG=1`, as systemd names it.
 const WATCHDOG_USEC: &str = "WATCHDOG_USEC";
-use super::spawner::{Spawn, Spawned};
+use super::spawner::{Spawn, Spawned, Start};
 use super::watch::Watch;
-use crate::WorkerId;
 use crate::channel;
 use crate::error::Error;
 use crate::protocol::{AnyCodec, FrameCodec, NodeCodec, Wire};
@@ -34,24 +32,32 @@ impl ProcessSpawner {
         Self { config }
     }
 
-    fn program(&self) -> PathBuf {
-        self.config
-            .program
-            .clone()
-            .unwrap_or_else(|| "/proc/self/exe".into())
-    }
-
-    /// The command of worker `id`, its end of the channel being `theirs`.
-    fn command(&self, id: WorkerId, theirs: &OwnedFd) -> tokio::process::Command {
+    /// The command of worker `start`, its end of the channel being `theirs`.
+    fn command(&self, start: Start<'_>, theirs: &OwnedFd) -> tokio::process::Command {
         let config = &self.config;
-        let mut command = tokio::process::Command::new(self.program());
+        let program = start.release.exec_path();
+        let mut command = match &config.launcher {
+            Some((launcher, args)) => {
+                let mut command = tokio::process::Command::new(launcher);
+                command.args(args).arg(&*program);
+                command
+            }
+            None => {
+                let mut command = tokio::process::Command::new(&*program);
+                // (Named as usual when run from the held file.)
+                command.as_std_mut().arg0(start.release.program());
+                command
+            }
+        };
         match &config.args {
             Some(args) => {
                 command.args(args);
             }
             None => {
                 let mut own = std::env::args_os();
-                if let Some(arg0) = own.next() {
+                if let Some(arg0) = own.next()
+                    && config.launcher.is_none()
+                {
                     command.as_std_mut().arg0(arg0);
                 }
                 command.args(own);
@@ -101,7 +107,7 @@ impl ProcessSpawner {
             .kill_on_drop(true);
         match config.channel {
             WorkerChannel::Frames => command
-                .env(role::WORKER_ID, id.to_string())
+                .env(role::WORKER_ID, start.id.to_string())
                 .env(role::CHANNEL_FD, theirs.as_raw_fd().to_string())
                 .env(role::PRIMARY_PID, std::process::id().to_string()),
             WorkerChannel::Node => command
@@ -114,22 +120,19 @@ impl ProcessSpawner {
 }
 
 impl Spawn for ProcessSpawner {
-    fn spawn(
-        &self,
-        id: WorkerId,
-        slot: u32,
-        inputs: mpsc::Sender<Input>,
-    ) -> Result<Spawned, Error> {
+    fn spawn(&self, start: Start<'_>, inputs: mpsc::Sender<Input>) -> Result<Spawned, Error> {
         let config = &self.config;
+        let (id, slot) = (start.id, start.slot);
         let spawn_error = |source: std::io::Error| Error::Spawn {
-            program: self.program(),
+            program: start.release.program().to_owned(),
             source: source.into(),
         };
         let (ours, theirs) = sys::channel_pair().map_err(spawn_error)?;
-        let mut command = self.command(id, &theirs);
+        let mut command = self.command(start, &theirs);
         command
             .env(role::SLOT, slot.to_string())
-            .env("NODE_APP_INSTANCE", slot.to_string());
+            .env("NODE_APP_INSTANCE", slot.to_string())
+            .env(role::GENERATION, start.release.generation().to_string());
         let with_channel = config.channel != WorkerChannel::None;
         let inherited = with_channel.then(|| theirs.as_raw_fd());
         let passed: Vec<i32> = config.pass_fds.iter().map(AsRawFd::as_raw_fd).collect();
@@ -147,7 +150,7 @@ impl Spawn for ProcessSpawner {
             outbox.hello(false, true);
         }
         let worker = WorkerHandle::new(
-            (id, slot),
+            (id, slot, start.release.generation()),
             pid,
             outbox,
             config.max_frame_size,

@@ -67,11 +67,6 @@ impl Recycler {
         }
     }
 
-    /// Whether `id` waits for its recycle or is being recycled.
-    pub(super) fn is_asked(&self, id: WorkerId) -> bool {
-        self.queue.contains(&id) || self.involves(id)
-    }
-
     /// The next worker to recycle and its slot, if none is under way;
     /// `live(id)` says which of the queued workers are still there to
     /// recycle (its slot).
@@ -217,11 +212,15 @@ impl PrimaryContext {
 
     /// Starts the next recycle's replacement, unless one is under way.
     pub(super) fn recycle_next(&mut self) {
+        // A rollout replaces every worker anyway: recycles wait for its end.
+        if self.rollouts.under_way() {
+            return;
+        }
         loop {
             let registry = &self.registry;
             let staying = |id| registry.staying(id).map(|entry| entry.worker.slot());
             let Some((old, slot)) = self.recycler.next(staying) else {
-                return self.settle_rolling();
+                return;
             };
             tracing::info!(worker_id = %old, "Recycling a worker: its replacement first");
             self.fork_slot = Some(slot);
@@ -256,7 +255,6 @@ impl PrimaryContext {
             tracing::info!(worker_id = %old.id(), replacement = %id, "Replacement ready: the recycled worker leaves");
             self.leave_pool(&old);
             self.ask_to_leave(old.id(), Why::Replaced);
-            self.rolling.replaced(old.id());
         }
         self.recycle_next();
     }

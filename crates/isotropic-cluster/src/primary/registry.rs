@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::WorkerHandle;
 use super::pool::Pool;
 use super::resources::Resources;
+use super::rollout::Release;
 use super::spawner::Spawned;
 use super::state::{Action, Trigger, WorkerState};
 use crate::{Signal, WorkerId};
@@ -34,6 +35,8 @@ pub(super) struct Entry {
     signals: mpsc::UnboundedSender<Signal>,
     /// Its cgroup's directory, if it runs in one of its own.
     pub(super) cgroup: Option<PathBuf>,
+    /// The release of the program it runs.
+    pub(super) release: Arc<Release>,
     /// How many workers held its slot before it.
     pub(super) restarts: u32,
     /// What it used when last sampled (see `resources.rs`).
@@ -64,7 +67,7 @@ impl Registry {
     }
 
     /// Registers a started worker, in [`WorkerState::Starting`].
-    pub(super) fn insert(&mut self, spawned: Spawned) {
+    pub(super) fn insert(&mut self, spawned: Spawned, release: Arc<Release>) {
         let Spawned {
             worker,
             signals,
@@ -84,6 +87,7 @@ impl Registry {
             ready_notified: false,
             signals,
             cgroup,
+            release,
             restarts: *starts - 1,
             resources: Resources::default(),
         };

@@ -16,7 +16,8 @@ use super::events::{
 use super::input::Input;
 use super::listen::LINGER;
 use super::phase::Phase;
-use super::state::Trigger;
+use super::registry::Entry;
+use super::state::{Trigger, WorkerState};
 use crate::WorkerId;
 use crate::actor::Actor;
 use crate::error::BoxError;
@@ -145,6 +146,7 @@ impl PrimaryContext {
                     .pass(&bound, connection, |id| registry.connected(id));
             }
             Input::Notify(sender, notice) => self.notified(sender, notice),
+            Input::Health(id, result) => self.rollout_health(id, result),
         }
     }
 
@@ -260,10 +262,13 @@ impl PrimaryContext {
                 self.recycle_next();
             }
             Timer::Expire(id) => self.expire_by_age(id),
-            Timer::Ready(id) => {
-                if let Some(after) = self.config.ready_timeout {
-                    self.apply(id, Trigger::ReadyTimeout(after));
+            Timer::Ready(id, after) => {
+                let waiting =
+                    |e: &Entry| matches!(e.state, WorkerState::Starting | WorkerState::Online);
+                if self.registry.get(id).is_some_and(waiting) {
+                    self.rollouts.not_ready(id, after);
                 }
+                self.apply(id, Trigger::ReadyTimeout(after));
             }
             Timer::Listening(id) => self.poll_listening(id),
             Timer::Unheld(key) => self.listeners.expire(&key, LINGER),
@@ -274,6 +279,7 @@ impl PrimaryContext {
                 }
             }
             Timer::Heartbeat => self.heartbeat_tick(),
+            Timer::Rollout => self.rollout_step(),
         }
     }
 }

@@ -9,7 +9,8 @@ impl PrimaryContext {
     /// not leaving (a worker and the replacement of its drained recycle
     /// share one), and the delayed replacements still to start.
     pub fn pool_size(&self) -> usize {
-        self.registry.staying_by_slot().len() + self.owed.len()
+        (self.rollouts.size())
+            .unwrap_or_else(|| self.registry.staying_by_slot().len() + self.owed.len())
     }
 
     /// Grows or shrinks the pool to `count` workers (see
@@ -29,6 +30,18 @@ impl PrimaryContext {
         }
         let slots = self.registry.staying_by_slot();
         let size = slots.len() + self.owed.len();
+        // A rollout fills and empties the slots of its size.
+        if self.rollouts.resize(count) {
+            tracing::info!(to = count, "Scaling during a rollout");
+            let beyond = slots
+                .into_iter()
+                .filter(|(slot, _)| slot.0 as usize >= count);
+            for id in beyond.flat_map(|(_, ids)| ids) {
+                self.leave_for_good(id);
+            }
+            self.rollout_step();
+            return Ok(());
+        }
         if count > size {
             tracing::info!(from = size, to = count, "Scaling up");
             return self.fork(count - size).map(drop);
@@ -47,15 +60,26 @@ impl PrimaryContext {
 
     /// Asks worker `id` to leave for good, gracefully (as a shutdown asks
     /// each): it is not replaced, and the pool shrinks by one (during a
-    /// recycle of its slot, the other worker of the slot leaves too).
+    /// recycle or a rollout of its slot, the other worker of the slot leaves
+    /// too).
     ///
     /// # Errors
     ///
     /// [`Error::NoSuchWorker`] when no live worker that is not leaving has
     /// this id.
     pub fn retire_worker(&mut self, id: WorkerId) -> Result<(), Error> {
-        if self.registry.staying(id).is_none() {
+        let Some(entry) = self.registry.staying(id) else {
             return Err(Error::NoSuchWorker { worker_id: id });
+        };
+        let slot = std::cmp::Reverse(entry.worker.slot());
+        if let Some(size) = self.rollouts.size() {
+            self.rollouts.resize(size.saturating_sub(1));
+            let in_slot = self.registry.staying_by_slot().remove(&slot);
+            for id in in_slot.into_iter().flatten() {
+                self.leave_for_good(id);
+            }
+            self.rollout_step();
+            return Ok(());
         }
         self.leave_for_good(id);
         Ok(())

@@ -10,20 +10,20 @@ use tokio::sync::mpsc;
 use super::WorkerHandle;
 use super::input::Input;
 use super::resources::Usage;
+use super::rollout::Release;
 use crate::error::Error;
 use crate::sys;
 use crate::{Signal, WorkerId};
 
 /// Starts workers.
 pub(crate) trait Spawn: Send + Sync + fmt::Debug {
-    /// Starts worker `id` in `slot`; what happens to it is reported to
-    /// `inputs`, in order (frames, output, the channel's end, then its exit).
+    /// Starts worker `start`; what happens to it is reported to `inputs`,
+    /// in order (frames, output, the channel's end, then its exit).
     ///
     /// # Errors
     ///
     /// [`Error::Spawn`] when it cannot be started.
-    fn spawn(&self, id: WorkerId, slot: u32, inputs: mpsc::Sender<Input>)
-    -> Result<Spawned, Error>;
+    fn spawn(&self, start: Start<'_>, inputs: mpsc::Sender<Input>) -> Result<Spawned, Error>;
 
     /// Whether process `pid` holds a listening socket (readiness of workers
     /// without a channel, when they count as ready once listening).
@@ -37,6 +37,14 @@ pub(crate) trait Spawn: Send + Sync + fmt::Debug {
     fn usage(&self, pid: u32, cgroup: Option<&Path>) -> Option<Usage> {
         Usage::read(pid, cgroup)
     }
+}
+
+/// A worker to start: its id, its slot, and the release it runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Start<'a> {
+    pub(crate) id: WorkerId,
+    pub(crate) slot: u32,
+    pub(crate) release: &'a Release,
 }
 
 /// A started worker: its handle, and where to send it signals (sent only

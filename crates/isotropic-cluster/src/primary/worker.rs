@@ -28,6 +28,7 @@ pub struct WorkerHandle {
 struct Inner {
     id: WorkerId,
     slot: u32,
+    generation: u64,
     pid: u32,
     outbox: Outbox,
     max_frame: usize,
@@ -38,7 +39,7 @@ struct Inner {
 
 impl WorkerHandle {
     pub(crate) fn new(
-        (id, slot): (WorkerId, u32),
+        (id, slot, generation): (WorkerId, u32, u64),
         pid: u32,
         outbox: Outbox,
         max_frame: usize,
@@ -49,6 +50,7 @@ impl WorkerHandle {
             inner: Arc::new(Inner {
                 id,
                 slot,
+                generation,
                 pid,
                 outbox,
                 max_frame,
@@ -130,6 +132,14 @@ impl WorkerHandle {
     /// `ISOTROPIC_CLUSTER_SLOT` (and, as PM2 names it, `NODE_APP_INSTANCE`).
     pub fn slot(&self) -> u32 {
         self.inner.slot
+    }
+
+    /// The generation of the workers' program it runs: 1 for the release
+    /// the primary started with, then one more for each rollout
+    /// ([`ClusterPrimary::restart_workers`](super::ClusterPrimary::restart_workers)).
+    /// The worker has it in `ISOTROPIC_CLUSTER_GENERATION`.
+    pub fn generation(&self) -> u64 {
+        self.inner.generation
     }
 
     /// The worker's process id.

@@ -11,6 +11,7 @@ mod guard;
 mod notify;
 mod process;
 mod procfs;
+mod program;
 mod reap;
 mod scm;
 mod socket;
@@ -23,6 +24,7 @@ use guard::orphan_guard;
 pub(crate) use notify::{notify_socket, process_group, recv_credentials};
 pub(crate) use process::{parent_pid, remove_env_if_single_threaded, send_signal};
 pub(crate) use procfs::{holds_listening_socket, tree_usage};
+pub(crate) use program::HeldFile;
 pub(crate) use reap::{become_subreaper, own_children, reap_orphans};
 pub(crate) use scm::{recv_with_fds, send_with_fd};
 pub(crate) use socket::{

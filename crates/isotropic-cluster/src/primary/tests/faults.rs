@@ -5,8 +5,6 @@ use std::os::unix::process::ExitStatusExt as _;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use futures_util::FutureExt as _;
-
 use super::{Harness, RestartPolicy, pool};
 use crate::error::ProtocolError;
 use crate::primary::input::Input;
@@ -123,40 +121,6 @@ async fn retiring_either_worker_of_a_recycle_under_way_shrinks_the_pool() {
         primary.context.recycle_worker(id(2)).expect("live");
         primary.settle();
         assert!(primary.events().contains(&"fork"), "retired {retired}");
-    }
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_rolling_restart_goes_on_when_the_replacement_it_waits_for_will_never_be_ready() {
-    // (It waited forever, and every later restart with it: its replacement
-    // was retired, or exited normally under `OnFailure`, before it was ready.)
-    let on_failure = RestartPolicy::default().restart(Restart::OnFailure);
-    for retire in [true, false] {
-        let builder = ClusterPrimary::builder().restart_policy(on_failure);
-        let mut primary = pool(builder, 2);
-        let done = primary.context.restart_waiter();
-        primary.settle();
-        assert!(
-            primary.context.registry.get(id(3)).is_some(),
-            "1's replacement"
-        );
-        if retire {
-            // Its slot goes: 1 leaves too, and 2 is next.
-            primary.context.retire_worker(id(3)).expect("live");
-            primary.settle();
-            primary.exit(3, 0);
-            primary.exit(1, 0);
-            primary.ready(4);
-        } else {
-            // 1 keeps working; its recycle is tried again, then 2's.
-            primary.exit(3, 0);
-            primary.advance(Duration::from_secs(60)).await;
-            primary.ready(4);
-            primary.exit(1, 0);
-            primary.ready(5);
-        }
-        let restarted = done.now_or_never().expect("ended").expect("told");
-        assert_eq!(restarted, if retire { 1 } else { 2 }, "retire: {retire}");
     }
 }
 

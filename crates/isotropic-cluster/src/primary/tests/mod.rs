@@ -20,7 +20,7 @@ use super::MemorySource;
 use super::context::{PrimaryContext, PrimaryEvent};
 use super::input::Input;
 use super::resources::Usage;
-use super::spawner::{Spawn, Spawned};
+use super::spawner::{Spawn, Spawned, Start};
 use super::{ClusterPrimary, Readiness, RestartPolicy, WorkerChannel, WorkerHandle};
 use crate::actor::Mailbox;
 use crate::channel::{Outbox, QueueLimits};
@@ -58,12 +58,8 @@ impl std::fmt::Debug for Peer {
 }
 
 impl Spawn for FakeSpawner {
-    fn spawn(
-        &self,
-        id: WorkerId,
-        slot: u32,
-        inputs: mpsc::Sender<Input>,
-    ) -> Result<Spawned, Error> {
+    fn spawn(&self, start: Start<'_>, inputs: mpsc::Sender<Input>) -> Result<Spawned, Error> {
+        let (id, slot) = (start.id, start.slot);
         if self.fail.lock().expect("ids").contains(&id.get()) {
             return Err(Error::Spawn {
                 program: "fake".into(),
@@ -76,7 +72,14 @@ impl Spawn for FakeSpawner {
         })?;
         let outbox = Outbox::spawn(ours.into_split().1, QueueLimits::default(), Some(id));
         let pid = 100_000 + u32::try_from(id.get()).unwrap_or(0);
-        let worker = WorkerHandle::new((id, slot), pid, outbox, 1 << 20, GRACE, Wire::Frames);
+        let worker = WorkerHandle::new(
+            (id, slot, start.release.generation()),
+            pid,
+            outbox,
+            1 << 20,
+            GRACE,
+            Wire::Frames,
+        );
         let (signals, signal_rx) = mpsc::unbounded_channel();
         let peer = Peer {
             channel: theirs,
@@ -259,4 +262,5 @@ mod liveness;
 mod notify;
 mod panics;
 mod resources;
+mod rollout;
 mod supervision;

@@ -227,20 +227,3 @@ async fn a_delayed_replacement_keeps_its_slot_when_a_lower_one_frees_up() {
         "the delayed replacement's own"
     );
 }
-
-#[tokio::test(start_paused = true)]
-async fn a_rolling_restart_recycles_each_ready_worker_in_turn_never_leaving_the_pool_short() {
-    use futures_util::FutureExt as _;
-    let mut primary = pool(ClusterPrimary::builder(), 3);
-    let done = primary.context.restart_waiter();
-    primary.settle();
-    for (old, new) in [(1, 4), (2, 5), (3, 6)] {
-        assert_eq!(primary.ready_ids().len(), 3, "never short, before {new}");
-        assert_eq!(slot_of(&primary, new), slot_of(&primary, old));
-        primary.ready(new);
-        primary.exit(old, 0);
-    }
-    let restarted = done.now_or_never().expect("ended").expect("told");
-    assert_eq!(restarted, 3);
-    assert_eq!(primary.ready_ids(), [4, 5, 6]);
-}

@@ -1,0 +1,215 @@
+//! Rollouts by their rules, without processes: surge, minimum uptime,
+//! rollback, a reload during a rollout.
+
+use std::time::Duration;
+
+use futures_util::FutureExt as _;
+
+use super::{Harness, RestartPolicy, pool};
+use crate::WorkerId;
+use crate::primary::rollout::Outcome;
+use crate::primary::{ClusterPrimary, PrimaryBuilder, Restart, RolloutFailure};
+
+fn id(n: u64) -> WorkerId {
+    WorkerId::new(n)
+}
+
+/// Worker `n`'s slot and generation, while it is live.
+fn placed(primary: &Harness, n: u64) -> Option<(u32, u64)> {
+    let entry = primary.context.registry.get(id(n))?;
+    Some((entry.worker.slot(), entry.worker.generation()))
+}
+
+/// A pool of `count` ready workers whose rollouts prove new workers at once.
+fn eager(builder: PrimaryBuilder, count: u64) -> Harness {
+    pool(builder.min_uptime(Duration::ZERO), count)
+}
+
+fn ended(done: tokio::sync::oneshot::Receiver<Outcome>) -> Outcome {
+    done.now_or_never().expect("ended").expect("told")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollout_replaces_one_slot_at_a_time_never_leaving_the_pool_short() {
+    let mut primary = eager(ClusterPrimary::builder(), 3);
+    let done = primary.context.restart_waiter();
+    primary.settle();
+    for (old, new) in [(1, 4), (2, 5), (3, 6)] {
+        assert_eq!(primary.ready_ids().len(), 3, "never short, before {new}");
+        let slot = placed(&primary, old).expect("live").0;
+        assert_eq!(
+            placed(&primary, new),
+            Some((slot, 2)),
+            "in its slot, generation 2"
+        );
+        assert_eq!(primary.context.registry.len(), 4, "a surge of one");
+        primary.ready(new);
+        primary.exit(old, 0);
+    }
+    assert_eq!(ended(done).expect("rolled out"), 3);
+    assert_eq!(primary.ready_ids(), [4, 5, 6]);
+    let events = primary.events();
+    assert!(events.contains(&"rolloutStarted") && events.contains(&"rolloutComplete"));
+    // Generation 2 is the stable one now: a replacement runs it.
+    primary.exit(5, 1);
+    assert_eq!(placed(&primary, 7).map(|p| p.1), Some(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_worker_replaces_an_old_one_only_once_up_for_the_minimum_uptime() {
+    let mut primary = pool(ClusterPrimary::builder(), 2);
+    let done = primary.context.restart_waiter();
+    primary.settle();
+    primary.ready(3);
+    assert_eq!(primary.ready_ids(), [1, 2, 3], "1 still serves");
+    primary.advance(Duration::from_millis(1000)).await;
+    assert_eq!(primary.ready_ids(), [2, 3], "1 left once 3 was up for 1 s");
+    primary.exit(1, 0);
+    primary.ready(4);
+    primary.advance(Duration::from_millis(1000)).await;
+    primary.exit(2, 0);
+    assert_eq!(ended(done).expect("rolled out"), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_worker_that_exits_early_rolls_the_rollout_back_and_the_old_ones_keep_serving() {
+    // Crashing at start, or exiting before it is ready (even normally,
+    // under `OnFailure`), or within its minimum uptime once ready.
+    let on_failure = RestartPolicy::default().restart(Restart::OnFailure);
+    for (ready, code) in [(false, 1), (false, 0), (true, 1)] {
+        let mut primary = pool(ClusterPrimary::builder().restart_policy(on_failure), 2);
+        let done = primary.context.restart_waiter();
+        primary.settle();
+        primary.events();
+        if ready {
+            primary.ready(3);
+            primary.advance(Duration::from_millis(500)).await;
+        }
+        primary.exit(3, code);
+        let events = primary.events();
+        assert!(events.contains(&"rolloutFailed"), "{events:?}");
+        assert!(
+            events.contains(&"rolledBack"),
+            "nothing to start: {events:?}"
+        );
+        assert!(!events.contains(&"fork"), "no worker started: {events:?}");
+        assert_eq!(primary.ready_ids(), [1, 2], "generation 1 serves");
+        let (generation, reason) = ended(done).expect_err("rolled back");
+        assert_eq!(generation, 2);
+        assert!(
+            matches!(reason, RolloutFailure::Exited { worker, code: Some(c), .. } if worker == id(3) && c == code),
+            "{reason}"
+        );
+        // A later replacement runs generation 1, and the next rollout is 3.
+        primary.exit(1, 1);
+        assert_eq!(placed(&primary, 4).map(|p| p.1), Some(1));
+        primary.context.restart_workers();
+        primary.settle();
+        assert_eq!(placed(&primary, 5).map(|p| p.1), Some(3));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_worker_never_ready_rolls_back_after_the_ready_timeout() {
+    let mut primary = pool(ClusterPrimary::builder(), 1);
+    let done = primary.context.restart_waiter();
+    primary.settle();
+    primary.hello(2);
+    primary.advance(Duration::from_secs(61)).await;
+    assert!(
+        primary.events().contains(&"workerError"),
+        "not ready in 60 s"
+    );
+    primary.exit(2, 0);
+    let (_, reason) = ended(done).expect_err("rolled back");
+    let sixty = Duration::from_secs(60);
+    assert!(
+        matches!(reason, RolloutFailure::NotReady { after, .. } if after == sixty),
+        "{reason}"
+    );
+    assert_eq!(primary.ready_ids(), [1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_health_check_rolls_back_and_the_old_generation_retakes_each_slot() {
+    let check = |worker: crate::primary::WorkerHandle| async move {
+        match worker.id().get() {
+            3 => Ok(()),
+            _ => Err("503".to_owned()),
+        }
+    };
+    let builder = ClusterPrimary::builder().health_check(check);
+    let mut primary = eager(builder, 2);
+    let done = primary.context.restart_waiter();
+    primary.settle();
+    primary.ready(3);
+    let said = primary.context.input_rx.recv().await.expect("3's check");
+    primary.input(said);
+    assert_eq!(primary.ready_ids(), [2, 3], "3 passed: 1 left");
+    primary.exit(1, 0);
+    primary.ready(4);
+    assert_eq!(primary.ready_ids(), [2, 3, 4], "4 is being checked");
+    let said = primary.context.input_rx.recv().await.expect("4's check");
+    primary.input(said);
+    assert!(primary.events().contains(&"rolloutFailed"));
+    // Generation 1 takes slot 0 back from 3 (4 serves nobody: it leaves).
+    assert_eq!(primary.ready_ids(), [2, 3]);
+    assert_eq!(placed(&primary, 5), Some((0, 1)), "started from release 1");
+    primary.ready(5);
+    assert_eq!(primary.ready_ids(), [2, 5]);
+    primary.exit(3, 0);
+    primary.exit(4, 0);
+    let (_, reason) = ended(done).expect_err("rolled back");
+    assert!(matches!(reason, RolloutFailure::Unhealthy { worker, .. } if worker == id(4)));
+    assert!(primary.events().contains(&"rolledBack"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_during_a_rollout_restarts_it_for_the_newest_release_never_overlapping() {
+    let mut primary = eager(ClusterPrimary::builder(), 2);
+    let done = primary.context.restart_waiter();
+    primary.settle();
+    primary.ready(3);
+    primary.exit(1, 0);
+    assert_eq!(placed(&primary, 4), Some((1, 2)), "2's replacement");
+    primary.context.restart_workers();
+    primary.settle();
+    // 4 (generation 2, not ready) leaves; one worker of 3 starts.
+    assert_eq!(placed(&primary, 5), Some((0, 3)));
+    let staying = |p: &Harness| {
+        p.context
+            .registry
+            .entries()
+            .iter()
+            .filter(|e| e.state.staying())
+            .count()
+    };
+    assert_eq!(staying(&primary), 3, "2, 3 and 5: a surge of one");
+    primary.exit(4, 0);
+    for (old, new) in [(3, 5), (2, 6)] {
+        primary.ready(new);
+        primary.exit(old, 0);
+    }
+    assert_eq!(ended(done).expect("rolled out"), 3);
+    assert_eq!(
+        [placed(&primary, 5), placed(&primary, 6)],
+        [Some((0, 3)), Some((1, 3))]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retiring_a_worker_during_a_rollout_takes_its_slot_out() {
+    let mut primary = eager(ClusterPrimary::builder(), 2);
+    let done = primary.context.restart_waiter();
+    primary.settle();
+    primary.context.retire_worker(id(3)).expect("live");
+    primary.settle();
+    assert_eq!(primary.context.pool_size(), 1);
+    primary.exit(3, 0);
+    primary.exit(1, 0);
+    assert_eq!(placed(&primary, 4), Some((0, 2)));
+    primary.ready(4);
+    assert_eq!(primary.ready_ids(), [4], "2, beyond the pool, left");
+    primary.exit(2, 0);
+    assert_eq!(ended(done).expect("rolled out"), 1);
+}
