@@ -11,27 +11,27 @@ before it listens, process.send('ready') once it listens) runs as 4 workers
     'ready' message), reloaded by `pm2 reload`. PM2 is installed by this
     script with npm into a private prefix, and run with a private PM2_HOME
     (`pm2 kill` at the end); if npm cannot install it, PM2's rows are skipped.
-Runs alternate (ours, PM2, ours, ...). In each, CLIENTS threads send requests
-back to back, each on a fresh loopback connection, from LEAD s before the
-reload until TAIL s after its end. Per run it measures:
+Runs alternate (ours, PM2, ours, ...). In each, CLIENTS threads send RATE
+requests per second in all (the same load for both), each on a fresh
+loopback connection, from LEAD s before the reload until TAIL s after its
+end. Per run it measures:
   - rollout: from the request (SIGHUP sent; `pm2 reload` started) to its end
     (the CLI's reloadComplete line read; `pm2 reload` returned, which
     includes the pm2 command's own start, printed apart);
   - failed: requests refused, reset, timed out (2 s) or not answered 200,
-    of all sent in the window;
+    of all sent in the window; the 99th percentile and the slowest request
+    (a gap in service shows as a stall or a failure);
   - fewest ready, the supervisor's view, within the rollout: ours from the
     --json lines (workerReady adds a worker, removeWorker/workerExit removes
     it), PM2's from its process list (`online`), polled every 50 ms through
     its API (bench/node/pm2_watch.js);
   - fewest (and most) serving, the app's view, within the rollout: workers
     that listened and have not been told to leave (each app logs both
-    moments); most - 4 is the surge;
-  - slowest: the longest request in the window (a gap shows as a stall);
-    requests per second over the window, for scale.
-Prints a line per run, then medians (min-max) and ratios ours/PM2.
+    moments); most - 4 is the surge.
+Prints a line per run (stderr), then medians (min-max) and ratios ours/PM2.
 
-Usage: rollout.py [--runs N] [--clients C] [--start-ms MS] [--cli PATH]
-                  [--pm2-version SPEC] [--no-pm2]
+Usage: rollout.py [--runs N] [--clients C] [--rate R] [--start-ms MS]
+                  [--cli PATH] [--pm2-version SPEC] [--no-pm2]
 Needs node and npm (for PM2); builds the CLI in release unless --cli is given.
 """
 import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
@@ -46,17 +46,19 @@ REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 
 
 class Load:
-    """CLIENTS threads of back-to-back requests, each on a fresh connection."""
+    """CLIENTS threads sending RATE requests per second in all, each on a
+    fresh connection (a thread that falls behind sends its next at once)."""
 
-    def __init__(self, port, clients, cap=200_000):
+    def __init__(self, port, clients, rate, cap=100_000):
         self.port, self.stop, self.results = port, threading.Event(), []
-        self.threads = [threading.Thread(target=self.client, args=(cap,)) for _ in range(clients)]
+        self.threads = [threading.Thread(target=self.client, args=(clients / rate, cap)) for _ in range(clients)]
         for thread in self.threads:
             thread.start()
 
-    def client(self, cap):
-        done = []
-        while not self.stop.is_set() and len(done) < cap:
+    def client(self, interval, cap):
+        done, due = [], time.monotonic()
+        while not self.stop.wait(max(0, due - time.monotonic())) and len(done) < cap:
+            due = max(due + interval, time.monotonic())
             start = time.time()
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=2) as conn:
@@ -64,10 +66,10 @@ class Load:
                     answer = b""
                     while chunk := conn.recv(4096):
                         answer += chunk
-                ok = answer.startswith(b"HTTP/1.1 200")
-            except OSError:
-                ok = False
-            done.append((start, time.time(), ok))
+                failure = None if answer.startswith(b"HTTP/1.1 200") else "not answered 200"
+            except OSError as error:
+                failure = type(error).__name__
+            done.append((start, time.time(), failure))
         self.results.extend(done)  # (list.extend is atomic)
 
     def finish(self):
@@ -152,27 +154,31 @@ def wait_serving(log, count, timeout):
         time.sleep(0.05)
 
 
-def under_load(port, clients, reload):
-    """Runs reload() (which returns the rollout's (start, end)) under load."""
-    load = Load(port, clients)
-    began = time.time()
+def under_load(load, reload):
+    """Runs reload() (which returns the rollout's (start, end)) under load:
+    its start, its end, and every request's (start, end, failure or None)."""
+    load = Load(*load)
     try:
         time.sleep(LEAD)
         start, end = reload()
         time.sleep(TAIL)
     finally:
         results = load.finish()
-    return start, end, results, time.time() - began
+    return start, end, results
 
 
-def figures(start, end, results, window, ready, serving, extra=""):
-    return dict(rollout=end - start, failed=sum(not ok for _, _, ok in results), requests=len(results),
-                rate=len(results) / window, slowest=max((e - s for s, e, _ in results), default=0) * 1000,
+def figures(start, end, results, ready, serving, extra=""):
+    latencies = sorted(e - s for s, e, _ in results) or [0]
+    # How each failed, and when it was sent, from the request of the rollout.
+    failures = sorted((s - start, failure) for s, _, failure in results if failure)
+    extra += "".join(f"; failed: {failure} sent at {at:+.2f} s" for at, failure in failures[:5])
+    return dict(rollout=end - start, failed=len(failures), requests=len(results),
+                p99=latencies[int(0.99 * (len(latencies) - 1))] * 1000, slowest=latencies[-1] * 1000,
                 ready=min(counts(ready, start, end)), serving=min(counts(serving, start, end)),
                 most=max(counts(serving, start, end)), extra=extra)
 
 
-def run_ours(cli, clients, tmp, n):
+def run_ours(cli, load, tmp, n):
     log = os.path.join(tmp, f"ours-{n}.log")
     line = [cli, "run", "--workers", str(WORKERS), "--json", "--listen", "127.0.0.1:0",
             "--channel", "node", "--", "node", APP]
@@ -192,9 +198,13 @@ def run_ours(cli, clients, tmp, n):
         def reload():
             start = time.time()
             cli_process.send_signal(signal.SIGHUP)
-            return start, lines.wait(lambda l: '"reloadComplete"' in l, 60, "reloadComplete line")
+            end = lines.wait(lambda l: '"reloadComplete"' in l or '"rolloutFailed"' in l, 60, "reloadComplete line")
+            for _, event in json_lines(lines.lines):
+                if event.get("event") == "rolloutFailed":
+                    raise RuntimeError(f"the rollout failed: {event.get('message')}")
+            return start, end
 
-        return figures(*under_load(port, clients, reload), ours_ready(lines.lines), app_serving(log))
+        return figures(*under_load((port, *load), reload), ours_ready(lines.lines), app_serving(log))
     finally:
         cli_process.send_signal(signal.SIGTERM)
         try:
@@ -221,7 +231,8 @@ class Pm2:
             return "npm is not installed"
         try:
             subprocess.run(["npm", "install", "--prefix", self.prefix, "--no-audit", "--no-fund", "--loglevel=error",
-                            "--fetch-retries=1", "--fetch-retry-mintimeout=2000", "--fetch-retry-maxtimeout=5000", f"pm2@{version}"],
+                            "--fetch-retries=1", "--fetch-retry-mintimeout=2000", "--fetch-retry-maxtimeout=5000",
+                            f"pm2@{version}"],
                            check=True, timeout=120, capture_output=True, text=True)
         except subprocess.CalledProcessError as error:
             why = [line for line in error.stderr.splitlines() if "complete log" not in line]
@@ -238,7 +249,7 @@ class Pm2:
         if done.returncode != 0:
             raise RuntimeError(f"pm2 {' '.join(args)} failed: {done.stderr.strip()[-300:]}")
 
-    def run(self, clients, n):
+    def run(self, load, n):
         log = os.path.join(self.tmp, f"pm2-{n}.log")
         with socket.socket() as probe:  # a free port (PM2's app needs a number)
             probe.bind(("127.0.0.1", 0))
@@ -265,10 +276,10 @@ class Pm2:
                 self.pm2("reload", NAME, timeout=120)
                 return start, time.time()
 
-            start, end, results, window = under_load(port, clients, reload)
+            start, end, results = under_load((port, *load), reload)
             online = [(e["t"] / 1000, e["online"]) for _, e in json_lines(polls.lines)]
-            return figures(start, end, results, window, online, app_serving(log),
-                           extra=f" (of which the pm2 command's own start: ~{own_start:.2f} s)")
+            return figures(start, end, results, online, app_serving(log),
+                           extra=f"; the pm2 command's own start: ~{own_start:.2f} s")
         finally:
             if watch:
                 watch.terminate()
@@ -285,7 +296,7 @@ class Pm2:
 
 # (key, label, digits, whether ours/PM2 means something)
 ROWS = [("rollout", "rollout duration (s)", 2, True), ("failed", "failed requests", 0, False),
-        ("requests", "requests sent in the window", 0, False), ("rate", "requests per second", 0, True),
+        ("requests", "requests sent in the window", 0, False), ("p99", "99th percentile request (ms)", 0, True),
         ("slowest", "slowest request (ms)", 0, True), ("ready", "fewest ready, the supervisor's view", 0, True),
         ("serving", "fewest serving, the app's view", 0, True), ("most", "most serving, the app's view", 0, True)]
 
@@ -304,6 +315,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--clients", type=int, default=4, help="client threads (default 4)")
+    parser.add_argument("--rate", type=float, default=200, help="requests per second, all clients (default 200)")
     parser.add_argument("--start-ms", type=int, default=300, help="the app's work before it listens")
     parser.add_argument("--cli", help="our CLI (default: built here in release)")
     parser.add_argument("--pm2-version", default="7", help="what npm installs (default 7)")
@@ -311,7 +323,8 @@ def main():
     args = parser.parse_args()
     os.environ["START_MS"] = str(args.start_ms)
     cli = args.cli or build_cli()
-    load = os.getloadavg()
+    load = (args.clients, args.rate)
+    machine_load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="rollout-bench-") as tmp:
         pm2 = None if args.no_pm2 else Pm2(args.pm2_version, tmp)
         if pm2 and pm2.problem:
@@ -320,8 +333,8 @@ def main():
         results = {"ours": [], "pm2": []}
         try:
             for n in range(1, args.runs + 1):
-                for who, one in [("ours", lambda: run_ours(cli, args.clients, tmp, n)),
-                                 ("pm2", pm2 and (lambda: pm2.run(args.clients, n)))]:
+                for who, one in [("ours", lambda: run_ours(cli, load, tmp, n)),
+                                 ("pm2", pm2 and (lambda: pm2.run(load, n)))]:
                     if not one:
                         continue
                     try:
@@ -330,17 +343,18 @@ def main():
                         print(f"run {n} {who:4}: no figures: {error}", file=sys.stderr)
                         continue
                     results[who].append(r)
-                    print(f"run {n} {who:4}: rollout {r['rollout']:.2f} s{r['extra']}, {r['failed']} failed "
-                          f"of {r['requests']} requests ({r['rate']:.0f}/s), slowest {r['slowest']:.0f} ms, "
+                    print(f"run {n} {who:4}: rollout {r['rollout']:.2f} s, {r['failed']} failed of "
+                          f"{r['requests']} requests, p99 {r['p99']:.0f} ms, slowest {r['slowest']:.0f} ms, "
                           f"ready at least {r['ready']} (supervisor's view), serving {r['serving']} to "
-                          f"{r['most']} (app's view)", file=sys.stderr, flush=True)
+                          f"{r['most']} (app's view){r['extra']}", file=sys.stderr, flush=True)
         finally:
             if pm2:
                 pm2.quietly("kill")
     node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, load average "
-          f"{load[0]:.1f} before, {os.getloadavg()[0]:.1f} after; {WORKERS} workers of "
-          f"bench/node/rollout_app.js ({args.start_ms} ms start), {args.clients} clients, {args.runs} runs; "
+          f"{machine_load[0]:.1f} before, {os.getloadavg()[0]:.1f} after; {WORKERS} workers of "
+          f"bench/node/rollout_app.js ({args.start_ms} ms start), {args.rate:g} requests/s from {args.clients} clients, "
+          f"{args.runs} runs; "
           f"node {node}" + (f", PM2 {pm2.version}" if pm2 else ", no PM2"))
     print("| figure | ours | PM2 | ours/PM2 |")
     print("|---|---|---|---|")
