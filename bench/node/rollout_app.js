@@ -8,14 +8,15 @@
 // It stops taking connections and exits once told to leave (disconnect,
 // SIGINT, SIGTERM). With ROLLOUT_LOG set it appends one JSON line per change
 // of its state ({"pid", "state": "serving"|"leaving", "t": ms since the
-// epoch}), the app's own view of how many workers serve.
+// epoch, "why": what told it to leave}), the app's own view of how many
+// workers serve.
 'use strict';
 const fs = require('node:fs');
 const http = require('node:http');
 
-const note = state => {
+const note = (state, why) => {
   if (process.env.ROLLOUT_LOG) {
-    fs.appendFileSync(process.env.ROLLOUT_LOG, JSON.stringify({ pid: process.pid, state, t: Date.now() }) + '\n');
+    fs.appendFileSync(process.env.ROLLOUT_LOG, JSON.stringify({ pid: process.pid, state, t: Date.now(), why }) + '\n');
   }
 };
 
@@ -30,12 +31,12 @@ server.listen(process.env.LISTEN_FDS ? { fd: 3 } : Number(process.env.PORT), () 
 });
 
 let leaving = false;
-const leave = () => {
+const leave = why => {
   if (leaving) return;
   leaving = true;
-  note('leaving');
+  note('leaving', why);
   server.close(() => process.exit(0));
 };
-process.on('disconnect', leave);
-process.on('SIGINT', leave);
-process.on('SIGTERM', leave);
+process.on('disconnect', () => leave('disconnect'));
+process.on('SIGINT', () => leave('SIGINT'));
+process.on('SIGTERM', () => leave('SIGTERM'));
