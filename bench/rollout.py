@@ -36,6 +36,8 @@ Needs node and npm (for PM2); builds the CLI in release unless --cli is given.
 """
 import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
 
+from procs import stop
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APP = os.path.join(ROOT, "bench", "node", "rollout_app.js")
 WATCH = os.path.join(ROOT, "bench", "node", "pm2_watch.js")
@@ -206,12 +208,7 @@ def run_ours(cli, load, tmp, n):
 
         return figures(*under_load((port, *load), reload), ours_ready(lines.lines), app_serving(log))
     finally:
-        cli_process.send_signal(signal.SIGTERM)
-        try:
-            cli_process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            cli_process.kill()
-            cli_process.wait()
+        stop(cli_process)
 
 
 class Pm2:
