@@ -27,7 +27,7 @@ end. Per run it measures:
     its API (bench/node/pm2_watch.js);
   - fewest (and most) serving, the app's view, within the rollout: workers
     that listened and have not been told to leave (each app logs both
-    moments); most - 4 is the surge.
+    moments); the most is the surge seen (4 + the surge).
 Prints a line per run (stderr), then medians (min-max) and ratios ours/PM2.
 
 Usage: rollout.py [--runs N] [--clients C] [--rate R] [--start-ms MS]
@@ -139,7 +139,7 @@ def ours_ready(lines):
 
 def app_serving(log):
     """(time, workers serving) after each line of the apps' ROLLOUT_LOG."""
-    serving, changes = set(), []
+    serving, changes = set(), [(0, 0)]  # (none before the first line)
     with open(log) as f:
         notes = sorted((json.loads(line) for line in f if line.strip()), key=lambda n: n["t"])
     for note in notes:
@@ -150,16 +150,17 @@ def app_serving(log):
 
 def wait_serving(log, count, timeout):
     deadline = time.monotonic() + timeout
-    while not (os.path.exists(log) and app_serving(log) and app_serving(log)[-1][1] == count):
+    while (app_serving(log) if os.path.exists(log) else [(0, 0)])[-1][1] != count:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{count} workers did not listen within {timeout} s")
         time.sleep(0.05)
 
 
-def under_load(load, reload):
-    """Runs reload() (which returns the rollout's (start, end)) under load:
-    its start, its end, and every request's (start, end, failure or None)."""
-    load = Load(*load)
+def under_load(offered, reload):
+    """Runs reload() (which returns the rollout's (start, end)) under the
+    offered load, (port, clients, rate): its start, its end, and every
+    request's (start, end, failure or None)."""
+    load = Load(*offered)
     try:
         time.sleep(LEAD)
         start, end = reload()
