@@ -9,7 +9,8 @@ before it listens, process.send('ready') once it listens) runs as 4 workers
     its 'ready' message), reloaded by a SIGHUP to the CLI;
   - under PM2: cluster mode, 4 instances, wait_ready (PM2 too waits for the
     'ready' message), reloaded by `pm2 reload`. PM2 is installed by this
-    script with npm into a private prefix, and run with a private PM2_HOME
+    script with npm into a private prefix (isotropic-cluster-bench-pm2 in
+    the temp dir, reused by later runs), and run with a private PM2_HOME
     (`pm2 kill` at the end); if npm cannot install it, PM2's rows are skipped.
 Runs alternate (ours, PM2, ours, ...). In each, CLIENTS threads send RATE
 requests per second in all (the same load for both), each on a fresh
