@@ -13,7 +13,9 @@ The CPU time is the sum of the primary's threads' time on a CPU
 (/proc/PID/task/*/schedstat, in ns: clock ticks are too coarse for an idle
 process), from once every worker is ready to the end of the window.
 """
-import argparse, os, signal, statistics, subprocess, sys, tempfile, time
+import argparse, os, statistics, subprocess, sys, tempfile, time
+
+from procs import stop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The workers, idle: they answer heartbeats, and nothing else comes.
@@ -63,12 +65,7 @@ def one_run(cli, flags, workers, seconds):
             used = cpu_ns(primary.pid) - start
             rss = rss_mib(primary.pid)
         finally:
-            primary.send_signal(signal.SIGTERM)
-            try:
-                primary.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                primary.kill()
-                primary.wait()
+            stop(primary)
     return used, rss
 
 
