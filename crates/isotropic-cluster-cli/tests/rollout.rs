@@ -93,10 +93,16 @@ impl Deploy {
             .await;
     }
 
-    /// Stops the CLI cleanly, its release file removed.
+    /// Stops the CLI cleanly.
     async fn stop(mut self) {
         stop_cleanly(&mut self.child, self.pool.stderr(), WORKERS).await;
-        std::fs::remove_file(&self.release).expect("the release file");
+    }
+}
+
+impl Drop for Deploy {
+    /// (The CLI is killed if it runs still, and its workers with it.)
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.release);
     }
 }
 
