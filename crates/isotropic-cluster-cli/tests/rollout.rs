@@ -119,6 +119,7 @@ async fn reload_under_load(test: &str) -> (Deploy, Load, BTreeSet<u64>) {
     (deploy, load, old)
 }
 
+/// Issue 15: a surge rollout keeps the pool whole, and no request fails.
 #[tokio::test]
 async fn a_rolling_restart_of_4_workers_under_load_fails_no_request_and_keeps_4_ready() {
     let (mut deploy, load, old) = reload_under_load("restart").await;
@@ -135,6 +136,10 @@ async fn a_rolling_restart_of_4_workers_under_load_fails_no_request_and_keeps_4_
     deploy.stop().await;
 }
 
+/// Issue 15: "a reload requested during a rollout restarts it, never
+/// overlaps it": at most one worker over the pool at any time, and at the
+/// end only workers started after the second reload's line (the CLI prints
+/// it before it asks for the restart), running the newest release.
 #[tokio::test]
 async fn a_reload_during_a_rollout_restarts_it_for_the_newest_release_without_overlap() {
     let (mut deploy, load, old) = reload_under_load("again").await;
