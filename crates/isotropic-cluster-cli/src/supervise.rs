@@ -99,6 +99,9 @@ async fn supervise(plan: Plan, output: &Output) -> anyhow::Result<ExitCode> {
     // Whether a worker that was not replaced had failed (`--restart
     // on-failure|never`): the run ends once none is left.
     let mut failed = false;
+    // The generations whose rollout failed: their workers' exits are the
+    // rollback's business, not the pool's.
+    let mut rolled_back = std::collections::BTreeSet::new();
     // Whether a worker had to be killed once the shutdown began: then the
     // shutdown was forced, whatever started it.
     let mut stopping = false;
@@ -118,7 +121,12 @@ async fn supervise(plan: Plan, output: &Output) -> anyhow::Result<ExitCode> {
                             gave_up |= e.then == OnIntensity::ShutDown;
                         }
                         PrimaryEvent::ShutDown(_) => stopping = true,
-                        PrimaryEvent::WorkerExit(e) if !e.replaced && !stopping => {
+                        PrimaryEvent::RolloutFailed(e) => {
+                            rolled_back.insert(e.generation);
+                        }
+                        PrimaryEvent::WorkerExit(e)
+                            if !e.replaced && !stopping && !rolled_back.contains(&e.worker.generation()) =>
+                        {
                             // (A worker asked to leave, when the pool shrank, did not fail.)
                             // (One stopped for a failure failed, whatever its status.)
                             failed |= e.failed || (!e.voluntary && !plan.restart_policy.is_normal(e.code(), e.signal()));

@@ -32,30 +32,34 @@ struct Deploy {
 impl Deploy {
     /// Release 1, its workers ready.
     async fn start(test: &str) -> Self {
+        let server = release_server();
+        Self::launch(test, &[], &["python3", "-c", &server]).await
+    }
+
+    /// Release 1 of `program` (its file's release is the file's own
+    /// business), run with `flags`, its workers ready.
+    async fn launch(test: &str, flags: &[&str], program: &[&str]) -> Self {
         let release = std::env::temp_dir().join(format!(
             "isotropic-cli-rollout-{test}-{}",
             std::process::id()
         ));
         std::fs::write(&release, "1").expect("the release file");
         let workers = WORKERS.to_string();
-        let (child, stderr) = cli_to(
-            Stdio::null(),
-            &[
-                "run",
-                "--json",
-                "--workers",
-                &workers,
-                "--listen",
-                "127.0.0.1:0",
-                "--ready",
-                "notify",
-                "--",
-                "python3",
-                "-c",
-                &release_server(),
-                release.to_str().expect("a UTF-8 path"),
-            ],
-        );
+        let mut args = vec![
+            "run",
+            "--json",
+            "--workers",
+            &workers,
+            "--listen",
+            "127.0.0.1:0",
+            "--ready",
+            "notify",
+        ];
+        args.extend(flags);
+        args.push("--");
+        args.extend(program);
+        args.push(release.to_str().expect("a UTF-8 path"));
+        let (child, stderr) = cli_to(Stdio::null(), &args);
         let mut pool = Pool::new(stderr);
         let listening = pool.event("listening").await;
         let address = listening_address(std::slice::from_ref(&listening.message));
@@ -129,6 +133,7 @@ async fn a_rolling_restart_of_4_workers_under_load_fails_no_request_and_keeps_4_
     tally.assert_none_failed();
     let pool = &deploy.pool;
     assert_eq!(pool.fewest_ready(), WORKERS, "{}", pool.transcript());
+    assert_eq!(pool.most_staying(), WORKERS + 1, "a surge of one");
     assert!(pool.ready().is_disjoint(&old), "{}", pool.transcript());
     for &id in pool.ready() {
         assert_eq!(deploy.release_of(id), Some("2"), "worker {id}");
@@ -169,8 +174,10 @@ async fn a_reload_during_a_rollout_restarts_it_for_the_newest_release_without_ov
     let criteria = [
         ("no request failed", tally.failed == 0),
         (
-            "the rollouts never overlap",
-            pool.most_live() <= WORKERS + 1,
+            // (Those asked to leave drain meanwhile, as a Deployment's
+            // terminating pods do, outside the surge.)
+            "the rollouts never overlap: at most one worker over the pool",
+            pool.most_staying() <= WORKERS + 1,
         ),
         (
             "never fewer ready than before",
@@ -188,15 +195,114 @@ async fn a_reload_during_a_rollout_restarts_it_for_the_newest_release_without_ov
     let unmet: Vec<_> = criteria.iter().filter(|(_, met)| !met).collect();
     assert!(
         unmet.is_empty(),
-        "unmet: {unmet:?}\nrequests: {tally:?}; most live: {}, fewest ready: {}; \
+        "unmet: {unmet:?}\nrequests: {tally:?}; most live: {}, most staying: {}, fewest ready: {}; \
          started before the second reload: {before:?}; ready: {:?}, running {releases:?}\n{}",
         pool.most_live(),
+        pool.most_staying(),
         pool.fewest_ready(),
         pool.ready(),
         pool.transcript()
     );
     tally.assert_none_failed();
     deploy.stop().await;
+}
+
+/// A program file for each release: written beside, then renamed over
+/// `path`, as a deploy does.
+fn install(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let next = path.with_extension("next");
+    std::fs::write(&next, text).expect("the new program");
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&next, path).expect("the deploy");
+}
+
+/// Issue 15: a rollout to `bad` (a program file that replaced the good one
+/// on disk, run with `flags`) fails for `reason` and is rolled back while
+/// the old generation serves under load: no request fails, the pool never
+/// short; then a worker of the old generation that exits is replaced from
+/// its own program file, held open since, though the bad one is on disk.
+async fn rolled_back(test: &str, flags: &[&str], bad: &str, reason: &str) {
+    let dir = std::env::temp_dir().join(format!("isotropic-cli-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let program = dir.join("server");
+    install(
+        &program,
+        &format!("#!/usr/bin/env python3\n{}", release_server()),
+    );
+    let path = program.to_str().expect("a UTF-8 path");
+    let mut deploy = Deploy::launch(test, flags, &[path]).await;
+    let old = deploy.pool.ready().clone();
+    let load = Load::start(deploy.address, CLIENTS);
+    eventually("requests are answered", || load.ok() >= 20).await;
+    deploy.pool.track_from_now();
+    install(&program, bad);
+    send(&deploy.child, rustix::process::Signal::HUP);
+    let failed = deploy.pool.event("rolloutFailed").await;
+    assert!(failed.message.contains(reason), "{failed:?}");
+    deploy.pool.event("rolledBack").await;
+    deploy.settled().await;
+    let tally = load.stop().await;
+    tally.assert_none_failed();
+    let pool = &deploy.pool;
+    assert_eq!(pool.fewest_ready(), WORKERS, "{}", pool.transcript());
+    assert_eq!(pool.ready(), &old, "the old generation serves on");
+    // One of them leaves: its replacement runs release 1's program.
+    let leaving = *old.first().expect("a worker");
+    send_to(worker_pid(pool, leaving), rustix::process::Signal::TERM);
+    deploy
+        .pool
+        .until("a replacement ready", |pool| {
+            pool.ready().len() == WORKERS && !pool.ready().contains(&leaving)
+        })
+        .await;
+    let new = *deploy
+        .pool
+        .ready()
+        .difference(&old)
+        .next()
+        .expect("a new worker");
+    let started = (deploy.pool.lines().iter())
+        .find(|line| line.is("workerFork", new))
+        .expect("its start");
+    assert!(started.message.contains("generation 1 "), "{started:?}");
+    assert_eq!(deploy.release_of(new), Some("1"));
+    deploy.stop().await;
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+/// The pid in worker `id`'s `workerFork` line (`… (pid P)`).
+fn worker_pid<R: tokio::io::AsyncBufRead + Unpin>(pool: &Pool<R>, id: u64) -> i32 {
+    let line = (pool.lines().iter()).find(|line| line.is("workerFork", id));
+    line.and_then(|line| line.message.rsplit(' ').next())
+        .and_then(|pid| pid.trim_end_matches(')').parse().ok())
+        .expect("a workerFork line with a pid")
+}
+
+/// Sends `signal` to process `pid` (a worker of ours, by its own pid).
+fn send_to(pid: i32, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(pid).expect("a pid");
+    rustix::process::kill_process(pid, signal).expect("signal a worker");
+}
+
+#[tokio::test]
+async fn a_rollout_to_a_program_that_crashes_at_start_is_rolled_back_as_the_old_one_serves() {
+    let crashes = "#!/bin/sh\necho cannot start >&2\nexit 3\n";
+    rolled_back("crash", &[], crashes, "exited with code 3").await;
+}
+
+#[tokio::test]
+async fn a_rollout_to_a_program_never_ready_is_rolled_back_as_the_old_one_serves() {
+    // (It serves, but never says it is ready.)
+    let never_ready = format!("#!/usr/bin/env python3\n{DRAINING_SERVER}");
+    let flags = ["--ready-timeout", "3s"];
+    rolled_back(
+        "never-ready",
+        &flags,
+        &never_ready,
+        "was not ready within 3s",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -227,6 +333,7 @@ async fn the_pool_follows_the_json_lines() {
     let done = pool.event("reloadComplete").await;
     assert_eq!(done.message, "1 workers restarted");
     assert_eq!((pool.fewest_ready(), pool.most_live()), (2, 3));
+    assert_eq!(pool.most_staying(), 3, "1 left the pool before it exited");
     assert_eq!(pool.ready(), &BTreeSet::from([2, 3]));
     assert_eq!(pool.live(), &BTreeSet::from([2, 3]));
     let own = &pool.lines()[8];

@@ -84,7 +84,8 @@ impl PrimaryContext {
                     }
                     worker.outbox().close();
                 }
-                Action::Terminate => {
+                // (At once, in this turn, when there is no grace.)
+                Action::Terminate | Action::TerminateAfter(Duration::ZERO) => {
                     let worker = worker.clone();
                     events::publish(
                         self,
