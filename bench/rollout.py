@@ -182,10 +182,10 @@ def figures(start, end, results, ready, serving, extra=""):
                 most=max(counts(serving, start, end)), extra=extra)
 
 
-def run_ours(cli, load, tmp, n):
+def run_ours(cli, load, tmp, n, flags):
     log = os.path.join(tmp, f"ours-{n}.log")
     line = [cli, "run", "--workers", str(WORKERS), "--json", "--listen", "127.0.0.1:0",
-            "--channel", "node", "--", "node", APP]
+            "--channel", "node", *flags, "--", "node", APP]
     cli_process = subprocess.Popen(line, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                    env={**os.environ, "ROLLOUT_LOG": log})
     try:
@@ -319,6 +319,8 @@ def main():
     parser.add_argument("--cli", help="our CLI (default: built here in release)")
     parser.add_argument("--pm2-version", default="7", help="what npm installs (default 7)")
     parser.add_argument("--no-pm2", action="store_true")
+    parser.add_argument("--ours", action="append", default=[], metavar="FLAG",
+                        help="an extra flag for our CLI, e.g. --ours=--min-uptime=0s (repeatable)")
     args = parser.parse_args()
     os.environ["START_MS"] = str(args.start_ms)
     cli = args.cli or build_cli()
@@ -332,7 +334,7 @@ def main():
         results = {"ours": [], "pm2": []}
         try:
             for n in range(1, args.runs + 1):
-                for who, one in [("ours", lambda: run_ours(cli, load, tmp, n)),
+                for who, one in [("ours", lambda: run_ours(cli, load, tmp, n, args.ours)),
                                  ("pm2", pm2 and (lambda: pm2.run(load, n)))]:
                     if not one:
                         continue

@@ -707,7 +707,6 @@ async fn with_subreaper_orphans_are_adopted_and_reaped_and_worker_exits_still_re
         .and_then(|p| p.parse().ok())
         .expect("its pid");
     until(&mut stdout, "] up").await;
-    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
     assert!(
         children_of(cli_pid).iter().any(|c| c.0 == orphan),
         "the sleeping orphan is the CLI's child now"
@@ -726,6 +725,9 @@ async fn with_subreaper_orphans_are_adopted_and_reaped_and_worker_exits_still_re
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill the worker");
     until(&mut stderr, "worker 1 killed by signal 9").await;
     until(&mut stderr, "worker 2 started").await;
+    // (Its SIGTERM trap is set once it is up: a clean stop.)
+    until(&mut stdout, "] up").await;
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
     stop_cleanly(&mut child, &mut stderr, 1).await;
 }
 

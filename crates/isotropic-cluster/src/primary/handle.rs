@@ -372,20 +372,29 @@ impl ClusterPrimary {
             .await?
     }
 
-    /// Restarts the ready workers one at a time, each recycled drained (see
-    /// [`PrimaryContext::restart_workers`]): its replacement is in the pool
-    /// before it leaves, so the pool is never short. Resolves with how many
-    /// workers were restarted, once the last replacement is in the pool, or
-    /// sooner if a shutdown begins.
+    /// Rolls out a new generation of the workers' program, found anew on
+    /// disk (see [`PrimaryContext::restart_workers`]): slot by slot, each
+    /// new worker proven before an old one leaves, so the pool is never
+    /// short. Resolves with how many workers of the pool were replaced once
+    /// the rollout is complete (or sooner, if a shutdown begins).
     ///
-    /// A replacement that never gets ready (a program that now fails at
-    /// start) is tried again with the restart backoff while the worker it
-    /// replaces keeps serving, and holds the restart: bound the wait with a
-    /// timeout if that can happen.
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(primary: isotropic_cluster::primary::ClusterPrimary) {
+    /// match primary.restart_workers().await {
+    ///     Ok(replaced) => println!("{replaced} workers run the new release"),
+    ///     Err(error) => eprintln!("{error}; the old release serves on"),
+    /// }
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
-    /// [`Error::Destroyed`] after destroy.
+    /// [`Error::RolledBack`] when a new worker failed (exited before its
+    /// minimum uptime, was not ready in time, failed its health check) and
+    /// the old generation took every slot back; [`Error::Destroyed`] after
+    /// destroy.
     ///
     /// # Cancel safety
     ///

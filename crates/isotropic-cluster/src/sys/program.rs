@@ -3,6 +3,7 @@
 
 use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use rustix::fs::{Mode, OFlags};
 
@@ -44,9 +45,17 @@ impl HeldFile {
 
     /// A path by which any process of this user reaches the held file for
     /// as long as this process holds it (a worker executes it after its
-    /// fork, or its interpreter reads it, with no descriptor to inherit).
+    /// fork, or its interpreter reads it, with no descriptor to inherit):
+    /// under this process's number as `/proc` knows it (`/proc` may be
+    /// another PID namespace's).
     pub(crate) fn proc_path(&self) -> PathBuf {
-        format!("/proc/{}/fd/{}", std::process::id(), self.fd.as_raw_fd()).into()
+        static SELF: OnceLock<PathBuf> = OnceLock::new();
+        let own = SELF.get_or_init(|| {
+            let seen = std::fs::read_link("/proc/self").ok();
+            let pid = seen.unwrap_or_else(|| std::process::id().to_string().into());
+            Path::new("/proc").join(pid)
+        });
+        own.join("fd").join(self.fd.as_raw_fd().to_string())
     }
 }
 
