@@ -77,6 +77,9 @@ pub struct WorkerFigures {
     pub pid: u32,
     /// Its slot (see [`WorkerHandle::slot`](super::WorkerHandle::slot)).
     pub slot: u32,
+    /// The generation of the program it runs (see
+    /// [`WorkerHandle::generation`](super::WorkerHandle::generation)).
+    pub generation: u64,
     /// Where it is in its life.
     pub phase: WorkerPhase,
     /// How long since it was started.
@@ -113,6 +116,7 @@ impl WorkerFigures {
             id: worker.id(),
             pid: worker.pid(),
             slot: worker.slot(),
+            generation: worker.generation(),
             phase: entry.state.into(),
             uptime: entry.started.elapsed(),
             restarts: entry.restarts,

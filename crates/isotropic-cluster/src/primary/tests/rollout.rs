@@ -48,6 +48,10 @@ async fn a_rollout_replaces_one_slot_at_a_time_never_leaving_the_pool_short() {
     }
     assert_eq!(ended(done).expect("rolled out"), 3);
     assert_eq!(primary.ready_ids(), [4, 5, 6]);
+    let generations: Vec<u64> = (primary.context.figures().iter())
+        .map(|figures| figures.generation)
+        .collect();
+    assert_eq!(generations, [2, 2, 2], "in the figures too");
     let events = primary.events();
     assert!(events.contains(&"rolloutStarted") && events.contains(&"rolloutComplete"));
     // Generation 2 is the stable one now: a replacement runs it.
