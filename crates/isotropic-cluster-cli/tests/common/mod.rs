@@ -8,6 +8,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, Command};
 
+pub(crate) mod load;
+pub(crate) mod pool;
+
 pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
 
 /// The CLI with `args`, to be started by [`spawn`].
