@@ -19,7 +19,7 @@ use super::DEADLINE;
 /// How long one request may take: to connect, to send, to be answered.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most requests one client sends.
-const MOST_REQUESTS: u64 = 50_000;
+const MOST_REQUESTS: u64 = 500_000;
 /// The longest a load runs, stopped or not.
 const MOST_TIME: Duration = Duration::from_secs(120);
 /// How many failures keep their reason.
@@ -38,6 +38,8 @@ struct Shared {
     stop: AtomicBool,
     ok: AtomicU64,
     failed: AtomicU64,
+    /// The longest a request took, in microseconds.
+    slowest: AtomicU64,
     /// A client reached a bound before it was stopped.
     ran_out: AtomicBool,
     reasons: Mutex<Vec<String>>,
@@ -52,6 +54,8 @@ pub(crate) struct Tally {
     pub(crate) failed: u64,
     /// The first few failures' reasons.
     pub(crate) reasons: Vec<String>,
+    /// The longest a request took, answered or not (a stall shows here).
+    pub(crate) slowest: Duration,
     /// Some client stopped at its bound (count or time), before the test
     /// stopped it: the load did not cover all it was meant to.
     pub(crate) ran_out: bool,
@@ -94,6 +98,7 @@ impl Load {
             failed: shared.failed.load(Ordering::Relaxed),
             reasons: shared.reasons.lock().expect("not poisoned").clone(),
             ran_out: shared.ran_out.load(Ordering::Relaxed),
+            slowest: Duration::from_micros(shared.slowest.load(Ordering::Relaxed)),
         }
     }
 }
@@ -116,7 +121,11 @@ impl Shared {
             if Instant::now() >= end {
                 break;
             }
-            match get(address) {
+            let start = Instant::now();
+            let outcome = get(address);
+            let took = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.slowest.fetch_max(took, Ordering::Relaxed);
+            match outcome {
                 Ok(()) => self.ok.fetch_add(1, Ordering::Relaxed),
                 Err(reason) => {
                     let mut reasons = self.reasons.lock().expect("not poisoned");
@@ -159,6 +168,8 @@ fn get(address: SocketAddr) -> Result<(), String> {
         .map_err(|error| format!("read the answer: {error}"))?;
     if answer.starts_with(b"HTTP/1.0 200 ") || answer.starts_with(b"HTTP/1.1 200 ") {
         Ok(())
+    } else if answer.is_empty() {
+        Err("closed without an answer".to_owned())
     } else {
         let start = &answer[..answer.len().min(60)];
         Err(format!("answer: {:?}", String::from_utf8_lossy(start)))
