@@ -363,6 +363,9 @@ pub fn handover() -> io::Result<Option<Handover>> {
     if TAKEN.swap(true, Ordering::SeqCst) {
         return Ok(None);
     }
+    if std::env::var_os(FROM).is_none() {
+        return Ok(None);
+    }
     let layout = Layout::read(|key| std::env::var(key).ok(), sys::parent_pid());
     let _ = sys::remove_env_if_single_threaded(&[FROM, FDNAMES]);
     let Some(layout) = layout.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))? else {
