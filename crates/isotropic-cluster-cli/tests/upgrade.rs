@@ -331,3 +331,36 @@ async fn a_new_primary_whose_sockets_are_not_there_exits_with_code_5() {
     );
     assert_eq!(exit_code(&mut new).await, Some(5));
 }
+
+#[tokio::test]
+async fn a_new_primary_whose_workers_fail_gives_up_with_code_6_and_the_old_one_serves_on() {
+    let scratch = Scratch::new("workers-fail");
+    let release = scratch.path("release");
+    let flags = ["--listen", "127.0.0.1:0"];
+    let (mut old, mut pool) = start(Path::new(CLI), &flags, &release, None).await;
+    let load = Load::start(address(&pool), CLIENTS);
+    served_more(&load, 20).await;
+    // A broken deploy: the new workers find no release, and exit 1 at start.
+    std::fs::remove_file(&release).expect("removed");
+    send(&old, Signal::USR2);
+    let started = pool.event("upgrade").await;
+    assert!(
+        started.message.contains("started a new primary"),
+        "{started}"
+    );
+    let gave_up = pool.event("upgradeFailed").await;
+    assert!(
+        gave_up.message.contains("its workers are not all ready"),
+        "the new primary says why: {gave_up}"
+    );
+    let failed = pool.event("upgradeFailed").await;
+    assert!(
+        failed
+            .message
+            .contains("exited before it was ready (exit status: 6); this primary serves on"),
+        "{failed}"
+    );
+    served_more(&load, 20).await;
+    load.stop().await.assert_none_failed();
+    stop_cleanly(&mut old, pool.stderr(), WORKERS).await;
+}
