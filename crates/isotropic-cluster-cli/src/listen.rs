@@ -3,9 +3,8 @@
 //! sockets at fd 3… (systemd's socket activation) and becomes the command.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
-
 use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 
 use isotropic_cluster::ListenAddress;
 use isotropic_cluster::primary::{ClusterPrimary, PrimaryBuilder};
@@ -19,23 +18,30 @@ use crate::report::Report;
 /// that the next start finds the path free; and a copy of every listening
 /// socket with its name, for an upgrade (SIGUSR2).
 #[derive(Debug, Default)]
-pub(crate) struct SocketFiles(Vec<PathBuf>, Vec<(String, OwnedFd)>);
+pub(crate) struct SocketFiles {
+    paths: Vec<PathBuf>,
+    sockets: Vec<(String, OwnedFd)>,
+    /// Left in place at exit: another primary serves them (a new one took
+    /// over; or this one is a new one that has not, yet).
+    kept: bool,
+}
 
 impl SocketFiles {
     /// The listening sockets, named `listen0`, `listen1`… in `--listen` order.
     pub(crate) fn sockets(&self) -> &[(String, OwnedFd)] {
-        &self.1
+        &self.sockets
     }
 
-    /// Leaves the socket files in place at exit: a new primary serves them.
-    pub(crate) fn keep(&mut self) {
-        self.0.clear();
+    /// Whether the files are to be removed at exit: not while another
+    /// primary serves them.
+    pub(crate) fn keep(&mut self, kept: bool) {
+        self.kept = kept;
     }
 }
 
 impl Drop for SocketFiles {
     fn drop(&mut self) {
-        for path in &self.0 {
+        for path in self.paths.iter().filter(|_| !self.kept) {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -133,7 +139,9 @@ fn bind(
 ) -> anyhow::Result<(Vec<OwnedFd>, String, SocketFiles)> {
     let mut fds = Vec::new();
     let mut names = Vec::new();
+    // (Handed over: the old primary's files until this one takes over.)
     let mut files = SocketFiles::default();
+    files.keep(handover.is_some());
     for (i, text) in addresses.iter().enumerate() {
         let address: ListenAddress = text.parse()?;
         let name = format!("listen{i}");
@@ -149,13 +157,13 @@ fn bind(
             }
         };
         if let ListenAddress::Unix(path) = &address {
-            files.0.push(path.clone());
+            files.paths.push(path.clone());
         }
         let from = handover.as_ref().map_or(String::new(), |h| {
             format!(", handed over by the old primary (pid {})", h.from_pid())
         });
         report.line("listening", None, &format!("listening on {bound}{from}"));
-        files.1.push((name.clone(), fd.try_clone()?));
+        files.sockets.push((name.clone(), fd.try_clone()?));
         fds.push(fd);
         names.push(name);
     }

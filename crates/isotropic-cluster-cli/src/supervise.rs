@@ -182,15 +182,17 @@ async fn supervise(plan: Plan, mut origin: Origin, output: &Output) -> anyhow::R
             }
             outcome = upgrading.outcome(), if upgrading.under_way() && shutdown.signals == 0 => {
                 if Upgrading::took_over(outcome, &report) {
-                    socket_files.keep();
+                    socket_files.keep(true);
                     shutdown.on_signal(&primary, &report, false).await;
                 }
             }
             code = async { takeover.as_mut().expect("a takeover").settle(&report).await },
                 if takeover.as_ref().is_some_and(Takeover::waiting) => {
                 gave_up_takeover = code;
-                if code.is_some() {
-                    shutdown.on_signal(&primary, &report, false).await;
+                match code {
+                    // (Took over: the socket files are this primary's now.)
+                    None => socket_files.keep(false),
+                    Some(_) => shutdown.on_signal(&primary, &report, false).await,
                 }
             }
         }
