@@ -112,9 +112,14 @@ impl NewPrimary {
 
     /// SIGTERM; waits for its last line (`all workers exited`) and until
     /// it is gone.
-    async fn stop(mut self, pool: &mut Lines) {
+    async fn stop(self, pool: &mut Lines) {
+        signal(self.pid(), Signal::TERM);
+        self.handed_over(pool).await;
+    }
+
+    /// Waits for its last line and until it is gone (it is shutting down).
+    async fn handed_over(mut self, pool: &mut Lines) {
         let pid = self.0.take().expect("running");
-        signal(pid, Signal::TERM);
         pool.event("shutDownComplete").await;
         eventually("the new primary is gone", || gone(pid)).await;
     }
@@ -141,6 +146,17 @@ fn gone(pid: u32) -> bool {
             .next()
             .is_some_and(|rest| rest.starts_with('Z'))
     })
+}
+
+/// The next datagram on `socket` (a read timeout set).
+async fn datagram(socket: &std::os::unix::net::UnixDatagram) -> String {
+    let socket = socket.try_clone().expect("a copy");
+    let received = tokio::task::spawn_blocking(move || {
+        let mut buf = [0; 64];
+        let n = socket.recv(&mut buf).expect("a datagram");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    });
+    received.await.expect("join")
 }
 
 /// Asserts that a request on the Unix socket at `path` is answered.
@@ -260,7 +276,7 @@ async fn a_new_primary_that_fails_leaves_the_old_one_serving_and_a_second_sigusr
 }
 
 #[tokio::test]
-async fn the_service_manager_is_told_the_new_main_pid_and_the_unix_socket_is_kept() {
+async fn the_service_manager_is_told_each_new_main_pid_and_the_unix_socket_is_kept() {
     let scratch = Scratch::new("notify");
     let notify_path = scratch.path("notify");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bound");
@@ -278,21 +294,24 @@ async fn the_service_manager_is_told_the_new_main_pid_and_the_unix_socket_is_kep
     let new = NewPrimary::of(&pool.event("upgrade").await);
     old_hands_over(&mut pool, &new).await;
     let told = pool.event("upgradeMainPid").await;
-    let main_pid = format!("MAINPID={}", new.pid());
-    assert!(told.message.contains(&main_pid), "{told}");
-    let datagram = tokio::task::spawn_blocking(move || {
-        let mut buf = [0; 64];
-        let n = notify.recv(&mut buf).expect("a datagram");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    });
-    assert_eq!(datagram.await.expect("join"), format!("{main_pid}\n"));
+    let main_pid = format!("MAINPID={}\n", new.pid());
+    assert!(told.message.contains(main_pid.trim_end()), "{told}");
+    assert_eq!(datagram(&notify).await, main_pid);
     old_exits(&mut old, &mut pool).await;
     // The old primary left the socket file: the new one serves it.
     assert_answers(&socket).await;
-    new.stop(&mut pool).await;
+    // The new primary is upgraded in turn (it inherited NOTIFY_SOCKET).
+    signal(new.pid(), Signal::USR2);
+    let newer = NewPrimary::of(&pool.event("upgrade").await);
+    old_hands_over(&mut pool, &newer).await;
+    let main_pid = format!("MAINPID={}\n", newer.pid());
+    assert_eq!(datagram(&notify).await, main_pid);
+    new.handed_over(&mut pool).await;
+    assert_answers(&socket).await;
+    newer.stop(&mut pool).await;
     assert!(
         !socket.exists(),
-        "the new primary removes the socket file at its exit"
+        "the last primary removes the socket file at its exit"
     );
 }
 
