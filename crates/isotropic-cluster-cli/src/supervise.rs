@@ -91,9 +91,7 @@ async fn supervise(plan: Plan, mut origin: Origin, output: &Output) -> anyhow::R
         output: output.clone(),
     };
     // What an old primary handed over, if this one is its upgrade.
-    let mut handover = std::mem::replace(&mut origin.handover, Ok(None)).map_err(|e| {
-        listen::CannotAdopt(format!("cannot take what the old primary handed over: {e}"))
-    })?;
+    let mut handover = origin.take_handover()?;
     // Held to the end: the socket files it made go with it.
     let (primary, mut socket_files, lines) = start(&plan, &report, handover.as_mut()).await?;
     // Worker output, printed until the last line of the last worker.
@@ -187,7 +185,7 @@ async fn supervise(plan: Plan, mut origin: Origin, output: &Output) -> anyhow::R
                 }
             }
             code = async { takeover.as_mut().expect("a takeover").settle(&report).await },
-                if takeover.as_ref().is_some_and(Takeover::waiting) => {
+                if takeover.as_ref().is_some_and(Takeover::waiting) && shutdown.signals == 0 => {
                 gave_up_takeover = code;
                 match code {
                     // (Took over: the socket files are this primary's now.)

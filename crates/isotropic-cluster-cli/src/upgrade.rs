@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::args::Plan;
 use crate::exit::ExitCode;
-use crate::listen::SocketFiles;
+use crate::listen::{CannotAdopt, SocketFiles};
 use crate::report::{Report, source_chain};
 
 /// How long a new primary has to be ready without `--ready-timeout`.
@@ -32,17 +32,27 @@ const START_TIME: Duration = Duration::from_secs(10);
 pub(crate) struct Origin {
     exe: std::io::Result<PathBuf>,
     args: Vec<OsString>,
-    pub(crate) handover: std::io::Result<Option<Handover>>,
+    handover: Option<std::io::Result<Handover>>,
 }
 
 impl Origin {
     /// Call it first thing in `main`, before any thread starts.
     pub(crate) fn record() -> Self {
         Self {
-            handover: upgrade::handover(),
+            handover: upgrade::handover().transpose(),
             exe: std::env::current_exe(),
             args: std::env::args_os().skip(1).collect(),
         }
+    }
+
+    /// What an old primary handed over, if this one is its upgrade (taken
+    /// once).
+    pub(crate) fn take_handover(&mut self) -> Result<Option<Handover>, CannotAdopt> {
+        self.handover.take().transpose().map_err(|error| {
+            CannotAdopt(format!(
+                "cannot take what the old primary handed over: {error}"
+            ))
+        })
     }
 }
 
