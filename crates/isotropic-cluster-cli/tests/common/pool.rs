@@ -3,8 +3,9 @@
 //! `src/report.rs`), read by the test as it waits for a line or a state:
 //! the ready workers (in on `workerReady`, out on `removeWorker` or
 //! `workerExit`), the live ones (in on `workerFork`, out on `workerExit`),
-//! the fewest ready and the most live since [`Pool::track_from_now`], and
-//! every line read.
+//! the staying ones (live and not asked to leave: out on `removeWorker` or
+//! `workerSignal` too), the fewest ready and the most live and staying since
+//! [`Pool::track_from_now`], and every line read.
 
 use std::collections::BTreeSet;
 
@@ -64,8 +65,10 @@ pub(crate) struct Pool<R> {
     lines: Vec<Line>,
     ready: BTreeSet<u64>,
     live: BTreeSet<u64>,
+    staying: BTreeSet<u64>,
     fewest_ready: usize,
     most_live: usize,
+    most_staying: usize,
 }
 
 impl<R: AsyncBufRead + Unpin> Pool<R> {
@@ -77,8 +80,10 @@ impl<R: AsyncBufRead + Unpin> Pool<R> {
             lines: Vec::new(),
             ready: BTreeSet::new(),
             live: BTreeSet::new(),
+            staying: BTreeSet::new(),
             fewest_ready: 0,
             most_live: 0,
+            most_staying: 0,
         }
     }
 
@@ -118,6 +123,7 @@ impl<R: AsyncBufRead + Unpin> Pool<R> {
     pub(crate) fn track_from_now(&mut self) {
         self.fewest_ready = self.ready.len();
         self.most_live = self.live.len();
+        self.most_staying = self.staying.len();
     }
 
     /// The fewest workers ready at once since [`Pool::track_from_now`]
@@ -130,6 +136,12 @@ impl<R: AsyncBufRead + Unpin> Pool<R> {
     /// the start).
     pub(crate) fn most_live(&self) -> usize {
         self.most_live
+    }
+
+    /// The most workers staying at once (live, not asked to leave: a
+    /// surge's bound) since [`Pool::track_from_now`] (or the start).
+    pub(crate) fn most_staying(&self) -> usize {
+        self.most_staying
     }
 
     /// The workers in the pool now (ready, not removed, not exited).
@@ -180,22 +192,29 @@ impl<R: AsyncBufRead + Unpin> Pool<R> {
             match line.event.as_str() {
                 "workerFork" => {
                     self.live.insert(id);
+                    self.staying.insert(id);
                 }
                 "workerReady" => {
                     self.ready.insert(id);
                 }
                 "removeWorker" => {
                     self.ready.remove(&id);
+                    self.staying.remove(&id);
+                }
+                "workerSignal" => {
+                    self.staying.remove(&id);
                 }
                 "workerExit" => {
                     self.ready.remove(&id);
                     self.live.remove(&id);
+                    self.staying.remove(&id);
                 }
                 _ => {}
             }
         }
         self.fewest_ready = self.fewest_ready.min(self.ready.len());
         self.most_live = self.most_live.max(self.live.len());
+        self.most_staying = self.most_staying.max(self.staying.len());
         self.lines.push(line.clone());
         line
     }
