@@ -115,3 +115,29 @@ async fn a_successor_not_ready_in_time_is_stopped_and_reaped() {
     );
     assert!(alive.is_err());
 }
+
+#[tokio::test]
+async fn a_successor_dropped_before_it_is_ready_is_asked_to_stop() {
+    let successor = Upgrade::new("sh")
+        .args(["-c", "exec sleep 30"])
+        .start()
+        .expect("started");
+    let pid = successor.pid();
+    drop(successor);
+    // SIGTERM ends `sleep`: gone, or a zombie until the runtime reaps it.
+    let stat = format!("/proc/{pid}/stat");
+    let ended = || {
+        std::fs::read_to_string(&stat).map_or(true, |stat| {
+            stat.rsplit(") ")
+                .next()
+                .is_some_and(|rest| rest.starts_with('Z'))
+        })
+    };
+    for _ in 0..1000 {
+        if ended() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the dropped successor still runs");
+}
