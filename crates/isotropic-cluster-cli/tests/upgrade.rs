@@ -386,3 +386,56 @@ async fn a_new_primary_whose_workers_fail_gives_up_with_code_6_and_the_old_one_s
     stop_cleanly(&mut old, pool.stderr(), WORKERS).await;
     assert!(!socket.exists(), "the old primary removes it at its exit");
 }
+
+/// Starts the program and arguments it is given as systemd's socket
+/// activation would: a listening socket at fd 3, named `web`.
+const SOCKET_ACTIVATION: &str = r#"
+import os, socket, sys
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen()
+os.dup2(server.fileno(), 3)
+os.set_inheritable(3, True)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="web")
+os.execv(sys.argv[1], sys.argv[1:])
+"#;
+
+#[tokio::test]
+async fn the_socket_activation_sockets_are_handed_over_as_systemd_passed_them() {
+    let mut command = tokio::process::Command::new("python3");
+    command.stdout(Stdio::null()).args([
+        "-c",
+        SOCKET_ACTIVATION,
+        CLI,
+        "run",
+        "--json",
+        "--workers",
+        "1",
+        "--",
+        "sleep",
+        "60",
+    ]);
+    let (mut old, stderr) = spawn(command);
+    let mut pool = Pool::new(stderr);
+    pool.event("workerReady").await;
+    let old_pid = old.id().expect("running");
+    let socket = |pid: u32| std::fs::read_link(format!("/proc/{pid}/fd/3")).expect("fd 3");
+    let activated = socket(old_pid);
+    assert!(
+        activated.to_string_lossy().starts_with("socket:"),
+        "{activated:?}"
+    );
+    send(&old, Signal::USR2);
+    let new = NewPrimary::of(&pool.event("upgrade").await);
+    old_hands_over(&mut pool, &new).await;
+    // The same socket, at fd 3, with systemd's variables but its own
+    // LISTEN_PID (set in the process, so not in its initial environment).
+    assert_eq!(socket(new.pid()), activated);
+    let environ = std::fs::read(format!("/proc/{}/environ", new.pid())).expect("environ");
+    let environ: Vec<&[u8]> = environ.split(|&b| b == 0).collect();
+    assert!(environ.contains(&&b"LISTEN_FDS=1"[..]));
+    assert!(environ.contains(&&b"LISTEN_FDNAMES=web"[..]));
+    assert!(!environ.iter().any(|var| var.starts_with(b"LISTEN_PID=")));
+    old_exits(&mut old, &mut pool).await;
+    new.stop(&mut pool).await;
+}
