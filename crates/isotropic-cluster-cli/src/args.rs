@@ -26,6 +26,15 @@ pub(crate) enum Command {
     /// rolls out the program anew on SIGHUP (new workers first, rolled back
     /// if they fail), and shuts them down gracefully on SIGINT/SIGTERM (a
     /// second SIGINT kills them).
+    ///
+    /// On SIGUSR2 it upgrades itself without refusing a connection: it
+    /// starts the program file it was started from (the one now at that
+    /// path), with the same arguments, and hands it the --listen sockets;
+    /// once the new primary's workers are all ready (within --ready-timeout
+    /// plus 10s, or 60s), it tells NOTIFY_SOCKET MAINPID=, drains its own
+    /// workers and exits 0; if the new one fails, it serves on. Not as PID 1
+    /// or with --subreaper. A new primary exits with 5 when it cannot adopt
+    /// the sockets, with 6 when its workers do not all get ready.
     Run(Box<RunArgs>),
     /// (Internal) How `run --listen` starts each worker: places the passed
     /// sockets at fd 3… with the socket-activation variables, then becomes

@@ -15,6 +15,14 @@ pub(crate) enum ExitCode {
     /// No worker was left to replace (`--restart on-failure|never`), and one
     /// of them had failed.
     WorkersFailed = 4,
+    /// A new primary started by an upgrade (SIGUSR2) cannot find the
+    /// sockets of its `--listen` addresses among those the old primary
+    /// handed over (they changed), or they are not there: the old primary
+    /// keeps serving.
+    CannotAdopt = 5,
+    /// A new primary started by an upgrade gave up: a worker exited before
+    /// its pool was ready (the old primary keeps serving).
+    UpgradeFailed = 6,
     /// The `--listen` shim could not become the command (the shell's code
     /// for a command that cannot run).
     ExecFailed = 127,

@@ -3,38 +3,74 @@
 //! sockets at fd 3… (systemd's socket activation) and becomes the command.
 
 use std::ffi::OsString;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use isotropic_cluster::ListenAddress;
 use isotropic_cluster::primary::{ClusterPrimary, PrimaryBuilder};
+use isotropic_cluster::upgrade::Handover;
 
 use crate::args::{EXEC_WITH_SOCKETS, Plan};
 use crate::exit::ExitCode;
 use crate::report::Report;
 
 /// The Unix socket files the CLI bound: removed when dropped (at exit), so
-/// that the next start finds the path free.
+/// that the next start finds the path free; and a copy of every listening
+/// socket with its name, for an upgrade (SIGUSR2).
 #[derive(Debug, Default)]
-pub(crate) struct SocketFiles(Vec<PathBuf>);
+pub(crate) struct SocketFiles {
+    paths: Vec<PathBuf>,
+    sockets: Vec<(String, OwnedFd)>,
+    /// Left in place at exit: another primary serves them (a new one took
+    /// over; or this one is a new one that has not, yet).
+    kept: bool,
+}
+
+impl SocketFiles {
+    /// The listening sockets, named `listen0`, `listen1`… in `--listen` order.
+    pub(crate) fn sockets(&self) -> &[(String, OwnedFd)] {
+        &self.sockets
+    }
+
+    /// Whether the files are to be removed at exit: not while another
+    /// primary serves them.
+    pub(crate) fn keep(&mut self, kept: bool) {
+        self.kept = kept;
+    }
+}
 
 impl Drop for SocketFiles {
     fn drop(&mut self) {
-        for path in &self.0 {
+        for path in self.paths.iter().filter(|_| !self.kept) {
             let _ = std::fs::remove_file(path);
         }
     }
 }
+
+/// A `--listen` address a new primary was handed by the old one (an
+/// upgrade) but cannot find: it exits with [`ExitCode::CannotAdopt`].
+#[derive(Debug)]
+pub(crate) struct CannotAdopt(pub(crate) String);
+
+impl std::fmt::Display for CannotAdopt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CannotAdopt {}
 
 /// A builder whose workers start through the shim with the bound sockets,
 /// and the socket files to remove at exit.
 pub(crate) fn through_shim(
     plan: &Plan,
     report: &Report,
+    handover: Option<&mut Handover>,
 ) -> anyhow::Result<(PrimaryBuilder, SocketFiles)> {
     // Find the command now, so that a missing one is an error here, as
     // without --listen.
     let program = executable(&plan.program)?;
-    let (fds, names, files) = bind(&plan.listen, report)?;
+    let (fds, names, files) = bind(&plan.listen, report, handover)?;
     // The shim is this very binary (`/proc/self/exe` in the child), whatever
     // a deploy did to its file; the program is its release's.
     let shim = [OsString::from(EXEC_WITH_SOCKETS), names.into(), "--".into()];
@@ -94,29 +130,94 @@ fn executable(program: &str) -> anyhow::Result<std::path::PathBuf> {
     found.ok_or_else(|| anyhow::anyhow!("cannot start {program}: not found, or not executable"))
 }
 
-/// Binds every `--listen` address: the sockets, their LISTEN_FDNAMES, and
-/// the socket files made.
+/// Binds every `--listen` address (or adopts it from `handover`): the
+/// sockets, their LISTEN_FDNAMES, and the socket files made.
 fn bind(
     addresses: &[String],
     report: &Report,
-) -> anyhow::Result<(Vec<std::os::fd::OwnedFd>, String, SocketFiles)> {
+    mut handover: Option<&mut Handover>,
+) -> anyhow::Result<(Vec<OwnedFd>, String, SocketFiles)> {
     let mut fds = Vec::new();
     let mut names = Vec::new();
+    // (Handed over: the old primary's files until this one takes over.)
     let mut files = SocketFiles::default();
+    files.keep(handover.is_some());
     for (i, text) in addresses.iter().enumerate() {
         let address: ListenAddress = text.parse()?;
+        let name = format!("listen{i}");
+        let (fd, bound) = match handover.as_deref_mut() {
+            Some(handover) => adopt(handover, &name, &address)?,
+            None => {
+                if let ListenAddress::Unix(path) = &address {
+                    clear_stale(path);
+                }
+                address
+                    .bind()
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {text}: {e}"))?
+            }
+        };
         if let ListenAddress::Unix(path) = &address {
-            clear_stale(path);
+            files.paths.push(path.clone());
         }
-        let (fd, bound) = address
-            .bind()
-            .map_err(|e| anyhow::anyhow!("cannot listen on {text}: {e}"))?;
-        if let ListenAddress::Unix(path) = &address {
-            files.0.push(path.clone());
-        }
-        report.line("listening", None, &format!("listening on {bound}"));
+        let from = handover.as_ref().map_or(String::new(), |h| {
+            format!(", handed over by the old primary (pid {})", h.from_pid())
+        });
+        report.line("listening", None, &format!("listening on {bound}{from}"));
+        files.sockets.push((name.clone(), fd.try_clone()?));
         fds.push(fd);
-        names.push(format!("listen{i}"));
+        names.push(name);
     }
     Ok((fds, names.join(":"), files))
+}
+
+/// The socket `handover` holds as `name`, if it serves `address`.
+fn adopt(
+    handover: &mut Handover,
+    name: &str,
+    address: &ListenAddress,
+) -> Result<(OwnedFd, ListenAddress), CannotAdopt> {
+    match handover.take(name) {
+        Some((fd, bound)) if serves(address, &bound) => Ok((fd, bound)),
+        Some((_, bound)) => Err(CannotAdopt(format!(
+            "the old primary's {name} is {bound}, not --listen {address}"
+        ))),
+        None => Err(CannotAdopt(format!(
+            "the old primary handed over no {name} (for --listen {address})"
+        ))),
+    }
+}
+
+/// Whether a socket bound to `bound` serves `--listen address` (port 0: the
+/// one the old primary was given).
+fn serves(address: &ListenAddress, bound: &ListenAddress) -> bool {
+    match (address, bound) {
+        (ListenAddress::Tcp(address), ListenAddress::Tcp(bound)) => {
+            address.ip() == bound.ip() && (address.port() == 0 || address.port() == bound.port())
+        }
+        (address, bound) => address == bound,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handed_socket_serves_the_address_it_is_bound_to() {
+        let parse = |text: &str| text.parse::<ListenAddress>().expect("an address");
+        let bound = parse("127.0.0.1:8080");
+        assert!(serves(&parse("127.0.0.1:8080"), &bound));
+        assert!(serves(&parse("127.0.0.1:0"), &bound));
+        assert!(!serves(&parse("127.0.0.1:8081"), &bound));
+        assert!(!serves(&parse("[::1]:8080"), &bound));
+        assert!(serves(
+            &parse("unix:/run/a.sock"),
+            &parse("unix:/run/a.sock")
+        ));
+        assert!(!serves(
+            &parse("unix:/run/b.sock"),
+            &parse("unix:/run/a.sock")
+        ));
+        assert!(!serves(&parse("unix:/run/a.sock"), &bound));
+    }
 }

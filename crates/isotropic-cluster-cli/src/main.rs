@@ -9,6 +9,7 @@ mod listen;
 mod output;
 mod report;
 mod supervise;
+mod upgrade;
 
 use clap::Parser as _;
 
@@ -18,7 +19,8 @@ use exit::ExitCode;
 fn main() -> std::process::ExitCode {
     match Cli::parse().command {
         Command::Run(args) => match args.plan() {
-            Ok(plan) => run(plan),
+            // (Recorded before any thread starts: see upgrade.rs.)
+            Ok(plan) => run(plan, upgrade::Origin::record()),
             Err(error) => {
                 eprintln!("isotropic-cluster: {error}");
                 ExitCode::CannotStart
@@ -30,12 +32,12 @@ fn main() -> std::process::ExitCode {
 }
 
 /// Runs `plan` on a single-threaded runtime.
-fn run(plan: Plan) -> ExitCode {
+fn run(plan: Plan, origin: upgrade::Origin) -> ExitCode {
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime.block_on(supervise::run(plan)),
+        Ok(runtime) => runtime.block_on(supervise::run(plan, origin)),
         Err(error) => {
             eprintln!("isotropic-cluster: cannot start a runtime: {error}");
             ExitCode::CannotStart

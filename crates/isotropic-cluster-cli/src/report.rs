@@ -241,7 +241,7 @@ fn mib(bytes: u64) -> String {
 }
 
 /// `error: its source: its source's source…`
-fn source_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn source_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

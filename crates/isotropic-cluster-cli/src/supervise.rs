@@ -15,6 +15,7 @@ use crate::health;
 use crate::listen;
 use crate::output::Output;
 use crate::report::Report;
+use crate::upgrade::{Origin, Takeover, Upgrading};
 
 /// Bytes of worker output that may wait for our stdout before the workers'
 /// pipes are no longer read.
@@ -22,7 +23,7 @@ const OUTPUT_BYTES: usize = 4 * 1024 * 1024;
 
 /// Runs `plan` to its end; everything printed is written before it returns
 /// (or `--grace` after, when our stdout is blocked).
-pub(crate) async fn run(plan: Plan) -> ExitCode {
+pub(crate) async fn run(plan: Plan, origin: Origin) -> ExitCode {
     let output = Output::start();
     // The library's warnings and errors (a replaced orphan guard, a handler
     // that panicked) as lifecycle lines; RUST_LOG chooses.
@@ -36,8 +37,12 @@ pub(crate) async fn run(plan: Plan) -> ExitCode {
         .with_target(false)
         .try_init();
     let grace = plan.grace;
-    let code = match supervise(plan, &output).await {
+    let code = match supervise(plan, origin, &output).await {
         Ok(code) => code,
+        Err(error) if error.is::<listen::CannotAdopt>() => {
+            output.line(&format!("isotropic-cluster: {error:#}"));
+            ExitCode::CannotAdopt
+        }
         Err(error) => {
             output.line(&format!("isotropic-cluster: {error:#}"));
             ExitCode::CannotStart
@@ -55,6 +60,8 @@ struct Signals {
     /// SIGTTIN and SIGTTOU: one worker more, one fewer.
     more: tokio::signal::unix::Signal,
     fewer: tokio::signal::unix::Signal,
+    /// SIGUSR2: upgrade this primary.
+    upgrade: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -65,11 +72,12 @@ impl Signals {
             hangup: signal(SignalKind::hangup())?,
             more: signal(SignalKind::from_raw(Signal::TTIN.as_raw()))?,
             fewer: signal(SignalKind::from_raw(Signal::TTOU.as_raw()))?,
+            upgrade: signal(SignalKind::user_defined2())?,
         })
     }
 }
 
-async fn supervise(plan: Plan, output: &Output) -> anyhow::Result<ExitCode> {
+async fn supervise(plan: Plan, mut origin: Origin, output: &Output) -> anyhow::Result<ExitCode> {
     // First, so that a signal during startup is a shutdown once running,
     // not the default action.
     let mut signals = Signals::install()?;
@@ -83,12 +91,20 @@ async fn supervise(plan: Plan, output: &Output) -> anyhow::Result<ExitCode> {
         json: plan.json,
         output: output.clone(),
     };
+    // What an old primary handed over, if this one is its upgrade.
+    let mut handover = origin.take_handover()?;
     // Held to the end: the socket files it made go with it.
-    let (primary, _socket_files, lines) = start(&plan, &report).await?;
+    let (primary, mut socket_files, lines) = start(&plan, &report, handover.as_mut()).await?;
     // Worker output, printed until the last line of the last worker.
     let printing = tokio::spawn(output.clone().forward(lines));
     let mut events = primary.events();
-    if let Err(error) = primary.fork(plan.workers).await {
+    // (An upgrade's new primary: the old one is told once every worker is ready.)
+    let mut takeover = handover.map(|handover| Takeover::start(&primary, plan.workers, handover));
+    let forked = match takeover {
+        Some(_) => Ok(0),
+        None => primary.fork(plan.workers).await,
+    };
+    if let Err(error) = forked {
         report.cannot_start(&plan.program, &error);
         drop(events);
         wind_down(primary, printing, plan.grace).await?;
@@ -105,9 +121,12 @@ async fn supervise(plan: Plan, output: &Output) -> anyhow::Result<ExitCode> {
     // Whether a worker had to be killed once the shutdown began: then the
     // shutdown was forced, whatever started it.
     let mut stopping = false;
-    // A rolling restart (SIGHUP): one worker at a time, each leaving once
-    // its replacement is ready, so the pool is never short.
+    // A rollout (SIGHUP): each new worker proven before an old one leaves,
+    // so the pool is never short; rolled back if the new ones fail.
     let mut reload: Option<tokio::task::JoinHandle<Result<usize, _>>> = None;
+    // SIGUSR2 (see upgrade.rs), and how a new primary's takeover ended.
+    let mut upgrading = Upgrading::default();
+    let mut gave_up_takeover = None;
     loop {
         tokio::select! {
             // Events first: a reload's end is reported after the events
@@ -165,12 +184,32 @@ async fn supervise(plan: Plan, output: &Output) -> anyhow::Result<ExitCode> {
                     report.reloaded(restarted);
                 }
             }
+            _ = signals.upgrade.recv(), if shutdown.signals == 0 => {
+                upgrading.begin(&origin, &plan, &socket_files, &report);
+            }
+            outcome = upgrading.outcome(), if upgrading.under_way() && shutdown.signals == 0 => {
+                if Upgrading::took_over(outcome, &report) {
+                    socket_files.keep(true);
+                    shutdown.on_signal(&primary, &report, false).await;
+                }
+            }
+            code = async { takeover.as_mut().expect("a takeover").settle(&report).await },
+                if takeover.as_ref().is_some_and(Takeover::waiting) && shutdown.signals == 0 => {
+                gave_up_takeover = code;
+                match code {
+                    // (Took over: the socket files are this primary's now.)
+                    None => socket_files.keep(false),
+                    Some(_) => shutdown.on_signal(&primary, &report, false).await,
+                }
+            }
         }
     }
     report.shut_down(shutdown.forced);
-    drop((events, reload));
+    drop((events, reload, upgrading));
     wind_down(primary, printing, plan.grace).await?;
-    Ok(if shutdown.forced {
+    Ok(if let Some(code) = gave_up_takeover {
+        code
+    } else if shutdown.forced {
         ExitCode::Forced
     } else if gave_up {
         ExitCode::GaveUp
@@ -224,6 +263,7 @@ async fn wind_down(
 async fn start(
     plan: &Plan,
     report: &Report,
+    handover: Option<&mut isotropic_cluster::upgrade::Handover>,
 ) -> anyhow::Result<(ClusterPrimary, listen::SocketFiles, OutputLines)> {
     let (builder, files) = if plan.listen.is_empty() {
         let builder = ClusterPrimary::builder()
@@ -231,7 +271,7 @@ async fn start(
             .args(&plan.args);
         (builder, listen::SocketFiles::default())
     } else {
-        listen::through_shim(plan, report)?
+        listen::through_shim(plan, report, handover)?
     };
     let channel = match plan.channel {
         Channel::None => WorkerChannel::None,

@@ -79,6 +79,7 @@ pub mod socket_activation;
 mod sys;
 mod topics;
 mod traffic;
+pub mod upgrade;
 pub mod worker;
 
 pub use error::{BoxError, Error, MessageError, ProtocolError, SendError};

@@ -32,7 +32,7 @@ pub(crate) fn take_activated() -> Vec<(OwnedFd, ListenAddress)> {
 }
 
 /// The address a listening socket is bound to, if TCP or a Unix path.
-fn address_of(socket: &OwnedFd) -> Option<ListenAddress> {
+pub(crate) fn address_of(socket: &OwnedFd) -> Option<ListenAddress> {
     match sys::local_tcp_address(socket) {
         Ok(address) => Some(ListenAddress::Tcp(address)),
         Err(_) => sys::local_unix_path(socket).ok()?.map(ListenAddress::Unix),

@@ -7,7 +7,7 @@ mod error;
 mod listener;
 mod policy;
 
-pub(crate) use activated::take_activated;
+pub(crate) use activated::{address_of, take_activated};
 pub use address::ListenAddress;
 pub(crate) use address::{bind, reuseport};
 pub use error::{ListenError, ListenErrorKind};
