@@ -73,6 +73,9 @@ struct Rollout {
     healthy: HashSet<WorkerId>,
     /// Its workers stopped for not being ready in time.
     not_ready: HashMap<WorkerId, Duration>,
+    /// Going back, after a worker of the rollback failed: no worker starts
+    /// before then (the restart policy's backoff).
+    paused_until: Option<Instant>,
 }
 
 impl Rollouts {
@@ -204,6 +207,7 @@ impl PrimaryContext {
             joined: HashSet::new(),
             healthy: HashSet::new(),
             not_ready: HashMap::new(),
+            paused_until: None,
         });
         events::publish(self, RolloutStarted { generation, from });
         self.rollout_step();
@@ -233,6 +237,7 @@ impl PrimaryContext {
             surge: self.config.surge,
             max_unavailable: self.config.max_unavailable,
         };
+        let paused = (rollout.paused_until).is_some_and(|until| Instant::now() < until);
         let owed: Vec<u32> = self.owed.slots().collect();
         let steps = plan::plan(target, limits, &seen, &owed);
         for id in steps.retire {
@@ -248,6 +253,9 @@ impl PrimaryContext {
         }
         if steps.done {
             return self.rollout_done();
+        }
+        if paused {
+            return;
         }
         for slot in steps.start {
             if let Err(error) = self.rollout_start(slot) {
@@ -303,6 +311,7 @@ impl PrimaryContext {
         if rollout.failed.is_some() {
             tracing::warn!(%reason, "A worker of the rollback failed: trying again");
             let (delay, _) = self.backoff.on_failure(&self.config.restart);
+            rollout.paused_until = Some(Instant::now() + delay);
             self.timers.insert(Timer::Rollout, delay);
             return;
         }

@@ -213,3 +213,31 @@ async fn retiring_a_worker_during_a_rollout_takes_its_slot_out() {
     primary.exit(2, 0);
     assert_eq!(ended(done).expect("rolled out"), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_rollback_whose_workers_keep_failing_waits_a_backoff_between_tries() {
+    let second = Duration::from_secs(1);
+    let policy = RestartPolicy::default().initial_delay(second);
+    let mut primary = eager(ClusterPrimary::builder().restart_policy(policy), 2);
+    let done = primary.context.restart_waiter();
+    primary.settle();
+    // 3 is proven at once: 1 leaves, 4 starts in slot 1 and fails.
+    primary.ready(3);
+    primary.exit(1, 0);
+    primary.exit(4, 1);
+    assert_eq!(placed(&primary, 5), Some((0, 1)), "slot 0 taken back");
+    primary.exit(5, 1);
+    assert_eq!(
+        placed(&primary, 6),
+        Some((0, 1)),
+        "a first failure: at once"
+    );
+    primary.exit(6, 1);
+    assert_eq!(placed(&primary, 7), None, "the next try waits");
+    primary.advance(second).await;
+    assert_eq!(placed(&primary, 7), Some((0, 1)));
+    primary.ready(7);
+    primary.exit(3, 0);
+    let (generation, _) = ended(done).expect_err("rolled back");
+    assert_eq!(generation, 2);
+}
