@@ -50,6 +50,7 @@ impl PrimaryContext {
                     if !self.registry.in_pool(id) {
                         self.ready_waiters.lost(id);
                         self.recycle_kept_out(id);
+                        self.rollout_kept_out(id);
                     }
                 }
                 Action::PollListening => self.poll_listening(id),

@@ -397,6 +397,25 @@ impl PrimaryContext {
         self.rollout_step();
     }
 
+    /// Worker `id` is ready but was kept out of the pool (a handler
+    /// prevented its `workerReady` or `addWorker`): if it is of the
+    /// rollout's target, it would hold its slot for ever; it leaves, not
+    /// replaced, and the rollout fails (going back, it tries again after a
+    /// backoff).
+    pub(super) fn rollout_kept_out(&mut self, id: WorkerId) {
+        let Some(rollout) = &self.rollouts.under_way else {
+            return;
+        };
+        let target = rollout.target.generation();
+        let ours = (self.registry.staying(id)).map(|entry| entry.release.generation());
+        if ours != Some(target) {
+            return;
+        }
+        tracing::warn!(worker_id = %id, "A worker of the rollout was kept out of the pool: it leaves");
+        self.ask_to_leave(id, Why::Replaced);
+        self.rollout_failed(RolloutFailure::KeptOut { worker: id });
+    }
+
     /// Worker `id`'s health check said `result`.
     pub(super) fn rollout_health(&mut self, id: WorkerId, result: Result<(), String>) {
         let Some(rollout) = &mut self.rollouts.under_way else {

@@ -6,9 +6,9 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 
 use super::{Harness, RestartPolicy, pool};
-use crate::WorkerId;
 use crate::primary::rollout::Outcome;
 use crate::primary::{ClusterPrimary, PrimaryBuilder, Restart, RolloutFailure};
+use crate::{Subscribe as _, WorkerId};
 
 fn id(n: u64) -> WorkerId {
     WorkerId::new(n)
@@ -240,4 +240,25 @@ async fn a_rollback_whose_workers_keep_failing_waits_a_backoff_between_tries() {
     primary.exit(3, 0);
     let (generation, _) = ended(done).expect_err("rolled back");
     assert_eq!(generation, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_worker_kept_out_of_the_pool_by_a_handler_fails_the_rollout_not_holds_it() {
+    let mut primary = eager(ClusterPrimary::builder(), 2);
+    (&mut primary.context).on::<crate::primary::AddWorker>(|event| {
+        if event.worker.generation() == 2 {
+            event.prevent();
+        }
+    });
+    let done = primary.context.restart_waiter();
+    primary.settle();
+    primary.ready(3);
+    assert_eq!(primary.ready_ids(), [1, 2], "generation 1 serves");
+    let (_, reason) = ended(done).expect_err("rolled back at once");
+    assert!(
+        matches!(reason, RolloutFailure::KeptOut { worker } if worker == id(3)),
+        "{reason}"
+    );
+    primary.exit(3, 0);
+    assert_eq!(placed(&primary, 4), None, "3 left, not replaced");
 }
