@@ -179,8 +179,9 @@ impl PrimaryContext {
     /// `rolledBack` follows. A restart asked for during a rollout restarts
     /// it for the newest release: two rollouts never overlap. A shutdown
     /// ends it. Workers that exit meanwhile are replaced from the last
-    /// release rolled out whole; drained recycles wait for the rollout's
-    /// end.
+    /// release rolled out whole (a replacement delayed by the restart
+    /// policy leaves its slot to the rollout); drained recycles wait for
+    /// the rollout's end.
     pub fn restart_workers(&mut self) {
         if !self.phase.is_active() {
             return self.rollouts.end();

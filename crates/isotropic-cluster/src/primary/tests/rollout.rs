@@ -262,3 +262,21 @@ async fn a_new_worker_kept_out_of_the_pool_by_a_handler_fails_the_rollout_not_ho
     primary.exit(3, 0);
     assert_eq!(placed(&primary, 4), None, "3 left, not replaced");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_slot_whose_replacement_is_delayed_is_filled_by_the_rollout() {
+    // Generation 1 crash-loops in slot 0: the new release (its fix,
+    // perhaps) still gets the slot once the delay is over.
+    let second = Duration::from_secs(1);
+    let policy = RestartPolicy::default().initial_delay(second);
+    let mut primary = eager(ClusterPrimary::builder().restart_policy(policy), 1);
+    primary.exit(1, 1);
+    primary.exit(2, 1);
+    assert!(primary.events().contains(&"restartScheduled"));
+    let done = primary.context.restart_waiter();
+    primary.settle();
+    primary.advance(second).await;
+    assert_eq!(placed(&primary, 3), Some((0, 2)), "the new release");
+    primary.ready(3);
+    assert_eq!(ended(done).expect("rolled out"), 0);
+}
