@@ -45,6 +45,7 @@ pub(super) struct Rollouts {
     /// hold its file.
     program: PathBuf,
     search: Option<OsString>,
+    dir: Option<PathBuf>,
     hold: bool,
     /// The newest generation begun.
     newest: u64,
@@ -87,11 +88,19 @@ impl Rollouts {
             .map_or_else(|| std::env::var_os("PATH"), |(_, value)| value.clone());
         // Another user could not reach the held file through `/proc`.
         let hold = config.uid.is_none() && config.gid.is_none();
-        let stable = Arc::new(Release::new(1, &program, search.as_deref(), hold));
+        let dir = config.current_dir.clone();
+        let stable = Arc::new(Release::new(
+            1,
+            &program,
+            search.as_deref(),
+            dir.as_deref(),
+            hold,
+        ));
         Self {
             stable,
             program,
             search,
+            dir,
             hold,
             newest: 1,
             under_way: None,
@@ -194,6 +203,7 @@ impl PrimaryContext {
             generation,
             &rollouts.program,
             rollouts.search.as_deref(),
+            rollouts.dir.as_deref(),
             rollouts.hold,
         );
         let from = rollouts.stable.generation();
