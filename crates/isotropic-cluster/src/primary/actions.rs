@@ -201,6 +201,7 @@ impl PrimaryContext {
             self.next_id += 1;
             let id = WorkerId::new(self.next_id);
             tracing::info!(worker_id = %id, "Starting a new worker");
+            let new_slot = self.fork_slot.is_none();
             let slot = (self.fork_slot.take())
                 .unwrap_or_else(|| self.registry.free_slot(self.owed.slots()));
             let release =
@@ -212,6 +213,10 @@ impl PrimaryContext {
             };
             match self.spawner.spawn(start, self.inputs.clone()) {
                 Ok(spawned) => {
+                    // A worker in a new slot grows the pool a rollout rolls out.
+                    if let Some(size) = self.rollouts.size().filter(|_| new_slot) {
+                        self.rollouts.resize(size + 1);
+                    }
                     self.forked.push(spawned.worker.clone());
                     self.registry.insert(spawned, release);
                     self.arm_sampler();

@@ -280,3 +280,22 @@ async fn a_slot_whose_replacement_is_delayed_is_filled_by_the_rollout() {
     primary.ready(3);
     assert_eq!(ended(done).expect("rolled out"), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_fork_during_a_rollout_grows_the_pool_it_rolls_out() {
+    let mut primary = eager(ClusterPrimary::builder(), 2);
+    let done = primary.context.restart_waiter();
+    primary.settle();
+    assert_eq!(primary.fork(1).expect("fork"), 1);
+    assert_eq!(primary.context.pool_size(), 3);
+    assert_eq!(placed(&primary, 4), Some((2, 1)), "a new slot");
+    primary.ready(4);
+    primary.ready(3);
+    primary.exit(1, 0);
+    for (old, new) in [(2, 5), (4, 6)] {
+        primary.ready(new);
+        primary.exit(old, 0);
+    }
+    assert_eq!(ended(done).expect("rolled out"), 3);
+    assert_eq!(primary.ready_ids(), [3, 5, 6]);
+}
