@@ -299,3 +299,42 @@ async fn a_fork_during_a_rollout_grows_the_pool_it_rolls_out() {
     assert_eq!(ended(done).expect("rolled out"), 3);
     assert_eq!(primary.ready_ids(), [3, 5, 6]);
 }
+
+/// How many of this process's fds are open on `path`.
+fn held(path: &std::path::Path) -> usize {
+    let fds = std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd");
+    (fds.flatten())
+        .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+        .count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_release_lets_its_program_file_go_once_no_worker_runs_it() {
+    let dir = std::env::temp_dir().join(format!("rollout-fds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let program = dir.join("server");
+    std::fs::write(&program, "#!/bin/sh\n").expect("the program");
+    let mut primary = eager(ClusterPrimary::builder().program(&program), 1);
+    assert_eq!(held(&program), 1, "release 1");
+    // Rolled out, rolled back, restarted half-way: 30 releases in all.
+    let (mut serving, mut next) = (1, 2);
+    for round in 0..10_u64 {
+        primary.context.restart_workers();
+        primary.settle();
+        primary.ready(next);
+        primary.exit(serving, 0);
+        serving = next;
+        primary.context.restart_workers();
+        primary.settle();
+        primary.context.restart_workers();
+        primary.settle();
+        primary.exit(next + 1, 0);
+        primary.exit(next + 2, 1);
+        next += 3;
+        assert!(held(&program) <= 3, "round {round}: {}", held(&program));
+    }
+    assert_eq!(held(&program), 1, "the stable release only");
+    drop(primary);
+    assert_eq!(held(&program), 0);
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
