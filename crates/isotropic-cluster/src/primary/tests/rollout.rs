@@ -338,3 +338,35 @@ async fn a_release_lets_its_program_file_go_once_no_worker_runs_it() {
     assert_eq!(held(&program), 0);
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
+
+#[tokio::test(start_paused = true)]
+async fn shrinking_a_rollout_cancels_the_delayed_replacements_beyond_the_pool() {
+    for retire in [false, true] {
+        let policy = RestartPolicy::default().initial_delay(Duration::from_secs(10));
+        let mut primary = eager(ClusterPrimary::builder().restart_policy(policy), 2);
+        primary.exit(2, 1);
+        primary.exit(3, 1);
+        assert!(
+            primary.events().contains(&"restartScheduled"),
+            "slot 1 owed"
+        );
+        let done = primary.context.restart_waiter();
+        primary.settle();
+        assert_eq!(placed(&primary, 4), Some((0, 2)));
+        if retire {
+            // Slot 0 goes: worker 1 and its replacement 4.
+            primary.context.retire_worker(id(1)).expect("live");
+        } else {
+            primary.context.scale_to(1).expect("scaled");
+        }
+        primary.settle();
+        assert_eq!(primary.context.pool_size(), 1, "retire: {retire}");
+        let new = if retire { 5 } else { 4 };
+        primary.ready(new);
+        primary.exit(1, 0);
+        let replaced = ended(done).expect("rolled out without waiting for slot 1");
+        assert_eq!(replaced, usize::from(!retire));
+        assert_eq!(primary.context.pool_size(), 1);
+        assert_eq!(primary.ready_ids(), [new]);
+    }
+}
