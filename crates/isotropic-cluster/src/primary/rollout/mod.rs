@@ -349,22 +349,26 @@ impl PrimaryContext {
         self.rollout_step();
     }
 
-    /// The rollout reached its target.
+    /// The rollout reached its target. It ends (its waiters are told)
+    /// before its event is published: a handler may begin the next.
     fn rollout_done(&mut self) {
         let Some(rollout) = &self.rollouts.under_way else {
             return;
         };
         let generation = rollout.target.generation();
-        match &rollout.failed {
-            Some((failed, _)) => {
-                let failed = *failed;
+        let failed = rollout.failed.as_ref().map(|(failed, _)| *failed);
+        let replaced = rollout.replaced;
+        if failed.is_none() {
+            self.rollouts.stable = rollout.target.clone();
+        }
+        self.rollouts.end();
+        match failed {
+            Some(failed) => {
                 tracing::info!(generation, failed, "Rolled back");
                 events::publish(self, RolledBack { generation, failed });
             }
             None => {
-                let replaced = rollout.replaced;
                 tracing::info!(generation, replaced, "Rolled out");
-                self.rollouts.stable = rollout.target.clone();
                 events::publish(
                     self,
                     RolloutComplete {
@@ -374,7 +378,6 @@ impl PrimaryContext {
                 );
             }
         }
-        self.rollouts.end();
         self.recycle_next();
     }
 

@@ -370,3 +370,28 @@ async fn shrinking_a_rollout_cancels_the_delayed_replacements_beyond_the_pool() 
         assert_eq!(primary.ready_ids(), [new]);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_asked_for_by_a_handler_of_the_rollouts_end_is_rolled_out_too() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut primary = eager(ClusterPrimary::builder(), 1);
+    let again = std::sync::Arc::new(AtomicBool::new(true));
+    let once = again.clone();
+    (&mut primary.context).on::<crate::primary::RolloutComplete>(move |event| {
+        if once.swap(false, Ordering::SeqCst) {
+            event.context().restart_workers();
+        }
+    });
+    let first = primary.context.restart_waiter();
+    primary.settle();
+    primary.ready(2);
+    primary.exit(1, 0);
+    assert_eq!(ended(first).expect("rolled out"), 1);
+    assert!(!again.load(Ordering::SeqCst), "reloaded from the handler");
+    assert_eq!(placed(&primary, 3), Some((0, 3)), "the next rollout began");
+    let second = primary.context.rollouts.wait();
+    primary.ready(3);
+    primary.exit(2, 0);
+    assert_eq!(ended(second).expect("rolled out"), 1);
+    assert_eq!(primary.ready_ids(), [3]);
+}
