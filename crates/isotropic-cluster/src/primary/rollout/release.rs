@@ -120,6 +120,29 @@ mod tests {
     }
 
     #[test]
+    fn a_deploy_that_switches_a_symlink_is_picked_up_and_the_old_target_kept() {
+        let dir = std::env::temp_dir().join(format!("release-link-{}", std::process::id()));
+        for version in ["v1", "v2"] {
+            std::fs::create_dir_all(dir.join(version)).expect("a release directory");
+            std::fs::write(dir.join(version).join("server"), version).expect("its program");
+        }
+        let current = dir.join("current");
+        std::os::unix::fs::symlink("v1", &current).expect("current -> v1");
+        let program = current.join("server");
+        let v1 = Release::new(1, &program, None, None, true);
+        // The deploy: `current` names v2 at once, and v1 is deleted.
+        std::os::unix::fs::symlink("v2", dir.join("next")).expect("next -> v2");
+        std::fs::rename(dir.join("next"), &current).expect("the switch");
+        std::fs::remove_dir_all(dir.join("v1")).expect("v1 deleted");
+        let v2 = Release::new(2, &program, None, None, true);
+        assert_eq!(v2.exec_path(), program, "the new target, by its path");
+        let read = |release: &Release| std::fs::read_to_string(release.exec_path()).ok();
+        assert_eq!(read(&v2).as_deref(), Some("v2"));
+        assert_eq!(read(&v1).as_deref(), Some("v1"), "the old target, held");
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[test]
     fn a_release_runs_its_own_program_after_a_deploy_replaced_it() {
         let dir = std::env::temp_dir().join(format!("release-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a directory");
