@@ -18,7 +18,10 @@ use tokio::time::Instant;
 
 use super::config::{Config, HealthCheck};
 use super::context::{PrimaryContext, Timer};
-use super::events::{RolledBack, RolloutComplete, RolloutFailed, RolloutFailure, RolloutStarted};
+use super::events::{
+    RestartIntensityExceeded, RolledBack, RolloutComplete, RolloutFailed, RolloutFailure,
+    RolloutStarted,
+};
 use super::input::Input;
 use super::registry::Entry;
 use super::state::{AfterExit, Why};
@@ -158,6 +161,17 @@ impl Rollouts {
         if let Some(rollout) = &mut self.under_way {
             rollout.not_ready.insert(id, after);
         }
+    }
+}
+
+/// The worker whose failure `reason` is, if one is.
+fn failed_worker(reason: &RolloutFailure) -> Option<WorkerId> {
+    match reason {
+        RolloutFailure::Exited { worker, .. }
+        | RolloutFailure::NotReady { worker, .. }
+        | RolloutFailure::Unhealthy { worker, .. }
+        | RolloutFailure::KeptOut { worker } => Some(*worker),
+        RolloutFailure::CannotStart { .. } => None,
     }
 }
 
@@ -313,7 +327,8 @@ impl PrimaryContext {
     }
 
     /// A worker of the rollout failed: the rollout goes back to the stable
-    /// release (when already going back, the next step waits a backoff).
+    /// release (when already going back, the next try waits a backoff and
+    /// counts towards the restart intensity).
     fn rollout_failed(&mut self, reason: RolloutFailure) {
         let stable = self.rollouts.stable.clone();
         let Some(rollout) = &mut self.rollouts.under_way else {
@@ -324,6 +339,21 @@ impl PrimaryContext {
             let (delay, _) = self.backoff.on_failure(&self.config.restart);
             rollout.paused_until = Some(Instant::now() + delay);
             self.timers.insert(Timer::Rollout, delay);
+            // Its tries are restarts: too many give up (or slow down), as
+            // the restart intensity says.
+            let policy = self.config.restart;
+            if let Some((restarts, period, then)) = self.backoff.over_intensity(&policy) {
+                // (Slowing down delays the next try in the failed worker's slot.)
+                self.pacing = (failed_worker(&reason))
+                    .and_then(|id| self.registry.get(id))
+                    .map(|entry| entry.worker.slot());
+                let exceeded = RestartIntensityExceeded {
+                    restarts,
+                    period,
+                    then,
+                };
+                events::publish(self, exceeded);
+            }
             return;
         }
         let generation = rollout.target.generation();

@@ -7,7 +7,7 @@ use futures_util::FutureExt as _;
 
 use super::{Harness, RestartPolicy, pool};
 use crate::primary::rollout::Outcome;
-use crate::primary::{ClusterPrimary, PrimaryBuilder, Restart, RolloutFailure};
+use crate::primary::{ClusterPrimary, OnIntensity, PrimaryBuilder, Restart, RolloutFailure};
 use crate::{Subscribe as _, WorkerId};
 
 fn id(n: u64) -> WorkerId {
@@ -394,4 +394,34 @@ async fn a_reload_asked_for_by_a_handler_of_the_rollouts_end_is_rolled_out_too()
     primary.exit(2, 0);
     assert_eq!(ended(second).expect("rolled out"), 1);
     assert_eq!(primary.ready_ids(), [3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_tries_of_a_failing_rollback_count_towards_the_restart_intensity() {
+    let (minute, ten) = (Duration::from_secs(60), Duration::from_secs(10));
+    for then in [OnIntensity::ShutDown, OnIntensity::SlowDown] {
+        let policy = (RestartPolicy::default().max_delay(ten)).intensity(1, minute, then);
+        let mut primary = eager(ClusterPrimary::builder().restart_policy(policy), 2);
+        let done = primary.context.restart_waiter();
+        primary.settle();
+        primary.ready(3);
+        primary.exit(1, 0);
+        primary.exit(4, 1);
+        primary.events();
+        // Generation 1 cannot start any more either.
+        primary.exit(5, 1);
+        primary.exit(6, 1);
+        let events = primary.events();
+        assert!(events.contains(&"restartIntensityExceeded"), "{events:?}");
+        if then == OnIntensity::ShutDown {
+            assert!(events.contains(&"shutDown"), "{events:?}");
+            assert_eq!(placed(&primary, 7), None, "no more tries");
+            ended(done).expect_err("not rolled out");
+            continue;
+        }
+        primary.advance(ten - Duration::from_millis(1)).await;
+        assert_eq!(placed(&primary, 7), None, "slowed down");
+        primary.advance(Duration::from_millis(1)).await;
+        assert_eq!(placed(&primary, 7), Some((0, 1)), "slot 0 once more");
+    }
 }
