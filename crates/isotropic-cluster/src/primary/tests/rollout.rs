@@ -425,3 +425,30 @@ async fn the_tries_of_a_failing_rollback_count_towards_the_restart_intensity() {
         assert_eq!(placed(&primary, 7), Some((0, 1)), "slot 0 once more");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_prevented_fork_or_a_shutdown_ends_a_rollout_and_its_waiters_are_told() {
+    let mut primary = eager(ClusterPrimary::builder(), 2);
+    (&mut primary.context).on::<crate::primary::Fork>(|event| event.prevent());
+    let done = primary.context.restart_waiter();
+    primary.settle();
+    let (_, reason) = ended(done).expect_err("rolled back at once");
+    assert!(
+        matches!(reason, RolloutFailure::CannotStart { .. }),
+        "{reason}"
+    );
+    assert_eq!(primary.ready_ids(), [1, 2]);
+    // A shutdown (or a destroy) during a rollout: no worker starts after.
+    let mut primary = eager(ClusterPrimary::builder(), 2);
+    let done = primary.context.restart_waiter();
+    primary.settle();
+    primary.context.destroy();
+    primary.settle();
+    assert!(ended(done).is_ok(), "told");
+    primary.events();
+    for n in 1..=3 {
+        primary.exit(n, 1);
+    }
+    primary.advance(Duration::from_secs(120)).await;
+    assert!(!primary.events().contains(&"fork"));
+}
