@@ -324,8 +324,12 @@ impl PrimaryContext {
     /// Starts a replacement in `slot`. One that cannot start (its program
     /// missing for a moment during a deploy, out of fds, fork failing) is
     /// retried, paced as a worker that died at once: backoff, restart
-    /// intensity.
+    /// intensity. During a rollout, the slot is the rollout's to fill (with
+    /// its release: a crash loop of the old one does not hold it).
     pub(super) fn replace(&mut self, slot: u32) {
+        if self.rollouts.under_way() {
+            return self.rollout_step();
+        }
         self.fork_slot = Some(slot);
         let forked = self.fork(1);
         self.fork_slot = None;

@@ -254,11 +254,6 @@ impl PrimaryContext {
                 if let Some(slot) = self.owed.take(token)
                     && self.phase.is_active()
                 {
-                    // During a rollout, the slot is the rollout's to fill
-                    // (with its release: a crash loop does not hold it).
-                    if self.rollouts.under_way() {
-                        return self.rollout_step();
-                    }
                     self.replace(slot);
                 }
             }

@@ -201,10 +201,9 @@ impl PrimaryContext {
     /// slot the same way, started from its own program file, held open, and
     /// `rolledBack` follows. A restart asked for during a rollout restarts
     /// it for the newest release: two rollouts never overlap. A shutdown
-    /// ends it. Workers that exit meanwhile are replaced from the last
-    /// release rolled out whole (a replacement delayed by the restart
-    /// policy leaves its slot to the rollout); drained recycles wait for
-    /// the rollout's end.
+    /// ends it. Workers that exit meanwhile are replaced by the rollout
+    /// (when the restart policy says, after its delay); drained recycles
+    /// wait for the rollout's end.
     pub fn restart_workers(&mut self) {
         if !self.phase.is_active() {
             return self.rollouts.end();

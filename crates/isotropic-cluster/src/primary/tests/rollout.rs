@@ -452,3 +452,19 @@ async fn a_prevented_fork_or_a_shutdown_ends_a_rollout_and_its_waiters_are_told(
     primary.advance(Duration::from_secs(120)).await;
     assert!(!primary.events().contains(&"fork"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_old_worker_that_dies_during_a_rollout_is_replaced_by_the_rollout() {
+    let mut primary = eager(ClusterPrimary::builder(), 2);
+    let done = primary.context.restart_waiter();
+    primary.settle();
+    primary.exit(2, 1);
+    // Not a worker of generation 1 started only to be asked to leave.
+    assert_eq!(placed(&primary, 4), Some((1, 2)));
+    assert_eq!(placed(&primary, 5), None);
+    for new in [3, 4] {
+        primary.ready(new);
+    }
+    primary.exit(1, 0);
+    assert_eq!(ended(done).expect("rolled out"), 1);
+}
