@@ -468,3 +468,32 @@ async fn an_old_worker_that_dies_during_a_rollout_is_replaced_by_the_rollout() {
     primary.exit(1, 0);
     assert_eq!(ended(done).expect("rolled out"), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn scaling_during_a_rollback_rolls_back_the_pool_of_the_new_size() {
+    for (to, serving) in [(3, vec![2, 5, 6]), (1, vec![5])] {
+        let mut primary = eager(ClusterPrimary::builder(), 2);
+        let done = primary.context.restart_waiter();
+        primary.settle();
+        primary.ready(3);
+        primary.exit(1, 0);
+        primary.exit(4, 1);
+        assert_eq!(placed(&primary, 5), Some((0, 1)), "rolling back");
+        primary.context.scale_to(to).expect("scaled");
+        primary.settle();
+        assert_eq!(primary.context.pool_size(), to);
+        for new in 5..=6 {
+            if placed(&primary, new).is_some() {
+                primary.ready(new);
+            }
+        }
+        for old in 2..=3 {
+            if !serving.contains(&old) {
+                primary.exit(old, 0);
+            }
+        }
+        ended(done).expect_err("rolled back");
+        assert_eq!(primary.ready_ids(), serving, "to {to}");
+        assert_eq!(primary.context.pool_size(), to);
+    }
+}
