@@ -50,6 +50,7 @@ impl PrimaryContext {
                     if !self.registry.in_pool(id) {
                         self.ready_waiters.lost(id);
                         self.recycle_kept_out(id);
+                        self.rollout_kept_out(id);
                     }
                 }
                 Action::PollListening => self.poll_listening(id),
@@ -200,6 +201,7 @@ impl PrimaryContext {
             self.next_id += 1;
             let id = WorkerId::new(self.next_id);
             tracing::info!(worker_id = %id, "Starting a new worker");
+            let new_slot = self.fork_slot.is_none();
             let slot = (self.fork_slot.take())
                 .unwrap_or_else(|| self.registry.free_slot(self.owed.slots()));
             let release =
@@ -211,6 +213,10 @@ impl PrimaryContext {
             };
             match self.spawner.spawn(start, self.inputs.clone()) {
                 Ok(spawned) => {
+                    // A worker in a new slot grows the pool a rollout rolls out.
+                    if let Some(size) = self.rollouts.size().filter(|_| new_slot) {
+                        self.rollouts.resize(size + 1);
+                    }
                     self.forked.push(spawned.worker.clone());
                     self.registry.insert(spawned, release);
                     self.arm_sampler();
@@ -318,8 +324,12 @@ impl PrimaryContext {
     /// Starts a replacement in `slot`. One that cannot start (its program
     /// missing for a moment during a deploy, out of fds, fork failing) is
     /// retried, paced as a worker that died at once: backoff, restart
-    /// intensity.
+    /// intensity. During a rollout, the slot is the rollout's to fill (with
+    /// its release: a crash loop of the old one does not hold it).
     pub(super) fn replace(&mut self, slot: u32) {
+        if self.rollouts.under_way() {
+            return self.rollout_step();
+        }
         self.fork_slot = Some(slot);
         let forked = self.fork(1);
         self.fork_slot = None;

@@ -536,6 +536,12 @@ pub enum RolloutFailure {
         /// Why.
         error: Error,
     },
+    /// A handler kept a new worker out of the pool (prevented its
+    /// `workerReady` or `addWorker`): it left.
+    KeptOut {
+        /// The worker.
+        worker: crate::WorkerId,
+    },
 }
 
 impl std::fmt::Display for RolloutFailure {
@@ -562,6 +568,9 @@ impl std::fmt::Display for RolloutFailure {
                 write!(f, "worker {worker} failed its health check: {reason}")
             }
             Self::CannotStart { error } => write!(f, "cannot start a worker: {error}"),
+            Self::KeptOut { worker } => {
+                write!(f, "worker {worker} was kept out of the pool by a handler")
+            }
         }
     }
 }

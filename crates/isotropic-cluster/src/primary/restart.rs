@@ -271,6 +271,11 @@ impl Owed {
         cancelled
     }
 
+    /// Cancels those of slots `from` and above (a rollout's pool shrank).
+    pub(crate) fn cancel_from(&mut self, from: u32) {
+        self.entries.retain(|entry| entry.0 < from);
+    }
+
     pub(crate) fn slots(&self) -> impl Iterator<Item = u32> + '_ {
         self.entries.iter().map(|entry| entry.0)
     }

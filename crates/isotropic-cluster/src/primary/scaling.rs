@@ -31,7 +31,7 @@ impl PrimaryContext {
         let slots = self.registry.staying_by_slot();
         let size = slots.len() + self.owed.len();
         // A rollout fills and empties the slots of its size.
-        if self.rollouts.resize(count) {
+        if self.resize_rollout(count) {
             tracing::info!(to = count, "Scaling during a rollout");
             let beyond = slots
                 .into_iter()
@@ -73,7 +73,7 @@ impl PrimaryContext {
         };
         let slot = std::cmp::Reverse(entry.worker.slot());
         if let Some(size) = self.rollouts.size() {
-            self.rollouts.resize(size.saturating_sub(1));
+            self.resize_rollout(size.saturating_sub(1));
             let in_slot = self.registry.staying_by_slot().remove(&slot);
             for id in in_slot.into_iter().flatten() {
                 self.leave_for_good(id);
@@ -83,6 +83,17 @@ impl PrimaryContext {
         }
         self.leave_for_good(id);
         Ok(())
+    }
+
+    /// The rollout under way holds `size` slots now (the delayed
+    /// replacements of those beyond are cancelled); whether one is.
+    fn resize_rollout(&mut self, size: usize) -> bool {
+        let resized = self.rollouts.resize(size);
+        if resized {
+            self.owed
+                .cancel_from(u32::try_from(size).unwrap_or(u32::MAX));
+        }
+        resized
     }
 
     /// Worker `id` leaves for good; so does the other worker of its slot

@@ -18,7 +18,10 @@ use tokio::time::Instant;
 
 use super::config::{Config, HealthCheck};
 use super::context::{PrimaryContext, Timer};
-use super::events::{RolledBack, RolloutComplete, RolloutFailed, RolloutFailure, RolloutStarted};
+use super::events::{
+    RestartIntensityExceeded, RolledBack, RolloutComplete, RolloutFailed, RolloutFailure,
+    RolloutStarted,
+};
 use super::input::Input;
 use super::registry::Entry;
 use super::state::{AfterExit, Why};
@@ -45,6 +48,7 @@ pub(super) struct Rollouts {
     /// hold its file.
     program: PathBuf,
     search: Option<OsString>,
+    dir: Option<PathBuf>,
     hold: bool,
     /// The newest generation begun.
     newest: u64,
@@ -73,6 +77,9 @@ struct Rollout {
     healthy: HashSet<WorkerId>,
     /// Its workers stopped for not being ready in time.
     not_ready: HashMap<WorkerId, Duration>,
+    /// Going back, after a worker of the rollback failed: no worker starts
+    /// before then (the restart policy's backoff).
+    paused_until: Option<Instant>,
 }
 
 impl Rollouts {
@@ -84,11 +91,19 @@ impl Rollouts {
             .map_or_else(|| std::env::var_os("PATH"), |(_, value)| value.clone());
         // Another user could not reach the held file through `/proc`.
         let hold = config.uid.is_none() && config.gid.is_none();
-        let stable = Arc::new(Release::new(1, &program, search.as_deref(), hold));
+        let dir = config.current_dir.clone();
+        let stable = Arc::new(Release::new(
+            1,
+            &program,
+            search.as_deref(),
+            dir.as_deref(),
+            hold,
+        ));
         Self {
             stable,
             program,
             search,
+            dir,
             hold,
             newest: 1,
             under_way: None,
@@ -149,6 +164,17 @@ impl Rollouts {
     }
 }
 
+/// The worker whose failure `reason` is, if one is.
+fn failed_worker(reason: &RolloutFailure) -> Option<WorkerId> {
+    match reason {
+        RolloutFailure::Exited { worker, .. }
+        | RolloutFailure::NotReady { worker, .. }
+        | RolloutFailure::Unhealthy { worker, .. }
+        | RolloutFailure::KeptOut { worker } => Some(*worker),
+        RolloutFailure::CannotStart { .. } => None,
+    }
+}
+
 /// The primary's own program, by the path it was started from (so that a
 /// new release finds a new build there); itself, if that path is gone.
 fn own_program() -> PathBuf {
@@ -175,9 +201,9 @@ impl PrimaryContext {
     /// slot the same way, started from its own program file, held open, and
     /// `rolledBack` follows. A restart asked for during a rollout restarts
     /// it for the newest release: two rollouts never overlap. A shutdown
-    /// ends it. Workers that exit meanwhile are replaced from the last
-    /// release rolled out whole; drained recycles wait for the rollout's
-    /// end.
+    /// ends it. Workers that exit meanwhile are replaced by the rollout
+    /// (when the restart policy says, after its delay); drained recycles
+    /// wait for the rollout's end.
     pub fn restart_workers(&mut self) {
         if !self.phase.is_active() {
             return self.rollouts.end();
@@ -190,6 +216,7 @@ impl PrimaryContext {
             generation,
             &rollouts.program,
             rollouts.search.as_deref(),
+            rollouts.dir.as_deref(),
             rollouts.hold,
         );
         let from = rollouts.stable.generation();
@@ -204,6 +231,7 @@ impl PrimaryContext {
             joined: HashSet::new(),
             healthy: HashSet::new(),
             not_ready: HashMap::new(),
+            paused_until: None,
         });
         events::publish(self, RolloutStarted { generation, from });
         self.rollout_step();
@@ -233,6 +261,7 @@ impl PrimaryContext {
             surge: self.config.surge,
             max_unavailable: self.config.max_unavailable,
         };
+        let paused = (rollout.paused_until).is_some_and(|until| Instant::now() < until);
         let owed: Vec<u32> = self.owed.slots().collect();
         let steps = plan::plan(target, limits, &seen, &owed);
         for id in steps.retire {
@@ -248,6 +277,9 @@ impl PrimaryContext {
         }
         if steps.done {
             return self.rollout_done();
+        }
+        if paused {
+            return;
         }
         for slot in steps.start {
             if let Err(error) = self.rollout_start(slot) {
@@ -294,7 +326,8 @@ impl PrimaryContext {
     }
 
     /// A worker of the rollout failed: the rollout goes back to the stable
-    /// release (when already going back, the next step waits a backoff).
+    /// release (when already going back, the next try waits a backoff and
+    /// counts towards the restart intensity).
     fn rollout_failed(&mut self, reason: RolloutFailure) {
         let stable = self.rollouts.stable.clone();
         let Some(rollout) = &mut self.rollouts.under_way else {
@@ -303,7 +336,23 @@ impl PrimaryContext {
         if rollout.failed.is_some() {
             tracing::warn!(%reason, "A worker of the rollback failed: trying again");
             let (delay, _) = self.backoff.on_failure(&self.config.restart);
+            rollout.paused_until = Some(Instant::now() + delay);
             self.timers.insert(Timer::Rollout, delay);
+            // Its tries are restarts: too many give up (or slow down), as
+            // the restart intensity says.
+            let policy = self.config.restart;
+            if let Some((restarts, period, then)) = self.backoff.over_intensity(&policy) {
+                // (Slowing down delays the next try in the failed worker's slot.)
+                self.pacing = (failed_worker(&reason))
+                    .and_then(|id| self.registry.get(id))
+                    .map(|entry| entry.worker.slot());
+                let exceeded = RestartIntensityExceeded {
+                    restarts,
+                    period,
+                    then,
+                };
+                events::publish(self, exceeded);
+            }
             return;
         }
         let generation = rollout.target.generation();
@@ -329,22 +378,26 @@ impl PrimaryContext {
         self.rollout_step();
     }
 
-    /// The rollout reached its target.
+    /// The rollout reached its target. It ends (its waiters are told)
+    /// before its event is published: a handler may begin the next.
     fn rollout_done(&mut self) {
         let Some(rollout) = &self.rollouts.under_way else {
             return;
         };
         let generation = rollout.target.generation();
-        match &rollout.failed {
-            Some((failed, _)) => {
-                let failed = *failed;
+        let failed = rollout.failed.as_ref().map(|(failed, _)| *failed);
+        let replaced = rollout.replaced;
+        if failed.is_none() {
+            self.rollouts.stable = rollout.target.clone();
+        }
+        self.rollouts.end();
+        match failed {
+            Some(failed) => {
                 tracing::info!(generation, failed, "Rolled back");
                 events::publish(self, RolledBack { generation, failed });
             }
             None => {
-                let replaced = rollout.replaced;
                 tracing::info!(generation, replaced, "Rolled out");
-                self.rollouts.stable = rollout.target.clone();
                 events::publish(
                     self,
                     RolloutComplete {
@@ -354,7 +407,6 @@ impl PrimaryContext {
                 );
             }
         }
-        self.rollouts.end();
         self.recycle_next();
     }
 
@@ -386,6 +438,25 @@ impl PrimaryContext {
             });
         }
         self.rollout_step();
+    }
+
+    /// Worker `id` is ready but was kept out of the pool (a handler
+    /// prevented its `workerReady` or `addWorker`): if it is of the
+    /// rollout's target, it would hold its slot for ever; it leaves, not
+    /// replaced, and the rollout fails (going back, it tries again after a
+    /// backoff).
+    pub(super) fn rollout_kept_out(&mut self, id: WorkerId) {
+        let Some(rollout) = &self.rollouts.under_way else {
+            return;
+        };
+        let target = rollout.target.generation();
+        let ours = (self.registry.staying(id)).map(|entry| entry.release.generation());
+        if ours != Some(target) {
+            return;
+        }
+        tracing::warn!(worker_id = %id, "A worker of the rollout was kept out of the pool: it leaves");
+        self.ask_to_leave(id, Why::Replaced);
+        self.rollout_failed(RolloutFailure::KeptOut { worker: id });
     }
 
     /// Worker `id`'s health check said `result`.

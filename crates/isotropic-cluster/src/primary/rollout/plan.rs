@@ -32,10 +32,11 @@ pub(super) struct Limits {
 pub(super) struct Steps {
     /// Slots to start a worker of the target generation in.
     pub(super) start: Vec<u32>,
-    /// Workers of other generations to ask to leave (drained).
+    /// Workers of other generations, or beyond the pool's size, to ask to
+    /// leave (drained).
     pub(super) retire: Vec<WorkerId>,
     /// Every slot runs an available worker of the target generation, and
-    /// no other worker is left.
+    /// no other worker is left (none beyond the pool's size either).
     pub(super) done: bool,
 }
 
@@ -47,9 +48,14 @@ pub(super) fn plan(target: u64, limits: Limits, workers: &[Seen], owed: &[u32]) 
         |slot| (workers.iter()).any(|w| w.slot == slot && w.generation == target && w.available);
     let floor = limits.size.saturating_sub(limits.max_unavailable);
     let mut available = workers.iter().filter(|w| w.available).count();
-    // Those that serve nobody first, then those whose slot is covered.
-    let mut old: Vec<&Seen> = workers.iter().filter(|w| w.generation != target).collect();
-    old.sort_by_key(|w| (w.available, !covered(w.slot), w.slot));
+    // Those of other generations, and those beyond the pool's size (its
+    // slots were taken out, or emptied and filled again): one too many.
+    let beyond = |w: &Seen| w.slot >= size;
+    let mut old: Vec<&Seen> = (workers.iter())
+        .filter(|w| w.generation != target || beyond(w))
+        .collect();
+    // Those that serve nobody first, then those not needed in their slot.
+    old.sort_by_key(|w| (w.available, !(beyond(w) || covered(w.slot)), w.slot));
     let mut retire = Vec::new();
     for worker in &old {
         if !worker.available {
@@ -215,6 +221,22 @@ mod tests {
         ];
         let steps = plan(1, limits(2, 1, 0), &workers, &[]);
         assert_eq!(steps.retire, ids(&[3]));
+        let workers = [seen(2, 1, 1, true), seen(4, 0, 1, true)];
+        assert!(plan(1, limits(2, 1, 0), &workers, &[]).done);
+    }
+
+    #[test]
+    fn workers_beyond_the_pool_leave_whatever_their_generation() {
+        // Slot 0's worker was retired before a rollback (or during it):
+        // slot 0 is filled again, so slot 2's worker is one too many.
+        let workers = [
+            seen(2, 1, 1, true),
+            seen(3, 2, 1, true),
+            seen(4, 0, 1, true),
+        ];
+        let steps = plan(1, limits(2, 1, 0), &workers, &[]);
+        assert_eq!(steps.retire, ids(&[3]));
+        assert!(!steps.done, "done once it left");
         let workers = [seen(2, 1, 1, true), seen(4, 0, 1, true)];
         assert!(plan(1, limits(2, 1, 0), &workers, &[]).done);
     }

@@ -16,20 +16,35 @@ pub(crate) struct Release {
     generation: u64,
     /// The program, as found when the release began.
     program: PathBuf,
+    /// Its file as the primary reaches it (a relative path is the
+    /// workers', from their directory).
+    file: PathBuf,
     /// Its file, held open (`None` when it could not be opened, or workers
     /// run as another user, who could not reach it through `/proc`).
     held: Option<HeldFile>,
 }
 
 impl Release {
-    /// Release `generation` of `program` (a path, or a name looked up in
-    /// `search`, a `PATH`), its file held open if `hold`.
-    pub(crate) fn new(generation: u64, program: &Path, search: Option<&OsStr>, hold: bool) -> Self {
+    /// Release `generation` of `program` (a path, relative to the workers'
+    /// directory `dir` if set, or a name looked up in `search`, a `PATH`),
+    /// its file held open if `hold`.
+    pub(crate) fn new(
+        generation: u64,
+        program: &Path,
+        search: Option<&OsStr>,
+        dir: Option<&Path>,
+        hold: bool,
+    ) -> Self {
         let program = find(program, search);
-        let held = hold.then(|| HeldFile::open(&program).ok()).flatten();
+        let file = match dir {
+            Some(dir) if program.components().count() > 1 => dir.join(&program),
+            _ => program.clone(),
+        };
+        let held = hold.then(|| HeldFile::open(&file).ok()).flatten();
         Self {
             generation,
             program,
+            file,
             held,
         }
     }
@@ -48,7 +63,7 @@ impl Release {
     /// replaced the program on disk.
     pub(crate) fn exec_path(&self) -> Cow<'_, Path> {
         match &self.held {
-            Some(held) if !held.is_at(&self.program) => Cow::Owned(held.proc_path()),
+            Some(held) if !held.is_at(&self.file) => Cow::Owned(held.proc_path()),
             _ => Cow::Borrowed(&self.program),
         }
     }
@@ -88,22 +103,62 @@ mod tests {
     }
 
     #[test]
+    fn a_relative_program_is_held_from_the_workers_directory() {
+        let dir = std::env::temp_dir().join(format!("release-dir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a directory");
+        std::fs::write(dir.join("server"), "v1").expect("v1");
+        let program = Path::new("./server");
+        let v1 = Release::new(1, program, None, Some(&dir), true);
+        assert_eq!(v1.exec_path(), program, "unchanged: run by its own path");
+        std::fs::write(dir.join("next"), "v2").expect("v2");
+        std::fs::rename(dir.join("next"), dir.join("server")).expect("the deploy");
+        assert_eq!(
+            std::fs::read_to_string(v1.exec_path()).ok().as_deref(),
+            Some("v1")
+        );
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[test]
+    fn a_deploy_that_switches_a_symlink_is_picked_up_and_the_old_target_kept() {
+        let dir = std::env::temp_dir().join(format!("release-link-{}", std::process::id()));
+        for version in ["v1", "v2"] {
+            std::fs::create_dir_all(dir.join(version)).expect("a release directory");
+            std::fs::write(dir.join(version).join("server"), version).expect("its program");
+        }
+        let current = dir.join("current");
+        std::os::unix::fs::symlink("v1", &current).expect("current -> v1");
+        let program = current.join("server");
+        let v1 = Release::new(1, &program, None, None, true);
+        // The deploy: `current` names v2 at once, and v1 is deleted.
+        std::os::unix::fs::symlink("v2", dir.join("next")).expect("next -> v2");
+        std::fs::rename(dir.join("next"), &current).expect("the switch");
+        std::fs::remove_dir_all(dir.join("v1")).expect("v1 deleted");
+        let v2 = Release::new(2, &program, None, None, true);
+        assert_eq!(v2.exec_path(), program, "the new target, by its path");
+        let read = |release: &Release| std::fs::read_to_string(release.exec_path()).ok();
+        assert_eq!(read(&v2).as_deref(), Some("v2"));
+        assert_eq!(read(&v1).as_deref(), Some("v1"), "the old target, held");
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[test]
     fn a_release_runs_its_own_program_after_a_deploy_replaced_it() {
         let dir = std::env::temp_dir().join(format!("release-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a directory");
         let program = dir.join("server");
         std::fs::write(&program, "v1").expect("v1");
-        let v1 = Release::new(1, &program, None, true);
+        let v1 = Release::new(1, &program, None, None, true);
         assert_eq!(v1.exec_path(), program, "unchanged: run by its own path");
         std::fs::write(dir.join("next"), "v2").expect("v2");
         std::fs::rename(dir.join("next"), &program).expect("the deploy");
-        let v2 = Release::new(2, &program, None, true);
+        let v2 = Release::new(2, &program, None, None, true);
         assert_eq!(v2.exec_path(), program);
         assert_eq!(
             std::fs::read_to_string(v1.exec_path()).ok().as_deref(),
             Some("v1")
         );
-        let unheld = Release::new(3, &dir.join("missing"), None, true);
+        let unheld = Release::new(3, &dir.join("missing"), None, None, true);
         assert_eq!(unheld.exec_path(), dir.join("missing"), "nothing to hold");
         std::fs::remove_dir_all(&dir).expect("clean up");
     }
