@@ -16,6 +16,8 @@ use std::time::Duration;
 use isotropic_cluster::primary::{OutputLines, OutputStream};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::control::LogTap;
+
 /// Batches waiting for a writer thread, per stream.
 const QUEUE: usize = 64;
 /// A batch of worker lines is handed over once it holds this many bytes.
@@ -29,6 +31,9 @@ pub(crate) struct Output {
     stderr: Writer,
     /// Lifecycle lines dropped since stderr last took one.
     dropped: Arc<AtomicU64>,
+    /// Where every line printed is also kept, for the control socket's
+    /// `logs`.
+    tap: Option<LogTap>,
 }
 
 /// What a writer thread is given.
@@ -81,16 +86,21 @@ impl Writer {
 }
 
 impl Output {
-    pub(crate) fn start() -> Self {
+    /// The writers; every line also recorded in `tap`, if given.
+    pub(crate) fn start(tap: Option<LogTap>) -> Self {
         Self {
             stdout: Writer::start("stdout", std::io::stdout()),
             stderr: Writer::start("stderr", std::io::stderr()),
             dropped: Arc::new(AtomicU64::new(0)),
+            tap,
         }
     }
 
     /// A lifecycle line on stderr, unless stderr is blocked (then counted).
     pub(crate) fn line(&self, line: &str) {
+        if let Some(tap) = &self.tap {
+            tap.record([Arc::from(line)]);
+        }
         let dropped = self.dropped.swap(0, Ordering::Relaxed);
         let mut text = String::new();
         if dropped > 0 {
@@ -114,17 +124,26 @@ impl Output {
     pub(crate) async fn forward(self, mut lines: OutputLines) {
         while let Some(first) = lines.next().await {
             let (mut out, mut err) = (Vec::new(), Vec::new());
+            let mut tapped = Vec::new();
             let mut next = Some(first);
             while let Some(line) = next {
                 let batch = match line.stream {
                     OutputStream::Stderr => &mut err,
                     _ => &mut out,
                 };
+                let start = batch.len();
                 let _ = writeln!(batch, "[{}] {}", line.slot, line.line);
+                if self.tap.is_some() {
+                    let text = String::from_utf8_lossy(&batch[start..batch.len() - 1]);
+                    tapped.push(Arc::<str>::from(text));
+                }
                 if out.len() + err.len() >= BATCH {
                     break;
                 }
                 next = lines.try_next();
+            }
+            if let Some(tap) = &self.tap {
+                tap.record(tapped);
             }
             for (writer, batch) in [(&self.stdout, out), (&self.stderr, err)] {
                 if !batch.is_empty() {

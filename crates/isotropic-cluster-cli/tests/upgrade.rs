@@ -67,6 +67,7 @@ async fn start(
     let release = release.to_str().expect("a UTF-8 path");
     command
         .stdout(Stdio::null())
+        .env("XDG_RUNTIME_DIR", runtime_dir())
         .args(["run", "--json", "--workers", &workers, "--ready", "notify"])
         .args(flags)
         .args(["--", "python3", "-c", &server, release]);
@@ -403,6 +404,7 @@ os.execv(sys.argv[1], sys.argv[1:])
 #[tokio::test]
 async fn the_socket_activation_sockets_are_handed_over_as_systemd_passed_them() {
     let mut command = tokio::process::Command::new("python3");
+    command.env("XDG_RUNTIME_DIR", runtime_dir());
     command.stdout(Stdio::null()).args([
         "-c",
         SOCKET_ACTIVATION,
