@@ -839,7 +839,15 @@ mod tests {
 
     #[test]
     fn control_commands_take_the_socket_and_a_pool() {
-        let line = ["isotropic-cluster", "scale", "3", "--pool", "web", "--control", "/c"];
+        let line = [
+            "isotropic-cluster",
+            "scale",
+            "3",
+            "--pool",
+            "web",
+            "--control",
+            "/c",
+        ];
         match Cli::try_parse_from(line).expect("parses").command {
             Command::Scale { workers, pool } => {
                 assert_eq!((workers, pool.pool.as_deref()), (3, Some("web")));

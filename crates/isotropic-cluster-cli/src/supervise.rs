@@ -134,7 +134,7 @@ async fn supervise(
     };
     if let Err(error) = forked {
         report.cannot_start(&plan.program, &error);
-        drop(events);
+        drop((events, control, served));
         wind_down(primary, printing, plan.grace).await?;
         return Ok(ExitCode::CannotStart);
     }
@@ -249,10 +249,10 @@ async fn supervise(
         }
     }
     report.shut_down(shutdown.forced);
-    drop((events, reloading, upgrading));
+    // (The control socket's connections hold the primary: they end first,
+    // and its file goes, once every worker is gone.)
+    drop((events, reloading, upgrading, control, served));
     wind_down(primary, printing, plan.grace).await?;
-    // (Its file goes once every worker is gone.)
-    drop(control);
     Ok(if let Some(code) = gave_up_takeover {
         code
     } else if shutdown.forced {

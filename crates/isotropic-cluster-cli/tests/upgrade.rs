@@ -25,32 +25,6 @@ const CLI: &str = env!("CARGO_BIN_EXE_isotropic-cluster");
 
 type Lines = Pool<BufReader<ChildStderr>>;
 
-/// A test's own directory (release file, program copy, sockets), removed
-/// at the end.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "isotropic-cli-upgrade-{test}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("a scratch directory");
-        Self(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The CLI at `program` with `flags` (`--listen ADDR`…), running
 /// [`WORKERS`] servers of the release in `release`, all ready (with
 /// `NOTIFY_SOCKET` set to `notify`, if given); its lines.

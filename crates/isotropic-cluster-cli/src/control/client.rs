@@ -41,12 +41,17 @@ impl Connection {
     fn request(&mut self, request: &Request) -> anyhow::Result<Value> {
         let mut line = serde_json::to_string(request)?;
         line.push('\n');
-        self.writer
-            .write_all(line.as_bytes())
-            .context("cannot send the request")?;
-        let reply = self
-            .next()?
-            .context("the primary closed the connection without a reply")?;
+        // (A primary that refuses us answers without reading: its reply
+        // may be there even if the request could not be sent.)
+        let sent = self.writer.write_all(line.as_bytes());
+        let reply = match (self.next(), sent) {
+            (Ok(Some(reply)), _) => reply,
+            (_, Err(error)) => return Err(error).context("cannot send the request"),
+            (Ok(None), Ok(())) => {
+                anyhow::bail!("the primary closed the connection without a reply")
+            }
+            (Err(error), Ok(())) => return Err(error),
+        };
         if reply["ok"] == Value::Bool(true) {
             return Ok(reply);
         }
@@ -91,7 +96,9 @@ pub(crate) fn scale(path: &Path, workers: usize, pool: Option<String>) -> anyhow
     let reply = Connection::open(path)?.request(&Request::Scale { workers, pool })?;
     println!(
         "pool {}: from {} to {} workers",
-        reply["pool"], reply["from"], reply["to"]
+        text(&reply["pool"]),
+        reply["from"],
+        reply["to"]
     );
     Ok(())
 }
@@ -101,9 +108,16 @@ pub(crate) fn reload(path: &Path, pool: Option<String>) -> anyhow::Result<()> {
     let reply = Connection::open(path)?.request(&Request::Reload { pool })?;
     println!(
         "pool {}: reloaded, {} workers restarted, generation {}",
-        reply["pool"], reply["restarted"], reply["generation"]
+        text(&reply["pool"]),
+        reply["restarted"],
+        reply["generation"]
     );
     Ok(())
+}
+
+/// A string of a reply as is (not quoted).
+fn text(value: &Value) -> &str {
+    value.as_str().unwrap_or("?")
 }
 
 /// `stop`: the shutdown begun, waits until the primary has exited.
@@ -126,10 +140,9 @@ pub(crate) fn logs(path: &Path, lines: usize, follow: bool) -> anyhow::Result<()
     while let Some(record) = connection.next()? {
         match serde_json::from_value(record)? {
             LogRecord::Line(line) => writeln!(out, "{line}")?,
-            LogRecord::Skipped(count) => writeln!(
-                out,
-                "[logs] {count} lines skipped: this reader fell behind"
-            )?,
+            LogRecord::Skipped(count) => {
+                writeln!(out, "[logs] {count} lines skipped: this reader fell behind")?
+            }
             LogRecord::End(_) => break,
         }
         if follow {

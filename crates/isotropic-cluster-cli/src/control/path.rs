@@ -13,7 +13,11 @@ const FILE: &str = "control.sock";
 
 /// The default control socket of this user.
 pub(crate) fn default_path() -> PathBuf {
-    default_dir(std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from), sys::own_uid()).join(FILE)
+    default_dir(
+        std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from),
+        sys::own_uid(),
+    )
+    .join(FILE)
 }
 
 /// The directory of the default socket, from `$XDG_RUNTIME_DIR` (used only
@@ -45,10 +49,7 @@ pub(crate) fn prepare_default_dir(path: &Path) -> anyhow::Result<()> {
     let metadata = std::fs::symlink_metadata(dir)
         .map_err(|error| anyhow::anyhow!("cannot read {}: {error}", dir.display()))?;
     private_to(&metadata, sys::own_uid()).map_err(|why| {
-        anyhow::anyhow!(
-            "{} {why}: remove it, or pass --control PATH",
-            dir.display()
-        )
+        anyhow::anyhow!("{} {why}: remove it, or pass --control PATH", dir.display())
     })
 }
 
@@ -58,7 +59,10 @@ fn private_to(metadata: &std::fs::Metadata, uid: u32) -> Result<(), String> {
         return Err("is not a directory".to_owned());
     }
     if metadata.uid() != uid {
-        return Err(format!("belongs to uid {}, not to us ({uid})", metadata.uid()));
+        return Err(format!(
+            "belongs to uid {}, not to us ({uid})",
+            metadata.uid()
+        ));
     }
     let mode = metadata.mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -83,13 +87,20 @@ mod tests {
     #[test]
     fn only_a_private_directory_of_ours_will_do() {
         use std::os::unix::fs::PermissionsExt as _;
-        let dir = std::env::temp_dir().join(format!("isotropic-cluster-path-{}", std::process::id()));
-        std::fs::DirBuilder::new().mode(0o700).create(&dir).expect("mkdir");
+        let dir =
+            std::env::temp_dir().join(format!("isotropic-cluster-path-{}", std::process::id()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .expect("mkdir");
         let uid = sys::own_uid();
         let metadata = std::fs::symlink_metadata(&dir).expect("stat");
         assert_eq!(private_to(&metadata, uid), Ok(()));
         let error = private_to(&metadata, uid + 1).expect_err("not ours");
-        assert_eq!(error, format!("belongs to uid {uid}, not to us ({})", uid + 1));
+        assert_eq!(
+            error,
+            format!("belongs to uid {uid}, not to us ({})", uid + 1)
+        );
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).expect("chmod");
         let metadata = std::fs::symlink_metadata(&dir).expect("stat");
         assert_eq!(

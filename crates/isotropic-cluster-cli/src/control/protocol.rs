@@ -262,10 +262,7 @@ mod tests {
 
     #[test]
     fn replies_carry_ok_and_the_version() {
-        assert_eq!(
-            ok(json!({"pid": 7})),
-            json!({"ok": true, "v": 1, "pid": 7})
-        );
+        assert_eq!(ok(json!({"pid": 7})), json!({"ok": true, "v": 1, "pid": 7}));
         assert_eq!(
             Failure::new(ErrorCode::NoSuchPool, "no pool jobs").to_json(),
             json!({"ok": false, "v": 1, "error": {"code": "no_such_pool", "message": "no pool jobs"}})

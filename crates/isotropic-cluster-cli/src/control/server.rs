@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use super::logs::{Followed, LogTap};
@@ -73,9 +73,9 @@ fn shutting_down() -> Failure {
     Failure::new(ErrorCode::ShuttingDown, "the primary is shutting down")
 }
 
-/// A bound control socket; its file is removed when dropped (unless
-/// another primary has put its own at the path since), and its connections
-/// are no longer accepted.
+/// A bound control socket; when dropped, its connections end (none holds
+/// the primary any longer) and its file is removed (unless another primary
+/// has put its own at the path since).
 #[derive(Debug)]
 pub(crate) struct ControlSocket {
     path: PathBuf,
@@ -189,10 +189,17 @@ async fn hello(mut stream: UnixStream) -> Option<u64> {
     serde_json::from_str::<Value>(&line).ok()?["pid"].as_u64()
 }
 
+/// Accepts connections, each served by a task of the set (aborted with
+/// it: when the socket is dropped, no connection holds the primary any
+/// longer).
 async fn accept(listener: UnixListener, served: Arc<Served>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
     loop {
-        let stream = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            Some(_) = connections.join_next() => continue,
+        };
+        let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(error) => {
                 // (Out of fds, say: try again soon rather than spin.)
@@ -202,18 +209,16 @@ async fn accept(listener: UnixListener, served: Arc<Served>) {
                 continue;
             }
         };
+        if connections.len() >= MAX_CONNECTIONS {
+            // (Into the empty socket buffer: it does not wait.)
+            let busy = format!("{MAX_CONNECTIONS} control connections are open already");
+            let mut line = Failure::new(ErrorCode::Busy, busy).to_json().to_string();
+            line.push('\n');
+            let _ = stream.try_write(line.as_bytes());
+            continue;
+        }
         let served = Arc::clone(&served);
-        match Arc::clone(&slots).try_acquire_owned() {
-            Ok(slot) => tokio::spawn(async move {
-                connection(stream, &served).await;
-                drop(slot);
-            }),
-            Err(_) => tokio::spawn(async move {
-                let (_, mut write) = stream.into_split();
-                let busy = format!("{MAX_CONNECTIONS} control connections are open already");
-                let _ = send(&mut write, &Failure::new(ErrorCode::Busy, busy).to_json()).await;
-            }),
-        };
+        connections.spawn(async move { connection(stream, &served).await });
     }
 }
 
@@ -284,7 +289,10 @@ async fn connection(stream: UnixStream, served: &Served) {
             }
         };
         let reply = match request {
-            Request::Logs { lines: count, follow } => {
+            Request::Logs {
+                lines: count,
+                follow,
+            } => {
                 return logs(write, lines, served, count, follow).await;
             }
             Request::Stop => return stop(write, served).await,
@@ -324,7 +332,9 @@ async fn scale(served: &Served, workers: usize, pool: Option<&str>) -> Result<Va
         ));
     }
     let (from, to) = ask(served, |reply| Command::Scale { workers, reply }).await??;
-    Ok(protocol::ok(json!({"pool": served.pool, "from": from, "to": to})))
+    Ok(protocol::ok(
+        json!({"pool": served.pool, "from": from, "to": to}),
+    ))
 }
 
 /// A rollout, answered once over: with the newest generation running.
@@ -385,8 +395,10 @@ async fn logs(
     follow: bool,
 ) {
     let (last, following) = served.tap.tail(count, follow);
-    let records = std::iter::once(protocol::ok(json!({})))
-        .chain(last.iter().map(|line| record(LogRecord::Line(line.to_string()))));
+    let records = std::iter::once(protocol::ok(json!({}))).chain(
+        last.iter()
+            .map(|line| record(LogRecord::Line(line.to_string()))),
+    );
     for reply in records {
         if send(&mut write, &reply).await.is_err() {
             return;

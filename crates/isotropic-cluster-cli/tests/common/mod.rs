@@ -13,6 +13,29 @@ pub(crate) mod pool;
 
 pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
 
+/// A test's own directory (release file, program copy, sockets), removed
+/// at the end.
+pub(crate) struct Scratch(pub(crate) std::path::PathBuf);
+
+impl Scratch {
+    pub(crate) fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("isotropic-cli-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a scratch directory");
+        Self(dir)
+    }
+
+    pub(crate) fn path(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The CLI with `args`, to be started by [`spawn`], with a runtime
 /// directory of its own.
 pub(crate) fn command(args: &[&str]) -> Command {
