@@ -6,7 +6,7 @@
 //! is stopped by the pid its lines give, and killed if a test fails first.
 #![cfg(target_os = "linux")]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 
 use rustix::process::{Pid, Signal};
@@ -176,8 +176,15 @@ async fn old_exits(old: &mut Child, pool: &mut Lines) {
 async fn an_upgrade_under_load_fails_no_request_and_the_old_primary_exits() {
     let scratch = Scratch::new("load");
     let release = scratch.path("release");
-    let (mut old, mut pool) =
-        start(Path::new(CLI), &["--listen", "127.0.0.1:0"], &release, None).await;
+    let control = scratch.path("control.sock");
+    let flags = [
+        "--listen",
+        "127.0.0.1:0",
+        "--control",
+        control.to_str().expect("UTF-8"),
+    ];
+    let (mut old, mut pool) = start(Path::new(CLI), &flags, &release, None).await;
+    assert_eq!(control_pid(&control).await, old.id().expect("running"));
     let load = Load::start(address(&pool), CLIENTS);
     served_more(&load, 20).await;
     std::fs::write(&release, "2").expect("the release file");
@@ -195,7 +202,25 @@ async fn an_upgrade_under_load_fails_no_request_and_the_old_primary_exits() {
         .iter()
         .filter(|line| line.event == "workerStatus" && line.message == "status: release 2");
     assert_eq!(release_2.count(), WORKERS, "{}", pool.transcript());
+    // The control socket is the new primary's (the old one left its file).
+    assert_eq!(control_pid(&control).await, new.pid());
     new.stop(&mut pool).await;
+    assert!(!control.exists(), "removed at the new primary's exit");
+}
+
+/// The pid of the primary that answers `status` on the control socket
+/// at `path`.
+async fn control_pid(path: &Path) -> u32 {
+    let mut status = command(&["status", "--json", "--control"]);
+    status.arg(path);
+    let out = tokio::time::timeout(DEADLINE, status.output())
+        .await
+        .expect("in time")
+        .expect("status");
+    assert!(out.status.success(), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let pid = status["pid"].as_u64().expect("a pid");
+    u32::try_from(pid).expect("a pid")
 }
 
 #[tokio::test]
