@@ -12,17 +12,18 @@ use common::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
-use tokio::process::{Child, ChildStderr};
+use tokio::process::{Child, ChildStderr, ChildStdout};
 
-/// A worker that says its slot, then waits for SIGTERM.
-const WORKER: &str = "echo hello from $ISOTROPIC_CLUSTER_SLOT; \
-    trap 'exit 0' TERM; while :; do sleep 0.1; done";
+/// A worker that says its slot once it answers SIGTERM, then waits for it.
+const WORKER: &str = "trap 'exit 0' TERM; echo hello from $ISOTROPIC_CLUSTER_SLOT; \
+    while :; do sleep 0.1; done";
 
 type Stderr = tokio::io::Lines<BufReader<ChildStderr>>;
+type Stdout = tokio::io::Lines<BufReader<ChildStdout>>;
 
 /// `run --workers N` of [`WORKER`] with its control socket at `socket`,
-/// every worker ready.
-async fn primary(socket: &Path, workers: usize, flags: &[&str]) -> (Child, Stderr) {
+/// every worker ready and answering SIGTERM; its stderr and stdout.
+async fn primary(socket: &Path, workers: usize, flags: &[&str]) -> (Child, Stderr, Stdout) {
     let socket = socket.to_str().expect("a UTF-8 path");
     let count = workers.to_string();
     let mut args = vec!["run", "--workers", &count, "--control", socket];
@@ -30,9 +31,16 @@ async fn primary(socket: &Path, workers: usize, flags: &[&str]) -> (Child, Stder
     args.extend(["--", "sh", "-c", WORKER]);
     let (mut child, mut stderr) = cli(&args);
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
     until(&mut stderr, &format!("worker {workers} ready")).await;
-    (child, stderr)
+    for _ in 0..workers {
+        until(&mut stdout, "hello from").await;
+    }
+    (child, stderr, stdout)
+}
+
+/// Reads `stdout` to its end, in the background.
+fn drain(mut stdout: Stdout) {
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
 }
 
 /// The CLI's control command `args` against `socket`, run to its end.
@@ -74,7 +82,8 @@ fn parent_of(pid: u64) -> u32 {
 async fn status_json_matches_the_running_pool() {
     let scratch = Scratch::new("control-status");
     let socket = scratch.path("control.sock");
-    let (mut child, mut stderr) = primary(&socket, 2, &[]).await;
+    let (mut child, mut stderr, lines) = primary(&socket, 2, &[]).await;
+    drain(lines);
     let (pid, workers) = status(&socket).await;
     assert_eq!(pid, u64::from(child.id().expect("running")));
     assert_eq!(workers.len(), 2, "{workers:?}");
@@ -119,7 +128,7 @@ async fn eventually_async<F: std::future::Future<Output = bool>>(what: &str, don
 async fn scale_resizes_the_pool_up_and_down() {
     let scratch = Scratch::new("control-scale");
     let socket = scratch.path("control.sock");
-    let (mut child, mut stderr) = primary(&socket, 2, &[]).await;
+    let (mut child, mut stderr, mut lines) = primary(&socket, 2, &[]).await;
     let out = stdout(&control(&socket, &["scale", "4"]).await);
     assert_eq!(out, "pool default: from 2 to 4 workers\n");
     until_all(
@@ -127,6 +136,9 @@ async fn scale_resizes_the_pool_up_and_down() {
         &["scaling from 2 to 4 workers", "worker 4 ready"],
     )
     .await;
+    until(&mut lines, "hello from").await;
+    until(&mut lines, "hello from").await;
+    drain(lines);
     let slots = |workers: &[Value]| -> Vec<u64> {
         workers
             .iter()
@@ -160,7 +172,8 @@ async fn scale_resizes_the_pool_up_and_down() {
 async fn reload_rolls_out_a_new_generation_and_answers_at_its_end() {
     let scratch = Scratch::new("control-reload");
     let socket = scratch.path("control.sock");
-    let (mut child, mut stderr) = primary(&socket, 2, &["--min-uptime", "100ms"]).await;
+    let (mut child, mut stderr, lines) = primary(&socket, 2, &["--min-uptime", "100ms"]).await;
+    drain(lines);
     let old: Vec<Value> = status(&socket).await.1;
     let out = stdout(&control(&socket, &["reload"]).await);
     assert_eq!(
@@ -184,7 +197,8 @@ async fn reload_rolls_out_a_new_generation_and_answers_at_its_end() {
 async fn stop_shuts_the_primary_down_and_waits_for_its_end() {
     let scratch = Scratch::new("control-stop");
     let socket = scratch.path("control.sock");
-    let (mut child, mut stderr) = primary(&socket, 2, &[]).await;
+    let (mut child, mut stderr, lines) = primary(&socket, 2, &[]).await;
+    drain(lines);
     let pid = child.id().expect("running");
     let out = stdout(&control(&socket, &["stop"]).await);
     assert_eq!(out, format!("stopping the primary (pid {pid})\nstopped\n"));
@@ -205,7 +219,8 @@ async fn stop_shuts_the_primary_down_and_waits_for_its_end() {
 async fn logs_shows_the_last_lines_and_follows_new_ones() {
     let scratch = Scratch::new("control-logs");
     let socket = scratch.path("control.sock");
-    let (mut child, mut stderr) = primary(&socket, 1, &[]).await;
+    let (mut child, mut stderr, lines) = primary(&socket, 1, &[]).await;
+    drain(lines);
     // Without -f: the lines kept so far (the worker's may come after its
     // ready line).
     eventually_async("the worker's line kept", || async {
@@ -242,25 +257,27 @@ async fn logs_shows_the_last_lines_and_follows_new_ones() {
     assert!(status.expect("wait").success());
 }
 
-/// Sends `line` on `stream`, returns the reply.
-async fn ask(stream: &mut UnixStream, line: &str) -> Value {
-    stream.write_all(line.as_bytes()).await.expect("send");
-    stream.write_all(b"\n").await.expect("send");
-    reply(stream).await
+/// A raw connection to a control socket.
+type Connection = BufReader<UnixStream>;
+
+async fn connect(socket: &Path) -> Connection {
+    BufReader::new(UnixStream::connect(socket).await.expect("connect"))
 }
 
-async fn reply(stream: &mut UnixStream) -> Value {
+/// Sends `line` on `connection`, returns the reply.
+async fn ask(connection: &mut Connection, line: &str) -> Value {
+    connection.write_all(line.as_bytes()).await.expect("send");
+    connection.write_all(b"\n").await.expect("send");
+    reply(connection).await
+}
+
+/// The next line read, as JSON (`null` at the end).
+async fn reply(connection: &mut Connection) -> Value {
     let mut line = Vec::new();
-    let mut byte = [0];
-    while tokio::time::timeout(DEADLINE, tokio::io::AsyncReadExt::read(stream, &mut byte))
+    tokio::time::timeout(DEADLINE, connection.read_until(b'\n', &mut line))
         .await
         .expect("a reply in time")
-        .expect("read")
-        == 1
-        && byte[0] != b'\n'
-    {
-        line.push(byte[0]);
-    }
+        .expect("read");
     if line.is_empty() {
         return Value::Null;
     }
@@ -271,8 +288,9 @@ async fn reply(stream: &mut UnixStream) -> Value {
 async fn malformed_and_oversized_requests_get_error_replies() {
     let scratch = Scratch::new("control-bad");
     let socket = scratch.path("control.sock");
-    let (mut child, mut stderr) = primary(&socket, 1, &[]).await;
-    let mut stream = UnixStream::connect(&socket).await.expect("connect");
+    let (mut child, mut stderr, lines) = primary(&socket, 1, &[]).await;
+    drain(lines);
+    let mut stream = connect(&socket).await;
     for (request, code) in [
         ("not json", "bad_request"),
         ("[1]", "bad_request"),
@@ -298,7 +316,7 @@ async fn malformed_and_oversized_requests_get_error_replies() {
     assert_eq!(answer["error"]["code"], "too_large", "{answer}");
     assert_eq!(reply(&mut stream).await, Value::Null, "closed");
     // Invalid UTF-8: an error too.
-    let mut stream = UnixStream::connect(&socket).await.expect("connect");
+    let mut stream = connect(&socket).await;
     stream
         .write_all(b"{\"cmd\":\"\xff\"}\n")
         .await
@@ -313,7 +331,8 @@ async fn malformed_and_oversized_requests_get_error_replies() {
 async fn a_second_primary_at_the_same_path_is_refused() {
     let scratch = Scratch::new("control-second");
     let socket = scratch.path("control.sock");
-    let (mut child, mut stderr) = primary(&socket, 1, &[]).await;
+    let (mut child, mut stderr, lines) = primary(&socket, 1, &[]).await;
+    drain(lines);
     let path = socket.to_str().expect("UTF-8");
     let second = command(&[
         "run",
@@ -353,7 +372,8 @@ async fn a_stale_socket_file_is_replaced_and_a_plain_file_refused() {
     // A socket file nobody listens on: its primary died.
     drop(std::os::unix::net::UnixListener::bind(&socket).expect("bind"));
     assert!(socket.exists());
-    let (mut child, mut stderr) = primary(&socket, 1, &[]).await;
+    let (mut child, mut stderr, lines) = primary(&socket, 1, &[]).await;
+    drain(lines);
     assert_eq!(status(&socket).await.1.len(), 1);
     stop_cleanly(&mut child, &mut stderr, 1).await;
 
@@ -380,9 +400,11 @@ async fn a_stale_socket_file_is_replaced_and_a_plain_file_refused() {
 async fn the_default_socket_is_in_a_private_directory_of_the_runtime_directory() {
     let runtime = runtime_dir();
     let mut run = command(&["run", "--workers", "1", "--", "sh", "-c", WORKER]);
-    run.env("XDG_RUNTIME_DIR", &runtime).stdout(Stdio::null());
+    run.env("XDG_RUNTIME_DIR", &runtime).stdout(Stdio::piped());
     let (mut child, mut stderr) = spawn(run);
-    until(&mut stderr, "worker 1 ready").await;
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    until(&mut lines, "hello from 0").await;
+    drain(lines);
     use std::os::unix::fs::PermissionsExt as _;
     let dir = runtime.join("isotropic-cluster");
     let mode = |path: &Path| std::fs::metadata(path).expect("stat").permissions().mode() & 0o777;
@@ -417,7 +439,8 @@ async fn another_user_is_refused() {
     std::fs::copy(env!("CARGO_BIN_EXE_isotropic-cluster"), &cli).expect("copy the CLI");
     open(&cli, 0o755);
     let socket = scratch.path("control.sock");
-    let (mut child, mut stderr) = primary(&socket, 1, &[]).await;
+    let (mut child, mut stderr, lines) = primary(&socket, 1, &[]).await;
+    drain(lines);
     let as_nobody = || {
         let mut command = tokio::process::Command::new(&cli);
         command
@@ -451,4 +474,75 @@ async fn another_user_is_refused() {
     until(&mut stderr, "refused a connection from uid 65534").await;
     assert!(out.stdout.is_empty(), "no status given");
     stop_cleanly(&mut child, &mut stderr, 1).await;
+}
+
+#[tokio::test]
+async fn a_follower_that_does_not_read_holds_up_neither_the_output_nor_the_primary() {
+    const LINES: usize = 100_000;
+    let scratch = Scratch::new("control-stuck");
+    let socket = scratch.path("control.sock");
+    let go = scratch.path("go");
+    // Once `go` exists: LINES lines of 100 bytes (10 MB), then "done".
+    let worker = format!(
+        "import os, sys, time\n\
+         while not os.path.exists({go:?}): time.sleep(0.02)\n\
+         for i in range({LINES}): sys.stdout.write('%099d\\n' % i)\n\
+         print('done', flush=True)\n\
+         time.sleep(600)\n",
+        go = go.to_str().expect("UTF-8"),
+    );
+    let path = socket.to_str().expect("UTF-8");
+    let (mut child, mut stderr) = cli(&[
+        "run",
+        "--workers",
+        "1",
+        "--control",
+        path,
+        "--",
+        "python3",
+        "-c",
+        &worker,
+    ]);
+    until(&mut stderr, "worker 1 ready").await;
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    // A follower that never reads what it asked for.
+    let mut stuck = connect(&socket).await;
+    assert_eq!(
+        ask(&mut stuck, r#"{"cmd":"logs","lines":0,"follow":true}"#).await["ok"],
+        true
+    );
+    std::fs::write(&go, "").expect("go");
+    let printed = tokio::time::timeout(DEADLINE, async {
+        let mut printed = 0;
+        while let Some(line) = stdout.next_line().await.expect("read") {
+            if line == "[0] done" {
+                return printed;
+            }
+            printed += 1;
+        }
+        panic!("the CLI's stdout ended");
+    })
+    .await
+    .expect("every line printed in time");
+    assert_eq!(printed, LINES, "none lost");
+    // The primary answers meanwhile.
+    assert_eq!(status(&socket).await.1.len(), 1);
+    // The follower missed lines, and is told how many.
+    let skipped = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let record = reply(&mut stuck).await;
+            if let Some(skipped) = record["skipped"].as_u64() {
+                return skipped;
+            }
+            assert!(record["line"].is_string(), "{record}");
+        }
+    })
+    .await
+    .expect("a skipped record");
+    assert!(skipped > 0);
+    eprintln!("the follower that did not read missed {skipped} of {LINES} lines");
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+    terminate(&child);
+    until(&mut stderr, "all workers exited").await;
+    assert_eq!(exit_code(&mut child).await, Some(0));
 }
