@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
 use common::*;
@@ -24,18 +24,39 @@ type Stdout = tokio::io::Lines<BufReader<ChildStdout>>;
 /// `run --workers N` of [`WORKER`] with its control socket at `socket`,
 /// every worker ready and answering SIGTERM; its stderr and stdout.
 async fn primary(socket: &Path, workers: usize, flags: &[&str]) -> (Child, Stderr, Stdout) {
-    let socket = socket.to_str().expect("a UTF-8 path");
     let count = workers.to_string();
-    let mut args = vec!["run", "--workers", &count, "--control", socket];
-    args.extend(flags);
-    args.extend(["--", "sh", "-c", WORKER]);
-    let (mut child, mut stderr) = cli(&args);
+    let args = [
+        &["--workers", &count][..],
+        flags,
+        &["--", "sh", "-c", WORKER],
+    ]
+    .concat();
+    let mut run = run_at(socket, &args);
+    run.stdout(Stdio::piped());
+    let (mut child, mut stderr) = spawn(run);
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
     until(&mut stderr, &format!("worker {workers} ready")).await;
     for _ in 0..workers {
         until(&mut stdout, "hello from").await;
     }
     (child, stderr, stdout)
+}
+
+/// [`primary`] for `test`, its socket in a scratch directory of its own
+/// (removed when dropped), its stdout drained.
+async fn running(test: &str, workers: usize, flags: &[&str]) -> (Scratch, PathBuf, Child, Stderr) {
+    let scratch = Scratch::new(test);
+    let socket = scratch.path("control.sock");
+    let (child, stderr, stdout) = primary(&socket, workers, flags).await;
+    drain(stdout);
+    (scratch, socket, child, stderr)
+}
+
+/// `run --control SOCKET ARGS…`, to be spawned.
+fn run_at(socket: &Path, args: &[&str]) -> tokio::process::Command {
+    let mut run = command(&["run", "--control"]);
+    run.arg(socket).args(args);
+    run
 }
 
 /// Reads `stdout` to its end, in the background.
@@ -80,10 +101,7 @@ fn parent_of(pid: u64) -> u32 {
 
 #[tokio::test]
 async fn status_json_matches_the_running_pool() {
-    let scratch = Scratch::new("control-status");
-    let socket = scratch.path("control.sock");
-    let (mut child, mut stderr, lines) = primary(&socket, 2, &[]).await;
-    drain(lines);
+    let (_scratch, socket, mut child, mut stderr) = running("control-status", 2, &[]).await;
     let (pid, workers) = status(&socket).await;
     assert_eq!(pid, u64::from(child.id().expect("running")));
     assert_eq!(workers.len(), 2, "{workers:?}");
@@ -170,10 +188,8 @@ async fn scale_resizes_the_pool_up_and_down() {
 
 #[tokio::test]
 async fn reload_rolls_out_a_new_generation_and_answers_at_its_end() {
-    let scratch = Scratch::new("control-reload");
-    let socket = scratch.path("control.sock");
-    let (mut child, mut stderr, lines) = primary(&socket, 2, &["--min-uptime", "100ms"]).await;
-    drain(lines);
+    let (_scratch, socket, mut child, mut stderr) =
+        running("control-reload", 2, &["--min-uptime", "100ms"]).await;
     let old: Vec<Value> = status(&socket).await.1;
     let out = stdout(&control(&socket, &["reload"]).await);
     assert_eq!(
@@ -195,10 +211,7 @@ async fn reload_rolls_out_a_new_generation_and_answers_at_its_end() {
 
 #[tokio::test]
 async fn stop_shuts_the_primary_down_and_waits_for_its_end() {
-    let scratch = Scratch::new("control-stop");
-    let socket = scratch.path("control.sock");
-    let (mut child, mut stderr, lines) = primary(&socket, 2, &[]).await;
-    drain(lines);
+    let (_scratch, socket, mut child, mut stderr) = running("control-stop", 2, &[]).await;
     let pid = child.id().expect("running");
     let out = stdout(&control(&socket, &["stop"]).await);
     assert_eq!(out, format!("stopping the primary (pid {pid})\nstopped\n"));
@@ -217,10 +230,7 @@ async fn stop_shuts_the_primary_down_and_waits_for_its_end() {
 
 #[tokio::test]
 async fn logs_shows_the_last_lines_and_follows_new_ones() {
-    let scratch = Scratch::new("control-logs");
-    let socket = scratch.path("control.sock");
-    let (mut child, mut stderr, lines) = primary(&socket, 1, &[]).await;
-    drain(lines);
+    let (_scratch, socket, mut child, mut stderr) = running("control-logs", 1, &[]).await;
     // Without -f: the lines kept so far (the worker's may come after its
     // ready line).
     eventually_async("the worker's line kept", || async {
@@ -286,10 +296,7 @@ async fn reply(connection: &mut Connection) -> Value {
 
 #[tokio::test]
 async fn malformed_and_oversized_requests_get_error_replies() {
-    let scratch = Scratch::new("control-bad");
-    let socket = scratch.path("control.sock");
-    let (mut child, mut stderr, lines) = primary(&socket, 1, &[]).await;
-    drain(lines);
+    let (_scratch, socket, mut child, mut stderr) = running("control-bad", 1, &[]).await;
     let mut stream = connect(&socket).await;
     for (request, code) in [
         ("not json", "bad_request"),
@@ -329,25 +336,12 @@ async fn malformed_and_oversized_requests_get_error_replies() {
 
 #[tokio::test]
 async fn a_second_primary_at_the_same_path_is_refused() {
-    let scratch = Scratch::new("control-second");
-    let socket = scratch.path("control.sock");
-    let (mut child, mut stderr, lines) = primary(&socket, 1, &[]).await;
-    drain(lines);
+    let (_scratch, socket, mut child, mut stderr) = running("control-second", 1, &[]).await;
     let path = socket.to_str().expect("UTF-8");
-    let second = command(&[
-        "run",
-        "--workers",
-        "1",
-        "--control",
-        path,
-        "--",
-        "sh",
-        "-c",
-        WORKER,
-    ])
-    .stdout(Stdio::null())
-    .kill_on_drop(true)
-    .output();
+    let second = run_at(&socket, &["--workers", "1", "--", "sh", "-c", WORKER])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .output();
     let second = tokio::time::timeout(DEADLINE, second)
         .await
         .expect("in time")
@@ -491,18 +485,9 @@ async fn a_follower_that_does_not_read_holds_up_neither_the_output_nor_the_prima
          time.sleep(600)\n",
         go = go.to_str().expect("UTF-8"),
     );
-    let path = socket.to_str().expect("UTF-8");
-    let (mut child, mut stderr) = cli(&[
-        "run",
-        "--workers",
-        "1",
-        "--control",
-        path,
-        "--",
-        "python3",
-        "-c",
-        &worker,
-    ]);
+    let mut run = run_at(&socket, &["--workers", "1", "--", "python3", "-c", &worker]);
+    run.stdout(Stdio::piped());
+    let (mut child, mut stderr) = spawn(run);
     until(&mut stderr, "worker 1 ready").await;
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
     // A follower that never reads what it asked for.
