@@ -106,7 +106,7 @@ async fn supervise(
     // another primary answers there); an upgrade's new primary takes its
     // old one's once it took over. Held to the end: its file goes with it.
     let mut control = match (&plan.control, &handover) {
-        (Some(path), None) => Some(bind_control(path, false).await?),
+        (Some(path), None) => bind_control(path, false, &report).await?,
         _ => None,
     };
     // Held to the end: the socket files it made go with it.
@@ -365,12 +365,24 @@ impl Reloading {
 }
 
 /// Binds the control socket at `path`, its directory made first if it is
-/// the default one.
-async fn bind_control(path: &std::path::Path, replace: bool) -> anyhow::Result<ControlSocket> {
-    if path == control::default_path() {
-        control::prepare_default_dir(path)?;
+/// the default one: if that directory will not do, the run goes on without
+/// a control socket, with a line (`--control PATH` was not asked for).
+///
+/// # Errors
+///
+/// The socket cannot be bound (another primary answers there, say).
+async fn bind_control(
+    path: &std::path::Path,
+    replace: bool,
+    report: &Report,
+) -> anyhow::Result<Option<ControlSocket>> {
+    if path == control::default_path()
+        && let Err(error) = control::prepare_default_dir(path)
+    {
+        report.line("control", None, &format!("no control socket: {error:#}"));
+        return Ok(None);
     }
-    ControlSocket::bind(path, replace).await
+    ControlSocket::bind(path, replace).await.map(Some)
 }
 
 /// An upgrade's new primary, once it took over: the control socket is its
@@ -381,10 +393,12 @@ async fn take_over_control(
     report: &Report,
 ) -> Option<ControlSocket> {
     let path = plan.control.as_deref()?;
-    match bind_control(path, true).await {
+    match bind_control(path, true, report).await {
         Ok(mut control) => {
-            control.serve(served);
-            Some(control)
+            if let Some(control) = &mut control {
+                control.serve(served);
+            }
+            control
         }
         Err(error) => {
             report.line("control", None, &format!("no control socket: {error:#}"));

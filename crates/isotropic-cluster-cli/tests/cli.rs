@@ -1029,8 +1029,9 @@ async fn a_finished_worker_does_not_end_the_run_while_a_replacement_waits_for_it
 
 #[tokio::test]
 async fn each_worker_knows_its_slot_and_a_replacement_inherits_it() {
-    let script = "echo slot $ISOTROPIC_CLUSTER_SLOT $NODE_APP_INSTANCE; \
-        trap 'exit 0' TERM; while :; do sleep 0.1; done";
+    // (The trap first: a slot line says that SIGTERM is answered.)
+    let script = "trap 'exit 0' TERM; echo slot $ISOTROPIC_CLUSTER_SLOT $NODE_APP_INSTANCE; \
+        while :; do sleep 0.1; done";
     let (mut child, mut stderr) = cli(&["run", "--workers", "2", "--", "sh", "-c", script]);
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let mut slots = Vec::new();

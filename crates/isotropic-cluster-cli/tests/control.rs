@@ -390,15 +390,22 @@ async fn a_stale_socket_file_is_replaced_and_a_plain_file_refused() {
     assert_eq!(std::fs::read_to_string(&file).expect("kept"), "mine");
 }
 
-#[tokio::test]
-async fn the_default_socket_is_in_a_private_directory_of_the_runtime_directory() {
-    let runtime = runtime_dir();
+/// `run` of one [`WORKER`] without `--control`, with `XDG_RUNTIME_DIR` set
+/// to `runtime`, its worker answering SIGTERM.
+async fn with_runtime_dir(runtime: &Path) -> (Child, Stderr) {
     let mut run = command(&["run", "--workers", "1", "--", "sh", "-c", WORKER]);
-    run.env("XDG_RUNTIME_DIR", &runtime).stdout(Stdio::piped());
-    let (mut child, mut stderr) = spawn(run);
+    run.env("XDG_RUNTIME_DIR", runtime).stdout(Stdio::piped());
+    let (mut child, stderr) = spawn(run);
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     until(&mut lines, "hello from 0").await;
     drain(lines);
+    (child, stderr)
+}
+
+#[tokio::test]
+async fn the_default_socket_is_in_a_private_directory_of_the_runtime_directory() {
+    let runtime = runtime_dir();
+    let (mut child, mut stderr) = with_runtime_dir(&runtime).await;
     use std::os::unix::fs::PermissionsExt as _;
     let dir = runtime.join("isotropic-cluster");
     let mode = |path: &Path| std::fs::metadata(path).expect("stat").permissions().mode() & 0o777;
@@ -530,4 +537,17 @@ async fn a_follower_that_does_not_read_holds_up_neither_the_output_nor_the_prima
     terminate(&child);
     until(&mut stderr, "all workers exited").await;
     assert_eq!(exit_code(&mut child).await, Some(0));
+}
+
+#[tokio::test]
+async fn without_a_usable_runtime_directory_the_run_goes_on_without_a_control_socket() {
+    let missing = runtime_dir().join("missing");
+    let (mut child, mut stderr) = with_runtime_dir(&missing).await;
+    let seen = until(&mut stderr, "worker 1 ready").await;
+    let expected = format!(
+        "[primary] no control socket: cannot make {}/isotropic-cluster: No such file or directory",
+        missing.display()
+    );
+    assert!(seen.iter().any(|l| l.starts_with(&expected)), "{seen:?}");
+    stop_cleanly(&mut child, &mut stderr, 1).await;
 }

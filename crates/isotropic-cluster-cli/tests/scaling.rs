@@ -9,8 +9,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[tokio::test]
 async fn sigttin_and_sigttou_add_and_remove_one_worker_each() {
-    let script = "echo slot $ISOTROPIC_CLUSTER_SLOT; \
-        trap 'exit 0' TERM; while :; do sleep 0.1; done";
+    // (The trap first: a slot line says that SIGTERM is answered.)
+    let script = "trap 'exit 0' TERM; echo slot $ISOTROPIC_CLUSTER_SLOT; \
+        while :; do sleep 0.1; done";
     let (mut child, mut stderr) = cli(&["run", "--workers", "2", "--", "sh", "-c", script]);
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
     until(&mut stderr, "worker 2 ready").await;
