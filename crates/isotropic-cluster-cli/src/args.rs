@@ -3,12 +3,14 @@
 
 use std::ffi::OsString;
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use isotropic_cluster::ListenAddress;
 use isotropic_cluster::primary::{OnIntensity, Restart, RestartPolicy};
 
+use crate::control;
 use crate::exit::EXIT_CODES;
 use crate::render::Format;
 
@@ -52,6 +54,50 @@ pub(crate) enum Command {
         after_help = EXIT_CODES
     )]
     Run(Box<RunArgs>),
+    /// Shows the workers of a running primary: pool, slot, id, pid,
+    /// generation, state, uptime, restarts, CPU (its share of one CPU over
+    /// the last second), memory, and its last STATUS= line.
+    Status {
+        /// The whole status as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Resizes a running primary's pool to N workers (the highest slots
+    /// leave gracefully, not replaced).
+    Scale {
+        /// How many workers.
+        #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+        workers: u16,
+        #[command(flatten)]
+        pool: PoolArgs,
+    },
+    /// Rolls a running primary's program out anew, as SIGHUP does; ends
+    /// once the rollout completed (exit code 0) or was rolled back (1).
+    Reload {
+        #[command(flatten)]
+        pool: PoolArgs,
+    },
+    /// Shuts a running primary down gracefully, as SIGTERM does; ends once
+    /// it has exited.
+    Stop {
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Prints the last lines a running primary printed (its workers' output
+    /// and its own lines, up to the last 1000 kept); with -f, then every
+    /// new one.
+    Logs {
+        /// Follow: print new lines as they come, until the primary exits.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the last lines.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
     /// (Internal) How `run --listen` starts each worker: places the passed
     /// sockets at fd 3… with the socket-activation variables, then becomes
     /// COMMAND.
@@ -63,6 +109,33 @@ pub(crate) enum Command {
         #[arg(last = true, required = true)]
         command: Vec<OsString>,
     },
+}
+
+/// Which primary a control command talks to.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ControlArgs {
+    /// The primary's control socket (default: as `run`'s,
+    /// $XDG_RUNTIME_DIR/isotropic-cluster/control.sock, or
+    /// /tmp/isotropic-cluster-UID/control.sock without XDG_RUNTIME_DIR).
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+}
+
+impl ControlArgs {
+    /// The socket's path.
+    pub(crate) fn path(&self) -> PathBuf {
+        self.control.clone().unwrap_or_else(control::default_path)
+    }
+}
+
+/// A control command that acts on one pool.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct PoolArgs {
+    /// The pool (default: the only one).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) pool: Option<String>,
+    #[command(flatten)]
+    pub(crate) control: ControlArgs,
 }
 
 /// The options of `run`.
@@ -165,6 +238,16 @@ pub(crate) struct RunArgs {
     /// stopped as by a restart and replaced in its slot.
     #[arg(long, value_name = "SIZE", value_parser = size)]
     max_memory: Option<u64>,
+    /// Where to listen for `status`, `scale`, `reload`, `stop` and `logs`
+    /// (a Unix socket of mode 0600, for this user only; default:
+    /// $XDG_RUNTIME_DIR/isotropic-cluster/control.sock, or
+    /// /tmp/isotropic-cluster-UID/control.sock). A primary already
+    /// answering there is refused.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// No control socket.
+    #[arg(long, conflicts_with = "control")]
+    no_control_socket: bool,
     /// The program to run, and its arguments (all of them its own).
     #[arg(value_name = "COMMAND", trailing_var_arg = true)]
     command: Vec<String>,
@@ -290,6 +373,8 @@ pub(crate) struct Plan {
     pub(crate) watchdog: Option<Duration>,
     /// The memory limit of each worker, in bytes.
     pub(crate) max_memory: Option<u64>,
+    /// The control socket's path (`None`: no control socket).
+    pub(crate) control: Option<PathBuf>,
 }
 
 /// A combination of flags that makes no plan.
@@ -383,6 +468,8 @@ impl RunArgs {
             reap_orphans: self.subreaper || std::process::id() == 1,
             watchdog: self.watchdog,
             max_memory: self.max_memory,
+            control: (!self.no_control_socket)
+                .then(|| self.control.unwrap_or_else(control::default_path)),
         })
     }
 
@@ -469,6 +556,7 @@ mod tests {
                 reap_orphans: false,
                 watchdog: None,
                 max_memory: None,
+                control: Some(control::default_path()),
             }
         );
     }
@@ -522,6 +610,8 @@ mod tests {
             "5s",
             "--health-check",
             "curl -sf localhost:8080",
+            "--control",
+            "/run/c.sock",
         ])
         .expect("a plan");
         assert_eq!(
@@ -559,6 +649,7 @@ mod tests {
                 reap_orphans: true,
                 watchdog: Some(Duration::from_millis(1500)),
                 max_memory: Some(200 << 20),
+                control: Some(PathBuf::from("/run/c.sock")),
             }
         );
     }
@@ -790,6 +881,59 @@ mod tests {
                 assert_eq!(command, ["prog", "-x"]);
             }
             other => panic!("not the shim: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_control_socket_can_be_moved_or_turned_off() {
+        let off = plan(&["--no-control-socket"]).expect("a plan");
+        assert_eq!(off.control, None);
+        let line = [
+            "isotropic-cluster",
+            "run",
+            "--control",
+            "/run/c.sock",
+            "--no-control-socket",
+            "--",
+            "prog",
+        ];
+        let error = Cli::try_parse_from(line).expect_err("both");
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn control_commands_take_the_socket_and_a_pool() {
+        let line = [
+            "isotropic-cluster",
+            "scale",
+            "3",
+            "--pool",
+            "web",
+            "--control",
+            "/c",
+        ];
+        match Cli::try_parse_from(line).expect("parses").command {
+            Command::Scale { workers, pool } => {
+                assert_eq!((workers, pool.pool.as_deref()), (3, Some("web")));
+                assert_eq!(pool.control.path(), PathBuf::from("/c"));
+            }
+            other => panic!("not scale: {other:?}"),
+        }
+        let zero = Cli::try_parse_from(["isotropic-cluster", "scale", "0"]).expect_err("0");
+        assert_eq!(zero.kind(), clap::error::ErrorKind::ValueValidation);
+        match Cli::try_parse_from(["isotropic-cluster", "logs", "-f", "-n", "5"])
+            .expect("parses")
+            .command
+        {
+            Command::Logs {
+                follow,
+                lines,
+                control,
+            } => {
+                assert_eq!((follow, lines), (true, 5));
+                assert_eq!(control.path(), control::default_path());
+            }
+            other => panic!("not logs: {other:?}"),
         }
     }
 }

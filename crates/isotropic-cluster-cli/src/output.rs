@@ -17,6 +17,7 @@ use std::time::Duration;
 use isotropic_cluster::primary::{OutputLines, OutputStream};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::control::LogTap;
 use crate::render::{self, Entry, Format, Level};
 
 /// Batches waiting for a writer thread, per stream.
@@ -33,6 +34,9 @@ pub(crate) struct Output {
     stderr: Writer,
     /// Lifecycle lines dropped since their stream last took one.
     dropped: Arc<AtomicU64>,
+    /// Where every line printed is also kept, for the control socket's
+    /// `logs`.
+    tap: Option<LogTap>,
 }
 
 /// What a writer thread is given.
@@ -85,12 +89,15 @@ impl Writer {
 }
 
 impl Output {
-    pub(crate) fn start(format: Format) -> Self {
+    /// The writers, printing in `format`; every line also recorded in
+    /// `tap`, if given.
+    pub(crate) fn start(format: Format, tap: Option<LogTap>) -> Self {
         Self {
             format,
             stdout: Writer::start("stdout", std::io::stdout()),
             stderr: Writer::start("stderr", std::io::stderr()),
             dropped: Arc::new(AtomicU64::new(0)),
+            tap,
         }
     }
 
@@ -105,6 +112,10 @@ impl Output {
     /// A lifecycle line, unless its stream is blocked (then counted).
     pub(crate) fn line(&self, entry: &Entry) {
         let (writer, stream) = self.lifecycle();
+        let line = entry.render(self.format);
+        if let Some(tap) = &self.tap {
+            tap.record([Arc::from(line.as_str())]);
+        }
         let dropped = self.dropped.swap(0, Ordering::Relaxed);
         let mut text = String::new();
         if dropped > 0 {
@@ -114,7 +125,7 @@ impl Output {
                 .render(self.format);
             text.push('\n');
         }
-        text.push_str(&entry.render(self.format));
+        text.push_str(&line);
         text.push('\n');
         if writer
             .queue
@@ -131,17 +142,26 @@ impl Output {
     pub(crate) async fn forward(self, mut lines: OutputLines) {
         while let Some(first) = lines.next().await {
             let (mut out, mut err) = (Vec::new(), Vec::new());
+            let mut tapped = Vec::new();
             let mut next = Some(first);
             while let Some(line) = next {
                 let batch = match (self.format, line.stream) {
                     (Format::Text | Format::Timestamped, OutputStream::Stderr) => &mut err,
                     _ => &mut out,
                 };
+                let start = batch.len();
                 render::output(self.format, &line, batch);
+                if self.tap.is_some() {
+                    let text = String::from_utf8_lossy(&batch[start..batch.len() - 1]);
+                    tapped.push(Arc::<str>::from(text));
+                }
                 if out.len() + err.len() >= BATCH {
                     break;
                 }
                 next = lines.try_next();
+            }
+            if let Some(tap) = &self.tap {
+                tap.record(tapped);
             }
             for (writer, batch) in [(&self.stdout, out), (&self.stderr, err)] {
                 if !batch.is_empty() {

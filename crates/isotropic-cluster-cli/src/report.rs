@@ -2,7 +2,7 @@
 //! `output.rs` for where they go).
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use isotropic_cluster::primary::{
     Expiry, OnIntensity, PrimaryEvent, WorkerError, WorkerExit, WorkerHandle,
@@ -13,20 +13,21 @@ use serde_json::Value;
 use crate::output::Output;
 use crate::render::{Entry, Level, worker_fields};
 
-/// Prints lifecycle events.
-#[derive(Debug)]
+/// Prints lifecycle events (its clones print to the same output and share
+/// what they know).
+#[derive(Debug, Clone)]
 pub(crate) struct Report {
     output: Output,
     /// The signals the primary sent to each live worker: a worker that dies
     /// of one of them was stopped, not killed by someone else.
-    sent: Mutex<BTreeMap<u64, Vec<Signal>>>,
+    sent: Arc<Mutex<BTreeMap<u64, Vec<Signal>>>>,
 }
 
 impl Report {
     pub(crate) fn new(output: Output) -> Self {
         Self {
             output,
-            sent: Mutex::default(),
+            sent: Arc::default(),
         }
     }
 

@@ -240,6 +240,7 @@ signal.pause()
     let mut child = Command::new("sh")
         .args(["-c", "exec \"$0\" \"$@\" 2>&1"])
         .arg(env!("CARGO_BIN_EXE_isotropic-cluster"))
+        .env("XDG_RUNTIME_DIR", runtime_dir())
         .args(["run", "--workers", "1", "--ready", "listening", "--"])
         .args(["python3", "-c", worker, &port])
         .stdout(Stdio::piped())
@@ -748,6 +749,7 @@ async fn as_pid_1_of_a_pid_namespace_the_cli_reaps_orphans() {
             "--mount-proc",
         ])
         .arg(env!("CARGO_BIN_EXE_isotropic-cluster"))
+        .env("XDG_RUNTIME_DIR", runtime_dir())
         .args(["run", "--workers", "1", "--", "sh", "-c", LEAVES_ORPHANS])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1033,8 +1035,9 @@ async fn a_finished_worker_does_not_end_the_run_while_a_replacement_waits_for_it
 
 #[tokio::test]
 async fn each_worker_knows_its_slot_and_a_replacement_inherits_it() {
-    let script = "echo slot $ISOTROPIC_CLUSTER_SLOT $NODE_APP_INSTANCE; \
-        trap 'exit 0' TERM; while :; do sleep 0.1; done";
+    // (The trap first: a slot line says that SIGTERM is answered.)
+    let script = "trap 'exit 0' TERM; echo slot $ISOTROPIC_CLUSTER_SLOT $NODE_APP_INSTANCE; \
+        while :; do sleep 0.1; done";
     let (mut child, mut stderr) = cli(&["run", "--workers", "2", "--", "sh", "-c", script]);
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let mut slots = Vec::new();

@@ -6,7 +6,7 @@
 //! is stopped by the pid its lines give, and killed if a test fails first.
 #![cfg(target_os = "linux")]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rustix::process::{Pid, Signal};
 use tokio::io::BufReader;
@@ -24,32 +24,6 @@ const CLI: &str = env!("CARGO_BIN_EXE_isotropic-cluster");
 
 type Lines = Pool<BufReader<ChildStdout>>;
 
-/// A test's own directory (release file, program copy, sockets), removed
-/// at the end.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "isotropic-cli-upgrade-{test}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("a scratch directory");
-        Self(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The CLI at `program` with `flags` (`--listen ADDR`…), running
 /// [`WORKERS`] servers of the release in `release`, all ready (with
 /// `NOTIFY_SOCKET` set to `notify`, if given); its lines.
@@ -65,6 +39,7 @@ async fn start(
     let server = release_server();
     let release = release.to_str().expect("a UTF-8 path");
     command
+        .env("XDG_RUNTIME_DIR", runtime_dir())
         .args(["run", "--json", "--workers", &workers, "--ready", "notify"])
         .args(flags)
         .args(["--", "python3", "-c", &server, release]);
@@ -199,8 +174,15 @@ async fn old_exits(old: &mut Child, pool: &mut Lines) {
 async fn an_upgrade_under_load_fails_no_request_and_the_old_primary_exits() {
     let scratch = Scratch::new("load");
     let release = scratch.path("release");
-    let (mut old, mut pool) =
-        start(Path::new(CLI), &["--listen", "127.0.0.1:0"], &release, None).await;
+    let control = scratch.path("control.sock");
+    let flags = [
+        "--listen",
+        "127.0.0.1:0",
+        "--control",
+        control.to_str().expect("UTF-8"),
+    ];
+    let (mut old, mut pool) = start(Path::new(CLI), &flags, &release, None).await;
+    assert_eq!(control_pid(&control).await, old.id().expect("running"));
     let load = Load::start(address(&pool), CLIENTS);
     served_more(&load, 20).await;
     std::fs::write(&release, "2").expect("the release file");
@@ -217,7 +199,25 @@ async fn an_upgrade_under_load_fails_no_request_and_the_old_primary_exits() {
         line.event == "workerStatus" && line.message.ends_with(" status: release 2")
     });
     assert_eq!(release_2.count(), WORKERS, "{}", pool.transcript());
+    // The control socket is the new primary's (the old one left its file).
+    assert_eq!(control_pid(&control).await, new.pid());
     new.stop(&mut pool).await;
+    assert!(!control.exists(), "removed at the new primary's exit");
+}
+
+/// The pid of the primary that answers `status` on the control socket
+/// at `path`.
+async fn control_pid(path: &Path) -> u32 {
+    let mut status = command(&["status", "--json", "--control"]);
+    status.arg(path);
+    let out = tokio::time::timeout(DEADLINE, status.output())
+        .await
+        .expect("in time")
+        .expect("status");
+    assert!(out.status.success(), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let pid = status["pid"].as_u64().expect("a pid");
+    u32::try_from(pid).expect("a pid")
 }
 
 #[tokio::test]
@@ -400,6 +400,7 @@ os.execv(sys.argv[1], sys.argv[1:])
 #[tokio::test]
 async fn the_socket_activation_sockets_are_handed_over_as_systemd_passed_them() {
     let mut command = tokio::process::Command::new("python3");
+    command.env("XDG_RUNTIME_DIR", runtime_dir());
     command.args([
         "-c",
         SOCKET_ACTIVATION,

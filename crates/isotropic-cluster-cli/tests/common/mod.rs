@@ -13,11 +13,54 @@ pub(crate) mod pool;
 
 pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
 
-/// The CLI with `args`, to be started by [`spawn`].
+/// A test's own directory (release file, program copy, sockets), removed
+/// at the end.
+pub(crate) struct Scratch(pub(crate) std::path::PathBuf);
+
+impl Scratch {
+    pub(crate) fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("isotropic-cli-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a scratch directory");
+        Self(dir)
+    }
+
+    pub(crate) fn path(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The CLI with `args`, to be started by [`spawn`], with a runtime
+/// directory of its own.
 pub(crate) fn command(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_isotropic-cluster"));
-    command.args(args);
+    command.args(args).env("XDG_RUNTIME_DIR", runtime_dir());
     command
+}
+
+/// A new directory for one CLI's `XDG_RUNTIME_DIR`, where its default
+/// control socket goes: CLIs the tests start side by side do not meet
+/// there. In the target directory's scratch space, unless its path is too
+/// long for a socket's (108 bytes).
+pub(crate) fn runtime_dir() -> std::path::PathBuf {
+    static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let made = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("rt-{}-{made}", std::process::id());
+    let scratch = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let base = if scratch.as_os_str().len() < 48 {
+        scratch.to_owned()
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(name);
+    std::fs::create_dir_all(&dir).expect("a runtime directory");
+    dir
 }
 
 /// Starts `command` (the CLI) with stderr piped and killed when dropped;
