@@ -8,6 +8,7 @@ mod health;
 mod listen;
 mod output;
 mod report;
+mod service;
 mod supervise;
 mod upgrade;
 

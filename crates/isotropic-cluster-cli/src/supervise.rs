@@ -15,6 +15,7 @@ use crate::health;
 use crate::listen;
 use crate::output::Output;
 use crate::report::Report;
+use crate::service::ServiceManager;
 use crate::upgrade::{Origin, Takeover, Upgrading};
 
 /// Bytes of worker output that may wait for our stdout before the workers'
@@ -100,6 +101,8 @@ async fn supervise(plan: Plan, mut origin: Origin, output: &Output) -> anyhow::R
     let mut events = primary.events();
     // (An upgrade's new primary: the old one is told once every worker is ready.)
     let mut takeover = handover.map(|handover| Takeover::start(&primary, plan.workers, handover));
+    // What systemd is told (a new primary speaks once it has taken over).
+    let mut service = ServiceManager::new(report.clone(), takeover.is_some());
     let forked = match takeover {
         Some(_) => Ok(0),
         None => primary.fork(plan.workers).await,
@@ -166,13 +169,21 @@ async fn supervise(plan: Plan, mut origin: Origin, output: &Output) -> anyhow::R
                         }
                         _ => {}
                     }
+                    service.event(&primary, &event).await;
                     report.event(event);
                 }
             },
-            _ = signals.interrupt.recv() => shutdown.on_signal(&primary, &report, true).await,
-            _ = signals.terminate.recv() => shutdown.on_signal(&primary, &report, false).await,
+            _ = signals.interrupt.recv() => {
+                service.stopping();
+                shutdown.on_signal(&primary, &report, true).await;
+            }
+            _ = signals.terminate.recv() => {
+                service.stopping();
+                shutdown.on_signal(&primary, &report, false).await;
+            }
             _ = signals.hangup.recv(), if shutdown.signals == 0 => {
                 report.reloading();
+                service.reloading();
                 let primary = primary.clone();
                 reload = Some(tokio::spawn(async move { primary.restart_workers().await }));
             }
@@ -183,22 +194,28 @@ async fn supervise(plan: Plan, mut origin: Origin, output: &Output) -> anyhow::R
                 if let Ok(Ok(restarted)) = done {
                     report.reloaded(restarted);
                 }
+                service.reloaded(&primary).await;
             }
             _ = signals.upgrade.recv(), if shutdown.signals == 0 => {
                 upgrading.begin(&origin, &plan, &socket_files, &report);
             }
             outcome = upgrading.outcome(), if upgrading.under_way() && shutdown.signals == 0 => {
                 if Upgrading::took_over(outcome, &report) {
+                    service.hand_over();
                     socket_files.keep(true);
                     shutdown.on_signal(&primary, &report, false).await;
                 }
             }
+            () = service.tick(&primary), if service.watched() => {}
             code = async { takeover.as_mut().expect("a takeover").settle(&report).await },
                 if takeover.as_ref().is_some_and(Takeover::waiting) && shutdown.signals == 0 => {
                 gave_up_takeover = code;
                 match code {
                     // (Took over: the socket files are this primary's now.)
-                    None => socket_files.keep(false),
+                    None => {
+                        socket_files.keep(false);
+                        service.take_over(&primary).await;
+                    }
                     Some(_) => shutdown.on_signal(&primary, &report, false).await,
                 }
             }

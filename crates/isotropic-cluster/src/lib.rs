@@ -77,6 +77,7 @@ mod role;
 mod signal;
 pub mod socket_activation;
 mod sys;
+pub mod systemd;
 mod topics;
 mod traffic;
 pub mod upgrade;

@@ -59,6 +59,20 @@ pub(crate) fn recv_credentials(socket: impl AsFd, buf: &mut [u8]) -> io::Result<
     })
 }
 
+/// Sends `datagram` to the abstract socket `name` (no leading `@` or NUL):
+/// a service manager's `NOTIFY_SOCKET` of that form.
+pub(crate) fn send_to_abstract(name: &[u8], datagram: &[u8]) -> io::Result<()> {
+    let socket = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let address = SocketAddrUnix::new_abstract_name(name)?;
+    rustix::net::sendto(&socket, datagram, rustix::net::SendFlags::empty(), &address)?;
+    Ok(())
+}
+
 /// The process group of process `pid` (`None`: it has exited).
 pub(crate) fn process_group(pid: u32) -> Option<u32> {
     let pid = rustix::process::Pid::from_raw(pid.cast_signed())?;
