@@ -9,6 +9,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, Command};
 
 pub(crate) mod load;
+pub(crate) mod packages;
 pub(crate) mod pool;
 
 pub(crate) const DEADLINE: Duration = Duration::from_secs(30);

@@ -1,0 +1,260 @@
+//! The README's recipes, run as written (with `examples/recipes/`): gunicorn
+//! adopting `--listen` through `LISTEN_FDS`, uvicorn with `--fd 3`, an
+//! express server with `listen({fd: 3})`, `process.send('ready')` and a
+//! disconnect handler, and a Python server with `PYTHONUNBUFFERED`. Each
+//! serves HTTP on loopback through the shared socket from several workers,
+//! then shuts down cleanly. gunicorn, uvicorn and express are installed from
+//! their registries into the target directory (`common/packages.rs`); a
+//! test is skipped, saying why, only when a registry is unreachable.
+#![cfg(target_os = "linux")]
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::process::{Child, ChildStderr};
+
+mod common;
+use common::*;
+
+const WORKERS: usize = 2;
+/// The Python packages of the recipes (gunicorn 25.1 has the control
+/// socket that `--no-control-socket` turns off).
+const PYTHON_PACKAGES: &[&str] = &["gunicorn>=25.1", "uvicorn"];
+
+/// A file of `examples/recipes/`.
+fn recipe(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/recipes")
+        .join(name)
+}
+
+/// A recipe running.
+struct Recipe {
+    child: Child,
+    stderr: tokio::io::Lines<BufReader<ChildStderr>>,
+    /// The workers' output until all were ready.
+    seen: Vec<String>,
+    address: SocketAddr,
+}
+
+/// The CLI: `run --workers 2 --listen 127.0.0.1:0 FLAGS -- COMMAND`, with
+/// `env`, started, until every worker is ready. Its stdout is read on
+/// unless `keep_stdout`.
+async fn start(
+    flags: &[&str],
+    command_line: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+    keep_stdout: bool,
+) -> Recipe {
+    let workers = WORKERS.to_string();
+    let mut args = vec!["run", "--workers", &workers, "--listen", "127.0.0.1:0"];
+    args.extend(flags);
+    args.push("--");
+    args.extend(command_line);
+    let mut command = command(&args);
+    command.envs(env.iter().copied()).stdout(Stdio::piped());
+    let (mut child, mut stderr) = spawn(command);
+    if !keep_stdout {
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+    }
+    let mut seen = until(&mut stderr, "listening on").await;
+    let address = listening_address(&seen);
+    let mut ready = 0;
+    while ready < WORKERS {
+        seen.extend(until(&mut stderr, " ready").await);
+        let line = seen.last().expect("a line");
+        if line.starts_with("[primary] worker ") && line.ends_with(" ready") {
+            ready += 1;
+        }
+    }
+    Recipe {
+        child,
+        stderr,
+        seen,
+        address,
+    }
+}
+
+/// `GET path` on `address`: the body of a 200 answer.
+async fn get(address: SocketAddr, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connected");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("sent");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("an answer");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(
+        head.starts_with("HTTP/1.") && head[8..].starts_with(" 200"),
+        "{response}"
+    );
+    body.to_owned()
+}
+
+/// Requests, 4 at a time (at most 400), until every worker's slot answered
+/// (`slot N pid P`); every answer a 200.
+async fn served_by_every_worker(address: SocketAddr) {
+    let mut slots = BTreeSet::new();
+    let all = async {
+        for _ in 0..100 {
+            let mut batch = tokio::task::JoinSet::new();
+            for _ in 0..4 {
+                batch.spawn(get(address, "/"));
+            }
+            for body in batch.join_all().await {
+                let slot = body.split_whitespace().nth(1).expect("slot N pid P");
+                slots.insert(slot.to_owned());
+            }
+            if slots.len() == WORKERS {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, all)
+        .await
+        .expect("answers in time");
+    assert_eq!(slots.len(), WORKERS, "the slots that answered: {slots:?}");
+}
+
+/// Skips the test (says why) when its packages cannot be had.
+macro_rules! installed_or_skip {
+    ($packages:expr) => {
+        match $packages {
+            Ok(installed) => installed,
+            Err(reason) => {
+                eprintln!("skipped: {reason}");
+                return;
+            }
+        }
+    };
+}
+
+#[tokio::test]
+async fn gunicorn_adopts_the_listen_socket_through_listen_fds() {
+    let bin = installed_or_skip!(common::packages::python(PYTHON_PACKAGES));
+    let gunicorn = bin.join("gunicorn");
+    let dir = recipe("");
+    let Recipe {
+        mut child,
+        mut stderr,
+        seen,
+        address,
+    } = start(
+        &["--ready", "notify"],
+        &[
+            gunicorn.to_str().expect("UTF-8"),
+            "--workers",
+            "1",
+            "--no-control-socket",
+            "--chdir",
+            dir.to_str().expect("UTF-8"),
+            "wsgi_app:app",
+        ],
+        &[],
+        false,
+    )
+    .await;
+    // Each gunicorn serves our socket, not one it bound itself.
+    let ours = format!("Listening at: http://{address} ");
+    let listening = seen.iter().filter(|l| l.contains(&ours));
+    assert_eq!(listening.count(), WORKERS, "{seen:?}");
+    served_by_every_worker(address).await;
+    stop_cleanly(&mut child, &mut stderr, WORKERS).await;
+}
+
+#[tokio::test]
+async fn uvicorn_serves_fd_3() {
+    let bin = installed_or_skip!(common::packages::python(PYTHON_PACKAGES));
+    let uvicorn = bin.join("uvicorn");
+    let dir = recipe("");
+    let Recipe {
+        mut child,
+        mut stderr,
+        address,
+        ..
+    } = start(
+        &[],
+        &[
+            uvicorn.to_str().expect("UTF-8"),
+            "--fd",
+            "3",
+            "--lifespan",
+            "off",
+            "--app-dir",
+            dir.to_str().expect("UTF-8"),
+            "asgi_app:app",
+        ],
+        &[],
+        false,
+    )
+    .await;
+    served_by_every_worker(address).await;
+    // uvicorn shuts down gracefully on SIGTERM, then ends by the signal it
+    // got (it raises it again): asked for, so a clean shutdown all the same.
+    terminate(&child);
+    let rest = until(&mut stderr, "all workers exited").await;
+    let finished = rest
+        .iter()
+        .filter(|l| l.contains("Finished server process"));
+    assert_eq!(finished.count(), WORKERS, "{rest:?}");
+    assert_eq!(exit_code(&mut child).await, Some(0));
+}
+
+#[tokio::test]
+async fn express_listens_on_fd_3_says_ready_and_closes_on_disconnect() {
+    let modules = installed_or_skip!(common::packages::node(&["express@5"]));
+    let server = recipe("express_server.js");
+    let Recipe {
+        mut child,
+        mut stderr,
+        address,
+        ..
+    } = start(
+        &["--channel", "node", "--ready", "message"],
+        &["node", server.to_str().expect("UTF-8")],
+        &[("NODE_PATH", modules.as_os_str())],
+        false,
+    )
+    .await;
+    served_by_every_worker(address).await;
+    // Disconnected, each closes its server and exits 0 by itself: no SIGTERM.
+    terminate(&child);
+    let rest = until(&mut stderr, "all workers exited").await;
+    let clean = rest.iter().filter(|l| l.contains("exited with code 0"));
+    assert_eq!(clean.count(), WORKERS, "{rest:?}");
+    assert!(!rest.iter().any(|l| l.contains("SIGTERM)")), "{rest:?}");
+    assert_eq!(exit_code(&mut child).await, Some(0));
+}
+
+#[tokio::test]
+async fn python_with_pythonunbuffered_prints_each_request_as_it_is_served() {
+    let server = recipe("python_server.py");
+    let Recipe {
+        mut child,
+        mut stderr,
+        address,
+        ..
+    } = start(
+        &[],
+        &["python3", server.to_str().expect("UTF-8")],
+        &[("PYTHONUNBUFFERED", "1".as_ref())],
+        true,
+    )
+    .await;
+    served_by_every_worker(address).await;
+    // The line of a request is out while the server runs (a buffered
+    // Python would hold it until its exit).
+    get(address, "/unbuffered").await;
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    until(&mut stdout, "] GET /unbuffered").await;
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+    stop_cleanly(&mut child, &mut stderr, WORKERS).await;
+}
