@@ -8,21 +8,19 @@
 //! test is skipped, saying why, only when a registry is unreachable.
 #![cfg(target_os = "linux")]
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, ChildStderr};
 
 mod common;
+use common::http::{get, served_by_every_worker};
+use common::packages::installed_or_skip;
 use common::*;
 
 const WORKERS: usize = 2;
-/// The Python packages of the recipes (gunicorn 25.1 has the control
-/// socket that `--no-control-socket` turns off).
-const PYTHON_PACKAGES: &[&str] = &["gunicorn>=25.1", "uvicorn"];
 
 /// A file of `examples/recipes/`.
 fn recipe(name: &str) -> PathBuf {
@@ -63,14 +61,7 @@ async fn start(
     }
     let mut seen = until(&mut stderr, "listening on").await;
     let address = listening_address(&seen);
-    let mut ready = 0;
-    while ready < WORKERS {
-        seen.extend(until(&mut stderr, " ready").await);
-        let line = seen.last().expect("a line");
-        if line.starts_with("[primary] worker ") && line.ends_with(" ready") {
-            ready += 1;
-        }
-    }
+    seen.extend(until_ready(&mut stderr, WORKERS).await);
     Recipe {
         child,
         stderr,
@@ -79,67 +70,9 @@ async fn start(
     }
 }
 
-/// `GET path` on `address`: the body of a 200 answer.
-async fn get(address: SocketAddr, path: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connected");
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("sent");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("an answer");
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP answer");
-    assert!(
-        head.starts_with("HTTP/1.") && head[8..].starts_with(" 200"),
-        "{response}"
-    );
-    body.to_owned()
-}
-
-/// Requests, 4 at a time (at most 400), until every worker's slot answered
-/// (`slot N pid P`); every answer a 200.
-async fn served_by_every_worker(address: SocketAddr) {
-    let mut slots = BTreeSet::new();
-    let all = async {
-        for _ in 0..100 {
-            let mut batch = tokio::task::JoinSet::new();
-            for _ in 0..4 {
-                batch.spawn(get(address, "/"));
-            }
-            for body in batch.join_all().await {
-                let slot = body.split_whitespace().nth(1).expect("slot N pid P");
-                slots.insert(slot.to_owned());
-            }
-            if slots.len() == WORKERS {
-                return;
-            }
-        }
-    };
-    tokio::time::timeout(DEADLINE, all)
-        .await
-        .expect("answers in time");
-    assert_eq!(slots.len(), WORKERS, "the slots that answered: {slots:?}");
-}
-
-/// Skips the test (says why) when its packages cannot be had.
-macro_rules! installed_or_skip {
-    ($packages:expr) => {
-        match $packages {
-            Ok(installed) => installed,
-            Err(reason) => {
-                eprintln!("skipped: {reason}");
-                return;
-            }
-        }
-    };
-}
-
 #[tokio::test]
 async fn gunicorn_adopts_the_listen_socket_through_listen_fds() {
-    let bin = installed_or_skip!(common::packages::python(PYTHON_PACKAGES));
+    let bin = installed_or_skip!(common::packages::python(common::packages::PYTHON));
     let gunicorn = bin.join("gunicorn");
     let dir = recipe("");
     let Recipe {
@@ -166,13 +99,13 @@ async fn gunicorn_adopts_the_listen_socket_through_listen_fds() {
     let ours = format!("Listening at: http://{address} ");
     let listening = seen.iter().filter(|l| l.contains(&ours));
     assert_eq!(listening.count(), WORKERS, "{seen:?}");
-    served_by_every_worker(address).await;
+    served_by_every_worker(address, WORKERS).await;
     stop_cleanly(&mut child, &mut stderr, WORKERS).await;
 }
 
 #[tokio::test]
 async fn uvicorn_serves_fd_3() {
-    let bin = installed_or_skip!(common::packages::python(PYTHON_PACKAGES));
+    let bin = installed_or_skip!(common::packages::python(common::packages::PYTHON));
     let uvicorn = bin.join("uvicorn");
     let dir = recipe("");
     let Recipe {
@@ -196,7 +129,7 @@ async fn uvicorn_serves_fd_3() {
         false,
     )
     .await;
-    served_by_every_worker(address).await;
+    served_by_every_worker(address, WORKERS).await;
     // uvicorn shuts down gracefully on SIGTERM, then ends by the signal it
     // got (it raises it again): asked for, so a clean shutdown all the same.
     terminate(&child);
@@ -224,7 +157,7 @@ async fn express_listens_on_fd_3_says_ready_and_closes_on_disconnect() {
         false,
     )
     .await;
-    served_by_every_worker(address).await;
+    served_by_every_worker(address, WORKERS).await;
     // Disconnected, each closes its server and exits 0 by itself: no SIGTERM.
     terminate(&child);
     let rest = until(&mut stderr, "all workers exited").await;
@@ -249,7 +182,7 @@ async fn python_with_pythonunbuffered_prints_each_request_as_it_is_served() {
         true,
     )
     .await;
-    served_by_every_worker(address).await;
+    served_by_every_worker(address, WORKERS).await;
     // The line of a request is out while the server runs (a buffered
     // Python would hold it until its exit).
     get(address, "/unbuffered").await;

@@ -8,9 +8,11 @@ use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, Command};
 
+pub(crate) mod http;
 pub(crate) mod load;
 pub(crate) mod packages;
 pub(crate) mod pool;
+pub(crate) mod service_manager;
 
 pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -62,6 +64,24 @@ pub(crate) async fn until<R: AsyncBufRead + Unpin>(
     })
     .await
     .unwrap_or_else(|_| panic!("no {text:?} in time"));
+    seen
+}
+
+/// Reads stderr until `workers` lines say a worker is ready
+/// (`[primary] worker N ready`); returns the lines read.
+pub(crate) async fn until_ready<R: AsyncBufRead + Unpin>(
+    lines: &mut Lines<R>,
+    workers: usize,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut ready = 0;
+    while ready < workers {
+        seen.extend(until(lines, " ready").await);
+        let line = seen.last().expect("a line");
+        if line.starts_with("[primary] worker ") && line.ends_with(" ready") {
+            ready += 1;
+        }
+    }
     seen
 }
 

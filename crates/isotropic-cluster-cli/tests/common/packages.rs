@@ -5,6 +5,22 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Skips the test (says why) when its packages cannot be had.
+#[allow(unused_macros)] // (each test file uses its own share)
+macro_rules! installed_or_skip {
+    ($packages:expr) => {
+        match $packages {
+            Ok(installed) => installed,
+            Err(reason) => {
+                eprintln!("skipped: {reason}");
+                return;
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use installed_or_skip;
+
 /// What a failed install says when the registry could not be reached (pip,
 /// npm): then the test is skipped, with the reason.
 const UNREACHABLE: &[&str] = &[
@@ -21,6 +37,11 @@ const UNREACHABLE: &[&str] = &[
     "ETIMEDOUT",
     "ENETUNREACH",
 ];
+
+/// The Python packages the tests use: the recipes' servers (gunicorn 25.1
+/// has the control socket that `--no-control-socket` turns off), and a YAML
+/// reader for the Kubernetes manifests. One list, one environment.
+pub(crate) const PYTHON: &[&str] = &["gunicorn>=25.1", "uvicorn", "pyyaml"];
 
 /// A virtual environment with `packages` (pip requirements); its `bin`
 /// directory. `Err`: the registry is unreachable (why).
