@@ -157,7 +157,10 @@ async fn the_service_serves_the_socket_units_socket_and_tells_systemd() {
         });
     }
     // (2 workers: the machine's cores, here.)
-    let at = args.iter().position(|a| *a == "--workers").expect("--workers");
+    let at = args
+        .iter()
+        .position(|a| *a == "--workers")
+        .expect("--workers");
     args[at + 1] = "2";
     let at = args.iter().position(|a| *a == "--").expect("--");
     args.insert(at + 1, "python3");

@@ -105,6 +105,10 @@ mod tests {
                 .expect("received")
                 .truncated
         );
+        // (As a service manager's abstract NOTIFY_SOCKET is told.)
+        send_to_abstract(name.as_bytes(), b"STATUS=abstract").expect("sent");
+        let got = recv_credentials(&socket, &mut buf).expect("received");
+        assert_eq!(&buf[..got.len], b"STATUS=abstract");
         let group = rustix::process::getpgrp().as_raw_pid().cast_unsigned();
         assert_eq!(process_group(std::process::id()), Some(group));
     }
