@@ -205,8 +205,7 @@ async fn the_container_command_serves_as_pid_1() {
     let instruction = |name: &str| {
         containerfile
             .lines()
-            .filter(|line| line.starts_with(name))
-            .next_back()
+            .rfind(|line| line.starts_with(name))
             .unwrap_or_else(|| panic!("no {name}"))
     };
     let (key, value) = instruction("ENV ")[4..].split_once('=').expect("ENV K=V");
@@ -225,34 +224,16 @@ async fn the_container_command_serves_as_pid_1() {
         .collect();
     // One worker per CPU, as in the container.
     let workers = std::thread::available_parallelism().map_or(1, usize::from);
-    let mut child = tokio::process::Command::new("unshare")
-        .args([
-            "--user",
-            "--map-root-user",
-            "--pid",
-            "--fork",
-            "--mount-proc",
-        ])
-        .args(&command)
-        .env(key, value)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("unshare (util-linux) with user and PID namespaces");
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    let mut child = as_pid_1(&command, &[(key, value)]);
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let address = listening_address(&until(&mut stderr, "listening on").await);
     until_ready(&mut stderr, workers).await;
     served_by_every_worker(address, workers).await;
-    // The CLI is unshare's child, PID 1 inside; docker stop's SIGTERM.
-    let unshare = child.id().expect("running");
-    let children = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
-        .expect("unshare's children");
-    let cli: i32 = children.trim().parse().expect("one child, the CLI");
-    let status = std::fs::read_to_string(format!("/proc/{cli}/status")).expect("status");
-    let nspid = status.lines().find(|l| l.starts_with("NSpid:"));
-    assert!(nspid.is_some_and(|l| l.ends_with("\t1")), "{nspid:?}");
-    let cli = rustix::process::Pid::from_raw(cli).expect("a pid");
+    // docker stop: SIGTERM to PID 1.
+    let cli = rustix::process::Pid::from_raw(pid_1_of(&child).cast_signed()).expect("a pid");
     rustix::process::kill_process(cli, rustix::process::Signal::TERM).expect("SIGTERM");
     let rest = until(&mut stderr, "all workers exited").await;
     let clean = rest.iter().filter(|l| l.contains("exited with code 0"));

@@ -70,75 +70,60 @@ async fn start(
     }
 }
 
+/// The executable `name` of the Python packages (`None`: skipped, the
+/// registry being unreachable), and `examples/recipes/`.
+fn python_server(name: &str) -> Option<(String, String)> {
+    let bin = match common::packages::python(common::packages::PYTHON) {
+        Ok(bin) => bin,
+        Err(reason) => {
+            eprintln!("skipped: {reason}");
+            return None;
+        }
+    };
+    let path = |path: PathBuf| path.to_str().expect("UTF-8").to_owned();
+    Some((path(bin.join(name)), path(recipe(""))))
+}
+
 #[tokio::test]
 async fn gunicorn_adopts_the_listen_socket_through_listen_fds() {
-    let bin = installed_or_skip!(common::packages::python(common::packages::PYTHON));
-    let gunicorn = bin.join("gunicorn");
-    let dir = recipe("");
-    let Recipe {
-        mut child,
-        mut stderr,
-        seen,
-        address,
-    } = start(
+    let Some((gunicorn, dir)) = python_server("gunicorn") else {
+        return;
+    };
+    let gunicorn = [&gunicorn, "--workers", "1", "--no-control-socket"];
+    let app = ["--chdir", &dir, "wsgi_app:app"];
+    let mut recipe = start(
         &["--ready", "notify"],
-        &[
-            gunicorn.to_str().expect("UTF-8"),
-            "--workers",
-            "1",
-            "--no-control-socket",
-            "--chdir",
-            dir.to_str().expect("UTF-8"),
-            "wsgi_app:app",
-        ],
+        &[&gunicorn[..], &app].concat(),
         &[],
         false,
     )
     .await;
     // Each gunicorn serves our socket, not one it bound itself.
-    let ours = format!("Listening at: http://{address} ");
-    let listening = seen.iter().filter(|l| l.contains(&ours));
-    assert_eq!(listening.count(), WORKERS, "{seen:?}");
-    served_by_every_worker(address, WORKERS).await;
-    stop_cleanly(&mut child, &mut stderr, WORKERS).await;
+    let ours = format!("Listening at: http://{} ", recipe.address);
+    let listening = recipe.seen.iter().filter(|l| l.contains(&ours));
+    assert_eq!(listening.count(), WORKERS, "{:?}", recipe.seen);
+    served_by_every_worker(recipe.address, WORKERS).await;
+    stop_cleanly(&mut recipe.child, &mut recipe.stderr, WORKERS).await;
 }
 
 #[tokio::test]
 async fn uvicorn_serves_fd_3() {
-    let bin = installed_or_skip!(common::packages::python(common::packages::PYTHON));
-    let uvicorn = bin.join("uvicorn");
-    let dir = recipe("");
-    let Recipe {
-        mut child,
-        mut stderr,
-        address,
-        ..
-    } = start(
-        &[],
-        &[
-            uvicorn.to_str().expect("UTF-8"),
-            "--fd",
-            "3",
-            "--lifespan",
-            "off",
-            "--app-dir",
-            dir.to_str().expect("UTF-8"),
-            "asgi_app:app",
-        ],
-        &[],
-        false,
-    )
-    .await;
-    served_by_every_worker(address, WORKERS).await;
+    let Some((uvicorn, dir)) = python_server("uvicorn") else {
+        return;
+    };
+    let uvicorn = [&uvicorn, "--fd", "3", "--lifespan", "off"];
+    let app = ["--app-dir", &dir, "asgi_app:app"];
+    let mut recipe = start(&[], &[&uvicorn[..], &app].concat(), &[], false).await;
+    served_by_every_worker(recipe.address, WORKERS).await;
     // uvicorn shuts down gracefully on SIGTERM, then ends by the signal it
     // got (it raises it again): asked for, so a clean shutdown all the same.
-    terminate(&child);
-    let rest = until(&mut stderr, "all workers exited").await;
+    terminate(&recipe.child);
+    let rest = until(&mut recipe.stderr, "all workers exited").await;
     let finished = rest
         .iter()
         .filter(|l| l.contains("Finished server process"));
     assert_eq!(finished.count(), WORKERS, "{rest:?}");
-    assert_eq!(exit_code(&mut child).await, Some(0));
+    assert_eq!(exit_code(&mut recipe.child).await, Some(0));
 }
 
 #[tokio::test]

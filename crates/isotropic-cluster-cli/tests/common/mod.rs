@@ -46,6 +46,43 @@ pub(crate) fn cli_to(stdout: Stdio, args: &[&str]) -> (Child, Lines<BufReader<Ch
     spawn(command)
 }
 
+/// `command_line` started by `unshare` as PID 1 of new user and PID
+/// namespaces (as a container's entrypoint), with `env`; stdout and stderr
+/// piped, killed when dropped.
+pub(crate) fn as_pid_1(command_line: &[&str], env: &[(&str, &str)]) -> Child {
+    Command::new("unshare")
+        .args([
+            "--user",
+            "--map-root-user",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+        ])
+        .args(command_line)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("unshare (util-linux) with user and PID namespaces")
+}
+
+/// The pid of the process [`as_pid_1`] started (`unshare`'s one child),
+/// asserted to be PID 1 inside.
+pub(crate) fn pid_1_of(unshare: &Child) -> u32 {
+    let unshare = unshare.id().expect("running");
+    let children = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
+        .expect("unshare's children");
+    let pid: u32 = children.trim().parse().expect("one child");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let nspid = status.lines().find(|l| l.starts_with("NSpid:"));
+    assert!(
+        nspid.is_some_and(|l| l.ends_with("\t1")),
+        "PID 1 inside: {nspid:?}"
+    );
+    pid
+}
+
 /// Reads stderr until a line containing `text`; returns the lines read.
 pub(crate) async fn until<R: AsyncBufRead + Unpin>(
     lines: &mut Lines<R>,
