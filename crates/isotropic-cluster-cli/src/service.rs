@@ -103,7 +103,7 @@ impl ServiceManager {
 
     /// The reload ended (complete, or rolled back): `READY=1`.
     pub(crate) async fn reloaded(&mut self, primary: &ClusterPrimary) {
-        if std::mem::take(&mut self.reloading) && !self.stopping {
+        if std::mem::take(&mut self.reloading) && !self.stopping && self.speaking && self.present {
             self.status = self.status_line(primary).await.0;
             let status = self.status.clone();
             self.send(&[Notice::Ready, Notice::Status(&status)]);
