@@ -63,7 +63,7 @@ pub(crate) fn python(packages: &[&str]) -> Result<PathBuf, String> {
 pub(crate) fn node(packages: &[&str]) -> Result<PathBuf, String> {
     let dir = install("node", packages, |dir| {
         let mut npm = Command::new("npm");
-        npm.args(["install", "--no-audit", "--no-fund", "--silent"])
+        npm.args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
             .args(["--fetch-retries", "1", "--prefix"])
             .arg(dir)
             .args(packages);
