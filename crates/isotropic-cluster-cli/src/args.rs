@@ -35,6 +35,11 @@ pub(crate) enum Command {
     /// workers and exits 0; if the new one fails, it serves on. Not as PID 1
     /// or with --subreaper. A new primary exits with 5 when it cannot adopt
     /// the sockets, with 6 when its workers do not all get ready.
+    ///
+    /// Under systemd (Type=notify) it tells NOTIFY_SOCKET READY=1 once every
+    /// worker is ready, RELOADING=1 then READY=1 around a SIGHUP rollout,
+    /// STOPPING=1, STATUS= lines, and WATCHDOG=1 at half of WATCHDOG_USEC
+    /// (see docs/deployment.md).
     Run(Box<RunArgs>),
     /// (Internal) How `run --listen` starts each worker: places the passed
     /// sockets at fd 3… with the socket-activation variables, then becomes
@@ -120,6 +125,8 @@ pub(crate) struct RunArgs {
     /// An address the primary listens on, passed to every worker as a
     /// systemd-activation socket (LISTEN_FDS from fd 3, LISTEN_PID,
     /// LISTEN_FDNAMES): 127.0.0.1:8080, [::1]:0, unix:/path. Repeatable.
+    /// A socket passed to the CLI by socket activation (a systemd .socket
+    /// unit) bound to ADDR is used instead of binding one.
     #[arg(long = "listen", value_name = "ADDR")]
     listen: Vec<String>,
     /// Print lifecycle events as JSON lines instead of text.
