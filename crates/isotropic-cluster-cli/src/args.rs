@@ -46,6 +46,11 @@ pub(crate) enum Command {
     /// or with --subreaper. A new primary exits with 5 when it cannot adopt
     /// the sockets, with 6 when its workers do not all get ready.
     ///
+    /// Under systemd (Type=notify) it tells NOTIFY_SOCKET READY=1 once every
+    /// worker is ready, RELOADING=1 then READY=1 around a SIGHUP rollout,
+    /// STOPPING=1, STATUS= lines, and WATCHDOG=1 at half of WATCHDOG_USEC
+    /// (see docs/deployment.md).
+    ///
     /// The command follows the options, with or without `--` before it:
     /// `isotropic-cluster run -w 4 node app.js --port 3000` (everything
     /// after the command's name is its own).
@@ -210,7 +215,9 @@ pub(crate) struct RunArgs {
     /// systemd-activation socket (LISTEN_FDS from fd 3, LISTEN_PID,
     /// LISTEN_FDNAMES), written as gunicorn's --bind: 127.0.0.1:8080,
     /// [::1]:8080, localhost:8080, :8080 or 8080 (every IPv4 interface),
-    /// unix:/path. Repeatable.
+    /// unix:/path. Repeatable. A socket passed to the CLI by socket
+    /// activation (a systemd .socket unit) bound to ADDR is used instead of
+    /// binding one.
     #[arg(
         short = 'b',
         long = "listen",

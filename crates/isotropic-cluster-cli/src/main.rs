@@ -10,6 +10,7 @@ mod listen;
 mod output;
 mod render;
 mod report;
+mod service;
 mod supervise;
 mod sys;
 mod upgrade;

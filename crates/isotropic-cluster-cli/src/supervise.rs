@@ -18,6 +18,7 @@ use crate::listen;
 use crate::output::Output;
 use crate::render::{Entry, Level};
 use crate::report::{self, Report};
+use crate::service::ServiceManager;
 use crate::upgrade::{Origin, Takeover, Upgrading};
 
 /// Bytes of worker output that may wait for our stdout before the workers'
@@ -128,6 +129,8 @@ async fn supervise(
     let mut events = primary.events();
     // (An upgrade's new primary: the old one is told once every worker is ready.)
     let mut takeover = handover.map(|handover| Takeover::start(&primary, plan.workers, handover));
+    // What systemd is told (a new primary speaks once it has taken over).
+    let mut service = ServiceManager::new(report.clone(), takeover.is_some());
     let forked = match takeover {
         Some(_) => Ok(0),
         None => primary.fork(plan.workers).await,
@@ -194,12 +197,20 @@ async fn supervise(
                         }
                         _ => {}
                     }
+                    service.event(&primary, &event).await;
                     report.event(event);
                 }
             },
-            _ = signals.interrupt.recv() => shutdown.on_signal(&primary, &report, true).await,
-            _ = signals.terminate.recv() => shutdown.on_signal(&primary, &report, false).await,
+            _ = signals.interrupt.recv() => {
+                service.stopping();
+                shutdown.on_signal(&primary, &report, true).await;
+            }
+            _ = signals.terminate.recv() => {
+                service.stopping();
+                shutdown.on_signal(&primary, &report, false).await;
+            }
             _ = signals.hangup.recv(), if shutdown.signals == 0 => {
+                service.reloading();
                 reloading.begin(&primary, &report, None);
             }
             _ = signals.more.recv(), if shutdown.signals == 0 => scale(&primary, &report, true).await,
@@ -216,23 +227,32 @@ async fn supervise(
                 control::Command::Reload { reply } if shutdown.signals > 0 => {
                     let _ = reply.send(Err(Refusal::ShuttingDown));
                 }
-                control::Command::Reload { reply } => reloading.begin(&primary, &report, Some(reply)),
+                control::Command::Reload { reply } => {
+                    service.reloading();
+                    reloading.begin(&primary, &report, Some(reply));
+                }
                 control::Command::Stop { reply } => {
                     report.line("shutDown", "stop asked on the control socket");
+                    service.stopping();
                     shutdown.on_signal(&primary, &report, false).await;
                     let _ = reply.send(());
                 }
             },
-            done = reloading.done(), if reloading.under_way() => reloading.settle(done, &report),
+            done = reloading.done(), if reloading.under_way() => {
+                reloading.settle(done, &report);
+                service.reloaded(&primary).await;
+            }
             _ = signals.upgrade.recv(), if shutdown.signals == 0 => {
                 upgrading.begin(&origin, &plan, &socket_files, &report);
             }
             outcome = upgrading.outcome(), if upgrading.under_way() && shutdown.signals == 0 => {
                 if Upgrading::took_over(outcome, &report) {
+                    service.hand_over();
                     socket_files.keep(true);
                     shutdown.on_signal(&primary, &report, false).await;
                 }
             }
+            () = service.tick(&primary), if service.watched() => {}
             code = async { takeover.as_mut().expect("a takeover").settle(&report).await },
                 if takeover.as_ref().is_some_and(Takeover::waiting) && shutdown.signals == 0 => {
                 gave_up_takeover = code;
@@ -242,6 +262,7 @@ async fn supervise(
                     None => {
                         socket_files.keep(false);
                         control = take_over_control(&plan, served.clone(), &report).await;
+                        service.take_over(&primary).await;
                     }
                     Some(_) => shutdown.on_signal(&primary, &report, false).await,
                 }

@@ -740,33 +740,12 @@ async fn with_subreaper_orphans_are_adopted_and_reaped_and_worker_exits_still_re
 #[tokio::test]
 async fn as_pid_1_of_a_pid_namespace_the_cli_reaps_orphans() {
     // (issue 12: as a container's entrypoint it left 42 zombies in 10 s.)
-    let mut child = Command::new("unshare")
-        .args([
-            "--user",
-            "--map-root-user",
-            "--pid",
-            "--fork",
-            "--mount-proc",
-        ])
-        .arg(env!("CARGO_BIN_EXE_isotropic-cluster"))
-        .env("XDG_RUNTIME_DIR", runtime_dir())
-        .args(["run", "--workers", "1", "--", "sh", "-c", LEAVES_ORPHANS])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("unshare (util-linux) with user and PID namespaces");
+    let cli = env!("CARGO_BIN_EXE_isotropic-cluster");
+    let run = [cli, "run", "--workers", "1", "--"];
+    let mut child = as_pid_1(&[&run[..], &["sh", "-c", LEAVES_ORPHANS]].concat(), &[]);
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
     up(&mut child, 1).await;
-    // The CLI is unshare's only child, and PID 1 inside.
-    let unshare = child.id().expect("pid");
-    let cli_pid = children_of(unshare).first().expect("the CLI").0;
-    let inside = std::fs::read_to_string(format!("/proc/{cli_pid}/status")).expect("status");
-    let nspid = inside
-        .lines()
-        .find(|l| l.starts_with("NSpid:"))
-        .expect("NSpid");
-    assert!(nspid.ends_with("\t1"), "PID 1 inside: {nspid}");
+    let cli_pid = pid_1_of(&child);
     assert!(
         children_of(cli_pid).len() >= 2,
         "the worker and the adopted orphan"

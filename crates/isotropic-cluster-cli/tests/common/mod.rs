@@ -8,8 +8,11 @@ use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
+pub(crate) mod http;
 pub(crate) mod load;
+pub(crate) mod packages;
 pub(crate) mod pool;
+pub(crate) mod service_manager;
 
 pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -98,6 +101,44 @@ pub(crate) fn cli_to(stdout: Stdio, args: &[&str]) -> (Child, Lines<BufReader<Ch
     spawn(command)
 }
 
+/// `command_line` started by `unshare` as PID 1 of new user and PID
+/// namespaces (as a container's entrypoint), with `env`; stdout and stderr
+/// piped, killed when dropped.
+pub(crate) fn as_pid_1(command_line: &[&str], env: &[(&str, &str)]) -> Child {
+    Command::new("unshare")
+        .args([
+            "--user",
+            "--map-root-user",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+        ])
+        .args(command_line)
+        .env("XDG_RUNTIME_DIR", runtime_dir())
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("unshare (util-linux) with user and PID namespaces")
+}
+
+/// The pid of the process [`as_pid_1`] started (`unshare`'s one child),
+/// asserted to be PID 1 inside.
+pub(crate) fn pid_1_of(unshare: &Child) -> u32 {
+    let unshare = unshare.id().expect("running");
+    let children = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
+        .expect("unshare's children");
+    let pid: u32 = children.trim().parse().expect("one child");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let nspid = status.lines().find(|l| l.starts_with("NSpid:"));
+    assert!(
+        nspid.is_some_and(|l| l.ends_with("\t1")),
+        "PID 1 inside: {nspid:?}"
+    );
+    pid
+}
+
 /// Reads stderr until a line containing `text`; returns the lines read.
 pub(crate) async fn until<R: AsyncBufRead + Unpin>(
     lines: &mut Lines<R>,
@@ -116,6 +157,24 @@ pub(crate) async fn until<R: AsyncBufRead + Unpin>(
     })
     .await
     .unwrap_or_else(|_| panic!("no {text:?} in time"));
+    seen
+}
+
+/// Reads stderr until `workers` lines say a worker is ready
+/// (`[primary] worker N ready`); returns the lines read.
+pub(crate) async fn until_ready<R: AsyncBufRead + Unpin>(
+    lines: &mut Lines<R>,
+    workers: usize,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut ready = 0;
+    while ready < workers {
+        seen.extend(until(lines, " ready").await);
+        let line = seen.last().expect("a line");
+        if line.starts_with("[primary] worker ") && line.ends_with(" ready") {
+            ready += 1;
+        }
+    }
     seen
 }
 
