@@ -103,6 +103,7 @@ impl PrimaryContext {
                 continue;
             };
             entry.resources.last = Some((Instant::now(), usage));
+            self.metrics.pool.sampled(id, usage);
             if let Some(limit) = self.config.max_memory
                 && usage.memory > limit
                 && recyclable
