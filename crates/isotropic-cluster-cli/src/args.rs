@@ -137,6 +137,12 @@ pub(crate) struct RunArgs {
     /// stopped as by a restart and replaced in its slot.
     #[arg(long, value_name = "SIZE", value_parser = size)]
     max_memory: Option<u64>,
+    /// Serve the pool's metrics on ADDR (127.0.0.1:9100, [::1]:0): GET
+    /// /metrics in Prometheus' text format (docs/metrics.md), /healthz (200
+    /// while the primary runs) and /readyz (200 while enough workers are
+    /// ready, 503 otherwise). Workers are then sampled every second.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// The program to run, and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -254,6 +260,8 @@ pub(crate) struct Plan {
     pub(crate) watchdog: Option<Duration>,
     /// The memory limit of each worker, in bytes.
     pub(crate) max_memory: Option<u64>,
+    /// Where to serve the metrics.
+    pub(crate) metrics: Option<std::net::SocketAddr>,
 }
 
 /// A combination of flags that makes no plan.
@@ -337,6 +345,7 @@ impl RunArgs {
             reap_orphans: self.subreaper || std::process::id() == 1,
             watchdog: self.watchdog,
             max_memory: self.max_memory,
+            metrics: self.metrics,
         })
     }
 
@@ -448,6 +457,7 @@ mod tests {
                 reap_orphans: false,
                 watchdog: None,
                 max_memory: None,
+                metrics: None,
             }
         );
     }
@@ -493,6 +503,8 @@ mod tests {
             "1.5s",
             "--max-memory",
             "200M",
+            "--metrics",
+            "127.0.0.1:9100",
             "--surge",
             "2",
             "--max-unavailable",
@@ -535,6 +547,7 @@ mod tests {
                 reap_orphans: true,
                 watchdog: Some(Duration::from_millis(1500)),
                 max_memory: Some(200 << 20),
+                metrics: Some("127.0.0.1:9100".parse().expect("an address")),
             }
         );
     }

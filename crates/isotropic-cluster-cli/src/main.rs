@@ -6,6 +6,7 @@ mod args;
 mod exit;
 mod health;
 mod listen;
+mod metrics;
 mod output;
 mod report;
 mod supervise;

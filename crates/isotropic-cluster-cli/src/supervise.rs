@@ -13,6 +13,7 @@ use crate::args::{Channel, Plan, Readiness};
 use crate::exit::ExitCode;
 use crate::health;
 use crate::listen;
+use crate::metrics;
 use crate::output::Output;
 use crate::report::Report;
 use crate::upgrade::{Origin, Takeover, Upgrading};
@@ -91,6 +92,8 @@ async fn supervise(plan: Plan, mut origin: Origin, output: &Output) -> anyhow::R
         json: plan.json,
         output: output.clone(),
     };
+    // Bound before anything starts: an address in use is a failure to start.
+    let metrics_listener = plan.metrics.map(metrics::bind).transpose()?;
     // What an old primary handed over, if this one is its upgrade.
     let mut handover = origin.take_handover()?;
     // Held to the end: the socket files it made go with it.
@@ -110,6 +113,9 @@ async fn supervise(plan: Plan, mut origin: Origin, output: &Output) -> anyhow::R
         wind_down(primary, printing, plan.grace).await?;
         return Ok(ExitCode::CannotStart);
     }
+    // Served once the pool has its workers (not ready before them), until
+    // the primary is wound down.
+    let serving = metrics_listener.map(|listener| serve_metrics(listener, &primary, &report));
     let mut shutdown = Shutdown::default();
     let mut gave_up = false;
     // Whether a worker that was not replaced had failed (`--restart
@@ -205,6 +211,9 @@ async fn supervise(plan: Plan, mut origin: Origin, output: &Output) -> anyhow::R
         }
     }
     report.shut_down(shutdown.forced);
+    if let Some(serving) = serving {
+        serving.abort();
+    }
     drop((events, reload, upgrading));
     wind_down(primary, printing, plan.grace).await?;
     Ok(if let Some(code) = gave_up_takeover {
@@ -218,6 +227,20 @@ async fn supervise(plan: Plan, mut origin: Origin, output: &Output) -> anyhow::R
     } else {
         ExitCode::Clean
     })
+}
+
+/// Serves the metrics of `primary` on `listener`, with a line that says
+/// where.
+fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    primary: &ClusterPrimary,
+    report: &Report,
+) -> tokio::task::JoinHandle<()> {
+    if let Ok(address) = listener.local_addr() {
+        report.line("metrics", None, &format!("metrics on http://{address}"));
+    }
+    let serve = metrics::serve(listener, primary.metrics(), report.clone());
+    tokio::spawn(serve)
 }
 
 /// SIGTTIN (`up`) or SIGTTOU: one worker more, or one fewer (never none),
@@ -299,11 +322,13 @@ async fn start(
         let command: std::sync::Arc<str> = command.into();
         builder.health_check(move |worker| health::check(command.clone(), worker))
     });
-    // Workers are sampled only for a memory limit (nothing else here shows
-    // what they use): without one, the primary does not wake up for it.
-    let builder = match plan.max_memory {
-        Some(limit) => builder.max_memory(limit),
-        None => builder.sample_interval(std::time::Duration::ZERO),
+    // Workers are sampled only for a memory limit or the metrics (nothing
+    // else here shows what they use): without them, the primary does not
+    // wake up for it.
+    let builder = match (plan.max_memory, plan.metrics) {
+        (Some(limit), _) => builder.max_memory(limit),
+        (None, Some(_)) => builder,
+        (None, None) => builder.sample_interval(std::time::Duration::ZERO),
     };
     Ok(builder
         .channel(channel)
