@@ -57,6 +57,13 @@
 //! get an [`Event`] that derefs to the data and can prevent the default
 //! action. [`ClusterPrimary::events`](primary::ClusterPrimary::events) is the
 //! same as an async stream.
+//!
+//! # Metrics
+//!
+//! [`ClusterPrimary::metrics`](primary::ClusterPrimary::metrics) renders the
+//! pool's and each worker's series in Prometheus' text format for an
+//! endpoint of your own; the `prometheus` feature adds `Metrics::register`,
+//! into a `prometheus_client` registry (see `docs/metrics.md`).
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
