@@ -129,6 +129,12 @@ async fn get(address: SocketAddr, path: &str) -> (u16, String) {
     (code, body)
 }
 
+/// `/readyz` answers `code`, with `ready` of the 2 workers ready.
+async fn assert_readyz(address: SocketAddr, code: u16, ready: u32) {
+    let body = format!("pool default: {ready} of 2 workers ready (at least 2 needed)\n");
+    assert_eq!(get(address, "/readyz").await, (code, body));
+}
+
 /// The value of `series` (its name and labels as rendered) in `text`.
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
@@ -180,14 +186,7 @@ async fn a_scrape_has_a_series_per_worker_and_bad_requests_change_nothing() {
     let ready = sample(&text, "isotropic_cluster_workers_ready{pool=\"default\"}");
     assert_eq!(ready, Some(2.0), "{text}");
     assert_eq!(get(address, "/healthz").await, (200, "ok\n".to_owned()));
-    let (code, body) = get(address, "/readyz").await;
-    assert_eq!(
-        (code, body.as_str()),
-        (
-            200,
-            "pool default: 2 of 2 workers ready (at least 2 needed)\n"
-        )
-    );
+    assert_readyz(address, 200, 2).await;
 
     // Bad requests: answered with an error or cut off, one by one.
     assert_eq!(get(address, "/nope").await.0, 404);
@@ -237,14 +236,7 @@ async fn readyz_is_503_while_the_pool_is_short_and_200_once_it_is_full() {
         &["worker 1 killed by signal 9", "worker 3 started"],
     )
     .await;
-    let (code, body) = get(address, "/readyz").await;
-    assert_eq!(
-        (code, body.as_str()),
-        (
-            503,
-            "pool default: 1 of 2 workers ready (at least 2 needed)\n"
-        )
-    );
+    assert_readyz(address, 503, 1).await;
     assert_eq!(get(address, "/healthz").await.0, 200);
     let (_, text) = get(address, "/metrics").await;
     let exits = "isotropic_cluster_exits_total{pool=\"default\",reason=\"signal\"}";
@@ -262,14 +254,7 @@ async fn readyz_is_503_while_the_pool_is_short_and_200_once_it_is_full() {
 
     std::fs::write(&files.0, b"").expect("open the gate");
     until(&mut stderr, "worker 3 ready").await;
-    let (code, body) = get(address, "/readyz").await;
-    assert_eq!(
-        (code, body.as_str()),
-        (
-            200,
-            "pool default: 2 of 2 workers ready (at least 2 needed)\n"
-        )
-    );
+    assert_readyz(address, 200, 2).await;
     stop_cleanly(&mut child, &mut stderr, 2).await;
     clean_up(&files);
 }

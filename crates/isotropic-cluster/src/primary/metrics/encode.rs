@@ -76,15 +76,12 @@ impl<'a> PoolSample<'a> {
                 }
             })
             .collect();
-        let load = |counts: &[std::sync::atomic::AtomicU64]| -> Vec<u64> {
-            counts.iter().map(|c| c.load(Ordering::Relaxed)).collect()
-        };
-        let departed = load(&pool.departed);
+        let departed = |way: usize| pool.departed[way].load(Ordering::Relaxed);
         Self {
             pool: &pool.pool,
             summary: *lock(&pool.summary),
-            sent: departed[0] + workers.iter().map(|w| w.sent).sum::<u64>(),
-            received: departed[1] + workers.iter().map(|w| w.received).sum::<u64>(),
+            sent: departed(0) + workers.iter().map(|w| w.sent).sum::<u64>(),
+            received: departed(1) + workers.iter().map(|w| w.received).sum::<u64>(),
             workers,
             restarts: pool.restarts.load(Ordering::Relaxed),
             exits: std::array::from_fn(|i| pool.exits[i].load(Ordering::Relaxed)),

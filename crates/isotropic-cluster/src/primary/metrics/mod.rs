@@ -233,9 +233,9 @@ pub(crate) struct PoolMetrics {
     workers: Mutex<BTreeMap<WorkerId, Series>>,
     /// Workers started in a slot held before.
     restarts: AtomicU64,
-    /// Exits by [`ExitReason`], in its `ALL` order.
+    /// Exits by [`ExitReason`] (in its order).
     exits: [AtomicU64; 4],
-    /// Rollouts started, completed and failed.
+    /// Rollouts by [`RolloutStep`] (in its order).
     rollouts: [AtomicU64; 3],
     /// Frames sent to and received from the workers gone.
     departed: [AtomicU64; 2],
@@ -310,8 +310,7 @@ impl PoolMetrics {
     /// A worker exited.
     pub(super) fn exited(&self, status: Option<ExitStatus>, voluntary: bool) {
         let reason = ExitReason::of(status, voluntary);
-        let at = ExitReason::ALL.iter().position(|r| *r == reason);
-        self.exits[at.unwrap_or(0)].fetch_add(1, Ordering::Relaxed);
+        self.exits[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(super) fn rollout(&self, step: RolloutStep) {
