@@ -6,9 +6,13 @@
 //! [`CONNECTIONS`] at once, each done within 30 s: a client that misbehaves
 //! loses its connection (hyper answers what it cannot parse with 400 or 431)
 //! and never reaches the primary, which only the rendering reads.
+//!
+//! An upgrade (SIGUSR2) hands the socket over with the `--listen` ones, as
+//! [`SOCKET_NAME`]: the new primary serves on it as the old one stops.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,11 +22,17 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use isotropic_cluster::ListenAddress;
 use isotropic_cluster::primary::Metrics;
-use tokio::net::{TcpListener, TcpSocket};
+use isotropic_cluster::upgrade::Handover;
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::listen::{self, CannotAdopt};
 use crate::report::Report;
+
+/// The metrics socket's name in an upgrade's handover.
+pub(crate) const SOCKET_NAME: &str = "metrics";
 
 /// Connections served at once; more wait in the listen backlog.
 const CONNECTIONS: usize = 32;
@@ -33,24 +43,31 @@ const CONNECTION_LIFE: Duration = Duration::from_secs(30);
 /// The most a request's headers may take.
 const MAX_HEADERS: usize = 16 * 1024;
 
-/// Binds `address` for the endpoint. With `SO_REUSEPORT`, so that the new
-/// primary of an upgrade (SIGUSR2) can bind it while the old one serves.
+/// The endpoint's socket: bound to `address`, or adopted from `handover`
+/// (an upgrade's new primary); with a copy to hand over at the next
+/// upgrade.
 ///
 /// # Errors
 ///
-/// When the address cannot be bound.
-pub(crate) fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
-    let bind = || -> std::io::Result<TcpListener> {
-        let socket = match address {
-            SocketAddr::V4(_) => TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => TcpSocket::new_v6()?,
-        };
-        socket.set_reuseaddr(true)?;
-        socket.set_reuseport(true)?;
-        socket.bind(address)?;
-        socket.listen(128)
+/// When the address cannot be bound (in use, say), or the socket handed
+/// over serves another address ([`CannotAdopt`]).
+pub(crate) fn bind(
+    address: SocketAddr,
+    handover: Option<&mut Handover>,
+) -> anyhow::Result<(TcpListener, OwnedFd)> {
+    let listener = match handover.and_then(|handover| handover.take(SOCKET_NAME)) {
+        Some((fd, bound)) if listen::serves(&ListenAddress::Tcp(address), &bound) => {
+            std::net::TcpListener::from(fd)
+        }
+        Some((_, bound)) => Err(CannotAdopt(format!(
+            "the old primary's metrics socket is {bound}, not --metrics {address}"
+        )))?,
+        None => std::net::TcpListener::bind(address)
+            .with_context(|| format!("cannot serve metrics on {address}"))?,
     };
-    bind().with_context(|| format!("cannot serve metrics on {address}"))
+    let copy = listener.try_clone()?.into();
+    listener.set_nonblocking(true)?;
+    Ok((TcpListener::from_std(listener)?, copy))
 }
 
 /// Serves `metrics` on `listener` until the task is aborted.

@@ -92,12 +92,18 @@ async fn supervise(plan: Plan, mut origin: Origin, output: &Output) -> anyhow::R
         json: plan.json,
         output: output.clone(),
     };
-    // Bound before anything starts: an address in use is a failure to start.
-    let metrics_listener = plan.metrics.map(metrics::bind).transpose()?;
     // What an old primary handed over, if this one is its upgrade.
     let mut handover = origin.take_handover()?;
+    // Bound before anything starts: an address in use is a failure to start.
+    let metrics_socket = (plan.metrics)
+        .map(|address| metrics::bind(address, handover.as_mut()))
+        .transpose()?;
     // Held to the end: the socket files it made go with it.
     let (primary, mut socket_files, lines) = start(&plan, &report, handover.as_mut()).await?;
+    let metrics_listener = metrics_socket.map(|(listener, copy)| {
+        socket_files.hand_over(metrics::SOCKET_NAME, copy);
+        listener
+    });
     // Worker output, printed until the last line of the last worker.
     let printing = tokio::spawn(output.clone().forward(lines));
     let mut events = primary.events();
@@ -114,8 +120,8 @@ async fn supervise(plan: Plan, mut origin: Origin, output: &Output) -> anyhow::R
         return Ok(ExitCode::CannotStart);
     }
     // Served once the pool has its workers (not ready before them), until
-    // the primary is wound down.
-    let serving = metrics_listener.map(|listener| serve_metrics(listener, &primary, &report));
+    // the primary is wound down or hands over to a new one.
+    let mut serving = metrics_listener.map(|listener| serve_metrics(listener, &primary, &report));
     let mut shutdown = Shutdown::default();
     let mut gave_up = false;
     // Whether a worker that was not replaced had failed (`--restart
@@ -196,6 +202,10 @@ async fn supervise(plan: Plan, mut origin: Origin, output: &Output) -> anyhow::R
             outcome = upgrading.outcome(), if upgrading.under_way() && shutdown.signals == 0 => {
                 if Upgrading::took_over(outcome, &report) {
                     socket_files.keep(true);
+                    // (The new primary answers on the metrics socket now.)
+                    if let Some(serving) = serving.take() {
+                        serving.abort();
+                    }
                     shutdown.on_signal(&primary, &report, false).await;
                 }
             }

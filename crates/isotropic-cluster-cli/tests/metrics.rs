@@ -5,8 +5,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
 mod common;
 use common::*;
 
@@ -99,36 +97,6 @@ async fn start(test: &str) -> Started {
     }
 }
 
-/// Sends `request` as is; what came back before the server closed the
-/// connection (a write cut short by the close is not an error here).
-async fn exchange(address: SocketAddr, request: &[u8]) -> String {
-    let mut stream = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connect");
-    let _ = stream.write_all(request).await;
-    let mut response = Vec::new();
-    let read = stream.read_to_end(&mut response);
-    let _ = tokio::time::timeout(DEADLINE, read)
-        .await
-        .expect("the server answers or closes in time");
-    String::from_utf8_lossy(&response).into_owned()
-}
-
-/// `GET path`: the status code and the body.
-async fn get(address: SocketAddr, path: &str) -> (u16, String) {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
-    let response = exchange(address, request.as_bytes()).await;
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("a status line: {response:?}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, body)| body.to_owned());
-    (code, body)
-}
-
 /// `/readyz` answers `code`, with `ready` of the 2 workers ready.
 async fn assert_readyz(address: SocketAddr, code: u16, ready: u32) {
     let body = format!("pool default: {ready} of 2 workers ready (at least 2 needed)\n");
@@ -207,6 +175,15 @@ async fn a_scrape_has_a_series_per_worker_and_bad_requests_change_nothing() {
         "{}",
         &oversized[..oversized.len().min(200)]
     );
+    // A second primary on the same address cannot start: it says why.
+    let taken = address.to_string();
+    let (mut second, mut second_stderr) = cli(&["run", "--metrics", &taken, "--", "true"]);
+    let said = until(&mut second_stderr, "cannot serve metrics").await;
+    assert!(
+        said.last().is_some_and(|line| line.contains(&taken)),
+        "{said:?}"
+    );
+    assert_eq!(exit_code(&mut second).await, Some(2));
     // The pool served on, untouched: no worker left, both still ready.
     assert_eq!(get(address, "/readyz").await.0, 200);
     let (_, after) = get(address, "/metrics").await;
