@@ -120,7 +120,8 @@ pub struct PoolStatus {
 
 impl PoolStatus {
     /// It runs, is not shutting down, and has at least its minimum of ready
-    /// workers.
+    /// workers (a pool of none, before the first fork, has: serve a
+    /// readiness probe once the workers are forked).
     pub fn is_ready(&self) -> bool {
         self.alive && !self.shutting_down && self.ready >= self.minimum
     }
