@@ -1,5 +1,5 @@
-//! `isotropic-cluster run [OPTIONS] -- COMMAND [ARGS…]`: runs COMMAND as a
-//! supervised pool of processes.
+//! `isotropic-cluster run [OPTIONS] [--] COMMAND [ARGS…]`: runs COMMAND as
+//! a supervised pool of processes.
 #![forbid(unsafe_code)]
 
 mod args;
@@ -8,11 +8,12 @@ mod health;
 mod listen;
 mod metrics;
 mod output;
+mod render;
 mod report;
 mod supervise;
 mod upgrade;
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
 
 use args::{Cli, Command, Plan};
 use exit::ExitCode;
@@ -22,9 +23,15 @@ fn main() -> std::process::ExitCode {
         Command::Run(args) => match args.plan() {
             // (Recorded before any thread starts: see upgrade.rs.)
             Ok(plan) => run(plan, upgrade::Origin::record()),
+            // A usage error, printed as clap's own.
             Err(error) => {
-                eprintln!("isotropic-cluster: {error}");
-                ExitCode::CannotStart
+                let mut cli = Cli::command();
+                cli.build();
+                let run = cli.find_subcommand_mut("run").expect("the run command");
+                let _ = run
+                    .error(clap::error::ErrorKind::ArgumentConflict, error)
+                    .print();
+                ExitCode::Usage
             }
         },
         Command::ExecWithSockets { names, command } => listen::exec_with_sockets(&names, &command),
@@ -40,7 +47,7 @@ fn run(plan: Plan, origin: upgrade::Origin) -> ExitCode {
     {
         Ok(runtime) => runtime.block_on(supervise::run(plan, origin)),
         Err(error) => {
-            eprintln!("isotropic-cluster: cannot start a runtime: {error}");
+            eprintln!("isotropic-cluster: cannot start the primary: no runtime: {error}");
             ExitCode::CannotStart
         }
     }

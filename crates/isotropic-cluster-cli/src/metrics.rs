@@ -29,7 +29,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::listen::{self, CannotAdopt};
-use crate::report::Report;
+use crate::output::Output;
+use crate::render::{Entry, Level};
 
 /// The metrics socket's name in an upgrade's handover.
 pub(crate) const SOCKET_NAME: &str = "metrics";
@@ -70,8 +71,9 @@ pub(crate) fn bind(
     Ok((TcpListener::from_std(listener)?, copy))
 }
 
-/// Serves `metrics` on `listener` until the task is aborted.
-pub(crate) async fn serve(listener: TcpListener, metrics: Metrics, report: Report) {
+/// Serves `metrics` on `listener` until the task is aborted (a line on
+/// `output` for a connection that cannot be accepted).
+pub(crate) async fn serve(listener: TcpListener, metrics: Metrics, output: Output) {
     let connections = Arc::new(Semaphore::new(CONNECTIONS));
     loop {
         let Ok(permit) = connections.clone().acquire_owned().await else {
@@ -82,7 +84,7 @@ pub(crate) async fn serve(listener: TcpListener, metrics: Metrics, report: Repor
             Err(error) => {
                 // (Out of fds, say: try again shortly rather than spin.)
                 let text = format!("metrics: cannot accept a connection: {error}");
-                report.line("metricsError", None, &text);
+                output.line(&Entry::info("metricsError", text).at(Level::Warn));
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }

@@ -15,7 +15,8 @@ use crate::health;
 use crate::listen;
 use crate::metrics;
 use crate::output::Output;
-use crate::report::Report;
+use crate::render::{Entry, Level};
+use crate::report::{self, Report};
 use crate::upgrade::{Origin, Takeover, Upgrading};
 
 /// Bytes of worker output that may wait for our stdout before the workers'
@@ -25,7 +26,7 @@ const OUTPUT_BYTES: usize = 4 * 1024 * 1024;
 /// Runs `plan` to its end; everything printed is written before it returns
 /// (or `--grace` after, when our stdout is blocked).
 pub(crate) async fn run(plan: Plan, origin: Origin) -> ExitCode {
-    let output = Output::start();
+    let output = Output::start(plan.format);
     // The library's warnings and errors (a replaced orphan guard, a handler
     // that panicked) as lifecycle lines; RUST_LOG chooses.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -41,11 +42,13 @@ pub(crate) async fn run(plan: Plan, origin: Origin) -> ExitCode {
     let code = match supervise(plan, origin, &output).await {
         Ok(code) => code,
         Err(error) if error.is::<listen::CannotAdopt>() => {
-            output.line(&format!("isotropic-cluster: {error:#}"));
+            let text = format!("{error:#}");
+            output.line(&Entry::info("cannotAdopt", text).at(Level::Error));
             ExitCode::CannotAdopt
         }
         Err(error) => {
-            output.line(&format!("isotropic-cluster: {error:#}"));
+            let text = report::cannot_start("the primary", format!("{error:#}"));
+            output.line(&Entry::info("cannotStart", text).at(Level::Error));
             ExitCode::CannotStart
         }
     };
@@ -88,10 +91,7 @@ async fn supervise(plan: Plan, mut origin: Origin, output: &Output) -> anyhow::R
         .then(OrphanReaper::start)
         .transpose()
         .context("cannot become a subreaper")?;
-    let report = Report {
-        json: plan.json,
-        output: output.clone(),
-    };
+    let report = Report::new(output.clone());
     // What an old primary handed over, if this one is its upgrade.
     let mut handover = origin.take_handover()?;
     // Bound before anything starts: an address in use is a failure to start.
@@ -121,7 +121,7 @@ async fn supervise(plan: Plan, mut origin: Origin, output: &Output) -> anyhow::R
     }
     // Served once the pool has its workers (not ready before them), until
     // the primary is wound down or hands over to a new one.
-    let mut serving = metrics_listener.map(|listener| serve_metrics(listener, &primary, &report));
+    let mut serving = metrics_listener.map(|listener| serve_metrics(listener, &primary, output));
     let mut shutdown = Shutdown::default();
     let mut gave_up = false;
     // Whether a worker that was not replaced had failed (`--restart
@@ -164,14 +164,14 @@ async fn supervise(plan: Plan, mut origin: Origin, output: &Output) -> anyhow::R
                             // (The pool as the primary has it now: no worker
                             // staying, no replacement waiting for its backoff.)
                             if shutdown.signals == 0 && primary.pool_size().await.unwrap_or(0) == 0 {
-                                report.line("done", None, "no worker left to replace: stopping");
+                                report.line("done", "no worker left to replace: stopping");
                                 let primary = primary.clone();
                                 tokio::spawn(async move { primary.shut_down().await });
                             }
                         }
                         PrimaryEvent::WorkerDisconnect(e) if stopping && plan.channel == Channel::Node => {
                             let wait = plan.grace.min(primary::NODE_TERM_AFTER);
-                            report.node_disconnected(e.worker.id().get(), wait);
+                            report.node_disconnected(&e.worker, wait);
                         }
                         PrimaryEvent::WorkerSignal(e) if stopping && e.signal == Signal::KILL => {
                             shutdown.forced = true;
@@ -244,13 +244,13 @@ async fn supervise(plan: Plan, mut origin: Origin, output: &Output) -> anyhow::R
 fn serve_metrics(
     listener: tokio::net::TcpListener,
     primary: &ClusterPrimary,
-    report: &Report,
+    output: &Output,
 ) -> tokio::task::JoinHandle<()> {
     if let Ok(address) = listener.local_addr() {
-        report.line("metrics", None, &format!("metrics on http://{address}"));
+        let text = format!("metrics on http://{address}");
+        output.line(&Entry::info("metrics", text).with([("address", address.to_string().into())]));
     }
-    let serve = metrics::serve(listener, primary.metrics(), report.clone());
-    tokio::spawn(serve)
+    tokio::spawn(metrics::serve(listener, primary.metrics(), output.clone()))
 }
 
 /// SIGTTIN (`up`) or SIGTTOU: one worker more, or one fewer (never none),
@@ -265,15 +265,11 @@ async fn scale(primary: &ClusterPrimary, report: &Report, up: bool) {
         size.saturating_sub(1).max(1)
     };
     if target == size {
-        return report.line("scale", None, "one worker left: SIGTTOU ignored");
+        return report.line("scale", "one worker left: SIGTTOU ignored");
     }
-    report.line(
-        "scale",
-        None,
-        &format!("scaling from {size} to {target} workers"),
-    );
+    report.line("scale", &format!("scaling from {size} to {target} workers"));
     if let Err(error) = primary.scale_to(target).await {
-        report.line("forkError", None, &format!("cannot scale: {error}"));
+        report.warn("forkError", &format!("cannot scale: {error}"));
     }
 }
 
