@@ -1,11 +1,11 @@
 //! The primary's metrics: [`Metrics`], rendered in Prometheus' text format
 //! (see `docs/metrics.md` for every series).
 //!
-//! The actor writes them as things happen (a worker's start, state change,
-//! sample and exit; a rollout's steps), into atomics and two tables locked
-//! only then and by a scrape: nothing is written per message (a channel's
-//! traffic counts are read at the scrape) but a reply's latency, one
-//! relaxed add per bucket. Pool-level figures that depend on the actor's
+//! The actor writes them as things happen (a worker's start, sample and
+//! exit; a rollout's steps), into atomics and two tables locked only then
+//! and by a scrape: nothing is written per message (a channel's traffic
+//! counts are read at the scrape) but a reply's latency (two relaxed adds).
+//! Pool-level figures that depend on the actor's
 //! state (the pool's size, its ready minimum, the workers by state) are
 //! summed up at the end of each turn of the actor that changed them.
 
