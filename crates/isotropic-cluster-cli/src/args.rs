@@ -255,6 +255,13 @@ pub(crate) struct RunArgs {
     /// No control socket.
     #[arg(long, conflicts_with = "control")]
     no_control_socket: bool,
+    /// Serve the pool's metrics on ADDR (127.0.0.1:9100, localhost:9100,
+    /// :9100; TCP): GET /metrics in Prometheus' text format
+    /// (docs/metrics.md), /healthz (200 while the primary runs) and /readyz
+    /// (200 while enough workers are ready, 503 otherwise). Workers are then
+    /// sampled every second.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<Address>,
     /// The program to run, and its arguments (all of them its own).
     #[arg(value_name = "COMMAND", trailing_var_arg = true)]
     command: Vec<String>,
@@ -382,6 +389,8 @@ pub(crate) struct Plan {
     pub(crate) max_memory: Option<u64>,
     /// The control socket's path (`None`: no control socket).
     pub(crate) control: Option<PathBuf>,
+    /// Where to serve the metrics.
+    pub(crate) metrics: Option<std::net::SocketAddr>,
 }
 
 /// A combination of flags that makes no plan.
@@ -397,6 +406,8 @@ pub(crate) enum PlanError {
     WatchdogNeedsFrames,
     /// `--surge 0 --max-unavailable 0`: a reload could not move.
     StuckRollout,
+    /// `--metrics unix:…`: the metrics are served over TCP.
+    MetricsNeedsTcp,
 }
 
 impl fmt::Display for PlanError {
@@ -418,6 +429,9 @@ impl fmt::Display for PlanError {
                 "--watchdog needs --channel frames (heartbeats) or --ready notify (WATCHDOG=1)",
             ),
             Self::StuckRollout => f.write_str("--surge and --max-unavailable cannot both be 0"),
+            Self::MetricsNeedsTcp => {
+                f.write_str("--metrics takes a TCP address (e.g. 127.0.0.1:9100 or :9100)")
+            }
         }
     }
 }
@@ -451,6 +465,11 @@ impl RunArgs {
         if self.rollout.surge == 0 && self.rollout.max_unavailable == 0 {
             return Err(PlanError::StuckRollout);
         }
+        let metrics = match self.metrics.take().map(Address::into_inner) {
+            None => None,
+            Some(ListenAddress::Tcp(address)) => Some(address),
+            Some(_) => return Err(PlanError::MetricsNeedsTcp),
+        };
         let restart_policy = self.restart_policy();
         Ok(Plan {
             program,
@@ -477,6 +496,7 @@ impl RunArgs {
             max_memory: self.max_memory,
             control: (!self.no_control_socket)
                 .then(|| self.control.unwrap_or_else(control::default_path)),
+            metrics,
         })
     }
 
@@ -564,6 +584,7 @@ mod tests {
                 watchdog: None,
                 max_memory: None,
                 control: Some(control::default_path()),
+                metrics: None,
             }
         );
     }
@@ -609,6 +630,8 @@ mod tests {
             "1.5s",
             "--max-memory",
             "200M",
+            "--metrics",
+            "127.0.0.1:9100",
             "--surge",
             "2",
             "--max-unavailable",
@@ -657,6 +680,7 @@ mod tests {
                 watchdog: Some(Duration::from_millis(1500)),
                 max_memory: Some(200 << 20),
                 control: Some(PathBuf::from("/run/c.sock")),
+                metrics: Some("127.0.0.1:9100".parse().expect("an address")),
             }
         );
     }
@@ -722,6 +746,22 @@ mod tests {
         );
         let error = plan(&["--channel", "frames", "--ready", "start"]).expect_err("a channel");
         assert_eq!(error.to_string(), "--ready start goes with --channel none");
+    }
+
+    #[test]
+    fn metrics_take_a_tcp_address_as_listen_does() {
+        let metrics = |address: &str| plan(&["--metrics", address]).map(|plan| plan.metrics);
+        let any: std::net::SocketAddr = "0.0.0.0:9100".parse().expect("an address");
+        assert_eq!(metrics(":9100"), Ok(Some(any)));
+        assert_eq!(metrics("9100"), Ok(Some(any)));
+        let local = "127.0.0.1:9100".parse().ok();
+        assert_eq!(metrics("localhost:9100"), Ok(local));
+        let error = metrics("unix:/run/metrics.sock").expect_err("not TCP");
+        assert_eq!(error, PlanError::MetricsNeedsTcp);
+        assert_eq!(
+            error.to_string(),
+            "--metrics takes a TCP address (e.g. 127.0.0.1:9100 or :9100)"
+        );
     }
 
     #[test]

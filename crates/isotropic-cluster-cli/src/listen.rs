@@ -28,9 +28,15 @@ pub(crate) struct SocketFiles {
 }
 
 impl SocketFiles {
-    /// The listening sockets, named `listen0`, `listen1`… in `--listen` order.
+    /// The sockets an upgrade hands over: the listening ones, named
+    /// `listen0`, `listen1`… in `--listen` order, and the metrics'.
     pub(crate) fn sockets(&self) -> &[(String, OwnedFd)] {
         &self.sockets
+    }
+
+    /// Hands `socket` over at an upgrade too, as `name`.
+    pub(crate) fn hand_over(&mut self, name: &str, socket: OwnedFd) {
+        self.sockets.push((name.to_owned(), socket));
     }
 
     /// Whether the files are to be removed at exit: not while another
@@ -214,7 +220,7 @@ fn adopt(
 
 /// Whether a socket bound to `bound` serves `--listen address` (port 0: the
 /// one the old primary was given).
-fn serves(address: &ListenAddress, bound: &ListenAddress) -> bool {
+pub(crate) fn serves(address: &ListenAddress, bound: &ListenAddress) -> bool {
     match (address, bound) {
         (ListenAddress::Tcp(address), ListenAddress::Tcp(bound)) => {
             address.ip() == bound.ip() && (address.port() == 0 || address.port() == bound.port())

@@ -7,6 +7,7 @@ mod control;
 mod exit;
 mod health;
 mod listen;
+mod metrics;
 mod output;
 mod render;
 mod report;

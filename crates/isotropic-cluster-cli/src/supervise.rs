@@ -15,6 +15,7 @@ use crate::control::{self, ControlSocket, LogTap, Refusal};
 use crate::exit::ExitCode;
 use crate::health;
 use crate::listen;
+use crate::metrics;
 use crate::output::Output;
 use crate::render::{Entry, Level};
 use crate::report::{self, Report};
@@ -110,8 +111,16 @@ async fn supervise(
         (Some(path), None) => bind_control(path, false, &report).await?,
         _ => None,
     };
+    // Bound before anything starts: an address in use is a failure to start.
+    let metrics_socket = (plan.metrics)
+        .map(|address| metrics::bind(address, handover.as_mut()))
+        .transpose()?;
     // Held to the end: the socket files it made go with it.
     let (primary, mut socket_files, lines) = start(&plan, &report, handover.as_mut()).await?;
+    let metrics_listener = metrics_socket.map(|(listener, copy)| {
+        socket_files.hand_over(metrics::SOCKET_NAME, copy);
+        listener
+    });
     // What the control socket asks of this loop.
     let (commands, mut asked) = mpsc::channel(16);
     let served = control::Served {
@@ -141,6 +150,9 @@ async fn supervise(
         wind_down(primary, printing, plan.grace).await?;
         return Ok(ExitCode::CannotStart);
     }
+    // Served once the pool has its workers (not ready before them), until
+    // the primary is wound down or hands over to a new one.
+    let mut serving = metrics_listener.map(|listener| serve_metrics(listener, &primary, output));
     let mut shutdown = Shutdown::default();
     let mut gave_up = false;
     // Whether a worker that was not replaced had failed (`--restart
@@ -249,6 +261,10 @@ async fn supervise(
                 if Upgrading::took_over(outcome, &report) {
                     service.hand_over();
                     socket_files.keep(true);
+                    // (The new primary answers on the metrics socket now.)
+                    if let Some(serving) = serving.take() {
+                        serving.abort();
+                    }
                     shutdown.on_signal(&primary, &report, false).await;
                 }
             }
@@ -270,6 +286,9 @@ async fn supervise(
         }
     }
     report.shut_down(shutdown.forced);
+    if let Some(serving) = serving {
+        serving.abort();
+    }
     // (The control socket's connections hold the primary: they end first,
     // and its file goes, once every worker is gone.)
     drop((events, reloading, upgrading, control, served));
@@ -285,6 +304,20 @@ async fn supervise(
     } else {
         ExitCode::Clean
     })
+}
+
+/// Serves the metrics of `primary` on `listener`, with a line that says
+/// where.
+fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    primary: &ClusterPrimary,
+    output: &Output,
+) -> tokio::task::JoinHandle<()> {
+    if let Ok(address) = listener.local_addr() {
+        let text = format!("metrics on http://{address}");
+        output.line(&Entry::info("metrics", text).with([("address", address.to_string().into())]));
+    }
+    tokio::spawn(metrics::serve(listener, primary.metrics(), output.clone()))
 }
 
 /// SIGTTIN (`up`) or SIGTTOU: one worker more, or one fewer (never none),
@@ -483,13 +516,14 @@ async fn start(
         let command: std::sync::Arc<str> = command.into();
         builder.health_check(move |worker| health::check(command.clone(), worker))
     });
-    // Workers are sampled (every second) for a memory limit or for
-    // `status` on the control socket: without either, the primary does not
-    // wake up for it.
-    let builder = match (plan.max_memory, &plan.control) {
+    // Workers are sampled (every second) for a memory limit, for `status`
+    // on the control socket or for the metrics: without any, the primary
+    // does not wake up for it.
+    let sampled = plan.control.is_some() || plan.metrics.is_some();
+    let builder = match (plan.max_memory, sampled) {
         (Some(limit), _) => builder.max_memory(limit),
-        (None, Some(_)) => builder,
-        (None, None) => builder.sample_interval(std::time::Duration::ZERO),
+        (None, true) => builder,
+        (None, false) => builder.sample_interval(std::time::Duration::ZERO),
     };
     Ok(builder
         .channel(channel)

@@ -451,3 +451,32 @@ async fn the_socket_activation_sockets_are_handed_over_as_systemd_passed_them() 
     old_exits(&mut old, &mut pool).await;
     new.stop(&mut pool).await;
 }
+
+#[tokio::test]
+async fn the_metrics_socket_is_handed_over_and_the_new_primary_answers_on_it() {
+    let scratch = Scratch::new("metrics");
+    let flags = ["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"];
+    let (mut old, mut pool) = start(Path::new(CLI), &flags, &scratch.path("release"), None).await;
+    let metrics_line = |pool: &Lines, nth: usize| {
+        let mut lines = pool.lines().iter().filter(|line| line.event == "metrics");
+        let line = lines.nth(nth).expect("a metrics line").message.clone();
+        let address = line.rsplit("http://").next().map(str::parse);
+        address
+            .and_then(Result::ok)
+            .unwrap_or_else(|| panic!("{line}"))
+    };
+    let metrics: std::net::SocketAddr = metrics_line(&pool, 0);
+    assert_eq!(get(metrics, "/readyz").await.0, 200);
+    send(&old, Signal::USR2);
+    let new = NewPrimary::of(&pool.event("upgrade").await);
+    old_hands_over(&mut pool, &new).await;
+    old_exits(&mut old, &mut pool).await;
+    // The new primary serves the same address (handed over, not bound again).
+    assert_eq!(metrics_line(&pool, 1), metrics);
+    let (code, text) = get(metrics, "/metrics").await;
+    assert_eq!(code, 200, "{text}");
+    let ready = "isotropic_cluster_workers_ready{pool=\"default\"} 2";
+    assert!(text.lines().any(|line| line == ready), "{text}");
+    assert_eq!(get(metrics, "/readyz").await.0, 200);
+    new.stop(&mut pool).await;
+}

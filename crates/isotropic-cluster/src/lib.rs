@@ -80,6 +80,13 @@
 //! SIGUSR2 ([`upgrade`]) and systemd's readiness protocol ([`systemd`]). Its
 //! recipes are in the README; running it under systemd, in a container or on
 //! Kubernetes, in `docs/deployment.md`.
+//!
+//! # Metrics
+//!
+//! [`ClusterPrimary::metrics`](primary::ClusterPrimary::metrics) renders the
+//! pool's and each worker's series in Prometheus' text format for an
+//! endpoint of your own; the `prometheus` feature adds `Metrics::register`,
+//! into a `prometheus_client` registry (see `docs/metrics.md`).
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 

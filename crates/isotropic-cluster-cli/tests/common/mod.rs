@@ -246,6 +246,37 @@ pub(crate) async fn eventually(what: &str, done: impl Fn() -> bool) {
     }
 }
 
+/// Sends `request` as is; what came back before the server closed the
+/// connection (a write cut short by the close is not an error here).
+pub(crate) async fn exchange(address: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let _ = stream.write_all(request).await;
+    let mut response = Vec::new();
+    let read = stream.read_to_end(&mut response);
+    let _ = tokio::time::timeout(DEADLINE, read)
+        .await
+        .expect("the server answers or closes in time");
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// `GET path`: the status code and the body.
+pub(crate) async fn get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+    let response = exchange(address, request.as_bytes()).await;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("a status line: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, body)| body.to_owned());
+    (code, body)
+}
+
 /// A server on the `--listen` socket that finishes the request in hand on
 /// SIGTERM, then exits 0.
 pub(crate) const DRAINING_SERVER: &str = r#"

@@ -118,6 +118,7 @@ impl PrimaryContext {
                 continue;
             };
             entry.resources.record(usage);
+            self.metrics.pool.sampled(id, usage);
             if let Some(limit) = self.config.max_memory
                 && usage.memory > limit
                 && recyclable

@@ -16,6 +16,8 @@ use crate::error::SendError;
 use crate::protocol::{User, Wire};
 use crate::request::{Pending, RequestError};
 
+use super::metrics::Latency;
+
 /// A cloneable handle to one worker: its id, its pid, and its channel.
 ///
 /// Handles stay valid after the worker exits; sending then fails with
@@ -35,6 +37,8 @@ struct Inner {
     pending: Arc<Pending>,
     deadline: Duration,
     wire: Wire,
+    /// Where the latency of each answered request goes.
+    requests: Arc<Latency>,
 }
 
 impl WorkerHandle {
@@ -45,6 +49,7 @@ impl WorkerHandle {
         max_frame: usize,
         deadline: Duration,
         wire: Wire,
+        requests: Arc<Latency>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -57,6 +62,7 @@ impl WorkerHandle {
                 pending: Arc::default(),
                 deadline,
                 wire,
+                requests,
             }),
         }
     }
@@ -108,8 +114,17 @@ impl WorkerHandle {
             .wire
             .encode(User::Request(waiter.id(), message), self.inner.max_frame)
             .map_err(|e| RequestError::Send(SendError::Encode(e)))?;
+        let asked = std::time::Instant::now();
         self.send_frame(frame).await?;
-        waiter.reply(deadline).await
+        let reply = waiter.reply(deadline).await;
+        // (Answered, well or not: its latency counts.)
+        if !matches!(
+            reply,
+            Err(RequestError::Timeout { .. } | RequestError::Gone { .. })
+        ) {
+            self.inner.requests.observe(asked.elapsed());
+        }
+        reply
     }
 
     /// How many requests to this worker wait for a reply.
