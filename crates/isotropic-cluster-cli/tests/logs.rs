@@ -163,6 +163,12 @@ async fn json_is_one_stream_of_json_lines_on_stdout_with_fields() {
     }
     assert_eq!(exit_code(&mut child).await, Some(0));
     assert_eq!(stderr.await.expect("stderr"), "", "nothing else is printed");
+    // The library's own logs (`tracing`) are lines too, their level apart.
+    for log in lines.iter().filter(|f| f["event"] == "log") {
+        let message = log["message"].as_str().expect("a message");
+        let word = message.split(' ').next().unwrap_or_default();
+        assert!(!["ERROR", "WARN", "INFO"].contains(&word), "{log:?}");
+    }
 }
 
 #[tokio::test]
