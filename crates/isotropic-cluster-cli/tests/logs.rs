@@ -159,7 +159,7 @@ async fn json_is_one_stream_of_json_lines_on_stdout_with_fields() {
     })
     .await;
     while let Some(line) = stdout.next_line().await.expect("read") {
-        parse(&line);
+        lines.push(parse(&line));
     }
     assert_eq!(exit_code(&mut child).await, Some(0));
     assert_eq!(stderr.await.expect("stderr"), "", "nothing else is printed");
