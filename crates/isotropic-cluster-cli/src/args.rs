@@ -147,31 +147,68 @@ pub(crate) struct PoolArgs {
 #[derive(Debug, clap::Args)]
 pub(crate) struct RunArgs {
     /// How many workers (default: the number of CPUs; at least 1).
-    #[arg(short, long, short_alias = 'i', value_name = "N", value_parser = count::<1, u16>, allow_hyphen_values = true)]
+    #[arg(
+        short,
+        long,
+        visible_short_alias = 'i',
+        value_name = "N",
+        value_parser = count::<1, u16>,
+        allow_hyphen_values = true
+    )]
     workers: Option<u16>,
     /// How long workers get to exit once asked, before SIGTERM then SIGKILL
-    /// (e.g. 500ms, 5s, 1m). Node workers (--channel node) are disconnected
+    /// (e.g. 500ms, 5s, 1min). Node workers (--channel node) are disconnected
     /// and, as Node's own cluster does, sent SIGTERM soon after (1s, or
     /// --grace if shorter) unless they have exited.
-    #[arg(long, value_name = "D", default_value = "5s", value_parser = duration, allow_hyphen_values = true)]
+    #[arg(
+        long,
+        value_name = "D",
+        default_value = "5s",
+        value_parser = duration,
+        allow_hyphen_values = true
+    )]
     grace: Duration,
     /// A worker that ran this long counts as stable: replaced at once, and
     /// the count of early exits starts over.
-    #[arg(long, value_name = "D", default_value = "1s", value_parser = duration, allow_hyphen_values = true)]
+    #[arg(
+        long,
+        value_name = "D",
+        default_value = "1s",
+        value_parser = duration,
+        allow_hyphen_values = true
+    )]
     stable_after: Duration,
     /// The wait before replacing a worker after the second early exit in a
     /// row; it doubles with each further one…
-    #[arg(long, value_name = "D", default_value = "100ms", value_parser = duration, allow_hyphen_values = true)]
+    #[arg(
+        long,
+        value_name = "D",
+        default_value = "100ms",
+        value_parser = duration,
+        allow_hyphen_values = true
+    )]
     restart_delay: Duration,
     /// …up to this.
-    #[arg(long, value_name = "D", default_value = "10s", value_parser = duration, allow_hyphen_values = true)]
+    #[arg(
+        long,
+        value_name = "D",
+        default_value = "10s",
+        value_parser = duration,
+        allow_hyphen_values = true
+    )]
     max_restart_delay: Duration,
     /// At most this many replacements within --restart-period; then
     /// --on-max-restarts applies (default: no limit).
     #[arg(long, value_name = "N", value_parser = count::<0, u32>, allow_hyphen_values = true)]
     max_restarts: Option<u32>,
     /// The window of --max-restarts.
-    #[arg(long, value_name = "D", default_value = "60s", value_parser = duration, allow_hyphen_values = true)]
+    #[arg(
+        long,
+        value_name = "D",
+        default_value = "60s",
+        value_parser = duration,
+        allow_hyphen_values = true
+    )]
     restart_period: Duration,
     /// Over --max-restarts: stop (shut down, exit code 3) or slow-down
     /// (keep replacing, each after --max-restart-delay).
@@ -297,16 +334,34 @@ pub(crate) struct Recycle {
 pub(crate) struct Rollout {
     /// Workers a reload starts beyond --workers at once (Kubernetes'
     /// maxSurge).
-    #[arg(long, value_name = "N", default_value = "1", value_parser = count::<0, usize>, allow_hyphen_values = true)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value = "1",
+        value_parser = count::<0, usize>,
+        allow_hyphen_values = true
+    )]
     pub(crate) surge: usize,
     /// Workers a reload may take out before their replacements are proven
     /// (Kubernetes' maxUnavailable).
-    #[arg(long, value_name = "N", default_value = "0", value_parser = count::<0, usize>, allow_hyphen_values = true)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value = "0",
+        value_parser = count::<0, usize>,
+        allow_hyphen_values = true
+    )]
     pub(crate) max_unavailable: usize,
     /// A reload's new worker must be ready and up this long before an old
     /// one leaves; one that exits sooner (or is not ready within
     /// --ready-timeout, 60s if unset) rolls the reload back.
-    #[arg(long, value_name = "D", value_parser = duration, default_value = "1s", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        value_name = "D",
+        value_parser = duration,
+        default_value = "1s",
+        allow_hyphen_values = true
+    )]
     pub(crate) min_uptime: Duration,
     /// A command run (by sh -c) for each new worker of a reload once it is
     /// ready, with ISOTROPIC_CLUSTER_PID, _SLOT, _WORKER_ID and _GENERATION

@@ -227,16 +227,16 @@ impl Drop for LogLine {
         if text.is_empty() {
             return;
         }
-        // (`WARN message`: as text the whole of it, as JSON its level.)
-        let entry = match text.split_once(' ') {
-            Some((word, message)) if self.output.format == Format::Json => {
-                match Level::of_log(word) {
-                    Some(level) => Entry::info("log", message.trim_start()).at(level),
-                    None => Entry::info("log", text),
-                }
-            }
-            _ => Entry::info("log", text),
+        let (level, message) = text
+            .split_once(' ')
+            .and_then(|(word, rest)| Some((Level::of_log(word)?, rest.trim_start())))
+            .unwrap_or((Level::Info, text));
+        // (`WARN message`: as text the whole of it, as JSON its level apart.)
+        let message = if self.output.format == Format::Json {
+            message
+        } else {
+            text
         };
-        self.output.line(&entry);
+        self.output.line(&Entry::info("log", message).at(level));
     }
 }

@@ -122,15 +122,17 @@ pub(crate) fn output(format: Format, line: &OutputLine, into: &mut Vec<u8>) {
                 OutputStream::Stderr => "stderr",
                 _ => "stdout",
             };
-            writeln!(
+            let _ = write!(
                 into,
-                "{},\"stream\":\"{stream}\",\"worker\":{},\"slot\":{},\"pid\":{},\"line\":{}}}",
+                "{},\"stream\":\"{stream}\",\"worker\":{},\"slot\":{},\"pid\":{},\"line\":",
                 head(Level::Info, "output"),
                 line.worker.get(),
                 line.slot,
                 line.pid,
-                Value::from(line.line.as_str())
-            )
+            );
+            // (Escaped straight into the batch: no copy of the line.)
+            let _ = serde_json::to_writer(&mut *into, &line.line);
+            writeln!(into, "}}")
         }
     };
 }

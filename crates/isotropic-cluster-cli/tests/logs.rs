@@ -12,9 +12,10 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
 mod common;
 use common::*;
 
-/// A worker that says `up` on stdout and `warming` on stderr, then stays
-/// until SIGTERM (exit 0).
-const WORKER: &str = "trap 'exit 0' TERM; echo up; echo warming >&2; while :; do sleep 1; done";
+/// A worker that says `up` on stdout and `warming "up"\` on stderr (JSON
+/// escapes), then stays until SIGTERM (exit 0).
+const WORKER: &str =
+    r#"trap 'exit 0' TERM; echo up; echo 'warming "up"\' >&2; while :; do sleep 1; done"#;
 
 /// Whether `ts` is RFC 3339 in UTC with milliseconds, within a minute of
 /// now.
@@ -101,7 +102,8 @@ async fn json_is_one_stream_of_json_lines_on_stdout_with_fields() {
     };
     read_until(&mut stdout, &mut lines, |lines| {
         [1, 2].iter().all(|&worker| {
-            output(lines, worker, "stdout", "up") && output(lines, worker, "stderr", "warming")
+            output(lines, worker, "stdout", "up")
+                && output(lines, worker, "stderr", r#"warming "up"\"#)
         }) && find(lines, "workerReady", 2).is_some()
     })
     .await;
@@ -159,10 +161,16 @@ async fn json_is_one_stream_of_json_lines_on_stdout_with_fields() {
     })
     .await;
     while let Some(line) = stdout.next_line().await.expect("read") {
-        parse(&line);
+        lines.push(parse(&line));
     }
     assert_eq!(exit_code(&mut child).await, Some(0));
     assert_eq!(stderr.await.expect("stderr"), "", "nothing else is printed");
+    // The library's own logs (`tracing`) are lines too, their level apart.
+    for log in lines.iter().filter(|f| f["event"] == "log") {
+        let message = log["message"].as_str().expect("a message");
+        let word = message.split(' ').next().unwrap_or_default();
+        assert!(!["ERROR", "WARN", "INFO"].contains(&word), "{log:?}");
+    }
 }
 
 #[tokio::test]

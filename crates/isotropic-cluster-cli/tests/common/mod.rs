@@ -69,11 +69,7 @@ pub(crate) fn runtime_dir() -> std::path::PathBuf {
 /// Starts `command` (the CLI) with stderr piped and killed when dropped;
 /// its stderr as lines.
 pub(crate) fn spawn(mut command: Command) -> (Child, Lines<BufReader<ChildStderr>>) {
-    let mut child = command
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the CLI");
+    let mut child = start(command.stderr(Stdio::piped()));
     let stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
     (child, stderr)
 }
@@ -81,13 +77,14 @@ pub(crate) fn spawn(mut command: Command) -> (Child, Lines<BufReader<ChildStderr
 /// Starts `command` (the CLI with `--json`) with stdout piped and killed
 /// when dropped; its stdout (the JSON lines) as lines.
 pub(crate) fn spawn_json(mut command: Command) -> (Child, Lines<BufReader<ChildStdout>>) {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the CLI");
+    let mut child = start(command.stdout(Stdio::piped()));
     let stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
     (child, stdout)
+}
+
+/// Starts `command`, killed when dropped.
+fn start(command: &mut Command) -> Child {
+    command.kill_on_drop(true).spawn().expect("start the CLI")
 }
 
 pub(crate) fn cli(args: &[&str]) -> (Child, Lines<BufReader<ChildStderr>>) {
