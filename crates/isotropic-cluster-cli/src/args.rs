@@ -1,11 +1,14 @@
 //! The command line, and the plan it makes for `run`: every setting
 //! resolved and every combination of flags checked, before anything starts.
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use isotropic_cluster::primary::{OnIntensity, Restart, RestartPolicy};
 
 /// The hidden command through which `run --listen` starts each worker.
@@ -49,55 +52,61 @@ pub(crate) enum Command {
     },
 }
 
-/// The options of `run`.
-#[derive(Debug, clap::Args)]
+/// The options of `run` (each a key of `--config` too: see `config.rs`).
+#[derive(Debug, Clone, clap::Args)]
 pub(crate) struct RunArgs {
+    /// Read the settings from a TOML file (docs/config.md): every option
+    /// as a key, and several pools under [pools.NAME]. Options given here
+    /// override the file's (with one pool; with several, only --json and
+    /// --subreaper may be given).
+    #[arg(short, long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
     /// How many workers (default: the number of CPUs; at least 1).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
-    workers: Option<u16>,
+    pub(crate) workers: Option<u16>,
     /// How long workers get to exit once asked, before SIGTERM then SIGKILL
     /// (e.g. 500ms, 5s, 1m). Node workers (--channel node) are disconnected
     /// and, as Node's own cluster does, sent SIGTERM soon after (1s, or
     /// --grace if shorter) unless they have exited.
     #[arg(long, default_value = "5s", value_parser = duration)]
-    grace: Duration,
+    pub(crate) grace: Duration,
     /// A worker that ran this long counts as stable: replaced at once, and
     /// the count of early exits starts over.
     #[arg(long, default_value = "1s", value_parser = duration)]
-    stable_after: Duration,
+    pub(crate) stable_after: Duration,
     /// The wait before replacing a worker after the second early exit in a
     /// row; it doubles with each further one…
     #[arg(long, default_value = "100ms", value_parser = duration)]
-    restart_delay: Duration,
+    pub(crate) restart_delay: Duration,
     /// …up to this.
     #[arg(long, default_value = "10s", value_parser = duration)]
-    max_restart_delay: Duration,
+    pub(crate) max_restart_delay: Duration,
     /// At most this many replacements within --restart-period; then
     /// --on-max-restarts applies (default: no limit).
     #[arg(long)]
-    max_restarts: Option<u32>,
+    pub(crate) max_restarts: Option<u32>,
     /// The window of --max-restarts.
     #[arg(long, default_value = "60s", value_parser = duration)]
-    restart_period: Duration,
+    pub(crate) restart_period: Duration,
     /// Over --max-restarts: stop (shut down, exit code 3) or slow-down
     /// (keep replacing, each after --max-restart-delay).
     #[arg(long, value_enum, default_value_t = OnMaxRestarts::Stop)]
-    on_max_restarts: OnMaxRestarts,
+    pub(crate) on_max_restarts: OnMaxRestarts,
     /// Which exits are followed by a replacement: always, on-failure (an
     /// exit code other than 0, or a signal other than SIGTERM, SIGINT,
     /// SIGHUP or SIGPIPE), or never. Once no worker is left and none is to
     /// be replaced, the run ends (exit code 4 if one of them failed).
     #[arg(long, value_enum, default_value_t = RestartMode::Always)]
-    restart: RestartMode,
+    pub(crate) restart: RestartMode,
     #[command(flatten)]
-    recycle: Recycle,
+    pub(crate) recycle: Recycle,
     #[command(flatten)]
-    rollout: Rollout,
+    pub(crate) rollout: Rollout,
     /// The channel workers get: none (plain programs), node (Node.js's own
     /// IPC: process.send / process.on('message')), or frames (ours, see
     /// docs/protocol.md).
     #[arg(long, value_enum, default_value_t = Channel::None)]
-    channel: Channel,
+    pub(crate) channel: Channel,
     /// When a worker counts as ready: when started (no channel), when it
     /// sends ready (node: the message 'ready'; frames: the ready frame),
     /// when it holds a listening socket (no channel; with --listen, as soon
@@ -105,41 +114,49 @@ pub(crate) struct RunArgs {
     /// named by NOTIFY_SOCKET (systemd's sd_notify, any channel; its
     /// STATUS= and STOPPING=1 are printed).
     #[arg(long, value_enum)]
-    ready: Option<Readiness>,
+    pub(crate) ready: Option<Readiness>,
     /// A worker not ready this long after its start is stopped (and
     /// replaced as any exit), in every --ready mode (default: no limit).
     #[arg(long, value_parser = duration, value_name = "D")]
-    ready_timeout: Option<Duration>,
+    pub(crate) ready_timeout: Option<Duration>,
     /// Stop and replace a worker silent this long (e.g. 10s): the primary
     /// sends heartbeats every D/4 that a worker answers from its event loop
     /// (SIGTERM, then SIGKILL after --grace). Needs --channel frames, or
     /// --ready notify (the worker sends WATCHDOG=1 within D; WATCHDOG_USEC says D); a
     /// worker whose hello does not say it answers heartbeats is not watched.
     #[arg(long, value_name = "D", value_parser = duration)]
-    watchdog: Option<Duration>,
+    pub(crate) watchdog: Option<Duration>,
     /// An address the primary listens on, passed to every worker as a
     /// systemd-activation socket (LISTEN_FDS from fd 3, LISTEN_PID,
     /// LISTEN_FDNAMES): 127.0.0.1:8080, [::1]:0, unix:/path. Repeatable.
     #[arg(long = "listen", value_name = "ADDR")]
-    listen: Vec<String>,
+    pub(crate) listen: Vec<String>,
+    /// An environment variable for the workers, on top of the CLI's own.
+    /// Repeatable.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = env_pair)]
+    pub(crate) env: Vec<(String, String)>,
     /// Print lifecycle events as JSON lines instead of text.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Adopt and reap the orphans of the workers' descendants (a
     /// double-forked daemon, the children of a worker that died), as tini
     /// does: PR_SET_CHILD_SUBREAPER. Always done when running as PID 1 (a
     /// container's entrypoint).
     #[arg(long)]
-    subreaper: bool,
+    pub(crate) subreaper: bool,
     /// Recycle a worker whose memory goes over SIZE (200M, 1G, 512K, or
     /// bytes): its process tree's resident memory (its cgroup's, where it
     /// runs in one with the memory controller), sampled every second. It is
     /// stopped as by a restart and replaced in its slot.
     #[arg(long, value_name = "SIZE", value_parser = size)]
-    max_memory: Option<u64>,
+    pub(crate) max_memory: Option<u64>,
     /// The program to run, and its arguments.
-    #[arg(last = true, required = true)]
-    command: Vec<String>,
+    #[arg(last = true, required_unless_present = "config")]
+    pub(crate) command: Vec<String>,
+    /// The options given on the command line (their ids), as opposed to
+    /// defaulted: they override `--config`.
+    #[arg(skip)]
+    pub(crate) given: BTreeSet<String>,
 }
 
 /// When a worker is recycled (drained: its replacement is ready before it
@@ -196,7 +213,8 @@ impl Default for Rollout {
 }
 
 /// The channel workers get.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub(crate) enum Channel {
     None,
     Node,
@@ -207,7 +225,8 @@ pub(crate) enum Channel {
 /// channel, once it holds a listening socket, or once it sends `READY=1` to
 /// `NOTIFY_SOCKET`. (No doc comment on the
 /// variants: clap would print them in `--help`.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub(crate) enum Readiness {
     Start,
     Message,
@@ -215,22 +234,54 @@ pub(crate) enum Readiness {
     Notify,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum RestartMode {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum RestartMode {
     Always,
     OnFailure,
     Never,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum OnMaxRestarts {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum OnMaxRestarts {
     Stop,
     SlowDown,
 }
 
-/// What `run` does, every setting resolved.
+/// What `run` does: its pools (one, unless `--config` names several), and
+/// what the primary process does for all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Setup {
+    /// In the order of their names.
+    pub(crate) pools: Vec<Plan>,
+    pub(crate) json: bool,
+    /// Whether to adopt and reap orphans: asked, or running as PID 1.
+    pub(crate) reap_orphans: bool,
+}
+
+impl Setup {
+    pub(crate) fn new(pools: Vec<Plan>, json: bool, subreaper: bool) -> Self {
+        Self {
+            pools,
+            json,
+            reap_orphans: subreaper || std::process::id() == 1,
+        }
+    }
+
+    /// The longest `grace` of the pools: what waits on all of them.
+    pub(crate) fn grace(&self) -> Duration {
+        let graces = self.pools.iter().map(|plan| plan.grace);
+        graces.max().unwrap_or_default()
+    }
+}
+
+/// What one pool does, every setting resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Plan {
+    /// The pool's name in `--config` (`[pools.NAME]`); none from the flags
+    /// alone, or from a file without `[pools]`.
+    pub(crate) name: Option<String>,
     /// The program each worker runs…
     pub(crate) program: String,
     /// …with these arguments.
@@ -247,9 +298,8 @@ pub(crate) struct Plan {
     pub(crate) rollout: Rollout,
     /// Both the shutdown's and the kill's.
     pub(crate) grace: Duration,
-    pub(crate) json: bool,
-    /// Whether to adopt and reap orphans: asked, or running as PID 1.
-    pub(crate) reap_orphans: bool,
+    /// Set for the workers, in order (a later one wins).
+    pub(crate) env: Vec<(String, String)>,
     /// How long a watched worker may be silent (`None`: not watched).
     pub(crate) watchdog: Option<Duration>,
     /// The memory limit of each worker, in bytes.
@@ -267,6 +317,11 @@ pub(crate) enum PlanError {
     WatchdogNeedsFrames,
     /// `--surge 0 --max-unavailable 0`: a reload could not move.
     StuckRollout,
+    /// `max-requests-jitter` without `max-requests` (in a file: clap
+    /// refuses it on the command line).
+    JitterNeedsMaxRequests,
+    /// No program to run (a `--config` pool without `command`).
+    NoCommand,
 }
 
 impl fmt::Display for PlanError {
@@ -284,14 +339,66 @@ impl fmt::Display for PlanError {
                 "--watchdog needs --channel frames (heartbeats) or --ready notify (WATCHDOG=1)",
             ),
             Self::StuckRollout => f.write_str("--surge and --max-unavailable cannot both be 0"),
+            Self::JitterNeedsMaxRequests => {
+                f.write_str("--max-requests-jitter needs --max-requests")
+            }
+            Self::NoCommand => f.write_str("no command to run"),
         }
     }
 }
 
 impl std::error::Error for PlanError {}
 
+impl Cli {
+    /// Parses the command line (exits on an error, as [`Parser::parse`]).
+    pub(crate) fn parse_line() -> Self {
+        Self::try_parse_line_from(std::env::args_os()).unwrap_or_else(|error| error.exit())
+    }
+
+    /// Parses `line`, noting for `run` which options it gives
+    /// ([`RunArgs::given`]).
+    ///
+    /// # Errors
+    ///
+    /// A usage error, or `--help` or `--version`.
+    pub(crate) fn try_parse_line_from(
+        line: impl IntoIterator<Item = impl Into<OsString> + Clone>,
+    ) -> Result<Self, clap::Error> {
+        let matches = Self::command().try_get_matches_from(line)?;
+        let mut cli = Self::from_arg_matches(&matches)?;
+        if let (Command::Run(args), Some(("run", matches))) =
+            (&mut cli.command, matches.subcommand())
+        {
+            args.given = matches
+                .ids()
+                .filter(|id| matches.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+                .map(|id| id.as_str().to_owned())
+                .collect();
+        }
+        Ok(cli)
+    }
+}
+
 impl RunArgs {
-    /// Resolves the defaults and checks the combinations of flags.
+    /// The whole run: the flags' one pool, or `--config`'s pools with the
+    /// flags over them.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read or is not valid, or a combination of
+    /// settings makes no plan.
+    pub(crate) fn setup(self) -> anyhow::Result<Setup> {
+        match self.config.clone() {
+            Some(path) => crate::config::setup(&path, self),
+            None => {
+                let (json, subreaper) = (self.json, self.subreaper);
+                Ok(Setup::new(vec![self.plan()?], json, subreaper))
+            }
+        }
+    }
+
+    /// Resolves the defaults and checks the combinations of settings: one
+    /// pool's plan (with no name).
     pub(crate) fn plan(self) -> Result<Plan, PlanError> {
         let readiness = match (self.channel, self.ready) {
             (_, Some(Readiness::Notify)) => Readiness::Notify,
@@ -315,10 +422,14 @@ impl RunArgs {
         if self.rollout.surge == 0 && self.rollout.max_unavailable == 0 {
             return Err(PlanError::StuckRollout);
         }
+        if self.recycle.max_requests_jitter > 0 && self.recycle.max_requests.is_none() {
+            return Err(PlanError::JitterNeedsMaxRequests);
+        }
         let restart_policy = self.restart_policy();
         let mut command = self.command.into_iter();
-        let program = command.next().expect("clap requires a command");
+        let program = command.next().ok_or(PlanError::NoCommand)?;
         Ok(Plan {
+            name: None,
             program,
             args: command.collect(),
             workers: self.workers.map_or_else(
@@ -333,8 +444,7 @@ impl RunArgs {
             recycle: self.recycle,
             rollout: self.rollout,
             grace: self.grace,
-            json: self.json,
-            reap_orphans: self.subreaper || std::process::id() == 1,
+            env: self.env,
             watchdog: self.watchdog,
             max_memory: self.max_memory,
         })
@@ -365,8 +475,16 @@ impl RunArgs {
     }
 }
 
+/// `KEY=VALUE` (the value may be empty, the key may not).
+fn env_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("not KEY=VALUE: {text}")),
+    }
+}
+
 /// `500ms`, `5s`, `2m`, `1h`, or a number of seconds.
-fn duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(
         text.find(|c: char| !c.is_ascii_digit() && c != '.')
             .unwrap_or(text.len()),
@@ -386,7 +504,7 @@ fn duration(text: &str) -> Result<Duration, String> {
 
 /// `200M`, `1G`, `512K` (powers of 1024, a fraction allowed: `1.5G`), or a
 /// number of bytes; above zero.
-fn size(text: &str) -> Result<u64, String> {
+pub(crate) fn size(text: &str) -> Result<u64, String> {
     let (number, unit) = text.split_at(
         text.find(|c: char| !c.is_ascii_digit() && c != '.')
             .unwrap_or(text.len()),
@@ -416,8 +534,13 @@ mod tests {
             .iter()
             .chain(flags)
             .chain(&["--", "prog", "arg"]);
-        match Cli::try_parse_from(line).expect("parses").command {
-            Command::Run(args) => args.plan(),
+        run_args(line).plan()
+    }
+
+    /// The options of `run` in `line`.
+    fn run_args<'a>(line: impl IntoIterator<Item = &'a &'a str>) -> RunArgs {
+        match Cli::try_parse_line_from(line).expect("parses").command {
+            Command::Run(args) => *args,
             other => panic!("not run: {other:?}"),
         }
     }
@@ -433,6 +556,7 @@ mod tests {
         assert_eq!(
             plan,
             Plan {
+                name: None,
                 program: "prog".to_owned(),
                 args: vec!["arg".to_owned()],
                 workers: cpus,
@@ -444,8 +568,7 @@ mod tests {
                 recycle: Recycle::default(),
                 rollout: Rollout::default(),
                 grace: Duration::from_secs(5),
-                json: false,
-                reap_orphans: false,
+                env: vec![],
                 watchdog: None,
                 max_memory: None,
             }
@@ -501,11 +624,16 @@ mod tests {
             "5s",
             "--health-check",
             "curl -sf localhost:8080",
+            "--env",
+            "A=1",
+            "--env",
+            "B=x=y",
         ])
         .expect("a plan");
         assert_eq!(
             plan,
             Plan {
+                name: None,
                 program: "prog".to_owned(),
                 args: vec!["arg".to_owned()],
                 workers: 3,
@@ -531,12 +659,55 @@ mod tests {
                     health_check: Some("curl -sf localhost:8080".to_owned()),
                 },
                 grace: Duration::from_millis(500),
-                json: true,
-                reap_orphans: true,
+                env: vec![
+                    ("A".to_owned(), "1".to_owned()),
+                    ("B".to_owned(), "x=y".to_owned())
+                ],
                 watchdog: Some(Duration::from_millis(1500)),
                 max_memory: Some(200 << 20),
             }
         );
+    }
+
+    #[test]
+    fn json_and_subreaper_are_the_primarys() {
+        let setup = |flags: &[&str]| {
+            let line = ["isotropic-cluster", "run"]
+                .iter()
+                .chain(flags)
+                .chain(&["--", "prog"]);
+            run_args(line).setup().expect("a setup")
+        };
+        let plain = setup(&[]);
+        assert_eq!(
+            (plain.json, plain.reap_orphans, plain.pools.len()),
+            (false, false, 1)
+        );
+        let both = setup(&["--json", "--subreaper"]);
+        assert_eq!((both.json, both.reap_orphans), (true, true));
+    }
+
+    #[test]
+    fn the_command_line_notes_the_options_it_gives() {
+        let line = [
+            "isotropic-cluster",
+            "run",
+            "--workers",
+            "2",
+            "--json",
+            "--",
+            "prog",
+        ];
+        let given: Vec<_> = run_args(&line).given.into_iter().collect();
+        assert_eq!(given, ["command", "json", "workers"]);
+    }
+
+    #[test]
+    fn env_pairs() {
+        assert_eq!(env_pair("A=1"), Ok(("A".to_owned(), "1".to_owned())));
+        assert_eq!(env_pair("A="), Ok(("A".to_owned(), String::new())));
+        assert_eq!(env_pair("=1"), Err("not KEY=VALUE: =1".to_owned()));
+        assert_eq!(env_pair("A"), Err("not KEY=VALUE: A".to_owned()));
     }
 
     #[test]

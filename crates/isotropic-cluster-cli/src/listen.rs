@@ -27,7 +27,8 @@ pub(crate) struct SocketFiles {
 }
 
 impl SocketFiles {
-    /// The listening sockets, named `listen0`, `listen1`… in `--listen` order.
+    /// The listening sockets, named `listen0`, `listen1`… in `--listen`
+    /// order (`web/listen0`… for the pool `web`, when there are several).
     pub(crate) fn sockets(&self) -> &[(String, OwnedFd)] {
         &self.sockets
     }
@@ -145,8 +146,12 @@ fn bind(
     for (i, text) in addresses.iter().enumerate() {
         let address: ListenAddress = text.parse()?;
         let name = format!("listen{i}");
+        // (The name an upgrade hands it over as: the workers' own, in a pool's.)
+        let handed_as = report
+            .pool()
+            .map_or_else(|| name.clone(), |pool| format!("{pool}/{name}"));
         let (fd, bound) = match handover.as_deref_mut() {
-            Some(handover) => adopt(handover, &name, &address)?,
+            Some(handover) => adopt(handover, &handed_as, &address)?,
             None => {
                 if let ListenAddress::Unix(path) = &address {
                     clear_stale(path);
@@ -163,7 +168,7 @@ fn bind(
             format!(", handed over by the old primary (pid {})", h.from_pid())
         });
         report.line("listening", None, &format!("listening on {bound}{from}"));
-        files.sockets.push((name.clone(), fd.try_clone()?));
+        files.sockets.push((handed_as, fd.try_clone()?));
         fds.push(fd);
         names.push(name);
     }

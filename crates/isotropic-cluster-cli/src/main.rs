@@ -3,26 +3,26 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod config;
 mod exit;
 mod health;
 mod listen;
 mod output;
+mod pool;
 mod report;
 mod supervise;
 mod upgrade;
 
-use clap::Parser as _;
-
-use args::{Cli, Command, Plan};
+use args::{Cli, Command, Setup};
 use exit::ExitCode;
 
 fn main() -> std::process::ExitCode {
-    match Cli::parse().command {
-        Command::Run(args) => match args.plan() {
+    match Cli::parse_line().command {
+        Command::Run(args) => match args.setup() {
             // (Recorded before any thread starts: see upgrade.rs.)
-            Ok(plan) => run(plan, upgrade::Origin::record()),
+            Ok(setup) => run(setup, upgrade::Origin::record()),
             Err(error) => {
-                eprintln!("isotropic-cluster: {error}");
+                eprintln!("isotropic-cluster: {error:#}");
                 ExitCode::CannotStart
             }
         },
@@ -31,13 +31,13 @@ fn main() -> std::process::ExitCode {
     .into()
 }
 
-/// Runs `plan` on a single-threaded runtime.
-fn run(plan: Plan, origin: upgrade::Origin) -> ExitCode {
+/// Runs `setup` on a single-threaded runtime.
+fn run(setup: Setup, origin: upgrade::Origin) -> ExitCode {
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime.block_on(supervise::run(plan, origin)),
+        Ok(runtime) => runtime.block_on(supervise::run(setup, origin)),
         Err(error) => {
             eprintln!("isotropic-cluster: cannot start a runtime: {error}");
             ExitCode::CannotStart

@@ -109,9 +109,10 @@ impl Output {
     }
 
     /// Prints the workers' lines, each prefixed with its worker's slot (short
-    /// and the same across replacements), on the
-    /// stream it was written to, until they end.
-    pub(crate) async fn forward(self, mut lines: OutputLines) {
+    /// and the same across replacements), and its `pool` when there are
+    /// several (`[web 2]`), on the stream it was written to, until they end.
+    pub(crate) async fn forward(self, mut lines: OutputLines, pool: Option<Arc<str>>) {
+        let pool = pool.map_or(String::new(), |pool| format!("{pool} "));
         while let Some(first) = lines.next().await {
             let (mut out, mut err) = (Vec::new(), Vec::new());
             let mut next = Some(first);
@@ -120,7 +121,7 @@ impl Output {
                     OutputStream::Stderr => &mut err,
                     _ => &mut out,
                 };
-                let _ = writeln!(batch, "[{}] {}", line.slot, line.line);
+                let _ = writeln!(batch, "[{pool}{}] {}", line.slot, line.line);
                 if out.len() + err.len() >= BATCH {
                     break;
                 }

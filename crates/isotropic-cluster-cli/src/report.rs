@@ -1,5 +1,9 @@
 //! The lifecycle lines the CLI prints on stderr, as text (`[primary] …`)
-//! or, with `--json`, as JSON lines (worker output: see `output.rs`).
+//! or, with `--json`, as JSON lines (worker output: see `output.rs`). With
+//! several pools, a pool's lines name it (`[primary] web worker 2 ready`,
+//! `"pool": "web"`).
+
+use std::sync::Arc;
 
 use isotropic_cluster::ProtocolError;
 use isotropic_cluster::primary::{Expiry, OnIntensity, PrimaryEvent, WorkerError};
@@ -10,11 +14,40 @@ use crate::output::Output;
 /// Prints lifecycle events as text or JSON.
 #[derive(Debug, Clone)]
 pub(crate) struct Report {
-    pub(crate) json: bool,
-    pub(crate) output: Output,
+    json: bool,
+    output: Output,
+    /// The pool the lines are about, when there are several.
+    pool: Option<Arc<str>>,
 }
 
 impl Report {
+    /// The primary's report: its lines name no pool.
+    pub(crate) fn new(json: bool, output: Output) -> Self {
+        Self {
+            json,
+            output,
+            pool: None,
+        }
+    }
+
+    /// The report of the pool `name`: its lines name it.
+    pub(crate) fn for_pool(&self, name: Option<&str>) -> Self {
+        Self {
+            pool: name.map(Arc::from),
+            ..self.clone()
+        }
+    }
+
+    /// Where the lines go.
+    pub(crate) fn output(&self) -> Output {
+        self.output.clone()
+    }
+
+    /// The pool this report names, if any.
+    pub(crate) fn pool(&self) -> Option<&Arc<str>> {
+        self.pool.as_ref()
+    }
+
     /// Prints `event` (or nothing, for the events the CLI does not show).
     pub(crate) fn event(&self, event: PrimaryEvent) {
         match event {
@@ -219,19 +252,23 @@ impl Report {
 
     /// One lifecycle line, about `worker` or the primary.
     pub(crate) fn line(&self, event: &str, worker: Option<u64>, text: &str) {
-        self.output.line(&render(self.json, event, worker, text));
+        let pool = self.pool.as_deref();
+        self.output
+            .line(&render(self.json, pool, event, worker, text));
     }
 }
 
-/// A lifecycle line as text or JSON.
-fn render(json: bool, event: &str, worker: Option<u64>, text: &str) -> String {
-    if json {
-        json!({"event": event, "worker": worker, "message": text}).to_string()
-    } else {
-        match worker {
-            Some(id) => format!("[primary] worker {id} {text}"),
-            None => format!("[primary] {text}"),
+/// A lifecycle line as text or JSON, about `pool` if named.
+fn render(json: bool, pool: Option<&str>, event: &str, worker: Option<u64>, text: &str) -> String {
+    match (json, pool, worker) {
+        (true, None, _) => json!({"event": event, "worker": worker, "message": text}).to_string(),
+        (true, Some(pool), _) => {
+            json!({"event": event, "pool": pool, "worker": worker, "message": text}).to_string()
         }
+        (false, None, Some(id)) => format!("[primary] worker {id} {text}"),
+        (false, None, None) => format!("[primary] {text}"),
+        (false, Some(pool), Some(id)) => format!("[primary] {pool} worker {id} {text}"),
+        (false, Some(pool), None) => format!("[primary] {pool}: {text}"),
     }
 }
 
@@ -259,19 +296,42 @@ mod tests {
     #[test]
     fn text_lines_name_the_primary_and_the_worker() {
         assert_eq!(
-            render(false, "workerReady", Some(2), "ready"),
+            render(false, None, "workerReady", Some(2), "ready"),
             "[primary] worker 2 ready"
         );
         assert_eq!(
-            render(false, "shutDown", None, "already shutting down"),
+            render(false, None, "shutDown", None, "already shutting down"),
             "[primary] already shutting down"
+        );
+    }
+
+    #[test]
+    fn a_pools_lines_name_it() {
+        assert_eq!(
+            render(false, Some("web"), "workerReady", Some(2), "ready"),
+            "[primary] web worker 2 ready"
+        );
+        assert_eq!(
+            render(false, Some("web"), "reload", None, "reloading"),
+            "[primary] web: reloading"
+        );
+        let line = render(
+            true,
+            Some("web"),
+            "workerExit",
+            Some(3),
+            "exited with code 0",
+        );
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&line).expect("one JSON value"),
+            json!({"event": "workerExit", "pool": "web", "worker": 3, "message": "exited with code 0"})
         );
     }
 
     #[test]
     fn json_lines_carry_the_event_the_worker_and_the_message() {
         let line = |worker| {
-            let line = render(true, "workerExit", worker, "exited with code 0");
+            let line = render(true, None, "workerExit", worker, "exited with code 0");
             serde_json::from_str::<serde_json::Value>(&line).expect("one JSON value")
         };
         assert_eq!(

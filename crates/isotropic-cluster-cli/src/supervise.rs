@@ -1,29 +1,28 @@
-//! The `run` command once planned: starts the primary, then reports its
-//! events and answers signals until the workers are gone.
+//! The `run` command once planned: starts the primary's pools (one, or
+//! those of `--config`: see `pool.rs`), then answers signals for all of
+//! them until each has ended. SIGHUP reloads every pool at once (each
+//! rollout bounded by its own pool's settings), SIGINT/SIGTERM shut them
+//! all down, a pool that gives up (`--max-restarts`) shuts the others down
+//! too, and one that runs out of workers ends alone.
 
 use anyhow::Context as _;
 use isotropic_cluster::Signal;
-use isotropic_cluster::primary::{
-    self, ClusterPrimary, OnIntensity, OrphanReaper, OutputLines, PrimaryBuilder, PrimaryEvent,
-    WorkerChannel, WorkerStdio, output_channel,
-};
+use isotropic_cluster::primary::OrphanReaper;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
-use crate::args::{Channel, Plan, Readiness};
+use crate::args::Setup;
 use crate::exit::ExitCode;
-use crate::health;
 use crate::listen;
 use crate::output::Output;
+use crate::pool::{Command, Outcome, Pool};
 use crate::report::Report;
 use crate::upgrade::{Origin, Takeover, Upgrading};
 
-/// Bytes of worker output that may wait for our stdout before the workers'
-/// pipes are no longer read.
-const OUTPUT_BYTES: usize = 4 * 1024 * 1024;
-
-/// Runs `plan` to its end; everything printed is written before it returns
+/// Runs `setup` to its end; everything printed is written before it returns
 /// (or `--grace` after, when our stdout is blocked).
-pub(crate) async fn run(plan: Plan, origin: Origin) -> ExitCode {
+pub(crate) async fn run(setup: Setup, origin: Origin) -> ExitCode {
     let output = Output::start();
     // The library's warnings and errors (a replaced orphan guard, a handler
     // that panicked) as lifecycle lines; RUST_LOG chooses.
@@ -36,8 +35,8 @@ pub(crate) async fn run(plan: Plan, origin: Origin) -> ExitCode {
         .without_time()
         .with_target(false)
         .try_init();
-    let grace = plan.grace;
-    let code = match supervise(plan, origin, &output).await {
+    let grace = setup.grace();
+    let code = match supervise(setup, origin, &output).await {
         Ok(code) => code,
         Err(error) if error.is::<listen::CannotAdopt>() => {
             output.line(&format!("isotropic-cluster: {error:#}"));
@@ -77,120 +76,84 @@ impl Signals {
     }
 }
 
-async fn supervise(plan: Plan, mut origin: Origin, output: &Output) -> anyhow::Result<ExitCode> {
+async fn supervise(setup: Setup, mut origin: Origin, output: &Output) -> anyhow::Result<ExitCode> {
     // First, so that a signal during startup is a shutdown once running,
     // not the default action.
     let mut signals = Signals::install()?;
     // As PID 1 (or asked), orphans are ours to reap, for as long as we run.
-    let _reaper = plan
+    let _reaper = setup
         .reap_orphans
         .then(OrphanReaper::start)
         .transpose()
         .context("cannot become a subreaper")?;
-    let report = Report {
-        json: plan.json,
-        output: output.clone(),
-    };
+    let report = Report::new(setup.json, output.clone());
     // What an old primary handed over, if this one is its upgrade.
     let mut handover = origin.take_handover()?;
-    // Held to the end: the socket files it made go with it.
-    let (primary, mut socket_files, lines) = start(&plan, &report, handover.as_mut()).await?;
-    // Worker output, printed until the last line of the last worker.
-    let printing = tokio::spawn(output.clone().forward(lines));
-    let mut events = primary.events();
+    // Held to the end: the socket files they made go with them.
+    let (pools, mut socket_files) = start(&setup, &report, handover.as_mut()).await?;
     // (An upgrade's new primary: the old one is told once every worker is ready.)
-    let mut takeover = handover.map(|handover| Takeover::start(&primary, plan.workers, handover));
-    let forked = match takeover {
-        Some(_) => Ok(0),
-        None => primary.fork(plan.workers).await,
-    };
-    if let Err(error) = forked {
-        report.cannot_start(&plan.program, &error);
-        drop(events);
-        wind_down(primary, printing, plan.grace).await?;
-        return Ok(ExitCode::CannotStart);
+    let mut takeover = handover.map(|handover| {
+        let pools = pools
+            .iter()
+            .map(|pool| (pool.primary().clone(), pool.plan().workers));
+        Takeover::start(pools.collect(), handover)
+    });
+    if takeover.is_none() {
+        for pool in &pools {
+            if let Err(error) = pool.primary().fork(pool.plan().workers).await {
+                pool.report().cannot_start(&pool.plan().program, &error);
+                wind_down(pools, setup.grace()).await?;
+                return Ok(ExitCode::CannotStart);
+            }
+        }
+    }
+    // Each pool under supervision in a task of its own, told what to do.
+    let mut running = Vec::new();
+    let mut supervised = JoinSet::new();
+    for mut pool in pools {
+        let (commands, received) = mpsc::unbounded_channel();
+        running.push(commands);
+        supervised.spawn(async move {
+            let outcome = pool.supervise(received).await;
+            (pool, outcome)
+        });
     }
     let mut shutdown = Shutdown::default();
-    let mut gave_up = false;
-    // Whether a worker that was not replaced had failed (`--restart
-    // on-failure|never`): the run ends once none is left.
-    let mut failed = false;
-    // The generations whose rollout failed: their workers' exits are the
-    // rollback's business, not the pool's.
-    let mut rolled_back = std::collections::BTreeSet::new();
-    // Whether a worker had to be killed once the shutdown began: then the
-    // shutdown was forced, whatever started it.
-    let mut stopping = false;
-    // A rollout (SIGHUP): each new worker proven before an old one leaves,
-    // so the pool is never short; rolled back if the new ones fail.
-    let mut reload: Option<tokio::task::JoinHandle<Result<usize, _>>> = None;
+    let mut ended = Vec::new();
+    let mut outcome = Outcome::default();
     // SIGUSR2 (see upgrade.rs), and how a new primary's takeover ended.
     let mut upgrading = Upgrading::default();
     let mut gave_up_takeover = None;
     loop {
         tokio::select! {
-            // Events first: a reload's end is reported after the events
-            // that led to it.
-            biased;
-            event = events.next() => match event {
-                Some(PrimaryEvent::ShutDownComplete(_)) | None => break,
-                Some(event) => {
-                    match &event {
-                        PrimaryEvent::RestartIntensityExceeded(e) => {
-                            gave_up |= e.then == OnIntensity::ShutDown;
-                        }
-                        PrimaryEvent::ShutDown(_) => stopping = true,
-                        PrimaryEvent::RolloutFailed(e) => {
-                            rolled_back.insert(e.generation);
-                        }
-                        PrimaryEvent::WorkerExit(e)
-                            if !e.replaced && !stopping && !rolled_back.contains(&e.worker.generation()) =>
-                        {
-                            // (A worker asked to leave, when the pool shrank, did not fail.)
-                            // (One stopped for a failure failed, whatever its status.)
-                            failed |= e.failed || (!e.voluntary && !plan.restart_policy.is_normal(e.code(), e.signal()));
-                            // (The pool as the primary has it now: no worker
-                            // staying, no replacement waiting for its backoff.)
-                            if shutdown.signals == 0 && primary.pool_size().await.unwrap_or(0) == 0 {
-                                report.line("done", None, "no worker left to replace: stopping");
-                                let primary = primary.clone();
-                                tokio::spawn(async move { primary.shut_down().await });
-                            }
-                        }
-                        PrimaryEvent::WorkerDisconnect(e) if stopping && plan.channel == Channel::Node => {
-                            let wait = plan.grace.min(primary::NODE_TERM_AFTER);
-                            report.node_disconnected(e.worker.id().get(), wait);
-                        }
-                        PrimaryEvent::WorkerSignal(e) if stopping && e.signal == Signal::KILL => {
-                            shutdown.forced = true;
-                        }
-                        _ => {}
+            finished = supervised.join_next() => match finished {
+                None => break,
+                Some(finished) => {
+                    let (pool, ended_with) = finished.context("a pool's supervision failed")?;
+                    if ended_with.gave_up && !supervised.is_empty() && shutdown.signals == 0 {
+                        let name = pool.name().unwrap_or_default();
+                        report.line("shutDown", None, &format!("the pool {name} gave up: stopping every pool"));
+                        shutdown.signals += 1;
+                        tell(&running, Command::ShutDown);
                     }
-                    report.event(event);
+                    outcome.forced |= ended_with.forced;
+                    outcome.gave_up |= ended_with.gave_up;
+                    outcome.failed |= ended_with.failed;
+                    ended.push(pool);
                 }
             },
-            _ = signals.interrupt.recv() => shutdown.on_signal(&primary, &report, true).await,
-            _ = signals.terminate.recv() => shutdown.on_signal(&primary, &report, false).await,
-            _ = signals.hangup.recv(), if shutdown.signals == 0 => {
-                report.reloading();
-                let primary = primary.clone();
-                reload = Some(tokio::spawn(async move { primary.restart_workers().await }));
-            }
-            _ = signals.more.recv(), if shutdown.signals == 0 => scale(&primary, &report, true).await,
-            _ = signals.fewer.recv(), if shutdown.signals == 0 => scale(&primary, &report, false).await,
-            done = async { reload.as_mut().expect("a reload").await }, if reload.is_some() => {
-                reload = None;
-                if let Ok(Ok(restarted)) = done {
-                    report.reloaded(restarted);
-                }
-            }
+            _ = signals.interrupt.recv() => shutdown.on_signal(&running, &report, true),
+            _ = signals.terminate.recv() => shutdown.on_signal(&running, &report, false),
+            _ = signals.hangup.recv(), if shutdown.signals == 0 => tell(&running, Command::Reload),
+            _ = signals.more.recv(), if shutdown.signals == 0 => scale(&running, &report, true),
+            _ = signals.fewer.recv(), if shutdown.signals == 0 => scale(&running, &report, false),
             _ = signals.upgrade.recv(), if shutdown.signals == 0 => {
-                upgrading.begin(&origin, &plan, &socket_files, &report);
+                upgrading.begin(&origin, &setup, &socket_files, &report);
             }
-            outcome = upgrading.outcome(), if upgrading.under_way() && shutdown.signals == 0 => {
-                if Upgrading::took_over(outcome, &report) {
-                    socket_files.keep(true);
-                    shutdown.on_signal(&primary, &report, false).await;
+            ended_with = upgrading.outcome(), if upgrading.under_way() && shutdown.signals == 0 => {
+                if Upgrading::took_over(ended_with, &report) {
+                    socket_files.iter_mut().for_each(|files| files.keep(true));
+                    shutdown.on_signal(&running, &report, false);
                 }
             }
             code = async { takeover.as_mut().expect("a takeover").settle(&report).await },
@@ -198,139 +161,86 @@ async fn supervise(plan: Plan, mut origin: Origin, output: &Output) -> anyhow::R
                 gave_up_takeover = code;
                 match code {
                     // (Took over: the socket files are this primary's now.)
-                    None => socket_files.keep(false),
-                    Some(_) => shutdown.on_signal(&primary, &report, false).await,
+                    None => socket_files.iter_mut().for_each(|files| files.keep(false)),
+                    Some(_) => shutdown.on_signal(&running, &report, false),
                 }
             }
         }
     }
-    report.shut_down(shutdown.forced);
-    drop((events, reload, upgrading));
-    wind_down(primary, printing, plan.grace).await?;
+    let forced = shutdown.forced || outcome.forced;
+    report.shut_down(forced);
+    drop(upgrading);
+    wind_down(ended, setup.grace()).await?;
     Ok(if let Some(code) = gave_up_takeover {
         code
-    } else if shutdown.forced {
+    } else if forced {
         ExitCode::Forced
-    } else if gave_up {
+    } else if outcome.gave_up {
         ExitCode::GaveUp
-    } else if failed {
+    } else if outcome.failed {
         ExitCode::WorkersFailed
     } else {
         ExitCode::Clean
     })
 }
 
-/// SIGTTIN (`up`) or SIGTTOU: one worker more, or one fewer (never none),
-/// as gunicorn does.
-async fn scale(primary: &ClusterPrimary, report: &Report, up: bool) {
-    let Ok(size) = primary.pool_size().await else {
-        return;
-    };
-    let target = if up {
-        size + 1
-    } else {
-        size.saturating_sub(1).max(1)
-    };
-    if target == size {
-        return report.line("scale", None, "one worker left: SIGTTOU ignored");
-    }
-    report.line(
-        "scale",
-        None,
-        &format!("scaling from {size} to {target} workers"),
-    );
-    if let Err(error) = primary.scale_to(target).await {
-        report.line("forkError", None, &format!("cannot scale: {error}"));
-    }
-}
-
-/// Destroys `primary`, then waits until what the workers wrote is printed
-/// (`printing` ends with their last line), for `grace` at most (our stdout
-/// may be blocked).
-async fn wind_down(
-    primary: ClusterPrimary,
-    printing: tokio::task::JoinHandle<()>,
-    grace: std::time::Duration,
-) -> anyhow::Result<()> {
-    primary.destroy().await?;
-    drop(primary);
-    let _ = tokio::time::timeout(grace, printing).await;
-    Ok(())
-}
-
-/// Starts the primary `plan` describes, with no worker yet; the socket
-/// files it bound.
+/// Starts the primary of every pool of `setup`, with no worker yet; the
+/// pools, and the socket files they bound. If one cannot start, those
+/// started are wound down.
 async fn start(
-    plan: &Plan,
+    setup: &Setup,
     report: &Report,
-    handover: Option<&mut isotropic_cluster::upgrade::Handover>,
-) -> anyhow::Result<(ClusterPrimary, listen::SocketFiles, OutputLines)> {
-    let (builder, files) = if plan.listen.is_empty() {
-        let builder = ClusterPrimary::builder()
-            .program(&plan.program)
-            .args(&plan.args);
-        (builder, listen::SocketFiles::default())
-    } else {
-        listen::through_shim(plan, report, handover)?
-    };
-    let channel = match plan.channel {
-        Channel::None => WorkerChannel::None,
-        Channel::Node => WorkerChannel::Node,
-        Channel::Frames => WorkerChannel::Frames,
-    };
-    let readiness = match plan.readiness {
-        Readiness::Start => primary::Readiness::Started,
-        Readiness::Message => primary::Readiness::Message,
-        Readiness::Listening => primary::Readiness::Listening,
-        Readiness::Notify => primary::Readiness::Notify,
-    };
-    let (sink, lines) = output_channel(OUTPUT_BYTES);
-    let recycle = plan.recycle;
-    let builder = given(builder, plan.ready_timeout, PrimaryBuilder::ready_timeout);
-    let builder = given(builder, plan.watchdog, PrimaryBuilder::watchdog);
-    let builder = given(builder, recycle.max_requests, |builder, max| {
-        builder
-            .max_requests(max)
-            .max_requests_jitter(recycle.max_requests_jitter)
-    });
-    let builder = given(builder, recycle.max_age, PrimaryBuilder::max_age);
-    let rollout = &plan.rollout;
-    let builder = given(builder, rollout.health_check.clone(), |builder, command| {
-        let command: std::sync::Arc<str> = command.into();
-        builder.health_check(move |worker| health::check(command.clone(), worker))
-    });
-    // Workers are sampled only for a memory limit (nothing else here shows
-    // what they use): without one, the primary does not wake up for it.
-    let builder = match plan.max_memory {
-        Some(limit) => builder.max_memory(limit),
-        None => builder.sample_interval(std::time::Duration::ZERO),
-    };
-    Ok(builder
-        .channel(channel)
-        .readiness(readiness)
-        .stdio(WorkerStdio::Piped)
-        .output(sink)
-        .shutdown_grace(plan.grace)
-        .kill_grace(plan.grace)
-        .restart_policy(plan.restart_policy)
-        .surge(rollout.surge)
-        .max_unavailable(rollout.max_unavailable)
-        .min_uptime(rollout.min_uptime)
-        .start()
-        .await
-        .map(|primary| (primary, files, lines))?)
+    mut handover: Option<&mut isotropic_cluster::upgrade::Handover>,
+) -> anyhow::Result<(Vec<Pool>, Vec<listen::SocketFiles>)> {
+    // (A pool's lines name it when there are several.)
+    let several = setup.pools.len() > 1;
+    let (mut pools, mut socket_files) = (Vec::new(), Vec::new());
+    for plan in &setup.pools {
+        let name = plan.name.as_deref().filter(|_| several);
+        match Pool::start(plan, report.for_pool(name), handover.as_deref_mut()).await {
+            Ok((pool, files)) => {
+                pools.push(pool);
+                socket_files.push(files);
+            }
+            Err(error) => {
+                wind_down(pools, setup.grace()).await?;
+                return Err(error);
+            }
+        }
+    }
+    Ok((pools, socket_files))
 }
 
-/// `builder`, with `set` applied if a `value` was given.
-fn given<T>(
-    builder: PrimaryBuilder,
-    value: Option<T>,
-    set: impl FnOnce(PrimaryBuilder, T) -> PrimaryBuilder,
-) -> PrimaryBuilder {
-    match value {
-        Some(value) => set(builder, value),
-        None => builder,
+/// Tells every pool still running to do `command`.
+fn tell(running: &[mpsc::UnboundedSender<Command>], command: Command) {
+    for commands in running {
+        // (A pool that ended has nothing left to do.)
+        let _ = commands.send(command);
     }
+}
+
+/// SIGTTIN (`up`) or SIGTTOU: one worker more or fewer, for a single pool;
+/// with several, which pool is meant is unknown: ignored.
+fn scale(running: &[mpsc::UnboundedSender<Command>], report: &Report, up: bool) {
+    if let [_] = running {
+        return tell(running, Command::Scale { up });
+    }
+    let signal = if up { "SIGTTIN" } else { "SIGTTOU" };
+    let text = format!(
+        "{signal} ignored: there are {} pools (change a pool's workers in the file, then upgrade with SIGUSR2)",
+        running.len()
+    );
+    report.line("scale", None, &text);
+}
+
+/// Destroys every pool's primary, then waits until what the workers wrote
+/// is printed, for the longest `grace` at most (our stdout may be blocked).
+async fn wind_down(pools: Vec<Pool>, grace: std::time::Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + grace;
+    for pool in pools {
+        pool.wind_down(deadline).await?;
+    }
+    Ok(())
 }
 
 /// The signals that ended the run so far.
@@ -343,19 +253,23 @@ struct Shutdown {
 }
 
 impl Shutdown {
-    /// The first signal shuts down gracefully. During the shutdown, SIGINT
-    /// (a second Ctrl-C: someone is waiting) kills the workers, while SIGTERM
-    /// changes nothing (service managers repeat it; the shutdown already ends
-    /// within the grace periods).
-    async fn on_signal(&mut self, primary: &ClusterPrimary, report: &Report, interrupt: bool) {
+    /// The first signal shuts every pool down gracefully. During the
+    /// shutdown, SIGINT (a second Ctrl-C: someone is waiting) kills the
+    /// workers, while SIGTERM changes nothing (service managers repeat it;
+    /// the shutdown already ends within the grace periods).
+    fn on_signal(
+        &mut self,
+        running: &[mpsc::UnboundedSender<Command>],
+        report: &Report,
+        interrupt: bool,
+    ) {
         self.signals += 1;
         if self.signals == 1 {
             report.shutting_down();
-            let primary = primary.clone();
-            tokio::spawn(async move { primary.shut_down().await });
+            tell(running, Command::ShutDown);
         } else if interrupt {
             report.killing();
-            let _ = primary.kill_workers().await;
+            tell(running, Command::Kill);
             self.forced = true;
         } else {
             report.already_shutting_down();
