@@ -80,7 +80,12 @@ struct Keys {
 pub(crate) fn setup(path: &Path, args: RunArgs) -> anyhow::Result<Setup> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read --config {}", path.display()))?;
-    let (top, pools) = parse(&text).with_context(|| format!("in {}", path.display()))?;
+    setup_from(&text, &path.display().to_string(), args)
+}
+
+/// [`setup`], with the file's `text`; `file` names it in errors.
+fn setup_from(text: &str, file: &str, args: RunArgs) -> anyhow::Result<Setup> {
+    let (top, pools) = parse(text).with_context(|| format!("in {file}"))?;
     let given = |key: &str| args.given.contains(key);
     let json = given("json") || top.json.as_ref().is_some_and(|json| *json.get_ref());
     let subreaper = given("subreaper") || top.subreaper.as_ref().is_some_and(|s| *s.get_ref());
@@ -92,9 +97,8 @@ pub(crate) fn setup(path: &Path, args: RunArgs) -> anyhow::Result<Setup> {
     {
         let names: Vec<&str> = pools.iter().map(|(name, _)| name.as_str()).collect();
         bail!(
-            "{} applies to one pool, and {} has {} ({}): set it in the file, under [pools.NAME]",
+            "{} applies to one pool, and {file} has {} ({}): set it in the file, under [pools.NAME]",
             option_name(option),
-            path.display(),
             pools.len(),
             names.join(", ")
         );
@@ -117,8 +121,8 @@ pub(crate) fn setup(path: &Path, args: RunArgs) -> anyhow::Result<Setup> {
             .collect();
         let mut plan = match (pool.plan(), &name) {
             (Ok(plan), _) => plan,
-            (Err(error), Some(name)) => bail!("in {}, [pools.{name}]: {error}", path.display()),
-            (Err(error), None) => bail!("in {}: {error}", path.display()),
+            (Err(error), Some(name)) => bail!("in {file}, [pools.{name}]: {error}"),
+            (Err(error), None) => bail!("in {file}: {error}"),
         };
         plan.name = name;
         plans.push(plan);
@@ -261,5 +265,290 @@ impl<T> Visitor<'_> for AsOnTheCommandLine<T> {
 
     fn visit_f64<E: de::Error>(self, number: f64) -> Result<T, E> {
         self.visit_str(&number.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::{Cli, Command, Plan};
+
+    /// `isotropic-cluster run FLAGS` over the file `text`.
+    fn setup(text: &str, flags: &[&str]) -> anyhow::Result<Setup> {
+        let line = ["isotropic-cluster", "run", "--config", "cluster.toml"];
+        match Cli::try_parse_line_from(line.iter().chain(flags))
+            .expect("parses")
+            .command
+        {
+            Command::Run(args) => setup_from(text, "cluster.toml", *args),
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    /// The setup of `flags` alone (no file).
+    fn flags(flags: &[&str]) -> Setup {
+        let line = ["isotropic-cluster", "run"].iter().chain(flags);
+        match Cli::try_parse_line_from(line).expect("parses").command {
+            Command::Run(args) => args.setup().expect("a setup"),
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    fn error(text: &str, flags: &[&str]) -> String {
+        format!("{:#}", setup(text, flags).expect_err("refused"))
+    }
+
+    fn pool<'a>(setup: &'a Setup, name: &str) -> &'a Plan {
+        let found = setup
+            .pools
+            .iter()
+            .find(|plan| plan.name.as_deref() == Some(name));
+        found.unwrap_or_else(|| panic!("no pool {name}: {setup:?}"))
+    }
+
+    /// Every option as a key.
+    const EVERY_KEY: &str = r#"
+        workers = 3
+        grace = "500ms"
+        stable-after = "2s"
+        restart-delay = "50ms"
+        max-restart-delay = "1m"
+        max-restarts = 4
+        restart-period = 30
+        on-max-restarts = "slow-down"
+        restart = "on-failure"
+        max-requests = 1000
+        max-requests-jitter = 50
+        max-age = "1h"
+        channel = "frames"
+        ready-timeout = "2s"
+        listen = ["127.0.0.1:0", "unix:/tmp/a.sock"]
+        json = true
+        subreaper = true
+        watchdog = 1.5
+        max-memory = "200M"
+        surge = 2
+        max-unavailable = 1
+        min-uptime = "5s"
+        health-check = "curl -sf localhost:8080"
+        env = { A = "1", B = "x=y" }
+        command = ["prog", "arg"]
+    "#;
+
+    #[test]
+    fn a_file_without_pools_is_the_same_as_its_flags() {
+        let from_flags = flags(&[
+            "--workers",
+            "3",
+            "--grace",
+            "500ms",
+            "--stable-after",
+            "2s",
+            "--restart-delay",
+            "50ms",
+            "--max-restart-delay",
+            "1m",
+            "--max-restarts",
+            "4",
+            "--restart-period",
+            "30",
+            "--on-max-restarts",
+            "slow-down",
+            "--restart",
+            "on-failure",
+            "--max-requests",
+            "1000",
+            "--max-requests-jitter",
+            "50",
+            "--max-age",
+            "1h",
+            "--channel",
+            "frames",
+            "--ready-timeout",
+            "2s",
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "unix:/tmp/a.sock",
+            "--json",
+            "--subreaper",
+            "--watchdog",
+            "1.5s",
+            "--max-memory",
+            "200M",
+            "--surge",
+            "2",
+            "--max-unavailable",
+            "1",
+            "--min-uptime",
+            "5s",
+            "--health-check",
+            "curl -sf localhost:8080",
+            "--env",
+            "A=1",
+            "--env",
+            "B=x=y",
+            "--",
+            "prog",
+            "arg",
+        ]);
+        assert_eq!(setup(EVERY_KEY, &[]).expect("a setup"), from_flags);
+    }
+
+    #[test]
+    fn the_command_line_overrides_a_single_pool() {
+        let text =
+            "workers = 3\ngrace = \"1s\"\nenv = { A = \"1\", B = \"2\" }\ncommand = [\"prog\"]\n";
+        let setup = setup(
+            text,
+            &["--workers", "5", "--env", "B=3", "--", "other", "x"],
+        );
+        let plan = &setup.expect("a setup").pools[0];
+        assert_eq!(plan.workers, 5);
+        assert_eq!(plan.grace, Duration::from_secs(1));
+        assert_eq!(
+            (plan.program.as_str(), plan.args.as_slice()),
+            ("other", &["x".to_owned()][..])
+        );
+        let env = |key: &str| {
+            plan.env
+                .iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!((env("A"), env("B")), (Some("1"), Some("3")));
+    }
+
+    const TWO_POOLS: &str = r#"
+        grace = "10s"
+        json = true
+        env = { SHARED = "1", NODE_ENV = "development" }
+
+        [pools.web]
+        command = ["node", "app.js"]
+        workers = 4
+        listen = ["127.0.0.1:8080"]
+        ready = "listening"
+        env = { NODE_ENV = "production" }
+
+        [pools.jobs]
+        command = ["python3", "jobs.py"]
+        workers = 2
+        restart = "on-failure"
+        grace = "1m"
+    "#;
+
+    #[test]
+    fn several_pools_each_with_the_tops_keys_as_defaults() {
+        let setup = setup(TWO_POOLS, &[]).expect("a setup");
+        assert!(setup.json);
+        let names: Vec<_> = setup
+            .pools
+            .iter()
+            .map(|plan| plan.name.as_deref())
+            .collect();
+        assert_eq!(names, [Some("jobs"), Some("web")]);
+        let (web, jobs) = (pool(&setup, "web"), pool(&setup, "jobs"));
+        assert_eq!((web.program.as_str(), web.workers), ("node", 4));
+        assert_eq!(web.readiness, Readiness::Listening);
+        assert_eq!(web.listen, ["127.0.0.1:8080"]);
+        assert_eq!(web.grace, Duration::from_secs(10));
+        let env = |plan: &Plan| {
+            let mut env = BTreeMap::new();
+            env.extend(plan.env.iter().cloned());
+            env
+        };
+        assert_eq!(env(web)["NODE_ENV"], "production");
+        assert_eq!(env(web)["SHARED"], "1");
+        assert_eq!(env(jobs)["NODE_ENV"], "development");
+        assert_eq!((jobs.program.as_str(), jobs.workers), ("python3", 2));
+        assert_eq!(jobs.readiness, Readiness::Start);
+        assert!(jobs.listen.is_empty());
+        assert_eq!(jobs.grace, Duration::from_secs(60));
+        assert_eq!(setup.grace(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_example_is_valid() {
+        let text = include_str!("../../../examples/cluster.toml");
+        let setup = setup(text, &[]).expect("a setup");
+        let (web, jobs) = (pool(&setup, "web"), pool(&setup, "jobs"));
+        assert_eq!((web.workers, jobs.workers), (4, 2));
+        assert_eq!(jobs.channel, Channel::Frames);
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_its_line() {
+        let text =
+            "workers = 2\ncommand = [\"prog\"]\n\n[pools.web]\ncommand = [\"a\"]\nworkrs = 3\n";
+        let error = error(text, &[]);
+        assert!(error.contains("unknown field `workrs`"), "{error}");
+        assert!(error.contains("line 6"), "{error}");
+        assert!(error.starts_with("in cluster.toml: "), "{error}");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let error = error("grace = \"5d\"\ncommand = [\"prog\"]\n", &[]);
+        assert!(
+            error.contains("unknown unit in 5d (ms, s, m or h)"),
+            "{error}"
+        );
+        assert!(error.contains("grace = \"5d\""), "{error}");
+        assert!(error.contains("line 1"), "{error}");
+        let error = self::error("[pools.a]\ncommand = [\"a\"]\nchannel = \"ipc\"\n", &[]);
+        assert!(error.contains("unknown variant `ipc`"), "{error}");
+        assert!(error.contains("line 3"), "{error}");
+        let error = self::error("workers = 0\ncommand = [\"a\"]\n", &[]);
+        assert!(error.contains("workers = 0"), "{error}");
+        let error = self::error("max-memory = \"lots\"\ncommand = [\"a\"]\n", &[]);
+        assert!(error.contains("not a size: lots"), "{error}");
+    }
+
+    #[test]
+    fn a_pools_flag_with_several_pools_is_refused() {
+        let error = error(TWO_POOLS, &["--workers", "3"]);
+        assert_eq!(
+            error,
+            "--workers applies to one pool, and cluster.toml has 2 (jobs, web): set it in the file, under [pools.NAME]"
+        );
+        let error = self::error(TWO_POOLS, &["--", "prog"]);
+        assert!(
+            error.starts_with("a command after -- applies to one pool"),
+            "{error}"
+        );
+        // The primary's options are welcome.
+        let setup = setup(TWO_POOLS, &["--subreaper"]).expect("a setup");
+        assert!(setup.reap_orphans);
+    }
+
+    #[test]
+    fn the_primarys_keys_belong_at_the_top() {
+        let text =
+            "[pools.web]\ncommand = [\"a\"]\n\n[pools.jobs]\ncommand = [\"b\"]\njson = true\n";
+        assert_eq!(
+            error(text, &[]),
+            "in cluster.toml: line 6: `json` is the whole primary's: set it at the top of the file, not in [pools.jobs]"
+        );
+    }
+
+    #[test]
+    fn a_pools_plan_errors_name_it() {
+        let text = "[pools.web]\ncommand = [\"a\"]\nready = \"message\"\n[pools.jobs]\n";
+        let error = error(text, &[]);
+        assert_eq!(error, "in cluster.toml, [pools.jobs]: no command to run");
+        let text = "[pools.web]\ncommand = [\"a\"]\nready = \"message\"\n";
+        assert_eq!(
+            self::error(text, &[]),
+            "in cluster.toml, [pools.web]: --ready message needs --channel node or frames"
+        );
+        let text = "command = [\"a\"]\nmax-requests-jitter = 5\n";
+        assert_eq!(
+            self::error(text, &[]),
+            "in cluster.toml: --max-requests-jitter needs --max-requests"
+        );
+        let error = self::error("[pools.\"a b\"]\ncommand = [\"a\"]\n", &[]);
+        assert!(error.contains("the pool name \"a b\""), "{error}");
     }
 }

@@ -22,7 +22,8 @@ fn main() -> std::process::ExitCode {
             // (Recorded before any thread starts: see upgrade.rs.)
             Ok(setup) => run(setup, upgrade::Origin::record()),
             Err(error) => {
-                eprintln!("isotropic-cluster: {error:#}");
+                // (A TOML error ends with a newline of its own.)
+                eprintln!("isotropic-cluster: {}", format!("{error:#}").trim_end());
                 ExitCode::CannotStart
             }
         },

@@ -1,0 +1,223 @@
+//! `isotropic-cluster run --config FILE`: one pool as with flags, several
+//! pools in one primary, and the errors of a bad file.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// A config file in the temporary directory, removed when dropped.
+struct ConfigFile(PathBuf);
+
+impl ConfigFile {
+    fn new(name: &str, text: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "isotropic-cluster-test-{}-{name}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, text).expect("write the config");
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 path")
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A plain worker that says `up` and who it is, then exits 0 on SIGTERM.
+const SAYS_UP: &str =
+    r#"trap 'exit 0' TERM; echo "up in $ISOTROPIC_CLUSTER_POOL as $GREETING"; sleep 60 & wait"#;
+
+/// `text` as a TOML string.
+fn toml_string(text: &str) -> String {
+    serde_json::to_string(text).expect("a string")
+}
+
+/// The pids of the `started in slot …, generation … (pid N)` lines.
+fn started_pids(lines: &[String]) -> Vec<i32> {
+    let pid = |line: &String| {
+        let (_, tail) = line.split_once("(pid ")?;
+        tail.trim_end_matches(')').parse().ok()
+    };
+    lines.iter().filter_map(pid).collect()
+}
+
+#[tokio::test]
+async fn two_pools_run_reload_and_stop_together() {
+    // (A JSON string is a TOML string.)
+    let (server, says_up) = (toml_string(DRAINING_SERVER), toml_string(SAYS_UP));
+    let text = format!(
+        r#"
+        min-uptime = "100ms"
+        env = {{ GREETING = "hello" }}
+
+        [pools.web]
+        command = ["python3", "-c", {server}]
+        workers = 2
+        listen = ["127.0.0.1:0"]
+        ready = "listening"
+
+        [pools.jobs]
+        command = ["sh", "-c", {says_up}]
+        workers = 1
+        env = {{ GREETING = "jobs" }}
+        "#
+    );
+    let config = ConfigFile::new("two-pools", &text);
+    let (mut child, mut stderr) = cli(&["run", "--config", config.path()]);
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    // Each pool's workers start, their output prefixed with the pool's name.
+    let mut out = Vec::new();
+    while out.len() < 3 {
+        let line = tokio::time::timeout(DEADLINE, stdout.next_line()).await;
+        out.push(line.expect("in time").expect("read").expect("a line"));
+    }
+    out.sort();
+    assert_eq!(
+        out,
+        [
+            "[jobs 0] up in jobs as jobs",
+            "[web 0] serving",
+            "[web 1] serving"
+        ]
+    );
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+    let mut seen = until(&mut stderr, "web: listening on").await;
+    let address = listening_address(&seen);
+    seen.extend(until_all(&mut stderr, &["web worker 2 ready", "jobs worker 1 ready"]).await);
+    // The web pool serves on its port.
+    let requests = Requests::start(address);
+    // SIGHUP reloads both pools.
+    send(&child, rustix::process::Signal::HUP);
+    let reloaded = until_all(
+        &mut stderr,
+        &["web: 2 workers restarted", "jobs: 1 workers restarted"],
+    )
+    .await;
+    for pool in ["web", "jobs"] {
+        let generation_2 = format!("{pool} worker");
+        assert!(
+            reloaded
+                .iter()
+                .any(|l| l.contains(&generation_2) && l.contains("generation 2")),
+            "{pool} was not reloaded: {reloaded:?}"
+        );
+    }
+    let answers = requests.stop().await;
+    assert!(!answers.is_empty());
+    seen.extend(reloaded);
+    // SIGTERM stops both: the 3 workers of generation 2 exit cleanly.
+    terminate(&child);
+    let rest = until(&mut stderr, "all workers exited").await;
+    let clean = rest.iter().filter(|l| l.contains("exited with code 0"));
+    assert_eq!(clean.count(), 3, "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("web worker"))
+            && rest.iter().any(|l| l.contains("jobs worker")),
+        "{rest:?}"
+    );
+    assert_eq!(exit_code(&mut child).await, Some(0));
+    // Every worker ever started is gone (reaped: no zombie left either).
+    let pids = started_pids(&seen);
+    assert_eq!(pids.len(), 6, "{seen:?}");
+    eventually("every worker reaped", || {
+        pids.iter()
+            .all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_file_without_pools_runs_as_its_flags_and_flags_override_it() {
+    let config = ConfigFile::new(
+        "one-pool",
+        "workers = 3\ncommand = [\"sh\", \"-c\", \"echo one; exec sleep 60\"]\n",
+    );
+    // `--workers 2` on the command line wins over the file's 3.
+    let (mut child, mut stderr) = cli(&["run", "-c", config.path(), "--workers", "2"]);
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut lines = Vec::new();
+    while lines.len() < 2 {
+        let line = tokio::time::timeout(DEADLINE, stdout.next_line()).await;
+        lines.push(line.expect("in time").expect("read").expect("a line"));
+    }
+    lines.sort();
+    // As with flags: prefixed with the slot alone.
+    assert_eq!(lines, ["[0] one", "[1] one"]);
+    let seen = until(&mut stderr, "worker 2 ready").await;
+    assert!(
+        seen.iter().all(|l| l.starts_with("[primary] worker ")),
+        "{seen:?}"
+    );
+    terminate(&child);
+    let rest = until(&mut stderr, "all workers exited").await;
+    assert!(!rest.iter().any(|l| l.contains("worker 3")), "{rest:?}");
+    assert_eq!(exit_code(&mut child).await, Some(0));
+}
+
+/// Runs the CLI with `args`; its exit code and its stderr.
+async fn refused(args: &[&str]) -> (Option<i32>, String) {
+    let output = tokio::time::timeout(DEADLINE, command(args).output())
+        .await
+        .expect("the CLI ends in time")
+        .expect("run the CLI");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code(), stderr)
+}
+
+#[tokio::test]
+async fn an_unknown_key_is_refused_with_its_line() {
+    let config = ConfigFile::new(
+        "unknown-key",
+        "[pools.web]\ncommand = [\"true\"]\nwrkers = 2\n",
+    );
+    let (code, stderr) = refused(&["run", "--config", config.path()]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("unknown field `wrkers`"), "{stderr}");
+    assert!(stderr.contains("line 3"), "{stderr}");
+    assert!(stderr.contains(config.path()), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_bad_value_is_refused_naming_its_key() {
+    let config = ConfigFile::new(
+        "bad-value",
+        "command = [\"true\"]\nready-timeout = \"soon\"\n",
+    );
+    let (code, stderr) = refused(&["run", "--config", config.path()]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("ready-timeout = \"soon\""), "{stderr}");
+    assert!(stderr.contains("not a duration: soon"), "{stderr}");
+    let (code, stderr) = refused(&["run", "--config", "/nonexistent/cluster.toml"]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot read --config /nonexistent/cluster.toml"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_pools_flag_with_several_pools_is_refused() {
+    let config = ConfigFile::new(
+        "per-pool-flag",
+        "[pools.a]\ncommand = [\"true\"]\n[pools.b]\ncommand = [\"true\"]\n",
+    );
+    let (code, stderr) = refused(&["run", "--config", config.path(), "--grace", "1s"]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "--grace applies to one pool, and {} has 2 (a, b): set it in the file, under [pools.NAME]",
+            config.path()
+        )),
+        "{stderr}"
+    );
+}
