@@ -525,8 +525,63 @@ pub(crate) fn size(text: &str) -> Result<u64, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Every option of `run`, each with a value other than its default
+    /// (`every_setting` says what they make).
+    pub(crate) const EVERY_FLAG: [&str; 50] = [
+        "--workers",
+        "3",
+        "--grace",
+        "500ms",
+        "--stable-after",
+        "2s",
+        "--restart-delay",
+        "50ms",
+        "--max-restart-delay",
+        "1m",
+        "--max-restarts",
+        "4",
+        "--restart-period",
+        "30",
+        "--on-max-restarts",
+        "slow-down",
+        "--restart",
+        "on-failure",
+        "--max-requests",
+        "1000",
+        "--max-requests-jitter",
+        "50",
+        "--max-age",
+        "1h",
+        "--channel",
+        "frames",
+        "--ready-timeout",
+        "2s",
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        "unix:/tmp/a.sock",
+        "--json",
+        "--subreaper",
+        "--watchdog",
+        "1.5s",
+        "--max-memory",
+        "200M",
+        "--surge",
+        "2",
+        "--max-unavailable",
+        "1",
+        "--min-uptime",
+        "5s",
+        "--health-check",
+        "curl -sf localhost:8080",
+        "--env",
+        "A=1",
+        "--env",
+        "B=x=y",
+    ];
 
     /// `isotropic-cluster run FLAGS -- prog arg`, parsed and planned.
     fn plan(flags: &[&str]) -> Result<Plan, PlanError> {
@@ -577,59 +632,7 @@ mod tests {
 
     #[test]
     fn every_setting() {
-        let plan = plan(&[
-            "--workers",
-            "3",
-            "--grace",
-            "500ms",
-            "--stable-after",
-            "2s",
-            "--restart-delay",
-            "50ms",
-            "--max-restart-delay",
-            "1m",
-            "--max-restarts",
-            "4",
-            "--restart-period",
-            "30",
-            "--on-max-restarts",
-            "slow-down",
-            "--restart",
-            "on-failure",
-            "--max-requests",
-            "1000",
-            "--max-requests-jitter",
-            "50",
-            "--max-age",
-            "1h",
-            "--channel",
-            "frames",
-            "--ready-timeout",
-            "2s",
-            "--listen",
-            "127.0.0.1:0",
-            "--listen",
-            "unix:/tmp/a.sock",
-            "--json",
-            "--subreaper",
-            "--watchdog",
-            "1.5s",
-            "--max-memory",
-            "200M",
-            "--surge",
-            "2",
-            "--max-unavailable",
-            "1",
-            "--min-uptime",
-            "5s",
-            "--health-check",
-            "curl -sf localhost:8080",
-            "--env",
-            "A=1",
-            "--env",
-            "B=x=y",
-        ])
-        .expect("a plan");
+        let plan = plan(&EVERY_FLAG).expect("a plan");
         assert_eq!(
             plan,
             Plan {
