@@ -9,14 +9,22 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+use isotropic_cluster::ListenAddress;
 use isotropic_cluster::primary::{OnIntensity, Restart, RestartPolicy};
+
+use crate::exit::EXIT_CODES;
+use crate::render::Format;
+
+pub(crate) mod values;
+
+use values::{Address, Count, Size, Span};
 
 /// The hidden command through which `run --listen` starts each worker.
 pub(crate) const EXEC_WITH_SOCKETS: &str = "__exec-with-sockets";
 
 /// Local process clusters: run any program as a supervised pool.
 #[derive(Debug, Parser)]
-#[command(name = "isotropic-cluster", version)]
+#[command(name = "isotropic-cluster", version, after_help = EXIT_CODES)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -38,6 +46,14 @@ pub(crate) enum Command {
     /// workers and exits 0; if the new one fails, it serves on. Not as PID 1
     /// or with --subreaper. A new primary exits with 5 when it cannot adopt
     /// the sockets, with 6 when its workers do not all get ready.
+    ///
+    /// The command follows the options, with or without `--` before it:
+    /// `isotropic-cluster run -w 4 node app.js --port 3000` (everything
+    /// after the command's name is its own).
+    #[command(
+        override_usage = "isotropic-cluster run [OPTIONS] [--] COMMAND [ARGS]...",
+        after_help = EXIT_CODES
+    )]
     Run(Box<RunArgs>),
     /// (Internal) How `run --listen` starts each worker: places the passed
     /// sockets at fd 3… with the socket-activation variables, then becomes
@@ -57,36 +73,36 @@ pub(crate) enum Command {
 pub(crate) struct RunArgs {
     /// Read the settings from a TOML file (docs/config.md): every option
     /// as a key, and several pools under [pools.NAME]. Options given here
-    /// override the file's (with one pool; with several, only --json and
-    /// --subreaper may be given).
+    /// override the file's (with one pool; with several, only --json,
+    /// --timestamps and --subreaper may be given).
     #[arg(short, long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
     /// How many workers (default: the number of CPUs; at least 1).
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(short, long, short_alias = 'i', value_name = "N", value_parser = count::<1, u16>, allow_hyphen_values = true)]
     pub(crate) workers: Option<u16>,
     /// How long workers get to exit once asked, before SIGTERM then SIGKILL
     /// (e.g. 500ms, 5s, 1m). Node workers (--channel node) are disconnected
     /// and, as Node's own cluster does, sent SIGTERM soon after (1s, or
     /// --grace if shorter) unless they have exited.
-    #[arg(long, default_value = "5s", value_parser = duration)]
+    #[arg(long, value_name = "D", default_value = "5s", value_parser = duration, allow_hyphen_values = true)]
     pub(crate) grace: Duration,
     /// A worker that ran this long counts as stable: replaced at once, and
     /// the count of early exits starts over.
-    #[arg(long, default_value = "1s", value_parser = duration)]
+    #[arg(long, value_name = "D", default_value = "1s", value_parser = duration, allow_hyphen_values = true)]
     pub(crate) stable_after: Duration,
     /// The wait before replacing a worker after the second early exit in a
     /// row; it doubles with each further one…
-    #[arg(long, default_value = "100ms", value_parser = duration)]
+    #[arg(long, value_name = "D", default_value = "100ms", value_parser = duration, allow_hyphen_values = true)]
     pub(crate) restart_delay: Duration,
     /// …up to this.
-    #[arg(long, default_value = "10s", value_parser = duration)]
+    #[arg(long, value_name = "D", default_value = "10s", value_parser = duration, allow_hyphen_values = true)]
     pub(crate) max_restart_delay: Duration,
     /// At most this many replacements within --restart-period; then
     /// --on-max-restarts applies (default: no limit).
-    #[arg(long)]
+    #[arg(long, value_name = "N", value_parser = count::<0, u32>, allow_hyphen_values = true)]
     pub(crate) max_restarts: Option<u32>,
     /// The window of --max-restarts.
-    #[arg(long, default_value = "60s", value_parser = duration)]
+    #[arg(long, value_name = "D", default_value = "60s", value_parser = duration, allow_hyphen_values = true)]
     pub(crate) restart_period: Duration,
     /// Over --max-restarts: stop (shut down, exit code 3) or slow-down
     /// (keep replacing, each after --max-restart-delay).
@@ -117,27 +133,39 @@ pub(crate) struct RunArgs {
     pub(crate) ready: Option<Readiness>,
     /// A worker not ready this long after its start is stopped (and
     /// replaced as any exit), in every --ready mode (default: no limit).
-    #[arg(long, value_parser = duration, value_name = "D")]
+    #[arg(long, value_name = "D", value_parser = duration, allow_hyphen_values = true)]
     pub(crate) ready_timeout: Option<Duration>,
     /// Stop and replace a worker silent this long (e.g. 10s): the primary
     /// sends heartbeats every D/4 that a worker answers from its event loop
     /// (SIGTERM, then SIGKILL after --grace). Needs --channel frames, or
     /// --ready notify (the worker sends WATCHDOG=1 within D; WATCHDOG_USEC says D); a
     /// worker whose hello does not say it answers heartbeats is not watched.
-    #[arg(long, value_name = "D", value_parser = duration)]
+    #[arg(long, value_name = "D", value_parser = duration, allow_hyphen_values = true)]
     pub(crate) watchdog: Option<Duration>,
     /// An address the primary listens on, passed to every worker as a
     /// systemd-activation socket (LISTEN_FDS from fd 3, LISTEN_PID,
-    /// LISTEN_FDNAMES): 127.0.0.1:8080, [::1]:0, unix:/path. Repeatable.
-    #[arg(long = "listen", value_name = "ADDR")]
-    pub(crate) listen: Vec<String>,
+    /// LISTEN_FDNAMES), written as gunicorn's --bind: 127.0.0.1:8080,
+    /// [::1]:8080, localhost:8080, :8080 or 8080 (every IPv4 interface),
+    /// unix:/path. Repeatable.
+    #[arg(
+        short = 'b',
+        long = "listen",
+        visible_alias = "bind",
+        value_name = "ADDR"
+    )]
+    pub(crate) listen: Vec<Address>,
     /// An environment variable for the workers, on top of the CLI's own.
     /// Repeatable.
     #[arg(long, value_name = "KEY=VALUE", value_parser = env_pair)]
     pub(crate) env: Vec<(String, String)>,
-    /// Print lifecycle events as JSON lines instead of text.
+    /// Print one stream of JSON lines on stdout: lifecycle events and the
+    /// workers' output, each with ts (RFC 3339, UTC), level, event and
+    /// fields (worker, slot, pid, generation, code, signal…).
     #[arg(long)]
     pub(crate) json: bool,
+    /// Prefix each line of the text format with the time (RFC 3339, UTC).
+    #[arg(long, conflicts_with = "json")]
+    pub(crate) timestamps: bool,
     /// Adopt and reap the orphans of the workers' descendants (a
     /// double-forked daemon, the children of a worker that died), as tini
     /// does: PR_SET_CHILD_SUBREAPER. Always done when running as PID 1 (a
@@ -150,8 +178,8 @@ pub(crate) struct RunArgs {
     /// stopped as by a restart and replaced in its slot.
     #[arg(long, value_name = "SIZE", value_parser = size)]
     pub(crate) max_memory: Option<u64>,
-    /// The program to run, and its arguments.
-    #[arg(last = true, required_unless_present = "config")]
+    /// The program to run, and its arguments (all of them its own).
+    #[arg(value_name = "COMMAND", trailing_var_arg = true)]
     pub(crate) command: Vec<String>,
     /// The options given on the command line (their ids), as opposed to
     /// defaulted: they override `--config`.
@@ -165,14 +193,21 @@ pub(crate) struct RunArgs {
 pub(crate) struct Recycle {
     /// Recycle a worker after it served N requests (replies on the frames
     /// channel, or as counted by the worker through the library)…
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = count::<1, u64>, allow_hyphen_values = true)]
     pub(crate) max_requests: Option<u64>,
     /// …plus a random 0 to N more, drawn for each worker, so that workers
     /// do not all recycle at once.
-    #[arg(long, value_name = "N", default_value_t = 0, requires = "max_requests")]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value = "0",
+        value_parser = count::<0, u64>,
+        requires = "max_requests",
+        allow_hyphen_values = true
+    )]
     pub(crate) max_requests_jitter: u64,
     /// Recycle a worker after it ran this long (plus a random 0 to 10%).
-    #[arg(long, value_name = "D", value_parser = duration)]
+    #[arg(long, value_name = "D", value_parser = duration, allow_hyphen_values = true)]
     pub(crate) max_age: Option<Duration>,
 }
 
@@ -182,16 +217,16 @@ pub(crate) struct Recycle {
 pub(crate) struct Rollout {
     /// Workers a reload starts beyond --workers at once (Kubernetes'
     /// maxSurge).
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value = "1", value_parser = count::<0, usize>, allow_hyphen_values = true)]
     pub(crate) surge: usize,
     /// Workers a reload may take out before their replacements are proven
     /// (Kubernetes' maxUnavailable).
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value = "0", value_parser = count::<0, usize>, allow_hyphen_values = true)]
     pub(crate) max_unavailable: usize,
     /// A reload's new worker must be ready and up this long before an old
     /// one leaves; one that exits sooner (or is not ready within
     /// --ready-timeout, 60s if unset) rolls the reload back.
-    #[arg(long, value_name = "D", value_parser = duration, default_value = "1s")]
+    #[arg(long, value_name = "D", value_parser = duration, default_value = "1s", allow_hyphen_values = true)]
     pub(crate) min_uptime: Duration,
     /// A command run (by sh -c) for each new worker of a reload once it is
     /// ready, with ISOTROPIC_CLUSTER_PID, _SLOT, _WORKER_ID and _GENERATION
@@ -255,16 +290,23 @@ pub(crate) enum OnMaxRestarts {
 pub(crate) struct Setup {
     /// In the order of their names.
     pub(crate) pools: Vec<Plan>,
-    pub(crate) json: bool,
+    /// How lines are printed.
+    pub(crate) format: Format,
     /// Whether to adopt and reap orphans: asked, or running as PID 1.
     pub(crate) reap_orphans: bool,
 }
 
 impl Setup {
-    pub(crate) fn new(pools: Vec<Plan>, json: bool, subreaper: bool) -> Self {
+    /// `pools`, printed as `--json` and `--timestamps` say, reaping
+    /// orphans if asked or PID 1.
+    pub(crate) fn new(pools: Vec<Plan>, json: bool, timestamps: bool, subreaper: bool) -> Self {
         Self {
             pools,
-            json,
+            format: match (json, timestamps) {
+                (true, _) => Format::Json,
+                (false, true) => Format::Timestamped,
+                (false, false) => Format::Text,
+            },
             reap_orphans: subreaper || std::process::id() == 1,
         }
     }
@@ -291,8 +333,8 @@ pub(crate) struct Plan {
     /// Never at odds with `channel`.
     pub(crate) readiness: Readiness,
     pub(crate) ready_timeout: Option<Duration>,
-    /// The `--listen` addresses, as given.
-    pub(crate) listen: Vec<String>,
+    /// The `--listen` addresses.
+    pub(crate) listen: Vec<ListenAddress>,
     pub(crate) restart_policy: RestartPolicy,
     pub(crate) recycle: Recycle,
     pub(crate) rollout: Rollout,
@@ -309,6 +351,8 @@ pub(crate) struct Plan {
 /// A combination of flags that makes no plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PlanError {
+    /// No command to run.
+    NoCommand,
     /// `--ready message` without a channel to send it on.
     MessageNeedsChannel,
     /// `--ready start` or `--ready listening` with a channel.
@@ -320,13 +364,15 @@ pub(crate) enum PlanError {
     /// `max-requests-jitter` without `max-requests` (in a file: clap
     /// refuses it on the command line).
     JitterNeedsMaxRequests,
-    /// No program to run (a `--config` pool without `command`).
-    NoCommand,
 }
 
 impl fmt::Display for PlanError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::NoCommand => f.write_str(
+                "no command to run: isotropic-cluster run [OPTIONS] COMMAND [ARGS…], \
+                 e.g. isotropic-cluster run -w 4 node app.js",
+            ),
             Self::MessageNeedsChannel => {
                 f.write_str("--ready message needs --channel node or frames")
             }
@@ -342,7 +388,6 @@ impl fmt::Display for PlanError {
             Self::JitterNeedsMaxRequests => {
                 f.write_str("--max-requests-jitter needs --max-requests")
             }
-            Self::NoCommand => f.write_str("no command to run"),
         }
     }
 }
@@ -391,15 +436,17 @@ impl RunArgs {
         match self.config.clone() {
             Some(path) => crate::config::setup(&path, self),
             None => {
-                let (json, subreaper) = (self.json, self.subreaper);
-                Ok(Setup::new(vec![self.plan()?], json, subreaper))
+                let (json, timestamps, subreaper) = (self.json, self.timestamps, self.subreaper);
+                Ok(Setup::new(vec![self.plan()?], json, timestamps, subreaper))
             }
         }
     }
 
     /// Resolves the defaults and checks the combinations of settings: one
     /// pool's plan (with no name).
-    pub(crate) fn plan(self) -> Result<Plan, PlanError> {
+    pub(crate) fn plan(mut self) -> Result<Plan, PlanError> {
+        let mut command = std::mem::take(&mut self.command).into_iter();
+        let program = command.next().ok_or(PlanError::NoCommand)?;
         let readiness = match (self.channel, self.ready) {
             (_, Some(Readiness::Notify)) => Readiness::Notify,
             (Channel::None, None) => Readiness::Start,
@@ -426,8 +473,6 @@ impl RunArgs {
             return Err(PlanError::JitterNeedsMaxRequests);
         }
         let restart_policy = self.restart_policy();
-        let mut command = self.command.into_iter();
-        let program = command.next().ok_or(PlanError::NoCommand)?;
         Ok(Plan {
             name: None,
             program,
@@ -439,7 +484,7 @@ impl RunArgs {
             channel: self.channel,
             readiness,
             ready_timeout: self.ready_timeout,
-            listen: self.listen,
+            listen: self.listen.into_iter().map(Address::into_inner).collect(),
             restart_policy,
             recycle: self.recycle,
             rollout: self.rollout,
@@ -483,45 +528,20 @@ fn env_pair(text: &str) -> Result<(String, String), String> {
     }
 }
 
-/// `500ms`, `5s`, `2m`, `1h`, or a number of seconds.
-pub(crate) fn duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(text.len()),
-    );
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("not a duration: {text}"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("unknown unit in {text} (ms, s, m or h)")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string())
+/// clap's parser of a [`Span`].
+fn duration(text: &str) -> Result<Duration, String> {
+    text.parse::<Span>().map(|span| span.0)
 }
 
-/// `200M`, `1G`, `512K` (powers of 1024, a fraction allowed: `1.5G`), or a
-/// number of bytes; above zero.
-pub(crate) fn size(text: &str) -> Result<u64, String> {
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(text.len()),
-    );
-    let value: f64 = number.parse().map_err(|_| format!("not a size: {text}"))?;
-    let unit: u64 = match unit {
-        "" => 1,
-        "K" | "k" => 1 << 10,
-        "M" | "m" => 1 << 20,
-        "G" | "g" => 1 << 30,
-        _ => return Err(format!("unknown unit in {text} (K, M or G, or bytes)")),
-    };
-    let bytes = (value * unit as f64).floor();
-    if bytes < 1.0 || bytes >= u64::MAX as f64 {
-        return Err(format!("not a size above zero: {text}"));
-    }
-    Ok(bytes as u64)
+/// clap's parser of a [`Size`].
+fn size(text: &str) -> Result<u64, String> {
+    text.parse::<Size>().map(|size| size.0)
+}
+
+/// clap's parser of a [`Count`] of at least `MIN`, as a `T`.
+fn count<const MIN: u64, T: TryFrom<u64>>(text: &str) -> Result<T, String> {
+    let Count(n) = text.parse::<Count<MIN>>()?;
+    T::try_from(n).map_err(|_| format!("{text} is too many"))
 }
 
 #[cfg(test)]
@@ -585,19 +605,7 @@ pub(crate) mod tests {
 
     /// `isotropic-cluster run FLAGS -- prog arg`, parsed and planned.
     fn plan(flags: &[&str]) -> Result<Plan, PlanError> {
-        let line = ["isotropic-cluster", "run"]
-            .iter()
-            .chain(flags)
-            .chain(&["--", "prog", "arg"]);
-        run_args(line).plan()
-    }
-
-    /// The options of `run` in `line`.
-    fn run_args<'a>(line: impl IntoIterator<Item = &'a &'a str>) -> RunArgs {
-        match Cli::try_parse_line_from(line).expect("parses").command {
-            Command::Run(args) => *args,
-            other => panic!("not run: {other:?}"),
-        }
+        run_args(&[flags, &["--", "prog", "arg"]].concat()).plan()
     }
 
     fn parse_error(line: &[&str]) -> clap::error::ErrorKind {
@@ -643,7 +651,10 @@ pub(crate) mod tests {
                 channel: Channel::Frames,
                 readiness: Readiness::Message,
                 ready_timeout: Some(Duration::from_secs(2)),
-                listen: vec!["127.0.0.1:0".to_owned(), "unix:/tmp/a.sock".to_owned()],
+                listen: vec![
+                    "127.0.0.1:0".parse().expect("an address"),
+                    "unix:/tmp/a.sock".parse().expect("an address"),
+                ],
                 restart_policy: RestartPolicy::default()
                     .stable_after(Duration::from_secs(2))
                     .initial_delay(Duration::from_millis(50))
@@ -673,35 +684,27 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn json_and_subreaper_are_the_primarys() {
+    fn the_output_format_and_the_subreaper_are_the_primarys() {
         let setup = |flags: &[&str]| {
-            let line = ["isotropic-cluster", "run"]
-                .iter()
-                .chain(flags)
-                .chain(&["--", "prog"]);
-            run_args(line).setup().expect("a setup")
+            let words = [flags, &["--", "prog"]].concat();
+            run_args(&words).setup().expect("a setup")
         };
         let plain = setup(&[]);
         assert_eq!(
-            (plain.json, plain.reap_orphans, plain.pools.len()),
-            (false, false, 1)
+            (plain.format, plain.reap_orphans, plain.pools.len()),
+            (Format::Text, false, 1)
         );
         let both = setup(&["--json", "--subreaper"]);
-        assert_eq!((both.json, both.reap_orphans), (true, true));
+        assert_eq!((both.format, both.reap_orphans), (Format::Json, true));
+        assert_eq!(setup(&["--timestamps"]).format, Format::Timestamped);
     }
 
     #[test]
     fn the_command_line_notes_the_options_it_gives() {
-        let line = [
-            "isotropic-cluster",
-            "run",
-            "--workers",
-            "2",
-            "--json",
-            "--",
-            "prog",
-        ];
-        let given: Vec<_> = run_args(&line).given.into_iter().collect();
+        let given: Vec<_> = run_args(&["--workers", "2", "--json", "--", "prog"])
+            .given
+            .into_iter()
+            .collect();
         assert_eq!(given, ["command", "json", "workers"]);
     }
 
@@ -800,15 +803,18 @@ pub(crate) mod tests {
             line.extend(flags);
             parse_error(&line)
         };
-        assert_eq!(run(&[]), ErrorKind::MissingRequiredArgument);
-        assert_eq!(run(&["--"]), ErrorKind::MissingRequiredArgument);
         assert_eq!(
-            run(&["--grace", "5d", "--", "prog"]),
+            run(&["--grace", "5x", "--", "prog"]),
             ErrorKind::ValueValidation
         );
         assert_eq!(
             run(&["--workers", "-1", "--", "prog"]),
-            ErrorKind::UnknownArgument
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(run(&["--bogus", "prog"]), ErrorKind::UnknownArgument);
+        assert_eq!(
+            run(&["--json", "--timestamps", "prog"]),
+            ErrorKind::ArgumentConflict
         );
         // (issue 12: 0 workers was accepted and idled forever.)
         assert_eq!(
@@ -829,43 +835,81 @@ pub(crate) mod tests {
         );
     }
 
-    #[test]
-    fn durations() {
-        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(duration("2"), Ok(Duration::from_secs(2)));
-        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(
-            duration("5d"),
-            Err("unknown unit in 5d (ms, s, m or h)".to_owned())
-        );
-        assert_eq!(duration("s"), Err("not a duration: s".to_owned()));
-        assert_eq!(duration("1.2.3s"), Err("not a duration: 1.2.3s".to_owned()));
+    /// `isotropic-cluster run WORDS…`, parsed (not planned).
+    fn run_args(words: &[&str]) -> RunArgs {
+        let line = ["isotropic-cluster", "run"].iter().chain(words);
+        match Cli::try_parse_line_from(line).expect("parses").command {
+            Command::Run(args) => *args,
+            other => panic!("not run: {other:?}"),
+        }
     }
 
     #[test]
-    fn sizes() {
-        assert_eq!(size("200M"), Ok(200 << 20));
-        assert_eq!(size("1G"), Ok(1 << 30));
-        assert_eq!(size("512K"), Ok(512 << 10));
-        assert_eq!(size("512k"), Ok(512 << 10));
-        assert_eq!(size("1.5G"), Ok(3 << 29));
-        assert_eq!(size("1048576"), Ok(1 << 20));
+    fn the_command_needs_no_double_dash_and_keeps_its_own_flags() {
+        let args = run_args(&["-w", "4", "node", "app.js", "-w", "2", "--json", "--", "-1"]);
+        assert_eq!(args.workers, Some(4));
+        assert!(!args.json, "--json after the command is the command's");
         assert_eq!(
-            size("200MB"),
-            Err("unknown unit in 200MB (K, M or G, or bytes)".to_owned())
+            args.command,
+            ["node", "app.js", "-w", "2", "--json", "--", "-1"]
         );
-        assert_eq!(
-            size("2T"),
-            Err("unknown unit in 2T (K, M or G, or bytes)".to_owned())
-        );
-        for junk in ["", "M", "-5M", "1.2.3M", "lots"] {
-            assert!(size(junk).is_err(), "{junk:?}");
+        let args = run_args(&["--workers", "2", "--", "node", "--inspect", "app.js"]);
+        assert_eq!(args.command, ["node", "--inspect", "app.js"]);
+    }
+
+    #[test]
+    fn short_flags_as_gunicorn_and_pm2_have_them() {
+        let args = run_args(&["-w", "3", "-b", ":0", "--bind", "localhost:0", "prog"]);
+        assert_eq!(args.workers, Some(3));
+        let listen: Vec<String> = args.listen.iter().map(ToString::to_string).collect();
+        assert_eq!(listen, ["0.0.0.0:0", "127.0.0.1:0"]);
+        assert_eq!(run_args(&["-i", "5", "prog"]).workers, Some(5));
+    }
+
+    #[test]
+    fn a_missing_command_is_a_plan_error_with_a_hint() {
+        for words in [&[][..], &["--"], &["-w", "2"]] {
+            let error = run_args(words).plan().expect_err("no command");
+            assert_eq!(error, PlanError::NoCommand);
         }
-        assert_eq!(size("0"), Err("not a size above zero: 0".to_owned()));
-        assert_eq!(size("0.1"), Err("not a size above zero: 0.1".to_owned()));
-        assert!(size("99999999999G").is_err(), "past u64");
+        assert!(
+            PlanError::NoCommand
+                .to_string()
+                .contains("e.g. isotropic-cluster run -w 4 node app.js")
+        );
+    }
+
+    #[test]
+    fn negative_numbers_get_a_message_of_ours() {
+        for (flag, value, says) in [
+            (
+                "--workers",
+                "-1",
+                "-1 is negative: give a number of 1 or more",
+            ),
+            (
+                "--surge",
+                "-2",
+                "-2 is negative: give a number of 0 or more",
+            ),
+            (
+                "--max-restarts",
+                "-3",
+                "-3 is negative: give a number of 0 or more",
+            ),
+            ("--grace", "-5s", "a duration cannot be negative: -5s"),
+        ] {
+            let line = ["isotropic-cluster", "run", flag, value, "prog"];
+            let error = Cli::try_parse_from(line).expect_err(flag).to_string();
+            assert!(error.contains(says), "{error}");
+            assert!(!error.contains("-- "), "no `-- -1` advice: {error}");
+        }
+        let error = Cli::try_parse_from(["isotropic-cluster", "run", "-w", "0", "prog"]);
+        let error = error.expect_err("0 workers").to_string();
+        assert!(
+            error.contains("0 is too few: give a number of 1 or more"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -1,25 +1,27 @@
 //! `run --config FILE`: the settings in a TOML file, and several pools in
 //! one primary (`[pools.NAME]`). Every option of `run` is a key, with the
-//! same name (kebab-case) and the same values; `json` and `subreaper` are
-//! the whole primary's, every other key a pool's, and at the top of a file
-//! with pools it is the default of every pool. See `docs/config.md`.
+//! same name (kebab-case) and the same values (`args/values.rs`); `json`,
+//! `timestamps` and `subreaper` are the whole primary's, every other key a
+//! pool's, and at the top of a file with pools it is the default of every
+//! pool. See `docs/config.md`.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::num::NonZeroU16;
 use std::path::Path;
-use std::time::Duration;
+use std::str::FromStr;
 
 use anyhow::{Context as _, bail};
 use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 
-use crate::args::{self, Channel, OnMaxRestarts, Readiness, RestartMode, RunArgs, Setup};
+use crate::args::values::{Address, Size, Span};
+use crate::args::{Channel, OnMaxRestarts, PlanError, Readiness, RestartMode, RunArgs, Setup};
 
 /// The options of the whole primary, not of a pool: at the top of a file
 /// only, and allowed on the command line whatever the number of pools.
-const PRIMARY_WIDE: [&str; 3] = ["config", "json", "subreaper"];
+const PRIMARY_WIDE: [&str; 4] = ["config", "json", "timestamps", "subreaper"];
 
 /// The keys of a file, at its top or in a `[pools.NAME]` table: each option
 /// of `run`, all optional.
@@ -27,37 +29,37 @@ const PRIMARY_WIDE: [&str; 3] = ["config", "json", "subreaper"];
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Keys {
     workers: Option<NonZeroU16>,
-    #[serde(default, deserialize_with = "duration")]
-    grace: Option<Duration>,
-    #[serde(default, deserialize_with = "duration")]
-    stable_after: Option<Duration>,
-    #[serde(default, deserialize_with = "duration")]
-    restart_delay: Option<Duration>,
-    #[serde(default, deserialize_with = "duration")]
-    max_restart_delay: Option<Duration>,
+    #[serde(default, deserialize_with = "as_on_the_command_line")]
+    grace: Option<Span>,
+    #[serde(default, deserialize_with = "as_on_the_command_line")]
+    stable_after: Option<Span>,
+    #[serde(default, deserialize_with = "as_on_the_command_line")]
+    restart_delay: Option<Span>,
+    #[serde(default, deserialize_with = "as_on_the_command_line")]
+    max_restart_delay: Option<Span>,
     max_restarts: Option<u32>,
-    #[serde(default, deserialize_with = "duration")]
-    restart_period: Option<Duration>,
+    #[serde(default, deserialize_with = "as_on_the_command_line")]
+    restart_period: Option<Span>,
     on_max_restarts: Option<OnMaxRestarts>,
     restart: Option<RestartMode>,
     max_requests: Option<u64>,
     max_requests_jitter: Option<u64>,
-    #[serde(default, deserialize_with = "duration")]
-    max_age: Option<Duration>,
+    #[serde(default, deserialize_with = "as_on_the_command_line")]
+    max_age: Option<Span>,
     surge: Option<usize>,
     max_unavailable: Option<usize>,
-    #[serde(default, deserialize_with = "duration")]
-    min_uptime: Option<Duration>,
+    #[serde(default, deserialize_with = "as_on_the_command_line")]
+    min_uptime: Option<Span>,
     health_check: Option<String>,
     channel: Option<Channel>,
     ready: Option<Readiness>,
-    #[serde(default, deserialize_with = "duration")]
-    ready_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "duration")]
-    watchdog: Option<Duration>,
-    listen: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "size")]
-    max_memory: Option<u64>,
+    #[serde(default, deserialize_with = "as_on_the_command_line")]
+    ready_timeout: Option<Span>,
+    #[serde(default, deserialize_with = "as_on_the_command_line")]
+    watchdog: Option<Span>,
+    listen: Option<Vec<Address>>,
+    #[serde(default, deserialize_with = "as_on_the_command_line")]
+    max_memory: Option<Size>,
     /// The program and its arguments.
     command: Option<Vec<String>>,
     /// Added to the workers' environment (a pool's over the top's).
@@ -65,6 +67,7 @@ struct Keys {
     env: BTreeMap<String, String>,
     // The primary's: at the top only (spanned, to say where one is not).
     json: Option<Spanned<bool>>,
+    timestamps: Option<Spanned<bool>>,
     subreaper: Option<Spanned<bool>>,
     pools: Option<Spanned<BTreeMap<String, Keys>>>,
 }
@@ -87,8 +90,12 @@ pub(crate) fn setup(path: &Path, args: RunArgs) -> anyhow::Result<Setup> {
 fn setup_from(text: &str, file: &str, args: RunArgs) -> anyhow::Result<Setup> {
     let (top, pools) = parse(text).with_context(|| format!("in {file}"))?;
     let given = |key: &str| args.given.contains(key);
-    let json = given("json") || top.json.as_ref().is_some_and(|json| *json.get_ref());
-    let subreaper = given("subreaper") || top.subreaper.as_ref().is_some_and(|s| *s.get_ref());
+    let set = |key: &str, value: &Option<Spanned<bool>>| {
+        given(key) || value.as_ref().is_some_and(|value| *value.get_ref())
+    };
+    let json = set("json", &top.json);
+    let timestamps = set("timestamps", &top.timestamps);
+    let subreaper = set("subreaper", &top.subreaper);
     if pools.len() > 1
         && let Some(option) = args
             .given
@@ -121,13 +128,19 @@ fn setup_from(text: &str, file: &str, args: RunArgs) -> anyhow::Result<Setup> {
             .collect();
         let mut plan = match (pool.plan(), &name) {
             (Ok(plan), _) => plan,
+            (Err(PlanError::NoCommand), _) => {
+                let table = name
+                    .as_ref()
+                    .map_or(String::new(), |name| format!(", [pools.{name}]"));
+                bail!("in {file}{table}: no command to run (command = [\"program\", \"arg\", …])");
+            }
             (Err(error), Some(name)) => bail!("in {file}, [pools.{name}]: {error}"),
             (Err(error), None) => bail!("in {file}: {error}"),
         };
         plan.name = name;
         plans.push(plan);
     }
-    Ok(Setup::new(plans, json, subreaper))
+    Ok(Setup::new(plans, json, timestamps, subreaper))
 }
 
 /// The top of the file, and its pools by name.
@@ -148,6 +161,7 @@ fn parse(text: &str) -> anyhow::Result<(Keys, Vec<(String, Keys)>)> {
         }
         let misplaced = [
             ("json", keys.json.as_ref().map(Spanned::span)),
+            ("timestamps", keys.timestamps.as_ref().map(Spanned::span)),
             ("subreaper", keys.subreaper.as_ref().map(Spanned::span)),
             ("pools", keys.pools.as_ref().map(Spanned::span)),
         ];
@@ -177,27 +191,27 @@ impl Keys {
         }
         set! {
             workers: |workers: NonZeroU16| Some(workers.get()),
-            grace: same,
-            stable_after: same,
-            restart_delay: same,
-            max_restart_delay: same,
+            grace: |span: Span| span.0,
+            stable_after: |span: Span| span.0,
+            restart_delay: |span: Span| span.0,
+            max_restart_delay: |span: Span| span.0,
             max_restarts: Some,
-            restart_period: same,
+            restart_period: |span: Span| span.0,
             on_max_restarts: same,
             restart: same,
             max_requests in recycle: Some,
             max_requests_jitter in recycle: same,
-            max_age in recycle: Some,
+            max_age in recycle: |span: Span| Some(span.0),
             surge in rollout: same,
             max_unavailable in rollout: same,
-            min_uptime in rollout: same,
+            min_uptime in rollout: |span: Span| span.0,
             health_check in rollout: Some,
             channel: same,
             ready: Some,
-            ready_timeout: Some,
-            watchdog: Some,
+            ready_timeout: |span: Span| Some(span.0),
+            watchdog: |span: Span| Some(span.0),
             listen: same,
-            max_memory: Some,
+            max_memory: |size: Size| Some(size.0),
             command: same,
         }
         args.given = given;
@@ -225,26 +239,22 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// A duration as on the command line: `"500ms"`, `"5s"`, `"2m"`, `"1h"`,
-/// or a number of seconds.
-fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+/// A value as the command line reads it (a duration, a size): from a
+/// string, or from a number written out (`grace = 5`: seconds).
+fn as_on_the_command_line<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr<Err = String>,
+{
     deserializer
-        .deserialize_any(AsOnTheCommandLine(args::duration, PhantomData))
+        .deserialize_any(AsOnTheCommandLine(PhantomData))
         .map(Some)
 }
 
-/// A size as on the command line: `"200M"`, `"1G"`, `"512K"`, or bytes.
-fn size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
-    deserializer
-        .deserialize_any(AsOnTheCommandLine(args::size, PhantomData))
-        .map(Some)
-}
+/// The visitor of [`as_on_the_command_line`].
+struct AsOnTheCommandLine<T>(PhantomData<T>);
 
-/// A value read as the command line reads it: from a string, or from a
-/// number written out.
-struct AsOnTheCommandLine<T>(fn(&str) -> Result<T, String>, PhantomData<T>);
-
-impl<T> Visitor<'_> for AsOnTheCommandLine<T> {
+impl<T: FromStr<Err = String>> Visitor<'_> for AsOnTheCommandLine<T> {
     type Value = T;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -252,7 +262,7 @@ impl<T> Visitor<'_> for AsOnTheCommandLine<T> {
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<T, E> {
-        (self.0)(text).map_err(E::custom)
+        text.parse().map_err(E::custom)
     }
 
     fn visit_u64<E: de::Error>(self, number: u64) -> Result<T, E> {
@@ -270,8 +280,11 @@ impl<T> Visitor<'_> for AsOnTheCommandLine<T> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::args::{Cli, Command, Plan};
+    use crate::render::Format;
 
     /// `isotropic-cluster run FLAGS` over the file `text`.
     fn setup(text: &str, flags: &[&str]) -> anyhow::Result<Setup> {
@@ -389,7 +402,7 @@ mod tests {
     #[test]
     fn several_pools_each_with_the_tops_keys_as_defaults() {
         let setup = setup(TWO_POOLS, &[]).expect("a setup");
-        assert!(setup.json);
+        assert_eq!(setup.format, Format::Json);
         let names: Vec<_> = setup
             .pools
             .iter()
@@ -399,7 +412,7 @@ mod tests {
         let (web, jobs) = (pool(&setup, "web"), pool(&setup, "jobs"));
         assert_eq!((web.program.as_str(), web.workers), ("node", 4));
         assert_eq!(web.readiness, Readiness::Listening);
-        assert_eq!(web.listen, ["127.0.0.1:8080"]);
+        assert_eq!(web.listen, ["127.0.0.1:8080".parse().expect("an address")]);
         assert_eq!(web.grace, Duration::from_secs(10));
         let env = |plan: &Plan| {
             let mut env = BTreeMap::new();
@@ -437,12 +450,9 @@ mod tests {
 
     #[test]
     fn a_bad_value_names_its_key() {
-        let error = error("grace = \"5d\"\ncommand = [\"prog\"]\n", &[]);
-        assert!(
-            error.contains("unknown unit in 5d (ms, s, m or h)"),
-            "{error}"
-        );
-        assert!(error.contains("grace = \"5d\""), "{error}");
+        let error = error("grace = \"5x\"\ncommand = [\"prog\"]\n", &[]);
+        assert!(error.contains("not a duration: 5x"), "{error}");
+        assert!(error.contains("grace = \"5x\""), "{error}");
         assert!(error.contains("line 1"), "{error}");
         let error = self::error("[pools.a]\ncommand = [\"a\"]\nchannel = \"ipc\"\n", &[]);
         assert!(error.contains("unknown variant `ipc`"), "{error}");
@@ -484,7 +494,10 @@ mod tests {
     fn a_pools_plan_errors_name_it() {
         let text = "[pools.web]\ncommand = [\"a\"]\nready = \"message\"\n[pools.jobs]\n";
         let error = error(text, &[]);
-        assert_eq!(error, "in cluster.toml, [pools.jobs]: no command to run");
+        assert_eq!(
+            error,
+            "in cluster.toml, [pools.jobs]: no command to run (command = [\"program\", \"arg\", …])"
+        );
         let text = "[pools.web]\ncommand = [\"a\"]\nready = \"message\"\n";
         assert_eq!(
             self::error(text, &[]),

@@ -12,6 +12,7 @@ use isotropic_cluster::upgrade::Handover;
 
 use crate::args::{EXEC_WITH_SOCKETS, Plan};
 use crate::exit::ExitCode;
+use crate::render::Entry;
 use crate::report::Report;
 
 /// The Unix socket files the CLI bound: removed when dropped (at exit), so
@@ -134,7 +135,7 @@ fn executable(program: &str) -> anyhow::Result<std::path::PathBuf> {
 /// Binds every `--listen` address (or adopts it from `handover`): the
 /// sockets, their LISTEN_FDNAMES, and the socket files made.
 fn bind(
-    addresses: &[String],
+    addresses: &[ListenAddress],
     report: &Report,
     mut handover: Option<&mut Handover>,
 ) -> anyhow::Result<(Vec<OwnedFd>, String, SocketFiles)> {
@@ -143,31 +144,31 @@ fn bind(
     // (Handed over: the old primary's files until this one takes over.)
     let mut files = SocketFiles::default();
     files.keep(handover.is_some());
-    for (i, text) in addresses.iter().enumerate() {
-        let address: ListenAddress = text.parse()?;
+    for (i, address) in addresses.iter().enumerate() {
         let name = format!("listen{i}");
         // (The name an upgrade hands it over as: the workers' own, in a pool's.)
         let handed_as = report
             .pool()
             .map_or_else(|| name.clone(), |pool| format!("{pool}/{name}"));
         let (fd, bound) = match handover.as_deref_mut() {
-            Some(handover) => adopt(handover, &handed_as, &address)?,
+            Some(handover) => adopt(handover, &handed_as, address)?,
             None => {
-                if let ListenAddress::Unix(path) = &address {
+                if let ListenAddress::Unix(path) = address {
                     clear_stale(path);
                 }
                 address
                     .bind()
-                    .map_err(|e| anyhow::anyhow!("cannot listen on {text}: {e}"))?
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?
             }
         };
-        if let ListenAddress::Unix(path) = &address {
+        if let ListenAddress::Unix(path) = address {
             files.paths.push(path.clone());
         }
         let from = handover.as_ref().map_or(String::new(), |h| {
             format!(", handed over by the old primary (pid {})", h.from_pid())
         });
-        report.line("listening", None, &format!("listening on {bound}{from}"));
+        let text = format!("listening on {bound}{from}");
+        report.entry(Entry::info("listening", text).with([("address", bound.to_string().into())]));
         files.sockets.push((handed_as, fd.try_clone()?));
         fds.push(fd);
         names.push(name);

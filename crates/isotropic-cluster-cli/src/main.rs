@@ -1,5 +1,5 @@
-//! `isotropic-cluster run [OPTIONS] -- COMMAND [ARGS…]`: runs COMMAND as a
-//! supervised pool of processes.
+//! `isotropic-cluster run [OPTIONS] [--] COMMAND [ARGS…]`: runs COMMAND as
+//! a supervised pool of processes.
 #![forbid(unsafe_code)]
 
 mod args;
@@ -9,9 +9,12 @@ mod health;
 mod listen;
 mod output;
 mod pool;
+mod render;
 mod report;
 mod supervise;
 mod upgrade;
+
+use clap::CommandFactory as _;
 
 use args::{Cli, Command, Setup};
 use exit::ExitCode;
@@ -21,10 +24,17 @@ fn main() -> std::process::ExitCode {
         Command::Run(args) => match args.setup() {
             // (Recorded before any thread starts: see upgrade.rs.)
             Ok(setup) => run(setup, upgrade::Origin::record()),
+            // A usage error (flags, or --config), printed as clap's own.
             Err(error) => {
                 // (A TOML error ends with a newline of its own.)
-                eprintln!("isotropic-cluster: {}", format!("{error:#}").trim_end());
-                ExitCode::CannotStart
+                let error = format!("{error:#}").trim_end().to_owned();
+                let mut cli = Cli::command();
+                cli.build();
+                let run = cli.find_subcommand_mut("run").expect("the run command");
+                let _ = run
+                    .error(clap::error::ErrorKind::ArgumentConflict, error)
+                    .print();
+                ExitCode::Usage
             }
         },
         Command::ExecWithSockets { names, command } => listen::exec_with_sockets(&names, &command),
@@ -40,7 +50,7 @@ fn run(setup: Setup, origin: upgrade::Origin) -> ExitCode {
     {
         Ok(runtime) => runtime.block_on(supervise::run(setup, origin)),
         Err(error) => {
-            eprintln!("isotropic-cluster: cannot start a runtime: {error}");
+            eprintln!("isotropic-cluster: cannot start the primary: no runtime: {error}");
             ExitCode::CannotStart
         }
     }

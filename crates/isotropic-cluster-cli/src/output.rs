@@ -1,20 +1,23 @@
 //! Everything the CLI prints goes through two writer threads, one per
 //! stream, so that supervision (signals, exits, replacements) never waits on
-//! our own stdout or stderr.
+//! our own stdout or stderr. As text, lifecycle lines go to stderr and each
+//! worker line to the stream it was written to; with `--json`, everything
+//! goes to stdout, one JSON object a line (see `render.rs`).
 //!
 //! Worker lines lose nothing: they wait for the writer, and behind them the
 //! workers' pipes (see `output_channel`): a blocked stdout blocks the
 //! workers that write, as a terminal would. Lifecycle lines never wait: when
-//! stderr is blocked they are dropped, and their count is printed once it
-//! moves again.
+//! their stream is blocked they are dropped, and their count is printed once
+//! it moves again.
 
-use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use isotropic_cluster::primary::{OutputLines, OutputStream};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::render::{self, Entry, Format, Level};
 
 /// Batches waiting for a writer thread, per stream.
 const QUEUE: usize = 64;
@@ -25,9 +28,10 @@ const BATCH: usize = 64 * 1024;
 /// worker lines.
 #[derive(Debug, Clone)]
 pub(crate) struct Output {
+    format: Format,
     stdout: Writer,
     stderr: Writer,
-    /// Lifecycle lines dropped since stderr last took one.
+    /// Lifecycle lines dropped since their stream last took one.
     dropped: Arc<AtomicU64>,
 }
 
@@ -81,25 +85,38 @@ impl Writer {
 }
 
 impl Output {
-    pub(crate) fn start() -> Self {
+    pub(crate) fn start(format: Format) -> Self {
         Self {
+            format,
             stdout: Writer::start("stdout", std::io::stdout()),
             stderr: Writer::start("stderr", std::io::stderr()),
             dropped: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// A lifecycle line on stderr, unless stderr is blocked (then counted).
-    pub(crate) fn line(&self, line: &str) {
+    /// The stream of lifecycle lines.
+    fn lifecycle(&self) -> (&Writer, &'static str) {
+        match self.format {
+            Format::Json => (&self.stdout, "stdout"),
+            Format::Text | Format::Timestamped => (&self.stderr, "stderr"),
+        }
+    }
+
+    /// A lifecycle line, unless its stream is blocked (then counted).
+    pub(crate) fn line(&self, entry: &Entry) {
+        let (writer, stream) = self.lifecycle();
         let dropped = self.dropped.swap(0, Ordering::Relaxed);
         let mut text = String::new();
         if dropped > 0 {
-            text = format!("[primary] {dropped} lines not shown: stderr was blocked\n");
+            let note = format!("{dropped} lines not shown: {stream} was blocked");
+            text = Entry::info("linesDropped", note)
+                .at(Level::Warn)
+                .render(self.format);
+            text.push('\n');
         }
-        text.push_str(line);
+        text.push_str(&entry.render(self.format));
         text.push('\n');
-        if self
-            .stderr
+        if writer
             .queue
             .try_send(Item::Text(text.into_bytes()))
             .is_err()
@@ -108,20 +125,20 @@ impl Output {
         }
     }
 
-    /// Prints the workers' lines, each prefixed with its worker's slot (short
-    /// and the same across replacements), and its `pool` when there are
-    /// several (`[web 2]`), on the stream it was written to, until they end.
+    /// Prints the workers' lines, until they end: as text, each prefixed
+    /// with its worker's slot (short and the same across replacements) and
+    /// its `pool` when there are several (`[web 2]`), on the stream it was
+    /// written to.
     pub(crate) async fn forward(self, mut lines: OutputLines, pool: Option<Arc<str>>) {
-        let pool = pool.map_or(String::new(), |pool| format!("{pool} "));
         while let Some(first) = lines.next().await {
             let (mut out, mut err) = (Vec::new(), Vec::new());
             let mut next = Some(first);
             while let Some(line) = next {
-                let batch = match line.stream {
-                    OutputStream::Stderr => &mut err,
+                let batch = match (self.format, line.stream) {
+                    (Format::Text | Format::Timestamped, OutputStream::Stderr) => &mut err,
                     _ => &mut out,
                 };
-                let _ = writeln!(batch, "[{pool}{}] {}", line.slot, line.line);
+                render::output(self.format, pool.as_deref(), &line, batch);
                 if out.len() + err.len() >= BATCH {
                     break;
                 }
@@ -141,7 +158,13 @@ impl Output {
         let deadline = tokio::time::Instant::now() + within;
         let written = self.stdout.flushed(deadline).await;
         if !written {
-            self.line("[primary] some worker output was not written: stdout is blocked");
+            let note = Entry::info(
+                "notWritten",
+                "some output was not written: stdout is blocked",
+            );
+            let mut text = note.at(Level::Warn).render(self.format);
+            text.push('\n');
+            let _ = self.stderr.queue.try_send(Item::Text(text.into_bytes()));
         }
         let last = deadline.max(tokio::time::Instant::now() + Duration::from_millis(100));
         written && self.stderr.flushed(last).await
@@ -181,9 +204,20 @@ impl std::io::Write for LogLine {
 impl Drop for LogLine {
     fn drop(&mut self) {
         let text = String::from_utf8_lossy(&self.text);
-        let text = text.trim_end();
-        if !text.is_empty() {
-            self.output.line(&format!("[primary] {text}"));
+        let text = text.trim();
+        if text.is_empty() {
+            return;
         }
+        // (`WARN message`: as text the whole of it, as JSON its level.)
+        let entry = match text.split_once(' ') {
+            Some((word, message)) if self.output.format == Format::Json => {
+                match Level::of_log(word) {
+                    Some(level) => Entry::info("log", message.trim_start()).at(level),
+                    None => Entry::info("log", text),
+                }
+            }
+            _ => Entry::info("log", text),
+        };
+        self.output.line(&entry);
     }
 }

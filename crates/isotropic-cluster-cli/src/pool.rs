@@ -161,14 +161,14 @@ impl Pool {
                                 // (The pool as the primary has it now: no worker
                                 // staying, no replacement waiting for its backoff.)
                                 if !asked && primary.pool_size().await.unwrap_or(0) == 0 {
-                                    report.line("done", None, "no worker left to replace: stopping");
+                                    report.line("done", "no worker left to replace: stopping");
                                     let primary = primary.clone();
                                     tokio::spawn(async move { primary.shut_down().await });
                                 }
                             }
                             PrimaryEvent::WorkerDisconnect(e) if stopping && plan.channel == Channel::Node => {
                                 let wait = plan.grace.min(primary::NODE_TERM_AFTER);
-                                report.node_disconnected(e.worker.id().get(), wait);
+                                report.node_disconnected(&e.worker, wait);
                             }
                             PrimaryEvent::WorkerSignal(e) if stopping && e.signal == Signal::KILL => {
                                 outcome.forced = true;
@@ -233,15 +233,11 @@ async fn scale(primary: &ClusterPrimary, report: &Report, up: bool) {
         size.saturating_sub(1).max(1)
     };
     if target == size {
-        return report.line("scale", None, "one worker left: SIGTTOU ignored");
+        return report.line("scale", "one worker left: SIGTTOU ignored");
     }
-    report.line(
-        "scale",
-        None,
-        &format!("scaling from {size} to {target} workers"),
-    );
+    report.line("scale", &format!("scaling from {size} to {target} workers"));
     if let Err(error) = primary.scale_to(target).await {
-        report.line("forkError", None, &format!("cannot scale: {error}"));
+        report.warn("forkError", &format!("cannot scale: {error}"));
     }
 }
 

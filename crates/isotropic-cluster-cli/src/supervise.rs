@@ -17,13 +17,14 @@ use crate::exit::ExitCode;
 use crate::listen;
 use crate::output::Output;
 use crate::pool::{Command, Outcome, Pool};
-use crate::report::Report;
+use crate::render::{Entry, Level};
+use crate::report::{self, Report};
 use crate::upgrade::{Origin, Takeover, Upgrading};
 
 /// Runs `setup` to its end; everything printed is written before it returns
 /// (or `--grace` after, when our stdout is blocked).
 pub(crate) async fn run(setup: Setup, origin: Origin) -> ExitCode {
-    let output = Output::start();
+    let output = Output::start(setup.format);
     // The library's warnings and errors (a replaced orphan guard, a handler
     // that panicked) as lifecycle lines; RUST_LOG chooses.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -39,11 +40,13 @@ pub(crate) async fn run(setup: Setup, origin: Origin) -> ExitCode {
     let code = match supervise(setup, origin, &output).await {
         Ok(code) => code,
         Err(error) if error.is::<listen::CannotAdopt>() => {
-            output.line(&format!("isotropic-cluster: {error:#}"));
+            let text = format!("{error:#}");
+            output.line(&Entry::info("cannotAdopt", text).at(Level::Error));
             ExitCode::CannotAdopt
         }
         Err(error) => {
-            output.line(&format!("isotropic-cluster: {error:#}"));
+            let text = report::cannot_start("the primary", format!("{error:#}"));
+            output.line(&Entry::info("cannotStart", text).at(Level::Error));
             ExitCode::CannotStart
         }
     };
@@ -86,7 +89,7 @@ async fn supervise(setup: Setup, mut origin: Origin, output: &Output) -> anyhow:
         .then(OrphanReaper::start)
         .transpose()
         .context("cannot become a subreaper")?;
-    let report = Report::new(setup.json, output.clone());
+    let report = Report::new(output.clone());
     // What an old primary handed over, if this one is its upgrade.
     let mut handover = origin.take_handover()?;
     // Held to the end: the socket files they made go with them.
@@ -132,7 +135,7 @@ async fn supervise(setup: Setup, mut origin: Origin, output: &Output) -> anyhow:
                     let (pool, ended_with) = finished.context("a pool's supervision failed")?;
                     if ended_with.gave_up && !supervised.is_empty() && shutdown.signals == 0 {
                         let name = pool.name().unwrap_or_default();
-                        report.line("shutDown", None, &format!("the pool {name} gave up: stopping every pool"));
+                        report.warn("shutDown", &format!("the pool {name} gave up: stopping every pool"));
                         shutdown.signals += 1;
                         tell(&running, Command::ShutDown);
                     }
@@ -230,7 +233,7 @@ fn scale(running: &[mpsc::UnboundedSender<Command>], report: &Report, up: bool) 
         "{signal} ignored: there are {} pools (change a pool's workers in the file, then upgrade with SIGUSR2)",
         running.len()
     );
-    report.line("scale", None, &text);
+    report.line("scale", &text);
 }
 
 /// Destroys every pool's primary, then waits until what the workers wrote

@@ -48,7 +48,10 @@ fn started_pids(lines: &[String]) -> Vec<i32> {
         let (_, tail) = line.split_once("(pid ")?;
         tail.trim_end_matches(')').parse().ok()
     };
-    lines.iter().filter_map(pid).collect()
+    let started = lines
+        .iter()
+        .filter(|line| line.contains(" started in slot "));
+    started.filter_map(pid).collect()
 }
 
 #[tokio::test]
@@ -127,7 +130,8 @@ async fn two_pools_run_reload_and_stop_together() {
     for worker in &generation_2 {
         let ended = |l: &&String| {
             l.contains(&format!("{worker} exited with code 0"))
-                || l.contains(&format!("{worker} killed by signal 15"))
+                || (l.contains(&format!("{worker} (pid"))
+                    && l.contains("ended on the SIGTERM the primary sent"))
         };
         assert!(
             rest.iter().any(|l| ended(&l)),
@@ -173,23 +177,13 @@ async fn a_file_without_pools_runs_as_its_flags_and_flags_override_it() {
     assert_eq!(exit_code(&mut child).await, Some(0));
 }
 
-/// Runs the CLI with `args`; its exit code and its stderr.
-async fn refused(args: &[&str]) -> (Option<i32>, String) {
-    let output = tokio::time::timeout(DEADLINE, command(args).output())
-        .await
-        .expect("the CLI ends in time")
-        .expect("run the CLI");
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    (output.status.code(), stderr)
-}
-
 #[tokio::test]
 async fn an_unknown_key_is_refused_with_its_line() {
     let config = ConfigFile::new(
         "unknown-key",
         "[pools.web]\ncommand = [\"true\"]\nwrkers = 2\n",
     );
-    let (code, stderr) = refused(&["run", "--config", config.path()]).await;
+    let (code, stderr) = run_to_end(&["run", "--config", config.path()]).await;
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("unknown field `wrkers`"), "{stderr}");
     assert!(stderr.contains("line 3"), "{stderr}");
@@ -202,11 +196,11 @@ async fn a_bad_value_is_refused_naming_its_key() {
         "bad-value",
         "command = [\"true\"]\nready-timeout = \"soon\"\n",
     );
-    let (code, stderr) = refused(&["run", "--config", config.path()]).await;
+    let (code, stderr) = run_to_end(&["run", "--config", config.path()]).await;
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("ready-timeout = \"soon\""), "{stderr}");
     assert!(stderr.contains("not a duration: soon"), "{stderr}");
-    let (code, stderr) = refused(&["run", "--config", "/nonexistent/cluster.toml"]).await;
+    let (code, stderr) = run_to_end(&["run", "--config", "/nonexistent/cluster.toml"]).await;
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("cannot read --config /nonexistent/cluster.toml"),
@@ -220,7 +214,7 @@ async fn a_pools_flag_with_several_pools_is_refused() {
         "per-pool-flag",
         "[pools.a]\ncommand = [\"true\"]\n[pools.b]\ncommand = [\"true\"]\n",
     );
-    let (code, stderr) = refused(&["run", "--config", config.path(), "--grace", "1s"]).await;
+    let (code, stderr) = run_to_end(&["run", "--config", config.path(), "--grace", "1s"]).await;
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains(&format!(

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStderr, Command};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
 pub(crate) mod load;
 pub(crate) mod pool;
@@ -30,6 +30,18 @@ pub(crate) fn spawn(mut command: Command) -> (Child, Lines<BufReader<ChildStderr
         .expect("start the CLI");
     let stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
     (child, stderr)
+}
+
+/// Starts `command` (the CLI with `--json`) with stdout piped and killed
+/// when dropped; its stdout (the JSON lines) as lines.
+pub(crate) fn spawn_json(mut command: Command) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the CLI");
+    let stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    (child, stdout)
 }
 
 pub(crate) fn cli(args: &[&str]) -> (Child, Lines<BufReader<ChildStderr>>) {
@@ -80,14 +92,15 @@ pub(crate) async fn until_all<R: AsyncBufRead + Unpin>(
     seen
 }
 
-/// SIGTERM, then every one of `workers` exits with code 0, and so does the CLI.
-pub(crate) async fn stop_cleanly(
+/// SIGTERM, then every one of `workers` exits with code 0, and so does the
+/// CLI (as its `lines` say: stderr, or stdout with `--json`).
+pub(crate) async fn stop_cleanly<R: AsyncBufRead + Unpin>(
     child: &mut Child,
-    stderr: &mut Lines<BufReader<ChildStderr>>,
+    lines: &mut Lines<R>,
     workers: usize,
 ) {
     terminate(child);
-    let rest = until(stderr, "all workers exited").await;
+    let rest = until(lines, "all workers exited").await;
     let clean = rest.iter().filter(|l| l.contains("exited with code 0"));
     assert_eq!(clean.count(), workers, "{rest:?}");
     assert_eq!(exit_code(child).await, Some(0));
@@ -112,6 +125,16 @@ pub(crate) async fn up(child: &mut Child, n: usize) {
     }
     // Keep reading, so that the workers can still print.
     tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+}
+
+/// The CLI with `args` run to its end: its exit code and stderr.
+pub(crate) async fn run_to_end(args: &[&str]) -> (Option<i32>, String) {
+    let output = tokio::time::timeout(DEADLINE, command(args).output())
+        .await
+        .expect("the CLI exits in time")
+        .expect("run the CLI");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code(), stderr)
 }
 
 pub(crate) async fn exit_code(child: &mut Child) -> Option<i32> {

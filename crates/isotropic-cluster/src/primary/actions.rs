@@ -334,7 +334,7 @@ impl PrimaryContext {
         let forked = self.fork(1);
         self.fork_slot = None;
         if let Err(error) = forked {
-            tracing::warn!(%error, "A replacement could not start: retrying");
+            tracing::warn!(%error, "cannot start a replacement: retrying");
             self.pace_replacement(None, slot);
         }
     }
