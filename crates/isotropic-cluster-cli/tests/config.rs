@@ -150,6 +150,43 @@ async fn two_pools_run_reload_and_stop_together() {
 }
 
 #[tokio::test]
+async fn with_json_every_line_of_a_pool_names_it() {
+    let says_up = toml_string(SAYS_UP);
+    let text = format!(
+        "json = true\nworkers = 1\n[pools.web]\ncommand = [\"sh\", \"-c\", {says_up}]\n\
+         [pools.jobs]\ncommand = [\"sh\", \"-c\", {says_up}]\n"
+    );
+    let config = ConfigFile::new("json", &text);
+    let (mut child, mut stdout) = spawn_json(command(&["run", "-c", config.path()]));
+    let seen = until_all(
+        &mut stdout,
+        &[
+            "\"up in web",
+            "\"up in jobs",
+            "web worker 1 ready",
+            "jobs worker 1 ready",
+        ],
+    )
+    .await;
+    let json = |line: &String| serde_json::from_str::<serde_json::Value>(line).expect("JSON");
+    for pool in ["web", "jobs"] {
+        let output = seen.iter().map(json).find(|line| {
+            line["event"] == "output"
+                && line["line"]
+                    .as_str()
+                    .is_some_and(|l| l.starts_with("up in"))
+                && line["pool"] == pool
+        });
+        assert!(output.is_some(), "no output line of {pool}: {seen:?}");
+        let ready = seen.iter().map(json).find(|line| {
+            line["event"] == "workerReady" && line["pool"] == pool && line["worker"] == 1
+        });
+        assert!(ready.is_some(), "no workerReady of {pool}: {seen:?}");
+    }
+    stop_cleanly(&mut child, &mut stdout, 2).await;
+}
+
+#[tokio::test]
 async fn a_file_without_pools_runs_as_its_flags_and_flags_override_it() {
     let config = ConfigFile::new(
         "one-pool",
