@@ -261,3 +261,84 @@ async fn a_pools_flag_with_several_pools_is_refused() {
         "{stderr}"
     );
 }
+
+/// A process that is not our child (a new primary started by an upgrade),
+/// killed when dropped if still there.
+struct NotOurChild(i32);
+
+impl NotOurChild {
+    fn alive(&self) -> bool {
+        std::path::Path::new(&format!("/proc/{}", self.0)).exists()
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.0) {
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+    }
+}
+
+impl Drop for NotOurChild {
+    fn drop(&mut self) {
+        if self.alive() {
+            self.signal(rustix::process::Signal::KILL);
+        }
+    }
+}
+
+#[tokio::test]
+async fn sigusr2_hands_every_pools_sockets_to_the_new_primary() {
+    let server = toml_string(DRAINING_SERVER);
+    let pool = |name: &str| {
+        format!(
+            "[pools.{name}]\ncommand = [\"python3\", \"-c\", {server}]\nlisten = [\"127.0.0.1:0\"]\nready = \"listening\"\n"
+        )
+    };
+    let text = format!("workers = 1\n{}{}", pool("web"), pool("api"));
+    let config = ConfigFile::new("upgrade", &text);
+    let (mut old, mut stderr) = cli(&["run", "--config", config.path()]);
+    let seen = until_all(&mut stderr, &["api worker 1 ready", "web worker 1 ready"]).await;
+    let address = |pool: &str| {
+        let line = seen
+            .iter()
+            .filter(|l| l.contains(&format!("{pool}: listening on")));
+        listening_address(&line.cloned().collect::<Vec<_>>())
+    };
+    let (web, api) = (address("web"), address("api"));
+    send(&old, rustix::process::Signal::USR2);
+    let started = until(&mut stderr, "started a new primary").await;
+    let new = started
+        .last()
+        .and_then(|l| l.split("(pid ").nth(1)?.split(')').next()?.parse().ok())
+        .map(NotOurChild)
+        .expect("the new primary's pid");
+    let handed = until_all(
+        &mut stderr,
+        &["hands over and shuts down", "its 2 workers are ready"],
+    )
+    .await;
+    assert!(
+        handed
+            .iter()
+            .any(|l| l.contains("web: listening on") && l.contains("handed over")),
+        "{handed:?}"
+    );
+    assert_eq!(exit_code(&mut old).await, Some(0));
+    // The new primary's workers serve both pools' ports.
+    for address in [web, api] {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let answer = tokio::time::timeout(DEADLINE, async {
+            let mut stream = tokio::net::TcpStream::connect(address).await?;
+            stream.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await?;
+            std::io::Result::Ok(answer)
+        })
+        .await
+        .expect("an answer in time")
+        .expect("a request");
+        assert!(answer.starts_with("HTTP/1.0 200 OK"), "{answer}");
+    }
+    new.signal(rustix::process::Signal::TERM);
+    eventually("the new primary exits", || !new.alive()).await;
+}
