@@ -1,12 +1,14 @@
 //! The command line, and the plan it makes for `run`: every setting
 //! resolved and every combination of flags checked, before anything starts.
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use isotropic_cluster::ListenAddress;
 use isotropic_cluster::primary::{OnIntensity, Restart, RestartPolicy};
 
@@ -143,9 +145,15 @@ pub(crate) struct PoolArgs {
     pub(crate) control: ControlArgs,
 }
 
-/// The options of `run`.
-#[derive(Debug, clap::Args)]
+/// The options of `run` (each a key of `--config` too: see `config.rs`).
+#[derive(Debug, Clone, clap::Args)]
 pub(crate) struct RunArgs {
+    /// Read the settings from a TOML file (docs/config.md): every option
+    /// as a key, and several pools under [pools.NAME]. Options given here
+    /// override the file's (with one pool; with several, only --json,
+    /// --timestamps and --subreaper may be given).
+    #[arg(short, long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
     /// How many workers (default: the number of CPUs; at least 1).
     #[arg(
         short,
@@ -155,80 +163,50 @@ pub(crate) struct RunArgs {
         value_parser = count::<1, u16>,
         allow_hyphen_values = true
     )]
-    workers: Option<u16>,
+    pub(crate) workers: Option<u16>,
     /// How long workers get to exit once asked, before SIGTERM then SIGKILL
     /// (e.g. 500ms, 5s, 1min). Node workers (--channel node) are disconnected
     /// and, as Node's own cluster does, sent SIGTERM soon after (1s, or
     /// --grace if shorter) unless they have exited.
-    #[arg(
-        long,
-        value_name = "D",
-        default_value = "5s",
-        value_parser = duration,
-        allow_hyphen_values = true
-    )]
-    grace: Duration,
+    #[arg(long, value_name = "D", default_value = "5s", value_parser = duration, allow_hyphen_values = true)]
+    pub(crate) grace: Duration,
     /// A worker that ran this long counts as stable: replaced at once, and
     /// the count of early exits starts over.
-    #[arg(
-        long,
-        value_name = "D",
-        default_value = "1s",
-        value_parser = duration,
-        allow_hyphen_values = true
-    )]
-    stable_after: Duration,
+    #[arg(long, value_name = "D", default_value = "1s", value_parser = duration, allow_hyphen_values = true)]
+    pub(crate) stable_after: Duration,
     /// The wait before replacing a worker after the second early exit in a
     /// row; it doubles with each further one…
-    #[arg(
-        long,
-        value_name = "D",
-        default_value = "100ms",
-        value_parser = duration,
-        allow_hyphen_values = true
-    )]
-    restart_delay: Duration,
+    #[arg(long, value_name = "D", default_value = "100ms", value_parser = duration, allow_hyphen_values = true)]
+    pub(crate) restart_delay: Duration,
     /// …up to this.
-    #[arg(
-        long,
-        value_name = "D",
-        default_value = "10s",
-        value_parser = duration,
-        allow_hyphen_values = true
-    )]
-    max_restart_delay: Duration,
+    #[arg(long, value_name = "D", default_value = "10s", value_parser = duration, allow_hyphen_values = true)]
+    pub(crate) max_restart_delay: Duration,
     /// At most this many replacements within --restart-period; then
     /// --on-max-restarts applies (default: no limit).
     #[arg(long, value_name = "N", value_parser = count::<0, u32>, allow_hyphen_values = true)]
-    max_restarts: Option<u32>,
+    pub(crate) max_restarts: Option<u32>,
     /// The window of --max-restarts.
-    #[arg(
-        long,
-        value_name = "D",
-        default_value = "60s",
-        value_parser = duration,
-        allow_hyphen_values = true
-    )]
-    restart_period: Duration,
+    #[arg(long, value_name = "D", default_value = "60s", value_parser = duration, allow_hyphen_values = true)]
+    pub(crate) restart_period: Duration,
     /// Over --max-restarts: stop (shut down, exit code 3) or slow-down
     /// (keep replacing, each after --max-restart-delay).
     #[arg(long, value_enum, default_value_t = OnMaxRestarts::Stop)]
-    on_max_restarts: OnMaxRestarts,
+    pub(crate) on_max_restarts: OnMaxRestarts,
     /// Which exits are followed by a replacement: always, on-failure (an
     /// exit code other than 0, or a signal other than SIGTERM, SIGINT,
     /// SIGHUP or SIGPIPE), or never. Once no worker is left and none is to
     /// be replaced, the run ends (exit code 4 if one of them failed).
     #[arg(long, value_enum, default_value_t = RestartMode::Always)]
-    restart: RestartMode,
+    pub(crate) restart: RestartMode,
     #[command(flatten)]
-    recycle: Recycle,
+    pub(crate) recycle: Recycle,
     #[command(flatten)]
-    rollout: Rollout,
+    pub(crate) rollout: Rollout,
     /// The channel workers get: none (plain programs), node (Node.js's own
     /// IPC: process.send / process.on('message')), or frames (ours, see
     /// docs/protocol.md).
     #[arg(long, value_enum, default_value_t = Channel::None)]
-    channel: Channel,
+    pub(crate) channel: Channel,
     /// When a worker counts as ready: when started (no channel), when it
     /// sends ready (node: the message 'ready'; frames: the ready frame),
     /// when it holds a listening socket (no channel; with --listen, as soon
@@ -236,18 +214,18 @@ pub(crate) struct RunArgs {
     /// named by NOTIFY_SOCKET (systemd's sd_notify, any channel; its
     /// STATUS= and STOPPING=1 are printed).
     #[arg(long, value_enum)]
-    ready: Option<Readiness>,
+    pub(crate) ready: Option<Readiness>,
     /// A worker not ready this long after its start is stopped (and
     /// replaced as any exit), in every --ready mode (default: no limit).
     #[arg(long, value_name = "D", value_parser = duration, allow_hyphen_values = true)]
-    ready_timeout: Option<Duration>,
+    pub(crate) ready_timeout: Option<Duration>,
     /// Stop and replace a worker silent this long (e.g. 10s): the primary
     /// sends heartbeats every D/4 that a worker answers from its event loop
     /// (SIGTERM, then SIGKILL after --grace). Needs --channel frames, or
     /// --ready notify (the worker sends WATCHDOG=1 within D; WATCHDOG_USEC says D); a
     /// worker whose hello does not say it answers heartbeats is not watched.
     #[arg(long, value_name = "D", value_parser = duration, allow_hyphen_values = true)]
-    watchdog: Option<Duration>,
+    pub(crate) watchdog: Option<Duration>,
     /// An address the primary listens on, passed to every worker as a
     /// systemd-activation socket (LISTEN_FDS from fd 3, LISTEN_PID,
     /// LISTEN_FDNAMES), written as gunicorn's --bind: 127.0.0.1:8080,
@@ -261,47 +239,55 @@ pub(crate) struct RunArgs {
         visible_alias = "bind",
         value_name = "ADDR"
     )]
-    listen: Vec<Address>,
+    pub(crate) listen: Vec<Address>,
+    /// An environment variable for the workers, on top of the CLI's own.
+    /// Repeatable.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = env_pair)]
+    pub(crate) env: Vec<(String, String)>,
     /// Print one stream of JSON lines on stdout: lifecycle events and the
     /// workers' output, each with ts (RFC 3339, UTC), level, event and
     /// fields (worker, slot, pid, generation, code, signal…).
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Prefix each line of the text format with the time (RFC 3339, UTC).
     #[arg(long, conflicts_with = "json")]
-    timestamps: bool,
+    pub(crate) timestamps: bool,
     /// Adopt and reap the orphans of the workers' descendants (a
     /// double-forked daemon, the children of a worker that died), as tini
     /// does: PR_SET_CHILD_SUBREAPER. Always done when running as PID 1 (a
     /// container's entrypoint).
     #[arg(long)]
-    subreaper: bool,
+    pub(crate) subreaper: bool,
     /// Recycle a worker whose memory goes over SIZE (200M, 1G, 512K, or
     /// bytes): its process tree's resident memory (its cgroup's, where it
     /// runs in one with the memory controller), sampled every second. It is
     /// stopped as by a restart and replaced in its slot.
     #[arg(long, value_name = "SIZE", value_parser = size)]
-    max_memory: Option<u64>,
+    pub(crate) max_memory: Option<u64>,
     /// Where to listen for `status`, `scale`, `reload`, `stop` and `logs`
     /// (a Unix socket of mode 0600, for this user only; default:
     /// $XDG_RUNTIME_DIR/isotropic-cluster/control.sock, or
     /// /tmp/isotropic-cluster-UID/control.sock). A primary already
     /// answering there is refused.
     #[arg(long, value_name = "PATH")]
-    control: Option<PathBuf>,
+    pub(crate) control: Option<PathBuf>,
     /// No control socket.
     #[arg(long, conflicts_with = "control")]
-    no_control_socket: bool,
+    pub(crate) no_control_socket: bool,
     /// Serve the pool's metrics on ADDR (127.0.0.1:9100, localhost:9100,
     /// :9100; TCP): GET /metrics in Prometheus' text format
     /// (docs/metrics.md), /healthz (200 while the primary runs) and /readyz
     /// (200 while enough workers are ready, 503 otherwise). Workers are then
     /// sampled every second.
     #[arg(long, value_name = "ADDR")]
-    metrics: Option<Address>,
+    pub(crate) metrics: Option<Address>,
     /// The program to run, and its arguments (all of them its own).
     #[arg(value_name = "COMMAND", trailing_var_arg = true)]
-    command: Vec<String>,
+    pub(crate) command: Vec<String>,
+    /// The options given on the command line (their ids), as opposed to
+    /// defaulted: they override `--config`.
+    #[arg(skip)]
+    pub(crate) given: BTreeSet<String>,
 }
 
 /// When a worker is recycled (drained: its replacement is ready before it
@@ -383,7 +369,8 @@ impl Default for Rollout {
 }
 
 /// The channel workers get.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub(crate) enum Channel {
     None,
     Node,
@@ -394,7 +381,8 @@ pub(crate) enum Channel {
 /// channel, once it holds a listening socket, or once it sends `READY=1` to
 /// `NOTIFY_SOCKET`. (No doc comment on the
 /// variants: clap would print them in `--help`.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub(crate) enum Readiness {
     Start,
     Message,
@@ -402,22 +390,90 @@ pub(crate) enum Readiness {
     Notify,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum RestartMode {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum RestartMode {
     Always,
     OnFailure,
     Never,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum OnMaxRestarts {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum OnMaxRestarts {
     Stop,
     SlowDown,
 }
 
-/// What `run` does, every setting resolved.
+/// What `run` does: its pools (one, unless `--config` names several), and
+/// what the primary process does for all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Setup {
+    /// In the order of their names.
+    pub(crate) pools: Vec<Plan>,
+    /// How lines are printed.
+    pub(crate) format: Format,
+    /// Whether to adopt and reap orphans: asked, or running as PID 1.
+    pub(crate) reap_orphans: bool,
+    /// The control socket's path (`None`: no control socket).
+    pub(crate) control: Option<PathBuf>,
+    /// Where to serve the metrics.
+    pub(crate) metrics: Option<std::net::SocketAddr>,
+}
+
+/// The options of the whole primary, not of a pool, as given (on the
+/// command line, or at the top of a `--config` file).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Wide {
+    pub(crate) json: bool,
+    pub(crate) timestamps: bool,
+    pub(crate) subreaper: bool,
+    pub(crate) control: Option<PathBuf>,
+    pub(crate) no_control_socket: bool,
+    pub(crate) metrics: Option<Address>,
+}
+
+impl Setup {
+    /// `pools`, printed as `--json` and `--timestamps` say, reaping
+    /// orphans if asked or PID 1, with the control socket and the metrics
+    /// `wide` asks for.
+    ///
+    /// # Errors
+    ///
+    /// The metrics address is not a TCP one.
+    pub(crate) fn new(pools: Vec<Plan>, wide: Wide) -> Result<Self, PlanError> {
+        let metrics = match wide.metrics.map(Address::into_inner) {
+            None => None,
+            Some(ListenAddress::Tcp(address)) => Some(address),
+            Some(_) => return Err(PlanError::MetricsNeedsTcp),
+        };
+        Ok(Self {
+            pools,
+            format: match (wide.json, wide.timestamps) {
+                (true, _) => Format::Json,
+                (false, true) => Format::Timestamped,
+                (false, false) => Format::Text,
+            },
+            reap_orphans: wide.subreaper || std::process::id() == 1,
+            control: (!wide.no_control_socket)
+                .then(|| wide.control.unwrap_or_else(control::default_path)),
+            metrics,
+        })
+    }
+
+    /// The longest `grace` of the pools: what waits on all of them.
+    pub(crate) fn grace(&self) -> Duration {
+        let graces = self.pools.iter().map(|plan| plan.grace);
+        graces.max().unwrap_or_default()
+    }
+}
+
+/// What one pool does, every setting resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Plan {
+    /// The pool's name in `--config` (`[pools.NAME]`); none from the flags
+    /// alone, or from a file without `[pools]`.
+    pub(crate) name: Option<String>,
     /// The program each worker runs…
     pub(crate) program: String,
     /// …with these arguments.
@@ -434,18 +490,12 @@ pub(crate) struct Plan {
     pub(crate) rollout: Rollout,
     /// Both the shutdown's and the kill's.
     pub(crate) grace: Duration,
-    /// How lines are printed.
-    pub(crate) format: Format,
-    /// Whether to adopt and reap orphans: asked, or running as PID 1.
-    pub(crate) reap_orphans: bool,
+    /// Set for the workers, in order (a later one wins).
+    pub(crate) env: Vec<(String, String)>,
     /// How long a watched worker may be silent (`None`: not watched).
     pub(crate) watchdog: Option<Duration>,
     /// The memory limit of each worker, in bytes.
     pub(crate) max_memory: Option<u64>,
-    /// The control socket's path (`None`: no control socket).
-    pub(crate) control: Option<PathBuf>,
-    /// Where to serve the metrics.
-    pub(crate) metrics: Option<std::net::SocketAddr>,
 }
 
 /// A combination of flags that makes no plan.
@@ -463,6 +513,9 @@ pub(crate) enum PlanError {
     StuckRollout,
     /// `--metrics unix:…`: the metrics are served over TCP.
     MetricsNeedsTcp,
+    /// `max-requests-jitter` without `max-requests` (in a file: clap
+    /// refuses it on the command line).
+    JitterNeedsMaxRequests,
 }
 
 impl fmt::Display for PlanError {
@@ -487,14 +540,77 @@ impl fmt::Display for PlanError {
             Self::MetricsNeedsTcp => {
                 f.write_str("--metrics takes a TCP address (e.g. 127.0.0.1:9100 or :9100)")
             }
+            Self::JitterNeedsMaxRequests => {
+                f.write_str("--max-requests-jitter needs --max-requests")
+            }
         }
     }
 }
 
 impl std::error::Error for PlanError {}
 
+impl Cli {
+    /// Parses the command line (exits on an error, as [`Parser::parse`]).
+    pub(crate) fn parse_line() -> Self {
+        Self::try_parse_line_from(std::env::args_os()).unwrap_or_else(|error| error.exit())
+    }
+
+    /// Parses `line`, noting for `run` which options it gives
+    /// ([`RunArgs::given`]).
+    ///
+    /// # Errors
+    ///
+    /// A usage error, or `--help` or `--version`.
+    pub(crate) fn try_parse_line_from(
+        line: impl IntoIterator<Item = impl Into<OsString> + Clone>,
+    ) -> Result<Self, clap::Error> {
+        let matches = Self::command().try_get_matches_from(line)?;
+        let mut cli = Self::from_arg_matches(&matches)?;
+        if let (Command::Run(args), Some(("run", matches))) =
+            (&mut cli.command, matches.subcommand())
+        {
+            args.given = matches
+                .ids()
+                .filter(|id| matches.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+                .map(|id| id.as_str().to_owned())
+                .collect();
+        }
+        Ok(cli)
+    }
+}
+
 impl RunArgs {
-    /// Resolves the defaults and checks the combinations of flags.
+    /// The whole run: the flags' one pool, or `--config`'s pools with the
+    /// flags over them.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read or is not valid, or a combination of
+    /// settings makes no plan.
+    pub(crate) fn setup(self) -> anyhow::Result<Setup> {
+        match self.config.clone() {
+            Some(path) => crate::config::setup(&path, self),
+            None => {
+                let wide = self.wide();
+                Ok(Setup::new(vec![self.plan()?], wide)?)
+            }
+        }
+    }
+
+    /// The options of the whole primary, as given on the command line.
+    pub(crate) fn wide(&self) -> Wide {
+        Wide {
+            json: self.json,
+            timestamps: self.timestamps,
+            subreaper: self.subreaper,
+            control: self.control.clone(),
+            no_control_socket: self.no_control_socket,
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// Resolves the defaults and checks the combinations of settings: one
+    /// pool's plan (with no name).
     pub(crate) fn plan(mut self) -> Result<Plan, PlanError> {
         let mut command = std::mem::take(&mut self.command).into_iter();
         let program = command.next().ok_or(PlanError::NoCommand)?;
@@ -520,13 +636,12 @@ impl RunArgs {
         if self.rollout.surge == 0 && self.rollout.max_unavailable == 0 {
             return Err(PlanError::StuckRollout);
         }
-        let metrics = match self.metrics.take().map(Address::into_inner) {
-            None => None,
-            Some(ListenAddress::Tcp(address)) => Some(address),
-            Some(_) => return Err(PlanError::MetricsNeedsTcp),
-        };
+        if self.recycle.max_requests_jitter > 0 && self.recycle.max_requests.is_none() {
+            return Err(PlanError::JitterNeedsMaxRequests);
+        }
         let restart_policy = self.restart_policy();
         Ok(Plan {
+            name: None,
             program,
             args: command.collect(),
             workers: self.workers.map_or_else(
@@ -541,17 +656,9 @@ impl RunArgs {
             recycle: self.recycle,
             rollout: self.rollout,
             grace: self.grace,
-            format: match (self.json, self.timestamps) {
-                (true, _) => Format::Json,
-                (false, true) => Format::Timestamped,
-                (false, false) => Format::Text,
-            },
-            reap_orphans: self.subreaper || std::process::id() == 1,
+            env: self.env,
             watchdog: self.watchdog,
             max_memory: self.max_memory,
-            control: (!self.no_control_socket)
-                .then(|| self.control.unwrap_or_else(control::default_path)),
-            metrics,
         })
     }
 
@@ -580,6 +687,14 @@ impl RunArgs {
     }
 }
 
+/// `KEY=VALUE` (the value may be empty, the key may not).
+fn env_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("not KEY=VALUE: {text}")),
+    }
+}
+
 /// clap's parser of a [`Span`].
 fn duration(text: &str) -> Result<Duration, String> {
     text.parse::<Span>().map(|span| span.0)
@@ -597,19 +712,71 @@ fn count<const MIN: u64, T: TryFrom<u64>>(text: &str) -> Result<T, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Every option of `run`, each with a value other than its default
+    /// (`every_setting` says what they make).
+    pub(crate) const EVERY_FLAG: [&str; 54] = [
+        "--workers",
+        "3",
+        "--grace",
+        "500ms",
+        "--stable-after",
+        "2s",
+        "--restart-delay",
+        "50ms",
+        "--max-restart-delay",
+        "1m",
+        "--max-restarts",
+        "4",
+        "--restart-period",
+        "30",
+        "--on-max-restarts",
+        "slow-down",
+        "--restart",
+        "on-failure",
+        "--max-requests",
+        "1000",
+        "--max-requests-jitter",
+        "50",
+        "--max-age",
+        "1h",
+        "--channel",
+        "frames",
+        "--ready-timeout",
+        "2s",
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        "unix:/tmp/a.sock",
+        "--json",
+        "--subreaper",
+        "--watchdog",
+        "1.5s",
+        "--max-memory",
+        "200M",
+        "--surge",
+        "2",
+        "--max-unavailable",
+        "1",
+        "--min-uptime",
+        "5s",
+        "--health-check",
+        "curl -sf localhost:8080",
+        "--env",
+        "A=1",
+        "--env",
+        "B=x=y",
+        "--control",
+        "/run/c.sock",
+        "--metrics",
+        "127.0.0.1:9100",
+    ];
 
     /// `isotropic-cluster run FLAGS -- prog arg`, parsed and planned.
     fn plan(flags: &[&str]) -> Result<Plan, PlanError> {
-        let line = ["isotropic-cluster", "run"]
-            .iter()
-            .chain(flags)
-            .chain(&["--", "prog", "arg"]);
-        match Cli::try_parse_from(line).expect("parses").command {
-            Command::Run(args) => args.plan(),
-            other => panic!("not run: {other:?}"),
-        }
+        run_args(&[flags, &["--", "prog", "arg"]].concat()).plan()
     }
 
     fn parse_error(line: &[&str]) -> clap::error::ErrorKind {
@@ -623,6 +790,7 @@ mod tests {
         assert_eq!(
             plan,
             Plan {
+                name: None,
                 program: "prog".to_owned(),
                 args: vec!["arg".to_owned()],
                 workers: cpus,
@@ -634,74 +802,20 @@ mod tests {
                 recycle: Recycle::default(),
                 rollout: Rollout::default(),
                 grace: Duration::from_secs(5),
-                format: Format::Text,
-                reap_orphans: false,
+                env: vec![],
                 watchdog: None,
                 max_memory: None,
-                control: Some(control::default_path()),
-                metrics: None,
             }
         );
     }
 
     #[test]
     fn every_setting() {
-        let plan = plan(&[
-            "--workers",
-            "3",
-            "--grace",
-            "500ms",
-            "--stable-after",
-            "2s",
-            "--restart-delay",
-            "50ms",
-            "--max-restart-delay",
-            "1m",
-            "--max-restarts",
-            "4",
-            "--restart-period",
-            "30",
-            "--on-max-restarts",
-            "slow-down",
-            "--restart",
-            "on-failure",
-            "--max-requests",
-            "1000",
-            "--max-requests-jitter",
-            "50",
-            "--max-age",
-            "1h",
-            "--channel",
-            "frames",
-            "--ready-timeout",
-            "2s",
-            "--listen",
-            "127.0.0.1:0",
-            "--listen",
-            "unix:/tmp/a.sock",
-            "--json",
-            "--subreaper",
-            "--watchdog",
-            "1.5s",
-            "--max-memory",
-            "200M",
-            "--metrics",
-            "127.0.0.1:9100",
-            "--surge",
-            "2",
-            "--max-unavailable",
-            "1",
-            "--min-uptime",
-            "5s",
-            "--health-check",
-            "curl -sf localhost:8080",
-            "--control",
-            "/run/c.sock",
-        ])
-        .expect("a plan");
+        let plan = plan(&EVERY_FLAG).expect("a plan");
         assert_eq!(
             plan,
             Plan {
+                name: None,
                 program: "prog".to_owned(),
                 args: vec!["arg".to_owned()],
                 workers: 3,
@@ -730,14 +844,47 @@ mod tests {
                     health_check: Some("curl -sf localhost:8080".to_owned()),
                 },
                 grace: Duration::from_millis(500),
-                format: Format::Json,
-                reap_orphans: true,
+                env: vec![
+                    ("A".to_owned(), "1".to_owned()),
+                    ("B".to_owned(), "x=y".to_owned())
+                ],
                 watchdog: Some(Duration::from_millis(1500)),
                 max_memory: Some(200 << 20),
-                control: Some(PathBuf::from("/run/c.sock")),
-                metrics: Some("127.0.0.1:9100".parse().expect("an address")),
             }
         );
+    }
+
+    #[test]
+    fn the_output_format_and_the_subreaper_are_the_primarys() {
+        let setup = |flags: &[&str]| {
+            let words = [flags, &["--", "prog"]].concat();
+            run_args(&words).setup().expect("a setup")
+        };
+        let plain = setup(&[]);
+        assert_eq!(
+            (plain.format, plain.reap_orphans, plain.pools.len()),
+            (Format::Text, false, 1)
+        );
+        let both = setup(&["--json", "--subreaper"]);
+        assert_eq!((both.format, both.reap_orphans), (Format::Json, true));
+        assert_eq!(setup(&["--timestamps"]).format, Format::Timestamped);
+    }
+
+    #[test]
+    fn the_command_line_notes_the_options_it_gives() {
+        let given: Vec<_> = run_args(&["--workers", "2", "--json", "--", "prog"])
+            .given
+            .into_iter()
+            .collect();
+        assert_eq!(given, ["command", "json", "workers"]);
+    }
+
+    #[test]
+    fn env_pairs() {
+        assert_eq!(env_pair("A=1"), Ok(("A".to_owned(), "1".to_owned())));
+        assert_eq!(env_pair("A="), Ok(("A".to_owned(), String::new())));
+        assert_eq!(env_pair("=1"), Err("not KEY=VALUE: =1".to_owned()));
+        assert_eq!(env_pair("A"), Err("not KEY=VALUE: A".to_owned()));
     }
 
     #[test]
@@ -805,7 +952,10 @@ mod tests {
 
     #[test]
     fn metrics_take_a_tcp_address_as_listen_does() {
-        let metrics = |address: &str| plan(&["--metrics", address]).map(|plan| plan.metrics);
+        let metrics = |address: &str| {
+            let args = run_args(&["--metrics", address, "--", "prog"]);
+            Setup::new(vec![], args.wide()).map(|setup| setup.metrics)
+        };
         let any: std::net::SocketAddr = "0.0.0.0:9100".parse().expect("an address");
         assert_eq!(metrics(":9100"), Ok(Some(any)));
         assert_eq!(metrics("9100"), Ok(Some(any)));
@@ -878,7 +1028,7 @@ mod tests {
     /// `isotropic-cluster run WORDS…`, parsed (not planned).
     fn run_args(words: &[&str]) -> RunArgs {
         let line = ["isotropic-cluster", "run"].iter().chain(words);
-        match Cli::try_parse_from(line).expect("parses").command {
+        match Cli::try_parse_line_from(line).expect("parses").command {
             Command::Run(args) => *args,
             other => panic!("not run: {other:?}"),
         }
@@ -988,8 +1138,8 @@ mod tests {
 
     #[test]
     fn the_control_socket_can_be_moved_or_turned_off() {
-        let off = plan(&["--no-control-socket"]).expect("a plan");
-        assert_eq!(off.control, None);
+        let off = run_args(&["--no-control-socket", "--", "prog"]).setup();
+        assert_eq!(off.expect("a setup").control, None);
         let line = [
             "isotropic-cluster",
             "run",

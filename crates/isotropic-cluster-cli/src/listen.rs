@@ -29,7 +29,8 @@ pub(crate) struct SocketFiles {
 
 impl SocketFiles {
     /// The sockets an upgrade hands over: the listening ones, named
-    /// `listen0`, `listen1`… in `--listen` order, and the metrics'.
+    /// `listen0`, `listen1`… in `--listen` order (`web/listen0`… for the
+    /// pool `web`, when there are several), and the metrics'.
     pub(crate) fn sockets(&self) -> &[(String, OwnedFd)] {
         &self.sockets
     }
@@ -157,6 +158,10 @@ fn bind(
     };
     for (i, address) in addresses.iter().enumerate() {
         let name = format!("listen{i}");
+        // (The name an upgrade hands it over as: the workers' own, in a pool's.)
+        let handed_as = report
+            .pool()
+            .map_or_else(|| name.clone(), |pool| format!("{pool}/{name}"));
         let passed = activated
             .iter()
             .position(|(_, bound)| serves(address, bound))
@@ -169,7 +174,7 @@ fn bind(
                     ", handed over by the old primary (pid {})",
                     handover.from_pid()
                 );
-                let (fd, bound) = adopt(handover, &name, address)?;
+                let (fd, bound) = adopt(handover, &handed_as, address)?;
                 (fd, bound, from)
             }
             (None, Some((fd, bound))) => (fd, bound, ", passed by socket activation".into()),
@@ -187,8 +192,8 @@ fn bind(
             files.paths.push(path.clone());
         }
         let text = format!("listening on {bound}{from}");
-        report.entry(&Entry::info("listening", text).with([("address", bound.to_string().into())]));
-        files.sockets.push((name.clone(), fd.try_clone()?));
+        report.entry(Entry::info("listening", text).with([("address", bound.to_string().into())]));
+        files.sockets.push((handed_as, fd.try_clone()?));
         fds.push(fd);
         names.push(name);
     }

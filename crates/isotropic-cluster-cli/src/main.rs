@@ -3,12 +3,14 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod config;
 mod control;
 mod exit;
 mod health;
 mod listen;
 mod metrics;
 mod output;
+mod pool;
 mod render;
 mod report;
 mod service;
@@ -16,18 +18,20 @@ mod supervise;
 mod sys;
 mod upgrade;
 
-use clap::{CommandFactory as _, Parser as _};
+use clap::CommandFactory as _;
 
-use args::{Cli, Command, Plan};
+use args::{Cli, Command, Setup};
 use exit::ExitCode;
 
 fn main() -> std::process::ExitCode {
-    match Cli::parse().command {
-        Command::Run(args) => match args.plan() {
+    match Cli::parse_line().command {
+        Command::Run(args) => match args.setup() {
             // (Recorded before any thread starts: see upgrade.rs.)
-            Ok(plan) => run(plan, upgrade::Origin::record()).into(),
-            // A usage error, printed as clap's own.
+            Ok(setup) => run(setup, upgrade::Origin::record()).into(),
+            // A usage error (flags, or --config), printed as clap's own.
             Err(error) => {
+                // (A TOML error ends with a newline of its own.)
+                let error = format!("{error:#}").trim_end().to_owned();
                 let mut cli = Cli::command();
                 cli.build();
                 let run = cli.find_subcommand_mut("run").expect("the run command");
@@ -67,13 +71,13 @@ fn talk(done: anyhow::Result<()>) -> std::process::ExitCode {
     }
 }
 
-/// Runs `plan` on a single-threaded runtime.
-fn run(plan: Plan, origin: upgrade::Origin) -> ExitCode {
+/// Runs `setup` on a single-threaded runtime.
+fn run(setup: Setup, origin: upgrade::Origin) -> ExitCode {
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime.block_on(supervise::run(plan, origin)),
+        Ok(runtime) => runtime.block_on(supervise::run(setup, origin)),
         Err(error) => {
             eprintln!("isotropic-cluster: cannot start the primary: no runtime: {error}");
             ExitCode::CannotStart

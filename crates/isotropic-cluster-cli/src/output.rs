@@ -137,9 +137,10 @@ impl Output {
     }
 
     /// Prints the workers' lines, until they end: as text, each prefixed
-    /// with its worker's slot (short and the same across replacements), on
-    /// the stream it was written to.
-    pub(crate) async fn forward(self, mut lines: OutputLines) {
+    /// with its worker's slot (short and the same across replacements) and
+    /// its `pool` when there are several (`[web 2]`), on the stream it was
+    /// written to.
+    pub(crate) async fn forward(self, mut lines: OutputLines, pool: Option<Arc<str>>) {
         while let Some(first) = lines.next().await {
             let (mut out, mut err) = (Vec::new(), Vec::new());
             let mut tapped = Vec::new();
@@ -150,7 +151,7 @@ impl Output {
                     _ => &mut out,
                 };
                 let start = batch.len();
-                render::output(self.format, &line, batch);
+                render::output(self.format, pool.as_deref(), &line, batch);
                 if self.tap.is_some() {
                     let text = String::from_utf8_lossy(&batch[start..batch.len() - 1]);
                     tapped.push(Arc::<str>::from(text));

@@ -88,6 +88,18 @@ impl Entry {
         Self { level, ..self }
     }
 
+    /// This line about the pool `name` (one of several): its text names
+    /// it (`web worker 2 ready`, `web: reloading…`), and its fields start
+    /// with `pool`.
+    pub(crate) fn in_pool(mut self, name: &str) -> Self {
+        self.text = match self.text.starts_with("worker ") {
+            true => format!("{name} {}", self.text),
+            false => format!("{name}: {}", self.text),
+        };
+        self.fields.insert(0, ("pool", name.into()));
+        self
+    }
+
     /// This line with `fields` too.
     pub(crate) fn with(mut self, fields: impl IntoIterator<Item = (&'static str, Value)>) -> Self {
         self.fields.extend(fields);
@@ -111,20 +123,25 @@ impl Entry {
     }
 }
 
-/// A worker's line, with its newline.
-pub(crate) fn output(format: Format, line: &OutputLine, into: &mut Vec<u8>) {
+/// A worker's line, with its newline; prefixed with its `pool` (`[web 2]`,
+/// `"pool"` in JSON) when named.
+pub(crate) fn output(format: Format, pool: Option<&str>, line: &OutputLine, into: &mut Vec<u8>) {
     use std::io::Write as _;
+    let prefix = pool.map_or(String::new(), |pool| format!("{pool} "));
     let _ = match format {
-        Format::Text => writeln!(into, "[{}] {}", line.slot, line.line),
-        Format::Timestamped => writeln!(into, "{} [{}] {}", now(), line.slot, line.line),
+        Format::Text => writeln!(into, "[{prefix}{}] {}", line.slot, line.line),
+        Format::Timestamped => writeln!(into, "{} [{prefix}{}] {}", now(), line.slot, line.line),
         Format::Json => {
+            let pool = pool.map_or(String::new(), |pool| {
+                format!(",\"pool\":{}", Value::from(pool))
+            });
             let stream = match line.stream {
                 OutputStream::Stderr => "stderr",
                 _ => "stdout",
             };
             let _ = write!(
                 into,
-                "{},\"stream\":\"{stream}\",\"worker\":{},\"slot\":{},\"pid\":{},\"line\":",
+                "{},\"stream\":\"{stream}\"{pool},\"worker\":{},\"slot\":{},\"pid\":{},\"line\":",
                 head(Level::Info, "output"),
                 line.worker.get(),
                 line.slot,
@@ -182,6 +199,26 @@ mod tests {
         let (ts, rest) = line.split_once(' ').expect("a prefix");
         assert!(is_now(ts), "{line}");
         assert_eq!(rest, "[primary] worker 2 ready");
+    }
+
+    #[test]
+    fn a_pools_lines_name_it() {
+        let ready = Entry::info("workerReady", "worker 2 ready").in_pool("web");
+        assert_eq!(ready.render(Format::Text), "[primary] web worker 2 ready");
+        let reload = Entry::info("reload", "reloading").in_pool("web");
+        assert_eq!(reload.render(Format::Text), "[primary] web: reloading");
+        let mut fields = parse(&reload.with([("n", 1.into())]).render(Format::Json));
+        fields.remove("ts");
+        assert_eq!(
+            Value::Object(fields),
+            serde_json::json!({
+                "level": "info",
+                "event": "reload",
+                "pool": "web",
+                "n": 1,
+                "message": "web: reloading",
+            })
+        );
     }
 
     #[test]

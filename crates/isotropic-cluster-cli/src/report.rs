@@ -1,5 +1,6 @@
 //! The lifecycle lines the CLI prints (see `render.rs` for their formats,
-//! `output.rs` for where they go).
+//! `output.rs` for where they go). With several pools, a pool's lines name
+//! it (`[primary] web worker 2 ready`, `"pool": "web"`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -18,17 +19,41 @@ use crate::render::{Entry, Level, worker_fields};
 #[derive(Debug, Clone)]
 pub(crate) struct Report {
     output: Output,
+    /// The pool the lines are about, when there are several.
+    pool: Option<Arc<str>>,
     /// The signals the primary sent to each live worker: a worker that dies
     /// of one of them was stopped, not killed by someone else.
     sent: Arc<Mutex<BTreeMap<u64, Vec<Signal>>>>,
 }
 
 impl Report {
+    /// The primary's report: its lines name no pool.
     pub(crate) fn new(output: Output) -> Self {
         Self {
             output,
+            pool: None,
             sent: Arc::default(),
         }
+    }
+
+    /// The report of the pool `name` (none: the only pool): its lines
+    /// name it.
+    pub(crate) fn for_pool(&self, name: Option<&str>) -> Self {
+        Self {
+            output: self.output.clone(),
+            pool: name.map(Arc::from),
+            sent: Arc::default(),
+        }
+    }
+
+    /// Where the lines go.
+    pub(crate) fn output(&self) -> Output {
+        self.output.clone()
+    }
+
+    /// The pool this report names, if any.
+    pub(crate) fn pool(&self) -> Option<&Arc<str>> {
+        self.pool.as_ref()
     }
 
     /// Prints `event` (or nothing, for the events the CLI does not show).
@@ -179,7 +204,7 @@ impl Report {
             .at(Level::Warn),
             _ => return,
         };
-        self.output.line(&entry);
+        self.entry(entry);
     }
 
     /// A worker's exit: its code, or the signal that ended it and whether
@@ -224,8 +249,7 @@ impl Report {
     /// The first workers cannot start.
     pub(crate) fn cannot_start(&self, program: &str, error: &dyn std::error::Error) {
         let text = cannot_start(program, source_chain(error));
-        self.output
-            .line(&Entry::info("forkError", text).at(Level::Error));
+        self.entry(Entry::info("forkError", text).at(Level::Error));
     }
 
     /// The first SIGINT or SIGTERM.
@@ -246,8 +270,7 @@ impl Report {
     /// A Node worker disconnected during the shutdown: what it waits for.
     pub(crate) fn node_disconnected(&self, worker: &WorkerHandle, wait: std::time::Duration) {
         let text = format!("disconnected: waiting up to {wait:?} for it to exit, then SIGTERM");
-        self.output
-            .line(&about("workerDisconnect", worker, text).with([("waitMs", millis(wait))]));
+        self.entry(about("workerDisconnect", worker, text).with([("waitMs", millis(wait))]));
     }
 
     /// A SIGHUP.
@@ -262,7 +285,7 @@ impl Report {
     pub(crate) fn reloaded(&self, restarted: usize) {
         let text = format!("{restarted} workers restarted");
         let entry = Entry::info("reloadComplete", text).with([("restarted", restarted.into())]);
-        self.output.line(&entry);
+        self.entry(entry);
     }
 
     /// The last line.
@@ -277,17 +300,20 @@ impl Report {
 
     /// A line about the primary.
     pub(crate) fn line(&self, event: &'static str, text: &str) {
-        self.output.line(&Entry::info(event, text));
+        self.entry(Entry::info(event, text));
     }
 
     /// A line about the primary, of something that went wrong.
     pub(crate) fn warn(&self, event: &'static str, text: &str) {
-        self.output.line(&Entry::info(event, text).at(Level::Warn));
+        self.entry(Entry::info(event, text).at(Level::Warn));
     }
 
-    /// A line about the primary with fields.
-    pub(crate) fn entry(&self, entry: &Entry) {
-        self.output.line(entry);
+    /// A line about the primary (or this report's pool) with fields.
+    pub(crate) fn entry(&self, entry: Entry) {
+        match &self.pool {
+            Some(pool) => self.output.line(&entry.in_pool(pool)),
+            None => self.output.line(&entry),
+        }
     }
 }
 

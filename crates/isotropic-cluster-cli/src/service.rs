@@ -1,5 +1,5 @@
 //! What the service manager (systemd, through `NOTIFY_SOCKET`) is told about
-//! this primary: `READY=1` once every worker of the pool is ready,
+//! this primary: `READY=1` once every worker of its pools is ready,
 //! `RELOADING=1` then `READY=1` around a reload (SIGHUP), `STOPPING=1` at
 //! the shutdown, a `STATUS=` line as the pool changes, and `WATCHDOG=1` at
 //! half of `WATCHDOG_USEC`. (An upgrade's `MAINPID=` is upgrade.rs's.)
@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 
-use isotropic_cluster::primary::{ClusterPrimary, PrimaryEvent, WorkerPhase};
+use isotropic_cluster::primary::{ClusterPrimary, PrimaryEvent, WorkerFigures, WorkerPhase};
 use isotropic_cluster::systemd::{self, Notice};
 
 use crate::report::Report;
@@ -19,6 +19,8 @@ use crate::report::Report;
 #[derive(Debug)]
 pub(crate) struct ServiceManager {
     report: Report,
+    /// The primary of each pool.
+    primaries: Vec<ClusterPrimary>,
     /// Whether there is a service manager to tell (`NOTIFY_SOCKET`).
     present: bool,
     /// Whether this primary speaks for the service.
@@ -43,7 +45,8 @@ pub(crate) struct ServiceManager {
 impl ServiceManager {
     /// The notices of this primary, which speaks for the service from the
     /// start unless it is `taking_over` from an old one.
-    pub(crate) fn new(report: Report, taking_over: bool) -> Self {
+    /// `primaries` are its pools'.
+    pub(crate) fn new(report: Report, primaries: Vec<ClusterPrimary>, taking_over: bool) -> Self {
         let watchdog = systemd::watchdog_interval().map(|every| {
             let mut timer = tokio::time::interval(every);
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -51,6 +54,7 @@ impl ServiceManager {
         });
         Self {
             report,
+            primaries,
             present: std::env::var_os("NOTIFY_SOCKET").is_some(),
             speaking: !taking_over,
             started: false,
@@ -65,7 +69,7 @@ impl ServiceManager {
     }
 
     /// Follows `event`: the status, and `READY=1` once the pool is ready.
-    pub(crate) async fn event(&mut self, primary: &ClusterPrimary, event: &PrimaryEvent) {
+    pub(crate) async fn event(&mut self, event: &PrimaryEvent) {
         match event {
             PrimaryEvent::AddWorker(_) | PrimaryEvent::RemoveWorker(_) => {}
             PrimaryEvent::RolloutStarted(e) => {
@@ -89,7 +93,7 @@ impl ServiceManager {
             PrimaryEvent::ShutDown(_) => return self.stopping(),
             _ => return,
         }
-        self.update(primary).await;
+        self.update().await;
     }
 
     /// SIGHUP: a reload begins.
@@ -102,9 +106,9 @@ impl ServiceManager {
     }
 
     /// The reload ended (complete, or rolled back): `READY=1`.
-    pub(crate) async fn reloaded(&mut self, primary: &ClusterPrimary) {
+    pub(crate) async fn reloaded(&mut self) {
         if std::mem::take(&mut self.reloading) && !self.stopping && self.speaking && self.present {
-            self.status = self.status_line(primary).await.0;
+            self.status = self.status_line().await.0;
             let status = self.status.clone();
             self.send(&[Notice::Ready, Notice::Status(&status)]);
         }
@@ -126,9 +130,9 @@ impl ServiceManager {
 
     /// This primary (an upgrade's new one) took the service over: it
     /// speaks for it from now on.
-    pub(crate) async fn take_over(&mut self, primary: &ClusterPrimary) {
+    pub(crate) async fn take_over(&mut self) {
         self.speaking = true;
-        self.update(primary).await;
+        self.update().await;
     }
 
     /// Whether the service manager watches this primary (see [`Self::tick`]).
@@ -140,10 +144,15 @@ impl ServiceManager {
     /// Only while [`watched`](Self::watched).
     ///
     /// Cancel safe.
-    pub(crate) async fn tick(&mut self, primary: &ClusterPrimary) {
+    pub(crate) async fn tick(&mut self) {
         if let Some(timer) = &mut self.watchdog {
             timer.tick().await;
-            if primary.pool_size().await.is_ok() {
+            let answers = self.primaries.iter().map(ClusterPrimary::pool_size);
+            if futures_util::future::join_all(answers)
+                .await
+                .iter()
+                .all(Result::is_ok)
+            {
                 self.send(&[Notice::Watchdog]);
             }
         }
@@ -151,11 +160,11 @@ impl ServiceManager {
 
     /// Sends the status if it changed, with `READY=1` the first time every
     /// worker is ready.
-    async fn update(&mut self, primary: &ClusterPrimary) {
+    async fn update(&mut self) {
         if self.stopping || !self.speaking || !self.present {
             return;
         }
-        let (status, all_ready) = self.status_line(primary).await;
+        let (status, all_ready) = self.status_line().await;
         if !self.started && self.rollout.is_none() && all_ready {
             self.started = true;
             self.status = status;
@@ -170,18 +179,23 @@ impl ServiceManager {
 
     /// `4 of 4 workers ready`, `rolling out generation 3: 2 of 4`, or
     /// `3 of 4 workers ready; rolled back: …`; and whether every worker of
-    /// the pool is ready.
-    async fn status_line(&self, primary: &ClusterPrimary) -> (String, bool) {
-        let size = primary.pool_size().await.unwrap_or(0);
-        let figures = primary.figures().await;
+    /// the pools is ready (the counts are the sums of every pool's).
+    async fn status_line(&self) -> (String, bool) {
+        let (mut size, mut pools) = (0, Vec::new());
+        for primary in &self.primaries {
+            size += primary.pool_size().await.unwrap_or(0);
+            pools.push(primary.figures().await);
+        }
         let ready = |generation: Option<u64>| {
-            let slots: BTreeSet<u32> = figures
-                .iter()
-                .filter(|f| f.phase == WorkerPhase::Ready)
-                .filter(|f| generation.is_none_or(|g| f.generation == g))
-                .map(|f| f.slot)
-                .collect();
-            slots.len()
+            let slots = |figures: &Vec<_>| {
+                let slots: BTreeSet<u32> = (figures.iter())
+                    .filter(|f: &&WorkerFigures| f.phase == WorkerPhase::Ready)
+                    .filter(|f| generation.is_none_or(|g| f.generation == g))
+                    .map(|f| f.slot)
+                    .collect();
+                slots.len()
+            };
+            pools.iter().map(slots).sum::<usize>()
         };
         if let Some(generation) = self.rollout {
             let text = format!(

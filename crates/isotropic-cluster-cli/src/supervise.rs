@@ -1,37 +1,35 @@
-//! The `run` command once planned: starts the primary, then reports its
-//! events and answers signals until the workers are gone.
+//! The `run` command once planned: starts the primary's pools (one, or
+//! those of `--config`: see `pool.rs`), then answers signals for all of
+//! them until each has ended. SIGHUP reloads every pool at once (each
+//! rollout bounded by its own pool's settings), SIGINT/SIGTERM shut them
+//! all down, a pool that gives up (`--max-restarts`) shuts the others down
+//! too, and one that runs out of workers ends alone.
 
 use anyhow::Context as _;
 use isotropic_cluster::Signal;
-use isotropic_cluster::primary::{
-    self, ClusterPrimary, OnIntensity, OrphanReaper, OutputLines, PrimaryBuilder, PrimaryEvent,
-    WorkerChannel, WorkerStdio, output_channel,
-};
+use isotropic_cluster::primary::{ClusterPrimary, Metrics, OrphanReaper};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
-use crate::args::{Channel, Plan, Readiness};
+use crate::args::Setup;
 use crate::control::{self, ControlSocket, LogTap, Refusal};
 use crate::exit::ExitCode;
-use crate::health;
 use crate::listen;
 use crate::metrics;
 use crate::output::Output;
+use crate::pool::{Command, Note, Outcome, Pool};
 use crate::render::{Entry, Level};
 use crate::report::{self, Report};
 use crate::service::ServiceManager;
 use crate::upgrade::{Origin, Takeover, Upgrading};
 
-/// Bytes of worker output that may wait for our stdout before the workers'
-/// pipes are no longer read.
-const OUTPUT_BYTES: usize = 4 * 1024 * 1024;
-
-/// Runs `plan` to its end; everything printed is written before it returns
+/// Runs `setup` to its end; everything printed is written before it returns
 /// (or `--grace` after, when our stdout is blocked).
-pub(crate) async fn run(plan: Plan, origin: Origin) -> ExitCode {
+pub(crate) async fn run(setup: Setup, origin: Origin) -> ExitCode {
     // What `logs` on the control socket reads.
-    let tap = plan.control.is_some().then(LogTap::default);
-    let output = Output::start(plan.format, tap.clone());
+    let tap = setup.control.is_some().then(LogTap::default);
+    let output = Output::start(setup.format, tap.clone());
     // The library's warnings and errors (a replaced orphan guard, a handler
     // that panicked) as lifecycle lines; RUST_LOG chooses.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -43,8 +41,8 @@ pub(crate) async fn run(plan: Plan, origin: Origin) -> ExitCode {
         .without_time()
         .with_target(false)
         .try_init();
-    let grace = plan.grace;
-    let code = match supervise(plan, origin, &output, tap).await {
+    let grace = setup.grace();
+    let code = match supervise(setup, origin, &output, tap).await {
         Ok(code) => code,
         Err(error) if error.is::<listen::CannotAdopt>() => {
             let text = format!("{error:#}");
@@ -87,7 +85,7 @@ impl Signals {
 }
 
 async fn supervise(
-    plan: Plan,
+    setup: Setup,
     mut origin: Origin,
     output: &Output,
     tap: Option<LogTap>,
@@ -96,7 +94,7 @@ async fn supervise(
     // not the default action.
     let mut signals = Signals::install()?;
     // As PID 1 (or asked), orphans are ours to reap, for as long as we run.
-    let _reaper = plan
+    let _reaper = setup
         .reap_orphans
         .then(OrphanReaper::start)
         .transpose()
@@ -107,168 +105,160 @@ async fn supervise(
     // The control socket, bound before any worker starts (refused if
     // another primary answers there); an upgrade's new primary takes its
     // old one's once it took over. Held to the end: its file goes with it.
-    let mut control = match (&plan.control, &handover) {
+    let mut control = match (&setup.control, &handover) {
         (Some(path), None) => bind_control(path, false, &report).await?,
         _ => None,
     };
     // Bound before anything starts: an address in use is a failure to start.
-    let metrics_socket = (plan.metrics)
+    let metrics_socket = (setup.metrics)
         .map(|address| metrics::bind(address, handover.as_mut()))
         .transpose()?;
-    // Held to the end: the socket files it made go with it.
-    let (primary, mut socket_files, lines) = start(&plan, &report, handover.as_mut()).await?;
+    // Held to the end: the socket files they made go with them.
+    let (pools, mut socket_files) = start(&setup, &report, handover.as_mut()).await?;
     let metrics_listener = metrics_socket.map(|(listener, copy)| {
-        socket_files.hand_over(metrics::SOCKET_NAME, copy);
+        if let Some(files) = socket_files.first_mut() {
+            files.hand_over(metrics::SOCKET_NAME, copy);
+        }
         listener
     });
+    let primaries: Vec<ClusterPrimary> = pools.iter().map(|pool| pool.primary().clone()).collect();
     // What the control socket asks of this loop.
     let (commands, mut asked) = mpsc::channel(16);
     let served = control::Served {
-        primary: primary.clone(),
+        pools: (pools.iter())
+            .map(|pool| (pool.label().to_owned(), pool.primary().clone()))
+            .collect(),
         tap: tap.unwrap_or_default(),
-        pool: control::DEFAULT_POOL.to_owned(),
         commands,
         report: report.clone(),
     };
     if let Some(control) = &mut control {
         control.serve(served.clone());
     }
-    // Worker output, printed until the last line of the last worker.
-    let printing = tokio::spawn(output.clone().forward(lines));
-    let mut events = primary.events();
     // (An upgrade's new primary: the old one is told once every worker is ready.)
-    let mut takeover = handover.map(|handover| Takeover::start(&primary, plan.workers, handover));
+    let mut takeover = handover.map(|handover| {
+        let pools = pools
+            .iter()
+            .map(|pool| (pool.primary().clone(), pool.plan().workers));
+        Takeover::start(pools.collect(), handover)
+    });
     // What systemd is told (a new primary speaks once it has taken over).
-    let mut service = ServiceManager::new(report.clone(), takeover.is_some());
-    let forked = match takeover {
-        Some(_) => Ok(0),
-        None => primary.fork(plan.workers).await,
-    };
-    if let Err(error) = forked {
-        report.cannot_start(&plan.program, &error);
-        drop((events, control, served));
-        wind_down(primary, printing, plan.grace).await?;
-        return Ok(ExitCode::CannotStart);
+    let mut service = ServiceManager::new(report.clone(), primaries.clone(), takeover.is_some());
+    if takeover.is_none() {
+        for pool in &pools {
+            if let Err(error) = pool.primary().fork(pool.plan().workers).await {
+                pool.report().cannot_start(&pool.plan().program, &error);
+                drop((control, served, service, primaries));
+                wind_down(pools, setup.grace()).await?;
+                return Ok(ExitCode::CannotStart);
+            }
+        }
     }
-    // Served once the pool has its workers (not ready before them), until
-    // the primary is wound down or hands over to a new one.
-    let mut serving = metrics_listener.map(|listener| serve_metrics(listener, &primary, output));
+    // Served once the pools have their workers (not ready before them),
+    // until they are wound down or this primary hands over to a new one.
+    let mut serving = metrics_listener.map(|listener| serve_metrics(listener, &primaries, output));
+    // Each pool under supervision in a task of its own, told what to do.
+    let mut running = Vec::new();
+    let mut supervised = JoinSet::new();
+    let (notes, mut noted) = mpsc::unbounded_channel();
+    for mut pool in pools {
+        let (commands, received) = mpsc::unbounded_channel();
+        running.push(commands);
+        let notes = notes.clone();
+        supervised.spawn(async move {
+            let outcome = pool.supervise(received, notes).await;
+            (pool, outcome)
+        });
+    }
+    drop(notes);
+    // The pools whose reload has not ended: the service manager hears
+    // `READY=1` once none is left.
+    let mut reloads = 0;
     let mut shutdown = Shutdown::default();
-    let mut gave_up = false;
-    // Whether a worker that was not replaced had failed (`--restart
-    // on-failure|never`): the run ends once none is left.
-    let mut failed = false;
-    // The generations whose rollout failed: their workers' exits are the
-    // rollback's business, not the pool's.
-    let mut rolled_back = std::collections::BTreeSet::new();
-    // Whether a worker had to be killed once the shutdown began: then the
-    // shutdown was forced, whatever started it.
-    let mut stopping = false;
-    // A rollout (SIGHUP): each new worker proven before an old one leaves,
-    // so the pool is never short; rolled back if the new ones fail.
-    let mut reloading = Reloading::default();
+    let mut ended = Vec::new();
+    let mut outcome = Outcome::default();
     // SIGUSR2 (see upgrade.rs), and how a new primary's takeover ended.
     let mut upgrading = Upgrading::default();
     let mut gave_up_takeover = None;
     loop {
         tokio::select! {
-            // Events first: a reload's end is reported after the events
-            // that led to it.
-            biased;
-            event = events.next() => match event {
-                Some(PrimaryEvent::ShutDownComplete(_)) | None => break,
-                Some(event) => {
-                    match &event {
-                        PrimaryEvent::RestartIntensityExceeded(e) => {
-                            gave_up |= e.then == OnIntensity::ShutDown;
-                        }
-                        PrimaryEvent::ShutDown(_) => stopping = true,
-                        PrimaryEvent::RolloutFailed(e) => {
-                            rolled_back.insert(e.generation);
-                        }
-                        PrimaryEvent::WorkerExit(e)
-                            if !e.replaced && !stopping && !rolled_back.contains(&e.worker.generation()) =>
-                        {
-                            // (A worker asked to leave, when the pool shrank, did not fail.)
-                            // (One stopped for a failure failed, whatever its status.)
-                            failed |= e.failed || (!e.voluntary && !plan.restart_policy.is_normal(e.code(), e.signal()));
-                            // (The pool as the primary has it now: no worker
-                            // staying, no replacement waiting for its backoff.)
-                            if shutdown.signals == 0 && primary.pool_size().await.unwrap_or(0) == 0 {
-                                report.line("done", "no worker left to replace: stopping");
-                                let primary = primary.clone();
-                                tokio::spawn(async move { primary.shut_down().await });
-                            }
-                        }
-                        PrimaryEvent::WorkerDisconnect(e) if stopping && plan.channel == Channel::Node => {
-                            let wait = plan.grace.min(primary::NODE_TERM_AFTER);
-                            report.node_disconnected(&e.worker, wait);
-                        }
-                        PrimaryEvent::WorkerSignal(e) if stopping && e.signal == Signal::KILL => {
-                            shutdown.forced = true;
-                        }
-                        _ => {}
+            finished = supervised.join_next() => match finished {
+                None => break,
+                Some(finished) => {
+                    let (pool, ended_with) = finished.context("a pool's supervision failed")?;
+                    if ended_with.gave_up && !supervised.is_empty() && shutdown.signals == 0 {
+                        let name = pool.name().unwrap_or_default();
+                        report.warn("shutDown", &format!("the pool {name} gave up: stopping every pool"));
+                        shutdown.signals += 1;
+                        tell(&running, || Command::ShutDown);
                     }
-                    service.event(&primary, &event).await;
-                    report.event(event);
+                    outcome.forced |= ended_with.forced;
+                    outcome.gave_up |= ended_with.gave_up;
+                    outcome.failed |= ended_with.failed;
+                    ended.push(pool);
+                }
+            },
+            Some(note) = noted.recv() => match note {
+                Note::Event(event) => service.event(&event).await,
+                Note::Reloaded => {
+                    reloads = usize::saturating_sub(reloads, 1);
+                    if reloads == 0 {
+                        service.reloaded().await;
+                    }
                 }
             },
             _ = signals.interrupt.recv() => {
                 service.stopping();
-                shutdown.on_signal(&primary, &report, true).await;
+                shutdown.on_signal(&running, &report, true);
             }
             _ = signals.terminate.recv() => {
                 service.stopping();
-                shutdown.on_signal(&primary, &report, false).await;
+                shutdown.on_signal(&running, &report, false);
             }
             _ = signals.hangup.recv(), if shutdown.signals == 0 => {
                 service.reloading();
-                reloading.begin(&primary, &report, None);
+                for commands in &running {
+                    reloads += usize::from(commands.send(Command::Reload { reply: None }).is_ok());
+                }
             }
-            _ = signals.more.recv(), if shutdown.signals == 0 => scale(&primary, &report, true).await,
-            _ = signals.fewer.recv(), if shutdown.signals == 0 => scale(&primary, &report, false).await,
             Some(command) = asked.recv() => match command {
-                control::Command::Scale { workers, reply } => {
-                    let answer = if shutdown.signals > 0 {
-                        Err(Refusal::ShuttingDown)
-                    } else {
-                        resize(&primary, &report, workers).await
-                    };
-                    let _ = reply.send(answer);
+                control::Command::Scale { pool, workers, reply } => {
+                    let command = Command::Resize { workers, reply };
+                    if let Err(unsent) = running[pool].send(command) {
+                        refuse(unsent.0);
+                    }
                 }
-                control::Command::Reload { reply } if shutdown.signals > 0 => {
-                    let _ = reply.send(Err(Refusal::ShuttingDown));
-                }
-                control::Command::Reload { reply } => {
+                control::Command::Reload { pool, reply } => {
                     service.reloading();
-                    reloading.begin(&primary, &report, Some(reply));
+                    match running[pool].send(Command::Reload { reply: Some(reply) }) {
+                        Ok(()) => reloads += 1,
+                        Err(unsent) => refuse(unsent.0),
+                    }
                 }
                 control::Command::Stop { reply } => {
                     report.line("shutDown", "stop asked on the control socket");
                     service.stopping();
-                    shutdown.on_signal(&primary, &report, false).await;
+                    shutdown.on_signal(&running, &report, false);
                     let _ = reply.send(());
                 }
             },
-            done = reloading.done(), if reloading.under_way() => {
-                reloading.settle(done, &report);
-                service.reloaded(&primary).await;
-            }
+            _ = signals.more.recv(), if shutdown.signals == 0 => scale(&running, &report, true),
+            _ = signals.fewer.recv(), if shutdown.signals == 0 => scale(&running, &report, false),
             _ = signals.upgrade.recv(), if shutdown.signals == 0 => {
-                upgrading.begin(&origin, &plan, &socket_files, &report);
+                upgrading.begin(&origin, &setup, &socket_files, &report);
             }
-            outcome = upgrading.outcome(), if upgrading.under_way() && shutdown.signals == 0 => {
-                if Upgrading::took_over(outcome, &report) {
+            ended_with = upgrading.outcome(), if upgrading.under_way() && shutdown.signals == 0 => {
+                if Upgrading::took_over(ended_with, &report) {
                     service.hand_over();
-                    socket_files.keep(true);
+                    socket_files.iter_mut().for_each(|files| files.keep(true));
                     // (The new primary answers on the metrics socket now.)
                     if let Some(serving) = serving.take() {
                         serving.abort();
                     }
-                    shutdown.on_signal(&primary, &report, false).await;
+                    shutdown.on_signal(&running, &report, false);
                 }
             }
-            () = service.tick(&primary), if service.watched() => {}
+            () = service.tick(), if service.watched() => {}
             code = async { takeover.as_mut().expect("a takeover").settle(&report).await },
                 if takeover.as_ref().is_some_and(Takeover::waiting) && shutdown.signals == 0 => {
                 gave_up_takeover = code;
@@ -276,146 +266,105 @@ async fn supervise(
                     // (Took over: the socket files are this primary's now,
                     // and so is the control socket.)
                     None => {
-                        socket_files.keep(false);
-                        control = take_over_control(&plan, served.clone(), &report).await;
-                        service.take_over(&primary).await;
+                        socket_files.iter_mut().for_each(|files| files.keep(false));
+                        control = take_over_control(&setup, served.clone(), &report).await;
+                        service.take_over().await;
                     }
-                    Some(_) => shutdown.on_signal(&primary, &report, false).await,
+                    Some(_) => shutdown.on_signal(&running, &report, false),
                 }
             }
         }
     }
-    report.shut_down(shutdown.forced);
+    let forced = shutdown.forced || outcome.forced;
+    report.shut_down(forced);
     if let Some(serving) = serving {
         serving.abort();
     }
-    // (The control socket's connections hold the primary: they end first,
-    // and its file goes, once every worker is gone.)
-    drop((events, reloading, upgrading, control, served));
-    wind_down(primary, printing, plan.grace).await?;
+    // (The control socket's connections and the service manager hold the
+    // primaries: they end first (the workers' output ends with the last
+    // handle), and the control socket's file goes, once every worker is
+    // gone.)
+    drop((upgrading, control, served, service, primaries));
+    wind_down(ended, setup.grace()).await?;
     Ok(if let Some(code) = gave_up_takeover {
         code
-    } else if shutdown.forced {
+    } else if forced {
         ExitCode::Forced
-    } else if gave_up {
+    } else if outcome.gave_up {
         ExitCode::GaveUp
-    } else if failed {
+    } else if outcome.failed {
         ExitCode::WorkersFailed
     } else {
         ExitCode::Clean
     })
 }
 
-/// Serves the metrics of `primary` on `listener`, with a line that says
-/// where.
+/// Starts the primary of every pool of `setup`, with no worker yet; the
+/// pools, and the socket files they bound. If one cannot start, those
+/// started are wound down.
+async fn start(
+    setup: &Setup,
+    report: &Report,
+    mut handover: Option<&mut isotropic_cluster::upgrade::Handover>,
+) -> anyhow::Result<(Vec<Pool>, Vec<listen::SocketFiles>)> {
+    // (A pool's lines name it when there are several.)
+    let several = setup.pools.len() > 1;
+    let (mut pools, mut socket_files) = (Vec::new(), Vec::new());
+    // Workers are sampled (every second) for `status` on the control socket
+    // and for the metrics.
+    let sampled = setup.control.is_some() || setup.metrics.is_some();
+    for plan in &setup.pools {
+        let name = plan.name.as_deref().filter(|_| several);
+        let report = report.for_pool(name);
+        match Pool::start(plan, report, handover.as_deref_mut(), sampled).await {
+            Ok((pool, files)) => {
+                pools.push(pool);
+                socket_files.push(files);
+            }
+            Err(error) => {
+                wind_down(pools, setup.grace()).await?;
+                return Err(error);
+            }
+        }
+    }
+    Ok((pools, socket_files))
+}
+
+/// Tells every pool still running to do `command`.
+fn tell(running: &[mpsc::UnboundedSender<Command>], command: fn() -> Command) {
+    for commands in running {
+        // (A pool that ended has nothing left to do.)
+        let _ = commands.send(command());
+    }
+}
+
+/// Answers a control command whose pool has ended.
+fn refuse(command: Command) {
+    match command {
+        Command::Reload { reply: Some(reply) } => {
+            let _ = reply.send(Err(Refusal::ShuttingDown));
+        }
+        Command::Resize { reply, .. } => {
+            let _ = reply.send(Err(Refusal::ShuttingDown));
+        }
+        _ => {}
+    }
+}
+
+/// Serves the metrics of every pool's primary on `listener`, with a line
+/// that says where.
 fn serve_metrics(
     listener: tokio::net::TcpListener,
-    primary: &ClusterPrimary,
+    primaries: &[ClusterPrimary],
     output: &Output,
 ) -> tokio::task::JoinHandle<()> {
     if let Ok(address) = listener.local_addr() {
         let text = format!("metrics on http://{address}");
         output.line(&Entry::info("metrics", text).with([("address", address.to_string().into())]));
     }
-    tokio::spawn(metrics::serve(listener, primary.metrics(), output.clone()))
-}
-
-/// SIGTTIN (`up`) or SIGTTOU: one worker more, or one fewer (never none),
-/// as gunicorn does.
-async fn scale(primary: &ClusterPrimary, report: &Report, up: bool) {
-    let Ok(size) = primary.pool_size().await else {
-        return;
-    };
-    if !up && size <= 1 {
-        return report.line("scale", "one worker left: SIGTTOU ignored");
-    }
-    let _ = resize(primary, report, if up { size + 1 } else { size - 1 }).await;
-}
-
-/// Resizes the pool to `target` workers, with a line: the size before and
-/// after.
-async fn resize(
-    primary: &ClusterPrimary,
-    report: &Report,
-    target: usize,
-) -> Result<(usize, usize), Refusal> {
-    let failed = |error: isotropic_cluster::Error| Refusal::Failed(error.to_string());
-    let size = primary.pool_size().await.map_err(failed)?;
-    if target != size {
-        let text = format!("scaling from {size} to {target} workers");
-        report.line("scale", &text);
-    }
-    match primary.scale_to(target).await {
-        Ok(()) => Ok((size, target)),
-        Err(error) => {
-            report.warn("forkError", &format!("cannot scale: {error}"));
-            Err(failed(error))
-        }
-    }
-}
-
-/// The rollout under way (SIGHUP, or `reload` on the control socket), and
-/// the control clients waiting for its end. A rollout asked for during
-/// another restarts it (see `restart_workers`): the waiters of both are
-/// answered at the end of the newest.
-#[derive(Debug, Default)]
-struct Reloading {
-    task: Option<tokio::task::JoinHandle<Result<usize, isotropic_cluster::Error>>>,
-    waiters: Vec<oneshot::Sender<Result<usize, Refusal>>>,
-}
-
-impl Reloading {
-    fn begin(
-        &mut self,
-        primary: &ClusterPrimary,
-        report: &Report,
-        waiter: Option<oneshot::Sender<Result<usize, Refusal>>>,
-    ) {
-        report.reloading();
-        let primary = primary.clone();
-        self.task = Some(tokio::spawn(async move { primary.restart_workers().await }));
-        self.waiters.extend(waiter);
-    }
-
-    fn under_way(&self) -> bool {
-        self.task.is_some()
-    }
-
-    /// The end of the rollout under way.
-    ///
-    /// Cancel safe.
-    async fn done(
-        &mut self,
-    ) -> Result<Result<usize, isotropic_cluster::Error>, tokio::task::JoinError> {
-        match &mut self.task {
-            Some(task) => task.await,
-            None => std::future::pending().await,
-        }
-    }
-
-    /// Reports the end of the rollout (a failure is reported by its
-    /// events), and answers its waiters.
-    fn settle(
-        &mut self,
-        done: Result<Result<usize, isotropic_cluster::Error>, tokio::task::JoinError>,
-        report: &Report,
-    ) {
-        self.task = None;
-        let outcome = match done {
-            Ok(Ok(restarted)) => {
-                report.reloaded(restarted);
-                Ok(restarted)
-            }
-            Ok(Err(error @ isotropic_cluster::Error::RolledBack { .. })) => {
-                Err(Refusal::RolledBack(error.to_string()))
-            }
-            Ok(Err(error)) => Err(Refusal::Failed(error.to_string())),
-            Err(error) => Err(Refusal::Failed(error.to_string())),
-        };
-        for waiter in self.waiters.drain(..) {
-            let _ = waiter.send(outcome.clone());
-        }
-    }
+    let metrics = primaries.iter().map(ClusterPrimary::metrics);
+    let metrics = metrics.reduce(Metrics::merge).expect("a pool at least");
+    tokio::spawn(metrics::serve(listener, metrics, output.clone()))
 }
 
 /// Binds the control socket at `path`, its directory made first if it is
@@ -442,11 +391,11 @@ async fn bind_control(
 /// An upgrade's new primary, once it took over: the control socket is its
 /// own from now on (the old primary's file replaced).
 async fn take_over_control(
-    plan: &Plan,
+    setup: &Setup,
     served: control::Served,
     report: &Report,
 ) -> Option<ControlSocket> {
-    let path = plan.control.as_deref()?;
+    let path = setup.control.as_deref()?;
     match bind_control(path, true, report).await {
         Ok(mut control) => {
             if let Some(control) = &mut control {
@@ -461,96 +410,35 @@ async fn take_over_control(
     }
 }
 
-/// Destroys `primary`, then waits until what the workers wrote is printed
-/// (`printing` ends with their last line), for `grace` at most (our stdout
-/// may be blocked).
-async fn wind_down(
-    primary: ClusterPrimary,
-    printing: tokio::task::JoinHandle<()>,
-    grace: std::time::Duration,
-) -> anyhow::Result<()> {
-    primary.destroy().await?;
-    drop(primary);
-    let _ = tokio::time::timeout(grace, printing).await;
-    Ok(())
-}
-
-/// Starts the primary `plan` describes, with no worker yet; the socket
-/// files it bound.
-async fn start(
-    plan: &Plan,
-    report: &Report,
-    handover: Option<&mut isotropic_cluster::upgrade::Handover>,
-) -> anyhow::Result<(ClusterPrimary, listen::SocketFiles, OutputLines)> {
-    let (builder, files) = if plan.listen.is_empty() {
-        let builder = ClusterPrimary::builder()
-            .program(&plan.program)
-            .args(&plan.args);
-        (builder, listen::SocketFiles::default())
-    } else {
-        listen::through_shim(plan, report, handover)?
-    };
-    let channel = match plan.channel {
-        Channel::None => WorkerChannel::None,
-        Channel::Node => WorkerChannel::Node,
-        Channel::Frames => WorkerChannel::Frames,
-    };
-    let readiness = match plan.readiness {
-        Readiness::Start => primary::Readiness::Started,
-        Readiness::Message => primary::Readiness::Message,
-        Readiness::Listening => primary::Readiness::Listening,
-        Readiness::Notify => primary::Readiness::Notify,
-    };
-    let (sink, lines) = output_channel(OUTPUT_BYTES);
-    let recycle = plan.recycle;
-    let builder = given(builder, plan.ready_timeout, PrimaryBuilder::ready_timeout);
-    let builder = given(builder, plan.watchdog, PrimaryBuilder::watchdog);
-    let builder = given(builder, recycle.max_requests, |builder, max| {
-        builder
-            .max_requests(max)
-            .max_requests_jitter(recycle.max_requests_jitter)
-    });
-    let builder = given(builder, recycle.max_age, PrimaryBuilder::max_age);
-    let rollout = &plan.rollout;
-    let builder = given(builder, rollout.health_check.clone(), |builder, command| {
-        let command: std::sync::Arc<str> = command.into();
-        builder.health_check(move |worker| health::check(command.clone(), worker))
-    });
-    // Workers are sampled (every second) for a memory limit, for `status`
-    // on the control socket or for the metrics: without any, the primary
-    // does not wake up for it.
-    let sampled = plan.control.is_some() || plan.metrics.is_some();
-    let builder = match (plan.max_memory, sampled) {
-        (Some(limit), _) => builder.max_memory(limit),
-        (None, true) => builder,
-        (None, false) => builder.sample_interval(std::time::Duration::ZERO),
-    };
-    Ok(builder
-        .channel(channel)
-        .readiness(readiness)
-        .stdio(WorkerStdio::Piped)
-        .output(sink)
-        .shutdown_grace(plan.grace)
-        .kill_grace(plan.grace)
-        .restart_policy(plan.restart_policy)
-        .surge(rollout.surge)
-        .max_unavailable(rollout.max_unavailable)
-        .min_uptime(rollout.min_uptime)
-        .start()
-        .await
-        .map(|primary| (primary, files, lines))?)
-}
-
-/// `builder`, with `set` applied if a `value` was given.
-fn given<T>(
-    builder: PrimaryBuilder,
-    value: Option<T>,
-    set: impl FnOnce(PrimaryBuilder, T) -> PrimaryBuilder,
-) -> PrimaryBuilder {
-    match value {
-        Some(value) => set(builder, value),
-        None => builder,
+/// SIGTTIN (`up`) or SIGTTOU: one worker more or fewer, for a single pool;
+/// with several, which pool is meant is unknown: ignored.
+fn scale(running: &[mpsc::UnboundedSender<Command>], report: &Report, up: bool) {
+    if let [_] = running {
+        return tell(
+            running,
+            if up {
+                || Command::Scale { up: true }
+            } else {
+                || Command::Scale { up: false }
+            },
+        );
     }
+    let signal = if up { "SIGTTIN" } else { "SIGTTOU" };
+    let text = format!(
+        "{signal} ignored: there are {} pools (change a pool's workers in the file, then upgrade with SIGUSR2)",
+        running.len()
+    );
+    report.line("scale", &text);
+}
+
+/// Destroys every pool's primary, then waits until what the workers wrote
+/// is printed, for the longest `grace` at most (our stdout may be blocked).
+async fn wind_down(pools: Vec<Pool>, grace: std::time::Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + grace;
+    for pool in pools {
+        pool.wind_down(deadline).await?;
+    }
+    Ok(())
 }
 
 /// The signals that ended the run so far.
@@ -563,19 +451,23 @@ struct Shutdown {
 }
 
 impl Shutdown {
-    /// The first signal shuts down gracefully. During the shutdown, SIGINT
-    /// (a second Ctrl-C: someone is waiting) kills the workers, while SIGTERM
-    /// changes nothing (service managers repeat it; the shutdown already ends
-    /// within the grace periods).
-    async fn on_signal(&mut self, primary: &ClusterPrimary, report: &Report, interrupt: bool) {
+    /// The first signal shuts every pool down gracefully. During the
+    /// shutdown, SIGINT (a second Ctrl-C: someone is waiting) kills the
+    /// workers, while SIGTERM changes nothing (service managers repeat it;
+    /// the shutdown already ends within the grace periods).
+    fn on_signal(
+        &mut self,
+        running: &[mpsc::UnboundedSender<Command>],
+        report: &Report,
+        interrupt: bool,
+    ) {
         self.signals += 1;
         if self.signals == 1 {
             report.shutting_down();
-            let primary = primary.clone();
-            tokio::spawn(async move { primary.shut_down().await });
+            tell(running, || Command::ShutDown);
         } else if interrupt {
             report.killing();
-            let _ = primary.kill_workers().await;
+            tell(running, || Command::Kill);
             self.forced = true;
         } else {
             report.already_shutting_down();

@@ -14,7 +14,7 @@ use isotropic_cluster::primary::{ClusterPrimary, WorkerHandle};
 use isotropic_cluster::upgrade::{self, Handover, Upgrade, UpgradeError};
 use tokio::task::JoinHandle;
 
-use crate::args::Plan;
+use crate::args::Setup;
 use crate::exit::ExitCode;
 use crate::listen::{CannotAdopt, SocketFiles};
 use crate::report::{Report, source_chain};
@@ -61,20 +61,21 @@ impl Origin {
 pub(crate) struct Upgrading(Option<(u32, JoinHandle<Result<u32, UpgradeError>>)>);
 
 impl Upgrading {
-    /// SIGUSR2: starts a new primary, unless one is starting already, or
-    /// this process is PID 1 or a subreaper.
+    /// SIGUSR2: starts a new primary, handing it the sockets of every
+    /// pool, unless one is starting already, or this process is PID 1 or a
+    /// subreaper.
     pub(crate) fn begin(
         &mut self,
         origin: &Origin,
-        plan: &Plan,
-        sockets: &SocketFiles,
+        setup: &Setup,
+        sockets: &[SocketFiles],
         report: &Report,
     ) {
         if let Some((pid, _)) = &self.0 {
             let text = format!("an upgrade is under way (new primary pid {pid}): SIGUSR2 ignored");
             return report.line("upgrade", &text);
         }
-        if plan.reap_orphans {
+        if setup.reap_orphans {
             let text = "SIGUSR2 refused: no upgrade as PID 1 or with --subreaper (the exit of \
                         this process would end the container, or leave its orphans unreaped)";
             return report.warn("upgradeFailed", text);
@@ -86,16 +87,16 @@ impl Upgrading {
                 return report.warn("upgradeFailed", &text);
             }
         };
-        let timeout = plan
-            .ready_timeout
-            .map_or(READY_TIMEOUT, |timeout| timeout + START_TIME);
+        // (Its slowest pool's.)
+        let timeout = (setup.pools.iter())
+            .map(|plan| plan.ready_timeout.map_or(READY_TIMEOUT, |t| t + START_TIME))
+            .max()
+            .unwrap_or(READY_TIMEOUT);
         let upgrade = Upgrade::new(exe)
             .args(&origin.args)
             .ready_timeout(timeout)
-            .grace(plan.grace);
-        let upgrade = sockets
-            .sockets()
-            .iter()
+            .grace(setup.grace());
+        let upgrade = (sockets.iter().flat_map(SocketFiles::sockets))
             .fold(upgrade, |upgrade, (name, fd)| upgrade.socket(name, fd));
         match upgrade.start() {
             Ok(successor) => {
@@ -184,13 +185,19 @@ pub(crate) struct Takeover {
 }
 
 impl Takeover {
-    /// Starts `workers` workers on `primary`, for the old primary that
-    /// handed `handover` over.
-    pub(crate) fn start(primary: &ClusterPrimary, workers: usize, handover: Handover) -> Self {
-        let primary = primary.clone();
+    /// Starts the first workers of every pool (each primary with its number
+    /// of workers), for the old primary that handed `handover` over.
+    pub(crate) fn start(pools: Vec<(ClusterPrimary, usize)>, handover: Handover) -> Self {
+        let ready = async move {
+            let forks = pools
+                .iter()
+                .map(|(primary, workers)| primary.fork(*workers).ready());
+            let pools = futures_util::future::try_join_all(forks).await?;
+            Ok(pools.into_iter().flatten().collect())
+        };
         Self {
             handover: Some(handover),
-            ready: tokio::spawn(async move { primary.fork(workers).ready().await }),
+            ready: tokio::spawn(ready),
         }
     }
 

@@ -9,16 +9,6 @@ use std::io::Read as _;
 mod common;
 use common::*;
 
-/// The CLI with `args` run to its end: its exit code and stderr.
-async fn run_to_end(args: &[&str]) -> (Option<i32>, String) {
-    let output = tokio::time::timeout(DEADLINE, command(args).output())
-        .await
-        .expect("the CLI exits in time")
-        .expect("run the CLI");
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    (output.status.code(), stderr)
-}
-
 #[tokio::test]
 async fn usage_errors_exit_with_2_and_start_failures_with_7() {
     for (args, says) in [

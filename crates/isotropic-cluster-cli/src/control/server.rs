@@ -35,13 +35,16 @@ const PROBE: Duration = Duration::from_secs(2);
 /// SIGTERM do, with an answer.
 #[derive(Debug)]
 pub(crate) enum Command {
-    /// Resize the pool to `workers`: the size before and after.
+    /// Resize the pool (its index in [`Served::pools`]) to `workers`: the
+    /// size before and after.
     Scale {
+        pool: usize,
         workers: usize,
         reply: oneshot::Sender<Result<(usize, usize), Refusal>>,
     },
     /// A rollout: answered once it completed (workers replaced) or failed.
     Reload {
+        pool: usize,
         reply: oneshot::Sender<Result<usize, Refusal>>,
     },
     /// A graceful shutdown: answered once begun.
@@ -88,10 +91,9 @@ pub(crate) struct ControlSocket {
 /// What a connection needs to answer.
 #[derive(Debug, Clone)]
 pub(crate) struct Served {
-    pub(crate) primary: ClusterPrimary,
+    /// Each pool's name (`default`, for the one pool of `run`) and primary.
+    pub(crate) pools: Vec<(String, ClusterPrimary)>,
     pub(crate) tap: LogTap,
-    /// The pool's name (`default`, for the one pool of `run`).
-    pub(crate) pool: String,
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) report: Report,
 }
@@ -299,7 +301,7 @@ async fn connection(stream: UnixStream, served: &Served) {
             Request::Hello => Ok(protocol::ok(json!({
                 "pid": std::process::id(),
                 "version": env!("CARGO_PKG_VERSION"),
-                "pools": [served.pool],
+                "pools": served.pools.iter().map(|(name, _)| name).collect::<Vec<_>>(),
             }))),
             Request::Status => Ok(status(served).await),
             Request::Scale { workers, pool } => scale(served, workers, pool.as_deref()).await,
@@ -314,49 +316,70 @@ async fn connection(stream: UnixStream, served: &Served) {
 
 /// Every live worker, a row each, by pool and slot.
 async fn status(served: &Served) -> Value {
-    let figures = served.primary.figures().await;
-    let mut rows: Vec<WorkerRow> = figures
-        .iter()
-        .map(|figures| WorkerRow::of(&served.pool, figures))
-        .collect();
+    let mut rows: Vec<WorkerRow> = Vec::new();
+    for (name, primary) in &served.pools {
+        let figures = primary.figures().await;
+        rows.extend(figures.iter().map(|figures| WorkerRow::of(name, figures)));
+    }
     rows.sort_by(|a, b| (&a.pool, a.slot, a.id).cmp(&(&b.pool, b.slot, b.id)));
     protocol::ok(json!({"pid": std::process::id(), "workers": rows}))
 }
 
 async fn scale(served: &Served, workers: usize, pool: Option<&str>) -> Result<Value, Failure> {
-    check_pool(served, pool)?;
+    let (pool, name) = check_pool(served, pool)?;
     if workers == 0 {
         return Err(Failure::new(
             ErrorCode::Invalid,
             "a pool keeps at least 1 worker (stop ends them all)",
         ));
     }
-    let (from, to) = ask(served, |reply| Command::Scale { workers, reply }).await??;
-    Ok(protocol::ok(
-        json!({"pool": served.pool, "from": from, "to": to}),
-    ))
+    let (from, to) = ask(served, |reply| Command::Scale {
+        pool,
+        workers,
+        reply,
+    })
+    .await??;
+    Ok(protocol::ok(json!({"pool": name, "from": from, "to": to})))
 }
 
 /// A rollout, answered once over: with the newest generation running.
 async fn reload(served: &Served, pool: Option<&str>) -> Result<Value, Failure> {
-    check_pool(served, pool)?;
-    let restarted = ask(served, |reply| Command::Reload { reply }).await??;
-    let figures = served.primary.figures().await;
+    let (pool, name) = check_pool(served, pool)?;
+    let restarted = ask(served, |reply| Command::Reload { pool, reply }).await??;
+    let figures = served.pools[pool].1.figures().await;
     let generation = figures.iter().map(|figures| figures.generation).max();
     Ok(protocol::ok(json!({
-        "pool": served.pool,
+        "pool": name,
         "restarted": restarted,
         "generation": generation,
     })))
 }
 
-fn check_pool(served: &Served, pool: Option<&str>) -> Result<(), Failure> {
-    match pool {
-        Some(name) if name != served.pool => Err(Failure::new(
+/// The pool a request names (the only one if it names none): its index in
+/// [`Served::pools`], and its name.
+fn check_pool<'a>(served: &'a Served, pool: Option<&str>) -> Result<(usize, &'a str), Failure> {
+    let names = || {
+        let names: Vec<&str> = served.pools.iter().map(|(name, _)| name.as_str()).collect();
+        names.join(", ")
+    };
+    let found = match pool {
+        Some(name) => served.pools.iter().position(|(known, _)| known == name),
+        None if served.pools.len() == 1 => Some(0),
+        None => {
+            let text = format!("name a pool (--pool NAME): there are {}", names());
+            return Err(Failure::new(ErrorCode::NoSuchPool, text));
+        }
+    };
+    match found {
+        Some(at) => Ok((at, served.pools[at].0.as_str())),
+        None => Err(Failure::new(
             ErrorCode::NoSuchPool,
-            format!("no pool named {name} (there is {})", served.pool),
+            format!(
+                "no pool named {} (there is {})",
+                pool.unwrap_or_default(),
+                names()
+            ),
         )),
-        _ => Ok(()),
     }
 }
 

@@ -226,6 +226,16 @@ pub(crate) async fn up(child: &mut Child, n: usize) {
     tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
 }
 
+/// The CLI with `args` run to its end: its exit code and stderr.
+pub(crate) async fn run_to_end(args: &[&str]) -> (Option<i32>, String) {
+    let output = tokio::time::timeout(DEADLINE, command(args).output())
+        .await
+        .expect("the CLI exits in time")
+        .expect("run the CLI");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code(), stderr)
+}
+
 pub(crate) async fn exit_code(child: &mut Child) -> Option<i32> {
     tokio::time::timeout(DEADLINE, child.wait())
         .await
