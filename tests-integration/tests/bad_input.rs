@@ -73,7 +73,8 @@ async fn a_wrong_protocol_version() {
             error,
             ProtocolError::Version {
                 received: 99,
-                supported: 1
+                oldest: 1,
+                supported: 2
             }
         ),
         "{error}"
@@ -83,6 +84,21 @@ async fn a_wrong_protocol_version() {
 #[tokio::test]
 async fn an_oversized_length_prefix() {
     let error = bad_worker(BadInput::HugeLength).await;
+    assert!(
+        matches!(
+            error,
+            ProtocolError::FrameTooLarge {
+                size: 0xffff_ffff,
+                ..
+            }
+        ),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_bytes_frame() {
+    let error = bad_worker(BadInput::HugeBytes).await;
     assert!(
         matches!(
             error,
