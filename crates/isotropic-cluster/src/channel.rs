@@ -237,9 +237,12 @@ async fn write_loop(
                     if frame.len() < COALESCE_BELOW {
                         batch.extend_from_slice(&frame.head);
                         batch.extend_from_slice(&frame.body);
+                    } else if frame.body.is_empty() {
+                        ok = flush(&mut half, &mut batch).await
+                            && half.write_all(&frame.head).await.is_ok();
                     } else {
-                        // The batch and the frame in one system call, the
-                        // frame not copied.
+                        // A bytes message: the batch, its header and its
+                        // payload in one system call, the payload not copied.
                         ok = write_parts(&mut half, [&batch, &frame.head, &frame.body])
                             .await
                             .is_ok();
