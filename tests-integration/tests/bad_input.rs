@@ -83,32 +83,20 @@ async fn a_wrong_protocol_version() {
 
 #[tokio::test]
 async fn an_oversized_length_prefix() {
-    let error = bad_worker(BadInput::HugeLength).await;
-    assert!(
-        matches!(
-            error,
-            ProtocolError::FrameTooLarge {
-                size: 0xffff_ffff,
-                ..
-            }
-        ),
-        "{error}"
-    );
-}
-
-#[tokio::test]
-async fn an_oversized_bytes_frame() {
-    let error = bad_worker(BadInput::HugeBytes).await;
-    assert!(
-        matches!(
-            error,
-            ProtocolError::FrameTooLarge {
-                size: 0xffff_ffff,
-                ..
-            }
-        ),
-        "{error}"
-    );
+    // A JSON message's, then a bytes message's.
+    for case in [BadInput::HugeLength, BadInput::HugeBytes] {
+        let error = bad_worker(case).await;
+        assert!(
+            matches!(
+                error,
+                ProtocolError::FrameTooLarge {
+                    size: 0xffff_ffff,
+                    ..
+                }
+            ),
+            "{case}: {error}"
+        );
+    }
 }
 
 #[tokio::test]

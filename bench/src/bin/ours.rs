@@ -9,11 +9,11 @@ use bench::{
 };
 use bytes::Bytes;
 use isotropic_cluster::primary::{
-    ClusterPrimary, Destination, PrimaryEvent, RestartPolicy, WorkerBytes, WorkerHandle,
-    WorkerMessage,
+    ClusterPrimary, Destination, PrimaryContext, PrimaryEvent, RestartPolicy, WorkerBytes,
+    WorkerHandle, WorkerMessage,
 };
 use isotropic_cluster::worker::{ClusterWorker, PrimaryBytes, PrimaryMessage, WorkerBuilder};
-use isotropic_cluster::{EventStream, HandleRequests, SendError, Subscribe, WorkerId};
+use isotropic_cluster::{EventStream, HandleRequests, SendError, Subscribe, Topic, WorkerId};
 use tokio::sync::Notify;
 
 fn main() -> Result {
@@ -384,12 +384,22 @@ async fn flood(
 
 /// Small messages per second, worker to primary (each decoded by the primary).
 async fn up(n: u64) -> Result<f64> {
-    let (primary, _, workers) = cluster("up", n, 1).await?;
+    count_up::<WorkerMessage>("up", n, |event| event.message.decode::<Small>().is_ok()).await
+}
+
+/// Messages per second, worker to primary: the workers of `metric` send
+/// `n` once told to go; the primary counts the events `E` that `counts`.
+async fn count_up<E: Topic<Host = PrimaryContext>>(
+    metric: &str,
+    n: u64,
+    counts: impl Fn(&E) -> bool + Send + 'static,
+) -> Result<f64> {
+    let (primary, _, workers) = cluster(metric, n, 1).await?;
     let finished = Arc::new(Notify::new());
     let notify = finished.clone();
     let mut seen = 0;
-    primary.on::<WorkerMessage>(move |event| {
-        if event.message.decode::<Small>().is_ok() {
+    primary.on::<E>(move |event| {
+        if counts(event) {
             seen += 1;
             if seen == n {
                 notify.notify_one();
@@ -455,24 +465,7 @@ async fn bytes_down(n: u64, size: usize, workers: usize) -> Result<f64> {
 
 /// Bytes messages of 64 B per second, worker to primary.
 async fn bytes_up(n: u64) -> Result<f64> {
-    let (primary, _, workers) = cluster("bytes-up", n, 1).await?;
-    let finished = Arc::new(Notify::new());
-    let notify = finished.clone();
-    let mut seen = 0;
-    primary.on::<WorkerBytes>(move |event| {
-        if event.bytes.len() == SMALL_BYTES {
-            seen += 1;
-            if seen == n {
-                notify.notify_one();
-            }
-        }
-    });
-    let started = Instant::now();
-    workers[0].send("go").await?;
-    finished.notified().await;
-    let elapsed = started.elapsed();
-    primary.shut_down().await?;
-    Ok(rate(elapsed, n))
+    count_up::<WorkerBytes>("bytes-up", n, |event| event.bytes.len() == SMALL_BYTES).await
 }
 
 /// Milliseconds from SIGKILL of a worker to its replacement being ready.
