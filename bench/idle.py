@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The idle cost of the supervision engine: the CLI runs N idle workers
 (the documented Python worker on our framed channel, which answers
-heartbeats) for a while, the engine off (no flags) or on (ENGINE_FLAGS:
+heartbeats) for a while, the engine off (--no-control-socket) or on (ENGINE_FLAGS:
 sampling every second with a memory limit, and heartbeats), runs
 interleaved; prints the
 primary's CPU time per idle worker per minute and its RSS, as medians (min-max)
@@ -23,7 +23,9 @@ WORKERS = ["--channel", "frames", "--", "python3", os.path.join(ROOT, "examples/
 # What "on" adds: every worker sampled every second, and watched with a
 # heartbeat every 2.5 s.
 ENGINE_FLAGS = ["--max-memory", "1G", "--watchdog", "10s"]
-MODES = {"off": [], "on": ENGINE_FLAGS}
+# (The control socket samples every worker every second for `status`: off,
+# nothing watches the workers.)
+MODES = {"off": ["--no-control-socket"], "on": ENGINE_FLAGS}
 
 
 def cpu_ns(pid):

@@ -186,12 +186,13 @@ def run_ours(cli, load, tmp, n, flags):
     log = os.path.join(tmp, f"ours-{n}.log")
     line = [cli, "run", "--workers", str(WORKERS), "--json", "--listen", "127.0.0.1:0",
             "--channel", "node", *flags, "--", "node", APP]
-    cli_process = subprocess.Popen(line, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    # (--json: one stream of JSON lines on stdout, the workers' output too.)
+    cli_process = subprocess.Popen(line, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                    env={**os.environ, "ROLLOUT_LOG": log})
     try:
-        lines = Lines(cli_process.stderr)
+        lines = Lines(cli_process.stdout)
         lines.wait(lambda l: '"listening"' in l, 10, "listening line")
-        port = int(next(e["message"] for _, e in json_lines(lines.lines) if e.get("event") == "listening")
+        port = int(next(e["address"] for _, e in json_lines(lines.lines) if e.get("event") == "listening")
                    .rsplit(":", 1)[1])
         deadline = time.monotonic() + 30
         while not ours_ready(lines.lines) or ours_ready(lines.lines)[-1][1] < WORKERS:

@@ -223,15 +223,29 @@ async fn chaos_under_load_loses_no_request_and_the_pool_recovers() {
     stop.store(true, Ordering::Relaxed);
     let mut outcomes = Outcomes::default();
     for client in clients {
-        let seen = client.await.expect("client");
+        let seen = tokio::time::timeout(tests_integration::DEADLINE, client)
+            .await
+            .expect("a client did not stop in time")
+            .expect("client");
         outcomes.answered += seen.answered;
         outcomes.gone += seen.gone;
         outcomes.wrong.extend(seen.wrong);
     }
-    while exits.load(Ordering::Relaxed) < killed.len() || primary.workers().len() < WORKERS {
-        tokio::time::timeout(tests_integration::DEADLINE, changed.notified())
-            .await
-            .expect("the pool did not recover in time");
+    let recovery = async {
+        while exits.load(Ordering::Relaxed) < killed.len() || primary.workers().len() < WORKERS {
+            changed.notified().await;
+        }
+    };
+    if tokio::time::timeout(tests_integration::DEADLINE, recovery)
+        .await
+        .is_err()
+    {
+        panic!(
+            "the pool did not recover in time: {} of {} kills reported, {} workers",
+            exits.load(Ordering::Relaxed),
+            killed.len(),
+            primary.workers().len()
+        );
     }
     let recovered = last_kill.elapsed();
     let (fds_after, rss_after) = (open_fds(), rss_kib());

@@ -3,17 +3,27 @@
 
 use std::ffi::OsString;
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use isotropic_cluster::ListenAddress;
 use isotropic_cluster::primary::{OnIntensity, Restart, RestartPolicy};
+
+use crate::control;
+use crate::exit::EXIT_CODES;
+use crate::render::Format;
+
+pub(crate) mod values;
+
+use values::{Address, Count, Size, Span};
 
 /// The hidden command through which `run --listen` starts each worker.
 pub(crate) const EXEC_WITH_SOCKETS: &str = "__exec-with-sockets";
 
 /// Local process clusters: run any program as a supervised pool.
 #[derive(Debug, Parser)]
-#[command(name = "isotropic-cluster", version)]
+#[command(name = "isotropic-cluster", version, after_help = EXIT_CODES)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -35,7 +45,64 @@ pub(crate) enum Command {
     /// workers and exits 0; if the new one fails, it serves on. Not as PID 1
     /// or with --subreaper. A new primary exits with 5 when it cannot adopt
     /// the sockets, with 6 when its workers do not all get ready.
+    ///
+    /// Under systemd (Type=notify) it tells NOTIFY_SOCKET READY=1 once every
+    /// worker is ready, RELOADING=1 then READY=1 around a SIGHUP rollout,
+    /// STOPPING=1, STATUS= lines, and WATCHDOG=1 at half of WATCHDOG_USEC
+    /// (see docs/deployment.md).
+    ///
+    /// The command follows the options, with or without `--` before it:
+    /// `isotropic-cluster run -w 4 node app.js --port 3000` (everything
+    /// after the command's name is its own).
+    #[command(
+        override_usage = "isotropic-cluster run [OPTIONS] [--] COMMAND [ARGS]...",
+        after_help = EXIT_CODES
+    )]
     Run(Box<RunArgs>),
+    /// Shows the workers of a running primary: pool, slot, id, pid,
+    /// generation, state, uptime, restarts, CPU (its share of one CPU over
+    /// the last second), memory, and its last STATUS= line.
+    Status {
+        /// The whole status as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Resizes a running primary's pool to N workers (the highest slots
+    /// leave gracefully, not replaced).
+    Scale {
+        /// How many workers.
+        #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+        workers: u16,
+        #[command(flatten)]
+        pool: PoolArgs,
+    },
+    /// Rolls a running primary's program out anew, as SIGHUP does; ends
+    /// once the rollout completed (exit code 0) or was rolled back (1).
+    Reload {
+        #[command(flatten)]
+        pool: PoolArgs,
+    },
+    /// Shuts a running primary down gracefully, as SIGTERM does; ends once
+    /// it has exited.
+    Stop {
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Prints the last lines a running primary printed (its workers' output
+    /// and its own lines, up to the last 1000 kept); with -f, then every
+    /// new one.
+    Logs {
+        /// Follow: print new lines as they come, until the primary exits.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the last lines.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
     /// (Internal) How `run --listen` starts each worker: places the passed
     /// sockets at fd 3… with the socket-activation variables, then becomes
     /// COMMAND.
@@ -49,35 +116,99 @@ pub(crate) enum Command {
     },
 }
 
+/// Which primary a control command talks to.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ControlArgs {
+    /// The primary's control socket (default: as `run`'s,
+    /// $XDG_RUNTIME_DIR/isotropic-cluster/control.sock, or
+    /// /tmp/isotropic-cluster-UID/control.sock without XDG_RUNTIME_DIR).
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+}
+
+impl ControlArgs {
+    /// The socket's path.
+    pub(crate) fn path(&self) -> PathBuf {
+        self.control.clone().unwrap_or_else(control::default_path)
+    }
+}
+
+/// A control command that acts on one pool.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct PoolArgs {
+    /// The pool (default: the only one).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) pool: Option<String>,
+    #[command(flatten)]
+    pub(crate) control: ControlArgs,
+}
+
 /// The options of `run`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct RunArgs {
     /// How many workers (default: the number of CPUs; at least 1).
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(
+        short,
+        long,
+        visible_short_alias = 'i',
+        value_name = "N",
+        value_parser = count::<1, u16>,
+        allow_hyphen_values = true
+    )]
     workers: Option<u16>,
     /// How long workers get to exit once asked, before SIGTERM then SIGKILL
-    /// (e.g. 500ms, 5s, 1m). Node workers (--channel node) are disconnected
+    /// (e.g. 500ms, 5s, 1min). Node workers (--channel node) are disconnected
     /// and, as Node's own cluster does, sent SIGTERM soon after (1s, or
     /// --grace if shorter) unless they have exited.
-    #[arg(long, default_value = "5s", value_parser = duration)]
+    #[arg(
+        long,
+        value_name = "D",
+        default_value = "5s",
+        value_parser = duration,
+        allow_hyphen_values = true
+    )]
     grace: Duration,
     /// A worker that ran this long counts as stable: replaced at once, and
     /// the count of early exits starts over.
-    #[arg(long, default_value = "1s", value_parser = duration)]
+    #[arg(
+        long,
+        value_name = "D",
+        default_value = "1s",
+        value_parser = duration,
+        allow_hyphen_values = true
+    )]
     stable_after: Duration,
     /// The wait before replacing a worker after the second early exit in a
     /// row; it doubles with each further one…
-    #[arg(long, default_value = "100ms", value_parser = duration)]
+    #[arg(
+        long,
+        value_name = "D",
+        default_value = "100ms",
+        value_parser = duration,
+        allow_hyphen_values = true
+    )]
     restart_delay: Duration,
     /// …up to this.
-    #[arg(long, default_value = "10s", value_parser = duration)]
+    #[arg(
+        long,
+        value_name = "D",
+        default_value = "10s",
+        value_parser = duration,
+        allow_hyphen_values = true
+    )]
     max_restart_delay: Duration,
     /// At most this many replacements within --restart-period; then
     /// --on-max-restarts applies (default: no limit).
-    #[arg(long)]
+    #[arg(long, value_name = "N", value_parser = count::<0, u32>, allow_hyphen_values = true)]
     max_restarts: Option<u32>,
     /// The window of --max-restarts.
-    #[arg(long, default_value = "60s", value_parser = duration)]
+    #[arg(
+        long,
+        value_name = "D",
+        default_value = "60s",
+        value_parser = duration,
+        allow_hyphen_values = true
+    )]
     restart_period: Duration,
     /// Over --max-restarts: stop (shut down, exit code 3) or slow-down
     /// (keep replacing, each after --max-restart-delay).
@@ -108,23 +239,37 @@ pub(crate) struct RunArgs {
     ready: Option<Readiness>,
     /// A worker not ready this long after its start is stopped (and
     /// replaced as any exit), in every --ready mode (default: no limit).
-    #[arg(long, value_parser = duration, value_name = "D")]
+    #[arg(long, value_name = "D", value_parser = duration, allow_hyphen_values = true)]
     ready_timeout: Option<Duration>,
     /// Stop and replace a worker silent this long (e.g. 10s): the primary
     /// sends heartbeats every D/4 that a worker answers from its event loop
     /// (SIGTERM, then SIGKILL after --grace). Needs --channel frames, or
     /// --ready notify (the worker sends WATCHDOG=1 within D; WATCHDOG_USEC says D); a
     /// worker whose hello does not say it answers heartbeats is not watched.
-    #[arg(long, value_name = "D", value_parser = duration)]
+    #[arg(long, value_name = "D", value_parser = duration, allow_hyphen_values = true)]
     watchdog: Option<Duration>,
     /// An address the primary listens on, passed to every worker as a
     /// systemd-activation socket (LISTEN_FDS from fd 3, LISTEN_PID,
-    /// LISTEN_FDNAMES): 127.0.0.1:8080, [::1]:0, unix:/path. Repeatable.
-    #[arg(long = "listen", value_name = "ADDR")]
-    listen: Vec<String>,
-    /// Print lifecycle events as JSON lines instead of text.
+    /// LISTEN_FDNAMES), written as gunicorn's --bind: 127.0.0.1:8080,
+    /// [::1]:8080, localhost:8080, :8080 or 8080 (every IPv4 interface),
+    /// unix:/path. Repeatable. A socket passed to the CLI by socket
+    /// activation (a systemd .socket unit) bound to ADDR is used instead of
+    /// binding one.
+    #[arg(
+        short = 'b',
+        long = "listen",
+        visible_alias = "bind",
+        value_name = "ADDR"
+    )]
+    listen: Vec<Address>,
+    /// Print one stream of JSON lines on stdout: lifecycle events and the
+    /// workers' output, each with ts (RFC 3339, UTC), level, event and
+    /// fields (worker, slot, pid, generation, code, signal…).
     #[arg(long)]
     json: bool,
+    /// Prefix each line of the text format with the time (RFC 3339, UTC).
+    #[arg(long, conflicts_with = "json")]
+    timestamps: bool,
     /// Adopt and reap the orphans of the workers' descendants (a
     /// double-forked daemon, the children of a worker that died), as tini
     /// does: PR_SET_CHILD_SUBREAPER. Always done when running as PID 1 (a
@@ -137,8 +282,25 @@ pub(crate) struct RunArgs {
     /// stopped as by a restart and replaced in its slot.
     #[arg(long, value_name = "SIZE", value_parser = size)]
     max_memory: Option<u64>,
-    /// The program to run, and its arguments.
-    #[arg(last = true, required = true)]
+    /// Where to listen for `status`, `scale`, `reload`, `stop` and `logs`
+    /// (a Unix socket of mode 0600, for this user only; default:
+    /// $XDG_RUNTIME_DIR/isotropic-cluster/control.sock, or
+    /// /tmp/isotropic-cluster-UID/control.sock). A primary already
+    /// answering there is refused.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// No control socket.
+    #[arg(long, conflicts_with = "control")]
+    no_control_socket: bool,
+    /// Serve the pool's metrics on ADDR (127.0.0.1:9100, localhost:9100,
+    /// :9100; TCP): GET /metrics in Prometheus' text format
+    /// (docs/metrics.md), /healthz (200 while the primary runs) and /readyz
+    /// (200 while enough workers are ready, 503 otherwise). Workers are then
+    /// sampled every second.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<Address>,
+    /// The program to run, and its arguments (all of them its own).
+    #[arg(value_name = "COMMAND", trailing_var_arg = true)]
     command: Vec<String>,
 }
 
@@ -148,14 +310,21 @@ pub(crate) struct RunArgs {
 pub(crate) struct Recycle {
     /// Recycle a worker after it served N requests (replies on the frames
     /// channel, or as counted by the worker through the library)…
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = count::<1, u64>, allow_hyphen_values = true)]
     pub(crate) max_requests: Option<u64>,
     /// …plus a random 0 to N more, drawn for each worker, so that workers
     /// do not all recycle at once.
-    #[arg(long, value_name = "N", default_value_t = 0, requires = "max_requests")]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value = "0",
+        value_parser = count::<0, u64>,
+        requires = "max_requests",
+        allow_hyphen_values = true
+    )]
     pub(crate) max_requests_jitter: u64,
     /// Recycle a worker after it ran this long (plus a random 0 to 10%).
-    #[arg(long, value_name = "D", value_parser = duration)]
+    #[arg(long, value_name = "D", value_parser = duration, allow_hyphen_values = true)]
     pub(crate) max_age: Option<Duration>,
 }
 
@@ -165,16 +334,34 @@ pub(crate) struct Recycle {
 pub(crate) struct Rollout {
     /// Workers a reload starts beyond --workers at once (Kubernetes'
     /// maxSurge).
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value = "1",
+        value_parser = count::<0, usize>,
+        allow_hyphen_values = true
+    )]
     pub(crate) surge: usize,
     /// Workers a reload may take out before their replacements are proven
     /// (Kubernetes' maxUnavailable).
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value = "0",
+        value_parser = count::<0, usize>,
+        allow_hyphen_values = true
+    )]
     pub(crate) max_unavailable: usize,
     /// A reload's new worker must be ready and up this long before an old
     /// one leaves; one that exits sooner (or is not ready within
     /// --ready-timeout, 60s if unset) rolls the reload back.
-    #[arg(long, value_name = "D", value_parser = duration, default_value = "1s")]
+    #[arg(
+        long,
+        value_name = "D",
+        value_parser = duration,
+        default_value = "1s",
+        allow_hyphen_values = true
+    )]
     pub(crate) min_uptime: Duration,
     /// A command run (by sh -c) for each new worker of a reload once it is
     /// ready, with ISOTROPIC_CLUSTER_PID, _SLOT, _WORKER_ID and _GENERATION
@@ -240,25 +427,32 @@ pub(crate) struct Plan {
     /// Never at odds with `channel`.
     pub(crate) readiness: Readiness,
     pub(crate) ready_timeout: Option<Duration>,
-    /// The `--listen` addresses, as given.
-    pub(crate) listen: Vec<String>,
+    /// The `--listen` addresses.
+    pub(crate) listen: Vec<ListenAddress>,
     pub(crate) restart_policy: RestartPolicy,
     pub(crate) recycle: Recycle,
     pub(crate) rollout: Rollout,
     /// Both the shutdown's and the kill's.
     pub(crate) grace: Duration,
-    pub(crate) json: bool,
+    /// How lines are printed.
+    pub(crate) format: Format,
     /// Whether to adopt and reap orphans: asked, or running as PID 1.
     pub(crate) reap_orphans: bool,
     /// How long a watched worker may be silent (`None`: not watched).
     pub(crate) watchdog: Option<Duration>,
     /// The memory limit of each worker, in bytes.
     pub(crate) max_memory: Option<u64>,
+    /// The control socket's path (`None`: no control socket).
+    pub(crate) control: Option<PathBuf>,
+    /// Where to serve the metrics.
+    pub(crate) metrics: Option<std::net::SocketAddr>,
 }
 
 /// A combination of flags that makes no plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PlanError {
+    /// No command to run.
+    NoCommand,
     /// `--ready message` without a channel to send it on.
     MessageNeedsChannel,
     /// `--ready start` or `--ready listening` with a channel.
@@ -267,11 +461,17 @@ pub(crate) enum PlanError {
     WatchdogNeedsFrames,
     /// `--surge 0 --max-unavailable 0`: a reload could not move.
     StuckRollout,
+    /// `--metrics unix:…`: the metrics are served over TCP.
+    MetricsNeedsTcp,
 }
 
 impl fmt::Display for PlanError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::NoCommand => f.write_str(
+                "no command to run: isotropic-cluster run [OPTIONS] COMMAND [ARGS…], \
+                 e.g. isotropic-cluster run -w 4 node app.js",
+            ),
             Self::MessageNeedsChannel => {
                 f.write_str("--ready message needs --channel node or frames")
             }
@@ -284,6 +484,9 @@ impl fmt::Display for PlanError {
                 "--watchdog needs --channel frames (heartbeats) or --ready notify (WATCHDOG=1)",
             ),
             Self::StuckRollout => f.write_str("--surge and --max-unavailable cannot both be 0"),
+            Self::MetricsNeedsTcp => {
+                f.write_str("--metrics takes a TCP address (e.g. 127.0.0.1:9100 or :9100)")
+            }
         }
     }
 }
@@ -292,7 +495,9 @@ impl std::error::Error for PlanError {}
 
 impl RunArgs {
     /// Resolves the defaults and checks the combinations of flags.
-    pub(crate) fn plan(self) -> Result<Plan, PlanError> {
+    pub(crate) fn plan(mut self) -> Result<Plan, PlanError> {
+        let mut command = std::mem::take(&mut self.command).into_iter();
+        let program = command.next().ok_or(PlanError::NoCommand)?;
         let readiness = match (self.channel, self.ready) {
             (_, Some(Readiness::Notify)) => Readiness::Notify,
             (Channel::None, None) => Readiness::Start,
@@ -315,9 +520,12 @@ impl RunArgs {
         if self.rollout.surge == 0 && self.rollout.max_unavailable == 0 {
             return Err(PlanError::StuckRollout);
         }
+        let metrics = match self.metrics.take().map(Address::into_inner) {
+            None => None,
+            Some(ListenAddress::Tcp(address)) => Some(address),
+            Some(_) => return Err(PlanError::MetricsNeedsTcp),
+        };
         let restart_policy = self.restart_policy();
-        let mut command = self.command.into_iter();
-        let program = command.next().expect("clap requires a command");
         Ok(Plan {
             program,
             args: command.collect(),
@@ -328,15 +536,22 @@ impl RunArgs {
             channel: self.channel,
             readiness,
             ready_timeout: self.ready_timeout,
-            listen: self.listen,
+            listen: self.listen.into_iter().map(Address::into_inner).collect(),
             restart_policy,
             recycle: self.recycle,
             rollout: self.rollout,
             grace: self.grace,
-            json: self.json,
+            format: match (self.json, self.timestamps) {
+                (true, _) => Format::Json,
+                (false, true) => Format::Timestamped,
+                (false, false) => Format::Text,
+            },
             reap_orphans: self.subreaper || std::process::id() == 1,
             watchdog: self.watchdog,
             max_memory: self.max_memory,
+            control: (!self.no_control_socket)
+                .then(|| self.control.unwrap_or_else(control::default_path)),
+            metrics,
         })
     }
 
@@ -365,45 +580,20 @@ impl RunArgs {
     }
 }
 
-/// `500ms`, `5s`, `2m`, `1h`, or a number of seconds.
+/// clap's parser of a [`Span`].
 fn duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(text.len()),
-    );
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("not a duration: {text}"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("unknown unit in {text} (ms, s, m or h)")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string())
+    text.parse::<Span>().map(|span| span.0)
 }
 
-/// `200M`, `1G`, `512K` (powers of 1024, a fraction allowed: `1.5G`), or a
-/// number of bytes; above zero.
+/// clap's parser of a [`Size`].
 fn size(text: &str) -> Result<u64, String> {
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(text.len()),
-    );
-    let value: f64 = number.parse().map_err(|_| format!("not a size: {text}"))?;
-    let unit: u64 = match unit {
-        "" => 1,
-        "K" | "k" => 1 << 10,
-        "M" | "m" => 1 << 20,
-        "G" | "g" => 1 << 30,
-        _ => return Err(format!("unknown unit in {text} (K, M or G, or bytes)")),
-    };
-    let bytes = (value * unit as f64).floor();
-    if bytes < 1.0 || bytes >= u64::MAX as f64 {
-        return Err(format!("not a size above zero: {text}"));
-    }
-    Ok(bytes as u64)
+    text.parse::<Size>().map(|size| size.0)
+}
+
+/// clap's parser of a [`Count`] of at least `MIN`, as a `T`.
+fn count<const MIN: u64, T: TryFrom<u64>>(text: &str) -> Result<T, String> {
+    let Count(n) = text.parse::<Count<MIN>>()?;
+    T::try_from(n).map_err(|_| format!("{text} is too many"))
 }
 
 #[cfg(test)]
@@ -444,10 +634,12 @@ mod tests {
                 recycle: Recycle::default(),
                 rollout: Rollout::default(),
                 grace: Duration::from_secs(5),
-                json: false,
+                format: Format::Text,
                 reap_orphans: false,
                 watchdog: None,
                 max_memory: None,
+                control: Some(control::default_path()),
+                metrics: None,
             }
         );
     }
@@ -493,6 +685,8 @@ mod tests {
             "1.5s",
             "--max-memory",
             "200M",
+            "--metrics",
+            "127.0.0.1:9100",
             "--surge",
             "2",
             "--max-unavailable",
@@ -501,6 +695,8 @@ mod tests {
             "5s",
             "--health-check",
             "curl -sf localhost:8080",
+            "--control",
+            "/run/c.sock",
         ])
         .expect("a plan");
         assert_eq!(
@@ -512,7 +708,10 @@ mod tests {
                 channel: Channel::Frames,
                 readiness: Readiness::Message,
                 ready_timeout: Some(Duration::from_secs(2)),
-                listen: vec!["127.0.0.1:0".to_owned(), "unix:/tmp/a.sock".to_owned()],
+                listen: vec![
+                    "127.0.0.1:0".parse().expect("an address"),
+                    "unix:/tmp/a.sock".parse().expect("an address"),
+                ],
                 restart_policy: RestartPolicy::default()
                     .stable_after(Duration::from_secs(2))
                     .initial_delay(Duration::from_millis(50))
@@ -531,10 +730,12 @@ mod tests {
                     health_check: Some("curl -sf localhost:8080".to_owned()),
                 },
                 grace: Duration::from_millis(500),
-                json: true,
+                format: Format::Json,
                 reap_orphans: true,
                 watchdog: Some(Duration::from_millis(1500)),
                 max_memory: Some(200 << 20),
+                control: Some(PathBuf::from("/run/c.sock")),
+                metrics: Some("127.0.0.1:9100".parse().expect("an address")),
             }
         );
     }
@@ -603,6 +804,22 @@ mod tests {
     }
 
     #[test]
+    fn metrics_take_a_tcp_address_as_listen_does() {
+        let metrics = |address: &str| plan(&["--metrics", address]).map(|plan| plan.metrics);
+        let any: std::net::SocketAddr = "0.0.0.0:9100".parse().expect("an address");
+        assert_eq!(metrics(":9100"), Ok(Some(any)));
+        assert_eq!(metrics("9100"), Ok(Some(any)));
+        let local = "127.0.0.1:9100".parse().ok();
+        assert_eq!(metrics("localhost:9100"), Ok(local));
+        let error = metrics("unix:/run/metrics.sock").expect_err("not TCP");
+        assert_eq!(error, PlanError::MetricsNeedsTcp);
+        assert_eq!(
+            error.to_string(),
+            "--metrics takes a TCP address (e.g. 127.0.0.1:9100 or :9100)"
+        );
+    }
+
+    #[test]
     fn the_watchdog_needs_our_channel() {
         for channel in ["none", "node"] {
             let error = plan(&["--watchdog", "5s", "--channel", channel]).expect_err(channel);
@@ -626,15 +843,18 @@ mod tests {
             line.extend(flags);
             parse_error(&line)
         };
-        assert_eq!(run(&[]), ErrorKind::MissingRequiredArgument);
-        assert_eq!(run(&["--"]), ErrorKind::MissingRequiredArgument);
         assert_eq!(
-            run(&["--grace", "5d", "--", "prog"]),
+            run(&["--grace", "5x", "--", "prog"]),
             ErrorKind::ValueValidation
         );
         assert_eq!(
             run(&["--workers", "-1", "--", "prog"]),
-            ErrorKind::UnknownArgument
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(run(&["--bogus", "prog"]), ErrorKind::UnknownArgument);
+        assert_eq!(
+            run(&["--json", "--timestamps", "prog"]),
+            ErrorKind::ArgumentConflict
         );
         // (issue 12: 0 workers was accepted and idled forever.)
         assert_eq!(
@@ -655,43 +875,81 @@ mod tests {
         );
     }
 
-    #[test]
-    fn durations() {
-        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(duration("2"), Ok(Duration::from_secs(2)));
-        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(
-            duration("5d"),
-            Err("unknown unit in 5d (ms, s, m or h)".to_owned())
-        );
-        assert_eq!(duration("s"), Err("not a duration: s".to_owned()));
-        assert_eq!(duration("1.2.3s"), Err("not a duration: 1.2.3s".to_owned()));
+    /// `isotropic-cluster run WORDS…`, parsed (not planned).
+    fn run_args(words: &[&str]) -> RunArgs {
+        let line = ["isotropic-cluster", "run"].iter().chain(words);
+        match Cli::try_parse_from(line).expect("parses").command {
+            Command::Run(args) => *args,
+            other => panic!("not run: {other:?}"),
+        }
     }
 
     #[test]
-    fn sizes() {
-        assert_eq!(size("200M"), Ok(200 << 20));
-        assert_eq!(size("1G"), Ok(1 << 30));
-        assert_eq!(size("512K"), Ok(512 << 10));
-        assert_eq!(size("512k"), Ok(512 << 10));
-        assert_eq!(size("1.5G"), Ok(3 << 29));
-        assert_eq!(size("1048576"), Ok(1 << 20));
+    fn the_command_needs_no_double_dash_and_keeps_its_own_flags() {
+        let args = run_args(&["-w", "4", "node", "app.js", "-w", "2", "--json", "--", "-1"]);
+        assert_eq!(args.workers, Some(4));
+        assert!(!args.json, "--json after the command is the command's");
         assert_eq!(
-            size("200MB"),
-            Err("unknown unit in 200MB (K, M or G, or bytes)".to_owned())
+            args.command,
+            ["node", "app.js", "-w", "2", "--json", "--", "-1"]
         );
-        assert_eq!(
-            size("2T"),
-            Err("unknown unit in 2T (K, M or G, or bytes)".to_owned())
-        );
-        for junk in ["", "M", "-5M", "1.2.3M", "lots"] {
-            assert!(size(junk).is_err(), "{junk:?}");
+        let args = run_args(&["--workers", "2", "--", "node", "--inspect", "app.js"]);
+        assert_eq!(args.command, ["node", "--inspect", "app.js"]);
+    }
+
+    #[test]
+    fn short_flags_as_gunicorn_and_pm2_have_them() {
+        let args = run_args(&["-w", "3", "-b", ":0", "--bind", "localhost:0", "prog"]);
+        assert_eq!(args.workers, Some(3));
+        let listen: Vec<String> = args.listen.iter().map(ToString::to_string).collect();
+        assert_eq!(listen, ["0.0.0.0:0", "127.0.0.1:0"]);
+        assert_eq!(run_args(&["-i", "5", "prog"]).workers, Some(5));
+    }
+
+    #[test]
+    fn a_missing_command_is_a_plan_error_with_a_hint() {
+        for words in [&[][..], &["--"], &["-w", "2"]] {
+            let error = run_args(words).plan().expect_err("no command");
+            assert_eq!(error, PlanError::NoCommand);
         }
-        assert_eq!(size("0"), Err("not a size above zero: 0".to_owned()));
-        assert_eq!(size("0.1"), Err("not a size above zero: 0.1".to_owned()));
-        assert!(size("99999999999G").is_err(), "past u64");
+        assert!(
+            PlanError::NoCommand
+                .to_string()
+                .contains("e.g. isotropic-cluster run -w 4 node app.js")
+        );
+    }
+
+    #[test]
+    fn negative_numbers_get_a_message_of_ours() {
+        for (flag, value, says) in [
+            (
+                "--workers",
+                "-1",
+                "-1 is negative: give a number of 1 or more",
+            ),
+            (
+                "--surge",
+                "-2",
+                "-2 is negative: give a number of 0 or more",
+            ),
+            (
+                "--max-restarts",
+                "-3",
+                "-3 is negative: give a number of 0 or more",
+            ),
+            ("--grace", "-5s", "a duration cannot be negative: -5s"),
+        ] {
+            let line = ["isotropic-cluster", "run", flag, value, "prog"];
+            let error = Cli::try_parse_from(line).expect_err(flag).to_string();
+            assert!(error.contains(says), "{error}");
+            assert!(!error.contains("-- "), "no `-- -1` advice: {error}");
+        }
+        let error = Cli::try_parse_from(["isotropic-cluster", "run", "-w", "0", "prog"]);
+        let error = error.expect_err("0 workers").to_string();
+        assert!(
+            error.contains("0 is too few: give a number of 1 or more"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -725,6 +983,59 @@ mod tests {
                 assert_eq!(command, ["prog", "-x"]);
             }
             other => panic!("not the shim: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_control_socket_can_be_moved_or_turned_off() {
+        let off = plan(&["--no-control-socket"]).expect("a plan");
+        assert_eq!(off.control, None);
+        let line = [
+            "isotropic-cluster",
+            "run",
+            "--control",
+            "/run/c.sock",
+            "--no-control-socket",
+            "--",
+            "prog",
+        ];
+        let error = Cli::try_parse_from(line).expect_err("both");
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn control_commands_take_the_socket_and_a_pool() {
+        let line = [
+            "isotropic-cluster",
+            "scale",
+            "3",
+            "--pool",
+            "web",
+            "--control",
+            "/c",
+        ];
+        match Cli::try_parse_from(line).expect("parses").command {
+            Command::Scale { workers, pool } => {
+                assert_eq!((workers, pool.pool.as_deref()), (3, Some("web")));
+                assert_eq!(pool.control.path(), PathBuf::from("/c"));
+            }
+            other => panic!("not scale: {other:?}"),
+        }
+        let zero = Cli::try_parse_from(["isotropic-cluster", "scale", "0"]).expect_err("0");
+        assert_eq!(zero.kind(), clap::error::ErrorKind::ValueValidation);
+        match Cli::try_parse_from(["isotropic-cluster", "logs", "-f", "-n", "5"])
+            .expect("parses")
+            .command
+        {
+            Command::Logs {
+                follow,
+                lines,
+                control,
+            } => {
+                assert_eq!((follow, lines), (true, 5));
+                assert_eq!(control.path(), control::default_path());
+            }
+            other => panic!("not logs: {other:?}"),
         }
     }
 }

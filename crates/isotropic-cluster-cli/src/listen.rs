@@ -12,6 +12,7 @@ use isotropic_cluster::upgrade::Handover;
 
 use crate::args::{EXEC_WITH_SOCKETS, Plan};
 use crate::exit::ExitCode;
+use crate::render::Entry;
 use crate::report::Report;
 
 /// The Unix socket files the CLI bound: removed when dropped (at exit), so
@@ -27,9 +28,15 @@ pub(crate) struct SocketFiles {
 }
 
 impl SocketFiles {
-    /// The listening sockets, named `listen0`, `listen1`… in `--listen` order.
+    /// The sockets an upgrade hands over: the listening ones, named
+    /// `listen0`, `listen1`… in `--listen` order, and the metrics'.
     pub(crate) fn sockets(&self) -> &[(String, OwnedFd)] {
         &self.sockets
+    }
+
+    /// Hands `socket` over at an upgrade too, as `name`.
+    pub(crate) fn hand_over(&mut self, name: &str, socket: OwnedFd) {
+        self.sockets.push((name.to_owned(), socket));
     }
 
     /// Whether the files are to be removed at exit: not while another
@@ -130,10 +137,11 @@ fn executable(program: &str) -> anyhow::Result<std::path::PathBuf> {
     found.ok_or_else(|| anyhow::anyhow!("cannot start {program}: not found, or not executable"))
 }
 
-/// Binds every `--listen` address (or adopts it from `handover`): the
-/// sockets, their LISTEN_FDNAMES, and the socket files made.
+/// Binds every `--listen` address, or adopts it: from `handover`, or the
+/// socket bound to it that socket activation passed (a systemd `.socket`
+/// unit's); the sockets, their LISTEN_FDNAMES, and the socket files made.
 fn bind(
-    addresses: &[String],
+    addresses: &[ListenAddress],
     report: &Report,
     mut handover: Option<&mut Handover>,
 ) -> anyhow::Result<(Vec<OwnedFd>, String, SocketFiles)> {
@@ -142,30 +150,53 @@ fn bind(
     // (Handed over: the old primary's files until this one takes over.)
     let mut files = SocketFiles::default();
     files.keep(handover.is_some());
-    for (i, text) in addresses.iter().enumerate() {
-        let address: ListenAddress = text.parse()?;
+    // (An upgrade's new primary has them from the old one, by name.)
+    let mut activated = match handover {
+        Some(_) => Vec::new(),
+        None => isotropic_cluster::socket_activation::take_listen_fds(),
+    };
+    for (i, address) in addresses.iter().enumerate() {
         let name = format!("listen{i}");
-        let (fd, bound) = match handover.as_deref_mut() {
-            Some(handover) => adopt(handover, &name, &address)?,
-            None => {
-                if let ListenAddress::Unix(path) = &address {
+        let passed = activated
+            .iter()
+            .position(|(_, bound)| serves(address, bound))
+            .map(|at| activated.swap_remove(at));
+        // (A file the service manager made is its own: not removed at exit.)
+        let files_ours = passed.is_none();
+        let (fd, bound, from) = match (handover.as_deref_mut(), passed) {
+            (Some(handover), _) => {
+                let from = format!(
+                    ", handed over by the old primary (pid {})",
+                    handover.from_pid()
+                );
+                let (fd, bound) = adopt(handover, &name, address)?;
+                (fd, bound, from)
+            }
+            (None, Some((fd, bound))) => (fd, bound, ", passed by socket activation".into()),
+            (None, None) => {
+                if let ListenAddress::Unix(path) = address {
                     clear_stale(path);
                 }
-                address
+                let (fd, bound) = address
                     .bind()
-                    .map_err(|e| anyhow::anyhow!("cannot listen on {text}: {e}"))?
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
+                (fd, bound, String::new())
             }
         };
-        if let ListenAddress::Unix(path) = &address {
+        if let (ListenAddress::Unix(path), true) = (address, files_ours) {
             files.paths.push(path.clone());
         }
-        let from = handover.as_ref().map_or(String::new(), |h| {
-            format!(", handed over by the old primary (pid {})", h.from_pid())
-        });
-        report.line("listening", None, &format!("listening on {bound}{from}"));
+        let text = format!("listening on {bound}{from}");
+        report.entry(&Entry::info("listening", text).with([("address", bound.to_string().into())]));
         files.sockets.push((name.clone(), fd.try_clone()?));
         fds.push(fd);
         names.push(name);
+    }
+    for (_, bound) in activated {
+        let text = format!(
+            "the socket on {bound} passed by socket activation serves no --listen address: closed"
+        );
+        report.warn("listening", &text);
     }
     Ok((fds, names.join(":"), files))
 }
@@ -189,7 +220,7 @@ fn adopt(
 
 /// Whether a socket bound to `bound` serves `--listen address` (port 0: the
 /// one the old primary was given).
-fn serves(address: &ListenAddress, bound: &ListenAddress) -> bool {
+pub(crate) fn serves(address: &ListenAddress, bound: &ListenAddress) -> bool {
     match (address, bound) {
         (ListenAddress::Tcp(address), ListenAddress::Tcp(bound)) => {
             address.ip() == bound.ip() && (address.port() == 0 || address.port() == bound.port())

@@ -1,20 +1,24 @@
 //! Everything the CLI prints goes through two writer threads, one per
 //! stream, so that supervision (signals, exits, replacements) never waits on
-//! our own stdout or stderr.
+//! our own stdout or stderr. As text, lifecycle lines go to stderr and each
+//! worker line to the stream it was written to; with `--json`, everything
+//! goes to stdout, one JSON object a line (see `render.rs`).
 //!
 //! Worker lines lose nothing: they wait for the writer, and behind them the
 //! workers' pipes (see `output_channel`): a blocked stdout blocks the
 //! workers that write, as a terminal would. Lifecycle lines never wait: when
-//! stderr is blocked they are dropped, and their count is printed once it
-//! moves again.
+//! their stream is blocked they are dropped, and their count is printed once
+//! it moves again.
 
-use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use isotropic_cluster::primary::{OutputLines, OutputStream};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::control::LogTap;
+use crate::render::{self, Entry, Format, Level};
 
 /// Batches waiting for a writer thread, per stream.
 const QUEUE: usize = 64;
@@ -25,10 +29,14 @@ const BATCH: usize = 64 * 1024;
 /// worker lines.
 #[derive(Debug, Clone)]
 pub(crate) struct Output {
+    format: Format,
     stdout: Writer,
     stderr: Writer,
-    /// Lifecycle lines dropped since stderr last took one.
+    /// Lifecycle lines dropped since their stream last took one.
     dropped: Arc<AtomicU64>,
+    /// Where every line printed is also kept, for the control socket's
+    /// `logs`.
+    tap: Option<LogTap>,
 }
 
 /// What a writer thread is given.
@@ -81,25 +89,45 @@ impl Writer {
 }
 
 impl Output {
-    pub(crate) fn start() -> Self {
+    /// The writers, printing in `format`; every line also recorded in
+    /// `tap`, if given.
+    pub(crate) fn start(format: Format, tap: Option<LogTap>) -> Self {
         Self {
+            format,
             stdout: Writer::start("stdout", std::io::stdout()),
             stderr: Writer::start("stderr", std::io::stderr()),
             dropped: Arc::new(AtomicU64::new(0)),
+            tap,
         }
     }
 
-    /// A lifecycle line on stderr, unless stderr is blocked (then counted).
-    pub(crate) fn line(&self, line: &str) {
+    /// The stream of lifecycle lines.
+    fn lifecycle(&self) -> (&Writer, &'static str) {
+        match self.format {
+            Format::Json => (&self.stdout, "stdout"),
+            Format::Text | Format::Timestamped => (&self.stderr, "stderr"),
+        }
+    }
+
+    /// A lifecycle line, unless its stream is blocked (then counted).
+    pub(crate) fn line(&self, entry: &Entry) {
+        let (writer, stream) = self.lifecycle();
+        let line = entry.render(self.format);
+        if let Some(tap) = &self.tap {
+            tap.record([Arc::from(line.as_str())]);
+        }
         let dropped = self.dropped.swap(0, Ordering::Relaxed);
         let mut text = String::new();
         if dropped > 0 {
-            text = format!("[primary] {dropped} lines not shown: stderr was blocked\n");
+            let note = format!("{dropped} lines not shown: {stream} was blocked");
+            text = Entry::info("linesDropped", note)
+                .at(Level::Warn)
+                .render(self.format);
+            text.push('\n');
         }
-        text.push_str(line);
+        text.push_str(&line);
         text.push('\n');
-        if self
-            .stderr
+        if writer
             .queue
             .try_send(Item::Text(text.into_bytes()))
             .is_err()
@@ -108,23 +136,32 @@ impl Output {
         }
     }
 
-    /// Prints the workers' lines, each prefixed with its worker's slot (short
-    /// and the same across replacements), on the
-    /// stream it was written to, until they end.
+    /// Prints the workers' lines, until they end: as text, each prefixed
+    /// with its worker's slot (short and the same across replacements), on
+    /// the stream it was written to.
     pub(crate) async fn forward(self, mut lines: OutputLines) {
         while let Some(first) = lines.next().await {
             let (mut out, mut err) = (Vec::new(), Vec::new());
+            let mut tapped = Vec::new();
             let mut next = Some(first);
             while let Some(line) = next {
-                let batch = match line.stream {
-                    OutputStream::Stderr => &mut err,
+                let batch = match (self.format, line.stream) {
+                    (Format::Text | Format::Timestamped, OutputStream::Stderr) => &mut err,
                     _ => &mut out,
                 };
-                let _ = writeln!(batch, "[{}] {}", line.slot, line.line);
+                let start = batch.len();
+                render::output(self.format, &line, batch);
+                if self.tap.is_some() {
+                    let text = String::from_utf8_lossy(&batch[start..batch.len() - 1]);
+                    tapped.push(Arc::<str>::from(text));
+                }
                 if out.len() + err.len() >= BATCH {
                     break;
                 }
                 next = lines.try_next();
+            }
+            if let Some(tap) = &self.tap {
+                tap.record(tapped);
             }
             for (writer, batch) in [(&self.stdout, out), (&self.stderr, err)] {
                 if !batch.is_empty() {
@@ -140,7 +177,13 @@ impl Output {
         let deadline = tokio::time::Instant::now() + within;
         let written = self.stdout.flushed(deadline).await;
         if !written {
-            self.line("[primary] some worker output was not written: stdout is blocked");
+            let note = Entry::info(
+                "notWritten",
+                "some output was not written: stdout is blocked",
+            );
+            let mut text = note.at(Level::Warn).render(self.format);
+            text.push('\n');
+            let _ = self.stderr.queue.try_send(Item::Text(text.into_bytes()));
         }
         let last = deadline.max(tokio::time::Instant::now() + Duration::from_millis(100));
         written && self.stderr.flushed(last).await
@@ -180,9 +223,20 @@ impl std::io::Write for LogLine {
 impl Drop for LogLine {
     fn drop(&mut self) {
         let text = String::from_utf8_lossy(&self.text);
-        let text = text.trim_end();
-        if !text.is_empty() {
-            self.output.line(&format!("[primary] {text}"));
+        let text = text.trim();
+        if text.is_empty() {
+            return;
         }
+        let (level, message) = text
+            .split_once(' ')
+            .and_then(|(word, rest)| Some((Level::of_log(word)?, rest.trim_start())))
+            .unwrap_or((Level::Info, text));
+        // (`WARN message`: as text the whole of it, as JSON its level apart.)
+        let message = if self.output.format == Format::Json {
+            message
+        } else {
+            text
+        };
+        self.output.line(&Entry::info("log", message).at(level));
     }
 }

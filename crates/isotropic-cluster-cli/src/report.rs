@@ -1,118 +1,129 @@
-//! The lifecycle lines the CLI prints on stderr, as text (`[primary] …`)
-//! or, with `--json`, as JSON lines (worker output: see `output.rs`).
+//! The lifecycle lines the CLI prints (see `render.rs` for their formats,
+//! `output.rs` for where they go).
 
-use isotropic_cluster::ProtocolError;
-use isotropic_cluster::primary::{Expiry, OnIntensity, PrimaryEvent, WorkerError};
-use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use isotropic_cluster::primary::{
+    Expiry, OnIntensity, PrimaryEvent, WorkerError, WorkerExit, WorkerHandle,
+};
+use isotropic_cluster::{ProtocolError, Signal};
+use serde_json::Value;
 
 use crate::output::Output;
+use crate::render::{Entry, Level, worker_fields};
 
-/// Prints lifecycle events as text or JSON.
+/// Prints lifecycle events (its clones print to the same output and share
+/// what they know).
 #[derive(Debug, Clone)]
 pub(crate) struct Report {
-    pub(crate) json: bool,
-    pub(crate) output: Output,
+    output: Output,
+    /// The signals the primary sent to each live worker: a worker that dies
+    /// of one of them was stopped, not killed by someone else.
+    sent: Arc<Mutex<BTreeMap<u64, Vec<Signal>>>>,
 }
 
 impl Report {
+    pub(crate) fn new(output: Output) -> Self {
+        Self {
+            output,
+            sent: Arc::default(),
+        }
+    }
+
     /// Prints `event` (or nothing, for the events the CLI does not show).
     pub(crate) fn event(&self, event: PrimaryEvent) {
-        match event {
-            PrimaryEvent::WorkerFork(e) => {
-                self.line(
-                    "workerFork",
-                    Some(e.worker.id().get()),
-                    &format!(
-                        "started in slot {}, generation {} (pid {})",
-                        e.worker.slot(),
-                        e.worker.generation(),
-                        e.worker.pid()
-                    ),
-                );
-            }
-            PrimaryEvent::WorkerReady(e) => {
-                self.line("workerReady", Some(e.worker.id().get()), "ready")
-            }
-            PrimaryEvent::RemoveWorker(e) => {
-                self.line("removeWorker", Some(e.worker.id().get()), "left the pool")
-            }
-            PrimaryEvent::WorkerExit(e) => {
-                let how = match (e.code(), e.signal()) {
-                    (Some(code), _) => format!("exited with code {code}"),
-                    (None, Some(signal)) => {
-                        format!("killed by signal {} ({signal})", signal.as_raw())
-                    }
-                    _ => "exited".to_owned(),
-                };
-                self.line("workerExit", Some(e.worker.id().get()), &how);
-            }
-            PrimaryEvent::RestartScheduled(e) => self.line(
+        let entry = match event {
+            PrimaryEvent::WorkerFork(e) => about(
+                "workerFork",
+                &e.worker,
+                format!(
+                    "started in slot {}, generation {} (pid {})",
+                    e.worker.slot(),
+                    e.worker.generation(),
+                    e.worker.pid()
+                ),
+            ),
+            PrimaryEvent::WorkerReady(e) => about("workerReady", &e.worker, "ready"),
+            PrimaryEvent::RemoveWorker(e) => about("removeWorker", &e.worker, "left the pool"),
+            PrimaryEvent::WorkerExit(e) => self.exit(&e),
+            PrimaryEvent::RestartScheduled(e) => Entry::info(
                 "restartScheduled",
-                None,
-                &format!(
-                    "workers keep exiting early or failing to start ({} in a row): next start in {:?}",
+                format!(
+                    "workers keep exiting early or cannot start ({} in a row): next start in {:?}",
                     e.failures, e.delay
                 ),
-            ),
-            PrimaryEvent::RestartIntensityExceeded(e) => self.line(
-                "restartIntensityExceeded",
-                None,
-                &format!(
-                    "{} restarts within {:?}: {}",
-                    e.restarts,
-                    e.period,
-                    if e.then == OnIntensity::ShutDown {
-                        "giving up"
-                    } else {
-                        "slowing down"
-                    }
-                ),
-            ),
-            PrimaryEvent::ForkError(e) => self.line("forkError", None, &source_chain(&e.error)),
+            )
+            .at(Level::Warn)
+            .with([
+                ("failures", e.failures.into()),
+                ("delayMs", millis(e.delay)),
+            ]),
+            PrimaryEvent::RestartIntensityExceeded(e) => {
+                let (level, then) = if e.then == OnIntensity::ShutDown {
+                    (Level::Error, "giving up")
+                } else {
+                    (Level::Warn, "slowing down")
+                };
+                let text = format!("{} restarts within {:?}: {then}", e.restarts, e.period);
+                Entry::info("restartIntensityExceeded", text)
+                    .at(level)
+                    .with([("restarts", e.restarts.into())])
+            }
+            PrimaryEvent::ForkError(e) => {
+                Entry::info("forkError", source_chain(&e.error)).at(Level::Error)
+            }
             PrimaryEvent::WorkerSignal(e) => {
-                self.line(
-                    "workerSignal",
-                    Some(e.worker.id().get()),
-                    &format!("sent signal {} ({})", e.signal.as_raw(), e.signal),
+                if let Ok(mut sent) = self.sent.lock() {
+                    sent.entry(e.worker.id().get()).or_default().push(e.signal);
+                }
+                let text = format!(
+                    "sent {} to worker {} (pid {})",
+                    e.signal,
+                    e.worker.id(),
+                    e.worker.pid()
                 );
+                Entry::info("workerSignal", text)
+                    .with(worker_fields(&e.worker))
+                    .with([("signal", e.signal.to_string().into())])
             }
             PrimaryEvent::WorkerError(WorkerError {
                 worker,
                 error: ProtocolError::ReadyTimeout(after),
                 ..
-            }) => {
-                let text = format!("not ready within {after:?}: stopping it");
-                self.line("workerError", Some(worker.id().get()), &text);
-            }
+            }) => about(
+                "workerError",
+                &worker,
+                format!("not ready within {after:?}: stopping it"),
+            )
+            .at(Level::Warn),
             PrimaryEvent::WorkerStatus(e) => {
-                let text = format!("status: {}", e.status);
-                self.line("workerStatus", Some(e.worker.id().get()), &text);
+                about("workerStatus", &e.worker, format!("status: {}", e.status))
+                    .with([("status", e.status.as_str().into())])
             }
             PrimaryEvent::WorkerStopping(e) => {
-                let text = "is stopping (STOPPING=1)";
-                self.line("workerStopping", Some(e.worker.id().get()), text);
+                about("workerStopping", &e.worker, "is stopping (STOPPING=1)")
             }
-            PrimaryEvent::WorkerUnresponsive(e) => self.line(
+            PrimaryEvent::WorkerUnresponsive(e) => about(
                 "workerUnresponsive",
-                Some(e.worker.id().get()),
-                &format!(
+                &e.worker,
+                format!(
                     "unresponsive (silent for {} ms): stopping it",
                     e.silent_for.as_millis()
                 ),
-            ),
-            PrimaryEvent::WorkerError(e) => self.line(
-                "workerError",
-                Some(e.worker.id().get()),
-                &e.error.to_string(),
-            ),
-            PrimaryEvent::HandlerPanicked(e) => self.line(
+            )
+            .at(Level::Warn),
+            PrimaryEvent::WorkerError(e) => {
+                about("workerError", &e.worker, e.error.to_string()).at(Level::Warn)
+            }
+            PrimaryEvent::HandlerPanicked(e) => Entry::info(
                 "handlerPanicked",
-                None,
-                &format!(
+                format!(
                     "a {} handler panicked (supervision goes on): {}",
                     e.event, e.message
                 ),
-            ),
+            )
+            .at(Level::Error),
             PrimaryEvent::WorkerExpired(e) => {
                 let why = match e.reason {
                     Expiry::Requests { served, .. } => format!("served {served} requests"),
@@ -120,83 +131,129 @@ impl Report {
                     _ => "expired".to_owned(),
                 };
                 let text = format!("{why}: recycling it (its replacement first)");
-                self.line("workerExpired", Some(e.worker.id().get()), &text);
+                about("workerExpired", &e.worker, text)
             }
-            PrimaryEvent::WorkerOverMemory(e) => self.line(
+            PrimaryEvent::WorkerOverMemory(e) => about(
                 "workerOverMemory",
-                Some(e.worker.id().get()),
-                &format!(
+                &e.worker,
+                format!(
                     "uses {} of memory, over the limit of {}: recycling it",
                     mib(e.memory),
                     mib(e.limit)
                 ),
-            ),
-            PrimaryEvent::RolloutStarted(e) => self.line(
+            )
+            .at(Level::Warn)
+            .with([("memory", e.memory.into()), ("limit", e.limit.into())]),
+            PrimaryEvent::RolloutStarted(e) => Entry::info(
                 "rolloutStarted",
-                None,
-                &format!(
+                format!(
                     "rolling out generation {} (from {}): each new worker proven before an old one leaves",
                     e.generation, e.from
                 ),
-            ),
-            PrimaryEvent::RolloutFailed(e) => self.line(
+            )
+            .with([("generation", e.generation.into()), ("from", e.from.into())]),
+            PrimaryEvent::RolloutFailed(e) => Entry::info(
                 "rolloutFailed",
-                None,
-                &format!(
+                format!(
                     "generation {} failed ({}): rolling back to generation {}",
                     e.generation, e.reason, e.to
                 ),
-            ),
-            PrimaryEvent::RolledBack(e) => self.line(
+            )
+            .at(Level::Warn)
+            .with([("generation", e.generation.into()), ("to", e.to.into())]),
+            PrimaryEvent::RolledBack(e) => Entry::info(
                 "rolledBack",
-                None,
-                &format!(
+                format!(
                     "rolled back: generation {} serves again, {} is gone",
                     e.generation, e.failed
                 ),
-            ),
-            PrimaryEvent::Skipped(e) => self.line(
+            )
+            .with([
+                ("generation", e.generation.into()),
+                ("failed", e.failed.into()),
+            ]),
+            PrimaryEvent::Skipped(e) => Entry::info(
                 "skipped",
-                None,
-                &format!("{} events not shown: this report fell behind", e.events),
-            ),
-            _ => {}
+                format!("{} events not shown: this report fell behind", e.events),
+            )
+            .at(Level::Warn),
+            _ => return,
+        };
+        self.output.line(&entry);
+    }
+
+    /// A worker's exit: its code, or the signal that ended it and whether
+    /// the primary sent it.
+    fn exit(&self, e: &WorkerExit) -> Entry {
+        let id = e.worker.id().get();
+        let sent = self
+            .sent
+            .lock()
+            .ok()
+            .and_then(|mut sent| sent.remove(&id))
+            .unwrap_or_default();
+        let who = format!("worker {id} (pid {})", e.worker.pid());
+        let mut entry = match (e.code(), e.signal()) {
+            (Some(code), _) => about("workerExit", &e.worker, format!("exited with code {code}"))
+                .at(if code == 0 { Level::Info } else { Level::Warn })
+                .with([("code", code.into())]),
+            (None, Some(signal)) if sent.contains(&signal) => {
+                let text = format!("{who} ended on the {signal} the primary sent");
+                Entry::info("workerExit", text)
+                    .with(worker_fields(&e.worker))
+                    .with([("signal", signal.to_string().into()), ("sent", true.into())])
+            }
+            (None, Some(signal)) => {
+                let text = format!("{who} was killed by {signal}");
+                Entry::info("workerExit", text)
+                    .at(Level::Warn)
+                    .with(worker_fields(&e.worker))
+                    .with([
+                        ("signal", signal.to_string().into()),
+                        ("sent", false.into()),
+                    ])
+            }
+            _ => about("workerExit", &e.worker, "exited"),
+        };
+        if e.failed {
+            entry.level = Level::Warn;
         }
+        entry
     }
 
     /// The first workers cannot start.
     pub(crate) fn cannot_start(&self, program: &str, error: &dyn std::error::Error) {
-        let text = format!("cannot start {program}: {}", source_chain(error));
-        self.line("forkError", None, &text);
+        let text = cannot_start(program, source_chain(error));
+        self.output
+            .line(&Entry::info("forkError", text).at(Level::Error));
     }
 
     /// The first SIGINT or SIGTERM.
     pub(crate) fn shutting_down(&self) {
-        let text = "shutting down (Ctrl-C again kills the workers)";
-        self.line("shutDown", None, text);
+        self.line("shutDown", "shutting down (Ctrl-C again kills the workers)");
     }
 
     /// A SIGTERM during the shutdown.
     pub(crate) fn already_shutting_down(&self) {
-        self.line("shutDown", None, "already shutting down");
+        self.line("shutDown", "already shutting down");
     }
 
     /// A SIGINT during the shutdown.
     pub(crate) fn killing(&self) {
-        self.line("kill", None, "killing the workers");
+        self.warn("kill", "killing the workers");
     }
 
     /// A Node worker disconnected during the shutdown: what it waits for.
-    pub(crate) fn node_disconnected(&self, worker: u64, wait: std::time::Duration) {
+    pub(crate) fn node_disconnected(&self, worker: &WorkerHandle, wait: std::time::Duration) {
         let text = format!("disconnected: waiting up to {wait:?} for it to exit, then SIGTERM");
-        self.line("workerDisconnect", Some(worker), &text);
+        self.output
+            .line(&about("workerDisconnect", worker, text).with([("waitMs", millis(wait))]));
     }
 
     /// A SIGHUP.
     pub(crate) fn reloading(&self) {
         self.line(
             "reload",
-            None,
             "reloading: a rollout of the program as it is on disk now",
         );
     }
@@ -204,7 +261,8 @@ impl Report {
     /// The end of a SIGHUP's rolling restart.
     pub(crate) fn reloaded(&self, restarted: usize) {
         let text = format!("{restarted} workers restarted");
-        self.line("reloadComplete", None, &text);
+        let entry = Entry::info("reloadComplete", text).with([("restarted", restarted.into())]);
+        self.output.line(&entry);
     }
 
     /// The last line.
@@ -214,25 +272,45 @@ impl Report {
         } else {
             "all workers exited"
         };
-        self.line("shutDownComplete", None, text);
+        self.line("shutDownComplete", text);
     }
 
-    /// One lifecycle line, about `worker` or the primary.
-    pub(crate) fn line(&self, event: &str, worker: Option<u64>, text: &str) {
-        self.output.line(&render(self.json, event, worker, text));
+    /// A line about the primary.
+    pub(crate) fn line(&self, event: &'static str, text: &str) {
+        self.output.line(&Entry::info(event, text));
+    }
+
+    /// A line about the primary, of something that went wrong.
+    pub(crate) fn warn(&self, event: &'static str, text: &str) {
+        self.output.line(&Entry::info(event, text).at(Level::Warn));
+    }
+
+    /// A line about the primary with fields.
+    pub(crate) fn entry(&self, entry: &Entry) {
+        self.output.line(entry);
     }
 }
 
-/// A lifecycle line as text or JSON.
-fn render(json: bool, event: &str, worker: Option<u64>, text: &str) -> String {
-    if json {
-        json!({"event": event, "worker": worker, "message": text}).to_string()
+/// `cannot start WHAT: WHY`, the one wording of every such line (`why`
+/// itself, when it says so already).
+pub(crate) fn cannot_start(what: &str, why: String) -> String {
+    if why.starts_with("cannot start ") {
+        why
     } else {
-        match worker {
-            Some(id) => format!("[primary] worker {id} {text}"),
-            None => format!("[primary] {text}"),
-        }
+        format!("cannot start {what}: {why}")
     }
+}
+
+/// A line about `worker`: `worker 2 {text}`, with its fields.
+fn about(event: &'static str, worker: &WorkerHandle, text: impl std::fmt::Display) -> Entry {
+    Entry::info(event, format!("worker {} {text}", worker.id())).with(worker_fields(worker))
+}
+
+/// A duration in whole milliseconds, as JSON.
+fn millis(duration: std::time::Duration) -> Value {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .into()
 }
 
 /// Bytes in MiB, to one decimal.
@@ -255,31 +333,6 @@ pub(crate) fn source_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn text_lines_name_the_primary_and_the_worker() {
-        assert_eq!(
-            render(false, "workerReady", Some(2), "ready"),
-            "[primary] worker 2 ready"
-        );
-        assert_eq!(
-            render(false, "shutDown", None, "already shutting down"),
-            "[primary] already shutting down"
-        );
-    }
-
-    #[test]
-    fn json_lines_carry_the_event_the_worker_and_the_message() {
-        let line = |worker| {
-            let line = render(true, "workerExit", worker, "exited with code 0");
-            serde_json::from_str::<serde_json::Value>(&line).expect("one JSON value")
-        };
-        assert_eq!(
-            line(Some(3)),
-            json!({"event": "workerExit", "worker": 3, "message": "exited with code 0"})
-        );
-        assert_eq!(line(None)["worker"], serde_json::Value::Null);
-    }
 
     #[test]
     fn memory_is_shown_in_mib() {

@@ -72,18 +72,18 @@ impl Upgrading {
     ) {
         if let Some((pid, _)) = &self.0 {
             let text = format!("an upgrade is under way (new primary pid {pid}): SIGUSR2 ignored");
-            return report.line("upgrade", None, &text);
+            return report.line("upgrade", &text);
         }
         if plan.reap_orphans {
             let text = "SIGUSR2 refused: no upgrade as PID 1 or with --subreaper (the exit of \
                         this process would end the container, or leave its orphans unreaped)";
-            return report.line("upgradeFailed", None, text);
+            return report.warn("upgradeFailed", text);
         }
         let exe = match &origin.exe {
             Ok(exe) => exe,
             Err(error) => {
                 let text = format!("upgrade failed: the path of this program is unknown: {error}");
-                return report.line("upgradeFailed", None, &text);
+                return report.warn("upgradeFailed", &text);
             }
         };
         let timeout = plan
@@ -104,7 +104,7 @@ impl Upgrading {
                     "upgrading: started a new primary (pid {pid}) from {}; waiting up to {timeout:?} for its workers",
                     exe.display()
                 );
-                report.line("upgrade", None, &text);
+                report.line("upgrade", &text);
                 self.0 = Some((pid, tokio::spawn(successor.ready())));
             }
             Err(error) => failed(&error, report),
@@ -141,16 +141,16 @@ impl Upgrading {
             "the new primary (pid {pid}) is ready: this one (pid {}) hands over and shuts down",
             std::process::id()
         );
-        report.line("upgradeReady", None, &text);
+        report.line("upgradeReady", &text);
         match upgrade::notify_main_pid(pid) {
             Ok(false) => {}
             Ok(true) => {
                 let text = format!("told the service manager the new main pid: MAINPID={pid}");
-                report.line("upgradeMainPid", None, &text);
+                report.line("upgradeMainPid", &text);
             }
             Err(error) => {
                 let text = format!("cannot tell the service manager MAINPID={pid}: {error}");
-                report.line("upgradeMainPid", None, &text);
+                report.line("upgradeMainPid", &text);
             }
         }
         true
@@ -173,7 +173,7 @@ fn failed(error: &UpgradeError, report: &Report) {
         "upgrade failed: {}; this primary serves on",
         source_chain(error)
     );
-    report.line("upgradeFailed", None, &text);
+    report.warn("upgradeFailed", &text);
 }
 
 /// The new primary's side: its first workers, then "ready" to the old one.
@@ -218,7 +218,7 @@ impl Takeover {
                     "new primary (pid {us}): its {} workers are ready; {told}",
                     workers.len()
                 );
-                report.line("upgradeReady", None, &text);
+                report.line("upgradeReady", &text);
                 None
             }
             Ok(Err(error)) => {
@@ -226,12 +226,12 @@ impl Takeover {
                     "new primary (pid {us}): its workers are not all ready ({}): giving up, the old primary (pid {from}) serves on",
                     source_chain(&error)
                 );
-                report.line("upgradeFailed", None, &text);
+                report.warn("upgradeFailed", &text);
                 Some(ExitCode::UpgradeFailed)
             }
             Err(error) => {
                 let text = format!("new primary (pid {us}): {error}");
-                report.line("upgradeFailed", None, &text);
+                report.warn("upgradeFailed", &text);
                 Some(ExitCode::UpgradeFailed)
             }
         }

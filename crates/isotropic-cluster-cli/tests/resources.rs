@@ -43,10 +43,14 @@ async fn a_worker_over_max_memory_is_replaced_with_a_line() {
     // worker 2, under the limit, is left alone.
     let mut seen = until(&mut stderr, "worker 3 ready").await;
     assert!(
-        !seen.iter().any(|l| l.contains("worker 1 sent signal")),
+        !seen.iter().any(|l| l.contains("sent SIGTERM to worker 1 ")),
         "{seen:?}"
     );
-    seen.extend(until(&mut stderr, "worker 1 killed by signal 15").await);
+    seen.extend(until(&mut stderr, "ended on the SIGTERM the primary sent").await);
+    assert!(
+        seen.last().is_some_and(|l| l.contains("worker 1 (pid ")),
+        "{seen:?}"
+    );
     terminate(&child);
     let rest = until(&mut stderr, "all workers exited").await;
     assert!(
@@ -108,7 +112,7 @@ async fn a_worker_over_max_memory_is_recycled_with_no_request_refused_on_a_share
     // Its replacement was ready before it was asked to leave.
     let at = |text: &str| seen.iter().position(|l| l.contains(text)).expect(text);
     assert!(
-        at("worker 3 ready") < at("worker 1 sent signal"),
+        at("worker 3 ready") < at("sent SIGTERM to worker 1 "),
         "{seen:?}"
     );
     assert!(

@@ -6,10 +6,9 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::Stdio;
 
 use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::process::{Child, ChildStderr};
+use tokio::process::{Child, ChildStdout};
 
 mod common;
 use common::load::{Load, release_server};
@@ -23,7 +22,7 @@ const CLIENTS: usize = 3;
 /// The CLI running [`WORKERS`] servers of a release, all ready.
 struct Deploy {
     child: Child,
-    pool: Pool<BufReader<ChildStderr>>,
+    pool: Pool<BufReader<ChildStdout>>,
     address: std::net::SocketAddr,
     /// The file that says which release a server started now runs.
     release: PathBuf,
@@ -59,8 +58,8 @@ impl Deploy {
         args.push("--");
         args.extend(program);
         args.push(release.to_str().expect("a UTF-8 path"));
-        let (child, stderr) = cli_to(Stdio::null(), &args);
-        let mut pool = Pool::new(stderr);
+        let (child, stdout) = spawn_json(command(&args));
+        let mut pool = Pool::new(stdout);
         let listening = pool.event("listening").await;
         let address = listening_address(std::slice::from_ref(&listening.message));
         pool.until("every worker ready", |pool| pool.ready().len() == WORKERS)
@@ -84,7 +83,8 @@ impl Deploy {
         let lines = self.pool.lines().iter().rev();
         let status = lines.filter(|line| line.is("workerStatus", id));
         status
-            .filter_map(|line| line.message.strip_prefix("status: release "))
+            .filter_map(|line| line.message.split_once(" status: release "))
+            .map(|(_, release)| release)
             .next()
     }
 
@@ -99,7 +99,7 @@ impl Deploy {
 
     /// Stops the CLI cleanly.
     async fn stop(mut self) {
-        stop_cleanly(&mut self.child, self.pool.stderr(), WORKERS).await;
+        stop_cleanly(&mut self.child, self.pool.stdout(), WORKERS).await;
     }
 }
 
@@ -316,7 +316,7 @@ async fn the_pool_follows_the_json_lines() {
         r#"{"event":"workerFork","worker":3,"message":"started in slot 0 (pid 12)"}"#,
         r#"{"event":"workerReady","worker":3,"message":"ready"}"#,
         r#"{"event":"removeWorker","worker":1,"message":"left the pool"}"#,
-        "[0] a worker's own line",
+        r#"{"event":"output","stream":"stdout","worker":3,"line":"a worker's own line"}"#,
         r#"{"event":"workerExit","worker":1,"message":"exited with code 0"}"#,
         r#"{"event":"reloadComplete","worker":null,"message":"1 workers restarted"}"#,
     ]
@@ -337,6 +337,6 @@ async fn the_pool_follows_the_json_lines() {
     assert_eq!(pool.ready(), &BTreeSet::from([2, 3]));
     assert_eq!(pool.live(), &BTreeSet::from([2, 3]));
     let own = &pool.lines()[8];
-    assert_eq!((own.event.as_str(), own.worker), ("", None));
-    assert_eq!(own.message, "[0] a worker's own line");
+    assert_eq!((own.event.as_str(), own.worker), ("output", Some(3)));
+    assert_eq!(own.message, "a worker's own line");
 }

@@ -1,17 +1,16 @@
 //! Upgrading the primary (SIGUSR2) under HTTP load on a shared `--listen`
 //! socket: the requests that failed, from the CLI's `--json` lines which
-//! both primaries write (the new one inherits the old one's stderr). The
+//! both primaries write (the new one inherits the old one's stdout). The
 //! workers are Python servers ready once they serve (`--ready notify`), each
 //! saying the release it runs. The new primary is not the test's child: it
 //! is stopped by the pid its lines give, and killed if a test fails first.
 #![cfg(target_os = "linux")]
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 
 use rustix::process::{Pid, Signal};
 use tokio::io::BufReader;
-use tokio::process::{Child, ChildStderr};
+use tokio::process::{Child, ChildStdout};
 
 mod common;
 use common::load::{Load, release_server};
@@ -23,33 +22,7 @@ const WORKERS: usize = 2;
 const CLIENTS: usize = 3;
 const CLI: &str = env!("CARGO_BIN_EXE_isotropic-cluster");
 
-type Lines = Pool<BufReader<ChildStderr>>;
-
-/// A test's own directory (release file, program copy, sockets), removed
-/// at the end.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "isotropic-cli-upgrade-{test}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("a scratch directory");
-        Self(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+type Lines = Pool<BufReader<ChildStdout>>;
 
 /// The CLI at `program` with `flags` (`--listen ADDR`…), running
 /// [`WORKERS`] servers of the release in `release`, all ready (with
@@ -66,15 +39,15 @@ async fn start(
     let server = release_server();
     let release = release.to_str().expect("a UTF-8 path");
     command
-        .stdout(Stdio::null())
+        .env("XDG_RUNTIME_DIR", runtime_dir())
         .args(["run", "--json", "--workers", &workers, "--ready", "notify"])
         .args(flags)
         .args(["--", "python3", "-c", &server, release]);
     if let Some(notify) = notify {
         command.env("NOTIFY_SOCKET", notify);
     }
-    let (child, stderr) = spawn(command);
-    let mut pool = Pool::new(stderr);
+    let (child, stdout) = spawn_json(command);
+    let mut pool = Pool::new(stdout);
     pool.until("every worker ready", |pool| pool.ready().len() == WORKERS)
         .await;
     (child, pool)
@@ -148,13 +121,23 @@ fn gone(pid: u32) -> bool {
     })
 }
 
-/// The next datagram on `socket` (a read timeout set).
-async fn datagram(socket: &std::os::unix::net::UnixDatagram) -> String {
+/// The datagrams on `socket` (a read timeout set) until `last`, which is
+/// not among them: the service manager also hears each primary's
+/// `READY=1` and `STATUS=` lines.
+async fn datagrams_until(socket: &std::os::unix::net::UnixDatagram, last: &str) -> Vec<String> {
     let socket = socket.try_clone().expect("a copy");
+    let last = last.to_owned();
     let received = tokio::task::spawn_blocking(move || {
-        let mut buf = [0; 64];
-        let n = socket.recv(&mut buf).expect("a datagram");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
+        let mut before = Vec::new();
+        let mut buf = [0; 256];
+        loop {
+            let n = socket.recv(&mut buf).expect("a datagram");
+            let datagram = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if datagram == last {
+                return before;
+            }
+            before.push(datagram);
+        }
     });
     received.await.expect("join")
 }
@@ -201,8 +184,15 @@ async fn old_exits(old: &mut Child, pool: &mut Lines) {
 async fn an_upgrade_under_load_fails_no_request_and_the_old_primary_exits() {
     let scratch = Scratch::new("load");
     let release = scratch.path("release");
-    let (mut old, mut pool) =
-        start(Path::new(CLI), &["--listen", "127.0.0.1:0"], &release, None).await;
+    let control = scratch.path("control.sock");
+    let flags = [
+        "--listen",
+        "127.0.0.1:0",
+        "--control",
+        control.to_str().expect("UTF-8"),
+    ];
+    let (mut old, mut pool) = start(Path::new(CLI), &flags, &release, None).await;
+    assert_eq!(control_pid(&control).await, old.id().expect("running"));
     let load = Load::start(address(&pool), CLIENTS);
     served_more(&load, 20).await;
     std::fs::write(&release, "2").expect("the release file");
@@ -215,12 +205,29 @@ async fn an_upgrade_under_load_fails_no_request_and_the_old_primary_exits() {
     let tally = load.stop().await;
     eprintln!("the load through the upgrade: {tally:?}");
     tally.assert_none_failed();
-    let release_2 = pool
-        .lines()
-        .iter()
-        .filter(|line| line.event == "workerStatus" && line.message == "status: release 2");
+    let release_2 = pool.lines().iter().filter(|line| {
+        line.event == "workerStatus" && line.message.ends_with(" status: release 2")
+    });
     assert_eq!(release_2.count(), WORKERS, "{}", pool.transcript());
+    // The control socket is the new primary's (the old one left its file).
+    assert_eq!(control_pid(&control).await, new.pid());
     new.stop(&mut pool).await;
+    assert!(!control.exists(), "removed at the new primary's exit");
+}
+
+/// The pid of the primary that answers `status` on the control socket
+/// at `path`.
+async fn control_pid(path: &Path) -> u32 {
+    let mut status = command(&["status", "--json", "--control"]);
+    status.arg(path);
+    let out = tokio::time::timeout(DEADLINE, status.output())
+        .await
+        .expect("in time")
+        .expect("status");
+    assert!(out.status.success(), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let pid = status["pid"].as_u64().expect("a pid");
+    u32::try_from(pid).expect("a pid")
 }
 
 #[tokio::test]
@@ -272,7 +279,7 @@ async fn a_new_primary_that_fails_leaves_the_old_one_serving_and_a_second_sigusr
     );
     served_more(&load, 20).await;
     load.stop().await.assert_none_failed();
-    stop_cleanly(&mut old, pool.stderr(), WORKERS).await;
+    stop_cleanly(&mut old, pool.stdout(), WORKERS).await;
 }
 
 #[tokio::test]
@@ -296,7 +303,8 @@ async fn the_service_manager_is_told_each_new_main_pid_and_the_unix_socket_is_ke
     let told = pool.event("upgradeMainPid").await;
     let main_pid = format!("MAINPID={}\n", new.pid());
     assert!(told.message.contains(main_pid.trim_end()), "{told}");
-    assert_eq!(datagram(&notify).await, main_pid);
+    let before = datagrams_until(&notify, &main_pid).await;
+    assert!(before.iter().any(|d| d.contains("READY=1")), "{before:?}");
     old_exits(&mut old, &mut pool).await;
     // The old primary left the socket file: the new one serves it.
     assert_answers(&socket).await;
@@ -305,7 +313,10 @@ async fn the_service_manager_is_told_each_new_main_pid_and_the_unix_socket_is_ke
     let newer = NewPrimary::of(&pool.event("upgrade").await);
     old_hands_over(&mut pool, &newer).await;
     let main_pid = format!("MAINPID={}\n", newer.pid());
-    assert_eq!(datagram(&notify).await, main_pid);
+    let before = datagrams_until(&notify, &main_pid).await;
+    // The old primary said nothing once it had handed over: no STOPPING=1
+    // (that would stop the service).
+    assert!(!before.iter().any(|d| d.contains("STOPPING")), "{before:?}");
     new.handed_over(&mut pool).await;
     assert_answers(&socket).await;
     newer.stop(&mut pool).await;
@@ -331,7 +342,7 @@ async fn as_a_subreaper_an_upgrade_is_refused_and_the_primary_serves_on() {
     );
     served_more(&load, 20).await;
     load.stop().await.assert_none_failed();
-    stop_cleanly(&mut old, pool.stderr(), WORKERS).await;
+    stop_cleanly(&mut old, pool.stdout(), WORKERS).await;
 }
 
 #[tokio::test]
@@ -383,7 +394,7 @@ async fn a_new_primary_whose_workers_fail_gives_up_with_code_6_and_the_old_one_s
     );
     // The new primary left the socket file to the old one, which serves it.
     assert_answers(&socket).await;
-    stop_cleanly(&mut old, pool.stderr(), WORKERS).await;
+    stop_cleanly(&mut old, pool.stdout(), WORKERS).await;
     assert!(!socket.exists(), "the old primary removes it at its exit");
 }
 
@@ -403,7 +414,8 @@ os.execv(sys.argv[1], sys.argv[1:])
 #[tokio::test]
 async fn the_socket_activation_sockets_are_handed_over_as_systemd_passed_them() {
     let mut command = tokio::process::Command::new("python3");
-    command.stdout(Stdio::null()).args([
+    command.env("XDG_RUNTIME_DIR", runtime_dir());
+    command.args([
         "-c",
         SOCKET_ACTIVATION,
         CLI,
@@ -415,8 +427,8 @@ async fn the_socket_activation_sockets_are_handed_over_as_systemd_passed_them() 
         "sleep",
         "60",
     ]);
-    let (mut old, stderr) = spawn(command);
-    let mut pool = Pool::new(stderr);
+    let (mut old, stdout) = spawn_json(command);
+    let mut pool = Pool::new(stdout);
     pool.event("workerReady").await;
     let old_pid = old.id().expect("running");
     let socket = |pid: u32| std::fs::read_link(format!("/proc/{pid}/fd/3")).expect("fd 3");
@@ -437,5 +449,34 @@ async fn the_socket_activation_sockets_are_handed_over_as_systemd_passed_them() 
     assert!(environ.contains(&&b"LISTEN_FDNAMES=web"[..]));
     assert!(!environ.iter().any(|var| var.starts_with(b"LISTEN_PID=")));
     old_exits(&mut old, &mut pool).await;
+    new.stop(&mut pool).await;
+}
+
+#[tokio::test]
+async fn the_metrics_socket_is_handed_over_and_the_new_primary_answers_on_it() {
+    let scratch = Scratch::new("metrics");
+    let flags = ["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"];
+    let (mut old, mut pool) = start(Path::new(CLI), &flags, &scratch.path("release"), None).await;
+    let metrics_line = |pool: &Lines, nth: usize| {
+        let mut lines = pool.lines().iter().filter(|line| line.event == "metrics");
+        let line = lines.nth(nth).expect("a metrics line").message.clone();
+        let address = line.rsplit("http://").next().map(str::parse);
+        address
+            .and_then(Result::ok)
+            .unwrap_or_else(|| panic!("{line}"))
+    };
+    let metrics: std::net::SocketAddr = metrics_line(&pool, 0);
+    assert_eq!(get(metrics, "/readyz").await.0, 200);
+    send(&old, Signal::USR2);
+    let new = NewPrimary::of(&pool.event("upgrade").await);
+    old_hands_over(&mut pool, &new).await;
+    old_exits(&mut old, &mut pool).await;
+    // The new primary serves the same address (handed over, not bound again).
+    assert_eq!(metrics_line(&pool, 1), metrics);
+    let (code, text) = get(metrics, "/metrics").await;
+    assert_eq!(code, 200, "{text}");
+    let ready = "isotropic_cluster_workers_ready{pool=\"default\"} 2";
+    assert!(text.lines().any(|line| line == ready), "{text}");
+    assert_eq!(get(metrics, "/readyz").await.0, 200);
     new.stop(&mut pool).await;
 }

@@ -135,6 +135,11 @@ impl<H: Send + 'static> Mailbox<H> {
         rx.await.map_err(|_| Error::Destroyed)
     }
 
+    /// Whether the actor has ended.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     /// A weak form that does not keep the actor alive.
     pub(crate) fn downgrade(&self) -> WeakMailbox<H> {
         WeakMailbox {

@@ -57,6 +57,36 @@
 //! get an [`Event`] that derefs to the data and can prevent the default
 //! action. [`ClusterPrimary::events`](primary::ClusterPrimary::events) is the
 //! same as an async stream.
+//!
+//! # Shared sockets
+//!
+//! Workers serve one address together: [`ClusterWorker::listen`](worker::ClusterWorker::listen)
+//! gives every worker the same listening socket, bound once by the primary
+//! and kept for replacements; or, with
+//! [`PrimaryBuilder::distribution`](primary::PrimaryBuilder::distribution)
+//! ([`Distribution`]), a `SO_REUSEPORT` socket each, or connections passed
+//! in round robin. A primary started by systemd's socket activation serves
+//! with the sockets it was given. Programs in any language get the
+//! primary's sockets by that same convention (fds 3, 4, … with
+//! `LISTEN_FDS`): [`PrimaryBuilder::pass_fds`](primary::PrimaryBuilder::pass_fds)
+//! and [`socket_activation`].
+//!
+//! # Any program: the CLI
+//!
+//! The `isotropic-cluster-cli` package is this library as a command:
+//! `isotropic-cluster run --workers 4 --listen 127.0.0.1:8080 -- COMMAND`
+//! runs any program (gunicorn, uvicorn, a Node server, …) as a supervised
+//! pool on one shared socket, with rollouts on SIGHUP, upgrades of itself on
+//! SIGUSR2 ([`upgrade`]) and systemd's readiness protocol ([`systemd`]). Its
+//! recipes are in the README; running it under systemd, in a container or on
+//! Kubernetes, in `docs/deployment.md`.
+//!
+//! # Metrics
+//!
+//! [`ClusterPrimary::metrics`](primary::ClusterPrimary::metrics) renders the
+//! pool's and each worker's series in Prometheus' text format for an
+//! endpoint of your own; the `prometheus` feature adds `Metrics::register`,
+//! into a `prometheus_client` registry (see `docs/metrics.md`).
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
@@ -77,6 +107,7 @@ mod role;
 mod signal;
 pub mod socket_activation;
 mod sys;
+pub mod systemd;
 mod topics;
 mod traffic;
 pub mod upgrade;

@@ -15,10 +15,23 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::process::CommandExt as _;
 
+use crate::ListenAddress;
 use crate::sys;
+
+/// The listening sockets this process got by socket activation
+/// (`LISTEN_PID` naming this process, `LISTEN_FDS` counting them from fd 3),
+/// with the addresses they are bound to, adopted (close-on-exec) as they
+/// were passed, blocking or not; a socket with no TCP or Unix path address is
+/// closed. Taken once: a later call, or a primary started later, gets none.
+///
+/// `isotropic-cluster run --listen ADDR` serves ADDR with the socket passed
+/// bound to it (a systemd `.socket` unit's), if there is one.
+pub fn take_listen_fds() -> Vec<(OwnedFd, ListenAddress)> {
+    crate::net::take_activated_as_passed()
+}
 
 /// Replaces this process with `program` and `args`, the fds its primary
 /// passed (see [`PrimaryBuilder::pass_fds`](crate::primary::PrimaryBuilder::pass_fds))

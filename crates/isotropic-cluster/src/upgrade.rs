@@ -72,7 +72,9 @@ const READY: &[u8] = b"READY=1\n";
 /// sockets it gets, and how long it has to be ready.
 ///
 /// Its environment is this process's (so a `NOTIFY_SOCKET` from systemd
-/// reaches it), its stdio too.
+/// reaches it, and `WATCHDOG_USEC`: a `WATCHDOG_PID` of this process is
+/// removed, the watchdog being the successor's once it is the main
+/// process), its stdio too.
 #[derive(Debug)]
 pub struct Upgrade {
     program: OsString,
@@ -157,6 +159,11 @@ impl Upgrade {
             .env(FROM, std::process::id().to_string())
             .env(FDNAMES, names.join(":"))
             .env_remove("LISTEN_PID");
+        // The service manager's watchdog, meant for this process, is the
+        // successor's once it is the main process: it pings as its own.
+        if std::env::var("WATCHDOG_PID").is_ok_and(|pid| pid == std::process::id().to_string()) {
+            command.env_remove("WATCHDOG_PID");
+        }
         match (activated, activated_names) {
             (0, _) => command
                 .env_remove("LISTEN_FDS")
@@ -294,30 +301,14 @@ impl Drop for Successor {
 
 /// Tells this process's service manager that `pid` (a successor) is its
 /// main process now: `MAINPID=pid` on `NOTIFY_SOCKET`, as systemd reads it
-/// (the unit needs `NotifyAccess=main` or `all`). Returns whether there was
-/// a `NOTIFY_SOCKET` to tell.
+/// (the unit needs `NotifyAccess=main` or `all`; see [`crate::systemd`]).
+/// Returns whether there was a `NOTIFY_SOCKET` to tell.
 ///
 /// # Errors
 ///
 /// When the datagram cannot be sent.
 pub fn notify_main_pid(pid: u32) -> io::Result<bool> {
-    use std::os::linux::net::SocketAddrExt as _;
-    use std::os::unix::ffi::OsStrExt as _;
-    let Some(address) = std::env::var_os("NOTIFY_SOCKET") else {
-        return Ok(false);
-    };
-    let socket = std::os::unix::net::UnixDatagram::unbound()?;
-    let message = format!("MAINPID={pid}\n");
-    match address.as_bytes().strip_prefix(b"@") {
-        Some(name) => {
-            let to = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-            socket.send_to_addr(message.as_bytes(), &to)?;
-        }
-        None => {
-            socket.send_to(message.as_bytes(), &address)?;
-        }
-    }
-    Ok(true)
+    crate::systemd::notify(&[crate::systemd::Notice::MainPid(pid)])
 }
 
 /// Why an upgrade did not happen.

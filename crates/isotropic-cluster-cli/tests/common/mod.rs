@@ -6,30 +6,85 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStderr, Command};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
+pub(crate) mod http;
 pub(crate) mod load;
+pub(crate) mod packages;
 pub(crate) mod pool;
+pub(crate) mod service_manager;
 
 pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
 
-/// The CLI with `args`, to be started by [`spawn`].
+/// A test's own directory (release file, program copy, sockets), removed
+/// at the end.
+pub(crate) struct Scratch(pub(crate) std::path::PathBuf);
+
+impl Scratch {
+    pub(crate) fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("isotropic-cli-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a scratch directory");
+        Self(dir)
+    }
+
+    pub(crate) fn path(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The CLI with `args`, to be started by [`spawn`], with a runtime
+/// directory of its own.
 pub(crate) fn command(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_isotropic-cluster"));
-    command.args(args);
+    command.args(args).env("XDG_RUNTIME_DIR", runtime_dir());
     command
+}
+
+/// A new directory for one CLI's `XDG_RUNTIME_DIR`, where its default
+/// control socket goes: CLIs the tests start side by side do not meet
+/// there. In the target directory's scratch space, unless its path is too
+/// long for a socket's (108 bytes).
+pub(crate) fn runtime_dir() -> std::path::PathBuf {
+    static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let made = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("rt-{}-{made}", std::process::id());
+    let scratch = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let base = if scratch.as_os_str().len() < 48 {
+        scratch.to_owned()
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(name);
+    std::fs::create_dir_all(&dir).expect("a runtime directory");
+    dir
 }
 
 /// Starts `command` (the CLI) with stderr piped and killed when dropped;
 /// its stderr as lines.
 pub(crate) fn spawn(mut command: Command) -> (Child, Lines<BufReader<ChildStderr>>) {
-    let mut child = command
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the CLI");
+    let mut child = start(command.stderr(Stdio::piped()));
     let stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
     (child, stderr)
+}
+
+/// Starts `command` (the CLI with `--json`) with stdout piped and killed
+/// when dropped; its stdout (the JSON lines) as lines.
+pub(crate) fn spawn_json(mut command: Command) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut child = start(command.stdout(Stdio::piped()));
+    let stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    (child, stdout)
+}
+
+/// Starts `command`, killed when dropped.
+fn start(command: &mut Command) -> Child {
+    command.kill_on_drop(true).spawn().expect("start the CLI")
 }
 
 pub(crate) fn cli(args: &[&str]) -> (Child, Lines<BufReader<ChildStderr>>) {
@@ -41,6 +96,44 @@ pub(crate) fn cli_to(stdout: Stdio, args: &[&str]) -> (Child, Lines<BufReader<Ch
     let mut command = command(args);
     command.stdout(stdout);
     spawn(command)
+}
+
+/// `command_line` started by `unshare` as PID 1 of new user and PID
+/// namespaces (as a container's entrypoint), with `env`; stdout and stderr
+/// piped, killed when dropped.
+pub(crate) fn as_pid_1(command_line: &[&str], env: &[(&str, &str)]) -> Child {
+    Command::new("unshare")
+        .args([
+            "--user",
+            "--map-root-user",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+        ])
+        .args(command_line)
+        .env("XDG_RUNTIME_DIR", runtime_dir())
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("unshare (util-linux) with user and PID namespaces")
+}
+
+/// The pid of the process [`as_pid_1`] started (`unshare`'s one child),
+/// asserted to be PID 1 inside.
+pub(crate) fn pid_1_of(unshare: &Child) -> u32 {
+    let unshare = unshare.id().expect("running");
+    let children = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
+        .expect("unshare's children");
+    let pid: u32 = children.trim().parse().expect("one child");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let nspid = status.lines().find(|l| l.starts_with("NSpid:"));
+    assert!(
+        nspid.is_some_and(|l| l.ends_with("\t1")),
+        "PID 1 inside: {nspid:?}"
+    );
+    pid
 }
 
 /// Reads stderr until a line containing `text`; returns the lines read.
@@ -64,6 +157,24 @@ pub(crate) async fn until<R: AsyncBufRead + Unpin>(
     seen
 }
 
+/// Reads stderr until `workers` lines say a worker is ready
+/// (`[primary] worker N ready`); returns the lines read.
+pub(crate) async fn until_ready<R: AsyncBufRead + Unpin>(
+    lines: &mut Lines<R>,
+    workers: usize,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut ready = 0;
+    while ready < workers {
+        seen.extend(until(lines, " ready").await);
+        let line = seen.last().expect("a line");
+        if line.starts_with("[primary] worker ") && line.ends_with(" ready") {
+            ready += 1;
+        }
+    }
+    seen
+}
+
 /// Reads stderr until lines containing each of `texts` were read, in any
 /// order; returns the lines read.
 pub(crate) async fn until_all<R: AsyncBufRead + Unpin>(
@@ -80,14 +191,15 @@ pub(crate) async fn until_all<R: AsyncBufRead + Unpin>(
     seen
 }
 
-/// SIGTERM, then every one of `workers` exits with code 0, and so does the CLI.
-pub(crate) async fn stop_cleanly(
+/// SIGTERM, then every one of `workers` exits with code 0, and so does the
+/// CLI (as its `lines` say: stderr, or stdout with `--json`).
+pub(crate) async fn stop_cleanly<R: AsyncBufRead + Unpin>(
     child: &mut Child,
-    stderr: &mut Lines<BufReader<ChildStderr>>,
+    lines: &mut Lines<R>,
     workers: usize,
 ) {
     terminate(child);
-    let rest = until(stderr, "all workers exited").await;
+    let rest = until(lines, "all workers exited").await;
     let clean = rest.iter().filter(|l| l.contains("exited with code 0"));
     assert_eq!(clean.count(), workers, "{rest:?}");
     assert_eq!(exit_code(child).await, Some(0));
@@ -129,6 +241,37 @@ pub(crate) async fn eventually(what: &str, done: impl Fn() -> bool) {
         assert!(tokio::time::Instant::now() < deadline, "{what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Sends `request` as is; what came back before the server closed the
+/// connection (a write cut short by the close is not an error here).
+pub(crate) async fn exchange(address: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let _ = stream.write_all(request).await;
+    let mut response = Vec::new();
+    let read = stream.read_to_end(&mut response);
+    let _ = tokio::time::timeout(DEADLINE, read)
+        .await
+        .expect("the server answers or closes in time");
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// `GET path`: the status code and the body.
+pub(crate) async fn get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+    let response = exchange(address, request.as_bytes()).await;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("a status line: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, body)| body.to_owned());
+    (code, body)
 }
 
 /// A server on the `--listen` socket that finishes the request in hand on

@@ -1,6 +1,6 @@
-//! The pool as the CLI's `--json` lifecycle lines tell it (one JSON object
-//! a line on stderr, `{"event": …, "worker": id, "message": …}`: see
-//! `src/report.rs`), read by the test as it waits for a line or a state:
+//! The pool as the CLI's `--json` lines tell it (one JSON object a line on
+//! stdout, `{"ts": …, "level": …, "event": …, "worker": id, …, "message": …}`,
+//! or `"line"` for a worker's output: see `src/render.rs`), read by the test as it waits for a line or a state:
 //! the ready workers (in on `workerReady`, out on `removeWorker` or
 //! `workerExit`), the live ones (in on `workerFork`, out on `workerExit`),
 //! the staying ones (live and not asked to leave: out on `removeWorker` or
@@ -13,14 +13,15 @@ use tokio::io::{AsyncBufRead, Lines};
 
 use super::DEADLINE;
 
-/// One line of the CLI's stderr.
+/// One line of the CLI's stdout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Line {
-    /// `workerReady`, `reloadComplete`…; empty for a line that is not JSON
-    /// (a worker's own stderr).
+    /// `workerReady`, `reloadComplete`, `output`…; empty for a line that is
+    /// not JSON (none should be).
     pub(crate) event: String,
     pub(crate) worker: Option<u64>,
-    /// The message; the whole line for a line that is not JSON.
+    /// The message (a worker's line, for `output`); the whole line for a
+    /// line that is not JSON.
     pub(crate) message: String,
 }
 
@@ -37,7 +38,9 @@ impl Line {
         Self {
             event: text_of("event").expect("an event in a JSON line"),
             worker: fields.get("worker").and_then(serde_json::Value::as_u64),
-            message: text_of("message").expect("a message in a JSON line"),
+            message: text_of("message")
+                .or_else(|| text_of("line"))
+                .expect("a message or a line in a JSON line"),
         }
     }
 
@@ -61,7 +64,7 @@ impl std::fmt::Display for Line {
 /// The pool as the lines read so far tell it.
 #[derive(Debug)]
 pub(crate) struct Pool<R> {
-    stderr: Lines<R>,
+    stdout: Lines<R>,
     lines: Vec<Line>,
     ready: BTreeSet<u64>,
     live: BTreeSet<u64>,
@@ -72,11 +75,11 @@ pub(crate) struct Pool<R> {
 }
 
 impl<R: AsyncBufRead + Unpin> Pool<R> {
-    /// The pool of the CLI run with `--json` whose stderr is `stderr`,
+    /// The pool of the CLI run with `--json` whose stdout is `stdout`,
     /// none of it read yet.
-    pub(crate) fn new(stderr: Lines<R>) -> Self {
+    pub(crate) fn new(stdout: Lines<R>) -> Self {
         Self {
-            stderr,
+            stdout,
             lines: Vec::new(),
             ready: BTreeSet::new(),
             live: BTreeSet::new(),
@@ -89,7 +92,7 @@ impl<R: AsyncBufRead + Unpin> Pool<R> {
 
     /// Reads lines until one that `matches` (about to be read: the lines
     /// read before do not count); returns it. Panics at the deadline or
-    /// at the end of stderr, with `what` and every line read.
+    /// at the end of stdout, with `what` and every line read.
     pub(crate) async fn line(&mut self, what: &str, matches: impl Fn(&Line) -> bool) -> Line {
         self.within(what, async |pool| {
             loop {
@@ -165,10 +168,10 @@ impl<R: AsyncBufRead + Unpin> Pool<R> {
         lines.collect::<Vec<_>>().join("\n")
     }
 
-    /// The stderr itself, for helpers that read it (`stop_cleanly`): the
+    /// The stdout itself, for helpers that read it (`stop_cleanly`): the
     /// lines read through it are not tracked.
-    pub(crate) fn stderr(&mut self) -> &mut Lines<R> {
-        &mut self.stderr
+    pub(crate) fn stdout(&mut self) -> &mut Lines<R> {
+        &mut self.stdout
     }
 
     /// Runs `wait` within the deadline; panics with `what` and the lines
@@ -180,7 +183,7 @@ impl<R: AsyncBufRead + Unpin> Pool<R> {
 
     /// Reads the next line and tracks what it says.
     async fn read(&mut self) -> Line {
-        let text = self.stderr.next_line().await.expect("read stderr");
+        let text = self.stdout.next_line().await.expect("read stdout");
         let text =
             text.unwrap_or_else(|| panic!("the CLI ended; the lines:\n{}", self.transcript()));
         assert!(

@@ -11,6 +11,19 @@ use crate::sys;
 /// made non-blocking, with their addresses: taken by the first caller only (a
 /// second primary in the same process binds its own).
 pub(crate) fn take_activated() -> Vec<(OwnedFd, ListenAddress)> {
+    take_activated_as_passed()
+        .into_iter()
+        .filter_map(|(fd, address)| {
+            sys::set_nonblocking(&fd).ok()?;
+            tracing::info!(%address, "adopting a socket passed by socket activation");
+            Some((fd, address))
+        })
+        .collect()
+}
+
+/// As [`take_activated`], the sockets left as they were passed (blocking or
+/// not); those with no TCP or Unix path address are closed.
+pub(crate) fn take_activated_as_passed() -> Vec<(OwnedFd, ListenAddress)> {
     static TAKEN: AtomicBool = AtomicBool::new(false);
     if TAKEN.swap(true, Ordering::SeqCst) {
         return Vec::new();
@@ -22,12 +35,8 @@ pub(crate) fn take_activated() -> Vec<(OwnedFd, ListenAddress)> {
     let count = read("LISTEN_FDS").unwrap_or(0).min(1024);
     (0..count)
         .filter_map(|i| sys::adopt_inherited_socket(3 + RawFd::try_from(i).ok()?).ok())
-        .filter_map(|fd| {
-            let address = address_of(&fd)?;
-            sys::set_nonblocking(&fd).ok()?;
-            tracing::info!(%address, "adopting a socket passed by socket activation");
-            Some((fd, address))
-        })
+        .filter_map(|fd| Some((address_of(&fd)?, fd)))
+        .map(|(address, fd)| (fd, address))
         .collect()
 }
 

@@ -7,7 +7,7 @@ mod error;
 mod listener;
 mod policy;
 
-pub(crate) use activated::{address_of, take_activated};
+pub(crate) use activated::{address_of, take_activated, take_activated_as_passed};
 pub use address::ListenAddress;
 pub(crate) use address::{bind, reuseport};
 pub use error::{ListenError, ListenErrorKind};

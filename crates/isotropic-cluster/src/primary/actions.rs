@@ -120,6 +120,7 @@ impl PrimaryContext {
         if self.recycle_exited(id) | self.rollout_exited(id, status, after) {
             after = AfterExit::Nothing;
         }
+        self.metrics.pool.exited(status, voluntary);
         let mut exit = WorkerExit {
             worker,
             status,
@@ -210,6 +211,7 @@ impl PrimaryContext {
                 id,
                 slot,
                 release: &release,
+                requests: self.metrics.pool.requests(),
             };
             match self.spawner.spawn(start, self.inputs.clone()) {
                 Ok(spawned) => {
@@ -334,7 +336,7 @@ impl PrimaryContext {
         let forked = self.fork(1);
         self.fork_slot = None;
         if let Err(error) = forked {
-            tracing::warn!(%error, "A replacement could not start: retrying");
+            tracing::warn!(%error, "cannot start a replacement: retrying");
             self.pace_replacement(None, slot);
         }
     }

@@ -394,9 +394,18 @@ impl PrimaryBuilder {
         self
     }
 
+    /// The pool's name: the `pool` label of its
+    /// [`metrics`](ClusterPrimary::metrics) (default `"default"`), which
+    /// tells the pools of one process apart.
+    pub fn pool_name(mut self, name: impl Into<String>) -> Self {
+        self.config.pool_name = name.into();
+        self
+    }
+
     /// How often each worker's CPU time and memory are sampled, by one timer
     /// for all workers (default 1 s; `Duration::ZERO`: never). The samples
-    /// feed [`ClusterPrimary::figures`] and [`max_memory`](Self::max_memory).
+    /// feed [`ClusterPrimary::figures`], the [`metrics`](ClusterPrimary::metrics)
+    /// and [`max_memory`](Self::max_memory).
     /// A sample costs a few µs per worker process (`docs/performance.md`).
     pub fn sample_interval(mut self, interval: Duration) -> Self {
         self.config.sample_interval = (!interval.is_zero()).then_some(interval);

@@ -136,6 +136,8 @@ pub(crate) struct Config {
     /// Start each worker as this program with these arguments, followed by
     /// the worker's program and arguments.
     pub(crate) launcher: Option<(PathBuf, Vec<OsString>)>,
+    /// The `pool` label of the metrics.
+    pub(crate) pool_name: String,
 }
 
 /// A health check of a rollout's new worker (see
@@ -235,6 +237,7 @@ impl Default for Config {
             min_uptime: Duration::from_secs(1),
             health_check: None,
             launcher: None,
+            pool_name: "default".to_owned(),
         }
     }
 }

@@ -13,6 +13,7 @@ use super::events::*;
 use super::input::Input;
 use super::listen::Listeners;
 use super::liveness::Liveness;
+use super::metrics::{PoolMetrics, Recorder};
 use super::phase::Phase;
 use super::pool::{Destination, Pool};
 use super::ready::ReadyWaiters;
@@ -105,6 +106,8 @@ pub struct PrimaryContext {
     pub(super) liveness: Liveness,
     /// The timer that samples what workers use.
     pub(super) sampler: Sampler,
+    /// The pool's metrics.
+    pub(super) metrics: Recorder,
 }
 
 impl std::fmt::Debug for PrimaryContext {
@@ -330,6 +333,7 @@ impl PrimaryContext {
         let listeners = Listeners::activated(&config);
         let liveness = Liveness::new(config.watchdog);
         let rollouts = Rollouts::new(&config);
+        let metrics = Arc::new(PoolMetrics::new(config.pool_name.clone(), mailbox.clone()));
         Self {
             handlers,
             hub,
@@ -340,7 +344,7 @@ impl PrimaryContext {
             inputs,
             input_rx,
             timers: DelayQueue::new(),
-            registry: Registry::default(),
+            registry: Registry::new(metrics.clone()),
             phase: Phase::Starting,
             next_id: 0,
             backoff: Backoff::default(),
@@ -359,6 +363,7 @@ impl PrimaryContext {
             notify_dropped: super::notify::Dropped::default(),
             liveness,
             sampler: Sampler::default(),
+            metrics: Recorder::new(metrics),
         }
     }
 

@@ -63,6 +63,12 @@ pub struct ResourceUsage {
     pub memory_source: MemorySource,
     /// How long ago it was sampled.
     pub age: Duration,
+    /// The CPU time it used between the sample before this one and this
+    /// one (zero on its first sample)…
+    pub recent_cpu_time: Duration,
+    /// …and the time between those two samples (zero on its first):
+    /// `recent_cpu_time / recent_interval` is its recent share of one CPU.
+    pub recent_interval: Duration,
 }
 
 /// A snapshot of one live worker, from

@@ -12,6 +12,7 @@ use super::WorkerHandle;
 use super::config::Config;
 use super::context::{PrimaryContext, PrimaryEvent};
 use super::figures::WorkerFigures;
+use super::metrics::{Metrics, PoolMetrics};
 use super::pool::{self, Destination, Pool};
 use crate::WorkerId;
 use crate::actor::Mailbox;
@@ -46,6 +47,7 @@ pub struct ClusterPrimary {
     pool: Arc<Pool>,
     config: Arc<Config>,
     stream: StreamSource<PrimaryEvent>,
+    metrics: Arc<PoolMetrics>,
 }
 
 impl std::fmt::Debug for ClusterPrimary {
@@ -63,6 +65,7 @@ impl ClusterPrimary {
             pool: context.pool(),
             config: context.config.clone(),
             stream: context.stream.clone(),
+            metrics: context.metrics.pool.clone(),
         }
     }
 
@@ -321,6 +324,24 @@ impl ClusterPrimary {
             .call(|primary| primary.figures())
             .await
             .unwrap_or_default()
+    }
+
+    /// The pool's metrics (workers by state, restarts, exits, each worker's
+    /// CPU, memory and messages, request latency, rollouts), for an
+    /// application that serves its own `/metrics`: see [`Metrics`] and
+    /// `docs/metrics.md`. Reading them does not go through the primary's
+    /// task; they are kept as things happen, at no cost per message.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(primary: isotropic_cluster::primary::ClusterPrimary) {
+    /// let text = primary.metrics().render();
+    /// assert!(text.contains("isotropic_cluster_workers_ready{pool=\"default\"}"));
+    /// # }
+    /// ```
+    pub fn metrics(&self) -> Metrics {
+        Metrics::of(self.metrics.clone())
     }
 
     /// Asks worker `id` to leave, then replaces it (see
@@ -601,6 +622,11 @@ impl<'a> IntoFuture for Forking<'a> {
 }
 
 impl PrimaryContext {
+    /// The pool's metrics (see [`ClusterPrimary::metrics`]).
+    pub fn metrics(&self) -> Metrics {
+        Metrics::of(self.metrics.pool.clone())
+    }
+
     /// A handle to this primary, for async work started from a handler; `None`
     /// once every handle is gone.
     pub fn handle(&self) -> Option<ClusterPrimary> {

@@ -23,6 +23,8 @@ pub struct OutputLine {
     /// That worker's slot ([`WorkerHandle::slot`](super::WorkerHandle::slot)):
     /// a short prefix that stays the same across replacements.
     pub slot: u32,
+    /// That worker's process id.
+    pub pid: u32,
     /// Which stream.
     pub stream: OutputStream,
     /// The line, without its newline (invalid UTF-8 replaced; lines over
@@ -140,6 +142,7 @@ mod tests {
     fn line(n: usize, size: usize) -> OutputLine {
         OutputLine {
             slot: 0,
+            pid: 1,
             worker: WorkerId::new(1),
             stream: OutputStream::Stdout,
             line: format!("{n:0size$}"),

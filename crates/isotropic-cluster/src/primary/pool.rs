@@ -97,6 +97,11 @@ impl Pool {
         removed
     }
 
+    /// How many workers are in the pool.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().members.len()
+    }
+
     pub(crate) fn contains(&self, id: WorkerId) -> bool {
         self.lock().members.contains_key(&id)
     }
@@ -213,6 +218,7 @@ mod tests {
             1024,
             std::time::Duration::from_secs(1),
             crate::protocol::Wire::Frames,
+            std::sync::Arc::default(),
         )
     }
 

@@ -156,6 +156,7 @@ impl Spawn for ProcessSpawner {
             config.max_frame_size,
             config.request_timeout,
             config.wire(),
+            start.requests.clone(),
         );
         let codec = match config.wire() {
             Wire::Frames => AnyCodec::Frames(FrameCodec::new(config.max_frame_size)),

@@ -1,6 +1,7 @@
 //! The one registry of live workers: each one's handle and [`WorkerState`],
 //! owned by the actor. It alone writes the [`Pool`], the view of the workers
-//! that handles read (live ids, the ready pool, round robin).
+//! that handles read (live ids, the ready pool, round robin), and the
+//! workers' series of the [`PoolMetrics`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::WorkerHandle;
+use super::metrics::PoolMetrics;
 use super::pool::Pool;
 use super::resources::Resources;
 use super::rollout::Release;
@@ -52,15 +54,35 @@ impl Entry {
 }
 
 /// The live workers, from their start to the end of their `workerExit`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Registry {
     entries: HashMap<WorkerId, Entry>,
     pool: Arc<Pool>,
+    metrics: Arc<PoolMetrics>,
     /// How many workers each slot has had.
     slot_starts: HashMap<u32, u32>,
+    /// Changes made so far: a worker started, changed state, joined or left
+    /// the pool, or was forgotten.
+    version: u64,
 }
 
 impl Registry {
+    pub(super) fn new(metrics: Arc<PoolMetrics>) -> Self {
+        Self {
+            entries: HashMap::new(),
+            pool: Arc::default(),
+            metrics,
+            slot_starts: HashMap::new(),
+            version: 0,
+        }
+    }
+
+    /// Changes made so far (see `metrics.rs`: what they change is summed up
+    /// only after a change).
+    pub(super) fn version(&self) -> u64 {
+        self.version
+    }
+
     /// The view that handles read.
     pub(super) fn pool(&self) -> Arc<Pool> {
         self.pool.clone()
@@ -73,6 +95,7 @@ impl Registry {
             signals,
             cgroup,
         } = spawned;
+        self.version += 1;
         self.pool.add_live(&worker);
         let starts = self.slot_starts.entry(worker.slot()).or_default();
         *starts += 1;
@@ -91,6 +114,7 @@ impl Registry {
             restarts: *starts - 1,
             resources: Resources::default(),
         };
+        self.metrics.started(&worker, entry.restarts);
         self.entries.insert(worker.id(), entry);
     }
 
@@ -111,6 +135,7 @@ impl Registry {
     pub(super) fn remove(&mut self, id: WorkerId) -> Option<Entry> {
         self.leave_pool(id);
         self.pool.remove_live(id);
+        self.metrics.gone(id);
         self.entries.remove(&id)
     }
 
@@ -122,6 +147,7 @@ impl Registry {
         trigger: Trigger,
     ) -> Option<(WorkerHandle, Vec<Action>)> {
         let entry = self.entries.get_mut(&id)?;
+        self.version += 1;
         let (state, actions) = entry.state.on(trigger);
         entry.state = state;
         Some((entry.worker.clone(), actions))
@@ -203,6 +229,7 @@ impl Registry {
             .get(worker.id())
             .is_some_and(|entry| entry.state == WorkerState::Ready);
         if ready {
+            self.version += 1;
             self.pool.join(worker);
         }
         ready
@@ -210,6 +237,7 @@ impl Registry {
 
     /// Takes a worker out of the pool; whether it was in it.
     pub(super) fn leave_pool(&mut self, id: WorkerId) -> bool {
+        self.version += 1;
         self.pool.leave(id)
     }
 

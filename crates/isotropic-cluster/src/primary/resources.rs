@@ -47,11 +47,13 @@ impl Usage {
     }
 }
 
-/// What is known of one worker's use: the last sample, and whether its
+/// What is known of one worker's use: the last sample (and the CPU time of
+/// the one before, for a recent CPU share), and whether its
 /// [`WorkerOverMemory`] was raised (at most once per worker).
 #[derive(Debug, Default)]
 pub(super) struct Resources {
     last: Option<(Instant, Usage)>,
+    previous: Option<(Instant, Duration)>,
     over_memory: bool,
 }
 
@@ -59,12 +61,25 @@ impl Resources {
     /// The last sample, with its age.
     pub(super) fn usage(&self) -> Option<ResourceUsage> {
         let (at, usage) = self.last?;
+        let (recent_cpu_time, recent_interval) = self
+            .previous
+            .map_or((Duration::ZERO, Duration::ZERO), |(before, cpu)| {
+                (usage.cpu.saturating_sub(cpu), at - before)
+            });
         Some(ResourceUsage {
             cpu_time: usage.cpu,
             memory: usage.memory,
             memory_source: usage.source,
             age: at.elapsed(),
+            recent_cpu_time,
+            recent_interval,
         })
+    }
+
+    /// Records `usage`, sampled now.
+    fn record(&mut self, usage: Usage) {
+        self.previous = self.last.map(|(at, last)| (at, last.cpu));
+        self.last = Some((Instant::now(), usage));
     }
 }
 
@@ -102,7 +117,8 @@ impl PrimaryContext {
             let Some(usage) = self.spawner.usage(entry.worker.pid(), cgroup) else {
                 continue;
             };
-            entry.resources.last = Some((Instant::now(), usage));
+            entry.resources.record(usage);
+            self.metrics.pool.sampled(id, usage);
             if let Some(limit) = self.config.max_memory
                 && usage.memory > limit
                 && recyclable
@@ -134,5 +150,40 @@ impl PrimaryContext {
             "Worker over its memory limit: recycling it (its replacement first)"
         );
         let _ = self.recycle_worker(event.worker.id());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cpu(millis: u64) -> Usage {
+        Usage {
+            cpu: Duration::from_millis(millis),
+            memory: 1,
+            source: MemorySource::ProcessTree,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_recent_cpu_time_is_the_difference_between_the_last_two_samples() {
+        let mut resources = Resources::default();
+        assert_eq!(resources.usage(), None);
+        resources.record(cpu(100));
+        let first = resources.usage().expect("sampled");
+        assert_eq!(
+            (first.recent_cpu_time, first.recent_interval),
+            (Duration::ZERO, Duration::ZERO)
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        resources.record(cpu(600));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        resources.record(cpu(700));
+        let usage = resources.usage().expect("sampled");
+        assert_eq!(usage.cpu_time, Duration::from_millis(700));
+        assert_eq!(
+            (usage.recent_cpu_time, usage.recent_interval),
+            (Duration::from_millis(100), Duration::from_secs(1))
+        );
     }
 }

@@ -68,6 +68,7 @@ impl Actor for PrimaryContext {
 
     fn end_turn(&mut self) {
         self.settle();
+        self.sum_up();
     }
 
     fn orphaned(&mut self) {

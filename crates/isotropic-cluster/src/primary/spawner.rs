@@ -4,11 +4,13 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
 use super::WorkerHandle;
 use super::input::Input;
+use super::metrics::Latency;
 use super::resources::Usage;
 use super::rollout::Release;
 use crate::error::Error;
@@ -39,12 +41,14 @@ pub(crate) trait Spawn: Send + Sync + fmt::Debug {
     }
 }
 
-/// A worker to start: its id, its slot, and the release it runs.
+/// A worker to start: its id, its slot, the release it runs, and where
+/// its requests' latencies go.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Start<'a> {
     pub(crate) id: WorkerId,
     pub(crate) slot: u32,
     pub(crate) release: &'a Release,
+    pub(crate) requests: &'a Arc<Latency>,
 }
 
 /// A started worker: its handle, and where to send it signals (sent only

@@ -45,8 +45,9 @@ const MAX_LINE: usize = 64 * 1024;
 /// What is watched of one worker.
 pub(super) struct Watch {
     id: WorkerId,
-    /// Its slot, for its output lines.
+    /// Its slot and process id, for its output lines.
     slot: u32,
+    pid: u32,
     frames: Option<FramedRead<OwnedReadHalf, Counted>>,
     /// Where the frames read are counted (once per batch).
     traffic: Arc<Traffic>,
@@ -83,9 +84,11 @@ impl Watch {
             Err(unused) => (None, Some(unused)),
         };
         let (signals, signal_rx) = mpsc::unbounded_channel();
+        let pid = child.id().unwrap_or_default();
         let watch = Self {
             id,
             slot,
+            pid,
             frames,
             traffic,
             pipes: Pipes {
@@ -100,7 +103,6 @@ impl Watch {
             delivery: None,
             _unused: unused,
         };
-        let pid = child.id().unwrap_or_default();
         tokio::spawn(watch.run(Process {
             child,
             pid,
@@ -267,7 +269,7 @@ impl Watch {
             && (self.delivery.is_some() || self.pipes.is_open())
         {
             let pipes = std::mem::take(&mut self.pipes);
-            let worker = (self.id, self.slot);
+            let worker = (self.id, self.slot, self.pid);
             tokio::spawn(drain(worker, self.delivery.take(), pipes, output));
         }
     }
@@ -281,6 +283,7 @@ impl Watch {
                 self.delivery = output.deliver(OutputLine {
                     worker: self.id,
                     slot: self.slot,
+                    pid: self.pid,
                     stream,
                     line,
                 });
@@ -301,7 +304,7 @@ async fn delivered(delivery: &mut Option<Delivery>) {
 /// Delivers what is left of a worker's output once it exited: the waiting
 /// line, then every line to the end of both streams.
 async fn drain(
-    (worker, slot): (WorkerId, u32),
+    (worker, slot, pid): (WorkerId, u32, u32),
     delivery: Option<Delivery>,
     mut pipes: Pipes,
     output: OutputSink,
@@ -313,6 +316,7 @@ async fn drain(
         if let Some(delivery) = output.deliver(OutputLine {
             worker,
             slot,
+            pid,
             stream,
             line,
         }) {

@@ -16,6 +16,8 @@ use crate::error::SendError;
 use crate::protocol::{self, Encoded, User, Wire};
 use crate::request::{Pending, RequestError};
 
+use super::metrics::Latency;
+
 /// A cloneable handle to one worker: its id, its pid, and its channel.
 ///
 /// Handles stay valid after the worker exits; sending then fails with
@@ -37,6 +39,8 @@ struct Inner {
     wire: Wire,
     /// The protocol version of the worker's hello (0 until it comes).
     protocol: AtomicU32,
+    /// Where the latency of each answered request goes.
+    requests: Arc<Latency>,
 }
 
 impl WorkerHandle {
@@ -47,6 +51,7 @@ impl WorkerHandle {
         max_frame: usize,
         deadline: Duration,
         wire: Wire,
+        requests: Arc<Latency>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -60,6 +65,7 @@ impl WorkerHandle {
                 deadline,
                 wire,
                 protocol: AtomicU32::new(0),
+                requests,
             }),
         }
     }
@@ -111,8 +117,17 @@ impl WorkerHandle {
             .wire
             .encode(User::Request(waiter.id(), message), self.inner.max_frame)
             .map_err(|e| RequestError::Send(SendError::Encode(e)))?;
+        let asked = std::time::Instant::now();
         self.send_frame(frame).await?;
-        waiter.reply(deadline).await
+        let reply = waiter.reply(deadline).await;
+        // (Answered, well or not: its latency counts.)
+        if !matches!(
+            reply,
+            Err(RequestError::Timeout { .. } | RequestError::Gone { .. })
+        ) {
+            self.inner.requests.observe(asked.elapsed());
+        }
+        reply
     }
 
     /// How many requests to this worker wait for a reply.

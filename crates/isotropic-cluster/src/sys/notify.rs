@@ -59,6 +59,20 @@ pub(crate) fn recv_credentials(socket: impl AsFd, buf: &mut [u8]) -> io::Result<
     })
 }
 
+/// Sends `datagram` to the abstract socket `name` (no leading `@` or NUL):
+/// a service manager's `NOTIFY_SOCKET` of that form.
+pub(crate) fn send_to_abstract(name: &[u8], datagram: &[u8]) -> io::Result<()> {
+    let socket = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let address = SocketAddrUnix::new_abstract_name(name)?;
+    rustix::net::sendto(&socket, datagram, rustix::net::SendFlags::empty(), &address)?;
+    Ok(())
+}
+
 /// The process group of process `pid` (`None`: it has exited).
 pub(crate) fn process_group(pid: u32) -> Option<u32> {
     let pid = rustix::process::Pid::from_raw(pid.cast_signed())?;
@@ -91,6 +105,10 @@ mod tests {
                 .expect("received")
                 .truncated
         );
+        // (As a service manager's abstract NOTIFY_SOCKET is told.)
+        send_to_abstract(name.as_bytes(), b"STATUS=abstract").expect("sent");
+        let got = recv_credentials(&socket, &mut buf).expect("received");
+        assert_eq!(&buf[..got.len], b"STATUS=abstract");
         let group = rustix::process::getpgrp().as_raw_pid().cast_unsigned();
         assert_eq!(process_group(std::process::id()), Some(group));
     }

@@ -23,6 +23,7 @@ use super::events::{
     RolloutStarted,
 };
 use super::input::Input;
+use super::metrics::RolloutStep;
 use super::registry::Entry;
 use super::state::{AfterExit, Why};
 use crate::events;
@@ -233,6 +234,7 @@ impl PrimaryContext {
             not_ready: HashMap::new(),
             paused_until: None,
         });
+        self.metrics.pool.rollout(RolloutStep::Started);
         events::publish(self, RolloutStarted { generation, from });
         self.rollout_step();
     }
@@ -367,6 +369,7 @@ impl PrimaryContext {
             .collect();
         self.timers.insert(Timer::Rollout, self.config.min_uptime);
         let to = stable.generation();
+        self.metrics.pool.rollout(RolloutStep::Failed);
         events::publish(
             self,
             RolloutFailed {
@@ -398,6 +401,7 @@ impl PrimaryContext {
             }
             None => {
                 tracing::info!(generation, replaced, "Rolled out");
+                self.metrics.pool.rollout(RolloutStep::Completed);
                 events::publish(
                     self,
                     RolloutComplete {

@@ -79,6 +79,7 @@ impl Spawn for FakeSpawner {
             1 << 20,
             GRACE,
             Wire::Frames,
+            start.requests.clone(),
         );
         let (signals, signal_rx) = mpsc::unbounded_channel();
         let peer = Peer {
@@ -116,6 +117,8 @@ pub(super) struct Harness {
     pub(super) events: EventStream<PrimaryEvent>,
     pub(super) peers: Vec<(WorkerId, Peer)>,
     pub(super) _mailbox: Mailbox<PrimaryContext>,
+    /// (Kept: the primary counts as running while its queue is open.)
+    _commands: crate::actor::Commands<PrimaryContext>,
 }
 
 impl Harness {
@@ -129,7 +132,7 @@ impl Harness {
             .shutdown_grace(GRACE)
             .kill_grace(KILL_GRACE)
             .spawner(spawner.clone());
-        let (mailbox, _commands) = Mailbox::new();
+        let (mailbox, commands) = Mailbox::new();
         let (mut context, _) = builder.into_context(mailbox.downgrade());
         let events = context.stream.subscribe();
         events::publish(&mut context, super::Initialize);
@@ -139,6 +142,7 @@ impl Harness {
             events,
             peers: Vec::new(),
             _mailbox: mailbox,
+            _commands: commands,
         }
     }
 
@@ -156,8 +160,10 @@ impl Harness {
         forked
     }
 
+    /// Ends the turn as the actor does.
     pub(super) fn settle(&mut self) {
         self.context.settle();
+        self.context.sum_up();
         let mut started = self.spawner.peers.lock().expect("peers");
         self.peers.extend(started.drain(..));
     }
@@ -259,6 +265,7 @@ mod faults;
 mod handlers;
 mod lifecycle;
 mod liveness;
+mod metrics;
 mod notify;
 mod panics;
 mod resources;

@@ -1,0 +1,135 @@
+//! The primary as a systemd service: what a fake `NOTIFY_SOCKET` (a
+//! datagram socket bound by the test, by path or abstract name) receives
+//! from the CLI: `READY=1` once the pool is ready, `RELOADING=1` (with
+//! `MONOTONIC_USEC=`) and `READY=1` around each reload, `STOPPING=1` at the
+//! shutdown, `STATUS=` lines, and `WATCHDOG=1` when `WATCHDOG_USEC` is set.
+#![cfg(target_os = "linux")]
+
+use std::process::Stdio;
+
+mod common;
+use common::service_manager::{Manager, field, statuses};
+use common::*;
+
+/// A worker that prints `up` and exits 0 on SIGTERM; generation 3 of it
+/// exits 1 at once (a release that fails).
+const WORKER: &str = r#"
+import os, signal, sys
+if os.environ["ISOTROPIC_CLUSTER_GENERATION"] == "3":
+    sys.exit(1)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+print("up", flush=True)
+signal.pause()
+"#;
+
+/// The CLI running 2 [`WORKER`]s (a new one proven after 1 s: the default
+/// minimum uptime, longer than a failing Python's start) with `NOTIFY_SOCKET=notify` and `env`;
+/// its stderr read on (and kept, for a failure's message).
+fn start(notify: &str, env: &[(&str, &str)]) -> tokio::process::Child {
+    let mut command = command(&["run", "--workers", "2", "--", "python3", "-c", WORKER]);
+    command
+        .env("NOTIFY_SOCKET", notify)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null());
+    let (child, mut stderr) = spawn(command);
+    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+    child
+}
+
+/// A reload (SIGHUP): `RELOADING=1` with the monotonic clock first, in the
+/// first datagram; `READY=1` in the last; the datagrams.
+async fn reload(cli: &tokio::process::Child, manager: &Manager) -> Vec<String> {
+    send(cli, rustix::process::Signal::HUP);
+    let seen = manager.until("READY=1").await;
+    let first = &seen[0];
+    assert_eq!(field(first, "RELOADING"), Some("1"), "{seen:?}");
+    let usec = field(first, "MONOTONIC_USEC").expect("MONOTONIC_USEC with RELOADING=1");
+    assert!(usec.parse::<u64>().is_ok_and(|usec| usec > 0), "{first}");
+    assert!(
+        !seen[1..].iter().any(|d| d.contains("RELOADING=1")),
+        "{seen:?}"
+    );
+    seen
+}
+
+#[tokio::test]
+async fn the_service_manager_hears_ready_reloading_ready_and_stopping_in_order() {
+    let (manager, address) = Manager::at_path("order");
+    let mut cli = start(&address, &[]);
+    let started = manager.until("READY=1").await;
+    // Ready once both workers are, not before.
+    let ready = started.last().expect("the READY=1 datagram");
+    assert_eq!(
+        field(ready, "STATUS"),
+        Some("2 of 2 workers ready"),
+        "{started:?}"
+    );
+    let before = &started[..started.len() - 1];
+    assert!(
+        !statuses(before).contains(&"2 of 2 workers ready"),
+        "{started:?}"
+    );
+
+    // A rollout: its progress, then ready again.
+    let rolled = reload(&cli, &manager).await;
+    assert!(
+        statuses(&rolled)
+            .iter()
+            .any(|s| s.starts_with("rolling out generation 2: ")),
+        "{rolled:?}"
+    );
+    let end = rolled.last().expect("READY=1");
+    assert_eq!(
+        field(end, "STATUS"),
+        Some("2 of 2 workers ready"),
+        "{rolled:?}"
+    );
+
+    // A release that fails: rolled back, and ready again.
+    let failed = reload(&cli, &manager).await;
+    let end = failed.last().expect("READY=1");
+    let status = field(end, "STATUS").expect("a status");
+    assert!(
+        status
+            .starts_with("2 of 2 workers ready; rolled back: generation 2 serves again, 3 failed"),
+        "{failed:?}"
+    );
+
+    terminate(&cli);
+    let stopping = manager.until("STOPPING=1").await;
+    assert!(
+        !stopping.iter().any(|d| d.contains("READY=1")),
+        "{stopping:?}"
+    );
+    assert_eq!(exit_code(&mut cli).await, Some(0));
+}
+
+#[tokio::test]
+async fn an_abstract_socket_hears_ready_and_watchdog_pings_at_half_the_timeout() {
+    let (manager, address) = Manager::abstract_name("watchdog");
+    // A watchdog of 200 ms: a ping every 100 ms.
+    let mut cli = start(&address, &[("WATCHDOG_USEC", "200000")]);
+    manager.until("READY=1").await;
+    manager.until("WATCHDOG=1").await;
+    manager.until("WATCHDOG=1").await;
+    terminate(&cli);
+    manager.until("STOPPING=1").await;
+    assert_eq!(exit_code(&mut cli).await, Some(0));
+}
+
+#[tokio::test]
+async fn a_watchdog_meant_for_another_process_is_not_pinged() {
+    let (manager, address) = Manager::at_path("other-watchdog");
+    // Meant for pid 1: a ping every 10 ms if it were ours.
+    let mut cli = start(
+        &address,
+        &[("WATCHDOG_USEC", "20000"), ("WATCHDOG_PID", "1")],
+    );
+    let mut seen = manager.until("READY=1").await;
+    // (A rollout lasts at least the minimum uptime of each new worker.)
+    seen.extend(reload(&cli, &manager).await);
+    terminate(&cli);
+    seen.extend(manager.until("STOPPING=1").await);
+    assert!(!seen.iter().any(|d| d.contains("WATCHDOG=1")), "{seen:?}");
+    assert_eq!(exit_code(&mut cli).await, Some(0));
+}
