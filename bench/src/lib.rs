@@ -44,6 +44,11 @@ impl Echo {
     }
 }
 
+/// The size of a small bytes message (and of the floor's small frames).
+pub const SMALL_BYTES: usize = 64;
+/// The size of a large bytes message (and of the floor's large frames).
+pub const LARGE_BYTES: usize = 64 * 1024;
+
 /// A 64 KiB payload, as a string of that many bytes.
 pub fn large_payload() -> String {
     "y".repeat(64 * 1024)

@@ -1,6 +1,6 @@
 """A worker in Python (standard library only) that speaks the framed protocol
-of docs/protocol.md: it says hello and ready, echoes every message back,
-answers heartbeats, and leaves on disconnect. Run it as a pool:
+of docs/protocol.md: it says hello and ready, echoes every message back
+(bytes messages reversed), answers heartbeats, and leaves on disconnect. Run it as a pool:
 
     isotropic-cluster run --workers 2 --channel frames -- python3 examples/workers/echo_worker.py
 
@@ -25,7 +25,7 @@ def recv_exact(n):
         data += chunk
     return data
 
-send(1, b'{"protocol":1,"heartbeat":true}') # hello: I answer heartbeats
+send(1, b'{"protocol":2,"heartbeat":true}') # hello: version 2, I answer heartbeats
 send(2)                                     # ready
 try:
     while True:
@@ -33,6 +33,8 @@ try:
         payload = recv_exact(length - 1)
         if kind == 4:                       # message: echo it back
             send(4, json.dumps({"echo": json.loads(payload)}).encode())
+        elif kind == 13:                    # bytes: echo them back, reversed
+            send(13, payload[::-1])
         elif kind == 11:                    # heartbeat: answer it
             send(11)
         elif kind == 3:                     # disconnect: leave

@@ -74,6 +74,9 @@ named! {
         BadAfterFirst = "bad-after-first",
         /// As `Echo`, with an `on_destroy` cleanup that panics.
         PanicInCleanup = "panic-in-cleanup",
+        /// By hand, speaking protocol version 1: hello and ready, echoes each message as
+        /// `{"echo": message}`, leaves on disconnect.
+        OldVersion = "old-version",
     }
 }
 
@@ -99,6 +102,8 @@ named! {
         Flood = "flood",
         /// 64 KiB of random bytes (the seed goes to stderr), then the channel closes.
         Random = "random",
+        /// A bytes frame head whose length is `0xffff_ffff`.
+        HugeBytes = "huge-bytes",
         /// The first 9 bytes of a message frame, then the channel closes.
         Truncated = "truncated",
     }

@@ -2,7 +2,7 @@
 //! without the library. The names come from `docs/protocol.md` §2, not from
 //! the library: the tests use the format as any other implementation would.
 
-/// The frame kinds (`docs/protocol.md` §2; 10 to 255 are reserved).
+/// The frame kinds used here (`docs/protocol.md` §2; 14 to 255 are reserved).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
@@ -24,6 +24,8 @@ pub enum Kind {
     Request = 8,
     /// The request's id, a status byte, then one JSON value.
     Reply = 9,
+    /// Raw bytes (protocol version 2).
+    Bytes = 13,
 }
 
 /// A kind byte that names no kind (a reserved one).

@@ -73,7 +73,8 @@ async fn a_wrong_protocol_version() {
             error,
             ProtocolError::Version {
                 received: 99,
-                supported: 1
+                oldest: 1,
+                supported: 2
             }
         ),
         "{error}"
@@ -82,17 +83,20 @@ async fn a_wrong_protocol_version() {
 
 #[tokio::test]
 async fn an_oversized_length_prefix() {
-    let error = bad_worker(BadInput::HugeLength).await;
-    assert!(
-        matches!(
-            error,
-            ProtocolError::FrameTooLarge {
-                size: 0xffff_ffff,
-                ..
-            }
-        ),
-        "{error}"
-    );
+    // A JSON message's, then a bytes message's.
+    for case in [BadInput::HugeLength, BadInput::HugeBytes] {
+        let error = bad_worker(case).await;
+        assert!(
+            matches!(
+                error,
+                ProtocolError::FrameTooLarge {
+                    size: 0xffff_ffff,
+                    ..
+                }
+            ),
+            "{case}: {error}"
+        );
+    }
 }
 
 #[tokio::test]

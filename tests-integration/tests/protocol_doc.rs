@@ -46,6 +46,17 @@ async fn the_documented_python_worker_joins_answers_and_leaves() {
         (from, echo),
         (workers[1].id(), json!({"echo": {"type": "hi", "n": 1}}))
     );
+    // Bytes messages (protocol version 2): not JSON, sent back reversed.
+    primary
+        .send_bytes(&workers[0], &b"\x00\xffraw"[..])
+        .await
+        .expect("send");
+    let (from, echo) = wait_for(&mut events, |e| match e {
+        PrimaryEvent::WorkerBytes(b) => Some((b.worker.id(), b.bytes)),
+        _ => None,
+    })
+    .await;
+    assert_eq!((from, &echo[..]), (workers[0].id(), &b"war\xff\x00"[..]));
     shut_down(&primary).await;
     let exits: Vec<(Option<i32>, bool)> = {
         let mut exits = Vec::new();

@@ -9,10 +9,8 @@ use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bench::{Result, args, per, rate, report, rss_mib};
+use bench::{LARGE_BYTES as LARGE, Result, SMALL_BYTES as SMALL, args, per, rate, report, rss_mib};
 
-const SMALL: usize = 64;
-const LARGE: usize = 64 * 1024;
 const BATCH: usize = 64 * 1024;
 
 fn main() -> Result {

@@ -4,12 +4,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench::{Echo, Result, Small, large_payload, per, rate, report, rss_mib};
-use isotropic_cluster::primary::{
-    ClusterPrimary, Destination, PrimaryEvent, RestartPolicy, WorkerHandle, WorkerMessage,
+use bench::{
+    Echo, LARGE_BYTES, Result, SMALL_BYTES, Small, large_payload, per, rate, report, rss_mib,
 };
-use isotropic_cluster::worker::{ClusterWorker, PrimaryMessage, WorkerBuilder};
-use isotropic_cluster::{EventStream, HandleRequests, SendError, Subscribe};
+use bytes::Bytes;
+use isotropic_cluster::primary::{
+    ClusterPrimary, Destination, PrimaryContext, PrimaryEvent, RestartPolicy, WorkerBytes,
+    WorkerHandle, WorkerMessage,
+};
+use isotropic_cluster::worker::{ClusterWorker, PrimaryBytes, PrimaryMessage, WorkerBuilder};
+use isotropic_cluster::{EventStream, HandleRequests, SendError, Subscribe, Topic, WorkerId};
 use tokio::sync::Notify;
 
 fn main() -> Result {
@@ -32,6 +36,28 @@ async fn run_worker(metric: &str, count: u64) -> Result {
         "request" | "requests" => builder.handle("echo", |echo: Echo| Ok::<_, String>(echo.n)),
         "down" | "broadcast" => count_then_done::<Small>(builder, count),
         "large" => count_then_done::<String>(builder, count),
+        "bytes-down" | "bytes-large" | "bytes-broadcast" => {
+            let mut seen = 0;
+            builder.on::<PrimaryBytes>(move |event| {
+                seen += 1;
+                if seen == count {
+                    let _ = event.context().try_send("done");
+                }
+            })
+        }
+        "bytes-up" => builder.on::<PrimaryMessage>(move |event| {
+            let Some(worker) = event.context().handle() else {
+                return;
+            };
+            tokio::spawn(async move {
+                let payload = Bytes::from(vec![b'x'; SMALL_BYTES]);
+                for _ in 0..count {
+                    if let Err(SendError::Full { .. }) = worker.try_send_bytes(payload.clone()) {
+                        let _ = worker.send_bytes(payload.clone()).await;
+                    }
+                }
+            });
+        }),
         "up" => builder.on::<PrimaryMessage>(move |event| {
             let Some(worker) = event.context().handle() else {
                 return;
@@ -86,6 +112,10 @@ async fn run_primary(metric: &str, count: u64) -> Result {
         "up" => up(count).await?,
         "large" => large(count).await?,
         "broadcast" => broadcast(count).await?,
+        "bytes-down" => bytes_down(count, SMALL_BYTES, 1).await?,
+        "bytes-large" => bytes_down(count, LARGE_BYTES, 1).await? * LARGE_BYTES as f64 / 1e6,
+        "bytes-broadcast" => bytes_down(count, SMALL_BYTES, 4).await? * 4.0,
+        "bytes-up" => bytes_up(count).await?,
         "restart" => restart(count).await?,
         "shutdown" => shutdown(count).await?,
         "rss-primary" | "rss-worker" => rss(metric).await?,
@@ -247,10 +277,61 @@ async fn requests(n: u64) -> Result<f64> {
     Ok(rate(elapsed, n))
 }
 
+/// What [`send_all`] sends: a serde value, or bytes.
+trait Outgoing {
+    fn try_send(
+        &self,
+        primary: &ClusterPrimary,
+        to: Destination,
+    ) -> std::result::Result<(), SendError>;
+    async fn send(
+        &self,
+        primary: &ClusterPrimary,
+        to: WorkerId,
+    ) -> std::result::Result<(), SendError>;
+}
+
+/// A serde value, as JSON.
+struct Json<M>(M);
+
+impl<M: serde::Serialize> Outgoing for Json<M> {
+    fn try_send(
+        &self,
+        primary: &ClusterPrimary,
+        to: Destination,
+    ) -> std::result::Result<(), SendError> {
+        primary.try_send(to, &self.0)
+    }
+    async fn send(
+        &self,
+        primary: &ClusterPrimary,
+        to: WorkerId,
+    ) -> std::result::Result<(), SendError> {
+        primary.send(to, &self.0).await
+    }
+}
+
+impl Outgoing for Bytes {
+    fn try_send(
+        &self,
+        primary: &ClusterPrimary,
+        to: Destination,
+    ) -> std::result::Result<(), SendError> {
+        primary.try_send_bytes(to, self.clone())
+    }
+    async fn send(
+        &self,
+        primary: &ClusterPrimary,
+        to: WorkerId,
+    ) -> std::result::Result<(), SendError> {
+        primary.send_bytes(to, self.clone()).await
+    }
+}
+
 /// Sends `n` messages made by `make` to `to`: queued without waiting while
 /// there is room; for a destination whose queue is full, waiting for room and
 /// for the write.
-async fn send_all<M: serde::Serialize>(
+async fn send_all<M: Outgoing>(
     primary: &ClusterPrimary,
     to: Destination,
     n: u64,
@@ -258,7 +339,7 @@ async fn send_all<M: serde::Serialize>(
 ) -> Result {
     for i in 0..n {
         let message = make(i);
-        let full = match primary.try_send(to.clone(), &message) {
+        let full = match message.try_send(primary, to.clone()) {
             Ok(()) => continue,
             Err(SendError::Partial { failures, .. }) => failures,
             Err(error) => vec![error],
@@ -267,7 +348,7 @@ async fn send_all<M: serde::Serialize>(
             match error {
                 SendError::Full {
                     worker_id: Some(id),
-                } => primary.send(id, &message).await?,
+                } => message.send(primary, id).await?,
                 other => return Err(other.into()),
             }
         }
@@ -291,7 +372,10 @@ async fn flood(
     n: u64,
 ) -> Result<f64> {
     let started = Instant::now();
-    send_all(&primary, Destination::from(worker), n, Small::new).await?;
+    send_all(&primary, Destination::from(worker), n, |i| {
+        Json(Small::new(i))
+    })
+    .await?;
     done(&mut events, 1).await?;
     let elapsed = started.elapsed();
     primary.shut_down().await?;
@@ -300,12 +384,22 @@ async fn flood(
 
 /// Small messages per second, worker to primary (each decoded by the primary).
 async fn up(n: u64) -> Result<f64> {
-    let (primary, _, workers) = cluster("up", n, 1).await?;
+    count_up::<WorkerMessage>("up", n, |event| event.message.decode::<Small>().is_ok()).await
+}
+
+/// Messages per second, worker to primary: the workers of `metric` send
+/// `n` once told to go; the primary counts the events `E` that `counts`.
+async fn count_up<E: Topic<Host = PrimaryContext>>(
+    metric: &str,
+    n: u64,
+    counts: impl Fn(&E) -> bool + Send + 'static,
+) -> Result<f64> {
+    let (primary, _, workers) = cluster(metric, n, 1).await?;
     let finished = Arc::new(Notify::new());
     let notify = finished.clone();
     let mut seen = 0;
-    primary.on::<WorkerMessage>(move |event| {
-        if event.message.decode::<Small>().is_ok() {
+    primary.on::<E>(move |event| {
+        if counts(event) {
             seen += 1;
             if seen == n {
                 notify.notify_one();
@@ -326,7 +420,7 @@ async fn large(n: u64) -> Result<f64> {
     let payload = large_payload();
     let started = Instant::now();
     send_all(&primary, Destination::from(&workers[0]), n, |_| {
-        payload.as_str()
+        Json(payload.as_str())
     })
     .await?;
     done(&mut events, 1).await?;
@@ -339,11 +433,39 @@ async fn large(n: u64) -> Result<f64> {
 async fn broadcast(n: u64) -> Result<f64> {
     let (primary, mut events, _workers) = cluster("broadcast", n, 4).await?;
     let started = Instant::now();
-    send_all(&primary, Destination::Ready, n, Small::new).await?;
+    send_all(&primary, Destination::Ready, n, |i| Json(Small::new(i))).await?;
     done(&mut events, 4).await?;
     let elapsed = started.elapsed();
     primary.shut_down().await?;
     Ok(rate(elapsed, 4 * n))
+}
+
+/// Bytes messages per second of `size` bytes, primary to each of `workers`
+/// (a broadcast when more than one); one payload shared by every send.
+async fn bytes_down(n: u64, size: usize, workers: usize) -> Result<f64> {
+    let metric = if workers > 1 {
+        "bytes-broadcast"
+    } else {
+        "bytes-down"
+    };
+    let (primary, mut events, ready) = cluster(metric, n, workers).await?;
+    let to = if workers > 1 {
+        Destination::Ready
+    } else {
+        Destination::from(&ready[0])
+    };
+    let payload = Bytes::from(vec![b'y'; size]);
+    let started = Instant::now();
+    send_all(&primary, to, n, |_| payload.clone()).await?;
+    done(&mut events, workers).await?;
+    let elapsed = started.elapsed();
+    primary.shut_down().await?;
+    Ok(rate(elapsed, n))
+}
+
+/// Bytes messages of 64 B per second, worker to primary.
+async fn bytes_up(n: u64) -> Result<f64> {
+    count_up::<WorkerBytes>("bytes-up", n, |event| event.bytes.len() == SMALL_BYTES).await
 }
 
 /// Milliseconds from SIGKILL of a worker to its replacement being ready.

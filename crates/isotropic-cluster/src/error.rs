@@ -116,11 +116,13 @@ pub enum ProtocolError {
         /// Bytes of the incomplete frame that did arrive.
         received: usize,
     },
-    /// The peer speaks another protocol version.
-    #[error("peer speaks protocol version {received}, this library speaks {supported}")]
+    /// The peer speaks a protocol version this library does not.
+    #[error("peer speaks protocol version {received}, this library speaks {oldest} to {supported}")]
     Version {
         /// The peer's version.
         received: u32,
+        /// The oldest version this library speaks.
+        oldest: u32,
         /// Ours.
         supported: u32,
     },
@@ -213,6 +215,17 @@ pub enum SendError {
     /// The message could not be encoded, or is larger than the maximum frame.
     #[error("cannot encode message")]
     Encode(#[source] ProtocolError),
+    /// The peer cannot take this kind of message: its channel is Node's
+    /// (JSON lines), or its hello said an older protocol version.
+    #[error("{what} cannot go to this peer{}: {why}", worker_label(*worker_id))]
+    Unsupported {
+        /// The worker, when sending from the primary.
+        worker_id: Option<WorkerId>,
+        /// What was sent (`"bytes messages"`).
+        what: &'static str,
+        /// Why the peer cannot take it.
+        why: &'static str,
+    },
     /// Sending to several workers failed for some of them.
     #[error("message delivered to {delivered} worker(s), failed for {}", failures.len())]
     Partial {

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::time::Duration;
 
-use isotropic_cluster::worker::{ClusterWorker, InitializeComplete, PrimaryMessage};
+use isotropic_cluster::worker::{ClusterWorker, InitializeComplete, PrimaryBytes, PrimaryMessage};
 use isotropic_cluster::{HandleRequests, Subscribe};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -92,6 +92,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Mode::ExitAtStart => std::process::exit(3),
         Mode::Hung => hung(raw_channel(raw_fd)),
+        Mode::OldVersion => old_version(raw_channel(raw_fd)),
         Mode::Serve => serve(id, args).await,
         Mode::ListenAll => listen_all(id, args).await,
         Mode::Ask => ask().await,
@@ -149,6 +150,10 @@ async fn echo(
         })
         .route::<Ping>("ping", |event, ping| {
             let _ = event.context().try_send(&json!({"pong": ping.n}));
+        })
+        .on::<PrimaryBytes>(|event| {
+            let bytes = event.bytes.clone();
+            let _ = event.context().try_send_bytes(bytes);
         })
         .on::<PrimaryMessage>(|event| {
             let message: Value = event.message.decode().unwrap_or_default();
@@ -304,10 +309,32 @@ fn ask_without_reading(
     }
 }
 
-/// Says hello and ready, by hand.
+/// Says hello (protocol version 1: what a fixture speaking by hand knows) and
+/// ready, by hand.
 fn greet(channel: &mut std::os::unix::net::UnixStream) -> std::io::Result<()> {
     channel.write_all(&wire::hello(1))?;
     channel.write_all(&wire::frame(Kind::Ready, b""))
+}
+
+/// Speaks protocol version 1 by hand: echoes messages, leaves on
+/// disconnect (or at the end of the channel).
+fn old_version(
+    mut channel: std::os::unix::net::UnixStream,
+) -> Result<(), Box<dyn std::error::Error>> {
+    greet(&mut channel)?;
+    loop {
+        let Ok((kind, payload)) = wire::read(&mut channel) else {
+            return Ok(());
+        };
+        if kind == Kind::Message as u8 {
+            let message: Value = serde_json::from_slice(&payload)?;
+            let echo = serde_json::to_vec(&json!({ "echo": message }))?;
+            channel.write_all(&wire::frame(Kind::Message, &echo))?;
+        } else if kind == Kind::Disconnect as u8 {
+            channel.write_all(&wire::frame(Kind::Disconnect, b""))?;
+            return Ok(());
+        }
+    }
 }
 
 /// Ignores SIGTERM, starts a child that ignores it too (the disposition is
@@ -338,6 +365,10 @@ fn bad_input(
         BadInput::HugeLength => {
             greet(&mut channel)?;
             wire::head(u32::MAX, Kind::Message as u8).to_vec()
+        }
+        BadInput::HugeBytes => {
+            greet(&mut channel)?;
+            wire::head(u32::MAX, Kind::Bytes as u8).to_vec()
         }
         BadInput::Garbage => {
             greet(&mut channel)?;

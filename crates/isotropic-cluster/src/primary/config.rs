@@ -166,6 +166,15 @@ impl Config {
             .map_err(crate::SendError::Encode)
     }
 
+    /// Encodes a bytes message (whether a worker takes it is its handle's
+    /// to say).
+    pub(crate) fn encode_bytes(
+        &self,
+        bytes: bytes::Bytes,
+    ) -> Result<protocol::Encoded, crate::SendError> {
+        protocol::encode_bytes(bytes, self.max_frame_size).map_err(crate::SendError::Encode)
+    }
+
     /// Whether workers get a channel at all.
     pub(crate) fn has_channel(&self) -> bool {
         self.channel != WorkerChannel::None

@@ -138,6 +138,7 @@ topics!(PrimaryContext =>
         AddWorker: "addWorker" => complete_add;
         RemoveWorker: "removeWorker" => complete_remove;
         WorkerMessage: "workerMessage" => complete_message;
+        WorkerBytes: "workerBytes" => log_event;
         WorkerMessageError: "workerMessageError" => log_event;
         WorkerListening: "workerListening" => log_event;
         WorkerListenError: "workerListenError" => log_event;
@@ -170,6 +171,7 @@ impl events::sealed::StreamEvent for PrimaryEvent {
             | Self::WorkerMessageError(WorkerMessageError { message, .. }) => {
                 message.as_bytes().len()
             }
+            Self::WorkerBytes(WorkerBytes { bytes, .. }) => bytes.len(),
             Self::WorkerOutput(output) => output.line.len(),
             _ => 0,
         }
@@ -224,7 +226,27 @@ impl PrimaryContext {
         message: &M,
     ) -> Result<(), SendError> {
         let frame = self.config.encode(message)?;
-        self.registry.pool().try_send(to.into(), &frame)
+        self.registry
+            .pool()
+            .try_send(to.into(), |worker| worker.try_send_frame(frame.clone()))
+    }
+
+    /// Queues `bytes` as a bytes message for each worker `to` names,
+    /// without waiting (see
+    /// [`ClusterPrimary::try_send_bytes`](super::ClusterPrimary::try_send_bytes)).
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterPrimary::try_send_bytes`](super::ClusterPrimary::try_send_bytes).
+    pub fn try_send_bytes(
+        &self,
+        to: impl Into<Destination>,
+        bytes: impl Into<bytes::Bytes>,
+    ) -> Result<(), SendError> {
+        let frame = self.config.encode_bytes(bytes.into())?;
+        self.registry.pool().try_send(to.into(), |worker| {
+            worker.try_send_bytes_frame(frame.clone())
+        })
     }
 
     /// The ready worker least recently selected for `tag` (see

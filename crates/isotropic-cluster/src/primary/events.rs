@@ -6,6 +6,8 @@ use std::os::unix::process::ExitStatusExt as _;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::WorkerHandle;
 use crate::Signal;
 use crate::error::{Error, MessageError, ProtocolError};
@@ -107,6 +109,27 @@ pub struct WorkerMessage {
     pub worker: WorkerHandle,
     /// The message.
     pub message: Message,
+}
+
+/// A bytes message from a worker (protocol version 2: see
+/// [`WorkerHandle::send_bytes`](super::WorkerHandle::send_bytes) for the
+/// other way). Bytes carry no `type`: nothing routes them.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct WorkerBytes {
+    /// The sender.
+    pub worker: WorkerHandle,
+    /// The payload, as the worker sent it.
+    pub bytes: Bytes,
+}
+
+impl std::fmt::Debug for WorkerBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerBytes")
+            .field("worker", &self.worker)
+            .field("len", &self.bytes.len())
+            .finish()
+    }
 }
 
 /// A routed message did not decode into the route's type.

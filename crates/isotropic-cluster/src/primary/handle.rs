@@ -4,6 +4,7 @@ use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -121,11 +122,65 @@ impl ClusterPrimary {
         message: &M,
     ) -> Result<(), SendError> {
         let frame = self.config.encode(message)?;
-        let (workers, errors) = self.pool.resolve(to.into());
-        let sends = workers
-            .iter()
-            .map(|worker| worker.send_frame(frame.clone()));
-        let mut results = futures_util::future::join_all(sends).await;
+        self.send_each(to.into(), |worker| {
+            let frame = frame.clone();
+            async move { worker.send_frame(frame).await }
+        })
+        .await
+    }
+
+    /// Sends `bytes` as a bytes message to each worker `to` names (see
+    /// [`WorkerHandle::send_bytes`]): the payload is neither serialized nor
+    /// copied, and shared by every destination; resolves once it is
+    /// written to every channel.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send), and [`SendError::Unsupported`] for a worker
+    /// on Node's channel or whose hello said protocol version 1.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: a cancelled message may still be written.
+    pub async fn send_bytes(
+        &self,
+        to: impl Into<Destination>,
+        bytes: impl Into<Bytes>,
+    ) -> Result<(), SendError> {
+        let frame = self.config.encode_bytes(bytes.into())?;
+        self.send_each(to.into(), |worker| {
+            let frame = frame.clone();
+            async move { worker.send_bytes_frame(frame).await }
+        })
+        .await
+    }
+
+    /// Queues `bytes` as a bytes message for each worker `to` names,
+    /// without waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`send_bytes`](Self::send_bytes), and [`SendError::Full`] as for
+    /// [`try_send`](Self::try_send).
+    pub fn try_send_bytes(
+        &self,
+        to: impl Into<Destination>,
+        bytes: impl Into<Bytes>,
+    ) -> Result<(), SendError> {
+        let frame = self.config.encode_bytes(bytes.into())?;
+        self.pool.try_send(to.into(), |worker| {
+            worker.try_send_bytes_frame(frame.clone())
+        })
+    }
+
+    /// Sends to each worker `to` names with `send`, all at once.
+    async fn send_each<F: Future<Output = Result<(), SendError>>>(
+        &self,
+        to: Destination,
+        send: impl Fn(WorkerHandle) -> F,
+    ) -> Result<(), SendError> {
+        let (workers, errors) = self.pool.resolve(to);
+        let mut results = futures_util::future::join_all(workers.into_iter().map(send)).await;
         results.extend(errors.into_iter().map(Err));
         pool::combine(results)
     }
@@ -144,7 +199,8 @@ impl ClusterPrimary {
         message: &M,
     ) -> Result<(), SendError> {
         let frame = self.config.encode(message)?;
-        self.pool.try_send(to.into(), &frame)
+        self.pool
+            .try_send(to.into(), |worker| worker.try_send_frame(frame.clone()))
     }
 
     /// The ready worker least recently selected for `tag` (use `""` for one

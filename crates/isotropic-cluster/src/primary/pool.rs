@@ -171,16 +171,18 @@ impl Pool {
 }
 
 impl Pool {
-    /// Queues an encoded message for each worker `to` names, without waiting.
-    pub(crate) fn try_send(&self, to: Destination, frame: &bytes::Bytes) -> Result<(), SendError> {
+    /// Queues a message for each worker `to` names with `send`, without
+    /// waiting.
+    pub(crate) fn try_send(
+        &self,
+        to: Destination,
+        send: impl Fn(&WorkerHandle) -> Result<(), SendError>,
+    ) -> Result<(), SendError> {
         if let Destination::Worker(worker) = to {
-            return worker.try_send_frame(frame.clone());
+            return send(&worker);
         }
         let (workers, errors) = self.resolve(to);
-        let mut results: Vec<_> = workers
-            .iter()
-            .map(|worker| worker.try_send_frame(frame.clone()))
-            .collect();
+        let mut results: Vec<_> = workers.iter().map(send).collect();
         results.extend(errors.into_iter().map(Err));
         combine(results)
     }

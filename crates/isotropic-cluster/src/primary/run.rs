@@ -10,8 +10,8 @@ use super::WorkerHandle;
 use super::config::Readiness;
 use super::context::{PrimaryContext, Timer};
 use super::events::{
-    HandlerPanicked, Initialize, WorkerListenError, WorkerListening, WorkerMessage, WorkerOutput,
-    WorkerSignal,
+    HandlerPanicked, Initialize, WorkerBytes, WorkerListenError, WorkerListening, WorkerMessage,
+    WorkerOutput, WorkerSignal,
 };
 use super::input::Input;
 use super::listen::LINGER;
@@ -165,6 +165,9 @@ impl PrimaryContext {
                     version: *protocol,
                     ready_on,
                 };
+                if let Some(entry) = self.registry.get(id) {
+                    entry.worker.said_hello(*protocol);
+                }
                 self.apply(id, trigger);
                 if *heartbeat {
                     self.answers_heartbeats(id);
@@ -196,6 +199,7 @@ impl PrimaryContext {
     fn deliver(&mut self, worker: WorkerHandle, frame: Frame, reply: Option<OwnedSemaphorePermit>) {
         match frame {
             Frame::Message(message) => events::publish(self, WorkerMessage { worker, message }),
+            Frame::Bytes(bytes) => events::publish(self, WorkerBytes { worker, bytes }),
             Frame::Listen { id, address, acks } => self.listen(&worker, (id, acks), &address),
             Frame::Accepted { listener } => {
                 let registry = &self.registry;

@@ -206,9 +206,12 @@ impl WorkerState {
             (Starting, Trigger::Started { hello: true, .. }) => (Starting, vec![]),
             (Starting, Trigger::Started { ready_on, .. }) => Self::online(ready_on),
             (state, Trigger::Started { .. }) => (state, vec![]),
-            (Starting, Trigger::Hello { version, .. }) if version != protocol::VERSION => {
+            (Starting, Trigger::Hello { version, .. })
+                if !(protocol::OLDEST_VERSION..=protocol::VERSION).contains(&version) =>
+            {
                 let error = ProtocolError::Version {
                     received: version,
+                    oldest: protocol::OLDEST_VERSION,
                     supported: protocol::VERSION,
                 };
                 self.fail(error)
@@ -440,15 +443,23 @@ mod tests {
 
     #[test]
     fn frames_out_of_order_are_protocol_errors() {
-        let wrong_version = Starting.on(Trigger::Hello {
-            version: protocol::VERSION + 1,
+        for version in [0, protocol::VERSION + 1] {
+            let wrong_version = Starting.on(Trigger::Hello {
+                version,
+                ready_on: Readiness::Message,
+            });
+            assert_eq!(wrong_version.0, leaving(Why::Failed, true, false));
+            assert!(matches!(
+                wrong_version.1[..],
+                [A::Fail(ProtocolError::Version { received, .. }), A::Disconnect] if received == version
+            ));
+        }
+        // A worker of the oldest version still speaks with us.
+        let oldest = Starting.on(Trigger::Hello {
+            version: protocol::OLDEST_VERSION,
             ready_on: Readiness::Message,
         });
-        assert_eq!(wrong_version.0, leaving(Why::Failed, true, false));
-        assert!(matches!(
-            wrong_version.1[..],
-            [A::Fail(ProtocolError::Version { .. }), A::Disconnect]
-        ));
+        assert_eq!(oldest.0, Online);
         for trigger in [Trigger::Ready, Trigger::Announce] {
             let (state, actions) = Starting.on(trigger.clone());
             assert!(is_fail(&actions), "{trigger:?} before hello: {actions:?}");

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,7 +13,7 @@ use crate::WorkerId;
 use crate::channel::Outbox;
 use crate::error::ProtocolError;
 use crate::error::SendError;
-use crate::protocol::{User, Wire};
+use crate::protocol::{self, Encoded, User, Wire};
 use crate::request::{Pending, RequestError};
 
 use super::metrics::Latency;
@@ -37,6 +37,8 @@ struct Inner {
     pending: Arc<Pending>,
     deadline: Duration,
     wire: Wire,
+    /// The protocol version of the worker's hello (0 until it comes).
+    protocol: AtomicU32,
     /// Where the latency of each answered request goes.
     requests: Arc<Latency>,
 }
@@ -62,6 +64,7 @@ impl WorkerHandle {
                 pending: Arc::default(),
                 deadline,
                 wire,
+                protocol: AtomicU32::new(0),
                 requests,
             }),
         }
@@ -189,6 +192,72 @@ impl WorkerHandle {
     /// As [`send`](Self::send), and [`SendError::Full`] when the queue is full.
     pub fn try_send<M: Serialize + ?Sized>(&self, message: &M) -> Result<(), SendError> {
         self.try_send_frame(self.encode(message)?)
+    }
+
+    /// Sends `bytes` as a bytes message (no serialization, no copy: the
+    /// payload is written as it is), waiting while the worker's queue is
+    /// full; resolves once it has been written to the channel. The worker
+    /// gets it as a `PrimaryBytes` event (other languages: a `bytes` frame,
+    /// `docs/protocol.md`).
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Unsupported`] for a worker on Node's channel, or whose
+    /// hello said protocol version 1; [`SendError::Encode`] for a payload
+    /// larger than the maximum frame; [`SendError::Closed`] if the channel
+    /// is closed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once queued, a cancelled message may still be written.
+    pub async fn send_bytes(&self, bytes: impl Into<Bytes>) -> Result<(), SendError> {
+        let frame = protocol::encode_bytes(bytes.into(), self.inner.max_frame)
+            .map_err(SendError::Encode)?;
+        self.send_bytes_frame(frame).await
+    }
+
+    /// Queues `bytes` as a bytes message without waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`send_bytes`](Self::send_bytes), and [`SendError::Full`] when
+    /// the queue is full.
+    pub fn try_send_bytes(&self, bytes: impl Into<Bytes>) -> Result<(), SendError> {
+        let frame = protocol::encode_bytes(bytes.into(), self.inner.max_frame)
+            .map_err(SendError::Encode)?;
+        self.try_send_bytes_frame(frame)
+    }
+
+    /// Records the protocol version of the worker's hello.
+    pub(crate) fn said_hello(&self, version: u32) {
+        self.inner.protocol.store(version, Ordering::Relaxed);
+    }
+
+    /// Whether the worker takes bytes messages: on our frames, unless its
+    /// hello said version 1.
+    fn takes_bytes(&self) -> Result<(), SendError> {
+        let why = if self.inner.wire != Wire::Frames {
+            "its channel is Node's JSON lines"
+        } else if !protocol::supports_bytes(self.inner.protocol.load(Ordering::Relaxed)) {
+            "its hello said protocol version 1"
+        } else {
+            return Ok(());
+        };
+        Err(SendError::Unsupported {
+            worker_id: Some(self.id()),
+            what: "bytes messages",
+            why,
+        })
+    }
+
+    pub(crate) async fn send_bytes_frame(&self, frame: Encoded) -> Result<(), SendError> {
+        self.takes_bytes()?;
+        self.inner.outbox.send(frame).await
+    }
+
+    pub(crate) fn try_send_bytes_frame(&self, frame: Encoded) -> Result<(), SendError> {
+        self.takes_bytes()?;
+        self.inner.outbox.try_send(frame)
     }
 
     pub(crate) fn encode<M: Serialize + ?Sized>(&self, message: &M) -> Result<Bytes, SendError> {

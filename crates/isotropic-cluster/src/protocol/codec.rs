@@ -131,6 +131,52 @@ pub(crate) fn encode_control(frame: &Frame) -> Bytes {
     encode(frame, usize::MAX).unwrap_or_default()
 }
 
+/// A frame ready to write: `head`, then `body`. A bytes message is its
+/// 5-byte header and the payload as the sender gave it, never copied into
+/// a frame; any other frame is all `head`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Encoded {
+    pub(crate) head: Bytes,
+    pub(crate) body: Bytes,
+}
+
+impl Encoded {
+    /// The frame's size on the wire.
+    pub(crate) fn len(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+}
+
+impl From<Bytes> for Encoded {
+    fn from(head: Bytes) -> Self {
+        Self {
+            head,
+            body: Bytes::new(),
+        }
+    }
+}
+
+/// A bytes message of `payload`, refused over `max` bytes (kind byte and
+/// payload).
+///
+/// # Errors
+///
+/// [`ProtocolError::FrameTooLarge`] when the frame would exceed `max`.
+pub(crate) fn encode_bytes(payload: Bytes, max: usize) -> Result<Encoded, ProtocolError> {
+    let len = payload.len() + 1;
+    let length = u32::try_from(len)
+        .ok()
+        .filter(|_| len <= max)
+        .ok_or(ProtocolError::FrameTooLarge { size: len, max })?;
+    let mut head = BytesMut::with_capacity(HEADER + 1);
+    head.put_u32(length);
+    head.put_u8(Kind::Bytes as u8);
+    Ok(Encoded {
+        head: head.freeze(),
+        body: payload,
+    })
+}
+
 /// The last frames of a channel that ended: bytes left after them are a
 /// frame cut short.
 pub(super) fn decode_to_end<D>(
@@ -215,14 +261,19 @@ mod tests {
     #[test]
     fn every_kind_has_the_documented_bytes() {
         let address: ListenAddress = "127.0.0.1:3000".parse().expect("address");
-        let cases: [(Frame, &[u8]); 17] = [
+        let cases: [(Frame, &[u8]); 19] = [
+            (
+                Frame::Bytes(Bytes::from_static(b"\0\xff{")),
+                b"\0\0\0\x04\x0d\0\xff{",
+            ),
+            (Frame::Bytes(Bytes::new()), b"\0\0\0\x01\x0d"),
             (
                 Frame::Hello {
                     protocol: VERSION,
                     heartbeat: false,
                     served: false,
                 },
-                b"\0\0\0\x0f\x01{\"protocol\":1}",
+                b"\0\0\0\x0f\x01{\"protocol\":2}",
             ),
             (
                 Frame::Hello {
@@ -230,7 +281,7 @@ mod tests {
                     heartbeat: true,
                     served: false,
                 },
-                b"\0\0\0\x20\x01{\"protocol\":1,\"heartbeat\":true}",
+                b"\0\0\0\x20\x01{\"protocol\":2,\"heartbeat\":true}",
             ),
             (Frame::Heartbeat, b"\0\0\0\x01\x0b"),
             (Frame::Ready, b"\0\0\0\x01\x02"),
@@ -325,6 +376,37 @@ mod tests {
                 decode_all(&mut FrameCodec::new(DEFAULT_MAX_FRAME), &encoded).expect("decodes");
             assert_eq!(decoded, [frame]);
         }
+    }
+
+    #[test]
+    fn a_bytes_message_is_its_header_and_the_payload_itself() {
+        let payload = Bytes::from(vec![7_u8; 100]);
+        let frame = encode_bytes(payload.clone(), 101).expect("fits");
+        assert_eq!(&frame.head[..], b"\0\0\0\x65\x0d");
+        // The very payload, not a copy.
+        assert_eq!(frame.body.as_ptr(), payload.as_ptr());
+        assert_eq!(frame.len(), 105);
+        let wire = [&frame.head[..], &frame.body[..]].concat();
+        let decoded = decode_all(&mut FrameCodec::new(101), &wire).expect("decodes");
+        assert_eq!(decoded, [Frame::Bytes(payload.clone())]);
+        assert!(matches!(
+            encode_bytes(payload, 100),
+            Err(ProtocolError::FrameTooLarge {
+                size: 101,
+                max: 100
+            })
+        ));
+        // Announced over the maximum, or cut short: typed errors.
+        let err = decode_all(&mut FrameCodec::new(100), &wire).expect_err("too large");
+        assert!(matches!(
+            err,
+            ProtocolError::FrameTooLarge {
+                size: 101,
+                max: 100
+            }
+        ));
+        let err = decode_all(&mut FrameCodec::new(101), &wire[..50]).expect_err("cut short");
+        assert!(matches!(err, ProtocolError::Truncated { received: 50 }));
     }
 
     #[test]

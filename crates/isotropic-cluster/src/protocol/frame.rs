@@ -1,11 +1,22 @@
 //! What travels on a channel: [`Frame`]s, each of a [`Kind`].
 
+use bytes::Bytes;
+
 use crate::error::ProtocolError;
 use crate::message::Message;
 use crate::net::{ListenAddress, ListenErrorKind};
 
-/// The protocol version this library speaks.
-pub(crate) const VERSION: u32 = 1;
+/// The protocol version this library speaks: 2 added `bytes` frames.
+pub(crate) const VERSION: u32 = 2;
+/// The oldest version it still speaks with (a peer of version 1 is sent no
+/// frame it does not know: see [`supports_bytes`]).
+pub(crate) const OLDEST_VERSION: u32 = 1;
+
+/// Whether a peer whose hello said `version` takes `bytes` frames (0: its
+/// hello has not come yet, and it is taken to speak ours).
+pub(crate) fn supports_bytes(version: u32) -> bool {
+    version == 0 || version >= 2
+}
 /// The default largest frame (kind byte and payload), 16 MiB.
 pub(crate) const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 
@@ -25,6 +36,7 @@ pub(crate) enum Kind {
     Accepted = 10,
     Heartbeat = 11,
     Served = 12,
+    Bytes = 13,
 }
 
 impl Kind {
@@ -43,6 +55,7 @@ impl Kind {
             Kind::Accepted => "accepted",
             Kind::Heartbeat => "heartbeat",
             Kind::Served => "served",
+            Kind::Bytes => "bytes",
         }
     }
 }
@@ -65,6 +78,7 @@ impl TryFrom<u8> for Kind {
             10 => Kind::Accepted,
             11 => Kind::Heartbeat,
             12 => Kind::Served,
+            13 => Kind::Bytes,
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }
@@ -122,6 +136,8 @@ pub(crate) enum Frame {
     /// Worker to primary: I served this many more requests (toward
     /// `max_requests`; sent only to a primary whose hello said `served`).
     Served { requests: u64 },
+    /// Either way: a user message of raw bytes (protocol version 2).
+    Bytes(Bytes),
 }
 
 impl Frame {
@@ -140,6 +156,7 @@ impl Frame {
             Frame::Accepted { .. } => Kind::Accepted,
             Frame::Heartbeat => Kind::Heartbeat,
             Frame::Served { .. } => Kind::Served,
+            Frame::Bytes(_) => Kind::Bytes,
         }
     }
 
@@ -161,6 +178,7 @@ impl Frame {
             Frame::Reply {
                 result: Err(error), ..
             } => error.len(),
+            Frame::Bytes(bytes) => bytes.len(),
             _ => 0,
         };
         payload.max(64)
@@ -201,7 +219,7 @@ mod tests {
                 Err(error) => assert!(matches!(error, ProtocolError::UnknownKind(b) if b == byte)),
             }
         }
-        // Kinds 1 to 12; 0 and 13 to 255 are reserved (`docs/protocol.md`).
+        // Kinds 1 to 13; 0 and 14 to 255 are reserved (`docs/protocol.md`).
         let names = [
             "hello",
             "ready",
@@ -215,6 +233,7 @@ mod tests {
             "accepted",
             "heartbeat",
             "served",
+            "bytes",
         ];
         assert_eq!(kinds, names);
     }

@@ -22,8 +22,8 @@ mod node;
 mod payload;
 mod wire;
 
-pub(crate) use codec::{FrameCodec, encode, encode_control};
-pub(crate) use frame::{DEFAULT_MAX_FRAME, Frame, User, VERSION};
+pub(crate) use codec::{Encoded, FrameCodec, encode, encode_bytes, encode_control};
+pub(crate) use frame::{DEFAULT_MAX_FRAME, Frame, OLDEST_VERSION, User, VERSION, supports_bytes};
 pub(crate) use node::NodeCodec;
 #[cfg(feature = "internals")]
 pub(crate) use wire::check_any_split;

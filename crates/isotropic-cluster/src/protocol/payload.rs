@@ -48,6 +48,10 @@ pub(super) fn put(frame: &Frame, dst: &mut BytesMut) -> Result<(), ProtocolError
             Ok(())
         }
         Frame::Reply { id, result } => put_reply(*id, result, dst),
+        Frame::Bytes(bytes) => {
+            dst.put_slice(bytes);
+            Ok(())
+        }
         Frame::Served { requests } => put_json(
             &ServedBody {
                 requests: *requests,
@@ -74,6 +78,7 @@ pub(super) fn take(kind: Kind, body: Bytes) -> Result<Frame, ProtocolError> {
         Kind::Reply => take_reply(body),
         Kind::Accepted => take_accepted(&body),
         Kind::Heartbeat => take_empty(kind, &body, Frame::Heartbeat),
+        Kind::Bytes => Ok(Frame::Bytes(body)),
         Kind::Served => {
             let body: ServedBody = control_body(&body)?;
             Ok(Frame::Served {

@@ -63,6 +63,8 @@ pub struct WorkerContext {
     pub(super) watchdogs: Arc<Watchdogs>,
     /// The primary's hello said it takes `served` frames.
     pub(super) counts_served: Arc<std::sync::atomic::AtomicBool>,
+    /// The protocol version of the primary's hello (0 until it comes).
+    pub(super) primary_protocol: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl std::fmt::Debug for WorkerContext {
@@ -85,6 +87,7 @@ topics!(WorkerContext =>
         InitializeComplete: "initializeComplete" once Publish => complete_initialize_complete;
         InitializeError: "initializeError" once Publish => log_event;
         PrimaryMessage: "primaryMessage" => complete_message;
+        PrimaryBytes: "primaryBytes" => log_event;
         PrimaryMessageError: "primaryMessageError" => log_event;
         PrimaryDisconnect: "primaryDisconnect" => complete_primary_disconnect;
         Destroy: "destroy" once Complete => complete_destroy;
@@ -99,6 +102,7 @@ impl events::sealed::StreamEvent for WorkerEvent {
             | Self::PrimaryMessageError(PrimaryMessageError { message, .. }) => {
                 message.as_bytes().len()
             }
+            Self::PrimaryBytes(PrimaryBytes { bytes }) => bytes.len(),
             _ => 0,
         }
     }
@@ -119,6 +123,20 @@ impl WorkerContext {
         let frame = Wire::Frames
             .encode(User::Message(message), self.settings.max_frame_size)
             .map_err(SendError::Encode)?;
+        self.outbox.try_send(frame)
+    }
+
+    /// Queues `bytes` for the primary as a bytes message without waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterWorker::try_send_bytes`].
+    pub fn try_send_bytes(&self, bytes: impl Into<bytes::Bytes>) -> Result<(), SendError> {
+        let frame = super::bytes_frame(
+            bytes.into(),
+            self.settings.max_frame_size,
+            &self.primary_protocol,
+        )?;
         self.outbox.try_send(frame)
     }
 
@@ -173,6 +191,7 @@ impl WorkerContext {
             sigterm: None,
             watchdogs: Arc::default(),
             counts_served: Arc::default(),
+            primary_protocol: Arc::default(),
         };
         Ok((context, mailbox, commands))
     }
@@ -288,9 +307,14 @@ impl WorkerContext {
     }
 
     fn frame(&mut self, frame: Frame) {
-        if let Frame::Hello { served, .. } = frame {
+        if let Frame::Hello {
+            served, protocol, ..
+        } = frame
+        {
             self.counts_served
                 .store(served, std::sync::atomic::Ordering::Relaxed);
+            self.primary_protocol
+                .store(protocol, std::sync::atomic::Ordering::Relaxed);
         }
         match self.step(Input::Frame(&frame)) {
             Action::Handle => self.deliver(frame),
@@ -308,6 +332,7 @@ impl WorkerContext {
     fn deliver(&mut self, frame: Frame) {
         match frame {
             Frame::Message(message) => events::publish(self, PrimaryMessage { message }),
+            Frame::Bytes(bytes) => events::publish(self, PrimaryBytes { bytes }),
             Frame::Listening {
                 id,
                 result,

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use crate::error::{Error, MessageError};
 use crate::message::Message;
 
@@ -34,6 +36,23 @@ pub struct InitializeError {
 pub struct PrimaryMessage {
     /// The message.
     pub message: Message,
+}
+
+/// A bytes message from the primary (protocol version 2). Bytes carry no
+/// `type`: nothing routes them.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct PrimaryBytes {
+    /// The payload, as the primary sent it.
+    pub bytes: Bytes,
+}
+
+impl std::fmt::Debug for PrimaryBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrimaryBytes")
+            .field("len", &self.bytes.len())
+            .finish()
+    }
 }
 
 /// A routed message did not decode into the route's type.

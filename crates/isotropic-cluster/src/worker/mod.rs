@@ -16,8 +16,10 @@ mod watchdog;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::Serialize;
 
 pub use context::{WorkerContext, WorkerEvent};
@@ -214,6 +216,23 @@ impl WorkerBuilder {
 
 /// Runs the initializer; its panic ends the process as a handler's does
 /// (see [`WorkerBuilder::initialize`]).
+/// A bytes message of `bytes` for the primary, unless its hello (once it
+/// came) said version 1.
+fn bytes_frame(
+    bytes: Bytes,
+    max: usize,
+    primary_protocol: &AtomicU32,
+) -> Result<protocol::Encoded, SendError> {
+    if !protocol::supports_bytes(primary_protocol.load(Ordering::Relaxed)) {
+        return Err(SendError::Unsupported {
+            worker_id: None,
+            what: "bytes messages",
+            why: "the primary's hello said protocol version 1",
+        });
+    }
+    protocol::encode_bytes(bytes, max).map_err(SendError::Encode)
+}
+
 async fn initialize(init: Initializer, worker: ClusterWorker) -> Result<(), BoxError> {
     let id = worker.id;
     match pubsub::catch_async(async move { init(worker).await }).await {
@@ -257,6 +276,7 @@ pub struct ClusterWorker {
     stream: StreamSource<WorkerEvent>,
     watchdogs: Arc<watchdog::Watchdogs>,
     counts_served: Arc<std::sync::atomic::AtomicBool>,
+    primary_protocol: Arc<AtomicU32>,
 }
 
 impl std::fmt::Debug for ClusterWorker {
@@ -295,6 +315,7 @@ impl ClusterWorker {
             stream: context.stream.clone(),
             watchdogs: context.watchdogs.clone(),
             counts_served: context.counts_served.clone(),
+            primary_protocol: context.primary_protocol.clone(),
         }
     }
 
@@ -319,6 +340,36 @@ impl ClusterWorker {
             .encode(User::Message(message), self.max_frame)
             .map_err(SendError::Encode)?;
         self.outbox.send(frame).await
+    }
+
+    /// Sends `bytes` to the primary as a bytes message (no serialization,
+    /// no copy: the payload is written as it is), waiting while the queue
+    /// is full; resolves once it is written to the channel. The primary
+    /// gets it as a `WorkerBytes` event.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Unsupported`] when the primary's hello said protocol
+    /// version 1; [`SendError::Encode`] for a payload larger than the
+    /// maximum frame; [`SendError::Closed`] once disconnected.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: a cancelled message may still be written.
+    pub async fn send_bytes(&self, bytes: impl Into<Bytes>) -> Result<(), SendError> {
+        let frame = bytes_frame(bytes.into(), self.max_frame, &self.primary_protocol)?;
+        self.outbox.send(frame).await
+    }
+
+    /// Queues `bytes` as a bytes message without waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`send_bytes`](Self::send_bytes), and [`SendError::Full`] when
+    /// the queue is full.
+    pub fn try_send_bytes(&self, bytes: impl Into<Bytes>) -> Result<(), SendError> {
+        let frame = bytes_frame(bytes.into(), self.max_frame, &self.primary_protocol)?;
+        self.outbox.try_send(frame)
     }
 
     /// Queues `message` without waiting.

@@ -101,7 +101,10 @@ impl Phase {
     fn frame(self, greeted: bool, frame: &Frame) -> (Phase, Action) {
         let announce = self.announces();
         match frame {
-            Frame::Hello { protocol, .. } if !greeted && *protocol == protocol::VERSION => {
+            Frame::Hello { protocol, .. }
+                if !greeted
+                    && (protocol::OLDEST_VERSION..=protocol::VERSION).contains(protocol) =>
+            {
                 (self.greeted(), Action::None)
             }
             Frame::Disconnect if greeted => (self, Action::PrimaryGone { announce }),
@@ -111,6 +114,7 @@ impl Phase {
             | Frame::Request { .. }
             | Frame::Reply { .. }
             | Frame::Heartbeat
+            | Frame::Bytes(_)
                 if greeted =>
             {
                 (self, Action::Handle)
@@ -180,12 +184,21 @@ mod tests {
         assert_eq!(step(fresh, Input::Frame(&message())), reject);
         assert_eq!(step(fresh, Input::Frame(&Frame::Disconnect)), reject);
         assert_eq!(step(fresh, Input::Frame(&Frame::Heartbeat)), reject);
-        let wrong = Frame::Hello {
-            protocol: protocol::VERSION + 1,
+        for version in [0, protocol::VERSION + 1] {
+            let wrong = Frame::Hello {
+                protocol: version,
+                heartbeat: false,
+                served: false,
+            };
+            assert_eq!(step(fresh, Input::Frame(&wrong)), reject);
+        }
+        // A primary of the oldest version still speaks with us.
+        let oldest = Frame::Hello {
+            protocol: protocol::OLDEST_VERSION,
             heartbeat: false,
             served: false,
         };
-        assert_eq!(step(fresh, Input::Frame(&wrong)), reject);
+        assert_eq!(step(fresh, Input::Frame(&oldest)), (RUNNING, Action::None));
         assert_eq!(
             step(RUNNING, Input::Frame(&hello())),
             (RUNNING, Action::Reject { announce: true })

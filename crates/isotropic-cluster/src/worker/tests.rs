@@ -411,3 +411,57 @@ async fn heartbeats_are_answered_while_every_watchdog_is_fresh() {
     started.primary.send(&Frame::Heartbeat);
     assert_eq!(started.primary.next().await, Some(Frame::Heartbeat));
 }
+
+#[tokio::test]
+async fn bytes_go_both_ways_and_not_to_a_primary_of_version_1() {
+    let builder = ClusterWorker::builder().on::<PrimaryBytes>(|event| {
+        let echo = event.bytes.clone();
+        event.context().try_send_bytes(echo).expect("queued");
+    });
+    let mut started = start(builder);
+    started.primary.hello();
+    let payload = bytes::Bytes::from_static(b"\0raw\xff");
+    started.primary.send(&Frame::Bytes(payload.clone()));
+    started
+        .worker
+        .send_bytes(payload.clone())
+        .await
+        .expect("written");
+    assert!(matches!(
+        started.primary.next().await,
+        Some(Frame::Hello { .. })
+    ));
+    for _ in 0..2 {
+        assert_eq!(
+            started.primary.next().await,
+            Some(Frame::Bytes(payload.clone()))
+        );
+    }
+
+    // A primary whose hello says version 1 is sent none.
+    let mut started = start(ClusterWorker::builder());
+    started.primary.send(&Frame::Hello {
+        protocol: 1,
+        heartbeat: false,
+        served: false,
+    });
+    started
+        .primary
+        .send(&Frame::Message(message(json!("sync"))));
+    while !matches!(
+        started.events.next().await,
+        Some(WorkerEvent::PrimaryMessage(_))
+    ) {}
+    let refused = started.worker.try_send_bytes(payload);
+    assert!(
+        matches!(
+            refused,
+            Err(SendError::Unsupported {
+                worker_id: None,
+                what: "bytes messages",
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+}
