@@ -74,11 +74,12 @@ pub(crate) fn through_shim(
     plan: &Plan,
     report: &Report,
     handover: Option<&mut Handover>,
+    activated: &mut Activated,
 ) -> anyhow::Result<(PrimaryBuilder, SocketFiles)> {
     // Find the command now, so that a missing one is an error here, as
     // without --listen.
     let program = executable(&plan.program)?;
-    let (fds, names, files) = bind(&plan.listen, report, handover)?;
+    let (fds, names, files) = bind(&plan.listen, report, handover, activated)?;
     // The shim is this very binary (`/proc/self/exe` in the child), whatever
     // a deploy did to its file; the program is its release's.
     let shim = [OsString::from(EXEC_WITH_SOCKETS), names.into(), "--".into()];
@@ -138,34 +139,56 @@ fn executable(program: &str) -> anyhow::Result<std::path::PathBuf> {
     found.ok_or_else(|| anyhow::anyhow!("cannot start {program}: not found, or not executable"))
 }
 
+/// The sockets socket activation passed to the CLI (a systemd `.socket`
+/// unit's), with the address each is bound to, that no pool has taken yet.
+#[derive(Debug, Default)]
+pub(crate) struct Activated(Vec<(OwnedFd, ListenAddress)>);
+
+impl Activated {
+    /// The passed sockets, unless `handover` has the sockets (an upgrade's
+    /// new primary has them from the old one, by name).
+    pub(crate) fn take(handover: Option<&Handover>) -> Self {
+        match handover {
+            Some(_) => Self::default(),
+            None => Self(isotropic_cluster::socket_activation::take_listen_fds()),
+        }
+    }
+
+    /// Closes the sockets no pool took, with a line each.
+    pub(crate) fn close_unused(self, report: &Report) {
+        for (_, bound) in self.0 {
+            let text = format!(
+                "the socket on {bound} passed by socket activation serves no --listen address: closed"
+            );
+            report.warn("listening", &text);
+        }
+    }
+}
+
 /// Binds every `--listen` address, or adopts it: from `handover`, or the
-/// socket bound to it that socket activation passed (a systemd `.socket`
-/// unit's); the sockets, their LISTEN_FDNAMES, and the socket files made.
+/// socket bound to it that socket activation passed (`activated`); the
+/// sockets, their LISTEN_FDNAMES, and the socket files made.
 fn bind(
     addresses: &[ListenAddress],
     report: &Report,
     mut handover: Option<&mut Handover>,
+    activated: &mut Activated,
 ) -> anyhow::Result<(Vec<OwnedFd>, String, SocketFiles)> {
     let mut fds = Vec::new();
     let mut names = Vec::new();
     // (Handed over: the old primary's files until this one takes over.)
     let mut files = SocketFiles::default();
     files.keep(handover.is_some());
-    // (An upgrade's new primary has them from the old one, by name.)
-    let mut activated = match handover {
-        Some(_) => Vec::new(),
-        None => isotropic_cluster::socket_activation::take_listen_fds(),
-    };
     for (i, address) in addresses.iter().enumerate() {
         let name = format!("listen{i}");
         // (The name an upgrade hands it over as: the workers' own, in a pool's.)
         let handed_as = report
             .pool()
             .map_or_else(|| name.clone(), |pool| format!("{pool}/{name}"));
-        let passed = activated
+        let passed = (activated.0)
             .iter()
             .position(|(_, bound)| serves(address, bound))
-            .map(|at| activated.swap_remove(at));
+            .map(|at| activated.0.swap_remove(at));
         // (A file the service manager made is its own: not removed at exit.)
         let files_ours = passed.is_none();
         let (fd, bound, from) = match (handover.as_deref_mut(), passed) {
@@ -196,12 +219,6 @@ fn bind(
         files.sockets.push((handed_as, fd.try_clone()?));
         fds.push(fd);
         names.push(name);
-    }
-    for (_, bound) in activated {
-        let text = format!(
-            "the socket on {bound} passed by socket activation serves no --listen address: closed"
-        );
-        report.warn("listening", &text);
     }
     Ok((fds, names.join(":"), files))
 }

@@ -96,6 +96,7 @@ impl Pool {
         plan: &Plan,
         report: Report,
         handover: Option<&mut Handover>,
+        activated: &mut listen::Activated,
         sampled: bool,
     ) -> anyhow::Result<(Self, listen::SocketFiles)> {
         let (builder, files) = if plan.listen.is_empty() {
@@ -104,7 +105,7 @@ impl Pool {
                 .args(&plan.args);
             (builder, listen::SocketFiles::default())
         } else {
-            listen::through_shim(plan, &report, handover)?
+            listen::through_shim(plan, &report, handover, activated)?
         };
         let (sink, lines) = output_channel(OUTPUT_BYTES);
         let primary = configure(builder, plan, sampled)

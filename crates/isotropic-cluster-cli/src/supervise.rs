@@ -313,10 +313,13 @@ async fn start(
     // Workers are sampled (every second) for `status` on the control socket
     // and for the metrics.
     let sampled = setup.control.is_some() || setup.metrics.is_some();
+    // (Each pool takes those bound to its addresses.)
+    let mut activated = listen::Activated::take(handover.as_deref());
     for plan in &setup.pools {
         let name = plan.name.as_deref().filter(|_| several);
         let report = report.for_pool(name);
-        match Pool::start(plan, report, handover.as_deref_mut(), sampled).await {
+        let handover = handover.as_deref_mut();
+        match Pool::start(plan, report, handover, &mut activated, sampled).await {
             Ok((pool, files)) => {
                 pools.push(pool);
                 socket_files.push(files);
@@ -327,6 +330,7 @@ async fn start(
             }
         }
     }
+    activated.close_unused(report);
     Ok((pools, socket_files))
 }
 
