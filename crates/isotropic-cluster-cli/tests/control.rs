@@ -551,3 +551,130 @@ async fn without_a_usable_runtime_directory_the_run_goes_on_without_a_control_so
     assert!(seen.iter().any(|l| l.starts_with(&expected)), "{seen:?}");
     stop_cleanly(&mut child, &mut stderr, 1).await;
 }
+
+/// `run --control SOCKET --config FILE` with `pools` (TOML, after
+/// `min-uptime = "100ms"`) written to a file in `scratch`, once `ready`
+/// lines were read; its stdout drained.
+async fn pools(scratch: &Scratch, socket: &Path, pools: &str, ready: &[&str]) -> (Child, Stderr) {
+    let config = scratch.path("cluster.toml");
+    std::fs::write(&config, format!("min-uptime = \"100ms\"\n{pools}")).expect("the config");
+    let mut run = run_at(socket, &["--config", config.to_str().expect("UTF-8")]);
+    run.stdout(Stdio::piped());
+    let (mut child, mut stderr) = spawn(run);
+    drain(BufReader::new(child.stdout.take().expect("stdout")).lines());
+    until_all(&mut stderr, ready).await;
+    (child, stderr)
+}
+
+/// A `[pools.NAME]` of `workers` [`WORKER`]s.
+fn worker_pool(name: &str, workers: usize) -> String {
+    let command = serde_json::to_string(WORKER).expect("a TOML string");
+    format!("[pools.{name}]\ncommand = [\"sh\", \"-c\", {command}]\nworkers = {workers}\n")
+}
+
+/// Of `status --json`'s workers, `pool`'s: (slot, generation, pid) each.
+fn of_pool(workers: &[Value], pool: &str) -> Vec<(u64, u64, u64)> {
+    let number = |worker: &Value, key: &str| worker[key].as_u64().expect("a number");
+    (workers.iter())
+        .filter(|worker| worker["pool"] == pool)
+        .map(|w| (number(w, "slot"), number(w, "generation"), number(w, "pid")))
+        .collect()
+}
+
+#[tokio::test]
+async fn with_two_pools_status_lists_both_and_scale_and_reload_go_to_the_named_one() {
+    let scratch = Scratch::new("control-two-pools");
+    let socket = scratch.path("control.sock");
+    let text = worker_pool("web", 2) + &worker_pool("jobs", 1);
+    let ready = ["web worker 2 ready", "jobs worker 1 ready"];
+    let (mut child, mut stderr) = pools(&scratch, &socket, &text, &ready).await;
+    let primary = child.id().expect("running");
+
+    // Every worker of both pools, by pool name, each a child of the primary.
+    let (pid, workers) = status(&socket).await;
+    assert_eq!(pid, u64::from(primary));
+    let (web, jobs) = (of_pool(&workers, "web"), of_pool(&workers, "jobs"));
+    assert_eq!(workers.len(), 3, "{workers:?}");
+    assert_eq!(web.iter().map(|w| (w.0, w.1)).collect::<Vec<_>>(), [(0, 1), (1, 1)]);
+    assert_eq!(jobs.iter().map(|w| (w.0, w.1)).collect::<Vec<_>>(), [(0, 1)]);
+    for (_, _, pid) in web.iter().chain(&jobs) {
+        assert_eq!(parent_of(*pid), primary, "{workers:?}");
+    }
+
+    // `scale` names its pool: only web grows.
+    let out = stdout(&control(&socket, &["scale", "--pool", "web", "3"]).await);
+    assert_eq!(out, "pool web: from 2 to 3 workers\n");
+    until(&mut stderr, "web worker 3 ready").await;
+    let (_, workers) = status(&socket).await;
+    assert_eq!(of_pool(&workers, "web").len(), 3, "{workers:?}");
+    assert_eq!(of_pool(&workers, "jobs"), jobs, "jobs unchanged");
+
+    // Without a pool, with two: refused, naming both.
+    for args in [&["scale", "3"][..], &["reload"]] {
+        let refused = control(&socket, args).await;
+        assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+        let error = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            error.contains("name a pool (--pool NAME): there are jobs, web (no_such_pool)"),
+            "{error}"
+        );
+    }
+
+    // `reload` names its pool: only jobs rolls out a generation 2.
+    let out = stdout(&control(&socket, &["reload", "--pool", "jobs"]).await);
+    assert_eq!(
+        out,
+        "pool jobs: reloaded, 1 workers restarted, generation 2\n"
+    );
+    let (_, workers) = status(&socket).await;
+    let reloaded = of_pool(&workers, "jobs");
+    assert_eq!(reloaded.iter().map(|w| (w.0, w.1)).collect::<Vec<_>>(), [(0, 2)]);
+    assert_ne!(reloaded[0].2, jobs[0].2, "a new process");
+    let web_now = of_pool(&workers, "web");
+    assert!(web_now.iter().all(|w| w.1 == 1), "{workers:?}");
+    assert_eq!(web_now[..2], web[..], "web's first two unchanged");
+
+    // `stop` stops both pools: every worker gone, the primary exits 0.
+    let out = stdout(&control(&socket, &["stop"]).await);
+    assert_eq!(out, format!("stopping the primary (pid {primary})\nstopped\n"));
+    assert_eq!(exit_code(&mut child).await, Some(0));
+    let pids: Vec<u64> = (workers.iter())
+        .map(|w| w["pid"].as_u64().expect("a pid"))
+        .collect();
+    assert!(
+        pids.iter().all(|pid| !Path::new(&format!("/proc/{pid}")).exists()),
+        "{pids:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_pool_that_ended_answers_commands_while_the_other_serves_on() {
+    let scratch = Scratch::new("control-pool-ended");
+    let socket = scratch.path("control.sock");
+    // `once` exits 0 at once, and is not replaced: the pool ends alone.
+    let text = format!(
+        "{}[pools.once]\ncommand = [\"sh\", \"-c\", \"exit 0\"]\nworkers = 1\nrestart = \"never\"\n",
+        worker_pool("web", 1)
+    );
+    let ready = ["web worker 1 ready", "once: no worker left to replace"];
+    let (mut child, mut stderr) = pools(&scratch, &socket, &text, &ready).await;
+    // Commands for the pool that ended get an answer, never a wait: once
+    // its supervision has ended, that it is shutting down.
+    for args in [&["reload", "--pool", "once"][..], &["scale", "--pool", "once", "2"]] {
+        eventually_async("the pool that ended refuses", || async {
+            let refused = control(&socket, args).await;
+            let error = String::from_utf8_lossy(&refused.stderr).into_owned();
+            refused.status.code() == Some(1) && error.contains("(shutting_down)")
+        })
+        .await;
+    }
+    // The other serves on, and answers.
+    let (_, workers) = status(&socket).await;
+    assert_eq!(of_pool(&workers, "web").len(), 1, "{workers:?}");
+    assert_eq!(of_pool(&workers, "once").len(), 0, "{workers:?}");
+    let out = stdout(&control(&socket, &["reload", "--pool", "web"]).await);
+    assert_eq!(out, "pool web: reloaded, 1 workers restarted, generation 2\n");
+    terminate(&child);
+    until(&mut stderr, "all workers exited").await;
+    assert_eq!(exit_code(&mut child).await, Some(0));
+}
