@@ -66,8 +66,9 @@ pub(crate) enum Command {
 pub(crate) enum Note {
     /// An event that changes the pool's status.
     Event(PrimaryEvent),
-    /// A reload asked of the pool ended (complete, or rolled back).
-    Reloaded,
+    /// The reload under way in the pool named so ended (complete, or
+    /// rolled back); one asked during it is part of it.
+    Reloaded(String),
 }
 
 /// How a pool's supervision ended.
@@ -237,7 +238,7 @@ impl Pool {
                 },
                 done = reloading.done(), if reloading.under_way() => {
                     reloading.settle(done, report);
-                    let _ = notes.send(Note::Reloaded);
+                    let _ = notes.send(Note::Reloaded(self.label().to_owned()));
                 }
             }
         }

@@ -5,6 +5,8 @@
 //! all down, a pool that gives up (`--max-restarts`) shuts the others down
 //! too, and one that runs out of workers ends alone.
 
+use std::collections::BTreeSet;
+
 use anyhow::Context as _;
 use isotropic_cluster::Signal;
 use isotropic_cluster::primary::{ClusterPrimary, Metrics, OrphanReaper};
@@ -159,6 +161,7 @@ async fn supervise(
     let mut serving = metrics_listener.map(|listener| serve_metrics(listener, &primaries, output));
     // Each pool under supervision in a task of its own, told what to do.
     let mut running = Vec::new();
+    let names: Vec<String> = pools.iter().map(|pool| pool.label().to_owned()).collect();
     let mut supervised = JoinSet::new();
     let (notes, mut noted) = mpsc::unbounded_channel();
     for mut pool in pools {
@@ -171,9 +174,10 @@ async fn supervise(
         });
     }
     drop(notes);
-    // The pools whose reload has not ended: the service manager hears
-    // `READY=1` once none is left.
-    let mut reloads = 0;
+    // The pools whose reload has not ended (by name): the service manager
+    // hears `READY=1` once none is left. A pool asked to reload during a
+    // reload restarts its rollout and ends it once: a set, not a count.
+    let mut reloading = BTreeSet::new();
     let mut shutdown = Shutdown::default();
     let mut ended = Vec::new();
     let mut outcome = Outcome::default();
@@ -186,6 +190,10 @@ async fn supervise(
                 None => break,
                 Some(finished) => {
                     let (pool, ended_with) = finished.context("a pool's supervision failed")?;
+                    // (A pool that ended has no reload under way.)
+                    if reloading.remove(pool.label()) && reloading.is_empty() {
+                        service.reloaded().await;
+                    }
                     if ended_with.gave_up && !supervised.is_empty() && shutdown.signals == 0 {
                         let name = pool.name().unwrap_or_default();
                         report.warn("shutDown", &format!("the pool {name} gave up: stopping every pool"));
@@ -200,9 +208,8 @@ async fn supervise(
             },
             Some(note) = noted.recv() => match note {
                 Note::Event(event) => service.event(&event).await,
-                Note::Reloaded => {
-                    reloads = usize::saturating_sub(reloads, 1);
-                    if reloads == 0 {
+                Note::Reloaded(pool) => {
+                    if reloading.remove(&pool) && reloading.is_empty() {
                         service.reloaded().await;
                     }
                 }
@@ -216,9 +223,13 @@ async fn supervise(
                 shutdown.on_signal(&running, &report, false);
             }
             _ = signals.hangup.recv(), if shutdown.signals == 0 => {
-                service.reloading();
-                for commands in &running {
-                    reloads += usize::from(commands.send(Command::Reload { reply: None }).is_ok());
+                for (commands, name) in running.iter().zip(&names) {
+                    if commands.send(Command::Reload { reply: None }).is_ok() {
+                        reloading.insert(name.clone());
+                    }
+                }
+                if !reloading.is_empty() {
+                    service.reloading();
                 }
             }
             Some(command) = asked.recv() => match command {
@@ -229,9 +240,12 @@ async fn supervise(
                     }
                 }
                 control::Command::Reload { pool, reply } => {
-                    service.reloading();
+                    // (`RELOADING=1` only if the pool is there to reload.)
                     match running[pool].send(Command::Reload { reply: Some(reply) }) {
-                        Ok(()) => reloads += 1,
+                        Ok(()) => {
+                            reloading.insert(names[pool].clone());
+                            service.reloading();
+                        }
                         Err(unsent) => refuse(unsent.0),
                     }
                 }

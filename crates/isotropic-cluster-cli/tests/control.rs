@@ -595,8 +595,14 @@ async fn with_two_pools_status_lists_both_and_scale_and_reload_go_to_the_named_o
     assert_eq!(pid, u64::from(primary));
     let (web, jobs) = (of_pool(&workers, "web"), of_pool(&workers, "jobs"));
     assert_eq!(workers.len(), 3, "{workers:?}");
-    assert_eq!(web.iter().map(|w| (w.0, w.1)).collect::<Vec<_>>(), [(0, 1), (1, 1)]);
-    assert_eq!(jobs.iter().map(|w| (w.0, w.1)).collect::<Vec<_>>(), [(0, 1)]);
+    assert_eq!(
+        web.iter().map(|w| (w.0, w.1)).collect::<Vec<_>>(),
+        [(0, 1), (1, 1)]
+    );
+    assert_eq!(
+        jobs.iter().map(|w| (w.0, w.1)).collect::<Vec<_>>(),
+        [(0, 1)]
+    );
     for (_, _, pid) in web.iter().chain(&jobs) {
         assert_eq!(parent_of(*pid), primary, "{workers:?}");
     }
@@ -628,7 +634,10 @@ async fn with_two_pools_status_lists_both_and_scale_and_reload_go_to_the_named_o
     );
     let (_, workers) = status(&socket).await;
     let reloaded = of_pool(&workers, "jobs");
-    assert_eq!(reloaded.iter().map(|w| (w.0, w.1)).collect::<Vec<_>>(), [(0, 2)]);
+    assert_eq!(
+        reloaded.iter().map(|w| (w.0, w.1)).collect::<Vec<_>>(),
+        [(0, 2)]
+    );
     assert_ne!(reloaded[0].2, jobs[0].2, "a new process");
     let web_now = of_pool(&workers, "web");
     assert!(web_now.iter().all(|w| w.1 == 1), "{workers:?}");
@@ -636,13 +645,17 @@ async fn with_two_pools_status_lists_both_and_scale_and_reload_go_to_the_named_o
 
     // `stop` stops both pools: every worker gone, the primary exits 0.
     let out = stdout(&control(&socket, &["stop"]).await);
-    assert_eq!(out, format!("stopping the primary (pid {primary})\nstopped\n"));
+    assert_eq!(
+        out,
+        format!("stopping the primary (pid {primary})\nstopped\n")
+    );
     assert_eq!(exit_code(&mut child).await, Some(0));
     let pids: Vec<u64> = (workers.iter())
         .map(|w| w["pid"].as_u64().expect("a pid"))
         .collect();
     assert!(
-        pids.iter().all(|pid| !Path::new(&format!("/proc/{pid}")).exists()),
+        pids.iter()
+            .all(|pid| !Path::new(&format!("/proc/{pid}")).exists()),
         "{pids:?}"
     );
 }
@@ -660,7 +673,10 @@ async fn a_pool_that_ended_answers_commands_while_the_other_serves_on() {
     let (mut child, mut stderr) = pools(&scratch, &socket, &text, &ready).await;
     // Commands for the pool that ended get an answer, never a wait: once
     // its supervision has ended, that it is shutting down.
-    for args in [&["reload", "--pool", "once"][..], &["scale", "--pool", "once", "2"]] {
+    for args in [
+        &["reload", "--pool", "once"][..],
+        &["scale", "--pool", "once", "2"],
+    ] {
         eventually_async("the pool that ended refuses", || async {
             let refused = control(&socket, args).await;
             let error = String::from_utf8_lossy(&refused.stderr).into_owned();
@@ -673,7 +689,10 @@ async fn a_pool_that_ended_answers_commands_while_the_other_serves_on() {
     assert_eq!(of_pool(&workers, "web").len(), 1, "{workers:?}");
     assert_eq!(of_pool(&workers, "once").len(), 0, "{workers:?}");
     let out = stdout(&control(&socket, &["reload", "--pool", "web"]).await);
-    assert_eq!(out, "pool web: reloaded, 1 workers restarted, generation 2\n");
+    assert_eq!(
+        out,
+        "pool web: reloaded, 1 workers restarted, generation 2\n"
+    );
     terminate(&child);
     until(&mut stderr, "all workers exited").await;
     assert_eq!(exit_code(&mut child).await, Some(0));

@@ -133,3 +133,92 @@ async fn a_watchdog_meant_for_another_process_is_not_pinged() {
     assert!(!seen.iter().any(|d| d.contains("WATCHDOG=1")), "{seen:?}");
     assert_eq!(exit_code(&mut cli).await, Some(0));
 }
+
+/// A worker that prints `up` and exits 0 on SIGTERM, whatever its
+/// generation.
+const STEADY: &str = r#"
+import signal, sys
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+print("up", flush=True)
+signal.pause()
+"#;
+
+/// The CLI running two pools of [`STEADY`] workers, `web` × 2 (a new worker
+/// proven after 100 ms) and `jobs` × 1 (after 3 s: its rollout ends well
+/// after web's), with `NOTIFY_SOCKET=notify`; the config's directory.
+fn start_two_pools(test: &str, notify: &str) -> (tokio::process::Child, Scratch) {
+    let scratch = Scratch::new(test);
+    let config = scratch.path("cluster.toml");
+    let program = serde_json::to_string(STEADY).expect("a TOML string");
+    let pool = |name: &str, workers: u32, min_uptime: &str| {
+        format!(
+            "[pools.{name}]\ncommand = [\"python3\", \"-c\", {program}]\n\
+             workers = {workers}\nmin-uptime = \"{min_uptime}\"\n"
+        )
+    };
+    let text = pool("web", 2, "100ms") + &pool("jobs", 1, "3s");
+    std::fs::write(&config, text).expect("the config");
+    let mut command = command(&["run", "--config", config.to_str().expect("UTF-8")]);
+    command.env("NOTIFY_SOCKET", notify).stdout(Stdio::null());
+    let (child, mut stderr) = spawn(command);
+    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+    (child, scratch)
+}
+
+#[tokio::test]
+async fn with_two_pools_ready_waits_for_both_and_a_reload_for_both_rollouts() {
+    let (manager, address) = Manager::at_path("two-pools");
+    let (mut cli, _scratch) = start_two_pools("config-two-pools", &address);
+    // Ready once the workers of both pools are, not before.
+    let started = manager.until("READY=1").await;
+    let ready = started.last().expect("the READY=1 datagram");
+    assert_eq!(
+        field(ready, "STATUS"),
+        Some("3 of 3 workers ready"),
+        "{started:?}"
+    );
+    let before = &started[..started.len() - 1];
+    assert!(!before.iter().any(|d| d.contains("READY=1")), "{started:?}");
+
+    // A reload of both: ready again once jobs' rollout ended too (its new
+    // worker proven after 3 s), not at the end of web's.
+    let asked = std::time::Instant::now();
+    let rolled = reload(&cli, &manager).await;
+    let took = asked.elapsed();
+    assert!(
+        took >= std::time::Duration::from_secs(3),
+        "READY=1 after {took:?}: {rolled:?}"
+    );
+    assert_eq!(
+        field(rolled.last().expect("READY=1"), "STATUS"),
+        Some("3 of 3 workers ready"),
+        "{rolled:?}"
+    );
+
+    terminate(&cli);
+    let stopping = manager.until("STOPPING=1").await;
+    assert!(
+        !stopping.iter().any(|d| d.contains("READY=1")),
+        "{stopping:?}"
+    );
+    assert_eq!(exit_code(&mut cli).await, Some(0));
+}
+
+#[tokio::test]
+async fn a_reload_asked_during_a_reload_still_ends_with_ready() {
+    let (manager, address) = Manager::at_path("reload-twice");
+    let (mut cli, _scratch) = start_two_pools("config-reload-twice", &address);
+    manager.until("READY=1").await;
+    send(&cli, rustix::process::Signal::HUP);
+    manager.until("RELOADING=1").await;
+    // (Within jobs' rollout of at least 3 s: it restarts the rollouts.)
+    send(&cli, rustix::process::Signal::HUP);
+    let rolled = manager.until("READY=1").await;
+    assert!(
+        !rolled.iter().any(|d| d.contains("RELOADING=1")),
+        "one reload as the service manager sees it: {rolled:?}"
+    );
+    terminate(&cli);
+    manager.until("STOPPING=1").await;
+    assert_eq!(exit_code(&mut cli).await, Some(0));
+}
