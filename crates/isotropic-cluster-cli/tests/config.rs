@@ -342,3 +342,66 @@ async fn sigusr2_hands_every_pools_sockets_to_the_new_primary() {
     new.signal(rustix::process::Signal::TERM);
     eventually("the new primary exits", || !new.alive()).await;
 }
+
+#[tokio::test]
+async fn a_pool_that_gives_up_stops_every_pool() {
+    let says_up = toml_string(SAYS_UP);
+    // `crash`'s worker exits 1 at once, again and again.
+    let text = format!(
+        "workers = 1\n[pools.web]\ncommand = [\"sh\", \"-c\", {says_up}]\n\
+         [pools.crash]\ncommand = [\"sh\", \"-c\", \"exit 1\"]\nmax-restarts = 2\n\
+         restart-delay = \"10ms\"\n"
+    );
+    let config = ConfigFile::new("gives-up", &text);
+    let (mut child, mut stderr) = cli(&["run", "--config", config.path()]);
+    let seen = until_all(
+        &mut stderr,
+        &[
+            "web worker 1 ready",
+            "the pool crash gave up: stopping every pool",
+        ],
+    )
+    .await;
+    // Web's worker is asked to leave, and does: then the primary exits 3.
+    let rest = until(&mut stderr, "all workers exited").await;
+    let all = [seen, rest].concat();
+    assert!(
+        all.iter()
+            .any(|l| l.contains("web worker 1 exited with code 0")),
+        "{all:?}"
+    );
+    assert_eq!(exit_code(&mut child).await, Some(3), "{all:?}");
+}
+
+#[tokio::test]
+async fn a_pool_without_workers_left_ends_alone_and_the_other_serves_on() {
+    let server = toml_string(DRAINING_SERVER);
+    // `once`'s worker exits 0 at once and is not replaced.
+    let text = format!(
+        "workers = 1\n[pools.web]\ncommand = [\"python3\", \"-c\", {server}]\n\
+         listen = [\"127.0.0.1:0\"]\nready = \"listening\"\n\
+         [pools.once]\ncommand = [\"sh\", \"-c\", \"exit 0\"]\nrestart = \"never\"\n"
+    );
+    let config = ConfigFile::new("ends-alone", &text);
+    let (mut child, mut stderr) = cli(&["run", "--config", config.path()]);
+    let seen = until(&mut stderr, "web: listening on").await;
+    let address = listening_address(&seen);
+    let seen = until_all(
+        &mut stderr,
+        &[
+            "web worker 1 ready",
+            "once: no worker left to replace: stopping",
+            "once worker 1 exited with code 0",
+        ],
+    )
+    .await;
+    assert!(
+        !seen.iter().any(|l| l.contains("shutting down")),
+        "{seen:?}"
+    );
+    // Web serves on, then stops when asked, cleanly (`once` did not fail).
+    let (code, body) = get(address, "/").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("served by"), "{body}");
+    stop_cleanly(&mut child, &mut stderr, 1).await;
+}
