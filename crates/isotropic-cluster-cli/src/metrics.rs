@@ -1,6 +1,7 @@
 //! `--metrics ADDR`: `GET /metrics` (the primary's metrics in Prometheus'
-//! text format), `/healthz` (200 while the primary runs) and `/readyz` (200
-//! while the pool has its ready minimum), over HTTP/1 with hyper.
+//! text format), `/healthz` (200 while the primary runs: while one of its
+//! pools runs) and `/readyz` (200 while each pool that runs has its ready
+//! minimum), over HTTP/1 with hyper.
 //!
 //! One request per connection, headers within 5 s and 16 KiB, at most
 //! [`CONNECTIONS`] at once, each done within 30 s: a client that misbehaves
@@ -119,16 +120,21 @@ fn answer(metrics: &Metrics, request: &Request<Incoming>) -> Response<Full<Bytes
             response.headers_mut().insert(CONTENT_TYPE, content_type);
             response
         }
+        // (A pool that ended alone, with no worker left to replace, leaves
+        // the primary alive and ready while another pool runs.)
         "/healthz" => {
             let pools = metrics.pools();
             match pools.iter().find(|pool| !pool.alive) {
-                None => text(StatusCode::OK, "ok\n".into()),
-                Some(stopped) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{stopped}\n")),
+                Some(stopped) if !pools.iter().any(|pool| pool.alive) => {
+                    text(StatusCode::SERVICE_UNAVAILABLE, format!("{stopped}\n"))
+                }
+                _ => text(StatusCode::OK, "ok\n".into()),
             }
         }
         "/readyz" => {
             let pools = metrics.pools();
-            let status = if pools.iter().all(|pool| pool.is_ready()) {
+            let mut running = pools.iter().filter(|pool| pool.alive).peekable();
+            let status = if running.peek().is_some() && running.all(|pool| pool.is_ready()) {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -233,3 +233,129 @@ async fn readyz_is_503_while_the_pool_is_short_and_200_once_it_is_full() {
     stop_cleanly(&mut child, &mut stderr, 2).await;
     clean_up(&files);
 }
+
+/// `run --metrics 127.0.0.1:0 --config FILE`, the file `text` (written
+/// beside `files`' gate); once `ready` lines were read: the CLI, its
+/// stderr, the metrics' address and the lines read.
+async fn start_config(
+    files: &(PathBuf, PathBuf),
+    text: &str,
+    ready: &[&str],
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    SocketAddr,
+    Vec<String>,
+) {
+    let config = files.1.with_extension("toml");
+    std::fs::write(&config, text).expect("the config");
+    let config = config.to_str().expect("UTF-8");
+    let args = ["run", "--metrics", "127.0.0.1:0", "--config", config];
+    let (child, mut stderr) = cli(&args);
+    let seen = until_all(&mut stderr, &[&["metrics on http://"][..], ready].concat()).await;
+    let address = (seen.iter())
+        .find_map(|line| line.split("metrics on http://").nth(1))
+        .and_then(|address| address.parse().ok())
+        .unwrap_or_else(|| panic!("the metrics' address in {seen:?}"));
+    (child, stderr, address, seen)
+}
+
+/// A `[pools.NAME]` of `workers` that say `up` and exit 0 on SIGTERM.
+fn plain_pool(name: &str, workers: u32) -> String {
+    format!(
+        "[pools.{name}]\nworkers = {workers}\n\
+         command = [\"sh\", \"-c\", \"trap 'exit 0' TERM; echo up; sleep 60 & wait\"]\n"
+    )
+}
+
+#[tokio::test]
+async fn with_two_pools_a_scrape_has_both_and_readyz_is_503_while_one_is_short() {
+    let files = scratch("two-pools");
+    let (gate, base) = (
+        files.0.to_str().expect("UTF-8"),
+        files.1.to_str().expect("UTF-8"),
+    );
+    let [worker, gate, base] =
+        [GATED_WORKER, gate, base].map(|s| serde_json::to_string(s).expect("TOML"));
+    let text = format!(
+        "[pools.web]\nworkers = 2\nready = \"notify\"\n\
+         command = [\"python3\", \"-c\", {worker}, {gate}, {base}]\n{}",
+        plain_pool("jobs", 1)
+    );
+    let ready = [
+        "web worker 1 ready",
+        "web worker 2 ready",
+        "jobs worker 1 ready",
+    ];
+    let (mut child, mut stderr, address, seen) = start_config(&files, &text, &ready).await;
+
+    // One scrape: the series of both pools, told apart by their label.
+    let (code, text) = get(address, "/metrics").await;
+    assert_eq!(code, 200, "{text}");
+    for (pool, ready) in [("web", 2.0), ("jobs", 1.0)] {
+        let series = format!("isotropic_cluster_workers_ready{{pool=\"{pool}\"}}");
+        assert_eq!(sample(&text, &series), Some(ready), "{series} in {text}");
+    }
+    for (pool, slot, id) in [("web", 0, 1), ("web", 1, 2), ("jobs", 0, 1)] {
+        let series = format!(
+            "isotropic_cluster_worker_messages_sent_total{{pool=\"{pool}\",slot=\"{slot}\",worker_id=\"{id}\",generation=\"1\"}}"
+        );
+        assert!(sample(&text, &series).is_some(), "{series} in {text}");
+    }
+    let full = "pool jobs: 1 of 1 workers ready (at least 1 needed)\n\
+                pool web: 2 of 2 workers ready (at least 2 needed)\n";
+    assert_eq!(get(address, "/readyz").await, (200, full.to_owned()));
+
+    // Web's worker 1 is killed; its replacement (3) waits for the gate:
+    // not ready while web is short, though jobs is full.
+    let pid = seen
+        .iter()
+        .find(|line| line.starts_with("[primary] web worker 1 started"))
+        .and_then(|line| line.rsplit("(pid ").next())
+        .and_then(|pid| pid.trim_end_matches(')').parse().ok())
+        .unwrap_or_else(|| panic!("web worker 1's pid in {seen:?}"));
+    let pid = rustix::process::Pid::from_raw(pid).expect("a pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill worker 1");
+    until(&mut stderr, "web worker 3 started").await;
+    let short = "pool jobs: 1 of 1 workers ready (at least 1 needed)\n\
+                 pool web: 1 of 2 workers ready (at least 2 needed)\n";
+    assert_eq!(get(address, "/readyz").await, (503, short.to_owned()));
+    assert_eq!(get(address, "/healthz").await.0, 200);
+
+    std::fs::write(&files.0, b"").expect("open the gate");
+    until(&mut stderr, "web worker 3 ready").await;
+    assert_eq!(get(address, "/readyz").await, (200, full.to_owned()));
+    stop_cleanly(&mut child, &mut stderr, 3).await;
+    clean_up(&files);
+    let _ = std::fs::remove_file(files.1.with_extension("toml"));
+}
+
+#[tokio::test]
+async fn a_pool_that_ended_alone_leaves_the_primary_healthy_and_ready() {
+    let files = scratch("pool-ended");
+    // `once`'s worker exits 0 at once and is not replaced: its pool ends,
+    // the other serves on.
+    let text = format!(
+        "{}[pools.once]\nworkers = 1\nrestart = \"never\"\ncommand = [\"sh\", \"-c\", \"exit 0\"]\n",
+        plain_pool("web", 1)
+    );
+    let ready = ["web worker 1 ready", "once worker 1 exited with code 0"];
+    let (mut child, mut stderr, address, _) = start_config(&files, &text, &ready).await;
+    let ended = async || {
+        get(address, "/readyz")
+            .await
+            .1
+            .contains("pool once: stopped")
+    };
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !ended().await {
+        assert!(tokio::time::Instant::now() < deadline, "once never stopped");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(address, "/healthz").await, (200, "ok\n".to_owned()));
+    let (code, body) = get(address, "/readyz").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("pool web: 1 of 1 workers ready"), "{body}");
+    stop_cleanly(&mut child, &mut stderr, 1).await;
+    let _ = std::fs::remove_file(files.1.with_extension("toml"));
+}
