@@ -405,3 +405,86 @@ async fn a_pool_without_workers_left_ends_alone_and_the_other_serves_on() {
     assert!(body.starts_with("served by"), "{body}");
     stop_cleanly(&mut child, &mut stderr, 1).await;
 }
+
+/// Starts `argv[3:]` as systemd would with two `.socket` units: listening
+/// sockets on 127.0.0.1 at fd 3 and 4 (`LISTEN_*`), after writing the
+/// file `argv[1]` to `argv[2]` with their ports for `{port0}`, `{port1}`.
+const TWO_SOCKETS: &str = r#"
+import os, socket, sys
+sockets = [socket.socket() for _ in range(2)]
+ports = []
+for at, server in enumerate(sockets):
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    ports.append(str(server.getsockname()[1]))
+    os.dup2(server.fileno(), 10 + at)
+for at in range(2):
+    os.dup2(10 + at, 3 + at)
+    os.close(10 + at)
+text = open(sys.argv[1]).read().replace("{port0}", ports[0]).replace("{port1}", ports[1])
+open(sys.argv[2], "w").write(text)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="2", LISTEN_FDNAMES="web.socket:api.socket")
+os.execv(sys.argv[3], sys.argv[3:])
+"#;
+
+#[tokio::test]
+async fn with_socket_activation_each_pool_serves_its_own_passed_socket() {
+    let server = toml_string(DRAINING_SERVER);
+    let pool = |name: &str, port: &str| {
+        format!(
+            "[pools.{name}]\ncommand = [\"python3\", \"-c\", {server}]\nworkers = 1\n\
+             listen = [\"127.0.0.1:{{{port}}}\"]\nready = \"listening\"\n"
+        )
+    };
+    let template = ConfigFile::new(
+        "activated-template",
+        &(pool("web", "port0") + &pool("api", "port1")),
+    );
+    let config = ConfigFile::new("activated", "");
+    let mut command = tokio::process::Command::new("python3");
+    command.env("XDG_RUNTIME_DIR", runtime_dir()).args([
+        "-c",
+        TWO_SOCKETS,
+        template.path(),
+        config.path(),
+        env!("CARGO_BIN_EXE_isotropic-cluster"),
+        "run",
+        "--config",
+        config.path(),
+    ]);
+    command.stdout(std::process::Stdio::null());
+    let (mut child, mut stderr) = spawn(command);
+    let seen = until_all(
+        &mut stderr,
+        &[
+            "web worker 1 ready",
+            "api worker 1 ready",
+            "web: listening on",
+            "api: listening on",
+        ],
+    )
+    .await;
+    for pool in ["web", "api"] {
+        let listening = (seen.iter())
+            .find(|l| l.contains(&format!("{pool}: listening on")))
+            .expect("a listening line");
+        assert!(
+            listening.ends_with(", passed by socket activation"),
+            "{listening}"
+        );
+        let address: std::net::SocketAddr = (listening.split_whitespace())
+            .find_map(|word| word.trim_end_matches(',').parse().ok())
+            .expect("an address");
+        // Served by this pool's worker, on the socket passed for it.
+        let pid = (seen.iter())
+            .find(|l| l.contains(&format!("{pool} worker 1 started")))
+            .and_then(|l| l.rsplit("(pid ").next())
+            .map(|pid| pid.trim_end_matches(')').to_owned())
+            .expect("the worker's pid");
+        let (code, body) = get(address, "/").await;
+        assert_eq!((code, body), (200, format!("served by {pid}")), "{pool}");
+    }
+    let text = std::fs::read_to_string(config.path()).expect("the config");
+    assert!(!text.contains("{port"), "{text}");
+    stop_cleanly(&mut child, &mut stderr, 2).await;
+}
