@@ -304,7 +304,6 @@ fn matters_to_the_service(event: &PrimaryEvent) -> bool {
             | PrimaryEvent::RolloutComplete(_)
             | PrimaryEvent::RolloutFailed(_)
             | PrimaryEvent::RolledBack(_)
-            | PrimaryEvent::ShutDown(_)
     )
 }
 

@@ -90,7 +90,8 @@ impl ServiceManager {
                     e.generation, e.failed
                 ));
             }
-            PrimaryEvent::ShutDown(_) => return self.stopping(),
+            // (A pool's shutdown is the service's only when no other pool
+            // serves on: the driver says so, with `stopping`.)
             _ => return,
         }
         self.update().await;

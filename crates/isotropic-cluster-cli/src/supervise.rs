@@ -198,7 +198,13 @@ async fn supervise(
                         let name = pool.name().unwrap_or_default();
                         report.warn("shutDown", &format!("the pool {name} gave up: stopping every pool"));
                         shutdown.signals += 1;
+                        service.stopping();
                         tell(&running, || Command::ShutDown);
+                    }
+                    // (A pool that ended alone, no worker left to replace,
+                    // stops the service only if it was the last one.)
+                    if supervised.is_empty() {
+                        service.stopping();
                     }
                     outcome.forced |= ended_with.forced;
                     outcome.gave_up |= ended_with.gave_up;

@@ -222,3 +222,36 @@ async fn a_reload_asked_during_a_reload_still_ends_with_ready() {
     manager.until("STOPPING=1").await;
     assert_eq!(exit_code(&mut cli).await, Some(0));
 }
+
+#[tokio::test]
+async fn a_pool_that_ended_alone_is_no_stopping_of_the_service() {
+    let (manager, address) = Manager::at_path("pool-ended");
+    let scratch = Scratch::new("config-pool-ended");
+    let config = scratch.path("cluster.toml");
+    let program = serde_json::to_string(STEADY).expect("a TOML string");
+    // `once`'s worker exits 0 at once and is not replaced: its pool ends,
+    // web serves on.
+    let text = format!(
+        "min-uptime = \"100ms\"\n\
+         [pools.web]\ncommand = [\"python3\", \"-c\", {program}]\nworkers = 1\n\
+         [pools.once]\ncommand = [\"sh\", \"-c\", \"exit 0\"]\nworkers = 1\nrestart = \"never\"\n"
+    );
+    std::fs::write(&config, text).expect("the config");
+    let mut command = command(&["run", "--config", config.to_str().expect("UTF-8")]);
+    command.env("NOTIFY_SOCKET", &address).stdout(Stdio::null());
+    let (mut cli, mut stderr) = spawn(command);
+    let mut seen = manager.until("READY=1").await;
+    until_all(
+        &mut stderr,
+        &["web worker 1 ready", "once worker 1 exited with code 0"],
+    )
+    .await;
+    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+    // The service still reloads; it heard no STOPPING=1 before SIGTERM.
+    seen.extend(reload(&cli, &manager).await);
+    terminate(&cli);
+    seen.extend(manager.until("STOPPING=1").await);
+    let stopping = seen.iter().position(|d| d.contains("STOPPING=1"));
+    assert_eq!(stopping, Some(seen.len() - 1), "{seen:?}");
+    assert_eq!(exit_code(&mut cli).await, Some(0));
+}
