@@ -697,3 +697,30 @@ async fn a_pool_that_ended_answers_commands_while_the_other_serves_on() {
     until(&mut stderr, "all workers exited").await;
     assert_eq!(exit_code(&mut child).await, Some(0));
 }
+
+#[tokio::test]
+async fn commands_during_the_shutdown_of_two_pools_are_answered() {
+    let scratch = Scratch::new("control-shutting-down");
+    let socket = scratch.path("control.sock");
+    // Workers that take their time to leave (3 s after SIGTERM).
+    let slow = serde_json::to_string("trap 'sleep 3; exit 0' TERM; echo hello; sleep 60 & wait")
+        .expect("a TOML string");
+    let pool =
+        |name: &str| format!("[pools.{name}]\ncommand = [\"sh\", \"-c\", {slow}]\nworkers = 1\n");
+    let text = pool("web") + &pool("jobs");
+    let ready = ["web worker 1 ready", "jobs worker 1 ready"];
+    let (mut child, mut stderr) = pools(&scratch, &socket, &text, &ready).await;
+    terminate(&child);
+    until(&mut stderr, "shutting down").await;
+    for args in [
+        &["reload", "--pool", "web"][..],
+        &["scale", "--pool", "jobs", "2"],
+    ] {
+        let refused = control(&socket, args).await;
+        assert_eq!(refused.status.code(), Some(1), "{args:?}: {refused:?}");
+        let error = String::from_utf8_lossy(&refused.stderr);
+        assert!(error.contains("(shutting_down)"), "{args:?}: {error}");
+    }
+    until(&mut stderr, "all workers exited").await;
+    assert_eq!(exit_code(&mut child).await, Some(0));
+}
