@@ -52,6 +52,17 @@ async fn reload(cli: &tokio::process::Child, manager: &Manager) -> Vec<String> {
     seen
 }
 
+/// SIGTERM: `STOPPING=1` (no `READY=1` in between), then a clean exit.
+async fn stop(cli: &mut tokio::process::Child, manager: &Manager) {
+    terminate(cli);
+    let stopping = manager.until("STOPPING=1").await;
+    assert!(
+        !stopping.iter().any(|d| d.contains("READY=1")),
+        "{stopping:?}"
+    );
+    assert_eq!(exit_code(cli).await, Some(0));
+}
+
 #[tokio::test]
 async fn the_service_manager_hears_ready_reloading_ready_and_stopping_in_order() {
     let (manager, address) = Manager::at_path("order");
@@ -95,13 +106,7 @@ async fn the_service_manager_hears_ready_reloading_ready_and_stopping_in_order()
         "{failed:?}"
     );
 
-    terminate(&cli);
-    let stopping = manager.until("STOPPING=1").await;
-    assert!(
-        !stopping.iter().any(|d| d.contains("READY=1")),
-        "{stopping:?}"
-    );
-    assert_eq!(exit_code(&mut cli).await, Some(0));
+    stop(&mut cli, &manager).await;
 }
 
 #[tokio::test]
@@ -195,13 +200,7 @@ async fn with_two_pools_ready_waits_for_both_and_a_reload_for_both_rollouts() {
         "{rolled:?}"
     );
 
-    terminate(&cli);
-    let stopping = manager.until("STOPPING=1").await;
-    assert!(
-        !stopping.iter().any(|d| d.contains("READY=1")),
-        "{stopping:?}"
-    );
-    assert_eq!(exit_code(&mut cli).await, Some(0));
+    stop(&mut cli, &manager).await;
 }
 
 #[tokio::test]
@@ -218,9 +217,7 @@ async fn a_reload_asked_during_a_reload_still_ends_with_ready() {
         !rolled.iter().any(|d| d.contains("RELOADING=1")),
         "one reload as the service manager sees it: {rolled:?}"
     );
-    terminate(&cli);
-    manager.until("STOPPING=1").await;
-    assert_eq!(exit_code(&mut cli).await, Some(0));
+    stop(&mut cli, &manager).await;
 }
 
 #[tokio::test]
