@@ -145,12 +145,14 @@ fn executable(program: &str) -> anyhow::Result<std::path::PathBuf> {
 pub(crate) struct Activated(Vec<(OwnedFd, ListenAddress)>);
 
 impl Activated {
-    /// The passed sockets, unless `handover` has the sockets (an upgrade's
-    /// new primary has them from the old one, by name).
-    pub(crate) fn take(handover: Option<&Handover>) -> Self {
-        match handover {
-            Some(_) => Self::default(),
-            None => Self(isotropic_cluster::socket_activation::take_listen_fds()),
+    /// The passed sockets, if some pool `listens` (without `--listen`
+    /// they stay the library's, passed on as they are), unless `handover`
+    /// has the sockets (an upgrade's new primary has them from the old one,
+    /// by name).
+    pub(crate) fn take(listens: bool, handover: Option<&Handover>) -> Self {
+        match (listens, handover) {
+            (true, None) => Self(isotropic_cluster::socket_activation::take_listen_fds()),
+            _ => Self::default(),
         }
     }
 

@@ -334,7 +334,8 @@ async fn start(
     // and for the metrics.
     let sampled = setup.control.is_some() || setup.metrics.is_some();
     // (Each pool takes those bound to its addresses.)
-    let mut activated = listen::Activated::take(handover.as_deref());
+    let listens = setup.pools.iter().any(|plan| !plan.listen.is_empty());
+    let mut activated = listen::Activated::take(listens, handover.as_deref());
     for plan in &setup.pools {
         let name = plan.name.as_deref().filter(|_| several);
         let report = report.for_pool(name);
