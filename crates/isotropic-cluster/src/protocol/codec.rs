@@ -14,20 +14,31 @@ use super::buffers;
 use super::frame::{Frame, Kind, User};
 use super::payload;
 use crate::error::ProtocolError;
+use crate::message::Codec;
 
 const HEADER: usize = 4;
 
 /// Reads and writes frames of at most `max` bytes (kind byte and payload),
-/// refusing a larger one before allocating for it. Each kind's payload is
-/// in `payload.rs`; this is the framing around it.
+/// refusing a larger one before allocating for it; user messages in
+/// `codec` (JSON unless [`with_codec`](Self::with_codec) says otherwise).
+/// Each kind's payload is in `payload.rs`; this is the framing around it.
 #[derive(Debug, Clone)]
 pub(crate) struct FrameCodec {
     max: usize,
+    codec: Codec,
 }
 
 impl FrameCodec {
     pub(crate) fn new(max: usize) -> Self {
-        Self { max }
+        Self {
+            max,
+            codec: Codec::Json,
+        }
+    }
+
+    /// The same, with messages in `codec`.
+    pub(crate) fn with_codec(self, codec: Codec) -> Self {
+        Self { codec, ..self }
     }
 
     /// Appends a frame of `kind` whose payload `payload` writes; on error
@@ -91,7 +102,7 @@ impl Decoder for FrameCodec {
         src.advance(HEADER);
         let mut body = src.split_to(len).freeze();
         let kind = Kind::try_from(body.get_u8())?;
-        payload::take(kind, body).map(Some)
+        payload::take(kind, body, self.codec).map(Some)
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
@@ -103,7 +114,7 @@ impl Encoder<&Frame> for FrameCodec {
     type Error = ProtocolError;
 
     fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), ProtocolError> {
-        self.put(frame.kind(), dst, |dst| payload::put(frame, dst))
+        self.put(frame.kind(), dst, |dst| payload::put(frame, self.codec, dst))
     }
 }
 
@@ -111,7 +122,7 @@ impl<T: Serialize + ?Sized> Encoder<User<'_, T>> for FrameCodec {
     type Error = ProtocolError;
 
     fn encode(&mut self, user: User<'_, T>, dst: &mut BytesMut) -> Result<(), ProtocolError> {
-        self.put(user.kind(), dst, |dst| payload::put_user(&user, dst))
+        self.put(user.kind(), dst, |dst| payload::put_user(&user, self.codec, dst))
     }
 }
 
@@ -129,6 +140,23 @@ pub(crate) fn encode(frame: &Frame, max: usize) -> Result<Bytes, ProtocolError> 
 pub(crate) fn encode_control(frame: &Frame) -> Bytes {
     // Only a frame over 4 GiB could fail.
     encode(frame, usize::MAX).unwrap_or_default()
+}
+
+/// Encodes our hello (see [`Frame::Hello`]) for a channel whose messages
+/// are `codec`'s, which it names.
+pub(crate) fn encode_hello(heartbeat: bool, served: bool, codec: Codec) -> Bytes {
+    let hello = Frame::Hello {
+        protocol: super::VERSION,
+        heartbeat,
+        served,
+    };
+    // Only a frame over 4 GiB could fail.
+    buffers::encoded(|dst| {
+        FrameCodec::new(usize::MAX)
+            .with_codec(codec)
+            .encode(&hello, dst)
+    })
+    .unwrap_or_default()
 }
 
 /// A frame ready to write: `head`, then `body`. A bytes message is its
