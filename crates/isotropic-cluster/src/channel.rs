@@ -14,8 +14,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::codec::Decoder as _;
 
 use crate::WorkerId;
-use crate::message::Codec;
 use crate::error::{ProtocolError, SendError};
+use crate::message::Codec;
 use crate::protocol::{self, Encoded, Frame, FrameCodec};
 use crate::sys;
 use crate::traffic::Traffic;

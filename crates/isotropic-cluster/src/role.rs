@@ -57,7 +57,10 @@ pub(crate) fn markers() -> Option<WorkerMarkers> {
         Some(WorkerMarkers {
             id: WorkerId(id),
             fd: RawFd::try_from(fd).ok()?,
-            codec: codec.as_deref().and_then(Codec::from_name).unwrap_or_default(),
+            codec: codec
+                .as_deref()
+                .and_then(Codec::from_name)
+                .unwrap_or_default(),
         })
     })
 }

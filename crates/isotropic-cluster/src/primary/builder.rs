@@ -19,8 +19,8 @@ use super::restart::RestartPolicy;
 use super::spawner::Spawn;
 use crate::actor::{self, Mailbox, WeakMailbox};
 use crate::error::{BoxError, Error};
-use crate::message::Codec;
 use crate::events::{self, Hub};
+use crate::message::Codec;
 use crate::net::{Distribution, ListenPolicy};
 use crate::request::Handlers;
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use super::{RestartPolicy, WorkerHandle};
 use crate::channel::QueueLimits;
-use crate::net::{Distribution, ListenPolicy};
 use crate::message::Codec;
+use crate::net::{Distribution, ListenPolicy};
 use crate::protocol::{self, User, Wire};
 
 /// Whether workers get a channel to the primary.

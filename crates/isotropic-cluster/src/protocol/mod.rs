@@ -22,9 +22,7 @@ mod node;
 mod payload;
 mod wire;
 
-pub(crate) use codec::{
-    Encoded, FrameCodec, encode, encode_bytes, encode_control, encode_hello,
-};
+pub(crate) use codec::{Encoded, FrameCodec, encode, encode_bytes, encode_control, encode_hello};
 pub(crate) use frame::{DEFAULT_MAX_FRAME, Frame, OLDEST_VERSION, User, VERSION, supports_bytes};
 pub(crate) use node::NodeCodec;
 #[cfg(feature = "internals")]

@@ -8,8 +8,8 @@ use tokio_util::codec::{Decoder, Encoder};
 use super::codec::decode_to_end;
 use super::frame::{Frame, User};
 use super::payload::{put_json, take_message};
-use crate::message::Codec;
 use crate::error::ProtocolError;
+use crate::message::Codec;
 
 /// Reads and writes Node's IPC, lines of at most `max` bytes (newline not
 /// counted). The first message that is the string `"ready"` is also a
