@@ -173,8 +173,9 @@ impl Message {
         })
     }
 
-    /// The message as JSON text: its bytes for a JSON message, a
-    /// MessagePack message converted (binary strings as arrays of numbers).
+    /// The message as JSON text (what `Display` shows): its bytes for a JSON
+    /// message; a MessagePack message converted, its maps' keys in order and
+    /// binary strings as arrays of numbers.
     pub fn to_json(&self) -> std::borrow::Cow<'_, str> {
         match self.codec {
             Codec::Json => self.as_json().into(),
