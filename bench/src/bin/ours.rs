@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bench::{
-    Echo, LARGE_BYTES, Result, SMALL_BYTES, Small, Typed, large_payload, per, rate, report,
-    rss_mib,
+    Echo, LARGE_BYTES, Result, SMALL_BYTES, Small, Typed, large_payload, per, rate, report, rss_mib,
 };
 use bytes::Bytes;
 use isotropic_cluster::primary::{
