@@ -49,11 +49,11 @@ pub(crate) fn markers() -> Option<WorkerMarkers> {
         let id = read(WORKER_ID)?;
         let fd = read(CHANNEL_FD)?;
         let primary = read(PRIMARY_PID)?;
+        let codec = std::env::var(CODEC).ok();
         if sys::parent_pid().map(u64::from) != Some(primary) {
             return None;
         }
-        sys::remove_env_if_single_threaded(&[CHANNEL_FD, WORKER_ID, PRIMARY_PID]);
-        let codec = std::env::var(CODEC).ok();
+        sys::remove_env_if_single_threaded(&[CHANNEL_FD, WORKER_ID, PRIMARY_PID, CODEC]);
         Some(WorkerMarkers {
             id: WorkerId(id),
             fd: RawFd::try_from(fd).ok()?,
