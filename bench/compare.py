@@ -8,7 +8,7 @@ Usage: compare.py [--quick] [--only METRIC[,METRIC...]]
 import datetime, json, os, platform, signal, statistics, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release")
+BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "release")
 PROGRAMS = {
     "ours": [os.path.join(BIN, "ours")],
     "node": ["node", os.path.join(ROOT, "bench", "node", "cluster.js")],
@@ -66,6 +66,11 @@ METRICS = [
     metric("up", "small messages (64 B), worker → primary", "msg/s", "up",
            {"ours": (500000, 100000), "node": (200000, 50000), "floor": (5000000, 1000000)},
            ("≥ 2 M/s", lambda o, n, f, ours: o >= 2e6)),
+    metric("typed-json", "typed messages (~64 B, routed by `type`), primary → worker, JSON", "msg/s", "typed-json",
+           {"ours": (500000, 100000), "node": (0, 0), "floor": (0, 0)}, ("—", None), floor_job="-", node_job="-"),
+    metric("typed-msgpack", "MessagePack typed vs JSON typed: as above, MessagePack", "msg/s",
+           "typed-msgpack", {"ours": (500000, 100000), "node": (0, 0), "floor": (0, 0)},
+           ("—", None), floor_job="-", node_job="-"),
     metric("large", "64 KiB messages, primary → worker", "MB/s", "large",
            {"ours": (5000, 1000), "node": (2000, 500), "floor": (10000, 2000)},
            ("≥ 1500 MB/s", lambda o, n, f, ours: o >= 1500)),

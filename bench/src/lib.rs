@@ -24,6 +24,29 @@ impl Small {
     }
 }
 
+/// A typed message (`type` "tick", routed): about 64 bytes of JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Typed {
+    /// Always "tick".
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Sequence number.
+    pub seq: u64,
+    /// Filler, so that the encoded message is about 64 bytes.
+    pub data: String,
+}
+
+impl Typed {
+    /// The `seq`-th message.
+    pub fn new(seq: u64) -> Self {
+        Self {
+            kind: "tick".into(),
+            seq,
+            data: "x".repeat(24),
+        }
+    }
+}
+
 /// A request the workers echo (`type` "echo").
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Echo {

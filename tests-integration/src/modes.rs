@@ -94,6 +94,9 @@ named! {
         Garbage = "garbage",
         /// A message that is not JSON (an object cut short).
         InvalidJson = "invalid-json",
+        /// A hello naming the `msgpack` codec, ready, then a message that is
+        /// not MessagePack (an array of 2 with one element).
+        InvalidMessagePack = "invalid-msgpack",
         /// A message with a JSON string whose bytes are not UTF-8.
         InvalidUtf8 = "invalid-utf8",
         /// A message of arrays nested 100 000 deep.

@@ -2,16 +2,22 @@
 //! the primary keeps serving the others (issue: bad input).
 #![cfg(target_os = "linux")]
 
-use isotropic_cluster::ProtocolError;
 use isotropic_cluster::Subscribe;
 use isotropic_cluster::primary::*;
+use isotropic_cluster::{Codec, ProtocolError};
 use serde_json::json;
 use tests_integration::{
     BadInput, ExitWatch, FLOOD_MESSAGES, Mode, alive, launch, primary, shut_down, wait_for,
 };
 
 async fn bad_worker(case: BadInput) -> ProtocolError {
+    bad_worker_with(case, Codec::Json).await
+}
+
+/// As [`bad_worker`], with a primary whose messages are in `codec`.
+async fn bad_worker_with(case: BadInput, codec: Codec) -> ProtocolError {
     let builder = primary(Mode::BadAfterFirst)
+        .codec(codec)
         .arg(case.as_str())
         // Bad workers are not replaced, so each case sees one.
         .before::<WorkerExit>(|exit| {
@@ -203,4 +209,26 @@ async fn a_flooding_worker_is_slowed_down_and_memory_stays_bounded() {
         "the primary buffered the flood: RSS {rss} KiB -> {peak} KiB"
     );
     shut_down(&primary).await;
+}
+
+#[tokio::test]
+async fn a_malformed_messagepack_message() {
+    let error = bad_worker_with(BadInput::InvalidMessagePack, Codec::MessagePack).await;
+    assert!(
+        matches!(&error, ProtocolError::InvalidMessage(reason) if reason.contains("MessagePack")),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_that_speaks_json_to_a_messagepack_primary() {
+    // Its hello names no codec: JSON.
+    let error = bad_worker_with(BadInput::InvalidJson, Codec::MessagePack).await;
+    assert!(
+        matches!(
+            &error,
+            ProtocolError::CodecMismatch { received, expected: "msgpack" } if received == "json"
+        ),
+        "{error:?}"
+    );
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bench::{
-    Echo, LARGE_BYTES, Result, SMALL_BYTES, Small, large_payload, per, rate, report, rss_mib,
+    Echo, LARGE_BYTES, Result, SMALL_BYTES, Small, Typed, large_payload, per, rate, report, rss_mib,
 };
 use bytes::Bytes;
 use isotropic_cluster::primary::{
@@ -13,7 +13,9 @@ use isotropic_cluster::primary::{
     WorkerHandle, WorkerMessage,
 };
 use isotropic_cluster::worker::{ClusterWorker, PrimaryBytes, PrimaryMessage, WorkerBuilder};
-use isotropic_cluster::{EventStream, HandleRequests, SendError, Subscribe, Topic, WorkerId};
+use isotropic_cluster::{
+    Codec, EventStream, HandleRequests, SendError, Subscribe, Topic, WorkerId,
+};
 use tokio::sync::Notify;
 
 fn main() -> Result {
@@ -36,6 +38,15 @@ async fn run_worker(metric: &str, count: u64) -> Result {
         "request" | "requests" => builder.handle("echo", |echo: Echo| Ok::<_, String>(echo.n)),
         "down" | "broadcast" => count_then_done::<Small>(builder, count),
         "large" => count_then_done::<String>(builder, count),
+        "typed-json" | "typed-msgpack" => {
+            let mut seen = 0;
+            builder.route::<Typed>("tick", move |event, _| {
+                seen += 1;
+                if seen == count {
+                    let _ = event.context().try_send("done");
+                }
+            })
+        }
         "bytes-down" | "bytes-large" | "bytes-broadcast" => {
             let mut seen = 0;
             builder.on::<PrimaryBytes>(move |event| {
@@ -109,6 +120,7 @@ async fn run_primary(metric: &str, count: u64) -> Result {
         "node-down" => node_down(count).await?,
         "requests" => requests(count).await?,
         "down" => down(count).await?,
+        "typed-json" | "typed-msgpack" => typed(metric, count).await?,
         "up" => up(count).await?,
         "large" => large(count).await?,
         "broadcast" => broadcast(count).await?,
@@ -131,8 +143,13 @@ async fn cluster(
     count: u64,
     workers: usize,
 ) -> Result<(ClusterPrimary, EventStream<PrimaryEvent>, Vec<WorkerHandle>)> {
+    let codec = match metric {
+        "typed-msgpack" => Codec::MessagePack,
+        _ => Codec::Json,
+    };
     let primary = ClusterPrimary::builder()
         .args([metric.to_owned(), count.to_string()])
+        .codec(codec)
         .queue_capacity(4096)
         .start()
         .await?;
@@ -243,7 +260,7 @@ async fn node_pingpong(n: u64) -> Result<f64> {
 /// Small messages per second to a Node.js worker (counted by it).
 async fn node_down(n: u64) -> Result<f64> {
     let (primary, events, workers) = node_cluster("down", n).await?;
-    flood(primary, events, &workers[0], n).await
+    flood(primary, events, &workers[0], n, |i| Json(Small::new(i))).await
 }
 
 /// Microseconds per request/response round trip, one at a time.
@@ -291,7 +308,7 @@ trait Outgoing {
     ) -> std::result::Result<(), SendError>;
 }
 
-/// A serde value, as JSON.
+/// A serde value, in the primary's codec.
 struct Json<M>(M);
 
 impl<M: serde::Serialize> Outgoing for Json<M> {
@@ -360,22 +377,27 @@ async fn send_all<M: Outgoing>(
 /// has decoded all of them).
 async fn down(n: u64) -> Result<f64> {
     let (primary, events, workers) = cluster("down", n, 1).await?;
-    flood(primary, events, &workers[0], n).await
+    flood(primary, events, &workers[0], n, |i| Json(Small::new(i))).await
 }
 
-/// Sends `n` small messages to `worker` and waits for its "done", then shuts
-/// the primary down.
-async fn flood(
+/// Typed messages per second, primary to worker, in `metric`'s codec
+/// (counted when the worker has routed all of them).
+async fn typed(metric: &str, n: u64) -> Result<f64> {
+    let (primary, events, workers) = cluster(metric, n, 1).await?;
+    flood(primary, events, &workers[0], n, |i| Json(Typed::new(i))).await
+}
+
+/// Sends `n` messages made by `make` to `worker` and waits for its "done",
+/// then shuts the primary down.
+async fn flood<M: Outgoing>(
     primary: ClusterPrimary,
     mut events: EventStream<PrimaryEvent>,
     worker: &WorkerHandle,
     n: u64,
+    make: impl Fn(u64) -> M,
 ) -> Result<f64> {
     let started = Instant::now();
-    send_all(&primary, Destination::from(worker), n, |i| {
-        Json(Small::new(i))
-    })
-    .await?;
+    send_all(&primary, Destination::from(worker), n, make).await?;
     done(&mut events, 1).await?;
     let elapsed = started.elapsed();
     primary.shut_down().await?;

@@ -15,6 +15,7 @@ use tokio_util::codec::Decoder as _;
 
 use crate::WorkerId;
 use crate::error::{ProtocolError, SendError};
+use crate::message::Codec;
 use crate::protocol::{self, Encoded, Frame, FrameCodec};
 use crate::sys;
 use crate::traffic::Traffic;
@@ -129,13 +130,10 @@ impl Outbox {
 
     /// Queues the hello: the first frame either side sends, with its
     /// protocol version; `heartbeat`: this side (a worker) answers
-    /// heartbeats; `served`: this side (the primary) takes `served` frames.
-    pub(crate) fn hello(&self, heartbeat: bool, served: bool) {
-        let _ = self.try_send(protocol::encode_control(&Frame::Hello {
-            protocol: protocol::VERSION,
-            heartbeat,
-            served,
-        }));
+    /// heartbeats; `served`: this side (the primary) takes `served` frames;
+    /// `codec`: the channel's messages are in it.
+    pub(crate) fn hello(&self, heartbeat: bool, served: bool, codec: Codec) {
+        let _ = self.try_send(protocol::encode_hello(heartbeat, served, codec));
     }
 
     /// Queues `frame`, waiting for room, and resolves once it has been written.
@@ -448,7 +446,7 @@ mod tests {
     fn frame(n: u64, size: usize) -> Bytes {
         let encode = |padding: usize| {
             let message = (n, "x".repeat(padding));
-            Wire::Frames
+            Wire::Frames(Codec::Json)
                 .encode(User::Message(&message), DEFAULT_MAX_FRAME)
                 .expect("encodes")
         };
@@ -602,7 +600,7 @@ mod tests {
         let (_, outbox) = open(ours, QueueLimits::default(), None).expect("opened");
         let (read, _) = open(theirs, QueueLimits::default(), None).expect("opened");
         let mut inbox = Inbox::new(read, FrameCodec::new(DEFAULT_MAX_FRAME));
-        outbox.hello(true, false);
+        outbox.hello(true, false, Codec::Json);
         outbox.try_send(frame(1, 16)).expect("room");
         assert_eq!(
             inbox.next().await.expect("a frame").expect("valid"),

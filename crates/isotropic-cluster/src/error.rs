@@ -126,6 +126,15 @@ pub enum ProtocolError {
         /// Ours.
         supported: u32,
     },
+    /// The peer's hello names another message codec than this channel's
+    /// (`Codec`; a hello without one means JSON).
+    #[error("peer speaks the {received:?} message codec, this channel speaks {expected:?}")]
+    CodecMismatch {
+        /// The peer's codec, by name.
+        received: String,
+        /// Ours, by name.
+        expected: &'static str,
+    },
     /// A frame that is not allowed at this point of the conversation.
     #[error("unexpected {frame} frame: {reason}")]
     UnexpectedFrame {
@@ -175,6 +184,9 @@ pub enum MessageError {
     /// Not valid JSON.
     #[error("invalid JSON: {0}")]
     Json(String),
+    /// Not valid MessagePack.
+    #[error("invalid MessagePack: {0}")]
+    MessagePack(String),
     /// Valid JSON that does not fit the requested type.
     #[error("message{} does not decode as {target}: {reason}", type_name.as_ref().map(|t| format!(" of type {t:?}")).unwrap_or_default())]
     Decode {

@@ -12,7 +12,7 @@ use crate::topics::topics;
 
 /// Encodes `value` as a message frame; returns its length.
 pub fn encode<T: Serialize>(value: &T) -> usize {
-    Wire::Frames
+    Wire::Frames(crate::Codec::Json)
         .encode(User::Message(value), protocol::DEFAULT_MAX_FRAME)
         .map_or(0, |frame| frame.len())
 }

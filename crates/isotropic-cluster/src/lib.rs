@@ -116,7 +116,7 @@ pub mod worker;
 pub use error::{BoxError, Error, MessageError, ProtocolError, SendError};
 pub use events::{Event, EventStream, Skipped, Stage, Subscribe, Subscription, Topic};
 pub use id::WorkerId;
-pub use message::Message;
+pub use message::{Codec, Message};
 pub use net::{
     Connection, Distribution, ListenAddress, ListenError, ListenErrorKind, ListenPolicy, Listener,
     PassedListener,

@@ -1,4 +1,5 @@
-//! User messages: JSON values, kept encoded until someone asks for a type.
+//! User messages: JSON or MessagePack values, kept encoded until someone
+//! asks for a type; and [`Codec`], which of the two a primary speaks.
 
 use std::fmt;
 
@@ -8,8 +9,41 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::MessageError;
 
-/// A message received over a channel: one JSON value, validated on arrival and
-/// decoded into a Rust type on demand.
+/// How a primary's channels encode typed messages, requests and replies
+/// (`docs/protocol.md`): JSON (the default, and always on Node's channel) or
+/// MessagePack. Bytes messages and control frames are the same in both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Codec {
+    /// One JSON value (UTF-8 text).
+    #[default]
+    Json,
+    /// One MessagePack value; structs are maps keyed by field name.
+    MessagePack,
+}
+
+impl Codec {
+    /// The codec's name on the wire (`json`, `msgpack`): the value of
+    /// `ISOTROPIC_CLUSTER_CODEC` and of the hello's `codec` field.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Json => "json",
+            Codec::MessagePack => "msgpack",
+        }
+    }
+
+    /// The codec named `name`, if this library speaks it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "json" => Some(Codec::Json),
+            "msgpack" => Some(Codec::MessagePack),
+            _ => None,
+        }
+    }
+}
+
+/// A message received over a channel: one JSON or MessagePack value,
+/// validated on arrival and decoded into a Rust type on demand.
 ///
 /// # Examples
 ///
@@ -27,8 +61,9 @@ use crate::error::MessageError;
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Message {
-    json: Bytes,
+    body: Bytes,
     type_name: Option<Box<str>>,
+    codec: Codec,
 }
 
 impl Message {
@@ -39,10 +74,48 @@ impl Message {
     /// [`MessageError::Json`] when `json` is not exactly one valid JSON value,
     /// or nests arrays and objects more than 127 levels deep (serde_json's limit).
     pub fn from_json(json: impl Into<Bytes>) -> Result<Self, MessageError> {
-        let json = json.into();
+        let body = json.into();
         let Probe(type_name) =
-            serde_json::from_slice(&json).map_err(|e| MessageError::Json(e.to_string()))?;
-        Ok(Self { json, type_name })
+            serde_json::from_slice(&body).map_err(|e| MessageError::Json(e.to_string()))?;
+        Ok(Self {
+            body,
+            type_name,
+            codec: Codec::Json,
+        })
+    }
+
+    /// Validates `body` as one MessagePack value and wraps it.
+    ///
+    /// # Errors
+    ///
+    /// [`MessageError::MessagePack`] when `body` is not exactly one valid
+    /// MessagePack value, or nests arrays and maps too deeply.
+    pub fn from_msgpack(body: impl Into<Bytes>) -> Result<Self, MessageError> {
+        let body = body.into();
+        let invalid = |reason: String| MessageError::MessagePack(reason);
+        let mut rest = &body[..];
+        let Probe(type_name) = Probe::deserialize(&mut rmp_serde::Deserializer::new(&mut rest))
+            .map_err(|e| invalid(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(invalid("trailing bytes after the value".into()));
+        }
+        Ok(Self {
+            body,
+            type_name,
+            codec: Codec::MessagePack,
+        })
+    }
+
+    /// Validates `body` as one value of `codec`.
+    ///
+    /// # Errors
+    ///
+    /// As [`from_json`](Self::from_json) or [`from_msgpack`](Self::from_msgpack).
+    pub fn from_encoded(codec: Codec, body: impl Into<Bytes>) -> Result<Self, MessageError> {
+        match codec {
+            Codec::Json => Self::from_json(body),
+            Codec::MessagePack => Self::from_msgpack(body),
+        }
     }
 
     /// Encodes `value` as a message.
@@ -55,6 +128,28 @@ impl Message {
         Self::from_json(json)
     }
 
+    /// Encodes `value` as a message of `codec`.
+    ///
+    /// # Errors
+    ///
+    /// [`MessageError::Json`] or [`MessageError::MessagePack`] when `value`'s
+    /// `Serialize` implementation fails.
+    pub fn encode_as<T: Serialize + ?Sized>(codec: Codec, value: &T) -> Result<Self, MessageError> {
+        match codec {
+            Codec::Json => Self::encode(value),
+            Codec::MessagePack => {
+                let body = rmp_serde::to_vec_named(value)
+                    .map_err(|e| MessageError::MessagePack(e.to_string()))?;
+                Self::from_msgpack(body)
+            }
+        }
+    }
+
+    /// The message's codec.
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
     /// The value of the message's string `type` field, if it is an object with
     /// one (the key used by typed routing).
     pub fn type_name(&self) -> Option<&str> {
@@ -65,36 +160,61 @@ impl Message {
     ///
     /// # Errors
     ///
-    /// [`MessageError::Decode`] when the JSON does not fit `T`.
+    /// [`MessageError::Decode`] when the value does not fit `T`.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, MessageError> {
-        serde_json::from_slice(&self.json).map_err(|e| MessageError::Decode {
+        let decoded = match self.codec {
+            Codec::Json => serde_json::from_slice(&self.body).map_err(|e| e.to_string()),
+            Codec::MessagePack => rmp_serde::from_slice(&self.body).map_err(|e| e.to_string()),
+        };
+        decoded.map_err(|reason| MessageError::Decode {
             type_name: self.type_name.as_deref().map(Into::into),
             target: std::any::type_name::<T>(),
-            reason: e.to_string(),
+            reason,
         })
     }
 
-    /// The message as JSON text.
+    /// The message as JSON text (what `Display` shows): its bytes for a JSON
+    /// message; a MessagePack message converted, its maps' keys in order and
+    /// binary strings as arrays of numbers.
+    pub fn to_json(&self) -> std::borrow::Cow<'_, str> {
+        match self.codec {
+            Codec::Json => self.as_json().into(),
+            Codec::MessagePack => self
+                .decode::<serde_json::Value>()
+                .map(|value| value.to_string())
+                .unwrap_or_default()
+                .into(),
+        }
+    }
+
+    /// The message as JSON text; `""` for a MessagePack message (see
+    /// [`to_json`](Self::to_json)).
     pub fn as_json(&self) -> &str {
-        // Validated as JSON on construction, and JSON text is UTF-8.
-        std::str::from_utf8(&self.json).unwrap_or_default()
+        match self.codec {
+            // Validated as JSON on construction, and JSON text is UTF-8.
+            Codec::Json => std::str::from_utf8(&self.body).unwrap_or_default(),
+            Codec::MessagePack => "",
+        }
     }
 
     /// The encoded bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.json
+        &self.body
     }
 }
 
 impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Message({})", self.as_json())
+        match self.codec {
+            Codec::Json => write!(f, "Message({})", self.as_json()),
+            Codec::MessagePack => write!(f, "Message(msgpack {})", self.to_json()),
+        }
     }
 }
 
 impl fmt::Display for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_json())
+        f.write_str(&self.to_json())
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::WorkerId;
+use crate::message::Codec;
 use crate::sys;
 
 /// Names the fd of the worker's end of its channel.
@@ -16,6 +17,8 @@ pub(crate) const SLOT: &str = "ISOTROPIC_CLUSTER_SLOT";
 /// The generation of the program the worker runs (see
 /// `WorkerHandle::generation`), as decimal; left for the app.
 pub(crate) const GENERATION: &str = "ISOTROPIC_CLUSTER_GENERATION";
+/// The framed channel's message codec, by name (`Codec::name`).
+pub(crate) const CODEC: &str = "ISOTROPIC_CLUSTER_CODEC";
 /// The worker's id, as decimal.
 pub(crate) const WORKER_ID: &str = "ISOTROPIC_CLUSTER_WORKER_ID";
 /// The pid of the primary that started the worker: a process whose parent is
@@ -27,6 +30,10 @@ pub(crate) const PRIMARY_PID: &str = "ISOTROPIC_CLUSTER_PRIMARY_PID";
 pub(crate) struct WorkerMarkers {
     pub(crate) id: WorkerId,
     pub(crate) fd: RawFd,
+    /// The message codec the primary named (JSON when it named none, or
+    /// one this library does not speak: the primary's hello then says
+    /// which, and the channel fails with `ProtocolError::CodecMismatch`).
+    pub(crate) codec: Codec,
 }
 
 static ROLE: OnceLock<Option<WorkerMarkers>> = OnceLock::new();
@@ -42,13 +49,18 @@ pub(crate) fn markers() -> Option<WorkerMarkers> {
         let id = read(WORKER_ID)?;
         let fd = read(CHANNEL_FD)?;
         let primary = read(PRIMARY_PID)?;
+        let codec = std::env::var(CODEC).ok();
         if sys::parent_pid().map(u64::from) != Some(primary) {
             return None;
         }
-        sys::remove_env_if_single_threaded(&[CHANNEL_FD, WORKER_ID, PRIMARY_PID]);
+        sys::remove_env_if_single_threaded(&[CHANNEL_FD, WORKER_ID, PRIMARY_PID, CODEC]);
         Some(WorkerMarkers {
             id: WorkerId(id),
             fd: RawFd::try_from(fd).ok()?,
+            codec: codec
+                .as_deref()
+                .and_then(Codec::from_name)
+                .unwrap_or_default(),
         })
     })
 }

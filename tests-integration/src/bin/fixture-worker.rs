@@ -382,6 +382,12 @@ fn bad_input(
             greet(&mut channel)?;
             wire::frame(Kind::Message, b"{\"type\": ")
         }
+        BadInput::InvalidMessagePack => {
+            let hello = br#"{"protocol":2,"codec":"msgpack"}"#;
+            channel.write_all(&wire::frame(Kind::Hello, hello))?;
+            channel.write_all(&wire::frame(Kind::Ready, b""))?;
+            wire::frame(Kind::Message, b"\x92\x01")
+        }
         BadInput::InvalidUtf8 => {
             greet(&mut channel)?;
             wire::frame(Kind::Message, b"\"\xff\xfe\"")

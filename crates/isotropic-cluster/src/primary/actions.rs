@@ -80,7 +80,7 @@ impl PrimaryContext {
                     self.apply(id, Trigger::Terminate(Some(grace)));
                 }
                 Action::AskToLeave => {
-                    if self.config.wire() == Wire::Frames && self.config.has_channel() {
+                    if self.config.wire() != Wire::NodeJson && self.config.has_channel() {
                         let _ = worker.try_send_frame(protocol::encode_control(&Frame::Disconnect));
                     }
                     worker.outbox().close();

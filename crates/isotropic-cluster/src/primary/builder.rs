@@ -20,6 +20,7 @@ use super::spawner::Spawn;
 use crate::actor::{self, Mailbox, WeakMailbox};
 use crate::error::{BoxError, Error};
 use crate::events::{self, Hub};
+use crate::message::Codec;
 use crate::net::{Distribution, ListenPolicy};
 use crate::request::Handlers;
 
@@ -373,6 +374,16 @@ impl PrimaryBuilder {
     /// keeps them open.
     pub fn pass_fds(mut self, fds: Vec<std::os::fd::OwnedFd>) -> Self {
         self.config.pass_fds = std::sync::Arc::new(fds);
+        self
+    }
+
+    /// How typed messages, requests and replies are encoded on our framed
+    /// channel (default [`Codec::Json`]; Node's channel is always JSON).
+    /// Workers learn it from `ISOTROPIC_CLUSTER_CODEC` and name it in their
+    /// hello: one that names another fails with
+    /// [`ProtocolError::CodecMismatch`](crate::ProtocolError::CodecMismatch).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.config.codec = codec;
         self
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::{RestartPolicy, WorkerHandle};
 use crate::channel::QueueLimits;
+use crate::message::Codec;
 use crate::net::{Distribution, ListenPolicy};
 use crate::protocol::{self, User, Wire};
 
@@ -95,6 +96,8 @@ pub(crate) struct Config {
     /// Where piped lines go: `None`, as `workerOutput` events.
     pub(crate) output: Option<super::OutputSink>,
     pub(crate) max_frame_size: usize,
+    /// The framed channel's message codec.
+    pub(crate) codec: Codec,
     pub(crate) queue: QueueLimits,
     pub(crate) shutdown_grace: Duration,
     pub(crate) kill_grace: Duration,
@@ -194,7 +197,7 @@ impl Config {
     pub(crate) fn wire(&self) -> Wire {
         match self.channel {
             WorkerChannel::Node => Wire::NodeJson,
-            _ => Wire::Frames,
+            _ => Wire::Frames(self.codec),
         }
     }
 }
@@ -213,6 +216,7 @@ impl Default for Config {
             stderr: WorkerStdio::Inherit,
             output: None,
             max_frame_size: protocol::DEFAULT_MAX_FRAME,
+            codec: Codec::Json,
             queue: QueueLimits::default(),
             shutdown_grace: Duration::from_secs(5),
             kill_grace: Duration::from_secs(2),

@@ -217,7 +217,7 @@ mod tests {
             outbox,
             1024,
             std::time::Duration::from_secs(1),
-            crate::protocol::Wire::Frames,
+            crate::protocol::Wire::Frames(crate::Codec::Json),
             std::sync::Arc::default(),
         )
     }

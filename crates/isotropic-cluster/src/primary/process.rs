@@ -133,6 +133,9 @@ impl Spawn for ProcessSpawner {
             .env(role::SLOT, slot.to_string())
             .env("NODE_APP_INSTANCE", slot.to_string())
             .env(role::GENERATION, start.release.generation().to_string());
+        if let Wire::Frames(codec) = config.wire() {
+            command.env(role::CODEC, codec.name());
+        }
         let with_channel = config.channel != WorkerChannel::None;
         let inherited = with_channel.then(|| theirs.as_raw_fd());
         let passed: Vec<i32> = config.pass_fds.iter().map(AsRawFd::as_raw_fd).collect();
@@ -147,7 +150,7 @@ impl Spawn for ProcessSpawner {
         let (read, outbox) = channel::open(ours, config.queue, Some(id)).map_err(spawn_error)?;
         if config.channel == WorkerChannel::Frames {
             // The primary's hello: the first frame, queued before anything else.
-            outbox.hello(false, true);
+            outbox.hello(false, true, config.codec);
         }
         let worker = WorkerHandle::new(
             (id, slot, start.release.generation()),
@@ -159,7 +162,9 @@ impl Spawn for ProcessSpawner {
             start.requests.clone(),
         );
         let codec = match config.wire() {
-            Wire::Frames => AnyCodec::Frames(FrameCodec::new(config.max_frame_size)),
+            Wire::Frames(codec) => {
+                AnyCodec::Frames(FrameCodec::new(config.max_frame_size).with_codec(codec))
+            }
             Wire::NodeJson => AnyCodec::Node(NodeCodec::new(config.max_frame_size)),
         };
         // Without a channel there is nothing to read (and no end of file to

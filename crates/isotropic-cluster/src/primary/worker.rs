@@ -107,7 +107,7 @@ impl WorkerHandle {
         message: &M,
         deadline: Duration,
     ) -> Result<R, RequestError> {
-        if self.inner.wire != Wire::Frames {
+        if self.inner.wire == Wire::NodeJson {
             let unsupported = ProtocolError::Encode("requests need the framed channel".into());
             return Err(RequestError::Send(SendError::Encode(unsupported)));
         }
@@ -236,7 +236,7 @@ impl WorkerHandle {
     /// Whether the worker takes bytes messages: on our frames, unless its
     /// hello said version 1.
     fn takes_bytes(&self) -> Result<(), SendError> {
-        let why = if self.inner.wire != Wire::Frames {
+        let why = if self.inner.wire == Wire::NodeJson {
             "its channel is Node's JSON lines"
         } else if !protocol::supports_bytes(self.inner.protocol.load(Ordering::Relaxed)) {
             "its hello said protocol version 1"

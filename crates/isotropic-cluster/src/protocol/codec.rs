@@ -14,20 +14,31 @@ use super::buffers;
 use super::frame::{Frame, Kind, User};
 use super::payload;
 use crate::error::ProtocolError;
+use crate::message::Codec;
 
 const HEADER: usize = 4;
 
 /// Reads and writes frames of at most `max` bytes (kind byte and payload),
-/// refusing a larger one before allocating for it. Each kind's payload is
-/// in `payload.rs`; this is the framing around it.
+/// refusing a larger one before allocating for it; user messages in
+/// `codec` (JSON unless [`with_codec`](Self::with_codec) says otherwise).
+/// Each kind's payload is in `payload.rs`; this is the framing around it.
 #[derive(Debug, Clone)]
 pub(crate) struct FrameCodec {
     max: usize,
+    codec: Codec,
 }
 
 impl FrameCodec {
     pub(crate) fn new(max: usize) -> Self {
-        Self { max }
+        Self {
+            max,
+            codec: Codec::Json,
+        }
+    }
+
+    /// The same, with messages in `codec`.
+    pub(crate) fn with_codec(self, codec: Codec) -> Self {
+        Self { codec, ..self }
     }
 
     /// Appends a frame of `kind` whose payload `payload` writes; on error
@@ -91,7 +102,7 @@ impl Decoder for FrameCodec {
         src.advance(HEADER);
         let mut body = src.split_to(len).freeze();
         let kind = Kind::try_from(body.get_u8())?;
-        payload::take(kind, body).map(Some)
+        payload::take(kind, body, self.codec).map(Some)
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
@@ -103,7 +114,9 @@ impl Encoder<&Frame> for FrameCodec {
     type Error = ProtocolError;
 
     fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), ProtocolError> {
-        self.put(frame.kind(), dst, |dst| payload::put(frame, dst))
+        self.put(frame.kind(), dst, |dst| {
+            payload::put(frame, self.codec, dst)
+        })
     }
 }
 
@@ -111,7 +124,9 @@ impl<T: Serialize + ?Sized> Encoder<User<'_, T>> for FrameCodec {
     type Error = ProtocolError;
 
     fn encode(&mut self, user: User<'_, T>, dst: &mut BytesMut) -> Result<(), ProtocolError> {
-        self.put(user.kind(), dst, |dst| payload::put_user(&user, dst))
+        self.put(user.kind(), dst, |dst| {
+            payload::put_user(&user, self.codec, dst)
+        })
     }
 }
 
@@ -129,6 +144,23 @@ pub(crate) fn encode(frame: &Frame, max: usize) -> Result<Bytes, ProtocolError> 
 pub(crate) fn encode_control(frame: &Frame) -> Bytes {
     // Only a frame over 4 GiB could fail.
     encode(frame, usize::MAX).unwrap_or_default()
+}
+
+/// Encodes our hello (see [`Frame::Hello`]) for a channel whose messages
+/// are `codec`'s, which it names.
+pub(crate) fn encode_hello(heartbeat: bool, served: bool, codec: Codec) -> Bytes {
+    let hello = Frame::Hello {
+        protocol: super::VERSION,
+        heartbeat,
+        served,
+    };
+    // Only a frame over 4 GiB could fail.
+    buffers::encoded(|dst| {
+        FrameCodec::new(usize::MAX)
+            .with_codec(codec)
+            .encode(&hello, dst)
+    })
+    .unwrap_or_default()
 }
 
 /// A frame ready to write: `head`, then `body`. A bytes message is its
@@ -198,7 +230,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Message;
+    use crate::message::{Codec, Message};
     use crate::net::{ListenAddress, ListenErrorKind};
     use crate::protocol::{DEFAULT_MAX_FRAME, VERSION};
     use proptest::prelude::*;
@@ -255,6 +287,120 @@ mod tests {
             .collect();
         let decoded = decode_all(&mut FrameCodec::new(DEFAULT_MAX_FRAME), &bytes).expect("decodes");
         assert_eq!(decoded, frames);
+    }
+
+    /// MessagePack messages, requests and replies: the documented bytes
+    /// (maps keyed by field name), their `type` found, decoded into types;
+    /// the hello names the codec.
+    #[test]
+    fn messagepack_frames_round_trip_typed() {
+        #[derive(Serialize, serde::Deserialize, Debug, PartialEq)]
+        struct Greet {
+            r#type: String,
+            n: u8,
+        }
+        let greet = Greet {
+            r#type: "greet".into(),
+            n: 7,
+        };
+        let mut codec = FrameCodec::new(DEFAULT_MAX_FRAME).with_codec(Codec::MessagePack);
+        let mut bytes = BytesMut::new();
+        codec
+            .encode(
+                &Frame::Hello {
+                    protocol: VERSION,
+                    heartbeat: false,
+                    served: true,
+                },
+                &mut bytes,
+            )
+            .expect("hello");
+        assert_eq!(
+            &bytes[5..],
+            br#"{"protocol":2,"served":true,"codec":"msgpack"}"#
+        );
+        let start = bytes.len();
+        codec
+            .encode(User::Message(&greet), &mut bytes)
+            .expect("message");
+        // fixmap of 2: "type" => "greet", "n" => 7.
+        assert_eq!(
+            &bytes[start..],
+            b"\0\0\0\x10\x04\x82\xa4type\xa5greet\xa1n\x07"
+        );
+        codec
+            .encode(User::Request(9, &greet), &mut bytes)
+            .expect("request");
+        let reply = Message::encode_as(Codec::MessagePack, &49_u32).expect("reply");
+        assert_eq!(reply.as_bytes(), b"\x31");
+        codec
+            .encode(
+                &Frame::Reply {
+                    id: 9,
+                    result: Ok(reply),
+                },
+                &mut bytes,
+            )
+            .expect("reply");
+        let frames = decode_all(&mut codec, &bytes).expect("decodes");
+        let [
+            _,
+            Frame::Message(message),
+            Frame::Request {
+                id: 9,
+                message: request,
+            },
+            Frame::Reply {
+                result: Ok(reply), ..
+            },
+        ] = &frames[..]
+        else {
+            panic!("{frames:?}");
+        };
+        for message in [message, request] {
+            assert_eq!(message.codec(), Codec::MessagePack);
+            assert_eq!(message.type_name(), Some("greet"));
+            assert_eq!(message.decode::<Greet>().expect("typed"), greet);
+            // Shown as JSON (keys in order: `serde_json::Value`).
+            assert_eq!(message.to_string(), r#"{"n":7,"type":"greet"}"#);
+        }
+        assert_eq!(reply.decode::<u32>().expect("typed"), 49);
+    }
+
+    /// A hello that names another codec than the channel's (none: JSON) is
+    /// refused with a typed error, both ways; a malformed MessagePack
+    /// message is an invalid message.
+    #[test]
+    fn codec_mismatches_and_malformed_messagepack_are_typed_errors() {
+        let json_hello = encode_control(&Frame::Hello {
+            protocol: VERSION,
+            heartbeat: true,
+            served: false,
+        });
+        let mut msgpack = FrameCodec::new(DEFAULT_MAX_FRAME).with_codec(Codec::MessagePack);
+        let err = decode_all(&mut msgpack, &json_hello).expect_err("mismatch");
+        assert_eq!(
+            err,
+            ProtocolError::CodecMismatch {
+                received: "json".into(),
+                expected: "msgpack",
+            }
+        );
+        let future = raw(Kind::Hello, br#"{"protocol":2,"codec":"cbor"}"#);
+        let err =
+            decode_all(&mut FrameCodec::new(DEFAULT_MAX_FRAME), &future).expect_err("mismatch");
+        assert_eq!(
+            err,
+            ProtocolError::CodecMismatch {
+                received: "cbor".into(),
+                expected: "json",
+            }
+        );
+        // An array of 2 with one element; a value with bytes after it; JSON.
+        for bad in [&b"\x92\x01"[..], b"\x01\x02", br#"{"type":"x"}"#] {
+            let err = decode_all(&mut msgpack, &raw(Kind::Message, bad)).expect_err("invalid");
+            assert!(matches!(err, ProtocolError::InvalidMessage(_)), "{err:?}");
+        }
     }
 
     /// Every kind's bytes, pinned (`docs/protocol.md` is the contract).

@@ -7,8 +7,8 @@
 //! - `payload`: each kind's payload, how it is written beside how it is read;
 //! - `codec`: [`FrameCodec`], the framing around payloads, both ways;
 //! - `node`: [`NodeCodec`], Node's JSON lines, both ways;
-//! - `wire`: [`Wire`], with [`Wire::encode`], the one way a user message or
-//!   request is encoded, and [`AnyCodec`], a reader for either wire;
+//! - `wire`: [`Wire`] (our frames with a message codec, or Node's lines),
+//!   with [`Wire::encode`], the one way a user message or request is encoded, and [`AnyCodec`], a reader for either wire;
 //! - `buffers`: the scratch and pooled buffers encoding goes through.
 //!
 //! A new frame kind is a `Kind` variant (its byte and name) and a `Frame`
@@ -22,7 +22,7 @@ mod node;
 mod payload;
 mod wire;
 
-pub(crate) use codec::{Encoded, FrameCodec, encode, encode_bytes, encode_control};
+pub(crate) use codec::{Encoded, FrameCodec, encode, encode_bytes, encode_control, encode_hello};
 pub(crate) use frame::{DEFAULT_MAX_FRAME, Frame, OLDEST_VERSION, User, VERSION, supports_bytes};
 pub(crate) use node::NodeCodec;
 #[cfg(feature = "internals")]

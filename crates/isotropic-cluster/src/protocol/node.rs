@@ -9,6 +9,7 @@ use super::codec::decode_to_end;
 use super::frame::{Frame, User};
 use super::payload::{put_json, take_message};
 use crate::error::ProtocolError;
+use crate::message::Codec;
 
 /// Reads and writes Node's IPC, lines of at most `max` bytes (newline not
 /// counted). The first message that is the string `"ready"` is also a
@@ -59,7 +60,7 @@ impl Decoder for NodeCodec {
         }
         self.searched = 0;
         let line = src.split_to(end + 1).freeze().slice(..end);
-        let message = take_message(line)?;
+        let message = take_message(line, Codec::Json)?;
         if !self.ready_seen && message.as_json() == "\"ready\"" {
             self.ready_seen = true;
             self.pending = Some(Frame::Ready);

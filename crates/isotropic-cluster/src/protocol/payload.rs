@@ -9,11 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use super::frame::{Frame, Kind, User};
 use crate::error::ProtocolError;
-use crate::message::Message;
+use crate::message::{Codec, Message};
 use crate::net::{ListenAddress, ListenError, ListenErrorKind};
 
-/// Writes `frame`'s payload.
-pub(super) fn put(frame: &Frame, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+/// Writes `frame`'s payload (a hello names `codec`, the channel's).
+pub(super) fn put(frame: &Frame, codec: Codec, dst: &mut BytesMut) -> Result<(), ProtocolError> {
     match frame {
         Frame::Hello {
             protocol,
@@ -24,6 +24,7 @@ pub(super) fn put(frame: &Frame, dst: &mut BytesMut) -> Result<(), ProtocolError
                 protocol: *protocol,
                 heartbeat: *heartbeat,
                 served: *served,
+                codec: (codec != Codec::Json).then(|| codec.name().to_owned()),
             },
             dst,
         ),
@@ -61,21 +62,22 @@ pub(super) fn put(frame: &Frame, dst: &mut BytesMut) -> Result<(), ProtocolError
     }
 }
 
-/// Reads the payload of a frame of `kind`. Inlined into the decoder, which
+/// Reads the payload of a frame of `kind` on a channel whose messages are
+/// `codec`'s (a hello naming another is refused). Inlined into the decoder, which
 /// then builds the frame in place (as a call, it cost 2% of decoding small
 /// frames).
 #[inline(always)]
-pub(super) fn take(kind: Kind, body: Bytes) -> Result<Frame, ProtocolError> {
+pub(super) fn take(kind: Kind, body: Bytes, codec: Codec) -> Result<Frame, ProtocolError> {
     match kind {
-        Kind::Hello => take_hello(&body),
+        Kind::Hello => take_hello(&body, codec),
         Kind::Ready => take_empty(kind, &body, Frame::Ready),
         Kind::Disconnect => take_empty(kind, &body, Frame::Disconnect),
-        Kind::Message => Ok(Frame::Message(take_message(body)?)),
+        Kind::Message => Ok(Frame::Message(take_message(body, codec)?)),
         Kind::Listen => take_listen(&body),
         Kind::Listening => take_listening(&body),
         Kind::Connection => take_connection(&body),
-        Kind::Request => take_request(body),
-        Kind::Reply => take_reply(body),
+        Kind::Request => take_request(body, codec),
+        Kind::Reply => take_reply(body, codec),
         Kind::Accepted => take_accepted(&body),
         Kind::Heartbeat => take_empty(kind, &body, Frame::Heartbeat),
         Kind::Bytes => Ok(Frame::Bytes(body)),
@@ -88,22 +90,28 @@ pub(super) fn take(kind: Kind, body: Bytes) -> Result<Frame, ProtocolError> {
     }
 }
 
-/// Writes a user value's payload: as a message's, or a request's.
+/// Writes a user value's payload, in `codec`: as a message's, or a request's.
 pub(super) fn put_user<T: Serialize + ?Sized>(
     user: &User<'_, T>,
+    codec: Codec,
     dst: &mut BytesMut,
 ) -> Result<(), ProtocolError> {
-    match user {
-        User::Message(value) => put_json(value, dst),
+    let value = match user {
+        User::Message(value) => value,
         User::Request(id, value) => {
             dst.put_u64(*id);
-            put_json(value, dst)
+            value
         }
+    };
+    match codec {
+        Codec::Json => put_json(value, dst),
+        Codec::MessagePack => rmp_serde::encode::write_named(&mut dst.writer(), value)
+            .map_err(|e| ProtocolError::Encode(e.to_string())),
     }
 }
 
 // Hello: `{"protocol": N}`, with `"heartbeat": true` from a worker that
-// answers heartbeats.
+// answers heartbeats, and `"codec": NAME` when messages are not JSON.
 
 #[derive(Serialize, Deserialize)]
 struct Hello {
@@ -113,11 +121,22 @@ struct Hello {
     /// (From the primary.) It takes `served` frames.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     served: bool,
+    /// The codec of the sender's messages (`Codec::name`); none: JSON.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    codec: Option<String>,
 }
 
-fn take_hello(body: &[u8]) -> Result<Frame, ProtocolError> {
+/// A hello, refused when it names another codec than `codec`.
+fn take_hello(body: &[u8], codec: Codec) -> Result<Frame, ProtocolError> {
     let hello: Hello =
         serde_json::from_slice(body).map_err(|e| ProtocolError::InvalidHello(e.to_string()))?;
+    let theirs = hello.codec.as_deref().unwrap_or(Codec::Json.name());
+    if theirs != codec.name() {
+        return Err(ProtocolError::CodecMismatch {
+            received: theirs.to_owned(),
+            expected: codec.name(),
+        });
+    }
     Ok(Frame::Hello {
         protocol: hello.protocol,
         heartbeat: hello.heartbeat,
@@ -135,11 +154,12 @@ fn take_empty(kind: Kind, body: &[u8], frame: Frame) -> Result<Frame, ProtocolEr
     }
 }
 
-// Message: one JSON value, written as is (or serialized by `put_user`).
+// Message: one value of the channel's codec, written as is (or serialized
+// by `put_user`).
 
-/// A message payload, validated.
-pub(super) fn take_message(body: Bytes) -> Result<Message, ProtocolError> {
-    Message::from_json(body).map_err(|e| ProtocolError::InvalidMessage(e.to_string()))
+/// A message payload of `codec`, validated.
+pub(super) fn take_message(body: Bytes, codec: Codec) -> Result<Message, ProtocolError> {
+    Message::from_encoded(codec, body).map_err(|e| ProtocolError::InvalidMessage(e.to_string()))
 }
 
 // Listen: `{"id": N, "address": A}`, with `"acks": true` from a worker that
@@ -282,11 +302,11 @@ fn take_accepted(body: &[u8]) -> Result<Frame, ProtocolError> {
 // Request: an 8-byte big-endian id, then a message (written by `put`, or by
 // `put_user` from a value).
 
-fn take_request(mut body: Bytes) -> Result<Frame, ProtocolError> {
+fn take_request(mut body: Bytes, codec: Codec) -> Result<Frame, ProtocolError> {
     let id = request_id(&mut body)?;
     Ok(Frame::Request {
         id,
-        message: take_message(body)?,
+        message: take_message(body, codec)?,
     })
 }
 
@@ -301,7 +321,7 @@ fn request_id(body: &mut Bytes) -> Result<u64, ProtocolError> {
 }
 
 // Reply: the request's id, a status byte (0: ok, 1: error), then the reply
-// message, or the error's text as a JSON string.
+// message (in the channel's codec), or the error's text as a JSON string.
 
 fn put_reply(
     id: u64,
@@ -322,10 +342,10 @@ fn put_reply(
     }
 }
 
-fn take_reply(mut body: Bytes) -> Result<Frame, ProtocolError> {
+fn take_reply(mut body: Bytes, codec: Codec) -> Result<Frame, ProtocolError> {
     let id = request_id(&mut body)?;
     let result = match body.first() {
-        Some(0) => Ok(take_message(body.slice(1..))?),
+        Some(0) => Ok(take_message(body.slice(1..), codec)?),
         Some(1) => Err(control_body::<String>(&body[1..])?),
         _ => {
             return Err(ProtocolError::InvalidControl(

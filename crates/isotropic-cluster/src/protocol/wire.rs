@@ -10,12 +10,13 @@ use super::codec::FrameCodec;
 use super::frame::{Frame, User};
 use super::node::NodeCodec;
 use crate::error::ProtocolError;
+use crate::message::Codec;
 
-/// What a channel speaks: our frames, or Node's child-process IPC (one JSON
-/// value per line).
+/// What a channel speaks: our frames, with messages in a codec, or Node's
+/// child-process IPC (one JSON value per line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wire {
-    Frames,
+    Frames(Codec),
     NodeJson,
 }
 
@@ -35,7 +36,7 @@ impl Wire {
         max: usize,
     ) -> Result<Bytes, ProtocolError> {
         buffers::encoded(|dst| match self {
-            Wire::Frames => FrameCodec::new(max).encode(user, dst),
+            Wire::Frames(codec) => FrameCodec::new(max).with_codec(codec).encode(user, dst),
             Wire::NodeJson => NodeCodec::new(max).encode(user, dst),
         })
     }
@@ -117,9 +118,9 @@ mod tests {
     fn user_values_have_the_documented_bytes() {
         let value = serde_json::json!({"type": "x"});
         let encode = |wire: Wire, user| wire.encode(user, 64).expect("encodes");
-        let message = encode(Wire::Frames, User::Message(&value));
+        let message = encode(Wire::Frames(Codec::Json), User::Message(&value));
         assert_eq!(&message[..], b"\0\0\0\x0d\x04{\"type\":\"x\"}");
-        let request = encode(Wire::Frames, User::Request(5, &value));
+        let request = encode(Wire::Frames(Codec::Json), User::Request(5, &value));
         assert_eq!(
             &request[..],
             b"\0\0\0\x15\x08\0\0\0\0\0\0\0\x05{\"type\":\"x\"}"
@@ -128,7 +129,7 @@ mod tests {
         assert_eq!(&line[..], b"{\"type\":\"x\"}\n");
         // Large frames come from the buffer pool: the same bytes.
         let big = "y".repeat(20_000);
-        let frame = Wire::Frames
+        let frame = Wire::Frames(Codec::Json)
             .encode(User::Message(&big), DEFAULT_MAX_FRAME)
             .expect("encodes");
         let expected = [
@@ -173,7 +174,7 @@ mod tests {
             values in proptest::collection::vec(".{0,40}", 1..6),
             piece in 1..64_usize,
         ) {
-            let wire = if node { Wire::NodeJson } else { Wire::Frames };
+            let wire = if node { Wire::NodeJson } else { Wire::Frames(Codec::Json) };
             let bytes: Vec<u8> = values
                 .iter()
                 .flat_map(|v| wire.encode(User::Message(v), DEFAULT_MAX_FRAME).expect("encodes"))

@@ -14,7 +14,8 @@ use crate::events::catch;
 use crate::message::Message;
 use crate::protocol::{self, Frame};
 
-type Encoded = Result<Bytes, String>;
+/// A handler's reply, in its request's codec, or its error's text.
+type Encoded = Result<Message, String>;
 type SyncHandler = Box<dyn FnMut(&Message) -> Encoded + Send>;
 type AsyncHandler =
     Box<dyn FnMut(&Message) -> Pin<Box<dyn Future<Output = Encoded> + Send>> + Send>;
@@ -112,9 +113,7 @@ impl Handlers {
         let handler = move |message: &Message| {
             let request = message.decode::<Req>().map_err(|e| e.to_string())?;
             let reply = handler(request).map_err(|e| e.to_string())?;
-            serde_json::to_vec(&reply)
-                .map(Bytes::from)
-                .map_err(|e| e.to_string())
+            Message::encode_as(message.codec(), &reply).map_err(|e| e.to_string())
         };
         self.by_type
             .insert(type_name.to_owned(), Handler::Sync(Box::new(handler)));
@@ -132,11 +131,10 @@ impl Handlers {
             match message.decode::<Req>() {
                 Ok(request) => {
                     let reply = handler(request);
+                    let codec = message.codec();
                     Box::pin(async move {
                         let reply = reply.await.map_err(|e| e.to_string())?;
-                        serde_json::to_vec(&reply)
-                            .map(Bytes::from)
-                            .map_err(|e| e.to_string())
+                        Message::encode_as(codec, &reply).map_err(|e| e.to_string())
                     })
                 }
                 Err(e) => Box::pin(std::future::ready(Err(e.to_string()))),
@@ -207,24 +205,9 @@ impl Answer {
     }
 }
 
-/// A reply frame: the JSON of a successful reply, or the error's text.
+/// A reply frame: a successful reply, or the error's text.
 fn reply_frame(id: u64, result: Encoded, max: usize) -> Bytes {
-    let frame = match result {
-        Ok(json) => match Message::from_json(json) {
-            Ok(message) => Frame::Reply {
-                id,
-                result: Ok(message),
-            },
-            Err(e) => Frame::Reply {
-                id,
-                result: Err(e.to_string()),
-            },
-        },
-        Err(error) => Frame::Reply {
-            id,
-            result: Err(error),
-        },
-    };
+    let frame = Frame::Reply { id, result };
     protocol::encode(&frame, max).unwrap_or_else(|error| {
         let reason = match error {
             ProtocolError::FrameTooLarge { size, .. } => {

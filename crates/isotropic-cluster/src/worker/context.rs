@@ -120,7 +120,7 @@ impl WorkerContext {
     ///
     /// As [`ClusterWorker::try_send`].
     pub fn try_send<M: Serialize + ?Sized>(&self, message: &M) -> Result<(), SendError> {
-        let frame = Wire::Frames
+        let frame = Wire::Frames(self.settings.codec)
             .encode(User::Message(message), self.settings.max_frame_size)
             .map_err(SendError::Encode)?;
         self.outbox.try_send(frame)
@@ -166,8 +166,12 @@ impl WorkerContext {
     ) -> std::io::Result<(Self, Mailbox<Self>, Commands<Self>)> {
         let (read, outbox) = channel::open(fd, builder.settings.queue, None)?;
         // It answers heartbeats (from this actor: `deliver`).
-        outbox.hello(true, false);
-        let inbox = Inbox::new(read, FrameCodec::new(builder.settings.max_frame_size));
+        let codec = builder.settings.codec;
+        outbox.hello(true, false, codec);
+        let inbox = Inbox::new(
+            read,
+            FrameCodec::new(builder.settings.max_frame_size).with_codec(codec),
+        );
         let (mailbox, commands) = Mailbox::new();
         let context = Self {
             hub: builder.hub,

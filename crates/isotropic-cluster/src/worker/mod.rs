@@ -33,7 +33,7 @@ use crate::events::{self as pubsub, EventStream, Hub, StreamSource, Topic as _};
 use crate::net::{ListenAddress, ListenError, ListenErrorKind, Listener};
 use crate::protocol::{self, Frame, User, Wire};
 use crate::request::{Handlers, Pending, RequestError};
-use crate::{WorkerId, role};
+use crate::{Codec, WorkerId, role};
 
 type Initializer = Box<
     dyn FnOnce(ClusterWorker) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> + Send,
@@ -84,6 +84,8 @@ struct Settings {
     destroy_timeout: Duration,
     max_frame_size: usize,
     queue: QueueLimits,
+    /// The channel's message codec (the primary's, from the markers).
+    codec: Codec,
 }
 
 impl Default for Settings {
@@ -93,6 +95,7 @@ impl Default for Settings {
             destroy_timeout: Duration::from_secs(5),
             max_frame_size: protocol::DEFAULT_MAX_FRAME,
             queue: QueueLimits::default(),
+            codec: Codec::Json,
         }
     }
 }
@@ -182,6 +185,7 @@ impl WorkerBuilder {
         let channel_error = |e: std::io::Error| Error::Channel(Arc::new(e));
         let fd = role::take_channel(markers).map_err(channel_error)?;
         let initializer = self.initializer.take();
+        self.settings.codec = markers.codec;
         let (mut context, mailbox, commands) =
             WorkerContext::connect(markers.id, fd, self).map_err(channel_error)?;
         pubsub::publish(&mut context, Initialize);
@@ -273,6 +277,7 @@ pub struct ClusterWorker {
     deadline: Duration,
     id: WorkerId,
     max_frame: usize,
+    wire: Wire,
     stream: StreamSource<WorkerEvent>,
     watchdogs: Arc<watchdog::Watchdogs>,
     counts_served: Arc<std::sync::atomic::AtomicBool>,
@@ -312,6 +317,7 @@ impl ClusterWorker {
             deadline: context.settings.request_timeout,
             id: context.id,
             max_frame: context.settings.max_frame_size,
+            wire: Wire::Frames(context.settings.codec),
             stream: context.stream.clone(),
             watchdogs: context.watchdogs.clone(),
             counts_served: context.counts_served.clone(),
@@ -336,7 +342,8 @@ impl ClusterWorker {
     ///
     /// Not cancel safe: a cancelled message may still be written.
     pub async fn send<M: Serialize + ?Sized>(&self, message: &M) -> Result<(), SendError> {
-        let frame = Wire::Frames
+        let frame = self
+            .wire
             .encode(User::Message(message), self.max_frame)
             .map_err(SendError::Encode)?;
         self.outbox.send(frame).await
@@ -378,7 +385,8 @@ impl ClusterWorker {
     ///
     /// As [`send`](Self::send), and [`SendError::Full`] when the queue is full.
     pub fn try_send<M: Serialize + ?Sized>(&self, message: &M) -> Result<(), SendError> {
-        let frame = Wire::Frames
+        let frame = self
+            .wire
             .encode(User::Message(message), self.max_frame)
             .map_err(SendError::Encode)?;
         self.outbox.try_send(frame)
@@ -446,7 +454,8 @@ impl ClusterWorker {
         deadline: Duration,
     ) -> Result<R, RequestError> {
         let waiter = self.pending.begin(None)?;
-        let frame = Wire::Frames
+        let frame = self
+            .wire
             .encode(User::Request(waiter.id(), message), self.max_frame)
             .map_err(|e| RequestError::Send(SendError::Encode(e)))?;
         self.outbox.send(frame).await?;

@@ -36,7 +36,7 @@ impl Primary {
     }
 
     fn hello(&self) {
-        self.outbox.hello(false, true);
+        self.outbox.hello(false, true, crate::Codec::Json);
     }
 
     async fn next(&mut self) -> Option<Frame> {

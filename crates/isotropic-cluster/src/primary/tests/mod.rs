@@ -78,7 +78,7 @@ impl Spawn for FakeSpawner {
             outbox,
             1 << 20,
             GRACE,
-            Wire::Frames,
+            Wire::Frames(crate::Codec::Json),
             start.requests.clone(),
         );
         let (signals, signal_rx) = mpsc::unbounded_channel();
