@@ -197,6 +197,7 @@ pub(crate) struct Sizes {
     pub(crate) sealed_from: usize,
 }
 
+#[cfg(test)]
 impl Sizes {
     /// Frames up to `max_frame`, and the default sealed threshold.
     pub(crate) fn frames(max_frame: usize) -> Self {
