@@ -655,6 +655,100 @@ mod tests {
         assert_eq!(outbox.traffic().sent_total(), (6, wire as u64));
     }
 
+    /// `n` fds (of `/dev/null`).
+    fn nulls(n: usize) -> Vec<OwnedFd> {
+        (0..n)
+            .map(|_| std::fs::File::open("/dev/null").expect("opened").into())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn announced_fds_come_attached_and_large_payloads_sealed() {
+        let (outbox, mut inbox) = outbox(100, 1 << 20);
+        let sizes = protocol::Sizes {
+            max_frame: 64,
+            sealed_from: 100,
+        };
+        let large: Bytes = vec![9; 1000].into();
+        let sealed = protocol::encode_payload(large.clone(), sizes, true).expect("sealed");
+        assert_eq!(sealed.fds.len(), 1);
+        outbox.try_send(sealed.clone()).expect("room");
+        let with_fds = protocol::attach_fds(sealed, nulls(2)).expect("two fds");
+        outbox.try_send(with_fds).expect("room");
+        let small = protocol::encode_payload(Bytes::from_static(b"s"), sizes, true).expect("fits");
+        let small = protocol::attach_fds(small, nulls(crate::MAX_FDS)).expect("at the bound");
+        outbox.send(small).await.expect("written");
+
+        assert!(matches!(inbox.next().await, Some(Ok(Frame::Bytes(b))) if b == large));
+        match inbox.next().await {
+            Some(Ok(Frame::Attached(frame, fds))) => {
+                assert_eq!(*frame, Frame::Bytes(large));
+                assert_eq!(fds.take().len(), 2);
+            }
+            other => panic!("not attached: {other:?}"),
+        }
+        match inbox.next().await {
+            Some(Ok(Frame::Attached(frame, fds))) => {
+                assert_eq!(*frame, Frame::Bytes(Bytes::from_static(b"s")));
+                assert_eq!(fds.len(), crate::MAX_FDS);
+            }
+            other => panic!("not attached: {other:?}"),
+        }
+        assert!(inbox.take_fd().is_none());
+        let over = protocol::attach_fds(Bytes::new().into(), nulls(crate::MAX_FDS + 1));
+        assert!(matches!(
+            over,
+            Err(ProtocolError::TooManyFds { count: 17, max: 16 })
+        ));
+    }
+
+    /// What an inbox makes of `frames` sent with `fds` attached.
+    async fn received(frames: &[Frame], fds: usize) -> Option<Result<Frame, ProtocolError>> {
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
+        let (ours, theirs) = tokio::net::UnixStream::pair().expect("a socket pair");
+        let bytes: Vec<u8> = frames.iter().flat_map(protocol::encode_control).collect();
+        let fds = nulls(fds);
+        let borrowed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
+        let mut space =
+            vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(&borrowed)));
+        let parts = [std::io::IoSlice::new(&bytes)];
+        let sent = sendmsg(&ours, &parts, &mut control, SendFlags::empty()).expect("sent");
+        assert_eq!(sent, bytes.len());
+        reader(theirs).next().await
+    }
+
+    #[tokio::test]
+    async fn fds_that_do_not_match_their_frames_are_errors() {
+        let message = Frame::Message(crate::Message::from_json("1".to_owned()).expect("json"));
+        let fds = |count| Frame::Fds { count };
+        let cases: [(&[Frame], usize); 5] = [
+            (&[fds(2), message.clone()], 1),
+            (&[fds(1), Frame::Heartbeat], 1),
+            (&[fds(1), fds(1), message.clone()], 2),
+            (&[Frame::Sealed { len: 1 }], 0),
+            (&[fds(17), message.clone()], 17),
+        ];
+        for (frames, count) in cases {
+            let error = received(frames, count).await;
+            assert!(
+                matches!(
+                    error,
+                    Some(Err(
+                        ProtocolError::FdsMismatch(_) | ProtocolError::TooManyFds { .. }
+                    ))
+                ),
+                "{frames:?}: {error:?}"
+            );
+        }
+        let error = received(&[fds(20), message], 20).await;
+        assert!(
+            matches!(error, Some(Err(ProtocolError::TooManyFds { .. }))),
+            "{error:?}"
+        );
+    }
+
     #[tokio::test]
     async fn fds_arrive_with_their_frames_in_order() {
         let (outbox, mut inbox) = outbox(100, 1 << 20);
