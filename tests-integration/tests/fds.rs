@@ -29,6 +29,31 @@ async fn settled(pid: u32, count: usize) -> usize {
     open_fds(pid)
 }
 
+/// The fds held by this process and by a worker, to compare before and
+/// after.
+struct FdCounts {
+    ours: usize,
+    worker: (u32, usize),
+}
+
+impl FdCounts {
+    fn now(worker: &WorkerHandle) -> Self {
+        Self {
+            ours: open_fds(std::process::id()),
+            worker: (worker.pid(), open_fds(worker.pid())),
+        }
+    }
+
+    /// Asserts that both hold as many fds as they did (once the last ones
+    /// sent are closed).
+    async fn assert_settled(&self) {
+        let (pid, count) = self.worker;
+        let ours = settled(std::process::id(), self.ours).await;
+        assert_eq!(ours, self.ours, "the primary's fds");
+        assert_eq!(settled(pid, count).await, count, "the worker's fds");
+    }
+}
+
 /// A file holding `text`, already unlinked: only the fd names it.
 fn unlinked_file(text: &str) -> std::fs::File {
     let path = std::env::temp_dir().join(format!(
@@ -63,8 +88,7 @@ async fn read_pipe(fd: impl Into<OwnedFd>) -> String {
 #[tokio::test]
 async fn a_pipe_end_and_a_file_go_both_ways_and_are_used() {
     let (primary, mut events, [worker]) = launch::<1>(primary(Mode::Echo)).await;
-    let ours = std::process::id();
-    let (before, worker_before) = (open_fds(ours), open_fds(worker.pid()));
+    let before = FdCounts::now(&worker);
 
     let (read, write) = std::io::pipe().expect("a pipe");
     let file = unlinked_file("contents of the file");
@@ -94,23 +118,16 @@ async fn a_pipe_end_and_a_file_go_both_ways_and_are_used() {
     assert_eq!(text, "contents of the file");
     drop(file);
 
-    assert_eq!(settled(ours, before).await, before, "the primary's fds");
-    assert_eq!(
-        settled(worker.pid(), worker_before).await,
-        worker_before,
-        "the worker's fds"
-    );
+    before.assert_settled().await;
     shut_down(&primary).await;
 }
 
 #[tokio::test]
 async fn fds_never_taken_are_closed_with_the_event() {
     let (primary, mut events, [worker]) = launch::<1>(primary(Mode::Echo)).await;
-    let ours = std::process::id();
-    let before = open_fds(ours);
     // The worker echoes bytes with `try_send_bytes`, without the fds; ours
     // go, the worker's copies are dropped with its event.
-    let worker_before = open_fds(worker.pid());
+    let before = FdCounts::now(&worker);
     let fds: Vec<OwnedFd> = (0..MAX_FDS)
         .map(|_| std::fs::File::open("/dev/null").expect("opened").into())
         .collect();
@@ -124,8 +141,7 @@ async fn fds_never_taken_are_closed_with_the_event() {
     })
     .await;
     assert_eq!(echo, (Bytes::from_static(b"with fds"), 0));
-    assert_eq!(settled(ours, before).await, before);
-    assert_eq!(settled(worker.pid(), worker_before).await, worker_before);
+    before.assert_settled().await;
     shut_down(&primary).await;
 }
 
@@ -153,8 +169,7 @@ async fn more_fds_than_the_bound_are_refused_and_closed() {
 #[tokio::test]
 async fn a_16_mib_payload_goes_both_ways_through_sealed_memfds() {
     let (primary, mut events, [worker]) = launch::<1>(primary(Mode::Echo)).await;
-    let ours = std::process::id();
-    let (before, worker_before) = (open_fds(ours), open_fds(worker.pid()));
+    let before = FdCounts::now(&worker);
     // Over the maximum frame (16 MiB with its kind byte): only a sealed
     // payload can carry it.
     let payload: Bytes = (0..16 << 20)
@@ -169,11 +184,6 @@ async fn a_16_mib_payload_goes_both_ways_through_sealed_memfds() {
     .await;
     assert!(echo == payload, "the echo differs");
     drop(echo);
-    assert_eq!(settled(ours, before).await, before, "the primary's fds");
-    assert_eq!(
-        settled(worker.pid(), worker_before).await,
-        worker_before,
-        "the worker's fds"
-    );
+    before.assert_settled().await;
     shut_down(&primary).await;
 }
