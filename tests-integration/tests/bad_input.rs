@@ -74,7 +74,7 @@ async fn a_wrong_protocol_version() {
             ProtocolError::Version {
                 received: 99,
                 oldest: 1,
-                supported: 2
+                supported: 3
             }
         ),
         "{error}"
