@@ -109,6 +109,12 @@ named! {
         HugeBytes = "huge-bytes",
         /// The first 9 bytes of a message frame, then the channel closes.
         Truncated = "truncated",
+        /// An fds frame announcing `MAX_FDS + 1` fds, with them, then a message.
+        TooManyFds = "too-many-fds",
+        /// A sealed frame whose memfd is not sealed.
+        UnsealedMemfd = "unsealed-memfd",
+        /// A sealed frame announcing one byte more than its (sealed) memfd holds.
+        ShortMemfd = "short-memfd",
     }
 }
 

@@ -2,7 +2,7 @@
 //! without the library. The names come from `docs/protocol.md` §2, not from
 //! the library: the tests use the format as any other implementation would.
 
-/// The frame kinds used here (`docs/protocol.md` §2; 14 to 255 are reserved).
+/// The frame kinds used here (`docs/protocol.md` §2; 16 to 255 are reserved).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
@@ -26,6 +26,12 @@ pub enum Kind {
     Reply = 9,
     /// Raw bytes (protocol version 2).
     Bytes = 13,
+    /// One byte: the next frame comes with this many fds, attached to this
+    /// frame's first byte (protocol version 3).
+    Fds = 14,
+    /// An 8-byte length: a bytes message in the sealed memfd attached
+    /// (protocol version 3).
+    Sealed = 15,
 }
 
 /// A kind byte that names no kind (a reserved one).

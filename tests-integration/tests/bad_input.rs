@@ -80,7 +80,7 @@ async fn a_wrong_protocol_version() {
             ProtocolError::Version {
                 received: 99,
                 oldest: 1,
-                supported: 2
+                supported: 3
             }
         ),
         "{error}"
@@ -228,6 +228,56 @@ async fn a_worker_that_speaks_json_to_a_messagepack_primary() {
         matches!(
             &error,
             ProtocolError::CodecMismatch { received, expected: "msgpack" } if received == "json"
+        ),
+        "{error:?}"
+    );
+}
+
+/// Bad fds or memfds: a typed error, the bad worker stopped, and every fd
+/// that came with the bad input (the worker passes `/dev/null`s and
+/// memfds) closed in the primary.
+async fn bad_fds(case: BadInput) -> ProtocolError {
+    let passed = || {
+        std::fs::read_dir("/proc/self/fd")
+            .expect("our fds")
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter(|target| {
+                target == std::path::Path::new("/dev/null")
+                    || target.to_string_lossy().starts_with("/memfd:")
+            })
+            .count()
+    };
+    let before = passed();
+    let error = bad_worker(case).await;
+    assert_eq!(passed(), before, "fds left open by {case}");
+    error
+}
+
+#[tokio::test]
+async fn more_fds_than_the_bound() {
+    let error = bad_fds(BadInput::TooManyFds).await;
+    assert!(
+        matches!(error, ProtocolError::TooManyFds { count, max } if count == isotropic_cluster::MAX_FDS + 1 && max == isotropic_cluster::MAX_FDS),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_memfd_that_is_not_sealed() {
+    let error = bad_fds(BadInput::UnsealedMemfd).await;
+    assert!(matches!(error, ProtocolError::UnsealedMemfd), "{error:?}");
+}
+
+#[tokio::test]
+async fn a_memfd_shorter_than_announced() {
+    let error = bad_fds(BadInput::ShortMemfd).await;
+    assert!(
+        matches!(
+            error,
+            ProtocolError::ShortMemfd {
+                announced: 4097,
+                size: 4096
+            }
         ),
         "{error:?}"
     );

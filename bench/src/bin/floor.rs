@@ -26,6 +26,7 @@ fn main() -> Result {
         "large" => down(count, LARGE, 1)? * LARGE as f64 / 1e6,
         "broadcast" => down(count, SMALL, 4)? * 4.0,
         "up" => up(count)?,
+        "memcpy-16mib" => memcpy(count, 16 << 20)?,
         "restart" => restart(count)?,
         "shutdown" => shutdown(count)?,
         "rss-primary" | "rss-worker" => rss(&metric)?,
@@ -142,6 +143,20 @@ fn spawn(n: u64) -> Result<f64> {
         .collect::<Result<_>>()?;
     let elapsed = started.elapsed();
     workers.into_iter().try_for_each(Worker::stop)?;
+    Ok(per(elapsed, n, Duration::from_millis(1)))
+}
+
+/// Milliseconds per copy of `size` bytes between two buffers already
+/// touched (a memcpy, no page faults).
+fn memcpy(n: u64, size: usize) -> Result<f64> {
+    let source = vec![b'z'; size];
+    let mut target = vec![0u8; size];
+    let started = Instant::now();
+    for i in 0..n {
+        target.copy_from_slice(&source);
+        std::hint::black_box(&mut target)[i as usize % size] ^= 1;
+    }
+    let elapsed = started.elapsed();
     Ok(per(elapsed, n, Duration::from_millis(1)))
 }
 

@@ -56,6 +56,12 @@ async fn run_worker(metric: &str, count: u64) -> Result {
                 }
             })
         }
+        "bytes-16mib" => builder.on::<PrimaryBytes>(|event| {
+            // Echoed as it came: mapped from the primary's memfd, copied
+            // once into a memfd of ours.
+            let bytes = event.bytes.clone();
+            let _ = event.context().try_send_bytes(bytes);
+        }),
         "bytes-up" => builder.on::<PrimaryMessage>(move |event| {
             let Some(worker) = event.context().handle() else {
                 return;
@@ -128,6 +134,7 @@ async fn run_primary(metric: &str, count: u64) -> Result {
         "bytes-large" => bytes_down(count, LARGE_BYTES, 1).await? * LARGE_BYTES as f64 / 1e6,
         "bytes-broadcast" => bytes_down(count, SMALL_BYTES, 4).await? * 4.0,
         "bytes-up" => bytes_up(count).await?,
+        "bytes-16mib" => bytes_round_trip(count).await?,
         "restart" => restart(count).await?,
         "shutdown" => shutdown(count).await?,
         "rss-primary" | "rss-worker" => rss(metric).await?,
@@ -483,6 +490,29 @@ async fn bytes_down(n: u64, size: usize, workers: usize) -> Result<f64> {
     let elapsed = started.elapsed();
     primary.shut_down().await?;
     Ok(rate(elapsed, n))
+}
+
+/// Milliseconds per round trip of a 16 MiB bytes message (each way in a
+/// sealed memfd); the next sent once the echo is back, its last byte read.
+async fn bytes_round_trip(n: u64) -> Result<f64> {
+    const SIZE: usize = 16 << 20;
+    let (primary, mut events, ready) = cluster("bytes-16mib", n, 1).await?;
+    let payload = Bytes::from(vec![b'z'; SIZE]);
+    let started = Instant::now();
+    for _ in 0..n {
+        primary.send_bytes(&ready[0], payload.clone()).await?;
+        loop {
+            match events.next().await {
+                Some(PrimaryEvent::WorkerBytes(echo)) if echo.bytes.last() == Some(&b'z') => break,
+                Some(PrimaryEvent::WorkerBytes(_)) => return Err("a wrong echo".into()),
+                Some(_) => {}
+                None => return Err("the primary ended".into()),
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    primary.shut_down().await?;
+    Ok(per(elapsed, n, Duration::from_millis(1)))
 }
 
 /// Bytes messages of 64 B per second, worker to primary.

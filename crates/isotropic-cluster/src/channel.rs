@@ -4,14 +4,14 @@
 //! makes either side's end of the socket ready for them.
 
 use std::collections::VecDeque;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use tokio_util::codec::Decoder as _;
+use tokio_util::codec::Decoder;
 
 use crate::WorkerId;
 use crate::error::{ProtocolError, SendError};
@@ -41,8 +41,8 @@ const BATCH_BYTES: usize = 64 * 1024;
 
 enum Outgoing {
     Frame(Encoded, Option<oneshot::Sender<bool>>),
-    /// A frame with an fd attached to its first byte.
-    WithFd(Bytes, OwnedFd),
+    /// A control frame with an fd, not counted against the queue's bytes.
+    Control(Encoded),
     Close,
 }
 
@@ -78,7 +78,7 @@ impl std::fmt::Debug for Outgoing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Frame(frame, _) => write!(f, "Frame({} bytes)", frame.len()),
-            Self::WithFd(frame, fd) => write!(f, "WithFd({} bytes, {fd:?})", frame.len()),
+            Self::Control(frame) => write!(f, "Control({} bytes, {:?})", frame.len(), frame.fds),
             Self::Close => f.write_str("Close"),
         }
     }
@@ -180,8 +180,10 @@ impl Outbox {
     /// Queues `frame` with `fd` attached, without waiting (control frames are
     /// small and rare: only the message count bounds them).
     pub(crate) fn try_send_fd(&self, frame: Bytes, fd: OwnedFd) -> Result<(), SendError> {
+        let mut frame = Encoded::from(frame);
+        frame.fds.push(Arc::new(fd));
         self.tx
-            .try_send(Outgoing::WithFd(frame, fd))
+            .try_send(Outgoing::Control(frame))
             .map_err(|_| self.closed())
     }
 
@@ -223,16 +225,19 @@ async fn write_loop(
         while let Some(item) = next.take() {
             match item {
                 Outgoing::Close => closing = true,
-                Outgoing::WithFd(frame, fd) => {
+                Outgoing::Control(frame) => {
                     (frames, bytes) = (frames + 1, bytes + frame.len());
                     ok = flush(&mut half, &mut batch).await
-                        && write_with_fd(&mut half, &frame, &fd).await.is_ok();
+                        && write_with_fds(&mut half, &frame).await.is_ok();
                 }
                 Outgoing::Frame(frame, ack) => {
                     (frames, bytes) = (frames + 1, bytes + frame.len());
                     acks.extend(ack);
                     freed += frame.len().min(max_bytes);
-                    if frame.len() < COALESCE_BELOW {
+                    if !frame.fds.is_empty() {
+                        ok = flush(&mut half, &mut batch).await
+                            && write_with_fds(&mut half, &frame).await.is_ok();
+                    } else if frame.len() < COALESCE_BELOW {
                         batch.extend_from_slice(&frame.head);
                         batch.extend_from_slice(&frame.body);
                     } else if frame.body.is_empty() {
@@ -277,30 +282,37 @@ async fn write_loop(
     while rx.try_recv().is_ok() {}
 }
 
-/// Writes `frame`, its first bytes with `fd` attached.
-async fn write_with_fd(
-    half: &mut OwnedWriteHalf,
-    frame: &[u8],
-    fd: &OwnedFd,
-) -> std::io::Result<()> {
+/// Writes `frame`, its first bytes with its fds attached.
+async fn write_with_fds(half: &mut OwnedWriteHalf, frame: &Encoded) -> std::io::Result<()> {
+    let fds: Vec<_> = frame.fds.iter().map(|fd| fd.as_fd()).collect();
+    let mut slices = [&frame.head, &frame.body].map(|part| std::io::IoSlice::new(part));
     let written = loop {
         half.writable().await?;
         match half.as_ref().try_io(Interest::WRITABLE, || {
-            sys::send_with_fd(half.as_ref(), frame, fd)
+            sys::send_with_fds(half.as_ref(), &slices, &fds)
         }) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(written) => break written,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         }
     };
-    half.write_all(&frame[written..]).await
+    let mut left = &mut slices[..];
+    std::io::IoSlice::advance_slices(&mut left, written);
+    write_slices(half, left).await
 }
 
 /// Writes `parts` one after the other, with as few system calls as the
 /// socket allows (`writev`).
 async fn write_parts(half: &mut OwnedWriteHalf, parts: [&[u8]; 3]) -> std::io::Result<()> {
     let mut slices = parts.map(std::io::IoSlice::new);
-    let mut left = &mut slices[..];
+    write_slices(half, &mut slices).await
+}
+
+async fn write_slices(
+    half: &mut OwnedWriteHalf,
+    mut left: &mut [std::io::IoSlice<'_>],
+) -> std::io::Result<()> {
     std::io::IoSlice::advance_slices(&mut left, 0);
     while !left.is_empty() {
         match half.write_vectored(left).await? {
@@ -327,31 +339,43 @@ async fn flush(half: &mut OwnedWriteHalf, batch: &mut BytesMut) -> bool {
 const FIRST_CHUNK: usize = 4 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 
-/// Reads frames, and keeps the fds that arrive with them, in order.
+/// Reads frames, and keeps the fds that arrive with them, in order: those
+/// of `connection` frames (taken with [`take_fd`](Self::take_fd)), those an
+/// `fds` frame announces (handed on with the next frame, as
+/// [`Frame::Attached`]), and the memfd of a `sealed` frame (handed on as
+/// its [`Frame::Bytes`]). `D` is the wire's decoder.
 #[derive(Debug)]
-pub(crate) struct Inbox {
+pub(crate) struct Inbox<D = FrameCodec> {
     half: OwnedReadHalf,
     buf: BytesMut,
     /// Reads land here first (zeroed once), then what arrived is appended to
     /// `buf`.
     scratch: Vec<u8>,
-    codec: FrameCodec,
+    codec: D,
     fds: VecDeque<OwnedFd>,
+    /// The fds an `fds` frame announced, for the frame after it.
+    announced: Option<Vec<OwnedFd>>,
     eof: bool,
     done: bool,
 }
 
-impl Inbox {
-    pub(crate) fn new(half: OwnedReadHalf, codec: FrameCodec) -> Self {
+impl<D: Decoder<Item = Frame, Error = ProtocolError>> Inbox<D> {
+    pub(crate) fn new(half: OwnedReadHalf, codec: D) -> Self {
         Self {
             half,
             buf: BytesMut::new(),
             scratch: vec![0; FIRST_CHUNK],
             codec,
             fds: VecDeque::new(),
+            announced: None,
             eof: false,
             done: false,
         }
+    }
+
+    /// The decoder (to read what it counted, say).
+    pub(crate) fn codec_mut(&mut self) -> &mut D {
+        &mut self.codec
     }
 
     /// The next frame; `None` after the end of the channel or an error.
@@ -361,18 +385,13 @@ impl Inbox {
     /// Cancel safe: what was read stays buffered.
     pub(crate) async fn next(&mut self) -> Option<Result<Frame, ProtocolError>> {
         while !self.done {
-            let decoded = if self.eof {
-                self.codec.decode_eof(&mut self.buf)
-            } else {
-                self.codec.decode(&mut self.buf)
-            };
-            match decoded {
+            match self.decode() {
                 Ok(Some(frame)) => return Some(Ok(frame)),
                 Ok(None) if self.eof => self.done = true,
                 Ok(None) => {
                     if let Err(error) = self.read().await {
                         self.done = true;
-                        return Some(Err(error.into()));
+                        return Some(Err(error));
                     }
                 }
                 Err(error) => {
@@ -389,7 +408,11 @@ impl Inbox {
         if self.done {
             return None;
         }
-        self.codec.decode(&mut self.buf).transpose()
+        let decoded = self.decode().transpose();
+        if matches!(decoded, Some(Err(_))) {
+            self.done = true;
+        }
+        decoded
     }
 
     /// The oldest fd received and not taken yet.
@@ -397,8 +420,60 @@ impl Inbox {
         self.fds.pop_front()
     }
 
-    async fn read(&mut self) -> std::io::Result<()> {
-        let read = loop {
+    /// The next whole frame buffered, with the fds it announced attached.
+    fn decode(&mut self) -> Result<Option<Frame>, ProtocolError> {
+        loop {
+            let decoded = if self.eof {
+                self.codec.decode_eof(&mut self.buf)
+            } else {
+                self.codec.decode(&mut self.buf)
+            };
+            let frame = match decoded? {
+                None => return Ok(None),
+                Some(Frame::Fds { count }) => {
+                    self.announce(usize::from(count))?;
+                    continue;
+                }
+                Some(Frame::Sealed { len }) => {
+                    let memfd = self.fds.pop_front().ok_or(ProtocolError::FdsMismatch(
+                        "a sealed frame without its memfd",
+                    ))?;
+                    Frame::Bytes(sys::map_sealed(memfd, len)?)
+                }
+                Some(frame) => frame,
+            };
+            return match self.announced.take() {
+                None => Ok(Some(frame)),
+                Some(fds) if matches!(frame, Frame::Message(_) | Frame::Bytes(_)) => Ok(Some(
+                    Frame::Attached(Box::new(frame), crate::fds::PassedFds::new(fds)),
+                )),
+                Some(_) => Err(ProtocolError::FdsMismatch(
+                    "fds announced before a frame that is not a message",
+                )),
+            };
+        }
+    }
+
+    /// Sets aside the `count` fds an `fds` frame announced.
+    fn announce(&mut self, count: usize) -> Result<(), ProtocolError> {
+        if count > crate::fds::MAX_FDS {
+            return Err(ProtocolError::TooManyFds {
+                count,
+                max: crate::fds::MAX_FDS,
+            });
+        }
+        if self.announced.is_some() {
+            return Err(ProtocolError::FdsMismatch("two fds frames in a row"));
+        }
+        if self.fds.len() < count {
+            return Err(ProtocolError::FdsMismatch("fewer fds than announced"));
+        }
+        self.announced = Some(self.fds.drain(..count).collect());
+        Ok(())
+    }
+
+    async fn read(&mut self) -> Result<(), ProtocolError> {
+        let (read, dropped) = loop {
             self.half.readable().await?;
             let (half, scratch, fds) = (self.half.as_ref(), &mut self.scratch, &mut self.fds);
             match half.try_io(Interest::READABLE, || {
@@ -408,6 +483,13 @@ impl Inbox {
                 other => break other?,
             }
         };
+        if dropped {
+            // The fds that did come are closed with the inbox.
+            return Err(ProtocolError::TooManyFds {
+                count: crate::fds::MAX_FDS + 2,
+                max: crate::fds::MAX_FDS,
+            });
+        }
         if read == 0 {
             self.eof = true;
         }
@@ -554,7 +636,8 @@ mod tests {
             .collect();
         outbox.try_send(frame(1, 16)).expect("room");
         for payload in &payloads {
-            let bytes = protocol::encode_bytes(payload.clone(), DEFAULT_MAX_FRAME).expect("fits");
+            let sizes = protocol::Sizes::frames(DEFAULT_MAX_FRAME);
+            let bytes = protocol::encode_payload(payload.clone(), sizes, false).expect("fits");
             outbox.try_send(bytes).expect("room");
         }
         outbox.send(frame(2, 16)).await.expect("written");
@@ -568,6 +651,100 @@ mod tests {
         assert_eq!(number(inbox.next().await), 2);
         let wire = 2 * 16 + 4 * 5 + 10 + COALESCE_BELOW + 3 * READ_CHUNK;
         assert_eq!(outbox.traffic().sent_total(), (6, wire as u64));
+    }
+
+    /// `n` fds (of `/dev/null`).
+    fn nulls(n: usize) -> Vec<OwnedFd> {
+        (0..n)
+            .map(|_| std::fs::File::open("/dev/null").expect("opened").into())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn announced_fds_come_attached_and_large_payloads_sealed() {
+        let (outbox, mut inbox) = outbox(100, 1 << 20);
+        let sizes = protocol::Sizes {
+            max_frame: 64,
+            sealed_from: 100,
+        };
+        let large: Bytes = vec![9; 1000].into();
+        let sealed = protocol::encode_payload(large.clone(), sizes, true).expect("sealed");
+        assert_eq!(sealed.fds.len(), 1);
+        outbox.try_send(sealed.clone()).expect("room");
+        let with_fds = protocol::attach_fds(sealed, nulls(2)).expect("two fds");
+        outbox.try_send(with_fds).expect("room");
+        let small = protocol::encode_payload(Bytes::from_static(b"s"), sizes, true).expect("fits");
+        let small = protocol::attach_fds(small, nulls(crate::MAX_FDS)).expect("at the bound");
+        outbox.send(small).await.expect("written");
+
+        assert!(matches!(inbox.next().await, Some(Ok(Frame::Bytes(b))) if b == large));
+        match inbox.next().await {
+            Some(Ok(Frame::Attached(frame, fds))) => {
+                assert_eq!(*frame, Frame::Bytes(large));
+                assert_eq!(fds.take().len(), 2);
+            }
+            other => panic!("not attached: {other:?}"),
+        }
+        match inbox.next().await {
+            Some(Ok(Frame::Attached(frame, fds))) => {
+                assert_eq!(*frame, Frame::Bytes(Bytes::from_static(b"s")));
+                assert_eq!(fds.len(), crate::MAX_FDS);
+            }
+            other => panic!("not attached: {other:?}"),
+        }
+        assert!(inbox.take_fd().is_none());
+        let over = protocol::attach_fds(Bytes::new().into(), nulls(crate::MAX_FDS + 1));
+        assert!(matches!(
+            over,
+            Err(ProtocolError::TooManyFds { count: 17, max: 16 })
+        ));
+    }
+
+    /// What an inbox makes of `frames` sent with `fds` attached.
+    async fn received(frames: &[Frame], fds: usize) -> Option<Result<Frame, ProtocolError>> {
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
+        let (ours, theirs) = tokio::net::UnixStream::pair().expect("a socket pair");
+        let bytes: Vec<u8> = frames.iter().flat_map(protocol::encode_control).collect();
+        let fds = nulls(fds);
+        let borrowed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
+        let mut space =
+            vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(&borrowed)));
+        let parts = [std::io::IoSlice::new(&bytes)];
+        let sent = sendmsg(&ours, &parts, &mut control, SendFlags::empty()).expect("sent");
+        assert_eq!(sent, bytes.len());
+        reader(theirs).next().await
+    }
+
+    #[tokio::test]
+    async fn fds_that_do_not_match_their_frames_are_errors() {
+        let message = Frame::Message(crate::Message::from_json("1".to_owned()).expect("json"));
+        let fds = |count| Frame::Fds { count };
+        let cases: [(&[Frame], usize); 5] = [
+            (&[fds(2), message.clone()], 1),
+            (&[fds(1), Frame::Heartbeat], 1),
+            (&[fds(1), fds(1), message.clone()], 2),
+            (&[Frame::Sealed { len: 1 }], 0),
+            (&[fds(17), message.clone()], 17),
+        ];
+        for (frames, count) in cases {
+            let error = received(frames, count).await;
+            assert!(
+                matches!(
+                    error,
+                    Some(Err(
+                        ProtocolError::FdsMismatch(_) | ProtocolError::TooManyFds { .. }
+                    ))
+                ),
+                "{frames:?}: {error:?}"
+            );
+        }
+        let error = received(&[fds(20), message], 20).await;
+        assert!(
+            matches!(error, Some(Err(ProtocolError::TooManyFds { .. }))),
+            "{error:?}"
+        );
     }
 
     #[tokio::test]

@@ -146,6 +146,32 @@ pub enum ProtocolError {
     /// The worker did not signal ready within the primary's ready timeout.
     #[error("no ready within {0:?}")]
     ReadyTimeout(std::time::Duration),
+    /// More fds with one message than [`MAX_FDS`](crate::MAX_FDS) (sent:
+    /// refused; received: the channel breaks, the fds closed).
+    #[error("{count} fds with one message exceed the maximum of {max}")]
+    TooManyFds {
+        /// How many were sent, or announced (at least `max + 1` when the
+        /// kernel had to drop some).
+        count: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// A frame announced fds that did not come with it, or fds came with
+    /// no frame that takes them.
+    #[error("fds do not match their frame: {0}")]
+    FdsMismatch(&'static str),
+    /// A large payload's memfd is not sealed against writing, shrinking and
+    /// growing (its contents could change under the receiver).
+    #[error("the payload's memfd is not sealed")]
+    UnsealedMemfd,
+    /// A large payload's memfd holds fewer bytes than its frame announced.
+    #[error("the payload's memfd holds {size} bytes, {announced} announced")]
+    ShortMemfd {
+        /// The length the frame announced.
+        announced: u64,
+        /// The memfd's size.
+        size: u64,
+    },
     /// Reading the channel failed.
     #[error("channel read failed")]
     Io(#[source] Arc<io::Error>),

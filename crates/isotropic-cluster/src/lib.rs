@@ -94,6 +94,7 @@ mod actor;
 mod channel;
 mod error;
 mod events;
+mod fds;
 mod id;
 #[cfg(feature = "internals")]
 #[doc(hidden)]
@@ -115,6 +116,7 @@ pub mod worker;
 
 pub use error::{BoxError, Error, MessageError, ProtocolError, SendError};
 pub use events::{Event, EventStream, Skipped, Stage, Subscribe, Subscription, Topic};
+pub use fds::{MAX_FDS, PassedFds};
 pub use id::WorkerId;
 pub use message::{Codec, Message};
 pub use net::{

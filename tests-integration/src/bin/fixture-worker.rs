@@ -50,6 +50,10 @@ enum Command {
     /// Count this many requests served (`count_served`), and say whether
     /// the primary took the count: `{"counted": bool}`.
     Served { requests: u64 },
+    /// Came with a pipe's write end and a file: writes `worker ID` into the
+    /// pipe, reads the file, and sends back `{"file": text}` with the read
+    /// end of a pipe of its own (holding `back from ID`) and the file.
+    UseFds,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -193,6 +197,15 @@ async fn echo(
                     }
                     let _ = event.context().try_send(&json!({"spun": ms}));
                 }
+                Ok(Command::UseFds) => {
+                    let fds = event.take_fds();
+                    let worker = event.context().handle().expect("a running worker");
+                    tokio::spawn(async move {
+                        if let Err(error) = use_fds(&worker, fds).await {
+                            let _ = worker.try_send(&json!({"useFds": error.to_string()}));
+                        }
+                    });
+                }
                 Ok(Command::SpawnChild) => {
                     let child = std::process::Command::new("sleep").arg("300").spawn();
                     let pid = child.map(|c| c.id()).unwrap_or_default();
@@ -206,6 +219,27 @@ async fn echo(
         .start()
         .await?;
     worker.closed().await;
+    Ok(())
+}
+
+/// Uses the fds of a `UseFds` command: a pipe's write end and a file.
+async fn use_fds(
+    worker: &ClusterWorker,
+    fds: Vec<std::os::fd::OwnedFd>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let [pipe, file]: [std::os::fd::OwnedFd; 2] = fds
+        .try_into()
+        .map_err(|fds: Vec<_>| format!("{} fds", fds.len()))?;
+    std::fs::File::from(pipe).write_all(format!("worker {}", worker.id()).as_bytes())?;
+    let mut file = std::fs::File::from(file);
+    let mut text = String::new();
+    std::io::Seek::rewind(&mut file)?;
+    std::io::Read::read_to_string(&mut file, &mut text)?;
+    let (back, mut write) = std::io::pipe()?;
+    write.write_all(format!("back from {}", worker.id()).as_bytes())?;
+    drop(write);
+    let fds = vec![back.into(), file.into()];
+    worker.send_with_fds(&json!({ "file": text }), fds).await?;
     Ok(())
 }
 
@@ -314,6 +348,34 @@ fn ask_without_reading(
 fn greet(channel: &mut std::os::unix::net::UnixStream) -> std::io::Result<()> {
     channel.write_all(&wire::hello(1))?;
     channel.write_all(&wire::frame(Kind::Ready, b""))
+}
+
+/// Hello (protocol version 3) and ready.
+fn greet_v3(channel: &mut std::os::unix::net::UnixStream) -> std::io::Result<()> {
+    channel.write_all(&wire::hello(3))?;
+    channel.write_all(&wire::frame(Kind::Ready, b""))
+}
+
+/// Writes `bytes` with `fds` attached to the first byte.
+fn send_with_fds(
+    channel: &std::os::unix::net::UnixStream,
+    bytes: &[u8],
+    fds: &[impl std::os::fd::AsFd],
+) -> std::io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
+    let borrowed: Vec<_> = fds.iter().map(std::os::fd::AsFd::as_fd).collect();
+    let mut space =
+        vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    control.push(SendAncillaryMessage::ScmRights(&borrowed));
+    let sent = sendmsg(
+        channel,
+        &[std::io::IoSlice::new(bytes)],
+        &mut control,
+        SendFlags::empty(),
+    )?;
+    let mut channel = channel;
+    channel.write_all(&bytes[sent..])
 }
 
 /// Speaks protocol version 1 by hand: echoes messages, leaves on
@@ -430,6 +492,41 @@ fn bad_input(
                 .collect();
             channel.write_all(&noise)?;
             return Ok(());
+        }
+        BadInput::TooManyFds => {
+            greet_v3(&mut channel)?;
+            let fds: Vec<_> = (0..=isotropic_cluster::MAX_FDS)
+                .map(|_| std::fs::File::open("/dev/null"))
+                .collect::<Result<_, _>>()?;
+            let count = u8::try_from(fds.len())?;
+            let bad = [
+                wire::frame(Kind::Fds, &[count]),
+                wire::frame(Kind::Message, b"1"),
+            ];
+            send_with_fds(&channel, &bad.concat(), &fds)?;
+            Vec::new()
+        }
+        BadInput::UnsealedMemfd | BadInput::ShortMemfd => {
+            greet_v3(&mut channel)?;
+            let memfd = rustix::fs::memfd_create(
+                "payload",
+                rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+            )?;
+            std::fs::File::from(memfd.try_clone()?).write_all(&[7; 4096])?;
+            if case == BadInput::ShortMemfd {
+                use rustix::fs::SealFlags;
+                let all = SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
+                rustix::fs::fcntl_add_seals(&memfd, all)?;
+            }
+            // 4096 bytes are there; the short case announces one more.
+            let announced: u64 = if case == BadInput::ShortMemfd {
+                4097
+            } else {
+                4096
+            };
+            let frame = wire::frame(Kind::Sealed, &announced.to_be_bytes());
+            send_with_fds(&channel, &frame, &[memfd])?;
+            Vec::new()
         }
         BadInput::Truncated => {
             greet(&mut channel)?;

@@ -203,6 +203,15 @@ impl PrimaryBuilder {
         self
     }
 
+    /// The size from which a bytes payload sent to a worker goes in a
+    /// sealed memfd instead of through the channel (default 1 MiB): one
+    /// copy, whatever its size, and not bound by the maximum frame. Workers
+    /// whose hello said protocol version 2 get it through the channel.
+    pub fn sealed_payload_threshold(mut self, bytes: usize) -> Self {
+        self.config.sealed_from = bytes.max(1);
+        self
+    }
+
     /// How many messages may wait to be written to one worker (default 1024).
     pub fn queue_capacity(mut self, messages: usize) -> Self {
         self.config.queue.messages = messages.max(1);

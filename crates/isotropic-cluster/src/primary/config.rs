@@ -98,6 +98,8 @@ pub(crate) struct Config {
     pub(crate) max_frame_size: usize,
     /// The framed channel's message codec.
     pub(crate) codec: Codec,
+    /// Bytes payloads from this size on go in a sealed memfd.
+    pub(crate) sealed_from: usize,
     pub(crate) queue: QueueLimits,
     pub(crate) shutdown_grace: Duration,
     pub(crate) kill_grace: Duration,
@@ -169,13 +171,22 @@ impl Config {
             .map_err(crate::SendError::Encode)
     }
 
-    /// Encodes a bytes message (whether a worker takes it is its handle's
+    /// Encodes a bytes message, a large one in a sealed memfd shared by
+    /// every worker it goes to (whether a worker takes it is its handle's
     /// to say).
     pub(crate) fn encode_bytes(
         &self,
         bytes: bytes::Bytes,
     ) -> Result<protocol::Encoded, crate::SendError> {
-        protocol::encode_bytes(bytes, self.max_frame_size).map_err(crate::SendError::Encode)
+        protocol::encode_payload(bytes, self.sizes(), true).map_err(crate::SendError::Encode)
+    }
+
+    /// The frame sizes of the workers' channels.
+    pub(crate) fn sizes(&self) -> protocol::Sizes {
+        protocol::Sizes {
+            max_frame: self.max_frame_size,
+            sealed_from: self.sealed_from,
+        }
     }
 
     /// Whether workers get a channel at all.
@@ -217,6 +228,7 @@ impl Default for Config {
             output: None,
             max_frame_size: protocol::DEFAULT_MAX_FRAME,
             codec: Codec::Json,
+            sealed_from: protocol::DEFAULT_SEALED_FROM,
             queue: QueueLimits::default(),
             shutdown_grace: Duration::from_secs(5),
             kill_grace: Duration::from_secs(2),

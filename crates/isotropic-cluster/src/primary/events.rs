@@ -2,6 +2,7 @@
 //! [`Subscribe`](crate::Subscribe), or read them all from
 //! [`ClusterPrimary::events`](super::ClusterPrimary::events).
 
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt as _;
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use super::WorkerHandle;
 use crate::Signal;
 use crate::error::{Error, MessageError, ProtocolError};
 use crate::events::{HandlerPanic, Stage};
+use crate::fds::PassedFds;
 use crate::message::Message;
 use crate::net::{ListenAddress, ListenError};
 
@@ -109,6 +111,15 @@ pub struct WorkerMessage {
     pub worker: WorkerHandle,
     /// The message.
     pub message: Message,
+    /// The fds that came with it (`send_with_fds`; none otherwise).
+    pub fds: PassedFds,
+}
+
+impl WorkerMessage {
+    /// Takes the fds that came with it (see [`PassedFds::take`]).
+    pub fn take_fds(&self) -> Vec<OwnedFd> {
+        self.fds.take()
+    }
 }
 
 /// A bytes message from a worker (protocol version 2: see
@@ -121,6 +132,15 @@ pub struct WorkerBytes {
     pub worker: WorkerHandle,
     /// The payload, as the worker sent it.
     pub bytes: Bytes,
+    /// The fds that came with it (`send_with_fds`; none otherwise).
+    pub fds: PassedFds,
+}
+
+impl WorkerBytes {
+    /// Takes the fds that came with it (see [`PassedFds::take`]).
+    pub fn take_fds(&self) -> Vec<OwnedFd> {
+        self.fds.take()
+    }
 }
 
 impl std::fmt::Debug for WorkerBytes {
@@ -128,6 +148,7 @@ impl std::fmt::Debug for WorkerBytes {
         f.debug_struct("WorkerBytes")
             .field("worker", &self.worker)
             .field("len", &self.bytes.len())
+            .field("fds", &self.fds)
             .finish()
     }
 }

@@ -215,7 +215,7 @@ mod tests {
             (WorkerId(id), 0, 1),
             0,
             outbox,
-            1024,
+            crate::protocol::Sizes::frames(1024),
             std::time::Duration::from_secs(1),
             crate::protocol::Wire::Frames(crate::Codec::Json),
             std::sync::Arc::default(),

@@ -156,7 +156,7 @@ impl Spawn for ProcessSpawner {
             (id, slot, start.release.generation()),
             pid,
             outbox,
-            config.max_frame_size,
+            config.sizes(),
             config.request_timeout,
             config.wire(),
             start.requests.clone(),

@@ -22,6 +22,7 @@ use crate::WorkerId;
 use crate::actor::Actor;
 use crate::error::BoxError;
 use crate::events::{self, HandlerPanic, Stage, Topic as _};
+use crate::fds::PassedFds;
 use crate::net::ListenAddress;
 use crate::protocol::Frame;
 
@@ -197,9 +198,20 @@ impl PrimaryContext {
 
     /// Hands on a frame of a worker whose state allows it.
     fn deliver(&mut self, worker: WorkerHandle, frame: Frame, reply: Option<OwnedSemaphorePermit>) {
+        let (frame, fds) = match frame {
+            Frame::Attached(frame, fds) => (*frame, fds),
+            frame => (frame, PassedFds::default()),
+        };
         match frame {
-            Frame::Message(message) => events::publish(self, WorkerMessage { worker, message }),
-            Frame::Bytes(bytes) => events::publish(self, WorkerBytes { worker, bytes }),
+            Frame::Message(message) => events::publish(
+                self,
+                WorkerMessage {
+                    worker,
+                    message,
+                    fds,
+                },
+            ),
+            Frame::Bytes(bytes) => events::publish(self, WorkerBytes { worker, bytes, fds }),
             Frame::Listen { id, address, acks } => self.listen(&worker, (id, acks), &address),
             Frame::Accepted { listener } => {
                 let registry = &self.registry;
@@ -223,7 +235,10 @@ impl PrimaryContext {
             | Frame::Ready
             | Frame::Disconnect
             | Frame::Listening { .. }
-            | Frame::Connection { .. } => {}
+            | Frame::Connection { .. }
+            | Frame::Fds { .. }
+            | Frame::Sealed { .. }
+            | Frame::Attached(..) => {}
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_util::{FutureExt as _, StreamExt};
+use futures_util::StreamExt;
 use tokio::net::unix::OwnedReadHalf;
 use tokio::process::{Child, ChildStderr, ChildStdout};
 use tokio::sync::{Semaphore, mpsc};
@@ -15,6 +15,7 @@ use tokio_util::codec::{Decoder, FramedRead};
 use super::events::OutputStream;
 use super::input::Input;
 use super::output::{Delivery, OutputLine, OutputSink};
+use crate::channel::Inbox;
 use crate::error::ProtocolError;
 use crate::protocol::{AnyCodec, Frame};
 use crate::sys;
@@ -48,7 +49,8 @@ pub(super) struct Watch {
     /// Its slot and process id, for its output lines.
     slot: u32,
     pid: u32,
-    frames: Option<FramedRead<OwnedReadHalf, Counted>>,
+    /// Read with `recvmsg`, which keeps the fds a worker passes.
+    frames: Option<Inbox<Counted>>,
     /// Where the frames read are counted (once per batch).
     traffic: Arc<Traffic>,
     pipes: Pipes,
@@ -80,7 +82,7 @@ impl Watch {
         output: Option<OutputSink>,
     ) -> mpsc::UnboundedSender<Signal> {
         let (frames, unused) = match channel {
-            Ok((read, codec)) => (Some(FramedRead::new(read, Counted(codec, 0))), None),
+            Ok((read, codec)) => (Some(Inbox::new(read, Counted(codec, 0))), None),
             Err(unused) => (None, Some(unused)),
         };
         let (signals, signal_rx) = mpsc::unbounded_channel();
@@ -130,13 +132,14 @@ impl Watch {
             }
             let mut closed = None;
             let input = tokio::select! {
-                frame = next(&mut self.frames) => match self.closed(frame) {
+                frame = next_frame(&mut self.frames) => match self.closed(frame) {
                     Ok(frame) => {
                         // Take what else is already buffered, in one input.
                         let mut weight = frame.weight();
                         let mut batch = vec![frame];
                         while batch.len() < BATCH && weight < BATCH_BYTES {
-                            let Some(frame) = self.frames.as_mut().and_then(|f| f.next().now_or_never()) else { break };
+                            let Some(frame) = self.frames.as_mut().and_then(Inbox::try_next) else { break };
+                            let frame = Some(frame);
                             match self.closed(frame) {
                                 Ok(frame) => {
                                     weight += frame.weight();
@@ -148,7 +151,7 @@ impl Watch {
                                 }
                             }
                         }
-                        let bytes = self.frames.as_mut().map_or(0, |f| std::mem::take(&mut f.decoder_mut().1));
+                        let bytes = self.frames.as_mut().map_or(0, |f| std::mem::take(&mut f.codec_mut().1));
                         self.traffic.received(batch.len(), bytes);
                         let share = u32::try_from(weight.min(INPUT_BUDGET)).unwrap_or(u32::MAX);
                         let Ok(permit) = self.budget.clone().acquire_many_owned(share).await else {
@@ -254,8 +257,8 @@ impl Watch {
             Some(Err(_)) | None => None,
         };
         // The bytes of the frames before the end, not reported with a batch.
-        if let Some(frames) = self.frames.take() {
-            self.traffic.received(0, frames.decoder().1);
+        if let Some(mut frames) = self.frames.take() {
+            self.traffic.received(0, frames.codec_mut().1);
         }
         Err(Input::Closed(self.id, error))
     }
@@ -358,6 +361,14 @@ impl Pipes {
 }
 
 /// The next item of an optional stream; pending forever when there is none.
+/// The next frame of a channel; pending forever without one.
+async fn next_frame(inbox: &mut Option<Inbox<Counted>>) -> Option<Result<Frame, ProtocolError>> {
+    match inbox {
+        Some(inbox) => inbox.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn next<S: futures_util::Stream + Unpin>(stream: &mut Option<S>) -> Option<S::Item> {
     match stream {
         Some(stream) => stream.next().await,

@@ -1,6 +1,7 @@
 //! The primary's handle to one worker process.
 
 use std::fmt;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -13,7 +14,7 @@ use crate::WorkerId;
 use crate::channel::Outbox;
 use crate::error::ProtocolError;
 use crate::error::SendError;
-use crate::protocol::{self, Encoded, User, Wire};
+use crate::protocol::{self, Encoded, Sizes, User, Wire};
 use crate::request::{Pending, RequestError};
 
 use super::metrics::Latency;
@@ -33,7 +34,7 @@ struct Inner {
     generation: u64,
     pid: u32,
     outbox: Outbox,
-    max_frame: usize,
+    sizes: Sizes,
     pending: Arc<Pending>,
     deadline: Duration,
     wire: Wire,
@@ -48,7 +49,7 @@ impl WorkerHandle {
         (id, slot, generation): (WorkerId, u32, u64),
         pid: u32,
         outbox: Outbox,
-        max_frame: usize,
+        sizes: Sizes,
         deadline: Duration,
         wire: Wire,
         requests: Arc<Latency>,
@@ -60,7 +61,7 @@ impl WorkerHandle {
                 generation,
                 pid,
                 outbox,
-                max_frame,
+                sizes,
                 pending: Arc::default(),
                 deadline,
                 wire,
@@ -115,7 +116,10 @@ impl WorkerHandle {
         let frame = self
             .inner
             .wire
-            .encode(User::Request(waiter.id(), message), self.inner.max_frame)
+            .encode(
+                User::Request(waiter.id(), message),
+                self.inner.sizes.max_frame,
+            )
             .map_err(|e| RequestError::Send(SendError::Encode(e)))?;
         let asked = std::time::Instant::now();
         self.send_frame(frame).await?;
@@ -200,6 +204,10 @@ impl WorkerHandle {
     /// gets it as a `PrimaryBytes` event (other languages: a `bytes` frame,
     /// `docs/protocol.md`).
     ///
+    /// A payload of at least the primary's
+    /// [`sealed_payload_threshold`](super::PrimaryBuilder::sealed_payload_threshold)
+    /// goes in a sealed memfd (`docs/protocol.md`), not through the channel.
+    ///
     /// # Errors
     ///
     /// [`SendError::Unsupported`] for a worker on Node's channel, or whose
@@ -211,9 +219,58 @@ impl WorkerHandle {
     ///
     /// Not cancel safe: once queued, a cancelled message may still be written.
     pub async fn send_bytes(&self, bytes: impl Into<Bytes>) -> Result<(), SendError> {
-        let frame = protocol::encode_bytes(bytes.into(), self.inner.max_frame)
+        self.send_bytes_frame(self.encode_payload(bytes.into())?)
+            .await
+    }
+
+    /// Sends `message` with `fds` (files, sockets, pipe ends: at most
+    /// [`MAX_FDS`](crate::MAX_FDS)), as Node's `send(message, handle)`. The
+    /// worker takes them from its `PrimaryMessage` event
+    /// ([`take_fds`](crate::worker::PrimaryMessage::take_fds)); ours are
+    /// closed once written.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Encode`] with [`ProtocolError::TooManyFds`] for more
+    /// than `MAX_FDS`; [`SendError::Unsupported`] for a worker on Node's
+    /// channel or whose hello said a version before 3; as
+    /// [`send`](Self::send) otherwise.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once queued, a cancelled message may still be written.
+    pub async fn send_with_fds<M: Serialize + ?Sized>(
+        &self,
+        message: &M,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), SendError> {
+        self.takes_fds()?;
+        let frame =
+            protocol::attach_fds(self.encode(message)?.into(), fds).map_err(SendError::Encode)?;
+        self.inner.outbox.send(frame).await
+    }
+
+    /// Sends `bytes` with `fds`: as [`send_bytes`](Self::send_bytes) and
+    /// [`send_with_fds`](Self::send_with_fds) together (the worker's
+    /// `PrimaryBytes` event has them).
+    ///
+    /// # Errors
+    ///
+    /// As [`send_with_fds`](Self::send_with_fds) and
+    /// [`send_bytes`](Self::send_bytes).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once queued, a cancelled message may still be written.
+    pub async fn send_bytes_with_fds(
+        &self,
+        bytes: impl Into<Bytes>,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), SendError> {
+        self.takes_fds()?;
+        let frame = protocol::attach_fds(self.encode_payload(bytes.into())?, fds)
             .map_err(SendError::Encode)?;
-        self.send_bytes_frame(frame).await
+        self.inner.outbox.send(frame).await
     }
 
     /// Queues `bytes` as a bytes message without waiting.
@@ -223,9 +280,13 @@ impl WorkerHandle {
     /// As [`send_bytes`](Self::send_bytes), and [`SendError::Full`] when
     /// the queue is full.
     pub fn try_send_bytes(&self, bytes: impl Into<Bytes>) -> Result<(), SendError> {
-        let frame = protocol::encode_bytes(bytes.into(), self.inner.max_frame)
-            .map_err(SendError::Encode)?;
-        self.try_send_bytes_frame(frame)
+        self.try_send_bytes_frame(self.encode_payload(bytes.into())?)
+    }
+
+    /// A bytes message for this worker: sealed when large, if it takes that.
+    fn encode_payload(&self, bytes: Bytes) -> Result<Encoded, SendError> {
+        let sealed = self.takes_fds().is_ok();
+        protocol::encode_payload(bytes, self.inner.sizes, sealed).map_err(SendError::Encode)
     }
 
     /// Records the protocol version of the worker's hello.
@@ -250,20 +311,43 @@ impl WorkerHandle {
         })
     }
 
-    pub(crate) async fn send_bytes_frame(&self, frame: Encoded) -> Result<(), SendError> {
+    /// Whether the worker takes fds and sealed payloads: on our frames,
+    /// from version 3 on.
+    fn takes_fds(&self) -> Result<(), SendError> {
         self.takes_bytes()?;
+        if protocol::supports_fds(self.inner.protocol.load(Ordering::Relaxed)) {
+            return Ok(());
+        }
+        Err(SendError::Unsupported {
+            worker_id: Some(self.id()),
+            what: "fds and sealed payloads",
+            why: "its hello said protocol version 2",
+        })
+    }
+
+    /// Whether the worker takes `frame`: a bytes message, with fds or not.
+    fn takes(&self, frame: &Encoded) -> Result<(), SendError> {
+        if frame.fds.is_empty() {
+            self.takes_bytes()
+        } else {
+            self.takes_fds()
+        }
+    }
+
+    pub(crate) async fn send_bytes_frame(&self, frame: Encoded) -> Result<(), SendError> {
+        self.takes(&frame)?;
         self.inner.outbox.send(frame).await
     }
 
     pub(crate) fn try_send_bytes_frame(&self, frame: Encoded) -> Result<(), SendError> {
-        self.takes_bytes()?;
+        self.takes(&frame)?;
         self.inner.outbox.try_send(frame)
     }
 
     pub(crate) fn encode<M: Serialize + ?Sized>(&self, message: &M) -> Result<Bytes, SendError> {
         self.inner
             .wire
-            .encode(User::Message(message), self.inner.max_frame)
+            .encode(User::Message(message), self.inner.sizes.max_frame)
             .map_err(SendError::Encode)
     }
 

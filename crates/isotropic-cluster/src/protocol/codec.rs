@@ -6,6 +6,9 @@
 //! +----------------+--------+----------------------+
 //! ```
 
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use tokio_util::codec::{Decoder, Encoder};
@@ -163,13 +166,16 @@ pub(crate) fn encode_hello(heartbeat: bool, served: bool, codec: Codec) -> Bytes
     .unwrap_or_default()
 }
 
-/// A frame ready to write: `head`, then `body`. A bytes message is its
-/// 5-byte header and the payload as the sender gave it, never copied into
-/// a frame; any other frame is all `head`.
+/// A frame ready to write: `head`, then `body`, with `fds` attached to the
+/// first byte. A bytes message is its 5-byte header and the payload as the
+/// sender gave it, never copied into a frame; any other frame is all
+/// `head`. The fds are shared by the clones (a broadcast passes one memfd
+/// to every worker), and closed with the last.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Encoded {
     pub(crate) head: Bytes,
     pub(crate) body: Bytes,
+    pub(crate) fds: Vec<Arc<OwnedFd>>,
 }
 
 impl Encoded {
@@ -184,6 +190,7 @@ impl From<Bytes> for Encoded {
         Self {
             head,
             body: Bytes::new(),
+            fds: Vec::new(),
         }
     }
 }
@@ -206,7 +213,84 @@ pub(crate) fn encode_bytes(payload: Bytes, max: usize) -> Result<Encoded, Protoc
     Ok(Encoded {
         head: head.freeze(),
         body: payload,
+        fds: Vec::new(),
     })
+}
+
+/// The default size from which a bytes payload goes in a sealed memfd.
+pub(crate) const DEFAULT_SEALED_FROM: usize = 1024 * 1024;
+
+/// How large frames may be, and how large payloads travel.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sizes {
+    /// The largest frame (kind byte and payload).
+    pub(crate) max_frame: usize,
+    /// Bytes payloads of this size or more go in a sealed memfd.
+    pub(crate) sealed_from: usize,
+}
+
+#[cfg(test)]
+impl Sizes {
+    /// Frames up to `max_frame`, and the default sealed threshold.
+    pub(crate) fn frames(max_frame: usize) -> Self {
+        Self {
+            max_frame,
+            sealed_from: DEFAULT_SEALED_FROM,
+        }
+    }
+}
+
+/// A bytes message of `payload`: in a sealed memfd (one copy, then passed
+/// by reference) from `sizes.sealed_from` bytes on, when the peer takes
+/// `sealed` frames (`sealed`); otherwise as [`encode_bytes`]. A sealed
+/// payload is not bound by the maximum frame.
+///
+/// # Errors
+///
+/// As [`encode_bytes`]; [`ProtocolError::Encode`] if the memfd cannot be
+/// made.
+pub(crate) fn encode_payload(
+    payload: Bytes,
+    sizes: Sizes,
+    sealed: bool,
+) -> Result<Encoded, ProtocolError> {
+    match sizes.sealed_from {
+        from if sealed && payload.len() >= from => {
+            let memfd = crate::sys::sealed_memfd(&payload)
+                .map_err(|e| ProtocolError::Encode(format!("cannot make a memfd: {e}")))?;
+            let mut frame = Encoded::from(encode_control(&Frame::Sealed {
+                len: payload.len() as u64,
+            }));
+            frame.fds.push(Arc::new(memfd));
+            Ok(frame)
+        }
+        _ => encode_bytes(payload, sizes.max_frame),
+    }
+}
+
+/// `frame` with `fds` passed along: an `fds` frame announcing them goes
+/// first, with them attached.
+///
+/// # Errors
+///
+/// [`ProtocolError::TooManyFds`] for more than [`MAX_FDS`](crate::MAX_FDS).
+pub(crate) fn attach_fds(mut frame: Encoded, fds: Vec<OwnedFd>) -> Result<Encoded, ProtocolError> {
+    if fds.is_empty() {
+        return Ok(frame);
+    }
+    let count = u8::try_from(fds.len())
+        .ok()
+        .filter(|&n| usize::from(n) <= crate::fds::MAX_FDS)
+        .ok_or(ProtocolError::TooManyFds {
+            count: fds.len(),
+            max: crate::fds::MAX_FDS,
+        })?;
+    let announce = encode_control(&Frame::Fds { count });
+    frame.head = [announce, frame.head].concat().into();
+    // The user's fds first, then the memfd of a sealed payload.
+    let sealed = std::mem::take(&mut frame.fds);
+    frame.fds = fds.into_iter().map(Arc::new).chain(sealed).collect();
+    Ok(frame)
 }
 
 /// The last frames of a channel that ended: bytes left after them are a
@@ -317,7 +401,7 @@ mod tests {
             .expect("hello");
         assert_eq!(
             &bytes[5..],
-            br#"{"protocol":2,"served":true,"codec":"msgpack"}"#
+            br#"{"protocol":3,"served":true,"codec":"msgpack"}"#
         );
         let start = bytes.len();
         codec
@@ -407,7 +491,12 @@ mod tests {
     #[test]
     fn every_kind_has_the_documented_bytes() {
         let address: ListenAddress = "127.0.0.1:3000".parse().expect("address");
-        let cases: [(Frame, &[u8]); 19] = [
+        let cases: [(Frame, &[u8]); 21] = [
+            (Frame::Fds { count: 2 }, b"\0\0\0\x02\x0e\x02"),
+            (
+                Frame::Sealed { len: 1 << 24 },
+                b"\0\0\0\x09\x0f\0\0\0\0\x01\0\0\0",
+            ),
             (
                 Frame::Bytes(Bytes::from_static(b"\0\xff{")),
                 b"\0\0\0\x04\x0d\0\xff{",
@@ -419,7 +508,7 @@ mod tests {
                     heartbeat: false,
                     served: false,
                 },
-                b"\0\0\0\x0f\x01{\"protocol\":2}",
+                b"\0\0\0\x0f\x01{\"protocol\":3}",
             ),
             (
                 Frame::Hello {
@@ -427,7 +516,7 @@ mod tests {
                     heartbeat: true,
                     served: false,
                 },
-                b"\0\0\0\x20\x01{\"protocol\":2,\"heartbeat\":true}",
+                b"\0\0\0\x20\x01{\"protocol\":3,\"heartbeat\":true}",
             ),
             (Frame::Heartbeat, b"\0\0\0\x01\x0b"),
             (Frame::Ready, b"\0\0\0\x01\x02"),

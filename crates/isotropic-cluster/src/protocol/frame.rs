@@ -3,11 +3,13 @@
 use bytes::Bytes;
 
 use crate::error::ProtocolError;
+use crate::fds::PassedFds;
 use crate::message::Message;
 use crate::net::{ListenAddress, ListenErrorKind};
 
-/// The protocol version this library speaks: 2 added `bytes` frames.
-pub(crate) const VERSION: u32 = 2;
+/// The protocol version this library speaks: 2 added `bytes` frames, 3
+/// `fds` and `sealed` frames.
+pub(crate) const VERSION: u32 = 3;
 /// The oldest version it still speaks with (a peer of version 1 is sent no
 /// frame it does not know: see [`supports_bytes`]).
 pub(crate) const OLDEST_VERSION: u32 = 1;
@@ -17,6 +19,12 @@ pub(crate) const OLDEST_VERSION: u32 = 1;
 pub(crate) fn supports_bytes(version: u32) -> bool {
     version == 0 || version >= 2
 }
+/// Whether a peer whose hello said `version` takes `fds` and `sealed`
+/// frames (0: its hello has not come yet).
+pub(crate) fn supports_fds(version: u32) -> bool {
+    version == 0 || version >= 3
+}
+
 /// The default largest frame (kind byte and payload), 16 MiB.
 pub(crate) const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 
@@ -37,6 +45,8 @@ pub(crate) enum Kind {
     Heartbeat = 11,
     Served = 12,
     Bytes = 13,
+    Fds = 14,
+    Sealed = 15,
 }
 
 impl Kind {
@@ -56,6 +66,8 @@ impl Kind {
             Kind::Heartbeat => "heartbeat",
             Kind::Served => "served",
             Kind::Bytes => "bytes",
+            Kind::Fds => "fds",
+            Kind::Sealed => "sealed",
         }
     }
 }
@@ -79,6 +91,8 @@ impl TryFrom<u8> for Kind {
             11 => Kind::Heartbeat,
             12 => Kind::Served,
             13 => Kind::Bytes,
+            14 => Kind::Fds,
+            15 => Kind::Sealed,
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }
@@ -138,6 +152,17 @@ pub(crate) enum Frame {
     Served { requests: u64 },
     /// Either way: a user message of raw bytes (protocol version 2).
     Bytes(Bytes),
+    /// Either way: the next frame, a message or bytes, comes with `count`
+    /// fds, attached to this frame's first byte (version 3). Only the
+    /// channel's reader sees it: it hands on [`Frame::Attached`].
+    Fds { count: u8 },
+    /// Either way: a bytes message of `len` bytes in a sealed memfd,
+    /// attached to this frame's first byte (version 3). Only the channel's
+    /// reader sees it: it hands on [`Frame::Bytes`].
+    Sealed { len: u64 },
+    /// A message or bytes frame with the fds announced before it (never on
+    /// the wire as such: encoding it encodes the frame alone).
+    Attached(Box<Frame>, PassedFds),
 }
 
 impl Frame {
@@ -157,6 +182,9 @@ impl Frame {
             Frame::Heartbeat => Kind::Heartbeat,
             Frame::Served { .. } => Kind::Served,
             Frame::Bytes(_) => Kind::Bytes,
+            Frame::Fds { .. } => Kind::Fds,
+            Frame::Sealed { .. } => Kind::Sealed,
+            Frame::Attached(frame, _) => frame.kind(),
         }
     }
 
@@ -179,6 +207,7 @@ impl Frame {
                 result: Err(error), ..
             } => error.len(),
             Frame::Bytes(bytes) => bytes.len(),
+            Frame::Attached(frame, _) => frame.weight(),
             _ => 0,
         };
         payload.max(64)
@@ -219,7 +248,7 @@ mod tests {
                 Err(error) => assert!(matches!(error, ProtocolError::UnknownKind(b) if b == byte)),
             }
         }
-        // Kinds 1 to 13; 0 and 14 to 255 are reserved (`docs/protocol.md`).
+        // Kinds 1 to 15; 0 and 16 to 255 are reserved (`docs/protocol.md`).
         let names = [
             "hello",
             "ready",
@@ -234,6 +263,8 @@ mod tests {
             "heartbeat",
             "served",
             "bytes",
+            "fds",
+            "sealed",
         ];
         assert_eq!(kinds, names);
     }

@@ -22,8 +22,13 @@ mod node;
 mod payload;
 mod wire;
 
-pub(crate) use codec::{Encoded, FrameCodec, encode, encode_bytes, encode_control, encode_hello};
-pub(crate) use frame::{DEFAULT_MAX_FRAME, Frame, OLDEST_VERSION, User, VERSION, supports_bytes};
+pub(crate) use codec::DEFAULT_SEALED_FROM;
+pub(crate) use codec::{
+    Encoded, FrameCodec, Sizes, attach_fds, encode, encode_control, encode_hello, encode_payload,
+};
+pub(crate) use frame::{
+    DEFAULT_MAX_FRAME, Frame, OLDEST_VERSION, User, VERSION, supports_bytes, supports_fds,
+};
 pub(crate) use node::NodeCodec;
 #[cfg(feature = "internals")]
 pub(crate) use wire::check_any_split;

@@ -53,6 +53,15 @@ pub(super) fn put(frame: &Frame, codec: Codec, dst: &mut BytesMut) -> Result<(),
             dst.put_slice(bytes);
             Ok(())
         }
+        Frame::Fds { count } => {
+            dst.put_u8(*count);
+            Ok(())
+        }
+        Frame::Sealed { len } => {
+            dst.put_u64(*len);
+            Ok(())
+        }
+        Frame::Attached(frame, _) => put(frame, codec, dst),
         Frame::Served { requests } => put_json(
             &ServedBody {
                 requests: *requests,
@@ -81,6 +90,20 @@ pub(super) fn take(kind: Kind, body: Bytes, codec: Codec) -> Result<Frame, Proto
         Kind::Accepted => take_accepted(&body),
         Kind::Heartbeat => take_empty(kind, &body, Frame::Heartbeat),
         Kind::Bytes => Ok(Frame::Bytes(body)),
+        Kind::Fds => match *body {
+            [count] => Ok(Frame::Fds { count }),
+            _ => Err(ProtocolError::InvalidControl(
+                "an fds frame holds one byte".into(),
+            )),
+        },
+        Kind::Sealed => match <[u8; 8]>::try_from(&*body) {
+            Ok(len) => Ok(Frame::Sealed {
+                len: u64::from_be_bytes(len),
+            }),
+            Err(_) => Err(ProtocolError::InvalidControl(
+                "a sealed frame holds an 8-byte length".into(),
+            )),
+        },
         Kind::Served => {
             let body: ServedBody = control_body(&body)?;
             Ok(Frame::Served {

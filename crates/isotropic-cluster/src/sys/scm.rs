@@ -3,20 +3,22 @@
 use std::collections::VecDeque;
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-/// The most fds accepted with one read; more is a protocol error (the extra
-/// ones are closed by the kernel, and `recv_with_fds` reports it).
-const MAX_FDS: usize = 4;
+/// The most fds accepted with one read: a message's, and the memfd of a
+/// large payload. More is a protocol error: the kernel closes the extra
+/// ones, and `recv_with_fds` reports it.
+const MAX_FDS: usize = crate::fds::MAX_FDS + 1;
 
 /// Reads into `buf` with `recvmsg`, queueing any fds that came with the bytes
-/// (received close-on-exec). Never use a plain `read` on a channel that can
+/// (received close-on-exec); also says whether fds were dropped because more
+/// came than [`MAX_FDS`]. Never use a plain `read` on a channel that can
 /// carry fds: it would drop them.
 pub(crate) fn recv_with_fds(
     socket: impl AsFd,
     buf: &mut [u8],
     fds: &mut VecDeque<OwnedFd>,
-) -> io::Result<usize> {
+) -> io::Result<(usize, bool)> {
     use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, recvmsg};
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
@@ -27,29 +29,27 @@ pub(crate) fn recv_with_fds(
             fds.extend(received_fds);
         }
     }
-    if received.flags.contains(ReturnFlags::CTRUNC) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "too many fds in one message",
-        ));
-    }
-    Ok(received.bytes)
+    Ok((received.bytes, received.flags.contains(ReturnFlags::CTRUNC)))
 }
 
-/// Writes `buf` with `fd` attached to its first byte; returns the bytes
-/// written (the fd went with them if that is at least one).
-pub(crate) fn send_with_fd(socket: impl AsFd, buf: &[u8], fd: impl AsFd) -> io::Result<usize> {
+/// Writes `parts` (gathered) with `fds` attached to their first byte;
+/// returns the bytes written (the fds went with them if that is at least
+/// one).
+pub(crate) fn send_with_fds(
+    socket: impl AsFd,
+    parts: &[io::IoSlice<'_>],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
     use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = SendAncillaryBuffer::new(&mut space);
-    let fds = [fd.as_fd()];
-    control.push(SendAncillaryMessage::ScmRights(&fds));
-    Ok(sendmsg(
-        socket,
-        &[io::IoSlice::new(buf)],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )?)
+    if !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many fds for one message",
+        ));
+    }
+    Ok(sendmsg(socket, parts, &mut control, SendFlags::NOSIGNAL)?)
 }
 
 #[cfg(test)]
@@ -63,11 +63,14 @@ mod tests {
     fn an_fd_sent_with_bytes_arrives_with_them_close_on_exec() {
         let (ours, theirs) = super::super::channel_pair().expect("a channel");
         let (passed, mut peer) = UnixStream::pair().expect("a socket to pass");
-        assert_eq!(send_with_fd(&ours, b"hi", &passed).expect("sent"), 2);
+        let parts = [io::IoSlice::new(b"h"), io::IoSlice::new(b"i")];
+        let sent = send_with_fds(&ours, &parts, &[passed.as_fd()]).expect("sent");
+        assert_eq!(sent, 2);
         drop(passed);
         let mut buf = [0; 8];
         let mut fds = VecDeque::new();
-        let read = recv_with_fds(&theirs, &mut buf, &mut fds).expect("received");
+        let (read, dropped) = recv_with_fds(&theirs, &mut buf, &mut fds).expect("received");
+        assert!(!dropped);
         assert_eq!(&buf[..read], b"hi");
         let fd = fds.pop_front().expect("the fd came with the bytes");
         assert!(fds.is_empty());

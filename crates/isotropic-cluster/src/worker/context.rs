@@ -18,6 +18,7 @@ use crate::actor::{Actor, Commands, Mailbox, WeakMailbox};
 use crate::channel::{self, Inbox, Outbox};
 use crate::error::{ProtocolError, SendError};
 use crate::events::{self, HandlerPanic, Hub, Stage, StreamSource, Topic};
+use crate::fds::PassedFds;
 use crate::net::{self, ListenAddress, ListenError, ListenErrorKind, Listener, PassedSender};
 use crate::protocol::{self, Frame, FrameCodec, User, Wire};
 use crate::request::{Handlers, Pending};
@@ -98,11 +99,11 @@ topics!(WorkerContext =>
 impl events::sealed::StreamEvent for WorkerEvent {
     fn weight(&self) -> usize {
         match self {
-            Self::PrimaryMessage(PrimaryMessage { message })
+            Self::PrimaryMessage(PrimaryMessage { message, .. })
             | Self::PrimaryMessageError(PrimaryMessageError { message, .. }) => {
                 message.as_bytes().len()
             }
-            Self::PrimaryBytes(PrimaryBytes { bytes }) => bytes.len(),
+            Self::PrimaryBytes(PrimaryBytes { bytes, .. }) => bytes.len(),
             _ => 0,
         }
     }
@@ -132,11 +133,8 @@ impl WorkerContext {
     ///
     /// As [`ClusterWorker::try_send_bytes`].
     pub fn try_send_bytes(&self, bytes: impl Into<bytes::Bytes>) -> Result<(), SendError> {
-        let frame = super::bytes_frame(
-            bytes.into(),
-            self.settings.max_frame_size,
-            &self.primary_protocol,
-        )?;
+        let frame =
+            super::bytes_frame(bytes.into(), self.settings.sizes(), &self.primary_protocol)?;
         self.outbox.try_send(frame)
     }
 
@@ -334,9 +332,13 @@ impl WorkerContext {
 
     /// A frame that [`Phase::step`] let through, by kind.
     fn deliver(&mut self, frame: Frame) {
+        let (frame, fds) = match frame {
+            Frame::Attached(frame, fds) => (*frame, fds),
+            frame => (frame, PassedFds::default()),
+        };
         match frame {
-            Frame::Message(message) => events::publish(self, PrimaryMessage { message }),
-            Frame::Bytes(bytes) => events::publish(self, PrimaryBytes { bytes }),
+            Frame::Message(message) => events::publish(self, PrimaryMessage { message, fds }),
+            Frame::Bytes(bytes) => events::publish(self, PrimaryBytes { bytes, fds }),
             Frame::Listening {
                 id,
                 result,
@@ -358,7 +360,10 @@ impl WorkerContext {
             | Frame::Ready
             | Frame::Listen { .. }
             | Frame::Accepted { .. }
-            | Frame::Served { .. } => {}
+            | Frame::Served { .. }
+            | Frame::Fds { .. }
+            | Frame::Sealed { .. }
+            | Frame::Attached(..) => {}
         }
     }
 

@@ -2,11 +2,13 @@
 //! [`Subscribe`](crate::Subscribe), or read them all from
 //! [`ClusterWorker::events`](super::ClusterWorker::events).
 
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::error::{Error, MessageError};
+use crate::fds::PassedFds;
 use crate::message::Message;
 
 /// The worker is starting; runs its initializer next.
@@ -36,6 +38,15 @@ pub struct InitializeError {
 pub struct PrimaryMessage {
     /// The message.
     pub message: Message,
+    /// The fds that came with it (`send_with_fds`; none otherwise).
+    pub fds: PassedFds,
+}
+
+impl PrimaryMessage {
+    /// Takes the fds that came with it (see [`PassedFds::take`]).
+    pub fn take_fds(&self) -> Vec<OwnedFd> {
+        self.fds.take()
+    }
 }
 
 /// A bytes message from the primary (protocol version 2). Bytes carry no
@@ -45,12 +56,22 @@ pub struct PrimaryMessage {
 pub struct PrimaryBytes {
     /// The payload, as the primary sent it.
     pub bytes: Bytes,
+    /// The fds that came with it (`send_with_fds`; none otherwise).
+    pub fds: PassedFds,
+}
+
+impl PrimaryBytes {
+    /// Takes the fds that came with it (see [`PassedFds::take`]).
+    pub fn take_fds(&self) -> Vec<OwnedFd> {
+        self.fds.take()
+    }
 }
 
 impl std::fmt::Debug for PrimaryBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PrimaryBytes")
             .field("len", &self.bytes.len())
+            .field("fds", &self.fds)
             .finish()
     }
 }

@@ -14,6 +14,7 @@ mod tests;
 mod watchdog;
 
 use std::future::Future;
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -31,7 +32,7 @@ use crate::channel::{Outbox, QueueLimits};
 use crate::error::{BoxError, Error, SendError};
 use crate::events::{self as pubsub, EventStream, Hub, StreamSource, Topic as _};
 use crate::net::{ListenAddress, ListenError, ListenErrorKind, Listener};
-use crate::protocol::{self, Frame, User, Wire};
+use crate::protocol::{self, Frame, Sizes, User, Wire};
 use crate::request::{Handlers, Pending, RequestError};
 use crate::{Codec, WorkerId, role};
 
@@ -83,6 +84,7 @@ struct Settings {
     request_timeout: Duration,
     destroy_timeout: Duration,
     max_frame_size: usize,
+    sealed_from: usize,
     queue: QueueLimits,
     /// The channel's message codec (the primary's, from the markers).
     codec: Codec,
@@ -94,8 +96,18 @@ impl Default for Settings {
             request_timeout: Duration::from_secs(30),
             destroy_timeout: Duration::from_secs(5),
             max_frame_size: protocol::DEFAULT_MAX_FRAME,
+            sealed_from: protocol::DEFAULT_SEALED_FROM,
             queue: QueueLimits::default(),
             codec: Codec::Json,
+        }
+    }
+}
+
+impl Settings {
+    fn sizes(&self) -> Sizes {
+        Sizes {
+            max_frame: self.max_frame_size,
+            sealed_from: self.sealed_from,
         }
     }
 }
@@ -146,6 +158,14 @@ impl WorkerBuilder {
     /// The largest frame accepted from or sent to the primary (default 16 MiB).
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
         self.settings.max_frame_size = bytes.clamp(1, u32::MAX as usize);
+        self
+    }
+
+    /// The size from which a bytes payload sent to the primary goes in a
+    /// sealed memfd instead of through the channel (default 1 MiB): one
+    /// copy, whatever its size, and not bound by the maximum frame.
+    pub fn sealed_payload_threshold(mut self, bytes: usize) -> Self {
+        self.settings.sealed_from = bytes.max(1);
         self
     }
 
@@ -220,11 +240,12 @@ impl WorkerBuilder {
 
 /// Runs the initializer; its panic ends the process as a handler's does
 /// (see [`WorkerBuilder::initialize`]).
-/// A bytes message of `bytes` for the primary, unless its hello (once it
-/// came) said version 1.
+/// A bytes message of `bytes` for the primary (a large one sealed, unless
+/// its hello said version 2), unless its hello (once it came) said
+/// version 1.
 fn bytes_frame(
     bytes: Bytes,
-    max: usize,
+    sizes: Sizes,
     primary_protocol: &AtomicU32,
 ) -> Result<protocol::Encoded, SendError> {
     if !protocol::supports_bytes(primary_protocol.load(Ordering::Relaxed)) {
@@ -234,7 +255,21 @@ fn bytes_frame(
             why: "the primary's hello said protocol version 1",
         });
     }
-    protocol::encode_bytes(bytes, max).map_err(SendError::Encode)
+    let sealed = takes_fds(primary_protocol).is_ok();
+    protocol::encode_payload(bytes, sizes, sealed).map_err(SendError::Encode)
+}
+
+/// Whether the primary takes fds and sealed payloads (its hello, once it
+/// came, said version 3 or later).
+fn takes_fds(primary_protocol: &AtomicU32) -> Result<(), SendError> {
+    if protocol::supports_fds(primary_protocol.load(Ordering::Relaxed)) {
+        return Ok(());
+    }
+    Err(SendError::Unsupported {
+        worker_id: None,
+        what: "fds and sealed payloads",
+        why: "the primary's hello said an older protocol version",
+    })
 }
 
 async fn initialize(init: Initializer, worker: ClusterWorker) -> Result<(), BoxError> {
@@ -276,7 +311,7 @@ pub struct ClusterWorker {
     pending: Arc<Pending>,
     deadline: Duration,
     id: WorkerId,
-    max_frame: usize,
+    sizes: Sizes,
     wire: Wire,
     stream: StreamSource<WorkerEvent>,
     watchdogs: Arc<watchdog::Watchdogs>,
@@ -316,7 +351,7 @@ impl ClusterWorker {
             pending: context.pending.clone(),
             deadline: context.settings.request_timeout,
             id: context.id,
-            max_frame: context.settings.max_frame_size,
+            sizes: context.settings.sizes(),
             wire: Wire::Frames(context.settings.codec),
             stream: context.stream.clone(),
             watchdogs: context.watchdogs.clone(),
@@ -344,7 +379,7 @@ impl ClusterWorker {
     pub async fn send<M: Serialize + ?Sized>(&self, message: &M) -> Result<(), SendError> {
         let frame = self
             .wire
-            .encode(User::Message(message), self.max_frame)
+            .encode(User::Message(message), self.sizes.max_frame)
             .map_err(SendError::Encode)?;
         self.outbox.send(frame).await
     }
@@ -364,7 +399,58 @@ impl ClusterWorker {
     ///
     /// Not cancel safe: a cancelled message may still be written.
     pub async fn send_bytes(&self, bytes: impl Into<Bytes>) -> Result<(), SendError> {
-        let frame = bytes_frame(bytes.into(), self.max_frame, &self.primary_protocol)?;
+        let frame = bytes_frame(bytes.into(), self.sizes, &self.primary_protocol)?;
+        self.outbox.send(frame).await
+    }
+
+    /// Sends `message` with `fds` (files, sockets, pipe ends: at most
+    /// [`MAX_FDS`](crate::MAX_FDS)) to the primary, as Node's
+    /// `process.send(message, handle)`. The primary takes them from its
+    /// `WorkerMessage` event; ours are closed once written.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Encode`] with
+    /// [`ProtocolError::TooManyFds`](crate::ProtocolError::TooManyFds) for
+    /// more than `MAX_FDS`; [`SendError::Unsupported`] when the primary's
+    /// hello said a version before 3; as [`send`](Self::send) otherwise.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: a cancelled message may still be written.
+    pub async fn send_with_fds<M: Serialize + ?Sized>(
+        &self,
+        message: &M,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), SendError> {
+        takes_fds(&self.primary_protocol)?;
+        let frame = (self.wire)
+            .encode(User::Message(message), self.sizes.max_frame)
+            .and_then(|frame| protocol::attach_fds(frame.into(), fds))
+            .map_err(SendError::Encode)?;
+        self.outbox.send(frame).await
+    }
+
+    /// Sends `bytes` with `fds`: as [`send_bytes`](Self::send_bytes) and
+    /// [`send_with_fds`](Self::send_with_fds) together (the primary's
+    /// `WorkerBytes` event has them).
+    ///
+    /// # Errors
+    ///
+    /// As [`send_with_fds`](Self::send_with_fds) and
+    /// [`send_bytes`](Self::send_bytes).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: a cancelled message may still be written.
+    pub async fn send_bytes_with_fds(
+        &self,
+        bytes: impl Into<Bytes>,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), SendError> {
+        takes_fds(&self.primary_protocol)?;
+        let frame = bytes_frame(bytes.into(), self.sizes, &self.primary_protocol)?;
+        let frame = protocol::attach_fds(frame, fds).map_err(SendError::Encode)?;
         self.outbox.send(frame).await
     }
 
@@ -375,7 +461,7 @@ impl ClusterWorker {
     /// As [`send_bytes`](Self::send_bytes), and [`SendError::Full`] when
     /// the queue is full.
     pub fn try_send_bytes(&self, bytes: impl Into<Bytes>) -> Result<(), SendError> {
-        let frame = bytes_frame(bytes.into(), self.max_frame, &self.primary_protocol)?;
+        let frame = bytes_frame(bytes.into(), self.sizes, &self.primary_protocol)?;
         self.outbox.try_send(frame)
     }
 
@@ -387,7 +473,7 @@ impl ClusterWorker {
     pub fn try_send<M: Serialize + ?Sized>(&self, message: &M) -> Result<(), SendError> {
         let frame = self
             .wire
-            .encode(User::Message(message), self.max_frame)
+            .encode(User::Message(message), self.sizes.max_frame)
             .map_err(SendError::Encode)?;
         self.outbox.try_send(frame)
     }
@@ -456,7 +542,7 @@ impl ClusterWorker {
         let waiter = self.pending.begin(None)?;
         let frame = self
             .wire
-            .encode(User::Request(waiter.id(), message), self.max_frame)
+            .encode(User::Request(waiter.id(), message), self.sizes.max_frame)
             .map_err(|e| RequestError::Send(SendError::Encode(e)))?;
         self.outbox.send(frame).await?;
         waiter.reply(deadline).await

@@ -115,6 +115,7 @@ impl Phase {
             | Frame::Reply { .. }
             | Frame::Heartbeat
             | Frame::Bytes(_)
+            | Frame::Attached(..)
                 if greeted =>
             {
                 (self, Action::Handle)

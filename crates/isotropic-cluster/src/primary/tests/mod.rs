@@ -76,7 +76,7 @@ impl Spawn for FakeSpawner {
             (id, slot, start.release.generation()),
             pid,
             outbox,
-            1 << 20,
+            crate::protocol::Sizes::frames(1 << 20),
             GRACE,
             Wire::Frames(crate::Codec::Json),
             start.requests.clone(),
