@@ -10,6 +10,10 @@ const SCRIPT: &str = r#"
 process.on('message', message => {
   if (message && message.type === 'echo') process.send({ echo: message.n });
   if (message === 'bye') process.disconnect();
+  if (message === 'handle') {
+    const server = require('net').createServer();
+    server.listen(0, '127.0.0.1', () => process.send({ handle: true }, server));
+  }
 });
 process.send({ hello: process.pid });
 process.send('ready');
@@ -73,5 +77,21 @@ async fn ready_comes_after_the_message_that_carries_it() {
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(seen[0].get("hello").is_some());
     assert_eq!(seen[1], json!("ready"));
+    shut_down(&primary).await;
+}
+
+#[tokio::test]
+async fn a_handle_a_node_worker_sends_is_closed_at_once() {
+    let (primary, mut events, [worker]) = launch::<1>(node_primary()).await;
+    let open_fds = || std::fs::read_dir("/proc/self/fd").expect("our fds").count();
+    let before = open_fds();
+    primary.send(&worker, &"handle").await.expect("send");
+    // Node sends the handle's fd with an internal NODE_HANDLE message.
+    let (_, message) = wait_for(&mut events, |e| {
+        message_of(e).filter(|(_, m)| m.get("cmd") == Some(&json!("NODE_HANDLE")))
+    })
+    .await;
+    assert_eq!(message["msg"], json!({"handle": true}), "{message}");
+    assert_eq!(open_fds(), before, "the passed socket was not kept");
     shut_down(&primary).await;
 }

@@ -355,6 +355,8 @@ pub(crate) struct Inbox<D = FrameCodec> {
     fds: VecDeque<OwnedFd>,
     /// The fds an `fds` frame announced, for the frame after it.
     announced: Option<Vec<OwnedFd>>,
+    /// Whether fds are kept for the frames (else closed as they come).
+    keeps_fds: bool,
     eof: bool,
     done: bool,
 }
@@ -368,9 +370,18 @@ impl<D: Decoder<Item = Frame, Error = ProtocolError>> Inbox<D> {
             codec,
             fds: VecDeque::new(),
             announced: None,
+            keeps_fds: true,
             eof: false,
             done: false,
         }
+    }
+
+    /// This inbox, closing every fd that comes as it comes: for a wire
+    /// whose frames take none (Node's channel, whose handles we do not
+    /// take), so that a peer's fds are not kept until the channel closes.
+    pub(crate) fn closing_fds(mut self) -> Self {
+        self.keeps_fds = false;
+        self
     }
 
     /// The decoder (to read what it counted, say).
@@ -489,6 +500,9 @@ impl<D: Decoder<Item = Frame, Error = ProtocolError>> Inbox<D> {
                 count: crate::fds::MAX_FDS + 2,
                 max: crate::fds::MAX_FDS,
             });
+        }
+        if !self.keeps_fds {
+            self.fds.clear();
         }
         if read == 0 {
             self.eof = true;

@@ -82,7 +82,11 @@ impl Watch {
         output: Option<OutputSink>,
     ) -> mpsc::UnboundedSender<Signal> {
         let (frames, unused) = match channel {
-            Ok((read, codec)) => (Some(Inbox::new(read, Counted(codec, 0))), None),
+            Ok((read, codec)) => {
+                let node = matches!(codec, AnyCodec::Node(_));
+                let inbox = Inbox::new(read, Counted(codec, 0));
+                (Some(if node { inbox.closing_fds() } else { inbox }), None)
+            }
             Err(unused) => (None, Some(unused)),
         };
         let (signals, signal_rx) = mpsc::unbounded_channel();
