@@ -23,6 +23,7 @@ use crate::control::{self, Refusal};
 use crate::health;
 use crate::listen;
 use crate::report::Report;
+use crate::service::ServiceManager;
 
 /// Bytes of worker output that may wait for our stdout before the workers'
 /// pipes are no longer read.
@@ -206,7 +207,7 @@ impl Pool {
                             }
                             _ => {}
                         }
-                        if matters_to_the_service(&event) {
+                        if ServiceManager::follows(&event) {
                             let _ = notes.send(Note::Event(event.clone()));
                         }
                         report.event(event);
@@ -292,19 +293,6 @@ async fn resize(
             Err(failed(error))
         }
     }
-}
-
-/// Whether `event` changes what the service manager is told.
-fn matters_to_the_service(event: &PrimaryEvent) -> bool {
-    matches!(
-        event,
-        PrimaryEvent::AddWorker(_)
-            | PrimaryEvent::RemoveWorker(_)
-            | PrimaryEvent::RolloutStarted(_)
-            | PrimaryEvent::RolloutComplete(_)
-            | PrimaryEvent::RolloutFailed(_)
-            | PrimaryEvent::RolledBack(_)
-    )
 }
 
 /// The rollout under way (SIGHUP, or `reload` on the control socket), and

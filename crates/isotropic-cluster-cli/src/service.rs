@@ -68,7 +68,21 @@ impl ServiceManager {
         }
     }
 
-    /// Follows `event`: the status, and `READY=1` once the pool is ready.
+    /// Whether [`event`](Self::event) follows `event` (the pools hand on
+    /// only those).
+    pub(crate) fn follows(event: &PrimaryEvent) -> bool {
+        matches!(
+            event,
+            PrimaryEvent::AddWorker(_)
+                | PrimaryEvent::RemoveWorker(_)
+                | PrimaryEvent::RolloutStarted(_)
+                | PrimaryEvent::RolloutComplete(_)
+                | PrimaryEvent::RolloutFailed(_)
+                | PrimaryEvent::RolledBack(_)
+        )
+    }
+
+    /// Follows `event`: the status, and `READY=1` once the pools are ready.
     pub(crate) async fn event(&mut self, event: &PrimaryEvent) {
         match event {
             PrimaryEvent::AddWorker(_) | PrimaryEvent::RemoveWorker(_) => {}

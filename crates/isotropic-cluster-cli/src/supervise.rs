@@ -356,7 +356,7 @@ async fn start(
 }
 
 /// Tells every pool still running to do `command`.
-fn tell(running: &[mpsc::UnboundedSender<Command>], command: fn() -> Command) {
+fn tell(running: &[mpsc::UnboundedSender<Command>], command: impl Fn() -> Command) {
     for commands in running {
         // (A pool that ended has nothing left to do.)
         let _ = commands.send(command());
@@ -439,14 +439,7 @@ async fn take_over_control(
 /// with several, which pool is meant is unknown: ignored.
 fn scale(running: &[mpsc::UnboundedSender<Command>], report: &Report, up: bool) {
     if let [_] = running {
-        return tell(
-            running,
-            if up {
-                || Command::Scale { up: true }
-            } else {
-                || Command::Scale { up: false }
-            },
-        );
+        return tell(running, || Command::Scale { up });
     }
     let signal = if up { "SIGTTIN" } else { "SIGTTOU" };
     let text = format!(
