@@ -65,6 +65,10 @@ async fn start(test: &str) -> Started {
         "notify",
         "--metrics",
         "127.0.0.1:0",
+        // A loaded machine may take seconds to start Python and run its
+        // SIGTERM handler; the default 5 s grace would SIGKILL it.
+        "--grace",
+        "60s",
         "--",
         "python3",
         "-c",
@@ -278,7 +282,7 @@ async fn with_two_pools_a_scrape_has_both_and_readyz_is_503_while_one_is_short()
     let [worker, gate, base] =
         [GATED_WORKER, gate, base].map(|s| serde_json::to_string(s).expect("TOML"));
     let text = format!(
-        "[pools.web]\nworkers = 2\nready = \"notify\"\n\
+        "[pools.web]\nworkers = 2\nready = \"notify\"\ngrace = \"60s\"\n\
          command = [\"python3\", \"-c\", {worker}, {gate}, {base}]\n{}",
         plain_pool("jobs", 1)
     );
