@@ -5,12 +5,12 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd as _, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio_util::codec::Decoder;
 
 use crate::WorkerId;
@@ -34,17 +34,15 @@ pub(crate) fn open(
     Ok((read, Outbox::spawn(write, limits, worker_id)))
 }
 
-/// Frames up to this size are copied into a shared write buffer.
+/// Frames below this size are copied into a shared write buffer as they are
+/// queued.
 const COALESCE_BELOW: usize = 4 * 1024;
-/// A batch is written once it holds this many bytes.
+/// A shared write buffer takes frames until it holds this many bytes.
 const BATCH_BYTES: usize = 64 * 1024;
-
-enum Outgoing {
-    Frame(Encoded, Option<oneshot::Sender<bool>>),
-    /// A control frame with an fd, not counted against the queue's bytes.
-    Control(Encoded),
-    Close,
-}
+/// Most parts (buffers, headers, payloads) given to one `writev`.
+const MAX_PARTS: usize = 64;
+/// Emptied write buffers kept for reuse.
+const SPARE_BATCHES: usize = 4;
 
 /// How much may wait to be written to one peer: a number of messages, and a
 /// number of bytes (a few large messages must not pin hundreds of MiB).
@@ -63,23 +61,193 @@ impl Default for QueueLimits {
     }
 }
 
-/// A cloneable sender of frames to one peer.
-#[derive(Debug, Clone)]
+/// A cloneable sender of frames to one peer. The last clone dropped closes
+/// it (once what is queued is written).
+#[derive(Clone)]
 pub(crate) struct Outbox {
-    tx: mpsc::Sender<Outgoing>,
-    /// Bytes that may still be queued; the writer gives them back once written.
-    room: Arc<Semaphore>,
-    max_bytes: usize,
+    shared: Arc<Shared>,
+    _senders: Arc<Senders>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("worker_id", &self.shared.worker_id)
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Closes the outbox when the last clone goes.
+struct Senders(Arc<Shared>);
+
+impl Drop for Senders {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// What the senders and the writer task share.
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Wakes the writer when the queue stops being empty, or closes.
+    work: Notify,
+    /// Wakes senders waiting for room, or for the writer to stop.
+    changed: Notify,
+    limits: QueueLimits,
     worker_id: Option<WorkerId>,
     traffic: Arc<Traffic>,
 }
 
-impl std::fmt::Debug for Outgoing {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+/// The frames waiting for the writer. Small frames are copied into the
+/// last write buffer as they come (no entry, no allocation of their own);
+/// the writer takes everything queued at once.
+#[derive(Default)]
+struct Queue {
+    items: Vec<Item>,
+    /// The acks of `send`s whose frames are in `items`.
+    acks: Vec<oneshot::Sender<bool>>,
+    /// Messages and bytes held against the limits: queued, or being
+    /// written (room comes back once written).
+    messages: usize,
+    bytes: usize,
+    /// Of those, the ones in `items`.
+    queued: (usize, usize),
+    state: State,
+    /// The writer waits for `work`.
+    idle: bool,
+    /// Emptied write buffers.
+    spare: Vec<BytesMut>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum State {
+    #[default]
+    Open,
+    /// Closed for sending: the writer writes what is queued, then stops.
+    Closing,
+    /// The writer has stopped.
+    Stopped,
+}
+
+enum Item {
+    /// Small frames, one after the other.
+    Batch { buf: BytesMut, frames: usize },
+    /// A frame written as it is (its fds with its first byte).
+    Frame(Encoded),
+}
+
+impl Item {
+    fn has_fds(&self) -> bool {
+        matches!(self, Self::Frame(frame) if !frame.fds.is_empty())
+    }
+
+    /// The frames in it, and their bytes.
+    fn count(&self) -> (usize, usize) {
         match self {
-            Self::Frame(frame, _) => write!(f, "Frame({} bytes)", frame.len()),
-            Self::Control(frame) => write!(f, "Control({} bytes, {:?})", frame.len(), frame.fds),
-            Self::Close => f.write_str("Close"),
+            Self::Batch { buf, frames } => (*frames, buf.len()),
+            Self::Frame(frame) => (1, frame.len()),
+        }
+    }
+}
+
+/// Why a frame was not queued.
+enum Refused {
+    Full,
+    Closed,
+}
+
+impl Queue {
+    /// Appends `frame`: copied into the last write buffer when small.
+    fn append(&mut self, frame: &Encoded) {
+        if frame.fds.is_empty() && frame.len() < COALESCE_BELOW {
+            if let Some(Item::Batch { buf, frames }) = self.items.last_mut()
+                && buf.len() < BATCH_BYTES
+            {
+                buf.extend_from_slice(&frame.head);
+                buf.extend_from_slice(&frame.body);
+                *frames += 1;
+                return;
+            }
+            let mut buf = self
+                .spare
+                .pop()
+                .unwrap_or_else(|| BytesMut::with_capacity(BATCH_BYTES));
+            buf.extend_from_slice(&frame.head);
+            buf.extend_from_slice(&frame.body);
+            self.items.push(Item::Batch { buf, frames: 1 });
+        } else {
+            self.items.push(Item::Frame(frame.clone()));
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // Every change to the queue is whole before the lock is released.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `frame` (and takes `ack` for it), within the limits when
+    /// `bounded`.
+    fn push(
+        &self,
+        frame: &Encoded,
+        ack: &mut Option<oneshot::Sender<bool>>,
+        bounded: bool,
+    ) -> Result<(), Refused> {
+        let mut queue = self.lock();
+        if queue.state != State::Open {
+            return Err(Refused::Closed);
+        }
+        if bounded {
+            // A frame larger than the whole queue takes all of it.
+            let cost = frame.len().min(self.limits.bytes);
+            if queue.messages >= self.limits.messages || queue.bytes + cost > self.limits.bytes {
+                return Err(Refused::Full);
+            }
+            queue.messages += 1;
+            queue.bytes += cost;
+            queue.queued.0 += 1;
+            queue.queued.1 += cost;
+        }
+        queue.append(frame);
+        queue.acks.extend(ack.take());
+        let wake = std::mem::take(&mut queue.idle);
+        drop(queue);
+        if wake {
+            self.work.notify_one();
+        }
+        Ok(())
+    }
+
+    fn close(&self) {
+        let mut queue = self.lock();
+        if queue.state == State::Open {
+            queue.state = State::Closing;
+        }
+        let wake = std::mem::take(&mut queue.idle);
+        drop(queue);
+        if wake {
+            self.work.notify_one();
+        }
+    }
+
+    fn state(&self) -> State {
+        self.lock().state
+    }
+
+    /// Resolves once `done` returns true, tried now and after each change
+    /// the writer makes.
+    async fn until(&self, mut done: impl FnMut() -> bool) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if done() {
+                return;
+            }
+            changed.await;
         }
     }
 }
@@ -91,40 +259,35 @@ impl Outbox {
         limits: QueueLimits,
         worker_id: Option<WorkerId>,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(limits.messages.max(1));
-        let max_bytes = limits.bytes.clamp(1, u32::MAX as usize);
-        let room = Arc::new(Semaphore::new(max_bytes));
-        let traffic = Arc::new(Traffic::default());
-        tokio::spawn(write_loop(
-            half,
-            rx,
-            (room.clone(), traffic.clone()),
-            max_bytes,
-        ));
-        Self {
-            tx,
-            room,
-            max_bytes,
+        let shared = Arc::new(Shared {
+            queue: Mutex::default(),
+            work: Notify::new(),
+            changed: Notify::new(),
+            limits: QueueLimits {
+                messages: limits.messages.max(1),
+                bytes: limits.bytes.clamp(1, u32::MAX as usize),
+            },
             worker_id,
-            traffic,
+            traffic: Arc::new(Traffic::default()),
+        });
+        tokio::spawn(write_loop(half, Writer(shared.clone())));
+        Self {
+            _senders: Arc::new(Senders(shared.clone())),
+            shared,
         }
     }
 
     /// What went through the channel: written by this outbox, and read by
     /// whoever reads the other half (see [`Traffic`]).
     pub(crate) fn traffic(&self) -> &Arc<Traffic> {
-        &self.traffic
+        &self.shared.traffic
     }
 
-    /// The room a frame takes in the queue (a frame larger than the whole
-    /// queue takes all of it).
-    fn cost(&self, frame: &Encoded) -> u32 {
-        u32::try_from(frame.len().min(self.max_bytes)).unwrap_or(u32::MAX)
-    }
-
-    fn closed(&self) -> SendError {
-        SendError::Closed {
-            worker_id: self.worker_id,
+    fn error(&self, refused: Refused) -> SendError {
+        let worker_id = self.shared.worker_id;
+        match refused {
+            Refused::Full => SendError::Full { worker_id },
+            Refused::Closed => SendError::Closed { worker_id },
         }
     }
 
@@ -140,132 +303,156 @@ impl Outbox {
     pub(crate) async fn send(&self, frame: impl Into<Encoded>) -> Result<(), SendError> {
         let frame = frame.into();
         let (ack, written) = oneshot::channel();
-        let room = self
-            .room
-            .acquire_many(self.cost(&frame))
-            .await
-            .map_err(|_| self.closed())?;
-        room.forget();
-        self.tx
-            .send(Outgoing::Frame(frame, Some(ack)))
-            .await
-            .map_err(|_| self.closed())?;
+        let mut ack = Some(ack);
+        let mut outcome = Ok(());
+        self.shared
+            .until(|| match self.shared.push(&frame, &mut ack, true) {
+                Err(Refused::Full) => false,
+                result => {
+                    outcome = result;
+                    true
+                }
+            })
+            .await;
+        outcome.map_err(|refused| self.error(refused))?;
         match written.await {
             Ok(true) => Ok(()),
-            _ => Err(self.closed()),
+            _ => Err(self.error(Refused::Closed)),
         }
     }
 
     /// Queues `frame` without waiting.
     pub(crate) fn try_send(&self, frame: impl Into<Encoded>) -> Result<(), SendError> {
-        let frame = frame.into();
-        let full = || SendError::Full {
-            worker_id: self.worker_id,
-        };
-        let cost = self.cost(&frame);
-        match self.room.try_acquire_many(cost) {
-            Ok(room) => room.forget(),
-            Err(tokio::sync::TryAcquireError::NoPermits) => return Err(full()),
-            Err(tokio::sync::TryAcquireError::Closed) => return Err(self.closed()),
-        }
-        self.tx.try_send(Outgoing::Frame(frame, None)).map_err(|e| {
-            self.room.add_permits(cost as usize);
-            match e {
-                mpsc::error::TrySendError::Full(_) => full(),
-                mpsc::error::TrySendError::Closed(_) => self.closed(),
-            }
-        })
+        self.try_send_ref(&frame.into())
     }
 
-    /// Queues `frame` with `fd` attached, without waiting (control frames are
-    /// small and rare: only the message count bounds them).
+    /// Queues `frame` without waiting (a frame sent to several peers is
+    /// shared, not cloned for each).
+    pub(crate) fn try_send_ref(&self, frame: &Encoded) -> Result<(), SendError> {
+        self.shared
+            .push(frame, &mut None, true)
+            .map_err(|refused| self.error(refused))
+    }
+
+    /// Queues `frame` with `fd` attached, as a control frame (see
+    /// [`try_send_control`](Self::try_send_control)).
     pub(crate) fn try_send_fd(&self, frame: Bytes, fd: OwnedFd) -> Result<(), SendError> {
         let mut frame = Encoded::from(frame);
         frame.fds.push(Arc::new(fd));
-        self.tx
-            .try_send(Outgoing::Control(frame))
-            .map_err(|_| self.closed())
+        self.try_send_control(frame)
     }
 
-    /// Closes the channel for writing once the frames queued so far are written.
+    /// Queues a control frame (with fds or not) without waiting: not bound
+    /// by the queue's limits, so never refused for fullness.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Closed`] once the channel is closed.
+    pub(crate) fn try_send_control(&self, frame: Encoded) -> Result<(), SendError> {
+        self.shared
+            .push(&frame, &mut None, false)
+            .map_err(|refused| self.error(refused))
+    }
+
+    /// Closes the channel for writing once the frames queued so far are
+    /// written; later sends fail.
     pub(crate) fn close(&self) {
-        if let Err(mpsc::error::TrySendError::Full(close)) = self.tx.try_send(Outgoing::Close) {
-            let tx = self.tx.clone();
-            tokio::spawn(async move { tx.send(close).await });
-        }
+        self.shared.close();
     }
 
     /// Resolves once the writer has stopped and closed the channel for writing.
     pub(crate) async fn wait_closed(&self) {
-        self.tx.closed().await;
+        self.shared
+            .until(|| self.shared.state() == State::Stopped)
+            .await;
     }
 
     /// Whether the writer has stopped (closed, or the peer went away).
     pub(crate) fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.shared.state() == State::Stopped
     }
 }
 
-async fn write_loop(
-    mut half: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Outgoing>,
-    (room, traffic): (Arc<Semaphore>, Arc<Traffic>),
-    max_bytes: usize,
-) {
-    let mut batch = BytesMut::with_capacity(BATCH_BYTES);
+/// The writer task's hold on the queue: when the task ends, however it
+/// ends, the queue is stopped.
+struct Writer(Arc<Shared>);
+
+impl Writer {
+    /// Moves what is queued into `items` and `acks`, and returns the
+    /// messages and bytes it holds against the limits; `None` once the
+    /// queue is empty and closing. Waits while it is empty and open.
+    async fn take(
+        &self,
+        items: &mut Vec<Item>,
+        acks: &mut Vec<oneshot::Sender<bool>>,
+    ) -> Option<(usize, usize)> {
+        loop {
+            {
+                let mut queue = self.0.lock();
+                if !queue.items.is_empty() {
+                    std::mem::swap(items, &mut queue.items);
+                    std::mem::swap(acks, &mut queue.acks);
+                    return Some(std::mem::take(&mut queue.queued));
+                }
+                if queue.state != State::Open {
+                    return None;
+                }
+                queue.idle = true;
+            }
+            self.0.work.notified().await;
+        }
+    }
+
+    /// `items` were written (or not: `ok`): their room is given back, their
+    /// write buffers kept for reuse.
+    fn written(&self, items: &mut Vec<Item>, (messages, bytes): (usize, usize)) {
+        let mut queue = self.0.lock();
+        queue.messages -= messages;
+        queue.bytes -= bytes;
+        for item in items.drain(..) {
+            if let Item::Batch { mut buf, .. } = item
+                && queue.spare.len() < SPARE_BATCHES
+                && buf.capacity() <= 2 * BATCH_BYTES
+            {
+                buf.clear();
+                queue.spare.push(buf);
+            }
+        }
+        drop(queue);
+        self.0.changed.notify_waiters();
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let mut queue = self.0.lock();
+        queue.state = State::Stopped;
+        // What is still queued will never be written; dropping the acks
+        // fails the waiting senders.
+        let left = (
+            std::mem::take(&mut queue.items),
+            std::mem::take(&mut queue.acks),
+            std::mem::take(&mut queue.spare),
+        );
+        drop(queue);
+        drop(left);
+        self.0.changed.notify_waiters();
+    }
+}
+
+async fn write_loop(mut half: OwnedWriteHalf, writer: Writer) {
+    let mut items = Vec::new();
     let mut acks = Vec::new();
-    let mut freed = 0;
-    // Frames and bytes written in this round, counted once it is written.
-    let (mut frames, mut bytes) = (0, 0);
-    let mut closing = false;
-    while !closing {
-        let Some(first) = rx.recv().await else { break };
-        let mut next = Some(first);
-        let mut ok = true;
-        while let Some(item) = next.take() {
-            match item {
-                Outgoing::Close => closing = true,
-                Outgoing::Control(frame) => {
-                    (frames, bytes) = (frames + 1, bytes + frame.len());
-                    ok = flush(&mut half, &mut batch).await
-                        && write_with_fds(&mut half, &frame).await.is_ok();
-                }
-                Outgoing::Frame(frame, ack) => {
-                    (frames, bytes) = (frames + 1, bytes + frame.len());
-                    acks.extend(ack);
-                    freed += frame.len().min(max_bytes);
-                    if !frame.fds.is_empty() {
-                        ok = flush(&mut half, &mut batch).await
-                            && write_with_fds(&mut half, &frame).await.is_ok();
-                    } else if frame.len() < COALESCE_BELOW {
-                        batch.extend_from_slice(&frame.head);
-                        batch.extend_from_slice(&frame.body);
-                    } else if frame.body.is_empty() {
-                        ok = flush(&mut half, &mut batch).await
-                            && half.write_all(&frame.head).await.is_ok();
-                    } else {
-                        // A bytes message: the batch, its header and its
-                        // payload in one system call, the payload not copied.
-                        ok = write_parts(&mut half, [&batch, &frame.head, &frame.body])
-                            .await
-                            .is_ok();
-                        batch.clear();
-                    }
-                }
-            }
-            if !ok || closing {
-                break;
-            }
-            if batch.len() < BATCH_BYTES {
-                next = rx.try_recv().ok();
-            }
-        }
-        ok = ok && flush(&mut half, &mut batch).await;
+    while let Some(held) = writer.take(&mut items, &mut acks).await {
+        let ok = write_items(&mut half, &items).await.is_ok();
         if ok {
-            traffic.sent(frames, bytes);
+            let (frames, bytes) = items
+                .iter()
+                .map(Item::count)
+                .fold((0, 0), |(f, b), (n, len)| (f + n, b + len));
+            writer.0.traffic.sent(frames, bytes);
         }
-        (frames, bytes) = (0, 0);
-        room.add_permits(std::mem::take(&mut freed));
+        writer.written(&mut items, held);
         for ack in acks.drain(..) {
             let _ = ack.send(ok);
         }
@@ -274,18 +461,45 @@ async fn write_loop(
         }
     }
     let _ = half.shutdown().await;
-    // Senders waiting for room learn that the channel is closed.
-    room.close();
-    rx.close();
-    // Whatever is still queued will never be written; dropping the acks fails
-    // the waiting senders.
-    while rx.try_recv().is_ok() {}
+    // (The queue stops as `writer` drops.)
+}
+
+/// Writes `items` in order, as few system calls as the socket allows: runs
+/// of frames without fds in one `writev`, a frame with fds on its own.
+async fn write_items(half: &mut OwnedWriteHalf, items: &[Item]) -> std::io::Result<()> {
+    let mut rest = items;
+    while let Some(first) = rest.first() {
+        if let Item::Frame(frame) = first
+            && !frame.fds.is_empty()
+        {
+            write_with_fds(half, frame).await?;
+            rest = &rest[1..];
+            continue;
+        }
+        let run = rest
+            .iter()
+            .take(MAX_PARTS / 2)
+            .take_while(|item| !item.has_fds())
+            .count();
+        let mut slices: Vec<_> = rest[..run]
+            .iter()
+            .flat_map(|item| match item {
+                Item::Batch { buf, .. } => [&buf[..], &[]],
+                Item::Frame(frame) => [&frame.head[..], &frame.body[..]],
+            })
+            .filter(|part| !part.is_empty())
+            .map(std::io::IoSlice::new)
+            .collect();
+        write_slices(half, &mut slices).await?;
+        rest = &rest[run..];
+    }
+    Ok(())
 }
 
 /// Writes `frame`, its first bytes with its fds attached.
 async fn write_with_fds(half: &mut OwnedWriteHalf, frame: &Encoded) -> std::io::Result<()> {
     let fds: Vec<_> = frame.fds.iter().map(|fd| fd.as_fd()).collect();
-    let mut slices = [&frame.head, &frame.body].map(|part| std::io::IoSlice::new(part));
+    let mut slices = [&frame.head[..], &frame.body[..]].map(std::io::IoSlice::new);
     let written = loop {
         half.writable().await?;
         match half.as_ref().try_io(Interest::WRITABLE, || {
@@ -302,13 +516,6 @@ async fn write_with_fds(half: &mut OwnedWriteHalf, frame: &Encoded) -> std::io::
     write_slices(half, left).await
 }
 
-/// Writes `parts` one after the other, with as few system calls as the
-/// socket allows (`writev`).
-async fn write_parts(half: &mut OwnedWriteHalf, parts: [&[u8]; 3]) -> std::io::Result<()> {
-    let mut slices = parts.map(std::io::IoSlice::new);
-    write_slices(half, &mut slices).await
-}
-
 async fn write_slices(
     half: &mut OwnedWriteHalf,
     mut left: &mut [std::io::IoSlice<'_>],
@@ -321,15 +528,6 @@ async fn write_slices(
         }
     }
     Ok(())
-}
-
-async fn flush(half: &mut OwnedWriteHalf, batch: &mut BytesMut) -> bool {
-    if batch.is_empty() {
-        return true;
-    }
-    let ok = half.write_all(batch).await.is_ok();
-    batch.clear();
-    ok
 }
 
 // ===== Inbox =====
@@ -630,6 +828,45 @@ mod tests {
         for n in 1..=3 {
             assert_eq!(number(inbox.next().await), n);
         }
+    }
+
+    #[tokio::test]
+    async fn control_frames_are_not_bounded_and_fail_only_once_closed() {
+        let (outbox, mut inbox) = outbox(1, 64);
+        outbox.try_send(frame(1, 16)).expect("room");
+        assert!(is_full(outbox.try_send(frame(2, 16))));
+        let connection = protocol::encode_control(&Frame::Connection { listener: 9 });
+        outbox
+            .try_send_control(connection.clone().into())
+            .expect("not bounded");
+        let (_kept, sent) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+        outbox
+            .try_send_fd(connection.clone(), sent.into())
+            .expect("not bounded");
+        outbox.close();
+        assert!(is_closed(outbox.try_send_control(connection.into())));
+        assert_eq!(number(inbox.next().await), 1);
+        for _ in 0..2 {
+            assert!(matches!(
+                inbox.next().await,
+                Some(Ok(Frame::Connection { listener: 9 }))
+            ));
+        }
+        assert!(inbox.next().await.is_none());
+        assert!(inbox.take_fd().is_some());
+    }
+
+    #[tokio::test]
+    async fn the_last_clone_dropped_writes_what_was_queued_then_ends() {
+        let (outbox, mut inbox) = outbox(100, 1 << 20);
+        let clone = outbox.clone();
+        outbox.try_send(frame(1, 16)).expect("room");
+        drop(outbox);
+        clone.try_send(frame(2, 10_000)).expect("room");
+        drop(clone);
+        assert_eq!(number(inbox.next().await), 1);
+        assert_eq!(number(inbox.next().await), 2);
+        assert!(inbox.next().await.is_none());
     }
 
     #[tokio::test]

@@ -15,23 +15,31 @@ pub const MAX_FDS: usize = 16;
 /// clone of the event takes them first ([`take`](Self::take)); closed with
 /// the last clone if never taken. They are received close-on-exec, so never
 /// inherited by the receiver's children unless it hands them on itself.
+// (None when none came: most messages, which then cost no allocation.)
 #[derive(Clone, Default)]
-pub struct PassedFds(Arc<Mutex<Vec<OwnedFd>>>);
+pub struct PassedFds(Option<Arc<Mutex<Vec<OwnedFd>>>>);
 
 impl PassedFds {
     pub(crate) fn new(fds: Vec<OwnedFd>) -> Self {
-        Self(Arc::new(Mutex::new(fds)))
+        Self(Some(Arc::new(Mutex::new(fds))))
+    }
+
+    fn lock(&self) -> Option<std::sync::MutexGuard<'_, Vec<OwnedFd>>> {
+        let fds = self.0.as_ref()?;
+        Some(fds.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Takes the fds, in the order they were sent; empty if there were
     /// none or another clone took them.
     pub fn take(&self) -> Vec<OwnedFd> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+        self.lock()
+            .map(|mut fds| std::mem::take(&mut *fds))
+            .unwrap_or_default()
     }
 
     /// How many fds are left to take.
     pub fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.lock().map_or(0, |fds| fds.len())
     }
 
     /// Whether no fd is left to take.
@@ -46,10 +54,13 @@ impl fmt::Debug for PassedFds {
     }
 }
 
-/// Clones are equal (the same fds).
+/// Clones are equal (the same fds), and so are two that never had any.
 impl PartialEq for PassedFds {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        match (&self.0, &other.0) {
+            (Some(ours), Some(theirs)) => Arc::ptr_eq(ours, theirs),
+            (ours, theirs) => ours.is_none() && theirs.is_none(),
+        }
     }
 }
 

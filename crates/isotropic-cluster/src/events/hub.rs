@@ -2,7 +2,7 @@
 //! message type, and the once-only events that have happened.
 
 use std::any::{Any, TypeId};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
@@ -24,11 +24,12 @@ struct Stored {
 
 /// Hashes keys made of `TypeId`s (already hashes) by folding their words:
 /// publishing looks the hub up a few times per event, so SipHash showed in
-/// profiles.
-type ByTypeId = BuildHasherDefault<FoldHasher>;
+/// profiles. Also for maps by worker id looked up per frame (not keys an
+/// attacker picks).
+pub(crate) type ByTypeId = BuildHasherDefault<FoldHasher>;
 
 #[derive(Default)]
-struct FoldHasher(u64);
+pub(crate) struct FoldHasher(u64);
 
 impl Hasher for FoldHasher {
     fn finish(&self) -> u64 {
@@ -49,13 +50,25 @@ impl Hasher for FoldHasher {
 /// A route's subscription id, and its handler (taken out while it runs).
 type RouteSlot = (u64, Option<Box<dyn Any + Send>>);
 
+/// The handlers of one event type, per stage (by [`Stage::index`]), in
+/// subscription order (by id).
+type Stages = [Vec<(u64, Slot)>; 4];
+
+/// Where an event type's handlers are in a [`Hub`]: found once per publish
+/// (an event type keeps its place).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct TopicIndex(usize);
+
 /// The subscriptions of one host, by event type and stage.
 ///
 /// A handler is taken out of its slot while it runs (it gets the host, hub
-/// included) and put back after, unless it was removed meanwhile.
+/// included) and put back after, unless it was removed meanwhile. Event
+/// types are found by `TypeId` once per publish; their handlers are then
+/// reached by index, and kept in small sorted vectors (an event has few).
 #[derive(Default)]
 pub struct Hub {
-    slots: HashMap<(TypeId, Stage), BTreeMap<u64, Slot>, ByTypeId>,
+    topics: Vec<Stages>,
+    index: HashMap<TypeId, usize, ByTypeId>,
     stored: HashMap<TypeId, Stored, ByTypeId>,
     routes: HashMap<Arc<str>, RouteSlot>,
     /// Panics of handlers' destructors, caught when the hub dropped them,
@@ -87,36 +100,57 @@ impl Hub {
 
     /// How many handlers are subscribed (routes not counted).
     pub(super) fn subscriptions(&self) -> usize {
-        self.slots.values().map(BTreeMap::len).sum()
+        self.topics.iter().flatten().map(Vec::len).sum()
     }
 
-    /// Takes out the first handler of `key` subscribed after `after`: its id,
-    /// whether it is once-only (and so already removed), and the handler.
+    /// Where the handlers of `topic` are, if it ever had any.
+    pub(super) fn topic(&self, topic: TypeId) -> Option<TopicIndex> {
+        self.index.get(&topic).copied().map(TopicIndex)
+    }
+
+    fn slots(&mut self, topic: TopicIndex, stage: Stage) -> Option<&mut Vec<(u64, Slot)>> {
+        self.topics
+            .get_mut(topic.0)
+            .map(|stages| &mut stages[stage.index()])
+    }
+
+    /// Takes out the first handler of `topic` at `stage` subscribed after
+    /// `after`: its id, whether it is once-only (and so already removed),
+    /// and the handler.
     pub(super) fn take_next(
         &mut self,
-        key: (TypeId, Stage),
+        topic: TopicIndex,
+        stage: Stage,
         after: u64,
     ) -> Option<(u64, bool, Box<dyn Any + Send>)> {
-        let slots = self.slots.get_mut(&key)?;
-        let (&id, slot) = slots
-            .range_mut(after + 1..)
-            .find(|(_, slot)| slot.handler.is_some())?;
-        let once = slot.once;
+        let slots = self.slots(topic, stage)?;
+        let from = slots.partition_point(|(id, _)| *id <= after);
+        let at = from
+            + slots[from..]
+                .iter()
+                .position(|(_, slot)| slot.handler.is_some())?;
+        let (id, slot) = &mut slots[at];
+        let (id, once) = (*id, slot.once);
         let handler = slot.handler.take()?;
         if once {
-            slots.remove(&id);
+            slots.remove(at);
         }
         Some((id, once, handler))
     }
 
     /// Puts back a handler taken by [`take_next`](Self::take_next), unless its
     /// subscription was removed meanwhile.
-    pub(super) fn put_back(&mut self, key: (TypeId, Stage), id: u64, handler: Box<dyn Any + Send>) {
-        match self
-            .slots
-            .get_mut(&key)
-            .and_then(|slots| slots.get_mut(&id))
-        {
+    pub(super) fn put_back(
+        &mut self,
+        (topic, stage): (TopicIndex, Stage),
+        id: u64,
+        handler: Box<dyn Any + Send>,
+    ) {
+        let slot = self.slots(topic, stage).and_then(|slots| {
+            let at = slots.binary_search_by_key(&id, |(id, _)| *id).ok()?;
+            Some(&mut slots[at].1)
+        });
+        match slot {
             Some(slot) => slot.handler = Some(handler),
             None => self.discard(handler),
         }
@@ -141,10 +175,12 @@ impl Hub {
     pub(crate) fn remove(&mut self, key: SubscriptionKey) {
         let removed = match key.target {
             Target::Stage(topic, stage) => self
-                .slots
-                .get_mut(&(topic, stage))
-                .and_then(|slots| slots.remove(&key.id))
-                .and_then(|slot| slot.handler),
+                .topic(topic)
+                .and_then(|topic| self.slots(topic, stage))
+                .and_then(|slots| {
+                    let at = slots.binary_search_by_key(&key.id, |(id, _)| *id).ok()?;
+                    slots.remove(at).1.handler
+                }),
             Target::Route(name) if self.routes.get(&name).is_some_and(|(id, _)| *id == key.id) => {
                 self.routes.remove(&name).and_then(|(_, handler)| handler)
             }
@@ -155,10 +191,12 @@ impl Hub {
 
     /// Removes every subscription and route (and the stored once-events).
     pub(crate) fn clear(&mut self) {
-        let slots = std::mem::take(&mut self.slots);
+        // (The topics keep their places: an index found before stays
+        // the same type's.)
+        let topics: Vec<Stages> = self.topics.iter_mut().map(std::mem::take).collect();
         let stored = std::mem::take(&mut self.stored);
         let routes = std::mem::take(&mut self.routes);
-        self.discard((slots, stored, routes));
+        self.discard((topics, stored, routes));
     }
 
     /// Adds a subscription (no late-subscriber check: for builders).
@@ -169,13 +207,19 @@ impl Hub {
         handler: Handler<E>,
     ) {
         if let Target::Stage(topic, stage) = key.target {
-            self.slots.entry((topic, stage)).or_default().insert(
-                key.id,
-                Slot {
-                    once,
-                    handler: Some(Box::new(handler)),
-                },
-            );
+            let topics = &mut self.topics;
+            let index = *self.index.entry(topic).or_insert_with(|| {
+                topics.push(Stages::default());
+                topics.len() - 1
+            });
+            let slots = &mut self.topics[index][stage.index()];
+            let slot = Slot {
+                once,
+                handler: Some(Box::new(handler)),
+            };
+            // (Ids grow: normally the last.)
+            let at = slots.partition_point(|(id, _)| *id < key.id);
+            slots.insert(at, (key.id, slot));
         }
     }
 

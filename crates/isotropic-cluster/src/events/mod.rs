@@ -39,7 +39,7 @@ mod subscription;
 
 pub(crate) use event::Handler;
 pub use event::{Event, Stage, Topic};
-pub(crate) use hub::Hub;
+pub(crate) use hub::{ByTypeId as FoldHash, Hub};
 pub(crate) use key::SubscriptionKey;
 pub(crate) use panic::{HandlerPanic, catch, catch_async};
 pub(crate) use publish::{publish, route, subscribe};

@@ -8,6 +8,7 @@ use std::any::TypeId;
 
 use super::event::{Control, Event, Handler, RouteFn, Stage, Topic};
 use super::host::{HostImpl, Once, TopicImpl};
+use super::hub::TopicIndex;
 use super::key::SubscriptionKey;
 use super::panic::{HandlerPanic, catch};
 use crate::{Message, MessageError};
@@ -15,9 +16,12 @@ use crate::{Message, MessageError};
 /// Publishes `data` on `host`, running every stage (see the module docs).
 pub(crate) fn publish<E: TopicImpl>(host: &mut E::Host, data: E) {
     let topic = TypeId::of::<E>();
-    if host.hub().happened(topic) {
+    // (Only a once-only event can have happened.)
+    if E::ONCE != Once::No && host.hub().happened(topic) {
         return;
     }
+    // Where its handlers are: found once (if they are anywhere yet).
+    let mut slots = host.hub().topic(topic);
     let mut stored_here = false;
     if E::ONCE == Once::Publish {
         host.hub().store(&data);
@@ -41,7 +45,13 @@ pub(crate) fn publish<E: TopicImpl>(host: &mut E::Host, data: E) {
             host.stream().publish(|| data.clone().into_stream());
             E::complete(host, &data);
         } else {
-            dispatch(host, stage, &data, &mut control);
+            if slots.is_none() {
+                // (A handler of another event may have subscribed one.)
+                slots = host.hub().topic(topic);
+            }
+            if let Some(slots) = slots {
+                dispatch(host, (slots, stage), &data, &mut control);
+            }
         }
         if control.event_stopped {
             break;
@@ -53,14 +63,14 @@ pub(crate) fn publish<E: TopicImpl>(host: &mut E::Host, data: E) {
     }
 }
 
-/// Runs the handlers of `stage`, in subscription order.
-fn dispatch<E: Topic>(host: &mut E::Host, stage: Stage, data: &E, control: &mut Control)
+/// Runs the handlers of `E` at `stage`, in subscription order.
+fn dispatch<E: Topic>(host: &mut E::Host, key: (TopicIndex, Stage), data: &E, control: &mut Control)
 where
     E::Host: HostImpl,
 {
-    let key = (TypeId::of::<E>(), stage);
+    let (slots, stage) = key;
     let mut after = 0;
-    while let Some((id, once, handler)) = host.hub().take_next(key, after) {
+    while let Some((id, once, handler)) = host.hub().take_next(slots, stage, after) {
         after = id;
         let Ok(mut handler) = handler.downcast::<Handler<E>>() else {
             continue;

@@ -244,9 +244,9 @@ impl PrimaryContext {
         bytes: impl Into<bytes::Bytes>,
     ) -> Result<(), SendError> {
         let frame = self.config.encode_bytes(bytes.into())?;
-        self.registry.pool().try_send(to.into(), |worker| {
-            worker.try_send_bytes_frame(frame.clone())
-        })
+        self.registry
+            .pool()
+            .try_send(to.into(), |worker| worker.try_send_bytes_frame(&frame))
     }
 
     /// The ready worker least recently selected for `tag` (see

@@ -168,9 +168,8 @@ impl ClusterPrimary {
         bytes: impl Into<Bytes>,
     ) -> Result<(), SendError> {
         let frame = self.config.encode_bytes(bytes.into())?;
-        self.pool.try_send(to.into(), |worker| {
-            worker.try_send_bytes_frame(frame.clone())
-        })
+        self.pool
+            .try_send(to.into(), |worker| worker.try_send_bytes_frame(&frame))
     }
 
     /// Sends to each worker `to` names with `send`, all at once.

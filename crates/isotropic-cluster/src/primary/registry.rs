@@ -56,7 +56,8 @@ impl Entry {
 /// The live workers, from their start to the end of their `workerExit`.
 #[derive(Debug)]
 pub(super) struct Registry {
-    entries: HashMap<WorkerId, Entry>,
+    /// (Looked up for every frame a worker sends: no SipHash.)
+    entries: HashMap<WorkerId, Entry, crate::events::FoldHash>,
     pool: Arc<Pool>,
     metrics: Arc<PoolMetrics>,
     /// How many workers each slot has had.
@@ -69,7 +70,7 @@ pub(super) struct Registry {
 impl Registry {
     pub(super) fn new(metrics: Arc<PoolMetrics>) -> Self {
         Self {
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             pool: Arc::default(),
             metrics,
             slot_starts: HashMap::new(),

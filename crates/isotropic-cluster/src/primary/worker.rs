@@ -280,7 +280,7 @@ impl WorkerHandle {
     /// As [`send_bytes`](Self::send_bytes), and [`SendError::Full`] when
     /// the queue is full.
     pub fn try_send_bytes(&self, bytes: impl Into<Bytes>) -> Result<(), SendError> {
-        self.try_send_bytes_frame(self.encode_payload(bytes.into())?)
+        self.try_send_bytes_frame(&self.encode_payload(bytes.into())?)
     }
 
     /// A bytes message for this worker: sealed when large, if it takes that.
@@ -339,9 +339,9 @@ impl WorkerHandle {
         self.inner.outbox.send(frame).await
     }
 
-    pub(crate) fn try_send_bytes_frame(&self, frame: Encoded) -> Result<(), SendError> {
-        self.takes(&frame)?;
-        self.inner.outbox.try_send(frame)
+    pub(crate) fn try_send_bytes_frame(&self, frame: &Encoded) -> Result<(), SendError> {
+        self.takes(frame)?;
+        self.inner.outbox.try_send_ref(frame)
     }
 
     pub(crate) fn encode<M: Serialize + ?Sized>(&self, message: &M) -> Result<Bytes, SendError> {

@@ -173,7 +173,7 @@ pub(crate) fn encode_hello(heartbeat: bool, served: bool, codec: Codec) -> Bytes
 /// to every worker), and closed with the last.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Encoded {
-    pub(crate) head: Bytes,
+    pub(crate) head: Head,
     pub(crate) body: Bytes,
     pub(crate) fds: Vec<Arc<OwnedFd>>,
 }
@@ -188,9 +188,35 @@ impl Encoded {
 impl From<Bytes> for Encoded {
     fn from(head: Bytes) -> Self {
         Self {
-            head,
+            head: Head::Frame(head),
             body: Bytes::new(),
             fds: Vec::new(),
+        }
+    }
+}
+
+/// The first part of an [`Encoded`] frame: a bytes message's header, held
+/// inline (a small message then costs no allocation of its own), or
+/// encoded bytes.
+#[derive(Debug, Clone)]
+pub(crate) enum Head {
+    Header([u8; HEADER + 1]),
+    Frame(Bytes),
+}
+
+impl Default for Head {
+    fn default() -> Self {
+        Self::Frame(Bytes::new())
+    }
+}
+
+impl std::ops::Deref for Head {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Header(header) => header,
+            Self::Frame(bytes) => bytes,
         }
     }
 }
@@ -207,11 +233,9 @@ pub(crate) fn encode_bytes(payload: Bytes, max: usize) -> Result<Encoded, Protoc
         .ok()
         .filter(|_| len <= max)
         .ok_or(ProtocolError::FrameTooLarge { size: len, max })?;
-    let mut head = BytesMut::with_capacity(HEADER + 1);
-    head.put_u32(length);
-    head.put_u8(Kind::Bytes as u8);
+    let [a, b, c, d] = length.to_be_bytes();
     Ok(Encoded {
-        head: head.freeze(),
+        head: Head::Header([a, b, c, d, Kind::Bytes as u8]),
         body: payload,
         fds: Vec::new(),
     })
@@ -286,7 +310,7 @@ pub(crate) fn attach_fds(mut frame: Encoded, fds: Vec<OwnedFd>) -> Result<Encode
             max: crate::fds::MAX_FDS,
         })?;
     let announce = encode_control(&Frame::Fds { count });
-    frame.head = [announce, frame.head].concat().into();
+    frame.head = Head::Frame([&announce[..], &frame.head[..]].concat().into());
     // The user's fds first, then the memfd of a sealed payload.
     let sealed = std::mem::take(&mut frame.fds);
     frame.fds = fds.into_iter().map(Arc::new).chain(sealed).collect();
