@@ -123,7 +123,7 @@ impl PrimaryContext {
             Input::Frames(id, frames, _budget, mut replies) => {
                 for frame in frames {
                     let reply = match (&frame, &mut replies) {
-                        (Frame::Request { .. }, Some(replies)) => replies.split(1),
+                        (frame, Some(replies)) if frame.is_request() => replies.split(1),
                         _ => None,
                     };
                     self.frame(id, frame, reply);
@@ -186,6 +186,16 @@ impl PrimaryContext {
                 };
                 let primary_only =
                     matches!(other, Frame::Listening { .. } | Frame::Connection { .. });
+                let bytes_request =
+                    matches!(other, Frame::BytesRequest { .. } | Frame::BytesReply { .. });
+                if bytes_request && entry.worker.takes_bytes_requests().is_err() {
+                    let reason = "its hello said a protocol version before 3";
+                    let error = crate::error::ProtocolError::UnexpectedFrame {
+                        frame: other.name(),
+                        reason,
+                    };
+                    return self.apply(id, Trigger::Broke(error));
+                }
                 match entry.state.admits(other.name(), primary_only) {
                     Ok(true) => return self.deliver(entry.worker.clone(), frame, reply),
                     Ok(false) => return,
@@ -224,6 +234,15 @@ impl PrimaryContext {
                 worker.pending().resolve(id, result, Some(from));
                 self.served(from, 1);
             }
+            Frame::BytesReply { id, result } => {
+                let from = worker.id();
+                worker.pending().resolve_bytes(id, result, Some(from));
+                self.served(from, 1);
+            }
+            Frame::BytesRequest { id, name, body } => self
+                .handlers
+                .answer_bytes(id, &name, body, self.config.sizes())
+                .send(worker.outbox(), reply),
             Frame::Served { requests } => self.served(worker.id(), requests),
             Frame::Request { id, message } => self
                 .handlers

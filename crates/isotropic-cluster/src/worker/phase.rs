@@ -116,6 +116,8 @@ impl Phase {
             | Frame::Heartbeat
             | Frame::Bytes(_)
             | Frame::Attached(..)
+            | Frame::BytesRequest { .. }
+            | Frame::BytesReply { .. }
                 if greeted =>
             {
                 (self, Action::Handle)
