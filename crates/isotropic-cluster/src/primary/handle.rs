@@ -328,12 +328,8 @@ impl ClusterPrimary {
         name: &str,
         body: impl Into<Bytes>,
     ) -> Result<Bytes, RequestError> {
-        let body = body.into();
-        let ask = |worker: WorkerHandle| {
-            let body = body.clone();
-            async move { worker.request_bytes(name, body).await }
-        };
-        self.dispatch_to(|| self.pool.round_robin(tag), ask).await
+        self.dispatch_bytes_to(|| self.pool.round_robin(tag), name, body.into())
+            .await
     }
 
     /// As [`dispatch_bytes`](Self::dispatch_bytes), choosing the ready
@@ -351,12 +347,22 @@ impl ClusterPrimary {
         name: &str,
         body: impl Into<Bytes>,
     ) -> Result<Bytes, RequestError> {
-        let body = body.into();
+        self.dispatch_bytes_to(|| self.pool.least_loaded(), name, body.into())
+            .await
+    }
+
+    /// [`dispatch_to`](Self::dispatch_to) with bytes requests.
+    async fn dispatch_bytes_to(
+        &self,
+        choose: impl FnMut() -> Option<WorkerHandle>,
+        name: &str,
+        body: Bytes,
+    ) -> Result<Bytes, RequestError> {
         let ask = |worker: WorkerHandle| {
             let body = body.clone();
             async move { worker.request_bytes(name, body).await }
         };
-        self.dispatch_to(|| self.pool.least_loaded(), ask).await
+        self.dispatch_to(choose, ask).await
     }
 
     /// Asks the worker `choose` gives with `ask`, and the next while they
