@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use isotropic_cluster::{HandleRequests, RequestError, SendError};
+use isotropic_cluster::{Codec, HandleRequests, RequestError, SendError};
 use serde_json::json;
 use tests_integration::{Mode, launch, message_of, primary, shut_down, wait_for};
 
@@ -46,6 +46,20 @@ async fn small_and_large_bodies_go_and_come_back_whole() {
         .expect("a reply");
     assert_eq!(&reply[..], b"\xff\x00");
     assert_eq!(worker.in_flight(), 0);
+    shut_down(&primary).await;
+}
+
+#[tokio::test]
+async fn bodies_are_raw_whatever_the_codec() {
+    let builder = primary(Mode::Echo).codec(Codec::MessagePack);
+    let (primary, _events, [worker]) = launch::<1>(builder).await;
+    let reply = worker.request_bytes("reverse", &b"{not json"[..]).await;
+    assert_eq!(&reply.expect("a reply")[..], b"nosj ton{");
+    let failed = worker.request_bytes("fail", Bytes::new()).await;
+    assert!(
+        matches!(&failed, Err(RequestError::Remote { message, .. }) if message == "no such bytes"),
+        "{failed:?}"
+    );
     shut_down(&primary).await;
 }
 

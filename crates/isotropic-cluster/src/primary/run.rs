@@ -186,14 +186,7 @@ impl PrimaryContext {
                 };
                 let primary_only =
                     matches!(other, Frame::Listening { .. } | Frame::Connection { .. });
-                let bytes_request =
-                    matches!(other, Frame::BytesRequest { .. } | Frame::BytesReply { .. });
-                if bytes_request && entry.worker.takes_bytes_requests().is_err() {
-                    let reason = "its hello said a protocol version before 3";
-                    let error = crate::error::ProtocolError::UnexpectedFrame {
-                        frame: other.name(),
-                        reason,
-                    };
+                if let Err(error) = entry.worker.may_send(other) {
                     return self.apply(id, Trigger::Broke(error));
                 }
                 match entry.state.admits(other.name(), primary_only) {

@@ -456,7 +456,7 @@ impl WorkerHandle {
 
     /// Whether the worker takes bytes requests (and replies): as fds, from
     /// version 3 on.
-    pub(crate) fn takes_bytes_requests(&self) -> Result<(), SendError> {
+    fn takes_bytes_requests(&self) -> Result<(), SendError> {
         self.takes_fds().map_err(|error| match error {
             SendError::Unsupported { worker_id, why, .. } => SendError::Unsupported {
                 worker_id,
@@ -465,6 +465,20 @@ impl WorkerHandle {
             },
             other => other,
         })
+    }
+
+    /// Whether the worker, by the version of its hello, may send `frame`:
+    /// a bytes request or reply only from version 3 on (so that none is
+    /// ever sent to an older one).
+    pub(crate) fn may_send(&self, frame: &Frame) -> Result<(), ProtocolError> {
+        let bytes_request = matches!(frame, Frame::BytesRequest { .. } | Frame::BytesReply { .. });
+        if bytes_request && self.takes_bytes_requests().is_err() {
+            return Err(ProtocolError::UnexpectedFrame {
+                frame: frame.name(),
+                reason: "its hello said a protocol version before 3",
+            });
+        }
+        Ok(())
     }
 
     /// Whether the worker takes `frame`: a bytes message, with fds or not.
