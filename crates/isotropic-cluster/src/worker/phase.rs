@@ -240,6 +240,15 @@ mod tests {
                 id: 1,
                 result: Err("no".into()),
             },
+            Frame::BytesRequest {
+                id: 2,
+                name: "x".into(),
+                body: bytes::Bytes::new(),
+            },
+            Frame::BytesReply {
+                id: 2,
+                result: Err("no".into()),
+            },
             Frame::Heartbeat,
         ];
         for phase in [RUNNING, DESTROYING] {
