@@ -67,6 +67,10 @@ named! {
         ListenAll = "listen-all",
         /// Asks the primary `{"type": "add", "a": 2, "b": 3}`, sends back `{"sum": reply}`.
         Ask = "ask",
+        /// Asks the primary's bytes handler `reverse` for 3 bytes and for 2 MiB (sealed), and
+        /// the unknown `nobody`; sends back `{"small": ok, "large": ok, "unknown": error}`
+        /// (ok: the reply is the body reversed).
+        AskBytes = "ask-bytes",
         /// By hand: sends COUNT requests `{"type": "double", "n": i}` without reading, waits
         /// HOLD_MS, then reads every reply and sends `{"replies": R, "distinct": D, "wrong": W}`.
         AskWithoutReading = "ask-without-reading",
@@ -115,6 +119,13 @@ named! {
         UnsealedMemfd = "unsealed-memfd",
         /// A sealed frame announcing one byte more than its (sealed) memfd holds.
         ShortMemfd = "short-memfd",
+        /// Hello (version 3), ready, then a bytes request's head followed by a message,
+        /// not by its body.
+        BytesRequestWithoutBody = "bytes-request-without-body",
+        /// Hello (version 3), ready, then a bytes reply whose status byte is 2.
+        BadBytesReply = "bad-bytes-reply",
+        /// Hello (version 1), ready, then a whole bytes request, which version 1 lacks.
+        BytesRequestFromVersion1 = "bytes-request-from-version-1",
     }
 }
 

@@ -2,7 +2,7 @@
 //! without the library. The names come from `docs/protocol.md` §2, not from
 //! the library: the tests use the format as any other implementation would.
 
-/// The frame kinds used here (`docs/protocol.md` §2; 16 to 255 are reserved).
+/// The frame kinds used here (`docs/protocol.md` §2; 18 to 255 are reserved).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
@@ -32,6 +32,12 @@ pub enum Kind {
     /// An 8-byte length: a bytes message in the sealed memfd attached
     /// (protocol version 3).
     Sealed = 15,
+    /// An 8-byte request id, then a handler's name; the body is the next
+    /// frame (protocol version 3).
+    BytesRequest = 16,
+    /// The request's id, a status byte, then (status 1) the error as a JSON
+    /// string; with status 0 the body is the next frame (protocol version 3).
+    BytesReply = 17,
 }
 
 /// A kind byte that names no kind (a reserved one).

@@ -282,3 +282,42 @@ async fn a_memfd_shorter_than_announced() {
         "{error:?}"
     );
 }
+
+#[tokio::test]
+async fn a_bytes_request_without_its_body() {
+    let error = bad_worker(BadInput::BytesRequestWithoutBody).await;
+    assert!(
+        matches!(
+            error,
+            ProtocolError::MissingBody {
+                head: "bytes request",
+                next: "message"
+            }
+        ),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_bytes_reply_with_a_bad_status() {
+    let error = bad_worker(BadInput::BadBytesReply).await;
+    assert!(
+        matches!(error, ProtocolError::InvalidControl(_)),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_bytes_request_from_a_worker_of_version_1() {
+    let error = bad_worker(BadInput::BytesRequestFromVersion1).await;
+    assert!(
+        matches!(
+            error,
+            ProtocolError::UnexpectedFrame {
+                frame: "bytes request",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}

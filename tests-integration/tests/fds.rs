@@ -123,6 +123,47 @@ async fn a_pipe_end_and_a_file_go_both_ways_and_are_used() {
 }
 
 #[tokio::test]
+async fn fds_go_both_ways_without_waiting() {
+    let (primary, mut events, [worker]) = launch::<1>(primary(Mode::Echo)).await;
+    let before = FdCounts::now(&worker);
+    let (read, write) = std::io::pipe().expect("a pipe");
+    let null = std::fs::File::open("/dev/null").expect("opened");
+    let fds: Vec<OwnedFd> = vec![write.into(), null.into()];
+    // The worker's handler sends them back with its context's
+    // `try_send_bytes_with_fds`.
+    worker
+        .try_send_with_fds(&json!({"type": "fds-back"}), fds)
+        .expect("queued");
+    let (bytes, fds) = wait_for(&mut events, |e| match e {
+        PrimaryEvent::WorkerBytes(b) => Some((b.bytes.clone(), b.take_fds())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(&bytes[..], b"fds back");
+    let [write, null]: [OwnedFd; 2] = fds.try_into().expect("two fds came back");
+    drop(null);
+    // The pipe's write end came back: what we write comes out of our read end.
+    std::fs::File::from(write)
+        .write_all(b"the same pipe")
+        .expect("written");
+    assert_eq!(read_pipe(read).await, "the same pipe");
+    // More than the bound: refused at once, as `send_with_fds` refuses them.
+    let too_many: Vec<OwnedFd> = (0..=MAX_FDS)
+        .map(|_| std::fs::File::open("/dev/null").expect("opened").into())
+        .collect();
+    let refused = worker.try_send_bytes_with_fds(Bytes::new(), too_many);
+    assert!(
+        matches!(
+            refused,
+            Err(SendError::Encode(ProtocolError::TooManyFds { .. }))
+        ),
+        "{refused:?}"
+    );
+    before.assert_settled().await;
+    shut_down(&primary).await;
+}
+
+#[tokio::test]
 async fn fds_never_taken_are_closed_with_the_event() {
     let (primary, mut events, [worker]) = launch::<1>(primary(Mode::Echo)).await;
     // The worker echoes bytes with `try_send_bytes`, without the fds; ours

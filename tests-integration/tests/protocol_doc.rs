@@ -46,7 +46,7 @@ async fn the_documented_python_worker_joins_answers_and_leaves() {
         (from, echo),
         (workers[1].id(), json!({"echo": {"type": "hi", "n": 1}}))
     );
-    // Bytes messages (protocol version 2): not JSON, sent back reversed.
+    // Bytes messages: not JSON, sent back reversed.
     primary
         .send_bytes(&workers[0], &b"\x00\xffraw"[..])
         .await
@@ -57,6 +57,51 @@ async fn the_documented_python_worker_joins_answers_and_leaves() {
     })
     .await;
     assert_eq!((from, &echo[..]), (workers[0].id(), &b"war\xff\x00"[..]));
+    // Version 3: a large bytes message comes in a sealed memfd and goes
+    // back in one; fds with a message are taken (and closed) in order.
+    let large: Vec<u8> = (0..3_u32 << 20).map(|i| (i % 251) as u8).collect();
+    primary
+        .send_bytes(&workers[1], large.clone())
+        .await
+        .expect("send");
+    let echo = wait_for(&mut events, |e| match e {
+        PrimaryEvent::WorkerBytes(b) => Some(b.bytes),
+        _ => None,
+    })
+    .await;
+    assert!(
+        echo.iter().rev().eq(large.iter()),
+        "the large bytes came back wrong"
+    );
+    let null = std::fs::File::open("/dev/null").expect("/dev/null");
+    workers[0]
+        .send_with_fds(&json!("with an fd"), vec![null.into()])
+        .await
+        .expect("send");
+    let echo = wait_for(&mut events, |e| match e {
+        PrimaryEvent::WorkerMessage(m) => m.message.decode::<Value>().ok(),
+        _ => None,
+    })
+    .await;
+    assert_eq!(echo, json!({"echo": "with an fd"}));
+    // Bytes requests, small and large (sealed both ways), and a name it
+    // does not handle.
+    for body in [b"abc".to_vec(), large] {
+        let reply = workers[0]
+            .request_bytes("reverse", body.clone())
+            .await
+            .expect("a reply");
+        assert!(
+            reply.iter().rev().eq(body.iter()),
+            "{} bytes came back wrong",
+            body.len()
+        );
+    }
+    let unknown = workers[1].request_bytes("nobody", &b""[..]).await;
+    assert!(
+        matches!(&unknown, Err(isotropic_cluster::RequestError::Remote { message, .. }) if message == "no handler named 'nobody'"),
+        "{unknown:?}"
+    );
     shut_down(&primary).await;
     let exits: Vec<(Option<i32>, bool)> = {
         let mut exits = Vec::new();

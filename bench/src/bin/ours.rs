@@ -36,6 +36,7 @@ async fn run_worker(metric: &str, count: u64) -> Result {
             }
         }),
         "request" | "requests" => builder.handle("echo", |echo: Echo| Ok::<_, String>(echo.n)),
+        "request-bytes" => builder.handle_bytes("echo", |body: Bytes| Ok::<_, String>(body)),
         "down" | "broadcast" => count_then_done::<Small>(builder, count),
         "large" => count_then_done::<String>(builder, count),
         "typed-json" | "typed-msgpack" => {
@@ -122,6 +123,7 @@ async fn run_primary(metric: &str, count: u64) -> Result {
         "spawn" => spawn(count).await?,
         "pingpong" => pingpong(count).await?,
         "request" => request(count).await?,
+        "request-bytes" => request_bytes(count).await?,
         "node-pingpong" => node_pingpong(count).await?,
         "node-down" => node_down(count).await?,
         "requests" => requests(count).await?,
@@ -276,6 +278,20 @@ async fn request(n: u64) -> Result<f64> {
     let started = Instant::now();
     for i in 0..n {
         let _: u64 = workers[0].request(&Echo::new(i)).await?;
+    }
+    let elapsed = started.elapsed();
+    primary.shut_down().await?;
+    Ok(per(elapsed, n, Duration::from_micros(1)))
+}
+
+/// Microseconds per bytes request/response round trip of
+/// [`SMALL_BYTES`] each way, one at a time.
+async fn request_bytes(n: u64) -> Result<f64> {
+    let (primary, _, workers) = cluster("request-bytes", n, 1).await?;
+    let body = Bytes::from(vec![b'r'; SMALL_BYTES]);
+    let started = Instant::now();
+    for _ in 0..n {
+        workers[0].request_bytes("echo", body.clone()).await?;
     }
     let elapsed = started.elapsed();
     primary.shut_down().await?;

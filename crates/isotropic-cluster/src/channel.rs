@@ -541,7 +541,8 @@ const READ_CHUNK: usize = 64 * 1024;
 /// of `connection` frames (taken with [`take_fd`](Self::take_fd)), those an
 /// `fds` frame announces (handed on with the next frame, as
 /// [`Frame::Attached`]), and the memfd of a `sealed` frame (handed on as
-/// its [`Frame::Bytes`]). `D` is the wire's decoder.
+/// its [`Frame::Bytes`]); a bytes request or reply is handed on with the
+/// body that follows it. `D` is the wire's decoder.
 #[derive(Debug)]
 pub(crate) struct Inbox<D = FrameCodec> {
     half: OwnedReadHalf,
@@ -553,6 +554,8 @@ pub(crate) struct Inbox<D = FrameCodec> {
     fds: VecDeque<OwnedFd>,
     /// The fds an `fds` frame announced, for the frame after it.
     announced: Option<Vec<OwnedFd>>,
+    /// A head whose body is the next frame ([`Frame::awaits_body`]).
+    heads: Option<Frame>,
     /// Whether fds are kept for the frames (else closed as they come).
     keeps_fds: bool,
     eof: bool,
@@ -568,6 +571,7 @@ impl<D: Decoder<Item = Frame, Error = ProtocolError>> Inbox<D> {
             codec,
             fds: VecDeque::new(),
             announced: None,
+            heads: None,
             keeps_fds: true,
             eof: false,
             done: false,
@@ -638,6 +642,11 @@ impl<D: Decoder<Item = Frame, Error = ProtocolError>> Inbox<D> {
                 self.codec.decode(&mut self.buf)
             };
             let frame = match decoded? {
+                None if self.eof && self.heads.is_some() => {
+                    let head = self.heads.take().map_or("", |head| head.name());
+                    let next = "the end of the channel";
+                    return Err(ProtocolError::MissingBody { head, next });
+                }
                 None => return Ok(None),
                 Some(Frame::Fds { count }) => {
                     self.announce(usize::from(count))?;
@@ -650,6 +659,14 @@ impl<D: Decoder<Item = Frame, Error = ProtocolError>> Inbox<D> {
                     Frame::Bytes(sys::map_sealed(memfd, len)?)
                 }
                 Some(frame) => frame,
+            };
+            let frame = match self.heads.take() {
+                Some(head) => head.with_body(frame)?,
+                None if frame.awaits_body() => {
+                    self.heads = Some(frame);
+                    continue;
+                }
+                None => frame,
             };
             return match self.announced.take() {
                 None => Ok(Some(frame)),

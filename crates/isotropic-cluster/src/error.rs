@@ -160,6 +160,15 @@ pub enum ProtocolError {
     /// no frame that takes them.
     #[error("fds do not match their frame: {0}")]
     FdsMismatch(&'static str),
+    /// A bytes request, or a successful bytes reply, not followed by its
+    /// body (a bytes or sealed frame).
+    #[error("a {head} frame followed by {next}, not by its body")]
+    MissingBody {
+        /// The frame whose body is missing.
+        head: &'static str,
+        /// What came instead (a frame's kind, or the end of the channel).
+        next: &'static str,
+    },
     /// A large payload's memfd is not sealed against writing, shrinking and
     /// growing (its contents could change under the receiver).
     #[error("the payload's memfd is not sealed")]

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::time::Duration;
 
+use bytes::Bytes;
 use isotropic_cluster::worker::{ClusterWorker, InitializeComplete, PrimaryBytes, PrimaryMessage};
 use isotropic_cluster::{HandleRequests, Subscribe};
 use serde::Deserialize;
@@ -50,6 +51,9 @@ enum Command {
     /// Count this many requests served (`count_served`), and say whether
     /// the primary took the count: `{"counted": bool}`.
     Served { requests: u64 },
+    /// Came with fds: sends them back, unused, with the bytes `fds back`,
+    /// from the handler (its context's `try_send_bytes_with_fds`).
+    FdsBack,
     /// Came with a pipe's write end and a file: writes `worker ID` into the
     /// pipe, reads the file, and sends back `{"file": text}` with the read
     /// end of a pipe of its own (holding `back from ID`) and the file.
@@ -100,6 +104,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Mode::Serve => serve(id, args).await,
         Mode::ListenAll => listen_all(id, args).await,
         Mode::Ask => ask().await,
+        Mode::AskBytes => ask_bytes().await,
         Mode::AskWithoutReading => {
             let count: u64 = args.next().unwrap_or_default().parse()?;
             let hold: u64 = args.next().unwrap_or_default().parse()?;
@@ -152,6 +157,32 @@ async fn echo(
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Ok::<_, String>(id)
         })
+        .handle_bytes("reverse", |body: Bytes| {
+            Ok::<_, String>(body.iter().rev().copied().collect::<Vec<u8>>())
+        })
+        .handle_bytes("whoami", move |_| {
+            Ok::<_, String>(id.to_be_bytes().to_vec())
+        })
+        .handle_bytes("fail", |_| Err::<Bytes, _>("no such bytes"))
+        .handle_bytes("die", |_| -> Result<Bytes, String> {
+            std::process::exit(1)
+        })
+        // Odd workers die on it, even ones answer their id: for dispatch's retries.
+        .handle_bytes("flaky", move |_| {
+            if id % 2 == 1 {
+                std::process::exit(1)
+            } else {
+                Ok::<_, String>(id.to_be_bytes().to_vec())
+            }
+        })
+        // The body is a number of milliseconds, in decimal.
+        .handle_bytes_async("sleep", move |body: Bytes| async move {
+            let ms = std::str::from_utf8(&body)
+                .ok()
+                .and_then(|ms| ms.parse().ok());
+            tokio::time::sleep(Duration::from_millis(ms.unwrap_or(0))).await;
+            Ok::<_, String>(id.to_be_bytes().to_vec())
+        })
         .route::<Ping>("ping", |event, ping| {
             let _ = event.context().try_send(&json!({"pong": ping.n}));
         })
@@ -196,6 +227,12 @@ async fn echo(
                         std::hint::spin_loop();
                     }
                     let _ = event.context().try_send(&json!({"spun": ms}));
+                }
+                Ok(Command::FdsBack) => {
+                    let fds = event.take_fds();
+                    let _ = event
+                        .context()
+                        .try_send_bytes_with_fds(&b"fds back"[..], fds);
                 }
                 Ok(Command::UseFds) => {
                     let fds = event.take_fds();
@@ -528,6 +565,28 @@ fn bad_input(
             send_with_fds(&channel, &frame, &[memfd])?;
             Vec::new()
         }
+        BadInput::BytesRequestWithoutBody => {
+            greet_v3(&mut channel)?;
+            let head = [&1_u64.to_be_bytes()[..], b"reverse"].concat();
+            [
+                wire::frame(Kind::BytesRequest, &head),
+                wire::frame(Kind::Message, b"1"),
+            ]
+            .concat()
+        }
+        BadInput::BadBytesReply => {
+            greet_v3(&mut channel)?;
+            wire::frame(Kind::BytesReply, &[&1_u64.to_be_bytes()[..], &[2]].concat())
+        }
+        BadInput::BytesRequestFromVersion1 => {
+            greet(&mut channel)?;
+            let head = [&1_u64.to_be_bytes()[..], b"reverse"].concat();
+            [
+                wire::frame(Kind::BytesRequest, &head),
+                wire::frame(Kind::Bytes, b"abc"),
+            ]
+            .concat()
+        }
         BadInput::Truncated => {
             greet(&mut channel)?;
             let mut cut = wire::frame(Kind::Message, br#"{"type":"cut short"}"#);
@@ -644,6 +703,24 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for 
 
 /// Asks the primary `{"type": "add", "a": 2, "b": 3}` and sends back
 /// `{"sum": reply}`.
+/// See [`Mode::AskBytes`].
+async fn ask_bytes() -> Result<(), Box<dyn std::error::Error>> {
+    let worker = ClusterWorker::builder().start().await?;
+    let reversed = |body: &[u8]| body.iter().rev().copied().collect::<Vec<u8>>();
+    let small = b"\x00\xffabc".to_vec();
+    let small_ok = worker.request_bytes("reverse", small.clone()).await? == reversed(&small);
+    let large: Vec<u8> = (0..2 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let large_ok = worker.request_bytes("reverse", large.clone()).await? == reversed(&large);
+    let unknown = match worker.request_bytes("nobody", Bytes::new()).await {
+        Err(isotropic_cluster::RequestError::Remote { message, .. }) => message,
+        other => format!("not a remote error: {other:?}"),
+    };
+    let report = json!({"small": small_ok, "large": large_ok, "unknown": unknown});
+    worker.send(&report).await?;
+    worker.closed().await;
+    Ok(())
+}
+
 async fn ask() -> Result<(), Box<dyn std::error::Error>> {
     let worker = ClusterWorker::builder().start().await?;
     let sum: u64 = worker

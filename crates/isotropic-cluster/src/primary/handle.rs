@@ -246,8 +246,8 @@ impl ClusterPrimary {
         tag: &str,
         message: &M,
     ) -> Result<R, RequestError> {
-        self.dispatch_to(message, || self.pool.round_robin(tag))
-            .await
+        let ask = |worker: WorkerHandle| async move { worker.request(message).await };
+        self.dispatch_to(|| self.pool.round_robin(tag), ask).await
     }
 
     /// As [`dispatch`](Self::dispatch), choosing the ready worker with the
@@ -264,14 +264,113 @@ impl ClusterPrimary {
         &self,
         message: &M,
     ) -> Result<R, RequestError> {
-        self.dispatch_to(message, || self.pool.least_loaded()).await
+        let ask = |worker: WorkerHandle| async move { worker.request(message).await };
+        self.dispatch_to(|| self.pool.least_loaded(), ask).await
     }
 
-    async fn dispatch_to<R: DeserializeOwned, M: Serialize + ?Sized>(
+    /// Sends `body` as a bytes request to `worker`'s handler named `name`
+    /// and waits for its reply (see [`WorkerHandle::request_bytes`]).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(primary: isotropic_cluster::primary::ClusterPrimary) -> Result<(), isotropic_cluster::RequestError> {
+    /// for worker in primary.workers() {
+    ///     let digest = primary.request_bytes(&worker, "digest", &b"payload"[..]).await?;
+    ///     println!("worker {}: {} bytes", worker.id(), digest.len());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`WorkerHandle::request_bytes`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future forgets the request.
+    pub async fn request_bytes(
         &self,
-        message: &M,
+        worker: &WorkerHandle,
+        name: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<Bytes, RequestError> {
+        worker.request_bytes(name, body).await
+    }
+
+    /// [`dispatch`](Self::dispatch) for a bytes request: asks the handler
+    /// named `name` of the ready worker chosen by round robin for `tag`,
+    /// and if that worker dies before answering, the next one (each worker
+    /// at most once), with the same body.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(primary: isotropic_cluster::primary::ClusterPrimary) -> Result<(), isotropic_cluster::RequestError> {
+    /// let image = bytes::Bytes::from(vec![0_u8; 4 << 20]); // large: passed in a sealed memfd
+    /// let thumbnail = primary.dispatch_bytes("images", "thumbnail", image).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`RequestError::NoWorker`] when no ready worker is left to ask; the
+    /// others as [`WorkerHandle::request_bytes`] (a remote error or a
+    /// timeout is not retried: the request may have run).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future forgets the request.
+    pub async fn dispatch_bytes(
+        &self,
+        tag: &str,
+        name: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<Bytes, RequestError> {
+        self.dispatch_bytes_to(|| self.pool.round_robin(tag), name, body.into())
+            .await
+    }
+
+    /// As [`dispatch_bytes`](Self::dispatch_bytes), choosing the ready
+    /// worker with the fewest requests in flight.
+    ///
+    /// # Errors
+    ///
+    /// As [`dispatch_bytes`](Self::dispatch_bytes).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future forgets the request.
+    pub async fn dispatch_bytes_least_loaded(
+        &self,
+        name: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<Bytes, RequestError> {
+        self.dispatch_bytes_to(|| self.pool.least_loaded(), name, body.into())
+            .await
+    }
+
+    /// [`dispatch_to`](Self::dispatch_to) with bytes requests.
+    async fn dispatch_bytes_to(
+        &self,
+        choose: impl FnMut() -> Option<WorkerHandle>,
+        name: &str,
+        body: Bytes,
+    ) -> Result<Bytes, RequestError> {
+        let ask = |worker: WorkerHandle| {
+            let body = body.clone();
+            async move { worker.request_bytes(name, body).await }
+        };
+        self.dispatch_to(choose, ask).await
+    }
+
+    /// Asks the worker `choose` gives with `ask`, and the next while they
+    /// die before answering.
+    async fn dispatch_to<T, F: Future<Output = Result<T, RequestError>>>(
+        &self,
         mut choose: impl FnMut() -> Option<WorkerHandle>,
-    ) -> Result<R, RequestError> {
+        ask: impl Fn(WorkerHandle) -> F,
+    ) -> Result<T, RequestError> {
         let mut tried = Vec::new();
         // Bounded: every worker is tried at most once, and a pool refilled by
         // replacements (new ids) is bounded by the attempts below.
@@ -281,7 +380,7 @@ impl ClusterPrimary {
                 break;
             }
             tried.push(worker.id());
-            match worker.request(message).await {
+            match ask(worker).await {
                 Err(RequestError::Gone { .. }) => continue,
                 other => return other,
             }

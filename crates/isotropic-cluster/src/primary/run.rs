@@ -123,7 +123,7 @@ impl PrimaryContext {
             Input::Frames(id, frames, _budget, mut replies) => {
                 for frame in frames {
                     let reply = match (&frame, &mut replies) {
-                        (Frame::Request { .. }, Some(replies)) => replies.split(1),
+                        (frame, Some(replies)) if frame.is_request() => replies.split(1),
                         _ => None,
                     };
                     self.frame(id, frame, reply);
@@ -186,6 +186,9 @@ impl PrimaryContext {
                 };
                 let primary_only =
                     matches!(other, Frame::Listening { .. } | Frame::Connection { .. });
+                if let Err(error) = entry.worker.may_send(other) {
+                    return self.apply(id, Trigger::Broke(error));
+                }
                 match entry.state.admits(other.name(), primary_only) {
                     Ok(true) => return self.deliver(entry.worker.clone(), frame, reply),
                     Ok(false) => return,
@@ -224,6 +227,15 @@ impl PrimaryContext {
                 worker.pending().resolve(id, result, Some(from));
                 self.served(from, 1);
             }
+            Frame::BytesReply { id, result } => {
+                let from = worker.id();
+                worker.pending().resolve_bytes(id, result, Some(from));
+                self.served(from, 1);
+            }
+            Frame::BytesRequest { id, name, body } => self
+                .handlers
+                .answer_bytes(id, &name, body, self.config.sizes())
+                .send(worker.outbox(), reply),
             Frame::Served { requests } => self.served(worker.id(), requests),
             Frame::Request { id, message } => self
                 .handlers

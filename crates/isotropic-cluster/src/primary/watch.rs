@@ -161,7 +161,7 @@ impl Watch {
                         let Ok(permit) = self.budget.clone().acquire_many_owned(share).await else {
                             return;
                         };
-                        let requests = batch.iter().filter(|f| matches!(f, Frame::Request { .. })).count();
+                        let requests = batch.iter().filter(|f| f.is_request()).count();
                         let replies = match u32::try_from(requests) {
                             Ok(0) | Err(_) => None,
                             Ok(requests) => match self.replies.clone().acquire_many_owned(requests).await {

@@ -14,8 +14,8 @@ use crate::WorkerId;
 use crate::channel::Outbox;
 use crate::error::ProtocolError;
 use crate::error::SendError;
-use crate::protocol::{self, Encoded, Sizes, User, Wire};
-use crate::request::{Pending, RequestError};
+use crate::protocol::{self, Encoded, Frame, Sizes, User, Wire};
+use crate::request::{Pending, RequestError, Waiter};
 
 use super::metrics::Latency;
 
@@ -112,18 +112,93 @@ impl WorkerHandle {
             let unsupported = ProtocolError::Encode("requests need the framed channel".into());
             return Err(RequestError::Send(SendError::Encode(unsupported)));
         }
+        let encode = |id| {
+            let request = User::Request(id, message);
+            let frame = self.inner.wire.encode(request, self.inner.sizes.max_frame);
+            frame.map(Encoded::from)
+        };
+        self.ask(encode, |waiter| waiter.reply(deadline)).await
+    }
+
+    /// Sends `body` as a bytes request to the worker's handler named `name`
+    /// ([`handle_bytes`](crate::HandleRequests::handle_bytes)) and waits
+    /// for its reply, within the primary's default deadline: raw bytes both
+    /// ways, neither serialized nor copied (a body of at least the
+    /// [`sealed_payload_threshold`](super::PrimaryBuilder::sealed_payload_threshold)
+    /// goes in a sealed memfd). Other languages: `docs/protocol.md`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(worker: isotropic_cluster::primary::WorkerHandle) -> Result<(), isotropic_cluster::RequestError> {
+    /// let reversed = worker.request_bytes("reverse", &b"abc"[..]).await?;
+    /// assert_eq!(&reversed[..], b"cba");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`request`](Self::request): [`RequestError::Remote`] when the
+    /// handler fails or panics, or no handler has this name;
+    /// [`RequestError::Send`] with [`SendError::Unsupported`] for a worker
+    /// on Node's channel or whose hello said a version before 3, and with
+    /// [`SendError::Encode`] for a body below the sealed threshold larger
+    /// than the maximum frame; [`RequestError::Decode`] if the worker
+    /// answered with a message.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`request`](Self::request).
+    pub async fn request_bytes(
+        &self,
+        name: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<Bytes, RequestError> {
+        self.request_bytes_within(name, body, self.inner.deadline)
+            .await
+    }
+
+    /// [`request_bytes`](Self::request_bytes) with its own deadline.
+    ///
+    /// # Errors
+    ///
+    /// As [`request_bytes`](Self::request_bytes).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`request`](Self::request).
+    pub async fn request_bytes_within(
+        &self,
+        name: &str,
+        body: impl Into<Bytes>,
+        deadline: Duration,
+    ) -> Result<Bytes, RequestError> {
+        self.takes_bytes_requests().map_err(RequestError::Send)?;
+        let body = body.into();
+        let encode = |id| {
+            let (name, body) = (name.to_owned(), body);
+            let request = Frame::BytesRequest { id, name, body };
+            protocol::encode_with_body(&request, self.inner.sizes)
+        };
+        self.ask(encode, |waiter| waiter.reply_bytes(deadline))
+            .await
+    }
+
+    /// Sends the request `encode` makes with its id, and waits for what
+    /// `reply` makes of its waiter; the latency of each answered one counts.
+    async fn ask<T, F>(
+        &self,
+        encode: impl FnOnce(u64) -> Result<Encoded, ProtocolError>,
+        reply: impl FnOnce(Waiter) -> F,
+    ) -> Result<T, RequestError>
+    where
+        F: Future<Output = Result<T, RequestError>>,
+    {
         let waiter = self.inner.pending.begin(Some(self.id()))?;
-        let frame = self
-            .inner
-            .wire
-            .encode(
-                User::Request(waiter.id(), message),
-                self.inner.sizes.max_frame,
-            )
-            .map_err(|e| RequestError::Send(SendError::Encode(e)))?;
+        let frame = encode(waiter.id()).map_err(|e| RequestError::Send(SendError::Encode(e)))?;
         let asked = std::time::Instant::now();
-        self.send_frame(frame).await?;
-        let reply = waiter.reply(deadline).await;
+        self.inner.outbox.send(frame).await?;
+        let reply = reply(waiter).await;
         // (Answered, well or not: its latency counts.)
         if !matches!(
             reply,
@@ -244,10 +319,66 @@ impl WorkerHandle {
         message: &M,
         fds: Vec<OwnedFd>,
     ) -> Result<(), SendError> {
-        self.takes_fds()?;
-        let frame =
-            protocol::attach_fds(self.encode(message)?.into(), fds).map_err(SendError::Encode)?;
+        let frame = self.with_fds(self.encode(message)?.into(), fds)?;
         self.inner.outbox.send(frame).await
+    }
+
+    /// Queues `message` with `fds` without waiting: [`send_with_fds`](Self::send_with_fds)
+    /// for an event handler, which cannot wait.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use isotropic_cluster::primary::{ClusterPrimary, WorkerReady};
+    /// use isotropic_cluster::Subscribe;
+    ///
+    /// # async fn demo() -> Result<(), isotropic_cluster::Error> {
+    /// let primary = ClusterPrimary::builder()
+    ///     .on::<WorkerReady>(|event| {
+    ///         let Ok(log) = std::fs::File::options().append(true).open("/tmp/app.log") else { return };
+    ///         let _ = event.worker.try_send_with_fds(&"your log file", vec![log.into()]);
+    ///     })
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`send_with_fds`](Self::send_with_fds), and [`SendError::Full`]
+    /// when the queue is full. On any error the fds are closed (send
+    /// duplicates to retry).
+    pub fn try_send_with_fds<M: Serialize + ?Sized>(
+        &self,
+        message: &M,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), SendError> {
+        let frame = self.with_fds(self.encode(message)?.into(), fds)?;
+        self.inner.outbox.try_send(frame)
+    }
+
+    /// Queues `bytes` with `fds` without waiting: as
+    /// [`try_send_bytes`](Self::try_send_bytes) and
+    /// [`try_send_with_fds`](Self::try_send_with_fds) together.
+    ///
+    /// # Errors
+    ///
+    /// As [`send_bytes_with_fds`](Self::send_bytes_with_fds), and
+    /// [`SendError::Full`] when the queue is full. On any error the fds
+    /// are closed.
+    pub fn try_send_bytes_with_fds(
+        &self,
+        bytes: impl Into<Bytes>,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), SendError> {
+        let frame = self.with_fds(self.encode_payload(bytes.into())?, fds)?;
+        self.inner.outbox.try_send(frame)
+    }
+
+    /// `frame` with `fds`, for a worker that takes them.
+    fn with_fds(&self, frame: Encoded, fds: Vec<OwnedFd>) -> Result<Encoded, SendError> {
+        self.takes_fds()?;
+        protocol::attach_fds(frame, fds).map_err(SendError::Encode)
     }
 
     /// Sends `bytes` with `fds`: as [`send_bytes`](Self::send_bytes) and
@@ -267,9 +398,7 @@ impl WorkerHandle {
         bytes: impl Into<Bytes>,
         fds: Vec<OwnedFd>,
     ) -> Result<(), SendError> {
-        self.takes_fds()?;
-        let frame = protocol::attach_fds(self.encode_payload(bytes.into())?, fds)
-            .map_err(SendError::Encode)?;
+        let frame = self.with_fds(self.encode_payload(bytes.into())?, fds)?;
         self.inner.outbox.send(frame).await
     }
 
@@ -323,6 +452,33 @@ impl WorkerHandle {
             what: "fds and sealed payloads",
             why: "its hello said protocol version 2",
         })
+    }
+
+    /// Whether the worker takes bytes requests (and replies): as fds, from
+    /// version 3 on.
+    fn takes_bytes_requests(&self) -> Result<(), SendError> {
+        self.takes_fds().map_err(|error| match error {
+            SendError::Unsupported { worker_id, why, .. } => SendError::Unsupported {
+                worker_id,
+                what: "bytes requests",
+                why,
+            },
+            other => other,
+        })
+    }
+
+    /// Whether the worker, by the version of its hello, may send `frame`:
+    /// a bytes request or reply only from version 3 on (so that none is
+    /// ever sent to an older one).
+    pub(crate) fn may_send(&self, frame: &Frame) -> Result<(), ProtocolError> {
+        let bytes_request = matches!(frame, Frame::BytesRequest { .. } | Frame::BytesReply { .. });
+        if bytes_request && self.takes_bytes_requests().is_err() {
+            return Err(ProtocolError::UnexpectedFrame {
+                frame: frame.name(),
+                reason: "its hello said a protocol version before 3",
+            });
+        }
+        Ok(())
     }
 
     /// Whether the worker takes `frame`: a bytes message, with fds or not.

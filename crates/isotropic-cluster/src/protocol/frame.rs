@@ -8,7 +8,7 @@ use crate::message::Message;
 use crate::net::{ListenAddress, ListenErrorKind};
 
 /// The protocol version this library speaks: 2 added `bytes` frames, 3
-/// `fds` and `sealed` frames.
+/// `fds`, `sealed`, `bytes request` and `bytes reply` frames.
 pub(crate) const VERSION: u32 = 3;
 /// The oldest version it still speaks with (a peer of version 1 is sent no
 /// frame it does not know: see [`supports_bytes`]).
@@ -19,8 +19,8 @@ pub(crate) const OLDEST_VERSION: u32 = 1;
 pub(crate) fn supports_bytes(version: u32) -> bool {
     version == 0 || version >= 2
 }
-/// Whether a peer whose hello said `version` takes `fds` and `sealed`
-/// frames (0: its hello has not come yet).
+/// Whether a peer whose hello said `version` takes `fds`, `sealed`,
+/// `bytes request` and `bytes reply` frames (0: its hello has not come yet).
 pub(crate) fn supports_fds(version: u32) -> bool {
     version == 0 || version >= 3
 }
@@ -47,6 +47,8 @@ pub(crate) enum Kind {
     Bytes = 13,
     Fds = 14,
     Sealed = 15,
+    BytesRequest = 16,
+    BytesReply = 17,
 }
 
 impl Kind {
@@ -68,6 +70,8 @@ impl Kind {
             Kind::Bytes => "bytes",
             Kind::Fds => "fds",
             Kind::Sealed => "sealed",
+            Kind::BytesRequest => "bytes request",
+            Kind::BytesReply => "bytes reply",
         }
     }
 }
@@ -93,6 +97,8 @@ impl TryFrom<u8> for Kind {
             13 => Kind::Bytes,
             14 => Kind::Fds,
             15 => Kind::Sealed,
+            16 => Kind::BytesRequest,
+            17 => Kind::BytesReply,
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }
@@ -163,6 +169,20 @@ pub(crate) enum Frame {
     /// A message or bytes frame with the fds announced before it (never on
     /// the wire as such: encoding it encodes the frame alone).
     Attached(Box<Frame>, PassedFds),
+    /// Either way: a request of raw bytes for the handler named `name`
+    /// (version 3). Two frames on the wire: this one's head (id and name),
+    /// then its body as a bytes or sealed frame. The decoder gives it with
+    /// an empty body ([`awaits_body`](Self::awaits_body)), the channel's
+    /// reader with the body that followed; encoding it encodes the head
+    /// alone (the whole: [`encode_with_body`](super::encode_with_body)).
+    BytesRequest { id: u64, name: String, body: Bytes },
+    /// Either way: the reply to bytes request `id`, or the error its
+    /// handler gave. A successful one is two frames, as
+    /// [`BytesRequest`](Self::BytesRequest); an error is one.
+    BytesReply {
+        id: u64,
+        result: Result<Bytes, String>,
+    },
 }
 
 impl Frame {
@@ -185,7 +205,47 @@ impl Frame {
             Frame::Fds { .. } => Kind::Fds,
             Frame::Sealed { .. } => Kind::Sealed,
             Frame::Attached(frame, _) => frame.kind(),
+            Frame::BytesRequest { .. } => Kind::BytesRequest,
+            Frame::BytesReply { .. } => Kind::BytesReply,
         }
+    }
+
+    /// Whether it is a request (of a message or of bytes): one the receiver
+    /// owes a reply.
+    pub(crate) fn is_request(&self) -> bool {
+        matches!(self, Frame::Request { .. } | Frame::BytesRequest { .. })
+    }
+
+    /// Whether, as the decoder gives it, its body is the next frame: a bytes
+    /// request, or a successful bytes reply.
+    pub(crate) fn awaits_body(&self) -> bool {
+        matches!(
+            self,
+            Frame::BytesRequest { .. } | Frame::BytesReply { result: Ok(_), .. }
+        )
+    }
+
+    /// This head (see [`awaits_body`](Self::awaits_body)) with its body,
+    /// `next`, the frame that followed it.
+    ///
+    /// # Errors
+    ///
+    /// [`ProtocolError::MissingBody`] when `next` is not a bytes message.
+    pub(crate) fn with_body(self, next: Frame) -> Result<Frame, ProtocolError> {
+        let Frame::Bytes(body) = next else {
+            return Err(ProtocolError::MissingBody {
+                head: self.name(),
+                next: next.name(),
+            });
+        };
+        Ok(match self {
+            Frame::BytesRequest { id, name, .. } => Frame::BytesRequest { id, name, body },
+            Frame::BytesReply { id, .. } => Frame::BytesReply {
+                id,
+                result: Ok(body),
+            },
+            other => other,
+        })
     }
 
     /// The frame's kind, by name.
@@ -206,7 +266,14 @@ impl Frame {
             Frame::Reply {
                 result: Err(error), ..
             } => error.len(),
-            Frame::Bytes(bytes) => bytes.len(),
+            Frame::Bytes(bytes)
+            | Frame::BytesRequest { body: bytes, .. }
+            | Frame::BytesReply {
+                result: Ok(bytes), ..
+            } => bytes.len(),
+            Frame::BytesReply {
+                result: Err(error), ..
+            } => error.len(),
             Frame::Attached(frame, _) => frame.weight(),
             _ => 0,
         };
@@ -248,7 +315,7 @@ mod tests {
                 Err(error) => assert!(matches!(error, ProtocolError::UnknownKind(b) if b == byte)),
             }
         }
-        // Kinds 1 to 15; 0 and 16 to 255 are reserved (`docs/protocol.md`).
+        // Kinds 1 to 17; 0 and 18 to 255 are reserved (`docs/protocol.md`).
         let names = [
             "hello",
             "ready",
@@ -265,6 +332,8 @@ mod tests {
             "bytes",
             "fds",
             "sealed",
+            "bytes request",
+            "bytes reply",
         ];
         assert_eq!(kinds, names);
     }

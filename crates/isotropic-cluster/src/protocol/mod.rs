@@ -9,12 +9,15 @@
 //! - `node`: [`NodeCodec`], Node's JSON lines, both ways;
 //! - `wire`: [`Wire`] (our frames with a message codec, or Node's lines),
 //!   with [`Wire::encode`], the one way a user message or request is encoded, and [`AnyCodec`], a reader for either wire;
+//! - `body`: frames whose body of bytes is the next frame (bytes requests
+//!   and replies), encoded whole;
 //! - `buffers`: the scratch and pooled buffers encoding goes through.
 //!
 //! A new frame kind is a `Kind` variant (its byte and name) and a `Frame`
 //! variant in `frame.rs`, then a pair of functions and an arm in `put` and
 //! `take` in `payload.rs`.
 
+mod body;
 mod buffers;
 mod codec;
 mod frame;
@@ -22,6 +25,7 @@ mod node;
 mod payload;
 mod wire;
 
+pub(crate) use body::encode_with_body;
 pub(crate) use codec::DEFAULT_SEALED_FROM;
 pub(crate) use codec::{
     Encoded, FrameCodec, Sizes, attach_fds, encode, encode_control, encode_hello, encode_payload,

@@ -62,6 +62,8 @@ pub(super) fn put(frame: &Frame, codec: Codec, dst: &mut BytesMut) -> Result<(),
             Ok(())
         }
         Frame::Attached(frame, _) => put(frame, codec, dst),
+        Frame::BytesRequest { id, name, .. } => put_bytes_request(*id, name, dst),
+        Frame::BytesReply { id, result } => put_bytes_reply(*id, result, dst),
         Frame::Served { requests } => put_json(
             &ServedBody {
                 requests: *requests,
@@ -104,6 +106,8 @@ pub(super) fn take(kind: Kind, body: Bytes, codec: Codec) -> Result<Frame, Proto
                 "a sealed frame holds an 8-byte length".into(),
             )),
         },
+        Kind::BytesRequest => take_bytes_request(body),
+        Kind::BytesReply => take_bytes_reply(body),
         Kind::Served => {
             let body: ServedBody = control_body(&body)?;
             Ok(Frame::Served {
@@ -377,6 +381,60 @@ fn take_reply(mut body: Bytes, codec: Codec) -> Result<Frame, ProtocolError> {
         }
     };
     Ok(Frame::Reply { id, result })
+}
+
+// Bytes request: the 8-byte id, then the handler's name (UTF-8, the rest
+// of the payload); its body is the next frame. Bytes reply: the id, a
+// status byte (0: ok, the body is the next frame; 1: error, its text as a
+// JSON string follows). The body is written by `encode_with_body`.
+
+fn put_bytes_request(id: u64, name: &str, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+    dst.put_u64(id);
+    dst.put_slice(name.as_bytes());
+    Ok(())
+}
+
+fn take_bytes_request(mut body: Bytes) -> Result<Frame, ProtocolError> {
+    let id = request_id(&mut body)?;
+    let name = String::from_utf8(body.to_vec())
+        .map_err(|_| ProtocolError::InvalidControl("a request name is UTF-8".into()))?;
+    Ok(Frame::BytesRequest {
+        id,
+        name,
+        body: Bytes::new(),
+    })
+}
+
+fn put_bytes_reply(
+    id: u64,
+    result: &Result<Bytes, String>,
+    dst: &mut BytesMut,
+) -> Result<(), ProtocolError> {
+    dst.put_u64(id);
+    match result {
+        Ok(_) => {
+            dst.put_u8(0);
+            Ok(())
+        }
+        Err(error) => {
+            dst.put_u8(1);
+            put_json(error, dst)
+        }
+    }
+}
+
+fn take_bytes_reply(mut body: Bytes) -> Result<Frame, ProtocolError> {
+    let id = request_id(&mut body)?;
+    let result = match &body[..] {
+        [0] => Ok(Bytes::new()),
+        [1, error @ ..] => Err(control_body::<String>(error)?),
+        _ => {
+            return Err(ProtocolError::InvalidControl(
+                "a bytes reply's status is 0 (then nothing) or 1".into(),
+            ));
+        }
+    };
+    Ok(Frame::BytesReply { id, result })
 }
 
 // Shared by the kinds above.

@@ -1,4 +1,5 @@
-//! The callee's side: handlers of requests by message type, and their replies.
+//! The callee's side: handlers of requests by message type, and of bytes
+//! requests by name; and their replies.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,17 +13,61 @@ use crate::channel::Outbox;
 use crate::error::{ProtocolError, SendError};
 use crate::events::catch;
 use crate::message::Message;
-use crate::protocol::{self, Frame};
+use crate::protocol::{self, Encoded, Frame, Sizes};
 
-/// A handler's reply, in its request's codec, or its error's text.
-type Encoded = Result<Message, String>;
-type SyncHandler = Box<dyn FnMut(&Message) -> Encoded + Send>;
-type AsyncHandler =
-    Box<dyn FnMut(&Message) -> Pin<Box<dyn Future<Output = Encoded> + Send>> + Send>;
+/// A handler's reply, or its error's text: for a request, in the request's
+/// codec.
+type Replied<T> = Result<T, String>;
+/// An async handler's reply, to come.
+type Later<T> = Pin<Box<dyn Future<Output = Replied<T>> + Send>>;
+type SyncHandler = Box<dyn FnMut(&Message) -> Replied<Message> + Send>;
+type AsyncHandler = Box<dyn FnMut(&Message) -> Later<Message> + Send>;
 
 enum Handler {
     Sync(SyncHandler),
     Async(AsyncHandler),
+}
+
+/// A handler of bytes requests.
+enum BytesHandler {
+    Sync(Box<dyn FnMut(Bytes) -> Replied<Bytes> + Send>),
+    Async(Box<dyn FnMut(Bytes) -> Later<Bytes> + Send>),
+}
+
+/// What a handler gave, its panics caught: a reply now, or one to come.
+enum Ran<T> {
+    Now(Replied<T>),
+    Later(Later<T>),
+}
+
+const PANICKED: &str = "the handler panicked";
+
+impl<T: Send + 'static> Ran<T> {
+    /// A sync handler's call, run now.
+    fn now(call: impl FnOnce() -> Replied<T>) -> Self {
+        Ran::Now(catch(call).unwrap_or_else(|_| Err(PANICKED.into())))
+    }
+
+    /// An async handler's call, whose future is to run in a task of its own.
+    fn later(call: impl FnOnce() -> Later<T>) -> Self {
+        match catch(call) {
+            Ok(future) => Ran::Later(future),
+            Err(_) => Ran::Now(Err(PANICKED.into())),
+        }
+    }
+
+    /// The answer whose reply frame `frame` makes of the reply.
+    fn answer(self, frame: impl FnOnce(Replied<T>) -> Encoded + Send + 'static) -> Answer {
+        match self {
+            Ran::Now(result) => Answer::Now(frame(result)),
+            Ran::Later(future) => Answer::Later(Box::pin(async move {
+                let result = tokio::spawn(future)
+                    .await
+                    .unwrap_or_else(|_| Err(PANICKED.into()));
+                frame(result)
+            })),
+        }
+    }
 }
 
 /// Answering requests, on the builders of the primary and the worker.
@@ -70,6 +115,61 @@ pub trait HandleRequests: Sized + sealed::HasHandlers {
         self.handlers().add_async(type_name, handler);
         self
     }
+
+    /// Answers bytes requests named `name` (names match exactly) with
+    /// `handler`'s reply: raw bytes both ways, neither serialized nor
+    /// copied, in a sealed memfd from the
+    /// `sealed_payload_threshold` on (`docs/protocol.md`); routed by name
+    /// as requests are by `type`. Its error, or a panic, goes back to the
+    /// asker as [`RequestError::Remote`](super::RequestError::Remote); a
+    /// name with no handler is answered so too.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use bytes::Bytes;
+    /// use isotropic_cluster::HandleRequests;
+    /// use isotropic_cluster::worker::ClusterWorker;
+    ///
+    /// # async fn demo() -> Result<(), isotropic_cluster::Error> {
+    /// let worker = ClusterWorker::builder()
+    ///     .handle_bytes("reverse", |body: Bytes| {
+    ///         Ok::<_, String>(body.iter().rev().copied().collect::<Vec<u8>>())
+    ///     })
+    ///     .start()
+    ///     .await?;
+    /// // The primary asks: `primary.request_bytes(&worker, "reverse", body).await?`.
+    /// # Ok(()) }
+    /// ```
+    fn handle_bytes<Resp, E, F>(mut self, name: &str, mut handler: F) -> Self
+    where
+        Resp: Into<Bytes>,
+        E: std::fmt::Display,
+        F: FnMut(Bytes) -> Result<Resp, E> + Send + 'static,
+    {
+        let handler = move |body| handler(body).map(Into::into).map_err(|e| e.to_string());
+        self.handlers()
+            .add_bytes(name, BytesHandler::Sync(Box::new(handler)));
+        self
+    }
+
+    /// As [`handle_bytes`](Self::handle_bytes), with an async handler (run
+    /// in a task of its own).
+    fn handle_bytes_async<Resp, E, F, Fut>(mut self, name: &str, mut handler: F) -> Self
+    where
+        Resp: Into<Bytes>,
+        E: std::fmt::Display,
+        F: FnMut(Bytes) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Resp, E>> + Send + 'static,
+    {
+        let handler = move |body| -> Later<Bytes> {
+            let reply = handler(body);
+            Box::pin(async move { reply.await.map(Into::into).map_err(|e| e.to_string()) })
+        };
+        self.handlers()
+            .add_bytes(name, BytesHandler::Async(Box::new(handler)));
+        self
+    }
 }
 
 #[allow(unreachable_pub, missing_docs)]
@@ -81,16 +181,19 @@ pub(crate) mod sealed {
 
 impl<T: sealed::HasHandlers> HandleRequests for T {}
 
-/// Request handlers by message `type` (`""`: the catch-all).
+/// Request handlers by message `type` (`""`: the catch-all), and bytes
+/// request handlers by name.
 #[derive(Default)]
 pub struct Handlers {
     by_type: HashMap<String, Handler>,
+    by_name: HashMap<String, BytesHandler>,
 }
 
 impl std::fmt::Debug for Handlers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Handlers")
             .field("types", &self.by_type.len())
+            .field("names", &self.by_name.len())
             .finish()
     }
 }
@@ -98,8 +201,8 @@ impl std::fmt::Debug for Handlers {
 /// What to do with a request: a reply frame to send now, or one to send
 /// when the future is done.
 pub(crate) enum Answer {
-    Now(Bytes),
-    Later(Pin<Box<dyn Future<Output = Bytes> + Send>>),
+    Now(Encoded),
+    Later(Pin<Box<dyn Future<Output = Encoded> + Send>>),
 }
 
 impl Handlers {
@@ -127,7 +230,7 @@ impl Handlers {
         F: FnMut(Req) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Resp, E>> + Send + 'static,
     {
-        let handler = move |message: &Message| -> Pin<Box<dyn Future<Output = Encoded> + Send>> {
+        let handler = move |message: &Message| -> Later<Message> {
             match message.decode::<Req>() {
                 Ok(request) => {
                     let reply = handler(request);
@@ -144,6 +247,10 @@ impl Handlers {
             .insert(type_name.to_owned(), Handler::Async(Box::new(handler)));
     }
 
+    fn add_bytes(&mut self, name: &str, handler: BytesHandler) {
+        self.by_name.insert(name.to_owned(), handler);
+    }
+
     /// Runs the handler for request `id`: a handler's error or panic
     /// becomes an error reply, as does a request no handler takes.
     pub(crate) fn answer(&mut self, id: u64, message: &Message, max: usize) -> Answer {
@@ -151,33 +258,33 @@ impl Handlers {
             .type_name()
             .filter(|name| self.by_type.contains_key(*name))
             .unwrap_or("");
-        let handler = self.by_type.get_mut(name);
-        let reply = move |result: Encoded| reply_frame(id, result, max);
-        match handler {
-            None => Answer::Now(reply(Err(format!(
+        let ran = match self.by_type.get_mut(name) {
+            None => Ran::Now(Err(format!(
                 "no handler for requests of type {:?}",
                 message.type_name().unwrap_or("")
-            )))),
-            Some(Handler::Sync(handler)) => {
-                let result = catch(|| handler(message));
-                Answer::Now(reply(
-                    result.unwrap_or_else(|_| Err("the handler panicked".into())),
-                ))
-            }
-            Some(Handler::Async(handler)) => {
-                let future = catch(|| handler(message));
-                Answer::Later(Box::pin(async move {
-                    let result = match future {
-                        Ok(future) => match tokio::spawn(future).await {
-                            Ok(result) => result,
-                            Err(_) => Err("the handler panicked".into()),
-                        },
-                        Err(_) => Err("the handler panicked".into()),
-                    };
-                    reply(result)
-                }))
-            }
-        }
+            ))),
+            Some(Handler::Sync(handler)) => Ran::now(|| handler(message)),
+            Some(Handler::Async(handler)) => Ran::later(|| handler(message)),
+        };
+        ran.answer(move |result| reply_frame(id, result, max).into())
+    }
+
+    /// Runs the handler named `name` for bytes request `id`, as
+    /// [`answer`](Self::answer); the reply's body goes as a bytes message
+    /// does, within `sizes`.
+    pub(crate) fn answer_bytes(
+        &mut self,
+        id: u64,
+        name: &str,
+        body: Bytes,
+        sizes: Sizes,
+    ) -> Answer {
+        let ran = match self.by_name.get_mut(name) {
+            None => Ran::Now(Err(format!("no handler for bytes requests named {name:?}"))),
+            Some(BytesHandler::Sync(handler)) => Ran::now(|| handler(body)),
+            Some(BytesHandler::Async(handler)) => Ran::later(|| handler(body)),
+        };
+        ran.answer(move |result| bytes_reply_frame(id, result, sizes))
     }
 }
 
@@ -206,20 +313,33 @@ impl Answer {
 }
 
 /// A reply frame: a successful reply, or the error's text.
-fn reply_frame(id: u64, result: Encoded, max: usize) -> Bytes {
+fn reply_frame(id: u64, result: Replied<Message>, max: usize) -> Bytes {
     let frame = Frame::Reply { id, result };
     protocol::encode(&frame, max).unwrap_or_else(|error| {
-        let reason = match error {
-            ProtocolError::FrameTooLarge { size, .. } => {
-                format!("the reply of {size} bytes exceeds the maximum frame")
-            }
-            other => format!("the reply cannot be sent: {other}"),
-        };
         protocol::encode_control(&Frame::Reply {
             id,
-            result: Err(reason),
+            result: Err(unsendable(&error)),
         })
     })
+}
+
+/// A bytes reply: its head and body, or the error's text.
+fn bytes_reply_frame(id: u64, result: Replied<Bytes>, sizes: Sizes) -> Encoded {
+    let frame = Frame::BytesReply { id, result };
+    protocol::encode_with_body(&frame, sizes).unwrap_or_else(|error| {
+        let result = Err(unsendable(&error));
+        protocol::encode_control(&Frame::BytesReply { id, result }).into()
+    })
+}
+
+/// Why a reply cannot be sent, for the asker.
+fn unsendable(error: &ProtocolError) -> String {
+    match error {
+        ProtocolError::FrameTooLarge { size, .. } => {
+            format!("the reply of {size} bytes exceeds the maximum frame")
+        }
+        other => format!("the reply cannot be sent: {other}"),
+    }
 }
 
 #[cfg(test)]
@@ -241,7 +361,8 @@ mod tests {
             Answer::Now(frame) => frame,
             Answer::Later(frame) => frame.await,
         };
-        let decoded = FrameCodec::new(DEFAULT_MAX_FRAME).decode(&mut BytesMut::from(&frame[..]));
+        let decoded =
+            FrameCodec::new(DEFAULT_MAX_FRAME).decode(&mut BytesMut::from(&frame.head[..]));
         match decoded {
             Ok(Some(Frame::Reply { id, result })) => (id, result),
             other => panic!("not a reply: {other:?}"),
@@ -332,6 +453,98 @@ mod tests {
         );
         let fits = answer(&mut handlers, json!({"type": "n", "n": 10}), 1024).await;
         assert_eq!(fits, Ok(format!("\"{}\"", "x".repeat(10))));
+    }
+
+    /// The bytes reply an answer gives: its request id, and its result
+    /// (with the memfd's count, for a sealed body).
+    async fn bytes_reply(answer: Answer) -> (u64, Result<Bytes, String>, usize) {
+        let frame = match answer {
+            Answer::Now(frame) => frame,
+            Answer::Later(frame) => frame.await,
+        };
+        let mut wire = BytesMut::from(&[&frame.head[..], &frame.body[..]].concat()[..]);
+        let mut codec = FrameCodec::new(DEFAULT_MAX_FRAME);
+        let mut next = || codec.decode(&mut wire).expect("valid").expect("a frame");
+        match next() {
+            Frame::BytesReply {
+                id,
+                result: Err(error),
+            } => (id, Err(error), frame.fds.len()),
+            head @ Frame::BytesReply { id, .. } => match next() {
+                Frame::Sealed { len } => {
+                    (id, Ok(Bytes::from(vec![0; len as usize])), frame.fds.len())
+                }
+                body => match head.with_body(body) {
+                    Ok(Frame::BytesReply { result, .. }) => (id, result, frame.fds.len()),
+                    other => panic!("no body: {other:?}"),
+                },
+            },
+            other => panic!("not a bytes reply: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_handlers_answer_by_name_and_their_errors_go_back() {
+        use super::super::HandleRequests as _;
+        #[derive(Default)]
+        struct Builder(Handlers);
+        impl sealed::HasHandlers for Builder {
+            fn handlers(&mut self) -> &mut Handlers {
+                &mut self.0
+            }
+        }
+        let Builder(mut handlers) = Builder::default()
+            .handle_bytes("reverse", |body: Bytes| {
+                Ok::<_, String>(body.iter().rev().copied().collect::<Vec<u8>>())
+            })
+            .handle_bytes_async("zeros", |body: Bytes| async move {
+                Ok::<_, String>(vec![0_u8; body.len()])
+            })
+            .handle_bytes("fail", |_| Err::<Bytes, _>("refused"))
+            .handle_bytes("panic", |_| -> Result<Bytes, String> {
+                panic!("in a handler")
+            })
+            .handle_bytes_async("panic later", |_| async move {
+                if true {
+                    panic!("in an async handler");
+                }
+                Ok::<Bytes, String>(Bytes::new())
+            });
+        let sizes = Sizes {
+            max_frame: 1024,
+            sealed_from: 2048,
+        };
+        let mut ask = |name: &str, body: &'static [u8], sizes| {
+            handlers.answer_bytes(9, name, Bytes::from_static(body), sizes)
+        };
+        assert_eq!(
+            bytes_reply(ask("reverse", b"abc", sizes)).await,
+            (9, Ok(Bytes::from_static(b"cba")), 0)
+        );
+        let cases = [
+            ("fail", "refused"),
+            ("panic", "the handler panicked"),
+            ("panic later", "the handler panicked"),
+            ("nope", "no handler for bytes requests named \"nope\""),
+        ];
+        for (name, error) in cases {
+            assert_eq!(
+                bytes_reply(ask(name, b"", sizes)).await,
+                (9, Err(error.into()), 0),
+                "{name}"
+            );
+        }
+        // A reply from the sealed threshold on goes in a memfd; one over
+        // the maximum frame below it cannot go.
+        let (_, sealed, memfds) = bytes_reply(ask("zeros", &[1; 2048], sizes)).await;
+        assert_eq!((sealed.map(|b| b.len()), memfds), (Ok(2048), 1));
+        let (_, large, _) = bytes_reply(ask("zeros", &[1; 1500], sizes)).await;
+        assert!(
+            large
+                .expect_err("too large")
+                .contains("exceeds the maximum frame"),
+            "a reply over the maximum frame"
+        );
     }
 
     #[derive(serde::Deserialize)]

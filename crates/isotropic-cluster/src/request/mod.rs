@@ -9,7 +9,7 @@ use std::time::Duration;
 pub use handlers::HandleRequests;
 pub(crate) use handlers::Handlers;
 pub(crate) use handlers::sealed;
-pub(crate) use pending::Pending;
+pub(crate) use pending::{Pending, Waiter};
 
 use crate::WorkerId;
 use crate::error::{MessageError, SendError};

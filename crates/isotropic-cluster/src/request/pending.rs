@@ -5,14 +5,23 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
 use super::RequestError;
 use crate::WorkerId;
+use crate::error::MessageError;
 use crate::message::Message;
 
-type Outcome = Result<Message, RequestError>;
+/// A reply as it came: to a request (a message), or to a bytes request.
+#[derive(Debug)]
+enum Reply {
+    Message(Message),
+    Bytes(Bytes),
+}
+
+type Outcome = Result<Reply, RequestError>;
 
 /// The requests sent to one peer and not answered yet.
 #[derive(Debug, Default)]
@@ -60,6 +69,20 @@ impl Pending {
         result: Result<Message, String>,
         worker_id: Option<WorkerId>,
     ) {
+        self.hand_over(id, result.map(Reply::Message), worker_id);
+    }
+
+    /// Hands a bytes reply to its waiter, as [`resolve`](Self::resolve).
+    pub(crate) fn resolve_bytes(
+        &self,
+        id: u64,
+        result: Result<Bytes, String>,
+        worker_id: Option<WorkerId>,
+    ) {
+        self.hand_over(id, result.map(Reply::Bytes), worker_id);
+    }
+
+    fn hand_over(&self, id: u64, result: Result<Reply, String>, worker_id: Option<WorkerId>) {
         if let Some(waiter) = self.lock().remove(&id) {
             let _ =
                 waiter.send(result.map_err(|message| RequestError::Remote { worker_id, message }));
@@ -90,24 +113,47 @@ impl Waiter {
         self.id
     }
 
-    /// The reply, decoded into `R`, or why there is none.
+    /// The reply, decoded into `R`, or why there is none (a bytes reply
+    /// does not decode).
     pub(crate) async fn reply<R: DeserializeOwned>(
-        mut self,
+        self,
         deadline: Duration,
     ) -> Result<R, RequestError> {
-        let worker_id = self.worker_id;
-        let message = match tokio::time::timeout(deadline, &mut self.reply).await {
-            Ok(Ok(outcome)) => outcome?,
-            Ok(Err(_)) => return Err(RequestError::Gone { worker_id }),
-            Err(_) => {
-                return Err(RequestError::Timeout {
-                    worker_id,
-                    after: deadline,
-                });
-            }
-        };
-        message.decode().map_err(RequestError::Decode)
+        match self.outcome(deadline).await? {
+            Reply::Message(message) => message.decode().map_err(RequestError::Decode),
+            Reply::Bytes(_) => Err(mismatch(std::any::type_name::<R>(), None)),
+        }
     }
+
+    /// The bytes reply, or why there is none (a message reply does not fit).
+    pub(crate) async fn reply_bytes(self, deadline: Duration) -> Result<Bytes, RequestError> {
+        match self.outcome(deadline).await? {
+            Reply::Bytes(bytes) => Ok(bytes),
+            Reply::Message(message) => Err(mismatch("bytes", message.type_name())),
+        }
+    }
+
+    async fn outcome(mut self, deadline: Duration) -> Outcome {
+        let worker_id = self.worker_id;
+        match tokio::time::timeout(deadline, &mut self.reply).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(RequestError::Gone { worker_id }),
+            Err(_) => Err(RequestError::Timeout {
+                worker_id,
+                after: deadline,
+            }),
+        }
+    }
+}
+
+/// A reply of the other kind (bytes to a request, a message to a bytes
+/// request): it does not decode as `target`.
+fn mismatch(target: &'static str, type_name: Option<&str>) -> RequestError {
+    RequestError::Decode(MessageError::Decode {
+        type_name: type_name.map(str::to_owned),
+        target,
+        reason: "the reply is not of the request's kind (message or bytes)".into(),
+    })
 }
 
 impl Drop for Waiter {
@@ -171,6 +217,37 @@ mod tests {
             odd.reply::<u64>(DEADLINE).await,
             Err(RequestError::Decode(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn bytes_replies_resolve_bytes_requests_and_a_reply_of_the_other_kind_does_not_decode() {
+        let pending = Arc::new(Pending::default());
+        let worker_id = Some(WorkerId(3));
+        let asked = pending.begin(worker_id).expect("open");
+        pending.resolve_bytes(asked.id(), Ok(Bytes::from_static(b"\0\xff")), worker_id);
+        assert_eq!(
+            &asked.reply_bytes(DEADLINE).await.expect("a reply")[..],
+            b"\0\xff"
+        );
+        let failed = pending.begin(worker_id).expect("open");
+        pending.resolve_bytes(failed.id(), Err("no".into()), worker_id);
+        assert!(matches!(
+            failed.reply_bytes(DEADLINE).await,
+            Err(RequestError::Remote { message, .. }) if message == "no"
+        ));
+        let bytes_for_a_message = pending.begin(worker_id).expect("open");
+        pending.resolve_bytes(bytes_for_a_message.id(), Ok(Bytes::new()), worker_id);
+        assert!(matches!(
+            bytes_for_a_message.reply::<u64>(DEADLINE).await,
+            Err(RequestError::Decode(_))
+        ));
+        let message_for_bytes = pending.begin(worker_id).expect("open");
+        pending.resolve(message_for_bytes.id(), Ok(message(json!(1))), worker_id);
+        assert!(matches!(
+            message_for_bytes.reply_bytes(DEADLINE).await,
+            Err(RequestError::Decode(_))
+        ));
+        assert_eq!(pending.len(), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -138,6 +138,37 @@ impl WorkerContext {
         self.outbox.try_send(frame)
     }
 
+    /// Queues `message` with `fds` for the primary without waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterWorker::try_send_with_fds`].
+    pub fn try_send_with_fds<M: Serialize + ?Sized>(
+        &self,
+        message: &M,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> Result<(), SendError> {
+        let wire = Wire::Frames(self.settings.codec);
+        let sizes = self.settings.sizes();
+        let frame = super::message_with_fds(wire, message, fds, sizes, &self.primary_protocol)?;
+        self.outbox.try_send(frame)
+    }
+
+    /// Queues `bytes` with `fds` for the primary without waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterWorker::try_send_bytes_with_fds`].
+    pub fn try_send_bytes_with_fds(
+        &self,
+        bytes: impl Into<bytes::Bytes>,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> Result<(), SendError> {
+        let sizes = self.settings.sizes();
+        let frame = super::bytes_with_fds(bytes.into(), fds, sizes, &self.primary_protocol)?;
+        self.outbox.try_send(frame)
+    }
+
     /// Starts destroying the worker (publishes `destroy`): cleanup, bounded by
     /// `timeout`, then disconnect.
     pub fn destroy(&mut self, timeout: Duration) {
@@ -352,6 +383,12 @@ impl WorkerContext {
                     .send(&self.outbox, ());
             }
             Frame::Reply { id, result } => self.pending.resolve(id, result, None),
+            Frame::BytesRequest { id, name, body } => {
+                self.handlers
+                    .answer_bytes(id, &name, body, self.settings.sizes())
+                    .send(&self.outbox, ());
+            }
+            Frame::BytesReply { id, result } => self.pending.resolve_bytes(id, result, None),
             Frame::Heartbeat => self.heartbeat(),
             // Never handed over: the handshake and the disconnect are the
             // phase's, the others only a worker sends.

@@ -259,6 +259,32 @@ fn bytes_frame(
     protocol::encode_payload(bytes, sizes, sealed).map_err(SendError::Encode)
 }
 
+/// A message of `wire`'s with `fds`, for a primary that takes them.
+fn message_with_fds<M: Serialize + ?Sized>(
+    wire: Wire,
+    message: &M,
+    fds: Vec<OwnedFd>,
+    sizes: Sizes,
+    primary_protocol: &AtomicU32,
+) -> Result<protocol::Encoded, SendError> {
+    takes_fds(primary_protocol)?;
+    wire.encode(User::Message(message), sizes.max_frame)
+        .and_then(|frame| protocol::attach_fds(frame.into(), fds))
+        .map_err(SendError::Encode)
+}
+
+/// A bytes message with `fds`, for a primary that takes them.
+fn bytes_with_fds(
+    bytes: Bytes,
+    fds: Vec<OwnedFd>,
+    sizes: Sizes,
+    primary_protocol: &AtomicU32,
+) -> Result<protocol::Encoded, SendError> {
+    takes_fds(primary_protocol)?;
+    let frame = bytes_frame(bytes, sizes, primary_protocol)?;
+    protocol::attach_fds(frame, fds).map_err(SendError::Encode)
+}
+
 /// Whether the primary takes fds and sealed payloads (its hello, once it
 /// came, said version 3 or later).
 fn takes_fds(primary_protocol: &AtomicU32) -> Result<(), SendError> {
@@ -423,12 +449,44 @@ impl ClusterWorker {
         message: &M,
         fds: Vec<OwnedFd>,
     ) -> Result<(), SendError> {
-        takes_fds(&self.primary_protocol)?;
-        let frame = (self.wire)
-            .encode(User::Message(message), self.sizes.max_frame)
-            .and_then(|frame| protocol::attach_fds(frame.into(), fds))
-            .map_err(SendError::Encode)?;
+        let frame = message_with_fds(self.wire, message, fds, self.sizes, &self.primary_protocol)?;
         self.outbox.send(frame).await
+    }
+
+    /// Queues `message` with `fds` without waiting: [`send_with_fds`](Self::send_with_fds)
+    /// for an event handler, which cannot wait (its context has it too:
+    /// [`WorkerContext::try_send_with_fds`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`send_with_fds`](Self::send_with_fds), and [`SendError::Full`]
+    /// when the queue is full. On any error the fds are closed (send
+    /// duplicates to retry).
+    pub fn try_send_with_fds<M: Serialize + ?Sized>(
+        &self,
+        message: &M,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), SendError> {
+        let frame = message_with_fds(self.wire, message, fds, self.sizes, &self.primary_protocol)?;
+        self.outbox.try_send(frame)
+    }
+
+    /// Queues `bytes` with `fds` without waiting: as
+    /// [`try_send_bytes`](Self::try_send_bytes) and
+    /// [`try_send_with_fds`](Self::try_send_with_fds) together.
+    ///
+    /// # Errors
+    ///
+    /// As [`send_bytes_with_fds`](Self::send_bytes_with_fds), and
+    /// [`SendError::Full`] when the queue is full. On any error the fds
+    /// are closed.
+    pub fn try_send_bytes_with_fds(
+        &self,
+        bytes: impl Into<Bytes>,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), SendError> {
+        let frame = bytes_with_fds(bytes.into(), fds, self.sizes, &self.primary_protocol)?;
+        self.outbox.try_send(frame)
     }
 
     /// Sends `bytes` with `fds`: as [`send_bytes`](Self::send_bytes) and
@@ -448,9 +506,7 @@ impl ClusterWorker {
         bytes: impl Into<Bytes>,
         fds: Vec<OwnedFd>,
     ) -> Result<(), SendError> {
-        takes_fds(&self.primary_protocol)?;
-        let frame = bytes_frame(bytes.into(), self.sizes, &self.primary_protocol)?;
-        let frame = protocol::attach_fds(frame, fds).map_err(SendError::Encode)?;
+        let frame = bytes_with_fds(bytes.into(), fds, self.sizes, &self.primary_protocol)?;
         self.outbox.send(frame).await
     }
 
@@ -546,6 +602,69 @@ impl ClusterWorker {
             .map_err(|e| RequestError::Send(SendError::Encode(e)))?;
         self.outbox.send(frame).await?;
         waiter.reply(deadline).await
+    }
+
+    /// Sends `body` as a bytes request to the primary's handler named
+    /// `name` ([`handle_bytes`](crate::HandleRequests::handle_bytes) on
+    /// its builder) and waits for its reply, within the worker's default
+    /// deadline: raw bytes both ways, neither serialized nor copied (a body
+    /// of at least the
+    /// [`sealed_payload_threshold`](WorkerBuilder::sealed_payload_threshold)
+    /// goes in a sealed memfd).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(worker: isotropic_cluster::worker::ClusterWorker) -> Result<(), isotropic_cluster::RequestError> {
+    /// let config = worker.request_bytes("config", bytes::Bytes::new()).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`WorkerHandle::request_bytes`](crate::primary::WorkerHandle::request_bytes)
+    /// ([`SendError::Unsupported`] when the primary's hello said a version
+    /// before 3).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future forgets the request.
+    pub async fn request_bytes(
+        &self,
+        name: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<Bytes, RequestError> {
+        self.request_bytes_within(name, body, self.deadline).await
+    }
+
+    /// [`request_bytes`](Self::request_bytes) with its own deadline.
+    ///
+    /// # Errors
+    ///
+    /// As [`request_bytes`](Self::request_bytes).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`request_bytes`](Self::request_bytes).
+    pub async fn request_bytes_within(
+        &self,
+        name: &str,
+        body: impl Into<Bytes>,
+        deadline: Duration,
+    ) -> Result<Bytes, RequestError> {
+        takes_fds(&self.primary_protocol).map_err(|_| {
+            RequestError::Send(SendError::Unsupported {
+                worker_id: None,
+                what: "bytes requests",
+                why: "the primary's hello said an older protocol version",
+            })
+        })?;
+        let waiter = self.pending.begin(None)?;
+        let (id, name, body) = (waiter.id(), name.to_owned(), body.into());
+        let frame = protocol::encode_with_body(&Frame::BytesRequest { id, name, body }, self.sizes)
+            .map_err(|e| RequestError::Send(SendError::Encode(e)))?;
+        self.outbox.send(frame).await?;
+        waiter.reply_bytes(deadline).await
     }
 
     /// Destroys the worker: runs its cleanup (at most `timeout`), disconnects

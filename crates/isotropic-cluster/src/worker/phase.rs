@@ -116,6 +116,8 @@ impl Phase {
             | Frame::Heartbeat
             | Frame::Bytes(_)
             | Frame::Attached(..)
+            | Frame::BytesRequest { .. }
+            | Frame::BytesReply { .. }
                 if greeted =>
             {
                 (self, Action::Handle)
@@ -236,6 +238,15 @@ mod tests {
             },
             Frame::Reply {
                 id: 1,
+                result: Err("no".into()),
+            },
+            Frame::BytesRequest {
+                id: 2,
+                name: "x".into(),
+                body: bytes::Bytes::new(),
+            },
+            Frame::BytesReply {
+                id: 2,
                 result: Err("no".into()),
             },
             Frame::Heartbeat,
