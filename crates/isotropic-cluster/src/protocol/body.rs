@@ -25,7 +25,7 @@ pub(crate) fn encode_with_body(frame: &Frame, sizes: Sizes) -> Result<Encoded, P
         _ => return Ok(head.into()),
     };
     let mut whole = encode_payload(body, sizes, true)?;
-    whole.head = [head, whole.head].concat().into();
+    whole.head = super::codec::Head::Frame([&head[..], &whole.head].concat().into());
     Ok(whole)
 }
 
