@@ -17,6 +17,7 @@ use crate::WorkerId;
 use crate::error::{ProtocolError, SendError};
 use crate::message::Codec;
 use crate::protocol::{self, Encoded, Frame, FrameCodec};
+use crate::shared::Sharing;
 use crate::sys;
 use crate::traffic::Traffic;
 
@@ -185,6 +186,27 @@ impl Outbox {
         self.tx
             .try_send(Outgoing::Control(frame))
             .map_err(|_| self.closed())
+    }
+
+    /// Queues a control frame (a `release`, say), not bounded by the
+    /// queue's limits: it fails only once the channel is closed. It is
+    /// written after every frame queued before it.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Closed`].
+    pub(crate) fn try_send_control(&self, frame: Encoded) -> Result<(), SendError> {
+        match self.tx.try_send(Outgoing::Control(frame)) {
+            Err(mpsc::error::TrySendError::Full(control)) => {
+                // (A stopgap until the queue takes control frames beyond its
+                // bound: outside a runtime, a full queue loses the frame.)
+                let tx = self.tx.clone();
+                let handle = tokio::runtime::Handle::try_current().map_err(|_| self.closed())?;
+                handle.spawn(async move { tx.send(control).await });
+                Ok(())
+            }
+            other => other.map_err(|_| self.closed()),
+        }
     }
 
     /// Closes the channel for writing once the frames queued so far are written.
@@ -357,6 +379,8 @@ pub(crate) struct Inbox<D = FrameCodec> {
     announced: Option<Vec<OwnedFd>>,
     /// Whether fds are kept for the frames (else closed as they come).
     keeps_fds: bool,
+    /// The shared segments this side lends or borrows.
+    sharing: Sharing,
     eof: bool,
     done: bool,
 }
@@ -371,6 +395,7 @@ impl<D: Decoder<Item = Frame, Error = ProtocolError>> Inbox<D> {
             fds: VecDeque::new(),
             announced: None,
             keeps_fds: true,
+            sharing: Sharing::None,
             eof: false,
             done: false,
         }
@@ -381,6 +406,13 @@ impl<D: Decoder<Item = Frame, Error = ProtocolError>> Inbox<D> {
     /// take), so that a peer's fds are not kept until the channel closes.
     pub(crate) fn closing_fds(mut self) -> Self {
         self.keeps_fds = false;
+        self
+    }
+
+    /// This inbox, taking the frames of shared segments that `sharing`
+    /// takes (`docs/protocol.md`, "Shared segments").
+    pub(crate) fn sharing(mut self, sharing: Sharing) -> Self {
+        self.sharing = sharing;
         self
     }
 
@@ -451,6 +483,37 @@ impl<D: Decoder<Item = Frame, Error = ProtocolError>> Inbox<D> {
                     ))?;
                     Frame::Bytes(sys::map_sealed(memfd, len)?)
                 }
+                Some(Frame::Segment { id, len }) => {
+                    let borrower = self.sharing.borrower("segment")?;
+                    let memfd = self.fds.pop_front().ok_or(ProtocolError::FdsMismatch(
+                        "a segment frame without its memfd",
+                    ))?;
+                    borrower.map(id, len, memfd)?;
+                    continue;
+                }
+                Some(Frame::Retire { id }) => {
+                    self.sharing.borrower("retire")?.retire(id)?;
+                    continue;
+                }
+                Some(Frame::Lent {
+                    segment,
+                    token,
+                    offset,
+                    len,
+                }) => Frame::Bytes(self.sharing.borrower("lent")?.lent(
+                    segment,
+                    token,
+                    (offset, len),
+                )?),
+                Some(Frame::Release(tokens)) => {
+                    self.sharing.lender("release")?.release(&tokens)?;
+                    continue;
+                }
+                Some(Frame::Returned { token, offset, len }) => Frame::Bytes(
+                    self.sharing
+                        .lender("returned")?
+                        .returned(token, offset, len)?,
+                ),
                 Some(frame) => frame,
             };
             return match self.announced.take() {

@@ -238,6 +238,11 @@ impl PrimaryContext {
             | Frame::Connection { .. }
             | Frame::Fds { .. }
             | Frame::Sealed { .. }
+            | Frame::Segment { .. }
+            | Frame::Lent { .. }
+            | Frame::Release(_)
+            | Frame::Returned { .. }
+            | Frame::Retire { .. }
             | Frame::Attached(..) => {}
         }
     }

@@ -8,7 +8,8 @@ use crate::message::Message;
 use crate::net::{ListenAddress, ListenErrorKind};
 
 /// The protocol version this library speaks: 2 added `bytes` frames, 3
-/// `fds` and `sealed` frames.
+/// `fds` and `sealed` frames, and shared segments (`segment`, `lent`,
+/// `release`, `returned`, `retire`).
 pub(crate) const VERSION: u32 = 3;
 /// The oldest version it still speaks with (a peer of version 1 is sent no
 /// frame it does not know: see [`supports_bytes`]).
@@ -20,7 +21,7 @@ pub(crate) fn supports_bytes(version: u32) -> bool {
     version == 0 || version >= 2
 }
 /// Whether a peer whose hello said `version` takes `fds` and `sealed`
-/// frames (0: its hello has not come yet).
+/// frames, and shared segments (0: its hello has not come yet).
 pub(crate) fn supports_fds(version: u32) -> bool {
     version == 0 || version >= 3
 }
@@ -47,6 +48,11 @@ pub(crate) enum Kind {
     Bytes = 13,
     Fds = 14,
     Sealed = 15,
+    Segment = 16,
+    Lent = 17,
+    Release = 18,
+    Returned = 19,
+    Retire = 20,
 }
 
 impl Kind {
@@ -68,6 +74,11 @@ impl Kind {
             Kind::Bytes => "bytes",
             Kind::Fds => "fds",
             Kind::Sealed => "sealed",
+            Kind::Segment => "segment",
+            Kind::Lent => "lent",
+            Kind::Release => "release",
+            Kind::Returned => "returned",
+            Kind::Retire => "retire",
         }
     }
 }
@@ -93,6 +104,11 @@ impl TryFrom<u8> for Kind {
             13 => Kind::Bytes,
             14 => Kind::Fds,
             15 => Kind::Sealed,
+            16 => Kind::Segment,
+            17 => Kind::Lent,
+            18 => Kind::Release,
+            19 => Kind::Returned,
+            20 => Kind::Retire,
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }
@@ -160,6 +176,27 @@ pub(crate) enum Frame {
     /// attached to this frame's first byte (version 3). Only the channel's
     /// reader sees it: it hands on [`Frame::Bytes`].
     Sealed { len: u64 },
+    /// Primary to worker: segment `id`, a memfd of `len` bytes attached to
+    /// this frame's first byte, that `lent` frames will refer to (version
+    /// 3). Only the channel's reader sees it.
+    Segment { id: u32, len: u64 },
+    /// Primary to worker: a bytes message of the `len` bytes at `offset` in
+    /// segment `segment`, lent as `token` until released (version 3). Only
+    /// the channel's reader sees it: it hands on [`Frame::Bytes`].
+    Lent {
+        segment: u32,
+        token: u64,
+        offset: u64,
+        len: u64,
+    },
+    /// Worker to primary: the payloads lent as `tokens` are no longer held.
+    Release(Vec<u64>),
+    /// Worker to primary: a bytes message of the `len` bytes at `offset` in
+    /// the payload lent as `token` (still held). Only the channel's reader
+    /// sees it: it hands on [`Frame::Bytes`].
+    Returned { token: u64, offset: u64, len: u64 },
+    /// Primary to worker: segment `id` is gone (none of it is lent).
+    Retire { id: u32 },
     /// A message or bytes frame with the fds announced before it (never on
     /// the wire as such: encoding it encodes the frame alone).
     Attached(Box<Frame>, PassedFds),
@@ -184,6 +221,11 @@ impl Frame {
             Frame::Bytes(_) => Kind::Bytes,
             Frame::Fds { .. } => Kind::Fds,
             Frame::Sealed { .. } => Kind::Sealed,
+            Frame::Segment { .. } => Kind::Segment,
+            Frame::Lent { .. } => Kind::Lent,
+            Frame::Release(_) => Kind::Release,
+            Frame::Returned { .. } => Kind::Returned,
+            Frame::Retire { .. } => Kind::Retire,
             Frame::Attached(frame, _) => frame.kind(),
         }
     }
@@ -248,7 +290,7 @@ mod tests {
                 Err(error) => assert!(matches!(error, ProtocolError::UnknownKind(b) if b == byte)),
             }
         }
-        // Kinds 1 to 15; 0 and 16 to 255 are reserved (`docs/protocol.md`).
+        // Kinds 1 to 20; 0 and 21 to 255 are reserved (`docs/protocol.md`).
         let names = [
             "hello",
             "ready",
@@ -265,6 +307,11 @@ mod tests {
             "bytes",
             "fds",
             "sealed",
+            "segment",
+            "lent",
+            "release",
+            "returned",
+            "retire",
         ];
         assert_eq!(kinds, names);
     }

@@ -61,6 +61,37 @@ pub(super) fn put(frame: &Frame, codec: Codec, dst: &mut BytesMut) -> Result<(),
             dst.put_u64(*len);
             Ok(())
         }
+        Frame::Segment { id, len } => {
+            dst.put_u32(*id);
+            dst.put_u64(*len);
+            Ok(())
+        }
+        Frame::Lent {
+            segment,
+            token,
+            offset,
+            len,
+        } => {
+            dst.put_u32(*segment);
+            for n in [token, offset, len] {
+                dst.put_u64(*n);
+            }
+            Ok(())
+        }
+        Frame::Release(tokens) => {
+            tokens.iter().for_each(|token| dst.put_u64(*token));
+            Ok(())
+        }
+        Frame::Returned { token, offset, len } => {
+            for n in [token, offset, len] {
+                dst.put_u64(*n);
+            }
+            Ok(())
+        }
+        Frame::Retire { id } => {
+            dst.put_u32(*id);
+            Ok(())
+        }
         Frame::Attached(frame, _) => put(frame, codec, dst),
         Frame::Served { requests } => put_json(
             &ServedBody {
@@ -102,6 +133,18 @@ pub(super) fn take(kind: Kind, body: Bytes, codec: Codec) -> Result<Frame, Proto
             }),
             Err(_) => Err(ProtocolError::InvalidControl(
                 "a sealed frame holds an 8-byte length".into(),
+            )),
+        },
+        Kind::Segment => take_segment(&body),
+        Kind::Lent => take_lent(&body),
+        Kind::Release => take_release(&body),
+        Kind::Returned => take_returned(&body),
+        Kind::Retire => match <[u8; 4]>::try_from(&*body) {
+            Ok(id) => Ok(Frame::Retire {
+                id: u32::from_be_bytes(id),
+            }),
+            Err(_) => Err(ProtocolError::InvalidControl(
+                "a retire frame holds a 4-byte segment id".into(),
             )),
         },
         Kind::Served => {
@@ -377,6 +420,63 @@ fn take_reply(mut body: Bytes, codec: Codec) -> Result<Frame, ProtocolError> {
         }
     };
     Ok(Frame::Reply { id, result })
+}
+
+// Segment: a 4-byte id, an 8-byte length. Lent: a 4-byte segment id, then
+// 8-byte token, offset and length. Release: one or more 8-byte tokens.
+// Returned: 8-byte token, offset and length. Retire: a 4-byte id. All
+// big-endian.
+
+fn take_segment(mut body: &[u8]) -> Result<Frame, ProtocolError> {
+    if body.len() != 12 {
+        return Err(ProtocolError::InvalidControl(
+            "a segment frame holds a 4-byte id and an 8-byte length".into(),
+        ));
+    }
+    Ok(Frame::Segment {
+        id: body.get_u32(),
+        len: body.get_u64(),
+    })
+}
+
+fn take_lent(mut body: &[u8]) -> Result<Frame, ProtocolError> {
+    if body.len() != 28 {
+        return Err(ProtocolError::InvalidControl(
+            "a lent frame holds a 4-byte segment id, a token, an offset and a length".into(),
+        ));
+    }
+    Ok(Frame::Lent {
+        segment: body.get_u32(),
+        token: body.get_u64(),
+        offset: body.get_u64(),
+        len: body.get_u64(),
+    })
+}
+
+fn take_release(body: &[u8]) -> Result<Frame, ProtocolError> {
+    if body.is_empty() || body.len() % 8 != 0 {
+        return Err(ProtocolError::InvalidControl(
+            "a release frame holds one or more 8-byte tokens".into(),
+        ));
+    }
+    let tokens = body
+        .chunks_exact(8)
+        .map(|mut token| token.get_u64())
+        .collect();
+    Ok(Frame::Release(tokens))
+}
+
+fn take_returned(mut body: &[u8]) -> Result<Frame, ProtocolError> {
+    if body.len() != 24 {
+        return Err(ProtocolError::InvalidControl(
+            "a returned frame holds a token, an offset and a length".into(),
+        ));
+    }
+    Ok(Frame::Returned {
+        token: body.get_u64(),
+        offset: body.get_u64(),
+        len: body.get_u64(),
+    })
 }
 
 // Shared by the kinds above.

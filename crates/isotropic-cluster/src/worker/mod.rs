@@ -34,6 +34,7 @@ use crate::events::{self as pubsub, EventStream, Hub, StreamSource, Topic as _};
 use crate::net::{ListenAddress, ListenError, ListenErrorKind, Listener};
 use crate::protocol::{self, Frame, Sizes, User, Wire};
 use crate::request::{Handlers, Pending, RequestError};
+use crate::shared::Borrower;
 use crate::{Codec, WorkerId, role};
 
 type Initializer = Box<
@@ -240,13 +241,16 @@ impl WorkerBuilder {
 
 /// Runs the initializer; its panic ends the process as a handler's does
 /// (see [`WorkerBuilder::initialize`]).
-/// A bytes message of `bytes` for the primary (a large one sealed, unless
-/// its hello said version 2), unless its hello (once it came) said
-/// version 1.
+/// A bytes message of `bytes` for the primary: `returned` when they lie in
+/// a payload it lent us that we hold (not copied: the caller keeps `bytes`
+/// until the frame is queued, so that their release comes after it); else
+/// a large one sealed, unless its hello said version 2; unless its hello
+/// (once it came) said version 1.
 fn bytes_frame(
-    bytes: Bytes,
+    bytes: &Bytes,
     sizes: Sizes,
     primary_protocol: &AtomicU32,
+    borrower: &Borrower,
 ) -> Result<protocol::Encoded, SendError> {
     if !protocol::supports_bytes(primary_protocol.load(Ordering::Relaxed)) {
         return Err(SendError::Unsupported {
@@ -255,8 +259,11 @@ fn bytes_frame(
             why: "the primary's hello said protocol version 1",
         });
     }
+    if let Some(returned) = borrower.returned(bytes) {
+        return Ok(returned);
+    }
     let sealed = takes_fds(primary_protocol).is_ok();
-    protocol::encode_payload(bytes, sizes, sealed).map_err(SendError::Encode)
+    protocol::encode_payload(bytes.clone(), sizes, sealed).map_err(SendError::Encode)
 }
 
 /// Whether the primary takes fds and sealed payloads (its hello, once it
@@ -317,6 +324,7 @@ pub struct ClusterWorker {
     watchdogs: Arc<watchdog::Watchdogs>,
     counts_served: Arc<std::sync::atomic::AtomicBool>,
     primary_protocol: Arc<AtomicU32>,
+    borrower: Arc<Borrower>,
 }
 
 impl std::fmt::Debug for ClusterWorker {
@@ -357,6 +365,7 @@ impl ClusterWorker {
             watchdogs: context.watchdogs.clone(),
             counts_served: context.counts_served.clone(),
             primary_protocol: context.primary_protocol.clone(),
+            borrower: context.borrower.clone(),
         }
     }
 
@@ -399,7 +408,8 @@ impl ClusterWorker {
     ///
     /// Not cancel safe: a cancelled message may still be written.
     pub async fn send_bytes(&self, bytes: impl Into<Bytes>) -> Result<(), SendError> {
-        let frame = bytes_frame(bytes.into(), self.sizes, &self.primary_protocol)?;
+        let bytes = bytes.into();
+        let frame = bytes_frame(&bytes, self.sizes, &self.primary_protocol, &self.borrower)?;
         self.outbox.send(frame).await
     }
 
@@ -449,7 +459,8 @@ impl ClusterWorker {
         fds: Vec<OwnedFd>,
     ) -> Result<(), SendError> {
         takes_fds(&self.primary_protocol)?;
-        let frame = bytes_frame(bytes.into(), self.sizes, &self.primary_protocol)?;
+        let bytes = bytes.into();
+        let frame = bytes_frame(&bytes, self.sizes, &self.primary_protocol, &self.borrower)?;
         let frame = protocol::attach_fds(frame, fds).map_err(SendError::Encode)?;
         self.outbox.send(frame).await
     }
@@ -461,7 +472,8 @@ impl ClusterWorker {
     /// As [`send_bytes`](Self::send_bytes), and [`SendError::Full`] when
     /// the queue is full.
     pub fn try_send_bytes(&self, bytes: impl Into<Bytes>) -> Result<(), SendError> {
-        let frame = bytes_frame(bytes.into(), self.sizes, &self.primary_protocol)?;
+        let bytes = bytes.into();
+        let frame = bytes_frame(&bytes, self.sizes, &self.primary_protocol, &self.borrower)?;
         self.outbox.try_send(frame)
     }
 
