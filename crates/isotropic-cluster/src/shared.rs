@@ -569,6 +569,8 @@ impl Drop for Release {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::channel::{Inbox, QueueLimits};
+    use crate::protocol::{DEFAULT_MAX_FRAME, FrameCodec};
 
     const MIB: usize = 1024 * 1024;
 
@@ -652,5 +654,263 @@ mod tests {
         pool.closed = true;
         assert_eq!(take(&mut pool, MIB, Instant::now()), None);
         assert_eq!(take(&mut Pool::default(), 0, Instant::now()), None);
+    }
+
+    /// Both ends of a channel: the primary's outbox and inbox (lending),
+    /// the worker's (borrowing).
+    struct Ends {
+        lender: Arc<Lender>,
+        primary: (Outbox, Inbox),
+        borrower: Arc<Borrower>,
+        worker: (Outbox, Inbox),
+    }
+
+    fn ends() -> Ends {
+        let (ours, theirs) = tokio::net::UnixStream::pair().expect("a socket pair");
+        let (our_read, our_write) = ours.into_split();
+        let (their_read, their_write) = theirs.into_split();
+        let primary = Outbox::spawn(our_write, QueueLimits::default(), None);
+        let worker = Outbox::spawn(their_write, QueueLimits::default(), None);
+        let lender = Lender::new(primary.clone());
+        let borrower = Borrower::new(worker.clone());
+        let codec = || FrameCodec::new(DEFAULT_MAX_FRAME);
+        Ends {
+            primary: (
+                primary,
+                Inbox::new(our_read, codec()).sharing(Sharing::Lender(lender.clone())),
+            ),
+            worker: (
+                worker,
+                Inbox::new(their_read, codec()).sharing(Sharing::Borrower(borrower.clone())),
+            ),
+            lender,
+            borrower,
+        }
+    }
+
+    fn payload(len: usize, seed: u8) -> Bytes {
+        (0..len)
+            .map(|i| (i as u8).wrapping_add(seed))
+            .collect::<Vec<u8>>()
+            .into()
+    }
+
+    async fn bytes(inbox: &mut Inbox) -> Bytes {
+        match inbox.next().await {
+            Some(Ok(Frame::Bytes(bytes))) => bytes,
+            other => panic!("not bytes: {other:?}"),
+        }
+    }
+
+    /// Lends `payload` (no fallback expected) and queues it.
+    fn lend(ends: &Ends, payload: &Bytes) -> u64 {
+        let (frame, token) = ends
+            .lender
+            .lend(payload, || Err::<Encoded, ()>(()))
+            .expect("lent, not sealed");
+        ends.primary.0.try_send(frame).expect("queued");
+        token.expect("a token")
+    }
+
+    #[tokio::test]
+    async fn a_lent_payload_comes_back_returned_and_its_segment_is_reused_once_released() {
+        let mut ends = ends();
+        let sent = payload(3 * MIB / 2, 1);
+        lend(&ends, &sent);
+        let received = bytes(&mut ends.worker.1).await;
+        assert_eq!(received, sent);
+        // Sent back while held: a `returned` frame, not a copy.
+        let slice = received.slice(10..1000);
+        let returned = ends.borrower.returned(&slice).expect("within a loan");
+        assert_eq!(returned.len(), 5 + 24);
+        ends.worker.0.try_send(returned).expect("queued");
+        assert!(ends.borrower.returned(&payload(10, 0)).is_none());
+        drop((slice, received));
+        let echo = bytes(&mut ends.primary.1).await;
+        assert_eq!(echo, sent.slice(10..1000));
+        // Released (after the echo), but our echo still holds the segment.
+        lend(&ends, &sent);
+        let second = bytes(&mut ends.worker.1).await;
+        assert_eq!(echo, sent.slice(10..1000), "the held echo is intact");
+        {
+            let pool = lock(&ends.lender.pool);
+            assert_eq!(pool.slots.len(), 2, "a second segment");
+        }
+        drop((echo, second));
+        // Both released: the frames are read, and the next lend reuses one.
+        let third = payload(MIB, 3);
+        ends.worker
+            .0
+            .try_send(Encoded::from(protocol::encode_control(&Frame::Heartbeat)))
+            .expect("queued");
+        assert!(matches!(
+            ends.primary.1.next().await,
+            Some(Ok(Frame::Heartbeat))
+        ));
+        lend(&ends, &third);
+        assert_eq!(bytes(&mut ends.worker.1).await, third);
+        assert_eq!(lock(&ends.lender.pool).slots.len(), 2, "reused");
+    }
+
+    /// What the worker's inbox makes of `frames` from the primary, the
+    /// memfds `fds` attached.
+    async fn borrowed(frames: &[Frame], fds: Vec<std::os::fd::OwnedFd>) -> ProtocolError {
+        let ends = ends();
+        let mut head = Vec::new();
+        frames
+            .iter()
+            .for_each(|frame| head.extend_from_slice(&protocol::encode_control(frame)));
+        let mut encoded = Encoded::from(Bytes::from(head));
+        encoded.fds = fds.into_iter().map(Arc::new).collect();
+        ends.primary.0.try_send(encoded).expect("queued");
+        ends.primary.0.close();
+        let mut inbox = ends.worker.1;
+        // (Kept: a payload dropped is released.)
+        let mut kept = Vec::new();
+        loop {
+            match inbox.next().await {
+                Some(Err(error)) => return error,
+                Some(Ok(frame)) => kept.push(frame),
+                None => panic!("no error: {kept:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_segments_and_loans_from_the_primary_are_typed_errors() {
+        let segment = || sys::new_segment(MIB).expect("a segment").0;
+        let announce = |id| Frame::Segment {
+            id,
+            len: MIB as u64,
+        };
+        let lent = |segment, token, offset, len| Frame::Lent {
+            segment,
+            token,
+            offset,
+            len,
+        };
+        let error = borrowed(&[announce(1), announce(1)], vec![segment(), segment()]).await;
+        assert!(matches!(error, ProtocolError::SegmentTwice(1)), "{error:?}");
+        let error = borrowed(&[lent(1, 0, 0, 1)], vec![]).await;
+        assert!(
+            matches!(error, ProtocolError::UnknownSegment(1)),
+            "{error:?}"
+        );
+        let error = borrowed(&[announce(1), lent(1, 0, 1, MIB as u64)], vec![segment()]).await;
+        assert!(
+            matches!(error, ProtocolError::OutOfBounds { .. }),
+            "{error:?}"
+        );
+        let error = borrowed(&[announce(1), lent(1, 0, u64::MAX, 2)], vec![segment()]).await;
+        assert!(
+            matches!(error, ProtocolError::OutOfBounds { .. }),
+            "{error:?}"
+        );
+        let error = borrowed(
+            &[announce(1), lent(1, 5, 0, 1), lent(1, 5, 0, 1)],
+            vec![segment()],
+        )
+        .await;
+        assert!(matches!(error, ProtocolError::UnknownToken(5)), "{error:?}");
+        let error = borrowed(&[Frame::Retire { id: 3 }], vec![]).await;
+        assert!(
+            matches!(error, ProtocolError::UnknownSegment(3)),
+            "{error:?}"
+        );
+        let error = borrowed(&[announce(1)], vec![]).await;
+        assert!(matches!(error, ProtocolError::FdsMismatch(_)), "{error:?}");
+        // Not a memfd; a memfd without the seals; a segment too short.
+        let null = std::fs::File::open("/dev/null").expect("opened").into();
+        let error = borrowed(&[announce(1)], vec![null]).await;
+        assert!(matches!(error, ProtocolError::UnsealedMemfd), "{error:?}");
+        let plain =
+            rustix::fs::memfd_create("t", rustix::fs::MemfdFlags::ALLOW_SEALING).expect("a memfd");
+        rustix::fs::ftruncate(&plain, MIB as u64).expect("sized");
+        let error = borrowed(&[announce(1)], vec![plain]).await;
+        assert!(matches!(error, ProtocolError::UnsealedMemfd), "{error:?}");
+        let error = borrowed(
+            &[Frame::Segment {
+                id: 1,
+                len: MIB as u64 + 1,
+            }],
+            vec![segment()],
+        )
+        .await;
+        assert!(
+            matches!(error, ProtocolError::ShortMemfd { .. }),
+            "{error:?}"
+        );
+        // More segments than a borrower maps.
+        let many: Vec<Frame> = (0..=MAX_PEER_SEGMENTS as u32).map(announce).collect();
+        let fds = (0..many.len()).map(|_| segment()).collect();
+        let error = borrowed(&many, fds).await;
+        assert!(
+            matches!(
+                error,
+                ProtocolError::TooManySegments {
+                    max: MAX_PEER_SEGMENTS
+                }
+            ),
+            "{error:?}"
+        );
+        // A worker's frames, from the primary.
+        let error = borrowed(&[Frame::Release(vec![1])], vec![]).await;
+        assert!(
+            matches!(error, ProtocolError::UnexpectedFrame { .. }),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn forged_releases_and_returns_from_the_worker_are_typed_errors() {
+        let forged = [
+            Frame::Release(vec![7]),
+            Frame::Returned {
+                token: 7,
+                offset: 0,
+                len: 1,
+            },
+            Frame::Segment { id: 0, len: 1 },
+            Frame::Lent {
+                segment: 0,
+                token: 0,
+                offset: 0,
+                len: 1,
+            },
+            Frame::Retire { id: 0 },
+        ];
+        for frame in forged {
+            let mut ends = ends();
+            let frame = protocol::encode_control(&frame);
+            ends.worker.0.try_send(frame).expect("queued");
+            let error = ends.primary.1.next().await;
+            assert!(
+                matches!(
+                    error,
+                    Some(Err(
+                        ProtocolError::UnknownToken(7) | ProtocolError::UnexpectedFrame { .. }
+                    ))
+                ),
+                "{error:?}"
+            );
+        }
+        // A real loan, returned beyond its payload.
+        let mut ends = ends();
+        let token = lend(&ends, &payload(MIB, 0));
+        let _held = bytes(&mut ends.worker.1).await;
+        let beyond = Frame::Returned {
+            token,
+            offset: 1,
+            len: MIB as u64,
+        };
+        ends.worker
+            .0
+            .try_send(protocol::encode_control(&beyond))
+            .expect("queued");
+        let error = ends.primary.1.next().await;
+        assert!(
+            matches!(error, Some(Err(ProtocolError::OutOfBounds { size, .. })) if size == MIB as u64),
+            "{error:?}"
+        );
     }
 }
