@@ -115,6 +115,12 @@ named! {
         UnsealedMemfd = "unsealed-memfd",
         /// A sealed frame announcing one byte more than its (sealed) memfd holds.
         ShortMemfd = "short-memfd",
+        /// A release of token 7, never lent.
+        ForgedRelease = "forged-release",
+        /// A returned frame of token 7, never lent.
+        ForgedReturned = "forged-returned",
+        /// A segment frame with a sealed memfd: only a primary lends.
+        WorkerSegment = "worker-segment",
     }
 }
 

@@ -282,3 +282,30 @@ async fn a_memfd_shorter_than_announced() {
         "{error:?}"
     );
 }
+
+#[tokio::test]
+async fn a_release_of_a_token_never_lent() {
+    let error = bad_worker(BadInput::ForgedRelease).await;
+    assert!(matches!(error, ProtocolError::UnknownToken(7)), "{error:?}");
+}
+
+#[tokio::test]
+async fn a_returned_payload_never_lent() {
+    let error = bad_worker(BadInput::ForgedReturned).await;
+    assert!(matches!(error, ProtocolError::UnknownToken(7)), "{error:?}");
+}
+
+#[tokio::test]
+async fn a_segment_from_a_worker() {
+    let error = bad_fds(BadInput::WorkerSegment).await;
+    assert!(
+        matches!(
+            error,
+            ProtocolError::UnexpectedFrame {
+                frame: "segment",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}

@@ -64,7 +64,10 @@ async fn payloads_at_and_around_the_threshold_round_trip_lent_and_returned() {
     for round in 0..3 {
         for (n, size) in sizes.into_iter().enumerate() {
             let sent = payload(size, (round * 10 + n) as u8);
-            primary.send_bytes(&worker, sent.clone()).await.expect("sent");
+            primary
+                .send_bytes(&worker, sent.clone())
+                .await
+                .expect("sent");
             assert!(echo(&mut events).await == sent, "{size} bytes differ");
         }
     }
@@ -99,7 +102,10 @@ async fn held_payloads_are_never_reused_and_beyond_the_pool_go_sealed() {
     kept.clear();
     for seed in 8..16 {
         let sent = payload(3 * MIB / 2, seed);
-        primary.send_bytes(&worker, sent.clone()).await.expect("sent");
+        primary
+            .send_bytes(&worker, sent.clone())
+            .await
+            .expect("sent");
         assert!(echo(&mut events).await == sent, "an echo differs");
     }
     assert_eq!(segments_mapped(), 4);
@@ -129,7 +135,10 @@ async fn fds_and_segments_stay_bounded_over_many_sends_and_go_with_the_worker() 
     let before = (open_fds(ours), open_fds(worker.pid()));
     for seed in 0..64 {
         let sent = payload(MIB + usize::from(seed) * 4096, seed);
-        primary.send_bytes(&worker, sent.clone()).await.expect("sent");
+        primary
+            .send_bytes(&worker, sent.clone())
+            .await
+            .expect("sent");
         assert!(echo(&mut events).await == sent, "an echo differs");
     }
     assert_eq!(settled(before.0, || open_fds(ours)).await, before.0);
