@@ -101,9 +101,9 @@ impl Lender {
 
     /// A frame for `payload`, and the token it is lent as: lent from a
     /// segment when one is free or can be made within the pool's bounds
-    /// (a new one announced first, with `try_send_control`), else
+    /// (a new one announced first, unless the queue is full), else
     /// `fallback`'s (a sealed memfd), with no token. Never waits. Segments
-    /// idle too long are retired (announced the same way). A lent frame
+    /// idle too long are retired (`try_send_control`). A lent frame
     /// that is not queued after all must be given back with
     /// [`unsent`](Self::unsent).
     ///
@@ -126,18 +126,28 @@ impl Lender {
             (taken, std::mem::take(&mut pool.retired))
         };
         for id in retired {
-            // Closed: the peer lets every segment go anyway.
-            let _ = self.control(&Frame::Retire { id }, None);
+            // (In any order: a retired id is never named again. Closed: the
+            // peer lets every segment go anyway.)
+            let retire = protocol::encode_control(&Frame::Retire { id });
+            let _ = self.outbox.try_send_control(retire.into());
         }
         let lent = taken.and_then(|(id, segment)| {
-            let len = segment.len() as u64;
-            let announced = new_fd.map_or(Ok(()), |fd| {
-                self.control(&Frame::Segment { id, len }, Some(fd))
-            });
-            if announced.is_ok() && segment.fill(payload) {
+            if let Some(fd) = new_fd {
+                // Queued as frames are, before the lent frame; refused when
+                // the queue is full (or closed): then the payload is sealed.
+                let len = segment.len() as u64;
+                let mut announce =
+                    Encoded::from(protocol::encode_control(&Frame::Segment { id, len }));
+                announce.fds.push(Arc::new(fd));
+                if self.outbox.try_send(announce).is_err() {
+                    lock(&self.pool).forget(id);
+                    return None;
+                }
+            }
+            if segment.fill(payload) {
                 return Some((id, lock(&self.pool).lend(id, payload.len())));
             }
-            // Closed (or, not reached, a taken segment with a view).
+            // (Not reached: a taken segment has no view.)
             lock(&self.pool).unhold(id, Instant::now());
             None
         });
@@ -158,17 +168,6 @@ impl Lender {
     /// The frame lending `token` was not queued: the loan is void.
     pub(crate) fn unsent(&self, token: u64) {
         let _ = lock(&self.pool).release(token, Instant::now());
-    }
-
-    /// Queues a control frame, with `fd` attached.
-    fn control(
-        &self,
-        frame: &Frame,
-        fd: Option<std::os::fd::OwnedFd>,
-    ) -> Result<(), crate::SendError> {
-        let mut encoded = Encoded::from(protocol::encode_control(frame));
-        encoded.fds.extend(fd.map(Arc::new));
-        self.outbox.try_send_control(encoded)
     }
 
     /// The worker no longer holds the payloads lent as `tokens`.
@@ -322,9 +321,7 @@ impl<M: Clone> Pool<M> {
         while self.slots.len() >= MAX_SEGMENTS
             || self.slots.iter().map(|slot| slot.len).sum::<usize>() + size > MAX_POOL_BYTES
         {
-            let Some(at) = self.slots.iter().position(|slot| slot.holds == 0) else {
-                return None;
-            };
+            let at = self.slots.iter().position(|slot| slot.holds == 0)?;
             self.retired.push(self.slots.remove(at).id);
         }
         let segment = match make(size) {
@@ -384,6 +381,11 @@ impl<M: Clone> Pool<M> {
             .ok_or(ProtocolError::UnknownToken(token))?;
         self.unhold(id, now);
         Ok(())
+    }
+
+    /// Drops segment `id`, never announced.
+    fn forget(&mut self, id: u32) {
+        self.slots.retain(|slot| slot.id != id);
     }
 
     fn slot(&self, id: u32) -> Option<&Slot<M>> {

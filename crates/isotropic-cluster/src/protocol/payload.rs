@@ -454,7 +454,7 @@ fn take_lent(mut body: &[u8]) -> Result<Frame, ProtocolError> {
 }
 
 fn take_release(body: &[u8]) -> Result<Frame, ProtocolError> {
-    if body.is_empty() || body.len() % 8 != 0 {
+    if body.is_empty() || !body.len().is_multiple_of(8) {
         return Err(ProtocolError::InvalidControl(
             "a release frame holds one or more 8-byte tokens".into(),
         ));
