@@ -304,8 +304,9 @@ impl WorkerHandle {
     }
 
     /// A bytes message of `bytes` for this worker, and the token it is lent
-    /// as: lent from one of its segments when large and it takes that and
-    /// a segment is free (see `shared.rs`); else `otherwise`'s frame (for
+    /// as: lent from one of its segments when large, its hello said it
+    /// takes that, and a segment is free (see `shared.rs`); else
+    /// `otherwise`'s frame (for
     /// a broadcast, one sealed memfd shared by the workers that get no
     /// segment).
     fn lend_or(
@@ -313,7 +314,11 @@ impl WorkerHandle {
         bytes: &Bytes,
         otherwise: impl FnOnce() -> Result<Encoded, SendError>,
     ) -> Result<(Encoded, Option<u64>), SendError> {
-        if bytes.len() >= self.inner.sizes.sealed_from && self.takes_fds().is_ok() {
+        let version = self.inner.protocol.load(Ordering::Relaxed);
+        if bytes.len() >= self.inner.sizes.sealed_from
+            && self.takes_fds().is_ok()
+            && protocol::supports_segments(version)
+        {
             self.inner.lender.lend(bytes, otherwise)
         } else {
             Ok((otherwise()?, None))

@@ -491,7 +491,33 @@ mod tests {
     #[test]
     fn every_kind_has_the_documented_bytes() {
         let address: ListenAddress = "127.0.0.1:3000".parse().expect("address");
-        let cases: [(Frame, &[u8]); 21] = [
+        let cases: [(Frame, &[u8]); 26] = [
+            (
+                Frame::Segment { id: 2, len: 1 << 20 },
+                b"\0\0\0\x0d\x10\0\0\0\x02\0\0\0\0\0\x10\0\0",
+            ),
+            (
+                Frame::Lent {
+                    segment: 2,
+                    token: 3,
+                    offset: 4,
+                    len: 5,
+                },
+                b"\0\0\0\x1d\x11\0\0\0\x02\0\0\0\0\0\0\0\x03\0\0\0\0\0\0\0\x04\0\0\0\0\0\0\0\x05",
+            ),
+            (
+                Frame::Release(vec![3, 1]),
+                b"\0\0\0\x11\x12\0\0\0\0\0\0\0\x03\0\0\0\0\0\0\0\x01",
+            ),
+            (
+                Frame::Returned {
+                    token: 3,
+                    offset: 4,
+                    len: 5,
+                },
+                b"\0\0\0\x19\x13\0\0\0\0\0\0\0\x03\0\0\0\0\0\0\0\x04\0\0\0\0\0\0\0\x05",
+            ),
+            (Frame::Retire { id: 2 }, b"\0\0\0\x05\x14\0\0\0\x02"),
             (Frame::Fds { count: 2 }, b"\0\0\0\x02\x0e\x02"),
             (
                 Frame::Sealed { len: 1 << 24 },

@@ -26,6 +26,13 @@ pub(crate) fn supports_fds(version: u32) -> bool {
     version == 0 || version >= 3
 }
 
+/// Whether a peer whose hello said `version` takes shared segments: only
+/// once its hello came (a worker whose version is not known yet is sent
+/// sealed payloads instead).
+pub(crate) fn supports_segments(version: u32) -> bool {
+    version >= 3
+}
+
 /// The default largest frame (kind byte and payload), 16 MiB.
 pub(crate) const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 
