@@ -284,15 +284,14 @@ async fn a_memfd_shorter_than_announced() {
 }
 
 #[tokio::test]
-async fn a_release_of_a_token_never_lent() {
-    let error = bad_worker(BadInput::ForgedRelease).await;
-    assert!(matches!(error, ProtocolError::UnknownToken(7)), "{error:?}");
-}
-
-#[tokio::test]
-async fn a_returned_payload_never_lent() {
-    let error = bad_worker(BadInput::ForgedReturned).await;
-    assert!(matches!(error, ProtocolError::UnknownToken(7)), "{error:?}");
+async fn a_release_or_a_returned_payload_of_a_token_never_lent() {
+    for case in [BadInput::ForgedRelease, BadInput::ForgedReturned] {
+        let error = bad_worker(case).await;
+        assert!(
+            matches!(error, ProtocolError::UnknownToken(7)),
+            "{case}: {error:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -139,14 +139,9 @@ pub(super) fn take(kind: Kind, body: Bytes, codec: Codec) -> Result<Frame, Proto
         Kind::Lent => take_lent(&body),
         Kind::Release => take_release(&body),
         Kind::Returned => take_returned(&body),
-        Kind::Retire => match <[u8; 4]>::try_from(&*body) {
-            Ok(id) => Ok(Frame::Retire {
-                id: u32::from_be_bytes(id),
-            }),
-            Err(_) => Err(ProtocolError::InvalidControl(
-                "a retire frame holds a 4-byte segment id".into(),
-            )),
-        },
+        Kind::Retire => Ok(Frame::Retire {
+            id: u32::from_be_bytes(fixed(&body, "a retire frame holds a 4-byte segment id")?),
+        }),
         Kind::Served => {
             let body: ServedBody = control_body(&body)?;
             Ok(Frame::Served {
@@ -427,29 +422,26 @@ fn take_reply(mut body: Bytes, codec: Codec) -> Result<Frame, ProtocolError> {
 // Returned: 8-byte token, offset and length. Retire: a 4-byte id. All
 // big-endian.
 
-fn take_segment(mut body: &[u8]) -> Result<Frame, ProtocolError> {
-    if body.len() != 12 {
-        return Err(ProtocolError::InvalidControl(
-            "a segment frame holds a 4-byte id and an 8-byte length".into(),
-        ));
-    }
+fn take_segment(body: &[u8]) -> Result<Frame, ProtocolError> {
+    let what = "a segment frame holds a 4-byte id and an 8-byte length";
+    let mut body = &fixed::<12>(body, what)?[..];
+    let id = body.get_u32();
     Ok(Frame::Segment {
-        id: body.get_u32(),
+        id,
         len: body.get_u64(),
     })
 }
 
-fn take_lent(mut body: &[u8]) -> Result<Frame, ProtocolError> {
-    if body.len() != 28 {
-        return Err(ProtocolError::InvalidControl(
-            "a lent frame holds a 4-byte segment id, a token, an offset and a length".into(),
-        ));
-    }
+fn take_lent(body: &[u8]) -> Result<Frame, ProtocolError> {
+    let what = "a lent frame holds a 4-byte segment id, a token, an offset and a length";
+    let mut body = &fixed::<28>(body, what)?[..];
+    let segment = body.get_u32();
+    let [token, offset, len] = [(); 3].map(|()| body.get_u64());
     Ok(Frame::Lent {
-        segment: body.get_u32(),
-        token: body.get_u64(),
-        offset: body.get_u64(),
-        len: body.get_u64(),
+        segment,
+        token,
+        offset,
+        len,
     })
 }
 
@@ -466,17 +458,16 @@ fn take_release(body: &[u8]) -> Result<Frame, ProtocolError> {
     Ok(Frame::Release(tokens))
 }
 
-fn take_returned(mut body: &[u8]) -> Result<Frame, ProtocolError> {
-    if body.len() != 24 {
-        return Err(ProtocolError::InvalidControl(
-            "a returned frame holds a token, an offset and a length".into(),
-        ));
-    }
-    Ok(Frame::Returned {
-        token: body.get_u64(),
-        offset: body.get_u64(),
-        len: body.get_u64(),
-    })
+fn take_returned(body: &[u8]) -> Result<Frame, ProtocolError> {
+    let what = "a returned frame holds a token, an offset and a length";
+    let mut body = &fixed::<24>(body, what)?[..];
+    let [token, offset, len] = [(); 3].map(|()| body.get_u64());
+    Ok(Frame::Returned { token, offset, len })
+}
+
+/// `body`, which must be `N` bytes (`what` says what it holds).
+fn fixed<const N: usize>(body: &[u8], what: &str) -> Result<[u8; N], ProtocolError> {
+    <[u8; N]>::try_from(body).map_err(|_| ProtocolError::InvalidControl(what.into()))
 }
 
 // Shared by the kinds above.
