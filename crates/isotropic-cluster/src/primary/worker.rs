@@ -211,7 +211,9 @@ impl WorkerHandle {
     ///
     /// A payload of at least the primary's
     /// [`sealed_payload_threshold`](super::PrimaryBuilder::sealed_payload_threshold)
-    /// goes in a sealed memfd (`docs/protocol.md`), not through the channel.
+    /// is copied into one of the worker's shared segments (or, none free, a
+    /// sealed memfd), not sent through the channel (`docs/protocol.md`,
+    /// "Shared segments").
     ///
     /// # Errors
     ///
