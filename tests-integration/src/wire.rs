@@ -2,7 +2,7 @@
 //! without the library. The names come from `docs/protocol.md` §2, not from
 //! the library: the tests use the format as any other implementation would.
 
-/// The frame kinds used here (`docs/protocol.md` §2; 21 to 255 are reserved).
+/// The frame kinds used here (`docs/protocol.md` §2; 23 to 255 are reserved).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
@@ -34,12 +34,12 @@ pub enum Kind {
     Sealed = 15,
     /// A 4-byte id and an 8-byte length: a segment, its memfd attached
     /// (primary to worker; protocol version 3).
-    Segment = 16,
+    Segment = 18,
     /// 8-byte tokens: lent payloads released (worker to primary).
-    Release = 18,
+    Release = 20,
     /// An 8-byte token, offset and length: bytes of a lent payload sent
     /// back (worker to primary).
-    Returned = 19,
+    Returned = 21,
 }
 
 /// A kind byte that names no kind (a reserved one).

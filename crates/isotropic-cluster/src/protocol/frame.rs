@@ -55,11 +55,11 @@ pub(crate) enum Kind {
     Bytes = 13,
     Fds = 14,
     Sealed = 15,
-    Segment = 16,
-    Lent = 17,
-    Release = 18,
-    Returned = 19,
-    Retire = 20,
+    Segment = 18,
+    Lent = 19,
+    Release = 20,
+    Returned = 21,
+    Retire = 22,
 }
 
 impl Kind {
@@ -111,11 +111,11 @@ impl TryFrom<u8> for Kind {
             13 => Kind::Bytes,
             14 => Kind::Fds,
             15 => Kind::Sealed,
-            16 => Kind::Segment,
-            17 => Kind::Lent,
-            18 => Kind::Release,
-            19 => Kind::Returned,
-            20 => Kind::Retire,
+            18 => Kind::Segment,
+            19 => Kind::Lent,
+            20 => Kind::Release,
+            21 => Kind::Returned,
+            22 => Kind::Retire,
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }
@@ -297,7 +297,7 @@ mod tests {
                 Err(error) => assert!(matches!(error, ProtocolError::UnknownKind(b) if b == byte)),
             }
         }
-        // Kinds 1 to 20; 0 and 21 to 255 are reserved (`docs/protocol.md`).
+        // Kinds 1 to 15 and 18 to 22 (16 and 17: bytes requests, on main); the rest reserved (`docs/protocol.md`).
         let names = [
             "hello",
             "ready",
