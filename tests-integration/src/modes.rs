@@ -126,6 +126,12 @@ named! {
         BadBytesReply = "bad-bytes-reply",
         /// Hello (version 1), ready, then a whole bytes request, which version 1 lacks.
         BytesRequestFromVersion1 = "bytes-request-from-version-1",
+        /// A release of token 7, never lent.
+        ForgedRelease = "forged-release",
+        /// A returned frame of token 7, never lent.
+        ForgedReturned = "forged-returned",
+        /// A segment frame with a sealed memfd: only a primary lends.
+        WorkerSegment = "worker-segment",
     }
 }
 

@@ -2,7 +2,7 @@
 //! without the library. The names come from `docs/protocol.md` §2, not from
 //! the library: the tests use the format as any other implementation would.
 
-/// The frame kinds used here (`docs/protocol.md` §2; 18 to 255 are reserved).
+/// The frame kinds used here (`docs/protocol.md` §2; 23 to 255 are reserved).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
@@ -38,6 +38,14 @@ pub enum Kind {
     /// The request's id, a status byte, then (status 1) the error as a JSON
     /// string; with status 0 the body is the next frame (protocol version 3).
     BytesReply = 17,
+    /// A 4-byte id and an 8-byte length: a segment, its memfd attached
+    /// (primary to worker; protocol version 3).
+    Segment = 18,
+    /// 8-byte tokens: lent payloads released (worker to primary).
+    Release = 20,
+    /// An 8-byte token, offset and length: bytes of a lent payload sent
+    /// back (worker to primary).
+    Returned = 21,
 }
 
 /// A kind byte that names no kind (a reserved one).

@@ -321,3 +321,29 @@ async fn a_bytes_request_from_a_worker_of_version_1() {
         "{error:?}"
     );
 }
+
+#[tokio::test]
+async fn a_release_or_a_returned_payload_of_a_token_never_lent() {
+    for case in [BadInput::ForgedRelease, BadInput::ForgedReturned] {
+        let error = bad_worker(case).await;
+        assert!(
+            matches!(error, ProtocolError::UnknownToken(7)),
+            "{case}: {error:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_segment_from_a_worker() {
+    let error = bad_fds(BadInput::WorkerSegment).await;
+    assert!(
+        matches!(
+            error,
+            ProtocolError::UnexpectedFrame {
+                frame: "segment",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}

@@ -58,8 +58,8 @@ async fn run_worker(metric: &str, count: u64) -> Result {
             })
         }
         "bytes-16mib" => builder.on::<PrimaryBytes>(|event| {
-            // Echoed as it came: mapped from the primary's memfd, copied
-            // once into a memfd of ours.
+            // Echoed as it came: lent from the primary's segment, so sent
+            // back as `returned` (not copied).
             let bytes = event.bytes.clone();
             let _ = event.context().try_send_bytes(bytes);
         }),
@@ -508,8 +508,9 @@ async fn bytes_down(n: u64, size: usize, workers: usize) -> Result<f64> {
     Ok(rate(elapsed, n))
 }
 
-/// Milliseconds per round trip of a 16 MiB bytes message (each way in a
-/// sealed memfd); the next sent once the echo is back, its last byte read.
+/// Milliseconds per round trip of a 16 MiB bytes message (lent from one of
+/// the worker's shared segments, echoed back as `returned`); the next sent
+/// once the echo is back, its last byte read.
 async fn bytes_round_trip(n: u64) -> Result<f64> {
     const SIZE: usize = 16 << 20;
     let (primary, mut events, ready) = cluster("bytes-16mib", n, 1).await?;

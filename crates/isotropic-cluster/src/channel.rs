@@ -17,6 +17,7 @@ use crate::WorkerId;
 use crate::error::{ProtocolError, SendError};
 use crate::message::Codec;
 use crate::protocol::{self, Encoded, Frame, FrameCodec};
+use crate::shared::Sharing;
 use crate::sys;
 use crate::traffic::Traffic;
 
@@ -294,9 +295,10 @@ impl Outbox {
     /// Queues the hello: the first frame either side sends, with its
     /// protocol version; `heartbeat`: this side (a worker) answers
     /// heartbeats; `served`: this side (the primary) takes `served` frames;
-    /// `codec`: the channel's messages are in it.
-    pub(crate) fn hello(&self, heartbeat: bool, served: bool, codec: Codec) {
-        let _ = self.try_send(protocol::encode_hello(heartbeat, served, codec));
+    /// `segments`: this side (a worker) takes shared segments; `codec`: the
+    /// channel's messages are in it.
+    pub(crate) fn hello(&self, heartbeat: bool, served: bool, segments: bool, codec: Codec) {
+        let _ = self.try_send(protocol::encode_hello(heartbeat, served, segments, codec));
     }
 
     /// Queues `frame`, waiting for room, and resolves once it has been written.
@@ -558,6 +560,8 @@ pub(crate) struct Inbox<D = FrameCodec> {
     heads: Option<Frame>,
     /// Whether fds are kept for the frames (else closed as they come).
     keeps_fds: bool,
+    /// The shared segments this side lends or borrows.
+    sharing: Sharing,
     eof: bool,
     done: bool,
 }
@@ -573,6 +577,7 @@ impl<D: Decoder<Item = Frame, Error = ProtocolError>> Inbox<D> {
             announced: None,
             heads: None,
             keeps_fds: true,
+            sharing: Sharing::None,
             eof: false,
             done: false,
         }
@@ -583,6 +588,13 @@ impl<D: Decoder<Item = Frame, Error = ProtocolError>> Inbox<D> {
     /// take), so that a peer's fds are not kept until the channel closes.
     pub(crate) fn closing_fds(mut self) -> Self {
         self.keeps_fds = false;
+        self
+    }
+
+    /// This inbox, taking the frames of shared segments that `sharing`
+    /// takes (`docs/protocol.md`, "Shared segments").
+    pub(crate) fn sharing(mut self, sharing: Sharing) -> Self {
+        self.sharing = sharing;
         self
     }
 
@@ -658,6 +670,37 @@ impl<D: Decoder<Item = Frame, Error = ProtocolError>> Inbox<D> {
                     ))?;
                     Frame::Bytes(sys::map_sealed(memfd, len)?)
                 }
+                Some(Frame::Segment { id, len }) => {
+                    let borrower = self.sharing.borrower("segment")?;
+                    let memfd = self.fds.pop_front().ok_or(ProtocolError::FdsMismatch(
+                        "a segment frame without its memfd",
+                    ))?;
+                    borrower.map(id, len, memfd)?;
+                    continue;
+                }
+                Some(Frame::Retire { id }) => {
+                    self.sharing.borrower("retire")?.retire(id)?;
+                    continue;
+                }
+                Some(Frame::Lent {
+                    segment,
+                    token,
+                    offset,
+                    len,
+                }) => Frame::Bytes(self.sharing.borrower("lent")?.lent(
+                    segment,
+                    token,
+                    (offset, len),
+                )?),
+                Some(Frame::Release(tokens)) => {
+                    self.sharing.lender("release")?.release(&tokens)?;
+                    continue;
+                }
+                Some(Frame::Returned { token, offset, len }) => Frame::Bytes(
+                    self.sharing
+                        .lender("returned")?
+                        .returned(token, offset, len)?,
+                ),
                 Some(frame) => frame,
             };
             let frame = match self.heads.take() {
@@ -1045,7 +1088,7 @@ mod tests {
         let (_, outbox) = open(ours, QueueLimits::default(), None).expect("opened");
         let (read, _) = open(theirs, QueueLimits::default(), None).expect("opened");
         let mut inbox = Inbox::new(read, FrameCodec::new(DEFAULT_MAX_FRAME));
-        outbox.hello(true, false, Codec::Json);
+        outbox.hello(true, false, false, Codec::Json);
         outbox.try_send(frame(1, 16)).expect("room");
         assert_eq!(
             inbox.next().await.expect("a frame").expect("valid"),
@@ -1053,6 +1096,7 @@ mod tests {
                 protocol: protocol::VERSION,
                 heartbeat: true,
                 served: false,
+                segments: false,
             }
         );
         assert_eq!(number(inbox.next().await), 1);

@@ -181,6 +181,33 @@ pub enum ProtocolError {
         /// The memfd's size.
         size: u64,
     },
+    /// A `lent` or `retire` frame named a segment that was not announced
+    /// (or was retired).
+    #[error("unknown segment {0}")]
+    UnknownSegment(u32),
+    /// A segment id announced twice.
+    #[error("segment {0} announced twice")]
+    SegmentTwice(u32),
+    /// More segments announced than a receiver maps at once.
+    #[error("more than {max} segments announced")]
+    TooManySegments {
+        /// The most a receiver maps.
+        max: usize,
+    },
+    /// A `release` or `returned` frame named a token that is not lent (or
+    /// no longer), or a `lent` frame a token already lent.
+    #[error("token {0} is not lent")]
+    UnknownToken(u64),
+    /// Bytes beyond the end of the segment or payload they are said to be in.
+    #[error("{len} bytes at {offset} exceed the {size} bytes they are in")]
+    OutOfBounds {
+        /// Where the bytes start.
+        offset: u64,
+        /// How many.
+        len: u64,
+        /// The size of the segment or payload.
+        size: u64,
+    },
     /// Reading the channel failed.
     #[error("channel read failed")]
     Io(#[source] Arc<io::Error>),

@@ -105,6 +105,7 @@ pub mod primary;
 mod protocol;
 mod request;
 mod role;
+mod shared;
 mod signal;
 pub mod socket_activation;
 mod sys;

@@ -587,6 +587,29 @@ fn bad_input(
             ]
             .concat()
         }
+        BadInput::ForgedRelease => {
+            greet_v3(&mut channel)?;
+            wire::frame(Kind::Release, &7_u64.to_be_bytes())
+        }
+        BadInput::ForgedReturned => {
+            greet_v3(&mut channel)?;
+            let body = [7_u64, 0, 1].map(u64::to_be_bytes).concat();
+            wire::frame(Kind::Returned, &body)
+        }
+        BadInput::WorkerSegment => {
+            greet_v3(&mut channel)?;
+            use rustix::fs::{MemfdFlags, SealFlags};
+            let memfd = rustix::fs::memfd_create(
+                "segment",
+                MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+            )?;
+            rustix::fs::ftruncate(&memfd, 4096)?;
+            let all = SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
+            rustix::fs::fcntl_add_seals(&memfd, all)?;
+            let body = [&0_u32.to_be_bytes()[..], &4096_u64.to_be_bytes()].concat();
+            send_with_fds(&channel, &wire::frame(Kind::Segment, &body), &[memfd])?;
+            Vec::new()
+        }
         BadInput::Truncated => {
             greet(&mut channel)?;
             let mut cut = wire::frame(Kind::Message, br#"{"type":"cut short"}"#);

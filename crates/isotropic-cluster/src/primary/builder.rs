@@ -203,10 +203,12 @@ impl PrimaryBuilder {
         self
     }
 
-    /// The size from which a bytes payload sent to a worker goes in a
-    /// sealed memfd instead of through the channel (default 1 MiB): one
-    /// copy, whatever its size, and not bound by the maximum frame. Workers
-    /// whose hello said protocol version 2 get it through the channel.
+    /// The size from which a bytes payload sent to a worker goes by shared
+    /// memory instead of through the channel (default 1 MiB): copied into
+    /// one of the worker's shared segments (a sealed memfd of its own when
+    /// none is free), and not bound by the maximum frame
+    /// (`docs/protocol.md`, "Shared segments"). Workers whose hello said
+    /// protocol version 2 get it through the channel.
     pub fn sealed_payload_threshold(mut self, bytes: usize) -> Self {
         self.config.sealed_from = bytes.max(1);
         self

@@ -171,14 +171,16 @@ impl Config {
             .map_err(crate::SendError::Encode)
     }
 
-    /// Encodes a bytes message, a large one in a sealed memfd shared by
-    /// every worker it goes to (whether a worker takes it is its handle's
-    /// to say).
-    pub(crate) fn encode_bytes(
-        &self,
-        bytes: bytes::Bytes,
-    ) -> Result<protocol::Encoded, crate::SendError> {
-        protocol::encode_payload(bytes, self.sizes(), true).map_err(crate::SendError::Encode)
+    /// A bytes message of `bytes` for the workers that get it neither lent
+    /// from their segments nor otherwise: encoded once, when first asked
+    /// for (a large one in a sealed memfd they share; whether a worker
+    /// takes it is its handle's to say).
+    pub(crate) fn shared_bytes(&self, bytes: &bytes::Bytes) -> SharedBytes {
+        SharedBytes {
+            bytes: bytes.clone(),
+            sizes: self.sizes(),
+            frame: std::sync::OnceLock::new(),
+        }
     }
 
     /// The frame sizes of the workers' channels.
@@ -255,5 +257,31 @@ impl Default for Config {
             launcher: None,
             pool_name: "default".to_owned(),
         }
+    }
+}
+
+/// A bytes message encoded once for the workers that share it (see
+/// [`Config::shared_bytes`]).
+#[derive(Debug)]
+pub(crate) struct SharedBytes {
+    bytes: bytes::Bytes,
+    sizes: protocol::Sizes,
+    frame: std::sync::OnceLock<Result<protocol::Encoded, crate::SendError>>,
+}
+
+impl SharedBytes {
+    /// The frame, encoded at the first call.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::SendError::Encode`] for a payload too large for a frame, or
+    /// when the memfd cannot be made.
+    pub(crate) fn frame(&self) -> Result<protocol::Encoded, crate::SendError> {
+        self.frame
+            .get_or_init(|| {
+                protocol::encode_payload(self.bytes.clone(), self.sizes, true)
+                    .map_err(crate::SendError::Encode)
+            })
+            .clone()
     }
 }

@@ -243,10 +243,11 @@ impl PrimaryContext {
         to: impl Into<Destination>,
         bytes: impl Into<bytes::Bytes>,
     ) -> Result<(), SendError> {
-        let frame = self.config.encode_bytes(bytes.into())?;
-        self.registry
-            .pool()
-            .try_send(to.into(), |worker| worker.try_send_bytes_frame(&frame))
+        let bytes = bytes.into();
+        let shared = self.config.shared_bytes(&bytes);
+        self.registry.pool().try_send(to.into(), |worker| {
+            worker.try_send_payload(&bytes, || shared.frame())
+        })
     }
 
     /// The ready worker least recently selected for `tag` (see

@@ -147,10 +147,11 @@ impl ClusterPrimary {
         to: impl Into<Destination>,
         bytes: impl Into<Bytes>,
     ) -> Result<(), SendError> {
-        let frame = self.config.encode_bytes(bytes.into())?;
+        let bytes = bytes.into();
+        let shared = self.config.shared_bytes(&bytes);
         self.send_each(to.into(), |worker| {
-            let frame = frame.clone();
-            async move { worker.send_bytes_frame(frame).await }
+            let (bytes, shared) = (&bytes, &shared);
+            async move { worker.send_payload(bytes, || shared.frame()).await }
         })
         .await
     }
@@ -167,9 +168,11 @@ impl ClusterPrimary {
         to: impl Into<Destination>,
         bytes: impl Into<Bytes>,
     ) -> Result<(), SendError> {
-        let frame = self.config.encode_bytes(bytes.into())?;
-        self.pool
-            .try_send(to.into(), |worker| worker.try_send_bytes_frame(&frame))
+        let bytes = bytes.into();
+        let shared = self.config.shared_bytes(&bytes);
+        self.pool.try_send(to.into(), |worker| {
+            worker.try_send_payload(&bytes, || shared.frame())
+        })
     }
 
     /// Sends to each worker `to` names with `send`, all at once.

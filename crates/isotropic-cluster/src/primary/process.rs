@@ -19,6 +19,7 @@ use super::watch::Watch;
 use crate::channel;
 use crate::error::Error;
 use crate::protocol::{AnyCodec, FrameCodec, NodeCodec, Wire};
+use crate::shared::Sharing;
 use crate::{role, sys};
 
 /// Starts each worker as a process of `config`'s command.
@@ -150,7 +151,7 @@ impl Spawn for ProcessSpawner {
         let (read, outbox) = channel::open(ours, config.queue, Some(id)).map_err(spawn_error)?;
         if config.channel == WorkerChannel::Frames {
             // The primary's hello: the first frame, queued before anything else.
-            outbox.hello(false, true, config.codec);
+            outbox.hello(false, true, false, config.codec);
         }
         let worker = WorkerHandle::new(
             (id, slot, start.release.generation()),
@@ -170,7 +171,11 @@ impl Spawn for ProcessSpawner {
         // Without a channel there is nothing to read (and no end of file to
         // wait for after an exit).
         let channel = if with_channel {
-            Ok((read, codec))
+            let sharing = match codec {
+                AnyCodec::Frames(_) => Sharing::Lender(worker.lender().clone()),
+                AnyCodec::Node(_) => Sharing::None,
+            };
+            Ok((read, codec, sharing))
         } else {
             Err(theirs)
         };

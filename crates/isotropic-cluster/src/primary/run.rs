@@ -160,6 +160,7 @@ impl PrimaryContext {
             Frame::Hello {
                 protocol,
                 heartbeat,
+                segments,
                 ..
             } => {
                 let trigger = Trigger::Hello {
@@ -167,7 +168,7 @@ impl PrimaryContext {
                     ready_on,
                 };
                 if let Some(entry) = self.registry.get(id) {
-                    entry.worker.said_hello(*protocol);
+                    entry.worker.said_hello(*protocol, *segments);
                 }
                 self.apply(id, trigger);
                 if *heartbeat {
@@ -250,6 +251,11 @@ impl PrimaryContext {
             | Frame::Connection { .. }
             | Frame::Fds { .. }
             | Frame::Sealed { .. }
+            | Frame::Segment { .. }
+            | Frame::Lent { .. }
+            | Frame::Release(_)
+            | Frame::Returned { .. }
+            | Frame::Retire { .. }
             | Frame::Attached(..) => {}
         }
     }

@@ -18,6 +18,7 @@ use super::output::{Delivery, OutputLine, OutputSink};
 use crate::channel::Inbox;
 use crate::error::ProtocolError;
 use crate::protocol::{AnyCodec, Frame};
+use crate::shared::Sharing;
 use crate::sys;
 use crate::traffic::Traffic;
 use crate::{Signal, WorkerId};
@@ -77,14 +78,14 @@ impl Watch {
         (id, slot, traffic): (WorkerId, u32, Arc<Traffic>),
         mut child: Child,
         cgroup: Option<sys::WorkerCgroup>,
-        channel: Result<(OwnedReadHalf, AnyCodec), OwnedFd>,
+        channel: Result<(OwnedReadHalf, AnyCodec, Sharing), OwnedFd>,
         inputs: mpsc::Sender<Input>,
         output: Option<OutputSink>,
     ) -> mpsc::UnboundedSender<Signal> {
         let (frames, unused) = match channel {
-            Ok((read, codec)) => {
+            Ok((read, codec, sharing)) => {
                 let node = matches!(codec, AnyCodec::Node(_));
-                let inbox = Inbox::new(read, Counted(codec, 0));
+                let inbox = Inbox::new(read, Counted(codec, 0)).sharing(sharing);
                 (Some(if node { inbox.closing_fds() } else { inbox }), None)
             }
             Err(unused) => (None, Some(unused)),

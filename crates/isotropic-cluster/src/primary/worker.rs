@@ -3,7 +3,7 @@
 use std::fmt;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +16,7 @@ use crate::error::ProtocolError;
 use crate::error::SendError;
 use crate::protocol::{self, Encoded, Frame, Sizes, User, Wire};
 use crate::request::{Pending, RequestError, Waiter};
+use crate::shared::Lender;
 
 use super::metrics::Latency;
 
@@ -40,8 +41,12 @@ struct Inner {
     wire: Wire,
     /// The protocol version of the worker's hello (0 until it comes).
     protocol: AtomicU32,
+    /// Its hello (of version 3) said it takes shared segments.
+    segments: AtomicBool,
     /// Where the latency of each answered request goes.
     requests: Arc<Latency>,
+    /// The segments large payloads to the worker are lent from.
+    lender: Arc<Lender>,
 }
 
 impl WorkerHandle {
@@ -54,6 +59,7 @@ impl WorkerHandle {
         wire: Wire,
         requests: Arc<Latency>,
     ) -> Self {
+        let lender = Lender::new(outbox.clone());
         Self {
             inner: Arc::new(Inner {
                 id,
@@ -66,7 +72,9 @@ impl WorkerHandle {
                 deadline,
                 wire,
                 protocol: AtomicU32::new(0),
+                segments: AtomicBool::new(false),
                 requests,
+                lender,
             }),
         }
     }
@@ -281,7 +289,9 @@ impl WorkerHandle {
     ///
     /// A payload of at least the primary's
     /// [`sealed_payload_threshold`](super::PrimaryBuilder::sealed_payload_threshold)
-    /// goes in a sealed memfd (`docs/protocol.md`), not through the channel.
+    /// is copied into one of the worker's shared segments (or, none free, a
+    /// sealed memfd), not sent through the channel (`docs/protocol.md`,
+    /// "Shared segments").
     ///
     /// # Errors
     ///
@@ -294,7 +304,8 @@ impl WorkerHandle {
     ///
     /// Not cancel safe: once queued, a cancelled message may still be written.
     pub async fn send_bytes(&self, bytes: impl Into<Bytes>) -> Result<(), SendError> {
-        self.send_bytes_frame(self.encode_payload(bytes.into())?)
+        let bytes = bytes.into();
+        self.send_payload(&bytes, || self.sealed_or_not(&bytes))
             .await
     }
 
@@ -409,18 +420,81 @@ impl WorkerHandle {
     /// As [`send_bytes`](Self::send_bytes), and [`SendError::Full`] when
     /// the queue is full.
     pub fn try_send_bytes(&self, bytes: impl Into<Bytes>) -> Result<(), SendError> {
-        self.try_send_bytes_frame(&self.encode_payload(bytes.into())?)
+        let bytes = bytes.into();
+        self.try_send_payload(&bytes, || self.sealed_or_not(&bytes))
     }
 
-    /// A bytes message for this worker: sealed when large, if it takes that.
+    /// A bytes message for this worker: when large, if it takes that, lent
+    /// from one of its segments, else sealed.
     fn encode_payload(&self, bytes: Bytes) -> Result<Encoded, SendError> {
-        let sealed = self.takes_fds().is_ok();
-        protocol::encode_payload(bytes, self.inner.sizes, sealed).map_err(SendError::Encode)
+        Ok(self.lend_or(&bytes, || self.sealed_or_not(&bytes))?.0)
     }
 
-    /// Records the protocol version of the worker's hello.
-    pub(crate) fn said_hello(&self, version: u32) {
+    /// A bytes message of `bytes` on its own: sealed when large, if the
+    /// worker takes that.
+    fn sealed_or_not(&self, bytes: &Bytes) -> Result<Encoded, SendError> {
+        let sealed = self.takes_fds().is_ok();
+        protocol::encode_payload(bytes.clone(), self.inner.sizes, sealed).map_err(SendError::Encode)
+    }
+
+    /// A bytes message of `bytes` for this worker, and the token it is lent
+    /// as: lent from one of its segments when large, its hello said it
+    /// takes that, and a segment is free (see `shared.rs`); else
+    /// `otherwise`'s frame (for
+    /// a broadcast, one sealed memfd shared by the workers that get no
+    /// segment).
+    fn lend_or(
+        &self,
+        bytes: &Bytes,
+        otherwise: impl FnOnce() -> Result<Encoded, SendError>,
+    ) -> Result<(Encoded, Option<u64>), SendError> {
+        if bytes.len() >= self.inner.sizes.sealed_from
+            && self.inner.segments.load(Ordering::Relaxed)
+            && self.takes_fds().is_ok()
+        {
+            self.inner.lender.lend(bytes, otherwise)
+        } else {
+            Ok((otherwise()?, None))
+        }
+    }
+
+    /// Sends `bytes` as [`lend_or`](Self::lend_or) encodes them.
+    pub(crate) async fn send_payload(
+        &self,
+        bytes: &Bytes,
+        otherwise: impl FnOnce() -> Result<Encoded, SendError>,
+    ) -> Result<(), SendError> {
+        // (Cancelled before it is queued, a lent frame keeps its segment
+        // until the channel closes: its loan is never released.)
+        let (frame, _) = self.lend_or(bytes, otherwise)?;
+        self.send_bytes_frame(frame).await
+    }
+
+    /// Queues `bytes` as [`lend_or`](Self::lend_or) encodes them.
+    pub(crate) fn try_send_payload(
+        &self,
+        bytes: &Bytes,
+        otherwise: impl FnOnce() -> Result<Encoded, SendError>,
+    ) -> Result<(), SendError> {
+        let (frame, token) = self.lend_or(bytes, otherwise)?;
+        self.try_send_bytes_frame(&frame).inspect_err(|_| {
+            if let Some(token) = token {
+                self.inner.lender.unsent(token);
+            }
+        })
+    }
+
+    /// The segments large payloads to the worker are lent from.
+    pub(crate) fn lender(&self) -> &Arc<Lender> {
+        &self.inner.lender
+    }
+
+    /// Records the protocol version of the worker's hello, and whether it
+    /// said it takes shared segments.
+    pub(crate) fn said_hello(&self, version: u32, segments: bool) {
         self.inner.protocol.store(version, Ordering::Relaxed);
+        let segments = segments && protocol::supports_segments(version);
+        self.inner.segments.store(segments, Ordering::Relaxed);
     }
 
     /// Whether the worker takes bytes messages: on our frames, unless its

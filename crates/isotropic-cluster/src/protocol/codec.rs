@@ -151,11 +151,12 @@ pub(crate) fn encode_control(frame: &Frame) -> Bytes {
 
 /// Encodes our hello (see [`Frame::Hello`]) for a channel whose messages
 /// are `codec`'s, which it names.
-pub(crate) fn encode_hello(heartbeat: bool, served: bool, codec: Codec) -> Bytes {
+pub(crate) fn encode_hello(heartbeat: bool, served: bool, segments: bool, codec: Codec) -> Bytes {
     let hello = Frame::Hello {
         protocol: super::VERSION,
         heartbeat,
         served,
+        segments,
     };
     // Only a frame over 4 GiB could fail.
     buffers::encoded(|dst| {
@@ -382,6 +383,7 @@ mod tests {
                 protocol: VERSION,
                 heartbeat: true,
                 served: false,
+                segments: false,
             },
             Frame::Ready,
             Frame::Heartbeat,
@@ -419,6 +421,7 @@ mod tests {
                     protocol: VERSION,
                     heartbeat: false,
                     served: true,
+                    segments: false,
                 },
                 &mut bytes,
             )
@@ -484,6 +487,7 @@ mod tests {
             protocol: VERSION,
             heartbeat: true,
             served: false,
+            segments: false,
         });
         let mut msgpack = FrameCodec::new(DEFAULT_MAX_FRAME).with_codec(Codec::MessagePack);
         let err = decode_all(&mut msgpack, &json_hello).expect_err("mismatch");
@@ -515,7 +519,33 @@ mod tests {
     #[test]
     fn every_kind_has_the_documented_bytes() {
         let address: ListenAddress = "127.0.0.1:3000".parse().expect("address");
-        let cases: [(Frame, &[u8]); 21] = [
+        let cases: [(Frame, &[u8]); 26] = [
+            (
+                Frame::Segment { id: 2, len: 1 << 20 },
+                b"\0\0\0\x0d\x12\0\0\0\x02\0\0\0\0\0\x10\0\0",
+            ),
+            (
+                Frame::Lent {
+                    segment: 2,
+                    token: 3,
+                    offset: 4,
+                    len: 5,
+                },
+                b"\0\0\0\x1d\x13\0\0\0\x02\0\0\0\0\0\0\0\x03\0\0\0\0\0\0\0\x04\0\0\0\0\0\0\0\x05",
+            ),
+            (
+                Frame::Release(vec![3, 1]),
+                b"\0\0\0\x11\x14\0\0\0\0\0\0\0\x03\0\0\0\0\0\0\0\x01",
+            ),
+            (
+                Frame::Returned {
+                    token: 3,
+                    offset: 4,
+                    len: 5,
+                },
+                b"\0\0\0\x19\x15\0\0\0\0\0\0\0\x03\0\0\0\0\0\0\0\x04\0\0\0\0\0\0\0\x05",
+            ),
+            (Frame::Retire { id: 2 }, b"\0\0\0\x05\x16\0\0\0\x02"),
             (Frame::Fds { count: 2 }, b"\0\0\0\x02\x0e\x02"),
             (
                 Frame::Sealed { len: 1 << 24 },
@@ -531,6 +561,7 @@ mod tests {
                     protocol: VERSION,
                     heartbeat: false,
                     served: false,
+                    segments: false,
                 },
                 b"\0\0\0\x0f\x01{\"protocol\":3}",
             ),
@@ -539,6 +570,7 @@ mod tests {
                     protocol: VERSION,
                     heartbeat: true,
                     served: false,
+                    segments: false,
                 },
                 b"\0\0\0\x20\x01{\"protocol\":3,\"heartbeat\":true}",
             ),

@@ -8,7 +8,8 @@ use crate::message::Message;
 use crate::net::{ListenAddress, ListenErrorKind};
 
 /// The protocol version this library speaks: 2 added `bytes` frames, 3
-/// `fds`, `sealed`, `bytes request` and `bytes reply` frames.
+/// `fds`, `sealed`, `bytes request` and `bytes reply` frames, and shared
+/// segments (`segment`, `lent`, `release`, `returned`, `retire`).
 pub(crate) const VERSION: u32 = 3;
 /// The oldest version it still speaks with (a peer of version 1 is sent no
 /// frame it does not know: see [`supports_bytes`]).
@@ -23,6 +24,13 @@ pub(crate) fn supports_bytes(version: u32) -> bool {
 /// `bytes request` and `bytes reply` frames (0: its hello has not come yet).
 pub(crate) fn supports_fds(version: u32) -> bool {
     version == 0 || version >= 3
+}
+
+/// Whether a peer whose hello said `version` may take shared segments (if
+/// it also said `"segments": true`): only once its hello came (a worker
+/// whose version is not known yet is sent sealed payloads instead).
+pub(crate) fn supports_segments(version: u32) -> bool {
+    version >= 3
 }
 
 /// The default largest frame (kind byte and payload), 16 MiB.
@@ -49,6 +57,11 @@ pub(crate) enum Kind {
     Sealed = 15,
     BytesRequest = 16,
     BytesReply = 17,
+    Segment = 18,
+    Lent = 19,
+    Release = 20,
+    Returned = 21,
+    Retire = 22,
 }
 
 impl Kind {
@@ -72,6 +85,11 @@ impl Kind {
             Kind::Sealed => "sealed",
             Kind::BytesRequest => "bytes request",
             Kind::BytesReply => "bytes reply",
+            Kind::Segment => "segment",
+            Kind::Lent => "lent",
+            Kind::Release => "release",
+            Kind::Returned => "returned",
+            Kind::Retire => "retire",
         }
     }
 }
@@ -99,6 +117,11 @@ impl TryFrom<u8> for Kind {
             15 => Kind::Sealed,
             16 => Kind::BytesRequest,
             17 => Kind::BytesReply,
+            18 => Kind::Segment,
+            19 => Kind::Lent,
+            20 => Kind::Release,
+            21 => Kind::Returned,
+            22 => Kind::Retire,
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }
@@ -113,6 +136,8 @@ pub(crate) enum Frame {
         protocol: u32,
         heartbeat: bool,
         served: bool,
+        /// (From a worker.) It takes shared segments (kinds 18 to 22).
+        segments: bool,
     },
     /// Worker to primary: initialization is done, put me in the pool.
     Ready,
@@ -166,6 +191,27 @@ pub(crate) enum Frame {
     /// attached to this frame's first byte (version 3). Only the channel's
     /// reader sees it: it hands on [`Frame::Bytes`].
     Sealed { len: u64 },
+    /// Primary to worker: segment `id`, a memfd of `len` bytes attached to
+    /// this frame's first byte, that `lent` frames will refer to (version
+    /// 3). Only the channel's reader sees it.
+    Segment { id: u32, len: u64 },
+    /// Primary to worker: a bytes message of the `len` bytes at `offset` in
+    /// segment `segment`, lent as `token` until released (version 3). Only
+    /// the channel's reader sees it: it hands on [`Frame::Bytes`].
+    Lent {
+        segment: u32,
+        token: u64,
+        offset: u64,
+        len: u64,
+    },
+    /// Worker to primary: the payloads lent as `tokens` are no longer held.
+    Release(Vec<u64>),
+    /// Worker to primary: a bytes message of the `len` bytes at `offset` in
+    /// the payload lent as `token` (still held). Only the channel's reader
+    /// sees it: it hands on [`Frame::Bytes`].
+    Returned { token: u64, offset: u64, len: u64 },
+    /// Primary to worker: segment `id` is gone (none of it is lent).
+    Retire { id: u32 },
     /// A message or bytes frame with the fds announced before it (never on
     /// the wire as such: encoding it encodes the frame alone).
     Attached(Box<Frame>, PassedFds),
@@ -204,6 +250,11 @@ impl Frame {
             Frame::Bytes(_) => Kind::Bytes,
             Frame::Fds { .. } => Kind::Fds,
             Frame::Sealed { .. } => Kind::Sealed,
+            Frame::Segment { .. } => Kind::Segment,
+            Frame::Lent { .. } => Kind::Lent,
+            Frame::Release(_) => Kind::Release,
+            Frame::Returned { .. } => Kind::Returned,
+            Frame::Retire { .. } => Kind::Retire,
             Frame::Attached(frame, _) => frame.kind(),
             Frame::BytesRequest { .. } => Kind::BytesRequest,
             Frame::BytesReply { .. } => Kind::BytesReply,
@@ -315,7 +366,7 @@ mod tests {
                 Err(error) => assert!(matches!(error, ProtocolError::UnknownKind(b) if b == byte)),
             }
         }
-        // Kinds 1 to 17; 0 and 18 to 255 are reserved (`docs/protocol.md`).
+        // Kinds 1 to 22; 0 and 23 to 255 are reserved (`docs/protocol.md`).
         let names = [
             "hello",
             "ready",
@@ -334,6 +385,11 @@ mod tests {
             "sealed",
             "bytes request",
             "bytes reply",
+            "segment",
+            "lent",
+            "release",
+            "returned",
+            "retire",
         ];
         assert_eq!(kinds, names);
     }

@@ -32,6 +32,7 @@ pub(crate) use codec::{
 };
 pub(crate) use frame::{
     DEFAULT_MAX_FRAME, Frame, OLDEST_VERSION, User, VERSION, supports_bytes, supports_fds,
+    supports_segments,
 };
 pub(crate) use node::NodeCodec;
 #[cfg(feature = "internals")]

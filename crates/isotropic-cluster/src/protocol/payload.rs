@@ -19,11 +19,13 @@ pub(super) fn put(frame: &Frame, codec: Codec, dst: &mut BytesMut) -> Result<(),
             protocol,
             heartbeat,
             served,
+            segments,
         } => put_json(
             &Hello {
                 protocol: *protocol,
                 heartbeat: *heartbeat,
                 served: *served,
+                segments: *segments,
                 codec: (codec != Codec::Json).then(|| codec.name().to_owned()),
             },
             dst,
@@ -59,6 +61,37 @@ pub(super) fn put(frame: &Frame, codec: Codec, dst: &mut BytesMut) -> Result<(),
         }
         Frame::Sealed { len } => {
             dst.put_u64(*len);
+            Ok(())
+        }
+        Frame::Segment { id, len } => {
+            dst.put_u32(*id);
+            dst.put_u64(*len);
+            Ok(())
+        }
+        Frame::Lent {
+            segment,
+            token,
+            offset,
+            len,
+        } => {
+            dst.put_u32(*segment);
+            for n in [token, offset, len] {
+                dst.put_u64(*n);
+            }
+            Ok(())
+        }
+        Frame::Release(tokens) => {
+            tokens.iter().for_each(|token| dst.put_u64(*token));
+            Ok(())
+        }
+        Frame::Returned { token, offset, len } => {
+            for n in [token, offset, len] {
+                dst.put_u64(*n);
+            }
+            Ok(())
+        }
+        Frame::Retire { id } => {
+            dst.put_u32(*id);
             Ok(())
         }
         Frame::Attached(frame, _) => put(frame, codec, dst),
@@ -108,6 +141,14 @@ pub(super) fn take(kind: Kind, body: Bytes, codec: Codec) -> Result<Frame, Proto
         },
         Kind::BytesRequest => take_bytes_request(body),
         Kind::BytesReply => take_bytes_reply(body),
+
+        Kind::Segment => take_segment(&body),
+        Kind::Lent => take_lent(&body),
+        Kind::Release => take_release(&body),
+        Kind::Returned => take_returned(&body),
+        Kind::Retire => Ok(Frame::Retire {
+            id: u32::from_be_bytes(fixed(&body, "a retire frame holds a 4-byte segment id")?),
+        }),
         Kind::Served => {
             let body: ServedBody = control_body(&body)?;
             Ok(Frame::Served {
@@ -148,6 +189,9 @@ struct Hello {
     /// (From the primary.) It takes `served` frames.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     served: bool,
+    /// (From a worker.) It takes shared segments.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    segments: bool,
     /// The codec of the sender's messages (`Codec::name`); none: JSON.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     codec: Option<String>,
@@ -168,6 +212,7 @@ fn take_hello(body: &[u8], codec: Codec) -> Result<Frame, ProtocolError> {
         protocol: hello.protocol,
         heartbeat: hello.heartbeat,
         served: hello.served,
+        segments: hello.segments,
     })
 }
 
@@ -435,6 +480,59 @@ fn take_bytes_reply(mut body: Bytes) -> Result<Frame, ProtocolError> {
         }
     };
     Ok(Frame::BytesReply { id, result })
+}
+
+// Segment: a 4-byte id, an 8-byte length. Lent: a 4-byte segment id, then
+// 8-byte token, offset and length. Release: one or more 8-byte tokens.
+// Returned: 8-byte token, offset and length. Retire: a 4-byte id. All
+// big-endian.
+
+fn take_segment(body: &[u8]) -> Result<Frame, ProtocolError> {
+    let what = "a segment frame holds a 4-byte id and an 8-byte length";
+    let mut body = &fixed::<12>(body, what)?[..];
+    let id = body.get_u32();
+    Ok(Frame::Segment {
+        id,
+        len: body.get_u64(),
+    })
+}
+
+fn take_lent(body: &[u8]) -> Result<Frame, ProtocolError> {
+    let what = "a lent frame holds a 4-byte segment id, a token, an offset and a length";
+    let mut body = &fixed::<28>(body, what)?[..];
+    let segment = body.get_u32();
+    let [token, offset, len] = [(); 3].map(|()| body.get_u64());
+    Ok(Frame::Lent {
+        segment,
+        token,
+        offset,
+        len,
+    })
+}
+
+fn take_release(body: &[u8]) -> Result<Frame, ProtocolError> {
+    if body.is_empty() || !body.len().is_multiple_of(8) {
+        return Err(ProtocolError::InvalidControl(
+            "a release frame holds one or more 8-byte tokens".into(),
+        ));
+    }
+    let tokens = body
+        .chunks_exact(8)
+        .map(|mut token| token.get_u64())
+        .collect();
+    Ok(Frame::Release(tokens))
+}
+
+fn take_returned(body: &[u8]) -> Result<Frame, ProtocolError> {
+    let what = "a returned frame holds a token, an offset and a length";
+    let mut body = &fixed::<24>(body, what)?[..];
+    let [token, offset, len] = [(); 3].map(|()| body.get_u64());
+    Ok(Frame::Returned { token, offset, len })
+}
+
+/// `body`, which must be `N` bytes (`what` says what it holds).
+fn fixed<const N: usize>(body: &[u8], what: &str) -> Result<[u8; N], ProtocolError> {
+    <[u8; N]>::try_from(body).map_err(|_| ProtocolError::InvalidControl(what.into()))
 }
 
 // Shared by the kinds above.

@@ -24,7 +24,7 @@ pub(crate) use fds::{PASS_FDS, adopt_inherited_socket, place_listen_fds};
 pub(crate) use guard::forget_group;
 use guard::orphan_guard;
 pub(crate) use handover::{copy_socket, place_in_child, set_env_if_single_threaded};
-pub(crate) use memfd::{map_sealed, sealed_memfd};
+pub(crate) use memfd::{Segment, map_sealed, map_segment, new_segment, sealed_memfd};
 pub(crate) use notify::{notify_socket, process_group, recv_credentials, send_to_abstract};
 pub(crate) use process::{parent_pid, remove_env_if_single_threaded, send_signal};
 pub(crate) use procfs::{holds_listening_socket, tree_usage};

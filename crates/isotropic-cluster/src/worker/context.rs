@@ -22,6 +22,7 @@ use crate::fds::PassedFds;
 use crate::net::{self, ListenAddress, ListenError, ListenErrorKind, Listener, PassedSender};
 use crate::protocol::{self, Frame, FrameCodec, User, Wire};
 use crate::request::{Handlers, Pending};
+use crate::shared::{Borrower, Sharing};
 use crate::topics::topics;
 
 /// The worker as its event handlers see it.
@@ -66,6 +67,8 @@ pub struct WorkerContext {
     pub(super) counts_served: Arc<std::sync::atomic::AtomicBool>,
     /// The protocol version of the primary's hello (0 until it comes).
     pub(super) primary_protocol: Arc<std::sync::atomic::AtomicU32>,
+    /// The primary's segments, mapped (`shared.rs`).
+    pub(super) borrower: Arc<Borrower>,
 }
 
 impl std::fmt::Debug for WorkerContext {
@@ -133,8 +136,9 @@ impl WorkerContext {
     ///
     /// As [`ClusterWorker::try_send_bytes`].
     pub fn try_send_bytes(&self, bytes: impl Into<bytes::Bytes>) -> Result<(), SendError> {
-        let frame =
-            super::bytes_frame(bytes.into(), self.settings.sizes(), &self.primary_protocol)?;
+        let bytes = bytes.into();
+        let sizes = self.settings.sizes();
+        let frame = super::bytes_frame(&bytes, sizes, &self.primary_protocol, &self.borrower)?;
         self.outbox.try_send(frame)
     }
 
@@ -165,7 +169,9 @@ impl WorkerContext {
         fds: Vec<std::os::fd::OwnedFd>,
     ) -> Result<(), SendError> {
         let sizes = self.settings.sizes();
-        let frame = super::bytes_with_fds(bytes.into(), fds, sizes, &self.primary_protocol)?;
+        let bytes = bytes.into();
+        let frame =
+            super::bytes_with_fds(&bytes, fds, sizes, &self.primary_protocol, &self.borrower)?;
         self.outbox.try_send(frame)
     }
 
@@ -196,11 +202,13 @@ impl WorkerContext {
         let (read, outbox) = channel::open(fd, builder.settings.queue, None)?;
         // It answers heartbeats (from this actor: `deliver`).
         let codec = builder.settings.codec;
-        outbox.hello(true, false, codec);
+        outbox.hello(true, false, true, codec);
+        let borrower = Borrower::new(outbox.clone());
         let inbox = Inbox::new(
             read,
             FrameCodec::new(builder.settings.max_frame_size).with_codec(codec),
-        );
+        )
+        .sharing(Sharing::Borrower(borrower.clone()));
         let (mailbox, commands) = Mailbox::new();
         let context = Self {
             hub: builder.hub,
@@ -225,6 +233,7 @@ impl WorkerContext {
             watchdogs: Arc::default(),
             counts_served: Arc::default(),
             primary_protocol: Arc::default(),
+            borrower,
         };
         Ok((context, mailbox, commands))
     }
@@ -400,6 +409,11 @@ impl WorkerContext {
             | Frame::Served { .. }
             | Frame::Fds { .. }
             | Frame::Sealed { .. }
+            | Frame::Segment { .. }
+            | Frame::Lent { .. }
+            | Frame::Release(_)
+            | Frame::Returned { .. }
+            | Frame::Retire { .. }
             | Frame::Attached(..) => {}
         }
     }

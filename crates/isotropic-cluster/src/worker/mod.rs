@@ -34,6 +34,7 @@ use crate::events::{self as pubsub, EventStream, Hub, StreamSource, Topic as _};
 use crate::net::{ListenAddress, ListenError, ListenErrorKind, Listener};
 use crate::protocol::{self, Frame, Sizes, User, Wire};
 use crate::request::{Handlers, Pending, RequestError};
+use crate::shared::Borrower;
 use crate::{Codec, WorkerId, role};
 
 type Initializer = Box<
@@ -238,15 +239,16 @@ impl WorkerBuilder {
     }
 }
 
-/// Runs the initializer; its panic ends the process as a handler's does
-/// (see [`WorkerBuilder::initialize`]).
-/// A bytes message of `bytes` for the primary (a large one sealed, unless
-/// its hello said version 2), unless its hello (once it came) said
-/// version 1.
+/// A bytes message of `bytes` for the primary: `returned` when they lie in
+/// a payload it lent us that we hold (not copied: the caller keeps `bytes`
+/// until the frame is queued, so that their release comes after it); else
+/// a large one sealed, unless its hello said version 2; unless its hello
+/// (once it came) said version 1.
 fn bytes_frame(
-    bytes: Bytes,
+    bytes: &Bytes,
     sizes: Sizes,
     primary_protocol: &AtomicU32,
+    borrower: &Borrower,
 ) -> Result<protocol::Encoded, SendError> {
     if !protocol::supports_bytes(primary_protocol.load(Ordering::Relaxed)) {
         return Err(SendError::Unsupported {
@@ -255,8 +257,11 @@ fn bytes_frame(
             why: "the primary's hello said protocol version 1",
         });
     }
+    if let Some(returned) = borrower.returned(bytes) {
+        return Ok(returned);
+    }
     let sealed = takes_fds(primary_protocol).is_ok();
-    protocol::encode_payload(bytes, sizes, sealed).map_err(SendError::Encode)
+    protocol::encode_payload(bytes.clone(), sizes, sealed).map_err(SendError::Encode)
 }
 
 /// A message of `wire`'s with `fds`, for a primary that takes them.
@@ -273,15 +278,17 @@ fn message_with_fds<M: Serialize + ?Sized>(
         .map_err(SendError::Encode)
 }
 
-/// A bytes message with `fds`, for a primary that takes them.
+/// A bytes message with `fds`, for a primary that takes them (the caller
+/// keeps `bytes` until the frame is queued, as for [`bytes_frame`]).
 fn bytes_with_fds(
-    bytes: Bytes,
+    bytes: &Bytes,
     fds: Vec<OwnedFd>,
     sizes: Sizes,
     primary_protocol: &AtomicU32,
+    borrower: &Borrower,
 ) -> Result<protocol::Encoded, SendError> {
     takes_fds(primary_protocol)?;
-    let frame = bytes_frame(bytes, sizes, primary_protocol)?;
+    let frame = bytes_frame(bytes, sizes, primary_protocol, borrower)?;
     protocol::attach_fds(frame, fds).map_err(SendError::Encode)
 }
 
@@ -343,6 +350,7 @@ pub struct ClusterWorker {
     watchdogs: Arc<watchdog::Watchdogs>,
     counts_served: Arc<std::sync::atomic::AtomicBool>,
     primary_protocol: Arc<AtomicU32>,
+    borrower: Arc<Borrower>,
 }
 
 impl std::fmt::Debug for ClusterWorker {
@@ -383,6 +391,7 @@ impl ClusterWorker {
             watchdogs: context.watchdogs.clone(),
             counts_served: context.counts_served.clone(),
             primary_protocol: context.primary_protocol.clone(),
+            borrower: context.borrower.clone(),
         }
     }
 
@@ -425,7 +434,8 @@ impl ClusterWorker {
     ///
     /// Not cancel safe: a cancelled message may still be written.
     pub async fn send_bytes(&self, bytes: impl Into<Bytes>) -> Result<(), SendError> {
-        let frame = bytes_frame(bytes.into(), self.sizes, &self.primary_protocol)?;
+        let bytes = bytes.into();
+        let frame = bytes_frame(&bytes, self.sizes, &self.primary_protocol, &self.borrower)?;
         self.outbox.send(frame).await
     }
 
@@ -485,7 +495,14 @@ impl ClusterWorker {
         bytes: impl Into<Bytes>,
         fds: Vec<OwnedFd>,
     ) -> Result<(), SendError> {
-        let frame = bytes_with_fds(bytes.into(), fds, self.sizes, &self.primary_protocol)?;
+        let bytes = bytes.into();
+        let frame = bytes_with_fds(
+            &bytes,
+            fds,
+            self.sizes,
+            &self.primary_protocol,
+            &self.borrower,
+        )?;
         self.outbox.try_send(frame)
     }
 
@@ -506,7 +523,14 @@ impl ClusterWorker {
         bytes: impl Into<Bytes>,
         fds: Vec<OwnedFd>,
     ) -> Result<(), SendError> {
-        let frame = bytes_with_fds(bytes.into(), fds, self.sizes, &self.primary_protocol)?;
+        let bytes = bytes.into();
+        let frame = bytes_with_fds(
+            &bytes,
+            fds,
+            self.sizes,
+            &self.primary_protocol,
+            &self.borrower,
+        )?;
         self.outbox.send(frame).await
     }
 
@@ -517,7 +541,8 @@ impl ClusterWorker {
     /// As [`send_bytes`](Self::send_bytes), and [`SendError::Full`] when
     /// the queue is full.
     pub fn try_send_bytes(&self, bytes: impl Into<Bytes>) -> Result<(), SendError> {
-        let frame = bytes_frame(bytes.into(), self.sizes, &self.primary_protocol)?;
+        let bytes = bytes.into();
+        let frame = bytes_frame(&bytes, self.sizes, &self.primary_protocol, &self.borrower)?;
         self.outbox.try_send(frame)
     }
 

@@ -159,6 +159,7 @@ mod tests {
             protocol: protocol::VERSION,
             heartbeat: false,
             served: false,
+            segments: false,
         }
     }
 
@@ -192,6 +193,7 @@ mod tests {
                 protocol: version,
                 heartbeat: false,
                 served: false,
+                segments: false,
             };
             assert_eq!(step(fresh, Input::Frame(&wrong)), reject);
         }
@@ -200,6 +202,7 @@ mod tests {
             protocol: protocol::OLDEST_VERSION,
             heartbeat: false,
             served: false,
+            segments: false,
         };
         assert_eq!(step(fresh, Input::Frame(&oldest)), (RUNNING, Action::None));
         assert_eq!(

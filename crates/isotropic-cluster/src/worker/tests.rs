@@ -36,7 +36,7 @@ impl Primary {
     }
 
     fn hello(&self) {
-        self.outbox.hello(false, true, crate::Codec::Json);
+        self.outbox.hello(false, true, false, crate::Codec::Json);
     }
 
     async fn next(&mut self) -> Option<Frame> {
@@ -154,6 +154,7 @@ async fn after_the_hello_messages_are_published_and_a_disconnect_destroys() {
         protocol: protocol::VERSION,
         heartbeat: true,
         served: false,
+        segments: true,
     };
     assert_eq!(started.primary.rest().await, [hello, Frame::Disconnect]);
     started.actor.await.expect("the actor ends");
@@ -176,6 +177,7 @@ async fn what_a_worker_sends_after_the_primary_asked_it_to_leave_is_delivered() 
         protocol: protocol::VERSION,
         heartbeat: true,
         served: false,
+        segments: true,
     };
     let last_words = Frame::Message(message(json!("last words")));
     assert_eq!(
@@ -310,6 +312,7 @@ async fn destroy_wakes_closing_runs_the_cleanup_then_disconnects() {
         protocol: protocol::VERSION,
         heartbeat: true,
         served: false,
+        segments: true,
     };
     assert_eq!(started.primary.rest().await, [hello, Frame::Disconnect]);
 }
@@ -386,6 +389,7 @@ async fn heartbeats_are_answered_while_every_watchdog_is_fresh() {
         protocol: protocol::VERSION,
         heartbeat: true,
         served: false,
+        segments: true,
     };
     assert_eq!(started.primary.next().await, Some(expect_hello));
     started.primary.send(&Frame::Heartbeat);
@@ -444,6 +448,7 @@ async fn bytes_go_both_ways_and_not_to_a_primary_of_version_1() {
         protocol: 1,
         heartbeat: false,
         served: false,
+        segments: false,
     });
     started
         .primary

@@ -21,6 +21,7 @@ impl Harness {
             protocol: protocol::VERSION,
             heartbeat: true,
             served: false,
+            segments: false,
         };
         self.frames(id, vec![hello, Frame::Ready]);
     }

@@ -186,6 +186,7 @@ impl Harness {
             protocol: protocol::VERSION,
             heartbeat: false,
             served: false,
+            segments: false,
         };
         self.frames(id, vec![hello]);
     }
