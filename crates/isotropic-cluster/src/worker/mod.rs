@@ -496,14 +496,19 @@ impl ClusterWorker {
         fds: Vec<OwnedFd>,
     ) -> Result<(), SendError> {
         let bytes = bytes.into();
-        let frame = bytes_with_fds(
-            &bytes,
-            fds,
-            self.sizes,
-            &self.primary_protocol,
-            &self.borrower,
-        )?;
+        let frame = self.bytes_with_fds(&bytes, fds)?;
         self.outbox.try_send(frame)
+    }
+
+    /// A bytes message of `bytes` with `fds` (the caller keeps `bytes`
+    /// until it is queued: see [`bytes_frame`]).
+    fn bytes_with_fds(
+        &self,
+        bytes: &Bytes,
+        fds: Vec<OwnedFd>,
+    ) -> Result<protocol::Encoded, SendError> {
+        let (sizes, protocol) = (self.sizes, &self.primary_protocol);
+        bytes_with_fds(bytes, fds, sizes, protocol, &self.borrower)
     }
 
     /// Sends `bytes` with `fds`: as [`send_bytes`](Self::send_bytes) and
@@ -524,13 +529,7 @@ impl ClusterWorker {
         fds: Vec<OwnedFd>,
     ) -> Result<(), SendError> {
         let bytes = bytes.into();
-        let frame = bytes_with_fds(
-            &bytes,
-            fds,
-            self.sizes,
-            &self.primary_protocol,
-            &self.borrower,
-        )?;
+        let frame = self.bytes_with_fds(&bytes, fds)?;
         self.outbox.send(frame).await
     }
 
