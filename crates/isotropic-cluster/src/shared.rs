@@ -285,7 +285,7 @@ struct Slot<M> {
 
 impl<M: Clone> Pool<M> {
     /// A free segment for `len` bytes, held (for the fill), and its memory:
-    /// the smallest free one that fits, or a new one that `make` maps (of
+    /// the smallest free one that fits (the last freed of those), or a new one that `make` maps (of
     /// `len` rounded up to [`GRAIN`]) if the bounds allow, after retiring
     /// free ones if that makes room; `None` when nothing fits (the payload
     /// then goes in a sealed memfd of its own). Free segments idle for
@@ -304,7 +304,9 @@ impl<M: Clone> Pool<M> {
             .slots
             .iter_mut()
             .filter(|slot| slot.holds == 0 && slot.len >= len)
-            .min_by_key(|slot| slot.len);
+            // Of the smallest, the last freed: its pages are the likeliest
+            // to be in the cache still.
+            .min_by_key(|slot| (slot.len, std::cmp::Reverse(slot.idle_since)));
         if let Some(slot) = free {
             slot.holds = 1;
             return Some((slot.id, slot.segment.clone()));
