@@ -327,11 +327,16 @@ impl Requests {
         use std::sync::atomic::Ordering;
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let stop: std::sync::Arc<std::sync::atomic::AtomicBool> = std::sync::Arc::default();
-        let task = tokio::spawn({
-            let stop = std::sync::Arc::clone(&stop);
-            async move {
+        // On a thread of its own: a test's current-thread runtime that
+        // reads lines already buffered never yields, and would not run it.
+        let stop_it = std::sync::Arc::clone(&stop);
+        let task = tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
                 let mut answers = Vec::new();
-                while !stop.load(Ordering::Relaxed) && answers.len() < 100_000 {
+                while !stop_it.load(Ordering::Relaxed) && answers.len() < 100_000 {
                     let mut stream = tokio::net::TcpStream::connect(address).await?;
                     stream.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
                     let mut response = String::new();
@@ -339,7 +344,7 @@ impl Requests {
                     answers.push(response);
                 }
                 std::io::Result::Ok(answers)
-            }
+            })
         });
         Self { stop, task }
     }
