@@ -11,7 +11,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 
@@ -27,7 +29,8 @@ const MAX_SEGMENTS: usize = 4;
 const MAX_POOL_BYTES: usize = 64 * 1024 * 1024;
 /// Segments are sized in multiples of this.
 const GRAIN: usize = 1024 * 1024;
-/// A free segment unused this long is retired at the channel's next lend.
+/// A free segment unused this long is retired: by a sweep that runs while
+/// the lender has segments, and at the channel's next lend.
 const IDLE: Duration = Duration::from_secs(10);
 /// The most segments a borrower maps at once (more than a lender keeps).
 const MAX_PEER_SEGMENTS: usize = 16;
@@ -88,14 +91,17 @@ pub(crate) struct Lender {
     /// Where segments are announced and retired.
     outbox: Outbox,
     pool: Mutex<Pool<Arc<Segment>>>,
+    /// Itself, for its sweep.
+    weak: Weak<Lender>,
 }
 
 impl Lender {
     /// A lender whose segments are announced on `outbox`.
     pub(crate) fn new(outbox: Outbox) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|weak| Self {
             outbox,
             pool: Mutex::default(),
+            weak: weak.clone(),
         })
     }
 
@@ -116,20 +122,19 @@ impl Lender {
         fallback: impl FnOnce() -> Result<Encoded, E>,
     ) -> Result<(Encoded, Option<u64>), E> {
         let mut new_fd = None;
-        let (taken, retired) = {
+        let (taken, retired, sweep) = {
             let mut pool = lock(&self.pool);
             let taken = pool.take(payload.len(), Instant::now(), |len| {
                 let (fd, segment) = sys::new_segment(len)?;
                 new_fd = Some(fd);
                 Ok(segment)
             });
-            (taken, std::mem::take(&mut pool.retired))
+            let sweep = new_fd.is_some() && !std::mem::replace(&mut pool.sweeping, true);
+            (taken, std::mem::take(&mut pool.retired), sweep)
         };
-        for id in retired {
-            // (In any order: a retired id is never named again. Closed: the
-            // peer lets every segment go anyway.)
-            let retire = protocol::encode_control(&Frame::Retire { id });
-            let _ = self.outbox.try_send_control(retire.into());
+        self.announce_retired(retired);
+        if sweep {
+            self.sweep();
         }
         let lent = taken.and_then(|(id, segment)| {
             if let Some(fd) = new_fd {
@@ -163,6 +168,49 @@ impl Lender {
             }
             None => Ok((fallback()?, None)),
         }
+    }
+
+    /// Tells the worker of the segments `retired` (in any order: a retired
+    /// id is never named again; closed: the peer lets every segment go
+    /// anyway).
+    fn announce_retired(&self, retired: Vec<u32>) {
+        for id in retired {
+            let retire = protocol::encode_control(&Frame::Retire { id });
+            let _ = self.outbox.try_send_control(retire.into());
+        }
+    }
+
+    /// Starts the sweep: every [`IDLE`], the free segments idle that long
+    /// are retired, until none is left (the next new segment starts it
+    /// again) or the lender is gone. Without a runtime (a send from a plain
+    /// thread), none: they are retired at the next lend.
+    fn sweep(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            lock(&self.pool).sweeping = false;
+            return;
+        };
+        let lender = self.weak.clone();
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(IDLE).await;
+                let Some(lender) = lender.upgrade() else {
+                    return;
+                };
+                let (retired, more) = {
+                    let mut pool = lock(&lender.pool);
+                    let now = Instant::now();
+                    pool.retire(|slot| now.duration_since(slot.idle_since) >= IDLE);
+                    if pool.slots.is_empty() {
+                        pool.sweeping = false;
+                    }
+                    (std::mem::take(&mut pool.retired), pool.sweeping)
+                };
+                lender.announce_retired(retired);
+                if !more {
+                    return;
+                }
+            }
+        });
     }
 
     /// The frame lending `token` was not queued: the loan is void.
@@ -258,6 +306,8 @@ struct Pool<M> {
     next_id: u32,
     next_token: u64,
     closed: bool,
+    /// A sweep of idle segments is under way (see [`Lender::sweep`]).
+    sweeping: bool,
 }
 
 impl<M> Default for Pool<M> {
@@ -269,6 +319,7 @@ impl<M> Default for Pool<M> {
             next_id: 0,
             next_token: 0,
             closed: false,
+            sweeping: false,
         }
     }
 }
@@ -754,6 +805,36 @@ mod tests {
         lend(&ends, &third);
         assert_eq!(bytes(&mut ends.worker.1).await, third);
         assert_eq!(lock(&ends.lender.pool).slots.len(), 2, "reused");
+    }
+
+    /// Sends a heartbeat on `from` and reads `to` up to it: what came
+    /// before it (releases, retires) has been taken in.
+    async fn through(from: &Outbox, to: &mut Inbox) {
+        let heartbeat = Encoded::from(protocol::encode_control(&Frame::Heartbeat));
+        from.try_send(heartbeat).expect("queued");
+        assert!(matches!(to.next().await, Some(Ok(Frame::Heartbeat))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_segment_idle_for_long_is_retired_by_the_sweep_without_another_send() {
+        let mut ends = ends();
+        lend(&ends, &payload(MIB, 7));
+        let received = bytes(&mut ends.worker.1).await;
+        tokio::time::sleep(2 * IDLE).await;
+        assert_eq!(lock(&ends.lender.pool).slots.len(), 1, "held: kept");
+        drop(received);
+        through(&ends.worker.0, &mut ends.primary.1).await;
+        tokio::time::sleep(2 * IDLE).await;
+        {
+            let pool = lock(&ends.lender.pool);
+            assert!(pool.slots.is_empty(), "retired when idle");
+            assert!(!pool.sweeping, "the sweep ends with the last segment");
+        }
+        through(&ends.primary.0, &mut ends.worker.1).await;
+        assert!(lock(&ends.borrower.state).segments.is_empty(), "unmapped");
+        // A new segment starts the sweep again.
+        lend(&ends, &payload(MIB, 8));
+        assert!(lock(&ends.lender.pool).sweeping);
     }
 
     /// What the worker's inbox makes of `frames` from the primary, the
