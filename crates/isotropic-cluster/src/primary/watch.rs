@@ -142,15 +142,14 @@ impl Watch {
                         let mut weight = frame.weight();
                         let mut batch = vec![frame];
                         while batch.len() < BATCH && weight < BATCH_BYTES {
-                            let Some(frame) = self.frames.as_mut().and_then(Inbox::try_next) else { break };
-                            let frame = Some(frame);
-                            match self.closed(frame) {
-                                Ok(frame) => {
+                            match self.frames.as_mut().and_then(Inbox::try_next) {
+                                Some(Ok(frame)) => {
                                     weight += frame.weight();
                                     batch.push(frame);
                                 }
-                                Err(end) => {
-                                    closed = Some(end);
+                                None => break,
+                                end => {
+                                    closed = self.closed(end).err();
                                     break;
                                 }
                             }
