@@ -640,6 +640,20 @@ impl<D: Decoder<Item = Frame, Error = ProtocolError>> Inbox<D> {
         decoded
     }
 
+    /// The payload of the next frame if it is a bytes frame already
+    /// buffered, with no fds announced for it and no head waiting for it
+    /// as its body (no read); else `None`, the frame left for
+    /// [`try_next`](Self::try_next).
+    pub(crate) fn try_next_bytes(&mut self) -> Option<Bytes>
+    where
+        D: crate::protocol::TakeBytes,
+    {
+        if self.done || self.announced.is_some() || self.heads.is_some() {
+            return None;
+        }
+        self.codec.take_bytes(&mut self.buf)
+    }
+
     /// The oldest fd received and not taken yet.
     pub(crate) fn take_fd(&mut self) -> Option<OwnedFd> {
         self.fds.pop_front()

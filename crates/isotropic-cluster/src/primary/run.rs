@@ -122,11 +122,25 @@ impl PrimaryContext {
         match input {
             Input::Frames(id, frames, _budget, mut replies) => {
                 for frame in frames {
-                    let reply = match (&frame, &mut replies) {
-                        (frame, Some(replies)) if frame.is_request() => replies.split(1),
-                        _ => None,
-                    };
-                    self.frame(id, frame, reply);
+                    let name = frame.name();
+                    match frame {
+                        // The common case, taken apart here: a frame is a
+                        // large enum, and moving it through `frame` and
+                        // `deliver` showed in profiles.
+                        Frame::Bytes(bytes) => {
+                            if let Some(worker) = self.admitted(id, name, false) {
+                                let fds = PassedFds::default();
+                                events::publish(self, WorkerBytes { worker, bytes, fds });
+                            }
+                        }
+                        frame => {
+                            let reply = match (&frame, &mut replies) {
+                                (frame, Some(replies)) if frame.is_request() => replies.split(1),
+                                _ => None,
+                            };
+                            self.frame(id, frame, reply);
+                        }
+                    }
                 }
             }
             Input::Output(id, stream, line) => {
@@ -182,22 +196,40 @@ impl PrimaryContext {
             Frame::Ready if ready_on == Readiness::Message => Trigger::Ready,
             Frame::Disconnect => Trigger::Announce,
             other => {
-                let Some(entry) = self.registry.get(id) else {
-                    return;
-                };
                 let primary_only =
                     matches!(other, Frame::Listening { .. } | Frame::Connection { .. });
-                if let Err(error) = entry.worker.may_send(other) {
+                let refused =
+                    (self.registry.get(id)).and_then(|entry| entry.worker.may_send(other).err());
+                if let Some(error) = refused {
                     return self.apply(id, Trigger::Broke(error));
                 }
-                match entry.state.admits(other.name(), primary_only) {
-                    Ok(true) => return self.deliver(entry.worker.clone(), frame, reply),
-                    Ok(false) => return,
-                    Err(error) => Trigger::Broke(error),
+                if let Some(worker) = self.admitted(id, other.name(), primary_only) {
+                    self.deliver(worker, frame, reply);
                 }
+                return;
             }
         };
         self.apply(id, trigger);
+    }
+
+    /// Worker `id`'s handle if its state admits a frame of kind `name` (a
+    /// frame `primary_only` if only the primary may send it) now; a frame
+    /// it may not send breaks it.
+    fn admitted(
+        &mut self,
+        id: WorkerId,
+        name: &'static str,
+        primary_only: bool,
+    ) -> Option<WorkerHandle> {
+        let entry = self.registry.get(id)?;
+        match entry.state.admits(name, primary_only) {
+            Ok(true) => Some(entry.worker.clone()),
+            Ok(false) => None,
+            Err(error) => {
+                self.apply(id, Trigger::Broke(error));
+                None
+            }
+        }
     }
 
     /// Hands on a frame of a worker whose state allows it.

@@ -143,15 +143,22 @@ impl Watch {
                         let mut weight = frame.weight();
                         let mut batch = vec![frame];
                         while batch.len() < BATCH && weight < BATCH_BYTES {
-                            let Some(frame) = self.frames.as_mut().and_then(Inbox::try_next) else { break };
-                            let frame = Some(frame);
-                            match self.closed(frame) {
-                                Ok(frame) => {
+                            // (A bytes frame, the common case, without the
+                            // decoder's layers: see `Inbox::try_next_bytes`.)
+                            if let Some(bytes) = self.frames.as_mut().and_then(Inbox::try_next_bytes) {
+                                let frame = Frame::Bytes(bytes);
+                                weight += frame.weight();
+                                batch.push(frame);
+                                continue;
+                            }
+                            match self.frames.as_mut().and_then(Inbox::try_next) {
+                                Some(Ok(frame)) => {
                                     weight += frame.weight();
                                     batch.push(frame);
                                 }
-                                Err(end) => {
-                                    closed = Some(end);
+                                None => break,
+                                end => {
+                                    closed = self.closed(end).err();
                                     break;
                                 }
                             }
@@ -384,6 +391,15 @@ async fn next<S: futures_util::Stream + Unpin>(stream: &mut Option<S>) -> Option
 /// A worker's frames, decoded by `.0`, with the bytes they took on the wire
 /// so far in `.1`.
 struct Counted(AnyCodec, usize);
+
+impl crate::protocol::TakeBytes for Counted {
+    fn take_bytes(&mut self, src: &mut BytesMut) -> Option<bytes::Bytes> {
+        let before = src.len();
+        let payload = self.0.take_bytes(src)?;
+        self.1 += before - src.len();
+        Some(payload)
+    }
+}
 
 impl Decoder for Counted {
     type Item = Frame;

@@ -68,6 +68,16 @@ impl Decoder for AnyCodec {
     }
 }
 
+impl super::TakeBytes for AnyCodec {
+    fn take_bytes(&mut self, src: &mut BytesMut) -> Option<bytes::Bytes> {
+        match self {
+            Self::Frames(codec) => codec.take_bytes(src),
+            // (Node's channel has no bytes frames.)
+            Self::Node(_) => None,
+        }
+    }
+}
+
 /// Checks that decoding `bytes` in pieces of `piece` bytes gives what
 /// decoding them at once gives: the same frames, then an error or none (the
 /// error's figures may differ). Panics otherwise; never otherwise. The fuzz

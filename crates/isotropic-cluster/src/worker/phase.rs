@@ -126,6 +126,15 @@ impl Phase {
         }
     }
 
+    /// Whether a message frame is handled now (what [`Phase::step`] says
+    /// of one: after the hello, until destroyed).
+    pub(super) fn delivers(self) -> bool {
+        matches!(
+            self,
+            Phase::Running { greeted: true } | Phase::Destroying { greeted: true }
+        )
+    }
+
     fn greeted(self) -> Phase {
         match self {
             Phase::Running { .. } => Phase::Running { greeted: true },
@@ -358,5 +367,24 @@ mod tests {
         assert!(!RUNNING.is_closing());
         assert!(DESTROYING.is_closing());
         assert!(Destroyed.is_closing());
+    }
+
+    /// The worker's shortcut for bytes frames says what the rule says.
+    #[test]
+    fn delivers_agrees_with_the_rule_for_messages() {
+        let bytes = Frame::Bytes(bytes::Bytes::from_static(b"x"));
+        for phase in [
+            Starting,
+            Running { greeted: false },
+            RUNNING,
+            Destroying { greeted: false },
+            DESTROYING,
+            Destroyed,
+        ] {
+            let handled = step(phase, Input::Frame(&bytes)).1 == Action::Handle;
+            assert_eq!(phase.delivers(), handled, "{phase:?}");
+            let handled = step(phase, Input::Frame(&message())).1 == Action::Handle;
+            assert_eq!(phase.delivers(), handled, "{phase:?}");
+        }
     }
 }
