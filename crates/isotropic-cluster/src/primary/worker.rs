@@ -382,8 +382,11 @@ impl WorkerHandle {
         bytes: impl Into<Bytes>,
         fds: Vec<OwnedFd>,
     ) -> Result<(), SendError> {
-        let frame = self.with_fds(self.encode_payload(bytes.into())?, fds)?;
-        self.inner.outbox.try_send(frame)
+        let bytes = bytes.into();
+        let (frame, token) = self.lend_or(&bytes, || self.sealed_or_not(&bytes))?;
+        (self.with_fds(frame, fds))
+            .and_then(|frame| self.inner.outbox.try_send(frame))
+            .inspect_err(|_| self.give_back(token))
     }
 
     /// `frame` with `fds`, for a worker that takes them.
@@ -409,7 +412,9 @@ impl WorkerHandle {
         bytes: impl Into<Bytes>,
         fds: Vec<OwnedFd>,
     ) -> Result<(), SendError> {
-        let frame = self.with_fds(self.encode_payload(bytes.into())?, fds)?;
+        let bytes = bytes.into();
+        let (frame, token) = self.lend_or(&bytes, || self.sealed_or_not(&bytes))?;
+        let frame = (self.with_fds(frame, fds)).inspect_err(|_| self.give_back(token))?;
         self.inner.outbox.send(frame).await
     }
 
@@ -422,12 +427,6 @@ impl WorkerHandle {
     pub fn try_send_bytes(&self, bytes: impl Into<Bytes>) -> Result<(), SendError> {
         let bytes = bytes.into();
         self.try_send_payload(&bytes, || self.sealed_or_not(&bytes))
-    }
-
-    /// A bytes message for this worker: when large, if it takes that, lent
-    /// from one of its segments, else sealed.
-    fn encode_payload(&self, bytes: Bytes) -> Result<Encoded, SendError> {
-        Ok(self.lend_or(&bytes, || self.sealed_or_not(&bytes))?.0)
     }
 
     /// A bytes message of `bytes` on its own: sealed when large, if the
@@ -477,11 +476,14 @@ impl WorkerHandle {
         otherwise: impl FnOnce() -> Result<Encoded, SendError>,
     ) -> Result<(), SendError> {
         let (frame, token) = self.lend_or(bytes, otherwise)?;
-        self.try_send_bytes_frame(&frame).inspect_err(|_| {
-            if let Some(token) = token {
-                self.inner.lender.unsent(token);
-            }
-        })
+        (self.try_send_bytes_frame(&frame)).inspect_err(|_| self.give_back(token))
+    }
+
+    /// The loan `token` of a frame that was not queued is void.
+    fn give_back(&self, token: Option<u64>) {
+        if let Some(token) = token {
+            self.inner.lender.unsent(token);
+        }
     }
 
     /// The segments large payloads to the worker are lent from.
