@@ -538,6 +538,8 @@ async fn write_slices(
 /// buffer doubles it; idle workers keep a small one).
 const FIRST_CHUNK: usize = 4 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
+/// How many buffers read before an inbox keeps for reuse.
+const SPARES: usize = 2;
 
 /// Reads frames, and keeps the fds that arrive with them, in order: those
 /// of `connection` frames (taken with [`take_fd`](Self::take_fd)), those an
@@ -549,9 +551,10 @@ const READ_CHUNK: usize = 64 * 1024;
 pub(crate) struct Inbox<D = FrameCodec> {
     half: OwnedReadHalf,
     buf: BytesMut,
-    /// Reads land here first (zeroed once), then what arrived is appended to
-    /// `buf`.
-    scratch: Vec<u8>,
+    /// How much the next read asks for.
+    chunk: usize,
+    /// Buffers read before, kept for reuse once their frames are gone.
+    spares: Vec<BytesMut>,
     codec: D,
     fds: VecDeque<OwnedFd>,
     /// The fds an `fds` frame announced, for the frame after it.
@@ -571,7 +574,8 @@ impl<D: Decoder<Item = Frame, Error = ProtocolError>> Inbox<D> {
         Self {
             half,
             buf: BytesMut::new(),
-            scratch: vec![0; FIRST_CHUNK],
+            chunk: FIRST_CHUNK,
+            spares: Vec::new(),
             codec,
             fds: VecDeque::new(),
             announced: None,
@@ -755,12 +759,36 @@ impl<D: Decoder<Item = Frame, Error = ProtocolError>> Inbox<D> {
         Ok(())
     }
 
+    /// Makes room in `buf` for the next read: in place when its frames
+    /// handed out are gone (the common case when they are handled before the
+    /// next read), else in a spare buffer whose frames are all gone, else in
+    /// a new one; the buffer left behind becomes a spare (a primary hands
+    /// frames to another task, so one is still in use while it reads).
+    fn make_room(&mut self) {
+        if self.buf.capacity() - self.buf.len() >= self.chunk || self.buf.try_reclaim(self.chunk) {
+            return;
+        }
+        let reusable = (self.spares.iter_mut()).position(|spare| spare.try_reclaim(self.chunk));
+        let mut next = match reusable {
+            Some(at) => self.spares.swap_remove(at),
+            None => BytesMut::with_capacity(2 * self.chunk),
+        };
+        next.extend_from_slice(&self.buf);
+        let mut spent = std::mem::replace(&mut self.buf, next);
+        spent.clear();
+        if self.spares.len() == SPARES {
+            self.spares.remove(0);
+        }
+        self.spares.push(spent);
+    }
+
     async fn read(&mut self) -> Result<(), ProtocolError> {
+        self.make_room();
         let (read, dropped) = loop {
             self.half.readable().await?;
-            let (half, scratch, fds) = (self.half.as_ref(), &mut self.scratch, &mut self.fds);
+            let (half, buf, fds) = (self.half.as_ref(), &mut self.buf, &mut self.fds);
             match half.try_io(Interest::READABLE, || {
-                sys::recv_with_fds(half, scratch, fds)
+                sys::recv_with_fds(half, buf, self.chunk, fds)
             }) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 other => break other?,
@@ -779,9 +807,8 @@ impl<D: Decoder<Item = Frame, Error = ProtocolError>> Inbox<D> {
         if read == 0 {
             self.eof = true;
         }
-        self.buf.extend_from_slice(&self.scratch[..read]);
-        if read == self.scratch.len() && read < READ_CHUNK {
-            self.scratch.resize(read * 2, 0);
+        if read == self.chunk && read < READ_CHUNK {
+            self.chunk = read * 2;
         }
         Ok(())
     }
@@ -976,6 +1003,34 @@ mod tests {
         assert_eq!(number(inbox.next().await), 2);
         let wire = 2 * 16 + 4 * 5 + 10 + COALESCE_BELOW + 3 * READ_CHUNK;
         assert_eq!(outbox.traffic().sent_total(), (6, wire as u64));
+    }
+
+    #[tokio::test]
+    async fn payloads_held_across_reads_stay_intact_while_the_inbox_reuses_its_buffers() {
+        // 101-byte payloads straddle the reads; every other one is held to
+        // the end (its buffer cannot be reused), the others dropped at once
+        // (theirs can).
+        let (outbox, mut inbox) = outbox(10_000, 1 << 22);
+        let payload = |i: usize| Bytes::from(vec![(i % 251) as u8; 101]);
+        let sizes = protocol::Sizes::frames(DEFAULT_MAX_FRAME);
+        let mut held = Vec::new();
+        for round in 0..20 {
+            for i in round * 1000..(round + 1) * 1000 {
+                let frame = protocol::encode_payload(payload(i), sizes, false).expect("fits");
+                outbox.try_send(frame).expect("room");
+            }
+            for i in round * 1000..(round + 1) * 1000 {
+                match inbox.next().await {
+                    Some(Ok(Frame::Bytes(bytes))) if i % 2 == 0 => held.push((i, bytes)),
+                    Some(Ok(Frame::Bytes(bytes))) => assert_eq!(bytes, payload(i)),
+                    other => panic!("not bytes: {other:?}"),
+                }
+            }
+        }
+        assert!(inbox.spares.len() <= SPARES);
+        for (i, bytes) in held {
+            assert_eq!(bytes, payload(i), "payload {i} intact");
+        }
     }
 
     /// `n` fds (of `/dev/null`).

@@ -36,8 +36,16 @@ macro_rules! topics {
             }
         }
 
+        /// The events' places in the host's hub, in list order.
+        #[allow(dead_code)]
+        enum Slot {
+            $($event,)*
+        }
+
         $(
-            impl $crate::events::sealed::SealedTopic for $event {}
+            impl $crate::events::sealed::SealedTopic for $event {
+                const SLOT: usize = Slot::$event as usize;
+            }
 
             impl $crate::events::Topic for $event {
                 type Host = $host;

@@ -17,7 +17,12 @@ pub type RouteFn<E> =
 
 /// Seals [`Topic`]: implemented by `topics!` only (see `crate::topics`),
 /// which also implements `TopicImpl`, what an event does on its host.
-pub trait SealedTopic {}
+pub trait SealedTopic {
+    /// The event's place among its host's events (its position in the
+    /// host's `topics!` list): where a hub keeps its handlers.
+    #[doc(hidden)]
+    const SLOT: usize;
+}
 
 /// The stages of an event, in the order they run.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,8 +39,6 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub(super) const ALL: [Stage; 4] = [Stage::Before, Stage::On, Stage::Complete, Stage::After];
-
     pub(super) fn index(self) -> usize {
         self as usize
     }

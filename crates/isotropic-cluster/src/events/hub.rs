@@ -54,21 +54,21 @@ type RouteSlot = (u64, Option<Box<dyn Any + Send>>);
 /// subscription order (by id).
 type Stages = [Vec<(u64, Slot)>; 4];
 
-/// Where an event type's handlers are in a [`Hub`]: found once per publish
-/// (an event type keeps its place).
+/// Where an event type's handlers are in a [`Hub`]: its
+/// [`SLOT`](super::event::SealedTopic::SLOT).
 #[derive(Debug, Clone, Copy)]
-pub(super) struct TopicIndex(usize);
+pub(super) struct TopicIndex(pub(super) usize);
 
 /// The subscriptions of one host, by event type and stage.
 ///
 /// A handler is taken out of its slot while it runs (it gets the host, hub
-/// included) and put back after, unless it was removed meanwhile. Event
-/// types are found by `TypeId` once per publish; their handlers are then
-/// reached by index, and kept in small sorted vectors (an event has few).
+/// included) and put back after, unless it was removed meanwhile. An event
+/// type's handlers are at its slot (no lookup by `TypeId`), in small sorted
+/// vectors (an event has few).
 #[derive(Default)]
 pub struct Hub {
+    /// By slot; grown as events get their first subscription.
     topics: Vec<Stages>,
-    index: HashMap<TypeId, usize, ByTypeId>,
     stored: HashMap<TypeId, Stored, ByTypeId>,
     routes: HashMap<Arc<str>, RouteSlot>,
     /// Panics of handlers' destructors, caught when the hub dropped them,
@@ -103,9 +103,9 @@ impl Hub {
         self.topics.iter().flatten().map(Vec::len).sum()
     }
 
-    /// Where the handlers of `topic` are, if it ever had any.
-    pub(super) fn topic(&self, topic: TypeId) -> Option<TopicIndex> {
-        self.index.get(&topic).copied().map(TopicIndex)
+    /// Whether `topic` has handlers at `stage`.
+    pub(super) fn has_handlers(&self, topic: TopicIndex, stage: Stage) -> bool {
+        (self.topics.get(topic.0)).is_some_and(|stages| !stages[stage.index()].is_empty())
     }
 
     fn slots(&mut self, topic: TopicIndex, stage: Stage) -> Option<&mut Vec<(u64, Slot)>> {
@@ -174,13 +174,10 @@ impl Hub {
 
     pub(crate) fn remove(&mut self, key: SubscriptionKey) {
         let removed = match key.target {
-            Target::Stage(topic, stage) => self
-                .topic(topic)
-                .and_then(|topic| self.slots(topic, stage))
-                .and_then(|slots| {
-                    let at = slots.binary_search_by_key(&key.id, |(id, _)| *id).ok()?;
-                    slots.remove(at).1.handler
-                }),
+            Target::Stage(topic, stage) => self.slots(TopicIndex(topic), stage).and_then(|slots| {
+                let at = slots.binary_search_by_key(&key.id, |(id, _)| *id).ok()?;
+                slots.remove(at).1.handler
+            }),
             Target::Route(name) if self.routes.get(&name).is_some_and(|(id, _)| *id == key.id) => {
                 self.routes.remove(&name).and_then(|(_, handler)| handler)
             }
@@ -207,12 +204,10 @@ impl Hub {
         handler: Handler<E>,
     ) {
         if let Target::Stage(topic, stage) = key.target {
-            let topics = &mut self.topics;
-            let index = *self.index.entry(topic).or_insert_with(|| {
-                topics.push(Stages::default());
-                topics.len() - 1
-            });
-            let slots = &mut self.topics[index][stage.index()];
+            if self.topics.len() <= topic {
+                self.topics.resize_with(topic + 1, Stages::default);
+            }
+            let slots = &mut self.topics[topic][stage.index()];
             let slot = Slot {
                 once,
                 handler: Some(Box::new(handler)),

@@ -1,7 +1,6 @@
 //! The keys that identify subscriptions: what each is attached to (an event
 //! type and stage, or a route), and its place in subscription order.
 
-use std::any::TypeId;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -10,7 +9,8 @@ use super::event::{Stage, Topic};
 /// What a subscription is attached to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Target {
-    Stage(TypeId, Stage),
+    /// An event, by its [`SLOT`](super::event::SealedTopic::SLOT), at a stage.
+    Stage(usize, Stage),
     Route(Arc<str>),
 }
 
@@ -30,7 +30,7 @@ impl SubscriptionKey {
     /// A new key for `E` at `stage`, ordered after every earlier one.
     pub(crate) fn new<E: Topic>(stage: Stage) -> Self {
         Self {
-            target: Target::Stage(TypeId::of::<E>(), stage),
+            target: Target::Stage(E::SLOT, stage),
             id: next_id(),
         }
     }

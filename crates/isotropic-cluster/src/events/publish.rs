@@ -20,47 +20,68 @@ pub(crate) fn publish<E: TopicImpl>(host: &mut E::Host, data: E) {
     if E::ONCE != Once::No && host.hub().happened(topic) {
         return;
     }
-    // Where its handlers are: found once (if they are anywhere yet).
-    let mut slots = host.hub().topic(topic);
     let mut stored_here = false;
     if E::ONCE == Once::Publish {
         host.hub().store(&data);
         stored_here = true;
     }
     let mut control = Control::default();
-    for stage in Stage::ALL {
-        control.stage = stage;
-        control.dispatch_stopped = false;
-        if control.prevented[stage.index()] {
-            break;
-        }
-        if stage == Stage::Complete {
-            if E::ONCE == Once::Complete {
-                if host.hub().happened(topic) {
-                    break;
-                }
-                host.hub().store(&data);
-                stored_here = true;
-            }
-            host.stream().publish(|| data.clone().into_stream());
-            E::complete(host, &data);
-        } else {
-            if slots.is_none() {
-                // (A handler of another event may have subscribed one.)
-                slots = host.hub().topic(topic);
-            }
-            if let Some(slots) = slots {
-                dispatch(host, (slots, stage), &data, &mut control);
-            }
-        }
-        if control.event_stopped {
-            break;
-        }
-    }
+    // The stages in order, each saying whether the event goes on.
+    let _ = handlers(host, Stage::Before, &data, &mut control)
+        && handlers(host, Stage::On, &data, &mut control)
+        && complete(host, &data, &mut control, &mut stored_here)
+        && handlers(host, Stage::After, &data, &mut control);
     if stored_here {
         let blocked = control.prevented[control.stage.index()];
         host.hub().set_blocked(topic, blocked);
     }
+}
+
+/// Enters `stage`: whether it runs (it was not prevented).
+fn enter(control: &mut Control, stage: Stage) -> bool {
+    control.stage = stage;
+    control.dispatch_stopped = false;
+    !control.prevented[stage.index()]
+}
+
+/// Runs the handlers of `stage`; whether the event goes on.
+fn handlers<E: TopicImpl>(
+    host: &mut E::Host,
+    stage: Stage,
+    data: &E,
+    control: &mut Control,
+) -> bool {
+    if !enter(control, stage) {
+        return false;
+    }
+    let slots = TopicIndex(E::SLOT);
+    if host.hub().has_handlers(slots, stage) {
+        dispatch(host, (slots, stage), data, control);
+    }
+    !control.event_stopped
+}
+
+/// Runs the default action (and hands the event to the streams), unless a
+/// once-only event already completed; whether the event goes on.
+fn complete<E: TopicImpl>(
+    host: &mut E::Host,
+    data: &E,
+    control: &mut Control,
+    stored_here: &mut bool,
+) -> bool {
+    if !enter(control, Stage::Complete) {
+        return false;
+    }
+    if E::ONCE == Once::Complete {
+        if host.hub().happened(TypeId::of::<E>()) {
+            return false;
+        }
+        host.hub().store(data);
+        *stored_here = true;
+    }
+    host.stream().publish(|| data.clone().into_stream());
+    E::complete(host, data);
+    true
 }
 
 /// Runs the handlers of `E` at `stage`, in subscription order.

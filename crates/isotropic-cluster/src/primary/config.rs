@@ -171,18 +171,6 @@ impl Config {
             .map_err(crate::SendError::Encode)
     }
 
-    /// A bytes message of `bytes` for the workers that get it neither lent
-    /// from their segments nor otherwise: encoded once, when first asked
-    /// for (a large one in a sealed memfd they share; whether a worker
-    /// takes it is its handle's to say).
-    pub(crate) fn shared_bytes(&self, bytes: &bytes::Bytes) -> SharedBytes {
-        SharedBytes {
-            bytes: bytes.clone(),
-            sizes: self.sizes(),
-            frame: std::sync::OnceLock::new(),
-        }
-    }
-
     /// The frame sizes of the workers' channels.
     pub(crate) fn sizes(&self) -> protocol::Sizes {
         protocol::Sizes {
@@ -260,8 +248,10 @@ impl Default for Config {
     }
 }
 
-/// A bytes message encoded once for the workers that share it (see
-/// [`Config::shared_bytes`]).
+/// A bytes message for the workers that get it neither lent from their
+/// segments nor otherwise: encoded once, when first asked for (a large one
+/// in a sealed memfd they share; whether a worker takes it is its handle's
+/// to say).
 #[derive(Debug)]
 pub(crate) struct SharedBytes {
     bytes: bytes::Bytes,
@@ -270,6 +260,14 @@ pub(crate) struct SharedBytes {
 }
 
 impl SharedBytes {
+    pub(crate) fn new(bytes: bytes::Bytes, sizes: protocol::Sizes) -> Self {
+        Self {
+            bytes,
+            sizes,
+            frame: std::sync::OnceLock::new(),
+        }
+    }
+
     /// The frame, encoded at the first call.
     ///
     /// # Errors

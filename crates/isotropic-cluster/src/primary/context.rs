@@ -243,11 +243,8 @@ impl PrimaryContext {
         to: impl Into<Destination>,
         bytes: impl Into<bytes::Bytes>,
     ) -> Result<(), SendError> {
-        let bytes = bytes.into();
-        let shared = self.config.shared_bytes(&bytes);
-        self.registry.pool().try_send(to.into(), |worker| {
-            worker.try_send_payload(&bytes, || shared.frame())
-        })
+        let sizes = self.config.sizes();
+        (self.registry.pool()).try_send_bytes(to.into(), bytes.into(), sizes)
     }
 
     /// The ready worker least recently selected for `tag` (see

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::WorkerHandle;
-use super::config::Config;
+use super::config::{Config, SharedBytes};
 use super::context::{PrimaryContext, PrimaryEvent};
 use super::figures::WorkerFigures;
 use super::metrics::{Metrics, PoolMetrics};
@@ -148,7 +148,7 @@ impl ClusterPrimary {
         bytes: impl Into<Bytes>,
     ) -> Result<(), SendError> {
         let bytes = bytes.into();
-        let shared = self.config.shared_bytes(&bytes);
+        let shared = SharedBytes::new(bytes.clone(), self.config.sizes());
         self.send_each(to.into(), |worker| {
             let (bytes, shared) = (&bytes, &shared);
             async move { worker.send_payload(bytes, || shared.frame()).await }
@@ -168,11 +168,7 @@ impl ClusterPrimary {
         to: impl Into<Destination>,
         bytes: impl Into<Bytes>,
     ) -> Result<(), SendError> {
-        let bytes = bytes.into();
-        let shared = self.config.shared_bytes(&bytes);
-        self.pool.try_send(to.into(), |worker| {
-            worker.try_send_payload(&bytes, || shared.frame())
-        })
+        (self.pool).try_send_bytes(to.into(), bytes.into(), self.config.sizes())
     }
 
     /// Sends to each worker `to` names with `send`, all at once.

@@ -3,11 +3,15 @@
 //! alone, read by the handles (behind a mutex).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
 
 use super::WorkerHandle;
+use super::config::SharedBytes;
 use crate::WorkerId;
 use crate::error::SendError;
+use crate::protocol::{self, Sizes};
 
 /// Where a message goes: one worker, several, or every ready worker.
 ///
@@ -55,6 +59,9 @@ struct State {
     live: HashMap<WorkerId, WorkerHandle>,
     /// The pool: workers that are ready and joined it.
     members: BTreeMap<WorkerId, WorkerHandle>,
+    /// The same, by ascending id, shared: what a send to every ready
+    /// worker iterates (no list built per message).
+    ready: Arc<[WorkerHandle]>,
     /// Per tag: when each worker was last selected, on a logical clock.
     selected: HashMap<String, HashMap<WorkerId, u64>>,
     clock: u64,
@@ -82,7 +89,9 @@ impl Pool {
     }
 
     pub(crate) fn join(&self, worker: &WorkerHandle) {
-        self.lock().members.insert(worker.id(), worker.clone());
+        let mut state = self.lock();
+        state.members.insert(worker.id(), worker.clone());
+        state.ready = state.members.values().cloned().collect();
     }
 
     /// Removes a worker from the pool and forgets its round-robin history;
@@ -90,6 +99,7 @@ impl Pool {
     pub(crate) fn leave(&self, id: WorkerId) -> bool {
         let mut state = self.lock();
         let removed = state.members.remove(&id).is_some();
+        state.ready = state.members.values().cloned().collect();
         state.selected.retain(|_, stamps| {
             stamps.remove(&id);
             !stamps.is_empty()
@@ -117,7 +127,7 @@ impl Pool {
     }
 
     pub(crate) fn members(&self) -> Vec<WorkerHandle> {
-        self.lock().members.values().cloned().collect()
+        self.lock().ready.to_vec()
     }
 
     pub(crate) fn member(&self, id: WorkerId) -> Option<WorkerHandle> {
@@ -163,7 +173,7 @@ impl Pool {
                     None => errors.push(SendError::InvalidDestination { worker_id: id }),
                 },
                 Destination::Many(many) => pending.extend(many.into_iter().rev()),
-                Destination::Ready => workers.extend(state.members.values().cloned()),
+                Destination::Ready => workers.extend(state.ready.iter().cloned()),
             }
         }
         (workers, errors)
@@ -178,20 +188,53 @@ impl Pool {
         to: Destination,
         send: impl Fn(&WorkerHandle) -> Result<(), SendError>,
     ) -> Result<(), SendError> {
-        if let Destination::Worker(worker) = to {
-            return send(&worker);
+        match to {
+            Destination::Worker(worker) => send(&worker),
+            Destination::Ready => {
+                let ready = self.lock().ready.clone();
+                combine(ready.iter().map(send))
+            }
+            to => {
+                let (workers, errors) = self.resolve(to);
+                combine(workers.iter().map(send).chain(errors.into_iter().map(Err)))
+            }
         }
-        let (workers, errors) = self.resolve(to);
-        let mut results: Vec<_> = workers.iter().map(send).collect();
-        results.extend(errors.into_iter().map(Err));
-        combine(results)
+    }
+
+    /// Queues `bytes` as a bytes message for each worker `to` names,
+    /// without waiting. A payload below `sizes.sealed_from` is framed once
+    /// (its header inline, each queue copies it); a larger one is lent from
+    /// each worker's segments, or sealed once for all.
+    pub(crate) fn try_send_bytes(
+        &self,
+        to: Destination,
+        bytes: Bytes,
+        sizes: Sizes,
+    ) -> Result<(), SendError> {
+        if bytes.len() < sizes.sealed_from {
+            let frame =
+                protocol::encode_bytes(bytes, sizes.max_frame).map_err(SendError::Encode)?;
+            return self.try_send(to, |worker| worker.try_send_bytes_frame(&frame));
+        }
+        let shared = SharedBytes::new(bytes.clone(), sizes);
+        self.try_send(to, |worker| {
+            worker.try_send_payload(&bytes, || shared.frame())
+        })
     }
 }
 
 /// Combines the outcomes of sending one message to several workers.
-pub(crate) fn combine(results: Vec<Result<(), SendError>>) -> Result<(), SendError> {
-    let delivered = results.iter().filter(|r| r.is_ok()).count();
-    let mut failures: Vec<SendError> = results.into_iter().filter_map(Result::err).collect();
+pub(crate) fn combine(
+    results: impl IntoIterator<Item = Result<(), SendError>>,
+) -> Result<(), SendError> {
+    let mut delivered = 0;
+    let mut failures = Vec::new();
+    for result in results {
+        match result {
+            Ok(()) => delivered += 1,
+            Err(error) => failures.push(error),
+        }
+    }
     match (delivered, failures.len()) {
         (0, 0) => Err(SendError::NoDestination),
         (_, 0) => Ok(()),

@@ -10,26 +10,40 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 /// ones, and `recv_with_fds` reports it.
 const MAX_FDS: usize = crate::fds::MAX_FDS + 1;
 
-/// Reads into `buf` with `recvmsg`, queueing any fds that came with the bytes
-/// (received close-on-exec); also says whether fds were dropped because more
-/// came than [`MAX_FDS`]. Never use a plain `read` on a channel that can
-/// carry fds: it would drop them.
+/// Reads up to `max` bytes with `recvmsg`, appended to `buf` (straight into
+/// its spare capacity, not through a buffer of our own), queueing any fds
+/// that came with them (received close-on-exec); returns how many bytes
+/// came, and whether fds were dropped because more came than [`MAX_FDS`].
+/// Never use a plain `read` on a channel that can carry fds: it would drop
+/// them.
 pub(crate) fn recv_with_fds(
     socket: impl AsFd,
-    buf: &mut [u8],
+    buf: &mut bytes::BytesMut,
+    max: usize,
     fds: &mut VecDeque<OwnedFd>,
 ) -> io::Result<(usize, bool)> {
     use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, recvmsg};
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
-    let mut iov = [io::IoSliceMut::new(buf)];
+    buf.reserve(max);
+    let spare = &mut buf.spare_capacity_mut()[..max];
+    // SAFETY: `recvmsg` only writes to the slice (the kernel never reads
+    // it), so viewing the uninitialized bytes as `u8`s for the call is
+    // sound (tokio's `try_read_buf` does the same); only the bytes it says
+    // it wrote are counted as initialized below.
+    let spare = unsafe { &mut *(std::ptr::from_mut(spare) as *mut [u8]) };
+    let mut iov = [io::IoSliceMut::new(spare)];
     let received = recvmsg(socket, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)?;
+    let read = received.bytes.min(max);
+    // SAFETY: the kernel wrote `read` bytes at the start of the spare
+    // capacity (of at least `max` bytes, reserved above).
+    unsafe { buf.set_len(buf.len() + read) };
     for message in control.drain() {
         if let RecvAncillaryMessage::ScmRights(received_fds) = message {
             fds.extend(received_fds);
         }
     }
-    Ok((received.bytes, received.flags.contains(ReturnFlags::CTRUNC)))
+    Ok((read, received.flags.contains(ReturnFlags::CTRUNC)))
 }
 
 /// Writes `parts` (gathered) with `fds` attached to their first byte;
@@ -67,11 +81,11 @@ mod tests {
         let sent = send_with_fds(&ours, &parts, &[passed.as_fd()]).expect("sent");
         assert_eq!(sent, 2);
         drop(passed);
-        let mut buf = [0; 8];
+        let mut buf = bytes::BytesMut::from(&b"<"[..]);
         let mut fds = VecDeque::new();
-        let (read, dropped) = recv_with_fds(&theirs, &mut buf, &mut fds).expect("received");
+        let (read, dropped) = recv_with_fds(&theirs, &mut buf, 8, &mut fds).expect("received");
         assert!(!dropped);
-        assert_eq!(&buf[..read], b"hi");
+        assert_eq!((read, &buf[..]), (2, &b"<hi"[..]), "appended");
         let fd = fds.pop_front().expect("the fd came with the bytes");
         assert!(fds.is_empty());
         let flags = rustix::io::fcntl_getfd(&fd).expect("fd flags");

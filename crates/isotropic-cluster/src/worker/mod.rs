@@ -239,9 +239,15 @@ impl WorkerBuilder {
     }
 }
 
+/// Bytes shorter than this are copied when sent, even when they lie in a
+/// payload the primary lent us: cheaper than a `returned` frame and the
+/// lookup of the loan.
+const RETURNED_FROM: usize = 4 * 1024;
+
 /// A bytes message of `bytes` for the primary: `returned` when they lie in
-/// a payload it lent us that we hold (not copied: the caller keeps `bytes`
-/// until the frame is queued, so that their release comes after it); else
+/// a payload it lent us that we hold and are not short (not copied: the
+/// caller keeps `bytes` until the frame is queued, so that their release
+/// comes after it); else
 /// a large one sealed, unless its hello said version 2; unless its hello
 /// (once it came) said version 1.
 fn bytes_frame(
@@ -257,7 +263,9 @@ fn bytes_frame(
             why: "the primary's hello said protocol version 1",
         });
     }
-    if let Some(returned) = borrower.returned(bytes) {
+    if bytes.len() >= RETURNED_FROM
+        && let Some(returned) = borrower.returned(bytes)
+    {
         return Ok(returned);
     }
     let sealed = takes_fds(primary_protocol).is_ok();
