@@ -303,6 +303,19 @@ impl Outbox {
 
     /// Queues `frame`, waiting for room, and resolves once it has been written.
     pub(crate) async fn send(&self, frame: impl Into<Encoded>) -> Result<(), SendError> {
+        self.queue(frame).await?.await
+    }
+
+    /// Queues `frame`, waiting for room; then the future it gives resolves
+    /// once the frame has been written.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancelled before it resolves, the frame is not queued.
+    pub(crate) async fn queue(
+        &self,
+        frame: impl Into<Encoded>,
+    ) -> Result<impl Future<Output = Result<(), SendError>> + '_, SendError> {
         let frame = frame.into();
         let (ack, written) = oneshot::channel();
         let mut ack = Some(ack);
@@ -317,10 +330,12 @@ impl Outbox {
             })
             .await;
         outcome.map_err(|refused| self.error(refused))?;
-        match written.await {
-            Ok(true) => Ok(()),
-            _ => Err(self.error(Refused::Closed)),
-        }
+        Ok(async move {
+            match written.await {
+                Ok(true) => Ok(()),
+                _ => Err(self.error(Refused::Closed)),
+            }
+        })
     }
 
     /// Queues `frame` without waiting.

@@ -213,6 +213,19 @@ impl Lender {
         });
     }
 
+    /// How many payloads are lent (for tests).
+    #[cfg(test)]
+    pub(crate) fn loans(&self) -> usize {
+        lock(&self.pool).loans.len()
+    }
+
+    /// Every payload lent, released as a worker would (for tests).
+    #[cfg(test)]
+    pub(crate) fn release_all(&self) {
+        let tokens: Vec<u64> = lock(&self.pool).loans.keys().copied().collect();
+        self.release(&tokens).expect("lent");
+    }
+
     /// The frame lending `token` was not queued: the loan is void.
     pub(crate) fn unsent(&self, token: u64) {
         let _ = lock(&self.pool).release(token, Instant::now());

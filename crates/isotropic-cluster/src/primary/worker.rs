@@ -383,10 +383,10 @@ impl WorkerHandle {
         fds: Vec<OwnedFd>,
     ) -> Result<(), SendError> {
         let bytes = bytes.into();
-        let (frame, token) = self.lend_or(&bytes, || self.sealed_or_not(&bytes))?;
-        (self.with_fds(frame, fds))
-            .and_then(|frame| self.inner.outbox.try_send(frame))
-            .inspect_err(|_| self.give_back(token))
+        let (frame, loan) = self.lend_or(&bytes, || self.sealed_or_not(&bytes))?;
+        self.inner.outbox.try_send(self.with_fds(frame, fds)?)?;
+        loan.queued();
+        Ok(())
     }
 
     /// `frame` with `fds`, for a worker that takes them.
@@ -413,9 +413,10 @@ impl WorkerHandle {
         fds: Vec<OwnedFd>,
     ) -> Result<(), SendError> {
         let bytes = bytes.into();
-        let (frame, token) = self.lend_or(&bytes, || self.sealed_or_not(&bytes))?;
-        let frame = (self.with_fds(frame, fds)).inspect_err(|_| self.give_back(token))?;
-        self.inner.outbox.send(frame).await
+        let (frame, loan) = self.lend_or(&bytes, || self.sealed_or_not(&bytes))?;
+        let written = self.inner.outbox.queue(self.with_fds(frame, fds)?).await?;
+        loan.queued();
+        written.await
     }
 
     /// Queues `bytes` as a bytes message without waiting.
@@ -446,15 +447,17 @@ impl WorkerHandle {
         &self,
         bytes: &Bytes,
         otherwise: impl FnOnce() -> Result<Encoded, SendError>,
-    ) -> Result<(Encoded, Option<u64>), SendError> {
-        if bytes.len() >= self.inner.sizes.sealed_from
+    ) -> Result<(Encoded, Loan<'_>), SendError> {
+        let (frame, token) = if bytes.len() >= self.inner.sizes.sealed_from
             && self.inner.segments.load(Ordering::Relaxed)
             && self.takes_fds().is_ok()
         {
-            self.inner.lender.lend(bytes, otherwise)
+            self.inner.lender.lend(bytes, otherwise)?
         } else {
-            Ok((otherwise()?, None))
-        }
+            (otherwise()?, None)
+        };
+        let lender = &self.inner.lender;
+        Ok((frame, Loan { lender, token }))
     }
 
     /// Sends `bytes` as [`lend_or`](Self::lend_or) encodes them.
@@ -463,10 +466,11 @@ impl WorkerHandle {
         bytes: &Bytes,
         otherwise: impl FnOnce() -> Result<Encoded, SendError>,
     ) -> Result<(), SendError> {
-        // (Cancelled before it is queued, a lent frame keeps its segment
-        // until the channel closes: its loan is never released.)
-        let (frame, _) = self.lend_or(bytes, otherwise)?;
-        self.send_bytes_frame(frame).await
+        let (frame, loan) = self.lend_or(bytes, otherwise)?;
+        self.takes(&frame)?;
+        let written = self.inner.outbox.queue(frame).await?;
+        loan.queued();
+        written.await
     }
 
     /// Queues `bytes` as [`lend_or`](Self::lend_or) encodes them.
@@ -475,15 +479,10 @@ impl WorkerHandle {
         bytes: &Bytes,
         otherwise: impl FnOnce() -> Result<Encoded, SendError>,
     ) -> Result<(), SendError> {
-        let (frame, token) = self.lend_or(bytes, otherwise)?;
-        (self.try_send_bytes_frame(&frame)).inspect_err(|_| self.give_back(token))
-    }
-
-    /// The loan `token` of a frame that was not queued is void.
-    fn give_back(&self, token: Option<u64>) {
-        if let Some(token) = token {
-            self.inner.lender.unsent(token);
-        }
+        let (frame, loan) = self.lend_or(bytes, otherwise)?;
+        self.try_send_bytes_frame(&frame)?;
+        loan.queued();
+        Ok(())
     }
 
     /// The segments large payloads to the worker are lent from.
@@ -566,11 +565,6 @@ impl WorkerHandle {
         }
     }
 
-    pub(crate) async fn send_bytes_frame(&self, frame: Encoded) -> Result<(), SendError> {
-        self.takes(&frame)?;
-        self.inner.outbox.send(frame).await
-    }
-
     pub(crate) fn try_send_bytes_frame(&self, frame: &Encoded) -> Result<(), SendError> {
         self.takes(frame)?;
         self.inner.outbox.try_send_ref(frame)
@@ -596,6 +590,29 @@ impl WorkerHandle {
     }
 }
 
+/// A payload lent for a frame not queued yet: given back when dropped
+/// unless [`queued`](Self::queued), so that an error, or a send cancelled
+/// while it waits for room, leaves no segment lent for nothing.
+struct Loan<'a> {
+    lender: &'a Lender,
+    token: Option<u64>,
+}
+
+impl Loan<'_> {
+    /// Its frame is queued: the worker releases the payload once done.
+    fn queued(mut self) {
+        self.token = None;
+    }
+}
+
+impl Drop for Loan<'_> {
+    fn drop(&mut self) {
+        if let Some(token) = self.token {
+            self.lender.unsent(token);
+        }
+    }
+}
+
 impl PartialEq for WorkerHandle {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
@@ -610,5 +627,69 @@ impl fmt::Debug for WorkerHandle {
             .field("id", &self.inner.id.get())
             .field("pid", &self.inner.pid)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::channel::QueueLimits;
+
+    const MIB: usize = 1 << 20;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lent_send_cancelled_or_refused_before_it_is_queued_gives_its_segment_back() {
+        // The peer never reads: once its socket is full, the queue fills.
+        let (ours, _peer) = tokio::net::UnixStream::pair().expect("socket pair");
+        let limits = QueueLimits {
+            messages: 4,
+            bytes: 8 * MIB,
+        };
+        let outbox = Outbox::spawn(ours.into_split().1, limits, Some(WorkerId(1)));
+        let sizes = Sizes::frames(64 * MIB);
+        let wire = Wire::Frames(crate::Codec::Json);
+        let timeout = Duration::from_secs(1);
+        let worker = WorkerHandle::new(
+            (WorkerId(1), 0, 1),
+            0,
+            outbox,
+            sizes,
+            timeout,
+            wire,
+            Arc::default(),
+        );
+        worker.said_hello(protocol::VERSION, true);
+        let large = Bytes::from(vec![7u8; 2 * MIB]);
+        // A first large send makes a segment, which the worker releases.
+        let sent = worker.send_bytes(large.clone()).await;
+        assert!(sent.is_ok(), "lent and written: {sent:?}");
+        assert_eq!(worker.lender().loans(), 1);
+        worker.lender().release_all();
+        let small = || vec![0u8; 64 * 1024];
+        let mut filled = false;
+        for _ in 0..1000 {
+            if let Err(SendError::Full { .. }) = worker.try_send_bytes(small()) {
+                tokio::task::yield_now().await;
+                if let Err(SendError::Full { .. }) = worker.try_send_bytes(small()) {
+                    filled = true;
+                    break;
+                }
+            }
+        }
+        assert!(filled, "the queue fills while the peer reads nothing");
+        // Lent from the free segment, refused at once (full): given back.
+        let refused = worker.try_send_bytes(large.clone());
+        assert!(matches!(refused, Err(SendError::Full { .. })));
+        assert_eq!(worker.lender().loans(), 0);
+        // Lent, then cancelled while waiting for room: the same.
+        let send = worker.send_bytes(large.clone());
+        let cancelled = tokio::time::timeout(Duration::from_secs(5), send).await;
+        assert!(cancelled.is_err(), "still waiting for room");
+        assert_eq!(worker.lender().loans(), 0, "no loan left behind");
+        // The segment is free: lent again.
+        let again = worker.lender().lend(&large, || Err(()));
+        assert!(again.is_ok_and(|(_, token)| token.is_some()));
     }
 }
