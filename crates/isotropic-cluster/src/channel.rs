@@ -553,8 +553,10 @@ async fn write_slices(
 /// buffer doubles it; idle workers keep a small one).
 const FIRST_CHUNK: usize = 4 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
-/// How many buffers read before an inbox keeps for reuse.
+/// How many buffers read before an inbox keeps for reuse, and the largest
+/// it reuses.
 const SPARES: usize = 2;
+const SPARE_BYTES: usize = 4 * READ_CHUNK;
 
 /// Reads frames, and keeps the fds that arrive with them, in order: those
 /// of `connection` frames (taken with [`take_fd`](Self::take_fd)), those an
@@ -779,10 +781,14 @@ impl<D: Decoder<Item = Frame, Error = ProtocolError>> Inbox<D> {
     /// next read), else in a spare buffer whose frames are all gone, else in
     /// a new one; the buffer left behind becomes a spare (a primary hands
     /// frames to another task, so one is still in use while it reads).
+    /// Spares are for a burst: a large one (it held a large frame) is let
+    /// go once free, and all once a read comes short (see `read`).
     fn make_room(&mut self) {
         if self.buf.capacity() - self.buf.len() >= self.chunk || self.buf.try_reclaim(self.chunk) {
             return;
         }
+        // (Reclaimed, a free spare shows its whole allocation.)
+        (self.spares).retain_mut(|spare| !spare.try_reclaim(0) || spare.capacity() <= SPARE_BYTES);
         let reusable = (self.spares.iter_mut()).position(|spare| spare.try_reclaim(self.chunk));
         let mut next = match reusable {
             Some(at) => self.spares.swap_remove(at),
@@ -824,6 +830,11 @@ impl<D: Decoder<Item = Frame, Error = ProtocolError>> Inbox<D> {
         }
         if read == self.chunk && read < READ_CHUNK {
             self.chunk = read * 2;
+        }
+        if read < self.chunk {
+            // The peer's burst is over: the spares' memory goes back with
+            // the frames that hold it.
+            self.spares.clear();
         }
         Ok(())
     }
@@ -1046,6 +1057,32 @@ mod tests {
         for (i, bytes) in held {
             assert_eq!(bytes, payload(i), "payload {i} intact");
         }
+    }
+
+    #[tokio::test]
+    async fn a_buffer_that_held_a_large_frame_is_not_kept_once_the_burst_is_over() {
+        let (outbox, mut inbox) = outbox(100, 1 << 24);
+        let sizes = protocol::Sizes::frames(DEFAULT_MAX_FRAME);
+        let send = |len: usize| {
+            let payload = Bytes::from(vec![1u8; len]);
+            let frame = protocol::encode_payload(payload, sizes, false).expect("fits");
+            outbox.try_send(frame).expect("room");
+        };
+        send(4 << 20);
+        let held = match inbox.next().await {
+            Some(Ok(Frame::Bytes(bytes))) => bytes,
+            other => panic!("not bytes: {other:?}"),
+        };
+        // The next read needs room while the large frame is held: the
+        // buffer it is in is set aside, then let go after a short read.
+        send(10);
+        assert!(matches!(inbox.next().await, Some(Ok(Frame::Bytes(b))) if b.len() == 10));
+        assert!(
+            inbox.spares.is_empty(),
+            "{} spares kept",
+            inbox.spares.len()
+        );
+        assert_eq!(held.len(), 4 << 20);
     }
 
     /// `n` fds (of `/dev/null`).
