@@ -423,6 +423,10 @@ impl Writer {
     /// `items` were written (or not: `ok`): their room is given back, their
     /// write buffers kept for reuse.
     fn written(&self, items: &mut Vec<Item>, (messages, bytes): (usize, usize)) {
+        // Frames go first, outside the lock: their bytes can be anyone's,
+        // whose drop may queue a frame here (a payload lent to a worker,
+        // released when its last view goes).
+        items.retain(|item| matches!(item, Item::Batch { .. }));
         let mut queue = self.0.lock();
         queue.messages -= messages;
         queue.bytes -= bytes;
@@ -590,7 +594,7 @@ impl<D: Decoder<Item = Frame, Error = ProtocolError>> Inbox<D> {
     pub(crate) fn new(half: OwnedReadHalf, codec: D) -> Self {
         Self {
             half,
-            buf: BytesMut::new(),
+            buf: BytesMut::with_capacity(FIRST_CHUNK),
             chunk: FIRST_CHUNK,
             spares: Vec::new(),
             codec,

@@ -212,9 +212,12 @@ impl Pool {
         sizes: Sizes,
     ) -> Result<(), SendError> {
         if bytes.len() < sizes.sealed_from {
-            let frame =
-                protocol::encode_bytes(bytes, sizes.max_frame).map_err(SendError::Encode)?;
-            return self.try_send(to, |worker| worker.try_send_bytes_frame(&frame));
+            // (A payload too large fails for each worker `to` names, as
+            // with `send_bytes`.)
+            let frame = protocol::encode_bytes(bytes, sizes.max_frame).map_err(SendError::Encode);
+            return self.try_send(to, |worker| {
+                (frame.as_ref().map_err(Clone::clone)).and_then(|f| worker.try_send_bytes_frame(f))
+            });
         }
         let shared = SharedBytes::new(bytes.clone(), sizes);
         self.try_send(to, |worker| {

@@ -239,9 +239,9 @@ impl WorkerBuilder {
     }
 }
 
-/// Bytes shorter than this are copied when sent, even when they lie in a
-/// payload the primary lent us: cheaper than a `returned` frame and the
-/// lookup of the loan.
+/// Bytes shorter than this (and than a frame, and than a sealed payload)
+/// are copied when sent, even when they lie in a payload the primary lent
+/// us: cheaper than a `returned` frame and the lookup of the loan.
 const RETURNED_FROM: usize = 4 * 1024;
 
 /// A bytes message of `bytes` for the primary: `returned` when they lie in
@@ -263,7 +263,8 @@ fn bytes_frame(
             why: "the primary's hello said protocol version 1",
         });
     }
-    if bytes.len() >= RETURNED_FROM
+    let short = RETURNED_FROM.min(sizes.sealed_from).min(sizes.max_frame);
+    if bytes.len() >= short
         && let Some(returned) = borrower.returned(bytes)
     {
         return Ok(returned);
