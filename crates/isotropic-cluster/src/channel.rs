@@ -1089,6 +1089,25 @@ mod tests {
         assert_eq!(held.len(), 4 << 20);
     }
 
+    /// Every spare set aside is a real buffer, reusable once its frames are
+    /// gone (not the empty one an inbox could start with).
+    #[tokio::test]
+    async fn every_spare_can_be_reused_once_its_frames_are_gone() {
+        let (outbox, mut inbox) = outbox(10, 1 << 20);
+        let sizes = protocol::Sizes::frames(DEFAULT_MAX_FRAME);
+        let frame = protocol::encode_payload(Bytes::from_static(b"hello"), sizes, false);
+        outbox.try_send(frame.expect("fits")).expect("room");
+        match inbox.next().await {
+            Some(Ok(Frame::Bytes(bytes))) => assert_eq!(&bytes[..], b"hello"),
+            other => panic!("not bytes: {other:?}"),
+        }
+        let chunk = inbox.chunk;
+        for spare in &mut inbox.spares {
+            let capacity = spare.capacity();
+            assert!(spare.try_reclaim(chunk), "a spare of {capacity} bytes");
+        }
+    }
+
     /// `n` fds (of `/dev/null`).
     fn nulls(n: usize) -> Vec<OwnedFd> {
         (0..n)

@@ -635,7 +635,7 @@ impl Drop for Release {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::channel::{Inbox, QueueLimits};
     use crate::protocol::{DEFAULT_MAX_FRAME, FrameCodec};
@@ -726,14 +726,14 @@ mod tests {
 
     /// Both ends of a channel: the primary's outbox and inbox (lending),
     /// the worker's (borrowing).
-    struct Ends {
-        lender: Arc<Lender>,
-        primary: (Outbox, Inbox),
-        borrower: Arc<Borrower>,
-        worker: (Outbox, Inbox),
+    pub(crate) struct Ends {
+        pub(crate) lender: Arc<Lender>,
+        pub(crate) primary: (Outbox, Inbox),
+        pub(crate) borrower: Arc<Borrower>,
+        pub(crate) worker: (Outbox, Inbox),
     }
 
-    fn ends() -> Ends {
+    pub(crate) fn ends() -> Ends {
         let (ours, theirs) = tokio::net::UnixStream::pair().expect("a socket pair");
         let (our_read, our_write) = ours.into_split();
         let (their_read, their_write) = theirs.into_split();
@@ -763,7 +763,7 @@ mod tests {
             .into()
     }
 
-    async fn bytes(inbox: &mut Inbox) -> Bytes {
+    pub(crate) async fn bytes(inbox: &mut Inbox) -> Bytes {
         match inbox.next().await {
             Some(Ok(Frame::Bytes(bytes))) => bytes,
             other => panic!("not bytes: {other:?}"),
@@ -771,7 +771,7 @@ mod tests {
     }
 
     /// Lends `payload` (no fallback expected) and queues it.
-    fn lend(ends: &Ends, payload: &Bytes) -> u64 {
+    pub(crate) fn lend(ends: &Ends, payload: &Bytes) -> u64 {
         let (frame, token) = ends
             .lender
             .lend(payload, || Err::<Encoded, ()>(()))

@@ -287,4 +287,63 @@ mod tests {
         assert!(pool.lock().selected.is_empty());
         assert!(pool.round_robin("a").is_none());
     }
+
+    /// A small payload too large for a frame fails for each worker `to`
+    /// names, as with `send_bytes`: no ready worker is `NoDestination`, two
+    /// are `Partial` with both failures.
+    #[tokio::test]
+    async fn try_send_bytes_error_precedence_matches_send_bytes() {
+        let sizes = Sizes {
+            max_frame: 1000,
+            sealed_from: 1 << 20,
+        };
+        let payload = || Bytes::from(vec![0u8; 2000]);
+        let pool = Pool::default();
+        let none = pool.try_send_bytes(Destination::Ready, payload(), sizes);
+        assert!(
+            matches!(none, Err(SendError::NoDestination)),
+            "no ready worker: {none:?}"
+        );
+        for id in 1..=2 {
+            let worker = worker(id);
+            worker.said_hello(crate::protocol::VERSION, true);
+            pool.join(&worker);
+        }
+        let two = pool.try_send_bytes(Destination::Ready, payload(), sizes);
+        assert!(
+            matches!(&two, Err(SendError::Partial { delivered: 0, failures }) if failures.len() == 2),
+            "two ready workers: {two:?}"
+        );
+    }
+
+    /// The shared list of ready workers follows joins, rejoins and leaves.
+    #[tokio::test]
+    async fn a_send_to_every_ready_worker_follows_joins_and_leaves() {
+        let pool = Pool::default();
+        let workers: Vec<_> = (1..=3).map(worker).collect();
+        for worker in &workers {
+            pool.join(worker);
+        }
+        pool.join(&workers[1]);
+        let ids = |pool: &Pool| {
+            pool.members()
+                .iter()
+                .map(|w| w.id().get())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&pool), [1, 2, 3]);
+        assert!(pool.leave(WorkerId(2)));
+        assert_eq!(ids(&pool), [1, 3]);
+        let reached = std::sync::Mutex::new(Vec::new());
+        let sent = pool.try_send(Destination::Ready, |w| {
+            reached.lock().expect("lock").push(w.id().get());
+            Ok(())
+        });
+        assert!(sent.is_ok());
+        assert_eq!(*reached.lock().expect("lock"), [1, 3]);
+        pool.leave(WorkerId(1));
+        pool.leave(WorkerId(3));
+        let none = pool.try_send(Destination::Ready, |_| Ok(()));
+        assert!(matches!(none, Err(SendError::NoDestination)));
+    }
 }

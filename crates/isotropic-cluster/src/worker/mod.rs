@@ -825,3 +825,69 @@ impl crate::request::sealed::HasHandlers for WorkerBuilder {
         &mut self.handlers
     }
 }
+
+#[cfg(test)]
+mod lent_slices {
+    use super::*;
+    use crate::protocol::{DEFAULT_MAX_FRAME, DEFAULT_SEALED_FROM, Frame};
+    use crate::shared::tests::{Ends, bytes, ends, lend};
+
+    /// A payload of 1.5 MiB lent by the primary, as the worker holds it.
+    async fn lent_to_us(ends: &mut Ends) -> Bytes {
+        lend(ends, &Bytes::from(vec![5u8; 3 << 19]));
+        bytes(&mut ends.worker.1).await
+    }
+
+    /// A short slice of a payload the primary lent us is copied into a
+    /// bytes frame only when it fits one: under a small maximum frame it
+    /// goes back as a `returned` frame.
+    #[tokio::test]
+    async fn a_short_slice_of_a_lent_payload_is_sent_back_under_a_small_max_frame() {
+        let mut ends = ends();
+        let received = lent_to_us(&mut ends).await;
+        let sizes = Sizes {
+            max_frame: 1024,
+            sealed_from: DEFAULT_SEALED_FROM,
+        };
+        let version = AtomicU32::new(protocol::VERSION);
+        let frame = bytes_frame(&received.slice(0..2048), sizes, &version, &ends.borrower);
+        assert!(frame.is_ok(), "a 2 KiB slice of a lent payload: {frame:?}");
+    }
+
+    /// A slice just under 4 KiB of a lent payload is copied into a bytes
+    /// frame whose body is the borrowed view, queued by reference (the
+    /// frame is 4 KiB or more). Dropped by the sender before the write, its
+    /// last reference goes with the written frame, and its release queues
+    /// a frame on the same outbox: not under the queue's lock, or the
+    /// writer would wait for itself.
+    #[test]
+    fn a_short_lent_slice_dropped_before_its_write_does_not_stall_the_writer() {
+        const LEN: usize = 4093;
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let mut ends = ends();
+                let received = lent_to_us(&mut ends).await;
+                let sizes = Sizes::frames(DEFAULT_MAX_FRAME);
+                let version = AtomicU32::new(protocol::VERSION);
+                let slice = received.slice(0..LEN);
+                let frame = bytes_frame(&slice, sizes, &version, &ends.borrower).expect("a frame");
+                ends.worker.0.try_send(frame).expect("queued");
+                drop((slice, received));
+                // The echo, then the release, then a heartbeat.
+                assert_eq!(bytes(&mut ends.primary.1).await.len(), LEN);
+                let heartbeat = protocol::encode_control(&Frame::Heartbeat);
+                ends.worker.0.try_send(heartbeat).expect("queued");
+                let next = ends.primary.1.next().await;
+                assert!(matches!(next, Some(Ok(Frame::Heartbeat))), "{next:?}");
+            });
+            let _ = done.send(());
+        });
+        let outcome = finished.recv_timeout(Duration::from_secs(30));
+        assert!(outcome.is_ok(), "the worker's writer is stuck: {outcome:?}");
+    }
+}
