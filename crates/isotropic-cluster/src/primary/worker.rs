@@ -383,10 +383,21 @@ impl WorkerHandle {
         fds: Vec<OwnedFd>,
     ) -> Result<(), SendError> {
         let bytes = bytes.into();
-        let (frame, loan) = self.lend_or(&bytes, || self.sealed_or_not(&bytes))?;
-        self.inner.outbox.try_send(self.with_fds(frame, fds)?)?;
+        let (frame, loan) = self.bytes_with_fds(&bytes, fds)?;
+        self.inner.outbox.try_send(frame)?;
         loan.queued();
         Ok(())
+    }
+
+    /// A bytes message of `bytes` with `fds` (lent or not, as
+    /// [`lend_or`](Self::lend_or) says), for a worker that takes fds.
+    fn bytes_with_fds(
+        &self,
+        bytes: &Bytes,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(Encoded, Loan<'_>), SendError> {
+        let (frame, loan) = self.lend_or(bytes, || self.sealed_or_not(bytes))?;
+        Ok((self.with_fds(frame, fds)?, loan))
     }
 
     /// `frame` with `fds`, for a worker that takes them.
@@ -413,8 +424,8 @@ impl WorkerHandle {
         fds: Vec<OwnedFd>,
     ) -> Result<(), SendError> {
         let bytes = bytes.into();
-        let (frame, loan) = self.lend_or(&bytes, || self.sealed_or_not(&bytes))?;
-        let written = self.inner.outbox.queue(self.with_fds(frame, fds)?).await?;
+        let (frame, loan) = self.bytes_with_fds(&bytes, fds)?;
+        let written = self.inner.outbox.queue(frame).await?;
         loan.queued();
         written.await
     }
@@ -437,12 +448,11 @@ impl WorkerHandle {
         protocol::encode_payload(bytes.clone(), self.inner.sizes, sealed).map_err(SendError::Encode)
     }
 
-    /// A bytes message of `bytes` for this worker, and the token it is lent
-    /// as: lent from one of its segments when large, its hello said it
-    /// takes that, and a segment is free (see `shared.rs`); else
-    /// `otherwise`'s frame (for
-    /// a broadcast, one sealed memfd shared by the workers that get no
-    /// segment).
+    /// A bytes message of `bytes` for this worker, and its loan: lent from
+    /// one of its segments when large, its hello said it takes that, and a
+    /// segment is free (see `shared.rs`); else `otherwise`'s frame (for a
+    /// broadcast, one sealed memfd shared by the workers that get no
+    /// segment), with no loan.
     fn lend_or(
         &self,
         bytes: &Bytes,
