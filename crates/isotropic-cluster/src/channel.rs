@@ -16,7 +16,7 @@ use tokio_util::codec::Decoder;
 use crate::WorkerId;
 use crate::error::{ProtocolError, SendError};
 use crate::message::Codec;
-use crate::protocol::{self, Encoded, Frame, FrameCodec};
+use crate::protocol::{self, BytesRun, Encoded, Frame, FrameCodec};
 use crate::shared::Sharing;
 use crate::sys;
 use crate::traffic::Traffic;
@@ -665,18 +665,19 @@ impl<D: Decoder<Item = Frame, Error = ProtocolError>> Inbox<D> {
         decoded
     }
 
-    /// The payload of the next frame if it is a bytes frame already
-    /// buffered, with no fds announced for it and no head waiting for it
-    /// as its body (no read); else `None`, the frame left for
+    /// The next frames if they are bytes frames already buffered (at most
+    /// `most.0` of them, none past the first to end beyond `most.1` bytes),
+    /// with no fds announced for the first and no head waiting for it as
+    /// its body (no read); else `None`, the frame left for
     /// [`try_next`](Self::try_next).
-    pub(crate) fn try_next_bytes(&mut self) -> Option<Bytes>
+    pub(crate) fn try_next_run(&mut self, most: (usize, usize)) -> Option<BytesRun>
     where
         D: crate::protocol::TakeBytes,
     {
         if self.done || self.announced.is_some() || self.heads.is_some() {
             return None;
         }
-        self.codec.take_bytes(&mut self.buf)
+        self.codec.take_run(&mut self.buf, most)
     }
 
     /// The oldest fd received and not taken yet.

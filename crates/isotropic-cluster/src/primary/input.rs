@@ -11,7 +11,7 @@ use super::events::OutputStream;
 use crate::WorkerId;
 use crate::error::ProtocolError;
 use crate::net::ListenAddress;
-use crate::protocol::Frame;
+use crate::protocol::{BytesRun, Frame};
 
 /// One report to the primary's actor.
 #[derive(Debug)]
@@ -22,7 +22,7 @@ pub(crate) enum Input {
     /// queued for the worker).
     Frames(
         WorkerId,
-        Vec<Frame>,
+        Vec<Inbound>,
         OwnedSemaphorePermit,
         Option<OwnedSemaphorePermit>,
     ),
@@ -38,4 +38,12 @@ pub(crate) enum Input {
     Notify(super::notify::Sender, super::notify::Notice),
     /// What a rollout's health check said of a worker.
     Health(WorkerId, Result<(), String>),
+}
+
+/// Frames of a worker as the actor gets them: one by one, or the common case
+/// of consecutive bytes messages as one run (no [`Frame`] each).
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    Frame(Frame),
+    Bytes(BytesRun),
 }

@@ -13,7 +13,7 @@ use super::events::{
     HandlerPanicked, Initialize, WorkerBytes, WorkerListenError, WorkerListening, WorkerMessage,
     WorkerOutput, WorkerSignal,
 };
-use super::input::Input;
+use super::input::{Inbound, Input};
 use super::listen::LINGER;
 use super::phase::Phase;
 use super::registry::Entry;
@@ -24,7 +24,7 @@ use crate::error::BoxError;
 use crate::events::{self, HandlerPanic, Stage, Topic as _};
 use crate::fds::PassedFds;
 use crate::net::ListenAddress;
-use crate::protocol::Frame;
+use crate::protocol::{Frame, Kind};
 
 /// How many queued inputs are handled per turn of the actor's loop.
 const BATCH: usize = 256;
@@ -121,19 +121,20 @@ impl PrimaryContext {
     pub(super) fn input(&mut self, input: Input) {
         match input {
             Input::Frames(id, frames, _budget, mut replies) => {
-                for frame in frames {
-                    let name = frame.name();
-                    match frame {
+                for inbound in frames {
+                    match inbound {
                         // The common case, taken apart here: a frame is a
                         // large enum, and moving it through `frame` and
                         // `deliver` showed in profiles.
-                        Frame::Bytes(bytes) => {
-                            if let Some(worker) = self.admitted(id, name, false) {
-                                let fds = PassedFds::default();
-                                events::publish(self, WorkerBytes { worker, bytes, fds });
+                        Inbound::Bytes(run) => {
+                            for bytes in run {
+                                if let Some(worker) = self.admitted(id, Kind::Bytes.name(), false) {
+                                    let fds = PassedFds::default();
+                                    events::publish(self, WorkerBytes { worker, bytes, fds });
+                                }
                             }
                         }
-                        frame => {
+                        Inbound::Frame(frame) => {
                             let reply = match (&frame, &mut replies) {
                                 (frame, Some(replies)) if frame.is_request() => replies.split(1),
                                 _ => None,

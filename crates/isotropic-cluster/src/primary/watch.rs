@@ -13,11 +13,11 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::{Decoder, FramedRead};
 
 use super::events::OutputStream;
-use super::input::Input;
+use super::input::{Inbound, Input};
 use super::output::{Delivery, OutputLine, OutputSink};
 use crate::channel::Inbox;
 use crate::error::ProtocolError;
-use crate::protocol::{AnyCodec, Frame};
+use crate::protocol::{AnyCodec, BytesRun, Frame};
 use crate::shared::Sharing;
 use crate::sys;
 use crate::traffic::Traffic;
@@ -140,21 +140,23 @@ impl Watch {
                 frame = next_frame(&mut self.frames) => match self.closed(frame) {
                     Ok(frame) => {
                         // Take what else is already buffered, in one input.
-                        let mut weight = frame.weight();
-                        let mut batch = vec![frame];
-                        while batch.len() < BATCH && weight < BATCH_BYTES {
-                            // (A bytes frame, the common case, without the
-                            // decoder's layers: see `Inbox::try_next_bytes`.)
-                            if let Some(bytes) = self.frames.as_mut().and_then(Inbox::try_next_bytes) {
-                                let frame = Frame::Bytes(bytes);
-                                weight += frame.weight();
-                                batch.push(frame);
+                        let (mut count, mut weight) = (1, frame.weight());
+                        let mut batch = vec![Inbound::Frame(frame)];
+                        while count < BATCH && weight < BATCH_BYTES {
+                            // (Bytes frames, the common case, as one run: see
+                            // `Inbox::try_next_run`.)
+                            let most = (BATCH - count, BATCH_BYTES - weight);
+                            if let Some(run) = self.frames.as_mut().and_then(|f| f.try_next_run(most)) {
+                                count += run.len();
+                                weight += run.wire_len();
+                                batch.push(Inbound::Bytes(run));
                                 continue;
                             }
                             match self.frames.as_mut().and_then(Inbox::try_next) {
                                 Some(Ok(frame)) => {
+                                    count += 1;
                                     weight += frame.weight();
-                                    batch.push(frame);
+                                    batch.push(Inbound::Frame(frame));
                                 }
                                 None => break,
                                 end => {
@@ -164,12 +166,14 @@ impl Watch {
                             }
                         }
                         let bytes = self.frames.as_mut().map_or(0, |f| std::mem::take(&mut f.codec_mut().1));
-                        self.traffic.received(batch.len(), bytes);
+                        self.traffic.received(count, bytes);
                         let share = u32::try_from(weight.min(INPUT_BUDGET)).unwrap_or(u32::MAX);
                         let Ok(permit) = self.budget.clone().acquire_many_owned(share).await else {
                             return;
                         };
-                        let requests = batch.iter().filter(|f| f.is_request()).count();
+                        let requests = (batch.iter())
+                            .filter(|f| matches!(f, Inbound::Frame(frame) if frame.is_request()))
+                            .count();
                         let replies = match u32::try_from(requests) {
                             Ok(0) | Err(_) => None,
                             Ok(requests) => match self.replies.clone().acquire_many_owned(requests).await {
@@ -393,11 +397,10 @@ async fn next<S: futures_util::Stream + Unpin>(stream: &mut Option<S>) -> Option
 struct Counted(AnyCodec, usize);
 
 impl crate::protocol::TakeBytes for Counted {
-    fn take_bytes(&mut self, src: &mut BytesMut) -> Option<bytes::Bytes> {
-        let before = src.len();
-        let payload = self.0.take_bytes(src)?;
-        self.1 += before - src.len();
-        Some(payload)
+    fn take_run(&mut self, src: &mut BytesMut, most: (usize, usize)) -> Option<BytesRun> {
+        let run = self.0.take_run(src, most)?;
+        self.1 += run.wire_len();
+        Some(run)
     }
 }
 

@@ -113,30 +113,81 @@ impl Decoder for FrameCodec {
     }
 }
 
-/// A decoder that can take a bytes frame's payload without building a
-/// [`Frame`]: the common case of small messages, where moving a `Frame` (a
-/// large enum) through the layers of a decode showed in profiles.
+/// A decoder that can take bytes frames' payloads without building a
+/// [`Frame`] each: the common case of small messages, where moving a `Frame`
+/// (a large enum) through the layers of a decode and into a batch showed in
+/// profiles.
 pub(crate) trait TakeBytes {
-    /// The payload of the next frame in `src` if it is a whole bytes frame
-    /// within bounds; else `None`, `src` left as it was (the frame is then
-    /// for `decode`).
-    fn take_bytes(&mut self, src: &mut BytesMut) -> Option<Bytes>;
+    /// The whole bytes frames within bounds at the start of `src`, at most
+    /// `most.0` of them and none past the first to end beyond `most.1`
+    /// bytes; `None` if there is none there (the next frame, left in `src`,
+    /// is then for `decode`).
+    fn take_run(&mut self, src: &mut BytesMut, most: (usize, usize)) -> Option<BytesRun>;
 }
 
 impl TakeBytes for FrameCodec {
-    fn take_bytes(&mut self, src: &mut BytesMut) -> Option<Bytes> {
-        let header = src.get(..=HEADER)?;
-        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        if header[HEADER] != Kind::Bytes as u8 || len == 0 || len > self.max {
-            return None;
+    fn take_run(&mut self, src: &mut BytesMut, most: (usize, usize)) -> Option<BytesRun> {
+        let (mut end, mut count) = (0, 0);
+        while count < most.0 && end < most.1 {
+            let Some(header) = src.get(end..=end + HEADER) else {
+                break;
+            };
+            let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+            let whole = src.len() - end >= HEADER + len;
+            if header[HEADER] != Kind::Bytes as u8 || len == 0 || len > self.max || !whole {
+                break;
+            }
+            end += HEADER + len;
+            count += 1;
         }
-        if src.len() < HEADER + len {
-            return None;
-        }
-        src.advance(HEADER + 1);
-        Some(src.split_to(len - 1).freeze())
+        (count > 0).then(|| BytesRun {
+            wire: src.split_to(end).freeze(),
+            count,
+        })
     }
 }
+
+/// Bytes frames as they came, one after the other ([`TakeBytes::take_run`]):
+/// an iterator of their payloads, in order.
+#[derive(Debug)]
+pub(crate) struct BytesRun {
+    /// Whole bytes frames, each checked.
+    wire: Bytes,
+    /// How many are left.
+    count: usize,
+}
+
+impl BytesRun {
+    /// The bytes the frames left take on the wire.
+    pub(crate) fn wire_len(&self) -> usize {
+        self.wire.len()
+    }
+}
+
+impl Iterator for BytesRun {
+    type Item = Bytes;
+
+    fn next(&mut self) -> Option<Bytes> {
+        let header = self.wire.get(..=HEADER)?;
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        // (Checked whole by `take_run`: `min` only keeps a slip from panicking.)
+        let end = (HEADER + len).min(self.wire.len());
+        let mut payload = if end == self.wire.len() {
+            std::mem::take(&mut self.wire)
+        } else {
+            self.wire.split_to(end)
+        };
+        payload.advance(HEADER + 1);
+        self.count = self.count.saturating_sub(1);
+        Some(payload)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.count, Some(self.count))
+    }
+}
+
+impl ExactSizeIterator for BytesRun {}
 
 impl Encoder<&Frame> for FrameCodec {
     type Error = ProtocolError;
@@ -397,34 +448,68 @@ mod tests {
         [&length.to_be_bytes()[..], &[kind as u8], payload].concat()
     }
 
-    /// The shortcut takes a whole bytes frame's payload, as `decode` would,
+    /// The payloads of the bytes frames a run took, in order.
+    fn payloads(run: Option<BytesRun>) -> Vec<Bytes> {
+        run.map(Iterator::collect).unwrap_or_default()
+    }
+
+    /// The shortcut takes whole bytes frames' payloads, as `decode` would,
     /// and leaves anything else (another kind, a frame not all there, one
     /// over the bound, an empty one) for `decode`.
     #[test]
-    fn take_bytes_takes_only_a_whole_bytes_frame() {
+    fn take_run_takes_only_whole_bytes_frames() {
         let mut codec = FrameCodec::new(16);
-        let wire = [raw(Kind::Bytes, b"abc"), raw(Kind::Heartbeat, b"")].concat();
+        let bytes = |payload: &[u8]| raw(Kind::Bytes, payload);
+        let wire = [
+            bytes(b"abc"),
+            bytes(b"d"),
+            raw(Kind::Heartbeat, b""),
+            bytes(b"e"),
+        ]
+        .concat();
         let mut buf = BytesMut::from(&wire[..]);
-        assert_eq!(codec.take_bytes(&mut buf).as_deref(), Some(&b"abc"[..]));
-        assert_eq!(codec.take_bytes(&mut buf), None);
+        assert_eq!(
+            payloads(codec.take_run(&mut buf, (9, 99))),
+            [&b"abc"[..], b"d"]
+        );
+        assert!(codec.take_run(&mut buf, (9, 99)).is_none());
         assert_eq!(
             codec.decode(&mut buf).expect("decodes"),
             Some(Frame::Heartbeat)
         );
-        let whole = raw(Kind::Bytes, b"abc");
+        assert_eq!(payloads(codec.take_run(&mut buf, (9, 99))), [&b"e"[..]]);
+        let whole = [bytes(b"abc"), bytes(b"xy")].concat();
         for cut in 0..whole.len() {
             let mut buf = BytesMut::from(&whole[..cut]);
-            assert_eq!(codec.take_bytes(&mut buf), None);
-            assert_eq!(&buf[..], &whole[..cut]);
+            let taken = payloads(codec.take_run(&mut buf, (9, 99)));
+            assert_eq!(taken.len(), usize::from(cut >= 8), "cut at {cut}");
+            assert_eq!(taken.len() * 8 + buf.len(), cut, "the rest stays");
         }
         for wire in [
             raw(Kind::Bytes, &[0; 16]),
             vec![0, 0, 0, 0, Kind::Bytes as u8],
         ] {
             let mut buf = BytesMut::from(&wire[..]);
-            assert_eq!(codec.take_bytes(&mut buf), None);
+            assert!(codec.take_run(&mut buf, (9, 99)).is_none());
             assert!(codec.decode(&mut buf).is_err());
         }
+    }
+
+    /// A run stops at the count given, and at the first frame to end past
+    /// the bytes given (taking that one).
+    #[test]
+    fn take_run_keeps_to_its_bounds() {
+        let mut codec = FrameCodec::new(16);
+        let wire = [b"ab", b"cd", b"ef", b"gh"]
+            .map(|p| raw(Kind::Bytes, p))
+            .concat();
+        let mut buf = BytesMut::from(&wire[..]);
+        let run = codec.take_run(&mut buf, (2, 99)).expect("a run");
+        assert_eq!((run.len(), run.wire_len()), (2, 14));
+        assert_eq!(payloads(Some(run)), [&b"ab"[..], b"cd"]);
+        assert_eq!(payloads(codec.take_run(&mut buf, (9, 1))), [&b"ef"[..]]);
+        assert_eq!(payloads(codec.take_run(&mut buf, (9, 8))), [&b"gh"[..]]);
+        assert!(buf.is_empty());
     }
 
     fn message(json: &str) -> Frame {

@@ -69,9 +69,9 @@ impl Decoder for AnyCodec {
 }
 
 impl super::TakeBytes for AnyCodec {
-    fn take_bytes(&mut self, src: &mut BytesMut) -> Option<bytes::Bytes> {
+    fn take_run(&mut self, src: &mut BytesMut, most: (usize, usize)) -> Option<super::BytesRun> {
         match self {
-            Self::Frames(codec) => codec.take_bytes(src),
+            Self::Frames(codec) => codec.take_run(src, most),
             // (Node's channel has no bytes frames.)
             Self::Node(_) => None,
         }

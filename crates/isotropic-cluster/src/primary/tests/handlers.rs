@@ -120,7 +120,7 @@ async fn workers_forked_while_initializing_are_started_before_their_first_input(
         .try_acquire_owned()
         .expect("a permit");
     let message = crate::Message::from_json("1").expect("json");
-    let frames = vec![Frame::Message(message)];
+    let frames = vec![Inbound::Frame(Frame::Message(message))];
     context
         .inputs
         .try_send(Input::Frames(WorkerId::new(1), frames, permit, None))

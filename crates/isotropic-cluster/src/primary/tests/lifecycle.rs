@@ -145,6 +145,34 @@ async fn frames_out_of_order_are_a_worker_error_then_sigterm_then_sigkill() {
     assert_eq!(primary.signals(1), [Signal::KILL]);
 }
 
+/// Bytes messages read as one run are each let in by the worker's state as
+/// it is then: in order while it is ready; before its hello, the first
+/// breaks it and none is delivered.
+#[tokio::test(start_paused = true)]
+async fn a_run_of_bytes_messages_is_let_in_message_by_message() {
+    let mut primary = Harness::new(WorkerChannel::Frames);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let into = seen.clone();
+    primary
+        .context
+        .on::<crate::primary::WorkerBytes>(move |event| {
+            into.lock().expect("seen").push(event.bytes.clone());
+        });
+    primary.fork(2).expect("fork");
+    primary.ready(1);
+    primary.events();
+    primary.bytes_run(1, &[b"a", b"bc", b"d"]);
+    assert_eq!(primary.events(), ["workerBytes"; 3]);
+    assert_eq!(*seen.lock().expect("seen"), [&b"a"[..], b"bc", b"d"]);
+
+    primary.bytes_run(2, &[b"e", b"f"]);
+    assert_eq!(
+        primary.events(),
+        ["workerError", "workerSignal", "workerDisconnect"]
+    );
+    assert_eq!(seen.lock().expect("seen").len(), 3, "none delivered");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_worker_not_ready_in_time_is_stopped() {
     let builder = ClusterPrimary::builder().ready_timeout(Duration::from_secs(1));

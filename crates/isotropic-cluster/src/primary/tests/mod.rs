@@ -18,7 +18,7 @@ use tokio_util::codec::Decoder as _;
 
 use super::MemorySource;
 use super::context::{PrimaryContext, PrimaryEvent};
-use super::input::Input;
+use super::input::{Inbound, Input};
 use super::resources::Usage;
 use super::spawner::{Spawn, Spawned, Start};
 use super::{ClusterPrimary, Readiness, RestartPolicy, WorkerChannel, WorkerHandle};
@@ -174,10 +174,28 @@ impl Harness {
     }
 
     pub(super) fn frames(&mut self, id: u64, frames: Vec<Frame>) {
+        self.inbound(id, frames.into_iter().map(Inbound::Frame).collect());
+    }
+
+    /// Worker `id` sends bytes messages of `payloads`, read as one run (as
+    /// its watch reads them).
+    pub(super) fn bytes_run(&mut self, id: u64, payloads: &[&'static [u8]]) {
+        let mut codec = FrameCodec::new(protocol::DEFAULT_MAX_FRAME);
+        let mut wire = bytes::BytesMut::new();
+        for payload in payloads {
+            let frame = Frame::Bytes(bytes::Bytes::from_static(payload));
+            tokio_util::codec::Encoder::encode(&mut codec, &frame, &mut wire).expect("encodes");
+        }
+        let run = protocol::TakeBytes::take_run(&mut codec, &mut wire, (usize::MAX, usize::MAX));
+        assert!(wire.is_empty(), "one run");
+        self.inbound(id, run.into_iter().map(Inbound::Bytes).collect());
+    }
+
+    fn inbound(&mut self, id: u64, inbound: Vec<Inbound>) {
         let permit = Arc::new(Semaphore::new(1))
             .try_acquire_owned()
             .expect("a permit");
-        self.input(Input::Frames(WorkerId::new(id), frames, permit, None));
+        self.input(Input::Frames(WorkerId::new(id), inbound, permit, None));
     }
 
     /// Worker `id` says hello.
