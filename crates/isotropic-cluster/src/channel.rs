@@ -158,27 +158,42 @@ enum Refused {
     Closed,
 }
 
+/// A frame to queue: encoded, or a short one's parts (as a bytes message's
+/// header and payload), copied as it is queued.
+#[derive(Clone, Copy)]
+enum Outgoing<'a> {
+    Encoded(&'a Encoded),
+    Copied([&'a [u8]; 2]),
+}
+
+impl Outgoing<'_> {
+    fn len(self) -> usize {
+        match self {
+            Outgoing::Encoded(frame) => frame.len(),
+            Outgoing::Copied([head, body]) => head.len() + body.len(),
+        }
+    }
+}
+
 impl Queue {
     /// Appends `frame`: copied into the last write buffer when small.
-    fn append(&mut self, frame: &Encoded) {
-        if frame.fds.is_empty() && frame.len() < COALESCE_BELOW {
-            if let Some(Item::Batch { buf, frames }) = self.items.last_mut()
-                && buf.len() < BATCH_BYTES
-            {
-                buf.extend_from_slice(&frame.head);
-                buf.extend_from_slice(&frame.body);
-                *frames += 1;
-                return;
+    fn append(&mut self, frame: Outgoing<'_>) {
+        let parts = match frame {
+            Outgoing::Copied(parts) => parts,
+            Outgoing::Encoded(frame) if frame.fds.is_empty() && frame.len() < COALESCE_BELOW => {
+                [&frame.head[..], &frame.body[..]]
             }
-            let mut buf = self
-                .spare
-                .pop()
-                .unwrap_or_else(|| BytesMut::with_capacity(BATCH_BYTES));
-            buf.extend_from_slice(&frame.head);
-            buf.extend_from_slice(&frame.body);
-            self.items.push(Item::Batch { buf, frames: 1 });
-        } else {
-            self.items.push(Item::Frame(frame.clone()));
+            Outgoing::Encoded(frame) => return self.items.push(Item::Frame(frame.clone())),
+        };
+        if !matches!(self.items.last(), Some(Item::Batch { buf, .. }) if buf.len() < BATCH_BYTES) {
+            let buf = (self.spare.pop()).unwrap_or_else(|| BytesMut::with_capacity(BATCH_BYTES));
+            self.items.push(Item::Batch { buf, frames: 0 });
+        }
+        if let Some(Item::Batch { buf, frames }) = self.items.last_mut() {
+            *frames += 1;
+            for part in parts {
+                buf.extend_from_slice(part);
+            }
         }
     }
 }
@@ -193,7 +208,7 @@ impl Shared {
     /// `bounded`.
     fn push(
         &self,
-        frame: &Encoded,
+        frame: Outgoing<'_>,
         ack: &mut Option<oneshot::Sender<bool>>,
         bounded: bool,
     ) -> Result<(), Refused> {
@@ -321,13 +336,15 @@ impl Outbox {
         let mut ack = Some(ack);
         let mut outcome = Ok(());
         self.shared
-            .until(|| match self.shared.push(&frame, &mut ack, true) {
-                Err(Refused::Full) => false,
-                result => {
-                    outcome = result;
-                    true
-                }
-            })
+            .until(
+                || match self.shared.push(Outgoing::Encoded(&frame), &mut ack, true) {
+                    Err(Refused::Full) => false,
+                    result => {
+                        outcome = result;
+                        true
+                    }
+                },
+            )
             .await;
         outcome.map_err(|refused| self.error(refused))?;
         Ok(async move {
@@ -346,9 +363,18 @@ impl Outbox {
     /// Queues `frame` without waiting (a frame sent to several peers is
     /// shared, not cloned for each).
     pub(crate) fn try_send_ref(&self, frame: &Encoded) -> Result<(), SendError> {
-        self.shared
-            .push(frame, &mut None, true)
-            .map_err(|refused| self.error(refused))
+        self.try_push(Outgoing::Encoded(frame))
+    }
+
+    /// Queues a short frame of `parts` (as a bytes message's header and
+    /// payload) without waiting, copied into the write buffer: no frame is
+    /// built for it.
+    pub(crate) fn try_send_copied(&self, parts: [&[u8]; 2]) -> Result<(), SendError> {
+        self.try_push(Outgoing::Copied(parts))
+    }
+
+    fn try_push(&self, frame: Outgoing<'_>) -> Result<(), SendError> {
+        (self.shared.push(frame, &mut None, true)).map_err(|refused| self.error(refused))
     }
 
     /// Queues `frame` with `fd` attached, as a control frame (see
@@ -367,7 +393,7 @@ impl Outbox {
     /// [`SendError::Closed`] once the channel is closed.
     pub(crate) fn try_send_control(&self, frame: Encoded) -> Result<(), SendError> {
         self.shared
-            .push(&frame, &mut None, false)
+            .push(Outgoing::Encoded(&frame), &mut None, false)
             .map_err(|refused| self.error(refused))
     }
 

@@ -305,17 +305,27 @@ impl std::ops::Deref for Head {
 ///
 /// [`ProtocolError::FrameTooLarge`] when the frame would exceed `max`.
 pub(crate) fn encode_bytes(payload: Bytes, max: usize) -> Result<Encoded, ProtocolError> {
-    let len = payload.len() + 1;
+    Ok(Encoded {
+        head: Head::Header(bytes_header(payload.len(), max)?),
+        body: payload,
+        fds: Vec::new(),
+    })
+}
+
+/// The header of a bytes message of `len` bytes, refused over `max` bytes
+/// (kind byte and payload).
+///
+/// # Errors
+///
+/// [`ProtocolError::FrameTooLarge`] when the frame would exceed `max`.
+pub(crate) fn bytes_header(len: usize, max: usize) -> Result<[u8; HEADER + 1], ProtocolError> {
+    let len = len + 1;
     let length = u32::try_from(len)
         .ok()
         .filter(|_| len <= max)
         .ok_or(ProtocolError::FrameTooLarge { size: len, max })?;
     let [a, b, c, d] = length.to_be_bytes();
-    Ok(Encoded {
-        head: Head::Header([a, b, c, d, Kind::Bytes as u8]),
-        body: payload,
-        fds: Vec::new(),
-    })
+    Ok([a, b, c, d, Kind::Bytes as u8])
 }
 
 /// The default size from which a bytes payload goes in a sealed memfd.

@@ -136,10 +136,8 @@ impl WorkerContext {
     ///
     /// As [`ClusterWorker::try_send_bytes`].
     pub fn try_send_bytes(&self, bytes: impl Into<bytes::Bytes>) -> Result<(), SendError> {
-        let bytes = bytes.into();
-        let sizes = self.settings.sizes();
-        let frame = super::bytes_frame(&bytes, sizes, &self.primary_protocol, &self.borrower)?;
-        self.outbox.try_send(frame)
+        let (sizes, protocol) = (self.settings.sizes(), &self.primary_protocol);
+        super::try_send_bytes(&self.outbox, &bytes.into(), sizes, protocol, &self.borrower)
     }
 
     /// Queues `message` with `fds` for the primary without waiting.

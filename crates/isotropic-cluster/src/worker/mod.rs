@@ -256,21 +256,37 @@ fn bytes_frame(
     primary_protocol: &AtomicU32,
     borrower: &Borrower,
 ) -> Result<protocol::Encoded, SendError> {
-    if !protocol::supports_bytes(primary_protocol.load(Ordering::Relaxed)) {
-        return Err(SendError::Unsupported {
-            worker_id: None,
-            what: "bytes messages",
-            why: "the primary's hello said protocol version 1",
-        });
-    }
-    let short = RETURNED_FROM.min(sizes.sealed_from).min(sizes.max_frame);
-    if bytes.len() >= short
+    takes_bytes(primary_protocol)?;
+    if !is_short(bytes, sizes)
         && let Some(returned) = borrower.returned(bytes)
     {
         return Ok(returned);
     }
     let sealed = takes_fds(primary_protocol).is_ok();
     protocol::encode_payload(bytes.clone(), sizes, sealed).map_err(SendError::Encode)
+}
+
+/// Whether `bytes` are copied when sent (see [`RETURNED_FROM`]).
+fn is_short(bytes: &[u8], sizes: Sizes) -> bool {
+    bytes.len() < RETURNED_FROM.min(sizes.sealed_from).min(sizes.max_frame)
+}
+
+/// Queues a bytes message of `bytes` for the primary without waiting: short
+/// ones copied into the write buffer as they are queued (no frame built,
+/// the common case of small messages), others as [`bytes_frame`] makes them.
+fn try_send_bytes(
+    outbox: &Outbox,
+    bytes: &Bytes,
+    sizes: Sizes,
+    primary_protocol: &AtomicU32,
+    borrower: &Borrower,
+) -> Result<(), SendError> {
+    if is_short(bytes, sizes) {
+        takes_bytes(primary_protocol)?;
+        let header = protocol::bytes_header(bytes.len(), sizes.max_frame);
+        return outbox.try_send_copied([&header.map_err(SendError::Encode)?, bytes]);
+    }
+    outbox.try_send(bytes_frame(bytes, sizes, primary_protocol, borrower)?)
 }
 
 /// A message of `wire`'s with `fds`, for a primary that takes them.
@@ -299,6 +315,19 @@ fn bytes_with_fds(
     takes_fds(primary_protocol)?;
     let frame = bytes_frame(bytes, sizes, primary_protocol, borrower)?;
     protocol::attach_fds(frame, fds).map_err(SendError::Encode)
+}
+
+/// Whether the primary takes bytes messages (its hello, once it came, said
+/// version 2 or later).
+fn takes_bytes(primary_protocol: &AtomicU32) -> Result<(), SendError> {
+    if protocol::supports_bytes(primary_protocol.load(Ordering::Relaxed)) {
+        return Ok(());
+    }
+    Err(SendError::Unsupported {
+        worker_id: None,
+        what: "bytes messages",
+        why: "the primary's hello said protocol version 1",
+    })
 }
 
 /// Whether the primary takes fds and sealed payloads (its hello, once it
@@ -549,9 +578,8 @@ impl ClusterWorker {
     /// As [`send_bytes`](Self::send_bytes), and [`SendError::Full`] when
     /// the queue is full.
     pub fn try_send_bytes(&self, bytes: impl Into<Bytes>) -> Result<(), SendError> {
-        let bytes = bytes.into();
-        let frame = bytes_frame(&bytes, self.sizes, &self.primary_protocol, &self.borrower)?;
-        self.outbox.try_send(frame)
+        let (sizes, protocol) = (self.sizes, &self.primary_protocol);
+        try_send_bytes(&self.outbox, &bytes.into(), sizes, protocol, &self.borrower)
     }
 
     /// Queues `message` without waiting.
