@@ -139,20 +139,28 @@ impl Hub {
     }
 
     /// Puts back a handler taken by [`take_next`](Self::take_next), unless its
-    /// subscription was removed meanwhile.
+    /// subscription was removed meanwhile; whether handlers subscribed after
+    /// it may follow (the common case of the last one saves a search).
     pub(super) fn put_back(
         &mut self,
         (topic, stage): (TopicIndex, Stage),
         id: u64,
         handler: Box<dyn Any + Send>,
-    ) {
+    ) -> bool {
         let slot = self.slots(topic, stage).and_then(|slots| {
             let at = slots.binary_search_by_key(&id, |(id, _)| *id).ok()?;
-            Some(&mut slots[at].1)
+            let last = at + 1 == slots.len();
+            Some((&mut slots[at].1, last))
         });
         match slot {
-            Some(slot) => slot.handler = Some(handler),
-            None => self.discard(handler),
+            Some((slot, last)) => {
+                slot.handler = Some(handler);
+                !last
+            }
+            None => {
+                self.discard(handler);
+                true
+            }
         }
     }
 

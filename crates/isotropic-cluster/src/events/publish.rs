@@ -104,13 +104,14 @@ where
                 control: &mut *control,
             });
         });
-        if once || control.unsubscribed {
+        let more = if once || control.unsubscribed {
             host.hub().discard(handler);
+            true
         } else {
-            host.hub().put_back(key, id, handler);
-        }
+            host.hub().put_back(key, id, handler)
+        };
         report::<E>(host, stage, outcome);
-        if control.dispatch_stopped {
+        if control.dispatch_stopped || !more {
             break;
         }
     }

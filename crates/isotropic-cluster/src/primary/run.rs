@@ -127,11 +127,25 @@ impl PrimaryContext {
                         // large enum, and moving it through `frame` and
                         // `deliver` showed in profiles.
                         Inbound::Bytes(run) => {
+                            // (Let in again only once the registry changed:
+                            // a worker's state changes only with it.)
+                            let mut admitted: Option<(u64, WorkerHandle)> = None;
                             for bytes in run {
-                                if let Some(worker) = self.admitted(id, Kind::Bytes.name(), false) {
-                                    let fds = PassedFds::default();
-                                    events::publish(self, WorkerBytes { worker, bytes, fds });
-                                }
+                                let version = self.registry.version();
+                                let worker = match &admitted {
+                                    Some((at, worker)) if *at == version => worker.clone(),
+                                    _ => {
+                                        let Some(worker) =
+                                            self.admitted(id, Kind::Bytes.name(), false)
+                                        else {
+                                            continue;
+                                        };
+                                        admitted = Some((version, worker.clone()));
+                                        worker
+                                    }
+                                };
+                                let fds = PassedFds::default();
+                                events::publish(self, WorkerBytes { worker, bytes, fds });
                             }
                         }
                         Inbound::Frame(frame) => {
