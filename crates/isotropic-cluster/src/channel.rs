@@ -16,7 +16,7 @@ use tokio_util::codec::Decoder;
 use crate::WorkerId;
 use crate::error::{ProtocolError, SendError};
 use crate::message::Codec;
-use crate::protocol::{self, BytesRun, Encoded, Frame, FrameCodec};
+use crate::protocol::{self, BytesHeader, BytesRun, Encoded, Frame, FrameCodec};
 use crate::shared::Sharing;
 use crate::sys;
 use crate::traffic::Traffic;
@@ -158,19 +158,19 @@ enum Refused {
     Closed,
 }
 
-/// A frame to queue: encoded, or a short one's parts (as a bytes message's
-/// header and payload), copied as it is queued.
+/// A frame to queue: encoded, or a bytes message's header and payload
+/// (no frame built for a short one, the common case of small messages).
 #[derive(Clone, Copy)]
 enum Outgoing<'a> {
     Encoded(&'a Encoded),
-    Copied([&'a [u8]; 2]),
+    Bytes(BytesHeader, &'a Bytes),
 }
 
 impl Outgoing<'_> {
     fn len(self) -> usize {
         match self {
             Outgoing::Encoded(frame) => frame.len(),
-            Outgoing::Copied([head, body]) => head.len() + body.len(),
+            Outgoing::Bytes(header, payload) => header.len() + payload.len(),
         }
     }
 }
@@ -178,9 +178,14 @@ impl Outgoing<'_> {
 impl Queue {
     /// Appends `frame`: copied into the last write buffer when small.
     fn append(&mut self, frame: Outgoing<'_>) {
+        let small = frame.len() < COALESCE_BELOW;
         let parts = match frame {
-            Outgoing::Copied(parts) => parts,
-            Outgoing::Encoded(frame) if frame.fds.is_empty() && frame.len() < COALESCE_BELOW => {
+            Outgoing::Bytes(ref header, payload) if small => [&header[..], &payload[..]],
+            Outgoing::Bytes(header, payload) => {
+                let frame = Encoded::bytes(header, payload.clone());
+                return self.items.push(Item::Frame(frame));
+            }
+            Outgoing::Encoded(frame) if small && frame.fds.is_empty() => {
                 [&frame.head[..], &frame.body[..]]
             }
             Outgoing::Encoded(frame) => return self.items.push(Item::Frame(frame.clone())),
@@ -366,11 +371,15 @@ impl Outbox {
         self.try_push(Outgoing::Encoded(frame))
     }
 
-    /// Queues a short frame of `parts` (as a bytes message's header and
-    /// payload) without waiting, copied into the write buffer: no frame is
-    /// built for it.
-    pub(crate) fn try_send_copied(&self, parts: [&[u8]; 2]) -> Result<(), SendError> {
-        self.try_push(Outgoing::Copied(parts))
+    /// Queues the bytes message of `header` and `payload` without waiting:
+    /// a short one is copied into the write buffer (no frame is built for
+    /// it), a longer one queued by reference.
+    pub(crate) fn try_send_bytes(
+        &self,
+        header: BytesHeader,
+        payload: &Bytes,
+    ) -> Result<(), SendError> {
+        self.try_push(Outgoing::Bytes(header, payload))
     }
 
     fn try_push(&self, frame: Outgoing<'_>) -> Result<(), SendError> {

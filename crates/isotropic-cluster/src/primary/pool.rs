@@ -202,9 +202,10 @@ impl Pool {
     }
 
     /// Queues `bytes` as a bytes message for each worker `to` names,
-    /// without waiting. A payload below `sizes.sealed_from` is framed once
-    /// (its header inline, each queue copies it); a larger one is lent from
-    /// each worker's segments, or sealed once for all.
+    /// without waiting. A payload below `sizes.sealed_from` gets its header
+    /// once (each queue copies a short one, and refers to a longer one); a
+    /// larger one is lent from each worker's segments, or sealed once for
+    /// all.
     pub(crate) fn try_send_bytes(
         &self,
         to: Destination,
@@ -214,9 +215,11 @@ impl Pool {
         if bytes.len() < sizes.sealed_from {
             // (A payload too large fails for each worker `to` names, as
             // with `send_bytes`.)
-            let frame = protocol::encode_bytes(bytes, sizes.max_frame).map_err(SendError::Encode);
+            let header = protocol::bytes_header(bytes.len(), sizes.max_frame);
+            let header = header.map_err(SendError::Encode);
             return self.try_send(to, |worker| {
-                (frame.as_ref().map_err(Clone::clone)).and_then(|f| worker.try_send_bytes_frame(f))
+                (header.as_ref().map_err(Clone::clone))
+                    .and_then(|h| worker.try_send_bytes_parts(*h, &bytes))
             });
         }
         let shared = SharedBytes::new(bytes.clone(), sizes);

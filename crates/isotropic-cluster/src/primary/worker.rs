@@ -14,7 +14,7 @@ use crate::WorkerId;
 use crate::channel::Outbox;
 use crate::error::ProtocolError;
 use crate::error::SendError;
-use crate::protocol::{self, Encoded, Frame, Sizes, User, Wire};
+use crate::protocol::{self, BytesHeader, Encoded, Frame, Sizes, User, Wire};
 use crate::request::{Pending, RequestError, Waiter};
 use crate::shared::Lender;
 
@@ -573,6 +573,17 @@ impl WorkerHandle {
         } else {
             self.takes_fds()
         }
+    }
+
+    /// Queues the bytes message of `header` and `payload` (see
+    /// [`Outbox::try_send_bytes`]).
+    pub(crate) fn try_send_bytes_parts(
+        &self,
+        header: BytesHeader,
+        payload: &Bytes,
+    ) -> Result<(), SendError> {
+        self.takes_bytes()?;
+        self.inner.outbox.try_send_bytes(header, payload)
     }
 
     pub(crate) fn try_send_bytes_frame(&self, frame: &Encoded) -> Result<(), SendError> {

@@ -256,6 +256,15 @@ pub(crate) struct Encoded {
 }
 
 impl Encoded {
+    /// The bytes message of `header` and `payload`.
+    pub(crate) fn bytes(header: BytesHeader, payload: Bytes) -> Self {
+        Self {
+            head: Head::Header(header),
+            body: payload,
+            fds: Vec::new(),
+        }
+    }
+
     /// The frame's size on the wire.
     pub(crate) fn len(&self) -> usize {
         self.head.len() + self.body.len()
@@ -277,7 +286,7 @@ impl From<Bytes> for Encoded {
 /// encoded bytes.
 #[derive(Debug, Clone)]
 pub(crate) enum Head {
-    Header([u8; HEADER + 1]),
+    Header(BytesHeader),
     Frame(Bytes),
 }
 
@@ -305,12 +314,11 @@ impl std::ops::Deref for Head {
 ///
 /// [`ProtocolError::FrameTooLarge`] when the frame would exceed `max`.
 pub(crate) fn encode_bytes(payload: Bytes, max: usize) -> Result<Encoded, ProtocolError> {
-    Ok(Encoded {
-        head: Head::Header(bytes_header(payload.len(), max)?),
-        body: payload,
-        fds: Vec::new(),
-    })
+    Ok(Encoded::bytes(bytes_header(payload.len(), max)?, payload))
 }
+
+/// A bytes message's header: its length and kind.
+pub(crate) type BytesHeader = [u8; HEADER + 1];
 
 /// The header of a bytes message of `len` bytes, refused over `max` bytes
 /// (kind byte and payload).
@@ -318,7 +326,7 @@ pub(crate) fn encode_bytes(payload: Bytes, max: usize) -> Result<Encoded, Protoc
 /// # Errors
 ///
 /// [`ProtocolError::FrameTooLarge`] when the frame would exceed `max`.
-pub(crate) fn bytes_header(len: usize, max: usize) -> Result<[u8; HEADER + 1], ProtocolError> {
+pub(crate) fn bytes_header(len: usize, max: usize) -> Result<BytesHeader, ProtocolError> {
     let len = len + 1;
     let length = u32::try_from(len)
         .ok()

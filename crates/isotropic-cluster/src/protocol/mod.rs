@@ -28,8 +28,8 @@ mod wire;
 pub(crate) use body::encode_with_body;
 pub(crate) use codec::DEFAULT_SEALED_FROM;
 pub(crate) use codec::{
-    BytesRun, Encoded, FrameCodec, Sizes, TakeBytes, attach_fds, bytes_header, encode,
-    encode_bytes, encode_control, encode_hello, encode_payload,
+    BytesHeader, BytesRun, Encoded, FrameCodec, Sizes, TakeBytes, attach_fds, bytes_header, encode,
+    encode_control, encode_hello, encode_payload,
 };
 pub(crate) use frame::{
     DEFAULT_MAX_FRAME, Frame, Kind, OLDEST_VERSION, User, VERSION, supports_bytes, supports_fds,

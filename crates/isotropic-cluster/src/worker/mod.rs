@@ -284,7 +284,7 @@ fn try_send_bytes(
     if is_short(bytes, sizes) {
         takes_bytes(primary_protocol)?;
         let header = protocol::bytes_header(bytes.len(), sizes.max_frame);
-        return outbox.try_send_copied([&header.map_err(SendError::Encode)?, bytes]);
+        return outbox.try_send_bytes(header.map_err(SendError::Encode)?, bytes);
     }
     outbox.try_send(bytes_frame(bytes, sizes, primary_protocol, borrower)?)
 }
