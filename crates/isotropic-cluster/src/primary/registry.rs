@@ -79,7 +79,9 @@ impl Registry {
     }
 
     /// Changes made so far (see `metrics.rs`: what they change is summed up
-    /// only after a change).
+    /// only after a change). A worker's state changes only in
+    /// [`apply`](Self::apply), which counts: the actor lets a run of bytes
+    /// messages in once while this stays the same.
     pub(super) fn version(&self) -> u64 {
         self.version
     }
