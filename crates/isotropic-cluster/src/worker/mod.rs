@@ -320,26 +320,39 @@ fn bytes_with_fds(
 /// Whether the primary takes bytes messages (its hello, once it came, said
 /// version 2 or later).
 fn takes_bytes(primary_protocol: &AtomicU32) -> Result<(), SendError> {
-    if protocol::supports_bytes(primary_protocol.load(Ordering::Relaxed)) {
-        return Ok(());
-    }
-    Err(SendError::Unsupported {
-        worker_id: None,
-        what: "bytes messages",
-        why: "the primary's hello said protocol version 1",
-    })
+    let why = "the primary's hello said protocol version 1";
+    primary_takes(
+        primary_protocol,
+        protocol::supports_bytes,
+        ("bytes messages", why),
+    )
 }
 
 /// Whether the primary takes fds and sealed payloads (its hello, once it
 /// came, said version 3 or later).
 fn takes_fds(primary_protocol: &AtomicU32) -> Result<(), SendError> {
-    if protocol::supports_fds(primary_protocol.load(Ordering::Relaxed)) {
+    let why = "the primary's hello said an older protocol version";
+    primary_takes(
+        primary_protocol,
+        protocol::supports_fds,
+        ("fds and sealed payloads", why),
+    )
+}
+
+/// Whether the primary's protocol version `supports` something: else
+/// [`SendError::Unsupported`] with its `what` and `why`.
+fn primary_takes(
+    primary_protocol: &AtomicU32,
+    supports: fn(u32) -> bool,
+    (what, why): (&'static str, &'static str),
+) -> Result<(), SendError> {
+    if supports(primary_protocol.load(Ordering::Relaxed)) {
         return Ok(());
     }
     Err(SendError::Unsupported {
         worker_id: None,
-        what: "fds and sealed payloads",
-        why: "the primary's hello said an older protocol version",
+        what,
+        why,
     })
 }
 
