@@ -1071,6 +1071,77 @@ mod tests {
         assert_eq!(outbox.traffic().sent_total(), (6, wire as u64));
     }
 
+    /// Bytes messages copied as they are queued keep to the limits and to
+    /// their order among other frames (fds attached, large ones); read as
+    /// runs, they come as `next` would give them, fds with their frame.
+    #[tokio::test]
+    async fn copied_bytes_messages_keep_order_and_limits_and_read_as_runs() {
+        let (outbox, mut inbox) = outbox(7, 1 << 20);
+        let header = |len| protocol::bytes_header(len, DEFAULT_MAX_FRAME).expect("fits");
+        let payload = |tag: u8, len: usize| Bytes::from(vec![tag; len]);
+        let large = payload(3, COALESCE_BELOW);
+        outbox.try_send(frame(1, 16)).expect("room");
+        outbox
+            .try_send_bytes(header(1), &payload(1, 1))
+            .expect("room");
+        outbox
+            .try_send_bytes(header(2), &payload(2, 2))
+            .expect("room");
+        let sizes = protocol::Sizes::frames(DEFAULT_MAX_FRAME);
+        let attached = protocol::encode_payload(payload(9, 4), sizes, false).expect("fits");
+        let attached = protocol::attach_fds(attached, nulls(2)).expect("two fds");
+        outbox.try_send(attached).expect("room");
+        outbox
+            .try_send_bytes(header(large.len()), &large)
+            .expect("room");
+        outbox
+            .try_send_bytes(header(0), &Bytes::new())
+            .expect("room");
+        outbox.try_send(frame(2, 16)).expect("room");
+        assert!(is_full(outbox.try_send_bytes(header(1), &payload(5, 1))));
+        // (Wait for all of it to be written.)
+        outbox.send(frame(3, 16)).await.expect("written");
+        // (The fds frame goes with the frame it announces: counted with it.)
+        let wire = 3 * 16 + 5 * 5 + 6 + 1 + 2 + 4 + COALESCE_BELOW;
+        assert_eq!(outbox.traffic().sent_total(), (8, wire as u64));
+
+        let mut seen = Vec::new();
+        assert_eq!(number(inbox.next().await), 1);
+        while seen.len() < 6 {
+            if let Some(run) = inbox.try_next_run((usize::MAX, usize::MAX)) {
+                seen.extend(run.map(|bytes| (bytes, 0)));
+                continue;
+            }
+            // (Read on when nothing whole is buffered, as the watch does.)
+            let next = match inbox.try_next() {
+                None => inbox.next().await,
+                next => next,
+            };
+            match next {
+                Some(Ok(Frame::Attached(frame, fds))) => match *frame {
+                    Frame::Bytes(bytes) => seen.push((bytes, fds.len())),
+                    other => panic!("not bytes: {other:?}"),
+                },
+                Some(Ok(Frame::Message(message))) => {
+                    let n = message.decode::<(u64, String)>().expect("ours").0;
+                    seen.push((Bytes::from(format!("#{n}")), 0));
+                }
+                Some(Ok(Frame::Bytes(bytes))) => seen.push((bytes, 0)),
+                other => panic!("unexpected: {other:?}"),
+            }
+        }
+        let expected = [
+            (payload(1, 1), 0),
+            (payload(2, 2), 0),
+            (payload(9, 4), 2),
+            (large, 0),
+            (Bytes::new(), 0),
+            (Bytes::from_static(b"#2"), 0),
+        ];
+        assert_eq!(seen, expected);
+        assert_eq!(number(inbox.next().await), 3);
+    }
+
     #[tokio::test]
     async fn payloads_held_across_reads_stay_intact_while_the_inbox_reuses_its_buffers() {
         // 101-byte payloads straddle the reads; every other one is held to

@@ -392,6 +392,44 @@ mod tests {
         );
     }
 
+    /// The last handler of a stage that subscribes another (itself kept,
+    /// once-only or unsubscribed) has it run in the same dispatch; one that
+    /// removes the next has it skipped.
+    #[test]
+    fn handlers_subscribed_or_removed_by_the_last_one_are_seen_at_once() {
+        for (how, ran) in [
+            ("kept", true),
+            ("unsubscribed", true),
+            ("removes next", false),
+        ] {
+            let mut host = Host::new();
+            let next = std::sync::Arc::new(std::sync::Mutex::new(None));
+            let taken = next.clone();
+            sub::<Ping>(&mut host, Stage::On, "first", move |e| {
+                if how == "unsubscribed" {
+                    e.unsubscribe();
+                }
+                if how == "removes next" {
+                    let key = taken.lock().expect("key").take().expect("subscribed");
+                    e.host.hub.remove(key);
+                } else if e.host.log.len() == 1 {
+                    sub::<Ping>(e.host, Stage::On, "late", nothing);
+                }
+            });
+            if how == "removes next" {
+                let key = sub::<Ping>(&mut host, Stage::On, "next", nothing);
+                *next.lock().expect("key") = Some(key);
+            }
+            publish(&mut host, Ping);
+            let expected: &[&str] = if ran {
+                &["first", "late", "complete ping"]
+            } else {
+                &["first", "complete ping"]
+            };
+            assert_eq!(host.log, expected, "{how}");
+        }
+    }
+
     #[test]
     fn once_and_unsubscribe() {
         let mut host = Host::new();

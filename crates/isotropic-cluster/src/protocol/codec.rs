@@ -530,6 +530,85 @@ mod tests {
         assert!(buf.is_empty());
     }
 
+    /// A header claiming the largest length never takes a run, whatever
+    /// the bound (no arithmetic slip), and leaves the frame for `decode`.
+    #[test]
+    fn take_run_leaves_the_largest_lengths_alone() {
+        for max in [16, u32::MAX as usize - 1, u32::MAX as usize, usize::MAX] {
+            let mut codec = FrameCodec::new(max);
+            for len in [u32::MAX, u32::MAX - 4, u32::MAX - 5, 1 << 31] {
+                let mut wire = len.to_be_bytes().to_vec();
+                wire.extend([Kind::Bytes as u8, 1, 2, 3]);
+                let mut buf = BytesMut::from(&wire[..]);
+                assert!(codec.take_run(&mut buf, (9, usize::MAX)).is_none());
+                assert_eq!(&buf[..], &wire[..]);
+            }
+        }
+    }
+
+    /// The frames of `bytes` read in pieces of `piece` (as the inbox reads
+    /// them), taking runs of at most `most` before each decode when `runs`:
+    /// runs' payloads as bytes frames, then an error if any.
+    fn read_in_pieces(
+        bytes: &[u8],
+        piece: usize,
+        runs: Option<(usize, usize)>,
+    ) -> (Vec<Frame>, bool) {
+        let mut codec = FrameCodec::new(24);
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        for chunk in bytes.chunks(piece).chain([&[][..]]) {
+            buf.extend_from_slice(chunk);
+            loop {
+                if let Some(most) = runs
+                    && let Some(run) = codec.take_run(&mut buf, most)
+                {
+                    let expected = run.len();
+                    let payloads: Vec<Frame> = run.map(Frame::Bytes).collect();
+                    assert_eq!(payloads.len(), expected, "the run's count");
+                    frames.extend(payloads);
+                    continue;
+                }
+                let decoded = if chunk.is_empty() {
+                    codec.decode_eof(&mut buf)
+                } else {
+                    codec.decode(&mut buf)
+                };
+                match decoded {
+                    Ok(Some(frame)) => frames.push(frame),
+                    Ok(None) => break,
+                    Err(_) => return (frames, true),
+                }
+            }
+        }
+        (frames, false)
+    }
+
+    /// Bytes frames (and others, and garbage) read in any pieces give the
+    /// same frames, in the same order, with runs taken as without.
+    fn frame_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let frame = prop_oneof![
+            4 => proptest::collection::vec(any::<u8>(), 0..30)
+                .prop_map(|p| raw(Kind::Bytes, &p)),
+            1 => Just(raw(Kind::Heartbeat, b"")),
+            1 => proptest::collection::vec(any::<u8>(), 0..8),
+        ];
+        proptest::collection::vec(frame, 0..12).prop_map(|frames| frames.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn runs_take_the_frames_decode_would(
+            bytes in frame_bytes(),
+            piece in 1..80_usize,
+            most in (0..5_usize, 0..100_usize),
+        ) {
+            let plain = read_in_pieces(&bytes, piece, None);
+            let runs = read_in_pieces(&bytes, piece, Some(most));
+            prop_assert_eq!(runs, plain);
+        }
+    }
+
     fn message(json: &str) -> Frame {
         Frame::Message(Message::from_json(json.to_owned()).expect("valid json"))
     }

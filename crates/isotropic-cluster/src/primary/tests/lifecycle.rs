@@ -173,6 +173,85 @@ async fn a_run_of_bytes_messages_is_let_in_message_by_message() {
     assert_eq!(seen.lock().expect("seen").len(), 3, "none delivered");
 }
 
+/// A handler that changes the worker's state mid-run (it stops it, or
+/// forks another) sees the rest of the run let in as frame by frame would.
+#[tokio::test(start_paused = true)]
+async fn a_run_honours_state_changes_its_handlers_make_as_frames_do() {
+    let run = |as_run: bool| {
+        let mut primary = Harness::new(WorkerChannel::Frames);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let into = seen.clone();
+        primary
+            .context
+            .on::<crate::primary::WorkerBytes>(move |event| {
+                into.lock().expect("seen").push(event.bytes.clone());
+                match &event.bytes[..] {
+                    b"stop" => {
+                        let id = event.worker.id();
+                        event.context().stop_worker(id).expect("live");
+                    }
+                    b"fork" => drop(event.context().fork(1)),
+                    _ => {}
+                }
+            });
+        primary.fork(1).expect("fork");
+        primary.ready(1);
+        primary.events();
+        let payloads: [&'static [u8]; 4] = [b"a", b"fork", b"stop", b"b"];
+        if as_run {
+            primary.bytes_run(1, &payloads);
+        } else {
+            let frames = payloads.map(|p| Frame::Bytes(bytes::Bytes::from_static(p)));
+            primary.frames(1, frames.to_vec());
+        }
+        let events = primary.events();
+        let seen = seen.lock().expect("seen").clone();
+        (events, seen)
+    };
+    let (events, seen) = run(true);
+    assert_eq!((&events, &seen), (&run(false).0, &run(false).1));
+    assert_eq!(seen.len(), 4, "a leaving worker's messages still come");
+}
+
+/// Runs and frames in one input are let in in order: what a worker sends
+/// after it said it leaves (or after a frame that breaks it) is not.
+#[tokio::test(start_paused = true)]
+async fn runs_and_frames_in_one_input_keep_their_order() {
+    let run = |payloads: &[&'static [u8]]| {
+        let mut codec = FrameCodec::new(protocol::DEFAULT_MAX_FRAME);
+        let mut wire = bytes::BytesMut::new();
+        for payload in payloads {
+            let frame = Frame::Bytes(bytes::Bytes::from_static(payload));
+            tokio_util::codec::Encoder::encode(&mut codec, &frame, &mut wire).expect("encodes");
+        }
+        let most = (usize::MAX, usize::MAX);
+        Inbound::Bytes(protocol::TakeBytes::take_run(&mut codec, &mut wire, most).expect("a run"))
+    };
+    // (Listening: only the primary sends it, so it breaks the worker.)
+    let listening = Frame::Listening {
+        id: 1,
+        result: Ok("127.0.0.1:1".parse().expect("address")),
+        passed: false,
+        acks: false,
+    };
+    for last in [Frame::Disconnect, listening] {
+        let mut primary = Harness::new(WorkerChannel::Frames);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let into = seen.clone();
+        primary
+            .context
+            .on::<crate::primary::WorkerBytes>(move |event| {
+                into.lock().expect("seen").push(event.bytes.clone());
+            });
+        primary.fork(1).expect("fork");
+        primary.ready(1);
+        primary.events();
+        let input = vec![run(&[b"a", b"b"]), Inbound::Frame(last), run(&[b"c"])];
+        primary.inbound(1, input);
+        assert_eq!(*seen.lock().expect("seen"), [&b"a"[..], b"b"]);
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_worker_not_ready_in_time_is_stopped() {
     let builder = ClusterPrimary::builder().ready_timeout(Duration::from_secs(1));
