@@ -416,6 +416,59 @@ async fn heartbeats_are_answered_while_every_watchdog_is_fresh() {
     assert_eq!(started.primary.next().await, Some(Frame::Heartbeat));
 }
 
+/// Bytes messages buffered together (read as runs) come in order among
+/// other frames, and what their handlers send back (copied as queued)
+/// keeps that order.
+#[tokio::test]
+async fn bytes_read_as_runs_come_in_order_among_other_frames() {
+    let builder = ClusterWorker::builder()
+        .on::<PrimaryBytes>(|event| {
+            let echo = event.bytes.clone();
+            event.context().try_send_bytes(echo).expect("queued");
+        })
+        .on::<PrimaryMessage>(|event| {
+            event.context().try_send(&json!("message")).expect("queued");
+        });
+    let mut started = start(builder);
+    started.primary.hello();
+    let bytes = |p: &'static [u8]| Frame::Bytes(bytes::Bytes::from_static(p));
+    for frame in [
+        bytes(b"a"),
+        bytes(b"bc"),
+        Frame::Message(message(json!(1))),
+        bytes(b""),
+        bytes(b"d"),
+        Frame::Disconnect,
+    ] {
+        started.primary.send(&frame);
+    }
+    assert_eq!(
+        names(&mut started.events).await,
+        [
+            "initialize",
+            "primaryBytes",
+            "primaryBytes",
+            "primaryMessage",
+            "primaryBytes",
+            "primaryBytes",
+            "primaryDisconnect",
+            "destroy",
+            "destroyComplete"
+        ]
+    );
+    let sent = started.primary.rest().await;
+    assert!(matches!(sent[0], Frame::Hello { .. }));
+    let expected = [
+        bytes(b"a"),
+        bytes(b"bc"),
+        Frame::Message(message(json!("message"))),
+        bytes(b""),
+        bytes(b"d"),
+        Frame::Disconnect,
+    ];
+    assert_eq!(sent[1..], expected);
+}
+
 #[tokio::test]
 async fn bytes_go_both_ways_and_not_to_a_primary_of_version_1() {
     let builder = ClusterWorker::builder().on::<PrimaryBytes>(|event| {
