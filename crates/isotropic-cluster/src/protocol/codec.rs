@@ -133,8 +133,10 @@ impl TakeBytes for FrameCodec {
                 break;
             };
             let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-            let whole = src.len() - end >= HEADER + len;
-            if header[HEADER] != Kind::Bytes as u8 || len == 0 || len > self.max || !whole {
+            // (Bounded by `max` before `HEADER + len` is summed: no overflow
+            // where `usize` is 32 bits, as in `decode`.)
+            let bytes = header[HEADER] == Kind::Bytes as u8 && len != 0 && len <= self.max;
+            if !bytes || src.len() - end < HEADER + len {
                 break;
             }
             end += HEADER + len;
