@@ -151,13 +151,7 @@ async fn frames_out_of_order_are_a_worker_error_then_sigterm_then_sigkill() {
 #[tokio::test(start_paused = true)]
 async fn a_run_of_bytes_messages_is_let_in_message_by_message() {
     let mut primary = Harness::new(WorkerChannel::Frames);
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let into = seen.clone();
-    primary
-        .context
-        .on::<crate::primary::WorkerBytes>(move |event| {
-            into.lock().expect("seen").push(event.bytes.clone());
-        });
+    let seen = primary.record_bytes();
     primary.fork(2).expect("fork");
     primary.ready(1);
     primary.events();
@@ -217,16 +211,6 @@ async fn a_run_honours_state_changes_its_handlers_make_as_frames_do() {
 /// after it said it leaves (or after a frame that breaks it) is not.
 #[tokio::test(start_paused = true)]
 async fn runs_and_frames_in_one_input_keep_their_order() {
-    let run = |payloads: &[&'static [u8]]| {
-        let mut codec = FrameCodec::new(protocol::DEFAULT_MAX_FRAME);
-        let mut wire = bytes::BytesMut::new();
-        for payload in payloads {
-            let frame = Frame::Bytes(bytes::Bytes::from_static(payload));
-            tokio_util::codec::Encoder::encode(&mut codec, &frame, &mut wire).expect("encodes");
-        }
-        let most = (usize::MAX, usize::MAX);
-        Inbound::Bytes(protocol::TakeBytes::take_run(&mut codec, &mut wire, most).expect("a run"))
-    };
     // (Listening: only the primary sends it, so it breaks the worker.)
     let listening = Frame::Listening {
         id: 1,
@@ -236,17 +220,15 @@ async fn runs_and_frames_in_one_input_keep_their_order() {
     };
     for last in [Frame::Disconnect, listening] {
         let mut primary = Harness::new(WorkerChannel::Frames);
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let into = seen.clone();
-        primary
-            .context
-            .on::<crate::primary::WorkerBytes>(move |event| {
-                into.lock().expect("seen").push(event.bytes.clone());
-            });
+        let seen = primary.record_bytes();
         primary.fork(1).expect("fork");
         primary.ready(1);
         primary.events();
-        let input = vec![run(&[b"a", b"b"]), Inbound::Frame(last), run(&[b"c"])];
+        let input = vec![
+            bytes_run(&[b"a", b"b"]),
+            Inbound::Frame(last),
+            bytes_run(&[b"c"]),
+        ];
         primary.inbound(1, input);
         assert_eq!(*seen.lock().expect("seen"), [&b"a"[..], b"b"]);
     }

@@ -180,15 +180,18 @@ impl Harness {
     /// Worker `id` sends bytes messages of `payloads`, read as one run (as
     /// its watch reads them).
     pub(super) fn bytes_run(&mut self, id: u64, payloads: &[&'static [u8]]) {
-        let mut codec = FrameCodec::new(protocol::DEFAULT_MAX_FRAME);
-        let mut wire = bytes::BytesMut::new();
-        for payload in payloads {
-            let frame = Frame::Bytes(bytes::Bytes::from_static(payload));
-            tokio_util::codec::Encoder::encode(&mut codec, &frame, &mut wire).expect("encodes");
-        }
-        let run = protocol::TakeBytes::take_run(&mut codec, &mut wire, (usize::MAX, usize::MAX));
-        assert!(wire.is_empty(), "one run");
-        self.inbound(id, run.into_iter().map(Inbound::Bytes).collect());
+        self.inbound(id, vec![bytes_run(payloads)]);
+    }
+
+    /// The payloads of the `workerBytes` events from now on, as they come.
+    pub(super) fn record_bytes(&mut self) -> Arc<std::sync::Mutex<Vec<bytes::Bytes>>> {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let into = seen.clone();
+        self.context
+            .on::<crate::primary::WorkerBytes>(move |event| {
+                into.lock().expect("seen").push(event.bytes.clone());
+            });
+        seen
     }
 
     fn inbound(&mut self, id: u64, inbound: Vec<Inbound>) {
@@ -290,3 +293,16 @@ mod panics;
 mod resources;
 mod rollout;
 mod supervision;
+
+/// Bytes messages of `payloads` read as one run (as a watch reads them).
+fn bytes_run(payloads: &[&'static [u8]]) -> Inbound {
+    let mut codec = FrameCodec::new(protocol::DEFAULT_MAX_FRAME);
+    let mut wire = bytes::BytesMut::new();
+    for payload in payloads {
+        let frame = Frame::Bytes(bytes::Bytes::from_static(payload));
+        tokio_util::codec::Encoder::encode(&mut codec, &frame, &mut wire).expect("encodes");
+    }
+    let run = protocol::TakeBytes::take_run(&mut codec, &mut wire, (usize::MAX, usize::MAX));
+    assert!(wire.is_empty(), "one run");
+    Inbound::Bytes(run.expect("a run"))
+}
