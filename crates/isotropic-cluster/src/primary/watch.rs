@@ -148,7 +148,7 @@ impl Watch {
                             let most = (BATCH - count, BATCH_BYTES - weight);
                             if let Some(run) = self.frames.as_mut().and_then(|f| f.try_next_run(most)) {
                                 count += run.len();
-                                weight += run.wire_len();
+                                weight += run.weight();
                                 batch.push(Inbound::Bytes(run));
                                 continue;
                             }

@@ -164,6 +164,13 @@ impl BytesRun {
     pub(crate) fn wire_len(&self) -> usize {
         self.wire.len()
     }
+
+    /// About what the frames left weigh together as [`Frame::weight`]
+    /// counts them: at least [`MIN_WEIGHT`](super::frame::MIN_WEIGHT) each
+    /// (so that a worker's budget counts tiny messages as it counts frames).
+    pub(crate) fn weight(&self) -> usize {
+        self.wire.len().max(self.count * super::frame::MIN_WEIGHT)
+    }
 }
 
 impl Iterator for BytesRun {
@@ -525,7 +532,7 @@ mod tests {
             .concat();
         let mut buf = BytesMut::from(&wire[..]);
         let run = codec.take_run(&mut buf, (2, 99)).expect("a run");
-        assert_eq!((run.len(), run.wire_len()), (2, 14));
+        assert_eq!((run.len(), run.wire_len(), run.weight()), (2, 14, 128));
         assert_eq!(payloads(Some(run)), [&b"ab"[..], b"cd"]);
         assert_eq!(payloads(codec.take_run(&mut buf, (9, 1))), [&b"ef"[..]]);
         assert_eq!(payloads(codec.take_run(&mut buf, (9, 8))), [&b"gh"[..]]);

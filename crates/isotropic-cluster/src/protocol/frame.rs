@@ -127,6 +127,10 @@ impl TryFrom<u8> for Kind {
     }
 }
 
+/// The least a frame weighs (see [`Frame::weight`]): its share of what is
+/// held for it besides its payload.
+pub(crate) const MIN_WEIGHT: usize = 64;
+
 /// One decoded frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Frame {
@@ -328,7 +332,7 @@ impl Frame {
             Frame::Attached(frame, _) => frame.weight(),
             _ => 0,
         };
-        payload.max(64)
+        payload.max(MIN_WEIGHT)
     }
 }
 
