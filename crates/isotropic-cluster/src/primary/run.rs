@@ -24,7 +24,7 @@ use crate::error::BoxError;
 use crate::events::{self, HandlerPanic, Stage, Topic as _};
 use crate::fds::PassedFds;
 use crate::net::ListenAddress;
-use crate::protocol::{Frame, Kind};
+use crate::protocol::{BytesRun, Frame, Kind};
 
 /// How many queued inputs are handled per turn of the actor's loop.
 const BATCH: usize = 256;
@@ -126,28 +126,7 @@ impl PrimaryContext {
                         // The common case, taken apart here: a frame is a
                         // large enum, and moving it through `frame` and
                         // `deliver` showed in profiles.
-                        Inbound::Bytes(run) => {
-                            // (Let in again only once the registry changed:
-                            // a worker's state changes only with it.)
-                            let mut admitted: Option<(u64, WorkerHandle)> = None;
-                            for bytes in run {
-                                let version = self.registry.version();
-                                let worker = match &admitted {
-                                    Some((at, worker)) if *at == version => worker.clone(),
-                                    _ => {
-                                        let Some(worker) =
-                                            self.admitted(id, Kind::Bytes.name(), false)
-                                        else {
-                                            continue;
-                                        };
-                                        admitted = Some((version, worker.clone()));
-                                        worker
-                                    }
-                                };
-                                let fds = PassedFds::default();
-                                events::publish(self, WorkerBytes { worker, bytes, fds });
-                            }
-                        }
+                        Inbound::Bytes(run) => self.bytes_run(id, run),
                         Inbound::Frame(frame) => {
                             let reply = match (&frame, &mut replies) {
                                 (frame, Some(replies)) if frame.is_request() => replies.split(1),
@@ -178,6 +157,28 @@ impl PrimaryContext {
             }
             Input::Notify(sender, notice) => self.notified(sender, notice),
             Input::Health(id, result) => self.rollout_health(id, result),
+        }
+    }
+
+    /// Bytes messages of worker `id` read as one run, each published if its
+    /// state lets it in (checked again only once the registry changed: a
+    /// worker's state changes only with it).
+    fn bytes_run(&mut self, id: WorkerId, run: BytesRun) {
+        let mut admitted: Option<(u64, WorkerHandle)> = None;
+        for bytes in run {
+            let version = self.registry.version();
+            let worker = match &admitted {
+                Some((at, worker)) if *at == version => worker.clone(),
+                _ => {
+                    let Some(worker) = self.admitted(id, Kind::Bytes.name(), false) else {
+                        continue;
+                    };
+                    admitted = Some((version, worker.clone()));
+                    worker
+                }
+            };
+            let fds = PassedFds::default();
+            events::publish(self, WorkerBytes { worker, bytes, fds });
         }
     }
 

@@ -384,9 +384,7 @@ impl WorkerHandle {
     ) -> Result<(), SendError> {
         let bytes = bytes.into();
         let (frame, loan) = self.bytes_with_fds(&bytes, fds)?;
-        self.inner.outbox.try_send(frame)?;
-        loan.queued();
-        Ok(())
+        loan.try_send(&self.inner.outbox, &frame)
     }
 
     /// A bytes message of `bytes` with `fds` (lent or not, as
@@ -425,9 +423,7 @@ impl WorkerHandle {
     ) -> Result<(), SendError> {
         let bytes = bytes.into();
         let (frame, loan) = self.bytes_with_fds(&bytes, fds)?;
-        let written = self.inner.outbox.queue(frame).await?;
-        loan.queued();
-        written.await
+        loan.send(&self.inner.outbox, frame).await
     }
 
     /// Queues `bytes` as a bytes message without waiting.
@@ -478,9 +474,7 @@ impl WorkerHandle {
     ) -> Result<(), SendError> {
         let (frame, loan) = self.lend_or(bytes, otherwise)?;
         self.takes(&frame)?;
-        let written = self.inner.outbox.queue(frame).await?;
-        loan.queued();
-        written.await
+        loan.send(&self.inner.outbox, frame).await
     }
 
     /// Queues `bytes` as [`lend_or`](Self::lend_or) encodes them.
@@ -490,9 +484,8 @@ impl WorkerHandle {
         otherwise: impl FnOnce() -> Result<Encoded, SendError>,
     ) -> Result<(), SendError> {
         let (frame, loan) = self.lend_or(bytes, otherwise)?;
-        self.try_send_bytes_frame(&frame)?;
-        loan.queued();
-        Ok(())
+        self.takes(&frame)?;
+        loan.try_send(&self.inner.outbox, &frame)
     }
 
     /// The segments large payloads to the worker are lent from.
@@ -586,11 +579,6 @@ impl WorkerHandle {
         self.inner.outbox.try_send_bytes(header, payload)
     }
 
-    pub(crate) fn try_send_bytes_frame(&self, frame: &Encoded) -> Result<(), SendError> {
-        self.takes(frame)?;
-        self.inner.outbox.try_send_ref(frame)
-    }
-
     pub(crate) fn encode<M: Serialize + ?Sized>(&self, message: &M) -> Result<Bytes, SendError> {
         self.inner
             .wire
@@ -612,7 +600,8 @@ impl WorkerHandle {
 }
 
 /// A payload lent for a frame not queued yet: given back when dropped
-/// unless [`queued`](Self::queued), so that an error, or a send cancelled
+/// unless its frame was queued ([`send`](Self::send),
+/// [`try_send`](Self::try_send)), so that an error, or a send cancelled
 /// while it waits for room, leaves no segment lent for nothing.
 struct Loan<'a> {
     lender: &'a Lender,
@@ -620,9 +609,20 @@ struct Loan<'a> {
 }
 
 impl Loan<'_> {
-    /// Its frame is queued: the worker releases the payload once done.
-    fn queued(mut self) {
+    /// Queues `frame` on `outbox` without waiting; once queued, the loan is
+    /// the worker's to release.
+    fn try_send(mut self, outbox: &Outbox, frame: &Encoded) -> Result<(), SendError> {
+        outbox.try_send_ref(frame)?;
         self.token = None;
+        Ok(())
+    }
+
+    /// Queues `frame` on `outbox`, waiting for room (cancelled meanwhile,
+    /// the loan is given back), then waits for its write.
+    async fn send(mut self, outbox: &Outbox, frame: Encoded) -> Result<(), SendError> {
+        let written = outbox.queue(frame).await?;
+        self.token = None;
+        written.await
     }
 }
 
