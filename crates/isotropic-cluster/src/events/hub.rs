@@ -47,6 +47,9 @@ impl Hasher for FoldHasher {
     }
 }
 
+/// Handlers taken out, with their subscription ids.
+pub(super) type Taken = Vec<(u64, Box<dyn Any + Send>)>;
+
 /// A route's subscription id, and its handler (taken out while it runs).
 type RouteSlot = (u64, Option<Box<dyn Any + Send>>);
 
@@ -74,6 +77,9 @@ pub struct Hub {
     /// Panics of handlers' destructors, caught when the hub dropped them,
     /// for the host to hear of (see [`take_drop_panics`](Self::take_drop_panics)).
     drop_panics: Vec<String>,
+    /// Counts the changes to the subscriptions (added, removed): see
+    /// [`version`](Self::version).
+    version: u64,
 }
 
 impl fmt::Debug for Hub {
@@ -91,6 +97,29 @@ impl Hub {
         if let Err(message) = super::catch(move || drop(value)) {
             self.drop_panics.push(message);
         }
+    }
+
+    /// Changes whenever a subscription is added or removed: handlers taken
+    /// out while it stays the same are still subscribed, in the same places.
+    pub(super) fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Takes out every handler of `topic`, by stage (by [`Stage::index`])
+    /// in subscription order, with their ids; `None` (and nothing taken) if
+    /// one of them is once-only.
+    pub(super) fn take_all(&mut self, topic: TopicIndex) -> Option<[Taken; 4]> {
+        let Some(stages) = self.topics.get_mut(topic.0) else {
+            return Some(Default::default());
+        };
+        if stages.iter().flatten().any(|(_, slot)| slot.once) {
+            return None;
+        }
+        Some(stages.each_mut().map(|slots| {
+            (slots.iter_mut())
+                .filter_map(|(id, slot)| Some((*id, slot.handler.take()?)))
+                .collect()
+        }))
     }
 
     /// The panics caught while dropping handlers since the last call.
@@ -134,6 +163,7 @@ impl Hub {
         let handler = slot.handler.take()?;
         if once {
             slots.remove(at);
+            self.version += 1;
         }
         Some((id, once, handler))
     }
@@ -191,6 +221,7 @@ impl Hub {
             }
             Target::Route(_) => None,
         };
+        self.version += 1;
         self.discard(removed);
     }
 
@@ -201,6 +232,7 @@ impl Hub {
         let topics: Vec<Stages> = self.topics.iter_mut().map(std::mem::take).collect();
         let stored = std::mem::take(&mut self.stored);
         let routes = std::mem::take(&mut self.routes);
+        self.version += 1;
         self.discard((topics, stored, routes));
     }
 
@@ -223,6 +255,7 @@ impl Hub {
             // (Ids grow: normally the last.)
             let at = slots.partition_point(|(id, _)| *id < key.id);
             slots.insert(at, (key.id, slot));
+            self.version += 1;
         }
     }
 

@@ -21,7 +21,8 @@
 //!   bounded: [`Skipped`] marks a gap);
 //! - `host`: the traits of a host and of its events (`HostImpl`, `TopicImpl`);
 //! - `subscription`: the [`Subscribe`] methods and [`Subscription`] handles;
-//! - `publish`: [`publish()`], [`subscribe()`] and [`route()`], the dispatch rules;
+//! - `publish`: [`publish()`], [`subscribe()`] and [`route()`], the dispatch rules
+//!   (and `publish_each`, the same for a run of events of one type);
 //! - `sealed`: what `topics!` and `host!` implement and name (see
 //!   `crate::topics`), re-exported in one place.
 //!
@@ -42,7 +43,7 @@ pub use event::{Event, Stage, Topic};
 pub(crate) use hub::{ByTypeId as FoldHash, Hub};
 pub(crate) use key::SubscriptionKey;
 pub(crate) use panic::{HandlerPanic, catch, catch_async};
-pub(crate) use publish::{publish, route, subscribe};
+pub(crate) use publish::{publish, publish_each, route, subscribe};
 pub(crate) use stream::StreamSource;
 pub use stream::{EventStream, Skipped};
 pub use subscription::{Subscribe, Subscription};

@@ -37,6 +37,141 @@ pub(crate) fn publish<E: TopicImpl>(host: &mut E::Host, data: E) {
     }
 }
 
+/// Publishes the events `next` gives, one after the other, each as
+/// [`publish`] would, until it gives `None`. Between them, the handlers of
+/// `E` stay taken out of the hub for as long as no subscription is added
+/// or removed ([`Held`]), rather than each being taken out and put back for
+/// each event: a run of bytes messages publishes thousands in a row. (So a
+/// publish of `E` nested in the run would not see them: `E`'s default
+/// action and the handlers' context must not publish `E`.)
+pub(crate) fn publish_each<E: TopicImpl>(
+    host: &mut E::Host,
+    mut next: impl FnMut(&mut E::Host) -> Option<E>,
+) {
+    let mut held = Held::default();
+    while let Some(data) = next(host) {
+        if E::ONCE != Once::No {
+            publish(host, data);
+            continue;
+        }
+        held.renew(host);
+        let mut control = Control::default();
+        let _ = held_stage(host, Stage::Before, &data, &mut control, &mut held)
+            && held_stage(host, Stage::On, &data, &mut control, &mut held)
+            && complete(host, &data, &mut control, &mut false)
+            && held_stage(host, Stage::After, &data, &mut control, &mut held);
+    }
+    held.release(host);
+}
+
+/// The handlers of `E` taken out of the hub by [`publish_each`], valid
+/// while the hub's [`version`](super::Hub::version) is the one they were
+/// taken at.
+struct Held<E: Topic> {
+    /// The hub's version when taken; `None` when nothing is held.
+    version: Option<u64>,
+    /// By stage, in subscription order.
+    stages: [Vec<(u64, Box<Handler<E>>)>; 4],
+}
+
+impl<E: Topic> Default for Held<E> {
+    fn default() -> Self {
+        Self {
+            version: None,
+            stages: Default::default(),
+        }
+    }
+}
+
+impl<E: TopicImpl> Held<E> {
+    /// Makes sure the handlers held are current: those held at an older
+    /// version go back, and the current ones are taken (unless one of them
+    /// is once-only: then none are held).
+    fn renew(&mut self, host: &mut E::Host) {
+        let hub = host.hub();
+        if self.version == Some(hub.version()) {
+            return;
+        }
+        self.release(host);
+        let hub = host.hub();
+        let Some(taken) = hub.take_all(TopicIndex(E::SLOT)) else {
+            return;
+        };
+        self.version = Some(hub.version());
+        for (held, taken) in self.stages.iter_mut().zip(taken) {
+            for (id, handler) in taken {
+                match handler.downcast::<Handler<E>>() {
+                    Ok(handler) => held.push((id, handler)),
+                    Err(other) => hub.discard(other),
+                }
+            }
+        }
+    }
+
+    /// Puts the handlers held back into the hub (those whose subscription
+    /// was removed meanwhile are dropped).
+    fn release(&mut self, host: &mut E::Host) {
+        if self.version.take().is_none() {
+            return;
+        }
+        let slots = TopicIndex(E::SLOT);
+        for stage in [Stage::Before, Stage::On, Stage::After] {
+            for (id, handler) in self.stages[stage.index()].drain(..) {
+                host.hub().put_back((slots, stage), id, handler);
+            }
+        }
+    }
+}
+
+/// Runs `stage` of a publish of [`publish_each`], with the handlers held
+/// while they are current; whether the event goes on.
+fn held_stage<E: TopicImpl>(
+    host: &mut E::Host,
+    stage: Stage,
+    data: &E,
+    control: &mut Control,
+    held: &mut Held<E>,
+) -> bool {
+    if held.version.is_none() {
+        return handlers(host, stage, data, control);
+    }
+    if !enter(control, stage) {
+        return false;
+    }
+    let mut at = 0;
+    while let Some((id, handler)) = held.stages[stage.index()].get_mut(at) {
+        let id = *id;
+        control.unsubscribed = false;
+        let outcome = catch(|| {
+            handler(&mut Event {
+                data,
+                host: &mut *host,
+                control: &mut *control,
+            });
+        });
+        if control.unsubscribed {
+            let (_, handler) = held.stages[stage.index()].remove(at);
+            host.hub().discard(handler);
+        } else {
+            at += 1;
+        }
+        report::<E>(host, stage, outcome);
+        if held.version != Some(host.hub().version()) {
+            // Subscriptions changed: the rest of the stage as `publish`
+            // would run it, from the hub.
+            held.release(host);
+            if !control.dispatch_stopped {
+                dispatch(host, (TopicIndex(E::SLOT), stage), data, control, id);
+            }
+            break;
+        }
+        if control.dispatch_stopped {
+            break;
+        }
+    }
+    !control.event_stopped
+}
+
 /// Enters `stage`: whether it runs (it was not prevented).
 fn enter(control: &mut Control, stage: Stage) -> bool {
     control.stage = stage;
@@ -56,7 +191,7 @@ fn handlers<E: TopicImpl>(
     }
     let slots = TopicIndex(E::SLOT);
     if host.hub().has_handlers(slots, stage) {
-        dispatch(host, (slots, stage), data, control);
+        dispatch(host, (slots, stage), data, control, 0);
     }
     !control.event_stopped
 }
@@ -84,13 +219,18 @@ fn complete<E: TopicImpl>(
     true
 }
 
-/// Runs the handlers of `E` at `stage`, in subscription order.
-fn dispatch<E: Topic>(host: &mut E::Host, key: (TopicIndex, Stage), data: &E, control: &mut Control)
-where
+/// Runs the handlers of `E` at `stage` subscribed after `after`, in
+/// subscription order.
+fn dispatch<E: Topic>(
+    host: &mut E::Host,
+    key: (TopicIndex, Stage),
+    data: &E,
+    control: &mut Control,
+    mut after: u64,
+) where
     E::Host: HostImpl,
 {
     let (slots, stage) = key;
-    let mut after = 0;
     while let Some((id, once, handler)) = host.hub().take_next(slots, stage, after) {
         after = id;
         let Ok(mut handler) = handler.downcast::<Handler<E>>() else {
@@ -255,6 +395,9 @@ mod tests {
         fn complete_done(&mut self, _: &Done) {
             self.log.push("complete done".into());
         }
+        fn complete_seq(&mut self, seq: &Seq) {
+            self.log.push(format!("complete {}", seq.0));
+        }
         fn complete_stop(&mut self, _: &Stop) {
             self.log.push("complete stop".into());
         }
@@ -274,7 +417,12 @@ mod tests {
         Outer: "outer" => complete_outer;
         Done: "done" once Publish => complete_done;
         Stop: "stop" once Complete => complete_stop;
+        Seq: "seq" => complete_seq;
     });
+
+    /// The `n`th of a run of events.
+    #[derive(Debug, Clone)]
+    pub struct Seq(usize);
 
     impl crate::events::sealed::StreamEvent for TestEvent {}
 
@@ -581,5 +729,135 @@ mod tests {
                 .is_some_and(|end| end.is_none()),
             "closed streams end"
         );
+    }
+
+    /// Subscribes handlers for a scenario.
+    type Setup = fn(&mut Host);
+
+    /// What handlers of `Seq` do to the events and to the subscriptions, for
+    /// `publish_each_runs_each_event_as_publish_would`.
+    fn scenarios() -> Vec<(&'static str, Setup)> {
+        use Stage::{After, Before, On};
+        vec![
+            ("plain", |h| {
+                sub::<Seq>(h, Before, "before", nothing);
+                sub::<Seq>(h, On, "on 1", nothing);
+                sub::<Seq>(h, On, "on 2", nothing);
+                sub::<Seq>(h, After, "after", nothing);
+            }),
+            ("subscribes to its own stage", |h| {
+                sub::<Seq>(h, On, "on", |e| {
+                    if e.0 == 1 {
+                        sub::<Seq>(e.host, On, "added", nothing);
+                    }
+                });
+            }),
+            ("subscribes to a later stage", |h| {
+                sub::<Seq>(h, On, "on", |e| {
+                    if e.0 == 1 {
+                        sub::<Seq>(e.host, After, "added after", nothing);
+                    }
+                });
+            }),
+            ("removes the next handler", |h| {
+                let next = std::sync::Arc::new(std::sync::Mutex::new(None));
+                let taken = next.clone();
+                sub::<Seq>(h, On, "first", move |e| {
+                    if e.0 == 1
+                        && let Some(key) = taken.lock().expect("key").take()
+                    {
+                        e.host.hub.remove(key);
+                    }
+                });
+                let key = sub::<Seq>(h, On, "next", nothing);
+                sub::<Seq>(h, After, "after", nothing);
+                *next.lock().expect("key") = Some(key);
+            }),
+            ("unsubscribes itself", |h| {
+                sub::<Seq>(h, On, "on 1", |e| {
+                    if e.0 == 1 {
+                        e.unsubscribe();
+                    }
+                });
+                sub::<Seq>(h, On, "on 2", nothing);
+            }),
+            ("a once-only handler", |h| {
+                let once = Box::new(|e: &mut Event<'_, Seq>| e.host.log.push("once".into()));
+                subscribe::<Seq>(h, SubscriptionKey::new::<Seq>(On), true, once);
+                sub::<Seq>(h, On, "on", nothing);
+            }),
+            ("prevents and stops", |h| {
+                sub::<Seq>(h, Before, "before", |e| match e.0 {
+                    0 => e.prevent(),
+                    1 => e.stop_event(),
+                    2 => e.stop_dispatch(),
+                    _ => e.prevent_stage(After),
+                });
+                sub::<Seq>(h, Before, "before 2", nothing);
+                sub::<Seq>(h, On, "on", nothing);
+                sub::<Seq>(h, After, "after", nothing);
+            }),
+            ("panics", |h| {
+                sub::<Seq>(h, On, "on", |e| {
+                    if e.0 == 1 {
+                        panic!("bug at {}", e.0)
+                    }
+                });
+                sub::<Seq>(h, After, "after", nothing);
+            }),
+        ]
+    }
+
+    /// `publish_each` runs each event as `publish` would, whatever its
+    /// handlers do to the subscriptions during the run, and leaves the
+    /// handlers subscribed as `publish` would.
+    #[test]
+    fn publish_each_runs_each_event_as_publish_would() {
+        for (name, setup) in scenarios() {
+            let mut one = Host::new();
+            setup(&mut one);
+            for n in 0..4 {
+                publish(&mut one, Seq(n));
+            }
+            let mut each = Host::new();
+            setup(&mut each);
+            let mut n = 0;
+            publish_each(&mut each, |_| {
+                n += 1;
+                (n <= 4).then(|| Seq(n - 1))
+            });
+            assert_eq!(each.log, one.log, "{name}");
+            publish(&mut one, Seq(9));
+            publish(&mut each, Seq(9));
+            assert_eq!(each.log, one.log, "{name}: the handlers are back");
+            assert_eq!(each.hub.subscriptions(), one.hub.subscriptions(), "{name}");
+        }
+    }
+
+    /// Changes made between the events of a run (by what makes them) hold
+    /// for the next event, handlers held or not.
+    #[test]
+    fn publish_each_sees_changes_made_between_events() {
+        let mut host = Host::new();
+        let on = sub::<Seq>(&mut host, Stage::On, "on", nothing);
+        let mut on = Some(on);
+        let mut n = 0;
+        publish_each(&mut host, |host: &mut Host| {
+            n += 1;
+            if n == 3 {
+                host.hub.remove(on.take().expect("once"));
+                sub::<Seq>(host, Stage::After, "after", nothing);
+            }
+            (n <= 3).then(|| Seq(n - 1))
+        });
+        let expected = [
+            "on",
+            "complete 0",
+            "on",
+            "complete 1",
+            "complete 2",
+            "after",
+        ];
+        assert_eq!(host.log, expected);
     }
 }

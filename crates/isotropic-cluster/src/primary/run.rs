@@ -163,23 +163,26 @@ impl PrimaryContext {
     /// Bytes messages of worker `id` read as one run, each published if its
     /// state lets it in (checked again only once the registry changed: a
     /// worker's state changes only with it).
-    fn bytes_run(&mut self, id: WorkerId, run: BytesRun) {
+    fn bytes_run(&mut self, id: WorkerId, mut run: BytesRun) {
         let mut admitted: Option<(u64, WorkerHandle)> = None;
-        for bytes in run {
-            let version = self.registry.version();
-            let worker = match &admitted {
-                Some((at, worker)) if *at == version => worker.clone(),
-                _ => {
-                    let Some(worker) = self.admitted(id, Kind::Bytes.name(), false) else {
-                        continue;
-                    };
-                    admitted = Some((version, worker.clone()));
-                    worker
-                }
-            };
-            let fds = PassedFds::default();
-            events::publish(self, WorkerBytes { worker, bytes, fds });
-        }
+        events::publish_each(self, |this: &mut Self| {
+            for bytes in run.by_ref() {
+                let version = this.registry.version();
+                let worker = match &admitted {
+                    Some((at, worker)) if *at == version => worker.clone(),
+                    _ => {
+                        let Some(worker) = this.admitted(id, Kind::Bytes.name(), false) else {
+                            continue;
+                        };
+                        admitted = Some((version, worker.clone()));
+                        worker
+                    }
+                };
+                let fds = PassedFds::default();
+                return Some(WorkerBytes { worker, bytes, fds });
+            }
+            None
+        });
     }
 
     /// A frame from worker `id`: a step of its lifecycle, or something to

@@ -523,13 +523,12 @@ impl Actor for WorkerContext {
                         count += run.len();
                         // (A handler may destroy the worker: what follows is
                         // then not delivered, as by `incoming`.)
-                        for bytes in run {
-                            if !self.phase.delivers() {
-                                break;
-                            }
+                        let mut run = run;
+                        events::publish_each(self, |this: &mut Self| {
+                            let bytes = run.next().filter(|_| this.phase.delivers())?;
                             let fds = PassedFds::default();
-                            events::publish(self, PrimaryBytes { bytes, fds });
-                        }
+                            Some(PrimaryBytes { bytes, fds })
+                        });
                         continue;
                     }
                     count += 1;
