@@ -77,7 +77,7 @@ pub struct Hub {
     /// Panics of handlers' destructors, caught when the hub dropped them,
     /// for the host to hear of (see [`take_drop_panics`](Self::take_drop_panics)).
     drop_panics: Vec<String>,
-    /// Counts the changes to the subscriptions (added, removed): see
+    /// Counts the changes to the stage handlers (added, removed): see
     /// [`version`](Self::version).
     version: u64,
 }
@@ -99,8 +99,9 @@ impl Hub {
         }
     }
 
-    /// Changes whenever a subscription is added or removed: handlers taken
-    /// out while it stays the same are still subscribed, in the same places.
+    /// Changes whenever a stage handler is added or removed (or may have
+    /// been): handlers taken out while it stays the same are still
+    /// subscribed, in the same places.
     pub(super) fn version(&self) -> u64 {
         self.version
     }
@@ -168,9 +169,10 @@ impl Hub {
         Some((id, once, handler))
     }
 
-    /// Puts back a handler taken by [`take_next`](Self::take_next), unless its
-    /// subscription was removed meanwhile; whether handlers subscribed after
-    /// it may follow (the common case of the last one saves a search).
+    /// Puts back a handler taken by [`take_next`](Self::take_next) (or
+    /// [`take_all`](Self::take_all)), unless its subscription was removed
+    /// meanwhile; whether handlers subscribed after it may follow (the
+    /// common case of the last one saves a search).
     pub(super) fn put_back(
         &mut self,
         (topic, stage): (TopicIndex, Stage),

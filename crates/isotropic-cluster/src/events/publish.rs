@@ -5,6 +5,7 @@
 //! had returned.
 
 use std::any::TypeId;
+use std::panic::AssertUnwindSafe;
 
 use super::event::{Control, Event, Handler, RouteFn, Stage, Topic};
 use super::host::{HostImpl, Once, TopicImpl};
@@ -39,29 +40,40 @@ pub(crate) fn publish<E: TopicImpl>(host: &mut E::Host, data: E) {
 
 /// Publishes the events `next` gives, one after the other, each as
 /// [`publish`] would, until it gives `None`. Between them, the handlers of
-/// `E` stay taken out of the hub for as long as no subscription is added
+/// `E` stay taken out of the hub for as long as no stage handler is added
 /// or removed ([`Held`]), rather than each being taken out and put back for
-/// each event: a run of bytes messages publishes thousands in a row. (So a
-/// publish of `E` nested in the run would not see them: `E`'s default
-/// action and the handlers' context must not publish `E`.)
+/// each event: a run of bytes messages publishes thousands in a row.
+///
+/// Two differences, neither reachable from the bytes events that use it: a
+/// publish of `E` nested in the run (by a handler, a default action or the
+/// host's panic hook) would not see the held handlers; and a held handler
+/// removed while another runs is dropped once that one returns, not at once.
 pub(crate) fn publish_each<E: TopicImpl>(
     host: &mut E::Host,
     mut next: impl FnMut(&mut E::Host) -> Option<E>,
 ) {
-    let mut held = Held::default();
-    while let Some(data) = next(host) {
-        if E::ONCE != Once::No {
+    if E::ONCE != Once::No {
+        while let Some(data) = next(host) {
             publish(host, data);
-            continue;
         }
-        held.renew(host);
-        let mut control = Control::default();
-        let _ = held_stage(host, Stage::Before, &data, &mut control, &mut held)
-            && held_stage(host, Stage::On, &data, &mut control, &mut held)
-            && complete(host, &data, &mut control, &mut false)
-            && held_stage(host, Stage::After, &data, &mut control, &mut held);
+        return;
     }
+    let mut held = Held::default();
+    // (A panic out of `next` or a hook still puts the handlers back.)
+    let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        while let Some(data) = next(host) {
+            held.renew(host);
+            let mut control = Control::default();
+            let _ = held_stage(host, Stage::Before, &data, &mut control, &mut held)
+                && held_stage(host, Stage::On, &data, &mut control, &mut held)
+                && complete(host, &data, &mut control, &mut false)
+                && held_stage(host, Stage::After, &data, &mut control, &mut held);
+        }
+    }));
     held.release(host);
+    if let Err(panic) = run {
+        std::panic::resume_unwind(panic);
+    }
 }
 
 /// The handlers of `E` taken out of the hub by [`publish_each`], valid
@@ -84,12 +96,16 @@ impl<E: Topic> Default for Held<E> {
 }
 
 impl<E: TopicImpl> Held<E> {
+    /// Whether the handlers held are those subscribed now.
+    fn current(&self, host: &mut E::Host) -> bool {
+        self.version == Some(host.hub().version())
+    }
+
     /// Makes sure the handlers held are current: those held at an older
     /// version go back, and the current ones are taken (unless one of them
     /// is once-only: then none are held).
     fn renew(&mut self, host: &mut E::Host) {
-        let hub = host.hub();
-        if self.version == Some(hub.version()) {
+        if self.current(host) {
             return;
         }
         self.release(host);
@@ -115,7 +131,7 @@ impl<E: TopicImpl> Held<E> {
             return;
         }
         let slots = TopicIndex(E::SLOT);
-        for stage in [Stage::Before, Stage::On, Stage::After] {
+        for stage in [Stage::Before, Stage::On, Stage::Complete, Stage::After] {
             for (id, handler) in self.stages[stage.index()].drain(..) {
                 host.hub().put_back((slots, stage), id, handler);
             }
@@ -124,7 +140,8 @@ impl<E: TopicImpl> Held<E> {
 }
 
 /// Runs `stage` of a publish of [`publish_each`], with the handlers held
-/// while they are current; whether the event goes on.
+/// while they are current (from the hub as [`handlers`] would otherwise);
+/// whether the event goes on.
 fn held_stage<E: TopicImpl>(
     host: &mut E::Host,
     stage: Stage,
@@ -132,7 +149,9 @@ fn held_stage<E: TopicImpl>(
     control: &mut Control,
     held: &mut Held<E>,
 ) -> bool {
-    if held.version.is_none() {
+    if !held.current(host) {
+        // (Changed since the last stage, by the default action say.)
+        held.release(host);
         return handlers(host, stage, data, control);
     }
     if !enter(control, stage) {
@@ -141,14 +160,7 @@ fn held_stage<E: TopicImpl>(
     let mut at = 0;
     while let Some((id, handler)) = held.stages[stage.index()].get_mut(at) {
         let id = *id;
-        control.unsubscribed = false;
-        let outcome = catch(|| {
-            handler(&mut Event {
-                data,
-                host: &mut *host,
-                control: &mut *control,
-            });
-        });
+        let outcome = call(host, data, control, handler);
         if control.unsubscribed {
             let (_, handler) = held.stages[stage.index()].remove(at);
             host.hub().discard(handler);
@@ -156,9 +168,8 @@ fn held_stage<E: TopicImpl>(
             at += 1;
         }
         report::<E>(host, stage, outcome);
-        if held.version != Some(host.hub().version()) {
-            // Subscriptions changed: the rest of the stage as `publish`
-            // would run it, from the hub.
+        if !held.current(host) {
+            // The rest of the stage as `publish` would run it, from the hub.
             held.release(host);
             if !control.dispatch_stopped {
                 dispatch(host, (TopicIndex(E::SLOT), stage), data, control, id);
@@ -236,14 +247,7 @@ fn dispatch<E: Topic>(
         let Ok(mut handler) = handler.downcast::<Handler<E>>() else {
             continue;
         };
-        control.unsubscribed = false;
-        let outcome = catch(|| {
-            handler(&mut Event {
-                data,
-                host: &mut *host,
-                control: &mut *control,
-            });
-        });
+        let outcome = call(host, data, control, &mut handler);
         let more = if once || control.unsubscribed {
             host.hub().discard(handler);
             true
@@ -255,6 +259,23 @@ fn dispatch<E: Topic>(
             break;
         }
     }
+}
+
+/// Calls `handler` with `data`, catching its panic (see the module docs).
+fn call<E: Topic>(
+    host: &mut E::Host,
+    data: &E,
+    control: &mut Control,
+    handler: &mut Handler<E>,
+) -> Result<(), String> {
+    control.unsubscribed = false;
+    catch(|| {
+        handler(&mut Event {
+            data,
+            host: &mut *host,
+            control: &mut *control,
+        });
+    })
 }
 
 /// Subscribes `handler` to `key`'s event and stage. For a once-only event that
@@ -359,7 +380,11 @@ mod tests {
         hub: Hub,
         log: Vec<String>,
         stream: StreamSource<TestEvent>,
+        /// Runs in `Seq`'s default action, with the event's number.
+        hook: Option<Hook>,
     }
+
+    type Hook = Box<dyn FnMut(&mut Host, usize) + Send>;
 
     impl HostImpl for Host {
         type Stream = TestEvent;
@@ -397,6 +422,10 @@ mod tests {
         }
         fn complete_seq(&mut self, seq: &Seq) {
             self.log.push(format!("complete {}", seq.0));
+            if let Some(mut hook) = self.hook.take() {
+                hook(self, seq.0);
+                self.hook.get_or_insert(hook);
+            }
         }
         fn complete_stop(&mut self, _: &Stop) {
             self.log.push("complete stop".into());
@@ -797,6 +826,23 @@ mod tests {
                 sub::<Seq>(h, On, "on", nothing);
                 sub::<Seq>(h, After, "after", nothing);
             }),
+            ("the default action subscribes", |h| {
+                sub::<Seq>(h, On, "on", nothing);
+                h.hook = Some(Box::new(|h, n| {
+                    if n == 1 {
+                        sub::<Seq>(h, After, "added after", nothing);
+                    }
+                }));
+            }),
+            ("the default action removes", |h| {
+                sub::<Seq>(h, On, "on", nothing);
+                let mut after = Some(sub::<Seq>(h, After, "after", nothing));
+                h.hook = Some(Box::new(move |h, n| {
+                    if let Some(key) = after.take_if(|_| n == 1) {
+                        h.hub.remove(key);
+                    }
+                }));
+            }),
             ("panics", |h| {
                 sub::<Seq>(h, On, "on", |e| {
                     if e.0 == 1 {
@@ -832,6 +878,28 @@ mod tests {
             assert_eq!(each.log, one.log, "{name}: the handlers are back");
             assert_eq!(each.hub.subscriptions(), one.hub.subscriptions(), "{name}");
         }
+    }
+
+    /// A panic out of a run (here from what makes its events) puts the
+    /// handlers held back.
+    #[test]
+    fn publish_each_puts_the_handlers_back_when_a_panic_leaves_it() {
+        let mut host = Host::new();
+        sub::<Seq>(&mut host, Stage::On, "on", nothing);
+        let mut n = 0;
+        let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            publish_each(&mut host, |_: &mut Host| {
+                n += 1;
+                assert!(n < 3, "no event {n}");
+                Some(Seq(n - 1))
+            });
+        }));
+        assert!(run.is_err(), "the panic goes on");
+        publish(&mut host, Seq(9));
+        assert_eq!(
+            host.log,
+            ["on", "complete 0", "on", "complete 1", "on", "complete 9"]
+        );
     }
 
     /// Changes made between the events of a run (by what makes them) hold
