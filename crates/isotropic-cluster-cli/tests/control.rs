@@ -334,6 +334,24 @@ async fn malformed_and_oversized_requests_get_error_replies() {
     stop_cleanly(&mut child, &mut stderr, 1).await;
 }
 
+/// A client still writing its oversized request when the error comes can
+/// finish writing it, and then reads the end of the connection (not a
+/// broken pipe, nor a reset).
+#[tokio::test]
+async fn a_client_still_writing_a_request_too_large_gets_the_error_then_the_end() {
+    let (_scratch, socket, mut child, mut stderr) = running("control-linger", 1, &[]).await;
+    let mut stream = connect(&socket).await;
+    let part = vec![b'x'; 70 * 1024];
+    stream.write_all(&part).await.expect("send");
+    let answer = reply(&mut stream).await;
+    assert_eq!(answer["error"]["code"], "too_large", "{answer}");
+    stream.write_all(&part).await.expect("the rest is taken");
+    assert_eq!(reply(&mut stream).await, Value::Null, "the end");
+    drop(stream);
+    assert_eq!(status(&socket).await.1.len(), 1);
+    stop_cleanly(&mut child, &mut stderr, 1).await;
+}
+
 #[tokio::test]
 async fn a_second_primary_at_the_same_path_is_refused() {
     let (_scratch, socket, mut child, mut stderr) = running("control-second", 1, &[]).await;

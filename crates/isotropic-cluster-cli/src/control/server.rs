@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use isotropic_cluster::primary::ClusterPrimary;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
@@ -28,6 +28,11 @@ const MAX_CONNECTIONS: usize = 32;
 /// A connection with no request this long is closed (not `logs -f`, nor a
 /// `stop` waiting for the end).
 const IDLE: Duration = Duration::from_secs(30);
+/// How long, and how much, a connection ended by a bad request is still
+/// read (and dropped) after its error, so that the client can finish
+/// writing and read the error, then the end.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
 /// How long a probe waits for the primary that holds the socket to answer.
 const PROBE: Duration = Duration::from_secs(2);
 
@@ -278,6 +283,8 @@ async fn connection(stream: UnixStream, served: &Served) {
                 };
                 // (The rest of the stream cannot be trusted: closed.)
                 let _ = send(&mut write, &failure.to_json()).await;
+                let _ = write.shutdown().await;
+                linger(lines.into_inner()).await;
                 return;
             }
         };
@@ -454,6 +461,24 @@ fn record(record: LogRecord) -> Value {
 }
 
 /// Writes `reply` as one line.
+/// Reads and drops what a client still sends after the error that ends
+/// its connection, until it closes its end (for at most [`LINGER`] and
+/// [`LINGER_BYTES`]). Closed at once, the client could be refused the rest
+/// of a long request (`EPIPE`) or get a reset where it expects the end.
+async fn linger(mut read: OwnedReadHalf) {
+    let mut scratch = vec![0; 16 * 1024];
+    let mut left = LINGER_BYTES;
+    let drain = async {
+        while let Ok(read @ 1..) = read.read(&mut scratch).await {
+            left = left.saturating_sub(read);
+            if left == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
 async fn send(write: &mut OwnedWriteHalf, reply: &Value) -> std::io::Result<()> {
     let mut line = reply.to_string();
     line.push('\n');
