@@ -196,6 +196,19 @@ impl Hub {
         }
     }
 
+    /// Ends subscription `id` of `topic` at `stage`, whose handler (taken
+    /// out) unsubscribed itself while it ran: its slot goes, and the handler.
+    pub(super) fn unsubscribed(
+        &mut self,
+        (topic, stage): (TopicIndex, Stage),
+        id: u64,
+        handler: impl Send,
+    ) {
+        let target = Target::Stage(topic.0, stage);
+        self.remove(SubscriptionKey { target, id });
+        self.discard(handler);
+    }
+
     /// Takes out the route for `name`, with its subscription id.
     pub(super) fn take_route(&mut self, name: &str) -> Option<(u64, Box<dyn Any + Send>)> {
         self.routes

@@ -163,7 +163,8 @@ fn held_stage<E: TopicImpl>(
         let outcome = call(host, data, control, handler);
         if control.unsubscribed {
             let (_, handler) = held.stages[stage.index()].remove(at);
-            host.hub().discard(handler);
+            host.hub()
+                .unsubscribed((TopicIndex(E::SLOT), stage), id, handler);
         } else {
             at += 1;
         }
@@ -248,8 +249,11 @@ fn dispatch<E: Topic>(
             continue;
         };
         let outcome = call(host, data, control, &mut handler);
-        let more = if once || control.unsubscribed {
+        let more = if once {
             host.hub().discard(handler);
+            true
+        } else if control.unsubscribed {
+            host.hub().unsubscribed(key, id, handler);
             true
         } else {
             host.hub().put_back(key, id, handler)
@@ -626,6 +630,7 @@ mod tests {
             host.log,
             ["once", "self-removing", "complete ping", "complete ping"]
         );
+        assert_eq!(host.hub.subscriptions(), 0, "no slot is left behind");
     }
 
     #[test]
