@@ -460,7 +460,6 @@ fn record(record: LogRecord) -> Value {
     serde_json::to_value(record).unwrap_or_default()
 }
 
-/// Writes `reply` as one line.
 /// Reads and drops what a client still sends after the error that ends
 /// its connection, until it closes its end (for at most [`LINGER`] and
 /// [`LINGER_BYTES`]). Closed at once, the client could be refused the rest
@@ -479,6 +478,7 @@ async fn linger(mut read: OwnedReadHalf) {
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
+/// Writes `reply` as one line.
 async fn send(write: &mut OwnedWriteHalf, reply: &Value) -> std::io::Result<()> {
     let mut line = reply.to_string();
     line.push('\n');

@@ -518,12 +518,11 @@ impl Actor for WorkerContext {
                     // large enum, whose moves through `incoming` and
                     // `deliver` showed in profiles): bytes messages.
                     if self.phase.delivers()
-                        && let Some(run) = self.inbox.try_next_run((BATCH - count, usize::MAX))
+                        && let Some(mut run) = self.inbox.try_next_run((BATCH - count, usize::MAX))
                     {
                         count += run.len();
                         // (A handler may destroy the worker: what follows is
                         // then not delivered, as by `incoming`.)
-                        let mut run = run;
                         events::publish_each(self, |this: &mut Self| {
                             let bytes = run.next().filter(|_| this.phase.delivers())?;
                             let fds = PassedFds::default();
